@@ -47,7 +47,7 @@ def _trace(doc: dict[str, Any], mix: str) -> list[list[Any]]:
     """The ``*/MIX`` run's trace rows: (tenant, start, TTFT, ...) of each quiet request."""
     for name, run in doc["runs"].items():
         if name.endswith("/" + mix):
-            return run["trace"]  # type: ignore[no-any-return]
+            return run["trace"]
     raise SystemExit(f"no */{mix} run with a trace (run the bench with --timing)")
 
 

@@ -151,9 +151,9 @@ def test_any_order_of_syncs_stalls_and_misses_ends_at_one_process_level(seed: in
     assert a == pytest.approx(f.own[0] + f.own[1], abs=1e-9), (seed, a, f.own)
 
 
-def test_the_row_records_whom_it_joined_and_its_layout_version() -> None:
-    """The record a late joiner reads, and a row of another layout is not folded (bounded: the head grew by
-    four fields, the segment stays ``workers x pools`` rows)."""
+def test_the_row_holds_its_join_vector_and_its_layout_version() -> None:
+    """The vector a worker's row shows (session 24: per worker slot, the newest controller's moves it
+    holds; bounded: ``workers`` entries per row), and a row of another layout is not folded."""
     f = Two()
     f.sync(0)
     f.miss(0)
@@ -161,15 +161,25 @@ def test_the_row_records_whom_it_joined_and_its_layout_version() -> None:
     f.sync(0)
     f.now += 0.005
     f.sync(1)  # joins worker 0's level
-    f.now += 0.005
-    f.sync(1)  # its row says so
     m = memoryview(f.buf).cast("d")
+    v = f.marks[1].shares._vec_at(f.marks[1].base)
+    e = fleet_mod._VENTRY
+    slot0, slot1 = m[v : v + e].tolist(), m[v + e : v + 2 * e].tolist()
+    epoch0 = f.marks[0].shares._epoch
+    own0 = pytest.approx(f.own[0])
+    assert slot0[: fleet_mod._VCUR] == [epoch0, 2.0, own0, own0, 0, 0]  # (worker 0's 2nd write: version 2)
+    assert slot1[: fleet_mod._VCUR] == [f.marks[1].shares._epoch, 1.0, 0.0, 0.0, 0, 0]
+    assert f.ctls[1].headroom == pytest.approx(f.own[0])
     row = f.marks[1].shares._row(f.marks[1].base)
-    assert m[row + fleet_mod._SJWORKER] == 0 + 1
-    assert m[row + fleet_mod._SJEPOCH] == f.marks[0].shares._epoch
-    assert m[row + fleet_mod._SJMOVED] == pytest.approx(f.own[0])
-    assert m[row + fleet_mod._SVERSION] == fleet_mod.SHARE_VERSION
-    assert fleet_mod.SHARE_FIELDS == 16 + fleet_mod.SHARE_FLOWS * 3
+    assert m[row + fleet_mod._SVERSION] == fleet_mod.SHARE_VERSION == 3.0
+    assert fleet_mod.SHARE_FIELDS == 11 + fleet_mod.SHARE_FLOWS * 3
+    assert (
+        fleet_mod.segment_size(2)
+        == 2
+        * fleet_mod.POOLS
+        * (fleet_mod.FIELDS + fleet_mod.SHARE_FIELDS + fleet_mod.LIMIT_FIELDS + 2 * e)
+        * 8
+    )
     # a row of another layout version: worker 0 folds nothing from it (its counts alone)
     m[row + fleet_mod._SVERSION] = fleet_mod.SHARE_VERSION + 1
     assert f.marks[0].shares._fold(f.ctls[0], f.now, {}) is False

@@ -47,13 +47,14 @@ torn row is skipped for that sync); one older than ``MARK_TTL_S`` is ignored, as
 The adaptive headroom on the fleet's first tokens (session 22, ``FleetShares._steer``): with
 ``fairShareTTFTTarget`` each worker's headroom moved on its own first tokens only, so a quiet request's
 miss at one worker left the other dispatching the flood as before. The share row also carries the
-headroom's level and the sum of the worker's own moves of it; each sync adds the others' moves since the
-last one (one process's stochastic approximation on every first token, clamped alike; a row's epoch tells a
-restarted worker's sums apart). Two levels that meet (a controller joining a running fleet, a worker found
-only after both moved: session 23, review s22-late F3) join once, each holding the other's moves exactly
-once: each row records whose level it joined and how many of that worker's moves it holds (``_steer``);
-the row is written after the sync's fold, so the level it shows holds the moves just folded (review
-s23-rev-flow23 F2). Exact for two workers, across reloads and restarts too; past two, approximate.
+headroom's level, and a join vector of the moves behind it: per worker slot (``workers`` entries), the
+moves its newest controller made (by version) and the total of the best-known older one (a restart's, a
+reload's predecessor). Each sync merges the others' vectors, keeping per slot the newer parts, and moves
+the level by what that adds (one process's stochastic approximation on every first token, clamped alike).
+Merges commute and repeat harmlessly, so levels that meet (a controller joining a running fleet, a worker
+found only after both moved: review s22-late F3) hold each move once, for any number of workers and any
+order (session 24; session 23's single join record was exact for two workers only); the row is written
+after the sync's fold, so the vector it shows holds the moves just folded (review s23-rev-flow23 F2).
 
 The queue limits (session 21, ``FleetLimits``): ``maxRequests`` / ``maxBytes``, global and each band's,
 bound the fleet's queue for a pool, as one process's. Each worker keeps, per pool, a limit row
@@ -116,22 +117,32 @@ NOTHING = -math.inf  # the top priority of a mark with no request that can leave
 
 # A share row (``FleetShares``): a head, then SHARE_FLOWS entries of (flow key, in flight + queued,
 # arrivals decayed to the row's stamp). Written every sync by its worker only, under its sequence number.
-# The head's last seven: the adaptive headroom's level, the sum of this worker's own moves of it, the
-# row's epoch (when its ``FleetShares`` first wrote: a restarted worker's, or a reload's, moves count from
-# a new start), the join record (the worker + 1 whose row this level last joined, 0: none; that row's
-# epoch; that worker's moves this level holds, kept current), and the layout's version (a row of another
-# is not folded).
+# The head's last two: the adaptive headroom's level (NaN: a fixed headroom, nothing to join) and the
+# layout's version (a row of another is not folded). The moves behind the level are in the row's join
+# vector (below), written under the same sequence number.
 SHARE_FLOWS = 64
-SHARE_VERSION = 2.0  # (1: session 22's 12-field head, no join record and no version field)
-_HEAD = 16
-(_SEQ, _SSTAMP, _SKEY, _SN, _SDEMAND, _SARRIVED, _STAKE, _SGIVE, _SEXTRA, _SHLEVEL, _SHMOVED,
- _SEPOCH, _SJWORKER, _SJEPOCH, _SJMOVED, _SVERSION) = range(_HEAD)  # fmt: skip
+# (1: session 22's 12-field head; 2: session 23's 16, with one join record; 3: the join vector)
+SHARE_VERSION = 3.0
+_HEAD = 11
+(_SEQ, _SSTAMP, _SKEY, _SN, _SDEMAND, _SARRIVED, _STAKE, _SGIVE, _SEXTRA, _SHLEVEL,
+ _SVERSION) = range(_HEAD)  # fmt: skip
 _ENTRY = 3
 SHARE_FIELDS = _HEAD + SHARE_FLOWS * _ENTRY
 # A flow's arrivals at least this (decayed) are published when the table is scanned (below RATE_ACTIVE:
 # two workers' parts add up); the arrival table is scanned only while it holds at most SHARE_SCAN ids.
 SHARE_MIN_ARRIVED = 0.05
 SHARE_SCAN = 4 * SHARE_FLOWS
+
+# A join vector (``FleetShares._steer``), one per share row: per worker slot (``workers`` entries: bounded
+# by N), the moves of the adaptive headroom that this row's level holds from that slot's controllers. An
+# entry: the newest controller ("incarnation": a restart's or a reload's is a new one) of the slot known,
+# as it wrote itself (its epoch, its version: how many changes of these figures it has written, its own
+# moves, its total: the older incarnations' moves it held + its own, and the (epoch, version) of the older
+# one that total holds), then the best-known older incarnation of the slot as (epoch, version, total).
+# Epoch 0: none.
+_VENTRY = 9
+_VE, _VQ, _VOWN, _VTOT, _VBE, _VBQ, _VPE, _VPQ, _VPTOT = range(_VENTRY)
+_VCUR = 6  # (the newest incarnation's fields, copied as it wrote them)
 
 
 # A limit row (``FleetLimits``): this worker's queued requests and bytes for one pool, then LIMIT_BANDS
@@ -146,7 +157,7 @@ LIMIT_FIELDS = _LHEAD + LIMIT_BANDS * _LENTRY
 
 
 def segment_size(workers: int, pools: int = POOLS) -> int:
-    return workers * pools * (FIELDS + SHARE_FIELDS + LIMIT_FIELDS) * 8
+    return workers * pools * (FIELDS + SHARE_FIELDS + LIMIT_FIELDS + workers * _VENTRY) * 8
 
 
 def pool_key(name: str) -> float:
@@ -196,6 +207,10 @@ class FleetMarks:
         b = self.limits_at + worker * self.pools * LIMIT_FIELDS  # (its queue is gone: its places given back)
         for k in range(b, b + self.pools * LIMIT_FIELDS):
             self._m[k] = 0.0
+        n = self.workers * _VENTRY
+        b = self.joins_at + worker * self.pools * n
+        for k in range(b, b + self.pools * n):
+            self._m[k] = 0.0
 
     @property
     def shares_at(self) -> int:
@@ -206,6 +221,11 @@ class FleetMarks:
     def limits_at(self) -> int:
         """Where the limit rows start (after every worker's share rows)."""
         return self.workers * self.pools * (FIELDS + SHARE_FIELDS)
+
+    @property
+    def joins_at(self) -> int:
+        """Where the join vectors start (after every worker's limit rows)."""
+        return self.workers * self.pools * (FIELDS + SHARE_FIELDS + LIMIT_FIELDS)
 
     def pool(self, name: str) -> PoolMark | None:
         """This worker's mark for pool ``name`` (claimed in its row if new); None past ``POOLS`` pools."""
@@ -347,9 +367,6 @@ class PoolMark:
 
 
 KEY_CACHE = 4096  # flow id -> its key, kept for this many ids (then started over)
-# A row a fold met for the first time: (worker, its row, epoch, its moves, its level, this worker's moves
-# its level holds: None unless its join record names this worker's row)
-_Found = tuple[int, int, float, float, float, float | None]
 
 
 class FleetShares:
@@ -378,16 +395,19 @@ class FleetShares:
         self._scale: tuple[float | None, float] = (None, 1.0)  # (the controller's arrival base, factor)
         self._keys: dict[str, tuple[float, str]] = {}  # flow -> (its key, its arrival-table key)
         self._seq = 0.0
-        # The adaptive headroom (``fairShareTTFTTarget``) on the fleet's first tokens: this row's epoch
-        # (set at its first write), the sum of this worker's own moves of its controller's headroom, the
-        # controller and its headroom after the last sync (what moved since is this worker's own), each
-        # other row's (epoch, moves) last folded, and the join record: (worker, its row, its epoch) this
-        # level last joined (``_steer``).
+        # The adaptive headroom (``fairShareTTFTTarget``) on the fleet's first tokens: this incarnation's
+        # epoch (set at its first sync), the sum of its own moves of its controller's headroom, the
+        # controller and its headroom after the last sync (what moved since is this worker's own), the
+        # join vector its level holds (``_steer``; its own slot's entry is written at ``_publish``), what
+        # each slot adds to the level now, and each other row's vector as last merged (unchanged: skipped).
         self._epoch = 0.0
         self._moved = 0.0
         self._hr_after: tuple[FlowController, float] | None = None
-        self._hr_seen: dict[int, tuple[float, float]] = {}
-        self._hr_join: tuple[int, int, float] | None = None
+        n = mark.fleet.workers
+        self._vec = [0.0] * (n * _VENTRY)
+        self._held = [0.0] * n
+        self._version = 0.0  # (changes of this incarnation's own (moves, total) written so far)
+        self._vseen: dict[int, list[float]] = {}
 
     def key(self, flow: str) -> float:
         """``flow``'s key in the rows (its arrival-table key's hash: ``rate_key``)."""
@@ -489,31 +509,45 @@ class FleetShares:
         m[b + _SEXTRA] = ctl.free_extra
         # (NaN without the target: a fixed headroom is no adaptive level to join; review s22-late F1)
         m[b + _SHLEVEL] = ctl.headroom if ctl.cfg.fair_share_ttft_target else math.nan
-        m[b + _SHMOVED] = self._moved
-        m[b + _SEPOCH] = self._epoch
-        join = self._hr_join
-        if join is None:
-            m[b + _SJWORKER] = 0.0
-        else:
-            m[b + _SJWORKER] = join[0] + 1.0
-            m[b + _SJEPOCH] = join[2]
-            m[b + _SJMOVED] = self._hr_seen[join[1]][1]  # (its moves folded in since: held too)
+        vec, o = self._vec, self.mark.fleet.worker * _VENTRY  # (this incarnation's own entry)
+        cur = [
+            self._epoch,
+            self._version,
+            self._moved,
+            vec[o + _VPTOT] + self._moved,
+            vec[o + _VPE],
+            vec[o + _VPQ],
+        ]
+        if vec[o : o + _VCUR] != cur:  # (a new version only when its figures change: an unchanged vector
+            self._version += 1.0  # is skipped by the others' merge)
+            cur[_VQ] = self._version
+            vec[o : o + _VCUR] = cur
+        v = self._vec_at(self.mark.base)
+        m[v : v + len(vec)] = array("d", vec)
         m[b + _SVERSION] = SHARE_VERSION
         m[b + _SSTAMP] = now
         m[b + _SEQ] = seq + 2.0
         self._seq = seq + 2.0
 
-    @staticmethod
-    def _read(m: memoryview[float], b: int) -> list[float] | None:
-        """A row as one consistent copy (its sequence number even and unchanged), or None."""
+    def _vec_at(self, worker_mark: int) -> int:
+        """The join vector of the worker and pool whose mark starts at ``worker_mark``."""
+        fleet = self.mark.fleet
+        return fleet.joins_at + (worker_mark // FIELDS) * fleet.workers * _VENTRY
+
+    def _read(self, m: memoryview[float], mb: int) -> tuple[list[float], list[float]] | None:
+        """The share row and join vector of the mark at ``mb`` as one consistent copy (its sequence number
+        even and unchanged), or None."""
+        b, v = self._row(mb), self._vec_at(mb)
+        nv = self.mark.fleet.workers * _VENTRY
         for _ in range(2):
             seq = m[b + _SEQ]
             if seq % 2.0:
                 continue
             n = max(0, min(SHARE_FLOWS, int(m[b + _SN])))
             row: list[float] = m[b : b + _HEAD + n * _ENTRY].tolist()  # type: ignore[assignment]
+            vec: list[float] = m[v : v + nv].tolist()  # type: ignore[assignment]
             if m[b + _SEQ] == seq:
-                return row
+                return row, vec
         return None
 
     def _fold(self, ctl: FlowController, now: float, own: dict[float, tuple[float, float]]) -> bool:
@@ -523,23 +557,31 @@ class FleetShares:
         arrived: dict[float, float] = {}
         demand_total = arrived_total = take = give = extra = 0.0
         extra_n = 0
-        moves = 0.0  # the others' own moves of the headroom since this worker last folded them
-        found: list[_Found] = []  # the rows met for the first time (``_steer``)
-        seen = self._hr_seen
-        me, epoch0 = fleet.worker, self._epoch
+        vecs: list[list[float]] = []  # the fresh rows' join vectors (``_steer``), if the level adapts
+        adapt = bool(ctl.cfg.fair_share_ttft_target)
         for w in range(fleet.workers):
-            if w == fleet.worker:
+            if w != fleet.worker:
+                mb = self.mark._find(w, now)
+            elif not self._seq:  # (this worker's own row before its first write: a reload's predecessor's)
+                mb = self.mark.base
+            else:
                 continue
-            mb = self.mark._find(w, now)
             if mb is None:
                 continue
-            row = self._read(m, self._row(mb))
-            if row is None:
+            got = self._read(m, mb)
+            if got is None:
                 continue
+            row, vec = got
             stamp = row[_SSTAMP]
             if not (-ttl <= now - stamp <= ttl) or row[_SKEY] != self.mark.key:
                 continue
             if row[_SVERSION] != SHARE_VERSION:  # (another layout: its fields are not these)
+                continue
+            # (not NaN: that worker adapts its headroom; a vector changed since its last merge only)
+            if adapt and row[_SHLEVEL] == row[_SHLEVEL] and self._vseen.get(mb) != vec:
+                self._vseen[mb] = vec
+                vecs.append(vec)
+            if w == fleet.worker:  # (its predecessor's counts are this worker's own: only its vector)
                 continue
             down = math.exp(-max(0.0, now - stamp) / LOAD_WINDOW_S)  # (to ``now``)
             for i in range(_HEAD, len(row), _ENTRY):
@@ -554,19 +596,8 @@ class FleetShares:
             give += row[_SGIVE] * down
             extra += row[_SEXTRA]
             extra_n += 1
-            epoch, moved = row[_SEPOCH], row[_SHMOVED]
-            last = seen.get(mb)
-            if last is not None and last[0] == epoch:
-                moves += moved - last[1]
-            else:
-                level = row[_SHLEVEL]
-                if level == level:  # (not NaN: that worker adapts its headroom)
-                    # this worker's moves that row's level holds, if it joined this worker's row
-                    held = row[_SJMOVED] if row[_SJWORKER] == me + 1.0 and row[_SJEPOCH] == epoch0 else None
-                    found.append((w, mb, epoch, moved, level, held))
-            seen[mb] = (epoch, moved)
-        if ctl.cfg.fair_share_ttft_target:
-            self._steer(ctl, moves, found)
+        if adapt:
+            self._steer(ctl, vecs)
         if not extra_n:
             return False
         none = (0.0, 0.0)
@@ -586,7 +617,7 @@ class FleetShares:
         self._scale = (None, 1.0)
         return True
 
-    def _steer(self, ctl: FlowController, moves: float, found: list[_Found]) -> None:
+    def _steer(self, ctl: FlowController, vecs: list[list[float]]) -> None:
         """The adaptive headroom as one process's on the fleet's first tokens: each worker moves its own
         on its own first tokens (``FlowController.observe_first_token``) and adds the others' moves here,
         so a quiet request's miss at one worker raises the headroom that holds the flood back at every
@@ -594,33 +625,80 @@ class FleetShares:
         kept dispatching the flood into the slots the other's quiet requests needed). Clamped as one
         process's: levels that drift apart meet at a bound.
 
-        The join (``found``: (worker, its row, epoch, its moves, its level, this worker's moves its level
-        holds or None), each other row met for the first time, a restarted worker's or a reload's too).
-        Two levels meet once, each holding the other's moves exactly once (review s22-late F3, s22-final
-        F1): a row whose level joined this one (its record names this worker and epoch) holds this
-        worker's moves up to its count, so this level becomes that level plus this worker's moves since;
-        otherwise the row that first wrote earlier (its epoch; then the lower worker) keeps its level and
-        adds the other's moves, and the later one joins that level with its own moves (a new controller,
-        at 0 and unmoved, starts at the fleet's level). Exact for two workers, a reload's or restart's
-        controller too (the level it joins is written after its worker's fold: review s23-rev-flow23 F2).
-        Past two, each row records only the last level it joined: in random start-up orders of three
-        workers (syncs, stalls, misses; docs/benchmarks/flowcontrol.md) about a third end apart and a sixth
-        above the sum of all moves (a move counted twice, up to 2x), until a clamp; a start where no worker
-        moves before all have met is exact."""
-        h = ctl.headroom
-        mine = (self._epoch, self.mark.fleet.worker)
-        for w, mb, epoch, moved, level, held in found:
-            if held is not None:
-                h = level + self._moved - held
-            elif mine < (epoch, w):
-                h += moved
-            else:
-                h = level + self._moved
-            self._hr_join = (w, mb, epoch)
-        h += moves
-        if h != ctl.headroom:
-            ctl.headroom = min(ctl.cfg.fair_share_headroom, max(0.0, h))
+        The moves are counted by a join vector (a grow-only counter per worker slot, as a version vector;
+        session 24): this level holds, per slot, the moves of the newest controller of that slot it knows
+        (at its newest version) plus the total of the best-known older one (a restart's, a reload's
+        predecessor, whose own total holds the older ones it knew). Merging another row's vector (``vecs``:
+        the fresh rows' whose vector changed, this worker's own row too, where a reload's predecessor left
+        its vector) keeps, per slot, the newer of each part; the level moves by what the slots' parts add
+        up to now minus what they did. Merges commute and repeat harmlessly, so any order of syncs, stalls,
+        restarts and reloads of any number of workers leaves every level at the same sum once the rows
+        have been read round (until a clamp), each move at most once: a move is in the sum exactly when
+        some row that a live worker reads still holds it (a controller's moves no live row took are lost,
+        as one process's restart loses them). Sessions 22-23 kept one join record per row instead: exact
+        for two workers, and past two a move could be counted twice (up to 2x) or the levels stay apart
+        until a clamp (``scripts/fc_fleet_join_orders.py``)."""
+        fleet = self.mark.fleet
+        me, n = fleet.worker, fleet.workers
+        held, mine = self._vec, self._held
+        o = me * _VENTRY
+        if not self._seq:  # (not written yet: an epoch after any of this slot's predecessors')
+            for vec in vecs:
+                for e in (vec[o + _VE], vec[o + _VPE]):
+                    if e >= self._epoch:
+                        self._epoch = math.nextafter(e, math.inf)
+        epoch = self._epoch
+        moved = False
+        for vec in vecs:
+            for i in range(0, n * _VENTRY, _VENTRY):
+                e, pe = vec[i + _VE], vec[i + _VPE]
+                older = None  # an older incarnation's entry met now (as it wrote itself)
+                if i == o:  # this slot's older incarnations: the best one is the base of this one's total
+                    e0 = epoch
+                    if 0.0 < e < e0:
+                        older = vec[i : i + _VCUR]
+                    elif not 0.0 < pe < e0:  # (this controller's own entry: nothing older)
+                        continue
+                else:
+                    e0 = held[i + _VE]
+                    if e > e0 or (e == e0 and vec[i + _VQ] > held[i + _VQ]):  # the slot's newest, newer
+                        if e > e0 and e0:  # (the one it replaces is an older incarnation now)
+                            older = held[i : i + _VCUR]
+                        held[i : i + _VCUR] = vec[i : i + _VCUR]
+                        e0, moved = e, True
+                    elif 0.0 < e < e0:
+                        older = vec[i : i + _VCUR]
+                    elif not pe:  # (nothing newer: the steady state)
+                        continue
+                if 0.0 < pe < e0:
+                    moved |= self._older(i, pe, vec[i + _VPQ], vec[i + _VPTOT])
+                if older is not None:
+                    # its total on the newer of the older ones it held and the best one known here
+                    total = older[_VTOT]
+                    pe, pq = held[i + _VPE], held[i + _VPQ]
+                    if 0.0 < pe < older[_VE] and (pe, pq) > (older[_VBE], older[_VBQ]):
+                        total = held[i + _VPTOT] + older[_VOWN]
+                    moved |= self._older(i, older[_VE], older[_VQ], total)
+        if moved:
+            h = ctl.headroom
+            for s in range(n):  # (this worker's own moves are in the headroom already)
+                i = s * _VENTRY
+                now_s = held[i + _VPTOT] + (0.0 if i == o else held[i + _VOWN])
+                h += now_s - mine[s]
+                mine[s] = now_s
+            if h != ctl.headroom:
+                ctl.headroom = min(ctl.cfg.fair_share_headroom, max(0.0, h))
         self._hr_after = (ctl, ctl.headroom)
+
+    def _older(self, i: int, e: float, q: float, total: float) -> bool:
+        """An older incarnation's (epoch, version, total) for the slot whose entry starts at ``i``: kept if
+        it is the newest one known (the same version: the larger total, a total rebased on an older
+        incarnation another worker knew better; each counts every move at most once). Kept: True."""
+        held = self._vec
+        if (e, q, total) > (held[i + _VPE], held[i + _VPQ], held[i + _VPTOT]):
+            held[i + _VPE], held[i + _VPQ], held[i + _VPTOT] = e, q, total
+            return True
+        return False
 
     # -- the controller's tests on the fleet's counts -----------------------------------------------
 
