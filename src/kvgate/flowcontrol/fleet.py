@@ -405,7 +405,7 @@ class FleetShares:
         self._hr_after: tuple[FlowController, float] | None = None
         n = mark.fleet.workers
         self._vec = [0.0] * (n * _VENTRY)
-        self._held = [0.0] * n
+        self._counted = [0.0] * n
         self._version = 0.0  # (changes of this incarnation's own (moves, total) written so far)
         self._vseen: dict[int, list[float]] = {}
 
@@ -640,7 +640,7 @@ class FleetShares:
         until a clamp (``scripts/fc_fleet_join_orders.py``)."""
         fleet = self.mark.fleet
         me, n = fleet.worker, fleet.workers
-        held, mine = self._vec, self._held
+        held, counted = self._vec, self._counted
         o = me * _VENTRY
         if not self._seq:  # (not written yet: an epoch after any of this slot's predecessors')
             for vec in vecs:
@@ -684,8 +684,8 @@ class FleetShares:
             for s in range(n):  # (this worker's own moves are in the headroom already)
                 i = s * _VENTRY
                 now_s = held[i + _VPTOT] + (0.0 if i == o else held[i + _VOWN])
-                h += now_s - mine[s]
-                mine[s] = now_s
+                h += now_s - counted[s]
+                counted[s] = now_s
             if h != ctl.headroom:
                 ctl.headroom = min(ctl.cfg.fair_share_headroom, max(0.0, h))
         self._hr_after = (ctl, ctl.headroom)
