@@ -86,6 +86,8 @@ import logging
 import math
 from array import array
 from collections.abc import Callable, Iterable
+from itertools import compress
+from operator import gt
 from typing import TYPE_CHECKING, Any
 
 from kvgate.flowcontrol.controller import (
@@ -408,6 +410,7 @@ class FleetShares:
         self._counted = [0.0] * n
         self._version = 0.0  # (changes of this incarnation's own (moves, total) written so far)
         self._vseen: dict[int, list[float]] = {}
+        self._at: dict[int, tuple[int, int]] = {}  # a mark -> its share row and join vector (``_read``)
 
     def key(self, flow: str) -> float:
         """``flow``'s key in the rows (its arrival-table key's hash: ``rate_key``)."""
@@ -534,11 +537,13 @@ class FleetShares:
         fleet = self.mark.fleet
         return fleet.joins_at + (worker_mark // FIELDS) * fleet.workers * _VENTRY
 
-    def _read(self, m: memoryview[float], mb: int) -> tuple[list[float], list[float]] | None:
-        """The share row and join vector of the mark at ``mb`` as one consistent copy (its sequence number
-        even and unchanged), or None."""
-        b, v = self._row(mb), self._vec_at(mb)
-        nv = self.mark.fleet.workers * _VENTRY
+    def _read(self, m: memoryview[float], mb: int, nv: int) -> tuple[list[float], list[float]] | None:
+        """The share row and the first ``nv`` fields of the join vector (all of it, or none) of the mark at
+        ``mb`` as one consistent copy (its sequence number even and unchanged), or None."""
+        at = self._at.get(mb)
+        if at is None:
+            at = self._at[mb] = (self._row(mb), self._vec_at(mb))
+        b, v = at
         for _ in range(2):
             seq = m[b + _SEQ]
             if seq % 2.0:
@@ -559,6 +564,7 @@ class FleetShares:
         extra_n = 0
         vecs: list[list[float]] = []  # the fresh rows' join vectors (``_steer``), if the level adapts
         adapt = bool(ctl.cfg.fair_share_ttft_target)
+        nv = fleet.workers * _VENTRY if adapt else 0
         for w in range(fleet.workers):
             if w != fleet.worker:
                 mb = self.mark._find(w, now)
@@ -568,7 +574,7 @@ class FleetShares:
                 continue
             if mb is None:
                 continue
-            got = self._read(m, mb)
+            got = self._read(m, mb, nv)
             if got is None:
                 continue
             row, vec = got
@@ -650,6 +656,15 @@ class FleetShares:
         epoch = self._epoch
         moved = False
         for vec in vecs:
+            # The steady state, in C: the same controllers as held in every slot and no older one named;
+            # only the slots written since (a newer version) are taken.
+            if vec[_VE::_VENTRY] == held[_VE::_VENTRY] and not any(vec[_VPE::_VENTRY]):
+                for s in compress(range(n), map(gt, vec[_VQ::_VENTRY], held[_VQ::_VENTRY])):
+                    if s != me:
+                        i = s * _VENTRY
+                        held[i : i + _VCUR] = vec[i : i + _VCUR]
+                        moved = True
+                continue
             for i in range(0, n * _VENTRY, _VENTRY):
                 e, pe = vec[i + _VE], vec[i + _VPE]
                 older = None  # an older incarnation's entry met now (as it wrote itself)
@@ -668,8 +683,6 @@ class FleetShares:
                         e0, moved = e, True
                     elif 0.0 < e < e0:
                         older = vec[i : i + _VCUR]
-                    elif not pe:  # (nothing newer: the steady state)
-                        continue
                 if 0.0 < pe < e0:
                     moved |= self._older(i, pe, vec[i + _VPQ], vec[i + _VPTOT])
                 if older is not None:
