@@ -7,7 +7,11 @@ until the next round (``interval_s``, 0.5 s by default, any length in the cluste
 lands only while the cluster's spec still has the address that was checked.
 
 Real gRPC health server on loopback that holds its answer until the reload is done (within the check's
-time-out), the real ``Fetcher`` and ``ClusterDirector.apply``."""
+time-out), the real ``Fetcher`` and ``ClusterDirector.apply``.
+
+Review s24-rev-fix24 F2: a reload between rounds (the common case: no check in flight) kept the last round's
+verdict, the old address's, on the cluster; ``ClusterState.respec`` now drops it when ``health:`` changes
+or goes."""
 
 from __future__ import annotations
 
@@ -63,4 +67,31 @@ async def test_a_health_check_in_flight_at_a_reload_lands_on_its_address_only(to
             assert st.healthy is None, "the old address's verdict landed after the reload"
         finally:
             held.release.set()
+            await fetcher.stop()
+
+
+@pytest.mark.parametrize("to", [None, "other", "same"], ids=["removed", "changed", "no-change"])
+async def test_a_reload_between_rounds_drops_the_old_addresss_verdict(to: str | None) -> None:
+    """Review s24-rev-fix24 F2 (its test, moved; the no-change guard added). Interval 3600 s: the next round
+    never comes within the test. Removed, changed: fail on c54495c6 (``healthy`` stays True)."""
+    async with epp_health_server("127.0.0.1:0") as port:
+        addr = f"127.0.0.1:{port}"
+        director = ClusterDirector(
+            ClustersConfig((ClusterSpec("east", gateway="127.0.0.1:10", health=addr),)),
+            "active-passive",
+            seed=0,
+        )
+        fetcher = Fetcher(director.state_list, interval_s=3600, timeout_s=10.0)
+        await fetcher.start()  # (its first round, done: SERVING)
+        try:
+            st = director.states["east"]
+            assert st.healthy is True
+            health = {None: None, "other": "127.0.0.1:9", "same": addr}[to]  # (127.0.0.1:9: nothing answers)
+            director.apply(ClustersConfig((ClusterSpec("east", gateway="127.0.0.1:10", health=health),)))
+            assert director.states["east"] is st
+            if to == "same":  # (a guard: the address still configured keeps its verdict)
+                assert st.healthy is True
+            else:
+                assert st.healthy is None, "the old address's verdict stands after the reload"
+        finally:
             await fetcher.stop()

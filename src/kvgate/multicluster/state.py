@@ -174,10 +174,15 @@ class ClusterState:
     def respec(self, spec: ClusterSpec) -> None:
         """A reload's spec for this cluster (its state kept). One that removes ``aggregate:`` drops what
         the last fetch left: the snapshot, its time and the hung mark, which waited for a fetch nothing
-        makes any more (closing note s22: hung for good; a later hang was marked against the old fetch)."""
+        makes any more (closing note s22: hung for good; a later hang was marked against the old fetch).
+        One that changes or removes ``health:`` drops the last round's verdict, the old address's (review
+        s24-rev-fix24 F2: it stood on the new address, or on a cluster nothing checks, until the next round;
+        an unhealthy one kept a fixed cluster out of the policies for up to ``interval_s``)."""
         if spec.aggregate is None and self.spec.aggregate is not None:
             self.aggregate = self.fetched_at = self.fetch_error = self.hung_at = None
             self.sent_since_snapshot = 0
+        if spec.health != self.spec.health:
+            self.healthy = None
         self.spec = spec
 
     def set_aggregate(self, agg: PoolAggregate, now: float) -> None:
