@@ -83,13 +83,15 @@ GOAL_MATCH_S = 0.01
 
 
 def matched_goal(calm: dict[str, Any], flood: dict[str, Any], warmup: float) -> list[tuple[float, float]]:
-    """(calm TTFT, flood TTFT) of each quiet request answered in both runs, by tenant and start: per tenant,
-    the order-preserving alignment of the two runs' starts (a request's k-th successor stays after it in
-    both) with the most pairs within ``GOAL_MATCH_S``, each request in one pair at most (so a request
-    answered in one run only drops out alone); among those, the fewest pairs whose flood start comes before
-    its calm one (the flood run's event loop carries the flooder's requests too, so its starts are expected
-    to run later, not earlier; review s23-rev-fix23a F2: the nearest start gave a survivor 5 ms late its
-    lost neighbour's pair), then the least total gap. Measured: calm start at or after ``warmup``; in calm start order."""
+    """(calm TTFT, flood TTFT) of each quiet request answered in both runs, by tenant and the nearest start:
+    per tenant, the order-preserving alignment of the two runs' starts (a request's k-th successor stays
+    after it in both: two answered neighbours are never swapped) with the most pairs within ``GOAL_MATCH_S``,
+    each request in one pair at most (so a request answered in one run only drops out alone), and among
+    those the least total gap. No sign is preferred: in session 23's traces a flood start is as often early
+    as late (333 / 311 of 821, -5.6 to +1.2 ms; review s24-rev-fix24 F1: preferring late ones mispaired 4 of
+    821 single sheds replayed, this rule 0). The limit: starts alone cannot tell whose a survivor is when
+    its shed neighbour started a few ms from it (as far as the lateness goes); an arrival index in the trace
+    would. Measured: calm start at or after ``warmup``; in calm start order."""
     a, b = _quiet(calm, "calm"), _quiet(flood, "flood")
     out = []
     for t in sorted(a.keys() & b.keys()):
@@ -102,12 +104,12 @@ def matched_goal(calm: dict[str, Any], flood: dict[str, Any], warmup: float) -> 
 
 def _aligned(xs: list[float], ys: list[float]) -> list[tuple[int, int]]:
     """The (calm index, flood index) pairs of ``matched_goal``'s alignment of two sorted start lists: a
-    dynamic programme over prefixes, its cost (-pairs, early pairs, total gap) compared in that order:
+    dynamic programme over prefixes, its cost (-pairs, total gap) compared in that order:
     O(len(xs) * len(ys)) steps per tenant (a few hundred starts each in a live run)."""
     n, m = len(xs), len(ys)
     # best[i][j]: the cost of aligning xs[:i] with ys[:j]; how[i][j]: the step that gave it (0: xs[i-1]
     # unpaired, 1: ys[j-1] unpaired, 2: they pair).
-    best = [[(0, 0, 0.0)] * (m + 1) for _ in range(n + 1)]
+    best = [[(0, 0.0)] * (m + 1) for _ in range(n + 1)]
     how = [[0] * (m + 1) for _ in range(n + 1)]
     for j in range(1, m + 1):
         how[0][j] = 1
@@ -118,8 +120,8 @@ def _aligned(xs: list[float], ys: list[float]) -> list[tuple[int, int]]:
                 cost, step = best[i][j - 1], 1
             gap = ys[j - 1] - xs[i - 1]
             if abs(gap) <= GOAL_MATCH_S:
-                c, e, g = best[i - 1][j - 1]
-                paired = (c - 1, e + (gap < 0), g + abs(gap))
+                c, g = best[i - 1][j - 1]
+                paired = (c - 1, g + abs(gap))
                 if paired < cost:
                     cost, step = paired, 2
             best[i][j], how[i][j] = cost, step
