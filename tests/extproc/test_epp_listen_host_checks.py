@@ -64,6 +64,28 @@ def test_kvgate_epp_refuses_the_host_in_one_line_under_port(host: str, why: str)
     assert why in lines[0], lines
 
 
+NOT_LOCAL = "192.0.2.1"  # (TEST-NET-1: no interface here has it)
+
+
+def test_a_non_local_address_is_refused_for_port_0() -> None:
+    """Review s24-rev-fix24 F3 (its tests, moved): port 0 on an address this host lacks fails to bind
+    (``EADDRNOTAVAIL``), in gRPC too; the check returned once the host resolved. Fails on c54495c6."""
+    with pytest.raises(OSError):
+        check_bindable(NOT_LOCAL, 0, any_address=True)
+
+
+def test_kvgate_epp_refuses_a_non_local_host_in_one_line_for_port_0() -> None:
+    """The real CLI: the refusal alone under ``--port`` (a fixed ``--port`` was refused so; port 0 passed the
+    check, the scraper's first round ran and gRPC's ``add_port.cc`` line came first). Fails on c54495c6."""
+    argv = [*KVGATE, "epp", "--endpoints", "127.0.0.1:9", "--plaintext", "--host", NOT_LOCAL, "--port", "0",
+            "--grpc-health-port", "0", "--metrics-port", "0"]  # fmt: skip
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 1, res.stderr[-1500:]
+    lines = [ln for ln in res.stderr.splitlines() if " INFO " not in ln]
+    assert len(lines) == 1, f"{len(lines)} lines, not the refusal alone:\n{res.stderr[-1500:]}"
+    assert lines[0].startswith("kvgate epp: cannot start: --port: "), lines
+
+
 # --- the check vs real gRPC ---------------------------------------------------------------------------
 
 _V6 = socket.has_ipv6

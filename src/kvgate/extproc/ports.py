@@ -24,15 +24,14 @@ def check_bindable(host: str, port: int, *, any_address: bool) -> None:
     (review s23-rev-fix23a F3/F4: both were left to gRPC, which logged its line first, or to the metrics
     check, which refused under ``--metrics-port`` a host wrong for ``--port`` too). Else the metrics
     listener's own bind, ``bind_one`` (review s23-rev-hub23 F2/F3: it was modelled as asyncio's
-    ``create_server``, every address of a name bound, IPv6 ones v6-only). Port 0 (ephemeral) binds
-    wherever the host is one."""
+    ``create_server``, every address of a name bound, IPv6 ones v6-only). Port 0 (ephemeral) is bound as
+    well by the gRPC check: an address this host lacks fails it too (``EADDRNOTAVAIL``; review
+    s24-rev-fix24 F3: it passed, and gRPC's line came first)."""
     if not any_address:
         if port:
             bind_one(host, port).close()
         return
     tries = _grpc_addresses(host, port)
-    if port == 0:
-        return
     errors = [e for f, a, v6only in tries if (e := _bind_error(f, a, v6only)) is not None]
     if errors and len(errors) == len(tries):
         raise errors[0]
