@@ -452,6 +452,11 @@ def test_what_detached_after_the_last_listing_is_swept_too(tmp_path: Path) -> No
         _wait_ended(watchdog, within_s=20)
 
 
+def _environ(pid: int) -> bytes:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return f.read()
+
+
 def test_the_sweep_spares_what_does_not_carry_its_marker() -> None:
     """``marked``: a process started with the entry is found, one with another watchdog's entry or none
     is not."""
@@ -464,6 +469,12 @@ def test_the_sweep_spares_what_does_not_carry_its_marker() -> None:
     entries = [{lifeline.ENV_VAR: m.decode().split("=", 1)[1]} for m in (mine, other)] + [{}]
     procs = [subprocess.Popen(["sleep", "60"], env={**env, **e}) for e in entries]
     try:
+        # Popen returns once the child's exec has begun (vfork's parent resumes at exec_mmap), before the
+        # kernel has laid out the new environment: /proc/<pid>/environ reads empty for that moment (seen
+        # once in CI under load). Each child is read until its environment is there.
+        deadline = time.monotonic() + 10
+        while not all(_environ(p.pid) for p in procs[:2]) and time.monotonic() < deadline:
+            time.sleep(0.01)
         table = lifeline.scan()
         assert lifeline.marked(table, mine) == {procs[0].pid}
     finally:
