@@ -3,12 +3,15 @@ side by side in the same run (#16, prev24: follow-ups estimated as their convers
 
 Each session sends a first turn (``instructions``: its own document, ``input``: a question) and then
 follow-ups that name the previous response (``previous_response_id``) with a short new input, after a
-think time; every turn streams. The simulated replicas keep their answers as vLLM does (``store``) and
-prefill a follow-up as the whole conversation. Per (seed, tree): a fresh ``kvgate sim`` fleet (this tree's
-simulator for both) and a fresh ``kvgate serve`` from that tree's ``src`` (``--policy kvgate --kv-events
-off``: the approximate prefix index); the trees run in an order that alternates by seed. The workload is
-drawn from the seed alone (the same requests at the same offsets for both trees; a follow-up leaves its
-think time after the previous turn's end, so a session's pace follows its answers).
+think time, and (``--instructions every``, the default: the usual SDK loop) the document again as their
+``instructions``; every turn streams. The simulated replicas keep their answers as vLLM 0.32 does
+(``store``) and prefill a follow-up as it does: its own instructions, then the conversation without any
+earlier instructions (``--instructions first``: the follow-ups are prefilled without the document). Per
+(seed, tree): a fresh ``kvgate sim`` fleet (this tree's simulator for both) and a fresh ``kvgate serve``
+from that tree's ``src`` (``--policy kvgate --kv-events off``: the approximate prefix index); the trees
+run in an order that alternates by seed. The workload is drawn from the seed alone (the same requests at
+the same offsets for both trees; a follow-up leaves its think time after the previous turn's end, so a
+session's pace follows its answers).
 
 Figures per row: TTFT p50/p90 over every turn (first ``response.output_text.delta``, seconds; the
 simulator runs in real time), TTFT p90 of the follow-ups alone, the replicas' prefix hit rate (the sum of
@@ -110,9 +113,14 @@ def _text(rng: random.Random, words: int, tag: str) -> str:
     return f"[{tag}] " + " ".join(rng.choice(_WORDS) for _ in range(words))
 
 
-def workload(seed: int, sessions: int, window_s: float, think_s: float) -> list[list[Turn]]:
+def workload(
+    seed: int, sessions: int, window_s: float, think_s: float, every: bool = True
+) -> list[list[Turn]]:
     """Sessions arriving uniformly at random over ``window_s``; a document of 400-1,600 words, 3-6 turns,
-    follow-ups of 10-80 words after an exponential think time (mean ``think_s``)."""
+    follow-ups of 10-80 words after an exponential think time (mean ``think_s``). ``every``: each follow-up
+    sends the document again as its ``instructions`` (the usual SDK loop; vLLM 0.32 drops an earlier
+    turn's instructions, so a follow-up without them is prefilled without the document); else the first
+    turn alone does. The same draws either way."""
     rng = random.Random(seed)
     out = []
     for s in range(sessions):
@@ -123,7 +131,7 @@ def workload(seed: int, sessions: int, window_s: float, think_s: float) -> list[
             turns.append(
                 Turn(
                     rng.expovariate(1.0 / think_s),
-                    None,
+                    doc if every else None,
                     _text(rng, rng.randint(10, 80), "q"),
                     rng.randint(16, 96),
                 )
@@ -224,7 +232,11 @@ def run_one(args: argparse.Namespace, tree: str, seed: int) -> Result:
             _wait(f"http://127.0.0.1:{sim_port + i}/health")
         _wait(f"http://127.0.0.1:{gw_port}/readyz")
         time.sleep(1.0)  # (a first scrape of every replica)
-        return asyncio.run(drive(gw_port, workload(seed, args.sessions, args.window, args.think)))
+        return asyncio.run(
+            drive(
+                gw_port, workload(seed, args.sessions, args.window, args.think, args.instructions == "every")
+            )
+        )
     finally:
         for p in procs:
             p.kill()
@@ -257,6 +269,12 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=24)
     p.add_argument("--window", type=float, default=8.0, help="seconds over which sessions start")
     p.add_argument("--think", type=float, default=1.5, help="mean think time between turns (s)")
+    p.add_argument(
+        "--instructions",
+        choices=("every", "first"),
+        default="every",
+        help="the document as every turn's instructions (default), or the first turn's alone",
+    )
     args = p.parse_args()
     trees = [os.path.abspath(t) for t in args.trees.split(",")]
     ratios: dict[str, list[float]] = {t: [] for t in trees}

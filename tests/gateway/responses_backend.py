@@ -38,6 +38,9 @@ class ResponsesStore(RouteServer):
         self.made: list[str] = []
         self.followed: list[str] = []  # previous_response_id of each follow-up answered here
         self.split_created: int | None = None
+        # Answers cut (the connection aborted) after their first part: a JSON body after its first half, a
+        # stream after its ``response.created`` and a delta (no ``response.completed``).
+        self.cut = False
         self.docs: dict[str, dict[str, Any]] = {}  # id -> the response object (retrieval)
         self.lookups: list[tuple[str, str]] = []  # (method, path with query) of each lookup answered here
         self.lookup_headers: list[dict[str, str]] = []  # and its headers (lower-case names)
@@ -77,6 +80,16 @@ class ResponsesStore(RouteServer):
         }
         self.docs[rid] = doc
         if not body.get("stream"):
+            if self.cut:
+                raw = orjson.dumps(doc)
+                cut = web.StreamResponse(headers={"Content-Type": "application/json"})
+                cut.content_length = len(raw)
+                await cut.prepare(request)
+                await cut.write(raw[: len(raw) // 2])
+                await cut.drain()
+                assert request.transport is not None
+                request.transport.abort()
+                return cut
             return web.json_response(doc)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -91,6 +104,11 @@ class ResponsesStore(RouteServer):
                 await asyncio.sleep(0.05)
                 data = data[self.split_created :]
             await resp.write(data)
+            if self.cut and kind == "response.output_text.delta":
+                await resp.drain()
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
         await resp.write_eof()
         return resp
 

@@ -103,7 +103,7 @@ def test_a_renderer_bug_is_not_a_client_400(monkeypatch: pytest.MonkeyPatch) -> 
         raise TypeError("a bug")
 
     monkeypatch.setattr(request, "render_chat", broken)
-    monkeypatch.setattr(request, "render_responses", broken)
+    monkeypatch.setattr(request, "_responses_items", broken)  # (render_responses' input part)
     for path, body in (("/v1/chat/completions", M), ("/v1/messages", M), ("/v1/responses", R)):
         with pytest.raises(TypeError, match="a bug"):
             parse_body(kind_for_path(path), orjson.dumps(body))

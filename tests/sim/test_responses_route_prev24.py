@@ -26,12 +26,25 @@ async def test_a_follow_up_is_prefilled_as_the_conversation(sim_fleet: FleetFact
         model=MODEL, instructions="Be brief. " * 20, input="Tell me a story.", max_output_tokens=6
     )
     assert first.usage is not None and first.usage.output_tokens == 6 and first.output_text
+    # Repeating its instructions (vLLM 0.32 puts a follow-up's own first and drops the earlier ones): the
+    # conversation is the first turn's prompt continued, most of it from the cache.
     follow = await client.responses.create(
-        model=MODEL, previous_response_id=first.id, input="And then?", max_output_tokens=3
+        model=MODEL,
+        instructions="Be brief. " * 20,
+        previous_response_id=first.id,
+        input="And then?",
+        max_output_tokens=3,
     )
     assert follow.usage is not None
     assert follow.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
     assert follow.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 16
+    # Without them: the earlier instructions are not prefilled (rev-prev24 F1; this test pinned the
+    # opposite before), so the conversation's cached start is gone.
+    bare = await client.responses.create(
+        model=MODEL, previous_response_id=first.id, input="And then?", max_output_tokens=3
+    )
+    assert bare.usage is not None
+    assert bare.usage.input_tokens < follow.usage.input_tokens - 20
     with pytest.raises(openai.NotFoundError, match="not found"):
         await client.responses.create(model=MODEL, previous_response_id="resp_nope", input="x")
     unstored = await client.responses.create(model=MODEL, input="x", store=False, max_output_tokens=2)

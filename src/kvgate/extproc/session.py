@@ -497,7 +497,8 @@ class Session:
         if self._responses:
             prev = previous_response_id(path, parsed.body)
             turns = self.ctx.turns
-            follow_up(req, parsed.body.get("store"), turns.get(prev) if prev is not None else None)
+            turn = turns.get(prev) if prev is not None else None
+            follow_up(req, parsed.body.get("store", True), turn, parsed.lead_chars)
             if prev is not None:
                 self._pin(req, prev)
         self._use_models(client_model, model, size, req)  # (its flow known: fairness id, priority)
@@ -834,7 +835,8 @@ class Session:
         learned = scanner.learned_usage() if isinstance(scanner, CountingScanner) else self.usage
         self.ctx.director.on_finished(self.request, self.endpoint, learned, ok)
         conv = self.request.conversation
-        if conv is not None and conv.response_id is not None and ok and 200 <= self.status < 300:
+        # (kept only whole: vLLM stores a streamed response at its end, a cut one never)
+        if conv is not None and conv.response_id is not None and ok and complete and 200 <= self.status < 300:
             self._keep_turn(conv.response_id)
         obs = self.ctx.observer
         if obs is not None:

@@ -615,7 +615,8 @@ class Proxy:
         if kind == RESPONSES_PATH:
             prev = previous_response_id(kind, parsed.body)
             # The earlier turn's tokens and blocks (a follow-up), and this turn's kept for the next.
-            follow_up(ireq, parsed.body.get("store"), self.turns.get(prev) if prev is not None else None)
+            turn = self.turns.get(prev) if prev is not None else None
+            follow_up(ireq, parsed.body.get("store", True), turn, parsed.lead_chars)
             if prev is not None:
                 # A Responses follow-up: picked among the endpoint that made the response it names, while
                 # that one is known and healthy (elsewhere vLLM answers 404); a retry may go elsewhere.

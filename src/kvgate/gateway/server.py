@@ -539,8 +539,9 @@ class GatewayServer:
 
         Every knob applies without a restart: the fronts' (body cap, deadlines, write buffer, connection
         cap: ``FrontServer.apply_limits``, data and admin ports), the proxy's (request, idle and connect
-        timeouts, to requests that start after it), and those read from ``cfg.limits`` per request
-        (concurrency cap, attempts, the proxy's own body check) or at the drain."""
+        timeouts, to requests that start after it; the Responses turns it keeps, ``responseTurns``, trimmed
+        at once), and those read from ``cfg.limits`` per request (concurrency cap, attempts, the proxy's own
+        body check) or at the drain."""
         cur = self.cfg.limits
         changed = {
             f.name: (getattr(cur, f.name), getattr(new, f.name))
@@ -555,6 +556,7 @@ class GatewayServer:
             self.proxy.request_timeout = cur.request_timeout_s or None
             self.proxy.upstream.connect_timeout = cur.connect_timeout_s
             self.proxy.upstream.idle_timeout = cur.idle_timeout_s
+            self.proxy.turns.resize(cur.response_turns)  # (the Responses turns kept: trimmed at once)
         return changed
 
     def evict_queued(self) -> int:

@@ -80,8 +80,14 @@ def _region_words(slots: int) -> int:
     return 1 + PAIRS * _P + slots * _E
 
 
+# The segment's last word: this layout's mark (``_E``, ``_P`` and a version), written by the supervisor and
+# checked by each worker's ``attach``: a worker spawned from code of another layout (an upgrade in place
+# under a running supervisor) refuses to start instead of writing over the others' entries (rev-prev24 F7).
+_LAYOUT = (0x6B76_7273 << 32) | (2 << 16) | (_E << 8) | _P
+
+
 def segment_size(workers: int) -> int:
-    return workers * _region_words(slots_per_worker(workers)) * 8
+    return workers * _region_words(slots_per_worker(workers)) * 8 + 8
 
 
 def segment_name(inflight_segment: str) -> str:
@@ -122,11 +128,28 @@ class SharedResponses:
     def create(cls, workers: int, name: str) -> SharedResponses:
         # (a new segment is zeros: ftruncate)
         shm = shared_memory.SharedMemory(name=name, create=True, size=segment_size(workers))
-        return cls(shm, workers, -1, owner=True)
+        table = cls(shm, workers, -1, owner=True)
+        table._words[-1] = _LAYOUT
+        return table
 
     @classmethod
     def attach(cls, name: str, workers: int, worker: int) -> SharedResponses:
-        return cls(shared_memory.SharedMemory(name=name), workers, worker)
+        """A worker's view; ValueError for a segment of another size or layout (another kvgate's)."""
+        shm = shared_memory.SharedMemory(name=name)
+        want = segment_size(workers)
+        buf = shm.buf
+        mark = (
+            int.from_bytes(buf[want - 8 : want], "little", signed=True)
+            if buf is not None and shm.size >= want
+            else 0
+        )
+        if mark != _LAYOUT:
+            shm.close()
+            raise ValueError(
+                f"the Responses table {name!r} ({shm.size} bytes) is not this kvgate's layout ({want} bytes,"
+                f" mark {_LAYOUT:#x}, found {mark:#x}): restart the supervisor with the same version"
+            )
+        return cls(shm, workers, worker)
 
     def close(self) -> None:
         self._words.release()

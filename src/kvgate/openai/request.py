@@ -320,13 +320,27 @@ def render_responses(
     shares the first turn's prefix. The request's media budget (``MAX_LONG_MEDIA_PARTS``: ``budget``, as
     ``render_chat``'s) spans all items.
     """
+    return responses_lead(instructions, tools) + _responses_items(items, budget)
+
+
+def responses_lead(instructions: str | None, tools: Any = None) -> str:
+    """A Responses request's own head, ``render_responses``'s start: its tools and ``instructions``. vLLM
+    0.32 never carries these into a follow-up (``construct_input_messages``: the follow-up's own
+    instructions first, every earlier system message dropped), so a kept turn leaves them out
+    (``openai.responses``)."""
     out = []
-    if budget is None:
-        budget = media_budget()
     if tools:
         out.append(f"<|tools|>\n{_text(tools)}\n")
     if instructions:
         out.append(f"<|system|>\n{instructions}\n")
+    return "".join(out)
+
+
+def _responses_items(items: str | list[dict[str, Any]], budget: list[int] | None = None) -> str:
+    """``render_responses``'s ``input`` part."""
+    out = []
+    if budget is None:
+        budget = media_budget()
     if isinstance(items, str):
         out.append(f"<|user|>\n{items}\n")
         return "".join(out)
@@ -421,6 +435,9 @@ class ParsedBody:
     sequences: int = 1
     # The body's length as received: flow control's size (``InferenceRequest.body_bytes``).
     body_bytes: int = 0
+    # A Responses body: the characters of ``prompt_text``'s start that are its tools and ``instructions``
+    # (``responses_lead``), which vLLM does not carry into a follow-up.
+    lead_chars: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,11 +604,12 @@ def _fails(system: Any) -> bool:
     return False
 
 
-def _responses_prompt(body: dict[str, Any], budget: list[int]) -> str:
-    """A Responses API body's prompt text (``render_responses``). Refused (400, the key named) only where
-    vLLM's ``ResponsesRequest`` refuses too: ``input`` neither a string nor a list, an item
-    that is not an object, ``instructions`` not a string. Items it would refuse for their shape (an
-    unknown ``type``, a message without content) are rendered: a newer server may take them."""
+def _responses_prompt(body: dict[str, Any], budget: list[int]) -> tuple[str, int]:
+    """A Responses API body's prompt text (``render_responses``) and its lead's length (``responses_lead``).
+    Refused (400, the key named) only where vLLM's ``ResponsesRequest`` refuses too: ``input`` neither a
+    string nor a list, an item that is not an object, ``instructions`` not a string. Items it would refuse
+    for their shape (an unknown ``type``, a message without content) are rendered: a newer server may take
+    them."""
     items = body.get("input")
     if items == {}:  # (vLLM lists an iterable ``input``: ``{}`` is no items, a non-empty object its keys)
         items = []
@@ -603,9 +621,11 @@ def _responses_prompt(body: dict[str, Any], budget: list[int]) -> str:
     if instructions is not None and not isinstance(instructions, str):
         raise BodyError("'instructions' must be a string", "instructions")
     try:
-        return render_responses(instructions, items, body.get("tools"), budget)
+        rest = _responses_items(items, budget)
     except _RenderError as e:
         raise BodyError(f"'input': {e}", "input") from None
+    lead = responses_lead(instructions, body.get("tools"))
+    return lead + rest, len(lead)
 
 
 def _conversations(value: Any, batch: bool) -> list[list[Any]] | None:
@@ -765,7 +785,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         # Without the key its prompt is in, no prompt (as an ``OTHER`` body: the server's 400 answers it).
         kind = OTHER
     token_ids: list[int] | None = None
-    prompt_text, estimate = "", 0
+    prompt_text, estimate, lead_chars = "", 0, 0
     if kind in (CHAT, MESSAGES):
         messages = body.get("messages")
         # (an empty list is vLLM's ``AnthropicMessagesRequest``'s to take, not chat's)
@@ -791,7 +811,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         estimate = _estimate(prompt_text, budget)
     elif kind == RESPONSES:
         budget = media_budget()
-        prompt_text = _responses_prompt(body, budget)
+        prompt_text, lead_chars = _responses_prompt(body, budget)
         estimate = _estimate(prompt_text, budget)
     elif kind == COMPLETIONS:
         if "prompt" not in body:
@@ -870,6 +890,7 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         estimate,
         sequences,
         len(raw),
+        lead_chars,
     )
 
 

@@ -70,14 +70,19 @@ TURNS_MAX = 10_000
 
 
 class Turn:
-    """A finished Responses turn, kept for the follow-up naming it: the whole conversation's tokens as the
-    server holds it (that turn's prompt, the earlier turns included, plus its output: its usage, else the
-    prompt's estimate) and the prefix scorer's block chain of it (``scheduling.types.Conversation``)."""
+    """A finished Responses turn, kept for the follow-up naming it: the conversation's tokens vLLM 0.32
+    carries into a follow-up (every turn's input and output so far, without any turn's tools and
+    ``instructions``: ``construct_input_messages`` drops earlier system messages and puts the follow-up's
+    own first), the prefix scorer's block chain of this turn's prompt (``scheduling.types.Conversation``)
+    and the key of the head (tools + instructions) that chain starts with (``lead_key``, 0: none)."""
 
-    __slots__ = ("by_ids", "chunk", "hashes", "model", "tokens")
+    __slots__ = ("by_ids", "chunk", "hashes", "lead_key", "model", "tokens")
 
-    def __init__(self, tokens: int, hashes: array[int], chunk: int, by_ids: bool, model: str) -> None:
+    def __init__(
+        self, tokens: int, hashes: array[int], chunk: int, by_ids: bool, model: str, lead_key: int = 0
+    ) -> None:
         self.tokens, self.hashes, self.chunk, self.by_ids, self.model = tokens, hashes, chunk, by_ids, model
+        self.lead_key = lead_key
 
 
 def finished_turn(req: InferenceRequest, usage: Usage | None) -> Turn | None:
@@ -86,26 +91,49 @@ def finished_turn(req: InferenceRequest, usage: Usage | None) -> Turn | None:
     conv = req.conversation
     if conv is None or conv.response_id is None:
         return None
+    lead = conv.lead_tokens
     if usage is not None and usage.prompt_tokens > 0:
-        tokens = usage.prompt_tokens + usage.completion_tokens
+        # (the head's share of the real count as of the estimate: the tokenizer's density applies)
+        if lead and req.prompt_tokens > 0:
+            lead = min(usage.prompt_tokens, lead * usage.prompt_tokens // req.prompt_tokens)
+        tokens = usage.prompt_tokens - lead + usage.completion_tokens
     else:  # (no usage: the estimate, the earlier turns included; its output unknown)
-        tokens = req.prompt_tokens
+        tokens = max(0, req.prompt_tokens - lead)
     # (at most the default window's blocks, whatever ``maxPrefixBlocksToMatch`` says: the bound per turn; a
     # follow-up then continues from the last one kept, still a prefix of the conversation)
     chain = array("Q", conv.chain[:MAX_PREFIX_BLOCKS])
-    return Turn(tokens, chain, conv.chain_chunk, conv.chain_by_ids, req.model)
+    return Turn(tokens, chain, conv.chain_chunk, conv.chain_by_ids, req.model, conv.lead_key)
 
 
-def follow_up(req: InferenceRequest, store: Any, turn: Turn | None) -> None:
-    """Mark a Responses request: its earlier ``turn`` (None: none known) added to its estimate and handed
-    to the prefix scorer as its head; a ``Conversation`` set when the server keeps this turn (``store``
-    not false) or it follows one, so the turn it makes is kept in its turn (``finished_turn``)."""
+def follow_up(req: InferenceRequest, store: Any, turn: Turn | None, lead_chars: int = 0) -> None:
+    """Mark a Responses request whose prompt text starts with ``lead_chars`` of its own tools and
+    ``instructions`` (``ParsedBody.lead_chars``): its earlier ``turn`` (None: none known) added to its
+    estimate, and handed to the prefix scorer as its head when that turn's chain started with the same
+    head (vLLM then prefills this turn as that chain continued; another head, or none where it had one,
+    and the earlier chain is not a prefix of this prompt: no head, the request scored on its own text). A
+    ``Conversation`` is set when the server keeps this turn (``store``: the body's, True when absent; vLLM's
+    ``if request.store``, so ``null`` keeps nothing) or it follows one, so the turn it makes is kept in its
+    turn (``finished_turn``)."""
+    text = req.prompt_text
+    lead_chars = min(lead_chars, len(text))
+    lead_key = hash(text[:lead_chars]) or 1 if lead_chars else 0
+    lead_tokens = req.prompt_tokens * lead_chars // len(text) if lead_chars else 0
     if turn is None:
-        if store is not False:
-            req.conversation = Conversation()
+        if store:
+            req.conversation = Conversation(lead_chars=lead_chars, lead_tokens=lead_tokens, lead_key=lead_key)
         return
     req.prompt_tokens += turn.tokens
-    req.conversation = Conversation(turn.tokens, turn.hashes, turn.chunk, turn.by_ids, turn.model)
+    same = turn.lead_key == lead_key
+    req.conversation = Conversation(
+        turn.tokens,
+        turn.hashes if same else (),
+        turn.chunk,
+        turn.by_ids,
+        turn.model,
+        lead_chars=lead_chars,
+        lead_tokens=lead_tokens,
+        lead_key=lead_key,
+    )
 
 
 class ResponseTurns:
@@ -134,6 +162,12 @@ class ResponseTurns:
         turns.move_to_end(response_id)
         while len(turns) > self.max_entries:
             turns.popitem(last=False)
+
+    def resize(self, max_entries: int) -> None:
+        """A reload's ``limits.responseTurns``: the oldest turns beyond it go now (0: all, none kept)."""
+        self.max_entries = max_entries
+        while len(self._turns) > max_entries:
+            self._turns.popitem(last=False)
 
     def get(self, response_id: str) -> Turn | None:
         entry = self._turns.get(response_id)

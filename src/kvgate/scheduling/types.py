@@ -84,6 +84,13 @@ class Conversation:
     chain_chunk: int = 0
     chain_by_ids: bool = False
     response_id: str | None = None
+    # This turn's own head (its tools and ``instructions``: the first ``lead_chars`` of its prompt text,
+    # ~``lead_tokens`` of its estimate, ``lead_key`` their hash, 0 for none): vLLM 0.32 prefills a
+    # follow-up as its own head, then the conversation without any earlier head, so the kept turn leaves
+    # it out and ``head`` is handed only when the heads agree (then the earlier chain is a prefix).
+    lead_chars: int = 0
+    lead_tokens: int = 0
+    lead_key: int = 0
 
 
 def prompt_tokens(req_tokens: int, text: str, token_ids: Sequence[int] | None) -> int:

@@ -2,14 +2,18 @@
 
 As vLLM with ``VLLM_ENABLE_RESPONSES_API_STORE=1``: an answer made with ``store`` (its default: true) is
 kept in this replica's memory with the conversation that made it (its messages and the output), and a
-follow-up naming it (``previous_response_id``) is prefilled as that conversation, then its own
-``instructions`` and ``input``: the engine sees (and its prefix cache may hold) the whole conversation,
-while the request's body carries only the new input. Anywhere else the id is vLLM's 404 (``Response with
-id '...' not found.``). Kept: the latest ``STORE_MAX`` answers (vLLM keeps all until restart; a bound
-here so a long benchmark does not grow the simulator).
+follow-up naming it (``previous_response_id``) is prefilled as vLLM 0.32 builds it
+(``construct_input_messages``): its own ``instructions`` first, then that conversation with every system
+message dropped (earlier instructions never carry over), then its ``input``: the engine sees (and its
+prefix cache may hold) the whole conversation, while the request's body carries only the new input. A
+crash (``Replica.stop``) loses them, as a restarted vLLM does. Anywhere else the id is vLLM's 404
+(``Response with id '...' not found.``). Kept: the latest ``STORE_MAX`` answers (vLLM keeps all until
+restart; a bound here so a long benchmark does not grow the simulator).
 
-An answer is one JSON ``response`` object, or (``stream``) the events ``response.created``,
+An answer is one JSON ``response`` object, or (``stream``) vLLM 0.32's events: ``response.created``,
+``response.in_progress``, ``response.output_item.added``, ``response.content_part.added``,
 ``response.output_text.delta`` per token (the first marks the first token, as vLLM's), then
+``response.output_text.done``, ``response.content_part.done``, ``response.output_item.done`` and
 ``response.completed`` with its usage (``input_tokens``, ``input_tokens_details.cached_tokens``,
 ``output_tokens``). Input: a string, or a list of message items (``role`` + a string or parts with
 ``text``); other items are refused (400), as the simulator models text only.
@@ -46,7 +50,8 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     if instructions is not None:
         if not isinstance(instructions, str):
             raise ApiError(400, "'instructions' must be a string", "instructions")
-        out.append({"role": "system", "content": instructions})
+        if instructions:  # (vLLM's ``if request_instructions``: an empty string adds none)
+            out.append({"role": "system", "content": instructions})
     inp = body.get("input")
     if isinstance(inp, str):
         out.append({"role": "user", "content": inp})
@@ -70,13 +75,17 @@ class ResponsesRoutes(OpenAIRoutes):
         lora = self._resolve_model(body)
         model = lora or self.cfg.model
         prev = body.get("previous_response_id")
-        messages: list[dict[str, str]] = []
+        own = _messages(body)
+        messages = own
         if prev is not None:
             earlier = self._stored.get(prev) if isinstance(prev, str) else None
             if earlier is None:
                 raise ApiError(404, f"Response with id '{prev}' not found.", "response_id")
-            messages = list(earlier)
-        messages += _messages(body)
+            # vLLM 0.32's ``construct_input_messages``: this request's instructions first, then the stored
+            # conversation without any system message ("instructions should NOT carry over"), then the
+            # new input.
+            n = 1 if body.get("instructions") else 0
+            messages = [*own[:n], *(m for m in earlier if m["role"] != "system"), *own[n:]]
         ids = self.tok.encode(self.tok.apply_chat_template(messages))
         if not ids:
             raise ApiError(400, "The prompt is empty", "input")
@@ -117,7 +126,7 @@ class ResponsesRoutes(OpenAIRoutes):
             self._pending.pop(rid, None)
             if not p.done and not p.crashed:
                 self.engine.abort(rid)
-        if body.get("store", True) is not False:
+        if body.get("store", True):  # (vLLM's ``if request.store``: ``null`` keeps nothing)
             text = "".join(self._text(req.output_token_ids))
             self._stored[rid] = [*messages, {"role": "assistant", "content": text}]
             while len(self._stored) > STORE_MAX:
@@ -169,10 +178,25 @@ class ResponsesRoutes(OpenAIRoutes):
             body = orjson.dumps({"type": kind, "sequence_number": seq - 1, **data})
             return b"event: " + kind.encode() + b"\ndata: " + body + b"\n\n"
 
-        await resp.write(
-            event("response.created", {"response": self._response_doc(req, model, created, False)})
-        )
         item = f"msg_{req.request_id}"
+        doc = self._response_doc(req, model, created, False)
+        message: dict[str, Any] = {
+            "id": item,
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
+        part: dict[str, Any] = {"type": "output_text", "text": "", "annotations": []}
+        at = {"item_id": item, "output_index": 0, "content_index": 0}
+        # (vLLM 0.32's order before the first delta: the SDK's ``responses.stream()`` needs the item and
+        # its part announced)
+        await resp.write(
+            event("response.created", {"response": doc})
+            + event("response.in_progress", {"response": doc})
+            + event("response.output_item.added", {"output_index": 0, "item": message})
+            + event("response.content_part.added", {**at, "part": part})
+        )
         while True:
             await p.wait()
             if p.crashed:
@@ -189,6 +213,13 @@ class ResponsesRoutes(OpenAIRoutes):
                 await resp.write(b"".join(parts))
             if p.done and not p.tokens:
                 break
-        await resp.write(event("response.completed", {"response": self._response_doc(req, model, created)}))
+        done = self._response_doc(req, model, created)
+        text = done["output"][0]["content"][0]["text"]
+        await resp.write(
+            event("response.output_text.done", {**at, "text": text, "logprobs": []})
+            + event("response.content_part.done", {**at, "part": {**part, "text": text}})
+            + event("response.output_item.done", {"output_index": 0, "item": done["output"][0]})
+            + event("response.completed", {"response": done})
+        )
         await resp.write_eof()
         return resp

@@ -160,6 +160,7 @@ class Replica(ResponsesRoutes, ProbeRoutes, AdminRoutes):
             for transport in list(getattr(server, "_connections", {}).values()):
                 transport.abort()
             self.engine = self._new_engine()
+            self._stored.clear()  # (vLLM's stored responses are its process memory: a restart loses them)
             if self.kv is not None:
                 self.kv.publish([AllBlocksCleared()])  # a restarted engine starts with an empty cache
 

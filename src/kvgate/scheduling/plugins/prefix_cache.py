@@ -240,34 +240,41 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         req = cycle.request
         text = req.prompt_text
         ids = self._token_ids(req)
+        chunk = tokens * 4 if ids else tokens * CHARS_PER_TOKEN  # (uint32 per token: a block is ``tokens``)
+        conv = req.conversation
+        head = conv.head if conv is not None else ()
+        if not (
+            head
+            and conv is not None
+            and (conv.chunk, conv.by_ids, conv.model) == (chunk, bool(ids), req.model)
+        ):
+            head = ()
         data: str | bytes = ""
         hashes: list[int]
-        if ids:
-            chunk = tokens * 4  # uint32 per token: a block is exactly ``tokens`` tokens
+        if head and conv is not None:
+            # A Responses follow-up: the earlier turn's chain (which starts with the same tools and
+            # instructions: ``openai.responses.follow_up``), continued by this turn's new input (its own
+            # head is the chain's start already): the server prefills the conversation, not only the new
+            # input, so the endpoint holding it matches. No tail keys: ``data`` is only the new input.
+            rest = self.max_blocks - len(head)
+            if ids:
+                own: str | bytes = array(
+                    "I", ids[len(ids) * conv.lead_chars // max(1, len(text)) :]
+                ).tobytes()
+            else:
+                own = text[conv.lead_chars :]
+            more = block_hashes(req.model, own, chunk, rest, seed=head[-1]) if rest > 0 and own else []
+            hashes = [*head[: self.max_blocks], *more]
+        elif ids:
             data = array("I", ids).tobytes()
             hashes = block_hashes(req.model, data, chunk, self.max_blocks)
         elif text:
-            chunk = tokens * CHARS_PER_TOKEN
             data = text
             # An ASCII text shorter than one block has none (its UTF-8 bytes are its characters).
             short = len(text) < chunk and text.isascii()
             hashes = [] if short else block_hashes(req.model, text, chunk, self.max_blocks)
         else:
-            chunk, hashes = tokens * CHARS_PER_TOKEN, []
-        conv = req.conversation
-        head = conv.head if conv is not None else ()
-        if (
-            head
-            and conv is not None
-            and (conv.chunk, conv.by_ids, conv.model) == (chunk, bool(ids), req.model)
-        ):
-            # A Responses follow-up: the earlier turn's chain, continued by this turn's own blocks (the
-            # server prefills the conversation, not only the new input), so the endpoint holding the
-            # conversation matches it. No tail keys: ``data`` is only the new input.
-            rest = self.max_blocks - len(head)
-            own = block_hashes(req.model, data or text, chunk, rest, seed=head[-1]) if rest > 0 else []
-            hashes = [*head[: self.max_blocks], *own]
-            data = ""
+            hashes = []
         window = chunk * len(hashes)
         matched: dict[str, int] = {}
         if hashes and self.index.total:
