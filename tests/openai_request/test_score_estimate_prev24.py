@@ -53,3 +53,30 @@ def test_a_content_object_counts_its_text_and_media() -> None:
 )
 def test_what_the_server_would_refuse_is_read_as_before(body: dict[str, Any]) -> None:
     assert _read("/score", body) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "winner"),
+    [
+        # (what vLLM 0.32's pydantic makes of each, checked with its ``TypeAdapter(ScoreRequest)``)
+        (
+            {"data_1": "a" * 40, "data_2": ["b" * 40, "c" * 40], "queries": "q" * 40, "documents": ["d"]},
+            ("queries", "documents"),
+        ),
+        (
+            {"text_1": "a" * 40, "text_2": ["b" * 40, "c" * 40], "data_1": "q" * 40, "data_2": ["d"]},
+            ("data_1", "data_2"),
+        ),
+        (
+            {"queries": "a" * 40, "items": ["b" * 40, "c" * 40], "documents": ["d"] * 3},
+            ("queries", "documents"),
+        ),
+    ],
+)
+def test_a_body_with_two_pairs_is_read_as_vllms_union_reads_it(
+    body: dict[str, Any], winner: tuple[str, str]
+) -> None:
+    """fixprev24 (review s24-rev-prev24, minor): the union's order is (queries/documents, queries/items,
+    data, text); the comment and the code had data first."""
+    alone = {k: body[k] for k in winner}
+    assert _read("/score", body) == _read("/score", alone)

@@ -686,9 +686,11 @@ def _pooling_prompt(body: dict[str, Any], embeddings: bool) -> tuple[str, list[i
     raise BodyError("'input' is required", "input")
 
 
-# The scoring APIs' pairs of inputs, in vLLM 0.32's ``ScoreRequest`` union order (``ScoreDataRequest``,
-# ``ScoreQueriesDocumentsRequest``, ``ScoreQueriesItemsRequest``, ``ScoreTextRequest``), then rerank's.
-_SCORE_PAIRS = (("data_1", "data_2"), ("queries", "documents"), ("queries", "items"), ("text_1", "text_2"))
+# The scoring APIs' pairs of inputs, in vLLM 0.32's ``ScoreRequest`` union order
+# (``ScoreQueriesDocumentsRequest``, ``ScoreQueriesItemsRequest``, ``ScoreDataRequest``,
+# ``ScoreTextRequest``: the first a body carrying two pairs is read as, checked with its pydantic), then
+# rerank's.
+_SCORE_PAIRS = (("queries", "documents"), ("queries", "items"), ("data_1", "data_2"), ("text_1", "text_2"))
 
 
 def _score_estimate(body: dict[str, Any]) -> tuple[int, int]:
