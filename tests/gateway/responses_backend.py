@@ -86,7 +86,6 @@ class ResponsesStore(RouteServer):
                 cut.content_length = len(raw)
                 await cut.prepare(request)
                 await cut.write(raw[: len(raw) // 2])
-                await cut.drain()
                 assert request.transport is not None
                 request.transport.abort()
                 return cut
@@ -105,7 +104,6 @@ class ResponsesStore(RouteServer):
                 data = data[self.split_created :]
             await resp.write(data)
             if self.cut and kind == "response.output_text.delta":
-                await resp.drain()
                 assert request.transport is not None
                 request.transport.abort()
                 return resp
