@@ -1400,7 +1400,7 @@ class Proxy:
             m.error(client_model, ireq.model, str(resp.status), flow)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
-        return Response(status=resp.status, body=body, headers=headers)
+        return Response(resp.status, body, None, headers)  # (by position: status, body, text, headers)
 
     async def _relay_stream(
         self,
@@ -1436,7 +1436,7 @@ class Proxy:
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "text/event-stream")
         headers["Cache-Control"] = "no-cache"
-        out = StreamResponse(status=resp.status, headers=headers)
+        out = StreamResponse(resp.status, headers)
         ok = False
         upstream_ok = True
         drain_cut: bytes | None = None  # (or the preemption's event: the gateway's doing, as the drain's)

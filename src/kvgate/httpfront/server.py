@@ -142,13 +142,14 @@ class Response:
 
     def __init__(
         self,
-        *,
         status: int = 200,
         body: bytes = b"",
         text: str | None = None,
         headers: dict[str, str] | None = None,
         content_type: str | None = None,
     ) -> None:
+        # (positional too: a class called with keywords builds a dict for them, ~0.2 us for three; the
+        # proxy's whole answer, once per request, passes them by position)
         self.status = status
         self.body = text.encode() if text is not None else body
         self.headers = headers or {}
@@ -190,8 +191,9 @@ class StreamResponse:
     )  # fmt: skip
 
     def __init__(
-        self, *, status: int = 200, headers: dict[str, str] | None = None, length: int | None = None
+        self, status: int = 200, headers: dict[str, str] | None = None, length: int | None = None
     ) -> None:
+        # (positional too, as ``Response``: the proxy's relay passes them by position, once per stream)
         self.status = status
         self.headers = headers or {}
         self._proto: FrontProtocol | None = None

@@ -380,8 +380,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             hs = mh.hashes if mh is not None else ()
             evict = ledger.prices(endpoints, unc, float(output), miss_penalty, now, hs)
         costs: list[float] = []
-        sat_flags: list[bool] = []
-        n_sat = 0
+        saturated: list[int] = []  # (the saturated candidates' indices: most picks have none)
         # replicateLoaded: per endpoint, the pace-scaled premium its lost prefix pays over a plain
         # prefill (displacement and backlog), and each best holder's pace-scaled tokens ahead.
         replicate = self.replicate_loaded and matched and best_uncached < p
@@ -447,8 +446,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 # with its running batch.
                 backlog = miss_lost * lost * queued / mqs
                 work += backlog
-            scale = ep.inflight.pace / fastest if fastest else 1.0
-            work *= scale
+            if fastest:
+                scale = inf.pace / fastest
+                work *= scale
+            else:
+                scale = 1.0  # (``work *= 1.0`` changes no float: not done)
             if replicate:
                 # Only onto a replica with nothing queued: the copy then delays no one.
                 idle = ahead == 0 and queued <= 0
@@ -456,16 +458,17 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 if not lost and uncached == best_uncached:
                     holder_ahead.append(ahead * scale)
             costs.append(cost + work)
-            sat_flags.append(sat)
-            n_sat += sat
+            if sat:
+                saturated.append(i)
         if replicate and holder_ahead and min(holder_ahead) > p - best_uncached:
             # Every best holder has more prefill queued in front of it than a hit there saves: the
             # prefix's demand exceeds what its holders serve in time, so a second copy is wanted and
             # costs its prefill only (the index then counts the new replica as a holder too).
             costs = [c - prem for c, prem in zip(costs, premiums, strict=True)]
-        if 0 < n_sat < len(costs):
+        if saturated and len(saturated) < len(costs):
             pen = self.saturation_penalty
-            costs = [c + pen if s else c for c, s in zip(costs, sat_flags, strict=True)]
+            for i in saturated:
+                costs[i] += pen
         if cycle.explain:
             add_explanation(cycle, "costs", {ep.address: c for ep, c in zip(endpoints, costs, strict=True)})
         return costs

@@ -33,8 +33,13 @@ class MaxScorePicker(_TopK):
         rng = self.handle.rng
         if self.max_endpoints == 1:
             best = max(scores)
-            if scores.count(best) == 1:  # the common case, at C speed
+            ties = scores.count(best)
+            if ties == 1:  # the common case, at C speed
                 return [endpoints[scores.index(best)]]
+            if ties == len(scores):
+                # Every endpoint ties (equally loaded, nothing cached): the same draw as over the tie list
+                # below (``choice`` takes index ``_randbelow(n)`` of either), without building it.
+                return [rng.choice(endpoints)]
             top = []  # (a loop: a comprehension is a function call in 3.11; ties are common when idle)
             for i, s in enumerate(scores):
                 if s == best:
