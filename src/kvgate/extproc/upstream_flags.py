@@ -1,7 +1,8 @@
 """The reference EPP's own flags that ``kvgate epp`` accepts and ignores (qa24 F3).
 
 A Deployment written for the reference EPP (gateway-api-inference-extension ``pkg/epp/server/options.go``,
-plus its controller-runtime zap flags ``--zap-*`` and the older ``--destination-endpoint-hint-*``) carries
+plus its controller-runtime zap flags ``--zap-*`` and the older ``--destination-endpoint-hint-*``; checked
+against options.go at commit 0e82c621, review s24-rev-fixqa24 R3) carries
 these; they must not stop a drop-in replacement, so each is logged once and ignored. Anything else that is
 not a kvgate epp option is refused (exit 2, naming it): a misspelt kvgate option (``--plaintxt``) must not
 start a server the operator did not ask for.
@@ -38,12 +39,20 @@ REFERENCE_ONLY = frozenset(
         "--custom-parser",
         "--destination-endpoint-hint-metadata-namespace",
         "--destination-endpoint-hint-key",
+        # (multi-engine metric collection: review s24-rev-fixqa24 R3)
+        "--enable-multi-engine",
+        "--engine-label-key",
     }
 )
 
 
 def _reference(flag: str) -> bool:
-    return flag in REFERENCE_ONLY or flag.startswith("--zap-")
+    # ``-v`` is a pflag shorthand there (``IntVarP("v", "v", ...)``): ``-v3`` is ``-v=3`` (R3)
+    return (
+        flag in REFERENCE_ONLY
+        or flag.startswith("--zap-")
+        or (flag.startswith("-v") and flag[2:].isdigit())
+    )
 
 
 def split_unknown(unknown: list[str]) -> tuple[list[str], list[str]]:
