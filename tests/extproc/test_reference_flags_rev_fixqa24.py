@@ -1,7 +1,8 @@
-"""Review s24-rev-fixqa24 R3: GIE's pkg/epp/server/options.go (kubernetes-sigs/gateway-api-inference-extension,
-read at commit 0e82c621) registers --enable-multi-engine and --engine-label-key, and -v as a pflag shorthand
-(``IntVarP("v", "v", ...)``: -v3 and -v=3 are its forms). kvgate epp refused them (exit 2), so a Deployment
-written for that reference did not start kvgate epp (before d9464735 they were ignored)."""
+"""Review s24-rev-fixqa24 R3: GIE's pkg/epp/server/options.go
+(kubernetes-sigs/gateway-api-inference-extension, read at commit 0e82c621) registers --enable-multi-engine
+and --engine-label-key, and -v as a pflag shorthand (``IntVarP("v", "v", ...)``: -v3 and -v=3 are its
+forms). kvgate epp refused them (exit 2), so a Deployment written for that reference did not start kvgate
+epp (before d9464735 they were ignored)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """qa24 F1: a model server's own 429 (at capacity: it ran nothing) is retried on another endpoint while
-attempts are left, as its 503 is, and the endpoint is charged a failure as for a 503 (backed off, ejected
-after ``ejectAfterFailures`` in a row). Before, it was passed to the client although another endpoint was
-idle: two endpoints, round robin, ``maxAttempts: 3`` answered ``[429, 200, 429, 200, 429, 200]``. When
-every attempt gets a 429, the last one reaches the client with its ``Retry-After``. Real HTTP on loopback:
-``gateway.backend.Backend`` servers behind a real ``GatewayServer``."""
+attempts are left, as its 503 is, but not charged a failure (review s24-rev-fixqa24 R1: busy is not
+broken; a saturated pool must not eject its servers). Before, it was passed to the client although another
+endpoint was idle: two endpoints, round robin, ``maxAttempts: 3`` answered ``[429, 200, 429, 200, 429,
+200]``. When every attempt gets a 429, the last one reaches the client with its ``Retry-After``. Real HTTP
+on loopback: ``gateway.backend.Backend`` servers behind a real ``GatewayServer``."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ async def test_a_servers_429_is_retried_on_an_idle_endpoint(stream: bool) -> Non
         await idle.stop()
 
 
-async def test_every_attempt_429_passes_the_last_and_charges_the_endpoints() -> None:
+async def test_every_attempt_429_passes_the_last_and_charges_no_endpoint() -> None:
     bs = [await Backend(f"b{i}").start() for i in range(2)]
     try:
         for b in bs:
@@ -50,7 +50,7 @@ async def test_every_attempt_429_passes_the_last_and_charges_the_endpoints() -> 
             failures = {a: st.failures for a, st in gw.health._state.items()}
         assert (status, after) == (429, "7")
         assert [len(b.received) for b in bs] == [1, 1]  # one each: nowhere else to go after the second
-        assert failures == {b.address: 1 for b in bs}, failures
+        assert not any(failures.values()), failures
     finally:
         for b in bs:
             await b.stop()

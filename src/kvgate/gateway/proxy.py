@@ -837,18 +837,22 @@ class Proxy:
                     # a request that may be the culprit (review s18-doors M4): passed through, uncharged.
                     blame = False
                 # A 5xx with nowhere else to go is passed through rather than masked. A server's 429
-                # (at capacity: it ran nothing) is retried and charged as its 503 is (qa24 F1).
+                # (at capacity: it ran nothing) is retried elsewhere (qa24 F1), but not charged: busy is
+                # not broken (Envoy's outlier detection counts 5xx and local-origin errors, not 429), or a
+                # saturated pool would eject its servers (review s24-rev-fixqa24 R1). Nor is a follow-up's
+                # 429 at its home: elsewhere it could only be a 404; the client gets the 429 (R2).
                 status = resp.status
-                if ((status >= 500 and blame) or status == 429) and not (
+                if ((status >= 500 and blame) or (status == 429 and not pinned)) and not (
                     attempt == self.cfg.limits.max_attempts - 1
                     or not any(e.healthy and e.address not in tried for e in pool.endpoints())
                 ):
                     last_error = f"{self._name(ep)}: HTTP {resp.status}"
                     finished = True
-                    if resp.status == 500:  # charged once another endpoint answers it otherwise
+                    if status == 500 or status == 429:  # (a 500: charged once another answers otherwise)
                         director.on_finished(ireq, ep, None, False)
-                        suspect = ep
-                    else:  # 429/502/503/504: the server's state (overload, draining), not the request's
+                        if status == 500:
+                            suspect = ep
+                    else:  # 502/503/504: the server's state (overload, draining), not the request's
                         self._failed(director, ireq, ep)
                     continue
                 if resp.status == 429 or resp.status == 503:
@@ -1373,7 +1377,9 @@ class Proxy:
         blame: bool = True,
     ) -> Response:
         """``blame=False``: a 500 that another endpoint also answered this request, not charged."""
-        ok = resp.status < 500 and resp.status != 429  # (a server's 429 is charged as its 503: qa24 F1)
+        # (a server's 429 is no success, nor a failure: busy, it ran nothing; review s24-rev-fixqa24 R1)
+        busy = resp.status == 429
+        ok = resp.status < 500 and not busy
         # The whole body at once: its time is the whole response's, not a first token's (nothing for
         # the latency models to learn; an error reply even less).
         usage = usage_from_body(body) if resp.status < 300 else None
@@ -1388,7 +1394,7 @@ class Proxy:
             self._charge(ireq, usage, resp.status < 300)
         if ok:
             self.health.success(ep)
-        elif blame and self.health.failure(ep, self._peers(ep)):
+        elif blame and not busy and self.health.failure(ep, self._peers(ep)):
             self.metrics.ejections.inc()
         if sent_model:
             body = BodyRewriter(sent_model, client_model).rewrite(body)
