@@ -192,6 +192,8 @@ class GatewayConfig:
     hide_internal_addresses: bool = False
     # One line per finished request on the ``kvgate.access`` logger (``gateway.access``).
     access_log: bool = True
+    # ... written to this file (appended) instead of stderr (``--access-log-file``).
+    access_log_file: str | None = None
 
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

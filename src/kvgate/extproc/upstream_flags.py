@@ -49,9 +49,7 @@ REFERENCE_ONLY = frozenset(
 def _reference(flag: str) -> bool:
     # ``-v`` is a pflag shorthand there (``IntVarP("v", "v", ...)``): ``-v3`` is ``-v=3`` (R3)
     return (
-        flag in REFERENCE_ONLY
-        or flag.startswith("--zap-")
-        or (flag.startswith("-v") and flag[2:].isdigit())
+        flag in REFERENCE_ONLY or flag.startswith("--zap-") or (flag.startswith("-v") and flag[2:].isdigit())
     )
 
 

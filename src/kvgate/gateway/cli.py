@@ -182,6 +182,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no line per request on the kvgate.access logger (else the config file's accessLog, default on)",
     )
+    p.add_argument(
+        "--access-log-file",
+        metavar="PATH",
+        help="append the access lines to PATH (default: stderr); written about once a second and at stop "
+        '(docs/gateway.md "Access log")',
+    )
     return p
 
 
@@ -215,6 +221,8 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     cfg.model_series_grace_s = series_grace(args.model_series_grace, watched)
     if args.no_access_log:
         cfg.access_log = False
+    if args.access_log_file:
+        cfg.access_log_file = args.access_log_file
     if args.host is not None:
         cfg.host = args.host
     if args.port is not None:

@@ -310,17 +310,24 @@ class Proxy:
         # request; each hands the front ``_entry``'s coroutine to await).
         # With the access log on (``accessLog``, and ``kvgate.access`` enabled for INFO at start), each
         # through ``access.logged`` (its line at the end); off, nothing of it runs (``notes`` None: qa24
-        # F4; the wrapper alone measured ~5 us/req, the line written ~27 us/req: docs/gateway.md).
+        # F4; the wrapper and its line ~N us/req: docs/gateway.md "Access log").
         on = cfg.access_log and access.ACCESS.isEnabledFor(logging.INFO)
         self.notes: dict[int, access.Note] | None = {} if on else None
+        # (the lines' buffer, written about once a second: ``close_access`` at stop; R4)
+        self.access_lines = access.Lines.open(cfg.access_log_file) if on else None
         self._handle: Any = (
             self._entry
-            if self.notes is None
-            else functools.partial(access.logged, self._entry, self.notes, self.clock)
+            if self.access_lines is None or self.notes is None
+            else functools.partial(access.logged, self._entry, self.notes, self.clock, self.access_lines)
         )
         self.completions: Handler = functools.partial(self._handle, COMPLETIONS)
         self.chat: Handler = functools.partial(self._handle, CHAT)
         self.embeddings: Handler = functools.partial(self._handle, EMBEDDINGS)
+
+    def close_access(self) -> None:
+        """Writes the access lines not written yet (the gateway's stop)."""
+        if self.access_lines is not None:
+            self.access_lines.close()
 
     def cut_streams(self, drain_s: float) -> int:
         """The drain's deadline (``drain_s``): abort the upstream request of every stream being relayed (the

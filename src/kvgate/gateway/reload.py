@@ -71,6 +71,7 @@ _NAMES = {
     "rate_requests_per_minute": "rateLimits.requestsPerMinute",
     "rate_tokens_per_minute": "rateLimits.tokensPerMinute",
     "hide_internal_addresses": "hideInternalAddresses", "access_log": "accessLog",
+    "access_log_file": "--access-log-file",
     "kube_stale_after_s": "kubernetes.staleAfterSeconds",
     "kube_stale_not_ready_after_s": "kubernetes.staleNotReadyAfterSeconds",
 }  # fmt: skip

@@ -636,6 +636,7 @@ class GatewayServer:
         self._data = None
         if self.proxy is not None:
             self.proxy.upstream.close()
+            self.proxy.close_access()  # (the buffered access lines: review s24-rev-fixqa24 R4)
         if self.session is not None:
             await self.session.close()
             self.session = None
