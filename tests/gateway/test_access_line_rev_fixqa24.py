@@ -64,7 +64,7 @@ async def test_a_streams_access_line_has_its_bytes(access_lines: _Sink) -> None:
     runs to its last event (the line is written after the relay, not at the head)."""
     b = await Backend("b", tokens=20, chunk_delay=0.02).start()
     try:
-        cfg = make_config([b.address])
+        cfg = make_config([b.address], extra={"accessLog": True})
         async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
             body = {"model": "m", "prompt": "x", "max_tokens": 20, "stream": True}
             async with s.post(base_url(gw) + "/v1/completions", json=body) as r:
@@ -85,7 +85,7 @@ async def test_a_client_leaving_mid_stream_is_499(access_lines: _Sink) -> None:
     """Check (F4, passes at b10fb7c4): a client that leaves a stream after its first event is logged 499."""
     b = await Backend("b", tokens=200, chunk_delay=0.05).start()
     try:
-        cfg = make_config([b.address])
+        cfg = make_config([b.address], extra={"accessLog": True})
         async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
             body = {"model": "m", "prompt": "x", "max_tokens": 200, "stream": True}
             async with s.post(base_url(gw) + "/v1/completions", json=body) as r:
@@ -101,7 +101,7 @@ async def test_a_refusal_is_logged_with_its_status(access_lines: _Sink) -> None:
     """Check (F4, passes at b10fb7c4): the gateway's own refusal (unknown model, 404) is logged 404."""
     b = await Backend("b").start()
     try:
-        cfg = make_config([b.address])
+        cfg = make_config([b.address], extra={"accessLog": True})
         async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
             body = {"model": "nope", "prompt": "x", "max_tokens": 2}
             async with s.post(base_url(gw) + "/v1/completions", json=body) as r:
@@ -119,7 +119,7 @@ async def test_lines_are_written_together_not_one_write_each(access_lines: _Sink
     logging's format: ``YYYY-mm-dd HH:MM:SS,mmm INFO kvgate.access: <id> POST ...``; none is lost at stop."""
     b = await Backend("b").start()
     try:
-        cfg = make_config([b.address])
+        cfg = make_config([b.address], extra={"accessLog": True})
         async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
             for i in range(20):
                 body = {"model": "m", "prompt": f"q{i}", "max_tokens": 2}
@@ -184,7 +184,8 @@ async def test_access_log_file_gets_the_lines(tmp_path: Path) -> None:
 
 
 def _serve(cfg: Path, out: Path, err: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "kvgate.cli", "serve", "--config", str(cfg), "--access-log-file", str(out)]
+    argv = [sys.executable, "-m", "kvgate.cli", "serve", "--config", str(cfg), "--access-log",
+            "--access-log-file", str(out)]  # fmt: skip
     return subprocess.Popen(argv, stdout=err.open("wb"), stderr=subprocess.STDOUT, env=os.environ.copy())
 
 
@@ -202,3 +203,16 @@ async def _ready(s: aiohttp.ClientSession, proc: subprocess.Popen[bytes]) -> Non
         assert proc.poll() is None, "kvgate serve exited"
         assert loop.time() < deadline, "kvgate serve never became ready"
         await asyncio.sleep(0.05)
+
+
+async def test_the_access_log_is_off_by_default() -> None:
+    """R4: written, the line still costs more than the ~6 us/request the review set for keeping it on by
+    default (~11 us, docs/gateway.md "Access log"): off unless ``accessLog: true`` or ``--access-log``."""
+    from kvgate.gateway.cli import _parser, build_config
+
+    assert make_config(["127.0.0.1:1"]).access_log is False
+    base = ["--endpoints", "127.0.0.1:1", "--model", "m"]
+    assert build_config(_parser().parse_args(base)).access_log is False
+    assert build_config(_parser().parse_args([*base, "--access-log"])).access_log is True
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*base, "--access-log", "--no-access-log"])

@@ -39,6 +39,7 @@ def _start(tmp_path: Path, address: str, level: str, *extra: str) -> tuple[subpr
     cfg.write_text(
         f"listen: {{host: 127.0.0.1, port: {PORT}, adminPort: {ADMIN}}}\n"
         f"pools: [{{name: p, endpoints: ['{address}'], models: [m], policy: round-robin}}]\n"
+        "accessLog: true\n"  # (off by default since review s24-rev-fixqa24 R4)
     )
     log = tmp_path / "serve.log"
     proc = subprocess.Popen(

@@ -177,10 +177,17 @@ def _parser() -> argparse.ArgumentParser:
         "--kube-stale-after)",
     )
     p.add_argument("--log-level", type=log_level, default="INFO")
-    p.add_argument(
+    on_off = p.add_mutually_exclusive_group()
+    on_off.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one line per finished request (kvgate.access at INFO; else the config file's accessLog, "
+        'default off: docs/gateway.md "Access log")',
+    )
+    on_off.add_argument(
         "--no-access-log",
         action="store_true",
-        help="no line per request on the kvgate.access logger (else the config file's accessLog, default on)",
+        help="no access line per request (over the config file's accessLog: true)",
     )
     p.add_argument(
         "--access-log-file",
@@ -219,8 +226,8 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     watched = any(pool.inference_pool is not None for pool in cfg.pools)
     staleness_settings(args, cfg, None if watched else "static")
     cfg.model_series_grace_s = series_grace(args.model_series_grace, watched)
-    if args.no_access_log:
-        cfg.access_log = False
+    if args.access_log or args.no_access_log:
+        cfg.access_log = bool(args.access_log)
     if args.access_log_file:
         cfg.access_log_file = args.access_log_file
     if args.host is not None:

@@ -308,7 +308,7 @@ class Proxy:
         self._rid_seq = 0
         # The routes' handlers: ``_entry`` with its kind bound (a C-level partial, not a Python call per
         # request; each hands the front ``_entry``'s coroutine to await).
-        # With the access log on (``accessLog``, and ``kvgate.access`` enabled for INFO at start), each
+        # With the access log on (``accessLog``, default off, and ``kvgate.access`` at INFO at start), each
         # through ``access.logged`` (its line at the end); off, nothing of it runs (``notes`` None: qa24
         # F4; the wrapper and its line ~N us/req: docs/gateway.md "Access log").
         on = cfg.access_log and access.ACCESS.isEnabledFor(logging.INFO)
