@@ -57,10 +57,6 @@ from kvgate.openai.protocol import error_body
 log = logging.getLogger("kvgate.httpfront")
 
 _MAX_HEAD = 64 * 1024
-# Heads read once and kept (``FrontProtocol._parse_head``), per front: at most this many (all dropped when
-# full: a flood of distinct heads costs a clear per HEAD_CACHE_MAX requests), each at most this long.
-HEAD_CACHE_MAX = 256
-HEAD_CACHE_BYTES = 2048
 _MAX_PIPELINE = 16
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REASONS.items()}
@@ -609,8 +605,6 @@ class FrontServer:
         # bytes are taken from it at its head (Content-Length; chunk by chunk when chunked), so a
         # request over it gets 503 before its body is read, and given back once it is answered.
         self.budget = ByteBudget(max_buffered)
-        # Request heads already read: head bytes -> ``FrontProtocol._read_head``'s tuple (bounded).
-        self.heads: dict[bytes, tuple[str, str, str, dict[str, str], bool, int, bool, bool]] = {}
         self.connections: set[FrontProtocol] = set()
         self.draining = False
         # The drain: connections that had (part of) a request received, or readable bytes waiting, and
@@ -1141,28 +1135,12 @@ class FrontProtocol(asyncio.Protocol):
     def _parse_head(self, head: bytes) -> tuple[str, str, str, dict[str, str], bool, int, bool]:
         """One request head (without its final CRLF CRLF), parsed: the ``_pending`` tuple.
 
-        What depends on the head's bytes alone (``_read_head``) is read once per distinct head and kept
-        (``FrontServer.heads``, bounded): a client sends the same head request after request (a load
-        generator, an SDK: only the body changes, and its length seldom). What depends on the moment
-        (the body limit, ``head_check``, the budget, ``Expect``) is asked every time, in the same order."""
+        Read afresh every time, never kept: a head carries the client's credentials (``Authorization``,
+        ``x-api-key``: kept only as digests, docs/gateway.md) and its body's length, which changes with
+        every prompt (a cache of heads, session 24, kept keys in plaintext and missed on varied lengths:
+        review s24-rev-cpu24 F1/F2)."""
         server = self.server
-        heads = server.heads
-        got = heads.get(head)
-        if got is None:
-            got = self._read_head(head)
-            method, path, query, headers, keep_alive, length, http11, expect = got
-            if length >= 0 and len(head) <= HEAD_CACHE_BYTES:  # (Content-Length framed: no chunk state)
-                if len(heads) >= HEAD_CACHE_MAX:
-                    heads.clear()
-                # (a copy kept: the request's own dict is its to change)
-                heads[head] = (method, path, query, headers.copy(), keep_alive, length, http11, expect)
-        else:
-            method, path, query, headers, keep_alive, length, http11, expect = got
-            headers = headers.copy()
-            if length > server.max_body:  # (read when the limit was larger: a reload lowered it)
-                raise _BadRequest(
-                    413, f"request body of {length} bytes exceeds {server.max_body} bytes", length
-                )
+        method, path, query, headers, keep_alive, length, http11, expect = self._read_head(head)
         if length < 0:  # chunked
             self._ctrailer, self._cparts, self._ctotal = -1, [], 0
         check = server.head_check
