@@ -1,6 +1,6 @@
-"""``slo-feasible`` across priority bands (fc24): a band's choice that can no longer meet its TTFT SLO
-(its deadline is nearer than a request sent now reaches: it misses wherever it goes) is asked after the
-lower bands' choices that still can. Before, strict priority sent it first: in the flood benchmark the
+"""``slo-feasible`` across priority bands (fc24; fixfc24: per head, not per band, and "overdue" is past its
+TTFT SLO deadline, a certain miss): a head already past its deadline is asked after the lower bands'
+heads that are not. Before, strict priority sent it first: in the flood benchmark the
 flooder's overdue backlog (band 0, held back by the fair-share headroom) went before every batch request
 (band -1, 10 s SLO), which then waited out its TTL (503) or missed, where the reference served them all in
 time. The first two tests fail on main's src (a6977267); the others pin what does not change.
@@ -39,17 +39,19 @@ def test_an_overdue_head_goes_after_a_lower_bands_head_that_can_still_make_it() 
 
 
 def test_a_band_chooses_again_after_its_deferred_overdue_head() -> None:
-    """Three bands: each band's overdue choice is asked after the feasible choices below it, the
-    overdue ones highest band first. Inside a band the fairness policy's choice stands, as before (band
-    0's least-attained-service tie goes to ``flood``, whose head is overdue: ``fresh`` waits for its
-    band's turn); ``slo-feasible`` orders inside a flow, and now between bands."""
+    """Three bands: the heads past their SLO deadline go after every head that is not, highest band
+    first within each tier. Band 0's least-attained-service tie goes to ``flood``, whose head is past its
+    deadline: its band's ``fresh`` (which can still make it) keeps band 0's place before the batch band,
+    and ``flood`` waits with the other certain misses (fc24 deferred the whole band there, so ``fresh``
+    went after ``batch``: review s24-rev-fc24 F1). ``slo-feasible`` orders inside a flow, and between flows
+    and bands."""
     ctl = _ctl()
     ctl.enqueue(_req("crit-late", "c", 10, 1.0, 0.0), 0.0)
     ctl.enqueue(_req("late", "flood", 0, 1.0, 0.0), 0.0)
     ctl.enqueue(_req("fresh", "quiet", 0, 1.0, 4.9), 4.9)
     ctl.enqueue(_req("batch", "batch", -1, 10.0, 4.0), 4.0)
     ctl.enqueue(_req("batch-late", "batch", -1, 1.0, 0.0), 0.0)
-    assert _order(ctl, 5.0) == ["batch", "crit-late", "late", "fresh", "batch-late"]
+    assert _order(ctl, 5.0) == ["fresh", "batch", "crit-late", "late", "batch-late"]
 
 
 def test_feasible_heads_keep_strict_priority() -> None:

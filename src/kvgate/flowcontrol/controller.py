@@ -4,8 +4,8 @@ Pure data structure on an injected ``now`` (no asyncio, no clock of its own), so
 asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchmark drive the same code.
 
 - strict priority bands: a band dispatches only when every higher band is empty (or blocked); with
-  ``slo-feasible`` ordering, among the requests that can still meet their TTFT SLO (a band's overdue
-  choice is asked after the lower bands' feasible ones, ``heads``);
+  ``slo-feasible`` ordering, among the heads not yet past their TTFT SLO deadline (a head past it, a
+  certain miss, is asked after the lower bands' heads that are not, ``heads``);
 - inside a band, the fairness policy picks the flow (fairness id) and the ordering policy the request
   (``policies``);
 - limits per band and global, in requests and bytes: over a limit, ``enqueue`` raises ``ShedError``
@@ -514,6 +514,9 @@ class FlowController:
         self.sweep_every = PARK_SWEEP_EVERY  # (the dispatcher's recheck interval)
         # soft pins' give-up times (``park``): (time, seq, item, the spell's start it was computed from)
         self._unpins: list[tuple[float, int, QueuedRequest, float]] = []
+        # ``heads``: the current pass's deferred bands and its "ask them now" flag (``wait_late``), or None
+        self._late: list[tuple[Band, QueuedRequest | None, Iterator[QueuedRequest] | None]] | None = None
+        self._jump: list[bool] | None = None
         self._aside: QueuedRequest | None = None  # the last head taken out of its band's selection
         self._asides = 0
         self._give_ups: list[tuple[float, int, QueuedRequest]] = []  # sloAdmission (``give_up``)
@@ -674,29 +677,64 @@ class FlowController:
         ``slo-feasible`` ordering (which requests are past their deadline). A parked head (``park``) is in
         no band's selection: none is met."""
         under = self._under_share() if self.cfg.fair_share_headroom else None
-        # (slo-feasible: a deadline before this cannot be met by a request sent now)
+        # (slo-feasible: a deadline before this cannot be met by a request sent now, by the p90: inside a
+        # flow such a request goes after its flow's others)
         reach = None if now is None else now + self.service_ttft
-        # slo-feasible across bands: a band's choice that misses its SLO wherever it goes is asked after
-        # the lower bands' choices that can still make theirs (sent first, it would only turn their
-        # possible hits into misses: its own miss is certain). Its band chooses again from there.
-        late: list[tuple[QueuedRequest, Iterator[QueuedRequest]]] = []
+        # slo-feasible across flows and bands: a head already past its SLO deadline (a certain miss:
+        # whatever it is sent to, its first token comes after the deadline) goes after every request of its
+        # band and of the lower bands that is not: sent first, it would only turn their possible hits into
+        # misses. A band chooses among its flows whose head is not past it first (``Band.select``), so
+        # its choice is past it only when all its heads are: the band is then asked after the lower bands'
+        # choices, highest band first, and chooses again from there. (fc24 deferred a band whenever its
+        # fairness choice was overdue by the p90, starving its other flows: review s24-rev-fc24 F1, F3.)
+        late: list[tuple[Band, QueuedRequest | None, Iterator[QueuedRequest] | None]] = []
+        jump = [False]
+        self._late, self._jump = late, jump
         for prio in self._order:
             band = self.bands[prio]
-            choices = band.choices(under, reach)
+            due = now if band.ordering == "slo-feasible" else None
+            if due is not None and (d := band.dead_at) is not None and d[0] == band.stamp and d[1] <= due:
+                late.append((band, None, None))  # (all its heads past their deadline, as last found)
+                continue
+            choices = band.choices(under, reach, due)
+            first = True
             for item in choices:
-                if reach is not None and band.ordering == "slo-feasible" and item.slo_deadline < reach:
-                    late.append((item, choices))
+                if due is not None and item.slo_deadline < due:
+                    if first:  # (its first choice: every head of the band is past its deadline)
+                        band.dead_at = (band.stamp, due, None if under else band.flows.get(item.flow))
+                    late.append((band, item, choices))
                     break
+                first = False
                 n = self._asides
                 yield item
-                if self._asides == n or self._aside is not item:
+                if jump[0] or self._asides == n or self._aside is not item:
                     break  # (not passed over nor parked: the next band; else its band chooses again)
-        for first, choices in late:
-            for item in itertools.chain((first,), choices):
+            if jump[0]:
+                break
+        self._late = self._jump = None  # (``wait_late``: the deferred heads are being asked)
+        for band, got, rest in late:
+            if rest is None:
+                # (its choice as last found, when nothing has changed it; passed over, the band chooses again)
+                d = band.dead_at
+                q = None if d is None or d[0] != band.stamp else d[2]
+                got = None if q is None else q.head(reach)
+                rest = band.choices(under, reach, now)
+            for item in rest if got is None else itertools.chain((got,), rest):
                 n = self._asides
                 yield item
                 if self._asides == n or self._aside is not item:
                     break
+
+    def wait_late(self) -> bool:
+        """The head ``heads`` just gave cannot go now (its pool, its flow's share, its home): True when
+        heads past their SLO deadline were deferred in this pass (``heads``), and they are asked next (their
+        own pools may have room; review s24-rev-fc24 F2: the pass ended there and they were never tried);
+        False: the pass ends there, as before."""
+        jump, late = self._jump, self._late
+        if jump is None or not late:
+            return False
+        jump[0] = True
+        return True
 
     def _remove(self, item: QueuedRequest, outcome: str, now: float, record: bool = True) -> bool:
         if item.done:
@@ -977,14 +1015,14 @@ class FlowController:
         feasible = band.ordering == "slo-feasible"
         e: Parked | None
         if self.cfg.fair_share_headroom:  # (flows under their share first: one look per flow here)
-            e = band.first_of(home.bests(reach, feasible), self._under_share(), reach)
+            e = band.first_of(home.bests(reach, feasible), self._under_share(), reach, now)
         elif band.fairness == "global-strict" and not feasible:
             e = home.first_key()
-        elif band.fairness == "round-robin":
+        elif band.fairness == "round-robin" and not feasible:  # (slo-feasible: past-deadline heads last)
             flows = band.flows
             e = home.first_turn(lambda f: None if (q := flows.get(f)) is None else q.turn, reach, feasible)
         else:
-            e = band.first_of(home.bests(reach, feasible), None, reach)
+            e = band.first_of(home.bests(reach, feasible), None, reach, now)
         if e is None:  # (not expected: a parked head's flow is in its band while it is queued)
             self.wake_home(key)
             return True

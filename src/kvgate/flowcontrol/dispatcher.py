@@ -171,6 +171,8 @@ def dispatch_ready(
                     blocked = False
                     break
                 if key is None or key in looked:
+                    if ctl.wait_late():
+                        continue  # (the heads deferred past their SLO deadline may have room elsewhere)
                     break  # (waits for the pool, its flow's share, or its home found with room: as any)
                 # Is its home what is full (for a flow no rule holds back: its own flow's held-back gate
                 # would read it full earlier, review s19-fixes-b H1)? Then it waits aside; else it waits
@@ -178,6 +180,8 @@ def dispatch_ready(
                 looked.add(key)
                 probe = _room_probe(item.req)
                 if not probe_full(probe):
+                    if ctl.wait_late():
+                        continue
                     break
                 full.add(key)
                 ctl.park(item, now)

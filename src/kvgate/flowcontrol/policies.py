@@ -10,6 +10,8 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
   is left in their flow, earliest deadline (the most overdue) first. Under overload ``slo-deadline``
   serves the most overdue first, so every request behind them misses too; this serves the ones that
   can still make it. No aging: under sustained overload an overdue request can wait out the TTL.
+  Between flows (and bands: ``FlowController.heads``), a flow whose head is already past its deadline
+  (a certain miss, not a p90's guess) is chosen only when no flow's head is not (``Band.select``).
 
 Fairness (which flow's head leaves next):
 - ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue
@@ -78,9 +80,14 @@ def order_key(ordering: str, item: Any) -> float:
 class FlowQueue:
     """One flow's waiting requests, best first by the band's ordering policy."""
 
-    __slots__ = ("debt", "feasible", "heap", "late", "live", "served_at", "served_before", "service", "turn")
+    __slots__ = (
+        "band", "debt", "feasible", "heap", "late", "live", "served_at", "served_before", "service", "turn",
+    )  # fmt: skip
 
-    def __init__(self, service: float, feasible: bool = False, turn: int = 0) -> None:
+    def __init__(
+        self, service: float, feasible: bool = False, turn: int = 0, band: Band | None = None
+    ) -> None:
+        self.band = band  # (its entries' changes bump ``Band.stamp``: ``Band.dead_at``'s validity)
         self.heap: list[tuple[float, int, Any]] = []
         # slo-feasible: entries whose key (the SLO deadline) has passed move here, served after the rest
         self.feasible = feasible
@@ -98,6 +105,11 @@ class FlowQueue:
     def push(self, key: float, item: Any) -> None:
         heapq.heappush(self.heap, (key, item.seq, item))
         self.live += 1
+        self._touch()
+
+    def _touch(self) -> None:
+        if self.band is not None:
+            self.band.stamp += 1
 
     def _top(self, now: float | None) -> list[tuple[float, int, Any]]:
         """The heap the head comes from (dropping finished entries; with ``slo-feasible`` and a
@@ -138,12 +150,14 @@ class FlowQueue:
         """Remove ``item``'s own entry if it is a head: the entry, and whether it was overdue (``late``)."""
         for h in (self.heap, self.late):
             if h and h[0][2] is item:
+                self._touch()
                 return heapq.heappop(h), h is self.late
         return None
 
     def put_back(self, entry: tuple[float, int, Any], late: bool) -> None:
         """An entry ``take_head`` removed, back in its place (same key and sequence: the same order)."""
         heapq.heappush(self.late if late else self.heap, entry)
+        self._touch()
 
 
 class Band:
@@ -170,6 +184,15 @@ class Band:
         self._floor = 0.0  # (least-attained-service: the clock with no flow active, the last one's service)
         # (the flow whose departure set ``_floor``, and the clock before it: ``undo``)
         self._raised: tuple[str, float] | None = None
+        # slo-feasible: bumped at every change of a flow queue's entries (push, removal, a head taken out or
+        # put back, a dispatch or its undo); ``dead_at``: (stamp, time, the choice's flow or None) when every
+        # flow's head was found past its SLO deadline. That stays true while the stamp does (time only adds to
+        # the past; entries only move into ``late``), and so does the fairness choice among them when no
+        # fair-share rule ranks the flows (its service and turns change only with a dispatch): a band whose
+        # heads are all certain misses is not rescanned at every pass (``FlowController.heads``; review
+        # s24-rev-fc24 F4).
+        self.stamp = 0
+        self.dead_at: tuple[int, float, FlowQueue | None] | None = None
 
     def push(self, item: Any) -> bool:
         """Queue ``item``; True when its flow is new in the band."""
@@ -179,7 +202,7 @@ class Band:
             # A (re)appearing flow starts at the least service among active flows.
             base = min((f.service for f in self.flows.values()), default=self._floor)
             self._turns += 1
-            q = self.flows[item.flow] = FlowQueue(base, self.ordering == "slo-feasible", self._turns)
+            q = self.flows[item.flow] = FlowQueue(base, self.ordering == "slo-feasible", self._turns, self)
             if self._gone:
                 self._returned(item.flow, q)
         q.push(order_key(self.ordering, item), item)
@@ -192,6 +215,7 @@ class Band:
         left the band (nothing of it queued)."""
         self.count -= 1
         self.bytes -= item.size
+        self.stamp += 1
         q = self.flows.get(item.flow)
         if q is not None:
             q.live -= 1
@@ -240,81 +264,89 @@ class Band:
             q.debt = debt
             self._owed += debt
 
-    def select(self, first: Callable[[str], bool] | None = None, now: float | None = None) -> Any | None:
+    def select(
+        self, first: Callable[[str], bool] | None = None, now: float | None = None, due: float | None = None
+    ) -> Any | None:
         """The item the fairness policy dispatches next (not removed). With ``first``, the policy
         chooses among the flows ``first`` accepts when any of them has a request queued, else among
-        all (``flowControl.fairShareHeadroom``: flows under their fair share go first)."""
-        if not self.flows:
-            return None
-        if first is not None:
-            chosen = self._select(((f, q) for f, q in self.flows.items() if first(f)), now)
-            if chosen is not None:
-                return chosen
-        return self._select(self.flows.items(), now)
+        all (``flowControl.fairShareHeadroom``: flows under their fair share go first). With ``due``
+        (``slo-feasible``: the time now), a flow whose head is already past its SLO deadline (a certain
+        miss) is chosen only when no flow's head is not (review s24-rev-fc24 F1: the fairness choice kept
+        an overdue flow first, and the band's requests that could still make their SLO waited behind it)."""
+        return next(self.choices(first, now, due), None)
 
-    def choices(self, first: Callable[[str], bool] | None = None, now: float | None = None) -> Iterator[Any]:
+    def choices(
+        self, first: Callable[[str], bool] | None = None, now: float | None = None, due: float | None = None
+    ) -> Iterator[Any]:
         """``select``'s choice, then, each time the caller has taken the choice's entry out of its flow
         (``FlowController.pass_over``) and asks again, the policy's choice among what is left: the flows
         ranked once (one scan of the band), each later choice a heap step, not a new scan (review
         s19-fc M1). Only for the pass-overs of one dispatch pass: nothing else may change the band
         meanwhile."""
-        item = self.select(first, now)
-        if item is None:
+        if not self.flows:
             return
-        yield item
+        due = due if self.ordering == "slo-feasible" else None
+        rr = self.fairness == "round-robin"
+        best: tuple[Any, ...] | None = None
+        best_q = None
+        for i, (f, q) in enumerate(self.flows.items()):
+            k = self._rank(q, first is not None and not first(f), i, now, due)
+            if k is not None and (best is None or k < best):
+                best, best_q = k, q
+                if rr and not k[0] and not k[1]:
+                    break  # (round-robin: the first flow in turn order in the first tier is the choice)
+        if best_q is None:
+            return
+        yield best_q.head(now)
         heap: list[tuple[tuple[Any, ...], int, FlowQueue]] = []
         for i, (f, q) in enumerate(self.flows.items()):
-            k = self._rank(q, first is not None and not first(f), i, now)
+            k = self._rank(q, first is not None and not first(f), i, now, due)
             if k is not None:
                 heap.append((k, i, q))
         heapq.heapify(heap)
         while heap:
             k, i, q = heapq.heappop(heap)
-            item = q.head(now)
-            if item is None:
+            k2 = self._rank(q, k[1], i, now, due)
+            if k2 is None:
                 continue
-            yield item
-            k2 = self._rank(q, k[0], i, now)  # its flow's next request (same tier, same turn)
+            if k2 != k:  # (its head changed since it was ranked: a pass-over took the old one out)
+                heapq.heappush(heap, (k2, i, q))
+                continue
+            yield q.head(now)
+            k2 = self._rank(q, k[1], i, now, due)  # its flow's next request (same tier, same turn)
             if k2 is not None:
                 heapq.heappush(heap, (k2, i, q))
 
-    def _rank(self, q: FlowQueue, later: bool, i: int, now: float | None) -> tuple[Any, ...] | None:
-        """A flow's place in ``_select``'s order (``later``: not among ``first``'s); None: nothing queued."""
-        if self.fairness == "round-robin":
-            return None if q.head(now) is None else (later, i)  # the OrderedDict's order
-        if self.fairness == "least-attained-service":
-            return None if q.head(now) is None else (later, q.service, q.served_at)
-        hk = q.head_key(now)  # global-strict
-        return None if hk is None else (later, *hk)
-
-    def _select(self, flows: Iterable[tuple[str, FlowQueue]], now: float | None) -> Any | None:
-        if self.fairness == "round-robin":
-            for _f, q in flows:  # in the OrderedDict's order: the front is the flow whose turn it is
-                h = q.head(now)
-                if h is not None:
-                    return h
+    def _rank(
+        self, q: FlowQueue, later: bool, i: int, now: float | None, due: float | None = None
+    ) -> tuple[Any, ...] | None:
+        """A flow's place in ``select``'s order (``later``: not among ``first``'s); None: nothing queued.
+        First whether its head is past its SLO deadline at ``due`` (a certain miss: after every flow whose
+        head is not), then the fairness policy's order."""
+        h = q._top(now)
+        if not h:
             return None
+        key, seq, _ = h[0]
+        dead = due is not None and key < due
+        if self.fairness == "round-robin":
+            return (dead, later, i)  # the OrderedDict's order
         if self.fairness == "least-attained-service":
-            # Ties (a flow that just (re)appeared is lifted to the active minimum) go to the flow
-            # served least recently: the newcomer, not the backlogged flow that set the minimum.
-            best_q = min((q for _f, q in flows if q.head(now) is not None),
-                         key=lambda q: (q.service, q.served_at), default=None)  # fmt: skip
-            return best_q.head(now) if best_q is not None else None
-        best: tuple[bool, float, int] | None = None
-        best_q = None
-        for _f, q in flows:
-            k = q.head_key(now)
-            if k is not None and (best is None or k < best):
-                best, best_q = k, q
-        return best_q.head(now) if best_q is not None else None
+            return (dead, later, q.service, q.served_at)
+        return (dead, later, h is q.late, key, seq)  # global-strict
 
     def first_of(
-        self, heads: Iterable[tuple[str, Any]], first: Callable[[str], bool] | None, reach: float | None
+        self,
+        heads: Iterable[tuple[str, Any]],
+        first: Callable[[str], bool] | None,
+        reach: float | None,
+        due: float | None = None,
     ) -> Any | None:
         """Of ``heads`` (each a flow of this band and its best request among some set aside, as
         (flow, (key, seq, item, late))), the one ``select`` would dispatch first were they its flows' heads:
         the fairness policy's order (with ``first``, its flows first), one look per head. ``reach``: for
-        ``slo-feasible`` (a key before it is overdue, served after the rest). The whole entry, or None."""
+        ``slo-feasible`` (a key before it is overdue, served after the rest); ``due``: the time now (a key
+        before it is past its deadline: after every one that is not, as ``select``). The whole entry, or
+        None."""
         best: tuple[Any, ...] | None = None
         got = None
         flows, fairness = self.flows, self.fairness
@@ -323,19 +355,21 @@ class Band:
             if q is None:
                 continue
             later = first is not None and not first(flow)
+            key, seq, _item, late = entry
+            dead = q.feasible and due is not None and key < due
             if fairness == "round-robin":
-                rank: tuple[Any, ...] = (later, q.turn)
+                rank: tuple[Any, ...] = (dead, later, q.turn)
             elif fairness == "least-attained-service":
-                rank = (later, q.service, q.served_at)
+                rank = (dead, later, q.service, q.served_at)
             else:
-                key, seq, _item, late = entry
-                rank = (later, late or (q.feasible and reach is not None and key < reach), key, seq)
+                rank = (dead, later, late or (q.feasible and reach is not None and key < reach), key, seq)
             if best is None or rank < best:
                 best, got = rank, entry
         return got
 
     def dispatched(self, item: Any, cost: float) -> None:
         """``item`` left for an endpoint: rotate round robin, charge its flow's service."""
+        self.stamp += 1
         q = self.flows.get(item.flow)
         if q is not None:
             q.service += cost
@@ -385,6 +419,7 @@ class Band:
         (least-attained-service's service; round-robin's turns still owed), and the dispatch it counted:
         a hold or a failed pick sent nothing, so it neither repays a departed flow's turns nor decays its
         kept service (s23-rev-fix23a F1: 7 rechecks of held requests forgave an n=8 request's 7 turns)."""
+        self.stamp += 1
         if self._dispatches > 0:
             self._dispatches -= 1  # (``dispatched`` counted it: the undo directly follows its take)
             got = self._gone.get(item.flow)
