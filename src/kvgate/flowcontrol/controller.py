@@ -706,6 +706,7 @@ class FlowController:
                     break
                 first = False
                 n = self._asides
+                self._late, self._jump = late, jump  # (this pass's: another look may have run meanwhile)
                 yield item
                 if jump[0] or self._asides == n or self._aside is not item:
                     break  # (not passed over nor parked: the next band; else its band chooses again)
@@ -721,6 +722,7 @@ class FlowController:
                 rest = band.choices(under, reach, now)
             for item in rest if got is None else itertools.chain((got,), rest):
                 n = self._asides
+                self._late = self._jump = None
                 yield item
                 if self._asides == n or self._aside is not item:
                     break
