@@ -74,9 +74,9 @@ async def test_tenants_take_turns_on_the_parse_thread(
         await until(hp.entered.is_set, what="the first slow parse started")
         slows += [asyncio.create_task(_send(epp, _big("slow"), "hostile")) for _ in range(2)]
         lane = offload._lanes[asyncio.get_running_loop()]
-        await until(lambda: len(lane.waiting) == 2, what="the tenant's other slow bodies queued")
+        await until(lambda: len(lane) == 2, what="the tenant's other slow bodies queued")
         honest = asyncio.create_task(_send(epp, _big(), "other"))
-        await until(lambda: len(lane.waiting) == 3, what="the other tenant's body queued")
+        await until(lambda: len(lane) == 3, what="the other tenant's body queued")
         hp.let_one()
         out = await honest
         assert out.immediate is None and out.destination in ADDRS

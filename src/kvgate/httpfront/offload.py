@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import os
 import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -79,89 +79,141 @@ def worth_the_thread(body: bytes | bytearray) -> bool:
 class _Wait:
     """One body waiting for the thread; ``fn`` and ``body`` dropped when it is handed over or cancelled."""
 
-    __slots__ = ("body", "fn", "future")
+    __slots__ = ("body", "client", "fn", "future")
 
     def __init__(
-        self, fn: Callable[[Any], Any], body: bytes | bytearray, future: asyncio.Future[Any]
+        self, fn: Callable[[Any], Any], body: bytes | bytearray, future: asyncio.Future[Any], client: Hashable
     ) -> None:
         self.fn: Callable[[Any], Any] | None = fn
         self.body: bytes | bytearray | None = body
         self.future = future
+        self.client = client
+
+
+class _Client:
+    """A client's listed waits (in arrival order, cancelled ones included until reached) and how many of
+    them are live."""
+
+    __slots__ = ("live", "waits")
+
+    def __init__(self) -> None:
+        self.waits: deque[_Wait] = deque()
+        self.live = 0
 
 
 class _Lane:
     """A loop's waiting list for the parse thread, with at most one of its bodies on the thread (or in the
     executor's queue) at a time. Called on its loop only.
 
-    Clients take turns (``client``: the peer's address, or the EPP's fairness id), by start-time fair
-    queuing with a cost of one per body: a body's tag is its client's previous tag plus one, or the tag of
-    the body on the thread if that is later (a client with none waiting starts at the current turn), and
-    the thread takes the lowest tag (the first come among equal ones). So a client's first waiting body
-    waits for at most the one on the thread and one of each other client with bodies waiting, however many
-    one client queued (its next ones: a round of the others' each); in one list in arrival order it waited
-    for all of them (session-23 closing note; ``tests/gateway/test_parse_lane_per_client_gw24.py``)."""
+    Clients take turns (``client``: the peer's address, or the EPP's fairness id), round-robin, a body a
+    turn: the clients with bodies listed form a ring; the thread takes the next body of the client at its
+    head; a client goes to the ring's tail when it comes with a body and has none listed or on the thread,
+    and when its body on the thread is done and it has more listed (not when the body is taken: the body on
+    the thread is its turn, so a client that comes meanwhile goes first). So a body with ``k`` bodies of its
+    own client listed ahead of it is parsed after the one on the thread and at most ``k + 1`` bodies of each
+    other client, however many that client queued: a client's first listed body waits for at most one of
+    each other client (each of them listed before it). In one list in arrival order it waited for all of
+    them (session-23 closing note; ``tests/gateway/test_parse_lane_per_client_gw24.py``,
+    ``tests/gateway/test_parse_lane_bound_fixgw24.py``). A client with several ids is several clients; a new
+    id goes to the tail, behind every client listed (start-time tags let a fresh id per body go ahead of
+    another client's next body for ever: review s24-rev-gw24 F2).
+
+    Only the clients with a live body listed, and the one on the thread, are kept: a client whose waits
+    were all cancelled leaves the ring and comes back at its tail (review s24-rev-gw24 F1), whatever the
+    number of clients that come and go (an EPP's fairness ids are the clients' to choose)."""
 
     def __init__(self) -> None:
-        self.waiting: list[tuple[int, int, Hashable, _Wait]] = []  # (a heap: tag, arrival number, client)
-        self.tags: dict[Hashable, int] = {}  # client -> the tag after its last body's
-        self.turn = 0  # the tag of the body taken last
-        self.serving: Hashable = None  # and its client
-        self.arrivals = 0
+        self.ring: OrderedDict[Hashable, _Client] = OrderedDict()  # (clients with a live body listed)
+        self.current: tuple[Hashable, _Client] | None = None  # (the client whose body is on the thread)
+        self.listed = 0  # (waits in the clients' lists, cancelled ones included)
         self.busy = False
-        self.dead = 0  # (entries of cancelled waits still listed)
+        self.dead = 0  # (waits cancelled still listed)
 
     def __len__(self) -> int:
-        return len(self.waiting)
+        return self.listed
 
-    def cancelled(self) -> None:
-        """A listed wait was cancelled: its entry is dropped at its turn, or sooner, once dead entries
-        outnumber live ones (behind a slow parse, clients who leave would pile them up: review s23-rev-fix23c
-        F2), so the list stays within twice the live waits."""
+    def _client(self, key: Hashable) -> _Client | None:
+        if self.current is not None and self.current[0] == key:
+            return self.current[1]
+        return self.ring.get(key)
+
+    def _drop(self, client: _Client) -> None:
+        """``client`` has no live body listed: its list holds only cancelled waits."""
+        self.listed -= len(client.waits)
+        self.dead -= len(client.waits)
+        client.waits.clear()
+
+    def cancelled(self, wait: _Wait) -> None:
+        """A listed wait was cancelled (its ``fn`` and ``body`` already dropped): a client with no live body
+        left leaves the ring; a cancelled wait of one that stays is dropped at its turn, or sooner, once
+        cancelled waits outnumber live ones (behind a slow parse, clients who leave would pile them up:
+        review s23-rev-fix23c F2), so the lists stay within twice the live waits."""
+        client = self._client(wait.client)
+        assert client is not None
+        client.live -= 1
         self.dead += 1
-        if self.dead > 64 and 2 * self.dead > len(self.waiting):
-            self.waiting = [e for e in self.waiting if e[3].fn is not None and not e[3].future.done()]
-            heapq.heapify(self.waiting)
+        if not client.live:
+            self._drop(client)
+            if self.current is None or self.current[1] is not client:
+                del self.ring[wait.client]
+        if self.dead > 64 and 2 * self.dead > self.listed:
+            for c in [*self.ring.values(), *([self.current[1]] if self.current else [])]:
+                c.waits = deque(w for w in c.waits if w.fn is not None)
+            self.listed -= self.dead
             self.dead = 0
 
-    def push(self, client: Hashable, wait: _Wait) -> None:
-        tags = self.tags
-        tag = max(self.turn, tags.get(client, 0))
-        tags[client] = tag + 1
-        self.arrivals += 1
-        heapq.heappush(self.waiting, (tag, self.arrivals, client, wait))
-        if len(tags) > 2 * len(self.waiting) + 64:
-            # Only the clients with a body listed or on the thread are kept (one whose waits were all
-            # cancelled starts at the turn again): at most the live waits and one, whatever the number of
-            # clients that come and go (an EPP's fairness ids are the clients' to choose). Amortized: the
-            # next pass is as many new clients away.
-            keep = {e[2] for e in self.waiting}
-            keep.add(self.serving)
-            self.tags = {c: t for c, t in tags.items() if c in keep}
+    def push(self, wait: _Wait) -> None:
+        client = self._client(wait.client)
+        if client is None:
+            client = self.ring[wait.client] = _Client()
+        client.waits.append(wait)
+        client.live += 1
+        self.listed += 1
         if not self.busy:
             self._next()
 
     def _next(self) -> None:
-        while self.waiting:
-            self.turn, _, self.serving, wait = heapq.heappop(self.waiting)
+        while self.ring:
+            key, client = self.ring.popitem(last=False)
+            wait = client.waits.popleft()
+            self.listed -= 1
+            while wait.fn is None:  # (cancelled: its body is already dropped; the entry is what is left)
+                self.dead -= 1
+                wait = client.waits.popleft()  # (a client in the ring has a live one)
+                self.listed -= 1
+            client.live -= 1
             fn, body = wait.fn, wait.body
-            if fn is None or body is None or wait.future.done():
-                if self.dead:
-                    self.dead -= 1
-                continue  # (cancelled: its body is already dropped; the entry is what is left)
             wait.fn = wait.body = None
+            if body is None or wait.future.done():  # (not by ``off_loop``'s cancel: nothing to parse for)
+                if client.live:
+                    self.ring[key] = client
+                    self.ring.move_to_end(key, last=False)  # (its turn still)
+                else:
+                    self._drop(client)
+                continue
             try:
                 done = asyncio.get_running_loop().run_in_executor(_thread(), fn, body)
             except Exception as e:  # (no thread: this request fails, the next tries again)
                 # (a hand-off that raised left nothing in flight: ``busy`` stays False, or every later big
                 # body would wait for ever; review s23-rev-fix23c F1)
                 wait.future.set_exception(e)
+                if client.live:
+                    self.ring[key] = client
+                else:
+                    self._drop(client)
                 continue
             self.busy = True
+            self.current = (key, client)
             done.add_done_callback(functools.partial(self._finished, wait))
             return
 
     def _finished(self, wait: _Wait, done: asyncio.Future[Any]) -> None:
         self.busy = False
+        if self.current is not None:
+            key, client = self.current
+            self.current = None
+            if client.live:
+                self.ring[key] = client  # (its next body after those of the clients listed meanwhile)
         if done.cancelled():
             wait.future.cancel()
         else:
@@ -186,14 +238,14 @@ async def off_loop(fn: Callable[[B], T], body: B, client: Hashable = None) -> T:
     lane = _lanes.get(loop)
     if lane is None:
         lane = _lanes[loop] = _Lane()
-    wait = _Wait(fn, body, loop.create_future())
+    wait = _Wait(fn, body, loop.create_future(), client)
     del body  # (the wait holds the only reference here: a cancel below drops it)
-    lane.push(client, wait)
+    lane.push(wait)
     try:
         result: T = await wait.future
     except asyncio.CancelledError:
         if wait.fn is not None:  # (not handed over yet: drop the body now, not at the thread's turn)
             wait.fn = wait.body = None
-            lane.cancelled()
+            lane.cancelled(wait)
         raise
     return result
