@@ -66,7 +66,7 @@ from kvgate.openai.responses import (
     previous_response_id,
 )
 from kvgate.openai.sse import SSEScanner, rewrite_model
-from kvgate.requestcontrol.director import flow_of, preempted_error
+from kvgate.requestcontrol.director import flow_key, flow_of, preempted_error
 from kvgate.requestid import acceptable as acceptable_rid
 from kvgate.requestid import shown as rid_shown
 from kvgate.scheduling.types import (
@@ -347,14 +347,14 @@ class Session:
     async def parse_pending(self) -> list[pb.ProcessingResponse]:
         """Parse the held body on the parse thread (``httpfront.offload``; other streams are served
         meanwhile), then answer as ``handle`` would have. Its bytes stay in the byte budget while it waits.
-        Clients take turns there by their fairness id (the flow control's key; without one, one client).
+        Clients take turns there by their fairness id (flow control's, ``flow_key``; without one, one client).
 
         Cancellation (Envoy closed the stream) propagates: the body leaves the thread's waiting list."""
         assert self.parsing is not None
         raw, trailers = self.parsing
         self.parsing = None
         h = self.request_headers
-        client = h.get(keys.FAIRNESS_ID) or h.get(LLMD_FAIRNESS_ID) or keys.DEFAULT_FAIRNESS_ID
+        client = flow_key(h.get(keys.FAIRNESS_ID), h.get(LLMD_FAIRNESS_ID))  # (flow control's ``flow_of``)
         try:
             try:
                 parsed = await off_loop(functools.partial(parse_body, self._kind()), raw, client)

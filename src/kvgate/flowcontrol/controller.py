@@ -314,9 +314,15 @@ ROOM_FLOW = "\x00kvgate-room"
 
 def flow_of(req: InferenceRequest) -> str:
     """The fairness id: the GIE header (already in the request), else llm-d's header."""
-    if req.fairness_id and req.fairness_id != "default-flow":
-        return req.fairness_id
-    return req.headers.get(LLMD_FAIRNESS_HEADER) or req.fairness_id or "default-flow"
+    return flow_key(req.fairness_id, req.headers.get(LLMD_FAIRNESS_HEADER))
+
+
+def flow_key(fairness_id: str | None, llmd_id: str | None) -> str:
+    """``flow_of`` from the two headers' values (GIE's unless absent or "default-flow", else llm-d's):
+    also the EPP parse lane's client, before there is a request (review s24-rev-gw24 F5)."""
+    if fairness_id and fairness_id != "default-flow":
+        return fairness_id
+    return llmd_id or fairness_id or "default-flow"
 
 
 def queue_full(

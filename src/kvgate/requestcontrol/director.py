@@ -30,6 +30,7 @@ from kvgate.datalayer.health import HealthPolicy, gate, ready_endpoints
 from kvgate.datalayer.prefixrefs import HeldPrefixes, PrefixKeys, chain_keys
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.controller import FlowController, flow_of
+from kvgate.flowcontrol.controller import flow_key as flow_key  # (re-exported: the EPP's parse lane)
 from kvgate.flowcontrol.dispatcher import PREEMPTED_MESSAGE, FlowDispatcher
 from kvgate.flowcontrol.saturation import ConcurrencyDetector, SaturationDetector, UtilizationDetector
 from kvgate.flowcontrol.sloadmission import PredictedSLOMissError, SLOAdmission
