@@ -67,3 +67,34 @@ def test_each_body_waits_for_at_most_k_plus_one_of_each_other_client() -> None:
         "d3",
     ]
     assert order[15:] == [f"{c}{i}" for i in range(3, 10) for c in "def"][1:], order
+
+
+def test_a_client_whose_last_live_body_is_taken_leaves_no_entry_listed() -> None:
+    """A client's body taken to the thread with a cancelled wait of its own behind it: once that parse ends,
+    the client and its cancelled entry are gone (``len(lane) == 0``). Found by a randomized check of the
+    lane's counts while fixing review s24-rev-gw24 (the client was dropped, its entry still counted: fails
+    on 4664779c with ``(1, 1, 0)``); the ring's own regression test (main's lane has no ring)."""
+
+    async def main() -> tuple[int, int, int]:
+        turns, started = threading.Semaphore(0), threading.Semaphore(0)
+
+        def hold(body: bytes) -> None:
+            started.release()
+            turns.acquire(timeout=30)
+
+        holder = asyncio.ensure_future(offload.off_loop(hold, b"h0", "h"))
+        assert await asyncio.to_thread(started.acquire, True, 30)
+        a1 = asyncio.ensure_future(offload.off_loop(hold, b"a1", "a"))
+        a2 = asyncio.ensure_future(offload.off_loop(hold, b"a2", "a"))
+        await asyncio.sleep(0)
+        a2.cancel()
+        await asyncio.gather(a2, return_exceptions=True)
+        turns.release()
+        await holder
+        assert await asyncio.to_thread(started.acquire, True, 30)  # (a1 on the thread, a2's entry behind)
+        turns.release()
+        await a1
+        lane = offload._lanes[asyncio.get_running_loop()]
+        return len(lane), lane.dead, len(lane.ring)
+
+    assert asyncio.run(main()) == (0, 0, 0)

@@ -214,6 +214,8 @@ class _Lane:
             self.current = None
             if client.live:
                 self.ring[key] = client  # (its next body after those of the clients listed meanwhile)
+            else:
+                self._drop(client)  # (cancelled waits listed after the body taken)
         if done.cancelled():
             wait.future.cancel()
         else:
