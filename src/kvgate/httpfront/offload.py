@@ -112,11 +112,12 @@ class _Lane:
     the thread is its turn, so a client that comes meanwhile goes first). So a body with ``k`` bodies of its
     own client listed ahead of it is parsed after the one on the thread and at most ``k + 1`` bodies of each
     other client, however many that client queued: a client's first listed body waits for at most one of
-    each other client (each of them listed before it). In one list in arrival order it waited for all of
-    them (session-23 closing note; ``tests/gateway/test_parse_lane_per_client_gw24.py``,
-    ``tests/gateway/test_parse_lane_bound_fixgw24.py``). A client with several ids is several clients; a new
-    id goes to the tail, behind every client listed (start-time tags let a fresh id per body go ahead of
-    another client's next body for ever: review s24-rev-gw24 F2).
+    each other client (listed before it, unless its client's previous body is on the thread). In one list
+    in arrival order it waited for all of them (session-23 closing note;
+    ``tests/gateway/test_parse_lane_per_client_gw24.py``, ``tests/gateway/test_parse_lane_bound_fixgw24.py``).
+    A client with several ids is several clients; a new id goes to the tail, behind every client listed
+    (start-time tags let a fresh id per body go ahead of another client's next body for ever: review
+    s24-rev-gw24 F2).
 
     Only the clients with a live body listed, and the one on the thread, are kept: a client whose waits
     were all cancelled leaves the ring and comes back at its tail (review s24-rev-gw24 F1), whatever the
