@@ -335,6 +335,8 @@ def reload_loader(args: argparse.Namespace) -> Callable[[str], GatewayConfig]:
         staleness_settings(args, copy.deepcopy(cfg), None if watched else "static")  # (a copy: checked only)
         if args.max_buffered_bytes is not None:  # the flag stays over the file's limits.maxBufferedBytes
             flag_budget(args, cfg)
+        if args.response_turns is not None:  # so does --response-turns over limits.responseTurns
+            cfg.limits.response_turns = args.response_turns
         return cfg
 
     return load
