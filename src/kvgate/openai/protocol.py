@@ -57,20 +57,31 @@ def usage_from(obj: Any) -> Usage | None:
         usage.get("input_tokens_details"),
         usage.get("cache_read_input_tokens"),
         usage.get("cache_creation_input_tokens"),
+        usage.get("output_tokens_details"),
     )
 
 
 def input_usage(
-    input_tokens: Any, output_tokens: Any, details: Any, cache_read: Any, cache_creation: Any
+    input_tokens: Any,
+    output_tokens: Any,
+    details: Any,
+    cache_read: Any,
+    cache_creation: Any,
+    out_details: Any = None,
 ) -> Usage:
     """A ``Usage`` from an ``input_tokens`` / ``output_tokens`` usage. OpenAI Responses: ``input_tokens``
     is the whole input (cached ones in ``input_tokens_details.cached_tokens``). Anthropic Messages: the
     whole input is ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens`` (vLLM's
     ``/v1/messages`` subtracts the cached tokens from ``input_tokens`` likewise), the cached ones
     ``cache_read_input_tokens`` (review s17-fixes-b M2: a prefix-cached request was charged only its
-    uncached part)."""
+    uncached part). Responses' ``output_tokens_details.reasoning_tokens`` (``out_details``) is kept."""
     if cache_read is None and cache_creation is None:
-        return usage_of(input_tokens, output_tokens, details)
+        usage = usage_of(input_tokens, output_tokens, details)
+        if isinstance(out_details, dict):
+            n = out_details.get("reasoning_tokens")
+            if type(n) is int and n >= 0:
+                usage.reasoning_tokens = min(n, usage.completion_tokens)
+        return usage
     read = cache_read if type(cache_read) is int and cache_read >= 0 else 0
     made = cache_creation if type(cache_creation) is int and cache_creation >= 0 else 0
     uncached = input_tokens if type(input_tokens) is int and input_tokens >= 0 else 0

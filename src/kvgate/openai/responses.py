@@ -71,10 +71,11 @@ TURNS_MAX = 10_000
 
 class Turn:
     """A finished Responses turn, kept for the follow-up naming it: the conversation's tokens vLLM 0.32
-    carries into a follow-up (every turn's input and output so far, without any turn's tools and
-    ``instructions``: ``construct_input_messages`` drops earlier system messages and puts the follow-up's
-    own first), the prefix scorer's block chain of this turn's prompt (``scheduling.types.Conversation``)
-    and the key of the head (tools + instructions) that chain starts with (``lead_key``, 0: none)."""
+    carries into a follow-up (every turn's input and output so far, without any turn's tools,
+    ``instructions`` and reasoning: ``construct_input_messages`` drops earlier system messages, puts the
+    follow-up's own first and skips the reasoning output), the prefix scorer's block chain of this turn's
+    prompt (``scheduling.types.Conversation``) and the key of the head (tools + instructions) that chain
+    starts with (``lead_key``, 0: none)."""
 
     __slots__ = ("by_ids", "chunk", "hashes", "lead_key", "model", "tokens")
 
@@ -89,14 +90,20 @@ def finished_turn(req: InferenceRequest, usage: Usage | None) -> Turn | None:
     """The turn ``req`` made (its answer done, 2xx), or None: not a stored Responses turn, or its id not
     read."""
     conv = req.conversation
-    if conv is None or conv.response_id is None:
+    if conv is None or conv.response_id is None or not conv.stored:
         return None
     lead = conv.lead_tokens
     if usage is not None and usage.prompt_tokens > 0:
-        # (the head's share of the real count as of the estimate: the tokenizer's density applies)
-        if lead and req.prompt_tokens > 0:
+        # (the head's share of the real count as of this turn's own part's estimate: the tokenizer's
+        # density applies to it, not to the kept earlier turns, real tokens already)
+        own_real, own_est = usage.prompt_tokens - conv.head_tokens, req.prompt_tokens - conv.head_tokens
+        if lead and own_real > 0 and own_est > 0:
+            lead = min(own_real, lead * own_real // own_est)
+        elif lead and req.prompt_tokens > 0:
             lead = min(usage.prompt_tokens, lead * usage.prompt_tokens // req.prompt_tokens)
-        tokens = usage.prompt_tokens - lead + usage.completion_tokens
+        # (vLLM 0.32 carries the earlier output's message text, not its reasoning: ``output_tokens``
+        # counts both, ``output_tokens_details.reasoning_tokens`` the reasoning)
+        tokens = usage.prompt_tokens - lead + usage.completion_tokens - usage.reasoning_tokens
     else:  # (no usage: the estimate, the earlier turns included; its output unknown)
         tokens = max(0, req.prompt_tokens - lead)
     # (at most the default window's blocks, whatever ``maxPrefixBlocksToMatch`` says: the bound per turn; a
@@ -112,8 +119,9 @@ def follow_up(req: InferenceRequest, store: Any, turn: Turn | None, lead_chars: 
     head (vLLM then prefills this turn as that chain continued; another head, or none where it had one,
     and the earlier chain is not a prefix of this prompt: no head, the request scored on its own text). A
     ``Conversation`` is set when the server keeps this turn (``store``: the body's, True when absent; vLLM's
-    ``if request.store``, so ``null`` keeps nothing) or it follows one, so the turn it makes is kept in its
-    turn (``finished_turn``)."""
+    ``if request.store``, so ``null`` keeps nothing) or it follows one (its estimate and head), so the turn
+    it makes is kept in its turn (``finished_turn``) where it is stored (a follow-up with a false ``store``
+    is not: vLLM stores neither its messages nor its response)."""
     text = req.prompt_text
     lead_chars = min(lead_chars, len(text))
     lead_key = hash(text[:lead_chars]) or 1 if lead_chars else 0
@@ -133,6 +141,7 @@ def follow_up(req: InferenceRequest, store: Any, turn: Turn | None, lead_chars: 
         lead_chars=lead_chars,
         lead_tokens=lead_tokens,
         lead_key=lead_key,
+        stored=bool(store),
     )
 
 

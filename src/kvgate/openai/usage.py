@@ -33,6 +33,7 @@ class _UsageFields(msgspec.Struct):
     input_tokens_details: Any = None
     cache_read_input_tokens: Any = None  # Anthropic: not in ``input_tokens`` (``input_usage``)
     cache_creation_input_tokens: Any = None
+    output_tokens_details: Any = None  # Responses: its ``reasoning_tokens``
 
 
 class _UsageOnly(msgspec.Struct):
@@ -65,6 +66,7 @@ def usage_from_body(body: bytes) -> Usage | None:
             usage.input_tokens_details,
             usage.cache_read_input_tokens,
             usage.cache_creation_input_tokens,
+            usage.output_tokens_details,
         )
     return usage_of(usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details)
 

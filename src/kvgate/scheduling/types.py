@@ -91,6 +91,9 @@ class Conversation:
     lead_chars: int = 0
     lead_tokens: int = 0
     lead_key: int = 0
+    # False: a follow-up sent with ``store: false`` (vLLM stores neither its messages nor its response,
+    # so no later turn can name it): its turn is not kept.
+    stored: bool = True
 
 
 def prompt_tokens(req_tokens: int, text: str, token_ids: Sequence[int] | None) -> int:
@@ -112,6 +115,9 @@ class Usage:
     # True when the engine reported ``cached_tokens`` (``prompt_tokens_details``): 0 then means none
     # cached, not unknown.
     cached_reported: bool = False
+    # Of ``completion_tokens``, the reasoning ones (Responses ``output_tokens_details.reasoning_tokens``):
+    # a Responses follow-up does not carry them (``kvgate.openai.responses.finished_turn``).
+    reasoning_tokens: int = 0
 
     @property
     def cached_share(self) -> float | None:
