@@ -13,7 +13,7 @@ workers: levels apart, or a move counted twice)."""
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kvgate.flowcontrol.config import FlowControlConfig
@@ -77,11 +77,21 @@ STEPS = ("sync", "all", "miss", "tick", "stall", "restart", "reload")
 
 
 @settings(max_examples=300, deadline=None)
+# (review s24-rev-wk24 F1: a restart whose first sync came in a stall, then a reload: lost a move every
+# live row held, on f29693d1; F2: a doubled predecessor total in ``_publish``)
+@example(n=3, steps=[("miss", 0), ("restart", 0), ("stall", 0), ("reload", 0)], propagate=True)
+@example(n=2, steps=[("miss", 0), ("restart", 0), ("sync", 0), ("restart", 0)], propagate=True)
 @given(
     n=st.integers(2, 4),
     steps=st.lists(st.tuples(st.sampled_from(STEPS), st.integers(0, 3)), min_size=1, max_size=40),
+    propagate=st.booleans(),
 )
-def test_any_order_of_any_number_of_workers_ends_at_one_level(n: int, steps: list[tuple[str, int]]) -> None:
+def test_any_order_of_any_number_of_workers_ends_at_one_level(
+    n: int, steps: list[tuple[str, int]], propagate: bool
+) -> None:
+    """``propagate`` (review s24-rev-wk24 F2): every replacement comes after the worker's sync and then
+    every other worker's, so no move can be lost and every level must be the sum exactly (else the only
+    bound once a controller was replaced is ``<= total``, which a doubled move next to a lost one passes)."""
     f = Fleet(n)
     misses = 0
     replaced = False
@@ -97,7 +107,12 @@ def test_any_order_of_any_number_of_workers_ends_at_one_level(n: int, steps: lis
         elif op == "stall":
             f.now += 0.3  # (every row older than MARK_TTL_S)
         elif op in ("restart", "reload"):
-            replaced = True
+            if propagate:  # its last moves written, then taken by every other worker before it goes
+                f.now += 0.005
+                for u in [w] + [u for u in range(n) if u != w]:
+                    f.sync(u)
+            else:
+                replaced = True
             f.replace(w, restart=op == "restart")
         else:
             f.now += 0.005

@@ -48,13 +48,14 @@ The adaptive headroom on the fleet's first tokens (session 22, ``FleetShares._st
 ``fairShareTTFTTarget`` each worker's headroom moved on its own first tokens only, so a quiet request's
 miss at one worker left the other dispatching the flood as before. The share row also carries the
 headroom's level, and a join vector of the moves behind it: per worker slot (``workers`` entries), the
-moves its newest controller made (by version) and the total of the best-known older one (a restart's, a
-reload's predecessor). Each sync merges the others' vectors, keeping per slot the newer parts, and moves
-the level by what that adds (one process's stochastic approximation on every first token, clamped alike).
-Merges commute and repeat harmlessly, so levels that meet (a controller joining a running fleet, a worker
-found only after both moved: review s22-late F3) hold each move once, for any number of workers and any
-order (session 24; session 23's single join record was exact for two workers only); the row is written
-after the sync's fold, so the vector it shows holds the moves just folded (review s23-rev-flow23 F2).
+moves its newest controller made (by version) and the best-known older one (a restart's, a reload's
+predecessor: its own moves and the older one its total builds on, rebased on a newer one known). Each sync
+merges the others' vectors, keeping per slot the newer parts, and moves the level by what that adds (one
+process's stochastic approximation on every first token, clamped alike). Levels that meet (a controller
+joining a running fleet, a worker found only after both moved: review s22-late F3) end at one level and
+hold each move at most once, for any number of workers and any order (session 24; session 23's single join
+record was exact for two workers only); the row is written after the sync's fold, so the vector it shows
+holds the moves just folded (review s23-rev-flow23 F2).
 
 The queue limits (session 21, ``FleetLimits``): ``maxRequests`` / ``maxBytes``, global and each band's,
 bound the fleet's queue for a pool, as one process's. Each worker keeps, per pool, a limit row
@@ -123,8 +124,9 @@ NOTHING = -math.inf  # the top priority of a mark with no request that can leave
 # layout's version (a row of another is not folded). The moves behind the level are in the row's join
 # vector (below), written under the same sequence number.
 SHARE_FLOWS = 64
-# (1: session 22's 12-field head; 2: session 23's 16, with one join record; 3: the join vector)
-SHARE_VERSION = 3.0
+# (1: session 22's 12-field head; 2: session 23's 16, with one join record; 3: the join vector; 4: its
+# older part with its own moves and base)
+SHARE_VERSION = 4.0
 _HEAD = 11
 (_SEQ, _SSTAMP, _SKEY, _SN, _SDEMAND, _SARRIVED, _STAKE, _SGIVE, _SEXTRA, _SHLEVEL,
  _SVERSION) = range(_HEAD)  # fmt: skip
@@ -139,12 +141,15 @@ SHARE_SCAN = 4 * SHARE_FLOWS
 # by N), the moves of the adaptive headroom that this row's level holds from that slot's controllers. An
 # entry: the newest controller ("incarnation": a restart's or a reload's is a new one) of the slot known,
 # as it wrote itself (its epoch, its version: how many changes of these figures it has written, its own
-# moves, its total: the older incarnations' moves it held + its own, and the (epoch, version) of the older
-# one that total holds), then the best-known older incarnation of the slot as (epoch, version, total).
-# Epoch 0: none.
-_VENTRY = 9
-_VE, _VQ, _VOWN, _VTOT, _VBE, _VBQ, _VPE, _VPQ, _VPTOT = range(_VENTRY)
-_VCUR = 6  # (the newest incarnation's fields, copied as it wrote them)
+# moves, its base: the older incarnations' moves it held, and the (epoch, version) of the older one that
+# base is; its total is base + own), then the best-known older incarnation of the slot in the same six
+# fields, its base possibly rebased on an older one known better (review s24-rev-wk24 F1: with only its
+# (epoch, version, total), a newer older one whose total lacked an older one's moves displaced it, and a
+# move every live row held was lost). Epoch 0: none.
+_VCUR = 6
+_VE, _VQ, _VOWN, _VBTOT, _VBE, _VBQ = range(_VCUR)
+_VENTRY = 2 * _VCUR
+_VPE, _VPQ, _VPOWN, _VPBTOT, _VPBE, _VPBQ = range(_VCUR, _VENTRY)
 
 
 # A limit row (``FleetLimits``): this worker's queued requests and bytes for one pool, then LIMIT_BANDS
@@ -517,7 +522,7 @@ class FleetShares:
             self._epoch,
             self._version,
             self._moved,
-            vec[o + _VPTOT] + self._moved,
+            vec[o + _VPBTOT] + vec[o + _VPOWN],  # (its base: the best-known older incarnation's total)
             vec[o + _VPE],
             vec[o + _VPQ],
         ]
@@ -634,16 +639,21 @@ class FleetShares:
         The moves are counted by a join vector (a grow-only counter per worker slot, as a version vector;
         session 24): this level holds, per slot, the moves of the newest controller of that slot it knows
         (at its newest version) plus the total of the best-known older one (a restart's, a reload's
-        predecessor, whose own total holds the older ones it knew). Merging another row's vector (``vecs``:
-        the fresh rows' whose vector changed, this worker's own row too, where a reload's predecessor left
-        its vector) keeps, per slot, the newer of each part; the level moves by what the slots' parts add
-        up to now minus what they did. Merges commute and repeat harmlessly, so any order of syncs, stalls,
-        restarts and reloads of any number of workers leaves every level at the same sum once the rows
-        have been read round (until a clamp), each move at most once: a move is in the sum exactly when
-        some row that a live worker reads still holds it (a controller's moves no live row took are lost,
-        as one process's restart loses them). Sessions 22-23 kept one join record per row instead: exact
-        for two workers, and past two a move could be counted twice (up to 2x) or the levels stay apart
-        until a clamp (``scripts/fc_fleet_join_orders.py``)."""
+        predecessor: its own moves on the base it names, the older one its total holds). Merging another
+        row's vector (``vecs``: the fresh rows' whose vector changed, this worker's own row too, where a
+        reload's predecessor left its vector) keeps, per slot, the newer of each part, an older part's base
+        rebased on an older incarnation known here and newer than it (``_older``: review s24-rev-wk24 F1, a
+        restart whose first sync found no fresh row, then a reload, displaced a move every live row held);
+        the level moves by what the slots' parts add up to now minus what they did. Any order of syncs,
+        stalls, restarts and reloads of any number of workers leaves every level at the same sum once the
+        rows have been read round (until a clamp), each move at most once, and every move kept whose
+        controller's row every live worker had read before it was replaced (the property tests). Lost: a
+        controller's moves no live row took (as one process's restart loses them), and an older one's that
+        only rows which missed two later replacements of its slot held, when those later controllers' chain
+        skipped it (its successor's first sync found no fresh row): one older part names one base, not each
+        older one it holds. Sessions 22-23 kept one join record per row instead: exact for two workers, and
+        past two a move could be counted twice (up to 2x) or the levels stay apart until a clamp
+        (``scripts/fc_fleet_join_orders.py``)."""
         fleet = self.mark.fleet
         me, n = fleet.worker, fleet.workers
         held, counted = self._vec, self._counted
@@ -684,34 +694,42 @@ class FleetShares:
                     elif 0.0 < e < e0:
                         older = vec[i : i + _VCUR]
                 if 0.0 < pe < e0:
-                    moved |= self._older(i, pe, vec[i + _VPQ], vec[i + _VPTOT])
+                    moved |= self._older(i, vec[i + _VCUR : i + _VENTRY])
                 if older is not None:
-                    # its total on the newer of the older ones it held and the best one known here
-                    total = older[_VTOT]
-                    pe, pq = held[i + _VPE], held[i + _VPQ]
-                    if 0.0 < pe < older[_VE] and (pe, pq) > (older[_VBE], older[_VBQ]):
-                        total = held[i + _VPTOT] + older[_VOWN]
-                    moved |= self._older(i, older[_VE], older[_VQ], total)
+                    moved |= self._older(i, older)
         if moved:
             h = ctl.headroom
             for s in range(n):  # (this worker's own moves are in the headroom already)
                 i = s * _VENTRY
-                now_s = held[i + _VPTOT] + (0.0 if i == o else held[i + _VOWN])
+                now_s = held[i + _VPBTOT] + held[i + _VPOWN] + (0.0 if i == o else held[i + _VOWN])
                 h += now_s - counted[s]
                 counted[s] = now_s
             if h != ctl.headroom:
                 ctl.headroom = min(ctl.cfg.fair_share_headroom, max(0.0, h))
         self._hr_after = (ctl, ctl.headroom)
 
-    def _older(self, i: int, e: float, q: float, total: float) -> bool:
-        """An older incarnation's (epoch, version, total) for the slot whose entry starts at ``i``: kept if
-        it is the newest one known (the same version: the larger total, a total rebased on an older
-        incarnation another worker knew better; each counts every move at most once). Kept: True."""
+    def _older(self, i: int, got: list[float]) -> bool:
+        """Merge an older incarnation ``got`` (six fields, as an entry's newest part) into the best-known
+        older one of the slot whose entry starts at ``i``: the newer of the two (by epoch, version) is kept,
+        its base rebased on the other when the other is an older incarnation newer than that base (each
+        incarnation's own moves counted once: a base holds only incarnations before it). The same
+        incarnation: its newer version's moves on the newer of the two bases. Kept or changed: True."""
         held = self._vec
-        if (e, q, total) > (held[i + _VPE], held[i + _VPQ], held[i + _VPTOT]):
-            held[i + _VPE], held[i + _VPQ], held[i + _VPTOT] = e, q, total
-            return True
-        return False
+        p = i + _VCUR
+        had = held[p : p + _VCUR]
+        if not got[_VE] or got == had:
+            return False
+        new, old = (list(got), had) if (got[_VE], got[_VQ]) > (had[_VE], had[_VQ]) else (list(had), got)
+        if old[_VE] < new[_VE]:
+            base = old[_VBTOT] + old[_VOWN]  # (old: an incarnation before ``new``)
+            if (old[_VE], old[_VQ], base) > (new[_VBE], new[_VBQ], new[_VBTOT]):
+                new[_VBTOT], new[_VBE], new[_VBQ] = base, old[_VE], old[_VQ]
+        elif (old[_VBE], old[_VBQ], old[_VBTOT]) > (new[_VBE], new[_VBQ], new[_VBTOT]):
+            new[_VBTOT], new[_VBE], new[_VBQ] = old[_VBTOT], old[_VBE], old[_VBQ]
+        if new == had:
+            return False
+        held[p : p + _VCUR] = new
+        return True
 
     # -- the controller's tests on the fleet's counts -----------------------------------------------
 
