@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,9 @@ _FORMAT = "%s %s %s %s %d model=%s endpoint=%s attempts=%d ms=%.1f bytes=%d\n"
 # The buffer is written at most this long after its first line, or once it holds this many characters.
 FLUSH_S = 1.0
 FLUSH_CHARS = 1 << 16
+# A pipe's write is atomic only up to PIPE_BUF (4096 on Linux, pipe(7)): ``--workers`` share one stderr, so
+# a buffer goes to it in pieces of at most this many bytes cut at line ends (review s24-rev-fix24b F2).
+PIPE_PIECE = 4096
 
 
 def stderr() -> TextIO:
@@ -46,14 +50,24 @@ def stderr() -> TextIO:
 class Lines:
     """The access lines not written yet. ``add`` appends (no I/O); the first line after a write schedules
     the next one ``FLUSH_S`` later on the running loop (one timer a second, not one per line). ``close``
-    writes what is left (the gateway's stop). ``wall``: the clock of the stamp (time.time)."""
+    writes what is left (the gateway's stop); a line added after it (a request cut at the drain's end whose
+    handler ends later) is written at once (review s24-rev-fix24b F1). ``wall``: the clock of the stamp
+    (time.time). ``path``: the file ``out`` is (``own``), reopened for such a late line."""
 
-    __slots__ = ("_buf", "_chars", "_due", "_out", "_own", "_prefix", "_sec", "_tag", "_wall")
+    __slots__ = ("_buf", "_chars", "_due", "_limit", "_out", "_own", "_path", "_prefix", "_sec", "_tag",
+                 "_wall")  # fmt: skip
 
-    def __init__(self, out: TextIO, own: bool = False, wall: Callable[[], float] = time.time) -> None:
-        self._out, self._own, self._wall = out, own, wall
+    def __init__(
+        self,
+        out: TextIO,
+        own: bool = False,
+        wall: Callable[[], float] = time.time,
+        path: str | None = None,
+    ) -> None:
+        self._out, self._own, self._wall, self._path = out, own, wall, path
         self._buf: list[str] = []
         self._chars = 0
+        self._limit = FLUSH_CHARS  # (0 once closed: each line written as it comes)
         self._due: asyncio.TimerHandle | None = None
         self._sec = -1
         self._prefix = ""
@@ -65,7 +79,8 @@ class Lines:
     def open(cls, path: str | None) -> Lines:
         """To ``path`` (appended; an error here stops the start, named), else to ``stderr()``."""
         if path:
-            return cls(open(path, "a", encoding="utf-8", buffering=2 * FLUSH_CHARS), own=True)
+            out = open(path, "a", encoding="utf-8", buffering=2 * FLUSH_CHARS)  # noqa: SIM115 (closed by close)
+            return cls(out, own=True, path=path)
         return cls(stderr())
 
     def stamp(self) -> str:
@@ -81,7 +96,7 @@ class Lines:
     def add(self, line: str) -> None:
         self._buf.append(line)
         self._chars += len(line)
-        if self._chars >= FLUSH_CHARS:
+        if self._chars >= self._limit:
             self.flush()
         elif self._due is None:
             self._due = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
@@ -96,14 +111,50 @@ class Lines:
         self._buf.clear()
         self._chars = 0
         with contextlib.suppress(OSError, ValueError):  # (a closed or full stderr: lines lost, not requests)
-            self._out.write(text)
-            self._out.flush()
+            if self._own:
+                if self._limit:
+                    self._out.write(text)
+                    self._out.flush()
+                elif self._path is not None:  # (closed: a late line appends on its own)
+                    with open(self._path, "a", encoding="utf-8") as f:
+                        f.write(text)
+                return
+            try:
+                fd = self._out.fileno()
+            except (AttributeError, OSError):  # (no file descriptor: a test's sink)
+                self._out.write(text)
+                self._out.flush()
+                return
+            self._out.flush()  # (what stderr's own buffer holds goes first)
+            write_pieces(fd, text.encode("utf-8", "backslashreplace"))
 
     def close(self) -> None:
+        self._limit = 0
         self.flush()
         if self._own:
             with contextlib.suppress(OSError):
                 self._out.close()
+
+
+def write_pieces(fd: int, data: bytes, piece: int = PIPE_PIECE) -> None:
+    """``data`` (whole lines) to ``fd`` in writes of at most ``piece`` bytes, each cut at a line's end (a
+    line longer than that: a write of its own), so that no other process's write lands inside a line on a
+    shared pipe (atomic up to PIPE_BUF). 16 writes per 64 KiB buffer, not one per line."""
+    view = memoryview(data)
+    start, end = 0, len(data)
+    while start < end:
+        stop = start + piece
+        if stop >= end:
+            stop = end
+        else:
+            cut = data.rfind(b"\n", start, stop)
+            if cut >= 0:
+                stop = cut + 1
+            else:  # (one line longer than a piece: up to its end)
+                cut = data.find(b"\n", stop)
+                stop = end if cut < 0 else cut + 1
+        while start < stop:  # (a blocking write may still be partial: a file, a signal)
+            start += os.write(fd, view[start:stop])
 
 
 class Note:

@@ -192,8 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--access-log-file",
         metavar="PATH",
-        help="append the access lines to PATH (default: stderr); written about once a second and at stop "
-        '(docs/gateway.md "Access log")',
+        help="append the access lines to PATH (default: stderr; turns the log on unless --no-access-log); "
+        'written about once a second and at stop (docs/gateway.md "Access log")',
     )
     return p
 
@@ -230,6 +230,10 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         cfg.access_log = bool(args.access_log)
     if args.access_log_file:
         cfg.access_log_file = args.access_log_file
+        # (alone it turns the log on: "append the lines to PATH" read so; review s24-rev-fix24b F3)
+        cfg.access_log = not args.no_access_log
+        if cfg.access_log:
+            access_file_check(args.access_log_file)
     if args.host is not None:
         cfg.host = args.host
     if args.port is not None:
@@ -300,6 +304,16 @@ def staleness_settings(args: argparse.Namespace, cfg: GatewayConfig | None, unus
         raise GatewayConfigError(e.flag, e.message) from e
     if cfg is not None:
         cfg.kube_stale_after_s, cfg.kube_stale_not_ready_after_s = stale, not_ready
+
+
+def access_file_check(path: str) -> None:
+    """``--access-log-file`` opened for appending once here: a bad path is one named error before the
+    gateway (or any ``--workers`` worker) starts (review s24-rev-fix24b F3)."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise GatewayConfigError("--access-log-file", f"cannot append to {path!r}: {e}") from None
 
 
 def final_workers(cfg: GatewayConfig, args: argparse.Namespace) -> tuple[int, int]:
