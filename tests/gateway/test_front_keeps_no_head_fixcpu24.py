@@ -27,7 +27,11 @@ async def _serve(server: FrontServer, pieces: list[bytes]) -> bytes:
 
 def _holds(obj: object, secret: str) -> bool:
     if isinstance(obj, dict):
-        for k, v in obj.items():
+        try:  # (a copy: another thread may grow a dict, e.g. a module's, while the gc walk reads it)
+            items = tuple(obj.items())
+        except RuntimeError:
+            return False
+        for k, v in items:
             for x in (k, v):
                 if isinstance(x, str) and secret in x:
                     return True
