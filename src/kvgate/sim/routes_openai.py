@@ -35,13 +35,26 @@ class OpenAIRoutes(ReplicaState):
         stream = bool(body.get("stream"))
         opts = body.get("stream_options")
         include_usage = stream and isinstance(opts, dict) and bool(opts.get("include_usage"))
+        p = self._admit("chatcmpl-" if chat else "cmpl-", ids, max_tokens, lora, stream)
+        try:
+            if stream:
+                return await self._stream(request, p, chat, model_name, include_usage)
+            return await self._unary(request, p, chat, model_name)
+        except ConnectionResetError:  # the client went away while we were writing
+            return self._cut(request)
+        finally:
+            self._release(p)
+
+    def _admit(self, kind: str, ids: list[int], max_tokens: int, lora: str | None, stream: bool) -> Pending:
+        """A generation (``kind``: its id's prefix) into the engine, or the ``ApiError`` vLLM would answer
+        (503 engine not running, an injected fault, 400 a request the engine refuses); each admitted one
+        is ``_release``d when its handler ends (the completions, chat and Responses routes share both)."""
         if not self.running or self._driver is None or self._driver.done():
             raise ApiError(503, "The replica's engine is not running")
         if self.faults.should_fail():
             self.counters.errors_injected += 1
             raise ApiError(self.faults.error_status, "Injected failure (simulator fault)")
-
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}-{next(self._ids)}"
+        rid = f"{kind}{self._id_prefix}-{next(self._ids)}"
         now = self.sim_now()
         req = SimRequest(
             request_id=rid, prompt_token_ids=ids, max_tokens=max_tokens, lora=lora, arrival_time=now
@@ -54,16 +67,13 @@ class OpenAIRoutes(ReplicaState):
             raise ApiError(400, str(e)) from None
         self._pending[rid] = p
         self._wake.set()
-        try:
-            if stream:
-                return await self._stream(request, p, chat, model_name, include_usage)
-            return await self._unary(request, p, chat, model_name)
-        except ConnectionResetError:  # the client went away while we were writing
-            return self._cut(request)
-        finally:
-            self._pending.pop(rid, None)
-            if not p.done and not p.crashed:
-                self.engine.abort(rid)  # client went away (or the stream was cut): free its KV blocks
+        return p
+
+    def _release(self, p: Pending) -> None:
+        rid = p.req.request_id
+        self._pending.pop(rid, None)
+        if not p.done and not p.crashed:
+            self.engine.abort(rid)  # client went away (or the stream was cut): free its KV blocks
 
     def _usage(self, req: SimRequest) -> dict[str, Any]:
         n_in, n_out = req.num_prompt_tokens, len(req.output_token_ids)

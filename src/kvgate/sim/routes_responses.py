@@ -92,23 +92,8 @@ class ResponsesRoutes(OpenAIRoutes):
         limit = body.get("max_output_tokens")
         max_tokens = self._max_tokens({"max_tokens": limit}, False, len(ids))
         stream = bool(body.get("stream"))
-        if not self.running or self._driver is None or self._driver.done():
-            raise ApiError(503, "The replica's engine is not running")
-        if self.faults.should_fail():
-            self.counters.errors_injected += 1
-            raise ApiError(self.faults.error_status, "Injected failure (simulator fault)")
-        rid = f"resp_{self._id_prefix}-{next(self._ids)}"
-        now = self.sim_now()
-        req = SimRequest(
-            request_id=rid, prompt_token_ids=ids, max_tokens=max_tokens, lora=lora, arrival_time=now
-        )
-        p = Pending(req, now, self.cfg.stream_interval if stream else 1 << 30)
-        try:
-            self.engine.add_request(req, now)
-        except ValueError as e:
-            raise ApiError(400, str(e)) from None
-        self._pending[rid] = p
-        self._wake.set()
+        p = self._admit("resp_", ids, max_tokens, lora, stream)
+        req, rid = p.req, p.req.request_id
         created = int(time.time())
         try:
             if stream:
@@ -123,9 +108,7 @@ class ResponsesRoutes(OpenAIRoutes):
         except ConnectionResetError:
             return self._cut(request)
         finally:
-            self._pending.pop(rid, None)
-            if not p.done and not p.crashed:
-                self.engine.abort(rid)
+            self._release(p)
         if body.get("store", True):  # (vLLM's ``if request.store``: ``null`` keeps nothing)
             text = "".join(self._text(req.output_token_ids))
             self._stored[rid] = [*messages, {"role": "assistant", "content": text}]
