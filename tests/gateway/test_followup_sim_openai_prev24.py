@@ -97,30 +97,27 @@ async def test_openai_sdk_follow_ups_through_kvgate_to_simulated_replicas() -> N
                 assert abs(est - real) <= abs(first_est - first.usage.input_tokens) + 10, (est, real)
             # Homes forgotten (an id another gateway process made, a restart of the map): each follow-up is
             # still estimated and prefix-scored as its conversation (its blocks continue the first turn's
-            # chain), so the replica holding it scores highest on the prefix. The chain is a score, not a
-            # pin: under load (8 copies of this test at once) all six went to the replica the load and cost
-            # scorers favoured, and the three conversations held elsewhere got vLLM's 404 (4 of 16 runs).
-            # So what is checked here is the chain, not the placement (a pin to the chain's holder for a
-            # follow-up whose home is unknown is left undone: session 24's closing note).
+            # chain). Before prev25 the chain was a score, not a pin: under load (8 copies of this test at
+            # once) all six went to the replica the load and cost scorers favoured, and the three
+            # conversations held elsewhere got vLLM's 404 (4 of 16 runs). The kept turn now says where it
+            # was made (``Turn.home``): each goes there (test_followup_kept_home_prev25.py pins it under
+            # load).
             assert gw.proxy is not None
             gw.proxy.responses = ResponseHomes()
             for i, first in enumerate(firsts):
                 before = len(seen)
-                try:
-                    again = await client.responses.create(
-                        model=MODEL,
-                        instructions=f"Tenant {i}. {SYSTEM}",  # (the same: the chain is a prefix, F3)
-                        previous_response_id=first.id,
-                        input="One more detail?",
-                        max_output_tokens=4,
-                    )
-                except openai.NotFoundError:
-                    pass
-                else:
-                    assert again.usage is not None and again.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]
+                again = await client.responses.create(
+                    model=MODEL,
+                    instructions=f"Tenant {i}. {SYSTEM}",  # (the same: the chain is a prefix, F3)
+                    previous_response_id=first.id,
+                    input="One more detail?",
+                    max_output_tokens=4,
+                )
+                assert again.usage is not None and again.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]
                 assert len(seen) > before
                 sent = seen[-1]
                 assert sent.conversation is not None and len(list(sent.conversation.head)) > 0
+                assert sent.subset is not None and len(sent.subset) == 1  # (pinned, not scored)
             await client.close()
             for ep in gw.pools[0].endpoints():
                 assert ep.inflight.requests == 0 and ep.inflight.pending_prefill_tokens == 0

@@ -57,6 +57,7 @@ from kvgate.openai.requeststats import NO_FIRST_BYTE, NO_FLOW, ChunkGaps, Reques
 from kvgate.openai.responses import (
     LOOKUP_PREFIX,
     RESPONSES_PATH,
+    Leads,
     ResponseHomes,
     ResponseIdReader,
     ResponseTurns,
@@ -166,6 +167,7 @@ class SessionContext:
         # And each finished turn's tokens and prefix blocks: a follow-up is estimated and prefix-scored
         # as its conversation (``openai.responses.ResponseTurns``; as ``kvgate serve``).
         self.turns = ResponseTurns(clock=clock)
+        self.leads = Leads()  # (the turns' heads by key: ``follow_up`` hashes a repeated one no more)
         # Flow control (``Director.admit``): the stream waits for capacity before the pick.
         self.admit = admit
         self.endpoints = endpoints
@@ -498,9 +500,9 @@ class Session:
             prev = previous_response_id(path, parsed.body)
             turns = self.ctx.turns
             turn = turns.get(prev) if prev is not None else None
-            follow_up(req, parsed.body.get("store", True), turn, parsed.lead_chars)
+            follow_up(req, parsed.body.get("store", True), turn, parsed.lead_chars, self.ctx.leads)
             if prev is not None:
-                self._pin(req, prev)
+                self._pin(req, prev, turn.home if turn is not None else "")
         self._use_models(client_model, model, size, req)  # (its flow known: fairness id, priority)
         # With request trailers the body's end is signalled by the trailers answer, not end_of_stream.
         return self._schedule(req, body=raw, body_changed=changed, body_eos=not trailers)
@@ -521,13 +523,15 @@ class Session:
             arrival_time=self.ctx.clock(),
         )
 
-    def _pin(self, req: InferenceRequest, response_id: str) -> None:
+    def _pin(self, req: InferenceRequest, response_id: str, kept: str = "") -> None:
         """A request about ``response_id`` (a follow-up, a lookup) picked among the endpoint that made it,
         while that one is known and healthy (elsewhere vLLM answers 404), as ``kvgate serve`` pins one:
         soft (``subset_soft``: dropped if the home leaves the pool before the pick). An Envoy subset hint
         that leaves the home out wins. (The hub EPP's cluster endpoints are always healthy here: its home
-        cluster goes first even backing off or hung, as ``kvgate serve --clusters``'; review s21-mc L4.)"""
-        home = self.ctx.responses.home(response_id)
+        cluster goes first even backing off or hung, as ``kvgate serve --clusters``'; review s21-mc L4.)
+        ``kept``: where its kept turn was made (``Turn.home``), read first: an id the map lost is still
+        pinned to the holder of its conversation (prev25)."""
+        home = kept or self.ctx.responses.home(response_id)
         if home is None or (req.subset is not None and home not in req.subset):
             return
         ep = self.ctx.endpoints().get(home)
@@ -866,7 +870,8 @@ class Session:
 
     def _keep_turn(self, response_id: str) -> None:
         """A stored Responses turn answered whole (2xx): kept for its follow-up (``ResponseTurns``)."""
-        if self.request is not None and (turn := finished_turn(self.request, self.usage)) is not None:
+        home = self.endpoint.address if self.endpoint is not None else ""
+        if self.request is not None and (turn := finished_turn(self.request, self.usage, home)) is not None:
             self.ctx.turns.remember(response_id, turn)
 
     def _outcome(self, complete: bool, idle: bool = False) -> None:

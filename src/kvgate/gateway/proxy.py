@@ -70,6 +70,7 @@ from kvgate.openai.request import (
 from kvgate.openai.requeststats import ChunkGaps, RequestEnd
 from kvgate.openai.responses import (
     RESPONSES_PATH,
+    Leads,
     ResponseHomes,
     ResponseIdReader,
     ResponseTurns,
@@ -304,6 +305,8 @@ class Proxy:
         # And each finished turn's tokens and prefix blocks: a follow-up's estimate is the conversation's,
         # not its new input's (``openai.responses.ResponseTurns``; ``--response-turns`` sizes it).
         self.turns = ResponseTurns(cfg.limits.response_turns, clock=clock)
+        # And the latest turns' heads by key: a follow-up repeating its turn's head is not hashed (prev25).
+        self.leads = Leads()
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
         # The routes' handlers: ``_entry`` with its kind bound (a C-level partial, not a Python call per
@@ -623,11 +626,14 @@ class Proxy:
             prev = previous_response_id(kind, parsed.body)
             # The earlier turn's tokens and blocks (a follow-up), and this turn's kept for the next.
             turn = self.turns.get(prev) if prev is not None else None
-            follow_up(ireq, parsed.body.get("store", True), turn, parsed.lead_chars)
+            follow_up(ireq, parsed.body.get("store", True), turn, parsed.lead_chars, self.leads)
             if prev is not None:
                 # A Responses follow-up: picked among the endpoint that made the response it names, while
-                # that one is known and healthy (elsewhere vLLM answers 404); a retry may go elsewhere.
-                home = self.responses.home(prev)
+                # that one is known and healthy (elsewhere vLLM answers 404). Its kept turn says where
+                # first (under ``--workers`` the table's one read gave both, prev25), else the ids' map:
+                # an id whose home the map lost (displaced, or a turn kept in use longer) is still pinned
+                # to the holder of its conversation, not placed by its chain's score (prev25).
+                home = turn.home if turn is not None and turn.home else self.responses.home(prev)
                 # Soft: if the home leaves the pool while the request is queued, the pick drops the pin
                 # and picks it as any request, as on arrival then (review s19-qa L4; not ready: it
                 # waits, I1).
@@ -847,10 +853,14 @@ class Proxy:
                 # (at capacity: it ran nothing) is retried elsewhere (qa24 F1), but not charged: busy is
                 # not broken (Envoy's outlier detection counts 5xx and local-origin errors, not 429), or a
                 # saturated pool would eject its servers (review s24-rev-fixqa24 R1). Nor is a follow-up's
-                # 429 at its home: elsewhere it could only be a 404; the client gets the 429 (R2).
+                # answer at its home, a 429 (R2) or a 502/503/504 (a draining or overloaded vLLM): anywhere
+                # else it could only be vLLM's 404 "Response ... not found", misleading; the client gets
+                # the home's answer with its Retry-After, the home charged as for any last 5xx
+                # (s24-rev-fix24b F4, prev25).
                 status = resp.status
-                if ((status >= 500 and blame) or (status == 429 and not pinned)) and not (
-                    attempt == self.cfg.limits.max_attempts - 1
+                if ((status >= 500 and blame) or status == 429) and not (
+                    pinned
+                    or attempt == self.cfg.limits.max_attempts - 1
                     or not any(e.healthy and e.address not in tried for e in pool.endpoints())
                 ):
                     last_error = f"{self._name(ep)}: HTTP {resp.status}"
@@ -1186,10 +1196,11 @@ class Proxy:
             if ireq.conversation is not None:
                 ireq.conversation.response_id = rid  # (its turn is kept at its end: ``_keep_turn``)
 
-    def _keep_turn(self, ireq: InferenceRequest, usage: Usage | None) -> None:
-        """A stored Responses turn answered whole (2xx): kept for its follow-up (``ResponseTurns``)."""
+    def _keep_turn(self, ireq: InferenceRequest, usage: Usage | None, home: str) -> None:
+        """A stored Responses turn answered whole (2xx) by ``home``: kept for its follow-up
+        (``ResponseTurns``)."""
         conv = ireq.conversation
-        if conv is not None and conv.response_id is not None and (turn := finished_turn(ireq, usage)):
+        if conv is not None and conv.response_id is not None and (turn := finished_turn(ireq, usage, home)):
             self.turns.remember(conv.response_id, turn)
 
     def _blame(self, ep: Endpoint | None) -> None:
@@ -1354,7 +1365,7 @@ class Proxy:
             usage = scan.usage() if ok and resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok and resp.status < 500)
             if ireq.conversation is not None and ok and resp.status < 300:
-                self._keep_turn(ireq, usage)
+                self._keep_turn(ireq, usage, ep.address)
             self._charge(ireq, usage, resp.status < 300)
             m = self.metrics
             flow = m.flow(flow_of(ireq), ireq.priority)
@@ -1391,7 +1402,7 @@ class Proxy:
         # the latency models to learn; an error reply even less).
         usage = usage_from_body(body) if resp.status < 300 else None
         if ireq.conversation is not None and resp.status < 300:
-            self._keep_turn(ireq, usage)
+            self._keep_turn(ireq, usage, ep.address)
         if type(director) is Director:  # (the two calls below in one: ``Director.on_whole``)
             director.on_whole(ireq, ep, usage, ok)
         else:
@@ -1575,7 +1586,7 @@ class Proxy:
             usage = relay.usage if resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok)  # (preempted: released already, a no-op)
             if ireq.conversation is not None and ok and resp.status < 300:
-                self._keep_turn(ireq, usage)
+                self._keep_turn(ireq, usage, ep.address)
             if not preempted:  # (as a request preempted before its head: not charged)
                 self._charge(ireq, usage, resp.status < 300)
             # Tokens observed only at the stream's normal end: a cut one, or one whose client left,

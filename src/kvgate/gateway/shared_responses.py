@@ -233,9 +233,11 @@ class SharedResponses:
         c[b + _SEQ] = seq + 1
         return True
 
-    def find(self, response_id: str, now: float) -> tuple[str, tuple[str, str] | None] | None:
-        """``response_id``'s home and, if it was made through a rewrite, its pair of names; None: not known
-        (never written, expired, displaced, or being written this instant)."""
+    def entry(self, response_id: str, now: float) -> tuple[str, tuple[str, str] | None, int] | None:
+        """``response_id``'s home, its pair of names if it was made through a rewrite, and its finished
+        turn's tokens (``remember_tokens``; 0: not yet), in one scan (a follow-up reads its home and its
+        turn: ``FleetTurns.get``, prev25); None: not known (never written, expired, displaced, or being
+        written this instant)."""
         key = response_key(response_id)
         c = self._words
         now_us = int(now * _US)
@@ -245,14 +247,19 @@ class SharedResponses:
                     seq = c[b + _SEQ]
                     if seq & 1 or c[b + _KEY] != key:
                         continue
-                    exp, ref = c[b + _EXP], c[b + _PAIR]
+                    exp, ref, tokens = c[b + _EXP], c[b + _PAIR], c[b + _TOK]
                     at = (b + 5) * 8
                     addr = bytes(self._bytes[at : at + ADDR_BYTES]).rstrip(b"\0")
                     if c[b + _SEQ] != seq or exp <= now_us or not addr:
                         continue
                     pair = self._pair_at(w, ref) if ref >= 0 else None
-                    return addr.decode("utf-8", "surrogateescape"), pair
+                    return addr.decode("utf-8", "surrogateescape"), pair, tokens
         return None
+
+    def find(self, response_id: str, now: float) -> tuple[str, tuple[str, str] | None] | None:
+        """``response_id``'s home and pair of names (``entry``)."""
+        got = self.entry(response_id, now)
+        return None if got is None else (got[0], got[1])
 
     def remember_tokens(self, response_id: str, tokens: int) -> bool:
         """The finished turn's tokens of an id this worker remembered (``remember``: at the answer's start;
@@ -268,20 +275,9 @@ class SharedResponses:
         return True
 
     def find_tokens(self, response_id: str, now: float) -> int:
-        """``response_id``'s finished turn's tokens (``remember_tokens``); 0: not known."""
-        key = response_key(response_id)
-        c = self._words
-        now_us = int(now * _US)
-        for w in range(self.workers):
-            for base in self._sets_of(w, key):
-                for b in range(base, base + WAYS * _E, _E):
-                    seq = c[b + _SEQ]
-                    if seq & 1 or c[b + _KEY] != key:
-                        continue
-                    tokens, exp = c[b + _TOK], c[b + _EXP]
-                    if c[b + _SEQ] == seq and exp > now_us:
-                        return tokens
-        return 0
+        """``response_id``'s finished turn's tokens (``entry``); 0: not known."""
+        got = self.entry(response_id, now)
+        return 0 if got is None else got[2]
 
     # -- model pairs ----------------------------------------------------------------------------
 
@@ -384,8 +380,8 @@ class FleetModels(ResponseHomes[tuple[str, str]]):
 
 class FleetTurns(ResponseTurns):
     """``Proxy.turns`` under ``--workers``: this worker's own turns (tokens and prefix chain), then the
-    fleet's table for the tokens alone (a turn another worker finished: the follow-up's estimate counts
-    it; its chain stays in that worker, the home pin places the follow-up)."""
+    fleet's table for the tokens and the home (a turn another worker finished: the follow-up's estimate
+    counts it; its chain stays in that worker, the home pin places the follow-up)."""
 
     __slots__ = ("table",)
 
@@ -400,8 +396,12 @@ class FleetTurns(ResponseTurns):
 
     def get(self, response_id: str) -> Turn | None:
         got = super().get(response_id)
-        if got is None and self.max_entries and (n := self.table.find_tokens(response_id, self.clock())):
-            got = Turn(n, _NO_CHAIN, 0, False, "")
+        if got is None and self.max_entries:
+            # (one scan for the tokens and the home: the proxy pins the follow-up to ``Turn.home`` without
+            # asking ``FleetHomes`` to scan the table again; rev-fix24's final read, prev25)
+            found = self.table.entry(response_id, self.clock())
+            if found is not None and found[2]:
+                got = Turn(found[2], _NO_CHAIN, 0, False, "", 0, found[0])
         return got
 
 

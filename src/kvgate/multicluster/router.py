@@ -181,6 +181,23 @@ class NoRoute(Exception):
         self.code = code  # the error's ``code`` (``request_timeout``: the request's bound passed)
 
 
+def _home_said(attempts: list[Attempt], cluster: str) -> NoRoute | None:
+    """A follow-up's home cluster answered 429 or a 5xx (its EPP, pod or gateway: busy, draining): that
+    status, with its Retry-After, as the client's answer (``GlobalRouter.route``'s ``pinned``); None: it
+    was not reached (unreachable, stalled, no head) or refused otherwise."""
+    said = [a for a in attempts if a.cluster == cluster and (a.status == 429 or a.status >= 500)]
+    if not said:
+        return None
+    last = said[-1]
+    message = (
+        f"cluster {cluster}, which holds the response this follow-up names, answered {last.status}"
+        " (busy or draining); a follow-up is not sent to another cluster (its stored response is not"
+        " there); retry later"
+    )
+    wait = last.retry_after if last.retry_after is not None else 1 if last.status == 429 else None
+    return NoRoute(last.status, message, attempts, retry_after=wait)
+
+
 def _listed(names: list[str]) -> str:
     unique = list(dict.fromkeys(names))
     return ("cluster " if len(unique) == 1 else "clusters ") + ", ".join(unique)
@@ -367,11 +384,15 @@ class GlobalRouter:
         *,
         home: tuple[str, str | None] | None = None,
         deadline: Deadline | None = None,
+        pinned: bool = False,
     ) -> Routed:
         """``home``: (cluster, pod or None), a cluster tried first whatever the policy's order (a
         Responses follow-up goes where the response it names was made), then the order without it; in
         Endpoint mode its EPP is asked for that pod (the subset hint), and asked again without the hint
-        if it answers 503 (no such pod); an unknown cluster is ignored.
+        if it answers 503 (no such pod); an unknown cluster is ignored. ``pinned`` (a follow-up): the home
+        cluster's answer of 429 or 5xx is the client's (``NoRoute`` with its status; elsewhere the
+        follow-up could only be vLLM's 404 "Response ... not found": s24-rev-fix24b F4, prev25); one
+        that could not be reached still goes on to the next cluster.
 
         ``deadline``: the request's bound (``limits.requestTimeoutSeconds``). No cluster is tried past it,
         and an attempt still without its response head then ends (its EPP's pick too): ``NoRoute`` 504
@@ -417,6 +438,8 @@ class GlobalRouter:
                 st.succeeded()
                 return routed
             st.failed(self.clock())
+            if pinned and st is first and (said := _home_said(attempts, st.name)) is not None:
+                raise said
         raise no_route(attempts)
 
     async def _try_cluster(
@@ -705,7 +728,7 @@ class GlobalRouter:
             # the cluster not backed off for everyone: review s18-qa M4.)
             resp.release()
             given_up()
-            wait = retry_after_s(resp.headers.get("Retry-After")) if resp.status == 429 else None
+            wait = retry_after_s(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
             attempts.append(Attempt(st.name, mode, target, f"status {resp.status}", resp.status, wait))
             return None
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}

@@ -522,7 +522,9 @@ class GlobalGateway:
         prev = previous_response_id(path, parsed.body)
         home = None if prev is None else self.responses.home(prev)
         try:
-            routed = await self.router.route(path, request.headers, raw, creq, home=home, deadline=deadline)
+            routed = await self.router.route(
+                path, request.headers, raw, creq, home=home, deadline=deadline, pinned=prev is not None
+            )
         except asyncio.CancelledError:  # the client went away while a cluster was being tried
             self.metrics.error(parsed.model, "client_gone", flow)
             self.metrics.sized(parsed.model, len(raw), flow)
@@ -537,7 +539,9 @@ class GlobalGateway:
             if e.error is not None and _openai_error(e.error):
                 # The refusing EPP's own error (its message, ``code``, ``param``), as through ``kvgate epp``.
                 return Response(status=e.status, body=e.error, content_type="application/json")
-            return _refuse(path, e.status, e.message, code=e.code)
+            # (a follow-up's home cluster's 503 keeps its Retry-After: ``router._home_said``)
+            wait = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else None
+            return _refuse(path, e.status, e.message, code=e.code, headers=wait)
         seen = _UsageSeen()
         # The name the model server was sent: the only one its 2xx says anything of
         # (kvgate.openai.labels). A client's rewrite header names it only where this gateway gave it to

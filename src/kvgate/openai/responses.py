@@ -75,20 +75,29 @@ class Turn:
     ``instructions`` and reasoning: ``construct_input_messages`` drops earlier system messages, puts the
     follow-up's own first and skips the reasoning output), the prefix scorer's block chain of this turn's
     prompt (``scheduling.types.Conversation``) and the key of the head (tools + instructions) that chain
-    starts with (``lead_key``, 0: none)."""
+    starts with (``lead_key``, 0: none), and where it was made (``home``, the endpoint that answered it;
+    "": not known): a follow-up whose id's home is not known otherwise is pinned there (the holder of the
+    chain and of the stored response; elsewhere vLLM answers 404)."""
 
-    __slots__ = ("by_ids", "chunk", "hashes", "lead_key", "model", "tokens")
+    __slots__ = ("by_ids", "chunk", "hashes", "home", "lead_key", "model", "tokens")
 
     def __init__(
-        self, tokens: int, hashes: array[int], chunk: int, by_ids: bool, model: str, lead_key: int = 0
+        self,
+        tokens: int,
+        hashes: array[int],
+        chunk: int,
+        by_ids: bool,
+        model: str,
+        lead_key: int = 0,
+        home: str = "",
     ) -> None:
         self.tokens, self.hashes, self.chunk, self.by_ids, self.model = tokens, hashes, chunk, by_ids, model
-        self.lead_key = lead_key
+        self.lead_key, self.home = lead_key, home
 
 
-def finished_turn(req: InferenceRequest, usage: Usage | None) -> Turn | None:
-    """The turn ``req`` made (its answer done, 2xx), or None: not a stored Responses turn, or its id not
-    read."""
+def finished_turn(req: InferenceRequest, usage: Usage | None, home: str = "") -> Turn | None:
+    """The turn ``req`` made (its answer done, 2xx, by ``home``), or None: not a stored Responses turn, or
+    its id not read."""
     conv = req.conversation
     if conv is None or conv.response_id is None or not conv.stored:
         return None
@@ -109,10 +118,51 @@ def finished_turn(req: InferenceRequest, usage: Usage | None) -> Turn | None:
     # (at most the default window's blocks, whatever ``maxPrefixBlocksToMatch`` says: the bound per turn; a
     # follow-up then continues from the last one kept, still a prefix of the conversation)
     chain = array("Q", conv.chain[:MAX_PREFIX_BLOCKS])
-    return Turn(tokens, chain, conv.chain_chunk, conv.chain_by_ids, req.model, conv.lead_key)
+    return Turn(tokens, chain, conv.chain_chunk, conv.chain_by_ids, req.model, conv.lead_key, home)
 
 
-def follow_up(req: InferenceRequest, store: Any, turn: Turn | None, lead_chars: int = 0) -> None:
+# The most characters of heads (tools + instructions) a door keeps by their key (``Leads``): 4 Mi, about
+# 4 MB of ASCII, 64 heads of 64 KB.
+LEADS_CHARS = 4 * 1024 * 1024
+
+
+class Leads:
+    """Heads (a Responses turn's tools + ``instructions``, ``follow_up``'s ``lead_chars`` of its prompt
+    text) by their key: a follow-up whose earlier turn's key names a head kept here compares its own head
+    with it (``str.startswith``: a memcmp, no copy) instead of hashing it (SipHash over every character,
+    18.5 us at 64 KB); the same text, the same key, exactly as hashing found. The latest heads are kept,
+    ``max_chars`` characters at most (a longer one is not kept)."""
+
+    __slots__ = ("_chars", "_heads", "max_chars")
+
+    def __init__(self, max_chars: int = LEADS_CHARS) -> None:
+        self.max_chars, self._chars = max_chars, 0
+        self._heads: OrderedDict[int, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def key(self, text: str, lead_chars: int, known: int) -> int:
+        """The key of ``text``'s first ``lead_chars`` characters (``hash``, 0 -> 1), ``known`` (an earlier
+        turn's key) without hashing when the head kept under it is those characters."""
+        heads = self._heads
+        kept = heads.get(known) if known else None
+        if kept is not None and len(kept) == lead_chars and text.startswith(kept):
+            heads.move_to_end(known)
+            return known
+        lead = text[:lead_chars]
+        key = hash(lead) or 1
+        if len(lead) <= self.max_chars and key not in heads:
+            heads[key] = lead
+            self._chars += len(lead)
+            while self._chars > self.max_chars:
+                self._chars -= len(heads.popitem(last=False)[1])
+        return key
+
+
+def follow_up(
+    req: InferenceRequest, store: Any, turn: Turn | None, lead_chars: int = 0, leads: Leads | None = None
+) -> None:
     """Mark a Responses request whose prompt text starts with ``lead_chars`` of its own tools and
     ``instructions`` (``ParsedBody.lead_chars``): its earlier ``turn`` (None: none known) added to its
     estimate, and handed to the prefix scorer as its head when that turn's chain started with the same
@@ -121,10 +171,16 @@ def follow_up(req: InferenceRequest, store: Any, turn: Turn | None, lead_chars: 
     ``Conversation`` is set when the server keeps this turn (``store``: the body's, True when absent; vLLM's
     ``if request.store``, so ``null`` keeps nothing) or it follows one (its estimate and head), so the turn
     it makes is kept in its turn (``finished_turn``) where it is stored (a follow-up with a false ``store``
-    is not: vLLM stores neither its messages nor its response)."""
+    is not: vLLM stores neither its messages nor its response). ``leads``: the door's kept heads, so a
+    follow-up repeating its earlier turn's head is not hashed again (prev25)."""
     text = req.prompt_text
     lead_chars = min(lead_chars, len(text))
-    lead_key = hash(text[:lead_chars]) or 1 if lead_chars else 0
+    if not lead_chars:
+        lead_key = 0
+    elif leads is not None:
+        lead_key = leads.key(text, lead_chars, turn.lead_key if turn is not None else 0)
+    else:
+        lead_key = hash(text[:lead_chars]) or 1
     lead_tokens = req.prompt_tokens * lead_chars // len(text) if lead_chars else 0
     if turn is None:
         if store:
