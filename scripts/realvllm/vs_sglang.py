@@ -10,6 +10,8 @@ client-side time to the first streamed chunk.
 Routers: ``kvgate`` (``kvgate-off``, ``kvgate-scrape500``, ``...@base``), ``sglang``, and the no-router
 baselines ``direct`` (every request straight to server 0) and ``direct-tenant`` (tenant t straight to
 server t mod 2: a prefix-aware placement without a router in between); ``--direct`` adds ``direct``.
+Every router runs in a session of its own, as each vLLM server (``kvgate-inclient``: kvgate in this
+client's session, as before session 25; see ``start_kvgate``).
 A router name ending in ``/cpuN`` (``kvgate/cpu1,sglang/cpu1``) runs that router pinned to CPU N (as
 ``kvgate bench gateway-overhead``'s paths), and a pinned kvgate pass pairs with the sglang-router pass
 pinned alike: with vLLM's default binding every server's worker runs on CPU 0, so ``/cpu1`` keeps the
@@ -364,11 +366,40 @@ def run(
     api, whole = [round(c, 2) for c in cpu[1 : 1 + n]], [round(c, 2) for c in cpu[1 + n :]]
     print(f"    CPU during the pass: router {cpu[0]:.2f} s, vLLM API servers {api} s, servers {whole} s",
           flush=True)  # fmt: skip
+    res["autogroups"] = {"router": autogroup(router_pid), "client": autogroup(os.getpid())}
     res["router_cpu_s"] = cpu[0]
     res["api_cpu_s"] = sum(cpu[1 : 1 + n])
     res["servers_cpu_s"] = sum(cpu[1 + n :])
     res["records"] = records
     return res
+
+
+IN_CLIENT = ", in the client's session"
+
+
+def start_kvgate(
+    cmd: list[str], out: Any, env: dict[str, str] | None, own_session: bool = True
+) -> subprocess.Popen[bytes]:
+    """``kvgate serve`` in a session of its own, as ``peers.launch`` starts sglang-router and the harness
+    each vLLM server: with the kernel's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``)
+    a session is one scheduling group with one fair share of the CPUs, so a router in the client's session
+    shares that share with the client (and, in a ``bash -c`` under ``flock``, its shell) while sglang-router
+    has one of its own. ``own_session`` False (router ``kvgate-inclient``): the client's session, as this
+    script started kvgate before session 25."""
+    return subprocess.Popen(
+        lifeline.die_with_parent_argv(cmd), stdout=out, stderr=subprocess.STDOUT, env=env,
+        start_new_session=own_session,
+    )  # fmt: skip
+
+
+def autogroup(pid: int | None) -> str:
+    """The scheduling autogroup a process runs in (``/autogroup-N nice K``), "" where none is shown."""
+    if pid is None:
+        return ""
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().strip()
+    except OSError:
+        return ""
 
 
 def commit(where: str | None = None) -> str:
@@ -552,12 +583,12 @@ def main() -> int:
                     where = ["--endpoints", ",".join(urls), "--model", MODEL_NAME, "--port", str(port)]
                 cmd = [sys.executable, "-m", "kvgate.cli", "serve", *where, "--kv-events", mode]
                 logf = (log_dir / f"{r}{log_tag}.log").open("wb")
+                in_client = "-inclient" in r
                 with _pinned(cpus):
-                    proc = subprocess.Popen(
-                        lifeline.die_with_parent_argv(cmd), stdout=logf, stderr=subprocess.STDOUT, env=env
-                    )
+                    proc = start_kvgate(cmd, logf, env, own_session=not in_client)
                 name = f"kvgate ({'--kv-events off' if mode == 'off' else 'default, --kv-events auto'})"
                 name += ", scrape 0.5 s" if "-scrape500" in r else ""
+                name += IN_CLIENT if in_client else ""
                 name += ", base tree" if at_base else ""
             else:
                 log = log_dir / f"sglang{log_tag}.log"
