@@ -1,0 +1,94 @@
+"""Per router, a request's cost by whether it went to the server the request before it went to.
+
+``vs_sglang.py`` sends one request at a time, 1.2 s apart; a router that spreads tenants over the two
+servers sends about half its requests to the server that did NOT serve the request before (a "switch"),
+one that keeps every tenant on one server never does. This groups every router's requests (after a
+pass's first ``--first``, a fresh router's own start-up) by hit or miss (>= half the prompt's tokens
+cached) and same server or switch, and prints the means of the client's TTFT, vLLM's own TTFT and prefill
+(its histograms), the time outside vLLM, the router's wait for a core, and the vLLM processes' (engine
+cores and workers, both servers) CPU and wait for a core in the request's window (``/proc`` schedstat).
+
+    cd docs/benchmarks/realvllm-runs
+    PYTHONPATH=../../../src python ../../../scripts/realvllm/switch_split.py s34-session24.json ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+FIELDS = (
+    ("ttft", "TTFT"),
+    ("v_ttft_ms", "vLLM TTFT"),
+    ("v_prefill_ms", "prefill"),
+    ("outside", "outside"),
+    ("router_wait_ms", "router wait"),
+    ("engine_run_ms", "engine CPU"),
+    ("engine_wait_ms", "engine wait"),
+)
+
+
+def is_hit(r: dict[str, float]) -> bool:
+    return r["hit_tokens"] >= 0.5 * r["prompt_tokens"]
+
+
+def values(r: dict[str, float]) -> dict[str, float]:
+    out = {"ttft": 1000 * (r["c_first"] - r["send"])}
+    out.update({k: r[k] for k, _ in FIELDS if k in r})
+    if "v_ttft_ms" in r:
+        out["outside"] = out["ttft"] - r["v_ttft_ms"]
+    return out
+
+
+def groups(
+    records: Sequence[dict[str, float]], first: int
+) -> Iterable[tuple[tuple[str, str], dict[str, float]]]:
+    """((hit or miss, same or switch), the request's values) for each request of one pass after its first
+    ``first`` whose server, and the previous request's, are known."""
+    for j in range(max(first, 1), len(records)):
+        r, before = records[j], records[j - 1]
+        if r["server"] < 0 or before["server"] < 0:
+            continue
+        where = "same" if r["server"] == before["server"] else "switch"
+        yield ("hit" if is_hit(r) else "miss", where), values(r)
+
+
+def table(
+    docs: Sequence[dict[str, Any]], first: int
+) -> dict[str, dict[tuple[str, str], list[dict[str, float]]]]:
+    """Router -> (hit or miss, same or switch) -> the requests' values, over every pass of every run."""
+    out: dict[str, dict[tuple[str, str], list[dict[str, float]]]] = {}
+    for doc in docs:
+        for name, passes in doc["passes"].items():
+            for p in passes:
+                for key, v in groups(p["records"], first):
+                    out.setdefault(name, {}).setdefault(key, []).append(v)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="vs_sglang.py --json files")
+    ap.add_argument("--first", type=int, default=8, help="leave out a pass's first N requests (default 8)")
+    args = ap.parse_args()
+    docs = [json.loads(Path(f).read_text()) for f in args.runs]
+    print("means (ms) per router, by hit or miss and by whether the server is the previous request's:")
+    for name, by in table(docs, args.first).items():
+        print(name)
+        for key in sorted(by):
+            rows = by[key]
+            cells = [
+                f"{label} {statistics.fmean(v[f] for v in rows):6.1f}"
+                for f, label in FIELDS
+                if all(f in v for v in rows)
+            ]
+            print(f"    {key[0]:4s} {key[1]:6s} n {len(rows):3d}: " + ", ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
