@@ -402,6 +402,15 @@ def autogroup(pid: int | None) -> str:
         return ""
 
 
+def pass_means(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per router, the mean over its passes of each number a pass reports (not its records, nor what
+    else a pass keeps that is not a number: the autogroups)."""
+    return {
+        n: {k: statistics.fmean(r[k] for r in rs) for k, v in rs[0].items() if isinstance(v, (int, float))}
+        for n, rs in results.items()
+    }
+
+
 def commit(where: str | None = None) -> str:
     """The short commit (``+dirty`` with uncommitted tracked changes) of the git tree at ``where`` (default:
     the working directory)."""
@@ -617,8 +626,7 @@ def main() -> int:
         for f in log_dir.glob("kvgate*.log"):
             notes = [ln for ln in f.read_text().splitlines() if "kv-events" in ln or "KV events" in ln]
             print(f.name, notes[:3])
-    mean = {n: {k: statistics.fmean(r[k] for r in rs) for k in rs[0] if k != "records"}
-            for n, rs in results.items()}  # fmt: skip
+    mean = pass_means(results)
     print(f"mean of {args.repeats} passes:")
     for n, m in mean.items():
         sg = mean.get("sglang-router cache_aware" + pin_suffix(n))

@@ -43,3 +43,22 @@ def test_the_inclient_router_names_its_pass() -> None:
     assert vs.IN_CLIENT == ", in the client's session"
     assert vs.autogroup(None) == ""
     assert vs.autogroup(os.getpid()) == "" or vs.autogroup(os.getpid()).startswith("/autogroup-")
+
+
+def test_pass_means_skip_what_is_not_a_number() -> None:
+    vs = _script()
+    passes = [
+        {
+            "hit_rate": 0.5,
+            "mean_ttft_ms": 20.0,
+            "records": [],
+            "autogroups": {"router": "/autogroup-1 nice 0"},
+        },
+        {
+            "hit_rate": 0.7,
+            "mean_ttft_ms": 30.0,
+            "records": [],
+            "autogroups": {"router": "/autogroup-2 nice 0"},
+        },
+    ]
+    assert vs.pass_means({"kvgate": passes}) == {"kvgate": {"hit_rate": 0.6, "mean_ttft_ms": 25.0}}
