@@ -70,6 +70,32 @@ def table(
     return out
 
 
+KVGATE = "kvgate (default, --kv-events auto)"
+SGLANG = "sglang-router cache_aware"
+
+
+def contributions(
+    ka: Sequence[dict[str, float]], sg: Sequence[dict[str, float]], first: int
+) -> dict[str, float]:
+    """A kvgate pass against the sglang-router pass beside it (the same prompts in the same order): the
+    difference of their mean TTFTs (ms) split exactly by kvgate's request j, as (1/n) x the sum of
+    (kvgate's TTFT - sglang-router's) over the requests j of each part: a pass's first ``first``
+    requests, later ones to the previous request's server ("same"), later ones to the other ("switch"),
+    later ones whose server is not known ("unknown")."""
+    out = dict.fromkeys(("first", "same", "switch", "unknown"), 0.0)
+    n = len(ka)
+    for j, (a, b) in enumerate(zip(ka, sg, strict=True)):
+        d = 1000 * ((a["c_first"] - a["send"]) - (b["c_first"] - b["send"])) / n
+        if j < first:
+            part = "first"
+        elif a["server"] < 0 or ka[j - 1]["server"] < 0:
+            part = "unknown"
+        else:
+            part = "same" if a["server"] == ka[j - 1]["server"] else "switch"
+        out[part] += d
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="vs_sglang.py --json files")
@@ -87,6 +113,14 @@ def main() -> int:
                 if all(f in v for v in rows)
             ]
             print(f"    {key[0]:4s} {key[1]:6s} n {len(rows):3d}: " + ", ".join(cells))
+    print(f"per pass pair, {KVGATE} - {SGLANG}: the mean-TTFT difference (ms) by kvgate's request")
+    for f, doc in zip(args.runs, docs, strict=True):
+        ka, sg = doc["passes"].get(KVGATE, []), doc["passes"].get(SGLANG, [])
+        for i, (a, b) in enumerate(zip(ka, sg, strict=True)):
+            c = contributions(a["records"], b["records"], args.first)
+            ratio = a["mean_ttft_ms"] / b["mean_ttft_ms"]
+            print(f"    {Path(f).stem} pass {i} ({ratio:.2f}x): {sum(c.values()):+6.1f} = "
+                  + " + ".join(f"{k} {v:+.1f}" for k, v in c.items() if k != "unknown" or v))  # fmt: skip
     return 0
 
 
