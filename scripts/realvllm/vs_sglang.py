@@ -324,6 +324,9 @@ def run(
              "loop": ([router_pid] if router_pid and not router_group else [], True),
              "api": (apis, False), "engine": ([q for p in apis for q in group_pids(p) if q != p], False),
              "client": ([os.getpid()], False)}  # fmt: skip
+    # And each server's whole process group apart ("server0", "server1": API server, engine core, workers),
+    # so a request's wait for a core can be told apart by server (the one that served it or the other).
+    watch.update({f"server{i}": (group_pids(p), False) for i, p in enumerate(apis)})
     for p in prompts:
         time.sleep(gap)
         s0 = {k: sched_ms(*v) for k, v in watch.items()}
