@@ -6,7 +6,8 @@ one that keeps every tenant on one server never does. This groups every router's
 pass's first ``--first``, a fresh router's own start-up) by hit or miss (>= half the prompt's tokens
 cached) and same server or switch, and prints the means of the client's TTFT, vLLM's own TTFT and prefill
 (its histograms), the time outside vLLM, the router's wait for a core, and the vLLM processes' (engine
-cores and workers, both servers) CPU and wait for a core in the request's window (``/proc`` schedstat).
+cores and workers, both servers) CPU and wait for a core in the request's window (``/proc`` schedstat),
+and where recorded (runs since session 25) the served server's and the other server's wait apart.
 
     cd docs/benchmarks/realvllm-runs
     PYTHONPATH=../../../src python ../../../scripts/realvllm/switch_split.py s34-session24.json ...
@@ -29,6 +30,8 @@ FIELDS = (
     ("router_wait_ms", "router wait"),
     ("engine_run_ms", "engine CPU"),
     ("engine_wait_ms", "engine wait"),
+    ("served_wait_ms", "served server's wait"),
+    ("other_wait_ms", "other server's wait"),
 )
 
 
@@ -41,6 +44,10 @@ def values(r: dict[str, float]) -> dict[str, float]:
     out.update({k: r[k] for k, _ in FIELDS if k in r})
     if "v_ttft_ms" in r:
         out["outside"] = out["ttft"] - r["v_ttft_ms"]
+    # Runs since session 25 record each server's process group apart (two servers).
+    served, other = f"server{int(r['server'])}_wait_ms", f"server{1 - int(r['server'])}_wait_ms"
+    if served in r and other in r:
+        out["served_wait_ms"], out["other_wait_ms"] = r[served], r[other]
     return out
 
 

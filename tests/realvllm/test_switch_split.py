@@ -39,3 +39,22 @@ def test_table_pools_every_pass_per_router() -> None:
     by = ss.table([doc, doc], 0)
     assert list(by) == ["r"]
     assert {k: len(v) for k, v in by["r"].items()} == {("hit", "switch"): 4}
+
+
+def test_served_and_other_server_waits_where_recorded() -> None:
+    ss = _script()
+    r = _rec(1, True, 20) | {"server0_wait_ms": 3.0, "server1_wait_ms": 9.0}
+    v = ss.values(r)
+    assert (v["served_wait_ms"], v["other_wait_ms"]) == (9.0, 3.0)
+    assert "served_wait_ms" not in ss.values(_rec(1, True, 20))
+
+
+def test_contributions_add_up_to_the_difference_of_the_means() -> None:
+    ss = _script()
+    ka = [_rec(0, False, 40), _rec(0, True, 15), _rec(1, True, 25), _rec(-1, True, 30), _rec(1, True, 12)]
+    sg = [_rec(0, False, 30), _rec(0, False, 30), _rec(0, True, 15), _rec(0, True, 14), _rec(0, True, 13)]
+    c = ss.contributions(ka, sg, 1)
+    assert abs(c["first"] - 10 / 5) < 1e-9 and abs(c["same"] - (-15 / 5)) < 1e-9
+    assert abs(c["switch"] - 10 / 5) < 1e-9 and abs(c["unknown"] - (16 - 1) / 5) < 1e-9
+    diff = sum(ss.values(a)["ttft"] - ss.values(b)["ttft"] for a, b in zip(ka, sg, strict=True)) / 5
+    assert abs(sum(c.values()) - diff) < 1e-9
