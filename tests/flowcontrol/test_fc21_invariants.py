@@ -58,14 +58,15 @@ def check(c: FlowController, worst: list[float]) -> None:
         assert home.items, f"an empty home kept: {key}"
         live = {e[1] for e in home.all if home._live(e)}
         assert live == set(home.items), "a parked head missing from its home's index"
-        per_flow = {e[1] for f in home.flows for h in (home.flows[f], home.late.get(f, [])) for e in h
+        tiers = (home.flows, home.late, home.dead)
+        per_flow = {e[1] for f in home.flows for t in tiers for e in t.get(f, [])
                     if home._live(e) and e[2].flow == f}  # fmt: skip
         assert per_flow == live, "a parked head missing from its flow's heaps (slo-feasible: or overdue ones)"
-        assert set(home.late) <= set(home.flows)
+        assert set(home.late) <= set(home.flows) and set(home.dead) <= set(home.flows)
         for item, _, _ in home.items.values():
             assert item.parked == key and not item.done
         size = len(home.all) + sum(len(h) for h in home.flows.values()) + len(home.turns)
-        size += sum(len(h) for h in home.late.values())
+        size += sum(len(h) for h in home.late.values()) + sum(len(h) for h in home.dead.values())
         worst[0] = max(worst[0], size / (len(home.items) + 64))
 
 

@@ -5,7 +5,8 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 
 - strict priority bands: a band dispatches only when every higher band is empty (or blocked); with
   ``slo-feasible`` ordering, among the heads not yet past their TTFT SLO deadline (a head past it, a
-  certain miss, is asked after the lower bands' heads that are not, ``heads``);
+  certain miss, is asked after the lower bands' heads that are not, ``heads``, until halfway from its
+  deadline to its TTL, ``aging_time``);
 - inside a band, the fairness policy picks the flow (fairness id) and the ordering policy the request
   (``policies``);
 - limits per band and global, in requests and bytes: over a limit, ``enqueue`` raises ``ShedError``
@@ -201,6 +202,9 @@ class QueuedRequest:
     enqueued_at: float
     deadline: float  # TTL expiry, or the request's own deadline when that comes first (``bounded``)
     slo_deadline: float  # arrival + TTFT SLO (slo-deadline ordering)
+    # slo-feasible across bands: past its SLO deadline it gives way to the requests that are not (of its band
+    # and the lower ones) until this time, then it ranks at its band's priority again (``aging_time``)
+    ages_at: float = math.inf
     handle: Any = None  # the waiter (an asyncio future, a simulator record)
     done: bool = False
     held_until: float | None = None  # held out of its band's selection until then (``hold``)
@@ -217,6 +221,17 @@ class QueuedRequest:
     woken_from: tuple[str, frozenset[str], int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     seqs: int = 1  # the sequences a server runs for it (``seqs_of``): its weight in the fair-share counts
+
+
+def aging_time(deadline: float, expiry: float) -> float:
+    """When a request past its TTFT ``deadline`` stops giving way to requests that can still make theirs
+    (``slo-feasible`` across flows and bands; review s24-rev-fix24c F2): halfway from its deadline to its
+    ``expiry`` (TTL, or its own deadline), then it ranks at its band's priority again, so that giving way
+    does not turn its miss into a loss (a 503 at the TTL under sustained lower-band load). Halfway, as a
+    soft pin's ``unpin_at``: a wait seen to last t lasts another t or more about half the time, so past
+    the midpoint more waiting more likely than not ends at the TTL. A deadline at or after the expiry:
+    never deferred (it cannot miss while queued)."""
+    return deadline + (expiry - deadline) / 2.0
 
 
 def seqs_of(req: InferenceRequest) -> int:
@@ -373,12 +388,13 @@ class Home:
     not a scan of the flow per wake, review s21-fc F3). Entries of requests that left (woken, cancelled,
     unpinned) are dropped lazily, everything rebuilt once they outnumber the live ones (bounded memory)."""
 
-    __slots__ = ("all", "flows", "items", "late", "probe", "stale", "turns")
+    __slots__ = ("all", "dead", "flows", "items", "late", "probe", "stale", "turns")
 
     def __init__(self, probe: InferenceRequest) -> None:
         self.items: dict[int, tuple[QueuedRequest, tuple[float, int, QueuedRequest], bool]] = {}
         self.flows: dict[str, list[Parked]] = {}
         self.late: dict[str, list[Parked]] = {}
+        self.dead: dict[str, list[Parked]] = {}  # (of ``late``, those past their deadline: after the rest)
         self.all: list[Parked] = []
         self.turns: list[tuple[int, str]] = []
         self.stale = 0
@@ -406,7 +422,7 @@ class Home:
         self.stale += 1
         if self.stale > len(self.items) + 64:
             self.stale = 0
-            self.flows, self.late, self.all, self.turns = {}, {}, [], []
+            self.flows, self.late, self.dead, self.all, self.turns = {}, {}, {}, [], []
             for item, entry, late in self.items.values():
                 e = (entry[0], item.seq, item, late)
                 if item.flow not in self.flows:
@@ -431,30 +447,47 @@ class Home:
         h = self.flows.get(flow)
         if h is None:
             return None
-        if self._clean(h) or self._clean(self.late.get(flow, h)):
+        if self._clean(h) or self._clean(self.late.get(flow, h)) or self._clean(self.dead.get(flow, h)):
             return h
         del self.flows[flow]
         self.late.pop(flow, None)
+        self.dead.pop(flow, None)
         return None
 
-    def _best_in(self, flow: str, h: list[Parked], reach: float | None, feasible: bool) -> Parked:
+    def _best_in(
+        self, flow: str, h: list[Parked], reach: float | None, feasible: bool, due: float | None = None
+    ) -> Parked:
         """The first of ``flow``'s heads here (``h``: its heap, from ``_flow_top``) in its order
-        (``slo-feasible``: keyed before ``reach``, or parked overdue, after the rest: moved to ``late``)."""
+        (``slo-feasible``: keyed before ``reach``, or parked overdue, after the rest: moved to ``late``; of
+        those, keyed before ``due``, past their deadline, after the rest: moved to ``dead``, as
+        ``FlowQueue._top``)."""
+        live = self._live
         if feasible and reach is not None:
-            live = self._live
             while h and (h[0][3] or h[0][0] < reach or not live(h[0])):
                 e = heapq.heappop(h)
                 if live(e):
                     heapq.heappush(self.late.setdefault(flow, []), e)
-        return h[0] if h else self._clean(self.late[flow])[0]
+        if h:
+            return h[0]
+        late = self.late.get(flow)
+        if late is not None:
+            while late and (not live(late[0]) or (feasible and due is not None and late[0][0] < due)):
+                e = heapq.heappop(late)
+                if live(e):
+                    heapq.heappush(self.dead.setdefault(flow, []), e)
+            if late:
+                return late[0]
+        return self._clean(self.dead[flow])[0]
 
-    def bests(self, reach: float | None, feasible: bool) -> list[tuple[str, Parked]]:
+    def bests(
+        self, reach: float | None, feasible: bool, due: float | None = None
+    ) -> list[tuple[str, Parked]]:
         """Each flow's first head here in its flow's order."""
         out: list[tuple[str, Parked]] = []
         for flow in list(self.flows):
             h = self._flow_top(flow)
             if h is not None:
-                out.append((flow, self._best_in(flow, h, reach, feasible)))
+                out.append((flow, self._best_in(flow, h, reach, feasible, due)))
         return out
 
     def first_key(self) -> Parked | None:
@@ -651,9 +684,11 @@ class FlowController:
             self._seq += 1
             seqs = seqs_of(req)  # (a prompt is computed once; each sequence decodes its own output)
             out = req.max_tokens if req.max_tokens is not None else DEFAULT_OUTPUT_TOKENS  # (0: none)
+            ages = aging_time(slo_deadline, expiry)
             item = QueuedRequest(
                 req, flow, req.priority, size, float(ptoks + seqs * out),
-                self._seq, now, expiry, slo_deadline, handle, explain=explain, bounded=bounded, seqs=seqs,
+                self._seq, now, expiry, slo_deadline, ages, handle, explain=explain, bounded=bounded,
+                seqs=seqs,
             )  # fmt: skip
             if band.push(item):
                 self._enter(flow)
@@ -693,21 +728,26 @@ class FlowController:
         # its choice is past it only when all its heads are: the band is then asked after the lower bands'
         # choices, highest band first, and chooses again from there. (fc24 deferred a band whenever its
         # fairness choice was overdue by the p90, starving its other flows: review s24-rev-fc24 F1, F3.)
+        # A flow's head is past its deadline only when all its requests are (``FlowQueue.dead``), and from
+        # its aging time (``aging_time``: halfway to its TTL) it ranks as one that is not (fc25: review
+        # s24-rev-fix24c F1, F2).
         late: list[tuple[Band, QueuedRequest | None, Iterator[QueuedRequest] | None]] = []
         jump = [False]
         self._late, self._jump = late, jump
         for prio in self._order:
             band = self.bands[prio]
             due = now if band.ordering == "slo-feasible" else None
-            if due is not None and (d := band.dead_at) is not None and d[0] == band.stamp and d[1] <= due:
+            d = band.dead_at
+            if due is not None and d is not None and d[0] == band.stamp and d[1] <= due < d[3]:
                 late.append((band, None, None))  # (all its heads past their deadline, as last found)
                 continue
             choices = band.choices(under, reach, due)
             first = True
             for item in choices:
-                if due is not None and item.slo_deadline < due:
-                    if first:  # (its first choice: every head of the band is past its deadline)
-                        band.dead_at = (band.stamp, due, None if under else band.flows.get(item.flow))
+                if due is not None and item.slo_deadline < due < item.ages_at:
+                    if first:  # (its first choice: every head of the band is past its deadline, not aged)
+                        q = None if under else band.flows.get(item.flow)
+                        band.dead_at = (band.stamp, due, q, band.ages)
                     late.append((band, item, choices))
                     break
                 first = False
@@ -724,7 +764,7 @@ class FlowController:
                 # (its choice as last found, when nothing has changed it; passed over, the band chooses again)
                 d = band.dead_at
                 q = None if d is None or d[0] != band.stamp else d[2]
-                got = None if q is None else q.head(reach)
+                got = None if q is None else q.head(reach, now)
                 rest = band.choices(under, reach, now)
             for item in rest if got is None else itertools.chain((got,), rest):
                 n = self._asides
@@ -1023,14 +1063,14 @@ class FlowController:
         feasible = band.ordering == "slo-feasible"
         e: Parked | None
         if self.cfg.fair_share_headroom:  # (flows under their share first: one look per flow here)
-            e = band.first_of(home.bests(reach, feasible), self._under_share(), reach, now)
+            e = band.first_of(home.bests(reach, feasible, now), self._under_share(), reach, now)
         elif band.fairness == "global-strict" and not feasible:
             e = home.first_key()
         elif band.fairness == "round-robin" and not feasible:  # (slo-feasible: past-deadline heads last)
             flows = band.flows
             e = home.first_turn(lambda f: None if (q := flows.get(f)) is None else q.turn, reach, feasible)
         else:
-            e = band.first_of(home.bests(reach, feasible), None, reach, now)
+            e = band.first_of(home.bests(reach, feasible, now), None, reach, now)
         if e is None:  # (not expected: a parked head's flow is in its band while it is queued)
             self.wake_home(key)
             return True

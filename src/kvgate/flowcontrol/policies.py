@@ -7,11 +7,14 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
 - ``slo-feasible`` (kvgate's): as ``slo-deadline`` among the requests that can still meet their
   deadline if sent now (it is further away than the p90 of the dispatch -> first token times the
   controller has seen); the overdue ones (they miss their SLO wherever they go) only when none of those
-  is left in their flow, earliest deadline (the most overdue) first. Under overload ``slo-deadline``
-  serves the most overdue first, so every request behind them misses too; this serves the ones that
-  can still make it. No aging: under sustained overload an overdue request can wait out the TTL.
-  Between flows (and bands: ``FlowController.heads``), a flow whose head is already past its deadline
-  (a certain miss, not a p90's guess) is chosen only when no flow's head is not (``Band.select``).
+  is left in their flow, earliest deadline first, and of them those already past their deadline last
+  (``FlowQueue.dead``; review s24-rev-fix24c F1). Under overload ``slo-deadline`` serves the most overdue
+  first, so every request behind them misses too; this serves the ones that can still make it. No aging
+  inside a flow: under sustained overload an overdue request can wait out the TTL behind its flow's
+  fresh ones. Between flows (and bands: ``FlowController.heads``), a flow whose head is already past its
+  deadline (a certain miss, not a p90's guess) is chosen only when no flow's head is not
+  (``Band.select``), until that head's aging time (halfway from its deadline to its TTL:
+  ``controller.aging_time``; review s24-rev-fix24c F2), from which it ranks as a head that is not.
 
 Fairness (which flow's head leaves next):
 - ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue
@@ -81,7 +84,8 @@ class FlowQueue:
     """One flow's waiting requests, best first by the band's ordering policy."""
 
     __slots__ = (
-        "band", "debt", "feasible", "heap", "late", "live", "served_at", "served_before", "service", "turn",
+        "band", "dead", "debt", "feasible", "heap", "late", "live", "served_at", "served_before", "service",
+        "turn",
     )  # fmt: skip
 
     def __init__(
@@ -92,6 +96,10 @@ class FlowQueue:
         # slo-feasible: entries whose key (the SLO deadline) has passed move here, served after the rest
         self.feasible = feasible
         self.late: list[tuple[float, int, Any]] = []
+        # slo-feasible: ``late`` entries whose deadline itself has passed (certain misses), after the rest of
+        # ``late`` (review s24-rev-fix24c F1: first in ``late``, the most overdue was its flow's head, and a
+        # request of the flow that could still make its SLO was ranked, and deferred, as that certain miss)
+        self.dead: list[tuple[float, int, Any]] = []
         self.live = 0  # entries not yet removed (cancelled/expired entries are dropped lazily)
         self.service = service  # tokens attained (least-attained-service)
         self.served_at = -1  # dispatch counter of its last dispatch: ties go to the least recent
@@ -111,9 +119,10 @@ class FlowQueue:
         if self.band is not None:
             self.band.stamp += 1
 
-    def _top(self, now: float | None) -> list[tuple[float, int, Any]]:
-        """The heap the head comes from (dropping finished entries; with ``slo-feasible`` and a
-        ``now``, moving the overdue ones to ``late`` first)."""
+    def _top(self, now: float | None, due: float | None = None) -> list[tuple[float, int, Any]]:
+        """The heap the head comes from (dropping finished entries; with ``slo-feasible`` and a ``now``
+        (the reach: now + the p90), moving the overdue ones to ``late`` first, and with a ``due`` (the time
+        now), those of ``late`` past their deadline to ``dead``, served after the rest of ``late``)."""
         h = self.heap
         while h and h[0][2].done:
             heapq.heappop(h)
@@ -126,12 +135,19 @@ class FlowQueue:
         if h:
             return h
         late = self.late  # (without a ``now``: the ones moved here by an earlier call)
-        while late and late[0][2].done:
-            heapq.heappop(late)
-        return late
+        while late and (late[0][2].done or (due is not None and late[0][0] < due)):
+            entry = heapq.heappop(late)
+            if not entry[2].done:
+                heapq.heappush(self.dead, entry)
+        if late:
+            return late
+        dead = self.dead
+        while dead and dead[0][2].done:
+            heapq.heappop(dead)
+        return dead
 
-    def head(self, now: float | None = None) -> Any | None:
-        h = self._top(now)
+    def head(self, now: float | None = None, due: float | None = None) -> Any | None:
+        h = self._top(now, due)
         return h[0][2] if h else None
 
     def head_key(self, now: float | None = None) -> tuple[bool, float, int] | None:
@@ -140,7 +156,7 @@ class FlowQueue:
             return None
         k, seq, _ = h[0]
         # (an overdue head ranks after every head that is not: global-strict across flows)
-        return (h is self.late, k, seq)
+        return (h is not self.heap, k, seq)
 
     def drop_head(self, item: Any) -> None:
         """Remove ``item``'s own entry if it is a head (``FlowController.hold``: no duplicate later)."""
@@ -148,14 +164,15 @@ class FlowQueue:
 
     def take_head(self, item: Any) -> tuple[tuple[float, int, Any], bool] | None:
         """Remove ``item``'s own entry if it is a head: the entry, and whether it was overdue (``late``)."""
-        for h in (self.heap, self.late):
+        for h in (self.heap, self.late, self.dead):
             if h and h[0][2] is item:
                 self._touch()
-                return heapq.heappop(h), h is self.late
+                return heapq.heappop(h), h is not self.heap
         return None
 
     def put_back(self, entry: tuple[float, int, Any], late: bool) -> None:
-        """An entry ``take_head`` removed, back in its place (same key and sequence: the same order)."""
+        """An entry ``take_head`` removed, back in its place (same key and sequence: the same order; one
+        from ``dead`` goes to ``late``, and back to ``dead`` at the next look with a ``due``)."""
         heapq.heappush(self.late if late else self.heap, entry)
         self._touch()
 
@@ -191,8 +208,11 @@ class Band:
         # fair-share rule ranks the flows (its service and turns change only with a dispatch): a band whose
         # heads are all certain misses is not rescanned at every pass (``FlowController.heads``; review
         # s24-rev-fc24 F4).
+        # Aging (review s24-rev-fix24c F2) bounds that: ``dead_at``'s last field is the least aging time of
+        # those heads (``ages``), when the first of them goes back to its band's priority.
         self.stamp = 0
-        self.dead_at: tuple[int, float, FlowQueue | None] | None = None
+        self.dead_at: tuple[int, float, FlowQueue | None, float] | None = None
+        self.ages = _INF
 
     def push(self, item: Any) -> bool:
         """Queue ``item``; True when its flow is new in the band."""
@@ -286,6 +306,7 @@ class Band:
         if not self.flows:
             return
         due = due if self.ordering == "slo-feasible" else None
+        self.ages = _INF
         rr = self.fairness == "round-robin"
         best: tuple[Any, ...] | None = None
         best_q = None
@@ -297,7 +318,7 @@ class Band:
                     break  # (round-robin: the first flow in turn order in the first tier is the choice)
         if best_q is None:
             return
-        yield best_q.head(now)
+        yield best_q.head(now, due)
         heap: list[tuple[tuple[Any, ...], int, FlowQueue]] = []
         for i, (f, q) in enumerate(self.flows.items()):
             k = self._rank(q, first is not None and not first(f), i, now, due)
@@ -312,7 +333,7 @@ class Band:
             if k2 != k:  # (its head changed since it was ranked: a pass-over took the old one out)
                 heapq.heappush(heap, (k2, i, q))
                 continue
-            yield q.head(now)
+            yield q.head(now, due)
             k2 = self._rank(q, k[1], i, now, due)  # its flow's next request (same tier, same turn)
             if k2 is not None:
                 heapq.heappush(heap, (k2, i, q))
@@ -322,17 +343,26 @@ class Band:
     ) -> tuple[Any, ...] | None:
         """A flow's place in ``select``'s order (``later``: not among ``first``'s); None: nothing queued.
         First whether its head is past its SLO deadline at ``due`` (a certain miss: after every flow whose
-        head is not), then the fairness policy's order."""
-        h = q._top(now)
+        head is not) and not yet past its aging time (``QueuedRequest.ages_at``: then it ranks as the heads
+        that are not, review s24-rev-fix24c F2), then the fairness policy's order. ``ages``: the least aging
+        time of the heads ranked as past their deadline since ``choices`` began (``FlowController.heads``:
+        till then a band all of whose heads are past it stays so)."""
+        h = q._top(now, due)
         if not h:
             return None
-        key, seq, _ = h[0]
+        key, seq, item = h[0]
         dead = due is not None and key < due
+        if dead:
+            ages = item.ages_at
+            if ages <= due:
+                dead = False
+            elif ages < self.ages:
+                self.ages = ages
         if self.fairness == "round-robin":
             return (dead, later, i)  # the OrderedDict's order
         if self.fairness == "least-attained-service":
             return (dead, later, q.service, q.served_at)
-        return (dead, later, h is q.late, key, seq)  # global-strict
+        return (dead, later, h is not q.heap, key, seq)  # global-strict
 
     def first_of(
         self,
@@ -355,8 +385,8 @@ class Band:
             if q is None:
                 continue
             later = first is not None and not first(flow)
-            key, seq, _item, late = entry
-            dead = q.feasible and due is not None and key < due
+            key, seq, item, late = entry
+            dead = q.feasible and due is not None and key < due < item.ages_at
             if fairness == "round-robin":
                 rank: tuple[Any, ...] = (dead, later, q.turn)
             elif fairness == "least-attained-service":
