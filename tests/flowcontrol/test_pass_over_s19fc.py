@@ -49,10 +49,10 @@ def counted_pass(c: FlowController, saturated: Callable[[InferenceRequest], bool
     calls = 0
     head, head_key = policies.FlowQueue.head, policies.FlowQueue.head_key
 
-    def count_head(self: policies.FlowQueue, now: float | None = None) -> object:
+    def count_head(self: policies.FlowQueue, now: float | None = None, due: float | None = None) -> object:
         nonlocal calls
         calls += 1
-        return head(self, now)
+        return head(self, now, due)
 
     def count_key(self: policies.FlowQueue, now: float | None = None) -> tuple[bool, float, int] | None:
         nonlocal calls
