@@ -3,6 +3,7 @@
     PYTHONPATH=src python scripts/fc_fleet_cost.py none|marks [--requests 4000] [--repeats 9]
     PYTHONPATH=src python scripts/fc_fleet_cost.py gate [--workers 8] [--requests 4000] [--repeats 9]
     PYTHONPATH=src python scripts/fc_fleet_cost.py pinned [--requests 4000] [--repeats 9]
+    ... [--ordering slo-feasible]   (none, marks, gate: every band so, each request a 1 s TTFT SLO)
 
 ``marks``: a ``FlowDispatcher`` with a pool mark on a two-worker marks buffer, the other worker's mark
 fresh with a lower band waiting (every gate check reads it and defers nothing); ``none``: no mark (one
@@ -18,7 +19,10 @@ queued request, alone in its band, and then with a head before it in its band th
 saturated endpoint (a Responses follow-up pinned to its busy home): passed over, put back (one process,
 no marks; the Director's pick off the home is not run: the pick is a stub). Time injected
 (``now`` fixed); the pick is a stub. Run the two modes back to back, more than once: on a loaded machine
-the spread between runs is larger than the difference.
+the spread between runs is larger than the difference. ``--ordering slo-feasible`` (session 25): the
+controllers order ``slo-feasible`` and every request carries ``x-slo-ttft-ms: 1000`` (none past it at the
+injected ``now``), so a gate check also asks whether its request is past its deadline where the other
+worker's mark is of a lower band or of its own.
 """
 
 from __future__ import annotations
@@ -48,9 +52,23 @@ class Waiter:
         self.r = e
 
 
+ORDERING = {"ordering": "fcfs"}  # (--ordering)
+
+
+def _cfg(**kw: Any) -> FlowControlConfig:
+    return FlowControlConfig(ttl=60.0, ordering=ORDERING["ordering"], **kw)
+
+
+def _req(rid: str, **kw: Any) -> InferenceRequest:
+    r = InferenceRequest(rid, "m", prompt_tokens=10, max_tokens=4, **kw)
+    if ORDERING["ordering"] == "slo-feasible":
+        r.headers = {"x-slo-ttft-ms": "1000"}
+    return r
+
+
 def make(marks: bool) -> tuple[FlowDispatcher, dict[str, int]]:
     state = {"free": 1 << 30}
-    ctl = FlowController(FlowControlConfig(ttl=60.0, fair_share_headroom=0.25))
+    ctl = FlowController(_cfg(fair_share_headroom=0.25))
     res = PickResult([object()])
     d = FlowDispatcher(
         ctl, pick=lambda _r, _e: res, saturated=lambda _r: state["free"] <= 0, clock=lambda: 1.0
@@ -61,10 +79,8 @@ def make(marks: bool) -> tuple[FlowDispatcher, dict[str, int]]:
         buf = memoryview(bytearray(segment_size(2)))
         d.fleet = FleetMarks(buf, 2, 0).pool("default")
         other = FleetMarks(buf, 2, 1).pool("default")
-        octl = FlowController(FlowControlConfig(ttl=60.0))
-        octl.enqueue(
-            InferenceRequest("o", "m", prompt_tokens=10, max_tokens=4, priority=-1, fairness_id="b"), 1.0
-        )
+        octl = FlowController(_cfg())
+        octl.enqueue(_req("o", priority=-1, fairness_id="b"), 1.0)
         assert other is not None
         other.publish(octl, 1.0)
     return d, state
@@ -72,10 +88,7 @@ def make(marks: bool) -> tuple[FlowDispatcher, dict[str, int]]:
 
 def once(marks: bool, n: int) -> dict[str, float]:
     out: dict[str, float] = {}
-    reqs = [
-        InferenceRequest(f"r{i}", "m", prompt_tokens=10, max_tokens=4, fairness_id=f"t{i % 5}")
-        for i in range(n)
-    ]
+    reqs = [_req(f"r{i}", fairness_id=f"t{i % 5}") for i in range(n)]
     d, st = make(marks)
     t = time.perf_counter()
     for r in reqs:
@@ -128,8 +141,8 @@ def gate(workers: int, n: int) -> dict[str, float]:
     marks = [FleetMarks(buf, workers, w).pool("default") for w in range(workers)]
     mine = marks[0]
     assert mine is not None
-    ctl = FlowController(FlowControlConfig(ttl=60.0))
-    r = InferenceRequest("q", "m", prompt_tokens=10, max_tokens=4, fairness_id="q")
+    ctl = FlowController(_cfg())
+    r = _req("q", fairness_id="q")
     lone = memoryview(bytearray(segment_size(workers)))
     for w in range(1, workers):
         FleetMarks(lone, workers, w).pool("other")
@@ -148,8 +161,8 @@ def gate(workers: int, n: int) -> dict[str, float]:
             break
         # next: the others' marks fresh with a lower band waiting, then with one of the quiet request's
         # band, not held back, that arrived after it (every field read, the held-back test made; fcw16)
-        octl = FlowController(FlowControlConfig(ttl=60.0))
-        o = InferenceRequest("o", "m", prompt_tokens=10, max_tokens=4, priority=nxt, fairness_id="b")
+        octl = FlowController(_cfg())
+        o = _req("o", priority=nxt, fairness_id="b")
         o.arrival_time = 2.0
         octl.enqueue(o, 1.0)
         for other in marks[1:]:
@@ -166,7 +179,9 @@ def main() -> None:
         "--requests", type=int, default=4000, help="per measurement (the queue holds at most 5000)"
     )
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--ordering", choices=("fcfs", "slo-feasible"), default="fcfs")
     a = p.parse_args()
+    ORDERING["ordering"] = a.ordering
     if a.mode == "gate":
         runs = [gate(a.workers, a.requests) for _ in range(a.repeats)]
     elif a.mode == "pinned":

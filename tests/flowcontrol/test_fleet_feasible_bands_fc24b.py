@@ -4,16 +4,13 @@ wherever it goes) after the lower bands' heads that can still make theirs (``Flo
 The mark says which band, not whether its head is overdue, so across workers the order is strict priority
 again: a worker's feasible batch request waits behind another worker's overdue flood request (the cost
 fc24 removed in one process: the batch band waited out its TTL), and an overdue flood request goes ahead
-of another worker's feasible batch request. Both tests fail on main 5df0a97d; fleet.py is wk24's this
-round, so they are strict xfails until the fix lands (the mark also says whether its head is overdue, and
-``defers`` compares (can still make its SLO, band) instead of the band alone: fc24b's report), then the
-marker goes. No process is started; time is injected."""
+of another worker's feasible batch request. Both tests fail on main 5df0a97d and 0cfe18cf (strict xfails
+until session 25: wk25's fix, the mark names its head's deadline and ``defers`` compares (can still make its
+SLO, band) as one process's ``heads``). No process is started; time is injected."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import pytest
 
 from flowcontrol.test_fleet import Waiter
 from kvgate.flowcontrol.config import parse_flow_control
@@ -21,13 +18,6 @@ from kvgate.flowcontrol.controller import FlowController
 from kvgate.flowcontrol.dispatcher import FlowDispatcher
 from kvgate.flowcontrol.fleet import FleetMarks, segment_size
 from kvgate.scheduling.types import InferenceRequest, PickResult
-
-# (strict: once fleet.py orders by the overdue flag too, these pass and the marker must go)
-# (raises: only the order's own assertion counts as the known failure, not an API change's TypeError:
-# review s24-rev-fc24 F5)
-pytestmark = pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="fleet marks name the band, not whether its head is overdue"
-)
 
 
 def _req(rid: str, flow: str, priority: int, slo_s: float, at: float) -> InferenceRequest:
@@ -40,14 +30,14 @@ def _req(rid: str, flow: str, priority: int, slo_s: float, at: float) -> Inferen
 class FeasibleFleet:
     """Two workers ordered ``slo-feasible`` on one pool of ``free`` running slots (``test_fleet.Fleet``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ordering: str = "slo-feasible") -> None:
         self.free = 0
         self.now = 100.0
         self.sent: list[tuple[int, str]] = []
         self.buf = bytearray(segment_size(2))
         cfg = {
             "fairnessPolicy": "least-attained-service",
-            "orderingPolicy": "slo-feasible",
+            "orderingPolicy": ordering,
             "maxRequests": 1000,
         }
         self.ds: list[FlowDispatcher] = []

@@ -10,13 +10,18 @@ would send first.
 
 The mark (``FIELDS``, float64 each): the time it was written (the dispatcher's clock: the gateway's is
 ``time.monotonic``, one clock for every process on the host), the pool's key, the priority of the
-highest band with a request that can leave (the band's fairness choice, as ``FlowController.heads``;
-requests with a subset hint and ones held out of selection do not count), whether that request is
-held back by the fair-share headroom (``FlowController.held_back``), and how many wait. A worker defers
-a request of band ``p`` while another worker's fresh mark names a band above ``p``, or band ``p`` with a
-head that is not held back while its own request is held back: what one process's ``dispatch_ready``
-does across its bands and flows. The highest such head never defers (no cycle), so the fleet does not
-stall on marks; it waits on a head only as one process would (strict priority).
+band of the request that would leave first (``FlowController.heads``' first choice; requests with a
+subset hint and ones held out of selection do not count), whether that request is held back by the
+fair-share headroom (``FlowController.held_back``), how many wait, and that request's TTFT deadline where
+its band orders ``slo-feasible`` (else inf). A worker defers a request while another worker's fresh mark
+names one that one process would send first (``heads``): one not past its deadline before one past it
+(``slo-feasible`` across bands: the overdue heads after every band's heads that can still make theirs;
+judged at the reader's ``now``, so a head that missed since the mark was written counts as overdue),
+then the higher band, then, in the same band, one not held back before one held back: what one
+process's ``dispatch_ready`` does across its bands and flows (session 25; before, the marks ordered by
+band alone, strict priority, and an overdue head in one worker held back a lower band's feasible one in
+another: fc24b's tests). The first such head never defers (no cycle), so the fleet does not stall on
+marks; it waits on a head only as one process would.
 
 Bounded and lock-free: one row of ``POOLS`` marks per worker, written only by that worker (a reader may
 see a mark mid-write: ordering for one gate check, never an invariant). Crash-safe: a mark older than
@@ -108,9 +113,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kvgate.flowcontrol")
 
-# stamp, pool key, top band's priority, its head held back (1.0) or not (0.0), requests waiting
-FIELDS = 5
-_STAMP, _KEY, _TOP, _HELD, _WAITING = range(FIELDS)
+# stamp, pool key, top band's priority, its head held back (1.0) or not (0.0), requests waiting, the head's
+# TTFT deadline where its band orders ``slo-feasible`` (inf: never overdue; session 25)
+FIELDS = 6
+_STAMP, _KEY, _TOP, _HELD, _WAITING, _DUE = range(FIELDS)
 POOLS = 16  # marks per worker: pools beyond it keep their own order (no mark)
 # A mark older than this is ignored: 12 dispatch passes at the default 20 ms recheck (a loaded event loop
 # runs late), and the most a dead worker's last mark can hold the others back.
@@ -257,7 +263,9 @@ class FleetMarks:
 class PoolMark:
     """One pool's mark in this worker's row, and the others' marks for the same pool."""
 
-    __slots__ = ("_held", "_missed", "_others", "_top", "base", "fleet", "key", "limits", "name", "shares")
+    __slots__ = (
+        "_due", "_held", "_missed", "_others", "_top", "base", "fleet", "key", "limits", "name", "shares"
+    )  # fmt: skip
 
     def __init__(self, fleet: FleetMarks, key: float, base: int, name: str = "") -> None:
         self.fleet = fleet
@@ -272,12 +280,13 @@ class PoolMark:
         # check reads one key (their next free slot) instead of the row, until they claim another pool
         # or MARK_TTL_S passes (a restarted worker refills its zeroed row, maybe in another order)
         self._missed: dict[int, tuple[int, float]] = {}
-        self._top, self._held = NOTHING, 0.0  # what this worker last published
+        self._top, self._held, self._due = NOTHING, 0.0, math.inf  # what this worker last published
 
     def enqueued(self, ctl: FlowController, priority: int, now: float) -> None:
         """A request of band ``priority`` was queued: published unless the mark already names a higher
-        band, or its band with a head not held back (the new one cannot change what goes first)."""
-        if priority < self._top or (priority == self._top and self._held == 0.0):
+        band, or its band with a head not held back, with a head not past its deadline (the new one cannot
+        change what goes first; past it, a lower band's new request may: ``slo-feasible``)."""
+        if self._due >= now and (priority < self._top or (priority == self._top and self._held == 0.0)):
             return
         self.publish(ctl, now)
 
@@ -288,7 +297,7 @@ class PoolMark:
         fleet = self.fleet
         if fleet.closed:
             return
-        top, held = NOTHING, 0.0
+        top, held, due = NOTHING, 0.0, math.inf
         if len(ctl):
             ctl.put_back()  # (nothing is passed over outside a dispatch pass)
             # (bounded as a pass's pass-overs: distinct subsets, heads; review s19-fixes-b L1)
@@ -305,24 +314,30 @@ class PoolMark:
                     # (past the cap a dispatch pass ends there: its band goes first too)
                     top = float(item.priority)
                     held = 1.0 if ctl.held_back(item.req, now, item.slo_deadline) else 0.0
+                    if ctl.bands[item.priority].ordering == "slo-feasible":
+                        due = item.slo_deadline
                     break
             finally:
                 ctl.put_back()
-        self._top, self._held = top, held
+        self._top, self._held, self._due = top, held, due
         m, b = fleet._m, self.base
         m[b + _KEY] = self.key
         m[b + _TOP] = top
         m[b + _HELD] = held
         m[b + _WAITING] = float(len(ctl))
+        m[b + _DUE] = due
         m[b + _STAMP] = now  # last: a mark with a fresh stamp has its fields (but for a torn read)
 
     def defers(self, req: InferenceRequest, ctl: FlowController, now: float) -> bool:
-        """Should ``req`` wait because another worker has a request waiting that goes first: one of a
-        higher band, or (``req`` held back by the headroom) one of its band that is not held back?"""
+        """Should ``req`` wait because another worker has a request waiting that goes first, by one
+        process's order (``FlowController.heads``): a head not past its SLO deadline before one past it
+        (``slo-feasible``: the overdue heads after every band's heads that can still make theirs; any other
+        ordering is never overdue), then the higher band, then (``req`` held back by the headroom) one of
+        its band that is not held back? Overdue is judged at ``now``, on the deadline the mark names."""
         fleet = self.fleet
         if fleet.closed or fleet.workers < 2:
             return False
-        m, prio, held = fleet._m, req.priority, None
+        m, prio, held, late = fleet._m, req.priority, None, None
         for w in range(fleet.workers):
             if w == fleet.worker:
                 continue
@@ -334,6 +349,26 @@ class PoolMark:
             if not (-fleet.ttl <= now - stamp <= fleet.ttl) or m[b + _WAITING] <= 0.0:
                 continue
             top = m[b + _TOP]
+            if m[b + _DUE] < now:  # (their head is past its deadline: it goes after every feasible head)
+                if top < prio:
+                    continue
+                if late is None:
+                    late = _overdue(ctl, req, now)
+                if not late:
+                    continue
+            elif top < prio:  # (theirs can still make its deadline: before ``req`` only if ``req`` cannot)
+                if top == NOTHING:  # (nothing there can leave)
+                    continue
+                if late is None:
+                    late = _overdue(ctl, req, now)
+                if late:
+                    return True
+                continue
+            elif top == prio:
+                if late is None:
+                    late = _overdue(ctl, req, now)
+                if late:
+                    return True
             if top > prio:
                 return True
             if top == prio and m[b + _HELD] == 0.0:
@@ -926,3 +961,10 @@ class FleetLimits:
         finally:
             if locked:
                 lock.release()
+
+
+def _overdue(ctl: FlowController, req: InferenceRequest, now: float) -> bool:
+    """Is ``req`` past its TTFT deadline in a band ordered ``slo-feasible`` (``FlowController.heads``' late
+    tier: one process asks it after every band's heads that can still make theirs)?"""
+    band = ctl.bands.get(req.priority)
+    return band is not None and band.ordering == "slo-feasible" and ctl.slo_deadline(req, now) < now
