@@ -167,11 +167,13 @@ def test_the_row_holds_its_join_vector_and_its_layout_version() -> None:
     slot0, slot1 = m[v : v + e].tolist(), m[v + e : v + 2 * e].tolist()
     epoch0 = f.marks[0].shares._epoch
     own0 = pytest.approx(f.own[0])
-    assert slot0[: fleet_mod._VCUR] == [epoch0, 2.0, own0, 0, 0, 0]  # (2nd write: version 2; no base)
-    assert slot1[: fleet_mod._VCUR] == [f.marks[1].shares._epoch, 1.0, 0.0, 0.0, 0, 0]
+    # (2nd write: version 2; no base, so its oldest incarnation held is itself: session 25)
+    assert slot0[: fleet_mod._VCUR] == [epoch0, 2.0, own0, 0, 0, 0, epoch0]
+    epoch1 = f.marks[1].shares._epoch
+    assert slot1[: fleet_mod._VCUR] == [epoch1, 1.0, 0.0, 0.0, 0, 0, epoch1]
     assert f.ctls[1].headroom == pytest.approx(f.own[0])
     row = f.marks[1].shares._row(f.marks[1].base)
-    assert m[row + fleet_mod._SVERSION] == fleet_mod.SHARE_VERSION == 4.0
+    assert m[row + fleet_mod._SVERSION] == fleet_mod.SHARE_VERSION == 5.0
     assert fleet_mod.SHARE_FIELDS == 11 + fleet_mod.SHARE_FLOWS * 3
     assert (
         fleet_mod.segment_size(2)

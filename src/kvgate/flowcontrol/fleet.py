@@ -131,8 +131,8 @@ NOTHING = -math.inf  # the top priority of a mark with no request that can leave
 # vector (below), written under the same sequence number.
 SHARE_FLOWS = 64
 # (1: session 22's 12-field head; 2: session 23's 16, with one join record; 3: the join vector; 4: its
-# older part with its own moves and base)
-SHARE_VERSION = 4.0
+# older part with its own moves and base; 5: each part with the oldest incarnation its total holds)
+SHARE_VERSION = 5.0
 _HEAD = 11
 (_SEQ, _SSTAMP, _SKEY, _SN, _SDEMAND, _SARRIVED, _STAKE, _SGIVE, _SEXTRA, _SHLEVEL,
  _SVERSION) = range(_HEAD)  # fmt: skip
@@ -148,14 +148,16 @@ SHARE_SCAN = 4 * SHARE_FLOWS
 # entry: the newest controller ("incarnation": a restart's or a reload's is a new one) of the slot known,
 # as it wrote itself (its epoch, its version: how many changes of these figures it has written, its own
 # moves, its base: the older incarnations' moves it held, and the (epoch, version) of the older one that
-# base is; its total is base + own), then the best-known older incarnation of the slot in the same six
-# fields, its base possibly rebased on an older one known better (review s24-rev-wk24 F1: with only its
-# (epoch, version, total), a newer older one whose total lacked an older one's moves displaced it, and a
-# move every live row held was lost). Epoch 0: none.
-_VCUR = 6
-_VE, _VQ, _VOWN, _VBTOT, _VBE, _VBQ = range(_VCUR)
+# base is; its total is base + own; and the epoch of the oldest incarnation that total holds, its "root"),
+# then the best-known older incarnation of the slot in the same seven fields, its base possibly rebased on
+# an older one known better (review s24-rev-wk24 F1: with only its (epoch, version, total), a newer older
+# one whose total lacked an older one's moves displaced it, and a move every live row held was lost), or
+# added to where the other is wholly before its root (session 25: a chain whose first sync found no fresh
+# row holds nothing before it, and a row that held an older one adds it). Epoch 0: none.
+_VCUR = 7
+_VE, _VQ, _VOWN, _VBTOT, _VBE, _VBQ, _VROOT = range(_VCUR)
 _VENTRY = 2 * _VCUR
-_VPE, _VPQ, _VPOWN, _VPBTOT, _VPBE, _VPBQ = range(_VCUR, _VENTRY)
+_VPE, _VPQ, _VPOWN, _VPBTOT, _VPBE, _VPBQ, _VPROOT = range(_VCUR, _VENTRY)
 
 
 # A limit row (``FleetLimits``): this worker's queued requests and bytes for one pool, then LIMIT_BANDS
@@ -560,6 +562,7 @@ class FleetShares:
             vec[o + _VPBTOT] + vec[o + _VPOWN],  # (its base: the best-known older incarnation's total)
             vec[o + _VPE],
             vec[o + _VPQ],
+            vec[o + _VPROOT] if vec[o + _VPE] else self._epoch,  # (the oldest incarnation its total holds)
         ]
         if vec[o : o + _VCUR] != cur:  # (a new version only when its figures change: an unchanged vector
             self._version += 1.0  # is skipped by the others' merge)
@@ -684,10 +687,11 @@ class FleetShares:
         rows have been read round (until a clamp), each move at most once, and every move kept whose
         controller's row every live worker had read before it was replaced (the property tests). Lost: a
         controller's moves no live row took (as one process's restart loses them), and an older one's that
-        only rows which missed two later replacements of its slot held, when those later controllers' chain
-        skipped it (its successor's first sync found no fresh row): one older part names one base, not each
-        older one it holds. Sessions 22-23 kept one join record per row instead: exact for two workers, and
-        past two a move could be counted twice (up to 2x) or the levels stay apart until a clamp
+        falls in a gap inside a chain (between the root and the newest: known only to rows that missed the
+        replacements on both sides of it) or was added below a base that a newer version of that base then
+        displaced; a chain's gap below its root is filled (session 25: the rows that missed two later
+        replacements, fixwk24's limit). Sessions 22-23 kept one join record per row instead: exact for two
+        workers, and past two a move could be counted twice (up to 2x) or the levels stay apart until a clamp
         (``scripts/fc_fleet_join_orders.py``)."""
         fleet = self.mark.fleet
         me, n = fleet.worker, fleet.workers
@@ -744,23 +748,35 @@ class FleetShares:
         self._hr_after = (ctl, ctl.headroom)
 
     def _older(self, i: int, got: list[float]) -> bool:
-        """Merge an older incarnation ``got`` (six fields, as an entry's newest part) into the best-known
+        """Merge an older incarnation ``got`` (seven fields, as an entry's newest part) into the best-known
         older one of the slot whose entry starts at ``i``: the newer of the two (by epoch, version) is kept,
         its base rebased on the other when the other is an older incarnation newer than that base (each
-        incarnation's own moves counted once: a base holds only incarnations before it). The same
-        incarnation: its newer version's moves on the newer of the two bases. Kept or changed: True."""
+        incarnation's own moves counted once: a base holds only incarnations before it; the old base is
+        kept beside it when it lies wholly before the other's root), or the other added to its base when
+        the other lies wholly before its root (disjoint epochs: no move twice). The same incarnation: its
+        newer version's moves on the newer of the two bases. Kept or changed: True."""
         held = self._vec
         p = i + _VCUR
         had = held[p : p + _VCUR]
         if not got[_VE] or got == had:
             return False
         new, old = (list(got), had) if (got[_VE], got[_VQ]) > (had[_VE], had[_VQ]) else (list(had), got)
-        if old[_VE] < new[_VE]:
+        if 0.0 < old[_VE] < new[_VE]:
             base = old[_VBTOT] + old[_VOWN]  # (old: an incarnation before ``new``)
             if (old[_VE], old[_VQ], base) > (new[_VBE], new[_VBQ], new[_VBTOT]):
+                if new[_VBE] and new[_VBE] < old[_VROOT]:  # (new's base wholly before old's oldest: both)
+                    base += new[_VBTOT]
+                else:
+                    new[_VROOT] = old[_VROOT]
                 new[_VBTOT], new[_VBE], new[_VBQ] = base, old[_VE], old[_VQ]
-        elif (old[_VBE], old[_VBQ], old[_VBTOT]) > (new[_VBE], new[_VBQ], new[_VBTOT]):
-            new[_VBTOT], new[_VBE], new[_VBQ] = old[_VBTOT], old[_VBE], old[_VBQ]
+            elif old[_VE] < new[_VROOT]:  # (old wholly before the oldest that new's total holds: added)
+                new[_VBTOT] += base
+                new[_VROOT] = old[_VROOT]
+        elif (
+            old[_VE] == new[_VE]
+            and old[_VBE : _VBQ + 1] + old[_VBTOT:_VBE] > new[_VBE : _VBQ + 1] + new[_VBTOT:_VBE]
+        ):
+            new[_VBTOT:] = old[_VBTOT:]  # (the same incarnation: base total, its epoch, version and root)
         if new == had:
             return False
         held[p : p + _VCUR] = new
