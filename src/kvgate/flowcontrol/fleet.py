@@ -96,6 +96,7 @@ from itertools import compress
 from operator import gt
 from typing import TYPE_CHECKING, Any
 
+from kvgate.flowcontrol import controller as _controller
 from kvgate.flowcontrol.controller import (
     LOAD_WINDOW_S,
     PASS_OVER_MAX,
@@ -114,9 +115,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvgate.flowcontrol")
 
 # stamp, pool key, top band's priority, its head held back (1.0) or not (0.0), requests waiting, the head's
-# TTFT deadline where its band orders ``slo-feasible`` (inf: never overdue; session 25)
-FIELDS = 6
-_STAMP, _KEY, _TOP, _HELD, _WAITING, _DUE = range(FIELDS)
+# TTFT deadline where its band orders ``slo-feasible`` (inf: never overdue) and the time from which it
+# ranks at its band's priority again though past it (its ``ages_at`` where the controller ages overdue
+# heads, else inf; session 25)
+FIELDS = 7
+_STAMP, _KEY, _TOP, _HELD, _WAITING, _DUE, _AGES = range(FIELDS)
 POOLS = 16  # marks per worker: pools beyond it keep their own order (no mark)
 # A mark older than this is ignored: 12 dispatch passes at the default 20 ms recheck (a loaded event loop
 # runs late), and the most a dead worker's last mark can hold the others back.
@@ -266,7 +269,8 @@ class PoolMark:
     """One pool's mark in this worker's row, and the others' marks for the same pool."""
 
     __slots__ = (
-        "_due", "_held", "_missed", "_others", "_top", "base", "fleet", "key", "limits", "name", "shares"
+        "_ages", "_due", "_held", "_missed", "_others", "_top", "base", "fleet", "key", "limits", "name",
+        "shares",
     )  # fmt: skip
 
     def __init__(self, fleet: FleetMarks, key: float, base: int, name: str = "") -> None:
@@ -282,13 +286,15 @@ class PoolMark:
         # check reads one key (their next free slot) instead of the row, until they claim another pool
         # or MARK_TTL_S passes (a restarted worker refills its zeroed row, maybe in another order)
         self._missed: dict[int, tuple[int, float]] = {}
-        self._top, self._held, self._due = NOTHING, 0.0, math.inf  # what this worker last published
+        self._top, self._held = NOTHING, 0.0  # what this worker last published
+        self._due = self._ages = math.inf
 
     def enqueued(self, ctl: FlowController, priority: int, now: float) -> None:
         """A request of band ``priority`` was queued: published unless the mark already names a higher
         band, or its band with a head not held back, with a head not past its deadline (the new one cannot
         change what goes first; past it, a lower band's new request may: ``slo-feasible``)."""
-        if self._due >= now and (priority < self._top or (priority == self._top and self._held == 0.0)):
+        late = self._due < now < self._ages  # (its head past its deadline: a lower band's may go first)
+        if not late and (priority < self._top or (priority == self._top and self._held == 0.0)):
             return
         self.publish(ctl, now)
 
@@ -299,7 +305,7 @@ class PoolMark:
         fleet = self.fleet
         if fleet.closed:
             return
-        top, held, due = NOTHING, 0.0, math.inf
+        top, held, due, ages = NOTHING, 0.0, math.inf, math.inf
         if len(ctl):
             ctl.put_back()  # (nothing is passed over outside a dispatch pass)
             # (bounded as a pass's pass-overs: distinct subsets, heads; review s19-fixes-b L1)
@@ -318,16 +324,18 @@ class PoolMark:
                     held = 1.0 if ctl.held_back(item.req, now, item.slo_deadline) else 0.0
                     if ctl.bands[item.priority].ordering == "slo-feasible":
                         due = item.slo_deadline
+                        ages = getattr(item, "ages_at", math.inf)  # (where overdue heads age: fc25)
                     break
             finally:
                 ctl.put_back()
-        self._top, self._held, self._due = top, held, due
+        self._top, self._held, self._due, self._ages = top, held, due, ages
         m, b = fleet._m, self.base
         m[b + _KEY] = self.key
         m[b + _TOP] = top
         m[b + _HELD] = held
         m[b + _WAITING] = float(len(ctl))
         m[b + _DUE] = due
+        m[b + _AGES] = ages
         m[b + _STAMP] = now  # last: a mark with a fresh stamp has its fields (but for a torn read)
 
     def defers(self, req: InferenceRequest, ctl: FlowController, now: float) -> bool:
@@ -351,7 +359,7 @@ class PoolMark:
             if not (-fleet.ttl <= now - stamp <= fleet.ttl) or m[b + _WAITING] <= 0.0:
                 continue
             top = m[b + _TOP]
-            if m[b + _DUE] < now:  # (their head is past its deadline: it goes after every feasible head)
+            if m[b + _DUE] < now < m[b + _AGES]:  # (theirs past its deadline: after every feasible head)
                 if top < prio:
                     continue
                 if late is None:
@@ -981,6 +989,15 @@ class FleetLimits:
 
 def _overdue(ctl: FlowController, req: InferenceRequest, now: float) -> bool:
     """Is ``req`` past its TTFT deadline in a band ordered ``slo-feasible`` (``FlowController.heads``' late
-    tier: one process asks it after every band's heads that can still make theirs)?"""
+    tier: one process asks it after every band's heads that can still make theirs), and, where the
+    controller ages overdue heads (``controller.aging_time``, fc25), not yet aged? The gate is given the
+    request, not its queue entry, so its expiry is taken as its arrival + the TTL (a request whose own
+    deadline comes first ages earlier in its controller: that long, this counts it overdue still)."""
     band = ctl.bands.get(req.priority)
-    return band is not None and band.ordering == "slo-feasible" and ctl.slo_deadline(req, now) < now
+    if band is None or band.ordering != "slo-feasible":
+        return False
+    deadline = ctl.slo_deadline(req, now)
+    if not deadline < now:
+        return False
+    aging = getattr(_controller, "aging_time", None)
+    return aging is None or now < aging(deadline, (req.arrival_time or now) + ctl.cfg.ttl)
