@@ -73,3 +73,37 @@ def test_other_orderings_keep_strict_priority_for_overdue_heads() -> None:
     f.step(1)
     f.step(0)
     assert f.sent[0] == (0, "flood")
+
+
+def test_the_fleet_never_stalls_on_its_marks() -> None:
+    """Liveness (no cycle): random arrivals of three bands at two workers, SLOs of 0.5-20 s, time moving
+    so heads fall past their deadlines; at every step one slot frees and both workers run a pass: the slot
+    is taken whenever anything waits (a worker's gate and its mark judge its head alike, so two heads
+    never each wait for the other's)."""
+    import random
+
+    for seed in range(20):
+        rnd = random.Random(seed)
+        f = FeasibleFleet()
+        n = 0
+        for _ in range(60):
+            for _ in range(rnd.randrange(3)):
+                n += 1
+                at = f.now - rnd.random() * 3.0
+                r = _req(
+                    f"r{n}", f"f{rnd.randrange(4)}", rnd.choice((1, 0, -1)), rnd.choice((0.5, 2.0, 20.0)), at
+                )
+                f.arrive(rnd.randrange(2), r)
+            f.now += rnd.choice((0.01, 0.2, 1.0))
+            for w in (0, 1):
+                f.step(w)
+            waiting = len(f.ds[0]) + len(f.ds[1])
+            f.free = 1
+            sent = len(f.sent)
+            order = (0, 1) if rnd.random() < 0.5 else (1, 0)
+            for w in order:
+                f.step(w)
+            for w in order:
+                f.step(w)
+            assert not waiting or len(f.sent) == sent + 1, (seed, f.now, waiting)
+            f.free = 0

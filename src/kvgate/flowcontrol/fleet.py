@@ -96,7 +96,6 @@ from itertools import compress
 from operator import gt
 from typing import TYPE_CHECKING, Any
 
-from kvgate.flowcontrol import controller as _controller
 from kvgate.flowcontrol.controller import (
     LOAD_WINDOW_S,
     PASS_OVER_MAX,
@@ -988,16 +987,16 @@ class FleetLimits:
 
 
 def _overdue(ctl: FlowController, req: InferenceRequest, now: float) -> bool:
-    """Is ``req`` past its TTFT deadline in a band ordered ``slo-feasible`` (``FlowController.heads``' late
-    tier: one process asks it after every band's heads that can still make theirs), and, where the
-    controller ages overdue heads (``controller.aging_time``, fc25), not yet aged? The gate is given the
-    request, not its queue entry, so its expiry is taken as its arrival + the TTL (a request whose own
-    deadline comes first ages earlier in its controller: that long, this counts it overdue still)."""
+    """Is ``req`` in ``FlowController.heads``' late tier (past its TTFT deadline in a band ordered
+    ``slo-feasible``: one process asks it after every band's heads that can still make theirs)? A head
+    ``heads`` gives in a pass's first part is not, whatever its deadline (one it does not defer: where
+    the controller ages overdue heads, fc25, an aged one ranks at its band there); the gate is given the
+    request, not its queue entry, so the pass's part tells it. Never "overdue" where its own controller
+    does not defer it: a worker's gate and its mark then judge its head alike, so two workers' heads
+    cannot each wait for the other's (counted higher, a head at worst goes a little early)."""
     band = ctl.bands.get(req.priority)
     if band is None or band.ordering != "slo-feasible":
         return False
-    deadline = ctl.slo_deadline(req, now)
-    if not deadline < now:
+    if ctl._jump is not None:  # (a pass's first part: the heads not deferred; set before each yield)
         return False
-    aging = getattr(_controller, "aging_time", None)
-    return aging is None or now < aging(deadline, (req.arrival_time or now) + ctl.cfg.ttl)
+    return ctl.slo_deadline(req, now) < now
