@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,26 +61,82 @@ def probe_capacity(sc: Scenario, policy: str, seed: int, duration: float) -> flo
 
 
 KNEE_LADDER = (0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1)  # fractions of the served capacity tried for the knee
+# Halvings of the gap between the last ladder load within the knee and the first past it: the ladder's
+# steps are 0.1 x the served capacity (~38 req/s on hetero), too coarse to rank policies near each other.
+KNEE_REFINE = 3
+
+
+def search_knee(
+    p90_at: Callable[[float], float | None], ladder: Sequence[float], base: float, refine: int = KNEE_REFINE
+) -> tuple[float, list[tuple[float, float | None]]]:
+    """``report.find_knee`` over ``ladder`` (upwards, stopping at the first load past the knee), then
+    bisect between the last load within it and the first past it ``refine`` times. Returns the knee and
+    every (load, p90) tried; the knee is ``find_knee`` of those points (every load below it passed)."""
+    pts: list[tuple[float, float | None]] = []
+
+    def within(q: float) -> bool:
+        p90 = p90_at(q)
+        pts.append((q, p90))
+        return p90 is not None and p90 <= report.KNEE_FACTOR * base
+
+    low, high = 0.0, None
+    for q in ladder:
+        if not within(q):
+            high = q
+            break  # past the knee: higher loads cannot count
+        low = q
+    if low > 0 and high is not None:
+        for _ in range(refine):
+            mid = round((low + high) / 2, 2)
+            if mid in (low, high):
+                break
+            if within(mid):
+                low = mid
+            else:
+                high = mid
+    return report.find_knee(pts, base), pts
 
 
 def knee_capacity(
     sc: Scenario, policies: list[str], seed: int, duration: float, served: float, console: Console
 ) -> tuple[float, dict[str, Any]]:
-    """The highest offered load whose p90 TTFT stays within ``KNEE_FACTOR`` x the unloaded p90
-    (``report.find_knee``), best over ``policies``; loads are fractions of the served capacity."""
+    """The highest offered load whose p90 TTFT stays within ``KNEE_FACTOR`` x the unloaded p90 (the lowest
+    of ``policies``' p90s at 0.1 x ``served``), searched for each policy (``search_knee``); the capacity is
+    the best policy's. Loads are fractions of the served capacity."""
     base = min(run_point(sc, pol, 0.1 * served, duration, seed).row["ttft_p90"] or 0.0 for pol in policies)
     ladder = [round(served * f, 2) for f in KNEE_LADDER]
     knees: dict[str, float] = {}
+    points: dict[str, list[tuple[float, float | None]]] = {}
     for pol in policies:
-        pts: list[tuple[float, float | None]] = []
-        for q in ladder:
-            p90 = run_point(sc, pol, q, duration, seed).row["ttft_p90"]
-            pts.append((q, p90))
-            if p90 is None or p90 > report.KNEE_FACTOR * base:
-                break  # past the knee: higher loads cannot count
-        knees[pol] = report.find_knee(pts, base)
+
+        def p90_at(q: float, pol: str = pol) -> float | None:
+            return run_point(sc, pol, q, duration, seed).row["ttft_p90"]
+
+        knees[pol], points[pol] = search_knee(p90_at, ladder, base)
         console.print(f"  knee {pol:>18}: {knees[pol]:.1f} req/s (unloaded p90 {base * 1000:.0f} ms)")
-    return max(knees.values()) or ladder[0], {"unloaded_p90_s": base, "knee_req_per_s": knees}
+    info = {"unloaded_p90_s": base, "knee_req_per_s": knees, "points": points}
+    return max(knees.values()) or ladder[0], info
+
+
+def knee_policies(sc: Scenario, policies: list[str] | None) -> list[str]:
+    """The scenario's probe policies, then every policy the run compares: each gets its own knee."""
+    return list(dict.fromkeys([*sc.probe_policies, *(policies or [])]))
+
+
+def _capacity_md(sc: Scenario, probes: dict[str, float], knee: dict[str, Any]) -> str:
+    """Per policy: served under the probe's overload and, with the knee, its own knee."""
+    knees = knee.get("knee_req_per_s", {})
+    head = f"| policy | served at {sc.probe_qps:g} QPS offered (req/s) |"
+    lines = [head + (" knee (req/s) |" if knees else ""), "|---|---:|" + ("---:|" if knees else "")]
+    for pol, served in probes.items():
+        lines.append(f"| {pol} | {served:.1f} |" + (f" {knees[pol]:.1f} |" if knees else ""))
+    if not knees:
+        return "\n".join(lines) + "\n\n"
+    base_ms = knee["unloaded_p90_s"] * 1000
+    return (
+        "\n".join(lines)
+        + f"\n\nKnee threshold: {report.KNEE_FACTOR:g} x the unloaded p90 ({base_ms:.1f} ms).\n\n"
+    )
 
 
 def run_scenario(
@@ -105,14 +161,17 @@ def run_scenario(
     wall0 = time.perf_counter()
     console.print(f"[bold]{sc.title}[/bold]  (seed {seed}{', quick' if quick else ''})")
     probes: dict[str, float] = {}
-    for pol in sc.probe_policies:
+    # With the knee, every compared policy is probed too (the served rate beside its knee); the served
+    # capacity, which scales the knee ladder, stays the best of the scenario's probe policies.
+    probed = knee_policies(sc, policies) if capacity == "knee" else sc.probe_policies
+    for pol in probed:
         probes[pol] = probe_capacity(sc, pol, seed, min(duration, 20.0))
         console.print(f"  capacity probe {pol:>18} at {sc.probe_qps:g} QPS offered: {probes[pol]:.1f} req/s")
-    cap = max(probes.values())
+    cap = max(probes[pol] for pol in sc.probe_policies)
     console.print(f"fleet capacity (best policy, served under overload): {cap:.1f} req/s")
     knee: dict[str, Any] = {}
     if capacity == "knee":
-        cap, knee = knee_capacity(sc, sc.probe_policies, seed, min(duration, 20.0), cap, console)
+        cap, knee = knee_capacity(sc, probed, seed, min(duration, 20.0), cap, console)
         console.print(f"fleet capacity (knee, best policy): {cap:.1f} req/s")
     points = [round(cap * f, 2) for f in fractions]
     rows: list[dict[str, Any]] = []
@@ -179,7 +238,8 @@ def run_scenario(
     table = report.markdown_table(rows, [("seed", "seed"), *cols] if seeds else cols)
     base.with_suffix(".md").write_text(
         f"# {sc.title}\n\n{sc.how_scaled}\n\nProbed capacity ({capacity}, seed {seed}): {cap:.1f} req/s. "
-        f"Virtual seconds per point: {duration:g}. Wall time: {wall:.0f} s.\n\n{summary_md}{table}\n"
+        f"Virtual seconds per point: {duration:g}. Wall time: {wall:.0f} s.\n\n"
+        f"{_capacity_md(sc, probes, knee)}{summary_md}{table}\n"
     )
     written = [base.with_suffix(".json"), base.with_suffix(".md"), base.parent / f"{base.name}-ttft.png"]
     report.plot_ttft_vs_qps(written[-1], [r for r in rows if r["seed"] == run_seeds[0]], sc.title)
