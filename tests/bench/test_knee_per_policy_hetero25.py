@@ -36,7 +36,7 @@ def test_the_knee_is_bisected_between_the_ladder_steps(monkeypatch: pytest.Monke
     monkeypatch.setattr(sweep, "run_point", _fake_run_point(calls))
     served = 383.6  # ladder: 115.08, 191.8, 268.52, 306.88, 345.24, 383.6, 421.96
     cap, info = sweep.knee_capacity(
-        SCENARIOS["hetero"], ["kvgate", "reference"], 1, 15.0, served, Console(quiet=True)
+        SCENARIOS["hetero"], ["kvgate", "reference"], 1, 15.0, served, Console(quiet=True), refine=3
     )
     knees = info["knee_req_per_s"]
     # Each knee lies within one eighth of the ladder's gap around the policy's true edge below it (the
@@ -76,13 +76,19 @@ def test_every_compared_policy_gets_a_knee_and_a_probe(
         seen.setdefault("probed", []).append(policy)
         return 380.0 if policy == "reference" else 300.0
 
-    def knee(sc: Any, policies: list[str], seed: int, duration: float, served: float, console: Any) -> Any:
-        seen["knee"] = list(policies)
-        seen["served"] = [served]  # type: ignore[list-item]
-        raise Stop
+    def knee(
+        sc: Any, policies: list[str], seed: int, duration: float, served: float, *a: Any, **k: Any
+    ) -> Any:
+        seen.setdefault("knee", []).append(",".join(policies))
+        seen.setdefault("refine", []).append(k.get("refine", 0))
+        seen.setdefault("served", []).append(served)  # type: ignore[arg-type]
+        if len(seen["knee"]) == 2:
+            raise Stop
+        return 300.0, {}
 
     monkeypatch.setattr(sweep, "probe_capacity", probe)
     monkeypatch.setattr(sweep, "knee_capacity", knee)
+    monkeypatch.setattr(sweep, "run_point", lambda *a, **k: (_ for _ in ()).throw(Stop()))  # no sweep
     with pytest.raises(Stop):
         sweep.run_scenario(
             SCENARIOS["hetero"],
@@ -94,6 +100,9 @@ def test_every_compared_policy_gets_a_knee_and_a_probe(
             console=Console(quiet=True),
         )
     both = ["reference", "kvgate", "least-request", "sglang-cache-aware"]
-    assert seen["knee"] == both and seen["probed"] == both
-    # The served capacity that scales the ladder is still the best of the scenario's probe policies.
-    assert seen["served"] == [380.0]
+    assert seen["probed"] == both
+    # The capacity (scaling the sweep) is still the probe policies' knee on the served capacity of the
+    # scenario's probe policies; then every compared policy gets its own knee on the same ladder.
+    assert seen["knee"] == ["reference,kvgate,least-request", ",".join(both)]
+    assert seen["served"] == [380.0, 380.0]
+    assert seen["refine"] == [0, sweep.KNEE_REFINE]  # the capacity: the ladder alone, as published

@@ -97,24 +97,46 @@ def search_knee(
     return report.find_knee(pts, base), pts
 
 
+P90At = Callable[[str, float], "float | None"]  # (policy, offered load) -> p90 TTFT, None if none finished
+
+
+def _p90_at(sc: Scenario, seed: int, duration: float) -> P90At:
+    """One fleet run per (policy, load), remembered: the per-policy knees re-read the capacity's points."""
+    seen: dict[tuple[str, float], float | None] = {}
+
+    def p90_at(pol: str, q: float) -> float | None:
+        if (pol, q) not in seen:
+            seen[pol, q] = run_point(sc, pol, q, duration, seed).row["ttft_p90"]
+        return seen[pol, q]
+
+    return p90_at
+
+
 def knee_capacity(
-    sc: Scenario, policies: list[str], seed: int, duration: float, served: float, console: Console
+    sc: Scenario,
+    policies: list[str],
+    seed: int,
+    duration: float,
+    served: float,
+    console: Console,
+    *,
+    refine: int = 0,
+    p90_at: P90At | None = None,
+    label: str = "knee",
 ) -> tuple[float, dict[str, Any]]:
     """The highest offered load whose p90 TTFT stays within ``KNEE_FACTOR`` x the unloaded p90 (the lowest
-    of ``policies``' p90s at 0.1 x ``served``), searched for each policy (``search_knee``); the capacity is
-    the best policy's. Loads are fractions of the served capacity."""
-    base = min(run_point(sc, pol, 0.1 * served, duration, seed).row["ttft_p90"] or 0.0 for pol in policies)
+    of ``policies``' p90s at 0.1 x ``served``), searched for each policy (``search_knee``), best over
+    ``policies``. Loads: fractions of the served capacity (``KNEE_LADDER``), then ``refine`` bisections
+    (0: the ladder alone, the capacity that scales the sweep, as published since it was added)."""
+    p90_at = p90_at or _p90_at(sc, seed, duration)
+    base = min(p90_at(pol, 0.1 * served) or 0.0 for pol in policies)
     ladder = [round(served * f, 2) for f in KNEE_LADDER]
     knees: dict[str, float] = {}
     points: dict[str, list[tuple[float, float | None]]] = {}
     for pol in policies:
-
-        def p90_at(q: float, pol: str = pol) -> float | None:
-            return run_point(sc, pol, q, duration, seed).row["ttft_p90"]
-
-        knees[pol], points[pol] = search_knee(p90_at, ladder, base)
-        console.print(f"  knee {pol:>18}: {knees[pol]:.1f} req/s (unloaded p90 {base * 1000:.0f} ms)")
-    info = {"unloaded_p90_s": base, "knee_req_per_s": knees, "points": points}
+        knees[pol], points[pol] = search_knee(lambda q, pol=pol: p90_at(pol, q), ladder, base, refine)
+        console.print(f"  {label} {pol:>18}: {knees[pol]:.1f} req/s (unloaded p90 {base * 1000:.0f} ms)")
+    info = {"unloaded_p90_s": base, "knee_req_per_s": knees, "points": points, "refine": refine}
     return max(knees.values()) or ladder[0], info
 
 
@@ -125,17 +147,18 @@ def knee_policies(sc: Scenario, policies: list[str] | None) -> list[str]:
 
 def _capacity_md(sc: Scenario, probes: dict[str, float], knee: dict[str, Any]) -> str:
     """Per policy: served under the probe's overload and, with the knee, its own knee."""
-    knees = knee.get("knee_req_per_s", {})
+    own = knee.get("per_policy", {})
+    knees = own.get("knee_req_per_s", {})
     head = f"| policy | served at {sc.probe_qps:g} QPS offered (req/s) |"
-    lines = [head + (" knee (req/s) |" if knees else ""), "|---|---:|" + ("---:|" if knees else "")]
+    lines = [head + (" own knee (req/s) |" if knees else ""), "|---|---:|" + ("---:|" if knees else "")]
     for pol, served in probes.items():
         lines.append(f"| {pol} | {served:.1f} |" + (f" {knees[pol]:.1f} |" if knees else ""))
     if not knees:
         return "\n".join(lines) + "\n\n"
-    base_ms = knee["unloaded_p90_s"] * 1000
-    return (
-        "\n".join(lines)
-        + f"\n\nKnee threshold: {report.KNEE_FACTOR:g} x the unloaded p90 ({base_ms:.1f} ms).\n\n"
+    return "\n".join(lines) + (
+        f"\n\nOwn knee: the highest load with p90 TTFT <= {report.KNEE_FACTOR:g} x the unloaded p90 "
+        f"({own['unloaded_p90_s'] * 1000:.1f} ms, the lowest of these policies' at 0.1 x served), ladder "
+        f"{', '.join(f'{f:g}' for f in KNEE_LADDER)} x served then {own['refine']} bisections.\n\n"
     )
 
 
@@ -161,8 +184,8 @@ def run_scenario(
     wall0 = time.perf_counter()
     console.print(f"[bold]{sc.title}[/bold]  (seed {seed}{', quick' if quick else ''})")
     probes: dict[str, float] = {}
-    # With the knee, every compared policy is probed too (the served rate beside its knee); the served
-    # capacity, which scales the knee ladder, stays the best of the scenario's probe policies.
+    # With the knee, every compared policy is probed too (the served rate beside its own knee); the
+    # capacity, which scales the knee ladder and the sweep, comes from the scenario's probe policies.
     probed = knee_policies(sc, policies) if capacity == "knee" else sc.probe_policies
     for pol in probed:
         probes[pol] = probe_capacity(sc, pol, seed, min(duration, 20.0))
@@ -171,8 +194,13 @@ def run_scenario(
     console.print(f"fleet capacity (best policy, served under overload): {cap:.1f} req/s")
     knee: dict[str, Any] = {}
     if capacity == "knee":
-        cap, knee = knee_capacity(sc, probed, seed, min(duration, 20.0), cap, console)
+        p90_at, served, span = _p90_at(sc, seed, min(duration, 20.0)), cap, min(duration, 20.0)
+        cap, knee = knee_capacity(sc, sc.probe_policies, seed, span, served, console, p90_at=p90_at)
         console.print(f"fleet capacity (knee, best policy): {cap:.1f} req/s")
+        # Each compared policy's own knee, bisected finer than the ladder (the capacity above is unchanged).
+        knee["per_policy"] = knee_capacity(
+            sc, probed, seed, span, served, console, refine=KNEE_REFINE, p90_at=p90_at, label="own knee"
+        )[1]
     points = [round(cap * f, 2) for f in fractions]
     rows: list[dict[str, Any]] = []
     series: dict[str, report.LoadSeries] = {}
