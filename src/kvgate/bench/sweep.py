@@ -146,15 +146,16 @@ def knee_policies(sc: Scenario, policies: list[str] | None) -> list[str]:
 
 
 def _capacity_md(sc: Scenario, probes: dict[str, float], knee: dict[str, Any]) -> str:
-    """Per policy: served under the probe's overload and, with the knee, its own knee."""
-    own = knee.get("per_policy", {})
-    knees = own.get("knee_req_per_s", {})
-    head = f"| policy | served at {sc.probe_qps:g} QPS offered (req/s) |"
-    lines = [head + (" own knee (req/s) |" if knees else ""), "|---|---:|" + ("---:|" if knees else "")]
-    for pol, served in probes.items():
-        lines.append(f"| {pol} | {served:.1f} |" + (f" {knees[pol]:.1f} |" if knees else ""))
-    if not knees:
-        return "\n".join(lines) + "\n\n"
+    """With the knee, per policy: served under the probe's overload and its own knee."""
+    own = knee.get("per_policy")
+    if not own:
+        return ""
+    knees = own["knee_req_per_s"]
+    lines = [
+        f"| policy | served at {sc.probe_qps:g} QPS offered (req/s) | own knee (req/s) |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {pol} | {probes[pol]:.1f} | {knees[pol]:.1f} |" for pol in knees]
     return "\n".join(lines) + (
         f"\n\nOwn knee: the highest load with p90 TTFT <= {report.KNEE_FACTOR:g} x the unloaded p90 "
         f"({own['unloaded_p90_s'] * 1000:.1f} ms, the lowest of these policies' at 0.1 x served), ladder "
