@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def search_knee(
     return report.find_knee(pts, base), pts
 
 
-P90At = Callable[[str, float], "float | None"]  # (policy, offered load) -> p90 TTFT, None if none finished
+P90At = Callable[[str, float], float | None]  # (policy, offered load) -> p90 TTFT, None if none finished
 
 
 def _p90_at(sc: Scenario, seed: int, duration: float) -> P90At:
@@ -134,7 +135,7 @@ def knee_capacity(
     knees: dict[str, float] = {}
     points: dict[str, list[tuple[float, float | None]]] = {}
     for pol in policies:
-        knees[pol], points[pol] = search_knee(lambda q, pol=pol: p90_at(pol, q), ladder, base, refine)
+        knees[pol], points[pol] = search_knee(partial(p90_at, pol), ladder, base, refine)
         console.print(f"  {label} {pol:>18}: {knees[pol]:.1f} req/s (unloaded p90 {base * 1000:.0f} ms)")
     info = {"unloaded_p90_s": base, "knee_req_per_s": knees, "points": points, "refine": refine}
     return max(knees.values()) or ladder[0], info
