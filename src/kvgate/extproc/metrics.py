@@ -1,16 +1,21 @@
 """The EPP's own Prometheus metrics, on a private registry so several servers can live in one process.
 
 The metrics port serves this registry together with the process-wide default one (where the picker's
-and scraper's metrics live, per-endpoint pick counts included), as one text exposition.
+and scraper's metrics live, per-endpoint pick counts included), as one text exposition. It is served by
+the gateway's own front (``kvgate.httpfront``, as ``kvgate serve``'s admin port), so it has the same
+slow-client limits at their defaults (``FrontLimits``): a request head complete within 10 s
+(``headerTimeoutSeconds``, else 408 and closed), at most 10,000 connections (``maxConnections``,
+clamped to the fd limit; over it 503), idle keep-alive closed after 75 s (qa25 F2: on aiohttp a head
+trickled a line a second was held open for good, and connections had no cap, in the process whose gRPC
+port serves Envoy).
 """
 
 from __future__ import annotations
 
-import socket
+import asyncio
 import ssl
 from collections.abc import Callable, Iterable, Iterator
 
-from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -18,6 +23,7 @@ from kvgate import __version__
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc.ports import bind_one
+from kvgate.httpfront.server import FrontLimits, FrontServer, Handler, Request, Response, get_only, json_error
 from kvgate.openai.labels import ModelLabels, ReportedNames, kept_per_source
 from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestEnd, RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
@@ -162,40 +168,57 @@ class EppMetrics:
         aggregate: Callable[[], bytes] | None = None,
         readyz: Callable[[], str | None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
-    ) -> tuple[web.AppRunner, int]:
+        limits: FrontLimits | None = None,
+    ) -> tuple[MetricsListener, int]:
         """Start ``/metrics`` (and the pool aggregate, ``/v1/pool/aggregate``, when given) on ``host:port``
-        (0 = ephemeral); returns the runner and the port."""
+        (0 = ephemeral), with the front's ``limits`` (default ``FrontLimits()``); returns the listener
+        (``cleanup()`` stops it) and the port."""
 
-        async def handler(_request: web.Request) -> web.Response:
-            return web.Response(body=self.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        async def handler(_request: Request) -> Response:
+            return Response(body=self.exposition(), content_type=CONTENT_TYPE_LATEST)
 
-        app = web.Application()
-        app.router.add_get("/metrics", handler)
+        routes: dict[str, Handler] = {"/metrics": get_only(handler)}
         if readyz is not None:
 
-            async def ready(_request: web.Request) -> web.Response:
+            async def ready(_request: Request) -> Response:
                 # 200 "ok", or 503 with the reason (RBAC error, not synced, not the leader, no endpoint).
                 problem = readyz()
-                return web.Response(text=problem or "ok", status=503 if problem else 200)
+                status = 503 if problem else 200
+                return Response(status=status, text=problem or "ok", content_type="text/plain")
 
-            app.router.add_get("/readyz", ready)
+            routes["/readyz"] = get_only(ready)
         if aggregate is not None:
 
-            async def pool_aggregate(_request: web.Request) -> web.Response:
-                return web.Response(body=aggregate(), content_type="application/json")
+            async def pool_aggregate(_request: Request) -> Response:
+                return Response(body=aggregate(), content_type="application/json")
 
-            app.router.add_get(AGGREGATE_PATH, pool_aggregate)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
+            routes[AGGREGATE_PATH] = get_only(pool_aggregate)
+
+        async def not_found(request: Request) -> Response:
+            return json_error(404, f"no route for {request.method} {request.path}")
+
+        front = FrontServer.with_limits(routes, not_found, limits or FrontLimits())
         # Bind the socket ourselves so an ephemeral port can be read back; ``kvgate epp``'s check before
         # anything starts makes this same bind (``check_bindable``).
-        sock: socket.socket | None = None
+        sock = bind_one(host, port)
         try:
-            sock = bind_one(host, port)
-            await web.SockSite(runner, sock, ssl_context=ssl_context).start()
-        except Exception:  # (a port in use: nothing of this listener left open)
-            if sock is not None:
-                sock.close()
-            await runner.cleanup()
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(front.protocol, sock=sock, ssl=ssl_context)
+        except BaseException:  # (nothing of this listener left open)
+            sock.close()
             raise
-        return runner, sock.getsockname()[1]
+        return MetricsListener(server, front), sock.getsockname()[1]
+
+
+class MetricsListener:
+    """The metrics port's server and its front (its connections and their deadlines)."""
+
+    def __init__(self, server: asyncio.Server, front: FrontServer) -> None:
+        self.server = server
+        self.front = front
+
+    async def cleanup(self) -> None:
+        """Stop listening and close every connection (as ``kvgate serve`` closes its admin port)."""
+        self.server.close()
+        self.front.close_all()
+        await self.server.wait_closed()

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
-from aiohttp import web
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,7 +25,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
 from kvgate.extproc import keys
-from kvgate.extproc.metrics import EppMetrics
+from kvgate.extproc.metrics import EppMetrics, MetricsListener
 from kvgate.extproc.ports import check_bindable
 from kvgate.extproc.session import ProtocolViolation, Session, SessionContext
 from kvgate.extproc.tls import KeyPair, server_credentials
@@ -360,7 +359,7 @@ class EppServer:
         self._grpc: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
-        self._metrics_runner: web.AppRunner | None = None
+        self._metrics_runner: MetricsListener | None = None
         self.servicer: ExtProcServicer | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
