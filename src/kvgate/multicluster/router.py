@@ -5,13 +5,14 @@ Per cluster, the route is chosen by what is reachable:
 2. Parent mode (the cluster has a ``gateway``): send to the cluster-local gateway, whose EPP picks.
 A pod that cannot be reached (no route across clusters, refused, connect timeout), or an EPP that fails
 or stalls (no answer within ``epp_timeout_s``) before the pick, falls back to Parent mode in the same
-cluster; a cluster whose every route fails, that answers 5xx / 429 before any byte, or that sends no
-response head (within ``head_timeout_s``; in Parent mode also once its aggregate, fresh when the request was
-sent, has gone stale with its fetches failing: a hung cluster gateway) is left for the next cluster in the
-policy's order (and backs off; a hung one until an aggregate is fetched from it again). A request whose
-response has started is never retried: it is the client's. With ``limits.requestTimeoutSeconds`` the
-whole request is bound (``Deadline``): no cluster is tried, and no head awaited, past it (a 504
-``request_timeout``).
+cluster; a cluster whose every route fails, that answers a 5xx other than 504, or 429, before any byte,
+or that sends no response head (within ``head_timeout_s``; in Parent mode also once its aggregate, fresh
+when the request was sent, has gone stale with its fetches failing: a hung cluster gateway) is left for
+the next cluster in the policy's order (and backs off; a hung one until an aggregate is fetched from it
+again). A 504 (a gateway's or pod's timeout: the request was written to a model server, which may still
+run it) is the client's answer, and the cluster backs off (qa25 F4). A request whose response has
+started is never retried: it is the client's. With ``limits.requestTimeoutSeconds`` the whole request is
+bound (``Deadline``): no cluster is tried, and no head awaited, past it (a 504 ``request_timeout``).
 """
 
 from __future__ import annotations
@@ -435,7 +436,10 @@ class GlobalRouter:
                 raise NoRoute(504, deadline.message(f"cluster {st.name}: {e.outcome}"), attempts,
                               code="request_timeout") from None  # fmt: skip
             if routed is not None:
-                st.succeeded()
+                if routed.status == 504:  # (its timeout, passed on: not a success there)
+                    st.failed(self.clock())
+                else:
+                    st.succeeded()
                 return routed
             st.failed(self.clock())
             if pinned and st is first and (said := _home_said(attempts, st.name)) is not None:
@@ -722,7 +726,15 @@ class GlobalRouter:
         except BaseException:
             given_up()
             raise
-        if resp.status >= 500 or (resp.status == 429 and RATE_LIMITED not in resp.headers):
+        # A 504 is a gateway's (or pod's) timeout: it wrote the request to a model server and waited
+        # (``kvgate serve``'s ``upstream_timeout``; Envoy's "upstream request timeout"), which may still
+        # be running it. Sent elsewhere it would run twice, and under overload every timed-out request
+        # would be prefilled again in the next cluster: as ``kvgate serve`` never retries a written
+        # request that timed out, the 504 is the client's answer (qa25 F4); the cluster is charged
+        # (``route``).
+        if resp.status != 504 and (
+            resp.status >= 500 or (resp.status == 429 and RATE_LIMITED not in resp.headers)
+        ):
             # Nothing reached the client yet: free to go elsewhere. (A 429 marked rate-limited is the
             # client's own limit, a tenant's, not the cluster at capacity: passed on as any 4xx refusal,
             # the cluster not backed off for everyone: review s18-qa M4.)
