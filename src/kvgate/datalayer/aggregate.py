@@ -75,9 +75,14 @@ def _decoded(b: Bloom) -> bytes:
     # One decode per distinct filter (a fetcher swaps filters every refresh: keep only the latest few).
     raw = _DECODED.get(b.data)
     if raw is None:
-        if len(_DECODED) > 64:
-            _DECODED.clear()
-        raw = _DECODED[b.data] = base64.b64decode(b.data)
+        raw = _keep_decoded(b.data, base64.b64decode(b.data))
+    return raw
+
+
+def _keep_decoded(data: str, raw: bytes) -> bytes:
+    if len(_DECODED) > 64:
+        _DECODED.clear()
+    _DECODED[data] = raw
     return raw
 
 
@@ -146,16 +151,69 @@ def encode(agg: PoolAggregate) -> bytes:
     return _encoder.encode(agg)
 
 
+class ImpossibleAggregate(msgspec.ValidationError):
+    """An aggregate whose numbers no pool can have (``impossible``): refused as a failed fetch."""
+
+
 def decode(raw: bytes) -> PoolAggregate:
-    """Parse an aggregate (raises ``msgspec.ValidationError`` / ``DecodeError`` on a bad one)."""
+    """Parse an aggregate (raises ``msgspec.ValidationError`` / ``DecodeError`` on a bad one, and
+    ``ImpossibleAggregate`` on numbers no pool can have)."""
     if len(raw) > MAX_RESPONSE_BYTES:
         raise msgspec.ValidationError(f"aggregate of {len(raw)} bytes exceeds {MAX_RESPONSE_BYTES}")
     agg = _decoder.decode(raw)
+    why = impossible(agg)
+    if why is not None:
+        raise ImpossibleAggregate(f"impossible aggregate: {why}")
     models = agg.models
     if len(models) > MAX_MODELS or any(len(m) > MAX_MODEL_CHARS for m in models):
         # (a peer's list over the bounds: cut as the sender cuts, keeping its order, its config names first)
         agg = msgspec.structs.replace(agg, models=_cut_models(models))
     return agg
+
+
+# The numbers that are counts, sums, averages or ages: never below 0 in a pool's aggregate.
+_NOT_NEGATIVE = (
+    "ready_endpoints", "total_endpoints", "average_kv_cache_utilization", "average_queue_size",
+    "average_running_requests", "std_dev_kv_cache_utilization", "std_dev_queue_size",
+    "std_dev_running_requests", "min_queue_size", "max_queue_size", "capacity", "headroom",
+    "inflight_requests", "request_slots", "predicted_ttft_s", "metrics_age_s",
+)  # fmt: skip
+
+
+def impossible(a: PoolAggregate) -> str | None:
+    """Why no pool could report ``a`` (the first field found), None when it could (qa25 F1: one member
+    whose aggregate said ``headroom`` 1e12 over ``capacity`` 4, or a negative queue, slots or age, took
+    every request of the global gateway, its cost 0 whatever was sent there). ``aggregate`` makes each
+    of these hold: a count or average is not negative, ready endpoints are some of the endpoints (and
+    ``ready_by_gpu`` counts them), ``headroom`` (speed x (1 - load), load in 0..1) is at most ``capacity``
+    (speed summed in the same order), ``prefix_chunk_chars`` is positive, and a Bloom filter's bit array is
+    the size it says (``bits`` a power of two, ``data`` base64 of ``bits / 8`` bytes: a shorter one would
+    raise on a lookup)."""
+    for name in _NOT_NEGATIVE:
+        v = getattr(a, name)
+        if v is not None and v < 0:
+            return f"{name} {v!r} < 0"
+    if a.ready_endpoints > a.total_endpoints:
+        return f"ready_endpoints {a.ready_endpoints} > total_endpoints {a.total_endpoints}"
+    if a.headroom > a.capacity * (1.0 + 1e-9):  # (a rounding's slack for another summing order)
+        return f"headroom {a.headroom!r} > capacity {a.capacity!r}"
+    by_gpu = a.ready_by_gpu.values()
+    if any(n < 0 for n in by_gpu) or sum(by_gpu) > a.ready_endpoints:
+        return f"ready_by_gpu {a.ready_by_gpu!r} does not count ready_endpoints {a.ready_endpoints}"
+    if a.prefix_chunk_chars is not None and a.prefix_chunk_chars <= 0:
+        return f"prefix_chunk_chars {a.prefix_chunk_chars} <= 0"
+    b = a.prefix_bloom
+    if b is not None:
+        if b.bits < 8 or b.bits & (b.bits - 1) or not 0 < b.k <= 64:
+            return f"prefix_bloom bits {b.bits} / k {b.k}: not a power of two >= 8 / not 1..64"
+        try:
+            raw = base64.b64decode(b.data, validate=True)
+        except ValueError:
+            return "prefix_bloom data: not base64"
+        if len(raw) * 8 != b.bits:
+            return f"prefix_bloom data of {len(raw) * 8} bits, not {b.bits}"
+        _keep_decoded(b.data, raw)  # (its lookups read it decoded: decoded once)
+    return None
 
 
 def _cut_models(names: Iterable[str]) -> tuple[str, ...]:
@@ -232,7 +290,8 @@ def endpoint_load(ep: Endpoint, slots: float) -> float:
     unseen, each request counted as one of the ``slots`` the endpoint holds when full."""
     m = ep.metrics
     queued = m.waiting_queue_size + max(0, ep.inflight.requests - m.running_requests - m.waiting_queue_size)
-    return min(1.0, max(m.kv_cache_usage, m.running_requests / slots) + queued / slots)
+    # (never below 0, whatever a server reports: a negative load would put headroom over capacity)
+    return max(0.0, min(1.0, max(m.kv_cache_usage, m.running_requests / slots) + queued / slots))
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:

@@ -40,6 +40,7 @@ from kvgate.multicluster.state import ClusterState
 log = logging.getLogger("kvgate.multicluster.fetcher")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 # A cluster that comes back is seen within about a second (gRPC's default reconnect back-off grows to 120 s).
+MAX_REFUSING = 1024  # clusters whose refused aggregate's reason is kept (logged once while it stays)
 RECONNECT = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
@@ -145,6 +146,11 @@ class Fetcher:
         self._channels: dict[str, grpc.aio.Channel] = {}  # gRPC target -> its channel (``health_targets``)
         self._used: set[str] = set()  # the targets this round's health checks used
         self.rounds = 0
+        # Called with a cluster's name for each answer refused as no pool's aggregate (``_refused``; the
+        # global gateway's ``kvgate_multicluster_aggregates_refused_total``), and each such cluster's
+        # last logged reason.
+        self.on_refused: Callable[[str], None] | None = None
+        self._refusing: dict[str, str] = {}
 
     def _new_session(self) -> aiohttp.ClientSession:
         # (host names looked up on the probe's bounded threads, not the loop's default executor: kvhub17;
@@ -223,13 +229,16 @@ class Fetcher:
         if url is None or self._session is None:
             return
         got: PoolAggregate | str  # (the snapshot, or why there is none)
+        refused = False  # (an answer that is no pool's aggregate: malformed, over the cap, impossible)
         try:
             timeout = aiohttp.ClientTimeout(total=self.timeout_s)
             async with self._session.get(url, timeout=timeout) as resp:
                 ok = resp.status == 200
                 raw = await resp.content.read(MAX_RESPONSE_BYTES + 1) if ok else b""
             got = decode(raw) if ok else f"HTTP {resp.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError, msgspec.MsgspecError, ValueError) as e:
+        except msgspec.MsgspecError as e:
+            got, refused = f"{type(e).__name__}: {e}", True
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
             got = f"{type(e).__name__}: {e}"
         if st.spec.aggregate != url:
             # A reload removed (or changed) the URL meanwhile: the answer is no longer this cluster's, and
@@ -237,9 +246,26 @@ class Fetcher:
             log.debug("aggregate from %s dropped: %s is no longer its aggregate", st.name, url)
         elif isinstance(got, str):
             st.fetch_error = got
-            log.debug("aggregate from %s failed: %s", st.name, got)
+            if refused:
+                self._refused(st.name, got)
+            else:
+                log.debug("aggregate from %s failed: %s", st.name, got)
         else:
+            if self._refusing.pop(st.name, None) is not None:
+                log.info("aggregate from %s taken again", st.name)
             st.set_aggregate(got, self.clock())
+
+    def _refused(self, cluster: str, why: str) -> None:
+        """An answer refused as no pool's aggregate (``decode``: an impossible one included, qa25 F1): as a
+        failed fetch (the last snapshot ages out at ``ttl_s``, then the cluster is unknown), counted
+        (``on_refused``) and logged once while the reason stays the same."""
+        if self.on_refused is not None:
+            self.on_refused(cluster)
+        if self._refusing.get(cluster) != why:
+            if len(self._refusing) >= MAX_REFUSING:  # (bounded: clusters come and go with reloads)
+                self._refusing.clear()
+            self._refusing[cluster] = why
+            log.warning("aggregate from %s refused (as a failed fetch): %s", cluster, why)
 
     async def _health(self, st: ClusterState) -> None:
         """One round's EPP health check of ``st``, within ``timeout_s`` in all (the lookup's time is taken

@@ -24,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from prometheus_client import Counter
+
 from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
@@ -33,6 +35,13 @@ from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
 
 log = logging.getLogger(__name__)
+# The hub EPP's count of aggregate answers refused (``Fetcher.on_refused``), on the process registry its
+# metrics port serves; the global gateway counts the same on its own registry.
+AGGREGATES_REFUSED = Counter(
+    "kvgate_multicluster_aggregates_refused_total",
+    "Aggregate answers refused as no pool's (malformed, over the size cap, impossible numbers)",
+    ["cluster"],
+)
 
 CLUSTER_LABEL = "kvgate.io/cluster"
 POOL = "clusters"  # the store pool of the hub EPP's endpoints (the clusters' gateways)
@@ -743,6 +752,7 @@ class HubFeed:
             clusters_file.on_change = self.reload
         self.fetcher = Fetcher(director.state_list, interval_s=cfg.refresh_s, tls=cfg.tls,
                                clock=director.clock, sleep=self.sleep)  # fmt: skip
+        self.fetcher.on_refused = lambda cluster: AGGREGATES_REFUSED.labels(cluster).inc()
         self._task: Any = None
         self.pool = POOL  # (before the first cluster is known, the store has no pool to name)
         self._warned: str | None = None

@@ -284,8 +284,11 @@ class KvgatePolicy:
         a = c.aggregate
         assert a is not None
         share = self.request_share(c)
-        queued = a.average_queue_size * a.ready_endpoints * share
-        used = a.capacity - a.headroom + max(0.0, queued - a.headroom)
+        # (clamped as ``aggregate.impossible`` checks a fetched one: an aggregate set in-process, by a
+        # benchmark or a test, takes the same numbers; qa25 F1)
+        headroom = min(max(a.headroom, 0.0), a.capacity)
+        queued = max(a.average_queue_size, 0.0) * a.ready_endpoints * share
+        used = a.capacity - headroom + max(0.0, queued - headroom)
         used += (c.sent_since_snapshot + 1) * share
         return used / a.capacity
 

@@ -172,6 +172,11 @@ class _Metrics:
             "went on elsewhere; response_headers / response_body: the response went on from the pod)",
             ["cluster", "phase"], registry=r,
         )  # fmt: skip
+        self.refused = Counter(
+            "kvgate_multicluster_aggregates_refused_total",
+            "Aggregate answers refused as no pool's (malformed, over the size cap, impossible numbers)",
+            ["cluster"], registry=r,
+        )  # fmt: skip
         self.usable = Gauge(
             "kvgate_multicluster_cluster_fresh", "1 while the cluster's aggregate is within the TTL",
             ["cluster"], registry=r,
@@ -408,6 +413,7 @@ class GlobalGateway:
         if fetch:
             self.fetcher = Fetcher(self.router.state_list, interval_s=cfg.refresh_s, tls=cfg.tls,
                                    clock=clock, sleep=self.sleep)  # fmt: skip
+            self.fetcher.on_refused = lambda cluster: self.metrics.refused.labels(cluster).inc()
         self.limits = limits or cfg.limits
         self._fixed_limits = limits is not None  # given by the caller: a reload does not change them
         self.drain_s = drain_s
