@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -68,6 +69,7 @@ from kvgate.openai.protocol import (
     FAIRNESS_ID,
     LLMD_FAIRNESS_ID,
     MODEL_REWRITE,
+    REQUEST_ID,
     api_error_body,
     drain_cut_event,
     sse_error_event,
@@ -98,6 +100,8 @@ from kvgate.openai.responses import (
 )
 from kvgate.openai.sse import EventEdge
 from kvgate.openai.usage import usage_from_body
+from kvgate.requestid import acceptable as acceptable_rid
+from kvgate.requestid import shown as rid_shown
 from kvgate.scheduling.types import Usage
 
 log = logging.getLogger("kvgate.multicluster")
@@ -424,6 +428,9 @@ class GlobalGateway:
         self._admin_front: FrontServer | None = None
         self.admin_port: int | None = None
         self.inflight = 0
+        # Ids made for requests that came without an acceptable ``x-request-id`` (``_request_id``).
+        self._rid_prefix = os.urandom(4).hex()
+        self._rid_seq = 0
         self._idle = asyncio.Event()  # set while no request is in flight (the drain waits on it)
         self._idle.set()
         # The event streams being relayed (by id), and those the drain's deadline cut (``_cut_streams``).
@@ -462,18 +469,43 @@ class GlobalGateway:
                          ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(changed.items())))  # fmt: skip
 
     # --- routes -------------------------------------------------------------------------------
+    def _request_id(self, request: Request) -> str:
+        """The request's ``x-request-id``: the client's when acceptable (``kvgate.requestid``), else one made
+        here and put in its headers, so the cluster is sent it and both logs name the request alike (qa25
+        F3: the hub's own refusals had none, not even the client's)."""
+        rid = request.headers.get(REQUEST_ID)
+        if rid and acceptable_rid(rid):
+            return rid
+        if rid:  # over the bound or unprintable: replaced, not forwarded (qa24 F6, as kvgate serve)
+            log.info("x-request-id %s replaced by a generated one", rid_shown(rid))
+        self._rid_seq += 1
+        rid = request.headers[REQUEST_ID] = f"{self._rid_prefix}-{self._rid_seq:x}"
+        return rid
+
     async def _proxy(self, request: Request) -> Response | StreamResponse:
+        rid = self._request_id(request)
         if request.method != "POST":
             return json_error(405, f"{request.method} is not allowed on {request.path}; use POST",
-                              headers={"Allow": "POST"})  # fmt: skip
+                              headers={"Allow": "POST", REQUEST_ID: rid})  # fmt: skip
         self.inflight += 1
         self._idle.clear()
         try:
-            return await self._route(request)
+            resp = await self._route(request)
         finally:
             self.inflight -= 1
             if not self.inflight:
                 self._idle.set()
+        if isinstance(resp, Response):  # (the hub's own answers; a cluster's is relayed: ``_relay``)
+            resp.headers.setdefault(REQUEST_ID, rid)
+        return resp
+
+    async def _lookup(self, request: Request) -> Response | StreamResponse:
+        """A Responses lookup (``lookups``), with the request's id as ``_proxy``'s."""
+        rid = self._request_id(request)
+        resp = await lookup(self, request)
+        if isinstance(resp, Response):
+            resp.headers.setdefault(REQUEST_ID, rid)
+        return resp
 
     async def _route(self, request: Request) -> Response | StreamResponse:
         t0 = self.clock()  # (the body read, as ``kvgate serve``'s duration starts)
@@ -592,6 +624,9 @@ class GlobalGateway:
             metrics.models.served(sent)
         metrics.requests.labels(routed.cluster, routed.mode, metrics.models.label(model)).inc()
         headers = dict(routed.headers)
+        rid = request.headers.get(REQUEST_ID)  # (``_request_id``'s)
+        if rid and not any(k.lower() == REQUEST_ID for k in headers):  # (a cluster that does not echo it)
+            headers[REQUEST_ID] = rid
         headers["x-kvgate-cluster"] = routed.cluster
         headers["x-kvgate-route-mode"] = routed.mode
         sse = _event_stream(headers)
@@ -808,7 +843,7 @@ class GlobalGateway:
         if admin_port is None:
             routes.update(admin)
         # GET /v1/responses/{id}, POST /v1/responses/{id}/cancel: where the response was made (``lookups``)
-        prefix: dict[str, Handler] = {LOOKUP_PREFIX: lambda request: lookup(self, request)}
+        prefix: dict[str, Handler] = {LOOKUP_PREFIX: self._lookup}
         prefix[MODELS_PREFIX] = get_only(self._model)  # GET /v1/models/{id}
         self.front = FrontServer.with_limits(routes, self._not_found, self.limits, prefix_routes=prefix)
         front = self.front
