@@ -836,7 +836,9 @@ class Proxy:
                     self._failed(director, ireq, ep)
                     continue
                 blame = True
-                if suspect is not None:
+                # (a 429, busy, ran nothing: no verdict on the suspect's 500, which waits for the next
+                # answer, or is charged when the 429 goes back; gw25, review s24-rev-fix24b F5)
+                if suspect is not None and resp.status != 429:
                     if resp.status == 500:
                         # A second endpoint's 500 for the same request: the request's fault, passed
                         # through as it is, neither endpoint charged, not tried a third time.
@@ -874,6 +876,9 @@ class Proxy:
                     continue
                 if resp.status == 429 or resp.status == 503:
                     _pass_back_off(resp.status, resp.head.headers, reply_headers)
+                    if suspect is not None:  # (a 429 passed back: nobody else ran it, the 500 stands)
+                        self._blame(suspect)
+                        suspect = None
                 if marks is not None:
                     marks["head"] = self.clock()
                 if resp.content_type == "text/event-stream":
