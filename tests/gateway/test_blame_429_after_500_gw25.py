@@ -36,7 +36,8 @@ def _answer_in_turn(bs: list[Backend], statuses: list[int]) -> list[Backend]:
             if status == 200:
                 return None  # (the backend's normal completion)
             headers = {"Retry-After": "1"} if status == 429 else None
-            return web.json_response({"error": {"message": "x", "code": status}}, status=status, headers=headers)
+            error = {"error": {"message": "x", "code": status}}
+            return web.json_response(error, status=status, headers=headers)
 
         return answer
 

@@ -9,7 +9,15 @@ The logger is only that switch: a line does not go through ``logging`` (a LogRec
 ``asctime``, a write and flush: ~10 us a line alone against ~1.4 us for this one), but is one
 ``%`` format appended to ``Lines``, a buffer written to stderr (or ``--access-log-file``) about once a
 second, at 64 KiB and at the gateway's stop: lines are lost only if the process dies without stopping
-(at most a second's). The line looks as the logging format made it. It never carries a header value other
+(at most a second's), or if the output does not take them (below). The line looks as the logging format
+made it.
+
+The writes themselves run on a thread of their own (``_Writer``), never on the event loop: a stderr pipe
+whose reader stopped reading (a stuck log shipper) blocked the loop in ``flush``, and every request with
+it (session-24 closing note). The loop hands each buffer over; at most ``PENDING_MAX`` bytes wait for the
+thread, a buffer that does not fit is dropped whole and its lines counted
+(``kvgate_gateway_access_log_lines_dropped_total``; so are lines whose write failed: a closed stderr);
+no line is ever cut or spliced. It never carries a header value other
 than the request id, nor a body: no prompt, no API key. The proxy fills the request's ``Note`` as it goes
 (the model, each attempt's endpoint)."""
 
@@ -21,7 +29,9 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TextIO
 
@@ -40,6 +50,11 @@ FLUSH_CHARS = 1 << 16
 # A pipe's write is atomic only up to PIPE_BUF (4096 on Linux, pipe(7)): ``--workers`` share one stderr, so
 # a buffer goes to it in pieces of at most this many bytes cut at line ends (review s24-rev-fix24b F2).
 PIPE_PIECE = 4096
+# Bytes handed to the writer thread and not written yet, at most (16 full buffers): past it the output is
+# not keeping up (a pipe nobody reads), and a buffer that does not fit is dropped, its lines counted.
+PENDING_MAX = 1 << 20
+# How long the gateway's stop waits for the writer thread to write what is left (then it is lost).
+CLOSE_WAIT_S = 2.0
 
 
 def stderr() -> TextIO:
@@ -54,8 +69,8 @@ class Lines:
     handler ends later) is written at once (review s24-rev-fix24b F1). ``wall``: the clock of the stamp
     (time.time). ``path``: the file ``out`` is (``own``), reopened for such a late line."""
 
-    __slots__ = ("_buf", "_chars", "_due", "_limit", "_out", "_own", "_path", "_prefix", "_sec", "_tag",
-                 "_wall")  # fmt: skip
+    __slots__ = ("_buf", "_chars", "_dropped", "_due", "_limit", "_out", "_own", "_path", "_prefix", "_sec",
+                 "_tag", "_wall", "_writer")  # fmt: skip
 
     def __init__(
         self,
@@ -71,6 +86,8 @@ class Lines:
         self._due: asyncio.TimerHandle | None = None
         self._sec = -1
         self._prefix = ""
+        self._dropped = 0  # (lines the writer had no room for: counted on the loop)
+        self._writer: _Writer | None = None  # (started at the first write to a file descriptor)
         # (as the logging format: ``--workers``' lines name their worker, as its other lines do)
         name = multiprocessing.current_process().name
         self._tag = "INFO kvgate.access:" if name == "MainProcess" else f"INFO {name} kvgate.access:"
@@ -101,39 +118,123 @@ class Lines:
         elif self._due is None:
             self._due = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
 
+    def dropped(self) -> int:
+        """Lines lost so far: no room left for them (``PENDING_MAX``), or their write failed."""
+        return self._dropped + (self._writer.failed if self._writer is not None else 0)
+
     def flush(self) -> None:
         if self._due is not None:
             self._due.cancel()
             self._due = None
         if not self._buf:
             return
+        n = len(self._buf)  # (one line per ``add``)
         text = "".join(self._buf)
         self._buf.clear()
         self._chars = 0
-        with contextlib.suppress(OSError, ValueError):  # (a closed or full stderr: lines lost, not requests)
-            if self._own:
-                if self._limit:
-                    self._out.write(text)
-                    self._out.flush()
-                elif self._path is not None:  # (closed: a late line appends on its own)
-                    with open(self._path, "a", encoding="utf-8") as f:
-                        f.write(text)
-                return
-            try:
-                fd = self._out.fileno()
-            except (AttributeError, OSError):  # (no file descriptor: a test's sink)
-                self._out.write(text)
-                self._out.flush()
-                return
-            self._out.flush()  # (what stderr's own buffer holds goes first)
-            write_pieces(fd, text.encode("utf-8", "backslashreplace"))
+        writer = self._writer
+        if writer is None:
+            if not self._own:
+                try:
+                    self._out.fileno()
+                except (AttributeError, OSError):  # (no file descriptor: a test's sink, which cannot block)
+                    with contextlib.suppress(OSError, ValueError):
+                        self._out.write(text)
+                        self._out.flush()
+                    return
+            writer = self._writer = _Writer(self._write)
+        if not writer.put(text.encode("utf-8", "backslashreplace"), n):
+            self._dropped += n
+        elif not self._limit:  # (closed: a late line is written before the stop goes on, if it can be)
+            writer.wait(CLOSE_WAIT_S)
+
+    def _write(self, data: bytes) -> None:
+        """On the writer thread: ``data`` (whole lines) to the output."""
+        out = self._out
+        if not self._own:
+            out.flush()  # (what stderr's own buffer holds goes first)
+            write_pieces(out.fileno(), data)
+        elif not out.closed:
+            out.buffer.write(data)
+            out.flush()
+        elif self._path is not None:  # (closed: a late line appends on its own)
+            with open(self._path, "ab") as f:
+                f.write(data)
 
     def close(self) -> None:
-        self._limit = 0
+        """Writes what is left and waits for it (at most ``CLOSE_WAIT_S``); an own file is closed once
+        written. A line after this is handed over at once."""
         self.flush()
+        self._limit = 0
+        writer = self._writer
+        if writer is None:
+            if self._own:
+                with contextlib.suppress(OSError):
+                    self._out.close()
+            return
+        if self.dropped():  # (the operator's one line about it, in the log itself)
+            writer.put(f"{self.stamp()} {self.dropped()} access lines dropped: the output did not take them "
+                       "(kvgate_gateway_access_log_lines_dropped_total)\n".encode(), 0)  # fmt: skip
         if self._own:
-            with contextlib.suppress(OSError):
-                self._out.close()
+            writer.call(self._out.close)
+        writer.wait(CLOSE_WAIT_S)
+
+
+class _Writer:
+    """A daemon thread that writes the buffers handed to it, in order, with ``write`` (which may block: a
+    pipe nobody reads). ``put`` refuses a buffer once ``PENDING_MAX`` bytes wait; ``failed`` counts the
+    lines whose write raised. The thread runs for the process's life (late lines after a close)."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._cond = threading.Condition()
+        self._items: deque[tuple[bytes, int] | Callable[[], object]] = deque()
+        self._pending = 0  # (bytes in ``_items`` and being written)
+        self._busy = False
+        self.failed = 0  # (written by the thread only)
+        threading.Thread(target=self._run, name="kvgate-access-log", daemon=True).start()
+
+    def put(self, data: bytes, lines: int) -> bool:
+        with self._cond:
+            if self._pending + len(data) > PENDING_MAX:
+                return False
+            self._pending += len(data)
+            self._items.append((data, lines))
+            self._cond.notify()
+        return True
+
+    def call(self, fn: Callable[[], object]) -> None:
+        """``fn()`` on the thread after the buffers handed over before it."""
+        with self._cond:
+            self._items.append(fn)
+            self._cond.notify()
+
+    def wait(self, timeout: float) -> bool:
+        """Until everything handed over is written (True), at most ``timeout`` seconds."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._items and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._items))
+                item = self._items.popleft()
+                self._busy = True
+            size, lines = 0, 0
+            try:
+                if callable(item):
+                    item()
+                else:
+                    data, lines = item
+                    size = len(data)
+                    self._write(data)
+            except (OSError, ValueError):  # (a closed or broken output: those lines lost, counted)
+                self.failed += lines
+            finally:
+                with self._cond:
+                    self._pending -= size
+                    self._busy = False
+                    self._cond.notify_all()
 
 
 def write_pieces(fd: int, data: bytes, piece: int = PIPE_PIECE) -> None:

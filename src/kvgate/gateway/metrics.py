@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
 
 from kvgate import __version__
 from kvgate.httpfront.metrics import FrontGauges
@@ -75,6 +76,10 @@ class GatewayMetrics:
         for result in RELOAD_RESULTS:  # series from the start: the first refusal is an increase (qa24 F5)
             self.reloads.labels(result=result)
 
+        # Access lines lost (``access.Lines.dropped``: the output did not take them; read at scrape time).
+        self.access_dropped = _Dropped()
+        r.register(self.access_dropped)
+
         # Client-side protections (kvgate.httpfront.server), read from the fronts at scrape time.
         self.front = FrontGauges(r, "kvgate_gateway")
         self.open_connections = self.front.open_connections
@@ -110,3 +115,20 @@ class GatewayMetrics:
     def track_inflight(self, read: Callable[[], float]) -> None:
         """The in-flight gauge reads this at scrape time (no per-request update)."""
         self.inflight.set_function(read)
+
+
+class _Dropped:
+    """``kvgate_gateway_access_log_lines_dropped_total``: ``source()`` at scrape time (0 with the log off)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], int] | None = None
+
+    def collect(self) -> list[CounterMetricFamily]:
+        value = self.source() if self.source is not None else 0
+        return [
+            CounterMetricFamily(
+                "kvgate_gateway_access_log_lines_dropped",
+                "Access log lines lost: the output (stderr, --access-log-file) did not take them",
+                value=value,
+            )
+        ]

@@ -318,6 +318,8 @@ class Proxy:
         self.notes: dict[int, access.Note] | None = {} if on else None
         # (the lines' buffer, written about once a second: ``close_access`` at stop; R4)
         self.access_lines = access.Lines.open(cfg.access_log_file) if on else None
+        if self.access_lines is not None:  # (lines the output did not take: counted, gw25)
+            metrics.access_dropped.source = self.access_lines.dropped
         self._handle: Any = (
             self._entry
             if self.access_lines is None or self.notes is None
