@@ -82,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
         "(overrides limits.maxBufferedBytes; default 1073741824, 1 GiB; per worker with --workers)",
     )
     p.add_argument(
+        "--max-waiting-bytes-per-client",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="one client's (peer host's) big request bodies waiting to be parsed, at most: a body past it "
+        "gets 429 with Retry-After while another of that client's waits, so one client cannot fill "
+        "--max-buffered-bytes (overrides limits.maxWaitingBytesPerClient; default 0: a quarter of "
+        "--max-buffered-bytes)",
+    )
+    p.add_argument(
         "--response-turns",
         type=int,
         default=None,
@@ -244,6 +254,12 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         if args.max_buffered_bytes <= 0:
             raise GatewayConfigError("--max-buffered-bytes", f"must be > 0, got {args.max_buffered_bytes}")
         flag_budget(args, cfg)
+    if args.max_waiting_bytes_per_client is not None:
+        if args.max_waiting_bytes_per_client < 0:
+            raise GatewayConfigError(
+                "--max-waiting-bytes-per-client", f"must be >= 0, got {args.max_waiting_bytes_per_client}"
+            )
+        cfg.limits.max_waiting_bytes_per_client = args.max_waiting_bytes_per_client
     if args.response_turns is not None:
         if args.response_turns < 0:
             raise GatewayConfigError("--response-turns", f"must be >= 0, got {args.response_turns}")
@@ -351,6 +367,8 @@ def reload_loader(args: argparse.Namespace) -> Callable[[str], GatewayConfig]:
             flag_budget(args, cfg)
         if args.response_turns is not None:  # so does --response-turns over limits.responseTurns
             cfg.limits.response_turns = args.response_turns
+        if args.max_waiting_bytes_per_client is not None:  # (and this one over its key)
+            cfg.limits.max_waiting_bytes_per_client = args.max_waiting_bytes_per_client
         return cfg
 
     return load
@@ -513,6 +531,10 @@ def _main(argv: list[str] | None) -> int:
                 raise GatewayConfigError(
                     "--max-buffered-bytes",
                     "not with --clusters: set limits.maxBufferedBytes in the clusters file",
+                )
+            if args.max_waiting_bytes_per_client is not None:  # (no share there yet: not ignored either)
+                raise GatewayConfigError(
+                    "--max-waiting-bytes-per-client", "not with --clusters (kvgate serve's front only)"
                 )
             if args.config:  # the clusters file is the whole configuration (review s16-k8s F6)
                 from kvgate.multicluster.clusters import NOT_WITH_CONFIG

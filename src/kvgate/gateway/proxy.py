@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from kvgate.config.gateway import GatewayConfig, PoolConfig
+from kvgate.config.gateway import GatewayConfig, PoolConfig, waiting_share
 from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_of
@@ -551,7 +551,8 @@ class Proxy:
             return None
         parse = functools.partial(parse_body, kind if kind in PATHS else kind_for_path(kind))
         try:
-            return await off_loop(parse, request.body, request.peer)  # (clients take turns)
+            # (clients take turns, each within its share of the body budget: gw25)
+            return await off_loop(parse, request.body, request.peer, waiting_share(self.cfg.limits))
         except BodyError as e:
             raise self._body_error(e) from None
 

@@ -16,6 +16,13 @@ are those of requests in flight, which the front's body budget (``maxBufferedByt
 its work item until the thread reached it, counted by no budget: review s23-rev-gw23 F1.) A parse started
 runs to its end (a thread cannot be stopped), its result dropped.
 
+A client's share (gw25, session-24 closing note): the waiting bodies hold the front's body budget, which is
+the process's, so one client queueing many big bodies could fill it, and every other client's body got
+the budget's 503 until those parses ended. ``off_loop``'s ``share`` bounds the bytes of one client's bodies
+listed or on the thread: a body that would take its client past it, while that client has another body
+there, is refused at once (``ShareFull``: 429 with an OpenAI error body, ``Retry-After``), its bytes given
+back with its answer; a client's first body always goes (so no body is refused for its size alone).
+
 The GIL: the thread's Python hands the loop its turn every switch interval (5 ms), but one C call
 (orjson's decode of the whole body, a regex pass over it) holds it to its end; the loop's stall is that
 call's, not the whole parse's.
@@ -31,6 +38,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from kvgate.openai.request import BodyError
 
 T = TypeVar("T")
 B = TypeVar("B", bytes, bytearray)
@@ -76,10 +85,26 @@ def worth_the_thread(body: bytes | bytearray) -> bool:
     return False
 
 
-class _Wait:
-    """One body waiting for the thread; ``fn`` and ``body`` dropped when it is handed over or cancelled."""
+class ShareFull(BodyError):
+    """A body refused because its client's bodies waiting for the thread (and on it) already hold its
+    share (``off_loop``'s ``share``): 429, retry once they are parsed. A ``BodyError``, so each door answers
+    it as its own parse errors, with this status."""
 
-    __slots__ = ("body", "client", "fn", "future")
+    status = 429
+
+    def __init__(self, held: int, size: int, share: int) -> None:
+        super().__init__(
+            f"this client's request bodies waiting to be parsed hold {held} bytes; this one's {size} would "
+            f"pass the client's share of the body budget ({share} bytes, limits.maxWaitingBytesPerClient): "
+            "retry after they are answered"
+        )
+
+
+class _Wait:
+    """One body waiting for the thread; ``fn`` and ``body`` dropped when it is handed over or cancelled
+    (``size`` stays: its client's share counts it until it is cancelled or parsed)."""
+
+    __slots__ = ("body", "client", "fn", "future", "size")
 
     def __init__(
         self, fn: Callable[[Any], Any], body: bytes | bytearray, future: asyncio.Future[Any], client: Hashable
@@ -88,17 +113,19 @@ class _Wait:
         self.body: bytes | bytearray | None = body
         self.future = future
         self.client = client
+        self.size = len(body)
 
 
 class _Client:
-    """A client's listed waits (in arrival order, cancelled ones included until reached) and how many of
-    them are live."""
+    """A client's listed waits (in arrival order, cancelled ones included until reached), how many of
+    them are live, and the bytes of its live ones and of its body on the thread (``held``)."""
 
-    __slots__ = ("live", "waits")
+    __slots__ = ("held", "live", "waits")
 
     def __init__(self) -> None:
         self.waits: deque[_Wait] = deque()
         self.live = 0
+        self.held = 0
 
 
 class _Lane:
@@ -152,6 +179,7 @@ class _Lane:
         client = self._client(wait.client)
         assert client is not None
         client.live -= 1
+        client.held -= wait.size
         self.dead += 1
         if not client.live:
             self._drop(client)
@@ -169,6 +197,7 @@ class _Lane:
             client = self.ring[wait.client] = _Client()
         client.waits.append(wait)
         client.live += 1
+        client.held += wait.size
         self.listed += 1
         if not self.busy:
             self._next()
@@ -186,6 +215,7 @@ class _Lane:
             fn, body = wait.fn, wait.body
             wait.fn = wait.body = None
             if body is None or wait.future.done():  # (not by ``off_loop``'s cancel: nothing to parse for)
+                client.held -= wait.size
                 if client.live:
                     self.ring[key] = client
                     self.ring.move_to_end(key, last=False)  # (its turn still)
@@ -198,6 +228,7 @@ class _Lane:
                 # (a hand-off that raised left nothing in flight: ``busy`` stays False, or every later big
                 # body would wait for ever; review s23-rev-fix23c F1)
                 wait.future.set_exception(e)
+                client.held -= wait.size
                 if client.live:
                     self.ring[key] = client
                 else:
@@ -213,6 +244,7 @@ class _Lane:
         if self.current is not None:
             key, client = self.current
             self.current = None
+            client.held -= wait.size  # (parsed: its body is no longer waiting)
             if client.live:
                 self.ring[key] = client  # (its next body after those of the clients listed meanwhile)
             else:
@@ -234,13 +266,18 @@ class _Lane:
 _lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = weakref.WeakKeyDictionary()
 
 
-async def off_loop(fn: Callable[[B], T], body: B, client: Hashable = None) -> T:
+async def off_loop(fn: Callable[[B], T], body: B, client: Hashable = None, share: int | None = None) -> T:
     """``fn(body)`` on the process's parse thread (in ``client``'s turn, after its bodies queued before
-    it); what it raises is raised here."""
+    it); what it raises is raised here. ``share``: ``ShareFull`` at once if ``client`` already has bodies
+    listed or on the thread and this one would take their bytes past it (None: no share)."""
     loop = asyncio.get_running_loop()
     lane = _lanes.get(loop)
     if lane is None:
         lane = _lanes[loop] = _Lane()
+    if share is not None:
+        mine = lane._client(client)
+        if mine is not None and mine.held and mine.held + len(body) > share:
+            raise ShareFull(mine.held, len(body), share)
     wait = _Wait(fn, body, loop.create_future(), client)
     del body  # (the wait holds the only reference here: a cancel below drops it)
     lane.push(wait)
