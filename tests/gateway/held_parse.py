@@ -8,9 +8,10 @@ duration."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import aiohttp
@@ -76,3 +77,34 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes) -> int:
     async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
         await r.read()
         return r.status
+
+
+class HeldThread:
+    """The lane tests' set-up (``httpfront.offload`` alone): a parse that waits for ``release``, then records
+    its body (``order``: the bodies, decoded, in the order parsed) and returns its length. ``hold_first``
+    puts a first body on the parse thread and waits until its parse started, so every body sent after it
+    is listed, in the order the test sends them, while the thread is held."""
+
+    def __init__(self) -> None:
+        self.release, self.started = threading.Event(), threading.Event()
+        self.order: list[str] = []
+
+    def __call__(self, body: bytes) -> int:
+        self.started.set()
+        self.release.wait(60)
+        self.order.append(body.decode())
+        return len(body)
+
+    def send(self, body: bytes, client: Hashable, share: int | None = None) -> asyncio.Future[int]:
+        """``body`` to the lane as ``client``'s (``share``: its share, when given)."""
+        from kvgate.httpfront import offload
+
+        args = (self, body, client) if share is None else (self, body, client, share)
+        return asyncio.ensure_future(offload.off_loop(*args))
+
+    async def hold_first(
+        self, body: bytes, client: Hashable, share: int | None = None
+    ) -> asyncio.Future[int]:
+        first = self.send(body, client, share)
+        assert await asyncio.to_thread(self.started.wait, 30)  # (the parse thread is held)
+        return first

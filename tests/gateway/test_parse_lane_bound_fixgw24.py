@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from gateway.held_parse import HeldThread
 from kvgate.httpfront import offload
 
 # (client, bodies) in the order they are listed, "h"'s first on the thread meanwhile
@@ -19,26 +20,18 @@ SENT = [("d", 10), ("e", 10), ("c", 3), ("h", 1), ("f", 10)]
 
 def test_each_body_waits_for_at_most_k_plus_one_of_each_other_client() -> None:
     async def main() -> tuple[list[str], list[str]]:
-        release, started = threading.Event(), threading.Event()
-        order: list[str] = []
-
-        def hold(body: bytes) -> None:
-            started.set()
-            release.wait(60)
-            order.append(body.decode())
-
-        first = asyncio.ensure_future(offload.off_loop(hold, b"h0", "h"))
-        assert await asyncio.to_thread(started.wait, 30)  # (the parse thread is held)
+        ht = HeldThread()
+        first = await ht.hold_first(b"h0", "h")
         listed: list[str] = []
         for client, n in SENT:
             start = 1 if client == "h" else 0
             listed += [f"{client}{i}" for i in range(start, start + n)]
-        waits = [asyncio.ensure_future(offload.off_loop(hold, b.encode(), b[0])) for b in listed]
+        waits = [ht.send(b.encode(), b[0]) for b in listed]
         await asyncio.sleep(0)
-        release.set()
+        ht.release.set()
         await first
         await asyncio.gather(*waits)
-        return order, listed
+        return ht.order, listed
 
     order, listed = asyncio.run(main())
     assert order[0] == "h0" and sorted(order[1:]) == sorted(listed), order

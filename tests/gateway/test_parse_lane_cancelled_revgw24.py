@@ -6,37 +6,28 @@ body waits for at most the one on the thread and one of each other client with b
 from __future__ import annotations
 
 import asyncio
-import threading
 
-from kvgate.httpfront import offload
+from gateway.held_parse import HeldThread
 
 
 def test_a_client_whose_waits_were_cancelled_starts_at_the_turn() -> None:
     async def main() -> list[str]:
-        release, started = threading.Event(), threading.Event()
-        order: list[str] = []
-
-        def hold(body: bytes) -> None:
-            started.set()
-            release.wait(60)
-            order.append(body.decode())
-
-        first = asyncio.ensure_future(offload.off_loop(hold, b"h0", "holder"))
-        assert await asyncio.to_thread(started.wait, 30)  # (the parse thread is held)
+        ht = HeldThread()
+        first = await ht.hold_first(b"h0", "holder")
         # "a" queues 20 bodies, then its clients leave (timeouts, Envoy cancels): all cancelled
-        gone = [asyncio.ensure_future(offload.off_loop(hold, b"gone", "a")) for _ in range(20)]
+        gone = [ht.send(b"gone", "a") for _ in range(20)]
         await asyncio.sleep(0)
         for g in gone:
             g.cancel()
         await asyncio.gather(*gone, return_exceptions=True)
         # "b" queues 10 bodies, then "a" comes back with one (none of its own waiting)
-        bs = [asyncio.ensure_future(offload.off_loop(hold, f"b{i}".encode(), "b")) for i in range(10)]
-        back = asyncio.ensure_future(offload.off_loop(hold, b"a-back", "a"))
+        bs = [ht.send(f"b{i}".encode(), "b") for i in range(10)]
+        back = ht.send(b"a-back", "a")
         await asyncio.sleep(0)
-        release.set()
+        ht.release.set()
         await first
         await asyncio.gather(*bs, back)
-        return order
+        return ht.order
 
     order = asyncio.run(main())
     # Fails on f9dab1a2 / main b10fb7c4: a-back is parsed last, after all ten of b's (its tag is 20, b's 0..9)
@@ -49,22 +40,14 @@ def test_a_first_waiting_body_waits_for_at_most_one_of_each_other_client() -> No
     thread and none waiting; "b" has two waiting; a's next body waits for both of b's (tag 1, b's 0 and 1)."""
 
     async def main() -> list[str]:
-        release, started = threading.Event(), threading.Event()
-        order: list[str] = []
-
-        def hold(body: bytes) -> None:
-            started.set()
-            release.wait(60)
-            order.append(body.decode())
-
-        first = asyncio.ensure_future(offload.off_loop(hold, b"a0", "a"))
-        assert await asyncio.to_thread(started.wait, 30)
-        bs = [asyncio.ensure_future(offload.off_loop(hold, f"b{i}".encode(), "b")) for i in range(2)]
-        a1 = asyncio.ensure_future(offload.off_loop(hold, b"a1", "a"))
+        ht = HeldThread()
+        first = await ht.hold_first(b"a0", "a")
+        bs = [ht.send(f"b{i}".encode(), "b") for i in range(2)]
+        a1 = ht.send(b"a1", "a")
         await asyncio.sleep(0)
-        release.set()
+        ht.release.set()
         await asyncio.gather(first, *bs, a1)
-        return order
+        return ht.order
 
     order = asyncio.run(main())
     # Fails on f9dab1a2 / main b10fb7c4: ['a0', 'b0', 'b1', 'a1'] (a1 behind two of b's)

@@ -9,7 +9,6 @@ each client from its own source address; no timing assert (``held_parse``)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import aiohttp
@@ -17,7 +16,7 @@ import orjson
 import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway, until
-from gateway.held_parse import hold_parse, post, tagged
+from gateway.held_parse import HeldThread, hold_parse, post, tagged
 from kvgate.gateway import proxy as proxy_module
 
 SLOW = 3
@@ -65,31 +64,23 @@ def test_the_lane_takes_clients_in_turn_and_forgets_clients_that_left() -> None:
     from kvgate.httpfront import offload
 
     async def main() -> tuple[list[str], int, int]:
-        release, started = threading.Event(), threading.Event()
-        order: list[str] = []
-
-        def hold(body: bytes) -> None:
-            started.set()
-            release.wait(60)
-            order.append(body.decode())
-
-        first = asyncio.ensure_future(offload.off_loop(hold, b"a0", "a"))
-        assert await asyncio.to_thread(started.wait, 30)  # (the parse thread is held)
+        ht = HeldThread()
+        first = await ht.hold_first(b"a0", "a")
         sent = [("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("c", "c1"), ("c", "c2")]
-        waits = [asyncio.ensure_future(offload.off_loop(hold, b.encode(), c)) for c, b in sent]
+        waits = [ht.send(b.encode(), c) for c, b in sent]
         await asyncio.sleep(0)
         lane = offload._lanes[asyncio.get_running_loop()]
         gone = []
         for i in range(10_000):
-            gone.append(asyncio.ensure_future(offload.off_loop(hold, b"x", f"x{i}")))
+            gone.append(ht.send(b"x", f"x{i}"))
             await asyncio.sleep(0)
             gone[-1].cancel()
         await asyncio.gather(*gone, return_exceptions=True)
         tags, listed = len(lane.ring) + (lane.current is not None), len(lane)
-        release.set()
+        ht.release.set()
         await first
         await asyncio.gather(*waits)
-        return order, tags, listed
+        return ht.order, tags, listed
 
     order, tags, listed = asyncio.run(main())
     # FAILS on main a6977267 (one list: a1, a2, a3, b1, c1, c2)

@@ -9,7 +9,6 @@ client from its own source address; no timing assert (``held_parse``)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import aiohttp
@@ -17,7 +16,7 @@ import orjson
 import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway, until
-from gateway.held_parse import hold_parse, post, tagged
+from gateway.held_parse import HeldThread, hold_parse, post, tagged
 from kvgate.gateway import proxy as proxy_module
 from kvgate.httpfront import offload
 
@@ -82,36 +81,28 @@ def test_the_share_counts_waiting_and_parsing_bodies_and_gives_them_back() -> No
     are not counted against it, and a client with nothing left holds nothing."""
 
     async def main() -> None:
-        release, started = threading.Event(), threading.Event()
-
-        def hold(body: bytes) -> int:
-            started.set()
-            release.wait(60)
-            return len(body)
-
+        ht = HeldThread()
         share = 100
-        first = asyncio.ensure_future(offload.off_loop(hold, b"x" * 150, "a", share))  # (over it: goes)
-        assert await asyncio.to_thread(started.wait, 30)
+        first = await ht.hold_first(b"x" * 150, "a", share)  # (over it: a first body goes)
         with pytest.raises(offload.ShareFull) as e:
-            await offload.off_loop(hold, b"x", "a", share)  # (150 on the thread already)
+            await ht.send(b"x", "a", share)  # (150 on the thread already)
         assert e.value.status == 429
-        other = [asyncio.ensure_future(offload.off_loop(hold, b"y" * 60, "b", share)) for _ in range(1)]
+        other = [ht.send(b"y" * 60, "b", share)]
         await asyncio.sleep(0)
         with pytest.raises(offload.ShareFull):
-            await offload.off_loop(hold, b"y" * 41, "b", share)  # (60 + 41 > 100)
-        gone = asyncio.ensure_future(offload.off_loop(hold, b"y" * 40, "b", share))  # (60 + 40: fits)
+            await ht.send(b"y" * 41, "b", share)  # (60 + 41 > 100)
+        gone = ht.send(b"y" * 40, "b", share)  # (60 + 40: fits)
         await asyncio.sleep(0)
         gone.cancel()  # (its 40 given back at once)
         await asyncio.gather(gone, return_exceptions=True)
-        other.append(asyncio.ensure_future(offload.off_loop(hold, b"y" * 40, "b", share)))
+        other.append(ht.send(b"y" * 40, "b", share))
         await asyncio.sleep(0)
         lane = offload._lanes[asyncio.get_running_loop()]
         assert (lane._client("a").held, lane._client("b").held) == (150, 100)  # type: ignore[union-attr]
-        release.set()
+        ht.release.set()
         assert await first == 150
         assert await asyncio.gather(*other) == [60, 40]
         assert lane._client("a") is None and lane._client("b") is None  # (nothing held, nothing kept)
-        after = await offload.off_loop(hold, b"x" * 150, "a", share)  # (a's share is free again)
-        assert after == 150
+        assert await ht.send(b"x" * 150, "a", share) == 150  # (a's share is free again)
 
     asyncio.run(main())
