@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,6 +91,68 @@ async def until(cond: Callable[[], object], within_s: float = 10.0, what: str = 
     while not cond():
         assert loop.time() < deadline, f"not reached within {within_s}s: {what}"
         await asyncio.sleep(0.01)
+
+
+class AccessSink:
+    """Stands for stderr in the access-log tests (``access.stderr``): what was written, in how many writes."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.text += text
+        self.writes += 1
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def lines(self) -> list[str]:
+        """The access lines written so far, past their ``... INFO kvgate.access:`` stamp."""
+        return [x.split("kvgate.access: ", 1)[1] for x in self.text.splitlines()]
+
+
+@pytest.fixture
+def access_sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[AccessSink]:
+    """The access log on (``kvgate.access`` at INFO when the proxy is built), its lines to a sink."""
+    from kvgate.gateway import access
+
+    sink = AccessSink()
+    monkeypatch.setattr(access, "stderr", lambda: sink)
+    log = logging.getLogger("kvgate.access")
+    old = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield sink
+    finally:
+        log.setLevel(old)
+
+
+async def serve_ready(
+    s: Any, admin: int, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
+    """Until a ``kvgate serve`` child's admin ``/readyz`` answers 200 (at most 60 s); ``proc``: it must not
+    exit meanwhile (``log``: its output's tail said then)."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        try:
+            async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        if proc is not None:
+            assert proc.poll() is None, f"kvgate serve exited: {_tail(log)}"
+        assert loop.time() < deadline, "kvgate serve never became ready"
+        await asyncio.sleep(0.05)
+
+
+def _tail(log: Path | None) -> str:
+    return log.read_text()[-800:] if log is not None else ""
 
 
 ERRORS = "inference_objective_request_error_total"

@@ -6,7 +6,6 @@ Real in-process ``GatewayServer`` and aiohttp backend on ephemeral loopback port
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import subprocess
 import sys
@@ -16,36 +15,11 @@ import aiohttp
 import pytest
 
 from gateway.backend import Backend
-from gateway.conftest import base_url, make_config, make_pools, until
+from gateway.conftest import AccessSink, base_url, make_config, make_pools, serve_ready, until
 from kvgate.gateway import access
 from kvgate.gateway.server import GatewayServer
 
 pytestmark = pytest.mark.asyncio
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.text = ""
-
-    def write(self, text: str) -> int:
-        self.text += text
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
-@pytest.fixture
-def on(monkeypatch: pytest.MonkeyPatch):
-    sink = _Sink()
-    monkeypatch.setattr(access, "stderr", lambda: sink)
-    log = logging.getLogger("kvgate.access")
-    old = log.level
-    log.setLevel(logging.INFO)
-    try:
-        yield sink
-    finally:
-        log.setLevel(old)
 
 
 async def _cut_at_drain(path: str | None = None) -> None:
@@ -79,13 +53,13 @@ async def _cut_at_drain(path: str | None = None) -> None:
         await b.stop()
 
 
-async def test_a_request_cut_at_the_drain_deadline_keeps_its_line(on: _Sink) -> None:
+async def test_a_request_cut_at_the_drain_deadline_keeps_its_line(access_sink: AccessSink) -> None:
     await _cut_at_drain()
-    assert "cut-1" in on.text, repr(on.text)
+    assert "cut-1" in access_sink.text, repr(access_sink.text)
 
 
 async def test_a_request_cut_at_the_drain_deadline_keeps_its_line_in_the_file(
-    on: _Sink, tmp_path: Path
+    access_sink: AccessSink, tmp_path: Path
 ) -> None:
     path = tmp_path / "access.log"
     await _cut_at_drain(str(path))
@@ -121,18 +95,7 @@ async def test_kvgate_serve_sigterm_keeps_the_line_of_a_request_cut_at_the_drain
     proc = _popen(argv, err)
     try:
         async with aiohttp.ClientSession() as s:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 60
-            while True:
-                assert proc.poll() is None, err.read_text()[-800:]
-                assert loop.time() < deadline
-                try:
-                    async with s.get(f"http://127.0.0.1:{ADMIN}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.05)
+            await serve_ready(s, ADMIN, proc, err)
 
             async def send() -> None:
                 body = {"model": "m", "prompt": "x", "max_tokens": 2}
@@ -165,11 +128,11 @@ async def test_kvgate_serve_sigterm_keeps_the_line_of_a_request_cut_at_the_drain
 # no write to a closed file).
 
 
-async def test_a_line_after_close_is_written_at_once(on: _Sink, tmp_path: Path) -> None:
+async def test_a_line_after_close_is_written_at_once(access_sink: AccessSink, tmp_path: Path) -> None:
     lines = access.Lines.open(None)
     lines.close()
     lines.add("late-1\n")
-    assert on.text == "late-1\n"
+    assert access_sink.text == "late-1\n"
     path = tmp_path / "a.log"
     lines = access.Lines.open(str(path))
     lines.add("early\n")

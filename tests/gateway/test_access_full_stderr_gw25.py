@@ -21,27 +21,13 @@ from pathlib import Path
 import aiohttp
 
 from gateway.backend import Backend, free_port
+from gateway.conftest import serve_ready
 
 N = 4000  # requests: ~1.5 MB of lines (256-character ids), past the pipe, the buffer and PENDING_MAX
 CLIENTS = 8
 _LINE = re.compile(r"^\S+ \S+ INFO kvgate\.access: (r\d{5}-x+) POST /v1/completions 200 model=m \S+ "
                    r"attempts=1 ms=[\d.]+ bytes=\d+$")  # fmt: skip
 _DROPPED = re.compile(r"INFO kvgate\.access: (\d+) access lines dropped")
-
-
-async def _ready(s: aiohttp.ClientSession, admin: int, proc: subprocess.Popen[bytes]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while True:
-        try:
-            async with s.get(f"http://127.0.0.1:{admin}/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        assert proc.poll() is None, "kvgate serve exited"
-        assert loop.time() < deadline, "kvgate serve never became ready"
-        await asyncio.sleep(0.05)
 
 
 async def _dropped_metric(s: aiohttp.ClientSession, admin: int) -> float:
@@ -73,7 +59,7 @@ async def test_a_stderr_pipe_nobody_reads_stalls_no_request(tmp_path: Path) -> N
     try:
         timeout = aiohttp.ClientTimeout(total=15)  # (a stalled loop answers none: the test fails here)
         async with aiohttp.ClientSession(timeout=timeout) as s:
-            await _ready(s, admin, proc)
+            await serve_ready(s, admin, proc)
             url = f"http://127.0.0.1:{port}/v1/completions"
             body = {"model": "m", "prompt": "x", "max_tokens": 1}
 

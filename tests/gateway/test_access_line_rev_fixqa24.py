@@ -6,8 +6,6 @@ in-process ``GatewayServer``, and a ``kvgate serve`` child for ``--access-log-fi
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import subprocess
 import sys
@@ -18,48 +16,14 @@ import aiohttp
 import pytest
 
 from gateway.backend import Backend
-from gateway.conftest import base_url, make_config, running_gateway, until
+from gateway.conftest import AccessSink, base_url, make_config, running_gateway, serve_ready, until
 from kvgate.gateway import access
 
 pytestmark = pytest.mark.asyncio
 PORT, ADMIN = 29961, 29962
 
 
-class _Sink:
-    """Stands for stderr: what was written, and in how many writes."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.writes = 0
-
-    def write(self, text: str) -> int:
-        self.text += text
-        self.writes += 1
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def lines(self) -> list[str]:
-        """The access lines written so far, past their ``... INFO kvgate.access:`` stamp."""
-        return [x.split("kvgate.access: ", 1)[1] for x in self.text.splitlines()]
-
-
-@pytest.fixture
-def access_lines(monkeypatch: pytest.MonkeyPatch):
-    """The access log on (``kvgate.access`` at INFO when the proxy is built), its lines to a sink."""
-    sink = _Sink()
-    monkeypatch.setattr(access, "stderr", lambda: sink)
-    log = logging.getLogger("kvgate.access")
-    old = log.level
-    log.setLevel(logging.INFO)
-    try:
-        yield sink
-    finally:
-        log.setLevel(old)
-
-
-async def test_a_streams_access_line_has_its_bytes(access_lines: _Sink) -> None:
+async def test_a_streams_access_line_has_its_bytes(access_sink: AccessSink) -> None:
     """Check (F4, passes at b10fb7c4): docs/gateway.md 'Access log': bytes are a stream's as relayed, ms
     runs to its last event (the line is written after the relay, not at the head)."""
     b = await Backend("b", tokens=20, chunk_delay=0.02).start()
@@ -70,9 +34,9 @@ async def test_a_streams_access_line_has_its_bytes(access_lines: _Sink) -> None:
             async with s.post(base_url(gw) + "/v1/completions", json=body) as r:
                 data = await r.read()
                 assert r.status == 200
-            await until(access_lines.lines, what="an access line")
-        assert len(access_lines.lines()) == 1, access_lines.text
-        line = access_lines.lines()[0]
+            await until(access_sink.lines, what="an access line")
+        assert len(access_sink.lines()) == 1, access_sink.text
+        line = access_sink.lines()[0]
         size = int(line.rsplit("bytes=", 1)[1])
         ms = float(line.split(" ms=", 1)[1].split()[0])
         assert size > 0 and size >= len(data) // 2, line  # (the relayed body, not 0)
@@ -81,7 +45,7 @@ async def test_a_streams_access_line_has_its_bytes(access_lines: _Sink) -> None:
         await b.stop()
 
 
-async def test_a_client_leaving_mid_stream_is_499(access_lines: _Sink) -> None:
+async def test_a_client_leaving_mid_stream_is_499(access_sink: AccessSink) -> None:
     """Check (F4, passes at b10fb7c4): a client that leaves a stream after its first event is logged 499."""
     b = await Backend("b", tokens=200, chunk_delay=0.05).start()
     try:
@@ -91,13 +55,13 @@ async def test_a_client_leaving_mid_stream_is_499(access_lines: _Sink) -> None:
             async with s.post(base_url(gw) + "/v1/completions", json=body) as r:
                 await r.content.readline()
             await until(lambda: b.disconnects, what="the stream's upstream aborted")
-            await until(access_lines.lines, what="an access line")
-        assert " 499 " in access_lines.lines()[-1], access_lines.text
+            await until(access_sink.lines, what="an access line")
+        assert " 499 " in access_sink.lines()[-1], access_sink.text
     finally:
         await b.stop()
 
 
-async def test_a_refusal_is_logged_with_its_status(access_lines: _Sink) -> None:
+async def test_a_refusal_is_logged_with_its_status(access_sink: AccessSink) -> None:
     """Check (F4, passes at b10fb7c4): the gateway's own refusal (unknown model, 404) is logged 404."""
     b = await Backend("b").start()
     try:
@@ -107,13 +71,13 @@ async def test_a_refusal_is_logged_with_its_status(access_lines: _Sink) -> None:
             async with s.post(base_url(gw) + "/v1/completions", json=body) as r:
                 await r.read()
                 status = r.status
-            await until(access_lines.lines, what="an access line")
-        assert f" {status} " in access_lines.lines()[0], (status, access_lines.text)
+            await until(access_sink.lines, what="an access line")
+        assert f" {status} " in access_sink.lines()[0], (status, access_sink.text)
     finally:
         await b.stop()
 
 
-async def test_lines_are_written_together_not_one_write_each(access_lines: _Sink) -> None:
+async def test_lines_are_written_together_not_one_write_each(access_sink: AccessSink) -> None:
     """R4: twenty requests' lines reach the output in fewer writes than lines (the buffer is written about
     once a second and at stop); before, ``logging``'s handler wrote and flushed each line. Each line is
     logging's format: ``YYYY-mm-dd HH:MM:SS,mmm INFO kvgate.access: <id> POST ...``; none is lost at stop."""
@@ -126,9 +90,9 @@ async def test_lines_are_written_together_not_one_write_each(access_lines: _Sink
                 headers = {"x-request-id": f"r-{i}"}
                 async with s.post(base_url(gw) + "/v1/completions", json=body, headers=headers) as r:
                     await r.read()
-        lines = access_lines.text.splitlines()  # (the gateway has stopped: everything written)
-        assert [x.split(" ")[4] for x in lines] == [f"r-{i}" for i in range(20)], access_lines.text
-        assert access_lines.writes < 20, access_lines.writes
+        lines = access_sink.text.splitlines()  # (the gateway has stopped: everything written)
+        assert [x.split(" ")[4] for x in lines] == [f"r-{i}" for i in range(20)], access_sink.text
+        assert access_sink.writes < 20, access_sink.writes
         time.strptime(lines[0][:19], "%Y-%m-%d %H:%M:%S")
         assert lines[0][19] == "," and lines[0][20:23].isdigit(), lines[0]
         assert lines[0][23:].startswith(" INFO kvgate.access: r-0 POST /v1/completions 200 model=m "), lines[
@@ -140,7 +104,7 @@ async def test_lines_are_written_together_not_one_write_each(access_lines: _Sink
 
 async def test_a_full_buffer_is_written_at_once() -> None:
     """R4: ``Lines`` writes when it holds ``FLUSH_CHARS`` (no loop needed then), and on ``flush``."""
-    sink = _Sink()
+    sink = AccessSink()
     lines = access.Lines(sink, wall=lambda: 1.5)  # type: ignore[arg-type]
     line = "x" * 1023 + "\n"
     for _ in range(access.FLUSH_CHARS // len(line)):
@@ -166,7 +130,7 @@ async def test_access_log_file_gets_the_lines(tmp_path: Path) -> None:
     proc = _serve(cfg, out, err)
     try:
         async with aiohttp.ClientSession() as s:
-            await _ready(s, proc)
+            await serve_ready(s, ADMIN, proc, err)
             body = {"model": "m", "prompt": "x", "max_tokens": 1}
             async with s.post(f"http://127.0.0.1:{PORT}/v1/completions", json=body,
                               headers={"x-request-id": "file-1"}) as r:  # fmt: skip
@@ -187,22 +151,6 @@ def _serve(cfg: Path, out: Path, err: Path) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "kvgate.cli", "serve", "--config", str(cfg), "--access-log",
             "--access-log-file", str(out)]  # fmt: skip
     return subprocess.Popen(argv, stdout=err.open("wb"), stderr=subprocess.STDOUT, env=os.environ.copy())
-
-
-async def _ready(s: aiohttp.ClientSession, proc: subprocess.Popen[bytes]) -> None:
-    async def up() -> bool:
-        try:
-            async with s.get(f"http://127.0.0.1:{ADMIN}/readyz") as r:
-                return r.status == 200
-        except aiohttp.ClientConnectionError:
-            return False
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while not await up():
-        assert proc.poll() is None, "kvgate serve exited"
-        assert loop.time() < deadline, "kvgate serve never became ready"
-        await asyncio.sleep(0.05)
 
 
 async def test_the_access_log_is_off_by_default() -> None:

@@ -16,22 +16,9 @@ from pathlib import Path
 import aiohttp
 
 from gateway.backend import Backend
+from gateway.conftest import serve_ready
 
 PORT, ADMIN = 29951, 29952
-
-
-async def _ready(s: aiohttp.ClientSession) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while loop.time() < deadline:
-        try:
-            async with s.get(f"http://127.0.0.1:{ADMIN}/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("kvgate serve never became ready")
 
 
 def _start(tmp_path: Path, address: str, level: str, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -54,7 +41,7 @@ async def test_reload_results_are_series_from_the_start(tmp_path: Path) -> None:
     proc, _ = _start(tmp_path, b.address, "WARNING")
     try:
         async with aiohttp.ClientSession() as s:
-            await _ready(s)
+            await serve_ready(s, ADMIN)
             async with s.get(f"http://127.0.0.1:{ADMIN}/metrics") as r:
                 text = await r.text()
         for result in ("applied", "invalid", "failed"):
@@ -83,7 +70,7 @@ async def test_each_request_leaves_one_log_line_with_its_id(tmp_path: Path) -> N
     proc, log = _start(tmp_path, b.address, "INFO")
     try:
         async with aiohttp.ClientSession() as s:
-            await _ready(s)
+            await serve_ready(s, ADMIN)
             await _requests(s)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 5  # a line is written as the answer ends: poll for it
@@ -110,7 +97,7 @@ async def test_no_access_log_turns_it_off(tmp_path: Path) -> None:
     proc, log = _start(tmp_path, b.address, "INFO", "--no-access-log")
     try:
         async with aiohttp.ClientSession() as s:
-            await _ready(s)
+            await serve_ready(s, ADMIN)
             await _requests(s)
         assert len(b.received) == 1  # (the 200 went through: its line would have been written by now)
         assert "kvgate.access" not in log.read_text()
