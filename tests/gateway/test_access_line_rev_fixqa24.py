@@ -10,7 +10,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,83 +26,74 @@ pytestmark = pytest.mark.asyncio
 PORT, ADMIN = 29961, 29962
 
 
-async def test_a_streams_access_line_has_its_bytes(access_sink: AccessSink) -> None:
-    """Check (F4, passes at b10fb7c4): docs/gateway.md 'Access log': bytes are a stream's as relayed, ms
-    runs to its last event (the line is written after the relay, not at the head)."""
-    b = await Backend("b", tokens=20, chunk_delay=0.02).start()
+@asynccontextmanager
+async def _logged(**kw: Any) -> AsyncIterator[tuple[Backend, str, aiohttp.ClientSession]]:
+    """A backend (``kw``: its options) behind an in-process gateway with ``accessLog: true``, its
+    completions URL and a client session; at the end the session, the gateway (its lines written), then
+    the backend are stopped."""
+    b = await Backend("b", **kw).start()
     try:
         cfg = make_config([b.address], extra={"accessLog": True})
         async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
-            body = {"model": "m", "prompt": "x", "max_tokens": 20, "stream": True}
-            async with s.post(base_url(gw) + "/v1/completions", json=body) as r:
-                data = await r.read()
-                assert r.status == 200
-            await until(access_sink.lines, what="an access line")
-        assert len(access_sink.lines()) == 1, access_sink.text
-        line = access_sink.lines()[0]
-        size = int(line.rsplit("bytes=", 1)[1])
-        ms = float(line.split(" ms=", 1)[1].split()[0])
-        assert size > 0 and size >= len(data) // 2, line  # (the relayed body, not 0)
-        assert ms >= 20 * 0.02 * 1000 * 0.5, line  # 20 events 20 ms apart: not the head's time
+            yield b, base_url(gw) + "/v1/completions", s
     finally:
         await b.stop()
+
+
+async def test_a_streams_access_line_has_its_bytes(access_sink: AccessSink) -> None:
+    """Check (F4, passes at b10fb7c4): docs/gateway.md 'Access log': bytes are a stream's as relayed, ms
+    runs to its last event (the line is written after the relay, not at the head)."""
+    async with _logged(tokens=20, chunk_delay=0.02) as (_, url, s):
+        body = {"model": "m", "prompt": "x", "max_tokens": 20, "stream": True}
+        async with s.post(url, json=body) as r:
+            data = await r.read()
+            assert r.status == 200
+        await until(access_sink.lines, what="an access line")
+    assert len(access_sink.lines()) == 1, access_sink.text
+    line = access_sink.lines()[0]
+    size = int(line.rsplit("bytes=", 1)[1])
+    ms = float(line.split(" ms=", 1)[1].split()[0])
+    assert size > 0 and size >= len(data) // 2, line  # (the relayed body, not 0)
+    assert ms >= 20 * 0.02 * 1000 * 0.5, line  # 20 events 20 ms apart: not the head's time
 
 
 async def test_a_client_leaving_mid_stream_is_499(access_sink: AccessSink) -> None:
     """Check (F4, passes at b10fb7c4): a client that leaves a stream after its first event is logged 499."""
-    b = await Backend("b", tokens=200, chunk_delay=0.05).start()
-    try:
-        cfg = make_config([b.address], extra={"accessLog": True})
-        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
-            body = {"model": "m", "prompt": "x", "max_tokens": 200, "stream": True}
-            async with s.post(base_url(gw) + "/v1/completions", json=body) as r:
-                await r.content.readline()
-            await until(lambda: b.disconnects, what="the stream's upstream aborted")
-            await until(access_sink.lines, what="an access line")
-        assert " 499 " in access_sink.lines()[-1], access_sink.text
-    finally:
-        await b.stop()
+    async with _logged(tokens=200, chunk_delay=0.05) as (b, url, s):
+        body = {"model": "m", "prompt": "x", "max_tokens": 200, "stream": True}
+        async with s.post(url, json=body) as r:
+            await r.content.readline()
+        await until(lambda: b.disconnects, what="the stream's upstream aborted")
+        await until(access_sink.lines, what="an access line")
+    assert " 499 " in access_sink.lines()[-1], access_sink.text
 
 
 async def test_a_refusal_is_logged_with_its_status(access_sink: AccessSink) -> None:
     """Check (F4, passes at b10fb7c4): the gateway's own refusal (unknown model, 404) is logged 404."""
-    b = await Backend("b").start()
-    try:
-        cfg = make_config([b.address], extra={"accessLog": True})
-        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
-            body = {"model": "nope", "prompt": "x", "max_tokens": 2}
-            async with s.post(base_url(gw) + "/v1/completions", json=body) as r:
-                await r.read()
-                status = r.status
-            await until(access_sink.lines, what="an access line")
-        assert f" {status} " in access_sink.lines()[0], (status, access_sink.text)
-    finally:
-        await b.stop()
+    async with _logged() as (_, url, s):
+        body = {"model": "nope", "prompt": "x", "max_tokens": 2}
+        async with s.post(url, json=body) as r:
+            await r.read()
+            status = r.status
+        await until(access_sink.lines, what="an access line")
+    assert f" {status} " in access_sink.lines()[0], (status, access_sink.text)
 
 
 async def test_lines_are_written_together_not_one_write_each(access_sink: AccessSink) -> None:
     """R4: twenty requests' lines reach the output in fewer writes than lines (the buffer is written about
     once a second and at stop); before, ``logging``'s handler wrote and flushed each line. Each line is
     logging's format: ``YYYY-mm-dd HH:MM:SS,mmm INFO kvgate.access: <id> POST ...``; none is lost at stop."""
-    b = await Backend("b").start()
-    try:
-        cfg = make_config([b.address], extra={"accessLog": True})
-        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
-            for i in range(20):
-                body = {"model": "m", "prompt": f"q{i}", "max_tokens": 2}
-                headers = {"x-request-id": f"r-{i}"}
-                async with s.post(base_url(gw) + "/v1/completions", json=body, headers=headers) as r:
-                    await r.read()
-        lines = access_sink.text.splitlines()  # (the gateway has stopped: everything written)
-        assert [x.split(" ")[4] for x in lines] == [f"r-{i}" for i in range(20)], access_sink.text
-        assert access_sink.writes < 20, access_sink.writes
-        time.strptime(lines[0][:19], "%Y-%m-%d %H:%M:%S")
-        assert lines[0][19] == "," and lines[0][20:23].isdigit(), lines[0]
-        assert lines[0][23:].startswith(" INFO kvgate.access: r-0 POST /v1/completions 200 model=m "), lines[
-            0
-        ]
-    finally:
-        await b.stop()
+    async with _logged() as (_, url, s):
+        for i in range(20):
+            body = {"model": "m", "prompt": f"q{i}", "max_tokens": 2}
+            async with s.post(url, json=body, headers={"x-request-id": f"r-{i}"}) as r:
+                await r.read()
+    lines = access_sink.text.splitlines()  # (the gateway has stopped: everything written)
+    assert [x.split(" ")[4] for x in lines] == [f"r-{i}" for i in range(20)], access_sink.text
+    assert access_sink.writes < 20, access_sink.writes
+    time.strptime(lines[0][:19], "%Y-%m-%d %H:%M:%S")
+    assert lines[0][19] == "," and lines[0][20:23].isdigit(), lines[0]
+    assert lines[0][23:].startswith(" INFO kvgate.access: r-0 POST /v1/completions 200 model=m "), lines[0]
 
 
 async def test_a_full_buffer_is_written_at_once() -> None:
