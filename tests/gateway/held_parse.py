@@ -108,3 +108,9 @@ class HeldThread:
         first = self.send(body, client, share)
         assert await asyncio.to_thread(self.started.wait, 30)  # (the parse thread is held)
         return first
+
+
+def from_host(host: str) -> aiohttp.ClientSession:
+    """A client session whose connections come from ``host`` (a loopback address: a client of its own for
+    the parse lane, which takes clients by peer host)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(host, 0)))

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway, until
-from gateway.held_parse import HeldThread, hold_parse, post, tagged
+from gateway.held_parse import HeldThread, from_host, hold_parse, post, tagged
 from kvgate.gateway import proxy as proxy_module
 
 SLOW = 3
@@ -32,8 +31,8 @@ async def test_another_clients_big_body_is_parsed_before_a_clients_queued_ones(
     honest = orjson.dumps({"model": "m", "max_tokens": 4, "messages": [turn] * 2_000})  # (~0.6 MB)
     async with (
         running_gateway(make_config([backend.address])) as gw,
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as hostile,
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))) as other,
+        from_host("127.0.0.2") as hostile,
+        from_host("127.0.0.3") as other,
     ):
         url = base_url(gw) + "/v1/chat/completions"
         proxy = gw.proxy

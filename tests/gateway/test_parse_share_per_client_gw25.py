@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway, until
-from gateway.held_parse import HeldThread, hold_parse, post, tagged
+from gateway.held_parse import HeldThread, from_host, hold_parse, post, tagged
 from kvgate.gateway import proxy as proxy_module
 from kvgate.httpfront import offload
 
@@ -43,8 +43,8 @@ async def test_an_honest_big_body_gets_through_while_another_client_floods(
     cfg = make_config([backend.address], extra={"limits": limits})
     async with (
         running_gateway(cfg) as gw,
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as hostile,
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))) as other,
+        from_host("127.0.0.2") as hostile,
+        from_host("127.0.0.3") as other,
     ):
         url = base_url(gw) + "/v1/chat/completions"
         proxy = gw.proxy
