@@ -77,7 +77,10 @@ async def test_a_stderr_pipe_nobody_reads_stalls_no_request(tmp_path: Path) -> N
             assert sum(map(len, results)) == N
             dropped_live = await _dropped_metric(s, admin)
         assert dropped_live > 0  # (nobody read: the writer's room ran out, counted)
-        reader.start()  # (the reader comes back: what waited is written, then the stop's lines)
+        # The reader comes back (and the pipe grows: what waits is written well within the stop's 2 s, however
+        # loaded the machine), then the stop's lines.
+        fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, 1 << 20)
+        reader.start()
         proc.terminate()
         assert proc.wait(timeout=30) == 0
         reader.join(timeout=30)
