@@ -102,3 +102,38 @@ async def test_a_big_body_that_is_not_json_is_a_400(start_epp: Any) -> None:
     assert orjson.loads(out.immediate.body)["error"]["type"] == "invalid_request_error"
     assert epp.picker.calls.dispatched == []
     assert epp.server.ctx.budget.used == 0
+
+
+async def test_a_tenant_flooding_big_bodies_keeps_to_its_share_of_the_budget(
+    start_epp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gw25 (session-24 closing note: the waiting bodies share ``--max-buffered-bytes``, no per-client share):
+    one tenant's big bodies waiting for the parse thread hold at most a quarter of the budget; past it, while
+    another of its bodies waits, a 429 with Retry-After at once, and another tenant's body is still held and
+    answered. FAILS on main 0cfe18cf: the flood fills the budget and the other tenant's body is refused."""
+    budget = 1 << 20  # (a share of 256 KiB: one ~240 KB body on the thread, none listed behind it)
+    epp = await start_epp(ADDRS, max_buffered_bytes=budget)
+    hp = hold_parse(monkeypatch, session_module, tagged("slow"))
+    flood = [asyncio.create_task(_send(epp, _big("slow"), "hostile"))]
+    try:
+        await until(hp.entered.is_set, what="the first slow parse started")
+        flood += [asyncio.create_task(_send(epp, _big("slow"), "hostile")) for _ in range(4)]
+        lane = offload._lanes[asyncio.get_running_loop()]
+        # (every flood body past the first answered or listed: the budget holds what it will hold)
+        await until(lambda: sum(t.done() for t in flood) + len(lane) == 4, what="the flood settled")
+        honest = asyncio.create_task(_send(epp, _big(), "other"))
+        await until(lambda: honest.done() or len(lane) == 1, what="the other tenant's body queued")
+        # FAILS on main 0cfe18cf: 503 (the flood's waiting bodies hold the budget)
+        assert not honest.done(), honest.result().status
+        assert hp.still_held()
+    finally:
+        hp.release.set()
+    out = await honest
+    assert out.immediate is None and out.destination in ADDRS
+    outs = await asyncio.gather(*flood)
+    assert outs[0].immediate is None
+    for o in outs[1:]:
+        assert o.status == 429 and o.immediate is not None, o.status
+        err = orjson.loads(o.immediate.body)["error"]
+        assert "maxWaitingBytesPerClient" in err["message"] and err["code"] == "rate_limit_exceeded", err
+    assert epp.server.ctx.budget.used == 0

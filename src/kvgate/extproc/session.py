@@ -359,9 +359,13 @@ class Session:
         client = flow_key(h.get(keys.FAIRNESS_ID), h.get(LLMD_FAIRNESS_ID))  # (flow control's ``flow_of``)
         try:
             try:
-                parsed = await off_loop(functools.partial(parse_body, self._kind()), raw, client)
+                # (each fairness id's waiting bodies within a quarter of the budget: ``offload.ShareFull``, a
+                # 429 with Retry-After; gw25)
+                share = self.ctx.budget.limit // 4
+                parsed = await off_loop(functools.partial(parse_body, self._kind()), raw, client, share)
             except BodyError as exc:
-                raise _Reject(exc.status, exc.message, "invalid_request_error", exc.param) from None
+                code = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
+                raise _Reject(exc.status, exc.message, code, exc.param) from None
             finally:
                 self._release()
             out = self._parsed_request(parsed, raw, trailers=trailers)

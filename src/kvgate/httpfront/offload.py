@@ -95,8 +95,8 @@ class ShareFull(BodyError):
     def __init__(self, held: int, size: int, share: int) -> None:
         super().__init__(
             f"this client's request bodies waiting to be parsed hold {held} bytes; this one's {size} would "
-            f"pass the client's share of the body budget ({share} bytes, limits.maxWaitingBytesPerClient): "
-            "retry after they are answered"
+            f"pass the client's share of the body budget ({share} bytes: limits.maxWaitingBytesPerClient; "
+            "kvgate epp: a quarter of --max-buffered-bytes): retry after they are answered"
         )
 
 
