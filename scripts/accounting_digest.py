@@ -32,6 +32,9 @@ from typing import Any
 from _costkit import in_memory_gateway
 
 
+_RID = re.compile(rb"x-request-id: [0-9a-f]+-[0-9a-f]+")
+
+
 def _masked(text: str) -> list[str]:
     out = []
     for line in text.splitlines():
@@ -74,13 +77,16 @@ def metrics_run(requests: int, policy: str) -> list[str]:
             director.handle.rng.seed(7)
         loop = asyncio.get_running_loop()
         statuses: dict[bytes, int] = {}
+        answers = hashlib.sha256()
         for _ in range(requests):
             client.got = loop.create_future()
             proto.data_received(request)
             got = await client.got
             statuses[got[9:12]] = statuses.get(got[9:12], 0) + 1
+            # (every byte the client got, the generated x-request-id masked: its prefix is random)
+            answers.update(_RID.sub(b"x-request-id: <rid>", got))
         d: Any = gw.pools[0].director
-        lines = [f"answers {sorted(statuses.items())}"]
+        lines = [f"answers {sorted(statuses.items())} bytes {answers.hexdigest()[:16]}"]
         lines += [f"inflight {ep.address} {ep.inflight}" for ep in d.store.all()]
         lines.append(f"mean_decode {d.mean_decode} tracks {len(d._tracks)} picked {len(d._picked)}")
         lines += _masked((generate_latest(gw.metrics.registry) + generate_latest(REGISTRY)).decode())

@@ -1061,10 +1061,21 @@ class FrontProtocol(asyncio.Protocol):
             self.buf += data[start:]  # (chunked, or the body still arriving)
             return
         method, path, query, headers, keep_alive, _, http11 = pending
-        self._count(length)
+        if length:
+            # (``_count`` and ``ByteBudget.take`` inlined, the same test, while ``_pending`` still holds
+            # the head: a refusal lingers for its Content-Length, ``_refuse``)
+            more = length - self._held
+            if more > 0:
+                budget = self.server.budget
+                if budget.used + more > budget.limit:
+                    raise _over_budget(budget.limit)
+                budget.used += more
+                self._held = length
+            body = data[start : start + length]
+        else:
+            body = b""
         self._pending = None
         self.body_since = None
-        body = data[start : start + length] if length else b""
         req = Request(self, method, path, query, headers, body, keep_alive)
         req.http11 = http11
         if self._held:
@@ -1133,37 +1144,14 @@ class FrontProtocol(asyncio.Protocol):
         return True
 
     def _parse_head(self, head: bytes) -> tuple[str, str, str, dict[str, str], bool, int, bool]:
-        """One request head (without its final CRLF CRLF), parsed: the ``_pending`` tuple.
+        """One request head (without its final CRLF CRLF), parsed: the ``_pending`` tuple; raises
+        ``_BadRequest`` (a malformed head) or ``_Refused`` (``head_check``, the body budget).
 
         Read afresh every time, never kept: a head carries the client's credentials (``Authorization``,
         ``x-api-key``: kept only as digests, docs/gateway.md) and its body's length, which changes with
         every prompt (a cache of heads, session 24, kept keys in plaintext and missed on varied lengths:
-        review s24-rev-cpu24 F1/F2)."""
-        server = self.server
-        method, path, query, headers, keep_alive, length, http11, expect = self._read_head(head)
-        if length < 0:  # chunked
-            self._ctrailer, self._cparts, self._ctotal = -1, [], 0
-        check = server.head_check
-        if check is not None:
-            refusal = check(method, path, headers)
-            if refusal is not None:
-                raise _Refused(refusal, length)
-        budget = server.budget
-        if length > 0 and length > budget.limit - budget.used:
-            # Does not fit in what is free now: refused before its body is read. Nothing is reserved
-            # here (a head that only announces a body would hold budget for free: s17-qafix-bc B1).
-            raise _over_budget(budget.limit, length)
-        if length and expect and not self.busy and not self.queue:
-            # Only when nothing is being answered: never into the middle of an earlier pipelined
-            # response (the client sends the body anyway after its own short wait).
-            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if length:
-            self.body_since = self._loop.time()
-        return method, path, query, headers, keep_alive, length, http11
-
-    def _read_head(self, head: bytes) -> tuple[str, str, str, dict[str, str], bool, int, bool, bool]:
-        """What ``_parse_head`` reads from the head's bytes alone: the ``_pending`` tuple and whether it
-        says ``Expect: 100-continue``; raises ``_BadRequest`` for a head refused whenever it comes."""
+        review s24-rev-cpu24 F1/F2). One function again (session 25): the split into a part the head's
+        bytes alone decide served only that cache, and cost a call and an 8-tuple per request."""
         nl = head.find(b"\r\n")
         if nl > 0:
             line = head[:nl]
@@ -1175,25 +1163,32 @@ class FrontProtocol(asyncio.Protocol):
             method_b, target, version = line.split(b" ")
         except ValueError:  # (not three parts: no version, two spaces in a row, a space in the target)
             raise _BadRequest(400, "malformed request line") from None
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or not method_b.isalpha():
+        if version == b"HTTP/1.1":
+            http11 = True
+        elif version == b"HTTP/1.0":
+            http11 = False
+        else:
+            raise _BadRequest(400, "unsupported request line")
+        if not method_b.isalpha():
             raise _BadRequest(400, "unsupported request line")
         headers = _fields(head[nl + 2 :] + b"\r\n") if nl >= 0 else {}
         if headers is None:  # not the plain case: line by line, which says what is wrong
             headers = self._fields_slow(head)
         host = headers.get("host")
         if host is None:
-            if version == b"HTTP/1.1":
+            if http11:
                 raise _BadRequest(400, "HTTP/1.1 request without a Host header")
         elif "," in host:  # (repeats are joined with ","; no authority holds one)
             # RFC 9112 §3.2: more than one Host line is a 400 (a proxy in front routing on the first and
             # the gateway on the last would disagree on the authority; review s21-qa F3).
             raise _BadRequest(400, "more than one Host header")
+        server = self.server
         te = headers.get("transfer-encoding")
         cl = headers.get("content-length")
         if te is not None and cl is not None:
             raise _BadRequest(400, "both Content-Length and Transfer-Encoding")
         if te is not None:
-            if version == b"HTTP/1.0":  # RFC 9112 §6.1: faulty framing (400, then close)
+            if not http11:  # RFC 9112 §6.1: faulty framing (400, then close)
                 raise _BadRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
             if te.strip().lower() != "chunked":
                 raise _BadRequest(501, f"unsupported transfer-encoding {te!r}")
@@ -1203,19 +1198,41 @@ class FrontProtocol(asyncio.Protocol):
             if cl is not None and not (cl.isascii() and cl.isdigit()):
                 raise _BadRequest(400, "invalid Content-Length")
             length = int(cl) if cl else 0
-            if length > self.server.max_body:
+            if length > server.max_body:
                 raise _BadRequest(
-                    413, f"request body of {length} bytes exceeds {self.server.max_body} bytes", length
+                    413, f"request body of {length} bytes exceeds {server.max_body} bytes", length
                 )
         path, _, query = target.decode("latin-1").partition("?")
         if path[:1] != "/":
             path = _absolute_form(path, headers)
         method = method_b.decode()
-        expect = headers.get("expect", "").lower() == "100-continue"
-        conn = headers.get("connection", "").lower()
-        # ``close`` always wins (RFC 9112 9.6), beside ``keep-alive`` too (HTTP/1.0 "keep-alive, close").
-        keep_alive = "close" not in conn and (version == b"HTTP/1.1" or "keep-alive" in conn)
-        return method, path, query, headers, keep_alive, length, version == b"HTTP/1.1", expect
+        conn = headers.get("connection")
+        if conn is None:  # (the usual case: HTTP/1.1 keeps the connection, HTTP/1.0 closes it)
+            keep_alive = http11
+        else:
+            conn = conn.lower()
+            # ``close`` always wins (RFC 9112 9.6), beside ``keep-alive`` too (HTTP/1.0 "keep-alive, close").
+            keep_alive = "close" not in conn and (http11 or "keep-alive" in conn)
+        if length < 0:  # chunked
+            self._ctrailer, self._cparts, self._ctotal = -1, [], 0
+        check = server.head_check
+        if check is not None:
+            refusal = check(method, path, headers)
+            if refusal is not None:
+                raise _Refused(refusal, length)
+        if length:
+            budget = server.budget
+            if length > 0 and length > budget.limit - budget.used:
+                # Does not fit in what is free now: refused before its body is read. Nothing is reserved
+                # here (a head that only announces a body would hold budget for free: s17-qafix-bc B1).
+                raise _over_budget(budget.limit, length)
+            expect = headers.get("expect")
+            if expect is not None and expect.lower() == "100-continue" and not self.busy and not self.queue:
+                # Only when nothing is being answered: never into the middle of an earlier pipelined
+                # response (the client sends the body anyway after its own short wait).
+                self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.body_since = self._loop.time()
+        return method, path, query, headers, keep_alive, length, http11
 
     @staticmethod
     def _fields_slow(head: bytes) -> dict[str, str]:
@@ -1357,8 +1374,12 @@ class FrontProtocol(asyncio.Protocol):
                     more = await self._run(req)
                 finally:
                     self.busy = False
-                    if req.held:
-                        self._give(req)
+                    held = req.held
+                    if held:  # (``_give`` and ``ByteBudget.give`` inlined: once per request)
+                        req.held = 0
+                        budget = self.server.budget
+                        left = budget.used - held
+                        budget.used = left if left > 0 else 0
                 del req  # (not kept, nor its body, while the connection waits for its next request)
                 if not more:
                     return
