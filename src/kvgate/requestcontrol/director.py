@@ -705,8 +705,13 @@ class Director:
         if track.stop is not None:
             track.stop = None
             self._victims.pop((req.request_id, endpoint.address), None)
-        track.batch_at_first = self._batch(endpoint, first) + track.seqs  # these start decoding now
+        # (``_batch`` inlined: once per request) these start decoding now
         inf = endpoint.inflight
+        n = inf.decoding
+        met = endpoint.metrics
+        if met.updated_at is not None and first - met.updated_at <= self.handle.staleness:
+            n = max(n, met.running_requests)
+        track.batch_at_first = float(n) + track.seqs
         # (``max(0, ...)`` as comparisons: these run on every request)
         left = inf.pending_prefill_tokens - track.prefill
         inf.pending_prefill_tokens = left if left > 0 else 0

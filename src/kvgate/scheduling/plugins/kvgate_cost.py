@@ -113,6 +113,7 @@ from kvgate.scheduling.framework import (
 from kvgate.scheduling.plugins.eviction_price import EvictionLedger
 from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
 from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
+from kvgate.scheduling.plugins.prefix_cache import CYCLE_KEY as PREFIX_KEY
 from kvgate.scheduling.plugins.prefix_cache import (
     TAIL_STRIDE,
     PrefixCacheScorer,
@@ -297,7 +298,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             matched, per_block = self._precise_cached(cycle, p), 1.0  # already in tokens
             held = matched
         else:
-            m = prefix_match(cycle)
+            m = cycle.data.get(PREFIX_KEY)  # (``prefix_match`` inlined: once per pick)
+            if not isinstance(m, PrefixMatch):
+                m = None
             # Hot loop (once per endpoint per pick): locals only, freshness and match ratio inlined.
             matched = m.matched if m is not None and m.hashes else {}
             per_block = p / len(m.hashes) if matched and m is not None else 0.0
@@ -549,8 +552,14 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         if precise is not None:
             uncached = p - self._precise_cached(cycle, p).get(endpoint.address, 0)
         else:
-            m = prefix_match(cycle)
-            uncached = p * m.uncached_fraction(endpoint.address) if m is not None else p
+            m = cycle.data.get(PREFIX_KEY)  # (``prefix_match`` inlined: once per pick)
+            if not isinstance(m, PrefixMatch):
+                m = None
+                uncached = p
+            elif m.hashes:
+                uncached = p * m.uncached_fraction(endpoint.address)
+            else:  # (no block hashed: ``uncached_fraction`` is 1.0, without its two calls)
+                uncached = p * 1.0
         if self.shared_copy:
             # (``_prompt_keys`` inlined for the approximate source: its hashes)
             if precise is not None:
@@ -625,7 +634,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         return n * math.exp(-max(0.0, now - t) / RATE_WINDOW_S) / RATE_WINDOW_S
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
-        self._forget(request.request_id)
+        if self._waiting or self._tails:  # (nothing waits: ``_forget`` has nothing to do, not called)
+            self._forget(request.request_id)
         if self.eviction is not None:
             self.eviction.first_token(request.request_id, now)
         timed = self._timed.pop(request.request_id, None)
@@ -646,7 +656,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
     def on_finished(
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
     ) -> None:
-        self._forget(request.request_id)
+        if self._waiting or self._tails:  # (nothing waits: ``_forget`` has nothing to do, not called)
+            self._forget(request.request_id)
         self._timed.pop(request.request_id, None)
         if self.eviction is not None and output_tokens > 0:
             self.eviction.write(endpoint.address, float(output_tokens), now)

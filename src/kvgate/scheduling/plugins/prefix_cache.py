@@ -299,8 +299,8 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         return [get(ep.address, 0) / n for ep in endpoints]
 
     def on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
-        m = prefix_match(cycle)
-        if m is None or not m.hashes:
+        m = cycle.data.get(CYCLE_KEY)  # (``prefix_match`` inlined: once per pick)
+        if not isinstance(m, PrefixMatch) or not m.hashes:
             return
         if (conv := cycle.request.conversation) is not None:
             # (this turn's chain, for the door to keep for the next one: ``Conversation``)
