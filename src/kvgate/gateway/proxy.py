@@ -710,7 +710,7 @@ class Proxy:
         # as any request, queued pinned to its home while that is saturated (review s18-fixes-b M1, M2: the
         # pin is kept, the dispatcher's arrival rule and sloAdmission apply); while it waits there the
         # dispatcher passes over it, keeping its place (review s18-doors M3). ``pinned`` ends with the
-        # first retry, which leaves the home (review s18-fixes-b L1).
+        # first retry that leaves the home (review s18-fixes-b L1), not with a stale connection's resend.
         pinned = ireq.subset is not None
         note = self.notes.get(id(request)) if self.notes is not None else None  # (the access log's)
         if note is not None:
@@ -721,7 +721,10 @@ class Proxy:
         for attempt in range(self.cfg.limits.max_attempts):
             try:
                 if tried:
-                    pinned = False  # a retry goes off the home (``_retry_pick``: not tried)
+                    # A retry goes off the home (``_retry_pick``: not tried), but a stale connection's
+                    # resend goes to the same endpoint (``again``): still the home, still pinned
+                    # (review s25-rev-prev25 F1: its 429/5xx was retried elsewhere, a 404 there).
+                    pinned = pinned and again is not None
                     if deadline is not None and self._loop.time() >= deadline:
                         # No attempt starts with the bound spent (review s18-gw M1): its answer would
                         # come for nobody; the client gets the 504 now.
@@ -860,8 +863,8 @@ class Proxy:
                 # saturated pool would eject its servers (review s24-rev-fixqa24 R1). Nor is a follow-up's
                 # answer at its home, a 429 (R2) or a 502/503/504 (a draining or overloaded vLLM): anywhere
                 # else it could only be vLLM's 404 "Response ... not found", misleading; the client gets
-                # the home's answer with its Retry-After, the home charged as for any last 5xx
-                # (s24-rev-fix24b F4, prev25).
+                # the home's answer (a 429's or 503's with its Retry-After, ``_pass_back_off``), the home
+                # charged as for any last 5xx (s24-rev-fix24b F4, prev25).
                 status = resp.status
                 if ((status >= 500 and blame) or status == 429) and not (
                     pinned
