@@ -184,8 +184,9 @@ class NoRoute(Exception):
 
 def _home_said(attempts: list[Attempt], cluster: str) -> NoRoute | None:
     """A follow-up's home cluster answered 429 or a 5xx (its EPP, pod or gateway: busy, draining): that
-    status, with its Retry-After, as the client's answer (``GlobalRouter.route``'s ``pinned``); None: it
-    was not reached (unreachable, stalled, no head) or refused otherwise."""
+    status, with a 429's or 503's Retry-After (``_send`` reads no other), as the client's answer
+    (``GlobalRouter.route``'s ``pinned``); None: it was not reached (unreachable, stalled, no head) or
+    refused otherwise."""
     said = [a for a in attempts if a.cluster == cluster and (a.status == 429 or a.status >= 500)]
     if not said:
         return None
@@ -502,6 +503,12 @@ class GlobalRouter:
                 )  # fmt: skip
                 if routed is not None:
                     return routed
+                if pod is not None and pick.address == pod and attempts[-1].status:
+                    # A follow-up's home pod answered (429, 5xx: busy, draining): the cluster's gateway
+                    # keeps no ids in Endpoint mode and would place it on a pod without its stored
+                    # response (a 404); ``route``'s ``_home_said`` gives the client the pod's answer
+                    # (review s25-rev-prev25 F2). An unreachable pod still falls back.
+                    return None
                 if spec.gateway is not None:
                     self.fallbacks += 1
                     # The Parent attempt's TTFT runs from its own send: the failed pod attempt's
