@@ -57,12 +57,15 @@ async def test_a_follow_up_with_its_turns_head_is_not_hashed_again(monkeypatch: 
 def test_the_key_is_hashings_and_the_kept_heads_are_bounded() -> None:
     from kvgate.openai.responses import Leads
 
-    leads = Leads(max_chars=250)
+    leads = Leads()
     a, b = "a" * 100 + " question", "b" * 100 + " question"
     ka = leads.key(a, 100, 0)
     assert ka == (hash(a[:100]) or 1)
     assert leads.key(a, 100, ka) == ka  # (kept: compared, same key)
     assert leads.key(b, 100, ka) == (hash(b[:100]) or 1) != ka  # (same length, another head)
+    leads.max_bytes = leads.held_bytes + 50  # (room for these two only: a third pushes the oldest out)
     assert leads.key(a, 99, ka) == (hash(a[:99]) or 1)  # (a shorter head: not the kept one)
-    assert len(leads) == 2  # (the 99-char head pushed the oldest, a's, out: 100 + 100 + 99 > 250)
-    assert leads.key("c" * 300, 300, 0) == (hash("c" * 300) or 1) and len(leads) == 2  # (too long: not kept)
+    assert len(leads) == 2 and leads.held_bytes <= leads.max_bytes  # (a's pushed out)
+    assert leads.key(a, 100, ka) == ka and len(leads) == 2  # (hashed again: a was not kept)
+    big = "c" * leads.max_bytes
+    assert leads.key(big, len(big), 0) == (hash(big) or 1) and len(leads) == 2  # (too large: not kept)

@@ -504,7 +504,8 @@ class Session:
             prev = previous_response_id(path, parsed.body)
             turns = self.ctx.turns
             turn = turns.get(prev) if prev is not None else None
-            follow_up(req, parsed.body.get("store", True), turn, parsed.lead_chars, self.ctx.leads)
+            leads = self.ctx.leads if turns.max_entries else None  # (none kept where no turn is)
+            follow_up(req, parsed.body.get("store", True), turn, parsed.lead_chars, leads)
             if prev is not None:
                 self._pin(req, prev, turn.home if turn is not None else "")
         self._use_models(client_model, model, size, req)  # (its flow known: fairness id, priority)

@@ -628,8 +628,11 @@ class Proxy:
         if kind == RESPONSES_PATH:
             prev = previous_response_id(kind, parsed.body)
             # The earlier turn's tokens and blocks (a follow-up), and this turn's kept for the next.
-            turn = self.turns.get(prev) if prev is not None else None
-            follow_up(ireq, parsed.body.get("store", True), turn, parsed.lead_chars, self.leads)
+            turns = self.turns
+            turn = turns.get(prev) if prev is not None else None
+            # (no heads kept where no turn is: ``--response-turns 0``, review s25-rev-prev25 F3)
+            leads = self.leads if turns.max_entries else None
+            follow_up(ireq, parsed.body.get("store", True), turn, parsed.lead_chars, leads)
             if prev is not None:
                 # A Responses follow-up: picked among the endpoint that made the response it names, while
                 # that one is known and healthy (elsewhere vLLM answers 404). Its kept turn says where

@@ -12,6 +12,7 @@ gateway then does the same).
 from __future__ import annotations
 
 import re
+import sys
 import time
 from array import array
 from collections import OrderedDict
@@ -121,30 +122,39 @@ def finished_turn(req: InferenceRequest, usage: Usage | None, home: str = "") ->
     return Turn(tokens, chain, conv.chain_chunk, conv.chain_by_ids, req.model, conv.lead_key, home)
 
 
-# The most characters of heads (tools + instructions) a door keeps by their key (``Leads``): 4 Mi, about
-# 4 MB of ASCII, 64 heads of 64 KB.
-LEADS_CHARS = 4 * 1024 * 1024
+# The most memory the heads (tools + instructions) a door keeps by their key take (``Leads``): 4 MiB per
+# door process (per worker under ``--workers``): 63 heads of 64 KB of ASCII, or ~14,000 short ones. (Before
+# review s25-rev-prev25 F3 it counted characters: ~15x that for short heads, ~200 B of entry each.)
+LEADS_BYTES = 4 * 1024 * 1024
 
 
 class Leads:
     """Heads (a Responses turn's tools + ``instructions``, ``follow_up``'s ``lead_chars`` of its prompt
     text) by their key: a follow-up whose earlier turn's key names a head kept here compares its own head
     with it (``str.startswith``: a memcmp, no copy) instead of hashing it (SipHash over every character,
-    18.5 us at 64 KB); the same text, the same key, exactly as hashing found. The latest heads are kept,
-    ``max_chars`` characters at most (a longer one is not kept)."""
+    18.5 us at 64 KB); the same text, the same key, exactly as hashing found. The latest heads kept (``keep``)
+    are held, ``max_bytes`` of memory at most: each head's str and int key (``sys.getsizeof``: 1, 2 or 4
+    bytes a character) and the OrderedDict's own (its table, which grows in steps and does not shrink on
+    deletes, and its nodes: ``sys.getsizeof`` of it), so the bound holds whatever the heads' sizes."""
 
-    __slots__ = ("_chars", "_heads", "max_chars")
+    __slots__ = ("_bytes", "_heads", "max_bytes")
 
-    def __init__(self, max_chars: int = LEADS_CHARS) -> None:
-        self.max_chars, self._chars = max_chars, 0
+    def __init__(self, max_bytes: int = LEADS_BYTES) -> None:
+        self.max_bytes, self._bytes = max_bytes, 0  # (``_bytes``: the kept strs and keys)
         self._heads: OrderedDict[int, str] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._heads)
 
-    def key(self, text: str, lead_chars: int, known: int) -> int:
+    @property
+    def held_bytes(self) -> int:
+        """The memory the kept heads hold, as counted against ``max_bytes``."""
+        return self._bytes + sys.getsizeof(self._heads)
+
+    def key(self, text: str, lead_chars: int, known: int, keep: bool = True) -> int:
         """The key of ``text``'s first ``lead_chars`` characters (``hash``, 0 -> 1), ``known`` (an earlier
-        turn's key) without hashing when the head kept under it is those characters."""
+        turn's key) without hashing when the head kept under it is those characters. ``keep``: the head
+        is kept for a later turn (False: no turn can name it, e.g. ``store: false``)."""
         heads = self._heads
         kept = heads.get(known) if known else None
         if kept is not None and len(kept) == lead_chars and text.startswith(kept):
@@ -152,11 +162,15 @@ class Leads:
             return known
         lead = text[:lead_chars]
         key = hash(lead) or 1
-        if len(lead) <= self.max_chars and key not in heads:
-            heads[key] = lead
-            self._chars += len(lead)
-            while self._chars > self.max_chars:
-                self._chars -= len(heads.popitem(last=False)[1])
+        if keep and key not in heads:
+            cost = sys.getsizeof(lead) + sys.getsizeof(key)
+            if cost < self.max_bytes:
+                heads[key] = lead
+                self._bytes += cost
+                getsize, limit = sys.getsizeof, self.max_bytes
+                while heads and self._bytes + getsize(heads) > limit:
+                    k, v = heads.popitem(last=False)
+                    self._bytes -= getsize(v) + getsize(k)
         return key
 
 
@@ -172,13 +186,15 @@ def follow_up(
     ``if request.store``, so ``null`` keeps nothing) or it follows one (its estimate and head), so the turn
     it makes is kept in its turn (``finished_turn``) where it is stored (a follow-up with a false ``store``
     is not: vLLM stores neither its messages nor its response). ``leads``: the door's kept heads, so a
-    follow-up repeating its earlier turn's head is not hashed again (prev25)."""
+    follow-up repeating its earlier turn's head is not hashed again (prev25); None where no turn is kept
+    (``--response-turns 0``). A head is kept there only for a turn that is stored (review s25-rev-prev25
+    F3)."""
     text = req.prompt_text
     lead_chars = min(lead_chars, len(text))
     if not lead_chars:
         lead_key = 0
     elif leads is not None:
-        lead_key = leads.key(text, lead_chars, turn.lead_key if turn is not None else 0)
+        lead_key = leads.key(text, lead_chars, turn.lead_key if turn is not None else 0, bool(store))
     else:
         lead_key = hash(text[:lead_chars]) or 1
     lead_tokens = req.prompt_tokens * lead_chars // len(text) if lead_chars else 0
