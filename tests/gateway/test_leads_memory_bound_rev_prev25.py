@@ -5,8 +5,8 @@ each, ~46 MB per door process, and a head was kept for every Responses request, 
 false`` and ``--response-turns 0``, where no turn can name it. Now each head's str and key and the
 OrderedDict's own memory are counted against ``LEADS_BYTES`` (4 MiB). Measured with tracemalloc (memory,
 not time). Moved from the review's directory (fixprev25) and extended: short ASCII and non-ASCII heads,
-64 KB heads, the turns-off and unstored cases. All fail on 968691a2's src (the review's case: 3.9 MB for
-15,420 heads against a 256 KB bound)."""
+64 KB heads, the turns-off and unstored cases, a reload to no turns. All fail on 968691a2's src (the
+review's case: 3.9 MB for 15,420 heads against a 256 KB bound)."""
 
 from __future__ import annotations
 
@@ -89,3 +89,21 @@ async def test_a_door_keeps_heads_only_for_turns_it_keeps() -> None:
     unstored = [{**b, "store": False} for b in heads]
     assert await _first_turns({}, unstored) == 0  # (store: false: no turn, no head)
     assert await _first_turns({"limits": {"responseTurns": 0}}, heads) == 0  # (turns off)
+
+
+async def test_a_reload_to_no_turns_lets_the_kept_heads_go() -> None:
+    async with (
+        serving(ResponsesStore("s0")) as (store,),
+        running_gateway(make_config([store.address])) as gw,
+        aiohttp.ClientSession() as s,
+    ):
+        assert gw.proxy is not None
+        url = base_url(gw) + "/v1/responses"
+        for i in range(3):
+            body = {"model": "m", "instructions": f"today is day {i}", "input": "hi"}
+            async with s.post(url, json=body) as r:
+                assert r.status == 200
+            if i == 1:
+                assert len(gw.proxy.leads) == 2
+                gw.proxy.turns.resize(0)  # (a reload's limits.responseTurns: 0, as apply_limits does)
+        assert len(gw.proxy.leads) == 0

@@ -630,8 +630,11 @@ class Proxy:
             # The earlier turn's tokens and blocks (a follow-up), and this turn's kept for the next.
             turns = self.turns
             turn = turns.get(prev) if prev is not None else None
-            # (no heads kept where no turn is: ``--response-turns 0``, review s25-rev-prev25 F3)
+            # (no heads kept where no turn is: ``--response-turns 0``, review s25-rev-prev25 F3; those
+            # kept before a reload to 0 let go)
             leads = self.leads if turns.max_entries else None
+            if leads is None and len(self.leads):
+                self.leads = Leads()
             follow_up(ireq, parsed.body.get("store", True), turn, parsed.lead_chars, leads)
             if prev is not None:
                 # A Responses follow-up: picked among the endpoint that made the response it names, while
