@@ -43,6 +43,7 @@ def held(shape: Callable[[int], str]) -> tuple[float, int]:
             if not filled and len(leads) == n:  # (the first eviction: full)
                 filled = i
             i += 1
+        del head  # (the last one: held by this loop, not only by ``leads``)
         got = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

@@ -123,19 +123,21 @@ def finished_turn(req: InferenceRequest, usage: Usage | None, home: str = "") ->
 
 
 # The most memory the heads (tools + instructions) a door keeps by their key take (``Leads``): 4 MiB per
-# door process (per worker under ``--workers``): 63 heads of 64 KB of ASCII, or ~14,000 short ones. (Before
-# review s25-rev-prev25 F3 it counted characters: ~15x that for short heads, ~200 B of entry each.)
+# door process (per worker under ``--workers``): 63 heads of 64 KB of ASCII, ~17,600 short ones (~10,000
+# non-ASCII). (Before review s25-rev-prev25 F3 it counted characters: 58 MiB for 233,016 short heads.)
 LEADS_BYTES = 4 * 1024 * 1024
+_ASCII_STR = sys.getsizeof("")  # (an ASCII str of n characters: this + n bytes)
+_KEY_BYTES = sys.getsizeof(1 << 62)  # (a key, a 64-bit hash: at most this)
 
 
 class Leads:
     """Heads (a Responses turn's tools + ``instructions``, ``follow_up``'s ``lead_chars`` of its prompt
     text) by their key: a follow-up whose earlier turn's key names a head kept here compares its own head
     with it (``str.startswith``: a memcmp, no copy) instead of hashing it (SipHash over every character,
-    18.5 us at 64 KB); the same text, the same key, exactly as hashing found. The latest heads kept (``keep``)
-    are held, ``max_bytes`` of memory at most: each head's str and int key (``sys.getsizeof``: 1, 2 or 4
-    bytes a character) and the OrderedDict's own (its table, which grows in steps and does not shrink on
-    deletes, and its nodes: ``sys.getsizeof`` of it), so the bound holds whatever the heads' sizes."""
+    18.5 us at 64 KB); the same text, the same key, exactly as hashing found. The latest heads kept
+    (``keep``) are held, ``max_bytes`` of memory at most: each head's str and int key (as ``sys.getsizeof``
+    counts them: 1, 2 or 4 bytes a character) and the OrderedDict's own (its table, which grows in steps
+    and does not shrink on deletes, and its nodes: ``sys.getsizeof`` of it), whatever the heads' sizes."""
 
     __slots__ = ("_bytes", "_heads", "max_bytes")
 
@@ -148,7 +150,7 @@ class Leads:
 
     @property
     def held_bytes(self) -> int:
-        """The memory the kept heads hold, as counted against ``max_bytes``."""
+        """The memory the kept heads hold, as counted against ``max_bytes`` (the keys at their largest)."""
         return self._bytes + sys.getsizeof(self._heads)
 
     def key(self, text: str, lead_chars: int, known: int, keep: bool = True) -> int:
@@ -163,14 +165,19 @@ class Leads:
         lead = text[:lead_chars]
         key = hash(lead) or 1
         if keep and key not in heads:
-            cost = sys.getsizeof(lead) + sys.getsizeof(key)
+            # (an ASCII str's size without ``sys.getsizeof``, ~0.3 us a call: it is the empty one's + n)
+            cost = (_ASCII_STR + len(lead) if lead.isascii() else sys.getsizeof(lead)) + _KEY_BYTES
             if cost < self.max_bytes:
                 heads[key] = lead
                 self._bytes += cost
-                getsize, limit = sys.getsizeof, self.max_bytes
-                while heads and self._bytes + getsize(heads) > limit:
-                    k, v = heads.popitem(last=False)
-                    self._bytes -= getsize(v) + getsize(k)
+                # (the table once per insert; what the evicted entries free in it is not counted back,
+                # so this errs by a node or so towards evicting one more)
+                over = self._bytes + sys.getsizeof(heads) - self.max_bytes
+                while over > 0 and heads:
+                    v = heads.popitem(last=False)[1]
+                    freed = (_ASCII_STR + len(v) if v.isascii() else sys.getsizeof(v)) + _KEY_BYTES
+                    self._bytes -= freed
+                    over -= freed
         return key
 
 
