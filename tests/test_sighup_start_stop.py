@@ -21,14 +21,32 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(door: str) -> subprocess.Popen[bytes]:
+def _start(door: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = _port()
     args = [sys.executable, "-m", "kvgate.cli", door, "--endpoints", "127.0.0.1:9", "--model", "m"]
-    args += ["--port", str(_port())]
+    args += ["--port", str(port)]
     if door == "serve":
         args += ["--admin-port", str(_port())]
     else:
         args += ["--plaintext", "--grpc-health-port", str(_port()), "--metrics-port", str(_port())]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    # (stderr to DEVNULL: a SIGHUP may log a line, and a pipe nobody reads would fill)
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    return p, port
+
+
+def _wait_listening(p: subprocess.Popen[bytes], port: int, seconds: float = 60.0) -> None:
+    """Until the door accepts connections (its start is over, its SIGTERM handler set): a SIGTERM before
+    that ends a starting process by the signal, which is not what the stop test is about (CI at load ~9
+    took longer than the fixed 2.75 s the test used to wait: returncode -15)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and p.poll() is None:
+        p.send_signal(signal.SIGHUP)  # (SIGHUPs keep arriving through the whole start)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"the door never listened on {port} (returncode {p.poll()})")
 
 
 def _hup_until(p: subprocess.Popen[bytes], seconds: float) -> None:
@@ -47,10 +65,11 @@ def _stop_through_hups(p: subprocess.Popen[bytes]) -> int:
 
 @pytest.mark.parametrize("door", ["serve", "epp"])
 def test_sighup_during_the_start_and_through_the_stop_never_ends_it(door: str) -> None:
-    p = _start(door)
+    p, port = _start(door)
     try:
         time.sleep(0.25)  # (the interpreter is up, ~0.1 s at load; the command's module still importing)
         _hup_until(p, 1.5)
+        _wait_listening(p, port)
         time.sleep(1.0)
         assert p.poll() is None, f"a SIGHUP during the start ended kvgate {door} ({p.returncode})"
         rc = _stop_through_hups(p)
