@@ -117,11 +117,12 @@ def test_overdue_ones_leave_by_deadline_the_most_overdue_first_not_by_arrival() 
 
 def test_an_overdue_head_ranks_after_an_on_time_one_at_any_clock_value() -> None:
     # Deadlines far from zero (a clock that is not process-relative): an overdue head must still rank
-    # after an on-time one, with no constant added to its key.
+    # after an on-time one, with no constant added to its key. (Within its aging time: past it, a certain
+    # miss goes first, review s25-rev-fc25; "old" queued 1e11 s before was past it.)
     ctl = FlowController(FlowControlConfig(ordering="slo-feasible", fairness="global-strict"))
     now = 2e12
-    ctl.enqueue(_req("old", 1.9e12 - 1.0, flow="a"), 1.9e12 - 1.0)  # deadline 1.9e12: overdue at now
-    ctl.enqueue(_req("fresh", 3.5e12 - 1.0, flow="b"), 3.5e12 - 1.0)  # deadline 3.5e12
+    ctl.enqueue(_req("old", now - 2.0, flow="a"), now - 2.0)  # deadline now - 1: overdue, aging at now + 13.5
+    ctl.enqueue(_req("fresh", now, flow="b"), now)  # deadline now + 1
     assert [i.req.request_id for i in dispatch_ready(ctl, now, lambda _r: False)] == ["fresh", "old"]
 
 

@@ -459,24 +459,27 @@ class Home:
     ) -> Parked:
         """The first of ``flow``'s heads here (``h``: its heap, from ``_flow_top``) in its order
         (``slo-feasible``: keyed before ``reach``, or parked overdue, after the rest: moved to ``late``; of
-        those, keyed before ``due``, past their deadline, after the rest: moved to ``dead``, as
-        ``FlowQueue._top``)."""
+        those, keyed before ``due``, past their deadline, after the rest: moved to ``dead``, keyed by their
+        aging time, and first from it, as ``FlowQueue._top``)."""
         live = self._live
         if feasible and reach is not None:
             while h and (h[0][3] or h[0][0] < reach or not live(h[0])):
                 e = heapq.heappop(h)
                 if live(e):
                     heapq.heappush(self.late.setdefault(flow, []), e)
-        if h:
-            return h[0]
         late = self.late.get(flow)
         if late is not None:
             while late and (not live(late[0]) or (feasible and due is not None and late[0][0] < due)):
                 e = heapq.heappop(late)
                 if live(e):
-                    heapq.heappush(self.dead.setdefault(flow, []), e)
-            if late:
-                return late[0]
+                    heapq.heappush(self.dead.setdefault(flow, []), (e[2].ages_at, e[1], e[2], e[3]))
+        dead = self.dead.get(flow)
+        if dead is not None and self._clean(dead) and due is not None and dead[0][0] <= due:
+            return dead[0]
+        if h:
+            return h[0]
+        if late:
+            return late[0]
         return self._clean(self.dead[flow])[0]
 
     def bests(

@@ -122,7 +122,10 @@ class FlowQueue:
     def _top(self, now: float | None, due: float | None = None) -> list[tuple[float, int, Any]]:
         """The heap the head comes from (dropping finished entries; with ``slo-feasible`` and a ``now``
         (the reach: now + the p90), moving the overdue ones to ``late`` first, and with a ``due`` (the time
-        now), those of ``late`` past their deadline to ``dead``, served after the rest of ``late``)."""
+        now), those of ``late`` past their deadline to ``dead``, keyed by their aging time: served after the
+        rest of the flow until the first of them reaches it, then first, by aging time (review s25-rev-fc25
+        F1-F3: behind its own flow's fresh arrivals a certain miss waited to its TTL, and under overload,
+        every request overdue on arrival, the backlog did)."""
         h = self.heap
         while h and h[0][2].done:
             heapq.heappop(h)
@@ -132,19 +135,19 @@ class FlowQueue:
             entry = heapq.heappop(h)
             if not entry[2].done:
                 heapq.heappush(self.late, entry)
-        if h:
-            return h
-        late = self.late  # (without a ``now``: the ones moved here by an earlier call)
+        late, dead = self.late, self.dead  # (without a ``now``: the ones moved here by an earlier call)
         while late and (late[0][2].done or (due is not None and late[0][0] < due)):
             entry = heapq.heappop(late)
-            if not entry[2].done:
-                heapq.heappush(self.dead, entry)
-        if late:
-            return late
-        dead = self.dead
+            item = entry[2]
+            if not item.done:
+                heapq.heappush(dead, (item.ages_at, entry[1], item))
         while dead and dead[0][2].done:
             heapq.heappop(dead)
-        return dead
+        if dead and due is not None and dead[0][0] <= due:
+            return dead  # (past its aging time: its flow's first, O(1) to see: ``dead``'s least key)
+        if h:
+            return h
+        return late if late else dead
 
     def head(self, now: float | None = None, due: float | None = None) -> Any | None:
         h = self._top(now, due)
@@ -167,7 +170,10 @@ class FlowQueue:
         for h in (self.heap, self.late, self.dead):
             if h and h[0][2] is item:
                 self._touch()
-                return heapq.heappop(h), h is not self.heap
+                entry = heapq.heappop(h)
+                if h is self.dead:  # (keyed by aging time there: the entry as its ordering keys it)
+                    entry = (item.slo_deadline, entry[1], item)
+                return entry, h is not self.heap
         return None
 
     def put_back(self, entry: tuple[float, int, Any], late: bool) -> None:
@@ -350,19 +356,21 @@ class Band:
         h = q._top(now, due)
         if not h:
             return None
-        key, seq, item = h[0]
-        dead = due is not None and key < due
-        if dead:
-            ages = item.ages_at
-            if ages <= due:
-                dead = False
-            elif ages < self.ages:
-                self.ages = ages
+        key, seq, _ = h[0]
+        dead = aged = False
+        if due is not None and h is q.dead:  # (``dead``'s key: the aging time, its least at the top)
+            if key <= due:
+                aged = True
+            else:
+                dead = True
+                if key < self.ages:
+                    self.ages = key
         if self.fairness == "round-robin":
             return (dead, later, i)  # the OrderedDict's order
         if self.fairness == "least-attained-service":
             return (dead, later, q.service, q.served_at)
-        return (dead, later, h is not q.heap, key, seq)  # global-strict
+        # global-strict, as one queue: a head past its aging time first (by it), as inside a flow
+        return (dead, later, 0 if aged else 1 if h is q.heap else 2, key, seq)
 
     def first_of(
         self,
@@ -386,13 +394,17 @@ class Band:
                 continue
             later = first is not None and not first(flow)
             key, seq, item, late = entry
-            dead = q.feasible and due is not None and key < due < item.ages_at
+            past = q.feasible and due is not None and item.slo_deadline < due
+            dead = past and due < item.ages_at
             if fairness == "round-robin":
                 rank: tuple[Any, ...] = (dead, later, q.turn)
             elif fairness == "least-attained-service":
                 rank = (dead, later, q.service, q.served_at)
+            elif past:  # (global-strict, as ``_rank``: past its aging time first, by it, as in ``Home.dead``)
+                rank = (dead, later, 2 if dead else 0, item.ages_at, seq)
             else:
-                rank = (dead, later, late or (q.feasible and reach is not None and key < reach), key, seq)
+                over = late or (q.feasible and reach is not None and key < reach)
+                rank = (dead, later, 2 if over else 1, key, seq)
             if best is None or rank < best:
                 best, got = rank, entry
         return got

@@ -1,0 +1,102 @@
+"""Review s25-rev-fc25 (F1-F3): ``slo-feasible``'s aging bound per request, inside a flow as across flows
+and bands. A request past its SLO deadline (a certain miss) gives way until its aging time
+(``controller.aging_time``), then goes first in its flow, by aging time (``FlowQueue.dead`` keyed by it),
+and its flow ranks at its band's priority. No process is started; time is injected. Each test fails on
+main d7350194's src (fc25's rule); on 0cfe18cf (before fc25) the overload one passed (the regression)."""
+
+from __future__ import annotations
+
+from kvgate.flowcontrol.config import parse_flow_control
+from kvgate.flowcontrol.controller import FlowController
+from kvgate.flowcontrol.dispatcher import dispatch_ready
+from kvgate.scheduling.types import InferenceRequest
+
+
+def _ctl(ttl: float = 30.0, fairness: str = "least-attained-service") -> FlowController:
+    cfg = {
+        "fairnessPolicy": fairness, "orderingPolicy": "slo-feasible", "maxRequests": 1000,
+        "defaultRequestTTL": f"{ttl:g}s",
+    }  # fmt: skip
+    return FlowController(parse_flow_control(cfg))
+
+
+def _req(rid: str, flow: str | None, prio: int, slo_s: float, at: float) -> InferenceRequest:
+    return InferenceRequest(
+        rid, "m", prompt_tokens=10, max_tokens=100, fairness_id=flow, priority=prio,
+        headers={"x-slo-ttft-ms": str(round(slo_s * 1000))}, arrival_time=at,
+    )  # fmt: skip
+
+
+def _one(ctl: FlowController, now: float) -> str | None:
+    sent: list[str] = []
+    for item in dispatch_ready(ctl, now, lambda _r: len(sent) >= 1):
+        sent.append(item.req.request_id)
+    return sent[0] if sent else None
+
+
+def _drive(ctl: FlowController, target: str, fresh_flow: str | None, fresh_prio: int) -> tuple[str, float]:
+    """One slot per 0.5 s from 1.01 s, one fresh request (1 s SLO) arriving just before each: when and how
+    ``target`` leaves (sent, or its TTL)."""
+    now = 0.0
+    for i in range(80):
+        now = 1.01 + 0.5 * i
+        for it in ctl.expire(now):
+            if it.req.request_id == target:
+                return "ttl", now
+        ctl.enqueue(_req(f"n{i}", fresh_flow, fresh_prio, 1.0, now), now)
+        if _one(ctl, now) == target:
+            return "sent", now
+    return "queued", now
+
+
+def test_aging_bounds_a_late_request_behind_its_own_flows_fresh_arrivals_too() -> None:
+    """F1. The same late request (1 s SLO, 30 s TTL: aging time 15.5 s), the same sustained fresh arrivals
+    one per slot: in another flow or its own (no fairness id: every request in ``default-flow``), it is
+    sent at the first slot past its aging time. main: its own flow's arrivals kept it to its TTL (503)."""
+    ctl = _ctl()
+    ctl.enqueue(_req("old", "t1", 0, 1.0, 0.0), 0.0)
+    assert _drive(ctl, "old", "t2", 0) == ("sent", 1.01 + 0.5 * 29)
+    ctl = _ctl()
+    ctl.enqueue(_req("old", None, 0, 1.0, 0.0), 0.0)
+    assert _drive(ctl, "old", None, 0) == ("sent", 1.01 + 0.5 * 29)
+
+
+def test_global_strict_ranks_a_head_past_its_aging_time_before_other_flows_feasible_heads() -> None:
+    """F1 with ``global-strict`` (the band as one queue): a head past its aging time goes first across
+    flows as inside one. main: it ranked in the overdue tier, after every flow's feasible head, and
+    another flow's sustained arrivals kept it to its TTL."""
+    ctl = _ctl(fairness="global-strict")
+    ctl.enqueue(_req("old", "t1", 0, 1.0, 0.0), 0.0)
+    assert _drive(ctl, "old", "t2", 0) == ("sent", 1.01 + 0.5 * 29)
+
+
+def test_a_request_ranks_at_its_bands_priority_from_its_own_aging_time() -> None:
+    """F3. x: arrival 0, SLO 5 s (deadline 5, aging time 17.5 s); y, same flow: arrival 4, SLO 0.5 s
+    (deadline 4.5, aging 19.25 s). At 18 s x is past its aging time: its band goes before batch. main: the
+    flow was aged by its earliest-deadline overdue request (y) only, batch went first until 19.25 s."""
+    ctl = _ctl()
+    ctl.enqueue(_req("x", "c", 10, 5.0, 0.0), 0.0)
+    ctl.enqueue(_req("y", "c", 10, 0.5, 4.0), 4.0)
+    for i in range(10):
+        ctl.enqueue(_req(f"b{i}", "batch", -1, 100.0, 9.0), 9.0)
+    assert _one(ctl, 18.0) == "x"  # (by aging time: x's 17.5 s before y's 19.25 s)
+
+
+def test_one_flow_whose_requests_are_all_overdue_on_arrival_loses_none_to_its_ttl() -> None:
+    """F2 (a regression of fc25). One flow, 1 s SLO, the dispatch -> first-token p90 2 s (overload: every
+    request overdue by the p90 on arrival). A backlog of 5, then one arrival per slot (arrivals = service).
+    Before fc25, ``late`` went earliest deadline first and none reached its 6 s TTL; fc25 served each
+    fresh arrival before the backlog past its deadline, 3 TTL 503s. Now the backlog goes at its aging time
+    (3.5 s), before the arrivals."""
+    ctl = _ctl(ttl=6.0)
+    for _ in range(20):
+        ctl.observe_service_ttft(2.0)
+    for i in range(5):
+        ctl.enqueue(_req(f"old{i}", "t", 0, 1.0, 0.0), 0.0)
+    expired: list[str] = []
+    for i in range(40):
+        now = 0.5 + 0.5 * i
+        expired += [it.req.request_id for it in ctl.expire(now)]
+        ctl.enqueue(_req(f"n{i}", "t", 0, 1.0, now), now)
+        _one(ctl, now)
+    assert expired == [], expired
