@@ -100,3 +100,24 @@ def test_one_flow_whose_requests_are_all_overdue_on_arrival_loses_none_to_its_tt
         ctl.enqueue(_req(f"n{i}", "t", 0, 1.0, now), now)
         _one(ctl, now)
     assert expired == [], expired
+
+
+def test_a_parked_home_wakes_a_head_past_its_aging_time_first() -> None:
+    """F1 at a parked home (``park``, ``wake``: ``Home.dead`` keyed by aging time, as ``FlowQueue.dead``).
+    x (deadline 0.3 s, aging time 15.15 s) and y (its flow's request that can still make its SLO, deadline
+    20 s) wait aside for a full home; at 16 s a freed slot wakes x, past its aging time. main: y, and x
+    waited behind its flow's fresh arrivals there too."""
+    home = "10.0.0.1:8000"
+
+    def parked(rid: str, slo_s: float, at: float) -> InferenceRequest:
+        r = _req(rid, "c", 0, slo_s, at)
+        r.subset = frozenset({home})
+        return r
+
+    ctl = _ctl()
+    x = ctl.enqueue(parked("x", 0.3, 0.0), 0.0)
+    y = ctl.enqueue(parked("y", 10.0, 10.0), 10.0)
+    assert list(dispatch_ready(ctl, 10.0, lambda _r: True)) == []  # (its home full: both parked)
+    assert x.parked is not None and y.parked is not None
+    assert ctl.wake(x.parked, 16.0)
+    assert x.parked is None and y.parked is not None  # (x back in its band; y still aside)
