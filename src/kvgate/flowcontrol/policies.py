@@ -9,12 +9,14 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
   controller has seen); the overdue ones (they miss their SLO wherever they go) only when none of those
   is left in their flow, earliest deadline first, and of them those already past their deadline last
   (``FlowQueue.dead``; review s24-rev-fix24c F1). Under overload ``slo-deadline`` serves the most overdue
-  first, so every request behind them misses too; this serves the ones that can still make it. No aging
-  inside a flow: under sustained overload an overdue request can wait out the TTL behind its flow's
-  fresh ones. Between flows (and bands: ``FlowController.heads``), a flow whose head is already past its
-  deadline (a certain miss, not a p90's guess) is chosen only when no flow's head is not
-  (``Band.select``), until that head's aging time (halfway from its deadline to its TTL:
-  ``controller.aging_time``; review s24-rev-fix24c F2), from which it ranks as a head that is not.
+  first, so every request behind them misses too; this serves the ones that can still make it. A request
+  past its deadline gives way until its aging time (halfway from its deadline to its TTL:
+  ``controller.aging_time``; review s24-rev-fix24c F2), then goes first in its flow, by aging time
+  (``dead`` is keyed by it; review s25-rev-fc25 F1-F3: without it an overdue request waited out its TTL
+  behind its own flow's fresh ones). Between flows (and bands: ``FlowController.heads``), a flow whose
+  head is past its deadline and not its aging time (a certain miss, not a p90's guess) is chosen only
+  when no flow's head is not (``Band.select``); with ``global-strict`` a head past its aging time ranks
+  first, as inside a flow.
 
 Fairness (which flow's head leaves next):
 - ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue
