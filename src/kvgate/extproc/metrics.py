@@ -23,7 +23,16 @@ from kvgate import __version__
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc.ports import bind_one
-from kvgate.httpfront.server import FrontLimits, FrontServer, Handler, Request, Response, get_only, json_error
+from kvgate.httpfront.server import (
+    READ_METHODS,
+    FrontLimits,
+    FrontServer,
+    Handler,
+    Request,
+    Response,
+    get_only,
+    json_error,
+)
 from kvgate.openai.labels import ModelLabels, ReportedNames, kept_per_source
 from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestEnd, RequestErrors, RequestStats
 from kvgate.scheduling.types import PickResult, Usage
@@ -198,6 +207,7 @@ class EppMetrics:
             return json_error(404, f"no route for {request.method} {request.path}")
 
         front = FrontServer.with_limits(routes, not_found, limits or FrontLimits())
+        front.head_check = refuse_bodies  # (no route here reads a body: none is buffered)
         # Bind the socket ourselves so an ephemeral port can be read back; ``kvgate epp``'s check before
         # anything starts makes this same bind (``check_bindable``).
         sock = bind_one(host, port)
@@ -208,6 +218,21 @@ class EppMetrics:
             sock.close()
             raise
         return MetricsListener(server, front), sock.getsockname()[1]
+
+
+def refuse_bodies(method: str, path: str, headers: dict[str, str]) -> Response | None:
+    """The metrics port's head check: every route is GET / HEAD and reads no body, so any other method
+    gets its 405 (``Allow: GET, HEAD``) and any body (a Content-Length over 0, or chunked) its 413 from the
+    head, the body never buffered (the front lingers and drops it). Without it the front took every body
+    into its budget (8 MiB each, 1 GiB in all) before the route's 405: 60 stalled 8 MiB POSTs held
+    ~480 MiB in the process that serves Envoy's ext_proc (review s25-rev-fixqa25 R1)."""
+    if method not in READ_METHODS:
+        why = f"{method} is not allowed on {path}; use GET"
+        return json_error(405, why, headers={"Allow": "GET, HEAD"})
+    length = headers.get("content-length")
+    if "transfer-encoding" in headers or (length is not None and length.strip("0")):
+        return json_error(413, f"{path} takes no request body")
+    return None
 
 
 class MetricsListener:
