@@ -208,9 +208,11 @@ def extract(text: str, engine: str, now: float, previous: EndpointMetrics | None
     }
     if named and named != models:
         models = frozenset(sorted(named)[:MAX_MODELS])  # (a page naming thousands: bounded)
+    # Counts clamped at 0 as the KV share at 0..1: one server's negative gauge would otherwise make its
+    # pool's aggregate one that every fetcher refuses (``aggregate.impossible``; review s25-rev-fixqa25 R2).
     return EndpointMetrics(
-        waiting_queue_size=int(waiting) if waiting is not None else prev.waiting_queue_size,
-        running_requests=int(running) if running is not None else prev.running_requests,
+        waiting_queue_size=max(0, int(waiting)) if waiting is not None else prev.waiting_queue_size,
+        running_requests=max(0, int(running)) if running is not None else prev.running_requests,
         kv_cache_usage=min(1.0, max(0.0, kv)) if kv is not None else prev.kv_cache_usage,
         block_size=block_size,
         num_gpu_blocks=num_blocks,
