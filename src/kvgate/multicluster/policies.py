@@ -264,11 +264,15 @@ class KvgatePolicy:
         )
 
     def request_share(self, c: ClusterState) -> float:
-        """The capacity one request takes there: capacity over the requests the cluster holds when full."""
+        """The capacity one request takes there: capacity over the requests the cluster holds when full,
+        those at most ``MAX_BATCH`` per ready endpoint, the most kvgate's aggregate reports (its
+        ``endpoint_slots``): a member claiming more (``request_slots`` 1e6 on 4 endpoints) costed ~0
+        whatever was sent there and took every request (review s25-rev-fixqa25 R3). Clamped here, not
+        refused at decode: a newer kvgate that holds more per endpoint is only costed fuller than it is."""
         a = c.aggregate
         assert a is not None
         if a.request_slots > 0:
-            return a.capacity / a.request_slots
+            return a.capacity / min(a.request_slots, MAX_BATCH * max(1, a.ready_endpoints))
         return self.per_request
 
     def slots(self, c: ClusterState) -> float:
