@@ -9,8 +9,10 @@ cluster; a cluster whose every route fails, that answers a 5xx other than 504, o
 or that sends no response head (within ``head_timeout_s``; in Parent mode also once its aggregate, fresh
 when the request was sent, has gone stale with its fetches failing: a hung cluster gateway) is left for
 the next cluster in the policy's order (and backs off; a hung one until an aggregate is fetched from it
-again). A 504 (a gateway's or pod's timeout: the request was written to a model server, which may still
-run it) is the client's answer, and the cluster backs off (qa25 F4). A request whose response has
+again). A 504 (a gateway's or pod's timeout: the request may have been written to a model server, which
+may still run it) is the client's answer, and the cluster backs off (qa25 F4), except kvgate's own 504
+``request_timeout`` (its queue held the request to its bound: nothing runs there), which moves on as a 5xx
+does (review s25-rev-fixqa25 R4). A request whose response has
 started is never retried: it is the client's. With ``limits.requestTimeoutSeconds`` the whole request is
 bound (``Deadline``): no cluster is tried, and no head awaited, past it (a 504 ``request_timeout``).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import socket
 import time
@@ -50,6 +53,39 @@ _DROP = frozenset(
 # The most addresses whose last answer to a probe is kept (``GlobalRouter._live_at``): the latest ones.
 LIVE_MAX = 1024
 STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the pick in time
+# A cluster's 504 whose JSON ``error.code`` says nothing of the request runs there: ``kvgate serve``'s and
+# ``kvgate epp``'s flow-control queue timeout (``QueueTimeoutError``), or its bound passing before a model
+# server was reached. Read from a JSON 504 of at most ``ERROR_BODY_MAX`` bytes within ``ERROR_BODY_S``.
+UNWRITTEN_504 = "request_timeout"
+ERROR_BODY_MAX = 16 * 1024
+ERROR_BODY_S = 2.0
+
+
+async def _small_json(resp: aiohttp.ClientResponse) -> bytes | None:
+    """The body of a JSON answer with a Content-Length of at most ``ERROR_BODY_MAX``, read within
+    ``ERROR_BODY_S``; None when it is none of these (not read: relayed as it comes). A body that fails to
+    come in time is b"" (the head is relayed without it, as a cut relay would)."""
+    length = resp.content_length
+    if length is None or length > ERROR_BODY_MAX or resp.content_type != "application/json":
+        return None
+    try:
+        return await asyncio.wait_for(resp.read(), ERROR_BODY_S)
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return b""
+
+
+def _error_code(body: bytes) -> object:
+    """An OpenAI-style error body's ``error.code``; None when it has none."""
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return err.get("code") if isinstance(err, dict) else None
+
+
+async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
+    if body:
+        yield body
 
 
 class NoHead(Exception):
@@ -733,15 +769,21 @@ class GlobalRouter:
         except BaseException:
             given_up()
             raise
-        # A 504 is a gateway's (or pod's) timeout: it wrote the request to a model server and waited
-        # (``kvgate serve``'s ``upstream_timeout``; Envoy's "upstream request timeout"), which may still
-        # be running it. Sent elsewhere it would run twice, and under overload every timed-out request
-        # would be prefilled again in the next cluster: as ``kvgate serve`` never retries a written
-        # request that timed out, the 504 is the client's answer (qa25 F4); the cluster is charged
-        # (``route``).
-        if resp.status != 504 and (
+        # A 504 is a gateway's (or pod's) timeout, most often after it wrote the request to a model server
+        # and waited (``kvgate serve``'s ``upstream_timeout``; Envoy's "upstream request timeout"), which
+        # may still be running it. Sent elsewhere it would run twice, and under overload every timed-out
+        # request would be prefilled again in the next cluster: as ``kvgate serve`` never retries a
+        # written request that timed out, such a 504 is the client's answer (qa25 F4); the cluster is
+        # charged (``route``). Only kvgate's own ``request_timeout`` 504 (nothing written: its queue held
+        # the request to its bound) moves on, as any 5xx (review s25-rev-fixqa25 R4).
+        relayed: bytes | None = None
+        unwritten = False
+        if resp.status == 504:
+            relayed = await _small_json(resp)
+            unwritten = relayed is not None and _error_code(relayed) == UNWRITTEN_504
+        if unwritten or (resp.status != 504 and (
             resp.status >= 500 or (resp.status == 429 and RATE_LIMITED not in resp.headers)
-        ):
+        )):  # fmt: skip
             # Nothing reached the client yet: free to go elsewhere. (A 429 marked rate-limited is the
             # client's own limit, a tenant's, not the cluster at capacity: passed on as any 4xx refusal,
             # the cluster not backed off for everyone: review s18-qa M4.)
@@ -751,7 +793,7 @@ class GlobalRouter:
             attempts.append(Attempt(st.name, mode, target, f"status {resp.status}", resp.status, wait))
             return None
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
-        upstream: AsyncIterator[bytes] = resp.content.iter_any()
+        upstream: AsyncIterator[bytes] = resp.content.iter_any() if relayed is None else _once(relayed)
         if epp is not None:
             # The remote EPP hears the response as from Envoy, so it keeps the request in flight.
             try:
