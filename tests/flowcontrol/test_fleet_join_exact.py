@@ -161,7 +161,7 @@ def test_the_row_holds_its_join_vector_and_its_layout_version() -> None:
     f.sync(0)
     f.now += 0.005
     f.sync(1)  # joins worker 0's level
-    m = memoryview(f.buf).cast("d")
+    m = memoryview(f.buf)[fleet_mod._LAYOUT_BYTES :].cast("d")  # (the rows: after the layout mark)
     v = f.marks[1].shares._vec_at(f.marks[1].base)
     e = fleet_mod._VENTRY
     slot0, slot1 = m[v : v + e].tolist(), m[v + e : v + 2 * e].tolist()
@@ -177,7 +177,8 @@ def test_the_row_holds_its_join_vector_and_its_layout_version() -> None:
     assert fleet_mod.SHARE_FIELDS == 11 + fleet_mod.SHARE_FLOWS * 3
     assert (
         fleet_mod.segment_size(2)
-        == 2
+        == fleet_mod._LAYOUT_BYTES  # (the layout mark: review s25-rev-wk25 F1)
+        + 2
         * fleet_mod.POOLS
         * (fleet_mod.FIELDS + fleet_mod.SHARE_FIELDS + fleet_mod.LIMIT_FIELDS + 2 * e)
         * 8

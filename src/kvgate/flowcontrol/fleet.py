@@ -173,8 +173,38 @@ _LUSED, _LPRIO, _LBCOUNT, _LBBYTES = range(_LENTRY)
 LIMIT_FIELDS = _LHEAD + LIMIT_BANDS * _LENTRY
 
 
+# The segment's first 8 bytes, at a fixed offset whatever the layout after them: this layout's mark (a hash
+# of the row sizes and ``LAYOUT_VERSION``), written by the supervisor (``FleetMarks``, worker -1) and checked
+# by each worker at its start (``check_layout``): a worker spawned from code of another layout (an upgrade in
+# place under a running supervisor, then a respawn) refuses to start instead of reading and writing the rows
+# at another stride (review s25-rev-wk25 F1; as ``gateway.shared_responses``' table). Bump the version when a
+# field's meaning changes but no size does.
+LAYOUT_VERSION = 1
+_LAYOUT_BYTES = 8
+
+
+def layout_mark(pools: int = POOLS) -> int:
+    """This code's layout mark for ``pools`` marks per worker: a signed int64, never 0 (a zeroed word)."""
+    shape = (FIELDS, SHARE_FIELDS, LIMIT_FIELDS, _VENTRY, pools, LAYOUT_VERSION)
+    digest = hashlib.blake2b(repr(shape).encode(), digest_size=8, person=b"kvgate-fleet").digest()
+    return int.from_bytes(digest, "little", signed=True) or 1
+
+
 def segment_size(workers: int, pools: int = POOLS) -> int:
-    return workers * pools * (FIELDS + SHARE_FIELDS + LIMIT_FIELDS + workers * _VENTRY) * 8
+    return _LAYOUT_BYTES + workers * pools * (FIELDS + SHARE_FIELDS + LIMIT_FIELDS + workers * _VENTRY) * 8
+
+
+def check_layout(buf: memoryview, workers: int, pools: int = POOLS) -> None:
+    """A worker's check of the supervisor's segment ``buf`` before it uses it: ValueError when the segment
+    is smaller than this code's layout needs or its mark is not this code's (another kvgate's supervisor)."""
+    want = segment_size(workers, pools)
+    found = int.from_bytes(buf[:_LAYOUT_BYTES], "little", signed=True) if len(buf) >= want else 0
+    if found != layout_mark(pools):
+        raise ValueError(
+            f"the flow-control fleet segment ({len(buf)} bytes) is not this kvgate's layout ({want} bytes, "
+            f"mark {layout_mark(pools) & (2**64 - 1):#x}, found {found & (2**64 - 1):#x}): a worker of "
+            "another version under a running supervisor; restart the supervisor with the same version"
+        )
 
 
 def pool_key(name: str) -> float:
@@ -193,7 +223,10 @@ class FleetMarks:
         self, buf: memoryview, workers: int, worker: int, pools: int = POOLS, ttl: float = MARK_TTL_S,
         lock: Any = None,
     ) -> None:  # fmt: skip
-        self._m = memoryview(buf)[: segment_size(workers, pools)].cast("d")
+        if worker < 0:  # the supervisor's: this layout's mark (``check_layout``)
+            with memoryview(buf) as head:
+                head[:_LAYOUT_BYTES] = layout_mark(pools).to_bytes(_LAYOUT_BYTES, "little", signed=True)
+        self._m = memoryview(buf)[_LAYOUT_BYTES : segment_size(workers, pools)].cast("d")
         self.workers = workers
         self.worker = worker
         self.pools = pools

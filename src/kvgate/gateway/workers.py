@@ -171,6 +171,7 @@ async def _worker(
     # gives a listening worker its share of new connections, ready or not; the private admin port opens
     # first, but the supervisor counts this worker only once it reports (below).
     # The fleet's tenant buckets and in-flight count (``shared_tenants``), attached before any request.
+    _check_fleet_layout(shared)  # (a worker of another layout refuses to start: ``fleet.check_layout``)
     tenants = _attach_tenants(shared, index)
     responses = _attach_responses(shared, index)  # (and the fleet's Responses ids: shared_responses)
     server = GatewayServer(cfg, pools, reuse_port=True, admin_host="127.0.0.1", admin_on_data=admin_on_data,
@@ -248,6 +249,31 @@ def _tenants_offset(workers: int) -> int:
     from kvgate.flowcontrol import fleet
 
     return fleet.segment_size(workers)
+
+
+def _check_fleet_layout(shared: tuple[str, Any, int] | None) -> None:
+    """ValueError when the supervisor's flow-control marks (the in-flight segment's extra bytes) are not
+    this code's layout (review s25-rev-wk25 F1: every row would be read and written at another stride)."""
+    if shared is None:
+        return
+    from multiprocessing import shared_memory
+
+    from kvgate.flowcontrol import fleet
+    from kvgate.gateway.shared_inflight import DEFAULT_SLOTS, segment_size
+
+    name, _lock, workers = shared
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        buf = shm.buf
+        assert buf is not None
+        view = buf[segment_size(workers, DEFAULT_SLOTS) :]
+        try:
+            fleet.check_layout(view, workers)
+        finally:
+            view.release()
+            del buf
+    finally:
+        shm.close()
 
 
 def _attach_tenants(shared: tuple[str, Any, int] | None, index: int) -> Any:
