@@ -787,6 +787,12 @@ class FlowController:
         jump[0] = True
         return True
 
+    def in_first_part(self) -> bool:
+        """Is the head ``heads`` just gave from its pass's first part (one it does not defer as past its SLO
+        deadline)? For the gate between workers (``fleet``), asked about that head; outside a pass it
+        answers for the last walk of ``heads``, which may have been left early."""
+        return self._jump is not None
+
     def _remove(self, item: QueuedRequest, outcome: str, now: float, record: bool = True) -> bool:
         if item.done:
             return False

@@ -1026,10 +1026,14 @@ def _overdue(ctl: FlowController, req: InferenceRequest, now: float) -> bool:
     the controller ages overdue heads, fc25, an aged one ranks at its band there); the gate is given the
     request, not its queue entry, so the pass's part tells it. Never "overdue" where its own controller
     does not defer it: a worker's gate and its mark then judge its head alike, so two workers' heads
-    cannot each wait for the other's (counted higher, a head at worst goes a little early)."""
+    cannot each wait for the other's (counted higher, a head at worst goes a little early). Asked with
+    nothing queued (``arrive``'s fast path: no pass, so nothing deferred), by its deadline, as ``heads``
+    judges a fresh head (review s25-rev-wk25 F3: the band, gone when empty, or the last pass's part left
+    over, said "not overdue")."""
     band = ctl.bands.get(req.priority)
-    if band is None or band.ordering != "slo-feasible":
-        return False
-    if ctl._jump is not None:  # (a pass's first part: the heads not deferred; set before each yield)
-        return False
+    if len(ctl) == 0:
+        if (ctl.cfg.band(req.priority) if band is None else band).ordering != "slo-feasible":
+            return False
+    elif band is None or band.ordering != "slo-feasible" or ctl.in_first_part():
+        return False  # (in a pass's first part: the heads ``heads`` does not defer)
     return ctl.slo_deadline(req, now) < now
