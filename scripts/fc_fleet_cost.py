@@ -22,7 +22,8 @@ no marks; the Director's pick off the home is not run: the pick is a stub). Time
 the spread between runs is larger than the difference. ``--ordering slo-feasible`` (session 25): the
 controllers order ``slo-feasible`` and every request carries ``x-slo-ttft-ms: 1000`` (none past it at the
 injected ``now``), so a gate check also asks whether its request is past its deadline where the other
-worker's mark is of a lower band or of its own.
+worker's mark is of a lower band or of its own (its header parsed: ``gate``'s controller has had its band
+since one request came and went, review s25-rev-wk25 F2).
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ def gate(workers: int, n: int) -> dict[str, float]:
     mine = marks[0]
     assert mine is not None
     ctl = FlowController(_cfg())
+    # The band there and nothing waiting (``arrive``'s fast path once the pool has queued once: bands stay):
+    # with no band the slo-feasible check returned before the deadline (review s25-rev-wk25 F2).
+    ctl.take(ctl.enqueue(_req("z", fairness_id="z"), 1.0), 1.0)
     r = _req("q", fairness_id="q")
     lone = memoryview(bytearray(segment_size(workers)))
     for w in range(1, workers):
