@@ -1031,9 +1031,8 @@ def _overdue(ctl: FlowController, req: InferenceRequest, now: float) -> bool:
     judges a fresh head (review s25-rev-wk25 F3: the band, gone when empty, or the last pass's part left
     over, said "not overdue")."""
     band = ctl.bands.get(req.priority)
-    if len(ctl) == 0:
-        if (ctl.cfg.band(req.priority) if band is None else band).ordering != "slo-feasible":
-            return False
-    elif band is None or band.ordering != "slo-feasible" or ctl.in_first_part():
-        return False  # (in a pass's first part: the heads ``heads`` does not defer)
+    if (ctl.cfg.band(req.priority) if band is None else band).ordering != "slo-feasible":
+        return False
+    if ctl.count and ctl.in_first_part():  # (a pass's first part: the heads ``heads`` does not defer)
+        return False
     return ctl.slo_deadline(req, now) < now
