@@ -429,8 +429,9 @@ class GlobalRouter:
         Endpoint mode its EPP is asked for that pod (the subset hint), and asked again without the hint
         if it answers 503 (no such pod); an unknown cluster is ignored. ``pinned`` (a follow-up): the home
         cluster's answer of 429 or 5xx is the client's (``NoRoute`` with its status; elsewhere the
-        follow-up could only be vLLM's 404 "Response ... not found": s24-rev-fix24b F4, prev25); one
-        that could not be reached still goes on to the next cluster.
+        follow-up could only be vLLM's 404 "Response ... not found": s24-rev-fix24b F4, prev25), and a
+        429 or 500 there does not back the cluster off (busy; the request's own fault); one that could not
+        be reached still goes on to the next cluster.
 
         ``deadline``: the request's bound (``limits.requestTimeoutSeconds``). No cluster is tried past it,
         and an attempt still without its response head then ends (its EPP's pick too): ``NoRoute`` 504
@@ -478,8 +479,12 @@ class GlobalRouter:
                 else:
                     st.succeeded()
                 return routed
-            st.failed(self.clock())
-            if pinned and st is first and (said := _home_said(attempts, st.name)) is not None:
+            said = _home_said(attempts, st.name) if pinned and st is first else None
+            if said is None or said.status not in (429, 500):
+                # (a follow-up's home busy (429) or its own 500 is not the cluster broken: not charged,
+                # as ``kvgate serve`` does; review s25-rev-fixprev25 R1)
+                st.failed(self.clock())
+            if said is not None:
                 raise said
         raise no_route(attempts)
 
