@@ -123,8 +123,11 @@ def finished_turn(req: InferenceRequest, usage: Usage | None, home: str = "") ->
 
 
 # The most memory the heads (tools + instructions) a door keeps by their key take (``Leads``): 4 MiB per
-# door process (per worker under ``--workers``): 63 heads of 64 KB of ASCII, ~17,600 short ones (~10,000
-# non-ASCII). (Before review s25-rev-prev25 F3 it counted characters: 58 MiB for 233,016 short heads.)
+# door process (per worker under ``--workers``): 63 heads of 64 KB of ASCII, ~17,500 short ones; fewer
+# non-ASCII ones (2 or 4 bytes a character), how many depending on the table's history (it does not shrink
+# on deletes): 10,129 short emoji heads in scripts/leads_memory.py, 14,920 after 300,000 inserts (review
+# s25-rev-fixprev25). (Before review s25-rev-prev25 F3 it counted characters: 58 MiB for 233,016 short
+# heads.)
 LEADS_BYTES = 4 * 1024 * 1024
 _ASCII_STR = sys.getsizeof("")  # (an ASCII str of n characters: this + n bytes)
 _KEY_BYTES = sys.getsizeof(1 << 62)  # (a key, a 64-bit hash: at most this)
@@ -167,17 +170,25 @@ class Leads:
         if keep and key not in heads:
             # (an ASCII str's size without ``sys.getsizeof``, ~0.3 us a call: it is the empty one's + n)
             cost = (_ASCII_STR + len(lead) if lead.isascii() else sys.getsizeof(lead)) + _KEY_BYTES
-            if cost < self.max_bytes:
-                heads[key] = lead
+            heads[key] = lead
+            # (the table, read once per insert: it grows in steps and does not shrink on deletes)
+            table = sys.getsizeof(heads)
+            if cost + table > self.max_bytes:
+                # It cannot fit beside the table even alone: not kept, and nothing evicted for it (else
+                # every other head would go, then itself; review s25-rev-fixprev25 R2).
+                # (only a table its insert grew, real memory, still evicts below)
+                del heads[key]
+                table = sys.getsizeof(heads)
+            else:
                 self._bytes += cost
-                # (the table once per insert; what the evicted entries free in it is not counted back,
-                # so this errs by a node or so towards evicting one more)
-                over = self._bytes + sys.getsizeof(heads) - self.max_bytes
-                while over > 0 and heads:
-                    v = heads.popitem(last=False)[1]
-                    freed = (_ASCII_STR + len(v) if v.isascii() else sys.getsizeof(v)) + _KEY_BYTES
-                    self._bytes -= freed
-                    over -= freed
+            # (what the evicted entries free in the table is not counted back, so this errs by a node
+            # or so towards evicting one more)
+            over = self._bytes + table - self.max_bytes
+            while over > 0 and heads:
+                v = heads.popitem(last=False)[1]
+                freed = (_ASCII_STR + len(v) if v.isascii() else sys.getsizeof(v)) + _KEY_BYTES
+                self._bytes -= freed
+                over -= freed
         return key
 
 

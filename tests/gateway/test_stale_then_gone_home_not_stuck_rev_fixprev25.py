@@ -1,0 +1,56 @@
+"""s25-rev-fixprev25, a check of fixprev25's F1 (``pinned = pinned and again is not None``), no finding: a
+pinned follow-up whose home closes the kept-alive connection and then is gone (its resend refused) is not
+stuck on the pin: the resend (``again``) is the only attempt kept pinned, the next one leaves the home
+(``again`` is reset at each send), so the client gets the other server's answer (here the store's 404,
+as for any follow-up whose home is gone), not a 503 after every attempt went to the dead home. A
+regression check: passes on main 8c52c2be (and on d7350194, before fixprev25). Real HTTP on loopback
+through an in-process ``GatewayServer``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+from gateway.conftest import base_url, make_config, running_gateway
+from gateway.handler_server import serving
+from gateway.responses_backend import ResponsesStore
+
+
+class StaleThenGone(ResponsesStore):
+    drop_next = False
+    asked = 0
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.asked += 1
+        if self.drop_next:
+            self.drop_next = False
+            assert self._runner is not None
+            for site in self._runner.sites:  # no longer listening: the resend's connect is refused
+                site._server.close()  # type: ignore[union-attr]
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
+        return await super()._answer(request)
+
+
+async def test_a_follow_ups_home_gone_after_a_stale_resend_is_left() -> None:
+    async with serving(*(StaleThenGone(f"s{i}") for i in range(2))) as stores:
+        cfg = make_config([st.address for st in stores], extra={"limits": {"maxAttempts": 3}})
+        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            url = base_url(gw) + "/v1/responses"
+            async with s.post(url, json={"model": "m", "input": "hi"}) as r:
+                assert r.status == 200
+                rid = (await r.json())["id"]
+            home = next(st for st in stores if rid in st.made)
+            other = next(st for st in stores if st is not home)
+            home.drop_next = True
+            before = other.asked
+            body = {"model": "m", "input": "more", "previous_response_id": rid}
+            async with s.post(url, json=body) as r:
+                got = r.status
+                await r.read()
+            assert home.asked == 2  # (the first turn, the stale follow-up; the resend was refused)
+            assert other.asked == before + 1, "the third attempt did not leave the gone home"
+            assert got == 404, got  # (the other server has no such response: vLLM's answer)
