@@ -551,8 +551,11 @@ class Proxy:
             return None
         parse = functools.partial(parse_body, kind if kind in PATHS else kind_for_path(kind))
         try:
-            # (clients take turns, each within its share of the body budget: gw25)
-            return await off_loop(parse, request.body, request.peer, waiting_share(self.cfg.limits))
+            # (clients take turns, each within its share of the body budget under pressure: gw25, s25-rev F2)
+            limits = self.cfg.limits
+            return await off_loop(
+                parse, request.body, request.peer, waiting_share(limits), limits.max_buffered_bytes
+            )
         except BodyError as e:
             raise self._body_error(e) from None
 
@@ -848,9 +851,10 @@ class Proxy:
                     self._failed(director, ireq, ep)
                     continue
                 blame = True
-                # (a 429, busy, ran nothing: no verdict on the suspect's 500, which waits for the next
-                # answer, or is charged when the 429 goes back; gw25, review s24-rev-fix24b F5)
-                if suspect is not None and resp.status != 429:
+                # (a 429 or a 503, busy or draining, ran nothing: no verdict on the suspect's 500, which
+                # waits for the next answer, or is charged when that answer goes back; gw25, review
+                # s24-rev-fix24b F5, s25-rev-gw25 F1)
+                if suspect is not None and resp.status != 429 and resp.status != 503:
                     if resp.status == 500:
                         # A second endpoint's 500 for the same request: the request's fault, passed
                         # through as it is, neither endpoint charged, not tried a third time.
@@ -888,7 +892,7 @@ class Proxy:
                     continue
                 if resp.status == 429 or resp.status == 503:
                     _pass_back_off(resp.status, resp.head.headers, reply_headers)
-                    if suspect is not None:  # (a 429 passed back: nobody else ran it, the 500 stands)
+                    if suspect is not None:  # (a 429/503 passed back: nobody else ran it, the 500 stands)
                         self._blame(suspect)
                         suspect = None
                 if marks is not None:
