@@ -95,17 +95,18 @@ class HeldThread:
         self.order.append(body.decode())
         return len(body)
 
-    def send(self, body: bytes, client: Hashable, share: int | None = None) -> asyncio.Future[int]:
-        """``body`` to the lane as ``client``'s (``share``: its share, when given)."""
+    def send(
+        self, body: bytes, client: Hashable, share: int | None = None, limit: int = 0, keyed: bool = True
+    ) -> asyncio.Future[int]:
+        """``body`` to the lane as ``client``'s (``share``, ``limit``, ``keyed``: ``off_loop``'s bound)."""
         from kvgate.httpfront import offload
 
-        args = (self, body, client) if share is None else (self, body, client, share)
-        return asyncio.ensure_future(offload.off_loop(*args))
+        return asyncio.ensure_future(offload.off_loop(self, body, client, share, limit, keyed))
 
     async def hold_first(
-        self, body: bytes, client: Hashable, share: int | None = None
+        self, body: bytes, client: Hashable, share: int | None = None, limit: int = 0
     ) -> asyncio.Future[int]:
-        first = self.send(body, client, share)
+        first = self.send(body, client, share, limit)
         assert await asyncio.to_thread(self.started.wait, 30)  # (the parse thread is held)
         return first
 

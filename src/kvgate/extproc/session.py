@@ -356,13 +356,16 @@ class Session:
         raw, trailers = self.parsing
         self.parsing = None
         h = self.request_headers
-        client = flow_key(h.get(keys.FAIRNESS_ID), h.get(LLMD_FAIRNESS_ID))  # (flow control's ``flow_of``)
+        ids = h.get(keys.FAIRNESS_ID), h.get(LLMD_FAIRNESS_ID)
+        client = flow_key(*ids)  # (flow control's ``flow_of``)
         try:
             try:
-                # (each fairness id's waiting bodies within a quarter of the budget: ``offload.ShareFull``, a
-                # 429 with Retry-After; gw25)
-                share = self.ctx.budget.limit // 4
-                parsed = await off_loop(functools.partial(parse_body, self._kind()), raw, client, share)
+                # (past half the budget, each fairness id's waiting bodies within a quarter of it, all
+                # together within three quarters: ``offload.ShareFull``, a 429 with Retry-After; requests
+                # without an id are no one client, bound by the total only: gw25, review s25-rev-gw25 F2/F3)
+                limit = self.ctx.budget.limit
+                parse = functools.partial(parse_body, self._kind())
+                parsed = await off_loop(parse, raw, client, limit // 4, limit, any(ids))
             except BodyError as exc:
                 code = "rate_limit_exceeded" if exc.status == 429 else "invalid_request_error"
                 raise _Reject(exc.status, exc.message, code, exc.param) from None

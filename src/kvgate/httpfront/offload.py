@@ -18,10 +18,18 @@ runs to its end (a thread cannot be stopped), its result dropped.
 
 A client's share (gw25, session-24 closing note): the waiting bodies hold the front's body budget, which is
 the process's, so one client queueing many big bodies could fill it, and every other client's body got
-the budget's 503 until those parses ended. ``off_loop``'s ``share`` bounds the bytes of one client's bodies
-listed or on the thread: a body that would take its client past it, while that client has another body
-there, is refused at once (``ShareFull``: 429 with an OpenAI error body, ``Retry-After``), its bytes given
-back with its answer; a client's first body always goes (so no body is refused for its size alone).
+the budget's 503 until those parses ended. ``off_loop``'s ``share`` and ``limit`` (the budget's) bound
+the bytes of the bodies listed or on the thread, only under pressure (review s25-rev-gw25 F2: enforced
+always, it refused honest clients behind one NAT, or all of an EPP's clients without a fairness id, with
+most of the budget free): while those bytes, this body's included, are at most half of ``limit``,
+nothing is refused; past half, a body is refused at once (``ShareFull``: 429 with an OpenAI error body,
+``Retry-After``; its bytes given back with its answer) if it would take its client past ``share`` (its
+first body included: no exemption under pressure), or all clients' together past ``limit - share``.
+That last bound is the one a client minting keys cannot get around (an EPP's fairness ids are the
+client's to choose, an IPv6 host has many addresses: review s25-rev-gw25 F3): whatever the keys, the
+bodies waiting for the thread never hold more than ``limit - share`` (three quarters by default; the
+rest stays for the bodies parsed on the loop and the answers held); the per-client share bounds a client
+only as long as it keeps one key. A ``share`` of ``limit`` or more turns both off.
 
 The GIL: the thread's Python hands the loop its turn every switch interval (5 ms), but one C call
 (orjson's decode of the whole body, a regex pass over it) holds it to its end; the loop's stall is that
@@ -92,11 +100,16 @@ class ShareFull(BodyError):
 
     status = 429
 
-    def __init__(self, held: int, size: int, share: int) -> None:
+    def __init__(self, held: int, size: int, share: int, whose: str = "this client's") -> None:
+        bound = (
+            f"the client's share of the body budget ({share} bytes"
+            if whose == "this client's"
+            else f"the body budget less one client's share ({share} bytes"
+        )
         super().__init__(
-            f"this client's request bodies waiting to be parsed hold {held} bytes; this one's {size} would "
-            f"pass the client's share of the body budget ({share} bytes: limits.maxWaitingBytesPerClient; "
-            "kvgate epp: a quarter of --max-buffered-bytes): retry after they are answered"
+            f"{whose} request bodies waiting to be parsed hold {held} bytes, over half the body budget; this "
+            f"one's {size} would pass {bound}: limits.maxWaitingBytesPerClient; kvgate epp: a quarter of "
+            "--max-buffered-bytes, fixed): retry after they are answered"
         )
 
 
@@ -156,6 +169,7 @@ class _Lane:
         self.listed = 0  # (waits in the clients' lists, cancelled ones included)
         self.busy = False
         self.dead = 0  # (waits cancelled still listed)
+        self.held = 0  # (the bytes of every client's live listed bodies and of the one on the thread)
 
     def __len__(self) -> int:
         return self.listed
@@ -180,6 +194,7 @@ class _Lane:
         assert client is not None
         client.live -= 1
         client.held -= wait.size
+        self.held -= wait.size
         self.dead += 1
         if not client.live:
             self._drop(client)
@@ -198,6 +213,7 @@ class _Lane:
         client.waits.append(wait)
         client.live += 1
         client.held += wait.size
+        self.held += wait.size
         self.listed += 1
         if not self.busy:
             self._next()
@@ -216,6 +232,7 @@ class _Lane:
             wait.fn = wait.body = None
             if body is None or wait.future.done():  # (not by ``off_loop``'s cancel: nothing to parse for)
                 client.held -= wait.size
+                self.held -= wait.size
                 if client.live:
                     self.ring[key] = client
                     self.ring.move_to_end(key, last=False)  # (its turn still)
@@ -229,6 +246,7 @@ class _Lane:
                 # body would wait for ever; review s23-rev-fix23c F1)
                 wait.future.set_exception(e)
                 client.held -= wait.size
+                self.held -= wait.size
                 if client.live:
                     self.ring[key] = client
                 else:
@@ -245,6 +263,7 @@ class _Lane:
             key, client = self.current
             self.current = None
             client.held -= wait.size  # (parsed: its body is no longer waiting)
+            self.held -= wait.size
             if client.live:
                 self.ring[key] = client  # (its next body after those of the clients listed meanwhile)
             else:
@@ -266,18 +285,33 @@ class _Lane:
 _lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane] = weakref.WeakKeyDictionary()
 
 
-async def off_loop(fn: Callable[[B], T], body: B, client: Hashable = None, share: int | None = None) -> T:
+async def off_loop(
+    fn: Callable[[B], T],
+    body: B,
+    client: Hashable = None,
+    share: int | None = None,
+    limit: int = 0,
+    keyed: bool = True,
+) -> T:
     """``fn(body)`` on the process's parse thread (in ``client``'s turn, after its bodies queued before
-    it); what it raises is raised here. ``share``: ``ShareFull`` at once if ``client`` already has bodies
-    listed or on the thread and this one would take their bytes past it (None: no share)."""
+    it); what it raises is raised here. ``share`` and ``limit`` (the body budget's): ``ShareFull`` at once
+    if the bodies listed or on the thread, this one's included, hold more than half of ``limit`` and this
+    one would take ``client``'s past ``share`` or all clients' past ``limit - share`` (None, or a share of
+    ``limit`` or more: no bound). ``keyed`` False: ``client`` is no one client's key (an EPP's requests
+    without a fairness id), bound by the clients' total alone."""
     loop = asyncio.get_running_loop()
     lane = _lanes.get(loop)
     if lane is None:
         lane = _lanes[loop] = _Lane()
-    if share is not None:
-        mine = lane._client(client)
-        if mine is not None and mine.held and mine.held + len(body) > share:
-            raise ShareFull(mine.held, len(body), share)
+    if share is not None and share < limit:
+        size = len(body)
+        if lane.held + size > limit // 2:  # (under pressure: below it, nothing is refused)
+            if lane.held + size > limit - share:
+                raise ShareFull(lane.held, size, limit - share, "all clients'")
+            mine = lane._client(client) if keyed else None
+            held = mine.held if mine is not None else 0
+            if held + size > share:
+                raise ShareFull(held, size, share)
     wait = _Wait(fn, body, loop.create_future(), client)
     del body  # (the wait holds the only reference here: a cancel below drops it)
     lane.push(wait)

@@ -1,0 +1,63 @@
+"""rev-gw25 F4: gw25 moved the access log's writes off the loop, but every other log line still goes to the
+same stderr from the loop (``logging.StreamHandler``): once the pipe nobody reads is full (the access lines
+fill it first), the next such line blocks the loop and every request with it. One is the client's to
+trigger: an over-long ``x-request-id`` is logged at INFO (proxy.py ``_entry``), others come with a failing
+endpoint ("ejected ..."), a reload, a cut stream. CHANGELOG: "A stderr pipe nobody reads no longer stalls the
+gateway". Fails on gw25 (and before): the request after the INFO line times out.
+
+A real ``kvgate serve`` child (``accessLog: true``), stderr a 4 KiB pipe nobody reads; killed after."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+from gateway.backend import Backend
+from gateway.conftest import serve_ready
+
+PORT, ADMIN = 28710, 28711
+
+
+async def test_a_log_line_on_a_full_stderr_pipe_stalls_no_request(tmp_path: Path) -> None:
+    b = await Backend("b").start()
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(
+        f"listen: {{host: 127.0.0.1, port: {PORT}, adminPort: {ADMIN}}}\n"
+        f"pools: [{{name: p, endpoints: ['{b.address}'], models: [m], policy: round-robin}}]\n"
+        "accessLog: true\n"
+    )
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "kvgate.cli", "serve", "--config", str(cfg)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=w,
+    )  # fmt: skip
+    os.close(w)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+            await serve_ready(s, ADMIN, proc)
+            url = f"http://127.0.0.1:{PORT}/v1/completions"
+            body = {"model": "m", "prompt": "x", "max_tokens": 1}
+            for i in range(300):  # (~80 KB of access lines: the 4 KiB pipe is full, the writer blocked)
+                async with s.post(url, json=body, headers={"x-request-id": f"r{i:05d}-" + "x" * 249}) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+        # a client's over-long ids: an INFO line each to stderr, written on the loop (40: past what the pipe's
+        # last page still takes, the writer thread's 4 KiB piece being blocked)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            for _ in range(40):
+                async with s.post(url, json=body, headers={"x-request-id": "y" * 2000}) as resp:
+                    await resp.read()
+            for _ in range(3):
+                async with s.post(url, json=body) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(r)
+        await b.stop()
