@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from extproc.test_parse_off_loop_epp_gw24 import ADDRS, _big, _send
 from gateway.conftest import until
 from gateway.held_parse import hold_parse, tagged

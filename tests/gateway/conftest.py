@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -111,6 +112,50 @@ class AccessSink:
     def lines(self) -> list[str]:
         """The access lines written so far, past their ``... INFO kvgate.access:`` stamp."""
         return [x.split("kvgate.access: ", 1)[1] for x in self.text.splitlines()]
+
+
+class PipeSink(AccessSink):
+    """An ``AccessSink`` that is a real pipe (review s25-rev-gw25 L4): with a file descriptor, ``Lines`` takes
+    the production path, its writer thread; a reader thread of the test's drains the pipe into ``text``
+    (so poll it: ``until``). ``write`` is never called (the writer writes the descriptor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._r, self._w = os.pipe()
+        self._reader = threading.Thread(target=self._read, name="test-pipe-sink", daemon=True)
+        self._reader.start()
+
+    def fileno(self) -> int:
+        return self._w
+
+    def write(self, text: str) -> int:
+        raise AssertionError(f"written on the caller's thread: {text!r}")
+
+    def _read(self) -> None:
+        while chunk := os.read(self._r, 1 << 16):
+            self.text += chunk.decode()
+
+    def close(self) -> None:
+        os.close(self._w)
+        self._reader.join(10)
+        os.close(self._r)
+
+
+@pytest.fixture
+def access_pipe(monkeypatch: pytest.MonkeyPatch) -> Iterator[PipeSink]:
+    """As ``access_sink``, its lines to a real pipe through the writer thread (``PipeSink``)."""
+    from kvgate.gateway import access
+
+    sink = PipeSink()
+    monkeypatch.setattr(access, "stderr", lambda: sink)
+    log = logging.getLogger("kvgate.access")
+    old = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield sink
+    finally:
+        log.setLevel(old)
+        sink.close()
 
 
 @pytest.fixture

@@ -58,7 +58,9 @@ async def test_an_honest_big_body_gets_through_while_another_client_floods(
             # FAILS on main 0cfe18cf: 503 (the flood's waiting bodies hold the budget)
             held = proxy.inflight  # (the flood's bodies held: up to half the budget, then its share)
             honest_task = asyncio.create_task(post(other, url, honest))
-            await until(lambda: honest_task.done() or proxy.inflight == held + 1, what="the honest body queued")
+            await until(
+                lambda: honest_task.done() or proxy.inflight == held + 1, what="the honest body queued"
+            )
             assert not honest_task.done(), honest_task.result()
             assert hp.still_held()
         finally:

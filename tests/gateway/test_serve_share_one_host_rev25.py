@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from gateway.conftest import base_url, make_config, running_gateway, until
 from gateway.held_parse import from_host, hold_parse, post, tagged
 from kvgate.gateway import proxy as proxy_module

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+
 from gateway.backend import Backend
 from gateway.conftest import serve_ready
 
@@ -56,6 +58,10 @@ async def test_a_log_line_on_a_full_stderr_pipe_stalls_no_request(tmp_path: Path
                 async with s.post(url, json=body) as resp:
                     assert resp.status == 200
                     await resp.read()
+        # (the stop logs "draining" too: SIGTERM ends the process, however full the pipe; on main it waited
+        # for the SIGKILL)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
     finally:
         proc.kill()
         proc.wait()

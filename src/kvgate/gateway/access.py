@@ -185,14 +185,14 @@ class _Writer:
     pipe nobody reads). ``put`` refuses a buffer once ``PENDING_MAX`` bytes wait; ``failed`` counts the
     lines whose write raised. The thread runs for the process's life (late lines after a close)."""
 
-    def __init__(self, write: Callable[[bytes], None]) -> None:
+    def __init__(self, write: Callable[[bytes], None], name: str = "kvgate-access-log") -> None:
         self._write = write
         self._cond = threading.Condition()
         self._items: deque[tuple[bytes, int] | Callable[[], object]] = deque()
         self._pending = 0  # (bytes in ``_items`` and being written)
         self._busy = False
         self.failed = 0  # (written by the thread only)
-        threading.Thread(target=self._run, name="kvgate-access-log", daemon=True).start()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def put(self, data: bytes, lines: int) -> bool:
         with self._cond:

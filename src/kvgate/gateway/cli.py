@@ -30,6 +30,7 @@ from kvgate.config.gateway import (
 )
 from kvgate.entry import ArgumentParser, log_level, number, port_number, sighup_ignored
 from kvgate.gateway.pools import Pool, build_pool
+from kvgate.gateway.stderrlog import off_loop_stderr
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
@@ -523,6 +524,7 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    off_loop_stderr()  # (log lines written off the event loop: a stuck stderr stalls no request)
     if args.clusters:  # the global gateway: clusters are the candidates (kvgate.multicluster)
         from kvgate.multicluster.serve import ServeArgs, run
 

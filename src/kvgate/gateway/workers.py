@@ -72,6 +72,7 @@ from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway import worker_health
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.reload import ConfigWatch, check_pickers, take_applied
+from kvgate.gateway.stderrlog import off_loop_stderr
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
 
 log = logging.getLogger("kvgate.gateway.workers")
@@ -143,6 +144,7 @@ def _worker_main(
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
     )
+    off_loop_stderr()  # (as ``kvgate serve``'s: review s25-rev-gw25 F4)
     # The supervisor handles Ctrl-C for the whole group: a worker only drains on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pools = build_pools(cfg)
