@@ -72,3 +72,13 @@ async def test_a_tenant_rotating_fairness_ids_cannot_fill_the_budget(
     finally:
         hp.release.set()
         await asyncio.gather(*flood, return_exceptions=True)
+
+
+def test_the_epp_refusal_of_the_share_key_names_its_fixed_quarter() -> None:
+    """rev-gw25 L2: ``limits.maxWaitingBytesPerClient`` was refused as "Envoy in front proxies the request",
+    yet the EPP bounds its waiting bodies itself, with a fixed quarter."""
+    from kvgate.extproc.config import not_applied
+
+    ((key, why),) = not_applied({"limits": {"maxWaitingBytesPerClient": 5}})
+    assert key == "limits.maxWaitingBytesPerClient"
+    assert "a quarter of --max-buffered-bytes" in why and "Envoy" not in why, why

@@ -1,14 +1,22 @@
 #!/bin/bash
-# /tmp/gw25-bench/{main,gw25}-on: copies of main 0cfe18cf's src and gw25's with the access log on: accessLog's default True
-# (config/gateway.py), kvgate.access at INFO and access.stderr() returning open("/tmp/gw25-bench/<t>.log", "a", buffering=1 << 17).
-# Run as `flock /work/team/live.lock docs/benchmarks/access-log-s25/bench-gw25.sh`.
-# gw25: access log on (to a file) in both trees: main 0cfe18cf's src vs gw25's (writer thread); kvgate-rr = gw25, @base = main.
-cd /work/wt/gw25
-rm -f /tmp/gw25-bench/main.log /tmp/gw25-bench/gw25.log
+# gw25's access-log writer thread, the line's own path (micro-gw25.py): the tree this script is in vs BASE (default
+# e7cc9e9d, main before gw25), each twice, alternating. Rerunnable from a clean clone (review s25-rev-gw25 L1):
+# BASE is checked out into a temporary git worktree, removed at the end. Run from anywhere as
+#   flock /work/team/live.lock docs/benchmarks/access-log-s25/bench-gw25.sh   (PYTHON: the interpreter, default python)
+# (gw25's first version also ran `kvgate bench gateway-overhead` on hand-patched copies, the log on, that were never in
+# the repo; that part is gone: its figures stay in writer-thread-gw25.txt as recorded, not rerunnable.)
+set -euo pipefail
+ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+BASE=${BASE:-e7cc9e9d}
+PY=${PYTHON:-python}
+TMP=$(mktemp -d)
+trap 'git -C "$ROOT" worktree remove --force "$TMP/base" >/dev/null 2>&1 || true; rm -rf "$TMP"' EXIT
+git -C "$ROOT" worktree add --detach "$TMP/base" "$BASE" >/dev/null 2>&1
+echo "base $BASE: $(git -C "$TMP/base" log -1 --format='%h %s' | cut -c1-80)"
+echo "this: $(git -C "$ROOT" log -1 --format='%h %s' | cut -c1-80)"
 uptime
-PYTHONPATH=/tmp/gw25-bench/gw25-on timeout 500 /work/main/.venv/bin/python -m kvgate.cli bench gateway-overhead --paths kvgate-rr,kvgate-rr@base --requests 20000 --repeats 3 --streams 0 --base-src /tmp/gw25-bench/main-on 2>&1 | grep -v "^      "
-uptime
-wc -l /tmp/gw25-bench/main.log /tmp/gw25-bench/gw25.log
-uptime
-for t in main gw25 main gw25; do S=$([ $t = main ] && echo /work/main/src || echo /work/wt/gw25/src); PYTHONPATH=$S /work/main/.venv/bin/python docs/benchmarks/access-log-s25/micro-gw25.py $t; done
+for t in base this base this; do
+  S=$([ $t = base ] && echo "$TMP/base/src" || echo "$ROOT/src")
+  PYTHONPATH=$S "$PY" "$ROOT/docs/benchmarks/access-log-s25/micro-gw25.py" "$t"
+done
 uptime

@@ -76,6 +76,9 @@ NOT_APPLIED = {
     f"the EPP applies limits.{' and limits.'.join(EPP_LIMITS)} only",
     "health": "not applied by kvgate epp: it ejects and probes nothing (Envoy's outlier detection and health "
     f"checks do); the EPP applies health.{' and health.'.join(EPP_HEALTH)} only",
+    # (the EPP does bound waiting bodies, with no knob: saying "Envoy does it" misled; review s25-rev-gw25 L2)
+    "limits.maxWaitingBytesPerClient": "not applied by kvgate epp: its share is fixed, a quarter of "
+    "--max-buffered-bytes per fairness id (past half of it; docs/epp.md)",
 }
 
 
@@ -88,7 +91,8 @@ def not_applied(raw: Any) -> list[tuple[str, str]]:
     for section, applied in (("limits", EPP_LIMITS), ("health", EPP_HEALTH)):
         for key in raw.get(section) or {}:
             if key not in applied:
-                out.append((f"{section}.{key}", NOT_APPLIED[section]))
+                name = f"{section}.{key}"
+                out.append((name, NOT_APPLIED.get(name, NOT_APPLIED[section])))
     return out
 
 

@@ -87,10 +87,10 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="BYTES",
-        help="one client's (peer host's) big request bodies waiting to be parsed, at most: a body past it "
-        "gets 429 with Retry-After while another of that client's waits, so one client cannot fill "
-        "--max-buffered-bytes (overrides limits.maxWaitingBytesPerClient; default 0: a quarter of "
-        "--max-buffered-bytes)",
+        help="one client's (peer host's) big request bodies waiting to be parsed, at most, once those of "
+        "all clients hold over half of --max-buffered-bytes: a body past it gets 429 with Retry-After, "
+        "so one client cannot fill --max-buffered-bytes (overrides limits.maxWaitingBytesPerClient; "
+        "default 0: a quarter of --max-buffered-bytes; >= --max-buffered-bytes: off)",
     )
     p.add_argument(
         "--response-turns",
