@@ -67,3 +67,49 @@ async def test_a_log_line_on_a_full_stderr_pipe_stalls_no_request(tmp_path: Path
         proc.wait()
         os.close(r)
         await b.stop()
+
+
+def test_the_off_loop_handler_is_bounded_and_counts_what_it_drops() -> None:
+    """``OffLoopStderr`` alone, on a 4 KiB pipe nobody reads: logging 2,000 lines of 1 KB never blocks the
+    caller (at most ``PENDING_MAX`` waits), the lines past it are counted, and once the pipe is read again
+    the close writes what waited and one line with the count."""
+    import logging
+    import threading
+
+    from kvgate.gateway import access
+    from kvgate.gateway.stderrlog import OffLoopStderr
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    out = os.fdopen(w, "w")
+    handler = OffLoopStderr(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("test-off-loop-stderr")
+    log.propagate, old = False, log.level
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    got = bytearray()
+
+    def read() -> None:
+        while chunk := os.read(r, 1 << 16):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    try:
+        for i in range(2000):
+            log.info("line %04d %s", i, "x" * 1000)  # (the caller never waits for the pipe)
+        assert 0 < handler.dropped() < 2000 - access.PENDING_MAX // 1100, handler.dropped()
+        reader.start()
+        handler.close()
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+        log.setLevel(old)
+        out.close()
+        reader.join(10)
+        os.close(r)
+    text = got.decode()
+    lines = text.splitlines()
+    assert lines[-1] == f"{handler.dropped()} log lines dropped: stderr did not take them", lines[-1][:80]
+    assert len(lines) - 1 + handler.dropped() == 2000  # (every line written or counted, none cut)
+    assert all(x.startswith("INFO test-off-loop-stderr: line ") for x in lines[:-1])

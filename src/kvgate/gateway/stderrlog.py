@@ -31,6 +31,7 @@ class OffLoopStderr(logging.Handler):
         self._stream = stream
         self._writer: _Writer | None = None  # (started at the first line)
         self.refused = 0  # (lines the writer had no room for; under the handler's lock)
+        self._stuck = False  # (a flush found the output not taking lines for CLOSE_WAIT_S: no more waits)
 
     def dropped(self) -> int:
         """Lines lost so far: no room left for them, or their write failed."""
@@ -54,9 +55,10 @@ class OffLoopStderr(logging.Handler):
         write_pieces(self._stream.fileno(), data)
 
     def flush(self) -> None:
-        """Waits (at most ``CLOSE_WAIT_S``) for the lines handed over to be written."""
-        if self._writer is not None:
-            self._writer.wait(CLOSE_WAIT_S)
+        """Waits (at most ``CLOSE_WAIT_S``, once: ``logging.shutdown`` flushes, then closes) for the lines
+        handed over to be written."""
+        if self._writer is not None and not self._stuck:
+            self._stuck = not self._writer.wait(CLOSE_WAIT_S)
 
     def close(self) -> None:
         writer = self._writer
