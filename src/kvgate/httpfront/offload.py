@@ -94,22 +94,22 @@ def worth_the_thread(body: bytes | bytearray) -> bool:
 
 
 class ShareFull(BodyError):
-    """A body refused because its client's bodies waiting for the thread (and on it) already hold its
-    share (``off_loop``'s ``share``): 429, retry once they are parsed. A ``BodyError``, so each door answers
-    it as its own parse errors, with this status."""
+    """A body refused because the bodies waiting for the thread (and on it) hold over half the body budget,
+    and this one would take its client's past its share, or all clients' past the budget less a share
+    (``off_loop``): 429, retry once they are parsed. A ``BodyError``, so each door answers it as its own
+    parse errors, with this status."""
 
     status = 429
 
-    def __init__(self, held: int, size: int, share: int, whose: str = "this client's") -> None:
-        bound = (
-            f"the client's share of the body budget ({share} bytes"
-            if whose == "this client's"
-            else f"the body budget less one client's share ({share} bytes"
+    def __init__(self, held: int, size: int, bound: int, everyone: bool = False) -> None:
+        whose = "all clients'" if everyone else "this client's"
+        what = (
+            "the body budget less one client's share" if everyone else "the client's share of the body budget"
         )
         super().__init__(
-            f"{whose} request bodies waiting to be parsed hold {held} bytes, over half the body budget; this "
-            f"one's {size} would pass {bound}: limits.maxWaitingBytesPerClient; kvgate epp: a quarter of "
-            "--max-buffered-bytes, fixed): retry after they are answered"
+            f"the request bodies waiting to be parsed hold over half the body budget, {whose} {held} bytes; "
+            f"this one's {size} would pass {what} ({bound} bytes: limits.maxWaitingBytesPerClient; kvgate "
+            "epp: a quarter of --max-buffered-bytes, fixed): retry after they are answered"
         )
 
 
@@ -307,7 +307,7 @@ async def off_loop(
         size = len(body)
         if lane.held + size > limit // 2:  # (under pressure: below it, nothing is refused)
             if lane.held + size > limit - share:
-                raise ShareFull(lane.held, size, limit - share, "all clients'")
+                raise ShareFull(lane.held, size, limit - share, everyone=True)
             mine = lane._client(client) if keyed else None
             held = mine.held if mine is not None else 0
             if held + size > share:
