@@ -64,6 +64,8 @@ def probe_capacity(sc: Scenario, policy: str, seed: int, duration: float) -> flo
 KNEE_LADDER = (0.3, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1)  # fractions of the served capacity tried for the knee
 # Halvings of the gap between the last ladder load within the knee and the first past it: the ladder's
 # steps are 0.1 x the served capacity (~38 req/s on hetero), too coarse to rank policies near each other.
+# Nominal precision only: each point is one run of the window and p90 need not rise with load (on
+# hetero a policy passes again above a failed load), so the bisected knee is one crossing among several.
 KNEE_REFINE = 3
 
 
@@ -124,20 +126,37 @@ def knee_capacity(
     refine: int = 0,
     p90_at: P90At | None = None,
     label: str = "knee",
+    own_base: bool = False,
 ) -> tuple[float, dict[str, Any]]:
-    """The highest offered load whose p90 TTFT stays within ``KNEE_FACTOR`` x the unloaded p90 (the lowest
-    of ``policies``' p90s at 0.1 x ``served``), searched for each policy (``search_knee``), best over
-    ``policies``. Loads: fractions of the served capacity (``KNEE_LADDER``), then ``refine`` bisections
-    (0: the ladder alone, the capacity that scales the sweep, as published since it was added)."""
+    """The highest offered load whose p90 TTFT stays within ``KNEE_FACTOR`` x the unloaded p90 (the p90
+    at 0.1 x ``served``), searched for each policy (``search_knee``), best over ``policies``. Loads:
+    fractions of the served capacity (``KNEE_LADDER``), then ``refine`` bisections (0: the ladder alone).
+
+    The unloaded p90 is shared, the lowest of ``policies``' (the capacity that scales the sweep, as
+    published since it was added), or with ``own_base`` each policy's own, so that a policy's knee does
+    not depend on which others are compared (review s25-rev-hetero25 F1). A policy that finishes nothing
+    at 0.1 x has no knee (0.0) and no say in the shared base (F2: it zeroed every knee)."""
     p90_at = p90_at or _p90_at(sc, seed, duration)
-    base = min(p90_at(pol, 0.1 * served) or 0.0 for pol in policies)
+    unloaded = {pol: p90_at(pol, 0.1 * served) for pol in policies}
+    shared = min((p for p in unloaded.values() if p is not None), default=None)
     ladder = [round(served * f, 2) for f in KNEE_LADDER]
     knees: dict[str, float] = {}
     points: dict[str, list[tuple[float, float | None]]] = {}
     for pol in policies:
+        base = unloaded[pol] if own_base else shared
+        if base is None:
+            knees[pol], points[pol] = 0.0, []
+            console.print(f"  {label} {pol:>18}: none (nothing finished at 0.1 x served)")
+            continue
         knees[pol], points[pol] = search_knee(partial(p90_at, pol), ladder, base, refine)
         console.print(f"  {label} {pol:>18}: {knees[pol]:.1f} req/s (unloaded p90 {base * 1000:.0f} ms)")
-    info = {"unloaded_p90_s": base, "knee_req_per_s": knees, "points": points, "refine": refine}
+    info = {
+        "unloaded_p90_s": unloaded if own_base else shared,
+        "threshold": "own" if own_base else "shared",
+        "knee_req_per_s": knees,
+        "points": points,
+        "refine": refine,
+    }
     return max(knees.values()) or ladder[0], info
 
 
@@ -151,16 +170,21 @@ def _capacity_md(sc: Scenario, probes: dict[str, float], knee: dict[str, Any]) -
     own = knee.get("per_policy")
     if not own:
         return ""
-    knees = own["knee_req_per_s"]
+    knees, base = own["knee_req_per_s"], own["unloaded_p90_s"]
+
+    def ms(p90: float | None) -> str:
+        return "-" if p90 is None else f"{p90 * 1000:.1f}"
+
     lines = [
-        f"| policy | served at {sc.probe_qps:g} QPS offered (req/s) | own knee (req/s) |",
-        "|---|---:|---:|",
+        f"| policy | served at {sc.probe_qps:g} QPS offered (req/s) | unloaded p90 (ms) | own knee (req/s) |",
+        "|---|---:|---:|---:|",
     ]
-    lines += [f"| {pol} | {probes[pol]:.1f} | {knees[pol]:.1f} |" for pol in knees]
+    lines += [f"| {pol} | {probes[pol]:.1f} | {ms(base[pol])} | {knees[pol]:.1f} |" for pol in knees]
     return "\n".join(lines) + (
-        f"\n\nOwn knee: the highest load with p90 TTFT <= {report.KNEE_FACTOR:g} x the unloaded p90 "
-        f"({own['unloaded_p90_s'] * 1000:.1f} ms, the lowest of these policies' at 0.1 x served), ladder "
-        f"{', '.join(f'{f:g}' for f in KNEE_LADDER)} x served then {own['refine']} bisections.\n\n"
+        f"\n\nOwn knee: the highest load with p90 TTFT <= {report.KNEE_FACTOR:g} x the policy's own unloaded "
+        f"p90 (at 0.1 x served; '-': nothing finished, no knee), ladder "
+        f"{', '.join(f'{f:g}' for f in KNEE_LADDER)} x served then {own['refine']} bisections (nominal "
+        "precision: each point is one run, and p90 need not rise with load).\n\n"
     )
 
 
@@ -174,10 +198,12 @@ def run_scenario(
     console: Console | None = None,
     capacity: str = "served",
     seeds: Sequence[int] = (),
+    own_knees: bool = True,
 ) -> dict[str, Any]:
     """Probe capacity on ``seed`` (served rate, or the knee), then run every load point of the ladder for
     every policy. ``seeds``: run the points for each of these seeds instead (capacity still from ``seed``)
-    and add a per-load summary over seeds (``report.seed_summary``)."""
+    and add a per-load summary over seeds (``report.seed_summary``). ``own_knees`` (with the knee): also
+    search each compared policy's own knee; off, the run is the knee capacity and sweep alone."""
     console = console or Console()
     run_seeds = list(seeds) or [seed]
     pols = policies or sc.policies
@@ -188,7 +214,8 @@ def run_scenario(
     probes: dict[str, float] = {}
     # With the knee, every compared policy is probed too (the served rate beside its own knee); the
     # capacity, which scales the knee ladder and the sweep, comes from the scenario's probe policies.
-    probed = knee_policies(sc, policies) if capacity == "knee" else sc.probe_policies
+    own_knees = own_knees and capacity == "knee"
+    probed = knee_policies(sc, policies) if own_knees else sc.probe_policies
     for pol in probed:
         probes[pol] = probe_capacity(sc, pol, seed, min(duration, 20.0))
         console.print(f"  capacity probe {pol:>18} at {sc.probe_qps:g} QPS offered: {probes[pol]:.1f} req/s")
@@ -199,10 +226,21 @@ def run_scenario(
         p90_at, served, span = _p90_at(sc, seed, min(duration, 20.0)), cap, min(duration, 20.0)
         cap, knee = knee_capacity(sc, sc.probe_policies, seed, span, served, console, p90_at=p90_at)
         console.print(f"fleet capacity (knee, best policy): {cap:.1f} req/s")
-        # Each compared policy's own knee, bisected finer than the ladder (the capacity above is unchanged).
-        knee["per_policy"] = knee_capacity(
-            sc, probed, seed, span, served, console, refine=KNEE_REFINE, p90_at=p90_at, label="own knee"
-        )[1]
+        if own_knees:
+            # Each compared policy's own knee on its own unloaded p90, bisected finer than the ladder
+            # (the capacity above, which scales the sweep, is unchanged).
+            knee["per_policy"] = knee_capacity(
+                sc,
+                probed,
+                seed,
+                span,
+                served,
+                console,
+                refine=KNEE_REFINE,
+                p90_at=p90_at,
+                label="own knee",
+                own_base=True,
+            )[1]
     points = [round(cap * f, 2) for f in fractions]
     rows: list[dict[str, Any]] = []
     series: dict[str, report.LoadSeries] = {}
