@@ -135,7 +135,8 @@ def knee_capacity(
     The unloaded p90 is shared, the lowest of ``policies``' (the capacity that scales the sweep, as
     published since it was added), or with ``own_base`` each policy's own, so that a policy's knee does
     not depend on which others are compared (review s25-rev-hetero25 F1). A policy that finishes nothing
-    at 0.1 x has no knee (0.0) and no say in the shared base (F2: it zeroed every knee)."""
+    at 0.1 x has no say in the shared base (F2: it made it 0.0, zeroing every knee) and, with
+    ``own_base``, no knee (0.0)."""
     p90_at = p90_at or _p90_at(sc, seed, duration)
     unloaded = {pol: p90_at(pol, 0.1 * served) for pol in policies}
     shared = min((p for p in unloaded.values() if p is not None), default=None)
