@@ -1,7 +1,8 @@
 """The front's per-request read path after session 25's cut (``_parse_head`` one function again, the body
 budget's take and give inlined on the usual path): what a client is answered and what the budget holds are
 as before. Each case is fed as one read (the ``_parse_first`` path the cut changed) and split in two reads
-(``_parse``, unchanged), and both must agree."""
+(``_parse``), and both must agree. Both paths call the merged ``_parse_head``, so this equality does
+not test it; the per-case assertions and tests/gateway/test_front_budget_edges_rev_cpu25.py do."""
 
 from __future__ import annotations
 
@@ -119,10 +120,12 @@ async def test_budget_held_while_answered_given_back_after() -> None:
     assert server.budget.used == 0
 
 
-async def test_over_budget_in_one_read_lingers_for_its_length() -> None:
-    """A whole request in one read whose body does not fit in what the budget has free (another
-    connection took it after this one's head check began): 503 with ``Retry-After``, nothing taken, and
-    the linger allows its Content-Length and a head, as before the cut."""
+async def test_over_budget_after_head_check_refused_by_parse_head_lingers_for_its_length() -> None:
+    """A whole request in one read whose body does not fit in what the budget has free once the
+    ``head_check`` ran (another connection took it meanwhile): ``_parse_head``'s pre-body check refuses
+    it (the only refusal on this path: ``_parse_first``'s take that follows with no await always fits,
+    review s25-rev-cpu25 F2), 503 with ``Retry-After``, nothing taken, and the linger allows its
+    Content-Length and a head, as before the cut."""
     held: list[int] = []
     server = _front(held, max_buffered=100)
     server.budget.used = 90  # (another request's body, held)
