@@ -31,7 +31,6 @@ from typing import Any
 
 from _costkit import in_memory_gateway
 
-
 _RID = re.compile(rb"x-request-id: [0-9a-f]+-[0-9a-f]+")
 
 
