@@ -1,4 +1,5 @@
-"""Instructions a request through the gateway's own code, per tree: deterministic, whatever the load.
+"""Instructions a request through the gateway's own code, per tree: a count, not a time (other work on the
+machine moves it only through the loop's clock, which the run reads: about 1 % run to run).
 
     PYTHONPATH=src python scripts/accounting_instructions.py --src <tree>/src [--src <other>/src ...]
 
