@@ -1,13 +1,16 @@
 """Review s25-rev-fc25 (F1-F3): ``slo-feasible``'s aging bound per request, inside a flow as across flows
 and bands. A request past its SLO deadline (a certain miss) gives way until its aging time
-(``controller.aging_time``), then goes first in its flow, by aging time (``FlowQueue.dead`` keyed by it),
-and its flow ranks at its band's priority. No process is started; time is injected. Each test fails on
-main d7350194's src (fc25's rule); on 0cfe18cf (before fc25) the overload one passed (the regression)."""
+(``controller.aging_time``), then its flow ranks at its band's priority, and inside its flow it goes
+before the flow's other overdue requests, by aging time (``FlowQueue.dead`` keyed by it), never before a
+request that can still make its SLO (review s25-rev-fixfc25 F1: fixfc25 sent it before those too, and under
+sustained overload in one flow almost every hit became a miss). No process is started; time is injected.
+Each test fails on main d7350194's src (fc25's rule) or 29f4ddf8's (fixfc25's); on 0cfe18cf (before fc25)
+the overload one passed (the regression)."""
 
 from __future__ import annotations
 
 from kvgate.flowcontrol.config import parse_flow_control
-from kvgate.flowcontrol.controller import FlowController
+from kvgate.flowcontrol.controller import EVICTED_TTL, FlowController
 from kvgate.flowcontrol.dispatcher import dispatch_ready
 from kvgate.scheduling.types import InferenceRequest
 
@@ -34,40 +37,58 @@ def _one(ctl: FlowController, now: float) -> str | None:
     return sent[0] if sent else None
 
 
-def _drive(ctl: FlowController, target: str, fresh_flow: str | None, fresh_prio: int) -> tuple[str, float]:
-    """One slot per 0.5 s from 1.01 s, one fresh request (1 s SLO) arriving just before each: when and how
-    ``target`` leaves (sent, or its TTL)."""
+def _drive(
+    ctl: FlowController, target: str, fresh_flow: str | None, fresh_prio: int, stop: int = 80
+) -> tuple[str, float]:
+    """One slot per 0.5 s from 1.01 s, one fresh request (1 s SLO) arriving just before each until slot
+    ``stop``, where one that is overdue on arrival (0.2 s SLO, nearer than the p90 when there is one)
+    arrives instead and the arrivals end: when and how ``target`` leaves (sent, or its TTL)."""
     now = 0.0
     for i in range(80):
         now = 1.01 + 0.5 * i
         for it in ctl.expire(now):
             if it.req.request_id == target:
                 return "ttl", now
-        ctl.enqueue(_req(f"n{i}", fresh_flow, fresh_prio, 1.0, now), now)
+        if i < stop:
+            ctl.enqueue(_req(f"n{i}", fresh_flow, fresh_prio, 1.0, now), now)
+        elif i == stop:
+            ctl.enqueue(_req("overdue", fresh_flow, fresh_prio, 0.2, now), now)
         if _one(ctl, now) == target:
             return "sent", now
     return "queued", now
 
 
-def test_aging_bounds_a_late_request_behind_its_own_flows_fresh_arrivals_too() -> None:
-    """F1. The same late request (1 s SLO, 30 s TTL: aging time 15.5 s), the same sustained fresh arrivals
-    one per slot: in another flow or its own (no fairness id: every request in ``default-flow``), it is
-    sent at the first slot past its aging time. main: its own flow's arrivals kept it to its TTL (503)."""
+def test_aging_bounds_a_late_request_behind_other_flows_not_its_own_flows_fresh_arrivals() -> None:
+    """F1 (s25-rev-fc25) and review s25-rev-fixfc25 F1. The same late request (1 s SLO, 30 s TTL: aging
+    time 15.5 s), the same sustained fresh arrivals one per slot. In another flow: it is sent at the first
+    slot past its aging time. In its own (no fairness id: every request in ``default-flow``) its flow's
+    fresh requests, which can still make their SLO, go first: it is shed at its TTL (503), and when the
+    flow has no fresh work it is sent at once, before the flow's other overdue request. fixfc25 (29f4ddf8)
+    sent it at its aging time before the fresh ones; fc25 (d7350194) sent the overdue one first."""
     ctl = _ctl()
     ctl.enqueue(_req("old", "t1", 0, 1.0, 0.0), 0.0)
     assert _drive(ctl, "old", "t2", 0) == ("sent", 1.01 + 0.5 * 29)
     ctl = _ctl()
+    old = ctl.enqueue(_req("old", None, 0, 1.0, 0.0), 0.0)
+    assert _drive(ctl, "old", None, 0) == ("ttl", 1.01 + 0.5 * 58)
+    assert old.outcome == EVICTED_TTL  # (answered 503)
+    ctl = _ctl()
+    ctl.service_ttft = 0.3  # (the dispatch -> first-token p90: "overdue" at 0.2 s SLO)
     ctl.enqueue(_req("old", None, 0, 1.0, 0.0), 0.0)
-    assert _drive(ctl, "old", None, 0) == ("sent", 1.01 + 0.5 * 29)
+    assert _drive(ctl, "old", None, 0, stop=38) == ("sent", 1.01 + 0.5 * 38)
 
 
-def test_global_strict_ranks_a_head_past_its_aging_time_before_other_flows_feasible_heads() -> None:
-    """F1 with ``global-strict`` (the band as one queue): a head past its aging time goes first across
-    flows as inside one. main: it ranked in the overdue tier, after every flow's feasible head, and
-    another flow's sustained arrivals kept it to its TTL."""
+def test_global_strict_ranks_a_head_past_its_aging_time_after_other_flows_feasible_heads() -> None:
+    """With ``global-strict`` (the band as one queue) as inside one flow: a head past its aging time goes
+    after the band's requests that can still make their SLO (review s25-rev-fixfc25 F1; fixfc25 ranked it
+    first across flows), before the band's other overdue ones."""
     ctl = _ctl(fairness="global-strict")
     ctl.enqueue(_req("old", "t1", 0, 1.0, 0.0), 0.0)
-    assert _drive(ctl, "old", "t2", 0) == ("sent", 1.01 + 0.5 * 29)
+    assert _drive(ctl, "old", "t2", 0) == ("ttl", 1.01 + 0.5 * 58)
+    ctl = _ctl(fairness="global-strict")
+    ctl.service_ttft = 0.3
+    ctl.enqueue(_req("old", "t1", 0, 1.0, 0.0), 0.0)
+    assert _drive(ctl, "old", "t2", 0, stop=38) == ("sent", 1.01 + 0.5 * 38)
 
 
 def test_a_request_ranks_at_its_bands_priority_from_its_own_aging_time() -> None:
@@ -102,11 +123,12 @@ def test_one_flow_whose_requests_are_all_overdue_on_arrival_loses_none_to_its_tt
     assert expired == [], expired
 
 
-def test_a_parked_home_wakes_a_head_past_its_aging_time_first() -> None:
-    """F1 at a parked home (``park``, ``wake``: ``Home.dead`` keyed by aging time, as ``FlowQueue.dead``).
-    x (deadline 0.3 s, aging time 15.15 s) and y (its flow's request that can still make its SLO, deadline
-    20 s) wait aside for a full home; at 16 s a freed slot wakes x, past its aging time. main: y, and x
-    waited behind its flow's fresh arrivals there too."""
+def test_a_parked_home_wakes_a_head_past_its_aging_time_after_the_fresh_before_the_overdue() -> None:
+    """At a parked home (``park``, ``wake``: ``Home.dead`` keyed by aging time, as ``FlowQueue.dead``), one
+    flow, the dispatch -> first-token p90 2 s. x (deadline 0.3 s, aging time 15.15 s), y (can still make
+    its SLO: deadline 20 s) and z (overdue: deadline 17 s, nearer than the p90 at 16 s) wait aside for a
+    full home. At 16 s a freed slot wakes y (review s25-rev-fixfc25 F1; fixfc25 woke x first), the next
+    one x, past its aging time, before z (fc25 woke z: overdue before past-deadline)."""
     home = "10.0.0.1:8000"
 
     def parked(rid: str, slo_s: float, at: float) -> InferenceRequest:
@@ -115,9 +137,14 @@ def test_a_parked_home_wakes_a_head_past_its_aging_time_first() -> None:
         return r
 
     ctl = _ctl()
+    ctl.service_ttft = 2.0
     x = ctl.enqueue(parked("x", 0.3, 0.0), 0.0)
     y = ctl.enqueue(parked("y", 10.0, 10.0), 10.0)
-    assert list(dispatch_ready(ctl, 10.0, lambda _r: True)) == []  # (its home full: both parked)
-    assert x.parked is not None and y.parked is not None
-    assert ctl.wake(x.parked, 16.0)
-    assert x.parked is None and y.parked is not None  # (x back in its band; y still aside)
+    z = ctl.enqueue(parked("z", 2.0, 15.0), 15.0)
+    assert list(dispatch_ready(ctl, 15.0, lambda _r: True)) == []  # (its home full: all three parked)
+    assert x.parked is not None and y.parked is not None and z.parked is not None
+    key = x.parked
+    assert ctl.wake(key, 16.0)
+    assert y.parked is None and x.parked is not None and z.parked is not None  # (y back in its band)
+    assert ctl.wake(key, 16.0)
+    assert x.parked is None and z.parked is not None

@@ -473,11 +473,11 @@ class Home:
                 e = heapq.heappop(late)
                 if live(e):
                     heapq.heappush(self.dead.setdefault(flow, []), (e[2].ages_at, e[1], e[2], e[3]))
+        if h:
+            return h[0]  # (one that can still make its SLO first: review s25-rev-fixfc25 F1)
         dead = self.dead.get(flow)
         if dead is not None and self._clean(dead) and due is not None and dead[0][0] <= due:
             return dead[0]
-        if h:
-            return h[0]
         if late:
             return late[0]
         return self._clean(self.dead[flow])[0]

@@ -145,10 +145,10 @@ class FlowQueue:
                 heapq.heappush(dead, (item.ages_at, entry[1], item))
         while dead and dead[0][2].done:
             heapq.heappop(dead)
-        if dead and due is not None and dead[0][0] <= due:
-            return dead  # (past its aging time: its flow's first, O(1) to see: ``dead``'s least key)
         if h:
-            return h
+            return h  # (a request that can still make its SLO goes first: review s25-rev-fixfc25 F1)
+        if dead and due is not None and dead[0][0] <= due:
+            return dead  # (past its aging time: before its flow's other overdue ones, by aging time)
         return late if late else dead
 
     def head(self, now: float | None = None, due: float | None = None) -> Any | None:
@@ -372,7 +372,7 @@ class Band:
         if self.fairness == "least-attained-service":
             return (dead, later, q.service, q.served_at)
         # global-strict, as one queue: a head past its aging time first (by it), as inside a flow
-        return (dead, later, 0 if aged else 1 if h is q.heap else 2, key, seq)
+        return (dead, later, 1 if h is q.heap else 2 if aged else 3, key, seq)
 
     def first_of(
         self,
@@ -402,11 +402,11 @@ class Band:
                 rank: tuple[Any, ...] = (dead, later, q.turn)
             elif fairness == "least-attained-service":
                 rank = (dead, later, q.service, q.served_at)
-            elif past:  # (global-strict, as ``_rank``: past its aging time first, by it, as in ``Home.dead``)
-                rank = (dead, later, 2 if dead else 0, item.ages_at, seq)
+            elif past:  # (global-strict, as ``_rank``: past its aging time after the fresh ones, by it)
+                rank = (dead, later, 3 if dead else 2, item.ages_at, seq)
             else:
                 over = late or (q.feasible and reach is not None and key < reach)
-                rank = (dead, later, 2 if over else 1, key, seq)
+                rank = (dead, later, 3 if over else 1, key, seq)
             if best is None or rank < best:
                 best, got = rank, entry
         return got
