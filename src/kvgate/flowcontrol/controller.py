@@ -1480,10 +1480,11 @@ class FlowController:
         differ per request) is not seen. Uses each head's deadline computed at enqueue: this runs on
         every blocked dispatch pass, over every flow (parsing each head's headers again cost ~10x)."""
         best: QueuedRequest | None = None
+        reach = now + self.service_ttft  # (each flow's head as ``heads`` sees it: review s25-rev-fixfc25 F3)
         for flow, q in self.bands[priority].flows.items():
             if flow == skip.flow:
                 continue
-            h = q.head(now)
+            h = q.head(reach, now)
             earlier = h is not None and (best is None or h.slo_deadline < best.slo_deadline)
             if earlier and h is not None and self.deadline_due(h.slo_deadline, now):
                 best = h
