@@ -460,7 +460,7 @@ class Home:
         """The first of ``flow``'s heads here (``h``: its heap, from ``_flow_top``) in its order
         (``slo-feasible``: keyed before ``reach``, or parked overdue, after the rest: moved to ``late``; of
         those, keyed before ``due``, past their deadline, after the rest: moved to ``dead``, keyed by their
-        aging time, and first from it, as ``FlowQueue._top``)."""
+        aging time, and from it after ``h`` only, as ``FlowQueue._top``)."""
         live = self._live
         if feasible and reach is not None:
             while h and (h[0][3] or h[0][0] < reach or not live(h[0])):

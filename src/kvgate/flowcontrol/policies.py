@@ -11,12 +11,13 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
   (``FlowQueue.dead``; review s24-rev-fix24c F1). Under overload ``slo-deadline`` serves the most overdue
   first, so every request behind them misses too; this serves the ones that can still make it. A request
   past its deadline gives way until its aging time (halfway from its deadline to its TTL:
-  ``controller.aging_time``; review s24-rev-fix24c F2), then goes first in its flow, by aging time
-  (``dead`` is keyed by it; review s25-rev-fc25 F1-F3: without it an overdue request waited out its TTL
-  behind its own flow's fresh ones). Between flows (and bands: ``FlowController.heads``), a flow whose
-  head is past its deadline and not its aging time (a certain miss, not a p90's guess) is chosen only
-  when no flow's head is not (``Band.select``); with ``global-strict`` a head past its aging time ranks
-  first, as inside a flow.
+  ``controller.aging_time``; review s24-rev-fix24c F2), then goes before its flow's other overdue ones,
+  by aging time (``dead`` is keyed by it; review s25-rev-fc25 F2, F3), never before one that can still
+  make its SLO: under overload the excess is shed at its TTL, not the hits (review s25-rev-fixfc25 F1).
+  Between flows (and bands: ``FlowController.heads``), a flow whose head is past its deadline and not
+  its aging time (a certain miss, not a p90's guess) is chosen only when no flow's head is not
+  (``Band.select``); with ``global-strict`` a head past its aging time ranks as inside a flow: after the
+  band's fresh heads, before its overdue ones.
 
 Fairness (which flow's head leaves next):
 - ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue
@@ -125,9 +126,9 @@ class FlowQueue:
         """The heap the head comes from (dropping finished entries; with ``slo-feasible`` and a ``now``
         (the reach: now + the p90), moving the overdue ones to ``late`` first, and with a ``due`` (the time
         now), those of ``late`` past their deadline to ``dead``, keyed by their aging time: served after the
-        rest of the flow until the first of them reaches it, then first, by aging time (review s25-rev-fc25
-        F1-F3: behind its own flow's fresh arrivals a certain miss waited to its TTL, and under overload,
-        every request overdue on arrival, the backlog did)."""
+        rest of the flow until the first of them reaches it, then after ``heap`` only, by aging time (review
+        s25-rev-fc25 F2, F3: under overload, every request overdue on arrival, the backlog waited to its TTL;
+        s25-rev-fixfc25 F1: first over ``heap`` too, it turned a flow's hits into misses under overload)."""
         h = self.heap
         while h and h[0][2].done:
             heapq.heappop(h)
@@ -371,7 +372,7 @@ class Band:
             return (dead, later, i)  # the OrderedDict's order
         if self.fairness == "least-attained-service":
             return (dead, later, q.service, q.served_at)
-        # global-strict, as one queue: a head past its aging time first (by it), as inside a flow
+        # global-strict, as one queue: a head past its aging time after the fresh ones (by it), as in a flow
         return (dead, later, 1 if h is q.heap else 2 if aged else 3, key, seq)
 
     def first_of(
