@@ -11,8 +11,8 @@ when the request was sent, has gone stale with its fetches failing: a hung clust
 the next cluster in the policy's order (and backs off; a hung one until an aggregate is fetched from it
 again). A 504 (a gateway's or pod's timeout: the request may have been written to a model server, which
 may still run it) is the client's answer, and the cluster backs off (qa25 F4), except kvgate's own 504
-``request_timeout`` (its queue held the request to its bound: nothing runs there), which moves on as a 5xx
-does (review s25-rev-fixqa25 R4). A request whose response has
+``request_timeout`` (its queue held the request to its bound: no attempt of it still runs there), which
+moves on as a 5xx does (review s25-rev-fixqa25 R4). A request whose response has
 started is never retried: it is the client's. With ``limits.requestTimeoutSeconds`` the whole request is
 bound (``Deadline``): no cluster is tried, and no head awaited, past it (a 504 ``request_timeout``).
 """
@@ -53,23 +53,24 @@ _DROP = frozenset(
 # The most addresses whose last answer to a probe is kept (``GlobalRouter._live_at``): the latest ones.
 LIVE_MAX = 1024
 STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the pick in time
-# A cluster's 504 whose JSON ``error.code`` says nothing of the request runs there: ``kvgate serve``'s and
-# ``kvgate epp``'s flow-control queue timeout (``QueueTimeoutError``), or its bound passing before a model
-# server was reached. Read from a JSON 504 of at most ``ERROR_BODY_MAX`` bytes within ``ERROR_BODY_S``.
+# A cluster's 504 whose JSON ``error.code`` says no attempt of the request still runs there: ``kvgate
+# serve``'s and ``kvgate epp``'s flow-control queue timeout (``QueueTimeoutError``), or its bound passing
+# before a model server was reached. Read from a JSON 504 of at most ``ERROR_BODY_MAX`` bytes within ``ERROR_BODY_S``.
 UNWRITTEN_504 = "request_timeout"
 ERROR_BODY_MAX = 16 * 1024
 ERROR_BODY_S = 2.0
 
 
-async def _small_json(resp: aiohttp.ClientResponse) -> bytes | None:
+async def _small_json(resp: aiohttp.ClientResponse, within_s: float = ERROR_BODY_S) -> bytes | None:
     """The body of a JSON answer with a Content-Length of at most ``ERROR_BODY_MAX``, read within
-    ``ERROR_BODY_S``; None when it is none of these (not read: relayed as it comes). A body that fails to
-    come in time is b"" (the head is relayed without it, as a cut relay would)."""
+    ``within_s`` (``ERROR_BODY_S`` or what is left of the request's bound, the lesser); None when it is none
+    of these (not read: relayed as it comes). A body that fails to come in time is b"" (the head is relayed
+    without it, as a cut relay would)."""
     length = resp.content_length
     if length is None or length > ERROR_BODY_MAX or resp.content_type != "application/json":
         return None
     try:
-        return await asyncio.wait_for(resp.read(), ERROR_BODY_S)
+        return await asyncio.wait_for(resp.read(), max(0.0, within_s))
     except (aiohttp.ClientError, TimeoutError, OSError):
         return b""
 
@@ -784,7 +785,18 @@ class GlobalRouter:
         relayed: bytes | None = None
         unwritten = False
         if resp.status == 504:
-            relayed = await _small_json(resp)
+            # (guarded as the send is: a client that leaves during the read must not leave the cluster's
+            # in-flight count, the response or the EPP's session behind: review s25-rev-fixes25 F1; the
+            # read bounded by the request's deadline too, F2)
+            within = ERROR_BODY_S
+            if deadline is not None:
+                within = min(within, deadline.due - asyncio.get_running_loop().time())
+            try:
+                relayed = await _small_json(resp, within)
+            except BaseException:
+                resp.release()
+                given_up()
+                raise
             unwritten = relayed is not None and _error_code(relayed) == UNWRITTEN_504
         if unwritten or (resp.status != 504 and (
             resp.status >= 500 or (resp.status == 429 and RATE_LIMITED not in resp.headers)
