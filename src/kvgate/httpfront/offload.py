@@ -24,10 +24,11 @@ always, it refused honest clients behind one NAT, or all of an EPP's clients wit
 most of the budget free): while those bytes, this body's included, are at most half of ``limit``,
 nothing is refused; past half, a body is refused at once (``ShareFull``: 429 with an OpenAI error body,
 ``Retry-After``; its bytes given back with its answer) if it would take its client past ``share`` (its
-first body included: no exemption under pressure), or all clients' together past ``limit - share``.
+first body passes), or all clients' together past three quarters of ``limit``; a body with nothing else
+waiting is never refused (review s25-rev-fixgw25 F1, F3).
 That last bound is the one a client minting keys cannot get around (an EPP's fairness ids are the
 client's to choose, an IPv6 host has many addresses: review s25-rev-gw25 F3): whatever the keys, the
-bodies waiting for the thread never hold more than ``limit - share`` (three quarters by default; the
+bodies waiting for the thread never hold more than three quarters of ``limit`` (whatever the share; the
 rest stays for the bodies parsed on the loop and the answers held); the per-client share bounds a client
 only as long as it keeps one key. A ``share`` of ``limit`` or more turns both off.
 
@@ -95,7 +96,7 @@ def worth_the_thread(body: bytes | bytearray) -> bool:
 
 class ShareFull(BodyError):
     """A body refused because the bodies waiting for the thread (and on it) hold over half the body budget,
-    and this one would take its client's past its share, or all clients' past the budget less a share
+    and this one would take its client's past its share, or all clients' past three quarters of the budget
     (``off_loop``): 429, retry once they are parsed. A ``BodyError``, so each door answers it as its own
     parse errors, with this status."""
 
@@ -103,9 +104,7 @@ class ShareFull(BodyError):
 
     def __init__(self, held: int, size: int, bound: int, everyone: bool = False) -> None:
         whose = "all clients'" if everyone else "this client's"
-        what = (
-            "the body budget less one client's share" if everyone else "the client's share of the body budget"
-        )
+        what = "three quarters of the body budget" if everyone else "the client's share of the body budget"
         super().__init__(
             f"the request bodies waiting to be parsed hold over half the body budget, {whose} {held} bytes; "
             f"this one's {size} would pass {what} ({bound} bytes: limits.maxWaitingBytesPerClient; kvgate "
@@ -295,22 +294,29 @@ async def off_loop(
 ) -> T:
     """``fn(body)`` on the process's parse thread (in ``client``'s turn, after its bodies queued before
     it); what it raises is raised here. ``share`` and ``limit`` (the body budget's): ``ShareFull`` at once
-    if the bodies listed or on the thread, this one's included, hold more than half of ``limit`` and this
-    one would take ``client``'s past ``share`` or all clients' past ``limit - share`` (None, or a share of
-    ``limit`` or more: no bound). ``keyed`` False: ``client`` is no one client's key (an EPP's requests
-    without a fairness id), bound by the clients' total alone."""
+    if other bodies are listed or on the thread, these and this one hold more than half of ``limit``, and
+    this one would take ``client``'s past ``share`` (a client's first body passes) or all clients' past
+    three quarters of ``limit`` (None, or a share of ``limit`` or more: no bound). ``keyed`` False:
+    ``client`` is no one client's key (an EPP's requests without a fairness id), bound by the clients'
+    total alone."""
     loop = asyncio.get_running_loop()
     lane = _lanes.get(loop)
     if lane is None:
         lane = _lanes[loop] = _Lane()
     if share is not None and share < limit:
         size = len(body)
-        if lane.held + size > limit // 2:  # (under pressure: below it, nothing is refused)
-            if lane.held + size > limit - share:
-                raise ShareFull(lane.held, size, limit - share, everyone=True)
+        # Under pressure only (below half, nothing is refused), and never a body alone: with nothing else
+        # waiting it takes no one's room (review s25-rev-fixgw25 F1: one body over half the budget got
+        # 429 at every retry). The clients' total keeps a quarter of ``limit`` free whatever the share
+        # (F3: ``limit - share`` made a bigger share refuse more); a client's first body passes its share
+        # (only the total bounds a client minting keys: review s25-rev-gw25 F3).
+        if lane.held and lane.held + size > limit // 2:
+            cap = limit - limit // 4
+            if lane.held + size > cap:
+                raise ShareFull(lane.held, size, cap, everyone=True)
             mine = lane._client(client) if keyed else None
             held = mine.held if mine is not None else 0
-            if held + size > share:
+            if held and held + size > share:
                 raise ShareFull(held, size, share)
     wait = _Wait(fn, body, loop.create_future(), client)
     del body  # (the wait holds the only reference here: a cancel below drops it)
