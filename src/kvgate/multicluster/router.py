@@ -55,7 +55,8 @@ LIVE_MAX = 1024
 STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the pick in time
 # A cluster's 504 whose JSON ``error.code`` says no attempt of the request still runs there: ``kvgate
 # serve``'s and ``kvgate epp``'s flow-control queue timeout (``QueueTimeoutError``), or its bound passing
-# before a model server was reached. Read from a JSON 504 of at most ``ERROR_BODY_MAX`` bytes within ``ERROR_BODY_S``.
+# before a model server was reached. Read from a JSON 504 of at most ``ERROR_BODY_MAX`` bytes within
+# ``ERROR_BODY_S``.
 UNWRITTEN_504 = "request_timeout"
 ERROR_BODY_MAX = 16 * 1024
 ERROR_BODY_S = 2.0
