@@ -83,5 +83,26 @@ def off_loop_stderr() -> OffLoopStderr | None:
             off.setLevel(h.level)
             root.removeHandler(h)
             root.addHandler(off)
+            _flush_before_tracebacks(off)
             return off
     return None
+
+
+def _flush_before_tracebacks(off: OffLoopStderr) -> None:
+    """An uncaught exception's traceback is written to stderr at once, by the crashing thread: the lines
+    logged before it, still with the writer, would land after it or inside it (review s25-rev-fixgw25 F2).
+    The hooks wait for them first (``flush``: at most ``CLOSE_WAIT_S``, once)."""
+    import threading
+
+    sys_hook, thread_hook = sys.excepthook, threading.excepthook
+
+    def on_uncaught(*args: object) -> None:
+        off.flush()
+        sys_hook(*args)  # type: ignore[arg-type]
+
+    def on_thread(args: threading.ExceptHookArgs) -> None:
+        off.flush()
+        thread_hook(args)
+
+    sys.excepthook = on_uncaught
+    threading.excepthook = on_thread
