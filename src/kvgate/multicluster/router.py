@@ -71,7 +71,10 @@ async def _small_json(resp: aiohttp.ClientResponse, within_s: float = ERROR_BODY
     if length is None or length > ERROR_BODY_MAX or resp.content_type != "application/json":
         return None
     try:
-        return await asyncio.wait_for(resp.read(), max(0.0, within_s))
+        # (``asyncio.timeout``, not ``wait_for``: on 3.11 that can swallow the client's cancellation,
+        # CPython gh-86296; tests/test_stop_cancels.py)
+        async with asyncio.timeout(max(0.0, within_s)):
+            return await resp.read()
     except (aiohttp.ClientError, TimeoutError, OSError):
         return b""
 
