@@ -8,9 +8,9 @@ import os
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -141,12 +141,14 @@ class PipeSink(AccessSink):
         os.close(self._r)
 
 
-@pytest.fixture
-def access_pipe(monkeypatch: pytest.MonkeyPatch) -> Iterator[PipeSink]:
-    """As ``access_sink``, its lines to a real pipe through the writer thread (``PipeSink``)."""
+S = TypeVar("S")
+
+
+@contextmanager
+def _access_to(sink: S, monkeypatch: pytest.MonkeyPatch) -> Iterator[S]:
+    """The access log on (``kvgate.access`` at INFO) with its lines to ``sink``; the level put back after."""
     from kvgate.gateway import access
 
-    sink = PipeSink()
     monkeypatch.setattr(access, "stderr", lambda: sink)
     log = logging.getLogger("kvgate.access")
     old = log.level
@@ -155,23 +157,24 @@ def access_pipe(monkeypatch: pytest.MonkeyPatch) -> Iterator[PipeSink]:
         yield sink
     finally:
         log.setLevel(old)
+
+
+@pytest.fixture
+def access_pipe(monkeypatch: pytest.MonkeyPatch) -> Iterator[PipeSink]:
+    """As ``access_sink``, its lines to a real pipe through the writer thread (``PipeSink``)."""
+    sink = PipeSink()
+    try:
+        with _access_to(sink, monkeypatch):
+            yield sink
+    finally:
         sink.close()
 
 
 @pytest.fixture
 def access_sink(monkeypatch: pytest.MonkeyPatch) -> Iterator[AccessSink]:
     """The access log on (``kvgate.access`` at INFO when the proxy is built), its lines to a sink."""
-    from kvgate.gateway import access
-
-    sink = AccessSink()
-    monkeypatch.setattr(access, "stderr", lambda: sink)
-    log = logging.getLogger("kvgate.access")
-    old = log.level
-    log.setLevel(logging.INFO)
-    try:
+    with _access_to(AccessSink(), monkeypatch) as sink:
         yield sink
-    finally:
-        log.setLevel(old)
 
 
 async def serve_ready(
