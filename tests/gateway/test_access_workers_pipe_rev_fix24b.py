@@ -68,8 +68,8 @@ def test_two_workers_lines_on_one_stderr_pipe_stay_whole(how: str) -> None:
 def test_a_buffer_goes_in_pieces_cut_at_line_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     """F2: pieces of at most ``PIPE_PIECE`` bytes, each ending at a line's end; a line longer than a piece
     is a write of its own. (A real pipe: what each ``write`` carried is read back one piece at a time.)"""
-    from kvgate.gateway import access
-    from kvgate.gateway.access import PIPE_PIECE
+    from kvgate import stderrlog
+    from kvgate.stderrlog import PIPE_PIECE
 
     lines = [b"%05d %s\n" % (i, b"x" * (i * 37 % 700)) for i in range(400)]
     lines.insert(200, b"L" * (3 * PIPE_PIECE) + b"\n")
@@ -86,7 +86,7 @@ def test_a_buffer_goes_in_pieces_cut_at_line_ends(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(os, "write", spy)
     try:
-        access.write_pieces(w, data)
+        stderrlog.write_pieces(w, data)
     finally:
         monkeypatch.undo()
         os.close(r)

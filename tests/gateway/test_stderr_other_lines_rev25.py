@@ -76,8 +76,8 @@ def test_the_off_loop_handler_is_bounded_and_counts_what_it_drops() -> None:
     import logging
     import threading
 
-    from kvgate.gateway import access
-    from kvgate.gateway.stderrlog import OffLoopStderr
+    from kvgate import stderrlog
+    from kvgate.stderrlog import OffLoopStderr
 
     r, w = os.pipe()
     fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
@@ -98,7 +98,7 @@ def test_the_off_loop_handler_is_bounded_and_counts_what_it_drops() -> None:
     try:
         for i in range(2000):
             log.info("line %04d %s", i, "x" * 1000)  # (the caller never waits for the pipe)
-        assert 0 < handler.dropped() < 2000 - access.PENDING_MAX // 1100, handler.dropped()
+        assert 0 < handler.dropped() < 2000 - stderrlog.PENDING_MAX // 1100, handler.dropped()
         reader.start()
         handler.close()
     finally:

@@ -14,7 +14,7 @@ SCRIPT = """
 import logging
 logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
 try:
-    from kvgate.gateway.stderrlog import off_loop_stderr
+    from kvgate.stderrlog import off_loop_stderr
 except ImportError:  # (a7dbe3b2: logging's StreamHandler)
     pass
 else:

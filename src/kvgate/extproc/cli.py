@@ -38,6 +38,7 @@ from kvgate.extproc import keys
 from kvgate.extproc.upstream_flags import split_unknown
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
+from kvgate.stderrlog import off_loop_stderr
 
 if TYPE_CHECKING:
     from kvgate.datalayer.store import EndpointStore
@@ -232,6 +233,7 @@ def _main(argv: list[str] | None) -> int:
         p.error(f"unrecognized arguments: {' '.join(refused_args)}")
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=args.log_level.upper(), format=fmt)
+    off_loop_stderr()  # (as ``kvgate serve``'s: a stderr nobody reads stalls no stream)
     if ignored:
         log.warning("ignoring the reference EPP's arguments kvgate does not use: %s", " ".join(ignored))
     from kvgate.datalayer.store import EndpointStore, make_endpoint

@@ -23,6 +23,7 @@ from kvgate import __version__
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc.ports import bind_one
+from kvgate.httpfront.metrics import LogLinesDropped
 from kvgate.httpfront.server import (
     READ_METHODS,
     FrontLimits,
@@ -76,6 +77,7 @@ class EppMetrics:
         self.requests = RequestStats()
         r.register(self.requests)
         r.register(BuildInfo(__version__))  # inference_extension_info, llm_d_epp_info
+        r.register(LogLinesDropped("kvgate_epp"))  # (log lines lost: ``kvgate.stderrlog``)
         # A name no longer seen loses its series in both (``ModelLabels.sweep``; at each scrape too).
         self.models.forget += [self.errors.forget, self.requests.forget]
         self.streams = Gauge("kvgate_epp_streams_active", "ext_proc streams open now", registry=r)

@@ -12,10 +12,10 @@ second, at 64 KiB and at the gateway's stop: lines are lost only if the process 
 (at most a second's), or if the output does not take them (below). The line looks as the logging format
 made it.
 
-The writes themselves run on a thread of their own (``_Writer``), never on the event loop: a stderr pipe
-whose reader stopped reading (a stuck log shipper) blocked the loop in ``flush``, and every request with
-it (session-24 closing note). The loop hands each buffer over; at most ``PENDING_MAX`` bytes wait for the
-thread, a buffer that does not fit is dropped whole and its lines counted
+The writes themselves run on a thread of their own (``kvgate.stderrlog.Writer``), never on the event
+loop: a stderr pipe whose reader stopped reading (a stuck log shipper) blocked the loop in ``flush``, and
+every request with it (session-24 closing note). The loop hands each buffer over; at most ``PENDING_MAX``
+bytes wait for the thread, a buffer that does not fit is dropped whole and its lines counted
 (``kvgate_gateway_access_log_lines_dropped_total``; so are lines whose write failed: a closed stderr);
 no line is ever cut or spliced. It never carries a header value other
 than the request id, nor a body: no prompt, no API key. The proxy fills the request's ``Note`` as it goes
@@ -27,15 +27,13 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TextIO
 
 from kvgate.requestid import acceptable
+from kvgate.stderrlog import CLOSE_WAIT_S, Writer, write_pieces
 
 if TYPE_CHECKING:
     from kvgate.httpfront.server import Request, Response, StreamResponse
@@ -47,14 +45,6 @@ _FORMAT = "%s %s %s %s %d model=%s endpoint=%s attempts=%d ms=%.1f bytes=%d\n"
 # The buffer is written at most this long after its first line, or once it holds this many characters.
 FLUSH_S = 1.0
 FLUSH_CHARS = 1 << 16
-# A pipe's write is atomic only up to PIPE_BUF (4096 on Linux, pipe(7)): ``--workers`` share one stderr, so
-# a buffer goes to it in pieces of at most this many bytes cut at line ends (review s24-rev-fix24b F2).
-PIPE_PIECE = 4096
-# Bytes handed to the writer thread and not written yet, at most (16 full buffers): past it the output is
-# not keeping up (a pipe nobody reads), and a buffer that does not fit is dropped, its lines counted.
-PENDING_MAX = 1 << 20
-# How long the gateway's stop waits for the writer thread to write what is left (then it is lost).
-CLOSE_WAIT_S = 2.0
 
 
 def stderr() -> TextIO:
@@ -87,7 +77,7 @@ class Lines:
         self._sec = -1
         self._prefix = ""
         self._dropped = 0  # (lines the writer had no room for: counted on the loop)
-        self._writer: _Writer | None = None  # (started at the first write to a file descriptor)
+        self._writer: Writer | None = None  # (started at the first write to a file descriptor)
         # (as the logging format: ``--workers``' lines name their worker, as its other lines do)
         name = multiprocessing.current_process().name
         self._tag = "INFO kvgate.access:" if name == "MainProcess" else f"INFO {name} kvgate.access:"
@@ -142,7 +132,7 @@ class Lines:
                         self._out.write(text)
                         self._out.flush()
                     return
-            writer = self._writer = _Writer(self._write)
+            writer = self._writer = Writer(self._write, "kvgate-access-log")
         if not writer.put(text.encode("utf-8", "backslashreplace"), n):
             self._dropped += n
         elif not self._limit:  # (closed: a late line is written before the stop goes on, if it can be)
@@ -178,84 +168,6 @@ class Lines:
         if self._own:
             writer.call(self._out.close)
         writer.wait(CLOSE_WAIT_S)
-
-
-class _Writer:
-    """A daemon thread that writes the buffers handed to it, in order, with ``write`` (which may block: a
-    pipe nobody reads). ``put`` refuses a buffer once ``PENDING_MAX`` bytes wait; ``failed`` counts the
-    lines whose write raised. The thread runs for the process's life (late lines after a close)."""
-
-    def __init__(self, write: Callable[[bytes], None], name: str = "kvgate-access-log") -> None:
-        self._write = write
-        self._cond = threading.Condition()
-        self._items: deque[tuple[bytes, int] | Callable[[], object]] = deque()
-        self._pending = 0  # (bytes in ``_items`` and being written)
-        self._busy = False
-        self.failed = 0  # (written by the thread only)
-        threading.Thread(target=self._run, name=name, daemon=True).start()
-
-    def put(self, data: bytes, lines: int) -> bool:
-        with self._cond:
-            if self._pending + len(data) > PENDING_MAX:
-                return False
-            self._pending += len(data)
-            self._items.append((data, lines))
-            self._cond.notify()
-        return True
-
-    def call(self, fn: Callable[[], object]) -> None:
-        """``fn()`` on the thread after the buffers handed over before it."""
-        with self._cond:
-            self._items.append(fn)
-            self._cond.notify()
-
-    def wait(self, timeout: float) -> bool:
-        """Until everything handed over is written (True), at most ``timeout`` seconds."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._items and not self._busy, timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._items))
-                item = self._items.popleft()
-                self._busy = True
-            size, lines = 0, 0
-            try:
-                if callable(item):
-                    item()
-                else:
-                    data, lines = item
-                    size = len(data)
-                    self._write(data)
-            except (OSError, ValueError):  # (a closed or broken output: those lines lost, counted)
-                self.failed += lines
-            finally:
-                with self._cond:
-                    self._pending -= size
-                    self._busy = False
-                    self._cond.notify_all()
-
-
-def write_pieces(fd: int, data: bytes, piece: int = PIPE_PIECE) -> None:
-    """``data`` (whole lines) to ``fd`` in writes of at most ``piece`` bytes, each cut at a line's end (a
-    line longer than that: a write of its own), so that no other process's write lands inside a line on a
-    shared pipe (atomic up to PIPE_BUF). 16 writes per 64 KiB buffer, not one per line."""
-    view = memoryview(data)
-    start, end = 0, len(data)
-    while start < end:
-        stop = start + piece
-        if stop >= end:
-            stop = end
-        else:
-            cut = data.rfind(b"\n", start, stop)
-            if cut >= 0:
-                stop = cut + 1
-            else:  # (one line longer than a piece: up to its end)
-                cut = data.find(b"\n", stop)
-                stop = end if cut < 0 else cut + 1
-        while start < stop:  # (a blocking write may still be partial: a file, a signal)
-            start += os.write(fd, view[start:stop])
 
 
 class Note:

@@ -30,10 +30,10 @@ from kvgate.config.gateway import (
 )
 from kvgate.entry import ArgumentParser, log_level, number, port_number, sighup_ignored
 from kvgate.gateway.pools import Pool, build_pool
-from kvgate.gateway.stderrlog import off_loop_stderr
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
+from kvgate.stderrlog import off_loop_stderr
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 
 from kvgate import __version__
-from kvgate.httpfront.metrics import FrontGauges
+from kvgate.httpfront.metrics import FrontGauges, LogLinesDropped
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestEnd, RequestErrors, RequestStats
 
@@ -79,6 +79,7 @@ class GatewayMetrics:
         # Access lines lost (``access.Lines.dropped``: the output did not take them; read at scrape time).
         self.access_dropped = _Dropped()
         r.register(self.access_dropped)
+        r.register(LogLinesDropped("kvgate_gateway"))  # (the other log lines': ``kvgate.stderrlog``)
 
         # Client-side protections (kvgate.httpfront.server), read from the fronts at scrape time.
         self.front = FrontGauges(r, "kvgate_gateway")

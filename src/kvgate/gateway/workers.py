@@ -66,14 +66,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from kvgate import stderrlog
 from kvgate.aio import serve_on_sighup
 from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gateway_config
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway import worker_health
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.reload import ConfigWatch, check_pickers, take_applied
-from kvgate.gateway.stderrlog import off_loop_stderr
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
+from kvgate.stderrlog import off_loop_stderr
 
 log = logging.getLogger("kvgate.gateway.workers")
 
@@ -1094,6 +1095,10 @@ class Supervisor:
                  "# TYPE kvgate_gateway_worker_restarts_total counter"]  # fmt: skip
         restarts = self.restarts.items()
         lines += [f'kvgate_gateway_worker_restarts_total{{reason="{r}"}} {n}' for r, n in restarts]
+        # (the supervisor's own log lines lost; each worker's are in its own /metrics: ``kvgate.stderrlog``)
+        lines += ["# HELP kvgate_gateway_log_lines_dropped_total Log lines lost (all but the access lines): "
+                  "stderr did not take them", "# TYPE kvgate_gateway_log_lines_dropped_total counter",
+                  f"kvgate_gateway_log_lines_dropped_total {stderrlog.dropped()}"]  # fmt: skip
         if self.reload_failures:
             lines += ["# HELP kvgate_gateway_config_reloads_total Config file reloads by result",
                       "# TYPE kvgate_gateway_config_reloads_total counter"]  # fmt: skip

@@ -9,10 +9,28 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from kvgate import stderrlog
+
 if TYPE_CHECKING:
     from kvgate.httpfront.server import FrontServer
 
 _KINDS = ("header", "body", "send")
+
+
+class LogLinesDropped(Collector):
+    """``<prefix>_log_lines_dropped_total``: the log lines (all but the access lines) this process's
+    off-loop stderr handler lost (``kvgate.stderrlog.dropped``: its output did not take them), read at
+    scrape time; each door registers one under its own prefix (before gw26 they were said only at exit)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            f"{self.prefix}_log_lines_dropped",
+            "Log lines lost (all but the access lines): stderr did not take them",
+            value=float(stderrlog.dropped()),
+        )
 
 
 class _FrontCounters(Collector):

@@ -41,7 +41,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
 from kvgate.httpfront import offload
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.httpfront.metrics import FrontGauges
+from kvgate.httpfront.metrics import FrontGauges, LogLinesDropped
 from kvgate.httpfront.server import (
     FrontLimits,
     FrontServer,
@@ -186,6 +186,7 @@ class _Metrics:
             ["cluster"], registry=r,
         )  # fmt: skip
         self.front = FrontGauges(r, "kvgate_multicluster")
+        r.register(LogLinesDropped("kvgate_multicluster"))  # (log lines lost: ``kvgate.stderrlog``)
 
     def _forget_requests(self, names: Set[str]) -> None:
         for name in names:
