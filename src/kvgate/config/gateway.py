@@ -117,7 +117,7 @@ class Limits:
     max_buffered_bytes: int = 1 << 30
     # One client's (a peer host's) big bodies waiting for the parse thread or on it, at most (a body past
     # it gets 429 while another of that client's waits; ``httpfront.offload``); 0: a quarter of
-    # ``max_buffered_bytes`` (``waiting_share``). ``--max-waiting-bytes-per-client``.
+    # ``max_buffered_bytes`` (``httpfront.offload.waiting_share``). ``--max-waiting-bytes-per-client``.
     max_waiting_bytes_per_client: int = 0
     # Finished Responses API turns kept for their follow-ups' estimates (``previous_response_id``: the
     # conversation's tokens and prefix blocks; ``openai.responses.ResponseTurns``, ~2.3 KB each at most;
@@ -458,12 +458,6 @@ _HEALTH_KEYS: dict[str, tuple[str, type | tuple[type, ...], bool]] = {
     "scrapeFailures": ("scrape_failures", int, False),
     "metricsStalenessSeconds": ("metrics_staleness_s", (int, float), False),
 }
-
-
-def waiting_share(limits: Limits) -> int:
-    """A client's share of the body budget for its bodies waiting to be parsed
-    (``limits.maxWaitingBytesPerClient``, 0: a quarter of ``maxBufferedBytes``)."""
-    return limits.max_waiting_bytes_per_client or limits.max_buffered_bytes // 4
 
 
 def budget_below_body(limits: Limits) -> str:

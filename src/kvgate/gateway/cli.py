@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
         help="one client's (peer host's) big request bodies waiting to be parsed, at most, once those of "
         "all clients hold over half of --max-buffered-bytes: a body past it gets 429 with Retry-After, "
         "so one client cannot fill --max-buffered-bytes (overrides limits.maxWaitingBytesPerClient; "
-        "default 0: a quarter of --max-buffered-bytes; >= --max-buffered-bytes: off)",
+        "default 0: a quarter of --max-buffered-bytes; >= --max-buffered-bytes: off; with --clusters, "
+        "over the clusters file's)",
     )
     p.add_argument(
         "--response-turns",
@@ -491,7 +492,7 @@ def _admin_scheme(cfg: GatewayConfig) -> str:
 _CLUSTERS_FLAGS = frozenset(
     {"clusters", "cluster_policy", "cluster_policy_seed", "model_series_grace", "host", "port", "admin_port",
      "admin_tls", "cert_path", "cert", "key", "client_ca", "tls_hosts", "kube_stale_after",
-     "kube_stale_not_ready_after", "config", "log_level"}
+     "kube_stale_not_ready_after", "config", "log_level", "max_waiting_bytes_per_client"}
 )  # fmt: skip
 
 
@@ -534,10 +535,9 @@ def _main(argv: list[str] | None) -> int:
                     "--max-buffered-bytes",
                     "not with --clusters: set limits.maxBufferedBytes in the clusters file",
                 )
-            if args.max_waiting_bytes_per_client is not None:  # (no share there yet: not ignored either)
-                raise GatewayConfigError(
-                    "--max-waiting-bytes-per-client", "not with --clusters (kvgate serve's front only)"
-                )
+            share = args.max_waiting_bytes_per_client  # (over the clusters file's maxWaitingBytesPerClient)
+            if share is not None and share < 0:
+                raise GatewayConfigError("--max-waiting-bytes-per-client", f"must be >= 0, got {share}")
             if args.config:  # the clusters file is the whole configuration (review s16-k8s F6)
                 from kvgate.multicluster.clusters import NOT_WITH_CONFIG
 
@@ -546,7 +546,8 @@ def _main(argv: list[str] | None) -> int:
                 raise GatewayConfigError(
                     flag, "not with --clusters (the global gateway's candidates are the clusters file's "
                     "clusters; it takes --host, --port, --admin-port with its TLS flags, --cluster-policy, "
-                    "--cluster-policy-seed, --model-series-grace and --kube-stale-after)",
+                    "--cluster-policy-seed, --model-series-grace, --kube-stale-after and "
+                    "--max-waiting-bytes-per-client)",
                 )  # fmt: skip
             staleness_settings(args, None, "hub")
             grace = GRACE_S if args.model_series_grace is None else args.model_series_grace
@@ -565,7 +566,7 @@ def _main(argv: list[str] | None) -> int:
         return run(ServeArgs(args.clusters, args.cluster_policy or "kvgate", args.host or "127.0.0.1", port,
                              seed=args.cluster_policy_seed, series_grace_s=grace,
                              stale_after_s=args.kube_stale_after, admin_port=args.admin_port,
-                             admin_ssl=admin_ssl(admin)))  # fmt: skip
+                             admin_ssl=admin_ssl(admin), waiting_share=share))  # fmt: skip
     file_cfg = mtime = None
     if args.config:
         from kvgate.gateway.reload import file_mtime

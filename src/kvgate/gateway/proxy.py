@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 import orjson
 
-from kvgate.config.gateway import GatewayConfig, PoolConfig, waiting_share
+from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_of
@@ -47,7 +47,7 @@ from kvgate.gateway.upstream import (
     UpstreamResponse,
 )
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.httpfront.offload import OFF_LOOP_BYTES, off_loop, worth_the_thread
+from kvgate.httpfront.offload import OFF_LOOP_BYTES, off_loop, waiting_share, worth_the_thread
 from kvgate.httpfront.server import Handler, Request, Response, StreamResponse
 from kvgate.multicluster.epp_client import retry_after_s
 from kvgate.openai import protocol as proto
@@ -553,9 +553,9 @@ class Proxy:
         try:
             # (clients take turns, each within its share of the body budget under pressure: gw25, s25-rev F2)
             limits = self.cfg.limits
-            return await off_loop(
-                parse, request.body, request.peer, waiting_share(limits), limits.max_buffered_bytes
-            )
+            budget = limits.max_buffered_bytes
+            share = waiting_share(limits.max_waiting_bytes_per_client, budget)
+            return await off_loop(parse, request.body, request.peer, share, budget)
         except BodyError as e:
             raise self._body_error(e) from None
 

@@ -94,6 +94,13 @@ def worth_the_thread(body: bytes | bytearray) -> bool:
     return False
 
 
+def waiting_share(per_client: int, limit: int) -> int:
+    """A client's share of the body budget ``limit`` for its bodies waiting to be parsed
+    (``limits.maxWaitingBytesPerClient``, ``per_client``; 0: a quarter of ``limit``): ``kvgate serve``'s
+    config and ``serve --clusters``' clusters file alike."""
+    return per_client or limit // 4
+
+
 class ShareFull(BodyError):
     """A body refused because the bodies waiting for the thread (and on it) hold over half the body budget,
     and this one would take its client's past its share, or all clients' past three quarters of the budget

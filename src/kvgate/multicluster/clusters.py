@@ -8,7 +8,8 @@ epp_timeout_s: 2.0          # Endpoint mode: the EPP's deadline to answer each m
 head_timeout_s: 120.0       # a stream's longest wait for its head; past it a non-streamed one probes
 probe_timeout_s: 2.0        # a suspect cluster gateway's (or pod's) deadline to answer GET /healthz
 tls: {ca: ca.pem, cert: client.pem, key: client.key}   # client TLS for https aggregates (mTLS with cert)
-limits: {requestTimeoutSeconds: 600}   # the front's limits and the whole request's bound (0: none, default)
+limits: {requestTimeoutSeconds: 600}   # the front's limits and the whole request's bound (0: none, default);
+                            # maxWaitingBytesPerClient: a client's share of the bodies waiting to be parsed
 clusters:
 - name: east
   aggregate: http://10.1.0.2:9090/v1/pool/aggregate   # a kvgate's /v1/pool/aggregate
@@ -24,7 +25,8 @@ clusters:
 ``ClustersFile.maybe_reload(now)`` re-reads the file when its mtime changes (checked at most every
 ``check_every_s``); a file that fails to parse keeps the last good list and logs why. Everything in it
 applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``head_timeout_s``, ``probe_timeout_s``,
-``tls``, ``limits`` with ``requestTimeoutSeconds`` (to requests that start after the reload),
+``tls``, ``limits`` with ``requestTimeoutSeconds`` and ``maxWaitingBytesPerClient`` (to requests that start
+after the reload),
 and the ``kubernetes`` section: ``kvgate.multicluster.source.ClusterSource`` restarts the import controller).
 """
 
@@ -65,6 +67,10 @@ PROBE_TIMEOUT_S = 2.0
 # ``limits.requestTimeoutSeconds``: the gateway config's key (``kvgate serve``), read here beside the
 # front's ``limits`` (``parse_limits``): the whole request's bound, from its body's arrival; 0: none.
 REQUEST_TIMEOUT_KEY = "requestTimeoutSeconds"
+# ``limits.maxWaitingBytesPerClient``: the gateway config's key too, a client's share of the body budget for
+# its bodies waiting for the parse thread (``httpfront.offload``); 0: a quarter of ``maxBufferedBytes``.
+WAITING_SHARE_KEY = "maxWaitingBytesPerClient"
+_OWN_LIMITS = (REQUEST_TIMEOUT_KEY, WAITING_SHARE_KEY)  # (read here, not by the front's ``parse_limits``)
 # ``--config`` with ``--clusters`` (``kvgate serve``, ``kvgate epp``): refused, not silently ignored (review
 # s16-k8s F6): the clusters file is the whole configuration there.
 NOT_WITH_CONFIG = (
@@ -114,6 +120,15 @@ def _request_timeout(v: Any) -> float:
     if not (math.isfinite(out) and out >= 0):
         raise ClustersError(key, f"expected a finite number of seconds >= 0 (0: none), got {v!r}")
     return out
+
+
+def _waiting_share(v: Any) -> int:
+    """``limits.maxWaitingBytesPerClient``: an integer >= 0 (0: a quarter of ``maxBufferedBytes``), as the
+    gateway config's key."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ClustersError(f"limits.{WAITING_SHARE_KEY}", f"expected an integer >= 0 (0: a quarter of "
+                            f"maxBufferedBytes), got {_short(v)}")  # fmt: skip
+    return v
 
 
 def _rtt_ms(v: Any, key: str) -> float:
@@ -257,6 +272,10 @@ class ClustersConfig:
     # ``limits.requestTimeoutSeconds``: the whole request's bound from its body's arrival (every attempt,
     # the relay of its answer included), as ``kvgate serve``'s; 0: none (each read's 300 s timeout only).
     request_timeout_s: float = 0.0
+    # ``limits.maxWaitingBytesPerClient``: a client's share of ``limits.maxBufferedBytes`` for its bodies
+    # waiting for the parse thread, enforced past half the budget (``httpfront.offload.off_loop``, as
+    # ``kvgate serve``'s); 0: a quarter of the budget.
+    max_waiting_bytes_per_client: int = 0
     tls: TlsOptions = field(default_factory=TlsOptions)
     kubernetes: KubeImports | None = None
     # The client-facing front's limits (``limits:``, the gateway config's key names); hot-reloaded too.
@@ -357,15 +376,17 @@ def parse(doc: Any) -> ClustersConfig:
     if not isinstance(tls, Mapping):
         raise ClustersError("tls", "expected a mapping")
     raw_limits = doc.get("limits")
-    request_timeout = 0.0
+    request_timeout, waiting_share = 0.0, 0
     if isinstance(raw_limits, Mapping):
-        unknown_limits = [k for k in raw_limits if k not in LIMIT_KEYS and k != REQUEST_TIMEOUT_KEY]
+        unknown_limits = [k for k in raw_limits if k not in LIMIT_KEYS and k not in _OWN_LIMITS]
         if unknown_limits:
-            known = ", ".join([*LIMIT_KEYS, REQUEST_TIMEOUT_KEY])
+            known = ", ".join([*LIMIT_KEYS, *_OWN_LIMITS])
             raise ClustersError(f"limits.{unknown_limits[0]}", f"unknown key (known: {known})")
+        raw_limits = dict(raw_limits)
         if REQUEST_TIMEOUT_KEY in raw_limits:
-            raw_limits = dict(raw_limits)
             request_timeout = _request_timeout(raw_limits.pop(REQUEST_TIMEOUT_KEY))
+        if WAITING_SHARE_KEY in raw_limits:
+            waiting_share = _waiting_share(raw_limits.pop(WAITING_SHARE_KEY))
     try:
         limits = parse_limits(raw_limits)
     except ValueError as e:
@@ -380,6 +401,7 @@ def parse(doc: Any) -> ClustersConfig:
         head_timeout_s=_seconds(doc.get("head_timeout_s", HEAD_TIMEOUT_S), "head_timeout_s"),
         probe_timeout_s=_seconds(doc.get("probe_timeout_s", PROBE_TIMEOUT_S), "probe_timeout_s"),
         request_timeout_s=request_timeout,
+        max_waiting_bytes_per_client=waiting_share,
         tls=TlsOptions(tls.get("ca"), tls.get("cert"), tls.get("key")),
         kubernetes=kube,
         limits=limits,

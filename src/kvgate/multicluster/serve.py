@@ -70,6 +70,7 @@ from kvgate.openai.protocol import (
     LLMD_FAIRNESS_ID,
     MODEL_REWRITE,
     REQUEST_ID,
+    RETRY_AFTER_DEFAULT,
     api_error_body,
     drain_cut_event,
     sse_error_event,
@@ -394,6 +395,7 @@ class GlobalGateway:
         limits: FrontLimits | None = None,
         drain_s: float = 5.0,
         staleness: StalenessPolicy | None = None,  # the members' InferencePool watches' (default 120 s)
+        waiting_share: int | None = None,  # --max-waiting-bytes-per-client (None: the file's, live)
     ) -> None:
         """``clock`` and ``sleep``: one time (both or neither, ``check_one_time``; default the loop's) for
         the router, the fetcher, the clusters file's reload checks and ``ClusterSource`` (the writers'
@@ -420,6 +422,7 @@ class GlobalGateway:
                                    clock=clock, sleep=self.sleep)  # fmt: skip
             self.fetcher.on_refused = lambda cluster: self.metrics.refused.labels(cluster).inc()
         self.limits = limits or cfg.limits
+        self._waiting_share = waiting_share
         self._fixed_limits = limits is not None  # given by the caller: a reload does not change them
         self.drain_s = drain_s
         self.draining = False  # the stop began: ``/readyz`` answers 503 ``draining`` (as ``kvgate serve``)
@@ -518,12 +521,14 @@ class GlobalGateway:
         try:
             kind = kind_for_path(path)
             if offload.worth_the_thread(raw):  # (on the parse thread, clients in turn, as ``kvgate serve``)
-                parsed = await offload.off_loop(functools.partial(parse_body, kind), raw, request.peer)
+                parsed = await self._parse_off_loop(kind, raw, request.peer)
             else:
                 parsed = parse_body(kind, raw)
         except BodyError as e:
             self.metrics.error("", str(e.status))  # (no model yet: empty labels, as kvgate serve)
-            return _refuse(path, e.status, e.message, param=e.param)
+            # (a 429 is ``offload.ShareFull``: retry once the waiting bodies are parsed)
+            busy = {"Retry-After": RETRY_AFTER_DEFAULT} if e.status == 429 else None
+            return _refuse(path, e.status, e.message, param=e.param, headers=busy)
         # In flight: the model's name keeps its label (and series) to the request's end, a stream longer
         # than GRACE_S included (``ModelLabels.hold``; review s15-labels L2).
         self.metrics.models.hold(parsed.model)
@@ -537,6 +542,16 @@ class GlobalGateway:
         finally:
             self.metrics.stop(running)
             self.metrics.models.drop(parsed.model)
+
+    async def _parse_off_loop(self, kind: str, raw: bytes, peer: str) -> ParsedBody:
+        """``parse_body`` on the parse thread, each client (peer host) within its share of the body budget
+        under pressure (``offload.off_loop``, ``kvgate serve``'s bound: ``ShareFull``, a 429)."""
+        per_client = self._waiting_share
+        if per_client is None:
+            per_client = self.router.cfg.max_waiting_bytes_per_client
+        limit = self.limits.max_buffered_bytes
+        share = offload.waiting_share(per_client, limit)
+        return await offload.off_loop(functools.partial(parse_body, kind), raw, peer, share, limit)
 
     async def _route_parsed(
         self,
@@ -934,6 +949,7 @@ class ServeArgs:
     stale_after_s: float | None = None  # --kube-stale-after: the members' watches' (None: 120 s)
     admin_port: int | None = None  # --admin-port: the admin routes there (None: on the data port)
     admin_ssl: ssl.SSLContext | None = None  # --admin-tls (--client-ca: client certificates required)
+    waiting_share: int | None = None  # --max-waiting-bytes-per-client (None: the clusters file's)
 
 
 def serve_check(cfg: ClustersConfig) -> None:
@@ -962,7 +978,8 @@ def run(args: ServeArgs) -> int:
     async def main() -> None:
         seed = fresh_seed() if args.seed is None else args.seed
         gw = GlobalGateway(cfile.config, args.policy, clusters_file=cfile, seed=seed,
-                           staleness=hub_policy(args.stale_after_s, warn=False))  # fmt: skip
+                           staleness=hub_policy(args.stale_after_s, warn=False),
+                           waiting_share=args.waiting_share)  # fmt: skip
         gw.metrics.models.grace_s = args.series_grace_s
         try:
             port = await gw.start(args.host, args.port, admin_port=args.admin_port, admin_ssl=args.admin_ssl)
