@@ -3,9 +3,10 @@
 request to a cluster gateway that never answered waited Envoy's route timeout or the EPP's 600 s idle
 sweeper). Over real ext_proc gRPC (the Envoy-side test client), a real loopback gateway for the probe.
 
-- before the response headers, at the bound: an ``ImmediateResponse`` 504 ``request_timeout`` naming the key
-  and the cluster; the cluster is charged (the hub picks as the body arrives: it held the whole bound), and
-  its gateway probed (``GET /healthz`` within ``probe_timeout_s``): no answer, hung;
+- before the response headers, at the bound: an ``ImmediateResponse`` 504 naming the key and the cluster
+  (``upstream_timeout`` since gw26: Envoy may have sent the request, so a hub in front must not resend it);
+  the cluster is charged (the hub picks as the body arrives: it held the whole bound), and its gateway
+  probed (``GET /healthz`` within ``probe_timeout_s``): no answer, hung;
 - after them: an event stream ends with the 504 error event (end of stream) once Envoy sent a body chunk of
   it (else an ``ImmediateResponse``: test_hub_cut_before_body.py), charged only when it was not
   making progress (data events all through the later half); any other body gets the 504 as an
@@ -123,7 +124,7 @@ async def test_no_head_by_the_bound_is_a_504_and_the_gateway_is_probed(hung: boo
         assert reply.WhichOneof("response") == "immediate_response", reply
         assert reply.immediate_response.status.code == 504
         error = orjson.loads(reply.immediate_response.body)["error"]
-        assert error["code"] == "request_timeout", error
+        assert error["code"] == "upstream_timeout", error
         assert "limits.requestTimeoutSeconds (0.6s): cluster west: no response head" in error["message"]
         assert 0.5 < took < 5.0, took
         assert west.backoff_s > 0  # (it held the whole bound without a head)
@@ -185,7 +186,7 @@ async def test_an_answer_within_the_bound_is_not_cut_and_no_bound_cuts_nothing()
 
 async def test_the_cli_reads_the_bound_from_the_clusters_file(tmp_path: Path) -> None:
     """The real ``kvgate epp --clusters`` (a subprocess): the file's ``limits.requestTimeoutSeconds``
-    reaches the streams (a 504 ``request_timeout`` at 0.5 s for a gateway that never answers)."""
+    reaches the streams (a 504 ``upstream_timeout`` at 0.5 s for a gateway that never answers)."""
     health = Healthz()
     app = web.Application()
     app.router.add_get("/healthz", health._healthz)

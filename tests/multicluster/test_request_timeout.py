@@ -3,8 +3,10 @@ serve``'s key does (closing note s19: before, a non-streamed request to a cluste
 ``/healthz`` probe but never the request waited the 300 s read timeout). Real loopback HTTP servers, short
 bounds (the client's own patience, ``WAIT_S``, is far under 300 s and over every bound here).
 
-- no cluster is tried, and no head awaited, past the bound: a 504 ``request_timeout`` (OpenAI-style), never
-  a failover with the bound spent; failover before it as before;
+- no cluster is tried, and no head awaited, past the bound: a 504 (OpenAI-style), never a failover with the
+  bound spent; failover before it as before. Its code is ``upstream_timeout`` when a cluster held the sent
+  request without a head at the bound (it may still run it: a hub in front must not resend it, gw26), else
+  ``request_timeout``;
 - the cluster the bound ended at is charged (backs off) only if it had the larger part of the time (no head
   to show progress), an answer cut after its head only if it was not making progress (a stream's data
   events in the later half of its time);
@@ -217,14 +219,16 @@ async def test_a_gateway_that_answers_its_probe_but_never_the_request_gets_a_504
     gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
 ) -> None:
     """The closing note's case: the probe says live, so before the bound the request waited the read
-    timeout (300 s; ``hung`` here). Now: 504 ``request_timeout`` at the bound, not sent on to ``west`` (the
+    timeout (300 s; ``hung`` here). Now: 504 at the bound (``upstream_timeout`` since gw26: east holds the
+    request), not sent on to ``west`` (the
     bound is spent), and ``east``, which held the whole time without a head, backs off."""
     east, west = await gateways("east", "silent"), await gateways("west")
     gw = await started(east, west, head_timeout_s=0.2, probe_timeout_s=0.5, request_timeout_s=1.0)
     status, data, took = await _post(gw.port)
     assert status == 504, (status, data)
     error = _error(data)
-    assert error["code"] == "request_timeout" and "limits.requestTimeoutSeconds (1s)" in str(error["message"])
+    assert error["code"] == "upstream_timeout", error
+    assert "limits.requestTimeoutSeconds (1s)" in str(error["message"]), error
     assert "cluster east" in str(error["message"]), error
     assert east.taken == 1 and east.probes >= 1 and west.taken == 0
     assert took < WAIT_S / 2  # (well before the read timeout; the bound itself is 1 s)
@@ -243,7 +247,7 @@ async def test_a_stream_without_a_head_is_bound_too(
     east = await gateways("east", "silent")
     gw = await started(east, head_timeout_s=120.0, request_timeout_s=0.8)
     status, data, _ = await _post(gw.port, stream=True)
-    assert status == 504 and _error(data)["code"] == "request_timeout", data
+    assert status == 504 and _error(data)["code"] == "upstream_timeout", data
 
 
 async def test_failover_before_the_bound_and_the_later_cluster_is_not_charged_for_the_first_ones_time(
@@ -261,7 +265,7 @@ async def test_failover_before_the_bound_and_the_later_cluster_is_not_charged_fo
     east.delay_s, west.mode = 1.2, "silent"
     gw = await started(east, west, head_timeout_s=0.1, probe_timeout_s=0.5, request_timeout_s=1.5)
     status, data, _ = await _post(gw.port)
-    assert status == 504 and _error(data)["code"] == "request_timeout", data
+    assert status == 504 and _error(data)["code"] == "upstream_timeout", data
     assert east.taken == 2 and west.taken == 2
     assert gw.router.states["east"].backoff_s > 0
     assert gw.router.states["west"].backoff_s == 0  # (its 0.3 s of the 1.5 s: not its fault)
@@ -275,7 +279,7 @@ async def test_no_cluster_is_tried_once_the_bound_passed(
     east.delay_s = 0.8
     gw = await started(east, west, request_timeout_s=0.5)
     status, data, _ = await _post(gw.port)
-    assert status == 504 and _error(data)["code"] == "request_timeout", data
+    assert status == 504 and _error(data)["code"] == "upstream_timeout", data
     assert west.taken == 0
 
 
@@ -367,7 +371,7 @@ async def test_the_bound_applies_live_after_a_reload(
     gw = await started(east, head_timeout_s=0.1, probe_timeout_s=0.3)  # (no bound: the read timeout)
     gw.router.apply(dataclasses.replace(gw.router.cfg, request_timeout_s=0.5))
     status, data, _ = await _post(gw.port)
-    assert status == 504 and _error(data)["code"] == "request_timeout", data
+    assert status == 504 and _error(data)["code"] == "upstream_timeout", data
 
 
 # --- the probe's bound ----------------------------------------------------------------------------
@@ -390,7 +394,7 @@ async def test_probe_timeout_s_is_the_probes_bound(
     if hung:
         assert status == 200 and b'"served_by": "west"' in data, data
     else:
-        assert status == 504 and _error(data)["code"] == "request_timeout", data
+        assert status == 504 and _error(data)["code"] == "upstream_timeout", data
         assert west.taken == 0
 
 
@@ -474,7 +478,7 @@ async def test_a_cut_before_the_head_probes_the_gateway_even_below_head_timeout_
     west.healthz_delay_s = 10.0 if hung else 0.0
     gw = await started(east, west, head_timeout_s=120.0, probe_timeout_s=0.3, request_timeout_s=1.5)
     status, data, _ = await _post(gw.port)
-    assert status == 504 and _error(data)["code"] == "request_timeout", data
+    assert status == 504 and _error(data)["code"] == "upstream_timeout", data
     assert east.taken == 1 and west.taken == 1
     await _until(lambda: west.probes == 1, "west's gateway was not probed after the cut")
     st = gw.router.states["west"]

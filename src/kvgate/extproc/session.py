@@ -620,9 +620,10 @@ class Session:
     def cut(self, steady: bool) -> list[pb.ProcessingResponse]:
         """The request's bound (``bound_s``) passed before its end (the stream's reads, ``server``): the
         answers that end it, as ``kvgate serve --clusters`` ends one at ``limits.requestTimeoutSeconds``.
-        Before the response headers: a 504 ``request_timeout`` (Envoy sends it and resets the upstream
-        request). After them, an event stream Envoy has sent a body chunk of ends with the error event (end
-        of stream; Envoy's upstream is then reset with the finished downstream response). Any other answer
+        Before the response headers: a 504 ``upstream_timeout`` (Envoy sends it and resets the upstream
+        request, which the cluster may still run). After them, an event stream Envoy has sent a body chunk
+        of ends with the error event (end of stream; Envoy's upstream is then reset with the finished
+        downstream response). Any other answer
         gets the 504 as an ``ImmediateResponse``, which Envoy takes in any state but can no longer send whole:
         it resets the stream, so the client sees a reset or an incomplete body. That includes an event stream
         with no body chunk sent yet (a queued model server's SSE head): Envoy then waits on no body answer,
@@ -641,7 +642,10 @@ class Session:
             else f"no answer within the request's bound ({self.bound_s:g}s)"
         )
         if not headed:
-            out = self._reject(504, message, "request_timeout")
+            # (Envoy was told where to send it, and may have: "upstream_timeout", as ``kvgate serve``'s 504
+            # for a written request, never "request_timeout", which tells a hub in front that nothing runs
+            # there and may be sent elsewhere: a double run, gw26)
+            out = self._reject(504, message, "upstream_timeout")
             self._finish(ok=False)
             return [out]
         self.done = True

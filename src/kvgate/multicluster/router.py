@@ -14,7 +14,9 @@ may still run it) is the client's answer, and the cluster backs off (qa25 F4), e
 ``request_timeout`` (its queue held the request to its bound: no attempt of it still runs there), which
 moves on as a 5xx does (review s25-rev-fixqa25 R4). A request whose response has
 started is never retried: it is the client's. With ``limits.requestTimeoutSeconds`` the whole request is
-bound (``Deadline``): no cluster is tried, and no head awaited, past it (a 504 ``request_timeout``).
+bound (``Deadline``): no cluster is tried, and no head awaited, past it: a 504 ``request_timeout`` when no
+attempt may still run at a cluster, else ``upstream_timeout`` (sent, no head: as ``kvgate serve``'s for a
+written request), so that a hub in front of this one does not send it again (gw26).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ STALLED = "epp stalled"  # an attempt's outcome when the EPP did not answer the 
 # before a model server was reached. Read from a JSON 504 of at most ``ERROR_BODY_MAX`` bytes within
 # ``ERROR_BODY_S``.
 UNWRITTEN_504 = "request_timeout"
+# This hub's own 504 when its bound passed while an attempt's request may still run at a cluster (sent, no
+# head yet): ``kvgate serve``'s code for a written request that timed out, so a hub in front of this one
+# passes it on instead of sending the request again (a double run; session-25 closing note, gw26).
+WRITTEN_504 = "upstream_timeout"
 ERROR_BODY_MAX = 16 * 1024
 ERROR_BODY_S = 2.0
 
@@ -155,6 +161,7 @@ class Attempt:
     status: int = 0  # the HTTP status the cluster refused with (its EPP's or its pod's / gateway's), or 0
     retry_after: int | None = None  # a 429's Retry-After (seconds), when it gave one
     error: bytes | None = None  # a remote EPP's refusal body (its OpenAI-style error), passed on
+    running: bool = False  # sent and given up on with no head (``NoHead``): it may still run there
 
 
 @dataclass(slots=True)
@@ -462,8 +469,9 @@ class GlobalRouter:
             if deadline is not None and loop.time() >= deadline.due:
                 last = attempts[-1] if attempts else None
                 why = "" if last is None else f"; last: cluster {last.cluster}: {last.outcome}"
+                code = WRITTEN_504 if any(a.running for a in attempts) else UNWRITTEN_504
                 raise NoRoute(504, deadline.message(f"it passed after {len(attempts)} attempts{why}"),
-                              attempts, code="request_timeout")  # fmt: skip
+                              attempts, code=code)  # fmt: skip
             if i:
                 self.failovers += 1
             note = req.note(st.name)  # what the policy expected there (ClusterState.dispatched)
@@ -476,8 +484,12 @@ class GlobalRouter:
                 assert deadline is not None
                 if e.sent_at is not None and deadline.owned(e.sent_at):
                     st.failed(self.clock())  # it had the larger part of the time, and sent no head
+                # (sent, no head yet: the cluster may still run it, so not "request_timeout", which tells
+                # a hub in front of this one that nothing runs here; as ``kvgate serve``'s 504 for a
+                # written request past its bound)
+                code = UNWRITTEN_504 if e.sent_at is None else WRITTEN_504
                 raise NoRoute(504, deadline.message(f"cluster {st.name}: {e.outcome}"), attempts,
-                              code="request_timeout") from None  # fmt: skip
+                              code=code) from None  # fmt: skip
             if routed is not None:
                 if routed.status == 504:  # (its timeout, passed on: not a success there)
                     st.failed(self.clock())
@@ -770,7 +782,7 @@ class GlobalRouter:
             raise
         except NoHead as e:
             given_up()
-            attempts.append(Attempt(st.name, mode, target, e.outcome))
+            attempts.append(Attempt(st.name, mode, target, e.outcome, running=True))
             return None
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             given_up()
