@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import random
 import socket
 import time
 from typing import Any
@@ -241,10 +242,39 @@ class Backend:
         return resp
 
 
+def _spare_ports() -> range:
+    """Ports outside the kernel's ephemeral range (``ip_local_port_range``), above it (or, with too few
+    there, 10000-19999: the team's fixed test ports are 20000-29999)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            _, hi = map(int, f.read().split())
+    except (OSError, ValueError):
+        hi = 60999
+    return range(hi + 1, 65536) if 65535 - hi >= 1024 else range(10000, 20000)
+
+
+_SPARE = _spare_ports()
+_given: set[int] = set()  # (this process's: two calls never return the same port)
+
+
 def free_port() -> int:
-    """A port nobody listens on (connect is refused): a dead replica."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
+    """A port nobody listens on now, for a server a test starts (or a dead replica: connect is refused).
+
+    Picked at random outside the kernel's ephemeral range, not by binding port 0 (session-25 CI #2): a port
+    the kernel hands out for port 0 it hands out again to the next process that binds port 0 (any test's
+    gRPC or HTTP server on the shared machine), and in the gap before the test's server bound it, another
+    process's server took it (``/readyz`` answered with an HTTP/2 SETTINGS frame). A port outside that range
+    is given to no port-0 bind; only a process binding that very port by number could take it."""
+    rng = random.Random()  # (os.urandom's seed: not the tests' seeded ``random``)
+    for _ in range(1000):
+        port = rng.choice(_SPARE)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # (in use, or in TIME_WAIT: another)
+                continue
+        _given.add(port)
+        return port
+    raise AssertionError(f"no free port in {_SPARE}")

@@ -19,20 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from gateway.backend import free_port
 from kvgate.gateway.cli import main
 from kvgate.httpfront import tls
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _clusters_file(tmp_path: Path) -> str:
-    dead = _free_port()
+    dead = free_port()
     f = tmp_path / "clusters.yaml"
     f.write_text(
         "local: east\nclusters:\n- name: east\n"
