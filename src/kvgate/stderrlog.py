@@ -174,6 +174,7 @@ class OffLoopStderr(logging.Handler):
 def off_loop_stderr() -> OffLoopStderr | None:
     """Swaps the root logger's plain stderr handler (``logging.basicConfig``'s) for ``OffLoopStderr``, same
     level and format; None (nothing changed) when there is none or stderr has no file descriptor."""
+    global _installed
     root = logging.getLogger()
     for h in root.handlers:
         if type(h) is logging.StreamHandler and h.stream is sys.stderr:
@@ -187,8 +188,7 @@ def off_loop_stderr() -> OffLoopStderr | None:
             root.removeHandler(h)
             root.addHandler(off)
             _flush_before_tracebacks(off)
-            global _installed
-            _installed = off
+            _installed = off  # (for ``dropped()``: each door's /metrics)
             return off
     return None
 
