@@ -218,7 +218,7 @@ def test_a_frontier_setting_changes_its_knob_alone(
     args = argparse.Namespace(
         replicas=2, profile="p", ttl=30.0, max_num_seqs=16, max_pending=2, headroom=0.75,
         headroom_on="pending", ttft_target=0.05, engine_priority=False, slo_confidence=1.0, slo_first=False,
-        running_reserve=True, free_slot_pick=False, ttft_confidence=None,
+        running_reserve=True, free_slot_pick=False, ttft_confidence=None, critical_slo=1.0,
     )  # fmt: skip
     fb.sim_from_args(args, "kvgate-reserve-slo-feasible", 3, knob, value)
     assert {k: seen[k] for k in expect} == expect

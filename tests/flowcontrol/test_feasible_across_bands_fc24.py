@@ -44,9 +44,10 @@ def test_a_band_chooses_again_after_its_deferred_overdue_head() -> None:
     deadline: its band's ``fresh`` (which can still make it) keeps band 0's place before the batch band,
     and ``flood`` waits with the other certain misses (fc24 deferred the whole band there, so ``fresh``
     went after ``batch``: review s24-rev-fc24 F1). ``slo-feasible`` orders inside a flow, and between flows
-    and bands."""
+    and bands. (``crit-late`` is 0.5 s past its 4.5 s SLO: a band above the default ages one SLO past its
+    deadline, fc26, so it still gives way at 5 s.)"""
     ctl = _ctl()
-    ctl.enqueue(_req("crit-late", "c", 10, 1.0, 0.0), 0.0)
+    ctl.enqueue(_req("crit-late", "c", 10, 4.5, 0.0), 0.0)
     ctl.enqueue(_req("late", "flood", 0, 1.0, 0.0), 0.0)
     ctl.enqueue(_req("fresh", "quiet", 0, 1.0, 4.9), 4.9)
     ctl.enqueue(_req("batch", "batch", -1, 10.0, 4.0), 4.0)

@@ -94,10 +94,12 @@ def test_global_strict_ranks_a_head_past_its_aging_time_after_other_flows_feasib
 def test_a_request_ranks_at_its_bands_priority_from_its_own_aging_time() -> None:
     """F3. x: arrival 0, SLO 5 s (deadline 5, aging time 17.5 s); y, same flow: arrival 4, SLO 0.5 s
     (deadline 4.5, aging 19.25 s). At 18 s x is past its aging time: its band goes before batch. main: the
-    flow was aged by its earliest-deadline overdue request (y) only, batch went first until 19.25 s."""
+    flow was aged by its earliest-deadline overdue request (y) only, batch went first until 19.25 s. (In the
+    default band 0, which ages halfway to the TTL: a band above it ages one SLO past the deadline since
+    fc26, x at 10 s and y at 5 s, and the review's priority-10 flow no longer shows F3.)"""
     ctl = _ctl()
-    ctl.enqueue(_req("x", "c", 10, 5.0, 0.0), 0.0)
-    ctl.enqueue(_req("y", "c", 10, 0.5, 4.0), 4.0)
+    ctl.enqueue(_req("x", "c", 0, 5.0, 0.0), 0.0)
+    ctl.enqueue(_req("y", "c", 0, 0.5, 4.0), 4.0)
     for i in range(10):
         ctl.enqueue(_req(f"b{i}", "batch", -1, 100.0, 9.0), 9.0)
     assert _one(ctl, 18.0) == "x"  # (by aging time: x's 17.5 s before y's 19.25 s)

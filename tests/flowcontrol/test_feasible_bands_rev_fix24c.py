@@ -75,10 +75,10 @@ def test_review_a_critical_request_past_its_deadline_is_not_held_behind_sustaine
     missed its 1 s SLO by 10 ms went after every batch request that could still make its (100 s) SLO; with
     batch arrivals kept up (one per slot) it was never sent, and at the 30 s TTL it became a 503. Now a
     request past its deadline gives way until halfway from its deadline to its TTL (``aging_time``: 15.5 s
-    here), then goes at its band's priority: sent at the first pass from 15.5 s, its TTL still 14.5 s away.
-    The review asked for the first two passes (by 1.51 s, as strict priority); a bound of its own SLO was
-    measured and not taken (it gives the flood benchmark strict priority back: docs/flowcontrol.md,
-    Session 25), so this test runs past the review's 40 passes and checks the bound instead."""
+    here), then goes at its band's priority. Since fc26 (review s25-rev-fc25 F4) a band above the default
+    ages one of its own SLO past its deadline (2 s here): sent at the first pass from 2 s, 2.01 s. The
+    review asked for the first two passes (by 1.51 s, as strict priority); the default band keeps halfway
+    (``test_feasible_aging_bands_fc26.py``)."""
     ctl = _ctl()
     ctl.enqueue(_req("crit", "c", 10, 1.0, 0.0), 0.0)
     for i in range(5):
@@ -91,7 +91,7 @@ def test_review_a_critical_request_past_its_deadline_is_not_held_behind_sustaine
         if got == "crit":
             break
         ctl.enqueue(_req(f"n{i}", "batch", -1, 100.0, now), now)  # (sustained batch load)
-    assert sent[-1] == ("crit", 1.01 + 0.5 * 29), sent[-3:]  # (15.51 s: the first pass past 15.5 s)
+    assert sent[-1] == ("crit", 1.01 + 0.5 * 2), sent[-3:]  # (2.01 s: the first pass past 2 s)
     assert all(g != "crit" for g, _ in sent[:-1])  # (before its bound it still gives way)
 
 

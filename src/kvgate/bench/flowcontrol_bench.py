@@ -177,6 +177,9 @@ class Mix:
     output: int = 128
     batch_prompt: int = 2048
     batch_output: int = 512
+    # the critical tenant's extra burst (``--critical-burst``): this x its rate for 1 s of every 10 (5-6 s,
+    # the flood's off half), drawn after the rest so the other arrivals stay the same (0: none)
+    critical_burst: float = 0.0
 
     def arrivals(self, rng: random.Random) -> list[Arrival]:
         out: list[Arrival] = []
@@ -201,6 +204,9 @@ class Mix:
             poisson(FLOOD, 20 * self.base_rate, self.prompt, self.output, lambda t: (t % 10.0) < 5.0)
         else:
             poisson(FLOOD, rate, self.prompt, self.output, always)
+        if self.critical_burst > 0:
+            burst = lambda t: 5.0 <= (t % 10.0) < 6.0  # noqa: E731
+            poisson(CRITICAL, self.critical_burst * self.base_rate, self.prompt, self.output, burst)
         out.sort(key=lambda a: a.at)
         return out
 
@@ -225,6 +231,7 @@ class Run:
     # (time, fair-share headroom in force) at each scrape: what fairShareTTFTTarget adapted it to
     headroom: list[tuple[float, float]] = field(default_factory=list)
     held: int = 0  # picks turned back into the queue (sloAdmission / holdPredictedMisses), whole run
+    slos: dict[str, float] = field(default_factory=lambda: dict(SLO_TTFT))  # TTFT SLO by tenant (``_slo``)
 
 
 class FlowSim:
@@ -247,6 +254,7 @@ class FlowSim:
         free_slot_pick: bool = False,
         ttft_confidence: float | None = None,
         batch_cap: int = 0,
+        critical_slo: float = SLO_TTFT[CRITICAL],
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -278,6 +286,7 @@ class FlowSim:
         self._index = {ep.address: i for i, ep in enumerate(self.endpoints)}
         self._live: dict[str, tuple[InferenceRequest, int, Outcome]] = {}
         self.run = Run(arm)
+        self.run.slos[CRITICAL] = critical_slo
         self._n = 0
         self._n_sent = 0
         self.preempted = 0
@@ -289,7 +298,7 @@ class FlowSim:
         now = self.clock.now
         self._n += 1
         rid = f"r{self._n}"
-        slo = SLO_TTFT.get(a.tenant, INTERACTIVE_SLO)
+        slo = _slo(a.tenant, self.run.slos)
         req = InferenceRequest(
             rid, MODEL, prompt_tokens=a.prompt, max_tokens=a.output, priority=PRIORITY.get(a.tenant, 0),
             fairness_id=a.tenant, headers={"x-slo-ttft-ms": str(int(slo * 1000))}, arrival_time=now,
@@ -421,14 +430,14 @@ def _shed(out: Outcome, err: SchedulingError) -> None:
 
 
 # ---- figures --------------------------------------------------------------------------------------
-def _slo(tenant: str) -> float:
-    return SLO_TTFT.get(tenant, INTERACTIVE_SLO)
+def _slo(tenant: str, slos: dict[str, float] = SLO_TTFT) -> float:
+    return slos.get(tenant, INTERACTIVE_SLO)
 
 
 def _group(run: Run, tenants: tuple[str, ...]) -> dict[str, Any]:
     outs = [o for o in run.outcomes if o.tenant in tenants]
     ttft = [o.ttft for o in outs if o.ttft is not None]
-    met = sum(1 for o in outs if o.ttft is not None and o.ttft <= _slo(o.tenant))
+    met = sum(1 for o in outs if o.ttft is not None and o.ttft <= _slo(o.tenant, run.slos))
     shed = sum(1 for o in outs if o.status)
     return {
         "requests": len(outs),
@@ -437,6 +446,26 @@ def _group(run: Run, tenants: tuple[str, ...]) -> dict[str, Any]:
         "slo_attainment": met / len(outs) if outs else None,
         "shed": shed,
         "unfinished": sum(1 for o in outs if not o.status and o.ttft is None),
+    }
+
+
+def late(run: Run, tenant: str) -> dict[str, Any]:
+    """What ``tenant``'s requests that missed their SLO paid (``--critical-slo``: a higher band's late
+    requests under ``slo-feasible``, review s25-rev-fc25 F4): how many missed (served late or shed), and the
+    served ones' TTFT and lateness past the SLO (p50 / p90 / max)."""
+    slo = _slo(tenant, run.slos)
+    outs = [o for o in run.outcomes if o.tenant == tenant]
+    missed = [o for o in outs if o.status or o.ttft is None or o.ttft > slo]
+    ttft = sorted(o.ttft for o in missed if o.ttft is not None)
+    return {
+        "slo_s": slo,
+        "requests": len(outs),
+        "missed": len(missed),
+        "shed": sum(1 for o in missed if o.status),
+        "missed_p50_ttft_s": pct(ttft, 50) if ttft else None,
+        "missed_p90_ttft_s": pct(ttft, 90) if ttft else None,
+        "missed_max_ttft_s": ttft[-1] if ttft else None,
+        "missed_over_10s": sum(1 for t in ttft if t > 10.0),
     }
 
 
@@ -509,12 +538,13 @@ def jain(values: list[float]) -> float:
 
 
 def summarize(run: Run, measured_from: float) -> dict[str, Any]:
-    kept = Run(run.arm, [o for o in run.outcomes if o.start >= measured_from], run.duration, held=run.held)
+    kept = Run(run.arm, [o for o in run.outcomes if o.start >= measured_from], run.duration, held=run.held,
+               slos=run.slos)  # fmt: skip
     tenants = {t: _group(kept, (t,)) for t in (*QUIET, FLOOD, CRITICAL, BATCH)}
     interactive = (*QUIET, FLOOD)
     attain = [tenants[t]["slo_attainment"] or 0.0 for t in interactive]
     span = max(1e-9, run.duration - measured_from)
-    good = sum(1 for o in kept.outcomes if o.ttft is not None and o.ttft <= _slo(o.tenant))
+    good = sum(1 for o in kept.outcomes if o.ttft is not None and o.ttft <= _slo(o.tenant, run.slos))
     all_outs = kept.outcomes
     return {
         "arm": run.arm,
@@ -526,6 +556,7 @@ def summarize(run: Run, measured_from: float) -> dict[str, Any]:
         },
         "quiet": _group(kept, QUIET),
         "quiet_breakdown": breakdown(kept, QUIET),
+        "critical_late": late(kept, CRITICAL),
         "jain_slo_attainment": jain(attain),
         "goodput_rps": good / span,
         "slo_attainment": good / len(all_outs) if all_outs else None,
@@ -605,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=10.0, help="arrivals before this are not measured")
     p.add_argument("--ttl", type=float, default=30.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--critical-slo", type=float, default=SLO_TTFT[CRITICAL], metavar="S",
+                   help="the critical tenant's TTFT SLO, s: tight, some of its requests are late (what a "
+                        "late higher-band request pays under slo-feasible)")  # fmt: skip
+    p.add_argument("--critical-burst", type=float, default=0.0, metavar="X",
+                   help="the critical tenant also sends X x its rate for 1 s of every 10 (0: off): with a "
+                        "tight --critical-slo, some of its requests wait past their deadline")  # fmt: skip
     p.add_argument("--arms", default="none,reference,kvgate")
     p.add_argument("--max-pending", type=int, default=2,
                    help="kvgate arm: the detector's maxPendingRequests")  # fmt: skip
@@ -654,12 +691,15 @@ def main(argv: list[str] | None = None) -> int:
         return frontier_main(args, list(argv or []))
     cap, base = rates(args.replicas, args.profile, args.seed, args.max_num_seqs, args.load, args.duration)
     mix = Mix(base, "flood", args.duration)
-    rows: dict[str, Any] = {"capacity_rps": cap, "base_rate_rps": base, "load": args.load, "runs": {}}
+    rows: dict[str, Any] = {"capacity_rps": cap, "base_rate_rps": base, "load": args.load, "runs": {},
+                            "critical_slo_s": args.critical_slo}  # fmt: skip
     rows["step_model"] = step_floor(args.profile, mix.prompt, mix.output, args.max_num_seqs)
     horizon = args.duration + 60.0
     flood_runs: dict[str, Run] = {}
     for mode in ("calm", "even", "flood"):
-        arrivals = Mix(base, mode, args.duration).arrivals(random.Random(args.seed))
+        arrivals = Mix(base, mode, args.duration, critical_burst=args.critical_burst).arrivals(
+            random.Random(args.seed)
+        )
         for arm in args.arms.split(","):
             run = sim_from_args(args, arm, args.seed).simulate(arrivals, horizon)
             rows["runs"][f"{arm}/{mode}"] = summarize(run, args.warmup)
@@ -696,7 +736,8 @@ def sim_from_args(
                    slo_confidence=value if knob == "slo-confidence" else args.slo_confidence,
                    slo_first=args.slo_first, running_reserve=args.running_reserve,
                    free_slot_pick=args.free_slot_pick, ttft_confidence=args.ttft_confidence,
-                   batch_cap=round(value) if knob == "batch-cap" else 0)  # fmt: skip
+                   batch_cap=round(value) if knob == "batch-cap" else 0,
+                   critical_slo=args.critical_slo)  # fmt: skip
 
 
 def _f(v: Any, digits: int = 2) -> str:
@@ -784,6 +825,25 @@ def render(rows: dict[str, Any]) -> str:
                 f"| {o['kvgate_queue_share']:.1%} | {o['server_queue_share']:.1%} | {o['step_share']:.1%} "
                 f"| {1000 * o['mean_kvgate_queue_s']:.0f} / {1000 * o['mean_server_queue_s']:.0f} "
                 f"/ {1000 * o['mean_step_s']:.0f} |"
+            )
+    lates = [
+        (name, r["critical_late"])
+        for name, r in rows["runs"].items()
+        if r.get("critical_late", {}).get("missed")
+    ]
+    if lates:
+        lines += [
+            "",
+            f"The critical band's requests that missed their {lates[0][1]['slo_s']:g} s SLO (served late or "
+            "shed): what a late higher-band request pays; TTFT of the served ones",
+            "",
+            "| arm / mix | missed / requests | shed | p50 TTFT s | p90 TTFT s | max TTFT s | over 10 s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, c in lates:
+            lines.append(
+                f"| {name} | {c['missed']} / {c['requests']} | {c['shed']} | {_f(c['missed_p50_ttft_s'])} "
+                f"| {_f(c['missed_p90_ttft_s'])} | {_f(c['missed_max_ttft_s'])} | {c['missed_over_10s']} |"
             )
     st = rows.get("step_model")
     calm = rows["runs"].get("kvgate/calm", {}).get("quiet", {}).get("p90_ttft_s")

@@ -223,15 +223,26 @@ class QueuedRequest:
     seqs: int = 1  # the sequences a server runs for it (``seqs_of``): its weight in the fair-share counts
 
 
-def aging_time(deadline: float, expiry: float) -> float:
+def aging_time(deadline: float, expiry: float, slo: float = math.inf, priority: int = 0) -> float:
     """When a request past its TTFT ``deadline`` stops giving way to requests that can still make theirs
     (``slo-feasible`` across flows and bands; review s24-rev-fix24c F2): halfway from its deadline to its
     ``expiry`` (TTL, or its own deadline), then it ranks at its band's priority again, so that giving way
     does not turn its miss into a loss (a 503 at the TTL under sustained lower-band load). Halfway, as a
     soft pin's ``unpin_at``: a wait seen to last t lasts another t or more about half the time, so past
     the midpoint more waiting more likely than not ends at the TTL. A deadline at or after the expiry:
-    never deferred (it cannot miss while queued)."""
-    return deadline + (expiry - deadline) / 2.0
+    never deferred (it cannot miss while queued).
+
+    A band above the default (``priority`` > 0) gives way at most one of its own ``slo`` (the TTFT SLO)
+    past its deadline, when that comes first (review s25-rev-fc25 F4: a critical request 10 ms late waited
+    14.5 s behind batch). Its priority says its requests go before default traffic; giving way buys lower
+    bands' hits with its lateness, and its own SLO is the scale of lateness it asked not to exceed. The
+    default band and the sheddable ones (<= 0) keep halfway: they are where a flood lands, and a one-SLO
+    bound there hands a flood's certain misses strict priority over the band below (docs/flowcontrol.md,
+    Session 25: batch SLO 0.16-0.84, 91-122 batch 503s)."""
+    half = (expiry - deadline) / 2.0
+    if priority > 0 and slo < half:
+        return deadline + slo
+    return deadline + half
 
 
 def seqs_of(req: InferenceRequest) -> int:
@@ -687,7 +698,7 @@ class FlowController:
             self._seq += 1
             seqs = seqs_of(req)  # (a prompt is computed once; each sequence decodes its own output)
             out = req.max_tokens if req.max_tokens is not None else DEFAULT_OUTPUT_TOKENS  # (0: none)
-            ages = aging_time(slo_deadline, expiry)
+            ages = aging_time(slo_deadline, expiry, slo_deadline - (req.arrival_time or now), req.priority)
             item = QueuedRequest(
                 req, flow, req.priority, size, float(ptoks + seqs * out),
                 self._seq, now, expiry, slo_deadline, ages, handle, explain=explain, bounded=bounded,
