@@ -58,6 +58,7 @@ from kvgate.k8s.tasks import RECANCELS, STUCK_S, cancel_and_wait
 from kvgate.multicluster.clusters import DEFAULT_LEASE, ClustersError, ClustersFile, KubeImports
 from kvgate.multicluster.imports import WATCHES_STOP_S, ImportController, Member
 from kvgate.multicluster.source import RETRY_S
+from kvgate.stderrlog import off_loop_stderr
 
 log = logging.getLogger("kvgate.multicluster.hub_controller")
 
@@ -397,6 +398,7 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    off_loop_stderr()  # (as every door's: a stderr nobody reads stalls no Lease renewal, s26-rev-gw26 F3)
     try:
         cfile = ClustersFile(args.clusters)
         kube = cfile.config.kubernetes

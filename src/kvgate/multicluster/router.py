@@ -487,7 +487,9 @@ class GlobalRouter:
                 # (sent, no head yet: the cluster may still run it, so not "request_timeout", which tells
                 # a hub in front of this one that nothing runs here; as ``kvgate serve``'s 504 for a
                 # written request past its bound)
-                code = UNWRITTEN_504 if e.sent_at is None else WRITTEN_504
+                # (an earlier attempt still running counts too: review s26-rev-gw26 F1)
+                written = e.sent_at is not None or any(a.running for a in attempts)
+                code = WRITTEN_504 if written else UNWRITTEN_504
                 raise NoRoute(504, deadline.message(f"cluster {st.name}: {e.outcome}"), attempts,
                               code=code) from None  # fmt: skip
             if routed is not None:
