@@ -317,25 +317,34 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         staleness = self.handle.staleness
         mean_uncached = self.mean_uncached
         decode_weight = self.decode_weight
-        kv_high, kv_thr, q_thr, max_inf = (
-            self.kv_high,
-            self.kv_threshold,
-            self.queue_threshold,
-            self.max_inflight,
-        )
-        kv_scale = max(p, 1024) / (1.0 - kv_high + 1e-9)
+        # (plain assignments, ``max`` and ``enumerate`` as loops or conditionals, and the lists below built
+        # only for the options that use them: the same floats in the same order, fewer calls per pick)
+        kv_high = self.kv_high
+        kv_thr = self.kv_threshold
+        q_thr = self.queue_threshold
+        max_inf = self.max_inflight
+        kv_scale = (p if p > 1024 else 1024) / (1.0 - kv_high + 1e-9)
         mqs = self.miss_queue_scale
         get = held.get
         # Fewest uncached tokens among these candidates (a filter may have removed the best holder):
         # what is lost by going elsewhere is the prefix beyond that.
-        best_uncached = p - (max(get(ep.address, 0) for ep in endpoints) * per_block if matched else 0.0)
+        if matched:
+            most = get(endpoints[0].address, 0)  # (``max``'s first most held, by a loop: no generator)
+            for ep in endpoints:
+                h = get(ep.address, 0)
+                if h > most:
+                    most = h
+            best_uncached = p - most * per_block
+        else:
+            best_uncached = p - 0.0
         # A copy of a prefix that other requests are waiting on right now (a burst) is shared by them:
         # its displacement of other groups' blocks is split over this request and those waiting.
-        tail_shared: list[int] = []
+        tail_shared: list[int] | None = None
+        share = 1.0  # (``1.0 / (1 + 0)``)
         # (``_waiting_on_prefix`` is 0 without a match or a waiting request: not called then)
-        shared_copy = self.shared_copy and matched and self._waiting
-        waiting = self._waiting_on_prefix(cycle, endpoints, matched, tail_shared) if shared_copy else 0
-        share = 1.0 / (1 + waiting)
+        if self.shared_copy and matched and self._waiting:
+            tail_shared = []
+            share = 1.0 / (1 + self._waiting_on_prefix(cycle, endpoints, matched, tail_shared))
         # burstTail: a match of the whole hashed window is extrapolated over the prompt's unhashed tail,
         # as if the tail were cached too. When requests with this head are waiting at the holder (a
         # burst), the tail is compared with theirs: past the part they share, it is this request's own
@@ -373,23 +382,29 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             if mean > 0.0:
                 low = min(rates)
                 spread = [miss_penalty * min(1.0, (r - low) / mean) for r in rates]
-        output = (req.max_tokens or 0) * req.sequences  # (each of ``n`` choices writes its own blocks)
-        out_tokens = output if self.output_displacement else 0
+        out_tokens = 0
         evict: list[float] | None = None
         ledger = self.eviction
-        if ledger is not None and not precise_src:  # (it learns from the approximate index's keys)
-            unc = [p - get(ep.address, 0) * per_block if matched else float(p) for ep in endpoints]
-            mh = prefix_match(cycle)
-            hs = mh.hashes if mh is not None else ()
-            evict = ledger.prices(endpoints, unc, float(output), miss_penalty, now, hs)
+        if self.output_displacement or ledger is not None:
+            output = (req.max_tokens or 0) * req.sequences  # (each of ``n`` choices writes its own blocks)
+            out_tokens = output if self.output_displacement else 0
+            if ledger is not None and not precise_src:  # (it learns from the approximate index's keys)
+                unc = [p - get(ep.address, 0) * per_block if matched else float(p) for ep in endpoints]
+                mh = prefix_match(cycle)
+                hs = mh.hashes if mh is not None else ()
+                evict = ledger.prices(endpoints, unc, float(output), miss_penalty, now, hs)
+        # The optional terms' one test per endpoint (most picks have none of them).
+        optional = out_tokens or spread is not None or evict is not None or spt
         costs: list[float] = []
-        saturated: list[int] = []  # (the saturated candidates' indices: most picks have none)
+        saturated: list[int] | None = None  # (the saturated candidates' indices: most picks have none)
         # replicateLoaded: per endpoint, the pace-scaled premium its lost prefix pays over a plain
         # prefill (displacement and backlog), and each best holder's pace-scaled tokens ahead.
         replicate = self.replicate_loaded and matched and best_uncached < p
         premiums: list[float] = []
         holder_ahead: list[float] = []
-        for i, ep in enumerate(endpoints):
+        i = -1
+        for ep in endpoints:
+            i += 1
             inf = ep.inflight
             ahead: float = inf.pending_prefill_tokens
             load = inf.requests
@@ -430,17 +445,18 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             lost = uncached - best_uncached if uncached > best_uncached else 0.0
             miss_lost = 1.0 + miss_penalty * fill * share
             work = ahead + miss * (uncached - lost) + miss_lost * lost + decode_weight * load
-            if out_tokens:
-                # The output's blocks are cached too (vLLM keeps full blocks of generated tokens): they
-                # displace other prefixes as a miss's prompt blocks do, more where the cache is fuller.
-                work += (miss - 1.0) * out_tokens
-            if spread is not None:
-                work += spread[i] * uncached
-            if evict is not None:
-                work += evict[i]
-            if spt:
-                # The arrivals expected while these tokens are computed, each delayed by them.
-                work += self.arrival_rate(ep.address, now) * spt * uncached * (ahead + 0.5 * uncached)
+            if optional:
+                if out_tokens:
+                    # The output's blocks are cached too (vLLM keeps full blocks of generated tokens): they
+                    # displace other prefixes as a miss's prompt blocks do, more where the cache is fuller.
+                    work += (miss - 1.0) * out_tokens
+                if spread is not None:
+                    work += spread[i] * uncached
+                if evict is not None:
+                    work += evict[i]
+                if spt:
+                    # The arrivals expected while these tokens are computed, each delayed by them.
+                    work += self.arrival_rate(ep.address, now) * spt * uncached * (ahead + 0.5 * uncached)
             backlog = 0.0
             if mqs and queued > 0 and lost:
                 # Recomputing a prefix on a replica with a queue delays every request queued there,
@@ -462,6 +478,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                     holder_ahead.append(ahead * scale)
             costs.append(cost + work)
             if sat:
+                if saturated is None:
+                    saturated = []
                 saturated.append(i)
         if replicate and holder_ahead and min(holder_ahead) > p - best_uncached:
             # Every best holder has more prefill queued in front of it than a hit there saves: the
