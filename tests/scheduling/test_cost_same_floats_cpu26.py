@@ -257,7 +257,7 @@ class _Checked:
         self.calls = 0
         self.differ: list[tuple[str, list[float], list[float]]] = []  # (request id, cut's, reference's)
         self.paced = 0  # calls where every candidate's pace was known (the pace-scaled branch)
-        self.nonfinite = 0  # calls with a fresh page reporting a non-finite KV use
+        self.nonfinite = 0  # calls where a candidate's page reports a non-finite KV use (fresh or not)
 
     def __call__(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         want = reference_costs(self.scorer, cycle, endpoints)
@@ -339,7 +339,7 @@ def test_non_finite_pages_cost_as_before(doc: str) -> None:
 
 
 def test_the_check_is_not_vacuous() -> None:
-    """The comparison sees a difference when there is one: a copy that prices one endpoint otherwise."""
+    """The comparison sees a difference when there is one: a parameter moved by 1e-9 shows in ``_hex``."""
     d, store, clock = picktrace.build("kvgate", 3, 6)
     scorer = d.handle.find(KVGateCostScorer)
     assert isinstance(scorer, KVGateCostScorer)
