@@ -74,8 +74,8 @@ def test_client_names_read_the_rules_as_the_rewriter_does() -> None:
         RewriteRule(["a", "b"], [RewriteTarget("x", 1), RewriteTarget("m", 3)]),
         RewriteRule(["a", "c"], [RewriteTarget("m", 1)]),  # (a: the first rule's, already listed)
         RewriteRule(["d"], [RewriteTarget("elsewhere", 1)]),
-        RewriteRule([], [RewriteTarget("m", 1)]),  # a catch-all: names no name, and takes every one after it
-        RewriteRule(["e"], [RewriteTarget("m", 1)]),
+        RewriteRule([], [RewriteTarget("m", 1)]),  # a catch-all: names no name
+        RewriteRule(["e"], [RewriteTarget("m", 1)]),  # (exact wins over a catch-all before it: qa26 F1)
     ]
-    assert client_names(rules, {"m"}) == [("a", "m"), ("b", "m"), ("c", "m")]
+    assert client_names(rules, {"m"}) == [("a", "m"), ("b", "m"), ("c", "m"), ("e", "m")]
     assert client_names(rules, {"x"}) == [("a", "x"), ("b", "x")]

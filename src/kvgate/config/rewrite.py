@@ -1,6 +1,9 @@
 """InferenceModelRewrite rules as a weighted random draw, shared by both front doors.
 
-The first rule whose ``matches`` contain the requested model (or that has no matches) applies; its
+Upstream's precedence (GIE's datastore ``modelRewriteStore.getRule``): a rule that names the requested
+model exactly wins over a generic rule (no ``matches``: "all requests not matched by previous rules"),
+wherever each stands; among the rules that name it, and among the generic ones, the first in the list
+applies (Kubernetes discovery lists its objects' rules oldest object first: ``k8s.discovery``). Its
 target is drawn by weight. The gateway (``kvgate serve``) and the ext_proc EPP (``kvgate epp``) both
 use this class so one config rewrites the same way behind either; each puts the response's ``model``
 back to the client's name itself.
@@ -20,14 +23,21 @@ class ModelRewriter:
     def __init__(self, rules: Sequence[RewriteRule], seed: int | None = None) -> None:
         self._rng = random.Random(seed)
         # Per rule: the target names and their cumulative weights, for an O(log targets) draw.
-        self._rules: list[tuple[frozenset[str], list[str], list[int]]] = [
+        self._rules: list[tuple[list[str], list[int]]] = [
             (
-                frozenset(rule.matches),
                 [t.model for t in rule.targets],
                 list(itertools.accumulate(t.weight for t in rule.targets)),
             )
             for rule in rules
         ]
+        # model -> its first exact rule; the first generic rule: one dict lookup per request.
+        self._exact: dict[str, int] = {}
+        self._generic: int | None = None
+        for i, rule in enumerate(rules):
+            if not rule.matches and self._generic is None:
+                self._generic = i
+            for name in rule.matches:
+                self._exact.setdefault(name, i)
         # Any rule at all (an attribute: the proxy reads it on every request).
         self.active = bool(self._rules)
         self.rules: tuple[RewriteRule, ...] = tuple(rules)
@@ -37,12 +47,13 @@ class ModelRewriter:
 
     def rewrite(self, model: str) -> str:
         """The model to send upstream (``model`` itself when no rule matches)."""
-        for matches, names, cum in self._rules:
-            if not matches or model in matches:
-                if len(names) == 1:
-                    return names[0]
-                return names[bisect.bisect_right(cum, self._rng.randrange(cum[-1]))]
-        return model
+        i = self._exact.get(model, self._generic)
+        if i is None:
+            return model
+        names, cum = self._rules[i]
+        if len(names) == 1:
+            return names[0]
+        return names[bisect.bisect_right(cum, self._rng.randrange(cum[-1]))]
 
     def __call__(self, model: str) -> str | None:
         """The EPP's hook shape: the new model, or None to leave the request as it is."""
@@ -52,13 +63,11 @@ class ModelRewriter:
 
 def client_names(rules: Sequence[RewriteRule], served: Collection[str]) -> list[tuple[str, str]]:
     """The names a client may send that ``rules`` rewrite to one of ``served``: (name, that target), in the
-    rules' order. A name counts by the first rule that takes it, as ``ModelRewriter.rewrite`` reads them
-    (a catch-all rule takes every name after it, and lists none itself)."""
+    rules' order. A name counts by the first rule that names it, as ``ModelRewriter.rewrite`` reads them
+    (an exact name wins over a generic rule wherever it stands; a generic rule lists no name itself)."""
     out: list[tuple[str, str]] = []
     seen: set[str] = set()
     for rule in rules:
-        if not rule.matches:
-            break
         target = next((t.model for t in rule.targets if t.model in served), None)
         for name in rule.matches:
             if name not in seen:

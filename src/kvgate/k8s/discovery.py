@@ -12,7 +12,8 @@ from the API server and fed into the ``EndpointStore``.
   ``inference.networking.k8s.io/active-ports`` (comma-separated) restricts a pod's ports.
 - ``InferenceObjective`` and ``InferenceModelRewrite`` in ``llm-d.ai/v1alpha2`` and the legacy
   ``inference.networking.x-k8s.io/v1alpha2``: the current group wins on a name clash; a legacy object
-  logs a deprecation once. Their union for this pool replaces the config file's objectives and rewrites.
+  logs a deprecation once. Their union for this pool replaces the config file's objectives and rewrites;
+  rewrites apply by upstream's precedence (an exact match over a generic rule, then the oldest object).
 """
 
 from __future__ import annotations
@@ -317,8 +318,13 @@ class PoolDiscovery:
         return out
 
     def rewrites(self) -> list[RewriteRule]:
+        """Every rewrite's rules, oldest object first (``metadata.creationTimestamp``, then name: GIE's rule
+        for two objects' rules that match alike), each object's in its order; ``ModelRewriter`` then puts a
+        rule naming the model before any generic one (qa26 F1: by name, a generic fallback named
+        ``a-...`` took every alias of the others, and a newer object overrode an older one)."""
         rules: list[RewriteRule] = []
-        for name, obj in sorted(self._merged("InferenceModelRewrite").items()):
+        objs = self._merged("InferenceModelRewrite")
+        for name, obj in sorted(objs.items(), key=_oldest_first):
             for i, raw in enumerate((obj.get("spec") or {}).get("rules") or []):
                 try:
                     rules.append(parse_rewrite_rule(raw, f"InferenceModelRewrite {name} spec.rules[{i}]"))
@@ -329,6 +335,13 @@ class PoolDiscovery:
     def _publish_policy(self) -> None:
         if self.on_policy is not None:
             self.on_policy(self.objectives(), self.rewrites())
+
+
+def _oldest_first(item: tuple[str, Obj]) -> tuple[str, str]:
+    # RFC 3339 in UTC ("2026-12-06T12:00:00Z", as the API server writes it) sorts as text; an object
+    # without one (never from an API server) sorts last.
+    stamp = (item[1].get("metadata") or {}).get("creationTimestamp")
+    return (stamp if isinstance(stamp, str) and stamp else "\uffff", item[0])
 
 
 ResourceKey = tuple[str, str]  # (group, kind)
