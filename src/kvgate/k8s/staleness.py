@@ -11,6 +11,9 @@ does) and the EPP keeps routing on it. This module makes that visible and, when 
   "not synced yet");
 - a WARNING when a reflector has not been in sync for ``stale_after_s`` (what it routes on, its last
   error) and an INFO when it is in sync again, with how long it was not;
+- the gauge ``kvgate_reflector_forbidden{name}``: 1 while a running reflector's requests are refused
+  (403: RBAC lacks list/watch), else 0; the one sign of an objective/rewrite group that discovery
+  tolerates forbidden (``PoolDiscovery.tolerated_forbidden``), besides its WARNING;
 - ``problem()``: with ``not_ready_after_s`` set, the EPP reports not-ready (``/readyz`` 503, gRPC
   NOT_SERVING) once the InferencePool's or the pods' reflector is older than that, so traffic goes to a
   replica that still reaches its API server. Off by default: when every replica lost the API server,
@@ -42,6 +45,7 @@ from kvgate.k8s.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 AGE_METRIC = "kvgate_reflector_last_sync_age_seconds"
+FORBIDDEN_METRIC = "kvgate_reflector_forbidden"
 
 
 class StalenessMonitor:
@@ -127,6 +131,19 @@ class _AgeCollector(Collector):
         for name, age in sorted(ages.items()):
             g.add_metric([name], age)
         yield g
+        # 1 while a reflector's last request was refused (403): RBAC lacks list/watch on what it reads
+        # (a tolerated objective/rewrite group too, which /readyz does not show: qa26 F5)
+        f = GaugeMetricFamily(
+            FORBIDDEN_METRIC, "1 while the reflector's requests are refused by RBAC (403 Forbidden), else 0.",
+            labels=["name"],
+        )  # fmt: skip
+        forbidden: dict[str, float] = {}
+        for r in list(self.running):
+            hit = 1.0 if r.error and r.error.startswith("403") else 0.0
+            forbidden[r.name] = max(hit, forbidden.get(r.name, 0.0))
+        for name, v in sorted(forbidden.items()):
+            f.add_metric([name], v)
+        yield f
 
 
 REGISTRY.register(_AgeCollector(RUNNING))
