@@ -143,7 +143,9 @@ async def test_missing_pool_and_rbac_errors_make_it_unready(
     disc.start()
     await _until(lambda: (disc.problem() or "").startswith("pods.core/v1 in default: 403 Forbidden"))
     double.forbid(R.POD, False)
-    await _until(lambda: disc.problem() == "InferencePool default/llm not found")
+    await _until(
+        lambda: disc.problem() == "InferencePool default/llm not found in inference.networking.k8s.io/v1"
+    )
     double.create(POOL)
     await _until(lambda: disc.ready)
 

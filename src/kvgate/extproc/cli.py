@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import ssl
 import sys
@@ -36,6 +37,7 @@ from kvgate.entry import (
 )
 from kvgate.extproc import keys
 from kvgate.extproc.upstream_flags import split_unknown
+from kvgate.k8s import resources as R
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 from kvgate.stderrlog import off_loop_stderr
@@ -76,7 +78,18 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--pool-name", help="InferencePool to discover from Kubernetes (or: which pool of --config to serve)"
     )
-    src.add_argument("--pool-namespace", default="default", help="the InferencePool's namespace")
+    src.add_argument(
+        "--pool-namespace",
+        default="",
+        help="the InferencePool's namespace (default: $NAMESPACE, else default: the reference EPP's order)",
+    )
+    src.add_argument(
+        "--pool-group",
+        choices=sorted(R.POOL_GROUPS),
+        default=None,
+        help=f"the InferencePool's API group (default {R.INFERENCE_POOL.group}, v1; {R.LEGACY_GROUP}: the "
+        "older v1alpha2 pool, as the reference EPP's flag)",
+    )
     src.add_argument("--endpoints", help="comma-separated ip:port list of the pool's model servers")
     src.add_argument(
         "--endpoint-label",
@@ -236,6 +249,10 @@ def _main(argv: list[str] | None) -> int:
     off_loop_stderr()  # (as ``kvgate serve``'s: a stderr nobody reads stalls no stream)
     if ignored:
         log.warning("ignoring the reference EPP's arguments kvgate does not use: %s", " ".join(ignored))
+    # The reference EPP's order (cmd/epp/runner): the flag, else $NAMESPACE (its chart sets it from the
+    # pod's own namespace), else default (qa26 F8: kvgate looked in default, not ready for good).
+    if not args.pool_namespace:
+        args.pool_namespace = os.environ.get("NAMESPACE") or "default"
     from kvgate.datalayer.store import EndpointStore, make_endpoint
     from kvgate.extproc.config import EppConfigError, load
     from kvgate.extproc.context import build_context
@@ -266,6 +283,8 @@ def _main(argv: list[str] | None) -> int:
         kube_flag = "--kube-server" if args.kube_server else "--kubeconfig" if args.kubeconfig else None
         if kube_flag and cfg.pool.inference_pool is None:
             raise EppConfigError(f"{kube_flag}: only with an InferencePool to watch (--pool-name)")
+        if args.pool_group is not None and cfg.pool.inference_pool is None:
+            raise EppConfigError("--pool-group: only with an InferencePool to watch (--pool-name)")
         if args.ha_enable_leader_election and cfg.pool.inference_pool is None:
             raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
         pair, client_ca = _tls(args)
@@ -460,6 +479,7 @@ def _kube_pool(
 
     opts = KubeOptions(
         pool_name=ref.name, pool_namespace=ref.namespace, server=args.kube_server, kubeconfig=args.kubeconfig,
+        pool_group=args.pool_group or R.INFERENCE_POOL.group,
         leader_election=args.ha_enable_leader_election, lease_name=args.ha_lease_name,
         lease_duration_s=args.ha_lease_duration, renew_deadline_s=args.ha_renew_deadline,
         retry_period_s=args.ha_retry_period,

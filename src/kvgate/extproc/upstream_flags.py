@@ -10,12 +10,12 @@ start a server the operator did not ask for.
 
 from __future__ import annotations
 
-# (those the reference shares with kvgate, ``--grpc-port``, ``--pool-name``, ... are kvgate options)
+# (those the reference shares with kvgate, ``--grpc-port``, ``--pool-name``, ``--pool-group``, ... are
+# kvgate options: ``--pool-group`` was ignored here before qa26 F8, so kvgate watched the v1 group)
 REFERENCE_ONLY = frozenset(
     {
         "-v",
         "--v",
-        "--pool-group",
         "--endpoint-selector",
         "--endpoint-target-ports",
         "--disable-endpoint-subset-filter",

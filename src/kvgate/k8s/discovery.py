@@ -1,7 +1,9 @@
 """InferencePool discovery: the pool, its pods, and the objectives and rewrites that name it, kept current
 from the API server and fed into the ``EndpointStore``.
 
-- ``InferencePool`` (``inference.networking.k8s.io/v1``): ``spec.selector.matchLabels`` picks pods in the
+- ``InferencePool`` (``inference.networking.k8s.io/v1``; or, asked, the older
+  ``inference.networking.x-k8s.io/v1alpha2``: ``selector``, ``targetPortNumber``, ``extensionRef``):
+  ``spec.selector.matchLabels`` picks pods in the
   pool's namespace; every ``podIP`` x ``spec.targetPorts[].number`` is an endpoint (data-parallel ranks);
   ``appProtocol`` and ``endpointPickerRef`` (with ``failureMode``) are read and reported. Pool changes
   (selector, ports) apply at once.
@@ -56,11 +58,21 @@ class PoolSpec:
         return str((self.endpoint_picker or {}).get("failureMode") or "FailClose")
 
     @classmethod
-    def from_object(cls, obj: Obj) -> PoolSpec:
+    def from_object(cls, obj: Obj, legacy: bool = False) -> PoolSpec:
+        """``legacy``: the ``inference.networking.x-k8s.io/v1alpha2`` shape (``selector`` a plain map, one
+        ``targetPortNumber``, ``extensionRef``), else v1's."""
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-        labels = dict(((spec.get("selector") or {}).get("matchLabels")) or {})
+        if legacy:
+            selector = spec.get("selector")
+            labels = {str(k): str(v) for k, v in selector.items()} if isinstance(selector, Mapping) else {}
+            raw_ports: list[Any] = [{"number": spec.get("targetPortNumber")}]
+            picker = spec.get("extensionRef")
+        else:
+            labels = dict(((spec.get("selector") or {}).get("matchLabels")) or {})
+            raw_ports = spec.get("targetPorts") or []
+            picker = spec.get("endpointPickerRef")
         ports: list[int] = []
-        for p in spec.get("targetPorts") or []:
+        for p in raw_ports:
             n = p.get("number") if isinstance(p, Mapping) else None
             if isinstance(n, int) and 0 < n < 65536 and n not in ports:
                 ports.append(n)
@@ -72,7 +84,7 @@ class PoolSpec:
             name=str(meta.get("name", "")), namespace=str(meta.get("namespace", "")),
             match_labels=labels, target_ports=tuple(ports),
             app_protocol=str(spec.get("appProtocol") or "http"),
-            endpoint_picker=spec.get("endpointPickerRef"),
+            endpoint_picker=picker if isinstance(picker, Mapping) else None,
         )  # fmt: skip
 
 
@@ -125,10 +137,13 @@ class PoolDiscovery:
         store_pool: str | None = None,
         on_policy: PolicyListener | None = None,
         watch_objectives: bool = True,
+        pool_type: R.ResourceType = R.INFERENCE_POOL,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """``clock`` and ``sleep``: the reflectors' time (their ages; their watches' liveness probes)."""
+        """``pool_type``: which InferencePool (``R.POOL_GROUPS``: v1, or the v1alpha2 of ``--pool-group
+        inference.networking.x-k8s.io``). ``clock`` and ``sleep``: the reflectors' time (their ages; their
+        watches' liveness probes)."""
         self.client, self.store = client, store
         self.pool_name, self.namespace = pool_name, namespace
         # The pool name endpoints carry in the store (the config's pool name; the InferencePool's by default).
@@ -138,8 +153,9 @@ class PoolDiscovery:
         self._pod_addrs: dict[Key, set[str]] = {}  # pod -> the addresses it provides now
         # address -> the pods providing it, with their labels (see _provide)
         self._providers: dict[str, dict[Key, dict[str, str]]] = {}
+        self.pool_type = pool_type
         self.pool_reflector = Reflector(
-            client, R.INFERENCE_POOL, namespace=namespace, field_selector=f"metadata.name={pool_name}",
+            client, pool_type, namespace=namespace, field_selector=f"metadata.name={pool_name}",
             clock=clock, sleep=sleep,
         )  # fmt: skip
         self.pod_reflector = Reflector(client, R.POD, namespace=namespace, clock=clock, sleep=sleep)
@@ -209,8 +225,9 @@ class PoolDiscovery:
         for r in (self.pool_reflector, self.pod_reflector):
             if not r.synced.is_set():
                 return f"{r.name}: not synced yet" + (f" ({r.error})" if r.error else "")
-        if self.pool is None:
-            return f"InferencePool {self.namespace}/{self.pool_name} not found"
+        if self.pool is None:  # (where it looked: one in another group or namespace is never seen: qa26 F8)
+            where = self.pool_type.group_version
+            return f"InferencePool {self.namespace}/{self.pool_name} not found in {where}"
         return None
 
     def tolerated_forbidden(self) -> list[Reflector]:
@@ -245,7 +262,7 @@ class PoolDiscovery:
             log.warning("InferencePool %s/%s deleted: no endpoints", self.namespace, self.pool_name)
             self.pool = None
         else:
-            new = PoolSpec.from_object(obj)
+            new = PoolSpec.from_object(obj, legacy=self.pool_type.group == R.LEGACY_GROUP)
             if new != self.pool:
                 log.info("InferencePool %s/%s: selector %s, target ports %s, appProtocol %s, picker %s "
                          "(failureMode %s)", self.namespace, self.pool_name, dict(new.match_labels),

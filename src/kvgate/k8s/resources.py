@@ -70,6 +70,12 @@ LEGACY_INFERENCE_OBJECTIVE = ResourceType(
 LEGACY_INFERENCE_MODEL_REWRITE = ResourceType(
     LEGACY_GROUP, "v1alpha2", "InferenceModelRewrite", "inferencemodelrewrites"
 )
+# The InferencePool before v1 (GIE v0.x, llm-d v0.3's charts: the reference EPP's ``--pool-group
+# inference.networking.x-k8s.io``): ``spec.selector`` a plain map, one ``spec.targetPortNumber``,
+# ``spec.extensionRef``.
+LEGACY_INFERENCE_POOL = ResourceType(LEGACY_GROUP, "v1alpha2", "InferencePool", "inferencepools")
+# ``--pool-group`` -> the InferencePool type watched (the reference EPP's flag; its default first).
+POOL_GROUPS = {INFERENCE_POOL.group: INFERENCE_POOL, LEGACY_GROUP: LEGACY_INFERENCE_POOL}
 # Multi-cluster (GIE proposal 1374): status-only, controller-managed.
 INFERENCE_POOL_IMPORT = ResourceType(LEGACY_GROUP, "v1alpha1", "InferencePoolImport", "inferencepoolimports")
 
@@ -80,6 +86,7 @@ INFERENCE = (
     INFERENCE_MODEL_REWRITE,
     LEGACY_INFERENCE_OBJECTIVE,
     LEGACY_INFERENCE_MODEL_REWRITE,
+    LEGACY_INFERENCE_POOL,
     INFERENCE_POOL_IMPORT,
 )
 ALL = BUILTIN + INFERENCE

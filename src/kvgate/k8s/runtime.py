@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from kvgate.aio import stop_to_the_end
 from kvgate.config.gateway import RewriteRule
 from kvgate.datalayer.store import EndpointStore
+from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.discovery import PoolDiscovery
 from kvgate.k8s.lease import LeaderElector, check_one_time
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 class KubeOptions:
     pool_name: str
     pool_namespace: str = "default"
+    pool_group: str = R.INFERENCE_POOL.group  # (``R.POOL_GROUPS``: the reference EPP's ``--pool-group``)
     server: str | None = None
     kubeconfig: str | None = None
     leader_election: bool = False
@@ -71,9 +73,11 @@ class KubePool:
     async def start(self) -> None:
         o = self.opts
         self.client = await KubeClient.connect(o.server, o.kubeconfig)
-        log.info("discovering InferencePool %s/%s from %s", o.pool_namespace, o.pool_name, self.client.host)
+        pool_type = R.POOL_GROUPS[o.pool_group]
+        log.info("discovering InferencePool %s/%s (%s) from %s", o.pool_namespace, o.pool_name,
+                 pool_type.group_version, self.client.host)  # fmt: skip
         self.discovery = PoolDiscovery(
-            self.client, self.store, pool_name=o.pool_name, namespace=o.pool_namespace,
+            self.client, self.store, pool_name=o.pool_name, namespace=o.pool_namespace, pool_type=pool_type,
             store_pool=self.store_pool, on_policy=self.on_policy, clock=self.clock,
             sleep=self._time[1] or asyncio.sleep,
         )  # fmt: skip
