@@ -115,7 +115,7 @@ def _worker_main(
     report: Connection,
     lifeline: Connection,
     admin_on_data: bool,
-    shared: tuple[str, Any, int] | None = None,
+    shared: Shared | None = None,
     gossip_dir: str | None = None,
     config_path: str | None = None,
     log_level: int = logging.WARNING,
@@ -160,7 +160,7 @@ async def _worker(
     report: Connection,
     lifeline: Connection,
     admin_on_data: bool,
-    shared: tuple[str, Any, int] | None = None,
+    shared: Shared | None = None,
     gossip_dir: str | None = None,
     config_path: str | None = None,
     file_cfg: GatewayConfig | None = None,
@@ -254,7 +254,23 @@ def _tenants_offset(workers: int) -> int:
     return fleet.segment_size(workers)
 
 
-def _check_fleet_layout(shared: tuple[str, Any, int] | None) -> None:
+# What a worker is given of the shared segment (``worker_shared``): its name, its lock, the workers and
+# the supervisor's fleet layout mark.
+Shared = tuple[Any, ...]
+
+
+def worker_shared(name: str, lock: Any, workers: int) -> Shared:
+    """The shared segment as the supervisor hands it to a worker it spawns: with this code's fleet layout
+    mark, which the worker compares with its own (``_check_fleet_layout``) before it attaches anything.
+    Four items: a worker from before the segment's layout mark (session 25) unpacks exactly three at its
+    first use of them (``_attach_tenants``), so it stops there, before it reads or writes the segment at
+    another stride (it checks no mark); a 3-tuple (a supervisor from before this) is still read."""
+    from kvgate.flowcontrol import fleet
+
+    return (name, lock, workers, fleet.layout_mark())
+
+
+def _check_fleet_layout(shared: Shared | None) -> None:
     """ValueError when the supervisor's flow-control marks (the in-flight segment's extra bytes) are not
     this code's layout (review s25-rev-wk25 F1: every row would be read and written at another stride)."""
     if shared is None:
@@ -264,7 +280,13 @@ def _check_fleet_layout(shared: tuple[str, Any, int] | None) -> None:
     from kvgate.flowcontrol import fleet
     from kvgate.gateway.shared_inflight import DEFAULT_SLOTS, segment_size
 
-    name, _lock, workers = shared
+    name, _lock, workers = shared[:3]
+    if len(shared) > 3 and shared[3] != fleet.layout_mark():  # (the supervisor's code: ``worker_shared``)
+        raise ValueError(
+            f"the supervisor's flow-control fleet layout (mark {shared[3] & (2**64 - 1):#x}) is not this "
+            f"worker's (mark {fleet.layout_mark() & (2**64 - 1):#x}): a worker of another version under a "
+            "running supervisor (the installed kvgate changed since it started); restart the supervisor"
+        )
     shm = shared_memory.SharedMemory(name=name)
     try:
         buf = shm.buf
@@ -279,18 +301,18 @@ def _check_fleet_layout(shared: tuple[str, Any, int] | None) -> None:
         shm.close()
 
 
-def _attach_tenants(shared: tuple[str, Any, int] | None, index: int) -> Any:
+def _attach_tenants(shared: Shared | None, index: int) -> Any:
     if shared is None:
         return None
     from kvgate.gateway.shared_inflight import DEFAULT_SLOTS, segment_size
     from kvgate.gateway.shared_tenants import SharedTenants
 
-    name, lock, workers = shared
+    name, lock, workers = shared[:3]
     return SharedTenants.attach(name, segment_size(workers, DEFAULT_SLOTS) + _tenants_offset(workers), lock,
                                 workers, index)  # fmt: skip
 
 
-def _attach_responses(shared: tuple[str, Any, int] | None, index: int) -> Any:
+def _attach_responses(shared: Shared | None, index: int) -> Any:
     if shared is None:
         return None
     from kvgate.gateway.shared_responses import SharedResponses, segment_name
@@ -298,15 +320,13 @@ def _attach_responses(shared: tuple[str, Any, int] | None, index: int) -> Any:
     return SharedResponses.attach(segment_name(shared[0]), shared[2], index)
 
 
-async def _share_inflight(
-    pools: list[Any], index: int, shared: tuple[str, Any, int], tenants: Any = None
-) -> None:
+async def _share_inflight(pools: list[Any], index: int, shared: Shared, tenants: Any = None) -> None:
     """``tenants``: the worker's ``SharedTenants``, whose lock (stuck-lock rules included) the flow control
     queue limits take (``fleet.FleetLimits``)."""
     from kvgate.flowcontrol import fleet
     from kvgate.gateway.shared_inflight import SharedInFlight
 
-    name, lock, workers = shared
+    name, lock, workers = shared[:3]
     view = SharedInFlight.attach(name, lock, workers, index, extra=fleet.segment_size(workers))
     marks = fleet.FleetMarks(view.extra, workers, index, lock=tenants)
     failed = False
@@ -761,7 +781,7 @@ class Supervisor:
         shared = None
         if self.shared is not None:
             self._clear_rows(i)  # (done at its predecessor's death too: ``_ended``; again here, at no cost)
-            shared = (self.shared.name, self.shared.lock, self.n)
+            shared = worker_shared(self.shared.name, self.shared.lock, self.n)
         proc = self.ctx.Process(
             target=_worker_main,
             args=(wcfg, i, send, life_r, self.cfg.admin_port is None, shared, self.gossip_dir,
@@ -911,7 +931,12 @@ class Supervisor:
                     if self.killed_age[i] is None:  # (a wedged one killed: the restart backoff is for it)
                         self.fast_deaths = self.fast_deaths + 1 if lived < _FAST_DEATH_S else 0
                     if self.fast_deaths >= _MAX_FAST_DEATHS:
-                        log.error("workers keep dying at start; shutting down")
+                        # (a worker of another kvgate version, the installed one changed since this
+                        # supervisor started, dies there too: ``worker_shared``)
+                        log.error(
+                            "workers keep dying at start; shutting down (if the installed kvgate changed "
+                            "since this supervisor started, its workers cannot join it: restart kvgate serve)"
+                        )
                         self.failed = True
                         return
                     delay = self._ended(i, proc, lived)
