@@ -89,6 +89,8 @@ _ADMIN_FETCH_TIMEOUT_S = 5.0
 _READYZ_FETCH_TIMEOUT_S = 0.5
 # A gap this long between two ticks of the supervisor's watch (0.2 s apart) means it stood still itself.
 _STALL_S = 1.0
+# How often the stop looks for workers whose drain ended (each one's rows are cleared then: ``stop_workers``).
+_DRAIN_POLL_S = 0.05
 # How often a worker's event loop writes its heartbeat (the time, into its slot of a shared array); the
 # supervisor kills a worker whose heartbeat is older than ``listen.workerTimeoutSeconds`` (review s20-qa M2).
 HEARTBEAT_S = 0.5
@@ -1059,20 +1061,48 @@ class Supervisor:
             self.spawn_failures -= failures
 
     async def stop_workers(self) -> None:
+        """SIGTERM every worker and wait for their drains; each worker's rows of the shared segment are
+        cleared as it ends, as ``watch`` clears a dead one's (which it no longer does once stopping): a
+        worker killed during the drain (SIGKILL, the OOM killer) left its requests in flight in the others'
+        view for good, so a worker still draining its flow-control queue kept its gate saturated on them
+        and answered its queued requests 503 at the drain's end while the pool was idle (wk26)."""
         self.stopping = True
-        alive = [p for p in self.procs if p is not None and p.is_alive()]
-        for p in alive:
+        alive = {i: p for i, p in enumerate(self.procs) if p is not None and p.is_alive()}
+        for p in alive.values():
             if p.pid is None:  # never started: nothing to signal (pid 0 would be our own group)
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.cfg.limits.drain_timeout_s + 10
-        for p in alive:
-            await asyncio.to_thread(p.join, max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
-                log.error("worker pid %s did not drain in time; killing it", p.pid)
-                p.kill()
+        while alive:
+            for i, p in list(alive.items()):
+                if p.is_alive():
+                    continue
+                del alive[i]
                 p.join()
+                await self._ended_in_drain(i, p)
+            if not alive:
+                break
+            if time.monotonic() >= deadline:
+                for i, p in alive.items():
+                    log.error("worker pid %s did not drain in time; killing it", p.pid)
+                    p.kill()
+                    p.join()
+                    await self._ended_in_drain(i, p)
+                break
+            await asyncio.sleep(_DRAIN_POLL_S)
+
+    async def _ended_in_drain(self, i: int, proc: BaseProcess) -> None:
+        """Worker ``i`` ended after the stop began: its rows cleared (the others may still drain on them),
+        and the segment's lock freed if it died holding it (as ``watch`` does)."""
+        if self.shared is None:
+            return
+        self._clear_rows(i)
+        if proc.exitcode != 0:  # (a drain that ended holds no lock)
+            from kvgate.gateway.shared_tenants import free_stuck_lock
+
+            if await asyncio.to_thread(free_stuck_lock, self.shared.lock):
+                log.warning("worker %d died holding the shared segment's lock: freed", i)
 
     # --- admin -------------------------------------------------------------------------------
     async def _fetch(
