@@ -12,11 +12,13 @@ Real processes: ``kvgate serve --workers 2``, one model server behind a gate of 
 The request in flight holds the server (answered only after a minute); the worker that sent it is found
 from its connection (``/proc``); requests queue over both workers; SIGTERM, then that worker is killed.
 Every queued request at the other worker must be answered 200 (those at the killed one end with their
-connection)."""
+connection). The second test is the running case (a guard, passes on main 6c4d40fa): the order between
+the workers when the worker holding a higher band's head is killed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -34,12 +36,14 @@ HOLD = "hold"
 
 
 class Holding(Backend):
-    """Answers at once, except a prompt of ``HOLD``: answered after a minute; its peer's port kept."""
+    """Answers at once, except a prompt of ``HOLD``: answered once ``release`` is set (or after a minute);
+    its peer's port kept."""
 
     def __init__(self) -> None:
         super().__init__("h")
         self.held_from: int | None = None
         self.held = asyncio.Event()
+        self.release = asyncio.Event()  # (the held request is answered when it is set, or after a minute)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
@@ -47,7 +51,9 @@ class Holding(Backend):
             peer = request.transport.get_extra_info("peername") if request.transport else None
             self.held_from = peer[1] if peer else None
             self.held.set()
-            await asyncio.sleep(60.0)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(60.0):
+                    await self.release.wait()
         return await super()._generate(request)
 
     def app(self) -> web.Application:
@@ -58,7 +64,7 @@ class Holding(Backend):
         return app
 
 
-def _owner(local_port: int, remote_port: int, pids: list[int]) -> int:
+def _owner(local_port: int, remote_port: int, pids: list[int]) -> int | None:
     """The process among ``pids`` holding the TCP connection from ``local_port`` to ``remote_port``."""
     inode = None
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -68,7 +74,8 @@ def _owner(local_port: int, remote_port: int, pids: list[int]) -> int:
                 local, remote = cols[1].rsplit(":", 1)[1], cols[2].rsplit(":", 1)[1]
                 if int(local, 16) == local_port and int(remote, 16) == remote_port:
                     inode = cols[9]
-    assert inode is not None, f"no connection from port {local_port} to {remote_port}"
+    if inode is None:
+        return None
     for pid in pids:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
@@ -76,7 +83,19 @@ def _owner(local_port: int, remote_port: int, pids: list[int]) -> int:
                     return pid
             except OSError:
                 continue
-    raise AssertionError(f"no worker among {pids} holds the connection (inode {inode})")
+    return None  # (not accepted yet: in a listener's queue)
+
+
+async def _owned(local_port: int, remote_port: int, pids: list[int], within_s: float = 10.0) -> int:
+    """``_owner``, polled until a worker has accepted the connection."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within_s
+    pid = _owner(local_port, remote_port, pids)
+    while pid is None:
+        assert loop.time() < end, f"no worker among {pids} holds the connection {local_port}-{remote_port}"
+        await asyncio.sleep(0.02)
+        pid = _owner(local_port, remote_port, pids)
+    return pid
 
 
 async def _queued(s: aiohttp.ClientSession, admin: int) -> dict[str, float]:
@@ -92,13 +111,25 @@ async def _queued(s: aiohttp.ClientSession, admin: int) -> dict[str, float]:
 
 
 async def _until_queued(
-    s: aiohttp.ClientSession, admin: int, n: int, within_s: float = 5.0
+    s: aiohttp.ClientSession,
+    admin: int,
+    n: int,
+    within_s: float = 5.0,
+    each: float | None = None,
+    exactly: bool = False,
 ) -> dict[str, float]:
-    """Each worker's queue once the fleet's holds ``n`` (or after ``within_s``)."""
+    """Each worker's queue once the fleet's holds ``n`` (``exactly``: no more; ``each``: ``n`` workers
+    holding that many each), or after ``within_s``."""
+
+    def done(per: dict[str, float]) -> bool:
+        if each is not None:
+            return sorted(per.values()) == [each] * n
+        return sum(per.values()) == n if exactly else sum(per.values()) >= n
+
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s
     per = await _queued(s, admin)
-    while sum(per.values()) < n and loop.time() < end:
+    while not done(per) and loop.time() < end:
         await asyncio.sleep(0.02)
         per = await _queued(s, admin)
     return per
@@ -133,7 +164,7 @@ async def test_a_worker_killed_during_the_drain_frees_its_slots_for_the_other_wo
             await asyncio.wait_for(b.held.wait(), 30)
             assert b.held_from is not None
             pids = workers_kit.children(proc.pid, b"spawn_main")
-            holder = _owner(b.held_from, b.port, pids)
+            holder = await _owned(b.held_from, b.port, pids)
             per: dict[str, float] = {}
             end = loop.time() + 30.0
             while len([v for v in per.values() if v >= 1]) < 2:  # (a new connection each: both queue some)
@@ -157,3 +188,120 @@ async def test_a_worker_killed_during_the_drain_frees_its_slots_for_the_other_wo
     assert answered and all(g == 200 or isinstance(g, str) for g in got), (
         f"the survivor's queue was not served after its peer died in the drain: {got} (queued {per})"
     )
+
+
+class _Raw:
+    """One request on its own connection, written by hand: its client port tells which worker accepted it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.port: int = writer.get_extra_info("sockname")[1]
+
+    @classmethod
+    async def send(cls, port: int, prompt: str, objective: str) -> _Raw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 2})
+        head = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nx-gateway-inference-objective: {objective}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        return cls(reader, writer)
+
+    async def status(self) -> int | str:
+        """The answer's status, or "closed" (the connection ended with no answer)."""
+        try:
+            line = await self.reader.readline()
+        except ConnectionError:
+            line = b""
+        finally:
+            self.writer.close()
+        return int(line.split()[1]) if line.startswith(b"HTTP/1.1 ") else "closed"
+
+
+OBJECTIVES = "objectives:\n  - {name: critical, priority: 10}\n  - {name: batch, priority: -1}\n"
+
+
+async def test_a_worker_killed_holding_a_higher_bands_head_lets_the_others_lower_band_go_once(
+    tmp_path: Path,
+) -> None:
+    """The running case of the same review (a guard: passes on main 6c4d40fa). Worker A holds a critical
+    request queued, worker B a batch one, behind one request in flight: B's batch head defers to A's mark
+    (the order between workers). A is SIGKILLed; the slot then frees: B's batch request is sent (its
+    dead peer's mark no longer holds it back) and answered 200, once; A's critical request ends with its
+    connection and never reaches the server (no request moves between workers: none is sent twice)."""
+    b = await Holding().start()
+    cfg = drain_kit.flow_controlled_config(tmp_path, b.address, "defaultRequestTTL: 20s", OBJECTIVES)
+    proc, port, admin = await drain_kit.serve_workers(cfg, tmp_path / "stderr")
+    opened: list[_Raw] = []
+    held: asyncio.Task[Any] | None = None
+    try:
+        await drain_kit.ready(f"http://127.0.0.1:{admin}/readyz", within_s=60)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            held = asyncio.create_task(_post(s, port, HOLD))
+            await asyncio.wait_for(b.held.wait(), 30)
+            pids = workers_kit.children(proc.pid, b"spawn_main")
+            assert len(pids) == 2, pids
+            # A worker sees the held request in flight one sync (5 ms, late under load) after its peer
+            # sent it: a request it took before then went to the server (answered at once) and is sent
+            # again under the next name; one it queued, it queues behind the held one for good.
+
+            async def queued_at(prompt: str, objective: str, n: int) -> _Raw | None:
+                r = await _Raw.send(port, prompt, objective)
+                opened.append(r)
+                end = asyncio.get_running_loop().time() + 10.0
+                while asyncio.get_running_loop().time() < end:
+                    if prompt in [p.get("prompt") for _, _, p in b.received]:
+                        return None  # (dispatched: its worker did not see the held one yet)
+                    if sum((await _queued(s, admin)).values()) >= n:
+                        return r
+                    await asyncio.sleep(0.02)
+                raise AssertionError(f"{prompt} neither queued nor sent")
+
+            crit = None
+            for k in range(10):
+                crit = await queued_at(f"crit{k}", "critical", 1)
+                if crit is not None:
+                    break
+            assert crit is not None, "every critical request went to the server: the pool never looked full"
+            crit_prompt = f"crit{k}"
+            a_pid = await _owned(port, crit.port, pids)
+            batch = None
+            for k in range(40):  # (a new connection each: the kernel spreads them; those at A leave)
+                r = await queued_at(f"batch{k}", "batch", 2)
+                if r is None:
+                    continue
+                if await _owned(port, r.port, pids) != a_pid:
+                    batch = r
+                    break
+                r.writer.close()
+                await _until_queued(s, admin, 1, 10.0, exactly=True)  # (it left A's queue)
+            assert batch is not None, "no batch request queued at the other worker"
+            batch_prompt = f"batch{k}"
+            per = await _until_queued(s, admin, 2, 10.0, each=1.0)
+            assert sorted(per.values()) == [1.0, 1.0], per  # (A: critical, B: batch)
+            os.kill(a_pid, signal.SIGKILL)
+            b.release.set()
+            got_batch = await asyncio.wait_for(batch.status(), 30)
+            got_crit = await asyncio.wait_for(crit.status(), 30)
+            await asyncio.gather(held, return_exceptions=True)
+    finally:
+        for r in opened:
+            r.writer.close()
+        if held is not None:
+            held.cancel()
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        await b.stop()
+    prompts = [body.get("prompt") for _, _, body in b.received]
+    assert got_batch == 200, f"B's batch request, its peer dead: {got_batch}"
+    assert got_crit == "closed", got_crit
+    assert prompts.count(batch_prompt) == 1, (batch_prompt, prompts)
+    assert crit_prompt not in prompts, prompts
