@@ -4,7 +4,7 @@
 Mixed versions share one segment only inside one ``kvgate serve --workers N``: the segment's name is the
 supervisor's own (random), so two gateways (a rolling restart of pods or of two ``serve`` processes) never
 share one. It happens when the installed kvgate changes under a running supervisor and a worker is then
-spawned again (a death, a wedge, a ``--max-requests`` recycle) from the code on disk:
+spawned again (a death, a wedge) from the code on disk:
 - a newer worker under an older supervisor: the worker checks the segment's mark (session 25);
 - an older worker under a newer supervisor (a rollback in place): a worker from before the mark checks
   nothing, so the supervisor's spawn arguments now carry its layout mark as a fourth item

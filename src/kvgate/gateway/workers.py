@@ -265,8 +265,9 @@ def worker_shared(name: str, lock: Any, workers: int) -> Shared:
     """The shared segment as the supervisor hands it to a worker it spawns: with this code's fleet layout
     mark, which the worker compares with its own (``_check_fleet_layout``) before it attaches anything.
     Four items: a worker from before the segment's layout mark (session 25) unpacks exactly three at its
-    first use of them (``_attach_tenants``), so it stops there, before it reads or writes the segment at
-    another stride (it checks no mark); a 3-tuple (a supervisor from before this) is still read."""
+    first use of them (``_attach_tenants`` since feb991f7, before its server starts), so it stops there,
+    before it reads or writes the segment at another stride (it checks no mark); a 3-tuple (a supervisor
+    from before this) is still read."""
     from kvgate.flowcontrol import fleet
 
     return (name, lock, workers, fleet.layout_mark())
