@@ -25,7 +25,6 @@ from kvgate.scheduling.plugins.precise_prefix import DEFAULT_MAX_BLOCKS
 def main() -> int:
     prompts = g.workload(144)[16:]
     tok = tokenize.PromptTokenizer(tokenize.tokenizer_file(str(g.DEFAULT_TOKENIZER)))
-    tok._checks_left = 0  # (no background self-check: only the pick's own work is timed)
     hasher = VLLMBlockHasher(16, "sha256")
     for p in g.workload(16):  # the tenant texts' pieces and spans
         hasher.external_hashes(tok.encode(p), DEFAULT_MAX_BLOCKS)

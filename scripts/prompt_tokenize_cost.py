@@ -82,7 +82,7 @@ def _measure(tokenizer: str, rounds: int) -> dict[str, Any]:
 
     from kvgate.scheduling import tokenize
 
-    tokenize.SELF_CHECKS = 0  # (the checks run on another thread, off the request path)
+    tokenize.SELF_CHECKS = 0  # (the checks run at load, not on the request path)
     work = _workloads()
     result: dict[str, Any] = {}
     digest = hashlib.sha256()

@@ -87,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         assert tokenize._ids(tok, p, False) == tok.encode(p, add_special_tokens=False).ids
     for t in prompts:
         assert pt.encode(t) == before.encode(t)
-    pt.wait_self_checks(60)
-    before.wait_self_checks(60)
     print(f"tokenizer {f}; piecewise {pt.piecewise}; {len(prompts)} prompts, {len(pieces)} pieces, "
           f"{sum(len(tok.encode(p).ids) for p in pieces) / len(prompts):.0f} tokens per prompt; "
           f"tokenizers {sys.modules['tokenizers'].__version__}")  # fmt: skip

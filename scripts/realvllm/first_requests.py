@@ -8,8 +8,9 @@ prompts one at a time as it does (``timed``: a new client connection per request
 ``Director.pick`` to the next, so a request's write, relay and the idle gap after it are its own):
 
 - new upstream connections (``UpstreamPool._connect``: count and wall ms) and start-up warms;
-- tokenizer library calls on the request path (``tokenize._ids``: count, ms) and the self-checks on the
-  tokenizer's worker thread (``PromptTokenizer._self_check``: count, ms of that thread's CPU);
+- tokenizer library calls on the request path (``tokenize._ids``: count, ms) and the tokenizer's
+  self-checks (``PromptTokenizer._self_check``: count, ms of the checking thread's CPU; before session 26
+  on a worker thread for a process's first 8 prompts, since then at the tokenizer's load, start-up's row);
 - the event loop thread's CPU (``time.thread_time``) and the process's (all threads), so the CPU other
   threads used is their difference;
 - modules imported (``sys.modules`` growth, named) and the process's threads (``/proc/self/task``);
@@ -67,7 +68,7 @@ LATE = 20  # the request whose profile is the "warm" reference
 
 def _serve(out: str, profile_n: int, without: str, argv: list[str]) -> int:
     """``--_serve OUT N WITHOUT argv...``: instrument, run ``kvgate serve``, write the records to OUT at
-    exit. WITHOUT ``self-checks``: the tokenizer's live self-checks off (a diagnosis: what they cost)."""
+    exit. WITHOUT ``self-checks``: the tokenizer's self-checks off (a diagnosis: what they cost)."""
     from kvgate import cli
     from kvgate.gateway import upstream
     from kvgate.requestcontrol.director import Director
@@ -207,7 +208,7 @@ def backends(kind: str, log_dir: Path) -> Iterator[tuple[list[str], Callable[[],
 
 def one_run(args: argparse.Namespace, urls: list[str], log_dir: Path, variant: str) -> dict[str, Any]:
     """One fresh gateway. ``variant``: ``new`` (this tree), ``base`` (``--base-src``'s tree), each
-    optionally ``+nocheck`` (the tokenizer's live self-checks off)."""
+    optionally ``+nocheck`` (the tokenizer's self-checks off)."""
     tree, _, nocheck = variant.partition("+")
     without = "self-checks" if nocheck else "nothing"
     env = {**os.environ, "PYTHONPATH": str(Path(args.base_src).resolve())} if tree == "base" else None
@@ -320,7 +321,7 @@ def main() -> int:
         "--variants",
         default="new",
         help="comma list taken in turn by the runs: new (this tree's kvgate), base (--base-src's), "
-        "either with +nocheck (the tokenizer's live self-checks off: a diagnosis)",
+        "either with +nocheck (the tokenizer's self-checks off: a diagnosis)",
     )
     ap.add_argument("--base-src", help="another kvgate source tree (the 'base' variant)")
     ap.add_argument("--json")

@@ -29,14 +29,10 @@ PROMPT = "You are a careful assistant for tenant seven. " * 40 + "\nUser 1: what
 
 @pytest.fixture
 def fresh_tokenizers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """As in a new process: no tokenizer loaded yet (so its self-checks are all ahead) and no self-check
-    thread started (other tests in this process may have started the module's one)."""
+    """As in a new process: no tokenizer loaded yet (so its load-time self-checks are all ahead)."""
     monkeypatch.setattr(tokenize, "_BY_PATH", {})
     monkeypatch.setattr(tokenize, "_BY_MODEL", {})
-    monkeypatch.setattr(tokenize, "_CHECKER", None)
     yield
-    if tokenize._CHECKER is not None:
-        tokenize._CHECKER.shutdown(wait=True)
 
 
 def _kvgate_threads() -> set[int | None]:
@@ -48,7 +44,9 @@ def _native_threads() -> int:
 
 
 async def test_the_first_request_starts_no_thread_and_opens_no_connection(fresh_tokenizers: None) -> None:
-    """Failed before (main at a6977267): the first request started ``kvgate-tokenizer-check_0``."""
+    """Failed before (main at a6977267): the first request started ``kvgate-tokenizer-check_0``. Since
+    session 26 the self-checks run at the tokenizer's load, before ready: no check thread at all (failed
+    on main at 6c4d40fa: start-up started it, and the first request's prompt was checked on it)."""
     rs = [Replica(ReplicaConfig(model="sim-model", time_scale=50.0, block_size=16, seed=i, kv_events_port=0),
                   index=i) for i in range(2)]  # fmt: skip
     for r in rs:
@@ -61,15 +59,15 @@ async def test_the_first_request_starts_no_thread_and_opens_no_connection(fresh_
             assert gw.proxy is not None
             pool = gw.proxy.upstream
             (tok,) = tokenize._BY_PATH.values()
-            assert tok.piecewise  # its first prompts are self-checked on the worker thread
+            assert tok.piecewise and tok.self_checks == tokenize.SELF_CHECKS  # checked before ready
             threads, native, conns = _kvgate_threads(), _native_threads(), set(pool._open)
             assert len(conns) == 2  # one kept-alive connection per endpoint before ready
             body = {"model": "sim-model", "prompt": PROMPT, "max_tokens": 2, "stream": True}
             async with http.post(base_url(gw) + "/v1/completions", json=body) as resp:
                 assert resp.status == 200
                 await resp.read()
-            tok.wait_self_checks(10)  # (the first prompt's check was submitted: it ran on that thread)
-            assert tok._checks_left == tokenize.SELF_CHECKS - 1
+            assert tok.self_checks == tokenize.SELF_CHECKS  # the request checked nothing (session 26)
+            assert not any(t.name.startswith("kvgate-tokenizer-check") for t in threading.enumerate())
             assert _kvgate_threads() == threads, "the first request started a thread"
             assert _native_threads() == native
             assert set(pool._open) <= conns, "the first request opened an upstream connection"
@@ -82,4 +80,4 @@ def test_warm_starts_nothing_without_a_tokenizer(fresh_tokenizers: None) -> None
     """A gateway without a tokenizer (the approximate index's character estimate) starts no thread."""
     before = _kvgate_threads()
     tokenize.warm()
-    assert tokenize._CHECKER is None and _kvgate_threads() == before
+    assert _kvgate_threads() == before

@@ -200,7 +200,6 @@ def test_a_text_continued_after_a_line_break_tokenizes_only_its_own_lines(
             assert text.endswith("".join(tokenized)) and len(tokenized) == 2
         if i == 2:  # and now its last line is cached too: only the new line is tokenized
             assert "".join(tokenized) == f"User {i}: {user}"
-    tok.wait_self_checks(10)
     assert tok.piecewise
 
 
@@ -241,9 +240,70 @@ def test_other_tokenizers_are_tokenized_whole(tmp_path: Path) -> None:
     assert list(tok.encode(text)[:4]) == [1, 2, 3, 4] and not tok._pieces
 
 
-def test_a_piecewise_difference_sends_the_tokenizer_back_to_whole_texts(
+class _Spy:
+    """A ``tokenizers.Tokenizer`` that records on which thread each whole-text reference encoding (the
+    self-checks' ``encode_batch``) ran, and raises from it if asked."""
+
+    def __init__(self, inner: Any, whole_on: list[int], fail: bool = False) -> None:
+        self._inner, self._whole_on, self._fail = inner, whole_on, fail
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def encode_batch(self, texts: list[str]) -> object:
+        import threading
+
+        self._whole_on.extend(threading.get_ident() for _ in texts)
+        if self._fail:
+            raise RuntimeError("tokenizer blew up")
+        return self._inner.encode_batch(texts)
+
+
+def _spied(monkeypatch: pytest.MonkeyPatch, whole_on: list[int], fail: bool = False) -> None:
+    """``PromptTokenizer`` loads a ``_Spy`` from now on."""
+    import tokenizers
+
+    real = tokenizers.Tokenizer
+
+    class Loader:
+        @staticmethod
+        def from_file(path: str) -> object:
+            return _Spy(real.from_file(path), whole_on, fail)
+
+    monkeypatch.setattr(tokenizers, "Tokenizer", Loader)
+
+
+def test_the_self_checks_are_done_at_load_not_on_the_first_prompts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A piecewise tokenizer's self-checks (whole encodings to compare with) are all made while it loads,
+    on the loading thread; the prompts after that make none, on any thread. Failed before (main at
+    6c4d40fa): nothing was checked at load, and each of the first ``SELF_CHECKS`` prompts had its whole
+    encoding made on a worker thread, inside the first requests' window (docs/benchmarks/realvllm.md,
+    "Session 26")."""
+    import threading
+
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    write_tokenizer_dir(tmp_path / "t")
+    whole_on: list[int] = []
+    _spied(monkeypatch, whole_on)
+    threads = {t.ident for t in threading.enumerate()}
+    tok = tokenize.PromptTokenizer(tmp_path / "t" / "tokenizer.json")
+    assert tok.piecewise
+    assert whole_on == [threading.get_ident()] * tokenize.SELF_CHECKS  # at load, on this thread
+    assert not tok._cache and not tok._pieces  # the check texts are not kept as if they were traffic
+    for text in _texts(tokenize.SELF_CHECKS + 2, 3):
+        tok.encode(text)
+    assert len(whole_on) == tokenize.SELF_CHECKS  # no prompt was checked
+    assert {t.ident for t in threading.enumerate()} == threads  # and no thread started for it
+
+
+def test_a_piecewise_difference_found_by_the_self_checks_means_whole_texts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A difference the probe text does not show (here: the probe's own piecewise encoding made equal)
+    but a prompt-shaped text does: found at load, and the tokenizer tokenizes whole texts."""
     import re
 
     from tokenizers import Tokenizer
@@ -252,80 +312,31 @@ def test_a_piecewise_difference_sends_the_tokenizer_back_to_whole_texts(
 
     write_tokenizer_dir(tmp_path / "t")
     path = tmp_path / "t" / "tokenizer.json"
-    tok = tokenize.PromptTokenizer(path)
-    assert tok.piecewise
+    assert tokenize.PromptTokenizer(path).piecewise
     # A cut inside words is not one the pre-tokenizer makes: the encodings differ.
     monkeypatch.setattr(tokenize, "_CUT", re.compile(r"(?<=[a-z])(?=[a-z])"))
-    whole = Tokenizer.from_file(str(path))
+    assert not tokenize.PromptTokenizer(path).piecewise  # found by the probe
+    monkeypatch.setattr(tokenize, "_pieces_of", lambda tok, text, front: list(tok.encode(text).ids))
+    tok = tokenize.PromptTokenizer(path)
+    assert not tok.piecewise and 0 < tok.self_checks <= tokenize.SELF_CHECKS  # found by a self-check
+    assert "differs from whole" in caplog.text
     text = "tokenization " * 100
-    tok.encode(text)  # checked on the worker thread, off the request path
-    tok.wait_self_checks(10)
-    assert not tok.piecewise  # found on a live prompt
-    assert list(tok.encode(text)) == whole.encode(text).ids  # the cached piecewise encoding was dropped
-    assert not tokenize.PromptTokenizer(path).piecewise  # found by the probe at load
+    assert list(tok.encode(text)) == Tokenizer.from_file(str(path)).encode(text).ids
 
 
-def test_self_checks_tokenize_whole_texts_off_the_calling_thread(tmp_path: Path) -> None:
-    """The whole-text encoding that checks a live prompt is not on the request path (it cost the
-    first prompts after a start a whole extra tokenization in the pick)."""
-    import threading
-
+def test_a_self_check_that_raises_is_logged_and_means_whole_texts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error in a self-check is logged and the tokenizer is not trusted piecewise (unchecked); it still
+    loads and encodes."""
     from kvgate.sim.tokenizer import write_tokenizer_dir
 
     write_tokenizer_dir(tmp_path / "t")
+    _spied(monkeypatch, [], fail=True)
     tok = tokenize.PromptTokenizer(tmp_path / "t" / "tokenizer.json")
-    assert tok.piecewise
-    inner, caller, whole_on = tok._tok, threading.get_ident(), []
-
-    class Spy:
-        def __getattr__(self, name: str) -> object:
-            return getattr(inner, name)
-
-        def encode(self, text: str, add_special_tokens: bool = True) -> object:
-            if add_special_tokens:
-                whole_on.append(threading.get_ident())
-            return inner.encode(text, add_special_tokens=add_special_tokens)
-
-        def encode_batch(self, texts: list[str]) -> object:
-            whole_on.extend(threading.get_ident() for _ in texts)
-            return inner.encode_batch(texts)
-
-        def encode_batch_fast(self, texts: list[str], add_special_tokens: bool = True) -> object:
-            if add_special_tokens:
-                whole_on.extend(threading.get_ident() for _ in texts)
-            return inner.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
-
-    tok._tok = Spy()
-    texts = _texts(tokenize.SELF_CHECKS + 2, 3)
-    for text in texts:
-        tok.encode(text)
-    tok.wait_self_checks(10)
-    assert len(whole_on) == tokenize.SELF_CHECKS  # every check ran, none on the calling thread
-    assert caller not in whole_on
-    assert tok.piecewise
-
-
-def test_a_self_check_that_raises_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A self-check runs on a worker thread and nobody reads its Future's result: an error must be logged
-    (it used to stay in the Future), and the piecewise encoding is kept."""
-    from kvgate.sim.tokenizer import write_tokenizer_dir
-
-    write_tokenizer_dir(tmp_path / "t")
-    tok = tokenize.PromptTokenizer(tmp_path / "t" / "tokenizer.json")
-    inner = tok._tok
-
-    class Broken:
-        def __getattr__(self, name: str) -> object:
-            return getattr(inner, name)
-
-        def encode_batch(self, texts: list[str]) -> object:
-            raise RuntimeError("tokenizer blew up")
-
-    tok._tok = Broken()
-    tok.encode(_texts(1, 3)[0])
-    tok.wait_self_checks(10)
     assert "self-check failed" in caplog.text and "tokenizer blew up" in caplog.text
-    assert tok.piecewise
+    assert not tok.piecewise and not tok._cache and not tok._pieces
+    assert len(tok.encode(_texts(1, 3)[0])) > 64
 
 
 # --- encode_batch_fast: the request path's call gives encode's ids --------------------------------------
@@ -389,5 +400,4 @@ def test_a_tokenizer_without_the_fast_call_falls_back_to_encode(tmp_path: Path) 
     tok._tok = Old()
     for text in ["short one", *_texts(4, 5)]:
         assert list(tok.encode(text)) == inner.encode(text).ids
-    tok.wait_self_checks(10)
     assert True in calls and False in calls  # whole texts and pieces both went through encode

@@ -29,17 +29,21 @@ text that shares it on (docs/benchmarks/realvllm.md, "Session 18"). That equals 
 only for tokenizers whose pre-tokenizer never joins text across such a cut: byte-level BPE (GPT-2,
 Llama 3, Qwen), no normalizer beyond NFC, no added token that strips whitespace next to it or holds a
 space or newline, special tokens only in front. Other tokenizers are always tokenized whole. One that
-qualifies is checked once at load on a mixed probe text (words, digits, punctuation, whitespace runs,
-non-Latin script, its own added tokens) and on its first ``SELF_CHECKS`` prompts: one difference from
-the whole encoding and it goes back to whole texts. The prompt checks run on a worker thread, off the
-request path (``encode_batch`` releases the GIL), and a difference takes effect at the next ``encode``.
+qualifies is checked at load, before it serves a prompt: on a mixed probe text (words, digits,
+punctuation, whitespace runs, non-Latin script, its own added tokens) cut at every point ``encode`` may
+cut, and then ``SELF_CHECKS`` prompt-shaped texts (a multi-line system text and one turn each, as a
+tenant's requests come) sent through ``encode`` itself, with its caches, each compared with the whole
+encoding. One difference (or a check that raises) and it tokenizes whole texts. These checks once ran on
+a server's first live prompts, on a worker thread: CPU inside the first requests' window, on a loaded
+machine beside CPU inference engines (docs/benchmarks/realvllm.md, "Session 26"). A tokenizer named in
+the configuration is loaded before the gateway says ready, so a request never waits for them.
 
 The request path encodes with ``encode_batch_fast`` (a batch of one: the same ids without the character
 offsets, ~0.71x the CPU of ``encode`` per piece, ``scripts/tokenize_cost.py``; it releases the GIL as
 ``encode_batch`` does, and runs on the library's own thread pool unless ``TOKENIZERS_PARALLELISM=false``)
 and falls back to ``encode`` on a tokenizer object without it. The references the
 checks compare against stay the offset-computing calls: the load-time probe's whole text is ``encode``,
-a prompt's self-check ``encode_batch``.
+a prompt-shaped text's ``encode_batch``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,6 @@ import re
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,7 @@ MAX_CHARS = 1 << 20  # longer prompts are tokenized only up to here: the prefix 
 
 PIECE_CHARS = 256  # piecewise tokenization: cut about this often (characters)
 PIECE_ENTRIES = 8192  # cached pieces per tokenizer (4 bytes per token id: ~1 KB each)
-SELF_CHECKS = 8  # live piecewise encodings compared with whole ones, per tokenizer (after the probe)
+SELF_CHECKS = 8  # prompt-shaped texts encoded through ``encode`` and compared with whole ones, at load
 # Where a byte-level BPE pre-tokenizer always splits: before a space between two letters (" word" is
 # one pre-token), after a newline between two non-spaces ("\n" never joins a letter after it).
 _CUT = re.compile(r"(?<=[^\W\d_]) (?=[^\W\d_])|(?<=\S)\n(?=\S)")
@@ -75,26 +78,13 @@ log = logging.getLogger(__name__)
 _BY_PATH: dict[str, PromptTokenizer] = {}
 _BY_MODEL: dict[str, PromptTokenizer | None] = {}
 _UNSEEN: Any = object()  # (a model not looked up yet)
-_CHECKER: ThreadPoolExecutor | None = None  # one thread for every tokenizer's self-checks, made on first use
-
-
-def _checker() -> ThreadPoolExecutor:
-    global _CHECKER
-    if _CHECKER is None:
-        _CHECKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvgate-tokenizer-check")
-    return _CHECKER
 
 
 def warm() -> None:
-    """Start now what the loaded tokenizers' first request would start (a server's start-up, before it
-    says ready): the self-check thread, which the first prompt's ``encode`` otherwise starts inside that
-    request's pick (a thread start and a wait for it, ~2 ms on a loaded 2-core machine:
-    ``scripts/realvllm/first_requests.py``), and the library's own thread pool, which a tokenizer whose
-    load-time probe did not run builds on its first ``encode_batch_fast``. Nothing without a tokenizer."""
-    loaded = list(_BY_PATH.values())
-    if any(t._checks_left > 0 and t.piecewise for t in loaded):
-        _checker().submit(int).result()  # (a ThreadPoolExecutor starts its thread on the first submit)
-    for t in loaded:
+    """Build now what the loaded tokenizers' first request would build (a server's start-up, before it
+    says ready): the library's own thread pool, which a tokenizer whose load-time checks did not run (one
+    tokenized whole) builds on its first ``encode_batch_fast``. Nothing without a tokenizer."""
+    for t in list(_BY_PATH.values()):
         _ids(t._tok, "warm", False)
 
 
@@ -111,27 +101,17 @@ class PromptTokenizer:
         self._pieces: OrderedDict[int, array[int]] = OrderedDict()
         # Ids the post-processor puts in front of every encoding (a BOS), when piecewise is exact.
         self._front: list[int] | None = _piecewise_front(self._tok, path)
-        self._checks_left = SELF_CHECKS
-        self._checks: list[Future[None]] = []
-        self._differs = False  # set by a self-check (worker thread), acted on by the next encode
+        self.self_checks = 0  # prompt-shaped texts checked at load (benchmarks' records)
+        if self._front is not None:
+            self._self_check_all()
 
     @property
     def piecewise(self) -> bool:
-        return self._front is not None and not self._differs
-
-    def wait_self_checks(self, timeout: float | None = None) -> None:
-        """Until the self-checks started so far are done (tests, benchmarks)."""
-        for f in self._checks:
-            f.result(timeout)
+        return self._front is not None
 
     def encode(self, text: str) -> array[int]:
         """The ids of ``text`` (cached: the same array object for the same text; callers never mutate
         it)."""
-        if self._differs and self._front is not None:
-            # Cached encodings may be piecewise ones that differ: start again from whole texts.
-            self._front = None
-            self._cache.clear()
-            self._pieces.clear()
         text = text[:MAX_CHARS]
         key = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
         ids = self._cache.get(key)
@@ -140,9 +120,6 @@ class PromptTokenizer:
             return ids
         if self._front is not None and len(text) > PIECE_CHARS:
             ids = self._encode_pieces(text, self._front)
-            if self._checks_left > 0:
-                self._checks_left -= 1
-                self._checks.append(_checker().submit(self._self_check, text, ids))
         else:
             # Special tokens as vLLM adds them to a completion prompt (a BOS), so blocks equal the engine's.
             ids = array("I", _ids(self._tok, text, True))
@@ -151,18 +128,28 @@ class PromptTokenizer:
             self._cache.popitem(last=False)
         return ids
 
-    def _self_check(self, text: str, ids: array[int]) -> None:
-        """On the worker thread: the whole encoding of a prompt against its piecewise one (``ids``: the
-        cached array, never mutated)."""
+    def _self_check_all(self) -> None:
+        """At load: ``SELF_CHECKS`` prompt-shaped texts through ``encode`` (pieces, cached pieces, the
+        line-by-line piece) against their whole encodings; the first difference, or an error, and this
+        tokenizer tokenizes whole texts. The caches are emptied after (the texts are not traffic)."""
+        texts = _check_texts(list(self._tok.get_added_tokens_decoder().values()), SELF_CHECKS)
         try:
-            whole = array("I", self._tok.encode_batch([text])[0].ids)  # encode_batch runs without the GIL
-        except Exception:  # its Future is never read for a result: the log is the only trace
-            log.exception("tokenizer %s: self-check failed; keeping the piecewise encoding", self.path)
-            return
-        if whole != ids:
-            log.warning("tokenizer %s: piecewise encoding differs from whole; tokenizing whole texts",
-                        self.path)  # fmt: skip
-            self._differs = True
+            for text in texts:
+                if not self._self_check(text):
+                    log.warning("tokenizer %s: piecewise encoding differs from whole; tokenizing whole texts",
+                                self.path)  # fmt: skip
+                    self._front = None
+                    break
+        except Exception:
+            log.exception("tokenizer %s: self-check failed; tokenizing whole texts", self.path)
+            self._front = None
+        self._cache.clear()
+        self._pieces.clear()
+
+    def _self_check(self, text: str) -> bool:
+        """One text: its ``encode`` (piecewise) equals its whole encoding."""
+        self.self_checks += 1
+        return self.encode(text) == array("I", self._tok.encode_batch([text])[0].ids)
 
     def _encode_pieces(self, text: str, front: list[int]) -> array[int]:
         ids = array("I", front)
@@ -260,6 +247,19 @@ def _probe_text(added: list[str]) -> str:
     # Deterministic and long enough for many cuts: every word next to every other one.
     return " ".join(f"{a} {b}" if i % 3 else f"{a}\n{b}" for i, (a, b) in enumerate(
         (a, b) for a in words for b in words))  # fmt: skip
+
+
+def _check_texts(added: list[Any], n: int) -> list[str]:
+    """``n`` prompt-shaped texts for the load-time self-checks: one system text of many lines (the probe's
+    words and the tokenizer's added tokens) and, after it, each text's own turn, as a tenant's requests or
+    a chat's turns come. The first is tokenized piece by piece cold; the second leaves the cached pieces
+    at a line break (its last shared piece tokenized line by line); the later ones reuse those lines."""
+    words = [*_PROBE_WORDS, *(str(getattr(a, "content", a)) for a in added if str(getattr(a, "content", a)))]
+    k = len(words)
+    system = "\n".join(
+        f"Rule {i}: " + " ".join(words[(i * 7 + j) % k] for j in range(11)) + " end." for i in range(24)
+    )
+    return [f"{system}\nUser {i}: " + " ".join(words[(i * 5 + j) % k] for j in range(17)) for i in range(n)]
 
 
 def _cut_pieces(text: str) -> Iterator[str]:
