@@ -5,9 +5,11 @@ servers sends about half its requests to the server that did NOT serve the reque
 one that keeps every tenant on one server never does. This groups every router's requests (after a
 pass's first ``--first``, a fresh router's own start-up) by hit or miss (>= half the prompt's tokens
 cached) and same server or switch, and prints the means of the client's TTFT, vLLM's own TTFT and prefill
-(its histograms), the time outside vLLM, the router's wait for a core, and the vLLM processes' (engine
-cores and workers, both servers) CPU and wait for a core in the request's window (``/proc`` schedstat),
-and where recorded (runs since session 25) the served server's and the other server's wait apart.
+(its histograms), the time outside vLLM, the router's wait for a core (all its threads, and kvgate's event
+loop alone), kvgate's time from its write upstream to its read of the first chunk beyond vLLM's own TTFT,
+and the vLLM processes' (engine cores and workers, both servers) CPU and wait for a core in the request's
+window (``/proc`` schedstat), and where recorded (runs since session 25) the served server's CPU and wait
+and the other server's wait apart.
 
     cd docs/benchmarks/realvllm-runs
     PYTHONPATH=../../../src python ../../../scripts/realvllm/switch_split.py s34-session24.json ...
@@ -28,8 +30,11 @@ FIELDS = (
     ("v_prefill_ms", "prefill"),
     ("outside", "outside"),
     ("router_wait_ms", "router wait"),
+    ("loop_wait_ms", "router loop wait"),
+    ("upstream_extra", "sent->first - vLLM TTFT"),
     ("engine_run_ms", "engine CPU"),
     ("engine_wait_ms", "engine wait"),
+    ("served_run_ms", "served server's CPU"),
     ("served_wait_ms", "served server's wait"),
     ("other_wait_ms", "other server's wait"),
 )
@@ -44,10 +49,14 @@ def values(r: dict[str, float]) -> dict[str, float]:
     out.update({k: r[k] for k, _ in FIELDS if k in r})
     if "v_ttft_ms" in r:
         out["outside"] = out["ttft"] - r["v_ttft_ms"]
+        if "sent" in r and "first" in r:  # kvgate's marks: from its write upstream to its read of the first
+            out["upstream_extra"] = 1000 * (r["first"] - r["sent"]) - r["v_ttft_ms"]  # chunk, beyond vLLM's
     # Runs since session 25 record each server's process group apart (two servers).
-    served, other = f"server{int(r['server'])}_wait_ms", f"server{1 - int(r['server'])}_wait_ms"
-    if served in r and other in r:
-        out["served_wait_ms"], out["other_wait_ms"] = r[served], r[other]
+    s, o = int(r["server"]), 1 - int(r["server"])
+    if f"server{s}_wait_ms" in r and f"server{o}_wait_ms" in r:
+        out["served_wait_ms"], out["other_wait_ms"] = r[f"server{s}_wait_ms"], r[f"server{o}_wait_ms"]
+        if f"server{s}_run_ms" in r:
+            out["served_run_ms"] = r[f"server{s}_run_ms"]
     return out
 
 

@@ -58,3 +58,14 @@ def test_contributions_add_up_to_the_difference_of_the_means() -> None:
     assert abs(c["switch"] - 10 / 5) < 1e-9 and abs(c["unknown"] - (16 - 1) / 5) < 1e-9
     diff = sum(ss.values(a)["ttft"] - ss.values(b)["ttft"] for a, b in zip(ka, sg, strict=True)) / 5
     assert abs(sum(c.values()) - diff) < 1e-9
+
+
+def test_kvgates_upstream_time_beyond_vllms_and_the_served_servers_cpu() -> None:
+    """kvgate's write upstream -> its read of the first chunk, less vLLM's own TTFT (the time kvgate's
+    threads and the API server took around vLLM's), and the served server's CPU (session 26)."""
+    ss = _script()
+    r = _rec(1, True, 20) | {"sent": 1.001, "first": 1.017, "server0_wait_ms": 3.0, "server1_wait_ms": 9.0,
+                             "server0_run_ms": 0.5, "server1_run_ms": 30.0}  # fmt: skip
+    v = ss.values(r)
+    assert round(v["upstream_extra"], 6) == 1.0 and v["served_run_ms"] == 30.0  # 16 ms - vLLM's 15
+    assert "upstream_extra" not in ss.values(_rec(1, True, 20))  # (no router marks: sglang, direct)
