@@ -164,12 +164,10 @@ class Fails(RouteServer):
         return web.json_response({"error": {"message": "engine error", "code": 500}}, status=500)
 
 
-async def test_a_follow_up_retried_off_its_home_is_a_plain_request_there() -> None:
-    """Review s18-fixes-b L1: its home refuses the connection, the retry goes elsewhere, where a 500 is
-    that server's (vLLM answers a follow-up it does not store with a 404 before running anything): the
-    plain requests' rule applies (tried on a third endpoint, charged once that one answers otherwise),
-    not the home's pass-through. Before, ``pinned`` outlived the move and the first 500 was passed through
-    untried elsewhere (one 500 endpoint reached, not two)."""
+async def test_a_follow_up_whose_home_refuses_the_connection_is_not_retried_elsewhere() -> None:
+    """Its home refuses the connection: the client's 503 with ``Retry-After``, and no other endpoint is
+    sent it (each would answer vLLM's 404 for a response it never stored; prev26). Until prev26 the retry
+    went elsewhere, where review s18-fixes-b L1 made a 500 that server's (the plain requests' rule)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     dead = f"127.0.0.1:{sock.getsockname()[1]}"
@@ -181,6 +179,7 @@ async def test_a_follow_up_retried_off_its_home_is_a_plain_request_there() -> No
             gw.proxy.responses.remember("resp_home", dead)
             body = {"model": "m", "input": "x", "previous_response_id": "resp_home"}
             async with s.post(base_url(gw) + "/v1/responses", data=orjson.dumps(body)) as r:
-                assert r.status == 500
-                await r.read()
-            assert sorted(f.hits for f in fails) == [1, 1]  # both tried (the second 500: the request's)
+                assert r.status == 503 and r.headers["Retry-After"] == "1"
+                err = (await r.json())["error"]
+                assert err["code"] == "upstream_unavailable" and "not sent elsewhere" in err["message"]
+            assert [f.hits for f in fails] == [0, 0]

@@ -4,10 +4,13 @@ response.
 vLLM keeps a stored Responses object in the memory of the server that made it (``openai.responses``), and
 serves its retrieval (``GET``, ``?stream=true&starting_after=N`` an event stream) and the cancel of a
 background one (``POST .../cancel``) there only; it has no ``DELETE``. The proxy remembers which endpoint
-answered each id (``Proxy.responses``); a lookup goes there while it is in the pool and healthy, else to the
-healthy endpoint with the fewest requests in flight (vLLM answers its own 404 for an id it does not hold). A
-lookup generates nothing: it is not admitted through flow control, not picked by the pool's picker (whose
-hooks would learn from a request that has no prompt, tokens or first token), not counted in the endpoints'
+answered each id (``Proxy.responses``); a lookup goes there while it is in the pool and healthy (in the pool
+but not ready: 503 with ``Retry-After``, nowhere else holds it). An id the proxy does not know (a restart,
+an id past its tables' bounds) is asked of the ready endpoints (``gateway.locate``, as a follow-up's:
+prev26) and sent where it is kept; found nowhere, to the healthy endpoint with the fewest requests in
+flight (vLLM answers its own 404, then true); some could not answer: 503 with ``Retry-After``. A lookup
+generates nothing: it is not admitted through flow control, not picked by the pool's picker (whose hooks
+would learn from a request that has no prompt, tokens or first token), not counted in the endpoints'
 load or token metrics, charged no tokens, and not retried (one attempt: a connection error or a timeout is the
 client's 502 / 504). The same front checks as a generation apply: a key (``auth``), the drain, the tenant's
 ``rateLimits`` (one request of its requestsPerMinute; a tenant out of tokens is refused, as for a generation:
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.gateway.bigbody import PieceRewriter
 from kvgate.gateway.errors import GatewayError, error_response, shutting_down, unauthorized
+from kvgate.gateway.locate import RETRY_AFTER
 from kvgate.gateway.stream import StreamRelay
 from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout
 from kvgate.httpfront.server import Request, Response, StreamResponse
@@ -100,29 +104,61 @@ class ResponseLookups:
             if proxy.inflight == 0:
                 proxy.idle.set()
 
-    def endpoint(self, response_id: str) -> tuple[Pool, Endpoint]:
-        """Where a lookup goes: the endpoint that made the response while it is in a pool and healthy, else
-        the healthy endpoint with the fewest requests in flight (first pool first on ties)."""
+    def endpoint(self, response_id: str) -> tuple[Pool, Endpoint] | str | None:
+        """Where a lookup goes: the endpoint that made the response while it is in a pool and healthy; its
+        address if it is in a pool but not ready; None if its home is not known (or in no pool)."""
         proxy = self.proxy
         home = proxy.responses.home(response_id)
-        best: tuple[Pool, Endpoint] | None = None
+        if home is None:
+            return None
         for pool in proxy.pools:
             for ep in pool.endpoints():
-                if not ep.healthy:
-                    continue
                 if ep.address == home:
-                    return pool, ep
-                if best is None or ep.inflight.requests < best[1].inflight.requests:
-                    best = pool, ep
-        if best is None:
+                    return (pool, ep) if ep.healthy else home
+        return None
+
+    async def _where(self, request: Request, response_id: str) -> tuple[Pool, Endpoint]:
+        """``endpoint``; a home not ready: 503; not known: asked (``gateway.locate``), else the healthy
+        endpoint with the fewest requests in flight (first pool first on ties)."""
+        proxy = self.proxy
+        got = self.endpoint(response_id)
+        if isinstance(got, tuple):
+            return got
+        if got is not None:
+            raise GatewayError(
+                503,
+                f"{'an upstream endpoint' if proxy.hide else f'upstream {got}'}, which holds response"
+                f" '{response_id}', is not ready: retry later",
+                code="upstream_unavailable",
+                retry_after=RETRY_AFTER,
+            )
+        ready = [(pool, ep) for pool in proxy.pools for ep in pool.endpoints() if ep.healthy]
+        if not ready:
             raise GatewayError(503, "no ready endpoint", code="upstream_unavailable")
+        asked = [(ep.address, proxy.tls.get(pool.name)) for pool, ep in ready]
+        found = await proxy.locator.find(response_id, asked, proxy._client_key(request))
+        if found.home is not None:
+            proxy.responses.remember(response_id, found.home)
+            return next(pe for pe in ready if pe[1].address == found.home)
+        if found.unanswered:
+            raise GatewayError(
+                503,
+                f"response '{response_id}' was not found, and {found.unanswered} of {found.asked} endpoints"
+                " could not be asked (it may be kept there): retry later",
+                code="upstream_unavailable",
+                retry_after=RETRY_AFTER,
+            )
+        best = ready[0]
+        for pe in ready:
+            if pe[1].inflight.requests < best[1].inflight.requests:
+                best = pe
         return best
 
     async def _send(
         self, request: Request, rid: str, response_id: str, method: str
     ) -> Response | StreamResponse:
         proxy = self.proxy
-        pool, ep = self.endpoint(response_id)
+        pool, ep = await self._where(request, response_id)
         target = request.path + (f"?{request.query}" if request.query else "")
         lines = [f"{method} {target} HTTP/1.1\r\nhost: {ep.address}\r\n"]
         conn = request.headers.get("connection")

@@ -33,6 +33,8 @@ from kvgate.gateway import access
 from kvgate.gateway.bigbody import PieceRewriter
 from kvgate.gateway.errors import GatewayError, error_response, shutting_down, sse_error_event, unauthorized
 from kvgate.gateway.health import HealthTracker
+from kvgate.gateway.locate import RETRY_AFTER as LOCATE_RETRY_AFTER
+from kvgate.gateway.locate import Locator
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
 from kvgate.gateway.preemption import Stop
@@ -215,6 +217,19 @@ CONCURRENCY_RETRY_AFTER = "1"
 _READ_METHODS = ("GET", "HEAD")
 
 
+def _home_lost(why: str) -> GatewayError:
+    """A follow-up's home failed before its answer (a connection error, a lost answer): the client's 503
+    with ``Retry-After``, not a retry elsewhere, where vLLM can only answer 404 "Response ... not found"
+    (the stored response lives at its home; prev26)."""
+    return GatewayError(
+        503,
+        f"the endpoint holding the response this follow-up names failed ({why}); the follow-up is not sent"
+        " elsewhere (the stored response is not there): retry later",
+        code="upstream_unavailable",
+        retry_after=LOCATE_RETRY_AFTER,
+    )
+
+
 def _read_only(request: Request) -> Response:
     why = f"{request.method} is not allowed on {request.path}; use GET"
     resp = error_response(GatewayError(405, why))
@@ -307,6 +322,11 @@ class Proxy:
         self.turns = ResponseTurns(cfg.limits.response_turns, clock=clock)
         # And the latest turns' heads by key: a follow-up repeating its turn's head is not hashed (prev25).
         self.leads = Leads()
+        # A follow-up whose home none of these knows (a restart, an id aged out): asked of the endpoints
+        # (``gateway.locate``); ``_prepare`` leaves such a follow-up's (id, home or None) here for
+        # ``_entry``, which reads it right after (no await between: one request's at a time).
+        self.locator = Locator(self.upstream, clock)
+        self._unplaced: tuple[str, str | None] | None = None
         self._request_lines: dict[tuple[str, str], bytes] = {}
         self._rid_seq = 0
         # The routes' handlers: ``_entry`` with its kind bound (a C-level partial, not a Python call per
@@ -494,6 +514,8 @@ class Proxy:
             pool, ireq, out, header_block, client_model, strip_usage, explain, t0, marks = self._prepare(
                 request, kind, rid, t0, tenant, pre
             )
+            # (a Responses ``_prepare`` always sets it: a follow-up it could not pin, else None)
+            unplaced = self._unplaced if kind == RESPONSES_PATH else None
             models = self.metrics.models
             if models is not None and client_model not in models.known:
                 held = models
@@ -503,6 +525,8 @@ class Proxy:
                 client_model, ireq.model, request.content_length, flow_of(ireq), ireq.priority
             )
             try:
+                if unplaced is not None:
+                    await self._place(request, pool, ireq, *unplaced)
                 return await self._dispatch(
                     request,
                     kind,
@@ -532,6 +556,50 @@ class Proxy:
             self.inflight -= 1
             if self.inflight == 0:
                 self.idle.set()
+
+    async def _place(
+        self, request: Request, pool: Pool, ireq: InferenceRequest, prev: str, home: str | None
+    ) -> None:
+        """A follow-up naming ``prev`` whose home ``_prepare`` could not pin (prev26). A home in the pool but
+        not ready: 503 with ``Retry-After`` (its stored response is there only; anywhere else vLLM's 404).
+        Not known (a restart, an id past the tables' bounds) or no longer in the pool: asked of the pool's
+        ready endpoints (``gateway.locate``); found: remembered and pinned there; found nowhere: picked as
+        before (vLLM's 404 is then true); some could not answer: 503 with ``Retry-After``."""
+        if home is not None:
+            for ep in pool.endpoints():
+                if ep.address == home:
+                    raise GatewayError(
+                        503,
+                        f"{self._upstream_name(ep)}, which holds response '{prev}' that this follow-up names,"
+                        " is not ready; the follow-up is not sent elsewhere (the stored response is not"
+                        " there): retry later",
+                        code="upstream_unavailable",
+                        retry_after=LOCATE_RETRY_AFTER,
+                    )
+        tls = self.tls.get(pool.name)
+        asked = [(ep.address, tls) for ep in pool.endpoints() if ep.healthy]
+        if not asked:
+            return  # (the pick answers its own 503)
+        found = await self.locator.find(prev, asked, self._client_key(request))
+        if found.home is not None:
+            self.responses.remember(prev, found.home)
+            ireq.subset, ireq.subset_soft = frozenset((found.home,)), True
+        elif found.unanswered:
+            raise GatewayError(
+                503,
+                f"response '{prev}' that this follow-up names was not found, and {found.unanswered} of"
+                f" {found.asked} endpoints could not be asked (it may be kept there): retry later",
+                code="upstream_unavailable",
+                retry_after=LOCATE_RETRY_AFTER,
+            )
+
+    def _client_key(self, request: Request) -> str:
+        """The client's key as header lines for an ask of an endpoint (``gateway.locate``); none where the
+        gateway checks keys itself (``auth``: its key is not the model server's)."""
+        if self.keys is not None:
+            return ""
+        h = request.headers
+        return "".join(f"{k}: {h[k]}\r\n" for k in ("authorization", "x-api-key") if k in h)
 
     def _read_body(self, request: Request) -> bytes:
         # The front already refused bodies over the limit (413) while reading them, and has the whole
@@ -651,6 +719,11 @@ class Proxy:
                 # waits, I1).
                 if home is not None and any(ep.address == home and ep.healthy for ep in pool.endpoints()):
                     ireq.subset, ireq.subset_soft = frozenset((home,)), True
+                    self._unplaced = None
+                else:  # (not known, or not ready: ``_place`` before the pick; prev26)
+                    self._unplaced = prev, home
+            else:
+                self._unplaced = None
         headers["x-request-id"] = rid
         headers["content-type"] = "application/json"
         # Header block built once; each attempt only prepends its request line and Host. (Joined in C:
@@ -849,6 +922,8 @@ class Proxy:
                     )
                     finished = True
                     self._failed(director, ireq, ep)
+                    if pinned:  # (its home unreachable: not retried where vLLM can only answer 404, prev26)
+                        raise _home_lost(last_error) from None
                     continue
                 blame = True
                 # (a 429 or a 503, busy or draining, ran nothing: no verdict on the suspect's 500, which
@@ -906,6 +981,8 @@ class Proxy:
                         last_error = f"{self._name(ep)}: stream ended before its first byte"
                         finished = True
                         self._failed(director, ireq, ep)
+                        if pinned:  # (as a connection error at the home)
+                            raise _home_lost(last_error)
                         continue
                     finished = True
                     if preempted is not None:  # (a typed stream stays preemptible past its head)
@@ -954,6 +1031,9 @@ class Proxy:
                     last_error = f"{self._name(ep)}: body read failed: {type(e).__name__}"
                     finished = took = True
                     self._failed(director, ireq, ep)
+                    if pinned:  # (as a connection error at the home; its prompt charged)
+                        self._charge(ireq, None, answered=True)
+                        raise _home_lost(last_error) from None
                     continue
                 finished = True
                 if kind == RESPONSES_PATH:  # (``_note_response``'s own test first: one call fewer)

@@ -15,15 +15,18 @@ An answer is one JSON ``response`` object, or (``stream``) vLLM 0.32's events: `
 ``response.output_text.delta`` per token (the first marks the first token, as vLLM's), then
 ``response.output_text.done``, ``response.content_part.done``, ``response.output_item.done`` and
 ``response.completed`` with its usage (``input_tokens``, ``input_tokens_details.cached_tokens``,
-``output_tokens``). Input: a string, or a list of message items (``role`` + a string or parts with
-``text``); other items are refused (400), as the simulator models text only.
+``output_tokens``). ``GET /v1/responses/{id}`` answers a kept answer's ``response`` object (as vLLM's
+``retrieve_responses``), else the same 404: the gateway asks this of its endpoints to find where an id whose
+home it does not know is kept (``gateway.locate``). Input: a string, or a list of message items
+(``role`` + a string or parts with ``text``); other items are refused (400), as the simulator models text
+only.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -65,10 +68,25 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-class ResponsesRoutes(OpenAIRoutes):
-    """``POST /v1/responses`` (the replica's ``_stored`` answers: ``Replica`` makes it)."""
+class Stored(NamedTuple):
+    """A kept answer: the conversation that made it (a follow-up's prefill) and its ``response`` object."""
 
-    _stored: OrderedDict[str, list[dict[str, str]]]
+    messages: list[dict[str, str]]
+    doc: dict[str, Any]
+
+
+class ResponsesRoutes(OpenAIRoutes):
+    """``POST /v1/responses``, ``GET /v1/responses/{id}`` (the replica's ``_stored`` answers: ``Replica``
+    makes it)."""
+
+    _stored: OrderedDict[str, Stored]
+
+    async def _retrieve(self, request: web.Request) -> web.StreamResponse:
+        rid = request.match_info["response_id"]
+        kept = self._stored.get(rid)
+        if kept is None:
+            raise ApiError(404, f"Response with id '{rid}' not found.", "response_id")
+        return json_response(kept.doc)
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request)
@@ -78,14 +96,14 @@ class ResponsesRoutes(OpenAIRoutes):
         own = _messages(body)
         messages = own
         if prev is not None:
-            earlier = self._stored.get(prev) if isinstance(prev, str) else None
-            if earlier is None:
+            kept = self._stored.get(prev) if isinstance(prev, str) else None
+            if kept is None:
                 raise ApiError(404, f"Response with id '{prev}' not found.", "response_id")
             # vLLM 0.32's ``construct_input_messages``: this request's instructions first, then the stored
             # conversation without any system message ("instructions should NOT carry over"), then the
             # new input.
             n = 1 if body.get("instructions") else 0
-            messages = [*own[:n], *(m for m in earlier if m["role"] != "system"), *own[n:]]
+            messages = [*own[:n], *(m for m in kept.messages if m["role"] != "system"), *own[n:]]
         ids = self.tok.encode(self.tok.apply_chat_template(messages))
         if not ids:
             raise ApiError(400, "The prompt is empty", "input")
@@ -105,13 +123,16 @@ class ResponsesRoutes(OpenAIRoutes):
                         return self._cut(request)
                     p.tokens.clear()
                 resp = json_response(self._response_doc(req, model, created))
+            if p.crashed:  # (a stream cut by a crash: nothing kept)
+                return resp
         except ConnectionResetError:
             return self._cut(request)
         finally:
             self._release(p)
         if body.get("store", True):  # (vLLM's ``if request.store``: ``null`` keeps nothing)
-            text = "".join(self._text(req.output_token_ids))
-            self._stored[rid] = [*messages, {"role": "assistant", "content": text}]
+            doc = self._response_doc(req, model, created)
+            text = doc["output"][0]["content"][0]["text"]
+            self._stored[rid] = Stored([*messages, {"role": "assistant", "content": text}], doc)
             while len(self._stored) > STORE_MAX:
                 self._stored.popitem(last=False)
         return resp

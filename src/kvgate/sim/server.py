@@ -40,7 +40,7 @@ from kvgate.sim.metrics import ServerCounters
 from kvgate.sim.replica_base import MAX_LAG_S, MIN_SLEEP_S, ApiError, Handler, Pending, ReplicaConfig
 from kvgate.sim.routes_admin import AdminRoutes
 from kvgate.sim.routes_probes import ProbeRoutes
-from kvgate.sim.routes_responses import ResponsesRoutes
+from kvgate.sim.routes_responses import ResponsesRoutes, Stored
 from kvgate.sim.tokenizer import Tok, get_tokenizer
 from kvgate.sim.types import StepResult
 
@@ -75,7 +75,7 @@ class Replica(ResponsesRoutes, ProbeRoutes, AdminRoutes):
             self.kv = KVEventPublisher(cfg.host, cfg.kv_events_port, cfg.kv_replay_port, cfg.kv_topic)
         self.engine = self._new_engine()
         self._pending: dict[str, Pending] = {}
-        self._stored: OrderedDict[str, list[dict[str, str]]] = OrderedDict()  # (``routes_responses``)
+        self._stored: OrderedDict[str, Stored] = OrderedDict()  # (``routes_responses``)
         self._ids = itertools.count()
         self._id_prefix = f"{index}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
@@ -279,6 +279,7 @@ class Replica(ResponsesRoutes, ProbeRoutes, AdminRoutes):
         r.add_post("/v1/completions", self._completions)
         r.add_post("/v1/chat/completions", self._chat)
         r.add_post("/v1/responses", self._responses)
+        r.add_get("/v1/responses/{response_id}", self._retrieve)
         r.add_get("/v1/models", self._models)
         r.add_post("/v1/load_lora_adapter", self._load_lora)
         r.add_post("/v1/unload_lora_adapter", self._unload_lora)

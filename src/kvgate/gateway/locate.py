@@ -1,0 +1,163 @@
+"""Where a Responses id is kept when the door does not know: asked of the endpoints.
+
+vLLM (and SGLang, which ported it) keeps a stored response in the memory of the server that made it and
+answers ``GET /v1/responses/{id}`` there with the ``response`` object, anywhere else 404 ``Response with id
+'...' not found.`` (always 404 where the store is off: ``VLLM_ENABLE_RESPONSES_API_STORE`` unset). The door
+remembers each id's home from the answer that made it (``Proxy.responses``, its kept turns), but not across
+its own restart, nor past its bounded tables (``HOMES_MAX``, ``HOMES_TTL_S``, ``--response-turns``). A
+follow-up (``previous_response_id``) or a lookup naming such an id was placed by score, or sent to the least
+busy endpoint: vLLM's 404 at a server that never held it, while the response sat on another.
+
+So the door asks. ``Locator.find`` sends ``GET /v1/responses/{id}`` to the candidates (the healthy endpoints
+the request may go to), ``FANOUT`` at a time, all within ``LOCATE_S``; the first 200 names the home (the
+caller remembers it, as if it had made it: under ``--workers`` in the shared table too). Every candidate
+answering otherwise (404, or another 4xx: it cannot serve that id) means nowhere: remembered ``MISS_TTL_S``
+(a client retrying a lost id costs one round of asks per that, not one per request), and the request goes
+on as before, where vLLM's own 404 is then the truth. A candidate that could not answer (a connection
+error, a 5xx, 408/429, no answer within the bound) may be the home: ``unanswered`` > 0, and the caller
+answers 503 with ``Retry-After`` rather than a 404 from a server that may not be the home. Concurrent
+requests for one id share one round (``_rounds``); the round runs in a task of its own, so a client leaving
+does not end it for the others, and ends within ``LOCATE_S`` whatever happens.
+
+A lookup generates nothing, so an ask is not admitted, picked, counted as load or charged (as
+``gateway.lookups``); it carries the client's key (``authorization``, ``x-api-key``) where the gateway has
+none of its own, as a lookup does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+from urllib.parse import quote
+
+from kvgate.gateway.upstream import UpstreamPool
+
+log = logging.getLogger("kvgate.gateway")
+
+LOCATE_S = 2.0  # the whole round's bound (vLLM answers a GET from its API server's memory, not its engine)
+FANOUT = 16  # asks in flight at once
+MISS_TTL_S = 2.0
+MISSES_MAX = 4096
+RETRY_AFTER = "1"  # a 503 for a home that could not be asked (or reached)
+
+
+class Found(NamedTuple):
+    """A round's outcome: the home (None: not found), how many candidates were asked and how many could
+    not answer (a connection error, a 5xx, no answer in time: any of them may be the home)."""
+
+    home: str | None
+    asked: int
+    unanswered: int
+
+
+# (status -> the candidate could not tell: busy, failing, timed out; any other non-200 says "not here")
+_UNSURE = frozenset({408, 425, 429})
+
+
+class Locator:
+    """One door's asks (``kvgate serve``: one per process, each worker its own)."""
+
+    def __init__(self, upstream: UpstreamPool, clock: Callable[[], float]) -> None:
+        self.upstream, self.clock = upstream, clock
+        self._rounds: dict[str, asyncio.Task[Found]] = {}
+        self._misses: OrderedDict[str, float] = OrderedDict()
+        self.rounds = 0  # rounds run (a test's and an operator's count)
+
+    def missed(self, response_id: str) -> bool:
+        """Found nowhere by a round less than ``MISS_TTL_S`` ago."""
+        until = self._misses.get(response_id)
+        if until is None:
+            return False
+        if until <= self.clock():
+            del self._misses[response_id]
+            return False
+        return True
+
+    async def find(
+        self,
+        response_id: str,
+        candidates: Sequence[tuple[str, ssl.SSLContext | None]],
+        auth: str = "",
+    ) -> Found:
+        """Ask ``candidates`` (address, TLS) where ``response_id`` is kept. ``auth``: header lines (each
+        ending CRLF) sent with each ask (the client's key)."""
+        if self.missed(response_id):
+            return Found(None, 0, 0)
+        task = self._rounds.get(response_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._round(response_id, candidates, auth))
+            self._rounds[response_id] = task
+            task.add_done_callback(lambda _t: self._rounds.pop(response_id, None))
+        # (shielded: a client leaving ends its wait, not the round others share)
+        return await asyncio.shield(task)
+
+    async def _round(
+        self, response_id: str, candidates: Sequence[tuple[str, ssl.SSLContext | None]], auth: str
+    ) -> Found:
+        self.rounds += 1
+        path = "/v1/responses/" + quote(response_id, safe="")
+        gate = asyncio.Semaphore(FANOUT)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + LOCATE_S
+
+        async def ask(address: str, tls: ssl.SSLContext | None) -> tuple[str, bool | None]:
+            async with gate:
+                return address, await self._ask(address, tls, path, auth, due)
+
+        asks = [loop.create_task(ask(a, t)) for a, t in candidates]
+        home, nots = None, 0
+        try:
+            async with asyncio.timeout_at(due):
+                for done in asyncio.as_completed(asks):
+                    address, got = await done
+                    if got:
+                        home = address
+                        break
+                    if got is False:
+                        nots += 1
+        except TimeoutError:
+            pass
+        finally:
+            for t in asks:
+                t.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
+        found = Found(home, len(asks), 0 if home is not None else len(asks) - nots)
+        if home is None and not found.unanswered:
+            self._misses[response_id] = self.clock() + MISS_TTL_S
+            self._misses.move_to_end(response_id)
+            while len(self._misses) > MISSES_MAX:
+                self._misses.popitem(last=False)
+        log.info(
+            "response %s: %s (asked %d endpoints, %d could not answer)",
+            response_id, f"kept at {home}" if home else "not found", found.asked, found.unanswered,
+        )  # fmt: skip
+        return found
+
+    async def _ask(
+        self, address: str, tls: ssl.SSLContext | None, path: str, auth: str, due: float
+    ) -> bool | None:
+        """True: kept there (200); False: not there (another answer); None: no answer (may be there)."""
+        head = f"GET {path} HTTP/1.1\r\nhost: {address}\r\n{auth}content-length: 0\r\n\r\n"
+        try:
+            resp = await self.upstream.request(address, head.encode("utf-8", "surrogateescape"), b"", due,
+                                               tls)  # fmt: skip
+        except (TimeoutError, OSError):  # (UpstreamError, ReadTimeout, DeadlinePassed among them)
+            return None
+        try:
+            status = resp.status
+        finally:
+            # (the answer's body is not wanted: read when it is all here, so the connection is kept)
+            with contextlib.suppress(Exception):
+                if resp.read_now() is None:
+                    resp.close()
+            resp.release()
+        if status == 200:
+            return True
+        if status >= 500 or status in _UNSURE:
+            return None
+        return False
