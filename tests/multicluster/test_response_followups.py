@@ -91,7 +91,7 @@ async def test_a_long_or_split_created_event_keeps_the_follow_ups_cluster(
             assert (status, at) == (200, made_at), raw
 
 
-async def test_an_unknown_id_is_routed_as_any_request_and_a_gone_cluster_is_skipped(
+async def test_an_unknown_id_is_routed_as_any_request_and_an_unreachable_home_is_503(
     stores: list[ResponsesStore], global_gateway: Callable[..., Any]
 ) -> None:
     a, b = stores
@@ -106,12 +106,16 @@ async def test_an_unknown_id_is_routed_as_any_request_and_a_gone_cluster_is_skip
             s, url, {"model": "m", "input": "x", "previous_response_id": "resp_elsewhere"}
         )
         assert status == 404
-        # A follow-up whose cluster fails goes on to the next, as any request (where it is not found).
+        # A follow-up whose cluster cannot be reached: 503 with Retry-After, not sent to the next cluster,
+        # which never stored it (prev26; before, its 404).
         status, raw, made_at = await _post(s, url, {"model": "m", "input": "x"})
         rid = orjson.loads(raw)["id"]
         await (a if made_at == "a" else b).stop()
-        status, raw, at = await _post(s, url, {"model": "m", "input": "x", "previous_response_id": rid})
-        assert status == 404 and at != made_at
+        async with s.post(
+            url, data=orjson.dumps({"model": "m", "input": "x", "previous_response_id": rid})
+        ) as r:
+            assert r.status == 503 and r.headers["Retry-After"] == "1", await r.read()
+            assert b"could not be reached" in await r.read()
 
 
 @pytest.mark.parametrize("stream", [False, True])

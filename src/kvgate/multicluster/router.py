@@ -443,7 +443,7 @@ class GlobalRouter:
         cluster's answer of 429 or 5xx is the client's (``NoRoute`` with its status; elsewhere the
         follow-up could only be vLLM's 404 "Response ... not found": s24-rev-fix24b F4, prev25), and a
         429 or 500 there does not back the cluster off (busy; the request's own fault); one that could not
-        be reached still goes on to the next cluster.
+        be reached is a 503 with ``Retry-After`` (prev26; before, the next cluster's 404).
 
         ``deadline``: the request's bound (``limits.requestTimeoutSeconds``). No cluster is tried past it,
         and an attempt still without its response head then ends (its EPP's pick too): ``NoRoute`` 504
@@ -505,6 +505,21 @@ class GlobalRouter:
                 st.failed(self.clock())
             if said is not None:
                 raise said
+            if pinned and st is first:
+                if any(a.status for a in attempts):  # (refused there, a 4xx: its own answer, as for any)
+                    raise no_route(attempts)
+                # Not reached (unreachable, stalled, no head): nowhere else holds the response; the next
+                # cluster could only answer vLLM's 404 (prev26). 503, to retry once the cluster is back.
+                why = attempts[-1].outcome if attempts else "not reached"
+                raise NoRoute(
+                    503,
+                    f"cluster {st.name}, which holds the response this follow-up names, could not be reached"
+                    f" ({why}); a follow-up is not sent to another cluster (its stored response is not"
+                    " there); retry later",
+                    attempts,
+                    retry_after=1,
+                    code="upstream_unavailable",
+                )
         raise no_route(attempts)
 
     async def _try_cluster(
