@@ -507,6 +507,7 @@ async def test_a_lookup_cut_before_its_head_at_the_bound_is_charged_to_its_clust
     await silent.start()
     try:
         gw = await started(silent, head_timeout_s=0.2, probe_timeout_s=0.5, request_timeout_s=1.0)
+        gw.responses.remember("resp_1", ("east", None))  # (made there: sent there, not asked first)
         r, w = await asyncio.open_connection("127.0.0.1", gw.port)
         w.write(b"GET /v1/responses/resp_1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         try:

@@ -2,36 +2,38 @@
 the response was made (vLLM keeps it in the memory of the server that made it: ``openai.responses``).
 
 The global gateway remembers the cluster (and, in Endpoint mode, the pod) that answered each Responses id
-(``GlobalGateway.responses``). A lookup goes to that pod (Endpoint mode), else to that cluster's gateway
-(Parent mode: a ``kvgate serve`` there sends it on to its endpoint the same way); after a connection error at
-the pod (or no answer), to that cluster's gateway when it has one. An unknown id (or a home no longer in the
-clusters) goes to the first cluster, in the clusters file's order, that has a gateway and is available (not
-found hung, not backing off; else the first with a gateway), whose gateway sends it to an endpoint, whose
-server answers its own 404 for an id it does not hold. Each try is bounded as a request is
+(``GlobalGateway.responses``); an id it does not know (its restart, an id past ``HOMES_MAX`` /
+``HOMES_TTL_S``) is asked of the clusters' gateways first (``ClusterLocator``: ``GET /v1/responses/{id}``,
+which a ``kvgate serve`` there answers from where the response is kept, asking its own endpoints if it must),
+for a lookup as for a follow-up (prev26). A lookup goes to that pod (Endpoint mode), else to that cluster's
+gateway (Parent mode: a ``kvgate serve`` there sends it on to its endpoint the same way); after a connection
+error at the pod (or no answer), to that cluster's gateway when it has one. An id found nowhere (or a home no
+longer in the clusters) goes to the first cluster, in the clusters file's order, that has a gateway and is
+available (not found hung, not backing off; else the first with a gateway), whose gateway sends it to an
+endpoint, whose server answers its own 404 for an id it does not hold. Each try is bounded as a request is
 (``GlobalRouter._post``, review s19-qa2 M1): a stream's head (``?stream=true``) by the clusters file's
 ``head_timeout_s``; past it a plain answer's by a probe of the gateway (or pod), none = hung (504, the next
 address); before, each waited the 300 s read timeout. An id whose home cluster is found hung
 (``ClusterState.hung_at``, no aggregate since) is answered 504 at once: it cannot be answered elsewhere. With
 Endpoint-mode clusters only there is nowhere to send it: an EPP picks a pod from a request's body, and a
 lookup has none; the global gateway answers 404 ``response_not_found`` itself.
-``limits.requestTimeoutSeconds`` bounds a lookup as a request: its head (504 ``request_timeout``), its
-body; a lookup cut at the bound charges its cluster as a request's cut does (only if it held the larger
-part of the bound, and, after its head, was not steady: closing note s20). An id made through an
-Endpoint-mode EPP that rewrote its model has the client's name put back in the answer
-(``GlobalGateway.response_models``), as the create's answer had it; in Parent mode the cluster's gateway
-puts it back. A lookup generates nothing: no cluster pick, no EPP, no cluster accounting or token metrics,
-no back-off but a cut's (a gateway found hung is marked, as by a request); its answer is relayed as it
-comes.
-"""
+``limits.requestTimeoutSeconds`` bounds a lookup as a request: its head (504 ``request_timeout``), its body; a
+lookup cut at the bound charges its cluster as a request's cut does (only if it held the larger part of the
+bound, and, after its head, was not steady: closing note s20). An id made through an Endpoint-mode EPP that
+rewrote its model has the client's name put back in the answer (``GlobalGateway.response_models``), as the
+create's answer had it; in Parent mode the cluster's gateway puts it back. A lookup generates nothing: no
+cluster pick, no EPP, no cluster accounting or token metrics, no back-off but a cut's (a gateway found hung is
+marked, as by a request); its answer is relayed as it comes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import parse_qs, quote
 
 import aiohttp
 import orjson
@@ -57,6 +59,117 @@ CONNECT_TIMEOUT_S = 5.0
 # lookups share; past either it is relayed as it comes, unchanged.
 HOLD_MAX = 16 << 20
 _HELD = ByteBudget(64 << 20)
+
+
+# Asking the clusters' gateways where an unknown id is kept (``ClusterLocator``): the round's bound (a
+# ``kvgate serve`` there may ask its own endpoints for up to 2 s: gateway.locate), and how long an id found
+# nowhere is remembered (a client retrying a lost id: one round per that).
+LOCATE_S = 3.0
+MISS_TTL_S = 2.0
+MISSES_MAX = 4096
+
+
+class Found(NamedTuple):
+    """A round's outcome: the home cluster (None: not found), clusters asked, clusters that could not
+    answer (unreachable, a 5xx, 408/429, no answer in time: any of them may hold it)."""
+
+    home: str | None
+    asked: int
+    unanswered: int
+
+
+class ClusterLocator:
+    """Where an id the global gateway does not know is kept: asked of every cluster with a gateway (Parent
+    mode), all at once (one per cluster: the fan-out is the clusters file's), within ``LOCATE_S``; the
+    first 200 names the home cluster. An Endpoint-mode cluster without a gateway cannot be asked (an EPP
+    picks a pod from a body; a lookup has none): not counted; one found hung is not asked but counted as
+    not answering. Concurrent requests for one id share one
+    round; an id found nowhere is remembered ``MISS_TTL_S``."""
+
+    def __init__(self, gw: GlobalGateway) -> None:
+        self.gw = gw
+        self._rounds: dict[str, asyncio.Task[Found]] = {}
+        self._misses: OrderedDict[str, float] = OrderedDict()
+        self.rounds = 0
+
+    async def find(self, response_id: str, headers: Mapping[str, str], due: float | None = None) -> Found:
+        """``due``: the request's bound (loop time): its wait ends there (TimeoutError), the round goes on."""
+        now = self.gw.router.clock()
+        until = self._misses.get(response_id)
+        if until is not None:
+            if until > now:
+                return Found(None, 0, 0)
+            del self._misses[response_id]
+        task = self._rounds.get(response_id)
+        if task is None:
+            fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP and k.lower() != "content-type"}
+            task = asyncio.get_running_loop().create_task(self._round(response_id, fwd))
+            self._rounds[response_id] = task
+            task.add_done_callback(lambda _t: self._rounds.pop(response_id, None))
+        async with asyncio.timeout_at(due):
+            return await asyncio.shield(task)  # (a client leaving ends its wait, not the shared round)
+
+    async def _round(self, response_id: str, fwd: dict[str, str]) -> Found:
+        self.rounds += 1
+        router = self.gw.router
+        asked = [st for st in router.state_list() if st.spec.gateway is not None]
+        path = "/v1/responses/" + quote(response_id, safe="")
+        loop = asyncio.get_running_loop()
+        deadline = Deadline.after(loop.time(), LOCATE_S)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=LOCATE_S)
+
+        async def ask(st: ClusterState) -> tuple[str, bool | None]:
+            url = f"http://{st.spec.gateway}{path}"
+            try:
+                resp = await router._post(st, PARENT, url, None, fwd, timeout, False, "GET", deadline)
+            except (PastDeadline, NoHead, aiohttp.ClientError, TimeoutError, OSError):
+                return st.name, None
+            try:
+                status = resp.status
+            finally:
+                resp.release()
+            if status == 200:
+                return st.name, True
+            return st.name, None if status >= 500 or status in (408, 425, 429) else False
+
+        # (a cluster found hung, no aggregate since, is not asked, as no lookup goes there: it could not
+        # answer, so it counts as one that did not)
+        hung = [st for st in asked if st.hung_at is not None and st.hung_at == st.fetched_at]
+        asks = [loop.create_task(ask(st)) for st in asked if st not in hung]
+        home, nots = None, 0
+        try:
+            async with asyncio.timeout(LOCATE_S + 1.0):  # (``_post`` bounds each; this, the whole)
+                for done in asyncio.as_completed(asks):
+                    name, got = await done
+                    if got:
+                        home = name
+                        break
+                    if got is False:
+                        nots += 1
+        except TimeoutError:
+            pass
+        finally:
+            for t in asks:
+                t.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
+        found = Found(home, len(asked), 0 if home is not None else len(asked) - nots)
+        if home is None and not found.unanswered:
+            self._misses[response_id] = router.clock() + MISS_TTL_S
+            self._misses.move_to_end(response_id)
+            while len(self._misses) > MISSES_MAX:
+                self._misses.popitem(last=False)
+        where = f"kept in cluster {home}" if home else "not found"
+        log.info("response %s: %s (asked %d clusters, %d could not answer)", response_id, where, found.asked,
+                 found.unanswered)  # fmt: skip
+        return found
+
+
+def not_located(response_id: str, found: Found) -> str:
+    """The 503's message for an id found nowhere while some cluster could not be asked."""
+    return (
+        f"response '{response_id}' was not found, and {found.unanswered} of {found.asked} clusters could not"
+        " be asked (it may be kept there): retry later"
+    )
 
 
 def targets(gw: GlobalGateway, response_id: str) -> list[tuple[ClusterState, str, str]]:
@@ -95,6 +208,23 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
         status, why, allow = got
         return json_error(status, why, headers={"Allow": allow} if allow else None)
     response_id, method = got
+    router = gw.router
+    # The request's bound (``limits.requestTimeoutSeconds``) holds for a lookup's head too: past it, 504.
+    deadline = Deadline.after(asyncio.get_running_loop().time(), router.cfg.request_timeout_s)
+    if gw.responses.home(response_id) is None:
+        try:
+            found = await gw.locator.find(
+                response_id, request.headers, None if deadline is None else deadline.due
+            )
+        except TimeoutError:
+            assert deadline is not None
+            why = deadline.message("the clusters were being asked where the response is kept")
+            return json_error(504, f"lookup failed: {why}", code="request_timeout")
+        if found.home is not None:
+            gw.responses.remember(response_id, (found.home, None))
+        elif found.unanswered:
+            return json_error(503, not_located(response_id, found), code="upstream_unavailable",
+                              headers={"Retry-After": "1"})  # fmt: skip
     where = targets(gw, response_id)
     if not where:
         return json_error(
@@ -110,9 +240,6 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
             f"lookup failed: the response's cluster {hung} is hung (no response head, no aggregate)",
             code="upstream_timeout",
         )
-    router = gw.router
-    # The request's bound (``limits.requestTimeoutSeconds``) holds for a lookup's head too: past it, 504.
-    deadline = Deadline.after(asyncio.get_running_loop().time(), router.cfg.request_timeout_s)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     suffix = request.path + (f"?{request.query}" if request.query else "")
     stream = parse_qs(request.query).get("stream", [""])[-1].lower() == "true"

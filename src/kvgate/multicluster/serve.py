@@ -56,7 +56,7 @@ from kvgate.k8s.lease import check_one_time
 from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
-from kvgate.multicluster.lookups import lookup
+from kvgate.multicluster.lookups import ClusterLocator, lookup, not_located
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
 from kvgate.multicluster.router import ENDPOINT, Attempt, Deadline, GlobalRouter, NoRoute, Routed
 from kvgate.multicluster.source import ClusterSource
@@ -450,6 +450,8 @@ class GlobalGateway:
         # client sent: a lookup's answer has it put back, as the create's had (``lookups``; in Parent mode
         # the cluster's own gateway puts it back).
         self.response_models: ResponseHomes[str] = ResponseHomes(clock=clock)
+        # An id neither knows: asked of the clusters' gateways (``lookups.ClusterLocator``, prev26).
+        self.locator = ClusterLocator(self)
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters, TTL / refresh / locality, the TLS options (and files) of
@@ -576,6 +578,23 @@ class GlobalGateway:
         prev = previous_response_id(path, parsed.body)
         home = None if prev is None else self.responses.home(prev)
         try:
+            if prev is not None and home is None:
+                # Not known here (a restart, an id past the map's bounds): asked of the clusters (prev26).
+                try:
+                    found = await self.locator.find(
+                        prev, request.headers, None if deadline is None else deadline.due
+                    )
+                except TimeoutError:
+                    assert deadline is not None
+                    why = deadline.message("the clusters were being asked where its response is kept")
+                    raise NoRoute(504, why, [], code="request_timeout") from None
+                if found.home is not None:
+                    home = (found.home, None)
+                    self.responses.remember(prev, home)
+                elif found.unanswered:
+                    raise NoRoute(
+                        503, not_located(prev, found), [], retry_after=1, code="upstream_unavailable"
+                    )
             routed = await self.router.route(
                 path, request.headers, raw, creq, home=home, deadline=deadline, pinned=prev is not None
             )
