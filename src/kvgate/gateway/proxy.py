@@ -580,7 +580,18 @@ class Proxy:
         asked = [(ep.address, tls) for ep in pool.endpoints() if ep.healthy]
         if not asked:
             return  # (the pick answers its own 503)
-        found = await self.locator.find(prev, asked, self._client_key(request))
+        # (within the request's bound, as its queue wait: past it, 504; the round goes on for others)
+        due = self._loop.time() + self.request_timeout if self.request_timeout else None
+        try:
+            async with asyncio.timeout_at(due):
+                found = await self.locator.find(prev, asked, self._client_key(request))
+        except TimeoutError:
+            raise GatewayError(
+                504,
+                f"no answer within requestTimeoutSeconds ({self.request_timeout:g}s): the endpoints were"
+                f" being asked where response '{prev}' is kept",
+                code="request_timeout",
+            ) from None
         if found.home is not None:
             self.responses.remember(prev, found.home)
             ireq.subset, ireq.subset_soft = frozenset((found.home,)), True
