@@ -20,8 +20,11 @@ import time
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from gateway.conftest import base_url, make_config, running_gateway
+from gateway.handler_server import serving
+from gateway.responses_backend import ResponsesStore
 from kvgate.sim.server import Replica, ReplicaConfig
 
 MODEL = "sim-model"
@@ -204,3 +207,35 @@ async def test_a_home_too_slow_to_answer_the_ask_gets_503_not_a_404() -> None:
         stall.set()
         for r in replicas:
             await r.stop()
+
+
+async def test_a_flood_of_unknown_ids_sends_at_most_asks_max_asks_at_once(monkeypatch: Any) -> None:
+    """Follow-ups naming ids nobody keeps (a client's garbage, a flood): each round asks every endpoint,
+    but all rounds together keep at most ``ASKS_MAX`` asks in flight; each then gets the server's 404."""
+    from kvgate.gateway import locate
+
+    monkeypatch.setattr(locate, "ASKS_MAX", 3)
+    now = peak = 0
+
+    class Counting(ResponsesStore):
+        async def _retrieve(self, request: web.Request) -> web.StreamResponse:
+            nonlocal now, peak
+            now += 1
+            peak = max(peak, now)
+            try:
+                await asyncio.sleep(0.02)  # (an ask that takes a moment: the asks overlap)
+                return await super()._retrieve(request)
+            finally:
+                now -= 1
+
+    async with serving(Counting("a"), Counting("b")) as stores:
+        cfg = make_config([st.address for st in stores])
+        async with running_gateway(cfg) as gw, aiohttp.ClientSession() as session:
+            url = base_url(gw) + "/v1/responses"
+            bodies = [
+                {"model": "m", "input": "x", "previous_response_id": f"resp_gone{i}"} for i in range(12)
+            ]
+            got = await asyncio.gather(*(_post(session, url, b) for b in bodies))
+            assert [status for status, _, _ in got] == [404] * 12, got
+            assert gw.proxy is not None and gw.proxy.locator.rounds == 12
+    assert 0 < peak <= 3, peak

@@ -9,15 +9,16 @@ follow-up (``previous_response_id``) or a lookup naming such an id was placed by
 busy endpoint: vLLM's 404 at a server that never held it, while the response sat on another.
 
 So the door asks. ``Locator.find`` sends ``GET /v1/responses/{id}`` to the candidates (the healthy endpoints
-the request may go to), ``FANOUT`` at a time, all within ``LOCATE_S``; the first 200 names the home (the
-caller remembers it, as if it had made it: under ``--workers`` in the shared table too). Every candidate
-answering otherwise (404, or another 4xx: it cannot serve that id) means nowhere: remembered ``MISS_TTL_S``
-(a client retrying a lost id costs one round of asks per that, not one per request), and the request goes
-on as before, where vLLM's own 404 is then the truth. A candidate that could not answer (a connection
-error, a 5xx, 408/429, no answer within the bound) may be the home: ``unanswered`` > 0, and the caller
-answers 503 with ``Retry-After`` rather than a 404 from a server that may not be the home. Concurrent
-requests for one id share one round (``_rounds``); the round runs in a task of its own, so a client leaving
-does not end it for the others, and ends within ``LOCATE_S`` whatever happens.
+the request may go to), ``FANOUT`` at a time (and all rounds together ``ASKS_MAX``: a flood of follow-ups
+naming random ids sends at most that many asks at once, the rest wait within their bound, then 503), all
+within ``LOCATE_S``; the first 200 names the home (the caller remembers it, as if it had made it: under
+``--workers`` in the shared table too). Every candidate answering otherwise (404, or another 4xx: it cannot
+serve that id) means nowhere: remembered ``MISS_TTL_S`` (a client retrying a lost id costs one round of asks
+per that, not one per request), and the request goes on as before, where vLLM's own 404 is then the truth. A
+candidate that could not answer (a connection error, a 5xx, 408/429, no answer within the bound) may be the
+home: ``unanswered`` > 0, and the caller answers 503 with ``Retry-After`` rather than a 404 from a server that
+may not be the home. Concurrent requests for one id share one round (``_rounds``); the round runs in a task of
+its own, so a client leaving does not end it for the others, and ends within ``LOCATE_S`` whatever happens.
 
 A lookup generates nothing, so an ask is not admitted, picked, counted as load or charged (as
 ``gateway.lookups``); it carries the client's key (``authorization``, ``x-api-key``) where the gateway has
@@ -40,7 +41,8 @@ from kvgate.gateway.upstream import UpstreamPool
 log = logging.getLogger("kvgate.gateway")
 
 LOCATE_S = 2.0  # the whole round's bound (vLLM answers a GET from its API server's memory, not its engine)
-FANOUT = 16  # asks in flight at once
+FANOUT = 16  # one round's asks in flight at once
+ASKS_MAX = 64  # all rounds' asks in flight at once (a flood of unknown ids: at most this many GETs out)
 MISS_TTL_S = 2.0
 MISSES_MAX = 4096
 RETRY_AFTER = "1"  # a 503 for a home that could not be asked (or reached)
@@ -66,6 +68,7 @@ class Locator:
         self.upstream, self.clock = upstream, clock
         self._rounds: dict[str, asyncio.Task[Found]] = {}
         self._misses: OrderedDict[str, float] = OrderedDict()
+        self._asks = asyncio.Semaphore(ASKS_MAX)
         self.rounds = 0  # rounds run (a test's and an operator's count)
 
     def missed(self, response_id: str) -> bool:
@@ -106,7 +109,7 @@ class Locator:
         due = loop.time() + LOCATE_S
 
         async def ask(address: str, tls: ssl.SSLContext | None) -> tuple[str, bool | None]:
-            async with gate:
+            async with gate, self._asks:
                 return address, await self._ask(address, tls, path, auth, due)
 
         asks = [loop.create_task(ask(a, t)) for a, t in candidates]
