@@ -209,3 +209,11 @@ def _flush_before_tracebacks(off: OffLoopStderr) -> None:
 
     sys.excepthook = on_uncaught
     threading.excepthook = on_thread
+
+
+def say(line: str) -> None:
+    """A start line on stdout in one write with its newline: ``print`` writes the text and the newline
+    apart, and unbuffered (``PYTHONUNBUFFERED``) a log line from the writer thread to the same pipe could
+    land between them, splicing the start line a supervisor or test reads."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

@@ -40,7 +40,7 @@ from kvgate.extproc.upstream_flags import split_unknown
 from kvgate.k8s import resources as R
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
-from kvgate.stderrlog import off_loop_stderr
+from kvgate.stderrlog import off_loop_stderr, say
 
 if TYPE_CHECKING:
     from kvgate.datalayer.store import EndpointStore
@@ -608,8 +608,8 @@ async def _serve(
         print(f"kvgate epp: cannot start: {why}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     # One line a supervisor (or a test) can read: the ports actually bound.
-    print(f"kvgate epp ready grpc={server.port} health={server.health_port} metrics={server.metrics_port} "
-          f"tls={'on' if pair else 'off'} endpoints={len(store)}", flush=True)  # fmt: skip
+    say(f"kvgate epp ready grpc={server.port} health={server.health_port} metrics={server.metrics_port} "
+        f"tls={'on' if pair else 'off'} endpoints={len(store)}")  # fmt: skip
 
     pool_gauges = asyncio.create_task(_every_second(ctx.director, server, stop, kube, agg))
     await stop.wait()

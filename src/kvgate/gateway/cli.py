@@ -33,7 +33,7 @@ from kvgate.gateway.pools import Pool, build_pool
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
-from kvgate.stderrlog import off_loop_stderr
+from kvgate.stderrlog import off_loop_stderr, say
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -463,14 +463,13 @@ async def serve(
             server=server,
         )  # fmt: skip
     tune_gc()
-    print(
+    say(
         f"kvgate serve: listening on http://{cfg.host}:{server.port}"
         + (
             f", admin on {_admin_scheme(cfg)}://{cfg.host}:{server.admin_port}"
             if server.admin_port is not None
             else ""
-        ),
-        flush=True,
+        )
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -58,7 +58,7 @@ from kvgate.k8s.tasks import RECANCELS, STUCK_S, cancel_and_wait
 from kvgate.multicluster.clusters import DEFAULT_LEASE, ClustersError, ClustersFile, KubeImports
 from kvgate.multicluster.imports import WATCHES_STOP_S, ImportController, Member
 from kvgate.multicluster.source import RETRY_S
-from kvgate.stderrlog import off_loop_stderr
+from kvgate.stderrlog import off_loop_stderr, say
 
 log = logging.getLogger("kvgate.multicluster.hub_controller")
 
@@ -434,9 +434,9 @@ def _main(argv: list[str] | None) -> int:
         front = _health(hc, follower)
         server = await asyncio.get_running_loop().create_server(front.protocol, args.host, args.port)
         port = server.sockets[0].getsockname()[1]
-        print(f"kvgate hub-controller: health on http://{args.host}:{port} (import {kube.namespace}/"
-              f"{kube.name}, {len(kube.members)} members, leader election "
-              f"{'on' if election else 'off'})", flush=True)  # fmt: skip
+        say(f"kvgate hub-controller: health on http://{args.host}:{port} (import {kube.namespace}/"
+            f"{kube.name}, {len(kube.members)} members, leader election "
+            f"{'on' if election else 'off'})")  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -104,6 +104,7 @@ from kvgate.openai.usage import usage_from_body
 from kvgate.requestid import acceptable as acceptable_rid
 from kvgate.requestid import shown as rid_shown
 from kvgate.scheduling.types import Usage
+from kvgate.stderrlog import say
 
 log = logging.getLogger("kvgate.multicluster")
 
@@ -1016,9 +1017,8 @@ def run(args: ServeArgs) -> int:
         admin = "" if gw.admin_port is None else (
             f", admin on {'https' if args.admin_ssl else 'http'}://{args.host}:{gw.admin_port}"
         )  # fmt: skip
-        print(f"kvgate serve: global gateway on http://{args.host}:{port}{admin} "
-              f"({len(cfile.config.clusters)} clusters, policy {args.policy}, seed {seed})",
-              flush=True)  # fmt: skip
+        say(f"kvgate serve: global gateway on http://{args.host}:{port}{admin} "
+            f"({len(cfile.config.clusters)} clusters, policy {args.policy}, seed {seed})")  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
