@@ -41,6 +41,31 @@ def _cls(it, now, reach):
     return (2, it.slo_deadline, it.seq)
 
 
+def _aged_tops(q, now, reach):
+    """Each flow's first past its deadline by aging time (``FlowQueue.dead``'s top), when aged."""
+    tops = {}
+    for x in q:
+        if x.slo_deadline < now:
+            k = (x.priority, x.flow)
+            if k not in tops or (x.ages_at, x.seq) < (tops[k].ages_at, tops[k].seq):
+                tops[k] = x
+    return [x for x in tops.values() if _cls(x, now, reach)[0] == 1]
+
+
+def _swap_slot(it, q, now, reach):
+    """fc26b: ``it`` given in the slot of an aged head of a higher band at or below the default that
+    expires later (``FlowController._sooner_aged``): that band (the highest such with no live request
+    above it), else None."""
+    if it not in _aged_tops(q, now, reach):
+        return None
+    for p in sorted({x.priority for x in q if it.priority < x.priority <= 0}, reverse=True):
+        if any(x.priority > p and _cls(x, now, reach)[0] != 3 for x in q):
+            continue
+        if any(x.priority == p and _cls(x, now, reach)[0] == 1 and x.deadline > it.deadline for x in q):
+            return p
+    return None
+
+
 def _queued(items):
     return [it for it in items.values() if not it.done and it.held_until is None and it.parked is None]
 
@@ -101,12 +126,19 @@ def _run(seed, fairness, headroom, homes):
         for it in dispatch_ready(ctl, now, saturated):
             q = [x for x in _queued(items) if x is not it] + [it]
             mine = _cls(it, now, reach)
+            swap = _swap_slot(it, q, now, reach)
             best_flow = min(_cls(x, now, reach) for x in q if x.flow == it.flow and x.priority == it.priority)
-            assert mine == best_flow, ("not its flow's first", it.req.request_id, mine, best_flow, now)
+            assert mine == best_flow or swap is not None, (
+                "not its flow's first",
+                it.req.request_id,
+                mine,
+                now,
+            )
             if mine[0] == 3:
                 assert all(_cls(x, now, reach)[0] == 3 for x in q), ("dead sent before a live one", now)
             else:
-                higher = [x for x in q if x.priority > it.priority and _cls(x, now, reach)[0] != 3]
+                top = it.priority if swap is None else swap
+                higher = [x for x in q if x.priority > top and _cls(x, now, reach)[0] != 3]
                 assert not higher, ("higher band's live head waits", it.req.request_id, now)
             if fairness == "global-strict" and not headroom:
 
@@ -114,7 +146,16 @@ def _run(seed, fairness, headroom, homes):
                     c = _cls(x, now, reach)
                     return (c[0] == 3, -x.priority, *c)
 
-                assert k(it) == min(k(x) for x in q), ("not global-strict's first", it.req.request_id, now)
+                want = min(q, key=k)
+                if _cls(want, now, reach)[0] == 1 and want.priority <= 0:  # (fc26b: a sooner lower aged one)
+                    lower = [y for y in _aged_tops(q, now, reach) if y.priority < want.priority]
+                    y = min(lower, key=lambda y: y.deadline, default=None)
+                    if y is not None and y.deadline < want.deadline:
+                        want = y
+                if want.priority == it.priority and mine[0] == 1 and swap is not None:  # (ties on expiry)
+                    assert it.deadline == want.deadline, ("not the soonest aged", it.req.request_id, now)
+                else:
+                    assert k(it) == k(want), ("not global-strict's first", it.req.request_id, now)
             aged_sent += mine[0] == 1
             sent.append(it)
         for i, it in enumerate(sent):

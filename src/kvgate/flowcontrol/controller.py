@@ -572,6 +572,13 @@ class FlowController:
         self._jump: list[bool] | None = None
         self._aside: QueuedRequest | None = None  # the last head taken out of its band's selection
         self._asides = 0
+        # ``heads``: a lower band's aged head given in the slot of an aged head of a band at or below the
+        # default that expires later (``_sooner_aged``), and that slot's band; ``_retry``: its gate said no
+        # (``wait_late``), the slot's own head is given next
+        self._swap: QueuedRequest | None = None
+        self._swap_prio = 0
+        self._retry = False
+        self._given: QueuedRequest | None = None  # the head ``heads`` gave last (``aged_expiry``)
         self._give_ups: list[tuple[float, int, QueuedRequest]] = []  # sloAdmission (``give_up``)
         # sloAdmission: does the latency model know the request's endpoints well enough to judge it
         # (the Director's; None: taken as yes)? Only then is a queued one given up at its SLO deadline.
@@ -767,6 +774,25 @@ class FlowController:
                 first = False
                 n = self._asides
                 self._late, self._jump = late, jump  # (this pass's: another look may have run meanwhile)
+                alt = None
+                if due is not None and prio <= 0 and item.slo_deadline < due and item.ages_at <= due:
+                    alt = self._sooner_aged(prio, item, reach, due)
+                if alt is not None:
+                    # (its slot: taken, the pass starts again; passed over or parked, the band chooses
+                    # again; its gate said no, ``wait_late``: the slot's own head is given)
+                    self._swap, self._swap_prio, self._retry = alt, prio, False
+                    self._given = alt
+                    try:
+                        yield alt
+                    finally:
+                        retry, self._swap, self._retry = self._retry, None, False
+                    if not retry:
+                        if jump[0] or self._asides == n or self._aside is not alt:
+                            break
+                        continue
+                    n = self._asides
+                    self._late, self._jump = late, jump
+                self._given = item
                 yield item
                 if jump[0] or self._asides == n or self._aside is not item:
                     break  # (not passed over nor parked: the next band; else its band chooses again)
@@ -783,6 +809,7 @@ class FlowController:
             for item in rest if got is None else itertools.chain((got,), rest):
                 n = self._asides
                 self._late = self._jump = None
+                self._given = item
                 yield item
                 if self._asides == n or self._aside is not item:
                     break
@@ -792,11 +819,60 @@ class FlowController:
         heads past their SLO deadline were deferred in this pass (``heads``), and they are asked next (their
         own pools may have room; review s24-rev-fc24 F2: the pass ended there and they were never tried);
         False: the pass ends there, as before."""
+        if self._swap is not None and not self._retry:
+            self._retry = True  # (a swapped-in head: the slot's own head is asked next, ``heads``)
+            return True
         jump, late = self._jump, self._late
         if jump is None or not late:
             return False
         jump[0] = True
         return True
+
+    def _sooner_aged(
+        self, prio: int, item: QueuedRequest, reach: float | None, now: float
+    ) -> QueuedRequest | None:
+        """``item`` is band ``prio``'s choice (``prio`` <= 0), past its aging time: the request of a lower
+        ``slo-feasible`` band past its own aging time that expires (TTL, or its own deadline) first, when
+        that is before ``item`` does; else None. One per flow is looked at, the flow's first by aging
+        time (``FlowQueue.dead``'s top), whatever its flow's head: it takes ``item``'s slot, not one of its
+        own flow's fresh requests (review s25-rev-fixfc25 F1 stands). Both are certain misses, each past the
+        point from which more waiting more likely than not ends at its TTL (``aging_time``); between
+        certain misses the order that loses the fewest to the TTL is earliest expiry first, and the band
+        at or below the default ages only to avoid that loss (a band above it ages by its own SLO, a
+        bound on lateness: strict priority there; fc26b). O(flows of the lower bands), only on a pass
+        whose band choice is such an aged head."""
+        best = item
+        for p in self._order:
+            if p >= prio:
+                continue
+            band = self.bands[p]
+            if band.ordering != "slo-feasible" or not band.count:
+                continue
+            for q in band.flows.values():
+                q._top(reach, now)  # (moves its overdue entries where they belong, as a look does)
+                d = q.dead
+                if d and d[0][0] <= now and d[0][2].deadline < best.deadline:
+                    best = d[0][2]
+        return None if best is item else best
+
+    def slot_priority(self, item: QueuedRequest) -> int:
+        """The band whose place in ``heads``' order ``item`` (the head it just gave) takes: its own, or
+        that of the aged head it was given before (``_sooner_aged``). For the mark between workers."""
+        return self._swap_prio if self._swap is item else item.priority
+
+    def aged_expiry(self, req: InferenceRequest, now: float) -> float | None:
+        """For the gate between workers: when ``req`` is the head ``heads`` just gave, queued in an
+        ``slo-feasible`` band at or below the default and past its aging time at ``now``, its expiry as a
+        worker's mark gives it (``2 x aging time - deadline``: ``aging_time`` is halfway); else None."""
+        g = self._given
+        if g is None or g.req is not req or g.done or g.priority > 0:
+            return None
+        if (
+            not (g.slo_deadline < now and g.ages_at <= now)
+            or self.bands[g.priority].ordering != "slo-feasible"
+        ):
+            return None
+        return 2.0 * g.ages_at - g.slo_deadline
 
     def in_first_part(self) -> bool:
         """Is the head ``heads`` just gave from its pass's first part (one it does not defer as past its SLO

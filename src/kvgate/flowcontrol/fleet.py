@@ -352,7 +352,7 @@ class PoolMark:
                             ctl.pass_over(item)  # (its band's next choice follows: review s19-fc M2)
                             continue
                     # (past the cap a dispatch pass ends there: its band goes first too)
-                    top = float(item.priority)
+                    top = float(ctl.slot_priority(item))  # (a swapped-in aged head: its slot's band, fc26b)
                     held = 1.0 if ctl.held_back(item.req, now, item.slo_deadline) else 0.0
                     if ctl.bands[item.priority].ordering == "slo-feasible":
                         due = item.slo_deadline
@@ -380,6 +380,7 @@ class PoolMark:
         if fleet.closed or fleet.workers < 2:
             return False
         m, prio, held, late = fleet._m, req.priority, None, None
+        mine, asked = None, False  # (``req``'s expiry when past its aging time: fc26b)
         for w in range(fleet.workers):
             if w == fleet.worker:
                 continue
@@ -391,6 +392,17 @@ class PoolMark:
             if not (-fleet.ttl <= now - stamp <= fleet.ttl) or m[b + _WAITING] <= 0.0:
                 continue
             top = m[b + _TOP]
+            if top <= 0 and prio <= 0 and m[b + _DUE] < now and m[b + _AGES] <= now:
+                # (theirs past its aging time at or below the default band: between two such heads, the
+                # one that expires first, as ``FlowController._sooner_aged``; the mark's expiry is
+                # ``2 x ages - due``, ``aging_time`` being halfway)
+                if not asked:
+                    mine, asked = ctl.aged_expiry(req, now), True
+                if mine is not None:
+                    if 2.0 * m[b + _AGES] - m[b + _DUE] < mine:
+                        return True
+                    if top != prio:
+                        continue
             if m[b + _DUE] < now < m[b + _AGES]:  # (theirs past its deadline: after every feasible head)
                 if top < prio:
                     continue
