@@ -72,13 +72,21 @@ def test_a_request_that_can_still_make_its_slo_stays_ahead() -> None:
     assert _send(ctl, 21.0, 3) == ["quiet", "batch", "flood"]
 
 
-def test_a_lower_aged_request_takes_the_aged_slot_not_its_flows_fresh_ones() -> None:
+def test_the_slot_is_given_back_to_the_lower_bands_fresh_request() -> None:
     ctl = _ctl()
     _two_aged(ctl)
     ctl.enqueue(_req("fresh", "batch", -1, 10.0, 20.5), 20.5)  # (deadline 30.5: fresh, its flow's head)
-    # The aged batch request takes the flood's slot; the flood's aged request still goes before the
-    # batch band's fresh one (strict priority: aging's point), which goes before its flow's aged ones.
-    assert _send(ctl, 21.0, 3) == ["batch", "flood", "fresh"]  # (main: flood, fresh, batch)
+    # The aged batch request takes the flood's slot (it expires first); the next slot the flood's aged
+    # request would take goes back to the batch band's request that can still make its SLO (an exchange:
+    # as many certain misses ahead of it as before), then the flood's.
+    assert _send(ctl, 21.0, 3) == ["batch", "fresh", "flood"]  # (main: flood, fresh, batch)
+
+
+def test_nothing_is_owed_without_a_swap() -> None:
+    ctl = _ctl()
+    ctl.enqueue(_req("flood", "flood", 0, 1.0, 2.0), 2.0)  # (aged at 21; no lower aged request)
+    ctl.enqueue(_req("fresh", "batch", -1, 10.0, 20.5), 20.5)
+    assert _send(ctl, 21.0, 1) == ["flood"]  # (aging: the aged head before lower-band fresh work)
 
 
 def test_a_band_above_the_default_keeps_strict_priority() -> None:

@@ -134,12 +134,23 @@ def _run(seed, fairness, headroom, homes):
                 mine,
                 now,
             )
+            repaid = False
             if mine[0] == 3:
                 assert all(_cls(x, now, reach)[0] == 3 for x in q), ("dead sent before a live one", now)
             else:
                 top = it.priority if swap is None else swap
                 higher = [x for x in q if x.priority > top and _cls(x, now, reach)[0] != 3]
-                assert not higher, ("higher band's live head waits", it.req.request_id, now)
+                # fc26b: a band owed slots (its aged requests took higher aged heads') gets one back for a
+                # request that can still make its SLO: only in the slot of a higher aged head at or below
+                # the default band, with nothing above that could still make its own
+                repaid = bool(higher) and mine[0] in (0, 2) and ctl._owed.get(it.priority, 0) > 0
+                if repaid:
+                    aged = [x for x in higher if _cls(x, now, reach)[0] == 1]
+                    assert aged and max(x.priority for x in aged) <= 0, ("repaid outside an aged slot", now)
+                    slot = max(x.priority for x in aged)
+                    assert not [x for x in higher if x.priority > slot], ("repaid under a live head", now)
+                else:
+                    assert not higher, ("higher band's live head waits", it.req.request_id, now)
             if fairness == "global-strict" and not headroom:
 
                 def k(x, now=now, reach=reach):
@@ -152,7 +163,12 @@ def _run(seed, fairness, headroom, homes):
                     y = min(lower, key=lambda y: y.deadline, default=None)
                     if y is not None and y.deadline < want.deadline:
                         want = y
-                if want.priority == it.priority and mine[0] == 1 and swap is not None:  # (ties on expiry)
+                if repaid:  # (the owed band's own global-strict first)
+                    assert k(it) == min(k(x) for x in q if x.priority == it.priority), (
+                        "not its band's first",
+                        now,
+                    )
+                elif want.priority == it.priority and mine[0] == 1 and swap is not None:  # (ties on expiry)
                     assert it.deadline == want.deadline, ("not the soonest aged", it.req.request_id, now)
                 else:
                     assert k(it) == k(want), ("not global-strict's first", it.req.request_id, now)
