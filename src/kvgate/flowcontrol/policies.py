@@ -17,7 +17,9 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
   Between flows (and bands: ``FlowController.heads``), a flow whose head is past its deadline and not
   its aging time (a certain miss, not a p90's guess) is chosen only when no flow's head is not
   (``Band.select``); with ``global-strict`` a head past its aging time ranks as inside a flow: after the
-  band's fresh heads, before its overdue ones.
+  band's fresh heads, before its overdue ones. Between bands at or below the default, an aged head gives
+  its slot to a lower band's aged request that expires sooner, and that band gets the slot back for a
+  request that can still make its SLO (``FlowController._sooner_aged``, ``_owed_choice``; fc26b).
 
 Fairness (which flow's head leaves next):
 - ``global-strict``: the best head over all flows by the ordering key, as if the band were one queue
