@@ -99,7 +99,7 @@ def build_director(
         detector = det
     flow = None
     if flow_config.enabled(cfg.feature_gates):
-        fc = flow_config.parse_flow_control(cfg.flow_control)
+        fc = flow_config.parse_flow_control(cfg.flow_control, plugins=cfg.plugin_types())
         pending = fc.fair_share_headroom and fc.fair_share_headroom_on == "pending"
         if pending and cfg.saturation_detector is not None and detector and not detector.pending_bound:
             # It would take the headroom off the whole score, silently: refused instead.

@@ -119,6 +119,10 @@ class EndpointPickerConfig:
     def plugin(self, name: str) -> PluginSpec | None:
         return next((p for p in self.plugins if p.name == name), None)
 
+    def plugin_types(self) -> dict[str, str]:
+        """Each declared plugin's type by its name (what flow control's ``...PolicyRef`` may name)."""
+        return {p.name: p.type for p in self.plugins}
+
 
 def _mapping(v: Any, path: str) -> dict[str, Any]:
     if v is None:
@@ -255,7 +259,7 @@ def _is_special(p: PluginSpec) -> bool:
 
 def validate(cfg: EndpointPickerConfig) -> None:
     """Build every plugin once (checks parameters) and check profile composition."""
-    parse_flow_control(cfg.flow_control)  # checked even with the gate off: a typo must not wait
+    parse_flow_control(cfg.flow_control, plugins=cfg.plugin_types())  # checked with the gate off too
     handle = PluginHandle()
     for spec in cfg.plugins:
         instantiate(spec, handle)

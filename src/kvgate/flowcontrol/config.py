@@ -33,16 +33,26 @@ Flow control is off unless ``featureGates`` lists ``flowControl`` (the reference
         fairnessPolicy: least-attained-service
         orderingPolicy: slo-deadline
 
+The reference's spellings load as they are (review s26-qa F2): a band's policies by plugin reference
+(``fairnessPolicyRef`` / ``orderingPolicyRef``: the name of a policy plugin declared under ``plugins:``, or
+a policy plugin type itself, e.g. ``round-robin-fairness-policy``, ``edf-ordering-policy``), the template
+``defaultPriorityBand`` (``maxBytes``, ``maxRequests``, the two refs) for every priority not listed, and
+Kubernetes quantities for the limits (``maxBytes: 1Gi``, ``maxRequests: 1k``). A band names its policy
+by one spelling, not both.
+
 Every error names the exact key (``flowControl.priorityBands[1].maxBytes: must be ...``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
-from kvgate.scheduling.framework import ConfigError, Params
+from kvgate.scheduling.framework import ConfigError, Params, Plugin
+from kvgate.scheduling.registry import register
 
 FEATURE_GATE = "flowControl"
 # Accepted names: the short ones and the reference's plugin type names.
@@ -63,12 +73,16 @@ ORDERING_POLICIES = {
     "slo-deadline-ordering-policy": "slo-deadline",
     "slo-feasible": "slo-feasible",
 }
+# The policy plugin types a ``...PolicyRef`` may name (the reference's names, and kvgate's
+# least-attained-service and slo-deadline under the same pattern); each is a plugin type of its own.
+FAIRNESS_PLUGINS = {k: v for k, v in FAIRNESS_POLICIES.items() if k.endswith("-fairness-policy")}
+ORDERING_PLUGINS = {k: v for k, v in ORDERING_POLICIES.items() if k.endswith("-ordering-policy")}
 HEADROOM_ON = ("saturation", "pending")
 _GLOBAL_KEYS = ("maxRequests", "maxBytes", "defaultRequestTTL", "fairnessPolicy", "orderingPolicy",
                 "defaultTTFTSLO", "preemption", "holdPredictedMisses", "sloAdmission",
                 "sloAdmissionConfidence", "fairShareHeadroom",
                 "fairShareHeadroomOn", "fairShareTTFTTarget", "fairShareTTFTConfidence", "fairShareSLOFirst",
-                "priorityBands")  # fmt: skip
+                "priorityBands", "defaultPriorityBand")  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,6 +92,16 @@ class BandConfig:
     max_bytes: int = 0
     fairness: str = "round-robin"
     ordering: str = "fcfs"
+
+
+class FlowPolicyPlugin(Plugin):
+    """A flow-control policy declared under ``plugins:`` (the reference's way: a band names it by
+    ``fairnessPolicyRef`` / ``orderingPolicyRef``). It holds nothing: the flow controller runs the policy
+    its type names; it never sits in a scheduling profile."""
+
+
+for _type in (*FAIRNESS_PLUGINS, *ORDERING_PLUGINS):
+    register(_type)(type(_type.title().replace("-", ""), (FlowPolicyPlugin,), {}))
 
 
 @dataclass(slots=True)
@@ -118,6 +142,9 @@ class FlowControlConfig:
     # (concurrency-detector with maxPendingRequests: maxConcurrency is the servers' batch limit).
     free_slot_pick: bool = False
     bands: dict[int, BandConfig] = field(default_factory=dict)
+    # ``defaultPriorityBand`` (the reference's template): a priority not listed gets its limits and
+    # policies; None: no band limit and the global policies (``fairness``, ``ordering``).
+    default_band: BandConfig | None = None
 
     @property
     def picks_free_slot(self) -> bool:
@@ -127,7 +154,12 @@ class FlowControlConfig:
     def band(self, priority: int) -> BandConfig:
         b = self.bands.get(priority)
         if b is None:
-            b = self.bands[priority] = BandConfig(priority, fairness=self.fairness, ordering=self.ordering)
+            t = self.default_band
+            if t is None:
+                b = BandConfig(priority, fairness=self.fairness, ordering=self.ordering)
+            else:
+                b = BandConfig(priority, t.max_requests, t.max_bytes, t.fairness, t.ordering)
+            self.bands[priority] = b
         return b
 
 
@@ -139,11 +171,85 @@ def _policy(p: Params, key: str, table: Mapping[str, str], default: str) -> str:
     return table[p.get_str(key, default, choices=list(table))]
 
 
-def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl") -> FlowControlConfig:
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_SUFFIX = {
+    None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60,
+}  # fmt: skip
+
+
+def _quantity(p: Params, key: str, default: int) -> int:
+    """An integer >= 0, or a Kubernetes quantity as the reference's config takes it (``1Gi``, ``500M``,
+    ``1k``): a whole number once scaled."""
+    v = p.raw.get(key)
+    if not isinstance(v, str):
+        return p.get_int(key, default, min=0)
+    p._get(key)
+    m = _QUANTITY.match(v.strip())
+    if m is not None:
+        n = Fraction(m.group(1)) * _SUFFIX[m.group(2)]
+        if n.denominator == 1:
+            return int(n)
+    raise ConfigError(
+        f"{p.path}.{key}: must be an integer >= 0 or a Kubernetes quantity (e.g. 1Gi, 500M, 1k) that is a "
+        f"whole number, got {v!r}"
+    )
+
+
+def _policy_ref(
+    p: Params,
+    key: str,
+    own: str,
+    table: Mapping[str, str],
+    refs: Mapping[str, str],
+    plugins: Mapping[str, str],
+    default: str,
+) -> str:
+    """A band's policy: kvgate's ``own`` key (a policy name), or the reference's ``key`` (a reference to a
+    policy plugin: a plugin's name under ``plugins:``, else a policy plugin type); not both."""
+    ref = p._get(key)  # (seen either way: an error names it among the known keys)
+    if ref is None:
+        return _policy(p, own, table, default)
+    if p._get(own) is not None:
+        raise ConfigError(f"{p.path}.{key}: {p.path}.{own} is set too; name the policy once")
+    ptype = plugins.get(ref, ref) if isinstance(ref, str) else ""
+    if ptype not in refs:
+        declared = f" (plugin {ref!r} is a {ptype!r})" if isinstance(ref, str) and ref in plugins else ""
+        raise ConfigError(
+            f"{p.path}.{key}: must name a plugin of one of the types {sorted(refs)} (declared under "
+            f"plugins:, or the type itself), got {ref!r}{declared}"
+        )
+    return refs[ptype]
+
+
+def _band(raw: Any, path: str, prio: int, cfg: FlowControlConfig, plugins: Mapping[str, str]) -> BandConfig:
+    fair, order = FAIRNESS_POLICIES, ORDERING_POLICIES
+    bp = Params(raw, path)
+    bp.get_int("priority", 0)  # (the template's, as the reference's, is not read)
+    band = BandConfig(
+        prio,
+        max_requests=_quantity(bp, "maxRequests", 0),
+        max_bytes=_quantity(bp, "maxBytes", 0),
+        fairness=_policy_ref(
+            bp, "fairnessPolicyRef", "fairnessPolicy", fair, FAIRNESS_PLUGINS, plugins, cfg.fairness
+        ),
+        ordering=_policy_ref(
+            bp, "orderingPolicyRef", "orderingPolicy", order, ORDERING_PLUGINS, plugins, cfg.ordering
+        ),
+    )
+    bp.finish()
+    return band
+
+
+def parse_flow_control(
+    raw: Mapping[str, Any] | None, path: str = "flowControl", plugins: Mapping[str, str] | None = None
+) -> FlowControlConfig:
+    """``plugins``: the config's declared plugins, name -> type (what a ``...PolicyRef`` may name)."""
+    plugins = plugins or {}
     p = Params(raw, path)
     cfg = FlowControlConfig(
-        max_requests=p.get_int("maxRequests", 5000, min=0),
-        max_bytes=p.get_int("maxBytes", 1 << 30, min=0),
+        max_requests=_quantity(p, "maxRequests", 5000),
+        max_bytes=_quantity(p, "maxBytes", 1 << 30),
         ttl=p.get_duration("defaultRequestTTL", 30.0),
         fairness=_policy(p, "fairnessPolicy", FAIRNESS_POLICIES, "round-robin"),
         ordering=_policy(p, "orderingPolicy", ORDERING_POLICIES, "fcfs"),
@@ -184,25 +290,20 @@ def parse_flow_control(raw: Mapping[str, Any] | None, path: str = "flowControl")
     if cfg.ttl <= 0:
         raise ConfigError(f"{path}.defaultRequestTTL: must be > 0, got {p.raw['defaultRequestTTL']!r}")
     bands = p._get("priorityBands")
+    template = p._get("defaultPriorityBand")
     p.finish()
+    if template is not None:
+        cfg.default_band = _band(template, f"{path}.defaultPriorityBand", 0, cfg, plugins)
     if bands is None:
         return cfg
     if not isinstance(bands, list):
         raise ConfigError(f"{path}.priorityBands: must be a list, got {type(bands).__name__}")
     for i, raw_band in enumerate(bands):
         bpath = f"{path}.priorityBands[{i}]"
-        bp = Params(raw_band, bpath)
         if not isinstance(raw_band, Mapping) or "priority" not in raw_band:
             raise ConfigError(f"{bpath}.priority: required")
-        prio = bp.get_int("priority", 0)
+        prio = Params(raw_band, bpath).get_int("priority", 0)
         if prio in cfg.bands:
             raise ConfigError(f"{bpath}.priority: band {prio} is listed twice")
-        cfg.bands[prio] = BandConfig(
-            prio,
-            max_requests=bp.get_int("maxRequests", 0, min=0),
-            max_bytes=bp.get_int("maxBytes", 0, min=0),
-            fairness=_policy(bp, "fairnessPolicy", FAIRNESS_POLICIES, cfg.fairness),
-            ordering=_policy(bp, "orderingPolicy", ORDERING_POLICIES, cfg.ordering),
-        )
-        bp.finish()
+        cfg.bands[prio] = _band(raw_band, bpath, prio, cfg, plugins)
     return cfg
