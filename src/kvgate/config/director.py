@@ -118,6 +118,18 @@ def build_director(
                     "servers' running-batch limit)"
                 )
         flow = FlowController(fc, FlowMetrics(flow_metrics, pool=pool))
+        # The pool's saturation gauge (the reference's): the detector's score over the pool at the scrape.
+        flow.metrics.watch_saturation(_saturation(detector, store, clock))
     return Director(
         profiles, handler, store, handle, detector=detector, flow=flow, timer=timer, name=cfg.name
     )
+
+
+def _saturation(
+    detector: SaturationDetector | None, store: EndpointStore, clock: Callable[[], float]
+) -> Callable[[], float]:
+    """The pool's saturation now: ``detector``'s score over every endpoint of ``store`` (inf with none),
+    0.0 without a detector (nothing closes the dispatch gate)."""
+    if detector is None:
+        return lambda: 0.0
+    return lambda: detector.saturation(store.all(), clock())

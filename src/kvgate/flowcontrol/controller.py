@@ -729,7 +729,7 @@ class FlowController:
                 limits.add(band, -1, -size)
             raise
         self._queue_count(flow, item.seqs)
-        self.metrics.queued(req.priority, flow, +1, req)
+        self.metrics.queued(req.priority, flow, +1, req, size)
         return item
 
     def head(self, now: float | None = None) -> QueuedRequest | None:
@@ -948,7 +948,7 @@ class FlowController:
         if self.fleet_limits is not None:
             self.fleet_limits.add(band, -1, -item.size)
         self._queue_count(item.flow, -item.seqs)
-        self.metrics.queued(item.priority, item.flow, -1, item.req)
+        self.metrics.queued(item.priority, item.flow, -1, item.req, item.size)
         if record:
             self.metrics.outcome(item.priority, item.flow, outcome, now - item.enqueued_at, item.req)
         return True
@@ -992,7 +992,7 @@ class FlowController:
             # a request that has already waited its turn, in favour of a newer one (review s21-wk L2).
             self.fleet_limits.add(band, +1, item.size)
         self._queue_count(item.flow, item.seqs)
-        self.metrics.queued(item.priority, item.flow, +1, item.req)
+        self.metrics.queued(item.priority, item.flow, +1, item.req, item.size)
         self.metrics.outcome(item.priority, item.flow, HELD, now - item.enqueued_at, item.req)
         item.holds += 1
         self._held.append(item)

@@ -26,7 +26,10 @@ The two ``inference_extension_`` families carry the reference's ``inference_pool
 controller serves: ``FlowMetrics.pool``), ``model_name`` (the client's) and ``target_model_name`` (after a
 rewrite) labels too; the model names are bounded by the same rule, in a table of their own
 (``FlowLabels.models``), counted once per outcome as client name and as target. The queue gauge is
-computed at the scrape from the requests queued now, by their labels then.
+computed at the scrape from the requests queued now, by their labels then, and so is its bytes twin
+(``inference_extension_flow_control_queue_bytes``: the queued requests' sizes as the queue limits count
+them). ``inference_extension_flow_control_pool_saturation{inference_pool}`` is the pool's saturation
+detector's score at the scrape (review s26-qa F3).
 (Before: 8cf0a73's top-16 relabelling every 256 requests removed demoted ids' series, losing their
 increments and resetting counters, and handed labels to one-shot ids; before that, 64 first-come ids
 per flow controller.)
@@ -34,8 +37,10 @@ per flow controller.)
 
 from __future__ import annotations
 
+import itertools
+import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
@@ -98,28 +103,36 @@ class FlowLabels(StickyLabels):
     ) -> None:
         super().__init__(size, candidates, promote_at)
         self.models = StickyLabels(size, candidates, promote_at, default=NO_MODEL)
-        self.queued: dict[_QueueKey, int] = {}  # (> 0 only)
+        self.queued: dict[_QueueKey, tuple[int, int]] = {}  # (requests, bytes); requests > 0 only
         _QUEUES.add(self)
 
-    def queue(self, key: _QueueKey, delta: int) -> None:
-        n = self.queued.get(key, 0) + delta
+    def queue(self, key: _QueueKey, delta: int, size: int = 0) -> None:
+        """``delta`` requests of ``size`` bytes each joined (> 0) or left (< 0) the queue under ``key``."""
+        n, b = self.queued.get(key, (0, 0))
+        n += delta
         if n > 0:
-            self.queued[key] = n
+            self.queued[key] = (n, b + delta * size)
         else:
             self.queued.pop(key, None)
 
-    def gauges(self, into: dict[tuple[str, ...], int]) -> None:
-        """Adds this instance's queued requests into ``into`` by their labels now (``QUEUE_LABELS``)."""
+    def gauges(self, into: dict[tuple[str, ...], list[int]]) -> None:
+        """Adds this instance's queued requests and bytes into ``into`` by their labels now
+        (``QUEUE_LABELS``)."""
         label, model = self.label, self.models.label
-        for (priority, flow, pool, m, t), n in list(self.queued.items()):
+        for (priority, flow, pool, m, t), (n, b) in list(self.queued.items()):
             key = (label(flow), priority, pool, model(m), model(t))
-            into[key] = into.get(key, 0) + n
+            row = into.get(key)
+            if row is None:
+                into[key] = [n, b]
+            else:
+                row[0] += n
+                row[1] += b
 
 
 class _QueueSize:
-    """``inference_extension_flow_control_queue_size``: every ``FlowLabels``' queued requests by their
-    labels at the scrape. A series once shown stays, at 0 when nothing is queued under it (as a gauge's
-    child did); bounded as the labels are."""
+    """``inference_extension_flow_control_queue_size`` and ``..._queue_bytes``: every ``FlowLabels``'
+    queued requests and their bytes by their labels at the scrape. A series once shown stays, at 0 when
+    nothing is queued under it (as a gauge's child did); bounded as the labels are."""
 
     def __init__(self) -> None:
         self.shown: set[tuple[str, ...]] = set()
@@ -128,23 +141,67 @@ class _QueueSize:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        now: dict[tuple[str, ...], int] = {}
+        now: dict[tuple[str, ...], list[int]] = {}
         for labels in list(_QUEUES):
             labels.gauges(now)
         self.shown.update(now)
-        fam = GaugeMetricFamily(
+        size = GaugeMetricFamily(
             "inference_extension_flow_control_queue_size",
             "Requests waiting in the flow controller.",
             labels=QUEUE_LABELS,
         )
+        nbytes = GaugeMetricFamily(
+            "inference_extension_flow_control_queue_bytes",
+            "Bytes of the requests waiting in the flow controller (their bodies, as the queue's maxBytes "
+            "counts them).",
+            labels=QUEUE_LABELS,
+        )
         for key in sorted(self.shown):
-            fam.add_metric(list(key), now.get(key, 0))
+            n, b = now.get(key, (0, 0))
+            size.add_metric(list(key), n)
+            nbytes.add_metric(list(key), b)
+        yield size
+        yield nbytes
+
+
+class _PoolSaturation:
+    """``inference_extension_flow_control_pool_saturation{inference_pool}``: each flow-controlled pool's
+    saturation detector score at the scrape (the mean of its endpoints' scores; 1.0 = the dispatch gate
+    closes). A pool with no endpoint reads 1.0 (nothing can be dispatched; the detector's own score is
+    infinite), one without a detector 0.0 (its gate never closes). Of several flow controllers serving one
+    pool name (a reload's predecessor draining) the newest is shown; a pool gone is no longer shown."""
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        newest: dict[str, FlowMetrics] = {}
+        for fm in list(_SATURATIONS):
+            cur = newest.get(fm.pool)
+            if cur is None or fm.order > cur.order:
+                newest[fm.pool] = fm
+        fam = GaugeMetricFamily(
+            "inference_extension_flow_control_pool_saturation",
+            "Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated).",
+            labels=("inference_pool",),
+        )
+        for pool in sorted(newest):
+            source = newest[pool].saturation
+            if source is None:
+                continue
+            value = source()
+            fam.add_metric([pool], 1.0 if math.isinf(value) else value)
         yield fam
 
 
 _QUEUES: weakref.WeakSet[FlowLabels] = weakref.WeakSet()
 QUEUE_SIZE = _QueueSize()
 REGISTRY.register(QUEUE_SIZE)
+# Every recording ``FlowMetrics`` with a saturation source (``watch_saturation``), by creation order.
+_SATURATIONS: weakref.WeakSet[FlowMetrics] = weakref.WeakSet()
+_ORDER = itertools.count()
+POOL_SATURATION = _PoolSaturation()
+REGISTRY.register(POOL_SATURATION)
 LABELS = FlowLabels()
 # The outcome collectors' children by (priority, flow label, outcome, pool, model labels), looked up once:
 # every request records an outcome (one admitted at once too, review s19-qa L3), and ``labels()`` costs a
@@ -164,6 +221,15 @@ class FlowMetrics:
         self.enabled = bool(enabled)
         self.labels = labels or LABELS
         self.pool = pool
+        self.order = next(_ORDER)
+        self.saturation: Callable[[], float] | None = None
+
+    def watch_saturation(self, source: Callable[[], float]) -> None:
+        """Report ``source()`` (the pool's saturation score now) as the pool's saturation gauge at each
+        scrape, while this ``FlowMetrics`` lives (the flow controller that holds it)."""
+        if self.enabled:
+            self.saturation = source
+            _SATURATIONS.add(self)
 
     def _models(self, req: InferenceRequest | None) -> tuple[str, str]:
         """``req``'s (model name, target model name) as sent."""
@@ -171,10 +237,13 @@ class FlowMetrics:
             return NO_MODEL, NO_MODEL
         return req.client_model or req.model, req.model
 
-    def queued(self, priority: int, flow: str, delta: int, req: InferenceRequest | None = None) -> None:
+    def queued(
+        self, priority: int, flow: str, delta: int, req: InferenceRequest | None = None, size: int = 0
+    ) -> None:
+        """``delta`` requests of ``size`` bytes (the queue's count of each) joined or left the queue."""
         if self.enabled:
             m, t = self._models(req)
-            self.labels.queue((str(priority), flow, self.pool, m, t), delta)
+            self.labels.queue((str(priority), flow, self.pool, m, t), delta, size)
 
     def outcome(
         self, priority: int, flow: str, outcome: str, waited: float, req: InferenceRequest | None = None
