@@ -1,21 +1,26 @@
 """The picker's Prometheus metrics (default registry), named after the reference's where one exists.
 
 The series touched on every pick (scheduling latency, picks per endpoint, prefix hit ratio and bytes)
-are lock-free collectors (``fastmetrics``) with the same names and buckets.
+are lock-free collectors (``fastmetrics``). The reference's families keep GIE's names and buckets
+(``pkg/epp/metrics``; review s26-qa F4: a fleet mixing both EPPs sums their buckets by ``le``), and its
+``inference_extension_scheduler_attempts_total{status}`` is counted from the pick's own records at the
+scrape (``_Attempts``): nothing more on the pick path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from kvgate.scheduling.fastmetrics import FastCounter, FastHistogram
 
 SCHEDULER_E2E = FastHistogram(
     "inference_extension_scheduler_e2e_duration_seconds",
     "End-to-end scheduling latency (one pick, all profiles).",
-    buckets=(0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1),
+    buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
 )
 # Bounded: one series per endpoint address the picker has chosen.
 PICKS = FastCounter(
@@ -28,12 +33,12 @@ PREFIX_INDEX_SIZE = Gauge(
 PREFIX_HIT_RATIO = FastHistogram(
     "inference_extension_prefix_indexer_hit_ratio",
     "Fraction of a request's prefix blocks found at the chosen endpoint.",
-    buckets=(0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
 PREFIX_HIT_BYTES = FastHistogram(
     "inference_extension_prefix_indexer_hit_bytes",
     "Prompt bytes (characters) matched in the prefix index at the chosen endpoint.",
-    buckets=(0, 256, 1024, 4096, 16384, 65536),
+    buckets=(0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
 )
 POOL_KV = Gauge(
     "inference_pool_average_kv_cache_utilization",
@@ -58,6 +63,32 @@ POOL_READY = Gauge("inference_pool_ready_pods", "Endpoints eligible for scheduli
 SHED = Counter("kvgate_requests_shed_total", "Sheddable requests rejected at saturation.")
 
 _SCHEDULER_ERROR_CHILDREN: dict[str, Any] = {}
+# Scheduling failures as the reference's attempts counter counts them: a shed (``rate_limit_exceeded``:
+# the saturation detector's refusal, or a pool busy) is the reference's admission control, refused before
+# its scheduler runs, so not an attempt.
+_NOT_ATTEMPTS = frozenset({"rate_limit_exceeded"})
+_FAILED_ATTEMPTS = [0]
+
+
+class _Attempts:
+    """``inference_extension_scheduler_attempts_total{status}``: ``success`` = the picks
+    ``SCHEDULER_E2E`` timed (every pick that returned, once), ``failure`` = the scheduling errors but
+    sheds (``scheduler_error``), read at the scrape."""
+
+    name = "inference_extension_scheduler_attempts"
+    doc = "Total number of scheduling attempts."
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.doc, labels=["status"])]
+
+    def collect(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(self.name, self.doc, labels=["status"])
+        fam.add_metric(["success"], float(sum(SCHEDULER_E2E.counts)))
+        fam.add_metric(["failure"], float(_FAILED_ATTEMPTS[0]))
+        yield fam
+
+
+REGISTRY.register(_Attempts())
 
 
 def scheduler_error(code: str) -> None:
@@ -68,3 +99,5 @@ def scheduler_error(code: str) -> None:
     if child is None:
         child = _SCHEDULER_ERROR_CHILDREN[code] = SCHEDULER_ERRORS.labels(code=code)
     child.inc()
+    if code not in _NOT_ATTEMPTS:
+        _FAILED_ATTEMPTS[0] += 1
