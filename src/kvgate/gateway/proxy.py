@@ -139,9 +139,11 @@ def tls_context(cfg: PoolConfig) -> ssl.SSLContext:
 def _filter_headers(
     headers: Mapping[str, str],
 ) -> tuple[dict[str, str], str | None, str | None, bool, bool]:
-    """One pass: (forwardable headers, objective, fairness id, explain?, timing?)."""
+    """One pass: (forwardable headers, objective, fairness id, explain?, timing?). llm-d's fairness header
+    is read and stripped as GIE's is (review s26-qa F7): the fairness id is GIE's unless absent or the
+    default flow, else llm-d's (``flow_key``'s rule, so ``flow_of`` names the same flow without it)."""
     out: dict[str, str] = {}
-    objective = fairness = None
+    objective = fairness = llmd = None
     explain = timing = False
     conn = headers.get("connection")
     # Headers the client names in Connection are hop-by-hop too (RFC 9110 7.6.1).
@@ -160,7 +162,12 @@ def _filter_headers(
             elif lk == TIMING_HEADER:
                 timing = v.strip() == "1"
             continue
+        if lk == LLMD_FAIRNESS_HEADER:
+            llmd = v
+            continue
         out[lk] = v
+    if llmd and (fairness is None or fairness == proto.DEFAULT_FAIRNESS_ID):
+        fairness = llmd
     return out, objective, fairness, explain, timing
 
 
