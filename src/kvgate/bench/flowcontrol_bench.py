@@ -683,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 30.0, 5.0
+    if args.live and (args.critical_burst or args.critical_slo != SLO_TTFT[CRITICAL]):
+        # (the live run sends the default SLOs and mix: refused, not silently dropped; review s26-rev-fc26 F3)
+        p.error("--critical-slo and --critical-burst act in the simulator only, not with --live")
     if args.live:
         return flowcontrol_live.main_from_args(args, list(argv or []))
     if args.frontier:

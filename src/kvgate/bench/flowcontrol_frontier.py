@@ -57,14 +57,18 @@ def frontier_main(args: argparse.Namespace, argv: list[str]) -> int:
         "load": args.load,
         "replicas": args.replicas,
         "max_num_seqs": args.max_num_seqs,
+        "critical_slo_s": args.critical_slo,
+        "critical_burst": args.critical_burst,
         "knobs": {k: v for k, v in fr.KNOBS.items() if any(k == kn for p in plan.values() for kn, _ in p)},
         "sweeps": {arm: [[k, v] for k, v in settings] for arm, settings in plan.items()},
         "seeds": {},
     }
     for seed in seeds:
         cap, base = rates(args.replicas, args.profile, seed, args.max_num_seqs, args.load, args.duration)
-        calm_arrivals = Mix(base, "calm", args.duration).arrivals(random.Random(seed))
-        flood_arrivals = Mix(base, "flood", args.duration).arrivals(random.Random(seed))
+        # the plain run's mixes: ``--critical-burst`` as well as ``--critical-slo`` (review s26-rev-fc26 F3)
+        burst = args.critical_burst
+        calm_arrivals = Mix(base, "calm", args.duration, critical_burst=burst).arrivals(random.Random(seed))
+        flood_arrivals = Mix(base, "flood", args.duration, critical_burst=burst).arrivals(random.Random(seed))
         per_arm: dict[str, Any] = {}
         for arm in arms:
             calm = summarize(sim_from_args(args, arm, seed).simulate(calm_arrivals, horizon), args.warmup)
