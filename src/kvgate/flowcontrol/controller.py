@@ -5,11 +5,12 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 
 - strict priority bands: a band dispatches only when every higher band is empty (or blocked); with
   ``slo-feasible`` ordering, among the heads not yet past their TTFT SLO deadline (a head past it, a
-  certain miss, is asked after the lower bands' heads that are not, ``heads``, until halfway from its
-  deadline to its TTL, ``aging_time``); an aged head of a band at or below the default gives its slot
-  to a lower band's aged request that expires sooner, the lower band owed that slot back for a request
-  that can still make its SLO (``_sooner_aged``, ``_owed_choice``: earliest expiry first among certain
-  misses, fc26b);
+  certain miss, is asked after the lower bands' heads that are not, ``heads``, until its aging time,
+  ``aging_time``: halfway from its deadline to its TTL, or in a band above the default one of its own SLO
+  past its deadline when that is sooner, fc26); an aged head of a band at or below the default gives
+  its slot to a lower band's aged request that expires sooner, the lower band owed that slot back for a
+  request that can still make its SLO (``_sooner_aged``, ``_owed_choice``: earliest expiry first among
+  certain misses, fc26b);
 - inside a band, the fairness policy picks the flow (fairness id) and the ordering policy the request
   (``policies``);
 - limits per band and global, in requests and bytes: over a limit, ``enqueue`` raises ``ShedError``
@@ -756,9 +757,10 @@ class FlowController:
         # choices, highest band first, and chooses again from there. (fc24 deferred a band whenever its
         # fairness choice was overdue by the p90, starving its other flows: review s24-rev-fc24 F1, F3.)
         # A flow's head is past its deadline only when all its requests are (``FlowQueue.dead``), and from
-        # its aging time (``aging_time``: halfway to its TTL) it ranks as one that is not (fc25: review
-        # s24-rev-fix24c F1, F2). An aged choice of a band at or below the default gives its slot to a lower
-        # band's aged request that expires sooner, or to a lower band owed a slot (fc26b: ``_sooner_aged``).
+        # its aging time (``aging_time``: halfway to its TTL; a band above the default one SLO past its
+        # deadline when sooner, fc26) it ranks as one that is not (fc25: review s24-rev-fix24c F1, F2). An
+        # aged choice of a band at or below the default gives its slot to a lower band's aged request that
+        # expires sooner, or to a lower band owed a slot (fc26b: ``_sooner_aged``).
         late: list[tuple[Band, QueuedRequest | None, Iterator[QueuedRequest] | None]] = []
         jump = [False]
         self._late, self._jump = late, jump

@@ -10,9 +10,10 @@ Ordering (a flow's queue is a heap on the policy's key, ties broken by arrival o
   is left in their flow, earliest deadline first, and of them those already past their deadline last
   (``FlowQueue.dead``; review s24-rev-fix24c F1). Under overload ``slo-deadline`` serves the most overdue
   first, so every request behind them misses too; this serves the ones that can still make it. A request
-  past its deadline gives way until its aging time (halfway from its deadline to its TTL:
-  ``controller.aging_time``; review s24-rev-fix24c F2), then goes before its flow's other overdue ones,
-  by aging time (``dead`` is keyed by it; review s25-rev-fc25 F2, F3), never before one that can still
+  past its deadline gives way until its aging time (halfway from its deadline to its TTL, or in a band
+  above the default one of its own SLO past its deadline when that is sooner: ``controller.aging_time``;
+  review s24-rev-fix24c F2, fc26), then goes before its flow's other overdue ones, by aging time
+  (``dead`` is keyed by it; review s25-rev-fc25 F2, F3), never before one that can still
   make its SLO: under overload the excess is shed at its TTL, not the hits (review s25-rev-fixfc25 F1).
   Between flows (and bands: ``FlowController.heads``), a flow whose head is past its deadline and not
   its aging time (a certain miss, not a p90's guess) is chosen only when no flow's head is not
