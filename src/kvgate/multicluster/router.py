@@ -15,8 +15,9 @@ may still run it) is the client's answer, and the cluster backs off (qa25 F4), e
 moves on as a 5xx does (review s25-rev-fixqa25 R4). A request whose response has
 started is never retried: it is the client's. With ``limits.requestTimeoutSeconds`` the whole request is
 bound (``Deadline``): no cluster is tried, and no head awaited, past it: a 504 ``request_timeout`` when no
-attempt may still run at a cluster, else ``upstream_timeout`` (sent, no head: as ``kvgate serve``'s for a
-written request), so that a hub in front of this one does not send it again (gw26).
+attempt may still run at a cluster (a connect unfinished at the bound wrote nothing), else
+``upstream_timeout`` (written, no head: as ``kvgate serve``'s for a written request), so that a hub in front
+of this one does not send it again (gw26).
 """
 
 from __future__ import annotations
@@ -101,11 +102,30 @@ async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
 
 class NoHead(Exception):
     """No response head came from a cluster in time (``GlobalRouter._post``): the attempt failed before
-    any byte, so the request moves on; ``outcome`` is the attempt's."""
+    any byte, so the request moves on; ``outcome`` is the attempt's; ``written``: its request was handed
+    to the connection (``_Written``), so it may run there."""
 
-    def __init__(self, outcome: str) -> None:
+    def __init__(self, outcome: str, written: bool = True) -> None:
         super().__init__(outcome)
         self.outcome = outcome
+        self.written = written
+
+
+class _Written:
+    """One request's mark, set by aiohttp's ``on_request_headers_sent`` trace (``_headers_sent``) once its
+    connection is made and its head is handed to it, before any byte goes out: unset, nothing can run at
+    the cluster (a connect that never finished: review s26-rev-gw26 F2)."""
+
+    __slots__ = ("written",)
+
+    def __init__(self) -> None:
+        self.written = False
+
+
+async def _headers_sent(_session: object, ctx: Any, _params: object) -> None:
+    mark = ctx.trace_request_ctx
+    if isinstance(mark, _Written):
+        mark.written = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +158,14 @@ class Deadline:
 class PastDeadline(Exception):
     """The request's bound passed before a cluster's response head came (``GlobalRouter._post``): the
     attempt ends, and no other cluster is tried; ``sent_at``: the attempt's send (loop time; None: it was
-    never sent, an EPP's pick outlasted the bound)."""
+    never sent, an EPP's pick outlasted the bound); ``written``: its request was handed to the connection
+    (not: its connect never finished), so it may run there."""
 
-    def __init__(self, outcome: str, sent_at: float | None) -> None:
+    def __init__(self, outcome: str, sent_at: float | None, written: bool = False) -> None:
         super().__init__(outcome)
         self.outcome = outcome
         self.sent_at = sent_at
+        self.written = written
 
 
 def _release_late(post: asyncio.Future[aiohttp.ClientResponse]) -> None:
@@ -369,7 +391,12 @@ class GlobalRouter:
         # A fresh connection per request: a pooled one into a partitioned cluster would take the request and
         # hang, while a new one fails to connect within ``connect_timeout_s`` and the request moves on.
         connector = aiohttp.TCPConnector(limit=0, force_close=True, socket_factory=self._socket)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # (the trace marks a request written: ``_Written``)
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_headers_sent)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, trace_configs=[trace]
+        )
 
     def _socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
         family, type_, proto, _, _ = addr_info
@@ -487,8 +514,9 @@ class GlobalRouter:
                 # (sent, no head yet: the cluster may still run it, so not "request_timeout", which tells
                 # a hub in front of this one that nothing runs here; as ``kvgate serve``'s 504 for a
                 # written request past its bound)
-                # (an earlier attempt still running counts too: review s26-rev-gw26 F1)
-                written = e.sent_at is not None or any(a.running for a in attempts)
+                # (an earlier attempt still running counts too: review s26-rev-gw26 F1; a connect that
+                # never finished wrote nothing, as ``kvgate serve`` names it: F2)
+                written = e.written or any(a.running for a in attempts)
                 code = WRITTEN_504 if written else UNWRITTEN_504
                 raise NoRoute(504, deadline.message(f"cluster {st.name}: {e.outcome}"), attempts,
                               code=code) from None  # fmt: skip
@@ -641,8 +669,11 @@ class GlobalRouter:
         sent_at = loop.time()
         if deadline is not None and sent_at >= deadline.due:
             raise PastDeadline("the bound passed before it was sent", None)
+        mark = _Written()
         post = asyncio.ensure_future(
-            self._session.request(method, url, data=body, headers=fwd, timeout=client_timeout)
+            self._session.request(
+                method, url, data=body, headers=fwd, timeout=client_timeout, trace_request_ctx=mark
+            )
         )
         cfg = self.cfg
         watch = mode == PARENT and st.spec.aggregate is not None and st.fetched_at is not None
@@ -655,9 +686,11 @@ class GlobalRouter:
                 if deadline is not None and now >= deadline.due:
                     if mode == PARENT and (probe is None or not probe.done()):
                         self._probe_after_cut(st, url)  # (s20-mc L4: the cut is the evidence)
-                    raise PastDeadline("no response head by then", sent_at)
+                    raise PastDeadline("no response head by then", sent_at, mark.written)
                 if stream and now >= bound:
-                    raise NoHead(f"no response head within head_timeout_s ({cfg.head_timeout_s:g}s)")
+                    raise NoHead(
+                        f"no response head within head_timeout_s ({cfg.head_timeout_s:g}s)", mark.written
+                    )
                 wait = min(step, bound - now) if stream or now < bound else step
                 if deadline is not None:
                     wait = min(wait, deadline.due - now)
@@ -667,7 +700,7 @@ class GlobalRouter:
                 if deadline is not None and loop.time() >= deadline.due:
                     continue  # (the bound: above)
                 if mode == PARENT and st.hung_at is not None and st.hung_at == st.fetched_at:
-                    raise NoHead("hung: its gateway answered no probe, and no aggregate since")
+                    raise NoHead("hung: its gateway answered no probe, and no aggregate since", mark.written)
                 if (not stream and loop.time() >= bound) or (watch and self._hung(st)):
                     probe = asyncio.ensure_future(self._live(url, st.name))
                     both: tuple[asyncio.Future[Any], ...] = (post, probe)
@@ -682,7 +715,8 @@ class GlobalRouter:
                             st.hung_at = st.fetched_at  # (a pod that hangs is not its cluster)
                         t = cfg.probe_timeout_s
                         raise NoHead(
-                            f"hung: no response head, and its gateway answered no probe within {t:g}s"
+                            f"hung: no response head, and its gateway answered no probe within {t:g}s",
+                            mark.written,
                         )
         finally:
             if probe is not None and not probe.done():
@@ -799,7 +833,7 @@ class GlobalRouter:
             raise
         except NoHead as e:
             given_up()
-            attempts.append(Attempt(st.name, mode, target, e.outcome, running=True))
+            attempts.append(Attempt(st.name, mode, target, e.outcome, running=e.written))
             return None
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             given_up()
