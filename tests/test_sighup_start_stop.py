@@ -14,11 +14,13 @@ import time
 
 import pytest
 
+from kvgate.bench.ports import free_port
+
 
 def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # (not a port-0 bind closed again: another process's port-0 bind may take it before the door binds
+    # it, and the test then talks to that process; review s26-rev-gw26 F4)
+    return free_port()
 
 
 def _start(door: str) -> tuple[subprocess.Popen[bytes], int]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import random
-import socket
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from kvgate.bench import ports
 
 # vLLM's other JSON POST APIs that name a model (its entrypoints' routers), as the backend serves them.
 OTHER_PATHS = (
@@ -242,39 +242,15 @@ class Backend:
         return resp
 
 
-def _spare_ports() -> range:
-    """Ports outside the kernel's ephemeral range (``ip_local_port_range``), above it (or, with too few
-    there, 10000-19999: the team's fixed test ports are 20000-29999)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            _, hi = map(int, f.read().split())
-    except (OSError, ValueError):
-        hi = 60999
-    return range(hi + 1, 65536) if 65535 - hi >= 1024 else range(10000, 20000)
-
-
-_SPARE = _spare_ports()
-_given: set[int] = set()  # (this process's: two calls never return the same port)
+def _spare_ports() -> list[int]:
+    """Ports outside the kernel's ephemeral range (``kvgate.bench.ports.spare_ports``)."""
+    return ports.spare_ports()
 
 
 def free_port() -> int:
     """A port nobody listens on now, for a server a test starts (or a dead replica: connect is refused).
 
-    Picked at random outside the kernel's ephemeral range, not by binding port 0 (session-25 CI #2): a port
-    the kernel hands out for port 0 it hands out again to the next process that binds port 0 (any test's
-    gRPC or HTTP server on the shared machine), and in the gap before the test's server bound it, another
-    process's server took it (``/readyz`` answered with an HTTP/2 SETTINGS frame). A port outside that range
-    is given to no port-0 bind; only a process binding that very port by number could take it."""
-    rng = random.Random()  # (os.urandom's seed: not the tests' seeded ``random``)
-    for _ in range(1000):
-        port = rng.choice(_SPARE)
-        if port in _given:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:  # (in use, or in TIME_WAIT: another)
-                continue
-        _given.add(port)
-        return port
-    raise AssertionError(f"no free port in {_SPARE}")
+    Picked at random outside the kernel's ephemeral range, not by binding port 0 (session-25 CI #2; the
+    why: ``kvgate.bench.ports``), never twice in a process; with no ports outside that range it binds port
+    0 and warns."""
+    return ports.free_port()

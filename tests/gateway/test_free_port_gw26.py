@@ -19,8 +19,7 @@ def test_free_ports_are_outside_the_ephemeral_range_and_distinct() -> None:
     assert len(set(ports)) == len(ports)
     assert not [p for p in ports if lo <= p <= hi], (lo, hi, ports)
     assert not [p for p in ports if 20000 <= p < 30000]  # (the team's fixed test ports)
-    # (free now: a server can bind each; and port-0 binds meanwhile never land on one)
-    with socket.socket() as a, socket.socket() as b:
+    # (free now: a server can bind it. No port-0 bind can land on one: that is the range check above; a
+    # bind here could not fail once it passes: review s26-rev-gw26 F4)
+    with socket.socket() as a:
         a.bind(("127.0.0.1", ports[0]))
-        b.bind(("127.0.0.1", 0))
-        assert b.getsockname()[1] not in ports

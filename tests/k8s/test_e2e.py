@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import orjson
 import pytest
 import yaml
 
+from kvgate.bench.ports import free_port
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
 
@@ -39,12 +39,6 @@ WINDOW_S = 1.0  # the issue's bound: the pick set follows the Ready pods within 
 # round robin over 2 pods: ms after the start); 0.25 s leaves room for a loaded loop.
 FIRST_PICK_S = 0.25
 FINALIZER = "kvgate.test/drain"  # holds a deleted pod (deletionTimestamp set) until its replica is drained
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

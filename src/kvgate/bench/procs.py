@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 from collections import deque
 from collections.abc import Sequence
@@ -23,18 +22,16 @@ from dataclasses import dataclass, field
 
 from kvgate import lifeline
 from kvgate.aio import stop_to_the_end
-from kvgate.bench import reaper
+from kvgate.bench import ports, reaper
 from kvgate.k8s.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
-    """An ephemeral 127.0.0.1 port for servers that need one given (peer routers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A 127.0.0.1 port for servers that need one given (peer routers): outside the kernel's ephemeral
+    range, so no port-0 bind takes it before the server binds it (``kvgate.bench.ports``)."""
+    return ports.free_port()
 
 
 def kvgate_cmd(*args: str) -> list[str]:
