@@ -171,8 +171,10 @@ class PoolDiscovery:
                 rk = (rt.group, rt.kind)
                 refl = Reflector(client, rt, namespace=namespace, clock=clock, sleep=sleep)
                 refl.add_listener(self._policy_listener(rk))
+                refl.add_error_listener(self._on_policy_error)
                 self.policy_reflectors[rk] = refl
                 self._policy[rk] = {}
+        self._refused: frozenset[ResourceKey] = frozenset()  # the groups left out of the policy now
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -235,13 +237,16 @@ class PoolDiscovery:
         RBAC written for the reference EPP grants InferenceObjective/InferenceModelRewrite in one group
         only, and with the other group's CRDs installed the refusal kept the EPP not ready for good
         (qa26 F5: FailClose refused every request). Such a group counts as absent, as a missing CRD (404)
-        does: one WARNING each, and ``kvgate_reflector_forbidden`` says it. Objects there are not read."""
+        does: one WARNING each, and ``kvgate_reflector_forbidden`` says it. Objects there are not read (nor
+        the copy read before the refusal: ``_merged``)."""
         out = []
         for (group, kind), r in self.policy_reflectors.items():
             if not _forbidden(r):
                 continue
             other = self.policy_reflectors.get((_OTHER_GROUP[group], kind))
-            if other is None or _forbidden(other) or not other.synced.is_set():
+            # (read now: listed once, and not refused or absent since; ``synced`` stays set after a
+            # CRD removed: readiness then depended on the order of events, review s26-rev-fixqa26a R2)
+            if other is None or _forbidden(other) or _absent(other) or not other.synced.is_set():
                 continue
             out.append(r)
             if r.name not in self._tolerated_logged:
@@ -336,20 +341,40 @@ class PoolDiscovery:
                 self._policy[rk][name] = obj
                 if rk[0] == R.LEGACY_GROUP and (rk[1], name) not in self._deprecation_logged:
                     self._deprecation_logged.add((rk[1], name))
-                    log.warning("%s %s uses the deprecated group %s; move it to %s/v1alpha2", rk[1], name,
-                                R.LEGACY_GROUP, R.OBJECTIVE_GROUP)  # fmt: skip
+                    self._advise_move(rk[1], name)
             self._publish_policy()
 
         return listener
+
+    def _advise_move(self, kind: str, name: str) -> None:
+        """The deprecation, with the RBAC the move needs: moved as told while this EPP may not read the
+        current group, the object silently left its view (review s26-rev-fixqa26a R3)."""
+        target = self.policy_reflectors[(R.OBJECTIVE_GROUP, kind)]
+        refused = f"; this EPP is forbidden there now ({target.error})" if _forbidden(target) else ""
+        log.warning("%s %s uses the deprecated group %s; move it to %s/v1alpha2 (kvgate reads it there with "
+                    "list and watch on %s in API group %s%s)", kind, name, R.LEGACY_GROUP, R.OBJECTIVE_GROUP,
+                    target.rt.plural, R.OBJECTIVE_GROUP, refused)  # fmt: skip
+
+    def _on_policy_error(self) -> None:
+        """A policy watch's error changed: a group refused now, or no longer, changes the policy."""
+        refused = frozenset(rk for rk, r in self.policy_reflectors.items() if _forbidden(r))
+        if refused != self._refused:
+            self._refused = refused
+            self._publish_policy()
 
     def _mine(self, obj: Obj) -> bool:
         ref = (obj.get("spec") or {}).get("poolRef") or {}
         return not ref.get("name") or ref.get("name") == self.pool_name
 
     def _merged(self, kind: str) -> dict[str, Obj]:
-        """Legacy first, then current: the current group wins a name clash."""
+        """Legacy first, then current: the current group wins a name clash. A group refused (403) counts
+        as absent: the copy read before the refusal is not applied (it would stay frozen, objects
+        deleted or changed there since applied as they were: review s26-rev-fixqa26a R1); it is again
+        once a list succeeds (the reflector's copy is kept, brought up to date by that list)."""
         out: dict[str, Obj] = {}
         for group in (R.LEGACY_GROUP, R.OBJECTIVE_GROUP):
+            if (group, kind) in self._refused:
+                continue
             for name, obj in self._policy.get((group, kind), {}).items():
                 if self._mine(obj):
                     out[name] = obj
@@ -387,6 +412,11 @@ _OTHER_GROUP = {R.OBJECTIVE_GROUP: R.LEGACY_GROUP, R.LEGACY_GROUP: R.OBJECTIVE_G
 
 def _forbidden(r: Reflector) -> bool:
     return bool(r.error and r.error.startswith("403"))
+
+
+def _absent(r: Reflector) -> bool:
+    """The kind's CRD is not served (404: never installed, or removed since its first list)."""
+    return bool(r.error and r.error.startswith("404"))
 
 
 def _oldest_first(item: tuple[str, Obj]) -> tuple[str, str]:

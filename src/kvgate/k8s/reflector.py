@@ -281,7 +281,10 @@ class Reflector:
         self.items: dict[Key, Obj] = {}
         self.resource_version: str | None = None
         self.synced = asyncio.Event()
-        self.error: str | None = None
+        # called (no arguments) when ``error`` changes: a watcher whose use of the copy depends on it
+        # (discovery drops a refused objective/rewrite group's objects: review s26-rev-fixqa26a R1)
+        self._error_listeners: list[Callable[[], None]] = []
+        self._error: str | None = None
         # Counters tests and /readyz read: lists (initial + relists), watches opened, 410s seen.
         self.lists = 0
         self.watches = 0
@@ -327,6 +330,25 @@ class Reflector:
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def add_error_listener(self, listener: Callable[[], None]) -> None:
+        self._error_listeners.append(listener)
+
+    @property
+    def error(self) -> str | None:
+        """Why the last request failed (``403 ...``, ``404 ...``, a lost connection), until a success."""
+        return self._error
+
+    @error.setter
+    def error(self, message: str | None) -> None:
+        if message == self._error:
+            return
+        self._error = message
+        for listener in list(self._error_listeners):
+            try:
+                listener()
+            except Exception:  # as ``_emit``: one broken listener must not stop the watch
+                log.exception("reflector %s: error listener failed", self.name)
 
     def age(self) -> float | None:
         """Seconds since the copy was last known to be in sync (None before its first list; 0 while a watch
