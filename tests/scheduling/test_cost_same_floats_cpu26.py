@@ -24,6 +24,7 @@ from kvgate.config.policies import policy_yaml
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.framework import CycleState, add_explanation, publish_cache_expectation
 from kvgate.scheduling.plugins.kvgate_cost import COLD_MATCH, KVGateCostScorer, _TailExpectation
+from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
 from kvgate.scheduling.plugins.prefix_cache import CYCLE_KEY as PREFIX_KEY
 from kvgate.scheduling.plugins.prefix_cache import TAIL_STRIDE, PrefixMatch, prefix_match
 from kvgate.scheduling.types import prompt_tokens
@@ -258,6 +259,7 @@ class _Checked:
         self.differ: list[tuple[str, list[float], list[float]]] = []  # (request id, cut's, reference's)
         self.paced = 0  # calls where every candidate's pace was known (the pace-scaled branch)
         self.nonfinite = 0  # calls where a candidate's page reports a non-finite KV use (fresh or not)
+        self.precise = 0  # calls with the precise scorer as the source and a candidate holding the prefix
 
     def __call__(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         want = reference_costs(self.scorer, cycle, endpoints)
@@ -274,6 +276,9 @@ class _Checked:
             for ep in endpoints
         ):
             self.nonfinite += 1
+        held = cycle.data.get(PRECISE_KEY)
+        if self.scorer.precise is not None and isinstance(held, dict) and any(held.values()):
+            self.precise += 1
         return got
 
 
@@ -336,6 +341,54 @@ def test_non_finite_pages_cost_as_before(doc: str) -> None:
     options = {k: v for k, v in EVERY_OPTION.items() if k != "evictionPrice"}
     checked = _run("kvgate" if doc == "kvgate" else _doc(**options), 4, 5, odd_kv=True)
     assert checked.differ == [] and checked.calls > 500 and checked.nonfinite > 50
+
+
+# Each opt-in term alone (review s26-rev-fixqa26a R4: with every option on, ``outputDisplacement``'s
+# tokens set the cut's one ``optional`` flag, so a term missing from that flag was priced anyway).
+ALONE = [
+    ({"outputDisplacement": True}, 0.0),
+    ({"coldSpread": True}, 0.0),
+    ({"evictionPrice": True}, 0.0),
+    ({"headOfLine": True}, 1e-4),
+]
+
+
+@pytest.mark.parametrize(("params", "spt"), ALONE, ids=[next(iter(p)) for p, _ in ALONE])
+def test_each_option_alone_costs_as_before(params: dict[str, Any], spt: float) -> None:
+    checked = _run(_doc(**params), 5, 7, spt=spt)
+    assert checked.differ == [] and checked.calls > 500
+
+
+def _precise(index_name: str, tokenizer: str, **params: Any) -> dict[str, Any]:
+    """``serve --kv-events auto``'s profile (the precise scorer the cost scorer's source: ``precise_src``,
+    the match in tokens, from its pick credit here), on its own named index (the registry is
+    process-wide); ``tokenizer``: the simulator's byte-level BPE (without one nothing is matched)."""
+    from kvgate.config.policies import precise_policy
+
+    doc = precise_policy(tokenizer, bind=False)
+    for plugin in doc["plugins"]:
+        if plugin["type"] == "precise-prefix-cache-scorer":
+            plugin["parameters"]["indexName"] = index_name
+        elif plugin["type"] == "kvgate-cost-scorer":
+            plugin["parameters"].update(params)
+    return doc
+
+
+@pytest.mark.parametrize("options", ["named", "every option"])
+def test_precise_profile_costs_as_before(options: str, tmp_path: Any) -> None:
+    """Review s26-rev-fixqa26a R4: the precise-prefix profile was not run (its ``max`` loop runs over token
+    counts). (``evictionPrice`` prices nothing with the precise source: the profile leaves it off.)"""
+    from kvgate.scheduling.plugins import precise_prefix
+    from kvgate.sim.tokenizer import write_tokenizer_dir
+
+    write_tokenizer_dir(tmp_path / "t")
+    name = f"cpu26-precise-{options}"
+    params = {k: v for k, v in EVERY_OPTION.items() if k != "evictionPrice"} if options != "named" else {}
+    try:
+        checked = _run(_precise(name, str(tmp_path / "t"), **params), 4, 8, spt=1e-4 if params else 0.0)
+    finally:
+        precise_prefix._INDEXES.pop(name, None)
+    assert checked.differ == [] and checked.calls > 500 and checked.precise > 100
 
 
 def test_the_check_is_not_vacuous() -> None:
