@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections import OrderedDict
@@ -55,10 +56,25 @@ class Found(NamedTuple):
     home: str | None
     asked: int
     unanswered: int
+    refused: int = 0  # answered 401/403/407: this key may not ask there (not "not here", never kept)
 
 
-# (status -> the candidate could not tell: busy, failing, timed out; any other non-200 says "not here")
+# An ask's outcome. UNSURE: no answer (a connection error, no answer in time, 408/425/429: busy): it may
+# be the home. A 5xx is an answer (the server is up and could not serve the GET: its responses route is
+# failing, so a follow-up there fares no better): counted not here, never kept as a miss (review
+# s26-rev-prev26 F4: one endpoint failing its GETs made every lost id a 503 forever).
+HERE, NOT_HERE, FAILED, REFUSED, UNSURE = range(5)
 _UNSURE = frozenset({408, 425, 429})
+_REFUSED = frozenset({401, 403, 407})
+
+
+class _Round:
+    """A round in flight and how many requests wait on it."""
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Task[Found]) -> None:
+        self.task, self.waiters = task, 0
 
 
 class Locator:
@@ -66,18 +82,19 @@ class Locator:
 
     def __init__(self, upstream: UpstreamPool, clock: Callable[[], float]) -> None:
         self.upstream, self.clock = upstream, clock
-        self._rounds: dict[str, asyncio.Task[Found]] = {}
-        self._misses: OrderedDict[str, float] = OrderedDict()
+        # (id, the client's key, the candidates) -> [the round, its waiters]
+        self._rounds: dict[tuple[str, str, frozenset[str]], _Round] = {}
+        self._misses: OrderedDict[tuple[str, frozenset[str]], float] = OrderedDict()
         self._asks = asyncio.Semaphore(ASKS_MAX)
         self.rounds = 0  # rounds run (a test's and an operator's count)
 
-    def missed(self, response_id: str) -> bool:
-        """Found nowhere by a round less than ``MISS_TTL_S`` ago."""
-        until = self._misses.get(response_id)
+    def missed(self, response_id: str, where: frozenset[str]) -> bool:
+        """Found nowhere among ``where`` (addresses) by a round less than ``MISS_TTL_S`` ago."""
+        until = self._misses.get((response_id, where))
         if until is None:
             return False
         if until <= self.clock():
-            del self._misses[response_id]
+            del self._misses[(response_id, where)]
             return False
         return True
 
@@ -89,18 +106,43 @@ class Locator:
     ) -> Found:
         """Ask ``candidates`` (address, TLS) where ``response_id`` is kept. ``auth``: header lines (each
         ending CRLF) sent with each ask (the client's key)."""
-        if self.missed(response_id):
+        where = frozenset(a for a, _ in candidates)
+        if self.missed(response_id, where):
             return Found(None, 0, 0)
-        task = self._rounds.get(response_id)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._round(response_id, candidates, auth))
-            self._rounds[response_id] = task
-            task.add_done_callback(lambda _t: self._rounds.pop(response_id, None))
-        # (shielded: a client leaving ends its wait, not the round others share)
-        return await asyncio.shield(task)
+        # (shared only by callers with the same key and the same candidates: another key may be refused
+        # where this one is not, other candidates may hold what these do not; review s26-rev-prev26 F1)
+        key = (response_id, auth, where)
+        entry = self._rounds.get(key)
+        if entry is None:
+            task = asyncio.get_running_loop().create_task(self._round(response_id, where, candidates, auth))
+            entry = self._rounds[key] = _Round(task)
+            task.add_done_callback(functools.partial(self._done, key, entry))
+        task = entry.task
+        entry.waiters += 1
+        try:
+            # (shielded: a client leaving ends its wait, not the round others share)
+            return await asyncio.shield(task)
+        finally:
+            entry.waiters -= 1
+            if not entry.waiters and not task.done():
+                # (the last waiter left: nobody wants the answer; its asks end with it, so rounds stay
+                # within the requests in flight, maxConcurrentRequests; review s26-rev-prev26 F3)
+                task.cancel()
+                self._drop(key, entry)
+
+    def _done(self, key: tuple[str, str, frozenset[str]], entry: _Round, _t: object) -> None:
+        self._drop(key, entry)
+
+    def _drop(self, key: tuple[str, str, frozenset[str]], entry: _Round) -> None:
+        if self._rounds.get(key) is entry:
+            del self._rounds[key]
 
     async def _round(
-        self, response_id: str, candidates: Sequence[tuple[str, ssl.SSLContext | None]], auth: str
+        self,
+        response_id: str,
+        where: frozenset[str],
+        candidates: Sequence[tuple[str, ssl.SSLContext | None]],
+        auth: str,
     ) -> Found:
         self.rounds += 1
         path = "/v1/responses/" + quote(response_id, safe="")
@@ -108,49 +150,53 @@ class Locator:
         loop = asyncio.get_running_loop()
         due = loop.time() + LOCATE_S
 
-        async def ask(address: str, tls: ssl.SSLContext | None) -> tuple[str, bool | None]:
+        async def ask(address: str, tls: ssl.SSLContext | None) -> tuple[str, int]:
             async with gate, self._asks:
                 return address, await self._ask(address, tls, path, auth, due)
 
         asks = [loop.create_task(ask(a, t)) for a, t in candidates]
-        home, nots = None, 0
+        home, nots, refused, failed = None, 0, 0, 0
         try:
             async with asyncio.timeout_at(due):
                 for done in asyncio.as_completed(asks):
                     address, got = await done
-                    if got:
+                    if got == HERE:
                         home = address
                         break
-                    if got is False:
+                    if got != UNSURE:
                         nots += 1
+                        refused += got == REFUSED
+                        failed += got == FAILED
         except TimeoutError:
             pass
         finally:
             for t in asks:
                 t.cancel()
             await asyncio.gather(*asks, return_exceptions=True)
-        found = Found(home, len(asks), 0 if home is not None else len(asks) - nots)
-        if home is None and not found.unanswered:
-            self._misses[response_id] = self.clock() + MISS_TTL_S
-            self._misses.move_to_end(response_id)
+        found = Found(home, len(asks), 0 if home is not None else len(asks) - nots, refused)
+        if home is None and not found.unanswered and not refused and not failed:
+            # (a refusal is not "not here": that key may not ask, another may; a 5xx may pass: neither is
+            # kept as a miss)
+            mkey = (response_id, where)
+            self._misses[mkey] = self.clock() + MISS_TTL_S
+            self._misses.move_to_end(mkey)
             while len(self._misses) > MISSES_MAX:
                 self._misses.popitem(last=False)
         log.info(
-            "response %s: %s (asked %d endpoints, %d could not answer)",
-            response_id, f"kept at {home}" if home else "not found", found.asked, found.unanswered,
+            "response %s: %s (asked %d endpoints, %d could not answer, %d refused the key)",
+            response_id, f"kept at {home}" if home else "not found", found.asked, found.unanswered, refused,
         )  # fmt: skip
         return found
 
-    async def _ask(
-        self, address: str, tls: ssl.SSLContext | None, path: str, auth: str, due: float
-    ) -> bool | None:
-        """True: kept there (200); False: not there (another answer); None: no answer (may be there)."""
+    async def _ask(self, address: str, tls: ssl.SSLContext | None, path: str, auth: str, due: float) -> int:
+        """HERE (200), REFUSED (401/403/407), FAILED (a 5xx), UNSURE (no answer, 408/425/429), else
+        NOT_HERE."""
         head = f"GET {path} HTTP/1.1\r\nhost: {address}\r\n{auth}content-length: 0\r\n\r\n"
         try:
             resp = await self.upstream.request(address, head.encode("utf-8", "surrogateescape"), b"", due,
                                                tls)  # fmt: skip
         except (TimeoutError, OSError):  # (UpstreamError, ReadTimeout, DeadlinePassed among them)
-            return None
+            return UNSURE
         try:
             status = resp.status
         finally:
@@ -160,7 +206,9 @@ class Locator:
                     resp.close()
             resp.release()
         if status == 200:
-            return True
-        if status >= 500 or status in _UNSURE:
-            return None
-        return False
+            return HERE
+        if status in _UNSURE:
+            return UNSURE
+        if status in _REFUSED:
+            return REFUSED
+        return FAILED if status >= 500 else NOT_HERE

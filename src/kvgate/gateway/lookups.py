@@ -139,8 +139,19 @@ class ResponseLookups:
         found = await proxy.locator.find(response_id, asked, proxy._client_key(request))
         if found.home is not None:
             proxy.responses.remember(response_id, found.home)
-            return next(pe for pe in ready if pe[1].address == found.home)
-        if found.unanswered:
+            # (the home as it stands now: a round shared with an earlier caller may name one that lost its
+            # readiness since: the 503 of a known unready home; review s26-rev-prev26 F2)
+            got = self.endpoint(response_id)
+            if isinstance(got, tuple):
+                return got
+            raise GatewayError(
+                503,
+                f"{'an upstream endpoint' if proxy.hide else f'upstream {found.home}'}, which holds response"
+                f" '{response_id}', is not ready: retry later",
+                code="upstream_unavailable",
+                retry_after=RETRY_AFTER,
+            )
+        if found.unanswered and not found.refused:  # (a refused key: the endpoint's own 401/403 says it)
             raise GatewayError(
                 503,
                 f"response '{response_id}' was not found, and {found.unanswered} of {found.asked} endpoints"

@@ -67,6 +67,8 @@ _HELD = ByteBudget(64 << 20)
 LOCATE_S = 3.0
 MISS_TTL_S = 2.0
 MISSES_MAX = 4096
+REFUSED = "refused"  # an ask answered 401/403/407
+_CREDENTIALS = ("authorization", "x-api-key", "proxy-authorization")
 
 
 class Found(NamedTuple):
@@ -76,6 +78,7 @@ class Found(NamedTuple):
     home: str | None
     asked: int
     unanswered: int
+    refused: int = 0  # answered 401/403/407: this key may not ask there (not "not here", never kept)
 
 
 class ClusterLocator:
@@ -88,7 +91,7 @@ class ClusterLocator:
 
     def __init__(self, gw: GlobalGateway) -> None:
         self.gw = gw
-        self._rounds: dict[str, asyncio.Task[Found]] = {}
+        self._rounds: dict[tuple[str, tuple[str, ...]], asyncio.Task[Found]] = {}
         self._misses: OrderedDict[str, float] = OrderedDict()
         self.rounds = 0
 
@@ -100,12 +103,15 @@ class ClusterLocator:
             if until > now:
                 return Found(None, 0, 0)
             del self._misses[response_id]
-        task = self._rounds.get(response_id)
+        # (shared only by callers with the same credentials: a round asks with its first caller's, and a
+        # refused key must not answer for another; review s26-rev-prev26 F1)
+        key = (response_id, tuple(headers.get(h, "") for h in _CREDENTIALS))
+        task = self._rounds.get(key)
         if task is None:
             fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP and k.lower() != "content-type"}
             task = asyncio.get_running_loop().create_task(self._round(response_id, fwd))
-            self._rounds[response_id] = task
-            task.add_done_callback(lambda _t: self._rounds.pop(response_id, None))
+            self._rounds[key] = task
+            task.add_done_callback(lambda _t: self._rounds.pop(key, None))
         async with asyncio.timeout_at(due):
             return await asyncio.shield(task)  # (a client leaving ends its wait, not the shared round)
 
@@ -118,7 +124,7 @@ class ClusterLocator:
         deadline = Deadline.after(loop.time(), LOCATE_S)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=LOCATE_S)
 
-        async def ask(st: ClusterState) -> tuple[str, bool | None]:
+        async def ask(st: ClusterState) -> tuple[str, bool | str | None]:
             url = f"http://{st.spec.gateway}{path}"
             try:
                 resp = await router._post(st, PARENT, url, None, fwd, timeout, False, "GET", deadline)
@@ -130,30 +136,33 @@ class ClusterLocator:
                 resp.release()
             if status == 200:
                 return st.name, True
+            if status in (401, 403, 407):
+                return st.name, REFUSED  # (this key may not ask there: not "not here", never kept)
             return st.name, None if status >= 500 or status in (408, 425, 429) else False
 
         # (a cluster found hung, no aggregate since, is not asked, as no lookup goes there: it could not
         # answer, so it counts as one that did not)
         hung = [st for st in asked if st.hung_at is not None and st.hung_at == st.fetched_at]
         asks = [loop.create_task(ask(st)) for st in asked if st not in hung]
-        home, nots = None, 0
+        home, nots, refused = None, 0, 0
         try:
             async with asyncio.timeout(LOCATE_S + 1.0):  # (``_post`` bounds each; this, the whole)
                 for done in asyncio.as_completed(asks):
                     name, got = await done
-                    if got:
+                    if got is True:
                         home = name
                         break
-                    if got is False:
+                    if got is not None:
                         nots += 1
+                        refused += got == REFUSED
         except TimeoutError:
             pass
         finally:
             for t in asks:
                 t.cancel()
             await asyncio.gather(*asks, return_exceptions=True)
-        found = Found(home, len(asked), 0 if home is not None else len(asked) - nots)
-        if home is None and not found.unanswered:
+        found = Found(home, len(asked), 0 if home is not None else len(asked) - nots, refused)
+        if home is None and not found.unanswered and not refused:
             self._misses[response_id] = router.clock() + MISS_TTL_S
             self._misses.move_to_end(response_id)
             while len(self._misses) > MISSES_MAX:
@@ -222,7 +231,7 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
             return json_error(504, f"lookup failed: {why}", code="request_timeout")
         if found.home is not None:
             gw.responses.remember(response_id, (found.home, None))
-        elif found.unanswered:
+        elif found.unanswered and not found.refused:  # (a refused key: the cluster's 401/403 says it)
             return json_error(503, not_located(response_id, found), code="upstream_unavailable",
                               headers={"Retry-After": "1"})  # fmt: skip
     where = targets(gw, response_id)

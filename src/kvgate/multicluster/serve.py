@@ -592,7 +592,7 @@ class GlobalGateway:
                 if found.home is not None:
                     home = (found.home, None)
                     self.responses.remember(prev, home)
-                elif found.unanswered:
+                elif found.unanswered and not found.refused:  # (a refused key: the cluster's 401/403)
                     raise NoRoute(
                         503, not_located(prev, found), [], retry_after=1, code="upstream_unavailable"
                     )
