@@ -1,5 +1,6 @@
-"""Review s26-rev-prev26: gateway.locate findings (real HTTP on loopback, ports 29801-29807; moved here by
-fixprev26, which adapted F2's and F3's waits to rounds keyed by candidates and ended with their last waiter)."""
+"""Review s26-rev-prev26: gateway.locate findings (real HTTP on loopback, ports 29801-29808; moved here by
+fixprev26, which adapted F2's and F3's waits to rounds keyed by candidates and ended with their last
+waiter, and added the concurrent half of F1)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+
 from gateway.conftest import base_url, make_config, running_gateway
 from kvgate.gateway.locate import Locator
 from kvgate.gateway.upstream import UpstreamPool
@@ -197,3 +199,35 @@ async def test_one_endpoint_failing_its_gets_does_not_turn_every_lost_id_into_50
     finally:
         for r in runners:
             await r.cleanup()
+
+
+async def test_concurrent_callers_with_other_keys_do_not_share_a_round_fixprev26() -> None:
+    # F1 (concurrent half): a round was keyed by id alone and asked with its first caller's key: the right
+    # key's follow-up, arriving while a wrong key's round ran, got "found nowhere" from it.
+    gate = asyncio.Event()
+    store = _keyed_store({"resp_kept"})
+
+    @web.middleware
+    async def held(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await handler(request)
+
+    store.middlewares.append(held)
+    runner = await _serve(store, 29808)
+    pool = UpstreamPool(connect_timeout=1.0, idle_timeout=5.0)
+    loc = Locator(pool, time.monotonic)
+    try:
+        cands = [("127.0.0.1:29808", None)]
+        bad = asyncio.ensure_future(loc.find("resp_kept", cands, "authorization: Bearer bad\r\n"))
+        deadline = time.monotonic() + 5.0
+        while loc.rounds < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        good = asyncio.ensure_future(loc.find("resp_kept", cands, "authorization: Bearer good\r\n"))
+        await asyncio.sleep(0)
+        gate.set()
+        assert (await bad).home is None
+        assert (await good).home == "127.0.0.1:29808"
+    finally:
+        gate.set()
+        await runner.cleanup()

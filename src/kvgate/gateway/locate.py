@@ -12,13 +12,17 @@ So the door asks. ``Locator.find`` sends ``GET /v1/responses/{id}`` to the candi
 the request may go to), ``FANOUT`` at a time (and all rounds together ``ASKS_MAX``: a flood of follow-ups
 naming random ids sends at most that many asks at once, the rest wait within their bound, then 503), all
 within ``LOCATE_S``; the first 200 names the home (the caller remembers it, as if it had made it: under
-``--workers`` in the shared table too). Every candidate answering otherwise (404, or another 4xx: it cannot
-serve that id) means nowhere: remembered ``MISS_TTL_S`` (a client retrying a lost id costs one round of asks
-per that, not one per request), and the request goes on as before, where vLLM's own 404 is then the truth. A
-candidate that could not answer (a connection error, a 5xx, 408/429, no answer within the bound) may be the
-home: ``unanswered`` > 0, and the caller answers 503 with ``Retry-After`` rather than a 404 from a server that
-may not be the home. Concurrent requests for one id share one round (``_rounds``); the round runs in a task of
-its own, so a client leaving does not end it for the others, and ends within ``LOCATE_S`` whatever happens.
+``--workers`` in the shared table too). Every candidate answering otherwise (404, another 4xx, a 5xx: it
+cannot serve that id) means nowhere: remembered ``MISS_TTL_S`` for those candidates when all said 404/4xx
+(a client retrying a lost id costs one round of asks per that, not one per request), and the request goes
+on as before, where vLLM's own 404 is then the truth. A 401/403/407 says the key may not ask there (not
+"not here": never remembered; the request goes on and the server's own 401/403 answers it). A candidate
+that could not answer (a connection error, 408/425/429, no answer within the bound) may be the home:
+``unanswered`` > 0, and the caller answers 503 with ``Retry-After`` rather than a 404 from a server that
+may not be the home. Concurrent requests for one id with the same key and candidates share one round
+(``_rounds``); the round runs in a task of its own, so a client leaving does not end it for the others,
+and ends within ``LOCATE_S`` or when its last waiter leaves (so rounds never outnumber the requests in
+flight). All these bounds and tables are per process (each ``--workers`` worker its own).
 
 A lookup generates nothing, so an ask is not admitted, picked, counted as load or charged (as
 ``gateway.lookups``); it carries the client's key (``authorization``, ``x-api-key``) where the gateway has
