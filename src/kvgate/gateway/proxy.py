@@ -532,8 +532,11 @@ class Proxy:
                 client_model, ireq.model, request.content_length, flow_of(ireq), ireq.priority
             )
             try:
+                # (one ``requestTimeoutSeconds`` from here for the ask and the dispatch, not one each:
+                # review s26-rev-prev26 F6)
+                begun = self._loop.time()
                 if unplaced is not None:
-                    await self._place(request, pool, ireq, *unplaced)
+                    await self._place(request, pool, ireq, *unplaced, begun)
                 return await self._dispatch(
                     request,
                     kind,
@@ -547,6 +550,7 @@ class Proxy:
                     explain,
                     t0,
                     marks,
+                    begun,
                 )
             except GatewayError as e:
                 self.metrics.error(client_model, ireq.model, str(e.status), (running[2], running[3]))
@@ -565,7 +569,7 @@ class Proxy:
                 self.idle.set()
 
     async def _place(
-        self, request: Request, pool: Pool, ireq: InferenceRequest, prev: str, home: str | None
+        self, request: Request, pool: Pool, ireq: InferenceRequest, prev: str, home: str | None, start: float
     ) -> None:
         """A follow-up naming ``prev`` whose home ``_prepare`` could not pin (prev26). A home in the pool but
         not ready: 503 with ``Retry-After`` (its stored response is there only; anywhere else vLLM's 404).
@@ -588,7 +592,7 @@ class Proxy:
         if not asked:
             return  # (the pick answers its own 503)
         # (within the request's bound, as its queue wait: past it, 504; the round goes on for others)
-        due = self._loop.time() + self.request_timeout if self.request_timeout else None
+        due = start + self.request_timeout if self.request_timeout else None
         try:
             async with asyncio.timeout_at(due):
                 found = await self.locator.find(prev, asked, self._client_key(request))
@@ -785,6 +789,7 @@ class Proxy:
         explain: bool,
         t0: float,
         marks: dict[str, float] | None = None,
+        start: float | None = None,
     ) -> Response | StreamResponse:
         tried: set[str] = set()
         # An endpoint that answered this request a 500, not charged yet: if another endpoint answers it
@@ -799,7 +804,8 @@ class Proxy:
         last_error = "no endpoint tried"
         # ``requestTimeoutSeconds`` bounds the client's whole wait from here (its arrival: the front read
         # the body before the handler ran): flow control's queue and earlier attempts included.
-        start = self._loop.time()
+        # (``start``: ``_entry``'s, before a follow-up's ask of where its home is: one bound for both)
+        start = self._loop.time() if start is None else start
         deadline = start + self.request_timeout if self.request_timeout else None
         sent_model = ireq.model if ireq.model != client_model else None
         tls = self.tls.get(pool.name)
