@@ -13,7 +13,8 @@ harness (``cost_one_slot.py``), moved here. Run it with two trees' ``src`` in tu
 Time injected. ``--at`` (fc26b): the passes' time; from 15.5 s the overdue requests are past their aging
 time (halfway to the 30 s TTL) and rank at band 0 again, so each pass's band choice is an aged head and
 fc26b's rule looks at the batch band's flows (``--batch-flows``, the batch requests spread over them) for
-one past its own aging time that expires sooner.
+one past its own aging time that expires sooner. ``--fairness`` (review s26-rev-fc26b F1): band 0's and the
+batch band's fairness policy (round-robin's pick is O(1) in flows, least-attained-service's O(flows)).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from kvgate.flowcontrol.dispatcher import dispatch_ready
 from kvgate.scheduling.types import InferenceRequest
 
 
-def build(flows: int, batch: int, batch_flows: int = 1) -> FlowController:
-    cfg = {"fairnessPolicy": "least-attained-service", "orderingPolicy": "slo-feasible"}
+def build(
+    flows: int, batch: int, batch_flows: int = 1, fairness: str = "least-attained-service"
+) -> FlowController:
+    cfg = {"fairnessPolicy": fairness, "orderingPolicy": "slo-feasible"}
     cfg["maxRequests"] = 100000
     ctl = FlowController(parse_flow_control(cfg))
     for f in range(flows):
@@ -46,10 +49,17 @@ def build(flows: int, batch: int, batch_flows: int = 1) -> FlowController:
     return ctl
 
 
-def pass_cost(flows: int, batch: int, repeats: int, at: float = 10.0, batch_flows: int = 1) -> float:
+def pass_cost(
+    flows: int,
+    batch: int,
+    repeats: int,
+    at: float = 10.0,
+    batch_flows: int = 1,
+    fairness: str = "least-attained-service",
+) -> float:
     best = float("inf")
     for _ in range(repeats):
-        ctl = build(flows, batch, batch_flows)
+        ctl = build(flows, batch, batch_flows, fairness)
         n = 0
         t = time.perf_counter()
         for _k in range(batch):
@@ -68,10 +78,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--at", type=float, default=10.0)
     p.add_argument("--batch-flows", type=int, default=1)
+    p.add_argument(
+        "--fairness", default="least-attained-service", choices=["least-attained-service", "round-robin"]
+    )
     a = p.parse_args()
     for f in a.flows:
-        us = 1e6 * pass_cost(f, a.batch, a.repeats, a.at, a.batch_flows)
-        print(f"flows={f}: {us:.1f} us per one-slot dispatch pass (best of {a.repeats}, at {a.at} s)")
+        us = 1e6 * pass_cost(f, a.batch, a.repeats, a.at, a.batch_flows, a.fairness)
+        print(
+            f"flows={f}: {us:.1f} us per one-slot dispatch pass ({a.fairness}, best of {a.repeats}, at {a.at} s)"
+        )
 
 
 if __name__ == "__main__":

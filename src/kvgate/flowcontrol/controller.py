@@ -853,15 +853,16 @@ class FlowController:
         point from which more waiting more likely than not ends at its TTL (``aging_time``); between
         certain misses the order that loses the fewest to the TTL is earliest expiry first, and the band
         at or below the default ages only to avoid that loss (a band above it ages by its own SLO, a
-        bound on lateness: strict priority there; fc26b). O(flows of the lower bands), only on a pass
-        whose band choice is such an aged head."""
+        bound on lateness: strict priority there; fc26b). O(flows of the lower bands that have a request
+        past its aging time; ``Band.aged_by``, O(1) amortized, skips the others: review s26-rev-fc26b F1),
+        only on a pass whose band choice is such an aged head."""
         best = item
         for p in self._order:
             if p >= prio:
                 continue
             band = self.bands[p]
-            if band.ordering != "slo-feasible" or not band.count:
-                continue
+            if band.ordering != "slo-feasible" or not band.count or not band.aged_by(now):
+                continue  # (none of its requests past its aging time: no flow of it has one to give)
             for q in band.flows.values():
                 q._top(reach, now)  # (moves its overdue entries where they belong, as a look does)
                 d = q.dead

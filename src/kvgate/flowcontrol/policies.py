@@ -225,6 +225,10 @@ class Band:
         self.stamp = 0
         self.dead_at: tuple[int, float, FlowQueue | None, float] | None = None
         self.ages = _INF
+        # slo-feasible: its queued requests by aging time (finished ones dropped lazily, at most about
+        # twice ``count``): ``aged_by`` says in O(1) amortized whether any is past it, so a pass whose band
+        # choice is aged walks a lower band's flows only when one of them may be (review s26-rev-fc26b F1).
+        self._aging: list[tuple[float, int, Any]] = []
 
     def push(self, item: Any) -> bool:
         """Queue ``item``; True when its flow is new in the band."""
@@ -240,7 +244,22 @@ class Band:
         q.push(order_key(self.ordering, item), item)
         self.count += 1
         self.bytes += item.size
+        if q.feasible:
+            aging = self._aging
+            heapq.heappush(aging, (item.ages_at, item.seq, item))
+            if len(aging) > 2 * self.count + 64:  # (finished ones, or a held one's earlier entry: once)
+                live = {e[1]: e for e in aging if not e[2].done}
+                self._aging = aging = list(live.values())
+                heapq.heapify(aging)
         return new
+
+    def aged_by(self, now: float) -> bool:
+        """slo-feasible: may a queued request of this band be past its aging time at ``now``? False only
+        when none is (``FlowController._sooner_aged`` then skips the band's flows)."""
+        aging = self._aging
+        while aging and aging[0][2].done:
+            heapq.heappop(aging)
+        return bool(aging) and aging[0][0] <= now
 
     def forget(self, item: Any) -> bool:
         """Account an item that left the band (dispatched, cancelled, expired); True when its flow
