@@ -96,6 +96,20 @@ def _run(seed, fairness, headroom, homes):
     rng = random.Random(seed)
     ctl.service_ttft = rng.choice((0.0, 0.2, 0.5, 1.0))
     items, log, now, n, aged_sent = {}, [], 0.0, 0, 0
+    # fc26b: the slots owed, kept here (not read from the controller, review s26-rev-fc26b F5): a band whose
+    # aged request was sent in a higher band's aged head's slot is owed one, given back once; at most as many
+    # as it has queued (F2: capped whenever one of its requests leaves other than by the swap itself).
+    owed: dict[int, int] = {}
+
+    def owe(prio, delta=0):
+        left = min(
+            owed.get(prio, 0) + delta, sum(1 for x in items.values() if not x.done and x.priority == prio)
+        )
+        if left > 0:
+            owed[prio] = left
+        else:
+            owed.pop(prio, None)
+
     for _step in range(400):
         now += rng.choice((0.01, 0.05, 0.2, 0.5, 1.0))
         for _ in range(rng.randint(0, 4)):
@@ -107,12 +121,14 @@ def _run(seed, fairness, headroom, homes):
             items[f"r{n}"] = ctl.enqueue(r, now)
         for it in ctl.expire(now):
             log.append(("ttl", it.req.request_id))
+            owe(it.priority)
         if rng.random() < 0.1:
             live = sorted(k for k, v in items.items() if not v.done)
             if live:
                 k = rng.choice(live)
                 if ctl.cancel(items[k], now):
                     log.append(("cancel", k))
+                    owe(items[k].priority)
         cap = rng.randint(0, 3)
         full = {h for h in HOMES if rng.random() < 0.5}
         sent = []
@@ -143,7 +159,7 @@ def _run(seed, fairness, headroom, homes):
                 # fc26b: a band owed slots (its aged requests took higher aged heads') gets one back for a
                 # request that can still make its SLO: only in the slot of a higher aged head at or below
                 # the default band, with nothing above that could still make its own
-                repaid = bool(higher) and mine[0] in (0, 2) and ctl._owed.get(it.priority, 0) > 0
+                repaid = bool(higher) and mine[0] in (0, 2) and owed.get(it.priority, 0) > 0
                 if repaid:
                     aged = [x for x in higher if _cls(x, now, reach)[0] == 1]
                     assert aged and max(x.priority for x in aged) <= 0, ("repaid outside an aged slot", now)
@@ -172,6 +188,7 @@ def _run(seed, fairness, headroom, homes):
                     assert it.deadline == want.deadline, ("not the soonest aged", it.req.request_id, now)
                 else:
                     assert k(it) == k(want), ("not global-strict's first", it.req.request_id, now)
+            owe(it.priority, -1 if repaid else 1 if swap is not None and mine[0] == 1 else 0)
             aged_sent += mine[0] == 1
             sent.append(it)
         for i, it in enumerate(sent):

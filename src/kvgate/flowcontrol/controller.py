@@ -946,6 +946,10 @@ class FlowController:
                 band.dispatched(item, item.cost)
             if band.forget(item):
                 self._leave(item.flow)
+        if self._owed and item is not self._swap:  # (the swapped-in one: ``heads`` settles its slot)
+            owed = self._owed.get(item.priority, 0)
+            if owed > band.count:  # (no more owed than it has queued: review s26-rev-fc26b F2)
+                self._owe(item.priority, band.count - owed)
         self.count -= 1
         self.bytes -= item.size
         if self.fleet_limits is not None:
