@@ -909,7 +909,8 @@ class FlowController:
     def aged_expiry(self, req: InferenceRequest, now: float) -> float | None:
         """For the gate between workers: when ``req`` is the head ``heads`` just gave, queued in an
         ``slo-feasible`` band at or below the default and past its aging time at ``now``, its expiry as a
-        worker's mark gives it (``2 x aging time - deadline``: ``aging_time`` is halfway); else None."""
+        worker's mark gives its head's (``PoolMark.publish``: the expiry itself, review s26-rev-fc26b F3); else
+        None."""
         g = self._given
         if g is None or g.req is not req or g.done or g.priority > 0:
             return None
@@ -918,7 +919,7 @@ class FlowController:
             or self.bands[g.priority].ordering != "slo-feasible"
         ):
             return None
-        return 2.0 * g.ages_at - g.slo_deadline
+        return g.deadline
 
     def in_first_part(self) -> bool:
         """Is the head ``heads`` just gave from its pass's first part (one it does not defer as past its SLO

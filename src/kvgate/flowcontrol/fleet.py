@@ -116,9 +116,11 @@ log = logging.getLogger("kvgate.flowcontrol")
 # stamp, pool key, top band's priority, its head held back (1.0) or not (0.0), requests waiting, the head's
 # TTFT deadline where its band orders ``slo-feasible`` (inf: never overdue) and the time from which it
 # ranks at its band's priority again though past it (its ``ages_at`` where the controller ages overdue
-# heads, else inf; session 25)
-FIELDS = 7
-_STAMP, _KEY, _TOP, _HELD, _WAITING, _DUE, _AGES = range(FIELDS)
+# heads, else inf; session 25), and its expiry there (TTL, or its own deadline; else inf): between aged heads
+# the one that expires first goes (fc26b), compared as one process does, not rebuilt from the aging time
+# (review s26-rev-fc26b F3: ``2 x ages - due`` rounds, and equal expiries broke ties by the rounding)
+FIELDS = 8
+_STAMP, _KEY, _TOP, _HELD, _WAITING, _DUE, _AGES, _EXPIRES = range(FIELDS)
 POOLS = 16  # marks per worker: pools beyond it keep their own order (no mark)
 # A mark older than this is ignored: 12 dispatch passes at the default 20 ms recheck (a loaded event loop
 # runs late), and the most a dead worker's last mark can hold the others back.
@@ -337,7 +339,7 @@ class PoolMark:
         fleet = self.fleet
         if fleet.closed:
             return
-        top, held, due, ages = NOTHING, 0.0, math.inf, math.inf
+        top, held, due, ages, expires = NOTHING, 0.0, math.inf, math.inf, math.inf
         if len(ctl):
             ctl.put_back()  # (nothing is passed over outside a dispatch pass)
             # (bounded as a pass's pass-overs: distinct subsets, heads; review s19-fixes-b L1)
@@ -357,6 +359,7 @@ class PoolMark:
                     if ctl.bands[item.priority].ordering == "slo-feasible":
                         due = item.slo_deadline
                         ages = getattr(item, "ages_at", math.inf)  # (where overdue heads age: fc25)
+                        expires = item.deadline
                     break
             finally:
                 ctl.put_back()
@@ -368,6 +371,7 @@ class PoolMark:
         m[b + _WAITING] = float(len(ctl))
         m[b + _DUE] = due
         m[b + _AGES] = ages
+        m[b + _EXPIRES] = expires
         m[b + _STAMP] = now  # last: a mark with a fresh stamp has its fields (but for a torn read)
 
     def defers(self, req: InferenceRequest, ctl: FlowController, now: float) -> bool:
@@ -394,12 +398,12 @@ class PoolMark:
             top = m[b + _TOP]
             if top <= 0 and prio <= 0 and m[b + _DUE] < now and m[b + _AGES] <= now:
                 # (theirs past its aging time at or below the default band: between two such heads, the
-                # one that expires first, as ``FlowController._sooner_aged``; the mark's expiry is
-                # ``2 x ages - due``, ``aging_time`` being halfway)
+                # one that expires first, as ``FlowController._sooner_aged``: on a tie the higher band)
                 if not asked:
                     mine, asked = ctl.aged_expiry(req, now), True
                 if mine is not None:
-                    if 2.0 * m[b + _AGES] - m[b + _DUE] < mine:
+                    theirs = m[b + _EXPIRES]
+                    if theirs < mine or (theirs == mine and top > prio):
                         return True
                     if top != prio:
                         continue
