@@ -908,9 +908,9 @@ class FlowController:
 
     def aged_expiry(self, req: InferenceRequest, now: float) -> float | None:
         """For the gate between workers: when ``req`` is the head ``heads`` just gave, queued in an
-        ``slo-feasible`` band at or below the default and past its aging time at ``now``, its expiry as a
-        worker's mark gives its head's (``PoolMark.publish``: the expiry itself, review s26-rev-fc26b F3); else
-        None."""
+        ``slo-feasible`` band at or below the default and past its aging time at ``now``, its expiry, as a
+        worker's mark gives its head's (``PoolMark.publish``: the expiry itself, not rebuilt from the aging
+        time, review s26-rev-fc26b F3); else None."""
         g = self._given
         if g is None or g.req is not req or g.done or g.priority > 0:
             return None
