@@ -28,7 +28,7 @@ import orjson
 from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_of
+from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_key, flow_of
 from kvgate.gateway import access
 from kvgate.gateway.bigbody import PieceRewriter
 from kvgate.gateway.errors import GatewayError, error_response, shutting_down, sse_error_event, unauthorized
@@ -140,8 +140,8 @@ def _filter_headers(
     headers: Mapping[str, str],
 ) -> tuple[dict[str, str], str | None, str | None, bool, bool]:
     """One pass: (forwardable headers, objective, fairness id, explain?, timing?). llm-d's fairness header
-    is read and stripped as GIE's is (review s26-qa F7): the fairness id is GIE's unless absent or the
-    default flow, else llm-d's (``flow_key``'s rule, so ``flow_of`` names the same flow without it)."""
+    is read and stripped as GIE's is (review s26-qa F7): the fairness id is ``flow_key``'s (GIE's unless
+    absent, empty or the default flow, else llm-d's), so ``flow_of`` names the same flow without it."""
     out: dict[str, str] = {}
     objective = fairness = llmd = None
     explain = timing = False
@@ -166,8 +166,8 @@ def _filter_headers(
             llmd = v
             continue
         out[lk] = v
-    if llmd and (fairness is None or fairness == proto.DEFAULT_FAIRNESS_ID):
-        fairness = llmd
+    if llmd:  # the one rule of both doors (an empty GIE id is absent: review s26-rev-fixqa26b F1)
+        fairness = flow_key(fairness, llmd)
     return out, objective, fairness, explain, timing
 
 
