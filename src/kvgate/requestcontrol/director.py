@@ -482,7 +482,7 @@ class Director:
         except PredictedSLOMissError:
             raise  # (sloAdmission: flow control counts it, held or shed; a hold is no scheduler error)
         except SchedulingError as e:
-            metrics.scheduler_error(e.code)
+            metrics.scheduler_error(e.code, not isinstance(e, ShedError))  # (a shed is no attempt)
             raise
         except Exception:  # a plugin's bug: its caller answers 500; counted as such, not only logged
             metrics.scheduler_error("internal_error")

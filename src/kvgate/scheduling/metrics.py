@@ -63,17 +63,17 @@ POOL_READY = Gauge("inference_pool_ready_pods", "Endpoints eligible for scheduli
 SHED = Counter("kvgate_requests_shed_total", "Sheddable requests rejected at saturation.")
 
 _SCHEDULER_ERROR_CHILDREN: dict[str, Any] = {}
-# Scheduling failures as the reference's attempts counter counts them: a shed (``rate_limit_exceeded``:
-# the saturation detector's refusal, or a pool busy) is the reference's admission control, refused before
-# its scheduler runs, so not an attempt.
-_NOT_ATTEMPTS = frozenset({"rate_limit_exceeded"})
+# Scheduling failures as the reference's attempts counter counts them: a shed (``ShedError``: the
+# saturation detector's refusal) is the reference's admission control, refused before its scheduler runs,
+# so not an attempt; a pool busy (``PoolBusyError``, same code) is the profile's filter's, a failed attempt
+# as GIE's (review s26-rev-fixqa26b F4): told apart by the error's type, not its code.
 _FAILED_ATTEMPTS = [0]
 
 
 class _Attempts:
     """``inference_extension_scheduler_attempts_total{status}``: ``success`` = the picks
     ``SCHEDULER_E2E`` timed (every pick that returned, once), ``failure`` = the scheduling errors but
-    sheds (``scheduler_error``), read at the scrape."""
+    sheds (``scheduler_error``'s ``attempt``), read at the scrape."""
 
     name = "inference_extension_scheduler_attempts"
     doc = "Total number of scheduling attempts."
@@ -91,13 +91,13 @@ class _Attempts:
 REGISTRY.register(_Attempts())
 
 
-def scheduler_error(code: str) -> None:
-    """Count one scheduling failure under ``code``. The labelled child is cached: ``labels()`` takes a
-    lock and runs its checks on every call (3x the increment), and a shed storm counts one per request.
-    Bounded: the codes are the scheduler's own."""
+def scheduler_error(code: str, attempt: bool = True) -> None:
+    """Count one scheduling failure under ``code``, and a failed attempt unless ``attempt`` is false (a
+    shed). The labelled child is cached: ``labels()`` takes a lock and runs its checks on every call (3x
+    the increment), and a shed storm counts one per request. Bounded: the codes are the scheduler's own."""
     child = _SCHEDULER_ERROR_CHILDREN.get(code)
     if child is None:
         child = _SCHEDULER_ERROR_CHILDREN[code] = SCHEDULER_ERRORS.labels(code=code)
     child.inc()
-    if code not in _NOT_ATTEMPTS:
+    if attempt:
         _FAILED_ATTEMPTS[0] += 1
