@@ -169,7 +169,9 @@ class _PoolSaturation:
     saturation detector score at the scrape (the mean of its endpoints' scores; 1.0 = the dispatch gate
     closes). A pool with no endpoint reads 1.0 (nothing can be dispatched; the detector's own score is
     infinite), one without a detector 0.0 (its gate never closes). Of several flow controllers serving one
-    pool name (a reload's predecessor draining) the newest is shown; a pool gone is no longer shown."""
+    pool name the newest is shown. A reload's swap removes the old picker's series at once
+    (``unwatch_saturation``: flow control turned off for the pool shows none); a flow controller no longer
+    referenced otherwise goes when it is collected."""
 
     def describe(self) -> list[Metric]:
         return []
@@ -230,6 +232,13 @@ class FlowMetrics:
         if self.enabled:
             self.saturation = source
             _SATURATIONS.add(self)
+
+    def unwatch_saturation(self) -> None:
+        """The pool's saturation gauge no longer reads this one, from the next scrape: a reload's swap
+        calls it on the old picker's (a predecessor draining, or flow control turned off), not left to the
+        cycle collector, which may keep it for minutes (review s26-rev-fixqa26b F2)."""
+        self.saturation = None
+        _SATURATIONS.discard(self)
 
     def _models(self, req: InferenceRequest | None) -> tuple[str, str]:
         """``req``'s (model name, target model name) as sent."""

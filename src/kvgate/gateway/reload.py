@@ -544,6 +544,11 @@ class ConfigReloader(ConfigWatch):
                     any(owner is p for p in owned) or getattr(owner, "handle", None) is handle
                 ):
                     pool.store.remove_listener(f)
+        # The old one's pool saturation series goes now (flow control turned off: the pool shows none), not
+        # when the cycle collector frees its Director (review s26-rev-fixqa26b F2).
+        old_flow = getattr(old, "flow", None)
+        if old_flow is not None:
+            old_flow.ctl.metrics.unwatch_saturation()
         queued = old.queued() if hasattr(old, "queued") else 0
         # Behind the old one while it, or a predecessor of its own (reloads a moment apart), holds a queue.
         if hasattr(s.director, "predecessor") and (queued or getattr(old, "predecessor", None) is not None):
