@@ -171,28 +171,43 @@ def _policy(p: Params, key: str, table: Mapping[str, str], default: str) -> str:
     return table[p.get_str(key, default, choices=list(table))]
 
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-_SUFFIX = {
-    None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60,
+# apimachinery's ``resource.Quantity`` grammar: a signed number (``5``, ``5.5``, ``5.``, ``.5``), then a
+# binary or decimal SI suffix (``m`` included) or a decimal exponent (``e3``, ``E-2``).
+_QUANTITY = re.compile(
+    r"^([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(?:(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)|[eE]([+-]?[0-9]+))?$"
+)
+_SUFFIX: dict[str | None, int | Fraction] = {
+    None: 1, "m": Fraction(1, 1000), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+    "E": 10**18, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60,
 }  # fmt: skip
+_MAX_EXPONENT = 64  # (``1e99999999`` would be a huge integer to build; no limit needs more)
 
 
 def _quantity(p: Params, key: str, default: int) -> int:
     """An integer >= 0, or a Kubernetes quantity as the reference's config takes it (``1Gi``, ``500M``,
-    ``1k``): a whole number once scaled."""
+    ``1e9``, ``2000m``; apimachinery's grammar), or a YAML float (``1.5e9``): a whole number >= 0 once
+    scaled (review s26-rev-fixqa26b F3)."""
     v = p.raw.get(key)
-    if not isinstance(v, str):
+    if isinstance(v, float) and not isinstance(v, bool):
+        p._get(key)
+        if v.is_integer() and v >= 0:
+            return int(v)
+    elif not isinstance(v, str):
         return p.get_int(key, default, min=0)
-    p._get(key)
-    m = _QUANTITY.match(v.strip())
-    if m is not None:
-        n = Fraction(m.group(1)) * _SUFFIX[m.group(2)]
-        if n.denominator == 1:
-            return int(n)
+    else:
+        p._get(key)
+        m = _QUANTITY.match(v.strip())
+        exp = m.group(3) if m is not None else None
+        if m is not None and (exp is None or (len(exp) <= 4 and abs(int(exp)) <= _MAX_EXPONENT)):
+            try:  # (a number of more digits than int() parses is refused as any bad value)
+                n = Fraction(m.group(1)) * (_SUFFIX[m.group(2)] if exp is None else Fraction(10) ** int(exp))
+            except ValueError:
+                n = Fraction(1, 2)
+            if n.denominator == 1 and n >= 0:
+                return int(n)
     raise ConfigError(
-        f"{p.path}.{key}: must be an integer >= 0 or a Kubernetes quantity (e.g. 1Gi, 500M, 1k) that is a "
-        f"whole number, got {v!r}"
+        f"{p.path}.{key}: must be an integer >= 0 or a Kubernetes quantity (e.g. 1Gi, 500M, 1e9) that is a "
+        f"whole number >= 0, got {v!r}"
     )
 
 
@@ -208,7 +223,7 @@ def _policy_ref(
     """A band's policy: kvgate's ``own`` key (a policy name), or the reference's ``key`` (a reference to a
     policy plugin: a plugin's name under ``plugins:``, else a policy plugin type); not both."""
     ref = p._get(key)  # (seen either way: an error names it among the known keys)
-    if ref is None:
+    if ref is None or ref == "":  # (the reference's ``omitempty``: "" is omitted; review s26-rev-fixqa26b F5)
         return _policy(p, own, table, default)
     if p._get(own) is not None:
         raise ConfigError(f"{p.path}.{key}: {p.path}.{own} is set too; name the policy once")
