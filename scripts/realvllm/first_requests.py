@@ -10,7 +10,10 @@ prompts one at a time as it does (``timed``: a new client connection per request
 - new upstream connections (``UpstreamPool._connect``: count and wall ms) and start-up warms;
 - tokenizer library calls on the request path (``tokenize._ids``: count, ms) and the tokenizer's
   self-checks (``PromptTokenizer._self_check``: count, ms of the checking thread's CPU; before session 26
-  on a worker thread for a process's first 8 prompts, since then at the tokenizer's load, start-up's row);
+  on a worker thread for a process's first 8 prompts, since then at the tokenizer's load, start-up's row)
+  and live checks (``PromptTokenizer._live_check``: the first 8 prompts' whole encodings on the checker
+  thread, restored in session 26 after review s26-rev-wkv26 F1; ``live_check_loop_n``: those that ran on
+  the event loop's thread, the request path: none);
 - the event loop thread's CPU (``time.thread_time``) and the process's (all threads), so the CPU other
   threads used is their difference;
 - modules imported (``sys.modules`` growth, named) and the process's threads (``/proc/self/task``);
@@ -78,6 +81,7 @@ def _serve(out: str, profile_n: int, without: str, argv: list[str]) -> int:
         raise SystemExit(f"--without {without}: nothing or self-checks")
     if without == "self-checks":
         tokenize.SELF_CHECKS = 0
+        tokenize.LIVE_CHECKS = 0
 
     main_tid = threading.get_ident()
     counts: list[dict[str, float]] = [{}]  # [0]: start-up (before the first pick); [i + 1]: request i
@@ -130,8 +134,10 @@ def _serve(out: str, profile_n: int, without: str, argv: list[str]) -> int:
 
     Director.pick = pick  # type: ignore[method-assign]
 
-    def wrap_sync(owner: Any, name: str, key: str, cpu: bool = False) -> None:
-        fn = getattr(owner, name)
+    def wrap_sync(owner: Any, name: str, key: str, cpu: bool = False, where: bool = False) -> None:
+        fn = getattr(owner, name, None)
+        if fn is None:  # (a ``--base-src`` tree without it: main before session 26's live checks)
+            return
 
         @functools.wraps(fn)
         def call(*a: Any, **k: Any) -> Any:
@@ -141,6 +147,8 @@ def _serve(out: str, profile_n: int, without: str, argv: list[str]) -> int:
                 return fn(*a, **k)
             finally:
                 add(key + "_n")
+                if where and threading.get_ident() == main_tid:
+                    add(key + "_loop_n")
                 add(key + "_ms", 1000 * (clock() - t))
 
         setattr(owner, name, call)
@@ -164,6 +172,7 @@ def _serve(out: str, profile_n: int, without: str, argv: list[str]) -> int:
     wrap_async(upstream.UpstreamPool, "warm", "warm")
     wrap_sync(tokenize, "_ids", "tokenizer_call")
     wrap_sync(tokenize.PromptTokenizer, "_self_check", "self_check", cpu=True)
+    wrap_sync(tokenize.PromptTokenizer, "_live_check", "live_check", cpu=True, where=True)
 
     def write() -> None:
         close_interval()
@@ -247,7 +256,8 @@ def table(run: dict[str, Any], first: int) -> None:
     if run["inside"].get("modules"):
         print(f"  modules imported at start-up: {len(run['inside']['modules'][0])}")
     keys = ("connect_n", "connect_ms", "tokenizer_call_n", "tokenizer_call_ms", "self_check_n",
-            "self_check_ms", "pick_ms", "loop_cpu_ms", "other_cpu_ms", "threads")  # fmt: skip
+            "self_check_ms", "live_check_n", "live_check_ms", "pick_ms", "loop_cpu_ms", "other_cpu_ms",
+            "threads")  # fmt: skip
     print("request: kvgate's marks (ms) | inside the serve process, the interval from this pick to the next")
     rows = []
     for i, r in enumerate(recs):

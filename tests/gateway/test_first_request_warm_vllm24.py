@@ -45,8 +45,9 @@ def _native_threads() -> int:
 
 async def test_the_first_request_starts_no_thread_and_opens_no_connection(fresh_tokenizers: None) -> None:
     """Failed before (main at a6977267): the first request started ``kvgate-tokenizer-check_0``. Since
-    session 26 the self-checks run at the tokenizer's load, before ready: no check thread at all (failed
-    on main at 6c4d40fa: start-up started it, and the first request's prompt was checked on it)."""
+    session 26 the load-time self-checks run at the tokenizer's load, before ready, and the live checks of
+    the first prompts run on the check thread start-up started (review s26-rev-wkv26 F1): the request's
+    own thread checks nothing and the request starts no thread."""
     rs = [Replica(ReplicaConfig(model="sim-model", time_scale=50.0, block_size=16, seed=i, kv_events_port=0),
                   index=i) for i in range(2)]  # fmt: skip
     for r in rs:
@@ -66,8 +67,10 @@ async def test_the_first_request_starts_no_thread_and_opens_no_connection(fresh_
             async with http.post(base_url(gw) + "/v1/completions", json=body) as resp:
                 assert resp.status == 200
                 await resp.read()
-            assert tok.self_checks == tokenize.SELF_CHECKS  # the request checked nothing (session 26)
-            assert not any(t.name.startswith("kvgate-tokenizer-check") for t in threading.enumerate())
+            assert tok.self_checks == tokenize.SELF_CHECKS  # no load-time check on the request
+            assert any(t.name.startswith("kvgate-tokenizer-check") for t in threading.enumerate())
+            tok.wait_self_checks(30)  # (its prompt's live check, on that thread)
+            assert tok.piecewise
             assert _kvgate_threads() == threads, "the first request started a thread"
             assert _native_threads() == native
             assert set(pool._open) <= conns, "the first request opened an upstream connection"

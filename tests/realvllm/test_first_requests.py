@@ -4,8 +4,8 @@ vLLM look-alikes; no vLLM): the serve process's own records of a fresh gateway's
 Real processes on loopback: the script starts the backends and ``kvgate serve --kv-events auto`` (the
 precise profile with the tiny Llama's tokenizer) and writes what it recorded inside the serve process.
 The thread check fails on main a6977267's src (the first request started the tokenizer's self-check
-thread), the self-check one on main 6c4d40fa's (the first 8 requests' prompts were checked); the others
-pin what the script measures.
+thread), the self-check one on main 6c4d40fa's (nothing was checked at load), the live-check one on main
+1b0eae32's (no real prompt was checked: review s26-rev-wkv26 F1); the others pin what the script measures.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 
 from kvgate import lifeline
 from kvgate.bench.gateway_ttft import DEFAULT_TOKENIZER
-from kvgate.scheduling.tokenize import SELF_CHECKS
+from kvgate.scheduling.tokenize import LIVE_CHECKS, SELF_CHECKS
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "realvllm" / "first_requests.py"
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -42,10 +42,14 @@ def test_a_fresh_gateways_first_requests_start_nothing(tmp_path: Path) -> None:
     assert len(per_request) == REQUESTS
     assert start["warm_n"] == 2 and start["connect_n"] == 2  # one kept-alive connection per backend
     assert sum(c.get("connect_n", 0) for c in per_request) == 0  # (the look-alikes never close one)
-    # The tokenizer's self-checks: all at start-up, none on a request (session 26; before, one on each of
-    # the first SELF_CHECKS prompts, on a worker thread).
+    # The tokenizer's load-time self-checks: all at start-up, none in a request's interval (session 26).
     assert start.get("self_check_n", 0) == SELF_CHECKS
     assert [c.get("self_check_n", 0) for c in per_request] == [0] * REQUESTS
+    # The first LIVE_CHECKS prompts' live checks: on the checker thread (its CPU in those requests'
+    # intervals), none on the event loop's thread, the request path (the exit joins the thread: all counted).
+    assert start.get("live_check_n", 0) == 0
+    assert sum(c.get("live_check_n", 0) for c in per_request) == min(LIVE_CHECKS, REQUESTS)
+    assert sum(c.get("live_check_loop_n", 0) for c in [start, *per_request]) == 0
     assert all(c.get("tokenizer_call_n", 0) > 0 for c in per_request)
     # Nothing started or imported by a request: threads as at readiness, no module after the first pick.
     # (The last request's interval ends at the serve process's exit, its threads stopping: not counted.)

@@ -33,10 +33,18 @@ qualifies is checked at load, before it serves a prompt: on a mixed probe text (
 punctuation, whitespace runs, non-Latin script, its own added tokens) cut at every point ``encode`` may
 cut, and then ``SELF_CHECKS`` prompt-shaped texts (a multi-line system text and one turn each, as a
 tenant's requests come) sent through ``encode`` itself, with its caches, each compared with the whole
-encoding. One difference (or a check that raises) and it tokenizes whole texts. These checks once ran on
-a server's first live prompts, on a worker thread: CPU inside the first requests' window, on a loaded
-machine beside CPU inference engines (docs/benchmarks/realvllm.md, "Session 26"). A tokenizer named in
-the configuration is loaded before the gateway says ready, so a request never waits for them.
+encoding. One difference (or a check that raises) and it tokenizes whole texts. A tokenizer named in the
+configuration is loaded before the gateway says ready, so a request never waits for them; with ``auto``
+a model's tokenizer is loaded at its first request, inside that request's pick on the event loop (once
+per model; every in-flight request waits: the 8 checks alone 27-34 ms, min-median, for the tiny Llama's
+and 31-36 ms for tokenizer-v1 at load ~11, review s26-rev-wkv26 F3, plus the file's load). The check
+texts are built from a fixed word list, so a vocabulary that merges across a cut only on other words (a
+word with the next one's leading space, as multi-word vocabularies do) passes them: the first
+``LIVE_CHECKS`` real prompts tokenized piecewise are also compared with their whole encoding, on one
+checker thread (started before ready by ``warm``; the request path pays a queue put), and a difference
+makes the next ``encode`` drop the caches and tokenize whole texts (review s26-rev-wkv26 F1). Their CPU
+(~1.3 ms each) falls in the first requests' window, off the event loop (docs/benchmarks/realvllm.md,
+"Session 26", "Since").
 
 The request path encodes with ``encode_batch_fast`` (a batch of one: the same ids without the character
 offsets, ~0.71x the CPU of ``encode`` per piece, ``scripts/tokenize_cost.py``; it releases the GIL as
@@ -55,6 +63,7 @@ import re
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +76,7 @@ MAX_CHARS = 1 << 20  # longer prompts are tokenized only up to here: the prefix 
 PIECE_CHARS = 256  # piecewise tokenization: cut about this often (characters)
 PIECE_ENTRIES = 8192  # cached pieces per tokenizer (4 bytes per token id: ~1 KB each)
 SELF_CHECKS = 8  # prompt-shaped texts encoded through ``encode`` and compared with whole ones, at load
+LIVE_CHECKS = 8  # then real prompts' piecewise ids compared with whole ones, per tokenizer, off the loop
 # Where a byte-level BPE pre-tokenizer always splits: before a space between two letters (" word" is
 # one pre-token), after a newline between two non-spaces ("\n" never joins a letter after it).
 _CUT = re.compile(r"(?<=[^\W\d_]) (?=[^\W\d_])|(?<=\S)\n(?=\S)")
@@ -78,13 +88,26 @@ log = logging.getLogger(__name__)
 _BY_PATH: dict[str, PromptTokenizer] = {}
 _BY_MODEL: dict[str, PromptTokenizer | None] = {}
 _UNSEEN: Any = object()  # (a model not looked up yet)
+_CHECKER: ThreadPoolExecutor | None = None  # one thread for every tokenizer's live checks, made on first use
+
+
+def _checker() -> ThreadPoolExecutor:
+    global _CHECKER
+    if _CHECKER is None:
+        _CHECKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvgate-tokenizer-check")
+    return _CHECKER
 
 
 def warm() -> None:
     """Build now what the loaded tokenizers' first request would build (a server's start-up, before it
-    says ready): the library's own thread pool, which a tokenizer whose load-time checks did not run (one
-    tokenized whole) builds on its first ``encode_batch_fast``. Nothing without a tokenizer."""
-    for t in list(_BY_PATH.values()):
+    says ready): the live checks' thread, which the first prompt's ``encode`` otherwise starts inside that
+    request's pick (a thread start, ~2 ms on a loaded 2-core machine), and the library's own thread pool,
+    which a tokenizer whose load-time checks did not run (one tokenized whole) builds on its first
+    ``encode_batch_fast``. Nothing without a tokenizer."""
+    loaded = list(_BY_PATH.values())
+    if any(t._live_left > 0 and t.piecewise for t in loaded):
+        _checker().submit(int).result()  # (a ThreadPoolExecutor starts its thread on the first submit)
+    for t in loaded:
         _ids(t._tok, "warm", False)
 
 
@@ -102,16 +125,30 @@ class PromptTokenizer:
         # Ids the post-processor puts in front of every encoding (a BOS), when piecewise is exact.
         self._front: list[int] | None = _piecewise_front(self._tok, path)
         self.self_checks = 0  # prompt-shaped texts checked at load (benchmarks' records)
+        self._live_left = 0  # (none while the load-time checks run through ``encode``)
+        self._live: list[Future[None]] = []
+        self._differs = False  # set by a live check (the checker thread), acted on by the next encode
         if self._front is not None:
             self._self_check_all()
+        self._live_left = LIVE_CHECKS
 
     @property
     def piecewise(self) -> bool:
-        return self._front is not None
+        return self._front is not None and not self._differs
+
+    def wait_self_checks(self, timeout: float | None = None) -> None:
+        """Until the live checks started so far are done (tests, benchmarks)."""
+        for f in self._live:
+            f.result(timeout)
 
     def encode(self, text: str) -> array[int]:
         """The ids of ``text`` (cached: the same array object for the same text; callers never mutate
         it)."""
+        if self._differs and self._front is not None:
+            # Cached encodings may be piecewise ones that differ: start again from whole texts.
+            self._front = None
+            self._cache.clear()
+            self._pieces.clear()
         text = text[:MAX_CHARS]
         key = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
         ids = self._cache.get(key)
@@ -120,6 +157,9 @@ class PromptTokenizer:
             return ids
         if self._front is not None and len(text) > PIECE_CHARS:
             ids = self._encode_pieces(text, self._front)
+            if self._live_left > 0:  # (the request path pays a queue put; the check runs on the thread)
+                self._live_left -= 1
+                self._live.append(_checker().submit(self._live_check, text, ids))
         else:
             # Special tokens as vLLM adds them to a completion prompt (a BOS), so blocks equal the engine's.
             ids = array("I", _ids(self._tok, text, True))
@@ -150,6 +190,20 @@ class PromptTokenizer:
         """One text: its ``encode`` (piecewise) equals its whole encoding."""
         self.self_checks += 1
         return self.encode(text) == array("I", self._tok.encode_batch([text])[0].ids)
+
+    def _live_check(self, text: str, ids: array[int]) -> None:
+        """On the checker thread: a real prompt's whole encoding against its piecewise one (``ids``: the
+        cached array, never mutated). The load-time texts are built from a fixed word list; a vocabulary
+        that merges across a cut only on other words (a word with the next one's space) shows here."""
+        try:
+            whole = array("I", self._tok.encode_batch([text])[0].ids)  # encode_batch runs without the GIL
+        except Exception:  # its Future is never read for a result: the log is the only trace
+            log.exception("tokenizer %s: live check failed; keeping the piecewise encoding", self.path)
+            return
+        if whole != ids:
+            log.warning("tokenizer %s: piecewise encoding differs from whole on a prompt; tokenizing whole "
+                        "texts", self.path)  # fmt: skip
+            self._differs = True
 
     def _encode_pieces(self, text: str, front: list[int]) -> array[int]:
         ids = array("I", front)
