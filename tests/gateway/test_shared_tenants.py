@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from kvgate.gateway.shared_tenants import (
     SharedRateLimiter,
     SharedTenants,
-    free_stuck_lock,
     segment_size,
     tenant_key,
 )
@@ -162,19 +161,31 @@ def test_a_stuck_lock_admits_unchecked_warns_once_and_the_supervisor_frees_it(ca
     with fleet(wait_s=0.01) as (w0, w1):
         rl = SharedRateLimiter(w0, 1, 0, lambda: 0.0)
         assert rl.admit("t") is None and rl.admit("t") is not None
-        assert w0.lock.acquire(timeout=1)  # a worker killed while it held the lock
+        assert w0.acquire()  # a worker killed while it held the lock (the holds word names it)
         with caplog.at_level(logging.WARNING, "kvgate.gateway.shared_tenants"):
             assert rl.admit("t") is None  # admitted unchecked, not stalled
             assert w0.enter(1) and w0.enter(1)  # counted (``leave`` matches) but unchecked
         assert [r.message.count("lock was not free") for r in caplog.records] == [1]  # once per episode
-        assert free_stuck_lock(w1.lock, 0.01) is True  # the supervisor, after the death
+        assert w1.free_stuck(0, 0.01) is True  # the supervisor, after the death
         assert rl.admit("t") is not None and not w0.enter(1)  # checked again
-        assert free_stuck_lock(w1.lock, 0.01) is False  # (not stuck: taken and given back)
+        assert w1.free_stuck(0, 0.01) is False  # (not stuck: taken and given back)
         # A worker whose hold was freed under it releases without an error.
-        assert w1.lock.acquire(timeout=1)
-        free_stuck_lock(w0.lock, 0.01)
+        assert w1.acquire() and w0.holder() == 1
+        assert w0.free_stuck(1, 0.01) is True and w0.holder() is None
         w1.release()
         assert w0.enter(5)
+
+
+def test_the_supervisor_frees_only_a_dead_holders_lock() -> None:
+    """Review s26-rev-wkv26 F2: a lock worker 1 holds is not freed after worker 0's death (it was, whoever
+    held it); the holds word names the holder while it holds and no one after it lets go."""
+    with fleet(wait_s=0.01) as (w0, w1):
+        assert w0.holder() is None
+        assert w1.acquire() and w0.holder() == 1
+        assert w0.free_stuck(0, 0.01) is False and w0.holder() == 1  # a live holder's: kept
+        assert not w0.lock.acquire(False)  # (still held)
+        w1.release()
+        assert w0.holder() is None and w0.free_stuck(0, 0.01) is False
 
 
 def test_sizes_and_keys() -> None:

@@ -10,9 +10,10 @@ counts (``gateway.shared_inflight``), after the flow-control marks:
   the sum of all rows against the limit and counts the request in its own row under the segment's
   lock (check and count are one step for the fleet), ``leave`` takes it out without the lock. The
   supervisor zeroes a dead worker's row before it restarts it.
-- holds: one 64-bit count of the lock's acquisitions through this table, bumped by each holder under the
-  lock: a worker that found the lock stuck reads it (without the lock) to tell a lock that moves from one
-  held all along.
+- holds: one 64-bit word, the count of the lock's acquisitions through this table times ``HOLDER_SPAN``
+  plus the holder (its worker index + 1, 0 once it let go), written by each holder under the lock: a
+  worker that found the lock stuck reads it (without the lock) to tell a lock that moves from one held all
+  along, and the supervisor reads who holds it before it frees it (``free_stuck``).
 - tenant buckets: ``slots`` entries of four 64-bit words (the tenant's key, requests, tokens, when
   last refilled), in sets of ``ways`` entries. A tenant's key is 64 bits of BLAKE2b of its name
   (the same in every process; Python's ``hash`` is not), its set the key modulo the number of sets.
@@ -36,8 +37,11 @@ unchanged). The episode ends when a try finds the lock free, or held by a later 
 moved: the lock moves again, a descheduled holder let go): that request waits for it as usual, so an
 ordinary microsecond hold by another worker no longer lets a request through unchecked (review
 s18-fixes-c I3: before, any try that met any hold during an episode admitted without the check). The
-supervisor frees a lock it cannot take within ``STUCK_S`` after a worker died (``free_stuck_lock``; a
-worker whose lock was freed under it ignores its own release's error). A holder that is frozen
+supervisor frees a lock it cannot take within ``STUCK_S`` after a worker died only when the holds word
+names that worker as its holder (``free_stuck``; review s26-rev-wkv26 F2: it freed it whoever held it, so a
+live worker descheduled past ``STUCK_S`` had its lock released under it); a worker whose lock was freed
+under it ignores its own release's error. A lock held through a path that records no holder (the
+in-flight table's address-slot claim, ``shared_inflight``) is not freed. A holder that is frozen
 (SIGSTOP, a debugger), not dead, is never freed, deliberately: it could resume inside its update while
 another worker is in it and tear a bucket; the fleet admits without the fleet-wide limits until it lets go,
 or until its heartbeat is ``listen.workerTimeoutSeconds`` old: the supervisor then kills it (SIGKILL) and
@@ -46,6 +50,7 @@ frees the lock as a dead worker's (``workers.Supervisor.check_heartbeat``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -78,12 +83,7 @@ def tenant_key(tenant: str) -> int:
     return int.from_bytes(digest, "little", signed=True) or 1
 
 
-def free_stuck_lock(lock: Any, wait_s: float = STUCK_S) -> bool:
-    """After a worker died: take and release the lock; if it cannot be taken within ``wait_s`` (the dead
-    worker held it) release it anyway. True when it was stuck."""
-    got = lock.acquire(True, wait_s)
-    lock.release()
-    return not got
+HOLDER_SPAN = 1 << 16  # the holds word: acquisitions x HOLDER_SPAN + (holder's worker index + 1)
 
 
 class SharedTenants:
@@ -142,6 +142,32 @@ class SharedTenants:
 
     # -- the lock -------------------------------------------------------------------------------
 
+    def _hold(self) -> None:
+        """Under the lock: count the acquisition and name this worker its holder."""
+        h = self._holds
+        self._q[h] = (self._q[h] // HOLDER_SPAN + 1) * HOLDER_SPAN + self.worker + 1
+
+    def holder(self) -> int | None:
+        """The worker index the holds word names as the lock's holder (read without the lock), or None."""
+        who = self._q[self._holds] % HOLDER_SPAN
+        return who - 1 if who else None
+
+    def free_stuck(self, dead: int, wait_s: float = STUCK_S) -> bool:
+        """The supervisor, after worker ``dead`` ended: if the lock cannot be taken within ``wait_s`` and
+        the holds word names ``dead`` as its holder, release it for it. A live holder's lock is never
+        released (descheduled, or frozen: see the module doc). True when it was freed."""
+        lock = self.lock
+        if lock.acquire(True, wait_s):
+            lock.release()
+            return False
+        if self.holder() != dead:
+            return False
+        h = self._holds
+        self._q[h] -= self._q[h] % HOLDER_SPAN  # (no holder; the count kept: the lock moved)
+        with contextlib.suppress(ValueError):  # (let go in between: nothing to release)
+            lock.release()
+        return True
+
     def acquire(self) -> bool:
         lock, q = self.lock, self._q
         if self.stuck:
@@ -149,7 +175,7 @@ class SharedTenants:
             # event loop ``wait_s`` in ``admit`` and again in ``enter``): one try without blocking ...
             if lock.acquire(False):
                 self.stuck = False
-                q[self._holds] += 1
+                self._hold()
                 return True
             if q[self._holds] == self._stuck_at:
                 return False  # (the same hold as when the wait ran out: admitted unchecked)
@@ -157,7 +183,7 @@ class SharedTenants:
             # I3: a microsecond hold by a live worker admitted this request unchecked): wait as usual.
             self.stuck = False
         if lock.acquire(True, self.wait_s):
-            q[self._holds] += 1
+            self._hold()
             return True
         self.stuck = True
         self._stuck_at = q[self._holds]
@@ -170,6 +196,9 @@ class SharedTenants:
         return False
 
     def release(self) -> None:
+        q, h = self._q, self._holds
+        if q[h] % HOLDER_SPAN == self.worker + 1:  # (not if freed under us and taken by another since)
+            q[h] -= self.worker + 1
         try:  # (not ``contextlib.suppress``: a context manager per request on the data path)  # noqa: SIM105
             self.lock.release()
         except ValueError:  # freed under us by the supervisor (``free_stuck_lock``): nothing to release

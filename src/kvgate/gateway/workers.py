@@ -943,13 +943,11 @@ class Supervisor:
                         self.failed = True
                         return
                     delay = self._ended(i, proc, lived)
-                    if self.shared is not None:
-                        # It may have died holding the segment's lock (taken microseconds per request by
-                        # the tenant table): freed if it cannot be taken within ``STUCK_S``.
-                        from kvgate.gateway.shared_tenants import free_stuck_lock
-
-                        if await asyncio.to_thread(free_stuck_lock, self.shared.lock):
-                            log.warning("worker %d died holding the shared segment's lock: freed", i)
+                    # It may have died holding the segment's lock (taken microseconds per request by the
+                    # tenant table): freed if it cannot be taken within ``STUCK_S`` and the table names it
+                    # the holder (never a live worker's hold).
+                    if self.shared is not None and await asyncio.to_thread(self.tenants.free_stuck, i):
+                        log.warning("worker %d died holding the shared segment's lock: freed", i)
                     restarting[i] = asyncio.create_task(self._restart(i, delay), name=f"restart-worker-{i}")
         finally:
             for task in restarting.values():
@@ -1095,15 +1093,14 @@ class Supervisor:
 
     async def _ended_in_drain(self, i: int, proc: BaseProcess) -> None:
         """Worker ``i`` ended after the stop began: its rows cleared (the others may still drain on them),
-        and the segment's lock freed if it died holding it (as ``watch`` does)."""
+        and the segment's lock freed if it died holding it (as ``watch`` does: only when the tenant table
+        names it the holder; review s26-rev-wkv26 F2)."""
         if self.shared is None:
             return
         self._clear_rows(i)
-        if proc.exitcode != 0:  # (a drain that ended holds no lock)
-            from kvgate.gateway.shared_tenants import free_stuck_lock
-
-            if await asyncio.to_thread(free_stuck_lock, self.shared.lock):
-                log.warning("worker %d died holding the shared segment's lock: freed", i)
+        # (a drain that ended holds no lock)
+        if proc.exitcode != 0 and await asyncio.to_thread(self.tenants.free_stuck, i):
+            log.warning("worker %d died holding the shared segment's lock: freed", i)
 
     # --- admin -------------------------------------------------------------------------------
     async def _fetch(
