@@ -42,7 +42,8 @@ def build(
         ctl.enqueue(req, 0.0)
     for i in range(batch):
         req = InferenceRequest(
-            f"b{i}", "m", prompt_tokens=10, max_tokens=100, fairness_id=f"batch{i % batch_flows}", priority=-1,
+            f"b{i}", "m", prompt_tokens=10, max_tokens=100, fairness_id=f"batch{i % batch_flows}",
+            priority=-1,
             headers={"x-slo-ttft-ms": "100000"}, arrival_time=9.0,
         )  # fmt: skip
         ctl.enqueue(req, 9.0)
@@ -85,7 +86,8 @@ def main() -> None:
     for f in a.flows:
         us = 1e6 * pass_cost(f, a.batch, a.repeats, a.at, a.batch_flows, a.fairness)
         print(
-            f"flows={f}: {us:.1f} us per one-slot dispatch pass ({a.fairness}, best of {a.repeats}, at {a.at} s)"
+            f"flows={f}: {us:.1f} us per one-slot dispatch pass "
+            f"({a.fairness}, best of {a.repeats}, at {a.at} s)"
         )
 
 
