@@ -247,11 +247,20 @@ class Band:
         if q.feasible:
             aging = self._aging
             heapq.heappush(aging, (item.ages_at, item.seq, item))
-            if len(aging) > 2 * self.count + 64:  # (finished ones, or a held one's earlier entry: once)
-                live = {e[1]: e for e in aging if not e[2].done}
-                self._aging = aging = list(live.values())
-                heapq.heapify(aging)
+            self._trim_aging()
         return new
+
+    def _trim_aging(self) -> None:
+        """Drop the aging heap's finished entries (or a held one's earlier entry) once they outnumber the
+        queued ones: at a push, and as the band drains (review s26-rev-fixes26 F2: a drained band kept
+        every finished request, prompt included, until its next push). Amortized O(1) per request."""
+        aging = self._aging
+        if not self.count:
+            aging.clear()
+        elif len(aging) > 2 * self.count + 64:
+            live = {e[1]: e for e in aging if not e[2].done}
+            self._aging = aging = list(live.values())
+            heapq.heapify(aging)
 
     def aged_by(self, now: float) -> bool:
         """slo-feasible: may a queued request of this band be past its aging time at ``now``? False only
@@ -267,6 +276,8 @@ class Band:
         self.count -= 1
         self.bytes -= item.size
         self.stamp += 1
+        if self._aging:
+            self._trim_aging()
         q = self.flows.get(item.flow)
         if q is not None:
             q.live -= 1

@@ -151,7 +151,7 @@ class ResponseLookups:
                 code="upstream_unavailable",
                 retry_after=RETRY_AFTER,
             )
-        if found.unanswered and not found.refused:  # (a refused key: the endpoint's own 401/403 says it)
+        if found.unanswered:  # (may be kept there, a key refused elsewhere or not: s26-rev-fixes26 F3)
             raise GatewayError(
                 503,
                 f"response '{response_id}' was not found, and {found.unanswered} of {found.asked} endpoints"

@@ -606,7 +606,7 @@ class Proxy:
         if found.home is not None:
             self.responses.remember(prev, found.home)
             ireq.subset, ireq.subset_soft = frozenset((found.home,)), True
-        elif found.unanswered and not found.refused:  # (a refused key: the endpoint's 401/403 says it)
+        elif found.unanswered:  # (may be kept there, a key refused elsewhere or not: s26-rev-fixes26 F3)
             raise GatewayError(
                 503,
                 f"response '{prev}' that this follow-up names was not found, and {found.unanswered} of"

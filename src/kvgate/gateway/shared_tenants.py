@@ -41,7 +41,9 @@ supervisor frees a lock it cannot take within ``STUCK_S`` after a worker died on
 names that worker as its holder (``free_stuck``; review s26-rev-wkv26 F2: it freed it whoever held it, so a
 live worker descheduled past ``STUCK_S`` had its lock released under it); a worker whose lock was freed
 under it ignores its own release's error. A lock held through a path that records no holder (the
-in-flight table's address-slot claim, ``shared_inflight``) is not freed. A holder that is frozen
+in-flight table's address-slot claim, ``shared_inflight``: a microsecond hold) is freed as before, after
+``STUCK_S`` (review s26-rev-fixes26 F1: left held, a worker killed inside the claim blocked every worker at
+its next new endpoint for good). A holder that is frozen
 (SIGSTOP, a debugger), not dead, is never freed, deliberately: it could resume inside its update while
 another worker is in it and tear a bucket; the fleet admits without the fleet-wide limits until it lets go,
 or until its heartbeat is ``listen.workerTimeoutSeconds`` old: the supervisor then kills it (SIGKILL) and
@@ -154,13 +156,17 @@ class SharedTenants:
 
     def free_stuck(self, dead: int, wait_s: float = STUCK_S) -> bool:
         """The supervisor, after worker ``dead`` ended: if the lock cannot be taken within ``wait_s`` and
-        the holds word names ``dead`` as its holder, release it for it. A live holder's lock is never
-        released (descheduled, or frozen: see the module doc). True when it was freed."""
+        the holds word names ``dead`` as its holder, or names no holder, release it for it. A holder the
+        word names is never released unless it is ``dead`` (a live one descheduled, or frozen: see the
+        module doc). No holder named: the in-flight table's address claim (``SharedInFlight.slot``, a
+        microsecond hold that records none) held past ``wait_s`` right after a worker died; left held,
+        every worker would block at its next new endpoint for good (review s26-rev-fixes26 F1). True when
+        it was freed."""
         lock = self.lock
         if lock.acquire(True, wait_s):
             lock.release()
             return False
-        if self.holder() != dead:
+        if self.holder() not in (dead, None):
             return False
         h = self._holds
         self._q[h] -= self._q[h] % HOLDER_SPAN  # (no holder; the count kept: the lock moved)

@@ -231,7 +231,7 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
             return json_error(504, f"lookup failed: {why}", code="request_timeout")
         if found.home is not None:
             gw.responses.remember(response_id, (found.home, None))
-        elif found.unanswered and not found.refused:  # (a refused key: the cluster's 401/403 says it)
+        elif found.unanswered:  # (may be kept there, a key refused elsewhere or not: s26-rev-fixes26 F3)
             return json_error(503, not_located(response_id, found), code="upstream_unavailable",
                               headers={"Retry-After": "1"})  # fmt: skip
     where = targets(gw, response_id)

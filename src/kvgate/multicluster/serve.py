@@ -592,7 +592,7 @@ class GlobalGateway:
                 if found.home is not None:
                     home = (found.home, None)
                     self.responses.remember(prev, home)
-                elif found.unanswered and not found.refused:  # (a refused key: the cluster's 401/403)
+                elif found.unanswered:  # (may be kept there, a key refused or not: s26-rev-fixes26 F3)
                     raise NoRoute(
                         503, not_located(prev, found), [], retry_after=1, code="upstream_unavailable"
                     )
