@@ -118,6 +118,7 @@ def test_from_the_command_line_too() -> None:
         (["epp", *EPP, "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig"),
         (["epp", *EPP, "--kube-server", "http://127.0.0.1:1"], "--kube-server"),
         (["epp", *EPP, "--cluster-policy", "round-robin"], "--cluster-policy"),
+        (["epp", *EPP, "--pool-namespace", "prod"], "--pool-namespace"),  # (k8s27: as serve; main served)
     ],
     ids=lambda a: a if isinstance(a, str) else a[0],
 )

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import signal
 import ssl
 import sys
@@ -37,6 +36,7 @@ from kvgate.entry import (
 )
 from kvgate.extproc import keys
 from kvgate.extproc.upstream_flags import split_unknown
+from kvgate.k8s import poolflags
 from kvgate.k8s import resources as R
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
@@ -80,8 +80,9 @@ def parser() -> argparse.ArgumentParser:
     )
     src.add_argument(
         "--pool-namespace",
-        default="",
-        help="the InferencePool's namespace (default: $NAMESPACE, else default: the reference EPP's order)",
+        default=None,
+        help="with --pool-name: the InferencePool's namespace (default: $NAMESPACE, else default: the "
+        "reference EPP's order, as kvgate serve)",
     )
     src.add_argument(
         "--pool-group",
@@ -249,10 +250,6 @@ def _main(argv: list[str] | None) -> int:
     off_loop_stderr()  # (as ``kvgate serve``'s: a stderr nobody reads stalls no stream)
     if ignored:
         log.warning("ignoring the reference EPP's arguments kvgate does not use: %s", " ".join(ignored))
-    # The reference EPP's order (cmd/epp/runner): the flag, else $NAMESPACE (its chart sets it from the
-    # pod's own namespace), else default (qa26 F8: kvgate looked in default, not ready for good).
-    if not args.pool_namespace:
-        args.pool_namespace = os.environ.get("NAMESPACE") or "default"
     from kvgate.datalayer.store import EndpointStore, make_endpoint
     from kvgate.extproc.config import EppConfigError, load
     from kvgate.extproc.context import build_context
@@ -262,6 +259,10 @@ def _main(argv: list[str] | None) -> int:
         return _hub_main(args)
     try:
         refused = _pool_flags_refused(args) if args.config else []
+        # (the flag without --pool-name is refused as kvgate serve refuses it; the namespace is resolved
+        # only where it names a pool: poolflags, qa26 F8's $NAMESPACE order)
+        if (why := poolflags.refused(args.pool_namespace, args.pool_name)) is not None:
+            raise EppConfigError(f"{poolflags.FLAG}: {why}")
         if args.shared_config and not args.config:
             raise EppConfigError("--shared-config: only with --config (it says how to read that file)")
         # Flags that cannot apply are refused, not ignored (review s20-qa L1).
@@ -273,7 +274,8 @@ def _main(argv: list[str] | None) -> int:
                 config=args.config, pool_name=args.pool_name, endpoints=args.endpoints, models=args.model,
                 policy=args.policy or "kvgate", engine=args.engine or "vllm", config_file=args.config_file,
                 config_text=args.config_text, conformance=args.enable_conformance_hooks,
-                adapters=args.adapter, session_header=args.session_header, pool_namespace=args.pool_namespace,
+                adapters=args.adapter, session_header=args.session_header,
+                pool_namespace=poolflags.pool_namespace(args.pool_namespace),
                 pass_priority=args.pass_priority, shared_config=args.shared_config,
             )  # fmt: skip
         except EppConfigError as e:

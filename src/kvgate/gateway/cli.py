@@ -30,6 +30,7 @@ from kvgate.config.gateway import (
 )
 from kvgate.entry import ArgumentParser, log_level, number, port_number, sighup_ignored
 from kvgate.gateway.pools import Pool, build_pool
+from kvgate.k8s import poolflags
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
@@ -166,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     kube.add_argument(
         "--pool-namespace",
         default=None,
-        help="with --pool-name: the InferencePool's namespace (default: default)",
+        help="with --pool-name: the InferencePool's namespace (default: $NAMESPACE, else default: the "
+        "reference EPP's order, as kvgate epp)",
     )
     kube.add_argument("--kube-server", help="API server URL (default: in-cluster, else the kubeconfig's)")
     kube.add_argument(
@@ -224,7 +226,7 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         pool = {"name": args.pool_name, "engine": args.engine, "policy": args.policy, "models": args.model,
                 "adapters": args.adapter,
                 "inferencePool": {"name": args.pool_name,
-                                  "namespace": args.pool_namespace or "default"}}  # fmt: skip
+                                  "namespace": poolflags.pool_namespace(args.pool_namespace)}}  # fmt: skip
         cfg = parse_gateway_config({"pools": [pool]})
     else:
         if not args.endpoints:
@@ -578,9 +580,8 @@ def _main(argv: list[str] | None) -> int:
         if args.cluster_policy is not None or args.cluster_policy_seed is not None:
             flag = "--cluster-policy" if args.cluster_policy is not None else "--cluster-policy-seed"
             raise GatewayConfigError(flag, "only with --clusters")
-        if args.pool_namespace is not None and not args.pool_name:
-            raise GatewayConfigError("--pool-namespace", "only with --pool-name (a config file's pool names "
-                                     "its InferencePool's namespace)")  # fmt: skip
+        if (why := poolflags.refused(args.pool_namespace, args.pool_name)) is not None:
+            raise GatewayConfigError(poolflags.FLAG, why)
         if args.config and not (args.endpoints or args.model):
             file_cfg = load_gateway_config(args.config)
         cfg = build_config(args, file_cfg)
