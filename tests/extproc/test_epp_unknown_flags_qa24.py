@@ -6,7 +6,8 @@ own was ignored too, ``--plaintxt`` served TLS (a plaintext Envoy then fails eve
 ``--ha-enable-leader-elction`` ran active-active, and docs/kubernetes.md named ``kvgate epp --pool-name
 --leader-elect``, a flag that does not exist. Now only the reference EPP's flags are ignored (with their
 values), anything else exits 2 naming it. The reference flags still start: ``test_cli.py``'s
-``--v 3 --zap-encoder json``. The real ``kvgate epp`` on ports 29921-29924, killed after."""
+``--v 3 --zap-encoder json``. The real ``kvgate epp`` on ports 0 (its own: no fixed port another process may
+hold), killed after."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 @pytest.mark.parametrize("typo", ["--plaintxt", "--ha-enable-leader-elction", "--leader-elect"])
 def test_a_misspelt_kvgate_epp_option_is_refused(typo: str) -> None:
     argv = [
-        sys.executable, "-m", "kvgate.cli", "epp", "--endpoints", "127.0.0.1:29921", "--model", "m",
-        "--host", "127.0.0.1", "--port", "29922", "--grpc-health-port", "29923", "--metrics-port", "29924",
+        sys.executable, "-m", "kvgate.cli", "epp", "--endpoints", "127.0.0.1:9", "--model", "m",
+        "--host", "127.0.0.1", "--port", "0", "--grpc-health-port", "0", "--metrics-port", "0",
         typo,
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -6,8 +6,9 @@ at ``headerTimeoutSeconds`` (10 s, docs/gateway.md "Slow and stalled clients"). 
 cap (aiohttp's ``AppRunner``, extproc/metrics.py:188), so such connections pile up to the fd limit the
 gRPC port shares.
 
-The test starts the real ``kvgate epp`` (loopback, its own ports 21590-21593, killed at the end) and
-trickles a head; it expects the port to end it (408 or close) within 15 s of its first byte."""
+The test starts the real ``kvgate epp`` (loopback, ports 0: the ones it bound read from its ready line;
+killed at the end) and trickles a head; it expects the port to end it (408 or close) within 15 s of its
+first byte."""
 
 from __future__ import annotations
 
@@ -16,35 +17,34 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import start_lines
 from kvgate.lifeline import die_with_parent_argv
 
-PORTS = (21590, 21591, 21592, 21593)
 LIMIT_S = 15.0  # serve's headerTimeoutSeconds is 10 s
 
 
-def _epp() -> subprocess.Popen[str]:
+def _epp(out: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The EPP and its metrics port."""
     argv = [
-        sys.executable, "-m", "kvgate.cli", "epp", "--endpoints", f"127.0.0.1:{PORTS[0]}", "--model", "m",
-        "--host", "127.0.0.1", "--port", str(PORTS[1]), "--grpc-health-port", str(PORTS[2]),
-        "--metrics-port", str(PORTS[3]), "--plaintext",
+        sys.executable, "-m", "kvgate.cli", "epp", "--endpoints", "127.0.0.1:9", "--model", "m",
+        "--host", "127.0.0.1", "--port", "0", "--grpc-health-port", "0", "--metrics-port", "0", "--plaintext",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        die_with_parent_argv(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "kvgate epp ready" in line:
-            return proc
-    proc.kill()
-    proc.wait(30)
-    raise AssertionError("kvgate epp did not start")
-
-
-def test_a_trickled_head_on_the_epp_metrics_port_is_ended() -> None:
-    proc = _epp()
+    with out.open("wb") as f:
+        proc = subprocess.Popen(die_with_parent_argv(argv), stdout=f, stderr=subprocess.STDOUT)
     try:
-        s = socket.create_connection(("127.0.0.1", PORTS[3]), timeout=5)
+        return proc, start_lines.ports(out, start_lines.EPP, proc)[2]
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
+
+
+def test_a_trickled_head_on_the_epp_metrics_port_is_ended(tmp_path: Path) -> None:
+    proc, metrics = _epp(tmp_path / "epp.log")
+    try:
+        s = socket.create_connection(("127.0.0.1", metrics), timeout=5)
         s.settimeout(0.2)
         s.sendall(b"GET /v1/pool/aggregate HTTP/1.1\r\nHost: x\r\n")
         start = time.monotonic()

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import start_lines
 from gateway.backend import Backend
 from gateway.conftest import AccessSink, base_url, make_config, make_pools, serve_ready, until
 from kvgate.gateway import access
@@ -66,9 +67,6 @@ async def test_a_request_cut_at_the_drain_deadline_keeps_its_line_in_the_file(
     assert "cut-1" in path.read_text(), repr(path.read_text())
 
 
-PORT, ADMIN = 29971, 29972
-
-
 def _popen(argv: list[str], err: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdout=err.open("wb"), stderr=subprocess.STDOUT, env=os.environ.copy())
 
@@ -84,7 +82,7 @@ async def test_kvgate_serve_sigterm_keeps_the_line_of_a_request_cut_at_the_drain
     b.mode = "hang"
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
-        f"listen: {{host: 127.0.0.1, port: {PORT}, adminPort: {ADMIN}}}\n"
+        "listen: {host: 127.0.0.1, port: 0, adminPort: 0}\n"  # (its own ports, read from its start line)
         "limits: {drainTimeoutSeconds: 0.3}\n"
         f"pools: [{{name: p, endpoints: ['{b.address}'], models: [m], policy: round-robin}}]\n"
     )
@@ -94,13 +92,14 @@ async def test_kvgate_serve_sigterm_keeps_the_line_of_a_request_cut_at_the_drain
     argv += ["--access-log"] + (["--access-log-file", str(out)] if to_file else [])
     proc = _popen(argv, err)
     try:
+        port, admin = await start_lines.ports_async(err, start_lines.SERVE, proc)
         async with aiohttp.ClientSession() as s:
-            await serve_ready(s, ADMIN, proc, err)
+            await serve_ready(s, admin, proc, err)
 
             async def send() -> None:
                 body = {"model": "m", "prompt": "x", "max_tokens": 2}
                 try:
-                    async with s.post(f"http://127.0.0.1:{PORT}/v1/completions", json=body,
+                    async with s.post(f"http://127.0.0.1:{port}/v1/completions", json=body,
                                       headers={"x-request-id": "cut-2"}) as r:  # fmt: skip
                         await r.read()
                 except aiohttp.ClientError:

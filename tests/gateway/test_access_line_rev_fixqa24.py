@@ -18,12 +18,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+import start_lines
 from gateway.backend import Backend
 from gateway.conftest import AccessSink, base_url, make_config, running_gateway, serve_ready, until
 from kvgate.gateway import access
 
 pytestmark = pytest.mark.asyncio
-PORT, ADMIN = 29961, 29962
 
 
 @asynccontextmanager
@@ -117,16 +117,17 @@ async def test_access_log_file_gets_the_lines(tmp_path: Path) -> None:
     b = await Backend("b").start()
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
-        f"listen: {{host: 127.0.0.1, port: {PORT}, adminPort: {ADMIN}}}\n"
+        "listen: {host: 127.0.0.1, port: 0, adminPort: 0}\n"  # (its own ports, read from its start line)
         f"pools: [{{name: p, endpoints: ['{b.address}'], models: [m], policy: round-robin}}]\n"
     )
     out, err = tmp_path / "access.log", tmp_path / "serve.log"
     proc = _serve(cfg, out, err)
     try:
+        port, admin = await start_lines.ports_async(err, start_lines.SERVE, proc)
         async with aiohttp.ClientSession() as s:
-            await serve_ready(s, ADMIN, proc, err)
+            await serve_ready(s, admin, proc, err)
             body = {"model": "m", "prompt": "x", "max_tokens": 1}
-            async with s.post(f"http://127.0.0.1:{PORT}/v1/completions", json=body,
+            async with s.post(f"http://127.0.0.1:{port}/v1/completions", json=body,
                               headers={"x-request-id": "file-1"}) as r:  # fmt: skip
                 await r.read()
         proc.terminate()

@@ -21,7 +21,7 @@ def test_a_bad_access_log_file_is_one_named_error_before_any_worker(tmp_path: Pa
 
     bad = str(tmp_path / "no-such-dir" / "a.log")
     argv = [sys.executable, "-m", "kvgate.cli", "serve", "--endpoints", "127.0.0.1:1", "--model", "m",
-            "--port", "29973", "--admin-port", "29974", "--workers", "2", "--access-log",
+            "--port", "0", "--admin-port", "0", "--workers", "2", "--access-log",
             "--access-log-file", bad]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-1500:]

@@ -5,7 +5,8 @@ trigger: an over-long ``x-request-id`` is logged at INFO (proxy.py ``_entry``), 
 endpoint ("ejected ..."), a reload, a cut stream. CHANGELOG: "A stderr pipe nobody reads no longer stalls the
 gateway". Fails on gw25 (and before): the request after the INFO line times out.
 
-A real ``kvgate serve`` child (``accessLog: true``), stderr a 4 KiB pipe nobody reads; killed after."""
+A real ``kvgate serve`` child (``accessLog: true``, its own ports read from its start line on stdout), stderr
+a 4 KiB pipe nobody reads; killed after."""
 
 from __future__ import annotations
 
@@ -18,31 +19,33 @@ from pathlib import Path
 
 import aiohttp
 
+import start_lines
 from gateway.backend import Backend
 from gateway.conftest import serve_ready
-
-PORT, ADMIN = 28710, 28711
 
 
 async def test_a_log_line_on_a_full_stderr_pipe_stalls_no_request(tmp_path: Path) -> None:
     b = await Backend("b").start()
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(
-        f"listen: {{host: 127.0.0.1, port: {PORT}, adminPort: {ADMIN}}}\n"
+        "listen: {host: 127.0.0.1, port: 0, adminPort: 0}\n"
         f"pools: [{{name: p, endpoints: ['{b.address}'], models: [m], policy: round-robin}}]\n"
         "accessLog: true\n"
     )
     r, w = os.pipe()
     fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
-    proc = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, "-m", "kvgate.cli", "serve", "--config", str(cfg)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=w,
-    )  # fmt: skip
+    out = tmp_path / "stdout.log"
+    with out.open("wb") as stdout:
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            [sys.executable, "-m", "kvgate.cli", "serve", "--config", str(cfg)],
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=w,
+        )  # fmt: skip
     os.close(w)
     try:
+        port, admin = await start_lines.ports_async(out, start_lines.SERVE, proc)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
-            await serve_ready(s, ADMIN, proc)
-            url = f"http://127.0.0.1:{PORT}/v1/completions"
+            await serve_ready(s, admin, proc)
+            url = f"http://127.0.0.1:{port}/v1/completions"
             body = {"model": "m", "prompt": "x", "max_tokens": 1}
             for i in range(300):  # (~80 KB of access lines: the 4 KiB pipe is full, the writer blocked)
                 async with s.post(url, json=body, headers={"x-request-id": f"r{i:05d}-" + "x" * 249}) as resp:
@@ -50,7 +53,7 @@ async def test_a_log_line_on_a_full_stderr_pipe_stalls_no_request(tmp_path: Path
                     await resp.read()
         # a client's over-long ids: an INFO line each to stderr, written on the loop (40: past what the pipe's
         # last page still takes, the writer thread's 4 KiB piece being blocked)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:  # (stalled: never)
             for _ in range(40):
                 async with s.post(url, json=body, headers={"x-request-id": "y" * 2000}) as resp:
                     await resp.read()

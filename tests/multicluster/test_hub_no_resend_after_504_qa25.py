@@ -6,7 +6,8 @@ accepted it and may [run it] ... turn slow answers into more load", docs/gateway
 up the hub does exactly that, so every request that times out in an overloaded cluster is prefilled again
 in the next one (and the client waits the first bound plus the whole second run: 2 s + 6 s here).
 
-The test starts on loopback (ports 21520-21527): ``kvgate sim`` (2 replicas), a ``kvgate serve`` per
+The test starts on loopback (ports 0, each process's own read from its start line): ``kvgate sim`` (2
+replicas), a ``kvgate serve`` per
 cluster (east: replica 0, ``requestTimeoutSeconds: 1``; west: replica 1) and the hub with
 ``--cluster-policy active-passive`` (east first), sends one request whose prefill outlasts east's bound,
 and expects the client to get east's 504 with west's model server untouched. All processes are killed."""
@@ -14,36 +15,26 @@ and expects the client to get east's 504 with west's model server untouched. All
 from __future__ import annotations
 
 import json
-import socket
+import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+import start_lines
 from gateway.handler_server import serve_app
 from kvgate.lifeline import die_with_parent_argv
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
-SIM0, SIM1, EAST, EAST_ADMIN, WEST, WEST_ADMIN, HUB, HUB_ADMIN = range(21520, 21528)
-
-
-def _wait_port(port: int, procs: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 40
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert all(p.poll() is None for p in procs), "a process exited at start"
-            assert time.monotonic() < deadline, f"port {port} never opened"
-            time.sleep(0.1)
+SIM = re.compile(r"replica 0: http://127\.0\.0\.1:(\d+)[\s\S]*?replica 1: http://127\.0\.0\.1:(\d+)")
 
 
 def _requests_seen(port: int) -> float:
@@ -58,48 +49,53 @@ def _requests_seen(port: int) -> float:
 
 
 @pytest.fixture()
-def fleet(tmp_path: Path):
+def fleet(tmp_path: Path) -> Iterator[dict[str, int]]:
+    """The ports: ``sim1`` (west's model server) and ``hub`` (the global gateway's data port)."""
     k = [sys.executable, "-m", "kvgate.cli"]
-    (tmp_path / "east.yaml").write_text(
-        f'pools: [{{name: p, endpoints: ["127.0.0.1:{SIM0}"], models: [m1]}}]\nlimits: {{requestTimeoutSeconds: 1}}\n'  # noqa: E501
-    )
-    (tmp_path / "west.yaml").write_text(
-        f'pools: [{{name: p, endpoints: ["127.0.0.1:{SIM1}"], models: [m1]}}]\n'
-    )
-    (tmp_path / "clusters.yaml").write_text(
-        "ttl_s: 3.0\nrefresh_s: 0.5\nclusters:\n"
-        f"- {{name: east, aggregate: 'http://127.0.0.1:{EAST_ADMIN}/v1/pool/aggregate', gateway: '127.0.0.1:{EAST}', priority: 0}}\n"  # noqa: E501
-        f"- {{name: west, aggregate: 'http://127.0.0.1:{WEST_ADMIN}/v1/pool/aggregate', gateway: '127.0.0.1:{WEST}', priority: 1}}\n"  # noqa: E501
-    )
-    cmds = [
-        [*k, "sim", "--replicas", "2", "--base-port", str(SIM0), "--model", "m1", "--time-scale", "0.05"],
-        [*k, "serve", "--config", str(tmp_path / "east.yaml"), "--port", str(EAST), "--admin-port", str(EAST_ADMIN)],  # noqa: E501
-        [*k, "serve", "--config", str(tmp_path / "west.yaml"), "--port", str(WEST), "--admin-port", str(WEST_ADMIN)],  # noqa: E501
-        [*k, "serve", "--clusters", str(tmp_path / "clusters.yaml"), "--cluster-policy", "active-passive",
-         "--port", str(HUB), "--admin-port", str(HUB_ADMIN)],
-    ]  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for cmd in cmds:
+
+    def start(name: str, line: re.Pattern[str], *cmd: str) -> tuple[int, ...]:
+        out = tmp_path / f"{name}.log"
+        with out.open("wb") as stdout:
             procs.append(
-                subprocess.Popen(
-                    die_with_parent_argv(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
+                subprocess.Popen(die_with_parent_argv([*k, *cmd]), stdout=stdout, stderr=subprocess.STDOUT)
             )
-        for port in (SIM0, SIM1, EAST, WEST, HUB, HUB_ADMIN):
-            _wait_port(port, procs)
+        return start_lines.ports(out, line, procs[-1])
+
+    try:
+        sim0, sim1 = start("sim", SIM, "sim", "--replicas", "2", "--base-port", "0", "--model", "m1",
+                           "--time-scale", "0.05")  # fmt: skip
+        (tmp_path / "east.yaml").write_text(
+            f'pools: [{{name: p, endpoints: ["127.0.0.1:{sim0}"], models: [m1]}}]\nlimits: {{requestTimeoutSeconds: 1}}\n'  # noqa: E501
+        )
+        (tmp_path / "west.yaml").write_text(
+            f'pools: [{{name: p, endpoints: ["127.0.0.1:{sim1}"], models: [m1]}}]\n'
+        )
+        serve = ["serve", "--port", "0", "--admin-port", "0"]
+        east, east_admin = start("east", start_lines.SERVE, *serve, "--config", str(tmp_path / "east.yaml"))
+        west, west_admin = start("west", start_lines.SERVE, *serve, "--config", str(tmp_path / "west.yaml"))
+        (tmp_path / "clusters.yaml").write_text(
+            "ttl_s: 3.0\nrefresh_s: 0.5\nclusters:\n"
+            f"- {{name: east, aggregate: 'http://127.0.0.1:{east_admin}/v1/pool/aggregate', gateway: '127.0.0.1:{east}', priority: 0}}\n"  # noqa: E501
+            f"- {{name: west, aggregate: 'http://127.0.0.1:{west_admin}/v1/pool/aggregate', gateway: '127.0.0.1:{west}', priority: 1}}\n"  # noqa: E501
+        )
+        hub, hub_admin = start("hub", start_lines.HUB, *serve, "--clusters", str(tmp_path / "clusters.yaml"),
+                               "--cluster-policy", "active-passive")  # fmt: skip
         # both clusters usable in the hub's eyes (fresh aggregates with a ready endpoint)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{HUB_ADMIN}/readyz", timeout=5).status
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{hub_admin}/readyz", timeout=10).status
+            except urllib.error.HTTPError as e:  # (503 while no cluster is ready yet)
+                body = e.code
             agg = json.loads(
-                urllib.request.urlopen(f"http://127.0.0.1:{EAST_ADMIN}/v1/pool/aggregate").read()
+                urllib.request.urlopen(f"http://127.0.0.1:{east_admin}/v1/pool/aggregate", timeout=10).read()
             )
             if body == 200 and agg["ready_endpoints"] == 1:
                 break
             assert time.monotonic() < deadline, "clusters never ready"
             time.sleep(0.2)
-        yield
+        yield {"sim1": sim1, "hub": hub}
     finally:
         for p in procs:
             p.kill()
@@ -107,11 +103,11 @@ def fleet(tmp_path: Path):
             p.wait(30)
 
 
-def test_a_clusters_504_after_the_request_was_written_is_not_resent(fleet: None) -> None:
-    before = _requests_seen(SIM1)
+def test_a_clusters_504_after_the_request_was_written_is_not_resent(fleet: dict[str, int]) -> None:
+    before = _requests_seen(fleet["sim1"])
     prompt = "u" * 20000  # a prefill of several seconds on the simulator: past east's 1 s bound
     req = urllib.request.Request(
-        f"http://127.0.0.1:{HUB}/v1/chat/completions",
+        f"http://127.0.0.1:{fleet['hub']}/v1/chat/completions",
         data=json.dumps(
             {"model": "m1", "max_tokens": 2, "messages": [{"role": "user", "content": prompt}]}
         ).encode(),
@@ -122,7 +118,7 @@ def test_a_clusters_504_after_the_request_was_written_is_not_resent(fleet: None)
             status, cluster = r.status, r.headers.get("x-kvgate-cluster")
     except urllib.error.HTTPError as e:
         status, cluster = e.code, e.headers.get("x-kvgate-cluster")
-    after = _requests_seen(SIM1)
+    after = _requests_seen(fleet["sim1"])
     assert after == before, (
         f"west's model server got the request after east's gateway had written it and timed out "
         f"(client: {status} from {cluster})"

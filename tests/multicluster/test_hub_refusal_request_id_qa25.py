@@ -4,55 +4,54 @@ echoes the client's id (or makes one) on every refusal (docs/gateway.md "Errors"
 are OpenAI-style JSON ... with an ``x-request-id`` header"), and the hub's own 2xx carry the id (passed
 through from the cluster's gateway). An operator cannot tie a client's failed request to anything.
 
-The test starts the real ``kvgate serve --clusters`` on loopback (ports 21580-21581, a clusters file whose
-one cluster is a port nobody listens on) and kills it."""
+The test starts the real ``kvgate serve --clusters`` on loopback (ports 0: the ones it bound read from its
+start line; a clusters file whose one cluster is a port this test holds bound and never listens on) and
+kills it."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+import start_lines
 from kvgate.lifeline import die_with_parent_argv
-
-PORT, ADMIN, DEAD = 21580, 21581, 21589
 
 
 @pytest.fixture()
-def hub(tmp_path: Path):
-    f = tmp_path / "clusters.yaml"
-    f.write_text(
-        "ttl_s: 3.0\nrefresh_s: 0.5\nclusters:\n"
-        f"- name: gone\n  aggregate: http://127.0.0.1:{DEAD}/v1/pool/aggregate\n  gateway: 127.0.0.1:{DEAD}\n"
-    )
-    argv = [sys.executable, "-m", "kvgate.cli", "serve", "--clusters", str(f), "--port", str(PORT),
-            "--admin-port", str(ADMIN)]  # fmt: skip
-    proc = subprocess.Popen(die_with_parent_argv(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", PORT), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "hub did not start"
-                time.sleep(0.1)
-        yield
-    finally:
-        proc.kill()
-        proc.wait(30)
+def hub(tmp_path: Path) -> Iterator[int]:
+    """The hub's data port."""
+    with socket.socket() as dead:  # (bound, never listening: a connect is refused, no other process binds it)
+        dead.bind(("127.0.0.1", 0))
+        gone = dead.getsockname()[1]
+        f = tmp_path / "clusters.yaml"
+        f.write_text(
+            "ttl_s: 3.0\nrefresh_s: 0.5\nclusters:\n"
+            f"- name: gone\n  aggregate: http://127.0.0.1:{gone}/v1/pool/aggregate\n"
+            f"  gateway: 127.0.0.1:{gone}\n"
+        )
+        argv = [sys.executable, "-m", "kvgate.cli", "serve", "--clusters", str(f), "--port", "0",
+                "--admin-port", "0"]  # fmt: skip
+        out = tmp_path / "hub.log"
+        with out.open("wb") as stdout:
+            proc = subprocess.Popen(die_with_parent_argv(argv), stdout=stdout, stderr=subprocess.STDOUT)
+        try:
+            yield start_lines.ports(out, start_lines.HUB, proc)[0]
+        finally:
+            proc.kill()
+            proc.wait(30)
 
 
-def _post(body: bytes) -> tuple[int, str | None]:
+def _post(port: int, body: bytes) -> tuple[int, str | None]:
     req = urllib.request.Request(
-        f"http://127.0.0.1:{PORT}/v1/chat/completions", data=body,
+        f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
         headers={"content-type": "application/json", "x-request-id": "qa25-trace-1"},
     )  # fmt: skip
     try:
@@ -70,8 +69,8 @@ def _post(body: bytes) -> tuple[int, str | None]:
     ],
     ids=["bad_json_400", "every_cluster_failed_503"],
 )
-def test_hub_refusal_carries_the_clients_request_id(hub: None, body: bytes, status: int) -> None:
-    got, rid = _post(body)
+def test_hub_refusal_carries_the_clients_request_id(hub: int, body: bytes, status: int) -> None:
+    got, rid = _post(hub, body)
     assert got == status
     assert rid == "qa25-trace-1", f"{status} without the client's x-request-id (got {rid!r})"
 
