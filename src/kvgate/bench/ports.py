@@ -7,18 +7,30 @@ process's server may take it (session-25 CI #2). A port outside the kernel's eph
 (``ip_local_port_range``) is given to no port-0 bind: only a process binding that very port by number
 (another caller of this helper, say) can still take it. Where the server can report the port it bound,
 ``--port 0`` and reading it is better still (``kvgate epp``'s ready line, ``kvgate serve``'s listening
-line)."""
+line).
+
+Two processes on one machine (two test runs side by side, or CI beside an engineer's run) draw from the same
+spare ports: each port handed out is claimed machine-wide (an ``flock`` on a file named by it, under
+``CLAIMS``) for as long as the process lives (or ``CLAIMS_HELD`` later claims), and a port another live
+process claimed is never handed out, so two servers are never given one port to race for."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import fcntl
+import os
 import random
 import socket
+import tempfile
 import warnings
 
 RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 # The team's fixed test ports (one range per engineer): never handed out here.
 RESERVED = range(20000, 30000)
 MIN_SPARE = 256  # fewer ports than this outside the ephemeral range: port-0 binds (``free_port``)
+CLAIMS = os.path.join(tempfile.gettempdir(), "kvgate-free-ports")
+CLAIMS_HELD = 256  # (a claim older than this many is let go: its server has bound the port long since)
 
 
 def spare_ports() -> list[int]:
@@ -39,24 +51,53 @@ def spare_ports() -> list[int]:
 
 _SPARE = spare_ports()
 _given: set[int] = set()  # (this process's: two calls never return the same port)
+_claims: collections.OrderedDict[int, int] = collections.OrderedDict()  # port -> the locked file's fd
+
+
+def claim(port: int) -> bool:
+    """Whether this process now holds ``port``'s machine-wide claim (False: another live process holds
+    it). Where the claims' folder cannot be written, True: only the in-process rule is left."""
+    try:
+        os.makedirs(CLAIMS, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(CLAIMS, 0o1777)  # (other users' runs claim there too)
+        fd = os.open(os.path.join(CLAIMS, str(port)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _claims[port] = fd
+    while len(_claims) > CLAIMS_HELD:
+        os.close(_claims.popitem(last=False)[1])
+    return True
+
+
+def _release(port: int) -> None:
+    if (fd := _claims.pop(port, None)) is not None:
+        os.close(fd)
 
 
 def free_port(spare: list[int] | None = None) -> int:
     """A 127.0.0.1 port nobody listens on now, picked at random from ``spare`` (``spare_ports()`` of
-    this machine), never the same twice in a process. With no spare ports it falls back to binding port 0,
-    the race above possible again, and says so (a ``RuntimeWarning``)."""
+    this machine), never the same twice in a process nor one another live process was given (``claim``).
+    With no spare ports it falls back to binding port 0, the race above possible again, and says so (a
+    ``RuntimeWarning``)."""
     ports = _SPARE if spare is None else spare
     if not ports:
         return _port_zero()
     rng = random.Random()  # (os.urandom's seed: not a caller's seeded ``random``)
     for _ in range(1000):
         port = rng.choice(ports)
-        if port in _given:
+        if port in _given or not claim(port):  # (claimed before the bind: two callers never both pass)
             continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:  # (in use, or in TIME_WAIT: another)
+                _release(port)
                 continue
         _given.add(port)
         return port
@@ -74,6 +115,6 @@ def _port_zero() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _given:
+        if port not in _given and claim(port):
             _given.add(port)
             return port
