@@ -57,3 +57,21 @@ def test_a_port_another_live_process_was_given_is_not_given_again() -> None:
         child.stdin.close()
         child.wait(60)
     assert ports.free_port([port]) == port  # (the claim ended with its process)
+
+
+def test_a_port_group_is_spare_free_claimed_and_never_given_twice() -> None:
+    """The real-vLLM suite's ports (``tests/realvllm/conftest.py``): a server's port and its KV-event ports
+    at +1000 and +2000, all spare (outside the ephemeral range), each given once, each claimed here."""
+    spare = ports.spare_ports()
+    if not spare:
+        pytest.skip("no ports outside this machine's ephemeral range")
+    firsts = [ports.free_port_group(1000) for _ in range(3)]
+    group = [p + k * 1000 for p in firsts for k in range(3)]
+    assert 0 not in firsts and len(set(group)) == 9, firsts
+    assert set(group) <= set(spare), group
+    assert set(group) <= ports._given and set(group) <= set(ports._claims), group
+    child = subprocess.run([sys.executable, "-c", "from kvgate.bench import ports; import sys;"
+                            "print(all(not ports.claim(int(p)) for p in sys.argv[1:]))", *map(str, group)],
+                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert child.stdout.strip() == "True", child.stdout  # (another process is refused each one)
+    assert ports.free_port_group(1000, spare=[]) == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kvgate.bench import ports as free
 from kvgate.realvllm import harness
 from kvgate.realvllm.bench import LoopThread
 from kvgate.scheduling.plugins.precise_prefix import shared_index
@@ -25,7 +26,12 @@ from .fleet import INDEX_NAME, N_SERVERS, NUM_BLOCKS, RealFleet
 def real_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealFleet]:
     log_dir = Path(os.environ.get("KVGATE_REALVLLM_LOGS", str(tmp_path_factory.mktemp("vllm-logs"))))
     state = os.environ.get("KVGATE_REALVLLM_STATE")
-    ports = harness.free_ports(N_SERVERS, spread=1000)
+    # Outside the kernel's ephemeral range and claimed (``kvgate.bench.ports``): vLLM binds its port ~2
+    # minutes after the pick, and a port-0 pick (``harness.free_ports``) is any other process's port-0 bind
+    # or outgoing connection's to take meanwhile. (With no spare ports: the port-0 picks.)
+    ports = [free.free_port_group(1000) for _ in range(N_SERVERS)]
+    if 0 in ports:
+        ports = harness.free_ports(N_SERVERS, spread=1000)
     specs = [
         harness.ServerSpec(
             port=p, events_port=p + 1000, replay_port=p + 2000, num_gpu_blocks=NUM_BLOCKS, max_model_len=2048

@@ -91,17 +91,47 @@ def free_port(spare: list[int] | None = None) -> int:
     rng = random.Random()  # (os.urandom's seed: not a caller's seeded ``random``)
     for _ in range(1000):
         port = rng.choice(ports)
-        if port in _given or not claim(port):  # (claimed before the bind: two callers never both pass)
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:  # (in use, or in TIME_WAIT: another)
-                _release(port)
-                continue
-        _given.add(port)
-        return port
+        if _take(port):
+            return port
     raise RuntimeError(f"no free port among {len(ports)} outside the ephemeral range ({RANGE_FILE})")
+
+
+def free_port_group(spread: int, size: int = 3, spare: list[int] | None = None) -> int:
+    """A port ``p`` with ``p``, ``p + spread``, ... (``size`` ports) each as ``free_port`` gives one:
+    spare, free now, claimed here (a server with side ports at fixed offsets: vLLM's KV-event ports). With
+    no spare ports: 0 (the caller picks its own way)."""
+    ports = _SPARE if spare is None else spare
+    usable = set(ports)
+    firsts = [p for p in ports if all(p + k * spread in usable for k in range(size))]
+    rng = random.Random()
+    for _ in range(1000 if firsts else 0):
+        first = rng.choice(firsts)
+        group = [first + k * spread for k in range(size)]
+        got: list[int] = []
+        for port in group:
+            if not _take(port):
+                break
+            got.append(port)
+        if len(got) == size:
+            return group[0]
+        for port in got:  # (not handed out: the group is incomplete)
+            _given.discard(port)
+            _release(port)
+    return 0
+
+
+def _take(port: int) -> bool:
+    """Whether ``port`` is now this process's to hand out: not given before, claimed, free to bind."""
+    if port in _given or not claim(port):  # (claimed before the bind: two callers never both pass)
+        return False
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:  # (in use, or in TIME_WAIT: another)
+            _release(port)
+            return False
+    _given.add(port)
+    return True
 
 
 def _port_zero() -> int:
