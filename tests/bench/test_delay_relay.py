@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from kvgate.bench.delay_relay import DelayRelay, Route
+from kvgate.bench.ports import free_port
 
 RTT = 0.2
 OWD = RTT / 2
@@ -104,9 +105,7 @@ async def test_without_handshake_first_bytes_pay_one_round_trip(echo_relay: Dela
 
 
 async def test_refused_target_resets_client_after_one_rtt() -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()  # a port nothing listens on (kvgate.bench.ports: no other process binds it)
     rl = await _relay(dead)
     try:
         t0 = time.perf_counter()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from kvgate.bench.ports import free_port
+
 KVGATE = [sys.executable, "-m", "kvgate.cli"]
 FLAGS = ("--port", "--grpc-health-port", "--metrics-port")
 
@@ -60,9 +62,9 @@ def test_a_port_in_use_is_the_refusal_alone(tmp_path: Path, taken: int, flag: st
 
 
 def test_the_same_port_for_two_listeners_is_the_refusal_alone() -> None:
-    with socket.socket() as s:  # (a free port: taken by the EPP's own first listener)
-        s.bind(("0.0.0.0", 0))
-        port = str(s.getsockname()[1])
+    # (a free port, taken by the EPP's own first listener: outside the ephemeral range, so no other
+    # process's port-0 bind takes it first and the refusal names --port; kvgate.bench.ports)
+    port = str(free_port())
     argv = [*KVGATE, "epp", "--endpoints", "127.0.0.1:9", "--plaintext", "--port", port,
             "--grpc-health-port", port, "--metrics-port", "0"]  # fmt: skip
     _one_line(_run(argv), "--grpc-health-port", port)

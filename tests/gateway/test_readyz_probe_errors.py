@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
 
 import aiohttp
 
+from kvgate.bench.ports import free_port
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.gateway import worker_health, workers
 
@@ -46,9 +46,7 @@ async def test_each_probe_is_a_fresh_connection_and_a_closed_port_is_refused() -
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()  # a port nothing listens on (kvgate.bench.ports: no other process binds it)
     sup = _supervisor()
     shared = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))

@@ -9,7 +9,6 @@ keeps it first in line for its home); it stays pinned (review s18-fixes-b M1, M2
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import aiohttp
@@ -20,6 +19,7 @@ from flowcontrol.test_doors import eventually, picker_config
 from gateway.conftest import base_url, make_config, make_pools, running_gateway
 from gateway.handler_server import RouteServer, serving
 from gateway.responses_backend import ResponsesStore
+from kvgate.bench.ports import free_port
 from kvgate.gateway.server import GatewayServer
 
 
@@ -168,10 +168,7 @@ async def test_a_follow_up_whose_home_refuses_the_connection_is_not_retried_else
     """Its home refuses the connection: the client's 503 with ``Retry-After``, and no other endpoint is
     sent it (each would answer vLLM's 404 for a response it never stored; prev26). Until prev26 the retry
     went elsewhere, where review s18-fixes-b L1 made a 500 that server's (the plain requests' rule)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    dead = f"127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()  # nothing listens there: connection refused
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: connection refused (kvgate.bench.ports)
     async with serving(Fails(), Fails()) as fails:
         cfg = make_config([dead] + [f.address for f in fails], extra={})
         async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:

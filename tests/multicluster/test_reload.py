@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from gateway.backend import Backend
+from kvgate.bench.ports import free_port
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc import tls
 from kvgate.extproc.context import AddressIndex, build_epp_director
@@ -208,10 +209,7 @@ def _loops() -> list[asyncio.Task[object]]:
 
 
 async def test_the_fetcher_closes_the_health_channel_of_a_removed_cluster() -> None:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    health = f"127.0.0.1:{probe.getsockname()[1]}"  # nothing listens: the check fails, the channel exists
-    probe.close()
+    health = f"127.0.0.1:{free_port()}"  # nothing listens: the check fails, the channel exists
     states = [ClusterState(ClusterSpec("c", gateway="h:1", health=health))]
     fetcher = Fetcher(lambda: states, interval_s=60, timeout_s=0.5)
     await fetcher.start()

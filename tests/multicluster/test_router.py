@@ -5,7 +5,6 @@ the last failure when every cluster fails. The same paths across network namespa
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +14,7 @@ import orjson
 import pytest
 
 from gateway.backend import Backend
+from kvgate.bench.ports import free_port
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.context import AddressIndex, build_epp_director
 from kvgate.extproc.server import EppServer, ServerOptions
@@ -24,11 +24,9 @@ from kvgate.multicluster.serve import GlobalGateway
 
 
 def _closed_port() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    addr = f"127.0.0.1:{s.getsockname()[1]}"
-    s.close()  # nothing listens there now: connections are refused
-    return addr
+    # nothing listens there: connections are refused (outside the ephemeral range and claimed, so no other
+    # process's port-0 bind or free_port lands on it, as one could on a port-0 pick closed again)
+    return f"127.0.0.1:{free_port()}"
 
 
 async def _epp(pods: list[str]) -> EppServer:
