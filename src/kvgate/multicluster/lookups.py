@@ -30,9 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote
 
 import aiohttp
@@ -40,7 +39,8 @@ import orjson
 
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.server import Request, Response, StreamResponse, json_error
-from kvgate.multicluster.router import ENDPOINT, PARENT, Deadline, NoHead, PastDeadline
+from kvgate.multicluster.router import ENDPOINT, PARENT, Deadline, NoHead, NoRoute, PastDeadline
+from kvgate.openai.askrounds import CLUSTER_UNSURE, AskRounds, Found
 from kvgate.openai.progress import Progress, progress_events, progress_piece
 from kvgate.openai.responses import lookup_target
 from kvgate.openai.sse import SSEScanner, rewrite_model
@@ -62,115 +62,84 @@ _HELD = ByteBudget(64 << 20)
 
 
 # Asking the clusters' gateways where an unknown id is kept (``ClusterLocator``): the round's bound (a
-# ``kvgate serve`` there may ask its own endpoints for up to 2 s: gateway.locate), and how long an id found
-# nowhere is remembered (a client retrying a lost id: one round per that).
+# ``kvgate serve`` there may ask its own endpoints for up to 2 s: gateway.locate), how many asks at once
+# (one round's, all rounds'), and how long an id found nowhere is remembered (a client retrying a lost id:
+# one round per that).
 LOCATE_S = 3.0
+FANOUT = 16
+ASKS_MAX = 64
 MISS_TTL_S = 2.0
 MISSES_MAX = 4096
-REFUSED = "refused"  # an ask answered 401/403/407
 _CREDENTIALS = ("authorization", "x-api-key", "proxy-authorization")
 
 
-class Found(NamedTuple):
-    """A round's outcome: the home cluster (None: not found), clusters asked, clusters that could not
-    answer (unreachable, a 5xx, 408/429, no answer in time: any of them may hold it)."""
-
-    home: str | None
-    asked: int
-    unanswered: int
-    refused: int = 0  # answered 401/403/407: this key may not ask there (not "not here", never kept)
-
-
-class ClusterLocator:
+class ClusterLocator(AskRounds):
     """Where an id the global gateway does not know is kept: asked of every cluster with a gateway (Parent
-    mode), all at once (one per cluster: the fan-out is the clusters file's), within ``LOCATE_S``; the
-    first 200 names the home cluster. An Endpoint-mode cluster without a gateway cannot be asked (an EPP
-    picks a pod from a body; a lookup has none): not counted; one found hung is not asked but counted as
-    not answering. Concurrent requests for one id share one
-    round; an id found nowhere is remembered ``MISS_TTL_S``."""
+    mode), ``FANOUT`` at a time (``ASKS_MAX`` across all rounds), within ``LOCATE_S``; the first 200 names
+    the home cluster. The round is ``openai.askrounds``' (as ``kvgate serve``'s): shared per (id,
+    credentials, clusters asked), cancelled when its last waiter leaves (a client gone, its request's bound
+    passed), a miss remembered ``MISS_TTL_S`` per (id, clusters asked). A cluster's 502/503/504 is its own
+    "could not ask" (``CLUSTER_UNSURE``: it may hold the id), another 5xx an answer (not there, never kept).
+    An Endpoint-mode cluster without a gateway cannot be asked (an EPP picks a pod from a body; a lookup
+    has none): not counted; one found hung is not asked but counted as not answering."""
 
     def __init__(self, gw: GlobalGateway) -> None:
+        super().__init__(
+            gw.router.clock, log, noun="clusters", bound_s=LOCATE_S, fanout=FANOUT, asks_max=ASKS_MAX,
+            miss_ttl_s=MISS_TTL_S, misses_max=MISSES_MAX, unsure=CLUSTER_UNSURE,
+        )  # fmt: skip
         self.gw = gw
-        self._rounds: dict[tuple[str, tuple[str, ...]], asyncio.Task[Found]] = {}
-        self._misses: OrderedDict[str, float] = OrderedDict()
-        self.rounds = 0
 
     async def find(self, response_id: str, headers: Mapping[str, str], due: float | None = None) -> Found:
-        """``due``: the request's bound (loop time): its wait ends there (TimeoutError), the round goes on."""
-        now = self.gw.router.clock()
-        until = self._misses.get(response_id)
-        if until is not None:
-            if until > now:
-                return Found(None, 0, 0)
-            del self._misses[response_id]
-        # (shared only by callers with the same credentials: a round asks with its first caller's, and a
-        # refused key must not answer for another; review s26-rev-prev26 F1)
-        key = (response_id, tuple(headers.get(h, "") for h in _CREDENTIALS))
-        task = self._rounds.get(key)
-        if task is None:
-            fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP and k.lower() != "content-type"}
-            task = asyncio.get_running_loop().create_task(self._round(response_id, fwd))
-            self._rounds[key] = task
-            task.add_done_callback(lambda _t: self._rounds.pop(key, None))
-        async with asyncio.timeout_at(due):
-            return await asyncio.shield(task)  # (a client leaving ends its wait, not the shared round)
-
-    async def _round(self, response_id: str, fwd: dict[str, str]) -> Found:
-        self.rounds += 1
+        """``due``: the request's bound (loop time): its wait ends there (TimeoutError), and with the last
+        waiter gone the round too."""
         router = self.gw.router
-        asked = [st for st in router.state_list() if st.spec.gateway is not None]
+        clusters = {st.name: st for st in router.state_list() if st.spec.gateway is not None}
+        # (a round asks with its first caller's headers: shared only by callers with the same credentials,
+        # a refused key must not answer for another; review s26-rev-prev26 F1)
+        credentials = "".join(f"{h}: {headers.get(h, '')}\r\n" for h in _CREDENTIALS)
+        fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP and k.lower() != "content-type"}
         path = "/v1/responses/" + quote(response_id, safe="")
-        loop = asyncio.get_running_loop()
-        deadline = Deadline.after(loop.time(), LOCATE_S)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=LOCATE_S)
 
-        async def ask(st: ClusterState) -> tuple[str, bool | str | None]:
+        async def ask(name: str, due: float) -> int | None:
+            st = clusters[name]
+            if st.hung_at is not None and st.hung_at == st.fetched_at:
+                return None  # (found hung, no aggregate since: not asked, as no lookup goes there)
+            deadline = Deadline(due - self.bound_s, due)
             url = f"http://{st.spec.gateway}{path}"
             try:
                 resp = await router._post(st, PARENT, url, None, fwd, timeout, False, "GET", deadline)
             except (PastDeadline, NoHead, aiohttp.ClientError, TimeoutError, OSError):
-                return st.name, None
+                return None
             try:
-                status = resp.status
+                return resp.status
             finally:
                 resp.release()
-            if status == 200:
-                return st.name, True
-            if status in (401, 403, 407):
-                return st.name, REFUSED  # (this key may not ask there: not "not here", never kept)
-            return st.name, None if status >= 500 or status in (408, 425, 429) else False
 
-        # (a cluster found hung, no aggregate since, is not asked, as no lookup goes there: it could not
-        # answer, so it counts as one that did not)
-        hung = [st for st in asked if st.hung_at is not None and st.hung_at == st.fetched_at]
-        asks = [loop.create_task(ask(st)) for st in asked if st not in hung]
-        home, nots, refused = None, 0, 0
+        return await self.locate(response_id, credentials, list(clusters), ask, due)
+
+    async def home_of(
+        self, response_id: str, headers: Mapping[str, str], deadline: Deadline | None
+    ) -> tuple[str, None] | NoRoute | None:
+        """A follow-up's or a lookup's unknown id asked of the clusters (``find``): its home (cluster, no
+        pod), remembered; None: found nowhere (routed as before, the 404 then true); the request's answer
+        instead: 504 ``request_timeout`` past ``deadline``, 503 with ``Retry-After`` when a cluster could
+        not answer (it may be kept there)."""
         try:
-            async with asyncio.timeout(LOCATE_S + 1.0):  # (``_post`` bounds each; this, the whole)
-                for done in asyncio.as_completed(asks):
-                    name, got = await done
-                    if got is True:
-                        home = name
-                        break
-                    if got is not None:
-                        nots += 1
-                        refused += got == REFUSED
+            found = await self.find(response_id, headers, None if deadline is None else deadline.due)
         except TimeoutError:
-            pass
-        finally:
-            for t in asks:
-                t.cancel()
-            await asyncio.gather(*asks, return_exceptions=True)
-        found = Found(home, len(asked), 0 if home is not None else len(asked) - nots, refused)
-        if home is None and not found.unanswered and not refused:
-            self._misses[response_id] = router.clock() + MISS_TTL_S
-            self._misses.move_to_end(response_id)
-            while len(self._misses) > MISSES_MAX:
-                self._misses.popitem(last=False)
-        where = f"kept in cluster {home}" if home else "not found"
-        log.info("response %s: %s (asked %d clusters, %d could not answer)", response_id, where, found.asked,
-                 found.unanswered)  # fmt: skip
-        return found
+            assert deadline is not None
+            why = deadline.message("the clusters were being asked where the response is kept")
+            return NoRoute(504, why, [], code="request_timeout")
+        if found.home is not None:
+            home = (found.home, None)
+            self.gw.responses.remember(response_id, home)
+            return home
+        if found.unanswered:  # (may be kept there, a key refused elsewhere or not: s26-rev-fixes26 F3)
+            why = not_located(response_id, found)
+            return NoRoute(503, why, [], retry_after=1, code="upstream_unavailable")
+        return None
 
 
 def not_located(response_id: str, found: Found) -> str:
@@ -221,19 +190,12 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
     # The request's bound (``limits.requestTimeoutSeconds``) holds for a lookup's head too: past it, 504.
     deadline = Deadline.after(asyncio.get_running_loop().time(), router.cfg.request_timeout_s)
     if gw.responses.home(response_id) is None:
-        try:
-            found = await gw.locator.find(
-                response_id, request.headers, None if deadline is None else deadline.due
-            )
-        except TimeoutError:
-            assert deadline is not None
-            why = deadline.message("the clusters were being asked where the response is kept")
-            return json_error(504, f"lookup failed: {why}", code="request_timeout")
-        if found.home is not None:
-            gw.responses.remember(response_id, (found.home, None))
-        elif found.unanswered:  # (may be kept there, a key refused elsewhere or not: s26-rev-fixes26 F3)
-            return json_error(503, not_located(response_id, found), code="upstream_unavailable",
-                              headers={"Retry-After": "1"})  # fmt: skip
+        located = await gw.locator.home_of(response_id, request.headers, deadline)
+        if isinstance(located, NoRoute):
+            e = located
+            why = f"lookup failed: {e.message}" if e.status == 504 else e.message
+            retry = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else None
+            return json_error(e.status, why, code=e.code, headers=retry)
     where = targets(gw, response_id)
     if not where:
         return json_error(

@@ -56,7 +56,7 @@ from kvgate.k8s.lease import check_one_time
 from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
-from kvgate.multicluster.lookups import ClusterLocator, lookup, not_located
+from kvgate.multicluster.lookups import ClusterLocator, lookup
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
 from kvgate.multicluster.router import ENDPOINT, Attempt, Deadline, GlobalRouter, NoRoute, Routed
 from kvgate.multicluster.source import ClusterSource
@@ -581,21 +581,10 @@ class GlobalGateway:
         try:
             if prev is not None and home is None:
                 # Not known here (a restart, an id past the map's bounds): asked of the clusters (prev26).
-                try:
-                    found = await self.locator.find(
-                        prev, request.headers, None if deadline is None else deadline.due
-                    )
-                except TimeoutError:
-                    assert deadline is not None
-                    why = deadline.message("the clusters were being asked where its response is kept")
-                    raise NoRoute(504, why, [], code="request_timeout") from None
-                if found.home is not None:
-                    home = (found.home, None)
-                    self.responses.remember(prev, home)
-                elif found.unanswered:  # (may be kept there, a key refused or not: s26-rev-fixes26 F3)
-                    raise NoRoute(
-                        503, not_located(prev, found), [], retry_after=1, code="upstream_unavailable"
-                    )
+                got = await self.locator.home_of(prev, request.headers, deadline)
+                if isinstance(got, NoRoute):
+                    raise got
+                home = got
             routed = await self.router.route(
                 path, request.headers, raw, creq, home=home, deadline=deadline, pinned=prev is not None
             )
