@@ -12,7 +12,9 @@ flight (vLLM answers its own 404, then true); some could not answer: 503 with ``
 generates nothing: it is not admitted through flow control, not picked by the pool's picker (whose hooks
 would learn from a request that has no prompt, tokens or first token), not counted in the endpoints'
 load or token metrics, charged no tokens, and not retried (one attempt: a connection error or a timeout is the
-client's 502 / 504). The same front checks as a generation apply: a key (``auth``), the drain, the tenant's
+client's 502 / 504; at the id's home a connection error is a 503 with ``Retry-After``, as a follow-up's
+there, and a server's 429/503 keeps its ``Retry-After``: a draining home, review s26-rev-prev26 F7). The same
+front checks as a generation apply: a key (``auth``), the drain, the tenant's
 ``rateLimits`` (one request of its requestsPerMinute; a tenant out of tokens is refused, as for a generation:
 review s19-fc L2), ``maxConcurrentRequests``; its answer (a JSON body, an event stream) is relayed as it
 comes, with the client's model name put back for an id made through a model rewrite, as the create's answer
@@ -33,6 +35,8 @@ from kvgate.gateway.locate import RETRY_AFTER
 from kvgate.gateway.stream import StreamRelay
 from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout
 from kvgate.httpfront.server import Request, Response, StreamResponse
+from kvgate.multicluster.epp_client import retry_after_s
+from kvgate.openai.protocol import RETRY_AFTER_DEFAULT
 from kvgate.openai.responses import lookup_target
 from kvgate.requestid import acceptable as acceptable_rid
 
@@ -193,10 +197,27 @@ class ResponseLookups:
             ) from None
         except _ERRORS as e:
             why = f"{proxy._name(ep)}: {type(e).__name__}"
+            if proxy.responses.home(response_id) == ep.address:
+                # (its home, known or just found, refused or reset before any answer: down, draining or
+                # restarting; nowhere else keeps it: a 503 to retry, as a follow-up's there, not a 502;
+                # F7: its own 404 comes once it is back without it)
+                raise GatewayError(
+                    503,
+                    f"lookup failed: {why}, which holds response '{response_id}', could not be reached:"
+                    " retry later",
+                    code="upstream_unavailable",
+                    retry_after=RETRY_AFTER,
+                ) from None
             raise GatewayError(502, f"lookup failed: {why}", code="upstream_unavailable") from None
         try:
             ctype = resp.head.headers.get("content-type", "application/json")
             headers = {"x-request-id": rid, "Content-Type": ctype}
+            if resp.status in (429, 503):
+                # (a server's back-off kept, as a follow-up's answer keeps it: a draining home's 503 and
+                # its Retry-After, review s26-rev-prev26 F7; a 429 without one gets the default)
+                wait = retry_after_s(resp.head.headers.get("retry-after"))
+                if wait is not None or resp.status == 429:
+                    headers["Retry-After"] = RETRY_AFTER_DEFAULT if wait is None else str(wait)
             # Made through a model rewrite: the client's name put back, as in the create's answer (review
             # s19-qa2 L2): a JSON object's first ``"model"`` (its own), a stream's as each event passes.
             models = proxy.response_models.home(response_id) if 200 <= resp.status < 300 else None

@@ -247,6 +247,13 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
                 return await _relay(request, resp, st, model, deadline, sent_at, router.clock)
             finally:
                 resp.release()
+        home = gw.responses.home(response_id)
+        if status == 502 and home is not None and home[0] == where[0][0].name:
+            # (its home cluster, known or just found, could not be reached: down, draining or restarting;
+            # nowhere else keeps it: a 503 to retry, as a follow-up's there, not a 502; F7)
+            why = f"lookup failed: {last}, which holds response '{response_id}', could not be reached"
+            return json_error(503, f"{why}: retry later", code="upstream_unavailable",
+                              headers={"Retry-After": "1"})  # fmt: skip
         code = "upstream_timeout" if status == 504 else "upstream_unavailable"
         return json_error(status, f"lookup failed: {last}", code=code)
     finally:
