@@ -47,32 +47,37 @@ class DrainingStore(ResponsesStore):
         return None
 
 
+async def drain_then_go(s: aiohttp.ClientSession, url: str, stores: list[DrainingStore]) -> None:
+    """A response made through the door at ``url`` (``.../v1/responses``); its home drains, then is gone:
+    a lookup and a follow-up naming it get the same answer at each step (the hub's test runs it too)."""
+    async with s.post(url, data=orjson.dumps({"model": "m", "input": "q"})) as r:
+        assert r.status == 200, await r.read()
+        rid = orjson.loads(await r.read())["id"]
+    home = next(st for st in stores if rid in st.made)
+    follow = orjson.dumps({"model": "m", "input": "more", "previous_response_id": rid})
+
+    home.state = "draining"
+    async with s.get(f"{url}/{rid}") as r:
+        # (before loc27 at kvgate serve: 503 without Retry-After)
+        assert (r.status, r.headers.get("Retry-After")) == (503, "5"), await r.read()
+    async with s.post(url, data=follow) as r:  # (as a follow-up's, unchanged)
+        assert (r.status, r.headers.get("Retry-After")) == (503, "5"), await r.read()
+
+    home.state = "gone"
+    async with s.get(f"{url}/{rid}") as r:
+        # (before loc27, at both doors: 502 "lookup failed", no Retry-After)
+        assert (r.status, r.headers.get("Retry-After")) == (503, "1"), await r.read()
+        doc = orjson.loads(await r.read())
+        assert doc["error"]["code"] == "upstream_unavailable"
+        assert f"which holds response '{rid}', could not be reached" in doc["error"]["message"]
+    async with s.post(url, data=follow) as r:  # (as a follow-up's, unchanged)
+        assert (r.status, r.headers.get("Retry-After")) == (503, "1"), await r.read()
+
+
 async def test_a_draining_homes_lookup_keeps_its_back_off_and_a_gone_home_is_a_503_to_retry() -> None:
     async with (
         serving(DrainingStore("a"), DrainingStore("b")) as stores,
         aiohttp.ClientSession() as s,
         running_gateway(make_config([st.address for st in stores])) as gw,
     ):
-        url = base_url(gw) + "/v1/responses"
-        async with s.post(url, data=orjson.dumps({"model": "m", "input": "q"})) as r:
-            assert r.status == 200, await r.read()
-            rid = orjson.loads(await r.read())["id"]
-        home = next(st for st in stores if rid in st.made)
-        follow = orjson.dumps({"model": "m", "input": "more", "previous_response_id": rid})
-
-        home.state = "draining"
-        async with s.get(f"{url}/{rid}") as r:
-            # (before loc27: 503 without Retry-After)
-            assert (r.status, r.headers.get("Retry-After")) == (503, "5"), await r.read()
-        async with s.post(url, data=follow) as r:  # (as a follow-up's, unchanged)
-            assert (r.status, r.headers.get("Retry-After")) == (503, "5"), await r.read()
-
-        home.state = "gone"
-        async with s.get(f"{url}/{rid}") as r:
-            # (before loc27: 502 "lookup failed", no Retry-After)
-            assert (r.status, r.headers.get("Retry-After")) == (503, "1"), await r.read()
-            doc = orjson.loads(await r.read())
-            assert doc["error"]["code"] == "upstream_unavailable"
-            assert f"which holds response '{rid}', could not be reached" in doc["error"]["message"]
-        async with s.post(url, data=follow) as r:  # (as a follow-up's, unchanged)
-            assert (r.status, r.headers.get("Retry-After")) == (503, "1"), await r.read()
+        await drain_then_go(s, base_url(gw) + "/v1/responses", stores)
