@@ -107,13 +107,13 @@ async def test_a_hub_round_ends_when_its_only_client_hangs_up(monkeypatch: pytes
 
 
 async def test_a_hub_round_ends_when_its_last_waiters_bound_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A follow-up naming an unknown id, and a lookup sharing its round, both bounded at 1 s: 504 each,
-    and the round (its ask) ends with them, not 60 s later."""
+    """A follow-up naming an unknown id, then a lookup of it, each bounded at 3 s: 504 each, and every ask
+    ends with its last waiter, not 60 s later."""
     monkeypatch.setattr(lookups, "LOCATE_S", 60.0)
     silent = SilentGateway()
     async with (
         silent.running(),
-        _hub(ClusterSpec("a", gateway=silent.address), request_timeout_s=1.0) as gw,
+        _hub(ClusterSpec("a", gateway=silent.address), request_timeout_s=3.0) as gw,
         aiohttp.ClientSession() as s,
     ):
         url = f"http://127.0.0.1:{gw.port}/v1/responses"
@@ -128,10 +128,10 @@ async def test_a_hub_round_ends_when_its_last_waiters_bound_passes(monkeypatch: 
                 return r.status
 
         first = asyncio.ensure_future(follow_up())
-        await _until(lambda: silent.asked == 1, "the hub never asked the cluster")
+        await _until(lambda: silent.asked >= 1, "the hub never asked the cluster")
+        # (the lookup shares the follow-up's round if it comes within its bound, else runs its own)
         assert await asyncio.gather(first, lookup()) == [504, 504]
-        assert silent.asked == 1 and gw.locator.rounds == 1  # (one round, shared)
-        await _until(lambda: silent.closed == 1, "the ask outlived its last waiter")
+        await _until(lambda: silent.closed == silent.asked, "an ask outlived its last waiter")
 
 
 async def test_a_cluster_failing_its_gets_does_not_make_every_lost_id_a_503() -> None:
