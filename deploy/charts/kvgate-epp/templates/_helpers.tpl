@@ -34,3 +34,13 @@ app: {{ include "kvgate-epp.name" . }}
   resources: ["inferencepoolimports/status"]
   verbs: ["patch"]
 {{- end -}}
+
+{{/* The InferencePool's version: v1 (the default) or the older v1alpha2 (kvgate epp --pool-group), else a fail. */}}
+{{- define "kvgate-epp.poolV1alpha2" -}}
+{{- $v := .Values.inferencePool.apiVersion -}}
+{{- if eq $v "inference.networking.x-k8s.io/v1alpha2" -}}
+true
+{{- else if ne $v "inference.networking.k8s.io/v1" -}}
+{{- fail (printf "inferencePool.apiVersion: %s is neither inference.networking.k8s.io/v1 nor inference.networking.x-k8s.io/v1alpha2" $v) -}}
+{{- end -}}
+{{- end -}}
