@@ -57,11 +57,16 @@ _claims: collections.OrderedDict[int, int] = collections.OrderedDict()  # port -
 def claim(port: int) -> bool:
     """Whether this process now holds ``port``'s machine-wide claim (False: another live process holds
     it). Where the claims' folder cannot be written, True: only the in-process rule is left."""
+    path = os.path.join(CLAIMS, str(port))
     try:
         os.makedirs(CLAIMS, exist_ok=True)
         with contextlib.suppress(OSError):
             os.chmod(CLAIMS, 0o1777)  # (other users' runs claim there too)
-        fd = os.open(os.path.join(CLAIMS, str(port)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:  # (read-only: flock needs no write access, so another user's file locks too; without O_CREAT
+            # first: fs.protected_regular refuses O_CREAT on another user's file in a sticky folder)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError:
         return True
     try:
