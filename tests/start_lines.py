@@ -3,9 +3,11 @@ line in a file it writes its stdout to: no port picked free in the test and boun
 process may take it in between, or hold it already: a fixed port another run of the same test, or any
 other program, listens on).
 
-A file, not a pipe: nothing fills while nobody reads, and the whole text is searched each time (a log line on
-the same file never hides the start line, each being one write: ``kvgate.stderrlog.say``). The deadline is
-generous (60 s): a start at load ~10 takes seconds, and the wait ends as soon as the line is there."""
+A file, not a pipe: nothing fills while nobody reads, and the whole text is searched each time. A log line
+on the same file never splices these start lines, each written in one write (``kvgate.stderrlog.say``); a
+line from ``print`` (``kvgate sim``'s) is two writes under PYTHONUNBUFFERED: read such from stdout alone.
+The deadline is generous (60 s): a start at load ~10 takes seconds, and the wait ends as soon as the line
+is there."""
 
 from __future__ import annotations
 
@@ -16,12 +18,16 @@ import time
 from pathlib import Path
 
 LIMIT_S = 60.0
+# (each port followed by a character: a line read while its write is half on disk must not match a cut port,
+# review s27-rev-a27 F4)
 # ``kvgate serve``: its data port and admin port (one process or ``--workers``)
-SERVE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)[^\n]*, admin on https?://127\.0\.0\.1:(\d+)")
+SERVE = re.compile(
+    r"listening on http://127\.0\.0\.1:(\d+)[^\n]*, admin on https?://127\.0\.0\.1:(\d+)(?=\D)"
+)
 # ``kvgate serve --clusters``: the global gateway's data port and admin port
-HUB = re.compile(r"global gateway on http://127\.0\.0\.1:(\d+), admin on https?://127\.0\.0\.1:(\d+)")
+HUB = re.compile(r"global gateway on http://127\.0\.0\.1:(\d+), admin on https?://127\.0\.0\.1:(\d+)(?=\D)")
 # ``kvgate epp``: gRPC, health and metrics ports
-EPP = re.compile(r"kvgate epp ready grpc=(\d+) health=(\d+) metrics=(\d+)")
+EPP = re.compile(r"kvgate epp ready grpc=(\d+) health=(\d+) metrics=(\d+)(?=\D)")
 
 
 Popen = subprocess.Popen[bytes]

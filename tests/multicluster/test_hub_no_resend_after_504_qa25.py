@@ -34,7 +34,9 @@ from kvgate.lifeline import die_with_parent_argv
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
 
-SIM = re.compile(r"replica 0: http://127\.0\.0\.1:(\d+)[\s\S]*?replica 1: http://127\.0\.0\.1:(\d+)")
+SIM = re.compile(
+    r"replica 0: http://127\.0\.0\.1:(\d+)(?=\D)[\s\S]*?replica 1: http://127\.0\.0\.1:(\d+)(?=\D)"
+)
 
 
 def _requests_seen(port: int) -> float:
@@ -55,11 +57,11 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, int]]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, line: re.Pattern[str], *cmd: str) -> tuple[int, ...]:
+        # (stdout alone: ``kvgate sim`` prints its replica lines in two writes each under PYTHONUNBUFFERED,
+        # and a log line written to the same file between them would splice the port)
         out = tmp_path / f"{name}.log"
-        with out.open("wb") as stdout:
-            procs.append(
-                subprocess.Popen(die_with_parent_argv([*k, *cmd]), stdout=stdout, stderr=subprocess.STDOUT)
-            )
+        with out.open("wb") as stdout, (tmp_path / f"{name}.err").open("wb") as stderr:
+            procs.append(subprocess.Popen(die_with_parent_argv([*k, *cmd]), stdout=stdout, stderr=stderr))
         return start_lines.ports(out, line, procs[-1])
 
     try:
