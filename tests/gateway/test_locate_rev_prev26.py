@@ -1,4 +1,4 @@
-"""Review s26-rev-prev26: gateway.locate findings (real HTTP on loopback, ports 29801-29808; moved here by
+"""Review s26-rev-prev26: gateway.locate findings (real HTTP on loopback, ports 0; moved here by
 fixprev26, which adapted F2's and F3's waits to rounds keyed by candidates and ended with their last
 waiter, and added the concurrent half of F1)."""
 
@@ -12,17 +12,18 @@ import pytest
 from aiohttp import web
 
 from gateway.conftest import base_url, make_config, running_gateway
+from gateway.handler_server import serve_app
 from kvgate.gateway.locate import Locator
 from kvgate.gateway.upstream import UpstreamPool
 
 pytestmark = pytest.mark.asyncio
 
 
-async def _serve(app: web.Application, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """``app`` on a port of its own (port 0: a fixed port may be held by another process, flake27); its
+    runner and address."""
+    runner, port = await serve_app(app)
+    return runner, f"127.0.0.1:{port}"
 
 
 def _keyed_store(kept: set[str]) -> web.Application:
@@ -45,15 +46,15 @@ async def test_a_wrong_key_does_not_hide_an_id_from_the_right_key() -> None:
     # F1: a client with a bad key (401 at every replica) makes the round "found nowhere": the miss is
     # kept MISS_TTL_S for the id, for every client: the right key's follow-up is then placed by score
     # (vLLM's 404 at a replica that never stored it) without being asked.
-    runner = await _serve(_keyed_store({"resp_kept"}), 29801)
+    runner, addr = await _serve(_keyed_store({"resp_kept"}))
     pool = UpstreamPool(connect_timeout=1.0, idle_timeout=5.0)
     loc = Locator(pool, time.monotonic)
     try:
-        cands = [("127.0.0.1:29801", None)]
+        cands = [(addr, None)]
         bad = await loc.find("resp_kept", cands, "authorization: Bearer bad\r\n")
         assert bad.home is None
         good = await loc.find("resp_kept", cands, "authorization: Bearer good\r\n")
-        assert good.home == "127.0.0.1:29801", good
+        assert good.home == addr, good
     finally:
         await runner.cleanup()
 
@@ -76,10 +77,10 @@ async def test_a_lookup_sharing_a_round_whose_home_went_unready_is_not_a_500() -
     a, b = web.Application(), web.Application()
     a.router.add_get("/v1/responses/{rid}", slow_home)
     b.router.add_get("/v1/responses/{rid}", nowhere)
-    runners = [await _serve(a, 29802), await _serve(b, 29803)]
-    home = "127.0.0.1:29802"
+    (ra, home), (rb, other) = await _serve(a), await _serve(b)
+    runners = [ra, rb]
     try:
-        cfg = make_config([home, "127.0.0.1:29803"], models=("m",))
+        cfg = make_config([home, other], models=("m",))
         async with aiohttp.ClientSession() as session, running_gateway(cfg) as gw:
             assert gw.proxy is not None
             url = base_url(gw) + "/v1/responses/resp_x"
@@ -127,11 +128,12 @@ async def test_asks_of_clients_gone_do_not_outnumber_the_concurrency_limit() -> 
     apps = [web.Application(), web.Application()]
     for app in apps:
         app.router.add_get("/v1/responses/{rid}", hang)
-    runners = [await _serve(apps[0], 29804), await _serve(apps[1], 29805)]
+    (ra, a0), (rb, a1) = await _serve(apps[0]), await _serve(apps[1])
+    runners = [ra, rb]
     limit = 2
     try:
         cfg = make_config(
-            ["127.0.0.1:29804", "127.0.0.1:29805"], models=("m",),
+            [a0, a1], models=("m",),
             extra={"limits": {"maxConcurrentRequests": limit}},
         )  # fmt: skip
         async with running_gateway(cfg) as gw:
@@ -185,9 +187,10 @@ async def test_one_endpoint_failing_its_gets_does_not_turn_every_lost_id_into_50
     a.router.add_route("*", "/v1/responses{tail:.*}", not_found)
     b.router.add_get("/v1/responses/{rid}", broken_get)
     b.router.add_post("/v1/responses", not_found)
-    runners = [await _serve(a, 29806), await _serve(b, 29807)]
+    (ra, a0), (rb, a1) = await _serve(a), await _serve(b)
+    runners = [ra, rb]
     try:
-        cfg = make_config(["127.0.0.1:29806", "127.0.0.1:29807"], models=("m",))
+        cfg = make_config([a0, a1], models=("m",))
         async with aiohttp.ClientSession() as session, running_gateway(cfg) as gw:
             url = base_url(gw) + "/v1/responses"
             statuses = []
@@ -213,11 +216,11 @@ async def test_concurrent_callers_with_other_keys_do_not_share_a_round_fixprev26
         return await handler(request)
 
     store.middlewares.append(held)
-    runner = await _serve(store, 29808)
+    runner, addr = await _serve(store)
     pool = UpstreamPool(connect_timeout=1.0, idle_timeout=5.0)
     loc = Locator(pool, time.monotonic)
     try:
-        cands = [("127.0.0.1:29808", None)]
+        cands = [(addr, None)]
         bad = asyncio.ensure_future(loc.find("resp_kept", cands, "authorization: Bearer bad\r\n"))
         deadline = time.monotonic() + 5.0
         while loc.rounds < 1:
@@ -227,7 +230,7 @@ async def test_concurrent_callers_with_other_keys_do_not_share_a_round_fixprev26
         await asyncio.sleep(0)
         gate.set()
         assert (await bad).home is None
-        assert (await good).home == "127.0.0.1:29808"
+        assert (await good).home == addr
     finally:
         gate.set()
         await runner.cleanup()
