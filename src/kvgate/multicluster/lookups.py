@@ -3,12 +3,13 @@ the response was made (vLLM keeps it in the memory of the server that made it: `
 
 The global gateway remembers the cluster (and, in Endpoint mode, the pod) that answered each Responses id
 (``GlobalGateway.responses``); an id it does not know (its restart, an id past ``HOMES_MAX`` /
-``HOMES_TTL_S``) is asked of the clusters' gateways first (``ClusterLocator``: ``GET /v1/responses/{id}``,
+``HOMES_TTL_S``; one whose remembered home is a cluster no longer in the clusters file, removed or renamed:
+``known_home``) is asked of the clusters' gateways first (``ClusterLocator``: ``GET /v1/responses/{id}``,
 which a ``kvgate serve`` there answers from where the response is kept, asking its own endpoints if it must),
 for a lookup as for a follow-up (prev26). A lookup goes to that pod (Endpoint mode), else to that cluster's
 gateway (Parent mode: a ``kvgate serve`` there sends it on to its endpoint the same way); after a connection
-error at the pod (or no answer), to that cluster's gateway when it has one. An id found nowhere (or a home no
-longer in the clusters) goes to the first cluster, in the clusters file's order, that has a gateway and is
+error at the pod (or no answer), to that cluster's gateway when it has one. An id found nowhere goes to the
+first cluster, in the clusters file's order, that has a gateway and is
 available (not found hung, not backing off; else the first with a gateway), whose gateway sends it to an
 endpoint, whose server answers its own 404 for an id it does not hold. Each try is bounded as a request is
 (``GlobalRouter._post``, review s19-qa2 M1): a stream's head (``?stream=true``) by the clusters file's
@@ -150,6 +151,18 @@ def not_located(response_id: str, found: Found) -> str:
     )
 
 
+def known_home(gw: GlobalGateway, response_id: str) -> tuple[str, str | None] | None:
+    """The remembered home of ``response_id`` while its cluster is in the clusters file. A home cluster
+    gone from it (removed, or renamed: the same gateway under a new name) is forgotten, and the id is then
+    asked of the clusters as an unknown one (as ``kvgate serve`` asks for a home no longer in its pool;
+    before, such an id went to the first cluster's 404 for up to ``HOMES_TTL_S``: review s27-rev-loc27 F1)."""
+    home = gw.responses.home(response_id)
+    if home is not None and home[0] not in gw.router.states:
+        gw.responses.forget(response_id)
+        return None
+    return home
+
+
 def targets(gw: GlobalGateway, response_id: str) -> list[tuple[ClusterState, str, str]]:
     """``(cluster, address, mode)`` to try in turn for a lookup of ``response_id`` (see the module's doc)."""
     router = gw.router
@@ -189,7 +202,7 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
     router = gw.router
     # The request's bound (``limits.requestTimeoutSeconds``) holds for a lookup's head too: past it, 504.
     deadline = Deadline.after(asyncio.get_running_loop().time(), router.cfg.request_timeout_s)
-    if gw.responses.home(response_id) is None:
+    if known_home(gw, response_id) is None:
         located = await gw.locator.home_of(response_id, request.headers, deadline)
         if isinstance(located, NoRoute):
             e = located

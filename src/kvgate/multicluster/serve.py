@@ -56,7 +56,7 @@ from kvgate.k8s.lease import check_one_time
 from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
 from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
-from kvgate.multicluster.lookups import ClusterLocator, lookup
+from kvgate.multicluster.lookups import ClusterLocator, known_home, lookup
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
 from kvgate.multicluster.router import ENDPOINT, Attempt, Deadline, GlobalRouter, NoRoute, Routed
 from kvgate.multicluster.source import ClusterSource
@@ -577,10 +577,11 @@ class GlobalGateway:
             usage=bool(parsed.stream) and (asked or path in STREAM_USAGE_PATHS),
         )
         prev = previous_response_id(path, parsed.body)
-        home = None if prev is None else self.responses.home(prev)
+        home = None if prev is None else known_home(self, prev)
         try:
             if prev is not None and home is None:
-                # Not known here (a restart, an id past the map's bounds): asked of the clusters (prev26).
+                # Not known here (a restart, an id past the map's bounds, a home cluster no longer in the
+                # clusters file): asked of the clusters (prev26; s27-rev-loc27 F1).
                 got = await self.locator.home_of(prev, request.headers, deadline)
                 if isinstance(got, NoRoute):
                     raise got

@@ -313,6 +313,9 @@ class ResponseHomes(Generic[H]):
                 break
             homes.popitem(last=False)
 
+    def forget(self, response_id: str) -> None:
+        self._homes.pop(response_id, None)
+
     def home(self, response_id: str) -> H | None:
         entry = self._homes.get(response_id)
         if entry is None:
