@@ -181,7 +181,7 @@ async def test_an_invalid_picker_refuses_the_whole_reload_and_names_its_key(back
         assert _reloads(gw, "invalid") == 1 and _reloads(gw, "applied") == 0
         assert await _post(s, gw) == 200
         # Fixed: applied, every part of it.
-        good = _doc([a.address, b.address], _picker(QUEUE, prefix={"blockSize": 32}))
+        good = _doc([a.address, b.address], _picker(QUEUE, prefix={"blockSizeTokens": 32}))
         _write(f, good)
         with caplog.at_level(logging.WARNING, "kvgate.gateway.reload"):
             assert await rl.areload()
@@ -198,7 +198,7 @@ async def test_an_invalid_picker_refuses_the_whole_reload_and_names_its_key(back
 async def test_a_swap_keeps_the_prefix_index_only_when_the_scorer_is_unchanged(backends, tmp_path):
     (a,) = await backends(1)
     f = tmp_path / "gw.yaml"
-    doc = _doc([a.address], _picker(QUEUE, prefix={"blockSize": 16}))
+    doc = _doc([a.address], _picker(QUEUE, prefix={"blockSizeTokens": 16}))
     _write(f, doc)
     cfg = parse_gateway_config(doc)
     async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
@@ -213,7 +213,7 @@ async def test_a_swap_keeps_the_prefix_index_only_when_the_scorer_is_unchanged(b
         _write(
             f,
             _doc(
-                [a.address], _picker(QUEUE, {"type": "kv-cache-utilization-scorer"}, prefix={"blockSize": 16})
+                [a.address], _picker(QUEUE, {"type": "kv-cache-utilization-scorer"}, prefix={"blockSizeTokens": 16})
             ),
         )
         assert await rl.areload()
@@ -222,14 +222,14 @@ async def test_a_swap_keeps_the_prefix_index_only_when_the_scorer_is_unchanged(b
         assert pool.endpoints()[0] is ep and ep.metrics.running_requests == 3
         # Session affinity added, then carried across a swap that keeps it.
         sessions = {"type": "session-affinity-scorer"}
-        _write(f, _doc([a.address], _picker(QUEUE, sessions, prefix={"blockSize": 16})))
+        _write(f, _doc([a.address], _picker(QUEUE, sessions, prefix={"blockSizeTokens": 16})))
         assert await rl.areload()
         pool.director.handle.plugins["session-affinity-scorer"].sessions["s1"] = ep.address
-        _write(f, _doc([a.address], _picker(sessions, prefix={"blockSize": 16})))
+        _write(f, _doc([a.address], _picker(sessions, prefix={"blockSizeTokens": 16})))
         assert await rl.areload()
         assert pool.director.handle.plugins["session-affinity-scorer"].sessions == {"s1": ep.address}
         # Its parameters changed: a new index (its blocks would not mean the same).
-        _write(f, _doc([a.address], _picker(QUEUE, prefix={"blockSize": 32})))
+        _write(f, _doc([a.address], _picker(QUEUE, prefix={"blockSizeTokens": 32})))
         assert await rl.areload()
         assert pool.director.handle.find(PrefixCacheScorer).index is not scorer.index
         # The discarded pickers left the store's listeners: one prefix scorer's, not three.
@@ -386,7 +386,7 @@ def test_workers_gossip_only_between_the_same_prefix_layout_across_a_reload(tmp_
     once both have reloaded they gossip again, into the new indexes. Before, the late worker applied the
     early one's insertions to its old index (the same id, another meaning)."""
     f = tmp_path / "gw.yaml"
-    doc = _doc(["127.0.0.1:1001"], _picker(QUEUE, prefix={"blockSize": 16}))
+    doc = _doc(["127.0.0.1:1001"], _picker(QUEUE, prefix={"blockSizeTokens": 16}))
     _write(f, doc)
     workers = []
     for w in range(2):
@@ -421,7 +421,7 @@ def test_workers_gossip_only_between_the_same_prefix_layout_across_a_reload(tmp_
     assert holds(1, [1, 2, 3]) == 3  # the same layout: applied
     old1 = index(1)
     # Worker 0 reloads first: blockSize 32, a new index.
-    _write(f, _doc(["127.0.0.1:1001"], _picker(QUEUE, prefix={"blockSize": 32})))
+    _write(f, _doc(["127.0.0.1:1001"], _picker(QUEUE, prefix={"blockSizeTokens": 32})))
     assert workers[0][2].reload()
     assert workers[0][1].layout != workers[1][1].layout
     insert(0, [7, 8, 9])  # in worker 0's new index: never applied to worker 1's old one
@@ -436,7 +436,7 @@ def test_workers_gossip_only_between_the_same_prefix_layout_across_a_reload(tmp_
     # A swap that keeps the prefix scorer: the same index, the same layout; the gossip is untouched.
     kept = index(0)
     _write(f, _doc(["127.0.0.1:1001"], _picker(QUEUE, {"type": "kv-cache-utilization-scorer"},
-                                              prefix={"blockSize": 32})))  # fmt: skip
+                                              prefix={"blockSizeTokens": 32})))  # fmt: skip
     before = workers[0][1].layout
     assert workers[0][2].reload() and workers[1][2].reload()
     assert index(0) is kept and workers[0][1].layout == before
@@ -453,7 +453,7 @@ def test_the_supervisor_refuses_a_file_whose_picker_no_worker_could_build(tmp_pa
     from kvgate.gateway.workers import Supervisor, _WorkersReload, merge_metrics, read_snapshot
 
     f = tmp_path / "gw.yaml"
-    _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSize": 16})))
+    _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSizeTokens": 16})))
     sup = Supervisor(load_gateway_config(str(f)), 2, config_path=str(f))
     (tmp_path / "snap").mkdir(mode=0o700)
     sup.snapshot = str(tmp_path / "snap" / "config.pickle")
@@ -467,10 +467,10 @@ def test_the_supervisor_refuses_a_file_whose_picker_no_worker_could_build(tmp_pa
         merged = merge_metrics([None], {"supervisor": sup._own_metrics()}).decode()
         assert 'kvgate_gateway_config_reloads_total{result="invalid",worker="supervisor"} 1.0' in merged
         # A valid one is sent, and kept for a worker restarted later.
-        _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSize": 32})))
+        _write(f, _doc(["127.0.0.1:1"], _picker(QUEUE, prefix={"blockSizeTokens": 32})))
         assert watch.reload() and sup.reloads == 1
         for cfg in (read_snapshot(sup.snapshot), sup.cfg, sup.file_cfg):
-            assert cfg.pools[0].picker_config["plugins"][1]["parameters"] == {"blockSize": 32}
+            assert cfg.pools[0].picker_config["plugins"][1]["parameters"] == {"blockSizeTokens": 32}
     finally:
         for lock in sup._locks.values():
             os.close(lock)
@@ -541,7 +541,7 @@ async def test_the_pool_aggregate_follows_the_swapped_picker(backends, tmp_path)
             return {k: v for k, v in doc.items() if "prefix" in k.lower() and v}
 
         assert not await summary()  # round-robin: no prefix scorer
-        _write(f, _doc([a.address], _picker(QUEUE, prefix={"blockSize": 16})))
+        _write(f, _doc([a.address], _picker(QUEUE, prefix={"blockSizeTokens": 16})))
         assert await _reloader(f, gw).areload()
         assert await _post(s, gw, "hello " * 200) == 200
         assert await summary()

@@ -350,16 +350,16 @@ async def test_workers_swap_pickers_and_their_prefix_gossip_follows(backends, tm
     workers afterwards, and a worker restarted later starts on the reloaded picker."""
     (a,) = await backends(1)
     f, log = tmp_path / "gw.yaml", tmp_path / "stderr"
-    _write_picker(f, a.address, {"blockSize": 16}, [])
+    _write_picker(f, a.address, {"blockSizeTokens": 16}, [])
     async with serve(f, log) as (proc, port, admin):
         assert set(await _statuses(port, SMALL)) == {200}
-        _write_picker(f, a.address, {"blockSize": 16}, [{"type": "kv-cache-utilization-scorer"}])
+        _write_picker(f, a.address, {"blockSizeTokens": 16}, [{"type": "kv-cache-utilization-scorer"}])
         proc.send_signal(signal.SIGHUP)
         kept = "picker swapped (endpointPickerConfig -> endpointPickerConfig); prefix index kept"
         await _until(lambda: len(_workers_that_logged(log, kept)) == 2, "not every worker swapped")
         assert set(await _statuses(port, SMALL)) == {200}
 
-        _write_picker(f, a.address, {"blockSize": 32}, [{"type": "kv-cache-utilization-scorer"}])
+        _write_picker(f, a.address, {"blockSizeTokens": 32}, [{"type": "kv-cache-utilization-scorer"}])
         proc.send_signal(signal.SIGHUP)
         new = "picker swapped (endpointPickerConfig -> endpointPickerConfig); prefix index new"
         await _until(lambda: len(_workers_that_logged(log, new)) == 2, "not every worker swapped")
@@ -378,7 +378,7 @@ async def test_workers_swap_pickers_and_their_prefix_gossip_follows(backends, tm
         # The same picker and a new limit: the restarted worker runs the reloaded picker already, so it
         # swaps nothing either (it would, had it started from the first file's).
         extra = [{"type": "kv-cache-utilization-scorer"}]
-        _write_picker(f, a.address, {"blockSize": 32}, extra, limits={"maxBodyBytes": 1024})
+        _write_picker(f, a.address, {"blockSizeTokens": 32}, extra, limits={"maxBodyBytes": 1024})
         proc.send_signal(signal.SIGHUP)
         limited = "limits applied: maxBodyBytes"
         await _until(lambda: len(_lines(log, limited)) == 2, "not every worker reloaded")

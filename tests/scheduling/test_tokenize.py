@@ -48,7 +48,7 @@ def test_render_chat_is_deterministic_and_prefix_stable() -> None:
 
 
 def test_tokenizer_makes_blocks_exactly_block_size_tokens(tmp_path: Path) -> None:
-    scorer = _scorer(tokenizer=str(_save_tokenizer(tmp_path / "tok")), blockSize=4, autoTune=False)
+    scorer = _scorer(tokenizer=str(_save_tokenizer(tmp_path / "tok")), blockSizeTokens=4, autoTune=False)
     ep = make_endpoint("10.0.0.1:8000")
     text = "a b c d e f g h a b c"  # 11 tokens -> 2 full blocks of 4 (the engine caches full blocks)
     req = InferenceRequest("r", "m", prompt_text=text)
@@ -73,7 +73,7 @@ def test_auto_finds_the_served_models_tokenizer(tmp_path: Path, monkeypatch: pyt
     assert tokenize.find_for_model("org/tiny") == hub / "models--org--tiny/snapshots/abc123/tokenizer.json"
     assert tokenize.find_for_model(str(local)) == local / "tokenizer.json"  # vLLM --model /path
     assert tokenize.find_for_model("org/absent") is None
-    scorer = _scorer(tokenizer="auto", blockSize=2, autoTune=False)
+    scorer = _scorer(tokenizer="auto", blockSizeTokens=2, autoTune=False)
     ep = make_endpoint("10.0.0.1:8000")
     known = InferenceRequest("r", "org/tiny", prompt_text="a b c d")
     scorer.prepare(CycleState(known, 0.0), [ep])

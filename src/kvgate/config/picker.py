@@ -8,6 +8,7 @@ plugin's own ``create``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from kvgate.flowcontrol.config import FEATURE_GATE, parse_flow_control
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
 KIND = "EndpointPickerConfig"
@@ -262,9 +265,9 @@ def validate(cfg: EndpointPickerConfig) -> None:
     parse_flow_control(cfg.flow_control, plugins=cfg.plugin_types())  # checked with the gate off too
     handle = PluginHandle()
     for spec in cfg.plugins:
-        instantiate(spec, handle)
+        instantiate(spec, handle, announce=True)
     if cfg.saturation_detector is not None and cfg.saturation_detector not in cfg.plugins:
-        instantiate(cfg.saturation_detector, handle)
+        instantiate(cfg.saturation_detector, handle, announce=True)
     handlers = [p for p in cfg.plugins if isinstance(handle.plugins[p.name], ProfileHandler)]
     if len(handlers) > 1:
         raise ConfigError(f"{handlers[1].path}: only one profile handler may be configured")
@@ -276,16 +279,22 @@ def validate(cfg: EndpointPickerConfig) -> None:
             raise ConfigError(f"{pickers[1].path}.pluginRef: profile {prof.name!r} already has a picker")
 
 
-def instantiate(spec: PluginSpec, handle: PluginHandle) -> Any:
+def instantiate(spec: PluginSpec, handle: PluginHandle, *, announce: bool = False) -> Any:
+    """Build one plugin; with ``announce`` (the load's one check, ``validate``), log what its parameters
+    warned of, one WARNING line each (the builds after it say nothing again)."""
     cls = registry.get(spec.type)
     if cls is None:
         raise ConfigError(f"{spec.path}.type: unknown plugin type {spec.type!r}")
+    params = spec.params()
     try:
-        plugin = cls.create(spec.name, spec.params(), handle)
+        plugin = cls.create(spec.name, params, handle)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{spec.path}.parameters: {e}") from e
+    if announce:
+        for line in params.warnings:
+            log.warning("%s", line)
     handle.plugins[spec.name] = plugin
     return plugin
 

@@ -150,6 +150,9 @@ class Params:
         self.raw = dict(raw or {})
         self.path = path
         self._seen: set[str] = set()
+        # What was taken but not as written (a deprecated key converted, a setting kvgate cannot honour):
+        # one line each, logged once per config load (``config.picker.validate``).
+        self.warnings: list[str] = []
 
     def _get(self, key: str) -> Any:
         self._seen.add(key)
@@ -216,6 +219,12 @@ class Params:
         if positive and not got > 0.0:
             raise self._err(key, "must be a duration above 0, like 200ms or 2s", v)
         return got
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def warn(self, key: str, what: str) -> None:
+        self.warnings.append(f"{self.path}.{key}: {what}")
 
     def finish(self) -> None:
         unknown = sorted(set(self.raw) - self._seen)

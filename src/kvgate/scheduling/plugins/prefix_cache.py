@@ -139,6 +139,29 @@ def prefix_match(cycle: CycleState) -> PrefixMatch | None:
     return m if isinstance(m, PrefixMatch) else None
 
 
+def block_tokens_param(params: Params) -> int:
+    """The fallback block size in tokens: ``blockSizeTokens``, as the reference names it now, else the
+    reference's older keys, in characters there and here: ``blockSize`` (deprecated by the reference) and
+    GIE v0.4-v0.5's ``hashBlockSize``, read as characters / 4 with one warning saying so. With
+    ``blockSizeTokens`` set they are ignored (the reference's rule), also said."""
+    tokens = params.get_int("blockSizeTokens", 0, min=1)
+    source = "blockSizeTokens"
+    for key in ("blockSize", "hashBlockSize"):
+        chars = params.get_int(key, 0, min=1)
+        if not chars:
+            continue
+        if tokens:
+            params.warn(key, f"ignored: {source} is set ({tokens} tokens)")
+            continue
+        tokens, source = max(1, chars // CHARS_PER_TOKEN), key
+        params.warn(
+            key,
+            f"the reference's deprecated block size in characters: read as {tokens} tokens "
+            f"({chars} / {CHARS_PER_TOKEN}); write blockSizeTokens: {tokens}",
+        )
+    return tokens or DEFAULT_BLOCK_TOKENS
+
+
 @register("prefix-cache-scorer")
 class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
     bounded = True
@@ -151,6 +174,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         block_size: int = DEFAULT_BLOCK_TOKENS,
         auto_tune: bool = True,
         max_blocks: int = MAX_PREFIX_BLOCKS,
+        max_tokens: int = 0,
         capacity: int = DEFAULT_LRU_CAPACITY,
         max_total_blocks: int = DEFAULT_MAX_TOTAL_BLOCKS,
         tokenizer: str | None = None,
@@ -173,8 +197,12 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         self.block_size = block_size
         self.auto_tune = auto_tune
         self.max_blocks = max_blocks
+        # ``maxPrefixTokensToMatch`` (0: unset): the match cap in tokens, over the block size in use, which
+        # then replaces ``maxPrefixBlocksToMatch`` (the reference's rule).
+        self.max_tokens = max_tokens
         self.index = PrefixIndex(capacity, max_total_blocks)
         self._chunk_tokens = block_size  # the block size the index is currently keyed by
+        self._cap_blocks()
         self._last_purge: float | None = None
         if handle.store is not None:
             handle.store.add_listener(self._on_store_change)
@@ -184,9 +212,10 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         p = cls(
             name,
             handle,
-            block_size=params.get_int("blockSize", DEFAULT_BLOCK_TOKENS, min=1),
+            block_size=block_tokens_param(params),
             auto_tune=params.get_bool("autoTune", True),
             max_blocks=params.get_int("maxPrefixBlocksToMatch", MAX_PREFIX_BLOCKS, min=1),
+            max_tokens=params.get_int("maxPrefixTokensToMatch", 0, min=0),
             capacity=params.get_int("lruCapacityPerServer", DEFAULT_LRU_CAPACITY, min=1),
             max_total_blocks=params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
             engine_lru=params.get_bool("engineLru", False),
@@ -205,6 +234,11 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         what the old one learnt keeps routing). Both then read and write the same index."""
         self.index = other.index
         self._chunk_tokens = other._chunk_tokens
+        self._cap_blocks()
+
+    def _cap_blocks(self) -> None:
+        if self.max_tokens:  # (a cap below one block still hashes one: the index needs a key)
+            self.max_blocks = max(1, self.max_tokens // self._chunk_tokens)
 
     def _on_store_change(self, change: StoreChange) -> None:
         if change.kind == "removed":
@@ -237,6 +271,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             # The servers' block size changed what a block is: old hashes can never match again.
             self.index.clear()
             self._chunk_tokens = tokens
+            self._cap_blocks()
         req = cycle.request
         text = req.prompt_text
         ids = self._token_ids(req)
