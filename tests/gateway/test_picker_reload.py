@@ -213,7 +213,8 @@ async def test_a_swap_keeps_the_prefix_index_only_when_the_scorer_is_unchanged(b
         _write(
             f,
             _doc(
-                [a.address], _picker(QUEUE, {"type": "kv-cache-utilization-scorer"}, prefix={"blockSizeTokens": 16})
+                [a.address],
+                _picker(QUEUE, {"type": "kv-cache-utilization-scorer"}, prefix={"blockSizeTokens": 16}),
             ),
         )
         assert await rl.areload()
