@@ -92,8 +92,13 @@ async def test_a_stream_the_sweeper_closes_is_not_client_gone() -> None:
     try:
         async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
             headers = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
-            out = await ex.send_request(headers, orjson.dumps({"model": "m", "prompt": "x"}))
-            assert out.immediate is None  # picked; now the gateway goes silent (a long non-streamed reply)
+            out = await ex.send_request(headers, orjson.dumps({"model": "m", "prompt": "x", "stream": True}))
+            assert out.immediate is None  # picked
+            # The answer starts, then neither side moves (a stalled stream). (Silence before the answer's
+            # head is the model server's time, never idle: s27-qa Q5, test_epp_idle_sweep_spares_...)
+            await ex.send_response_headers(200, {"content-type": "text/event-stream"}, served="127.0.0.1:1")
+            await ex.send_response_chunk(b'data: {"choices":[{"index":0,"text":"x"}]}\n\n')
+            await ex.read()  # (its answer)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await ex.read()
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -164,7 +164,8 @@ def parser() -> argparse.ArgumentParser:
         "--stream-idle-timeout",
         type=finite_number,
         default=600.0,
-        help="seconds a stream may stay silent before it is cancelled",
+        help="seconds a stream may stay silent where the EPP waits on Envoy (the request's rest, a started "
+        "answer's next chunk) before it is cancelled; a routed request waiting for its answer is never idle",
     )
     net.add_argument(
         "--model-series-grace",

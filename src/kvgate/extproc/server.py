@@ -2,8 +2,9 @@
 
 Limits: at most ``max_concurrent_streams`` streams; all of them together hold at most
 ``max_buffered_bytes`` of bodies (``httpfront.budget.ByteBudget``); a stream with no message for
-``stream_idle_timeout_s`` is cancelled (one sweeper task for all streams), which releases its buffers
-and its in-flight accounting.
+``stream_idle_timeout_s`` where the EPP waits on Envoy (its request still arriving, or its answer once
+started) is cancelled (one sweeper task for all streams), which releases its buffers and its in-flight
+accounting; one whose request is with its model server (routed, no answer's head yet) is never idle.
 """
 
 from __future__ import annotations
@@ -96,12 +97,12 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                         continue  # (nothing to cut: its answer ended just before the bound; read on)
                     msg = got
                 now = loop.time()
-                if task is not None:
-                    active[task] = now
                 try:
                     out = session.handle(msg)
                 except ProtocolViolation as e:
                     await context.abort(getattr(grpc.StatusCode, e.code), e.message)
+                if task is not None:
+                    active[task] = _idle_from(session, now)
                 if bound is not None:
                     if session.ended:
                         bound.stop()  # (its answer ended: no read of the stream's rest is cut)
@@ -117,7 +118,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     for resp in await session.parse_pending():
                         yield resp
                     if task is not None:
-                        active[task] = loop.time()
+                        active[task] = _idle_from(session, loop.time())
                     if bound is None and session.bound_s > 0 and not session.done:
                         bound = _Bound(loop, session.bound_s)  # (from the pick, as a small body's)
                 if session.pending is not None:  # flow control: wait here for capacity
@@ -125,7 +126,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                         active[task] = math.inf  # waiting in the queue is not an idle gateway
                     admitted = await session.admit_pending()
                     if task is not None:
-                        active[task] = loop.time()
+                        active[task] = _idle_from(session, loop.time())
                     for resp in admitted:
                         yield resp
                 if session.done:  # an ImmediateResponse ends the exchange
@@ -150,7 +151,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 self.metrics.streams.dec()
 
     async def sweep_idle(self) -> None:
-        """Cancel streams silent for ``idle_timeout_s`` (a gateway that stopped talking mid-request)."""
+        """Cancel streams silent for ``idle_timeout_s`` where the EPP waits on Envoy (a gateway that stopped
+        talking mid-request or mid-answer); never one whose request is with its model server
+        (``_idle_from``)."""
         interval = min(1.0, self.idle_timeout_s / 4)
         loop = asyncio.get_running_loop()
         while True:
@@ -162,6 +165,14 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     self.idle_closed += 1
                     self._idle.add(task)
                     task.cancel()
+
+
+def _idle_from(session: Session, now: float) -> float:
+    """When the stream's idle time starts (the sweeper's clock), its last message handled at ``now``: never
+    while its request is with the model server (routed, no answer's head yet: Envoy owes nothing then, and
+    a long generation or a deep queue at the server is no idle gateway; before s27-qa Q5 the sweeper cut
+    such a request at ``--stream-idle-timeout``, its answer then lost)."""
+    return math.inf if session.with_model_server else now
 
 
 # How many messages a bounded stream's reader reads ahead of the loop (``_Bound``).

@@ -613,6 +613,13 @@ class Session:
 
     # ---- the request's bound ----------------------------------------------------------------------
     @property
+    def with_model_server(self) -> bool:
+        """Routed, its answer's head not here yet: the model server has the request (a non-streamed answer
+        comes whole at its end) and Envoy owes the EPP nothing meanwhile, so its silence is no idle gateway
+        (the idle sweeper leaves it alone: review s27-qa Q5)."""
+        return self.endpoint is not None and not self._headers_answered and not self.done
+
+    @property
     def ended(self) -> bool:
         """Its answer ended (or an immediate response ended the exchange): nothing left to cut."""
         return self._finished or self.done
