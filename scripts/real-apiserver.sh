@@ -6,7 +6,8 @@
 #                                     into ~/.cache/kvgate/apiserver/bin once (root; ~15 min here); kubectl
 #                                     from Debian's kubernetes-client (1.20.2, same source) when none is on PATH
 #   scripts/real-apiserver.sh start   etcd + kube-apiserver on free loopback ports (TLS, self-signed; a static
-#                                     system:masters token in the kubeconfig, AlwaysAllow); prints URL= and KUBECONFIG= lines
+#                                     system:masters token in the kubeconfig; the RBAC authorizer, so other
+#                                     identities get what their Roles grant); prints URL= and KUBECONFIG= lines
 #   scripts/real-apiserver.sh stop    stops both (the run directory's pids), removes the run directory
 #   scripts/real-apiserver.sh test    build if needed, start, run tests/k8s_real (-m k8sreal), stop: in its own
 #                                     fresh run directory (KVGATE_APISERVER_RUN if given and free); skips fail
@@ -150,7 +151,8 @@ start() {
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=kube-apiserver \
     -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$RUN/tls.key" -out "$RUN/tls.crt" 2>/dev/null
   openssl genrsa -out "$RUN/sa.key" 2048 2>/dev/null
-  # (1.20 turns anonymous requests off under AlwaysAllow: one static admin token instead)
+  # One static admin token (system:masters: everything under RBAC too). The RBAC authorizer, not AlwaysAllow
+  # (k8s27): tests/k8s_real checks the shipped Roles against it with a ServiceAccount's token.
   local token
   token=$(openssl rand -hex 16)
   echo "$token,kvgate-admin,kvgate-admin,system:masters" >"$RUN/tokens.csv"
@@ -164,7 +166,7 @@ start() {
     --cert-dir "$RUN/certs" --service-cluster-ip-range 10.96.0.0/24 \
     --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$RUN/sa.key" \
     --service-account-signing-key-file "$RUN/sa.key" --api-audiences kvgate \
-    --token-auth-file "$RUN/tokens.csv" --authorization-mode AlwaysAllow \
+    --token-auth-file "$RUN/tokens.csv" --authorization-mode RBAC \
     --disable-admission-plugins ServiceAccount --endpoint-reconciler-type none \
     >"$RUN/apiserver.log" 2>&1 &
   echo $! >"$RUN/apiserver.pid"

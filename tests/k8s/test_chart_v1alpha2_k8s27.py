@@ -3,7 +3,8 @@
 plain map, ``extensionRef``) and the EPP runs with ``--pool-group inference.networking.x-k8s.io``; what that
 version cannot say (several ports, ``appProtocol``, the hub export) and any other apiVersion are refused at
 render time. Main (6782b99d) rendered v1's shape under the v1alpha2 apiVersion, the EPP watching v1.
-The Role for both groups: tests/k8s/test_rbac_pool_groups_k8s27.py."""
+The Role for both groups: tests/k8s/test_rbac_pool_groups_k8s27.py; against a real API server:
+tests/k8s_real/test_real_apiserver_rbac.py."""
 
 from __future__ import annotations
 

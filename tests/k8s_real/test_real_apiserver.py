@@ -4,9 +4,9 @@ Opt-in: marked ``k8sreal`` (left out of the default suite by pyproject's addopts
 which CI runs, builds, starts, runs ``-m k8sreal`` and stops). With ``-m k8sreal`` it runs when
 ``KVGATE_REAL_APISERVER`` is the server's URL (with ``KUBECONFIG`` naming its credentials:
 ``scripts/real-apiserver.sh start`` prints both) or when ``scripts/real-apiserver.sh build`` has built the
-binary and etcd is installed (the module then starts its own etcd + apiserver in a temporary run directory
-and stops them after); skipped otherwise, and failed instead under ``KVGATE_REQUIRE_REAL_APISERVER=1``
-(``make test-k8s-real`` sets it: a run with nothing tested is not a pass).
+binary and etcd is installed (the session then starts its own etcd + apiserver in a temporary run directory
+and stops them after: conftest.py's ``server``); skipped otherwise, and failed instead under
+``KVGATE_REQUIRE_REAL_APISERVER=1`` (``make test-k8s-real`` sets it: a run with nothing tested is not a pass).
 
 The real kubectl applies the project's CRDs as shipped (a file using ``x-kubernetes-validations`` would
 go in stripped of them: 1.20 predates CEL rules; the CRDs in deploy/crds have none today) and creates the
@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import ssl
 import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,29 +57,6 @@ UNSUPPORTED_BY_1_20 = ("x-kubernetes-validations",)
 pytestmark = pytest.mark.k8sreal
 
 
-def missing() -> str | None:
-    """Why this module cannot run here (None: it can)."""
-    if KUBECTL is None:
-        return "kubectl is not installed (Debian: apt-get install kubernetes-client)"
-    if not os.environ.get("KVGATE_REAL_APISERVER") and not (BINARY.exists() and shutil.which("etcd")):
-        return (
-            "no real kube-apiserver: set KVGATE_REAL_APISERVER (and KUBECONFIG) to one, or build it (and "
-            "install etcd) with scripts/real-apiserver.sh build (make test-k8s-real does both)"
-        )
-    return None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _runnable() -> None:
-    """Skipped where it cannot run; failed under KVGATE_REQUIRE_REAL_APISERVER=1 (make test-k8s-real)."""
-    reason = missing()
-    if reason is None:
-        return
-    if os.environ.get("KVGATE_REQUIRE_REAL_APISERVER") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 def strip_unsupported(node: Any) -> Any:
     """The CRD without the schema keys a 1.20 API server does not know (it would drop them silently)."""
     if isinstance(node, dict):
@@ -89,30 +64,6 @@ def strip_unsupported(node: Any) -> Any:
     if isinstance(node, list):
         return [strip_unsupported(v) for v in node]
     return node
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """``(url, kubeconfig)`` of the server under test; started here (and stopped) unless given."""
-    url = os.environ.get("KVGATE_REAL_APISERVER")
-    if url:
-        kubeconfig = os.environ.get("KUBECONFIG")
-        assert kubeconfig, (
-            "KVGATE_REAL_APISERVER needs KUBECONFIG (scripts/real-apiserver.sh start prints it)"
-        )
-        yield url, kubeconfig
-        return
-    run = tmp_path_factory.mktemp("apiserver")
-    env = {**os.environ, "KVGATE_APISERVER_RUN": str(run / "run"), "PY": sys.executable}
-    out = subprocess.run(
-        ["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=180, check=False
-    )
-    assert out.returncode == 0, f"real-apiserver.sh start failed:\n{out.stdout}\n{out.stderr}"
-    lines = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-    try:
-        yield lines["URL"], lines["KUBECONFIG"]
-    finally:
-        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=60, check=False)
 
 
 class Kubectl:
