@@ -96,10 +96,11 @@ class ClusterLocator(AskRounds):
         waiter gone the round too."""
         router = self.gw.router
         clusters = {st.name: st for st in router.state_list() if st.spec.gateway is not None}
-        # (a round asks with its first caller's headers: shared only by callers with the same credentials,
-        # a refused key must not answer for another; review s26-rev-prev26 F1)
+        # (a round is shared only by callers with the same credentials, a refused key must not answer for
+        # another: review s26-rev-prev26 F1; its asks carry those and nothing else, as kvgate serve's do:
+        # not its first caller's cookie or request id on the others' behalf, review s27-rev-loc27 F3)
         credentials = "".join(f"{h}: {headers.get(h, '')}\r\n" for h in _CREDENTIALS)
-        fwd = {k: v for k, v in headers.items() if k.lower() not in _DROP and k.lower() != "content-type"}
+        fwd = {h: headers[h] for h in _CREDENTIALS if h in headers}
         path = "/v1/responses/" + quote(response_id, safe="")
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=LOCATE_S)
 
