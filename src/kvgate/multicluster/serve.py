@@ -394,7 +394,7 @@ class GlobalGateway:
         fetch: bool = True,
         seed: int | None = None,  # the policy's randomness; None: from os.urandom
         limits: FrontLimits | None = None,
-        drain_s: float = 5.0,
+        drain_s: float | None = None,  # the stop's drain (None: the file's limits.drainTimeoutSeconds, live)
         staleness: StalenessPolicy | None = None,  # the members' InferencePool watches' (default 120 s)
         waiting_share: int | None = None,  # --max-waiting-bytes-per-client (None: the file's, live)
     ) -> None:
@@ -425,7 +425,7 @@ class GlobalGateway:
         self.limits = limits or cfg.limits
         self._waiting_share = waiting_share
         self._fixed_limits = limits is not None  # given by the caller: a reload does not change them
-        self.drain_s = drain_s
+        self._drain_s = drain_s
         self.draining = False  # the stop began: ``/readyz`` answers 503 ``draining`` (as ``kvgate serve``)
         self.front: FrontServer | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -454,16 +454,27 @@ class GlobalGateway:
         # An id neither knows: asked of the clusters' gateways (``lookups.ClusterLocator``, prev26).
         self.locator = ClusterLocator(self)
 
+    @property
+    def drain_s(self) -> float:
+        """How long the stop waits for the requests in flight: the constructor's, else the clusters file's
+        ``limits.drainTimeoutSeconds`` (30 s default, as ``kvgate serve``'s), as last reloaded when the
+        stop began."""
+        return self.router.cfg.drain_timeout_s if self._drain_s is None else self._drain_s
+
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters, TTL / refresh / locality, the TLS options (and files) of
         EPP channels and aggregate fetches, the fronts' ``limits`` (client and admin ports) and the
         ``kubernetes:`` section (the import controller restarted with it, ``ClusterSource``), all live;
         nothing needs a restart."""
-        before = self.router.cfg.request_timeout_s
+        before = self.router.cfg
         self.source.reload(cfg)
-        if before != cfg.request_timeout_s:  # (read per request from the router's config: review s20-mc L2)
-            log.info("clusters file: limits applied: requestTimeoutSeconds %g -> %g", before,
-                     cfg.request_timeout_s)  # fmt: skip
+        # (read per request from the router's config: review s20-mc L2)
+        if before.request_timeout_s != cfg.request_timeout_s:
+            log.info("clusters file: limits applied: requestTimeoutSeconds %g -> %g",
+                     before.request_timeout_s, cfg.request_timeout_s)  # fmt: skip
+        if before.drain_timeout_s != cfg.drain_timeout_s and self._drain_s is None:  # (read at the stop)
+            log.info("clusters file: limits applied: drainTimeoutSeconds %g -> %g",
+                     before.drain_timeout_s, cfg.drain_timeout_s)  # fmt: skip
         if self.fetcher is not None:
             self.fetcher.apply(cfg.tls, cfg.refresh_s)
         if self.front is not None and not self._fixed_limits:
@@ -909,7 +920,8 @@ class GlobalGateway:
 
     async def stop(self) -> None:
         """(To its end also when cancelled meanwhile, the cancellation raised after: ``stop_to_the_end``.)"""
-        await stop_to_the_end(self._stop(), "the global gateway's stop", log, self.drain_s + STOP_LIMIT_S)
+        self._drain_s = self.drain_s  # (fixed now: a reload during the stop changes it no more)
+        await stop_to_the_end(self._stop(), "the global gateway's stop", log, self._drain_s + STOP_LIMIT_S)
 
     async def _stop(self) -> None:
         self.draining = True
