@@ -1,6 +1,7 @@
 """``openai.askrounds``: the ask round both front doors share (loc27), driven with asks of the test's own
 (no network): the classification each door parameterises, the miss memory's time and size bounds (time
-injected), a round shared per (id, credentials, candidates) and cancelled with its last waiter."""
+injected), a round shared per (id, credentials, candidates) and cancelled with its last waiter, its asks
+``fanout`` at a time (review s27-rev-loc27 F4: before, no test failed with the round's gate removed)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 
+from kvgate.gateway.locate import Locator
+from kvgate.multicluster.lookups import ClusterLocator
 from kvgate.openai.askrounds import (
     CLUSTER_UNSURE,
     FAILED,
@@ -122,3 +126,39 @@ async def test_a_round_is_shared_by_the_same_credentials_and_ends_with_its_last_
         await rounds.locate("resp_b", "k", ["x"], hang, due=loop.time() + 0.05)
     await _until(lambda: len(cancelled) == 3)
     assert not rounds._rounds
+
+
+async def test_a_round_has_at_most_fanout_asks_out_and_sends_the_next_as_one_ends() -> None:
+    # (review s27-rev-loc27 F4: with the round's gate removed, ``Semaphore(10**6)``, all 5 went at once)
+    rounds = _rounds([0.0], fanout=2, bound_s=300.0)
+    out: dict[str, asyncio.Event] = {}
+    asked: list[str] = []
+    peak = 0
+
+    async def ask(name: str, due: float) -> int | None:
+        nonlocal peak
+        out[name] = asyncio.Event()
+        asked.append(name)
+        peak = max(peak, len(out))
+        try:
+            await out[name].wait()
+            return 404
+        finally:
+            del out[name]
+
+    waiter = asyncio.ensure_future(rounds.locate("resp_x", "", [str(i) for i in range(5)], ask))
+    for n in range(2, 6):
+        await _until(lambda n=n: len(asked) >= n)
+        await asyncio.sleep(0.1)  # (a round without the gate has sent all 5 by now)
+        assert (len(asked), len(out)) == (n, 2), asked
+        out[asked[n - 2]].set()  # one ends: the next goes
+    out[asked[4]].set()
+    got = await waiter
+    assert (got.home, got.asked, got.unanswered, peak) == (None, 5, 0, 2)
+
+
+def test_each_door_asks_16_at_a_time_and_64_across_rounds() -> None:
+    # (the CHANGELOG's and the docs' "16 ... at a time, 64 asks at once across all rounds", both doors)
+    hub = ClusterLocator(SimpleNamespace(router=SimpleNamespace(clock=time.monotonic)))  # type: ignore[arg-type]
+    serve = Locator(None, time.monotonic)  # type: ignore[arg-type]
+    assert [(door.fanout, door._asks._value) for door in (hub, serve)] == [(16, 64), (16, 64)]
