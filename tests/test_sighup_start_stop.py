@@ -59,10 +59,10 @@ def _hup_until(p: subprocess.Popen[bytes], seconds: float) -> None:
 
 
 def _stop_through_hups(p: subprocess.Popen[bytes]) -> int:
-    """SIGTERM, then SIGHUPs until it ends (20 s at most): its return code."""
+    """SIGTERM, then SIGHUPs until it ends (for 20 s; its exit waited for 60 s at most): its return code."""
     p.send_signal(signal.SIGTERM)
     _hup_until(p, 20.0)
-    return p.wait(timeout=20)
+    return p.wait(timeout=60)
 
 
 @pytest.mark.parametrize("door", ["serve", "epp"])

@@ -68,7 +68,7 @@ async def _serve(pod: Backend, *flags: str) -> tuple[asyncio.subprocess.Process,
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     proc.terminate()
-    await asyncio.wait_for(proc.wait(), 20)
+    await asyncio.wait_for(proc.wait(), 60)
 
 
 async def test_admin_port_over_mutual_tls(pems: Path, pod: Backend) -> None:

@@ -111,7 +111,7 @@ async def test_a_reload_that_drops_a_model_leaves_it_served_and_counted_until_a_
             assert await count("n") == before + 1
     finally:
         proc.terminate()
-        await asyncio.wait_for(proc.wait(), 20)
+        await asyncio.wait_for(proc.wait(), 60)
 
 
 def test_a_name_in_flight_keeps_its_label_and_series_after_its_rule_is_gone() -> None:

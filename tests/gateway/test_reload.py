@@ -99,7 +99,7 @@ async def test_sighup_adds_an_endpoint_to_a_running_kvgate_serve(backends, tmp_p
             assert b.received, "the endpoint added to the file never got traffic"
     finally:
         proc.terminate()
-        await asyncio.wait_for(proc.wait(), 20)
+        await asyncio.wait_for(proc.wait(), 60)
 
 
 def _with_limits(path, addresses, port, limits):
@@ -176,7 +176,7 @@ async def test_sighup_changes_the_body_cap_of_a_running_kvgate_serve(backends, t
             assert status == 413, "the lowered body cap never applied"
     finally:
         proc.terminate()
-        await asyncio.wait_for(proc.wait(), 20)
+        await asyncio.wait_for(proc.wait(), 60)
     assert proc.stderr is not None
     err = (await proc.stderr.read()).decode()
     assert "config reload: limits applied: maxBodyBytes 1048576 -> 1024" in err

@@ -223,4 +223,4 @@ async def test_without_an_admin_port_each_worker_answers_admin_routes_on_the_dat
                     assert r.status == 200 and "kvgate_gateway_inflight_requests" in await r.text()
     finally:
         proc.terminate()
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert await asyncio.wait_for(proc.wait(), 60) == 0

@@ -196,13 +196,13 @@ async def test_kubectl_get_watch_sees_changes(double: ApiServerDouble, kubectl: 
     )  # fmt: skip
     try:
         assert proc.stdout is not None
-        first = await asyncio.wait_for(proc.stdout.readline(), 20)
+        first = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert first.split()[0] == b"w1"
         await kubectl.run("create", "-f", "-", stdin=pod_yaml("w2"))
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert line.split()[0] == b"w2"
         double.set_pod_status("w2", ip="10.0.0.9", ready=True)
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
         assert line.split()[:3] == [b"w2", b"1/1", b"Running"]
     finally:
         proc.terminate()

@@ -48,7 +48,7 @@ def test_sim_serves_replicas_and_stops_cleanly(tmp_path: Path, sig: signal.Signa
         status, text = _get(urls[2] + "/metrics")
         assert status == 200 and "sglang:num_queue_reqs" in text
         proc.send_signal(sig)
-        assert proc.wait(timeout=15) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -57,7 +57,7 @@ def test_sim_serves_replicas_and_stops_cleanly(tmp_path: Path, sig: signal.Signa
 
 def test_duration_exits_on_its_own(tmp_path: Path) -> None:
     proc, urls = _start(tmp_path, "--duration", "0.5", "--kv-events-port", "0")
-    assert proc.wait(timeout=15) == 0 and len(urls) == 1
+    assert proc.wait(timeout=60) == 0 and len(urls) == 1
 
 
 def test_bad_arguments() -> None:
