@@ -49,6 +49,12 @@ _MEDIA_TYPES: dict[str, str] = {}
 _MEDIA_TYPES_MAX = 256
 _MEDIA_TYPE_KEY_MAX = 128
 
+# Header names as sent -> lower-case str: servers send the same few names on every response (one lookup
+# where a decode and a lower were). Bounded as ``_MEDIA_TYPES``: at most 256 names of up to 64 bytes.
+_NAMES: dict[bytes, str] = {}
+_NAMES_MAX = 256
+_NAME_KEY_MAX = 64
+
 
 class UpstreamError(OSError):
     """Connection lost, malformed response, or timeout on the upstream leg."""
@@ -239,18 +245,23 @@ class _Conn(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.done:
             return  # a second response (``extra``): not counted against this one's limits
-        self._nheaders += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if self._nheaders > _MAX_HEADERS:
-            raise _Refused(f"more than {_MAX_HEADERS} header lines")
-        if self._head_bytes > _MAX_HEAD:
+        self._nheaders = n = self._nheaders + 1
+        self._head_bytes = size = self._head_bytes + len(name) + len(value) + 4
+        if n > _MAX_HEADERS or size > _MAX_HEAD:
+            if n > _MAX_HEADERS:
+                raise _Refused(f"more than {_MAX_HEADERS} header lines")
             raise _Refused("response head too large")
         if self.head is None:  # (after it: trailers, read and dropped)
-            key = name.decode("latin-1").lower()
+            key = _NAMES.get(name)
+            if key is None:
+                key = name.decode("latin-1").lower()
+                if len(name) <= _NAME_KEY_MAX and len(_NAMES) < _NAMES_MAX:
+                    _NAMES[name] = key
             text = value.decode("latin-1").strip()
-            if key in self._headers and key == "transfer-encoding":
-                text = self._headers[key] + ", " + text  # (all codings count; llhttp reads the last)
-            self._headers[key] = text  # otherwise the last of a repeated header wins
+            headers = self._headers
+            if key == "transfer-encoding" and key in headers:
+                text = headers[key] + ", " + text  # (all codings count; llhttp reads the last)
+            headers[key] = text  # otherwise the last of a repeated header wins
 
     def on_headers_complete(self) -> None:
         if self.done:

@@ -1346,10 +1346,16 @@ class FrontProtocol(asyncio.Protocol):
             self.task = self._loop.create_task(self._serve())
 
     async def _serve(self) -> None:
-        """The connection's task: each queued request answered in turn (``_run``), then a wait for the next.
+        """The connection's task: each queued request answered in turn, then a wait for the next.
         A request leaves the queue only here, so one never taken (the task cancelled before it ran, the
         connection lost) is still queued and ``connection_lost`` gives back its body's budget; one taken
-        gives it back once answered (or cancelled)."""
+        gives it back once answered (or cancelled). (The answer is written here, not in a coroutine of
+        its own: one coroutine object and one layer of every wake-up fewer per request.)"""
+        # (the answer's locals, emptied after each answer: nothing of it is kept while the connection
+        # waits for its next request)
+        resp: Response | StreamResponse | None = None
+        release: Callable[[], None] | None = None
+        body = head = b""
         try:
             while not self.closed:
                 if not self.queue:
@@ -1367,7 +1373,71 @@ class FrontProtocol(asyncio.Protocol):
                     self.transport.resume_reading()
                 self.busy = True
                 try:
-                    more = await self._run(req)
+                    # Answer ``req``; ``close``: the connection closes after it, not going on to the next.
+                    close = not req.keep_alive
+                    try:
+                        if req.error is not None:
+                            resp = req.error
+                        else:
+                            try:
+                                # (an exact route without ``handler_for``'s call: the usual case)
+                                server = self.server
+                                handler = server.routes.get(req.path) or server.handler_for(req.path)
+                                resp = await handler(req)
+                            except Exception:
+                                log.exception("unhandled error serving %s %s", req.method, req.path)
+                                resp = _error(500, "internal error in the gateway")
+                        # (re-read: an HTTP/1.0 stream's ``prepare`` turned ``keep_alive`` off and said
+                        # ``Connection: close``; its body may end only at the close. Review s18-qa2 M2.)
+                        close = close or not req.keep_alive or self.server.draining
+                        if isinstance(resp, StreamResponse):
+                            if not resp.prepared:  # a handler returned a stream it never started
+                                resp = _error(500, "empty stream")
+                            elif not resp.ended and not self.closed:
+                                await resp.write_eof()
+                        if isinstance(resp, Response):
+                            close = close or resp.close
+                            body = b"" if req.method == "HEAD" else resp.body  # HEAD: headers only
+                            head = _head(
+                                resp.status,
+                                resp.headers,
+                                resp.content_type,
+                                len(resp.body),
+                                close,
+                                not req.http11,
+                            )
+                            release, resp.release = resp.release, None
+                            if release is None:
+                                self.send(head + body)
+                                if self.write_paused and not close:
+                                    # A pipelining client that does not read: answer its next request
+                                    # only once this one left the buffer (bounded output; the send
+                                    # deadline applies meanwhile).
+                                    await self.drain()
+                            else:
+                                # A large body (review s17-bigbody M3): head and body written apart (no
+                                # joined copy), the response's reference dropped (the transport's is
+                                # the one copy left), and released only once the client took it, past
+                                # ``write_buffer_bytes``, or left.
+                                try:
+                                    self.send(head, body)
+                                    resp.body = body = b""
+                                    if self.write_paused:
+                                        await self.drain()
+                                finally:
+                                    release()
+                    except ConnectionResetError:
+                        close = True
+                    if req.error is not None and self._linger_after and not self.closed:
+                        self._linger()
+                        close = True
+                    elif close or (self._reject_after and not self.queue):
+                        # (a refusal queued behind this answer goes out next: closing here lost it, the
+                        # client got the earlier answer and then the end; found fixing review s21-gw M1)
+                        self.close()
+                        close = True
+                    elif not self.queue:
+                        self._arm_idle()
                 finally:
                     self.busy = False
                     held = req.held
@@ -1377,70 +1447,12 @@ class FrontProtocol(asyncio.Protocol):
                         left = budget.used - held
                         budget.used = left if left > 0 else 0
                 del req  # (not kept, nor its body, while the connection waits for its next request)
-                if not more:
+                resp = release = None
+                body = head = b""
+                if close:
                     return
         finally:
             self.task = self._wake = None
-
-    async def _run(self, req: Request) -> bool:
-        """Answer ``req``; whether the connection goes on to its next request (False: it closes)."""
-        close = not req.keep_alive
-        try:
-            if req.error is not None:
-                resp: Response | StreamResponse = req.error
-            else:
-                try:
-                    server = self.server  # (an exact route without ``handler_for``'s call: the usual case)
-                    handler = server.routes.get(req.path) or server.handler_for(req.path)
-                    resp = await handler(req)
-                except Exception:
-                    log.exception("unhandled error serving %s %s", req.method, req.path)
-                    resp = _error(500, "internal error in the gateway")
-            # (re-read: an HTTP/1.0 stream's ``prepare`` turned ``keep_alive`` off and said
-            # ``Connection: close``; its body may end only at the close. Review s18-qa2 M2.)
-            close = close or not req.keep_alive or self.server.draining
-            if isinstance(resp, StreamResponse):
-                if not resp.prepared:  # a handler returned a stream it never started
-                    resp = _error(500, "empty stream")
-                elif not resp.ended and not self.closed:
-                    await resp.write_eof()
-            if isinstance(resp, Response):
-                close = close or resp.close
-                body = b"" if req.method == "HEAD" else resp.body  # HEAD: headers only
-                head = _head(
-                    resp.status, resp.headers, resp.content_type, len(resp.body), close, not req.http11
-                )
-                release, resp.release = resp.release, None
-                if release is None:
-                    self.send(head + body)
-                    if self.write_paused and not close:
-                        # A pipelining client that does not read: answer its next request only once
-                        # this one left the buffer (bounded output; the send deadline applies meanwhile).
-                        await self.drain()
-                else:
-                    # A large body (review s17-bigbody M3): head and body written apart (no joined
-                    # copy), the response's reference dropped (the transport's is the one copy left),
-                    # and released only once the client took it, past ``write_buffer_bytes``, or left.
-                    try:
-                        self.send(head, body)
-                        resp.body = body = b""
-                        if self.write_paused:
-                            await self.drain()
-                    finally:
-                        release()
-        except ConnectionResetError:
-            close = True
-        if req.error is not None and self._linger_after and not self.closed:
-            self._linger()
-            return False
-        if close or (self._reject_after and not self.queue):
-            # (a refusal queued behind this answer goes out next: closing here lost it, the client
-            # got the earlier answer and then the end; found fixing review s21-gw M1)
-            self.close()
-            return False
-        if not self.queue:
-            self._arm_idle()
-        return True
 
     def _linger(self) -> None:
         """After a refusal (400, 413, 431, 501, 503, 401) the client may still be sending its request:
