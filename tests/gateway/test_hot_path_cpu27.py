@@ -70,7 +70,8 @@ def _feed(wire: bytes) -> _Conn:
 
 
 def _head(*lines: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\n" + b"".join(line + b"\r\n" for line in lines) + b"Content-Length: 2\r\n\r\nok"
+    fields = b"".join(line + b"\r\n" for line in lines)
+    return b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok"
 
 
 def test_header_names_read_as_a_decode_and_lower_would() -> None:
@@ -81,7 +82,8 @@ def test_header_names_read_as_a_decode_and_lower_would() -> None:
         assert conn.head.headers[name.decode("latin-1").lower()] == "v"
     # repeated codings still joined (llhttp reads the last), in the order sent
     conn = _feed(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"
     )
     assert conn.error is not None  # (gzip: refused, as before)
     assert "gzip, chunked" in str(conn.error)
