@@ -108,6 +108,9 @@ class Endpoint:
     pool: str = "default"
     engine: str = "vllm"  # vllm | sglang | trtllm-serve | triton-tensorrt-llm
     labels: dict[str, str] = field(default_factory=dict)
+    # The reference's name for a pod's endpoint, ``<pod>-rank-<i>`` (i: the port's index among the pool's
+    # targetPorts), set by Kubernetes discovery; empty for a static endpoint (its address names it).
+    name: str = ""
     metrics: EndpointMetrics = field(default_factory=EndpointMetrics)
     inflight: InFlight = field(default_factory=InFlight)
     # False while ejected after repeated failures (set by the front doors' health tracking).

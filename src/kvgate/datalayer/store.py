@@ -40,11 +40,12 @@ def make_endpoint(
     pool: str = "default",
     labels: Mapping[str, str] | None = None,
     engine: str | None = None,
+    name: str = "",
 ) -> Endpoint:
     """An endpoint whose engine comes from ``engine``, else the engine-type label, else vLLM."""
     lab = dict(labels or {})
     eng = engine or lab.get(ENGINE_LABEL) or "vllm"
-    return Endpoint(address=address, pool=pool, engine=eng, labels=lab)
+    return Endpoint(address=address, pool=pool, engine=eng, labels=lab, name=name)
 
 
 class EndpointStore:
@@ -94,8 +95,8 @@ class EndpointStore:
             self._by_addr[ep.address] = ep
             self._emit("added", ep)
             return ep
-        if (cur.pool, cur.engine, cur.labels) != (ep.pool, ep.engine, ep.labels):
-            cur.pool, cur.engine, cur.labels = ep.pool, ep.engine, dict(ep.labels)
+        if (cur.pool, cur.engine, cur.labels, cur.name) != (ep.pool, ep.engine, ep.labels, ep.name):
+            cur.pool, cur.engine, cur.labels, cur.name = ep.pool, ep.engine, dict(ep.labels), ep.name
             self._emit("updated", cur)
         return cur
 

@@ -107,13 +107,17 @@ def pod_endpoints(pod: Obj, pool: PoolSpec, store_pool: str | None = None) -> li
         return []
     if status.get("phase") in TERMINAL_PHASES:  # Ready may still say True (an evicted pod, kubelet < 1.25)
         return []
-    ports = pool.target_ports
+    ranks = list(enumerate(pool.target_ports))  # (the reference names each ``<pod>-rank-<index>``)
     active = (meta.get("annotations") or {}).get(ACTIVE_PORTS)
     if active:
         allowed = {int(p) for p in active.replace(" ", "").split(",") if p.isdigit()}
-        ports = tuple(p for p in ports if p in allowed)
-    host = f"[{ip}]" if ":" in ip else ip
-    return [make_endpoint(f"{host}:{port}", pool=store_pool or pool.name, labels=labels) for port in ports]
+        ranks = [(i, p) for i, p in ranks if p in allowed]
+    host, pod = f"[{ip}]" if ":" in ip else ip, meta.get("name")
+    named = store_pool or pool.name
+    return [
+        make_endpoint(f"{host}:{port}", pool=named, labels=labels, name=f"{pod}-rank-{i}" if pod else "")
+        for i, port in ranks
+    ]
 
 
 @dataclass
@@ -151,8 +155,8 @@ class PoolDiscovery:
         self.on_policy = on_policy
         self.pool: PoolSpec | None = None
         self._pod_addrs: dict[Key, set[str]] = {}  # pod -> the addresses it provides now
-        # address -> the pods providing it, with their labels (see _provide)
-        self._providers: dict[str, dict[Key, dict[str, str]]] = {}
+        # address -> the pods providing it, with their labels and endpoint names (see _provide)
+        self._providers: dict[str, dict[Key, tuple[dict[str, str], str]]] = {}
         self.pool_type = pool_type
         self.pool_reflector = Reflector(
             client, pool_type, namespace=namespace, field_selector=f"metadata.name={pool_name}",
@@ -317,15 +321,15 @@ class PoolDiscovery:
         for addr, ep in new.items():
             by_pod = self._providers.setdefault(addr, {})
             by_pod.pop(k, None)  # (re-inserted last: the pod seen last gives the shared address its labels)
-            by_pod[k] = dict(ep.labels)  # (a copy: the store may keep ``ep`` and update it in place)
+            by_pod[k] = (dict(ep.labels), ep.name)  # (a copy: the store may update ``ep`` in place)
         if new:
             self._pod_addrs[k] = set(new)
         return gone
 
     def _shared(self, addr: str) -> Endpoint:
-        """The endpoint at ``addr`` as its providers make it: the labels of the pod seen last."""
-        labels = next(reversed(self._providers[addr].values()))
-        return make_endpoint(addr, pool=self.store_pool, labels=dict(labels))
+        """The endpoint at ``addr`` as its providers make it: the labels and name of the pod seen last."""
+        labels, name = next(reversed(self._providers[addr].values()))
+        return make_endpoint(addr, pool=self.store_pool, labels=dict(labels), name=name)
 
     def ready_pods(self) -> int:
         return len(self._pod_addrs)

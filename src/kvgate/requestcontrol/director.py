@@ -121,8 +121,9 @@ class Director:
         self.name = name
         self._candidates: tuple[Endpoint, ...] = ()
         self._candidates_version = -1
-        # pool -> address -> its per-endpoint queue series (the two gauges' children: ``labels()`` once)
-        self._per_pod: dict[str, dict[str, tuple[Any, Any]]] = {}
+        # pool -> (pod label, address) -> its per-endpoint queue series (the two gauges' children,
+        # ``labels()`` once)
+        self._per_pod: dict[str, dict[tuple[str, str], tuple[Any, Any]]] = {}
         # request_id -> ({address: uncached fraction}, its prompt's prefix keys), from pick until dispatch.
         self._picked: OrderedDict[str, tuple[dict[str, float], PrefixKeys | None]] = OrderedDict()
         # Where the detector's KV estimate reads what its requests send (``ownLoadStalenessThreshold``):
@@ -836,19 +837,25 @@ class Director:
         the ready endpoints (as the reference: those with fresh metrics); a series whose endpoint is no
         longer ready goes."""
         shown = self._per_pod.pop(pool, {})
-        now: dict[str, tuple[Any, Any]] = {}
+        now: dict[tuple[str, str], tuple[Any, Any]] = {}
         for e in ready:
-            a = e.address
-            series = shown.pop(a, None) or (
-                metrics.POOL_PER_POD_QUEUE.labels(pool, a),
-                metrics.LLMD_PER_ENDPOINT_QUEUE.labels(pool, a),
+            # The reference's name for a discovered pod's endpoint; a static endpoint has only its address.
+            key = (e.name or e.address, e.address)
+            series = shown.pop(key, None) or (
+                metrics.POOL_PER_POD_QUEUE.labels(pool, key[0]),
+                metrics.LLMD_PER_ENDPOINT_QUEUE.labels(pool, key[1]),
             )
             q = e.metrics.waiting_queue_size
             series[0].set(q)
             series[1].set(q)
-            now[a] = series
-        for a in shown:  # (no longer ready)
-            metrics.POOL_PER_POD_QUEUE.remove(pool, a)
-            metrics.LLMD_PER_ENDPOINT_QUEUE.remove(pool, a)
+            now[key] = series
+        # (no longer ready, or renamed; a StatefulSet pod back under its name at a new address keeps the
+        # series its name labels)
+        pods, addresses = {k[0] for k in now}, {k[1] for k in now}
+        for pod, address in shown:
+            if pod not in pods:
+                metrics.POOL_PER_POD_QUEUE.remove(pool, pod)
+            if address not in addresses:
+                metrics.LLMD_PER_ENDPOINT_QUEUE.remove(pool, address)
         if now:
             self._per_pod[pool] = now

@@ -48,10 +48,11 @@ POOL_KV = Gauge(
 POOL_QUEUE = Gauge(
     "inference_pool_average_queue_size", "Mean waiting-queue size over the pool's endpoints.", ["name"]
 )
-# One series per ready endpoint (its address: kvgate's endpoints carry no pod name), and llm-d's twin.
+# One series per ready endpoint (a discovered pod's: the reference's ``<pod>-rank-<i>``; a static one's: its
+# address), and llm-d's twin (always the address).
 POOL_PER_POD_QUEUE = Gauge(
     "inference_pool_per_pod_queue_size",
-    "Requests waiting in each ready endpoint's queue (model_server_pod: its address).",
+    "Requests waiting in each ready endpoint's queue (model_server_pod: <pod>-rank-<i>, or its address).",
     ["name", "model_server_pod"],
 )
 LLMD_PER_ENDPOINT_QUEUE = Gauge(
