@@ -112,10 +112,12 @@ def pod_endpoints(pod: Obj, pool: PoolSpec, store_pool: str | None = None) -> li
     if active:
         allowed = {int(p) for p in active.replace(" ", "").split(",") if p.isdigit()}
         ranks = [(i, p) for i, p in ranks if p in allowed]
-    host, pod = f"[{ip}]" if ":" in ip else ip, meta.get("name")
+    host, pod_name = f"[{ip}]" if ":" in ip else ip, str(meta.get("name") or "")
     named = store_pool or pool.name
     return [
-        make_endpoint(f"{host}:{port}", pool=named, labels=labels, name=f"{pod}-rank-{i}" if pod else "")
+        make_endpoint(
+            f"{host}:{port}", pool=named, labels=labels, name=f"{pod_name}-rank-{i}" if pod_name else ""
+        )
         for i, port in ranks
     ]
 
