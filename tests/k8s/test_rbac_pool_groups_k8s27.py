@@ -1,7 +1,8 @@
 """k8s27: the shipped EPP Roles (the chart's and deploy/kvgate-epp.yaml's) grant every request discovery
 makes, for either ``--pool-group``. Both granted ``inferencepools`` in the v1 group only: an EPP on a v1alpha2
 pool (``--pool-group inference.networking.x-k8s.io``, llm-d v0.3's pools) was refused its pool (403, not
-ready for good). Upstream's EPP Role grants ``inferencepools`` in both groups.
+ready for good). Both groups are granted (a superset of upstream's chart, whose Role grants ``inferencepools``
+in one group: that of its ``inferencePool.apiVersion``).
 
 ``KubePool`` as ``kvgate epp --pool-name --ha-enable-leader-election`` builds it runs against an API-server
 double that records the RBAC verb of each request (tests/k8s/test_chart.py's ``_Recording``: named

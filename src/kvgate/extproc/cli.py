@@ -288,6 +288,9 @@ def _main(argv: list[str] | None) -> int:
             raise EppConfigError(f"{kube_flag}: only with an InferencePool to watch (--pool-name)")
         if args.pool_group is not None and cfg.pool.inference_pool is None:
             raise EppConfigError("--pool-group: only with an InferencePool to watch (--pool-name)")
+        if args.pool_namespace and cfg.pool.inference_pool is None:  # (review s27-rev-a27 F3)
+            raise EppConfigError(f"{poolflags.FLAG}: only with an InferencePool to watch (none is: the "
+                                 "pool's endpoints are given, by --endpoints or --config)")  # fmt: skip
         if args.ha_enable_leader_election and cfg.pool.inference_pool is None:
             raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
         pair, client_ca = _tls(args)
@@ -380,6 +383,11 @@ def _endpoint_labels(items: list[str]) -> dict[str, str]:
     return out
 
 
+# The InferencePool flags (flag -> its ``args`` name): refused with ``--clusters`` (review s27-rev-a27 F3).
+_HUB_UNUSED_POOL_FLAGS = {"--pool-name": "pool_name", poolflags.FLAG: "pool_namespace",
+                          "--pool-group": "pool_group"}  # fmt: skip
+
+
 def _hub_main(args: argparse.Namespace) -> int:
     """``--clusters``: the hub EPP; its candidates are the clusters' gateways (kvgate.multicluster.hub)."""
     from kvgate.extproc.context import AddressIndex
@@ -398,6 +406,9 @@ def _hub_main(args: argparse.Namespace) -> int:
     try:
         if args.config:  # the clusters file is the whole configuration: --config would be read by nothing
             raise ValueError(f"--config: {NOT_WITH_CONFIG}")
+        if flag := next((f for f, v in _HUB_UNUSED_POOL_FLAGS.items() if getattr(args, v) is not None), None):
+            raise ValueError(f"{flag}: not with --clusters (the hub EPP watches no InferencePool: its "
+                             "candidates are the clusters file's clusters)")  # fmt: skip
         _staleness_flags(args, "hub")
         cfile = ClustersFile(args.clusters)
         director = ClusterDirector(cfile.config, args.cluster_policy, seed=seed)
