@@ -319,7 +319,8 @@ def _verdict(st: ClusterState, addr: str, healthy: bool) -> None:
     the check was in flight (the aggregate's race, review s23-rev-hub23 F1, in the health check: the old
     address's verdict stood on a cluster nothing checks, or on its new address, until the next round)."""
     if st.spec.health == addr:
-        st.healthy = healthy
+        if st.set_health(healthy):  # (it failed after a stall, and answers again: qa27 Q7)
+            log.info("cluster %s: its EPP's health check answers again: Endpoint mode back", st.name)
     else:
         log.debug("EPP health of %s dropped: %s is no longer its health address", st.name, addr)
 

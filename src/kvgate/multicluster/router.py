@@ -370,6 +370,9 @@ class GlobalRouter:
         # (cluster, phase) of each remote EPP that stalled: the pick, or later in the response (some
         # after the client has its response: the EPP's answer to the end of stream).
         self.on_stall: Callable[[str, str], None] | None = None
+        # The cluster of each request sent by Parent mode without asking its EPP, which backs off after a
+        # stall (``ClusterState.epp``).
+        self.on_epp_skip: Callable[[str], None] | None = None
 
     def apply(self, cfg: ClustersConfig) -> None:
         """A new clusters list (hot reload): keep what is known about clusters that stay."""
@@ -580,12 +583,23 @@ class GlobalRouter:
         spec = st.spec
         # A streamed request's TTFT at this cluster runs from here (the EPP's pick included).
         started = self.clock() if stream else None
+        # An EPP backing off after a stall is not asked while the cluster has a Parent route (the fallback a
+        # stall would take, at once: qa27 Q7); after its window one request asks it again.
+        trial = False  # (this request asks it after its window: the one trial)
+        if spec.epp is not None and spec.gateway is not None:
+            trial = bool(st.epp.backoff_s)
+            if not st.epp.may_ask(self.clock()):
+                if self.on_epp_skip is not None:
+                    self.on_epp_skip(st.name)
+                return await self._send(
+                    st, PARENT, spec.gateway, path, fwd, body, attempts, None, started, note, usage, deadline
+                )
         if spec.epp is not None:
             # (the pick bounded by the request's deadline too: cancelled there, its stream closed)
             timer = asyncio.timeout_at(None if deadline is None else deadline.due)
             try:
                 tls = self._epp_tls(spec)
-                on_stall = None if self.on_stall is None else functools.partial(self.on_stall, st.name)
+                on_stall = functools.partial(self._epp_stalled, st, self.clock())
                 async with timer:
                     pick: EppStream | None = await self.epp.open(
                         spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s, on_stall=on_stall,
@@ -607,6 +621,11 @@ class GlobalRouter:
                     raise PastDeadline(outcome, None) from None
                 attempts.append(Attempt(st.name, ENDPOINT, spec.epp, f"epp: {type(e).__name__}"))
                 pick = None
+            finally:
+                if trial:  # (answered, stalled, failed or cancelled: the next window's request may ask)
+                    st.epp.trial_over()
+            if pick is not None and st.epp.answered():
+                log.info("cluster %s: its EPP %s answers again: Endpoint mode back", st.name, spec.epp)
             if pick is not None and pick.address is not None:
                 pick.client_model = model or None  # put back by the gateway should the EPP fail mid-way
                 # The pod gets what Envoy would send it: the EPP's header mutation and body.
@@ -639,6 +658,17 @@ class GlobalRouter:
                 st, PARENT, spec.gateway, path, fwd, body, attempts, None, started, note, usage, deadline
             )
         return None
+
+    def _epp_stalled(self, st: ClusterState, asked_at: float, phase: str) -> None:
+        """A stream asked of ``st``'s EPP at ``asked_at`` found it stalled in ``phase`` (``EppStream``'s
+        ``on_stall``): counted, and Endpoint mode backs off there (``ClusterState.epp``)."""
+        if st.epp.stalled(self.clock(), asked_at, st.healthy):
+            then = "requests go by Parent mode" if st.spec.gateway else "no Parent route: still asked"
+            log.warning("cluster %s: its EPP %s did not answer within epp_timeout_s (%s): Endpoint mode "
+                        "backs off %gs (%s)", st.name, st.spec.epp, phase, st.epp.backoff_s,
+                        then)  # fmt: skip
+        if self.on_stall is not None:
+            self.on_stall(st.name, phase)
 
     async def _post(
         self,
@@ -996,6 +1026,10 @@ class GlobalRouter:
                     "sent_since_snapshot": st.sent_since_snapshot,
                     "sent_total": st.sent_total,
                     "backing_off": not st.available(now),
+                    # Endpoint mode: its EPP's stall back-off (qa27 Q7; 0: none) and the stalls that set it.
+                    "epp_backoff_s": st.epp.backoff_s,
+                    "epp_backing_off": bool(st.epp.backoff_s) and now < st.epp.down_until,
+                    "epp_stalls": st.epp.stalls,
                     "fetch_error": st.fetch_error,
                     # What the policy has learnt there (seconds; None: not yet), for benchmarks' traces.
                     "ttft_floor_s": st.ttft_floor_s,

@@ -178,6 +178,12 @@ class _Metrics:
             "went on elsewhere; response_headers / response_body: the response went on from the pod)",
             ["cluster", "phase"], registry=r,
         )  # fmt: skip
+        self.epp_skipped = Counter(
+            "kvgate_multicluster_epp_skipped_total",
+            "Requests sent by Parent mode without asking the cluster's EPP, which backs off after a stall "
+            "(epp_stalled_total)",
+            ["cluster"], registry=r,
+        )  # fmt: skip
         self.refused = Counter(
             "kvgate_multicluster_aggregates_refused_total",
             "Aggregate answers refused as no pool's (malformed, over the size cap, impossible numbers)",
@@ -409,6 +415,7 @@ class GlobalGateway:
         self.metrics.models.reported = models_listed(self.router.state_list, clock)
         self.metrics.models.clock = clock
         self.router.on_stall = lambda cluster, phase: self.metrics.stalled.labels(cluster, phase).inc()
+        self.router.on_epp_skip = lambda cluster: self.metrics.epp_skipped.labels(cluster).inc()
         self.clusters_file = clusters_file
         if clusters_file is not None:
             clusters_file.on_change = self.reload

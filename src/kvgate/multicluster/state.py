@@ -81,6 +81,68 @@ RAMP_OK = 1.5
 RAMP_MAX_S = 20.0
 
 
+@dataclass(slots=True)
+class EppBackoff:
+    """Endpoint mode's memory of a stalled EPP (qa27 Q7): one that did not answer within ``epp_timeout_s``
+    (a stopped process, a wedged loop: it takes the stream and answers nothing) is not asked again for a
+    while, as a failed cluster is not (``FAILURE_BACKOFF_S``, doubling to ``FAILURE_BACKOFF_MAX_S``), so the
+    requests meanwhile go by Parent mode at once instead of each waiting the deadline first. Once the
+    window has passed, one request asks it again (the others keep to Parent mode until it is answered or
+    stalls): answered, the back-off ends; stalled again, it doubles. An EPP health check that fails after
+    the stall and then answers SERVING (the EPP back) ends it too; one that answered SERVING all along says
+    nothing of a hung ext_proc stream."""
+
+    stalls: int = 0  # stalls that set or doubled the back-off
+    backoff_s: float = 0.0  # 0: not backing off
+    down_until: float = 0.0
+    since: float = 0.0  # when the current window began: a stall of a stream asked before it adds nothing
+    trying: bool = False  # a request is asking it after the window (the one trial)
+    seen_down: bool = False  # a health check failed since the stall
+
+    def may_ask(self, now: float) -> bool:
+        """Whether a request may ask the EPP now: not backing off, or the window over and no other request
+        asking (this one then is the trial: ``trial_over`` after it)."""
+        if not self.backoff_s:
+            return True
+        if now < self.down_until or self.trying:
+            return False
+        self.trying = True
+        return True
+
+    def trial_over(self) -> None:
+        self.trying = False
+
+    def stalled(self, now: float, asked_at: float, healthy: bool | None) -> bool:
+        """A stream asked at ``asked_at`` found the EPP stalled; True when this set or doubled the back-off
+        (the requests already waiting on it when it hung stall one after another: one event, counted once)."""
+        if self.backoff_s and asked_at < self.since:
+            return False
+        self.stalls += 1
+        self.backoff_s = min(FAILURE_BACKOFF_MAX_S, self.backoff_s * 2 or FAILURE_BACKOFF_S)
+        self.since = now
+        self.down_until = now + self.backoff_s
+        self.trying = False
+        self.seen_down = self.seen_down or healthy is False
+        return True
+
+    def answered(self) -> bool:
+        """The EPP answered a pick; True when that ended a back-off."""
+        was = bool(self.backoff_s)
+        self.backoff_s = self.down_until = 0.0
+        self.trying = self.seen_down = False
+        return was
+
+    def health(self, healthy: bool) -> bool:
+        """An EPP health check's verdict; True when it ended the back-off (failed since the stall, now
+        SERVING)."""
+        if not self.backoff_s:
+            return False
+        if not healthy:
+            self.seen_down = True
+            return False
+        return self.seen_down and self.answered()
+
+
 @dataclass(frozen=True, slots=True)
 class DispatchNote:
     """What the policy expected of a request at one cluster, kept with its dispatch there: ``load``, its
@@ -157,6 +219,8 @@ class ClusterState:
     ramp_window: float | None = None
     ramp_until: float = 0.0
     gone: bool = False  # seen usable, then not (stale, empty, NOT_SERVING): its return is ramped
+    # Endpoint mode: its EPP found stalled, not asked for a while (``EppBackoff``).
+    epp: EppBackoff = field(default_factory=EppBackoff)
     seen_usable: bool = False
     _token: int = 0
 
@@ -177,13 +241,21 @@ class ClusterState:
         makes any more (closing note s22: hung for good; a later hang was marked against the old fetch).
         One that changes or removes ``health:`` drops the last round's verdict, the old address's (review
         s24-rev-fix24 F2: it stood on the new address, or on a cluster nothing checks, until the next round;
-        an unhealthy one kept a fixed cluster out of the policies for up to ``interval_s``)."""
+        an unhealthy one kept a fixed cluster out of the policies for up to ``interval_s``). One that changes
+        ``epp:`` drops the old EPP's stall back-off."""
         if spec.aggregate is None and self.spec.aggregate is not None:
             self.aggregate = self.fetched_at = self.fetch_error = self.hung_at = None
             self.sent_since_snapshot = 0
         if spec.health != self.spec.health:
             self.healthy = None
+        if spec.epp != self.spec.epp:  # (another EPP: what the old one did says nothing of it)
+            self.epp = EppBackoff()
         self.spec = spec
+
+    def set_health(self, healthy: bool) -> bool:
+        """The EPP health check's verdict; True when it ended the EPP's stall back-off (``EppBackoff``)."""
+        self.healthy = healthy
+        return self.epp.health(healthy)
 
     def set_aggregate(self, agg: PoolAggregate, now: float) -> None:
         if self.aggregate is None or agg.snapshot_time != self.aggregate.snapshot_time:
