@@ -21,6 +21,7 @@ from kvgate.flowcontrol.config import FEATURE_GATE, parse_flow_control
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
+from kvgate.scheduling.plugins.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,11 @@ TOP_KEYS = (
     "schedulingProfiles",
     "featureGates",
     "saturationDetector",
+    "data",
     "dataLayer",
     "flowControl",
     "parser",
 )
-# Top-level keys the reference reads that kvgate does not interpret: refused rather than silently ignored.
-_NOT_INTERPRETED = {
-    "dataLayer": "metrics sources are the engine's built-in mapping (pool engine: vllm, sglang, ...)",
-    "parser": "request bodies are always parsed as the OpenAI API",
-}
 # Inline saturationDetector keys (the reference's utilization detector parameters).
 _DETECTOR_INLINE = (
     "queueDepthThreshold",
@@ -217,6 +214,8 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
             ref = _str(rd["pluginRef"], f"{rpath}.pluginRef")
             if ref not in seen:
                 raise ConfigError(f"{rpath}.pluginRef: no plugin named {ref!r} in plugins")
+            if (role := _role(plugins, ref)) is not None:
+                raise ConfigError(f"{rpath}.pluginRef: {ref!r} is a {role} plugin, not a scheduling one")
             w = rd.get("weight")
             bad = isinstance(w, bool) or not isinstance(w, int | float)
             if w is not None and (bad or not math.isfinite(w) or w < 0):
@@ -225,9 +224,11 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
         profiles.append(ProfileSpec(_str(pd.get("name"), f"{path}.name"), refs, path))
     if len({p.name for p in profiles}) != len(profiles):
         raise ConfigError("schedulingProfiles: duplicate profile names")
-    for key, why in _NOT_INTERPRETED.items():
-        if d.get(key):  # (empty or null: nothing asked, nothing ignored)
-            raise ConfigError(f"{key}: not supported by kvgate ({why}); remove it")
+    if d.get("data") is not None and d.get("dataLayer") is not None:
+        raise ConfigError("dataLayer: the data layer is given twice (data and dataLayer); keep one")
+    data_key = "dataLayer" if d.get("dataLayer") is not None else "data"
+    data_layer = _data_layer(d.get(data_key), data_key, plugins)
+    parser = _parser(d.get("parser"), plugins)
     gates = _list(d.get("featureGates"), "featureGates")
     enabled: dict[str, bool] = {}
     for i, g in enumerate(gates):
@@ -245,9 +246,9 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
         profiles=profiles,
         feature_gates=[gate for gate, on in enabled.items() if on],
         saturation_detector=_detector(d.get("saturationDetector"), plugins),
-        data_layer=_mapping(d.get("dataLayer"), "dataLayer"),
+        data_layer=data_layer,
         flow_control=_mapping(d.get("flowControl"), "flowControl"),
-        parser=_mapping(d.get("parser"), "parser"),
+        parser=parser,
         name=name,
     )
     validate(cfg)
@@ -257,7 +258,49 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
 def _is_special(p: PluginSpec) -> bool:
     """Plugins that never sit in a profile's filter/scorer/picker chain."""
     cls = registry.get(p.type)
-    return cls is not None and issubclass(cls, ProfileHandler | SaturationDetector)
+    return cls is not None and issubclass(cls, ProfileHandler | SaturationDetector | Wiring)
+
+
+def _role(plugins: list[PluginSpec], name: str) -> str | None:
+    """The data-layer or parser role of the plugin named ``name`` (None: not such a plugin)."""
+    spec = next((p for p in plugins if p.name == name), None)
+    cls = registry.get(spec.type) if spec is not None else None
+    return cls.role if cls is not None and issubclass(cls, Wiring) else None
+
+
+def _ref(raw: Any, path: str, plugins: list[PluginSpec], role: str) -> str:
+    """A ``{pluginRef}`` naming a declared plugin of ``role``."""
+    d = _mapping(raw, path)
+    _check_keys(d, ("pluginRef",), path)
+    ref = _str(d.get("pluginRef"), f"{path}.pluginRef")
+    if not any(p.name == ref for p in plugins):
+        raise ConfigError(f"{path}.pluginRef: no plugin named {ref!r} in plugins")
+    if _role(plugins, ref) != role:
+        raise ConfigError(f"{path}.pluginRef: {ref!r} is not a {role} plugin")
+    return ref
+
+
+def _data_layer(raw: Any, key: str, plugins: list[PluginSpec]) -> dict[str, Any]:
+    """The reference's ``data`` (or ``dataLayer``): ``sources[{pluginRef, extractors[{pluginRef}]}]``,
+    checked; kvgate's own scraper does that work (``scheduling.plugins.wiring``)."""
+    d = _mapping(raw, key)
+    _check_keys(d, ("sources",), key)
+    for i, src in enumerate(_list(d.get("sources"), f"{key}.sources")):
+        path = f"{key}.sources[{i}]"
+        sd = _mapping(src, path)
+        _check_keys(sd, ("pluginRef", "extractors"), path)
+        _ref({"pluginRef": sd.get("pluginRef")}, path, plugins, "data source")
+        for j, ext in enumerate(_list(sd.get("extractors"), f"{path}.extractors")):
+            _ref(ext, f"{path}.extractors[{j}]", plugins, "extractor")
+    return d
+
+
+def _parser(raw: Any, plugins: list[PluginSpec]) -> dict[str, Any]:
+    """The reference's ``parser: {pluginRef}``: kvgate parses the OpenAI API, its ``openai-parser``."""
+    if raw is None or raw == {}:  # (nothing asked: the default, openai-parser)
+        return {}
+    _ref(raw, "parser", plugins, "parser")
+    return dict(raw)
 
 
 def validate(cfg: EndpointPickerConfig) -> None:

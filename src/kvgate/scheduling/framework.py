@@ -201,6 +201,14 @@ class Params:
             raise self._err(key, f"must be one of {list(choices)}" if choices else "must be a string", v)
         return v
 
+    def get_list(self, key: str) -> list[Any]:
+        v = self._get(key)
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise self._err(key, "must be a list", v)
+        return v
+
     def get_duration(self, key: str, default: float, *, positive: bool = False) -> float:
         """Seconds, from a number (seconds) or a Go-style string like ``200ms`` / ``2s``; with
         ``positive``, zero is refused too (for a duration something is divided by)."""
