@@ -30,6 +30,7 @@ KVGATE = [sys.executable, "-m", "kvgate.cli"]
 def test_an_unresolvable_host_is_refused_under_the_first_flag() -> None:
     """Review s23-rev-fix23a F3 (its test, made strict: a check that passed passed it too). Fails on
     a6977267 (refused under ``metrics_port``)."""
+    # (numbers never bound: the host is refused first, whatever the port; port 0 is the next test's case)
     o = ServerOptions(host="nosuch.invalid", port=27461, health_port=27462, metrics_port=27463)
     with pytest.raises(ListenError) as e:
         EppServer.check_ports(SimpleNamespace(options=o))  # type: ignore[arg-type]
@@ -54,6 +55,7 @@ def test_a_host_grpc_cannot_bind_is_refused_for_an_ephemeral_port_too(host: str)
 def test_kvgate_epp_refuses_the_host_in_one_line_under_port(host: str, why: str) -> None:
     """The real CLI: the refusal alone (no gRPC core log line before it), under ``--port``. Fails on
     a6977267 (``""``: gRPC's ``add_port.cc`` line first; a name: under ``--metrics-port``)."""
+    # (ports never bound, as above: the refusal comes before any bind)
     argv = [*KVGATE, "epp", "--endpoints", "127.0.0.1:9", "--plaintext", "--host", host, "--port", "27464",
             "--grpc-health-port", "27465", "--metrics-port", "27466"]  # fmt: skip
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
