@@ -5,7 +5,8 @@
 #                                     build cmd/kube-apiserver offline (vendor/, GOPATH mode as hack/ does)
 #                                     into ~/.cache/kvgate/apiserver/bin once (root; ~15 min here); kubectl
 #                                     from Debian's kubernetes-client (1.20.2, same source) when none is on PATH
-#   scripts/real-apiserver.sh start   etcd + kube-apiserver on free loopback ports (TLS, self-signed; a static
+#   scripts/real-apiserver.sh start   etcd + kube-apiserver on loopback ports outside the ephemeral range
+#                                     (others again if one was taken; TLS, self-signed; a static
 #                                     system:masters token in the kubeconfig; the RBAC authorizer, so other
 #                                     identities get what their Roles grant); prints URL= and KUBECONFIG= lines
 #   scripts/real-apiserver.sh stop    stops both (the run directory's pids), removes the run directory
@@ -28,7 +29,14 @@ case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac
 cmd=${1:-start}
 [ $# -gt 0 ] && shift
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# etcd's client + peer ports and the API server's secure port, three distinct ones outside the kernel's
+# ephemeral range (kvgate.bench.ports), where no other process's port-0 bind or outgoing connection lands
+# between this pick and their bind (port-0 picks could be taken: review s27-rev-b27 F1). Neither can bind 0
+# itself: kube-apiserver 1.20 refuses --secure-port 0, and etcd's gateway dials its configured :0.
+free_ports() {
+  PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+    'from kvgate.bench.ports import free_port; print(*(free_port() for _ in range(3)))'
+}
 
 build() {
   if [ -x "$BIN" ]; then echo "kube-apiserver: $BIN (built)"; return; fi
@@ -146,8 +154,6 @@ start() {
   trap stop EXIT
   umask 077   # tokens.csv and kubeconfig hold the system:masters token
   mkdir -p "$RUN"
-  local ep pp ap
-  ep=$(free_port); pp=$(free_port); ap=$(free_port)
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=kube-apiserver \
     -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$RUN/tls.key" -out "$RUN/tls.crt" 2>/dev/null
   openssl genrsa -out "$RUN/sa.key" 2048 2>/dev/null
@@ -156,6 +162,29 @@ start() {
   local token
   token=$(openssl rand -hex 16)
   echo "$token,kvgate-admin,kvgate-admin,system:masters" >"$RUN/tokens.csv"
+  # A port someone else bound between the pick and ours (another caller of kvgate.bench.ports, or a server
+  # bound by number): fresh ports, up to 3 tries.
+  local try
+  for try in 1 2 3; do
+    launch "$token" && { trap - EXIT; return; }
+    grep -qs 'bind: address already in use' "$RUN/etcd.log" "$RUN/apiserver.log" && [ "$try" -lt 3 ] || break
+    echo "real-apiserver.sh: a port was taken before etcd or kube-apiserver bound it; again with others" >&2
+    kill_servers; rm -rf "$RUN/etcd" "$RUN/certs"
+  done
+  local keep
+  keep=${RUN%/}.failed   # next to the run directory, which stop removes
+  rm -rf "$keep"; mkdir -p "$keep"; cp "$RUN"/*.log "$keep"/ 2>/dev/null || true
+  echo "kube-apiserver did not become ready; logs kept in $keep; last lines:" >&2
+  echo "--- etcd.log" >&2; tail -10 "$RUN/etcd.log" >&2
+  echo "--- apiserver.log" >&2; tail -20 "$RUN/apiserver.log" >&2
+  exit 1
+}
+
+# etcd + kube-apiserver on fresh ports; returns once /readyz answers (0) or either has died (1)
+launch() {
+  local token=$1 ep pp ap
+  read -r ep pp ap < <(free_ports)
+  [ -n "$ap" ] || { echo "real-apiserver.sh: no free ports" >&2; return 1; }
   etcd --name kvgate --data-dir "$RUN/etcd" --listen-client-urls "http://127.0.0.1:$ep" \
     --advertise-client-urls "http://127.0.0.1:$ep" --listen-peer-urls "http://127.0.0.1:$pp" \
     --initial-advertise-peer-urls "http://127.0.0.1:$pp" --initial-cluster "kvgate=http://127.0.0.1:$pp" \
@@ -188,22 +217,21 @@ EOF
   for _ in $(seq 1 360); do
     if curl -sf --cacert "$RUN/tls.crt" -H "Authorization: Bearer $token" "$url/readyz" >/dev/null 2>&1; then
       echo "$url" >"$RUN/url"; echo "URL=$url"; echo "KUBECONFIG=$RUN/kubeconfig"
-      trap - EXIT; return
+      return 0
     fi
-    kill -0 "$(cat "$RUN/apiserver.pid")" 2>/dev/null || break
-    kill -0 "$(cat "$RUN/etcd.pid")" 2>/dev/null || break
+    kill -0 "$(cat "$RUN/apiserver.pid")" 2>/dev/null || return 1
+    kill -0 "$(cat "$RUN/etcd.pid")" 2>/dev/null || return 1
     sleep 0.5
   done
-  local keep
-  keep=${RUN%/}.failed   # next to the run directory, which stop removes
-  rm -rf "$keep"; mkdir -p "$keep"; cp "$RUN"/*.log "$keep"/ 2>/dev/null || true
-  echo "kube-apiserver did not become ready; logs kept in $keep; last lines:" >&2
-  echo "--- etcd.log" >&2; tail -10 "$RUN/etcd.log" >&2
-  echo "--- apiserver.log" >&2; tail -20 "$RUN/apiserver.log" >&2
-  exit 1
+  return 1
 }
 
 stop() {
+  kill_servers
+  rm -rf "$RUN"
+}
+
+kill_servers() {
   local f pid
   for f in apiserver etcd; do
     pid=$(cat "$RUN/$f.pid" 2>/dev/null || true)
@@ -213,7 +241,6 @@ stop() {
       kill -0 "$pid" 2>/dev/null && kill -9 "$pid" || true
     fi
   done
-  rm -rf "$RUN"
 }
 
 case "$cmd" in
