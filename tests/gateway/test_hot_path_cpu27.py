@@ -6,7 +6,9 @@
 - the upstream client reads a response's header names through a bounded cache of their lower-case
   forms (``upstream._NAMES``): the same names as a decode and ``lower`` give, repeated
   ``Transfer-Encoding`` lines still joined, at most ``_NAMES_MAX`` names of at most ``_NAME_KEY_MAX``
-  bytes kept."""
+  bytes kept; a name read from the cache (its second read) the same as on its first, framing included
+  (review s27-rev-b27 F2: fed once each, the names read only the miss path, and a cache keeping
+  ``name.decode("latin-1")``, not lower-cased, passed)."""
 
 from __future__ import annotations
 
@@ -105,3 +107,56 @@ def test_the_name_cache_is_bounded() -> None:
     finally:
         upstream._NAMES.clear()
         upstream._NAMES.update(saved)
+
+
+@pytest.fixture
+def empty_names() -> object:
+    saved = dict(upstream._NAMES)
+    upstream._NAMES.clear()  # (the first read of each name is a miss, the second a hit)
+    yield
+    upstream._NAMES.clear()
+    upstream._NAMES.update(saved)
+
+
+_SPELLINGS = [
+    b"Content-Type",
+    b"content-type",
+    b"CONTENT-TYPE",
+    b"X-Request-Id",
+    b"x-REQUEST-id",
+    b"Retry-After",
+]
+
+
+@pytest.mark.usefixtures("empty_names")
+@pytest.mark.parametrize("read", ["miss", "hit"])
+def test_a_cached_name_reads_as_its_lower_case_form(read: str) -> None:
+    wire = (
+        b"HTTP/1.1 200 OK\r\n" + b"".join(n + b": v\r\n" for n in _SPELLINGS) + b"Content-Length: 2\r\n\r\nok"
+    )
+    if read == "hit":
+        _feed(wire)  # (fills the cache)
+        assert set(_SPELLINGS) <= set(upstream._NAMES), "the names were not cached"
+    conn = _feed(wire)
+    assert conn.error is None and conn.head is not None
+    assert set(conn.head.headers) == {"content-type", "x-request-id", "retry-after", "content-length"}
+    assert conn.head.headers["content-length"] == "2"
+    assert conn.keep_alive and not conn._until_close  # (framed by its Content-Length: reusable)
+
+
+@pytest.mark.usefixtures("empty_names")
+@pytest.mark.parametrize("read", ["miss", "hit"])
+def test_framing_names_read_from_the_cache_still_frame(read: str) -> None:
+    refused = (
+        b"HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"
+    )
+    closing = b"HTTP/1.0 200 OK\r\nCONNECTION: keep-alive\r\nCONTENT-LENGTH: 2\r\n\r\nok"
+    if read == "hit":
+        _feed(refused)
+        _feed(closing)
+    conn = _feed(refused)
+    assert conn.error is not None and "gzip, chunked" in str(conn.error)  # (both codings, joined)
+    conn = _feed(closing)
+    assert conn.head is not None and conn.head.headers == {"connection": "keep-alive", "content-length": "2"}
+    assert not conn.keep_alive  # (an HTTP/1.0 answer with a Connection header: not reused)
