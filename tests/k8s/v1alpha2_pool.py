@@ -1,7 +1,10 @@
 """The v1alpha2 InferencePool's CRD (GIE v0.x, ``inference.networking.x-k8s.io``): written here from
 upstream's v1alpha2 fields for the tests (``spec.selector`` a plain map, one ``spec.targetPortNumber``,
-``spec.extensionRef``). The project ships none in deploy/crds: a cluster on v1alpha2 pools has upstream's,
-and ``kubectl apply -f deploy/crds/`` must not replace it."""
+``spec.extensionRef``), with upstream's rules on them (config/crd/bases of GIE v0.x: ``extensionRef``
+required, its ``name`` 1-253 characters, ``portNumber`` and ``targetPortNumber`` 1-65535), so that what a
+cluster with upstream's CRD refuses is refused here too (review s27-rev-b27 F3). The project ships none in
+deploy/crds: a cluster on v1alpha2 pools has upstream's, and ``kubectl apply -f deploy/crds/`` must not
+replace it."""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ from typing import Any
 from kvgate.k8s.resources import LEGACY_GROUP
 
 _EXTENSION_REF = {"type": "object", "required": ["name"], "properties": {
-    "group": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"},
-    "portNumber": {"type": "integer"},
+    "group": {"type": "string"}, "kind": {"type": "string"},
+    "name": {"type": "string", "minLength": 1, "maxLength": 253},
+    "portNumber": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 65535},
     "failureMode": {"type": "string", "enum": ["FailOpen", "FailClose"]}}}  # fmt: skip
-_V1ALPHA2_SPEC = {"type": "object", "required": ["selector", "targetPortNumber"], "properties": {
+_V1ALPHA2_SPEC = {"type": "object", "required": ["extensionRef", "selector", "targetPortNumber"],
+                  "properties": {
     "selector": {"type": "object", "additionalProperties": {"type": "string"}},
     "targetPortNumber": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 65535},
     "extensionRef": _EXTENSION_REF}}  # fmt: skip
