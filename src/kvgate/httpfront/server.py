@@ -209,7 +209,7 @@ class StreamResponse:
             self._proto.send(_head(self.status, self.headers, None, length, close, not request.http11))
         elif request.http11:
             # The connection closes after this answer (its client asked, or the drain began): said in
-            # the head, as a whole ``Response``'s says it (``FrontProtocol._run``; doors18).
+            # the head, as a whole ``Response``'s says it (``FrontProtocol._serve``; doors18).
             close = not request.keep_alive or self._proto.server.draining
             self._proto.send(_head(self.status, self.headers, None, None, close))
         else:
