@@ -54,6 +54,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvgate.epp")
 
 
+def _seconds(text: str) -> float:
+    """An argparse type for a finite duration that may be 0 (``--drain-timeout 0``: cut at once)."""
+    value = finite_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -166,6 +174,14 @@ def parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds a stream may stay silent where the EPP waits on Envoy (the request's rest, a started "
         "answer's next chunk) before it is cancelled; a routed request waiting for its answer is never idle",
+    )
+    net.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=keys.DEFAULT_DRAIN_TIMEOUT_S,
+        metavar="SECONDS",
+        help="on SIGTERM / SIGINT: not ready at once (gRPC health, /readyz), new streams refused, the open "
+        "ones served up to this long, then cut (keep it under the pod's terminationGracePeriodSeconds)",
     )
     net.add_argument(
         "--model-series-grace",
@@ -532,6 +548,7 @@ async def _serve(
         host=args.host, port=args.port, health_port=args.grpc_health_port, metrics_port=args.metrics_port,
         tls=pair, client_ca=client_ca, max_concurrent_streams=args.max_concurrent_streams,
         stream_idle_timeout_s=args.stream_idle_timeout, metrics_tls=args.metrics_tls,
+        grace_s=args.drain_timeout,
     )  # fmt: skip
     from kvgate.multicluster.export import aggregate_source
 
@@ -639,6 +656,10 @@ LISTEN_FLAGS = {"port": "--port", "health_port": "--grpc-health-port", "metrics_
 async def _stop_all(
     server: EppServer, kube: KubePool | None, scraper: Any, sources: list[Any], grace: float | None = None
 ) -> None:
+    if kube is not None and kube.elector is not None:
+        # The Lease first: another replica leads (and is ready) while this one drains its streams, not
+        # after the drain (up to --drain-timeout with no ready replica).
+        await kube.elector.stop()
     await server.stop(grace)
     if kube is not None:
         await kube.stop()

@@ -57,3 +57,5 @@ LEGACY_HEALTH_SERVICE = "inference-extension"
 DEFAULT_GRPC_PORT = 9002
 DEFAULT_HEALTH_PORT = 9003
 DEFAULT_METRICS_PORT = 9090
+# ``--drain-timeout``: how long a stop serves the open streams (``server.DRAIN_TIMEOUT_S`` says why 30 s).
+DEFAULT_DRAIN_TIMEOUT_S = 30.0

@@ -35,6 +35,15 @@ from kvgate.scheduling.types import DrainEvictedError
 
 log = logging.getLogger(__name__)
 
+# How long a stop waits for the open streams (``--drain-timeout``): upstream's EPP stops its ext_proc server
+# with ``GracefulStop`` (every stream waited for) bounded by controller-runtime's graceful-shutdown timeout,
+# 30 s by default (no flag; internal/runnable/grpc.go); ``kvgate serve`` drains
+# ``limits.drainTimeoutSeconds``, 30 s. (Before fixqa27a: 5 s, no flag: every answer still streaming 5 s
+# into a rollout was cut, s27-qa Q2.)
+DRAIN_TIMEOUT_S = keys.DEFAULT_DRAIN_TIMEOUT_S
+# Said by ``/readyz`` from the stop's start: the pod leaves the Service's ready endpoints at once.
+DRAINING = "shutting down: draining its open streams, taking no new ones"
+
 # The stop's gRPC grace: requests still queued by flow control this long before its end leave the queue
 # (``EvictedOther``), each answered an ImmediateResponse 503 with ``Retry-After`` (at most half the grace
 # before it): at the end gRPC cancels the streams, and Envoy's failure mode would answer them instead.
@@ -337,7 +346,8 @@ class ServerOptions:
     client_ca: bytes | None = None
     # Serve the metrics port (/metrics, /v1/pool/aggregate) with ``tls`` too, mutual with ``client_ca``.
     metrics_tls: bool = False
-    grace_s: float = 5.0
+    # The stop's grace for the open streams (``--drain-timeout``; ``DRAIN_TIMEOUT_S``).
+    grace_s: float = DRAIN_TIMEOUT_S
     # Each open stream holds at most one request body (bounded) and response buffer: this bounds them all.
     # Beyond it gRPC answers RESOURCE_EXHAUSTED and the gateway applies its failure mode.
     max_concurrent_streams: int = 10_000
@@ -364,6 +374,7 @@ class EppServer:
         self.ready = ready
         self.aggregate = aggregate  # the pool aggregate body, served beside /metrics
         self.readyz = readyz  # None = ready, else why not (served as /readyz beside /metrics)
+        self.draining = False  # a stop began: not ready, whatever ``ready`` / ``readyz`` say
         self.port = 0
         self.health_port: int | None = None
         self.metrics_port: int | None = None
@@ -410,7 +421,7 @@ class EppServer:
                 https = https_context(o.tls, o.client_ca)
             with _listening("metrics_port", f"{o.host}:{o.metrics_port}"):
                 self._metrics_runner, self.metrics_port = await self.metrics.serve(
-                    o.host, o.metrics_port, self.aggregate, readyz=self.readyz, ssl_context=https
+                    o.host, o.metrics_port, self.aggregate, readyz=self._readyz, ssl_context=https
                 )
         log.info(
             "kvgate epp: ext_proc on %s:%d (%s), health %s, metrics %s",
@@ -433,10 +444,15 @@ class EppServer:
                 seen.add(port)
                 check_bindable(o.host, port, any_address=grpc_rule)
 
+    def _readyz(self) -> str | None:
+        if self.draining:
+            return DRAINING
+        return None if self.readyz is None else self.readyz()
+
     async def refresh_health(self) -> None:
         """Liveness is the process; readiness (and the service itself) needs endpoints to pick from."""
         await self._health.set("liveness", _SERVING)
-        status = _SERVING if self.ready() else _NOT_SERVING
+        status = _SERVING if self.ready() and not self.draining else _NOT_SERVING
         for name in ("readiness", keys.EXT_PROC_SERVICE, keys.LEGACY_HEALTH_SERVICE, ""):
             await self._health.set(name, status)
 
@@ -447,22 +463,39 @@ class EppServer:
         await stop_to_the_end(self._stop(g), "the EPP's stop", log, g + STOP_LIMIT_S)
 
     async def _stop(self, g: float) -> None:
+        # Not ready from here on (gRPC health and /readyz), so Envoy's endpoints drop this replica and send
+        # it no new stream; the open ones are served up to ``g`` (gRPC refuses new ones meanwhile).
+        self.draining = True
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
+            open_streams = len(self.servicer.active) if self.servicer is not None else 0
+            if open_streams and g > 0:
+                log.info("draining %d open stream%s for up to %gs (--drain-timeout)", open_streams,
+                         "" if open_streams == 1 else "s", g)  # fmt: skip
             # What flow control still queues near the grace's end is answered 503 (Retry-After) over its
             # own stream, as ``kvgate serve`` answers its queue at its drain deadline (fc21).
             at = max(0.0, g - min(GRACE_EVICT_MARGIN_S, g / 2))
-            evict = asyncio.get_running_loop().call_later(at, self.evict_queued)
+            loop = asyncio.get_running_loop()
+            evict = loop.call_later(at, self.evict_queued)
+            cut = loop.call_later(g, self._say_cut, g) if open_streams and g > 0 else None
             try:
                 await self._grpc.stop(g)
             finally:
                 evict.cancel()
+                if cut is not None:
+                    cut.cancel()
         if self._sweeper is not None:
             await cancel_and_wait(self._sweeper, "the EPP's idle-stream sweeper", log)
         if self._health_server is not None:
             await self._health_server.stop(0)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+
+    def _say_cut(self, g: float) -> None:
+        n = len(self.servicer.active) if self.servicer is not None else 0
+        if n:
+            log.warning("the drain deadline (%gs, --drain-timeout) cuts %d stream%s still open", g, n,
+                        "" if n == 1 else "s")  # fmt: skip
 
     def evict_queued(self) -> int:
         """Every request still in the flow-control queue leaves it (``EvictedOther``), its stream answered an
