@@ -38,6 +38,7 @@ TOP_KEYS = (
     "dataLayer",
     "flowControl",
     "parser",
+    "requestHandler",
 )
 # Inline saturationDetector keys (the reference's utilization detector parameters).
 _DETECTOR_INLINE = (
@@ -114,6 +115,10 @@ class EndpointPickerConfig:
     data_layer: dict[str, Any] = field(default_factory=dict)
     flow_control: dict[str, Any] = field(default_factory=dict)
     parser: dict[str, Any] = field(default_factory=dict)
+    request_handler: dict[str, Any] = field(default_factory=dict)
+    # What the sections outside ``plugins`` ask that kvgate does not do, one line each (logged with the
+    # plugins' own, by ``validate``).
+    warnings: list[str] = field(default_factory=list)
     name: str = "custom"  # a policy name, or the file it came from
 
     def plugin(self, name: str) -> PluginSpec | None:
@@ -227,8 +232,10 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
     if d.get("data") is not None and d.get("dataLayer") is not None:
         raise ConfigError("dataLayer: the data layer is given twice (data and dataLayer); keep one")
     data_key = "dataLayer" if d.get("dataLayer") is not None else "data"
-    data_layer = _data_layer(d.get(data_key), data_key, plugins)
+    warnings: list[str] = []
+    data_layer = _data_layer(d.get(data_key), data_key, plugins, warnings)
     parser = _parser(d.get("parser"), plugins)
+    request_handler = _request_handler(d.get("requestHandler"), plugins)
     gates = _list(d.get("featureGates"), "featureGates")
     enabled: dict[str, bool] = {}
     for i, g in enumerate(gates):
@@ -249,6 +256,8 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
         data_layer=data_layer,
         flow_control=_mapping(d.get("flowControl"), "flowControl"),
         parser=parser,
+        request_handler=request_handler,
+        warnings=warnings,
         name=name,
     )
     validate(cfg)
@@ -280,11 +289,26 @@ def _ref(raw: Any, path: str, plugins: list[PluginSpec], role: str) -> str:
     return ref
 
 
-def _data_layer(raw: Any, key: str, plugins: list[PluginSpec]) -> dict[str, Any]:
-    """The reference's ``data`` (or ``dataLayer``): ``sources[{pluginRef, extractors[{pluginRef}]}]``,
-    checked; kvgate's own scraper does that work (``scheduling.plugins.wiring``)."""
+# llm-d-router's DataLayerConfig keys beyond ``sources``: how it finds endpoints and shares state between
+# its replicas. kvgate discovers endpoints itself and keeps no cross-replica state: one WARNING line.
+_DATA_LAYER_NOT_APPLIED = (
+    "discovery",
+    "peerDiscovery",
+    "crossReplicaSyncerPluginRef",
+    "crossReplicaSyncInterval",
+    "crossReplicaPublishTimeout",
+)
+
+
+def _data_layer(raw: Any, key: str, plugins: list[PluginSpec], warnings: list[str]) -> dict[str, Any]:
+    """The reference's ``data`` (or llm-d-router's ``dataLayer``): ``sources[{pluginRef,
+    extractors[{pluginRef}]}]``, checked; kvgate's own scraper does that work (``scheduling.plugins.wiring``).
+    ``injectDefaults`` (llm-d-router: false = no default metrics source) is taken silently: kvgate's scraper
+    is not a source to inject or leave out."""
     d = _mapping(raw, key)
-    _check_keys(d, ("sources",), key)
+    _check_keys(d, ("sources", "injectDefaults", *_DATA_LAYER_NOT_APPLIED), key)
+    if "injectDefaults" in d and not isinstance(d["injectDefaults"], bool):
+        raise ConfigError(f"{key}.injectDefaults: must be true or false, got {d['injectDefaults']!r}")
     for i, src in enumerate(_list(d.get("sources"), f"{key}.sources")):
         path = f"{key}.sources[{i}]"
         sd = _mapping(src, path)
@@ -292,6 +316,11 @@ def _data_layer(raw: Any, key: str, plugins: list[PluginSpec]) -> dict[str, Any]
         _ref({"pluginRef": sd.get("pluginRef")}, path, plugins, "data source")
         for j, ext in enumerate(_list(sd.get("extractors"), f"{path}.extractors")):
             _ref(ext, f"{path}.extractors[{j}]", plugins, "extractor")
+    if off := [k for k in _DATA_LAYER_NOT_APPLIED if d.get(k) not in (None, "", {})]:
+        warnings.append(
+            f"{key}: {', '.join(off)} not applied: kvgate finds endpoints itself (--endpoints, pools, "
+            "Kubernetes) and shares no state between replicas"
+        )
     return d
 
 
@@ -303,9 +332,21 @@ def _parser(raw: Any, plugins: list[PluginSpec]) -> dict[str, Any]:
     return dict(raw)
 
 
+def _request_handler(raw: Any, plugins: list[PluginSpec]) -> dict[str, Any]:
+    """llm-d-router's ``requestHandler: {parsers: [{pluginRef}]}`` (its replacement for ``parser``): each a
+    declared parser plugin, as ``parser``'s."""
+    d = _mapping(raw, "requestHandler")
+    _check_keys(d, ("parsers",), "requestHandler")
+    for i, ref in enumerate(_list(d.get("parsers"), "requestHandler.parsers")):
+        _ref(ref, f"requestHandler.parsers[{i}]", plugins, "parser")
+    return d
+
+
 def validate(cfg: EndpointPickerConfig) -> None:
     """Build every plugin once (checks parameters) and check profile composition."""
     parse_flow_control(cfg.flow_control, plugins=cfg.plugin_types())  # checked with the gate off too
+    for line in cfg.warnings:
+        log.warning("%s", line)
     handle = PluginHandle()
     for spec in cfg.plugins:
         instantiate(spec, handle, announce=True)

@@ -13,31 +13,64 @@ They take no part in scheduling.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
+from kvgate.datalayer.mappings import MAPPINGS, EngineMapping, Signal
 from kvgate.datalayer.store import ENGINE_LABEL
 from kvgate.scheduling.framework import ConfigError, Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
 
-# The reference's own per-engine specs (extractor/metrics/factories.go): a config repeating them asks for
-# what kvgate's mappings read.
-_ENGINE_SPECS: dict[str, dict[str, str]] = {
-    "vllm": {
-        "queuedRequestsSpec": "vllm:num_requests_waiting",
-        "runningRequestsSpec": "vllm:num_requests_running",
-        "kvUsageSpec": "vllm:kv_cache_usage_perc",
-        "loraSpec": "vllm:lora_requests_info",
-        "cacheInfoSpec": "vllm:cache_config_info",
-    },
-    "sglang": {
-        "queuedRequestsSpec": "sglang:num_queue_reqs",
-        "runningRequestsSpec": "sglang:num_running_reqs",
-        "kvUsageSpec": "sglang:token_usage",
-        "loraSpec": "",
-        "cacheInfoSpec": "",
-    },
+# The reference's engineConfigs keys (extractor/metrics there), each with the part of kvgate's mapping
+# (datalayer/mappings.py) it names. A spec naming what kvgate's mapping for that engine reads asks for
+# nothing kvgate does not do; it is compared with the mapping itself, not a copy of the reference's defaults.
+_CORE_SPECS = {
+    "queuedRequestsSpec": "waiting",
+    "runningRequestsSpec": "running",
+    "kvUsageSpec": "kv_usage",
 }
-_SPEC_KEYS = tuple(_ENGINE_SPECS["vllm"])
+# Optional: empty (or left out) is the reference's "not read" for an engine without it, which kvgate's
+# reading anyway does no harm to.
+_OPTIONAL_SPECS = {
+    "loraSpec": "lora_info",
+    "cacheInfoSpec": "cache_info",
+    "cacheBlockSizeLabelName": "block_size_label",
+    "cacheNumBlocksLabelName": "num_blocks_label",
+    "cacheBlockSizeSpec": "block_size",
+    "cacheNumBlocksSpec": "num_blocks",
+}
+_SPEC_KEYS = (*_CORE_SPECS, *_OPTIONAL_SPECS)
+# The older model-server-protocol-metrics took the first five, flat.
+_FLAT_KEYS = _SPEC_KEYS[:5]
+
+
+def _spec(signal: Signal) -> str:
+    """A signal as the reference writes a spec: ``name`` or ``name{label=value,...}``."""
+    match = ",".join(f"{k}={v}" for k, v in signal.match)
+    return f"{signal.names[0]}{{{match}}}" if match else signal.names[0]
+
+
+def _reads(mapping: EngineMapping, key: str) -> frozenset[str]:
+    """The spec values for ``key`` that name what ``mapping`` reads (a signal: any of its names)."""
+    value = getattr(mapping, {**_CORE_SPECS, **_OPTIONAL_SPECS}[key])
+    if isinstance(value, Signal):
+        return frozenset({_spec(value), *(_spec(replace(value, names=(n,))) for n in value.names)})
+    return frozenset({value} if value else ())
+
+
+def _same_as_kvgate(engine: str, specs: Mapping[str, str]) -> bool:
+    mapping = MAPPINGS.get(engine)
+    if mapping is None:
+        return False
+    for key in _SPEC_KEYS:
+        value = specs.get(key, "")
+        if not value and key in _OPTIONAL_SPECS:
+            continue
+        if value not in _reads(mapping, key):
+            return False
+    return True
+
+
 _NOT_SCRAPED = (
     "not applied: kvgate scrapes each endpoint's /metrics with its own mapping for the endpoint's engine "
     "(--engine / pools[].engine, else the pod's inference.networking.k8s.io/engine-type label)"
@@ -78,7 +111,8 @@ class MetricsDataSource(Wiring):
 
 
 def _engine_configs(params: Params) -> list[str]:
-    """Check ``engineConfigs`` ([{name, <spec keys>}]); the names of those not the reference's defaults."""
+    """Check ``engineConfigs`` ([{name, <spec keys>}]); the names of those asking for other than kvgate's
+    mapping of that engine reads."""
     off: list[str] = []
     for i, entry in enumerate(params.get_list("engineConfigs")):
         path = f"{params.path}.engineConfigs[{i}]"
@@ -92,8 +126,7 @@ def _engine_configs(params: Params) -> list[str]:
         name = entry.get("name")
         if not name:
             raise ConfigError(f"{path}.name: required")
-        specs = {k: entry.get(k, "") for k in _SPEC_KEYS}
-        if specs != _ENGINE_SPECS.get(name):
+        if not _same_as_kvgate(str(name), entry):
             off.append(str(name))
     return off
 
@@ -103,8 +136,8 @@ def _extractor(cls: type[Plugin], name: str, params: Params, handle: PluginHandl
     default = params.get_str("defaultEngine", "vllm")
     off = [f"engineConfigs {engine!r}" for engine in _engine_configs(params)]
     if flat:  # (the older plugin's one engine, its specs as parameters)
-        specs = {k: params.get_str(k, "") for k in _SPEC_KEYS}
-        off += [f"{k} {v!r}" for k, v in specs.items() if v and v != _ENGINE_SPECS["vllm"][k]]
+        specs = {k: params.get_str(k, "") for k in _FLAT_KEYS}
+        off += [f"{k} {v!r}" for k, v in specs.items() if v and v not in _reads(MAPPINGS["vllm"], k)]
     params.finish()
     if label != ENGINE_LABEL:
         off.insert(0, f"engineLabelKey {label!r}")
