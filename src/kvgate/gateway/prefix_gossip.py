@@ -20,7 +20,7 @@ then records until the end. Versions 2 and 3: each record ``u8 index id, u8 addr
 count, u32 placeholder blocks, address bytes, hash count x u64``, hashes oldest first; the placeholder
 blocks are older than them. Version 1 (still read, placeholder 0): the same without the u32. An index id
 is the position of a prefix scorer over the worker's pools; ``layout`` names that list of scorers (a hash
-of each one's pool, name and parameters: ``reload.layout_id``), so the same config gives the same ids in
+of each one's pool, name and settings: ``reload.layout_id``), so the same config gives the same ids in
 every worker. A config reload can change the list (a prefix scorer added, removed or re-parametrised):
 each worker then moves to the new layout as it reloads (``relayout``), and a datagram whose layout is not
 the receiver's is dropped (counted), never applied to whichever index has that id there: workers

@@ -8,7 +8,7 @@ applied: ...``; and each pool's picker (``policy`` / ``endpointPickerConfig``: p
 control, feature gates). A picker swap builds every changed pool's new Director first (on the pool's
 own endpoint store: metrics, scrape state and in-flight counts are the endpoints' and stay), so an
 invalid one refuses the whole reload with its key named; the new one takes the old one's health policy,
-decode-speed estimates and, per prefix scorer whose name, type and parameters are unchanged, its prefix
+decode-speed estimates and, per prefix scorer whose name, type and settings are unchanged, its prefix
 index; its data sources (KV events) start and catch up before the swap; the old one keeps every request
 it admitted until it finishes (the proxy holds each request's Director), and its flow-control queue
 leaves by its own dispatcher first: the new one's gate counts as saturated until it is empty
@@ -51,6 +51,7 @@ from kvgate.config.gateway import (
     PoolConfig,
     load_gateway_config,
 )
+from kvgate.config.picker import PluginSpec
 from kvgate.datalayer.store import make_endpoint
 from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, UsesPrefixPlugin
@@ -153,12 +154,13 @@ def changed_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
 
 
 def prefix_layout(pools: Sequence[PoolConfig]) -> list[tuple[str, str, Any]]:
-    """Every prefix scorer of ``pools``' pickers, in order: (pool, plugin name, parameters). With
+    """Every prefix scorer of ``pools``' pickers, in order: (pool, plugin name, settings). With
     ``--workers`` the prefix gossip's index ids are positions in this list (``prefix_gossip``), and each
-    index is kept across a swap exactly when its scorer's entry is unchanged."""
+    index is kept across a swap exactly when its scorer's entry is unchanged. Settings, not the raw
+    parameters: a spelling change (``blockSize: 64`` -> ``blockSizeTokens: 16``) keeps the index."""
     kind = PrefixCacheScorer.type_name
     return [
-        (pc.name, spec.name, spec.parameters)
+        (pc.name, spec.name, PrefixCacheScorer.settings_of(spec.parameters))
         for pc in pools
         for spec in picker_spec(pc).plugins
         if spec.type == kind
@@ -195,8 +197,9 @@ def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[s
     """What a pool's new Director takes over from the old one; returns the prefix scorers whose index
     it kept. The health policy, decode-speed estimates and flow-control metric labels always; a prefix
     scorer's index, and a session affinity scorer's sessions, when the scorer's name, type and parameters
-    are unchanged (else its blocks may not mean the same); a consumer's implicit prefix scorer's index
-    when the consumer keeps its name and has an implicit one on both sides."""
+    (a prefix scorer's: settings) are unchanged (else its blocks may not mean the same); a consumer's
+    implicit prefix scorer's index when the consumer keeps its name and has an implicit one on both
+    sides."""
     for attr in ("health", "speed", "mean_decode"):
         if hasattr(old, attr) and hasattr(new, attr):
             setattr(new, attr, getattr(old, attr))
@@ -221,7 +224,7 @@ def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[s
                 mine.take_index(theirs)
                 kept.append(f"{mine.name} (of {name})")
         a, b = ospec.plugin(name), nspec.plugin(name)
-        if prev is None or a is None or b is None or (a.type, a.parameters) != (b.type, b.parameters):
+        if prev is None or a is None or b is None or not _same_plugin(a, b):
             continue
         if isinstance(plugin, PrefixCacheScorer) and isinstance(prev, PrefixCacheScorer):
             plugin.take_index(prev)
@@ -229,6 +232,16 @@ def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[s
         elif isinstance(plugin, SessionAffinityScorer) and isinstance(prev, SessionAffinityScorer):
             plugin.sessions = prev.sessions  # (sessions stay on their endpoints across the swap)
     return kept
+
+
+def _same_plugin(a: PluginSpec, b: PluginSpec) -> bool:
+    """``a`` and ``b`` build the same plugin: type and parameters equal, a prefix scorer's read as its
+    settings (``PrefixCacheScorer.settings_of``: the old block-size keys spelt the new way are the same)."""
+    if a.type != b.type:
+        return False
+    if a.type == PrefixCacheScorer.type_name:
+        return PrefixCacheScorer.settings_of(a.parameters) == PrefixCacheScorer.settings_of(b.parameters)
+    return a.parameters == b.parameters
 
 
 def _implicit_prefix(consumer: UsesPrefixPlugin, handle: Any) -> PrefixCacheScorer | None:

@@ -12,8 +12,9 @@ import struct
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import xxhash
 
@@ -154,10 +155,14 @@ def block_tokens_param(params: Params) -> int:
             params.warn(key, f"ignored: {source} is set ({tokens} tokens)")
             continue
         tokens, source = max(1, chars // CHARS_PER_TOKEN), key
+        # kvgate read ``blockSize`` as tokens until qa27 Q1: its users' number meant that (review
+        # s27-rev-fixes27a F4), so the line says how to keep it too.
+        was = f" (kvgate before qa27 Q1 read it as tokens: to keep that, write blockSizeTokens: {chars})"
         params.warn(
             key,
             f"the reference's deprecated block size in characters: read as {tokens} tokens "
-            f"({chars} / {CHARS_PER_TOKEN}); write blockSizeTokens: {tokens}",
+            f"({chars} / {CHARS_PER_TOKEN}); write blockSizeTokens: {tokens}"
+            + (was if key == "blockSize" else ""),
         )
     return tokens or DEFAULT_BLOCK_TOKENS
 
@@ -207,22 +212,35 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         if handle.store is not None:
             handle.store.add_listener(self._on_store_change)
 
+    @staticmethod
+    def _settings(params: Params) -> dict[str, Any]:
+        """The scorer's settings from its parameters, each key's default and reading applied."""
+        out: dict[str, Any] = {
+            "block_size": block_tokens_param(params),
+            "auto_tune": params.get_bool("autoTune", True),
+            "max_blocks": params.get_int("maxPrefixBlocksToMatch", MAX_PREFIX_BLOCKS, min=1),
+            "max_tokens": params.get_int("maxPrefixTokensToMatch", 0, min=0),
+            "capacity": params.get_int("lruCapacityPerServer", DEFAULT_LRU_CAPACITY, min=1),
+            "max_total_blocks": params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
+            "engine_lru": params.get_bool("engineLru", False),
+            "cached_feedback": params.get_bool("cachedTokensFeedback", False),
+            "tokenizer": params.get_str("tokenizer", "") or None,
+        }
+        params.finish()
+        return out
+
+    @classmethod
+    def settings_of(cls, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """What ``parameters`` (checked at load) set, spelling aside: ``blockSize: 64`` and
+        ``blockSizeTokens: 16`` are the same scorer. A reload keeps a prefix index, and ``--workers``
+        gossip layouts agree, by these (review s27-rev-fixes27a F4)."""
+        return cls._settings(Params(dict(parameters), ""))
+
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> PrefixCacheScorer:
-        p = cls(
-            name,
-            handle,
-            block_size=block_tokens_param(params),
-            auto_tune=params.get_bool("autoTune", True),
-            max_blocks=params.get_int("maxPrefixBlocksToMatch", MAX_PREFIX_BLOCKS, min=1),
-            max_tokens=params.get_int("maxPrefixTokensToMatch", 0, min=0),
-            capacity=params.get_int("lruCapacityPerServer", DEFAULT_LRU_CAPACITY, min=1),
-            max_total_blocks=params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
-            engine_lru=params.get_bool("engineLru", False),
-            cached_feedback=params.get_bool("cachedTokensFeedback", False),
-        )
-        tokenizer = params.get_str("tokenizer", "") or None
-        params.finish()
+        settings = cls._settings(params)
+        tokenizer = settings.pop("tokenizer")
+        p = cls(name, handle, **settings)
         try:
             p.tokenizer = TokenizerSource(tokenizer)
         except (ValueError, OSError) as e:  # an unreadable tokenizer
