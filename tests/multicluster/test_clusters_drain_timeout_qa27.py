@@ -94,7 +94,8 @@ def test_the_clusters_file_takes_drain_timeout_seconds() -> None:
 
 @pytest.mark.parametrize("drain", [None, 0, 90.5])
 def test_the_charts_hub_gateway_grace_covers_its_drain(drain: float | None) -> None:
-    """The chart's global gateway pod outlives its drain (before: 30 s, the drain's default now)."""
+    """The chart's global gateway pod outlives its drain and the stop's steps before it (before: 30 s, the
+    drain's default now; review s27-rev-fixes27b F3: up to 30 s of steps come before the drain starts)."""
     from k8s.test_chart import HUB, _named, render
 
     settings = dict(HUB["settings"])
@@ -105,4 +106,4 @@ def test_the_charts_hub_gateway_grace_covers_its_drain(drain: float | None) -> N
     pod = _named(docs, "Deployment", "llama-hub")["spec"]["template"]["spec"]
     cfg = parse(yaml.safe_load(_named(docs, "ConfigMap", "llama-hub")["data"]["clusters.yaml"]))
     assert cfg.drain_timeout_s == (30.0 if drain is None else drain)
-    assert pod["terminationGracePeriodSeconds"] >= cfg.drain_timeout_s + 10
+    assert pod["terminationGracePeriodSeconds"] >= cfg.drain_timeout_s + 40

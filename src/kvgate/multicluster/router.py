@@ -41,7 +41,7 @@ from kvgate.aio import stop_to_the_end
 from kvgate.multicluster.clusters import REQUEST_TIMEOUT_KEY, ClustersConfig, ClusterSpec, TlsOptions
 from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream, retry_after_s
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy
-from kvgate.multicluster.state import ClusterState, DispatchNote
+from kvgate.multicluster.state import ClusterState, DispatchNote, EppBackoff
 from kvgate.openai.protocol import DESTINATION_ENDPOINT, RATE_LIMITED
 from kvgate.openai.usage import UsageTail
 from kvgate.scheduling.types import Usage
@@ -586,6 +586,7 @@ class GlobalRouter:
         # An EPP backing off after a stall is not asked while the cluster has a Parent route (the fallback a
         # stall would take, at once: qa27 Q7); after its window one request asks it again.
         trial = False  # (this request asks it after its window: the one trial)
+        gate = st.epp
         if spec.epp is not None and spec.gateway is not None:
             trial = bool(st.epp.backoff_s)
             if not st.epp.may_ask(self.clock()):
@@ -599,7 +600,7 @@ class GlobalRouter:
             timer = asyncio.timeout_at(None if deadline is None else deadline.due)
             try:
                 tls = self._epp_tls(spec)
-                on_stall = functools.partial(self._epp_stalled, st, self.clock())
+                on_stall = functools.partial(self._epp_stalled, st, gate, self.clock())
                 async with timer:
                     pick: EppStream | None = await self.epp.open(
                         spec.epp, path, fwd, body, tls=tls, timeout_s=spec.epp_timeout_s, on_stall=on_stall,
@@ -623,7 +624,7 @@ class GlobalRouter:
                 pick = None
             finally:
                 if trial:  # (answered, stalled, failed or cancelled: the next window's request may ask)
-                    st.epp.trial_over()
+                    gate.trial_over()
             if pick is not None and st.epp.answered():
                 log.info("cluster %s: its EPP %s answers again: Endpoint mode back", st.name, spec.epp)
             if pick is not None and pick.address is not None:
@@ -659,14 +660,20 @@ class GlobalRouter:
             )
         return None
 
-    def _epp_stalled(self, st: ClusterState, asked_at: float, phase: str) -> None:
+    def _epp_stalled(self, st: ClusterState, gate: EppBackoff, asked_at: float, phase: str) -> None:
         """A stream asked of ``st``'s EPP at ``asked_at`` found it stalled in ``phase`` (``EppStream``'s
         ``on_stall``): counted, and Endpoint mode backs off there (``ClusterState.epp``)."""
-        if st.epp.stalled(self.clock(), asked_at, st.healthy):
-            then = "requests go by Parent mode" if st.spec.gateway else "no Parent route: still asked"
+        if (
+            gate is st.epp
+            and st.spec.gateway is not None
+            and gate.stalled(self.clock(), asked_at, st.healthy)
+        ):
+            # (only the state the stream was asked under, while still the cluster's: a reload's new EPP is
+            # not charged for the old one's stall; no Parent route: still asked, so no back-off; review
+            # s27-rev-fixes27b F1, F2)
             log.warning("cluster %s: its EPP %s did not answer within epp_timeout_s (%s): Endpoint mode "
-                        "backs off %gs (%s)", st.name, st.spec.epp, phase, st.epp.backoff_s,
-                        then)  # fmt: skip
+                        "backs off %gs (requests go by Parent mode)", st.name, st.spec.epp, phase,
+                        st.epp.backoff_s)  # fmt: skip
         if self.on_stall is not None:
             self.on_stall(st.name, phase)
 
