@@ -190,8 +190,10 @@ def _detector(raw: Any, plugins: list[PluginSpec]) -> PluginSpec:
     return PluginSpec("utilization-detector", "utilization-detector", d, path)
 
 
-def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
-    """Validate a decoded YAML document into an ``EndpointPickerConfig``."""
+def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> EndpointPickerConfig:
+    """Validate a decoded YAML document into an ``EndpointPickerConfig``. ``announce``: log what it warns of
+    (``validate``); False where the same document was loaded (and said) before: a gateway reparses a pool's
+    picker to compare or lay it out (review s27-rev-fixes27a F1)."""
     d = _mapping(doc, "config")
     _check_keys(d, TOP_KEYS, "")
     if d.get("apiVersion", API_VERSION) != API_VERSION:
@@ -260,7 +262,7 @@ def parse_config(doc: Any, *, name: str = "custom") -> EndpointPickerConfig:
         warnings=warnings,
         name=name,
     )
-    validate(cfg)
+    validate(cfg, announce=announce)
     return cfg
 
 
@@ -342,16 +344,17 @@ def _request_handler(raw: Any, plugins: list[PluginSpec]) -> dict[str, Any]:
     return d
 
 
-def validate(cfg: EndpointPickerConfig) -> None:
-    """Build every plugin once (checks parameters) and check profile composition."""
+def validate(cfg: EndpointPickerConfig, *, announce: bool = True) -> None:
+    """Build every plugin once (checks parameters) and check profile composition; with ``announce``, log
+    what the config warns of, one WARNING line each (the builds after it say nothing again)."""
     parse_flow_control(cfg.flow_control, plugins=cfg.plugin_types())  # checked with the gate off too
-    for line in cfg.warnings:
+    for line in cfg.warnings if announce else ():
         log.warning("%s", line)
     handle = PluginHandle()
     for spec in cfg.plugins:
-        instantiate(spec, handle, announce=True)
+        instantiate(spec, handle, announce=announce)
     if cfg.saturation_detector is not None and cfg.saturation_detector not in cfg.plugins:
-        instantiate(cfg.saturation_detector, handle, announce=True)
+        instantiate(cfg.saturation_detector, handle, announce=announce)
     handlers = [p for p in cfg.plugins if isinstance(handle.plugins[p.name], ProfileHandler)]
     if len(handlers) > 1:
         raise ConfigError(f"{handlers[1].path}: only one profile handler may be configured")
@@ -364,8 +367,8 @@ def validate(cfg: EndpointPickerConfig) -> None:
 
 
 def instantiate(spec: PluginSpec, handle: PluginHandle, *, announce: bool = False) -> Any:
-    """Build one plugin; with ``announce`` (the load's one check, ``validate``), log what its parameters
-    warned of, one WARNING line each (the builds after it say nothing again)."""
+    """Build one plugin; with ``announce`` (the load's check, ``validate``), log what its parameters warned
+    of, one WARNING line each."""
     cls = registry.get(spec.type)
     if cls is None:
         raise ConfigError(f"{spec.path}.type: unknown plugin type {spec.type!r}")

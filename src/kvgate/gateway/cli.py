@@ -417,9 +417,10 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def build_pools(cfg: GatewayConfig) -> list[Pool]:
-    """Each pool's picker, with picker-config errors reported against the pool that holds them."""
-    return [build_pool(pc, index=i) for i, pc in enumerate(cfg.pools)]
+def build_pools(cfg: GatewayConfig, announce: bool = True) -> list[Pool]:
+    """Each pool's picker, with picker-config errors reported against the pool that holds them.
+    ``announce``: log the picker configs' warnings (a ``--workers`` worker does not: the supervisor did)."""
+    return [build_pool(pc, index=i, announce=announce) for i, pc in enumerate(cfg.pools)]
 
 
 def tune_gc() -> None:

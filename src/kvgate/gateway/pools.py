@@ -56,9 +56,13 @@ def picker_of(cfg: PoolConfig) -> dict[str, Any] | str:
     return cfg.picker_config if cfg.picker_config is not None else cfg.policy
 
 
-def picker_spec(cfg: PoolConfig) -> EndpointPickerConfig:
-    """The pool's picker config, parsed (plugin names, types, parameters)."""
-    return parse_config(cfg.picker_config) if cfg.picker_config is not None else policy_config(cfg.policy)
+def picker_spec(cfg: PoolConfig, *, announce: bool = False) -> EndpointPickerConfig:
+    """The pool's picker config, parsed (plugin names, types, parameters). ``announce``: log what it warns
+    of; only a load of the pool's picker does (``build_director_for``), not a comparison or a layout, so
+    each line is said once per load (review s27-rev-fixes27a F1)."""
+    if cfg.picker_config is None:
+        return policy_config(cfg.policy)
+    return parse_config(cfg.picker_config, announce=announce)
 
 
 def picker_key(index: int, cfg: PoolConfig) -> str:
@@ -67,20 +71,27 @@ def picker_key(index: int, cfg: PoolConfig) -> str:
 
 
 def build_director_for(
-    cfg: PoolConfig, store: EndpointStore, clock: Callable[[], float] = time.monotonic, index: int = 0
+    cfg: PoolConfig,
+    store: EndpointStore,
+    clock: Callable[[], float] = time.monotonic,
+    index: int = 0,
+    announce: bool = True,
 ) -> RequestDirector:
     """The pool's picker on ``store``; an error is a ``GatewayConfigError`` naming ``pools[index]``'s key
-    (then the plugin's: ``pools[0].endpointPickerConfig: plugins[1].parameters: ...``)."""
+    (then the plugin's: ``pools[0].endpointPickerConfig: plugins[1].parameters: ...``). ``announce``: log
+    the config's warnings (False in a ``--workers`` worker: its supervisor said them)."""
     try:
-        picker: Any = picker_spec(cfg)
+        picker: Any = picker_spec(cfg, announce=announce)
         return build_director(picker, store, clock=clock, pool=cfg.name)
     except (ValueError, KeyError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise GatewayConfigError(picker_key(index, cfg), str(msg)) from e
 
 
-def build_pool(cfg: PoolConfig, clock: Callable[[], float] = time.monotonic, index: int = 0) -> Pool:
+def build_pool(
+    cfg: PoolConfig, clock: Callable[[], float] = time.monotonic, index: int = 0, announce: bool = True
+) -> Pool:
     """A pool with the real picker: the pool's EndpointPickerConfig, or its named policy."""
     store = make_store(cfg)
-    director = build_director_for(cfg, store, clock, index)
+    director = build_director_for(cfg, store, clock, index, announce)
     return Pool(cfg.name, cfg, store, director, frozenset(cfg.adapters))

@@ -437,7 +437,8 @@ class ConfigReloader(ConfigWatch):
     ``server``: the running ``GatewayServer`` (a picker swap starts the new picker's data sources there,
     stops the old one's, refreshes the aggregate; the reload counter is its metrics'). Without one, a
     picker with data sources cannot be swapped (refused, named). ``on_swap``: called once a reload has
-    swapped pickers (a ``--workers`` worker moves its prefix gossip to the new layout)."""
+    swapped pickers (a ``--workers`` worker moves its prefix gossip to the new layout). ``announce``: log
+    the new picker configs' warnings (a ``--workers`` worker does not: its supervisor's check did)."""
 
     def __init__(
         self,
@@ -451,6 +452,7 @@ class ConfigReloader(ConfigWatch):
         load: Callable[[str], GatewayConfig] = load_gateway_config,
         server: Any = None,
         on_swap: Callable[[], None] | None = None,
+        announce: bool = True,
     ) -> None:
         counter = getattr(getattr(server, "metrics", None), "reloads", None)
         on_result = None if counter is None else (lambda result: counter.labels(result=result).inc())
@@ -461,6 +463,7 @@ class ConfigReloader(ConfigWatch):
         self.pools = {p.name: p for p in pools}
         self.server = server
         self.on_swap = on_swap
+        self.announce = announce  # (a --workers worker's: False, its supervisor's check_pickers said it)
 
     # --- the picker swap ------------------------------------------------------------------------
     def _plan(self, new: GatewayConfig, startable: bool) -> _Plan:
@@ -479,9 +482,8 @@ class ConfigReloader(ConfigWatch):
                 pool = self.pools[pc.name]
                 before = pool.store.listeners
                 try:
-                    director = build_director_for(
-                        pc, pool.store, getattr(pool.director, "clock", time.monotonic), i
-                    )
+                    clock = getattr(pool.director, "clock", time.monotonic)
+                    director = build_director_for(pc, pool.store, clock, i, self.announce)
                 finally:
                     added = [f for f in pool.store.listeners if f not in before]
                     swap = _Swap(pool, pc, None, added, [], [])
@@ -628,9 +630,12 @@ def start_reloader(
     load: Callable[[str], GatewayConfig] = load_gateway_config,
     server: Any = None,
     on_swap: Callable[[], None] | None = None,
+    announce: bool = True,
 ) -> asyncio.Task[None]:
     """One gateway process's reloader, on SIGHUP (and, with ``poll_s``, when the file changes): the
     same for ``kvgate serve`` and for each ``--workers`` worker (which reads the supervisor's snapshot)."""
-    cr = ConfigReloader(path, cfg, pools, poll_s, apply_limits, file_cfg, mtime, load, server, on_swap)
+    cr = ConfigReloader(
+        path, cfg, pools, poll_s, apply_limits, file_cfg, mtime, load, server, on_swap, announce
+    )
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, cr.trigger)
     return asyncio.create_task(cr.run())

@@ -150,7 +150,7 @@ def _worker_main(
     off_loop_stderr()  # (as ``kvgate serve``'s: review s25-rev-gw25 F4)
     # The supervisor handles Ctrl-C for the whole group: a worker only drains on SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    pools = build_pools(cfg)
+    pools = build_pools(cfg, announce=False)  # (the supervisor said the configs' warnings, once)
     uvloop.run(_worker(cfg, pools, index, report, lifeline, admin_on_data, shared, gossip_dir, config_path,
                        file_cfg, heartbeat))  # fmt: skip
 
@@ -196,7 +196,7 @@ async def _worker(
     if config_path is not None:  # on the supervisor's SIGHUP only: it watches the file for all workers
         reloader = start_reloader(
             config_path, cfg, pools, server.apply_limits, poll_s=None, file_cfg=file_cfg, load=read_snapshot,
-            server=server, on_swap=relayout,
+            server=server, on_swap=relayout, announce=False,
         )  # fmt: skip
     # The handler (the reloader's, or SIG_IGN without --config) is in place: SIGHUP may come through now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
