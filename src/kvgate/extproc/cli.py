@@ -300,13 +300,14 @@ def _main(argv: list[str] | None) -> int:
         if refused:
             raise EppConfigError("\n".join(refused))
         kube_flag = "--kube-server" if args.kube_server else "--kubeconfig" if args.kubeconfig else None
+        # (why none is watched, where --pool-name may well be given: review s27-rev-docs27 F6)
+        none_watched = "only with an InferencePool to watch (none is: the pool's endpoints are given, by --endpoints or --config)"  # noqa: E501
         if kube_flag and cfg.pool.inference_pool is None:
-            raise EppConfigError(f"{kube_flag}: only with an InferencePool to watch (--pool-name)")
+            raise EppConfigError(f"{kube_flag}: {none_watched}")
         if args.pool_group is not None and cfg.pool.inference_pool is None:
-            raise EppConfigError("--pool-group: only with an InferencePool to watch (--pool-name)")
+            raise EppConfigError(f"--pool-group: {none_watched}")
         if args.pool_namespace and cfg.pool.inference_pool is None:  # (review s27-rev-a27 F3)
-            raise EppConfigError(f"{poolflags.FLAG}: only with an InferencePool to watch (none is: the "
-                                 "pool's endpoints are given, by --endpoints or --config)")  # fmt: skip
+            raise EppConfigError(f"{poolflags.FLAG}: {none_watched}")
         if args.ha_enable_leader_election and cfg.pool.inference_pool is None:
             raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
         pair, client_ca = _tls(args)

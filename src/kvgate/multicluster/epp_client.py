@@ -733,7 +733,8 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
 # A TLS channel's files (CA, client pair) are re-read at most every CERT_CHECK_S: a rotated certificate (a
 # Secret's new content) takes effect on the next request after that, without a restart.
 # A retired channel (rotated files, a cluster gone from the clusters file) closes when its last stream
-# ends; a stream still open after this long is cut (beyond the EPP's own 600 s idle timeout).
+# ends; a stream still open after this long is cut (the EPP's 600 s idle sweeper ends only a silent stream
+# it waits on, not one waiting for its answer's head: no bound of its own there).
 RETIRE_GRACE_S = 900.0
 
 
