@@ -195,14 +195,16 @@ def _picker_desc(pc: PoolConfig) -> str:
 
 def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[str]:
     """What a pool's new Director takes over from the old one; returns the prefix scorers whose index
-    it kept. The health policy, decode-speed estimates and flow-control metric labels always; a prefix
-    scorer's index, and a session affinity scorer's sessions, when the scorer's name, type and parameters
-    (a prefix scorer's: settings) are unchanged (else its blocks may not mean the same); a consumer's
-    implicit prefix scorer's index when the consumer keeps its name and has an implicit one on both
-    sides."""
+    it kept. The health policy, decode-speed estimates, the per-endpoint queue series shown and the
+    flow-control metric labels always; a prefix scorer's index, and a session affinity scorer's sessions,
+    when the scorer's name, type and parameters (a prefix scorer's: settings) are unchanged (else its
+    blocks may not mean the same); a consumer's implicit prefix scorer's index when the consumer keeps its
+    name and has an implicit one on both sides."""
     for attr in ("health", "speed", "mean_decode"):
         if hasattr(old, attr) and hasattr(new, attr):
             setattr(new, attr, getattr(old, attr))
+    if hasattr(new, "take_series") and hasattr(old, "take_series"):
+        new.take_series(old)  # (the per-endpoint queue series it showed: removed when their endpoint goes)
     old_flow, new_flow = getattr(old, "flow", None), getattr(new, "flow", None)
     if old_flow is not None and new_flow is not None:
         # The flow-control metrics' ``fairness_id`` labels: one process-wide choice (``metrics.LABELS``)

@@ -832,6 +832,13 @@ class Director:
             for name in [n for n in self._per_pod if n not in by_pool]:
                 self._per_pod_queues(name, [])
 
+    def take_series(self, other: Director) -> None:
+        """Remove, when their endpoints go, the per-endpoint queue series ``other`` has shown (a picker
+        swap: the Gauge children are process-wide, and a new Director that never saw them would leave
+        them at their last value for good; review s27-rev-fixes27a F3). The same map: only the serving
+        Director updates it, and a dropped swap leaves the old one's intact."""
+        self._per_pod = other._per_pod
+
     def _per_pod_queues(self, pool: str, ready: list[Endpoint]) -> None:
         """``inference_pool_per_pod_queue_size`` (and llm-d's ``llm_d_epp_per_endpoint_queue_size``) for
         the ready endpoints (as the reference: those with fresh metrics); a series whose endpoint is no
