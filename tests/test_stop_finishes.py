@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from kvgate.aio import cancel_and_wait, stop_to_the_end
+from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
 
 WHEN = ["waiting", "as it ends"]
 Case = tuple[Callable[[asyncio.Task[Any]], None], Callable[[], Awaitable[Any]], Callable[[], bool]]
@@ -488,7 +488,9 @@ async def _cancelled_at_each_turn(
             stopper.cancel()
             await asyncio.sleep(0)
             stopper.cancel()
-            await asyncio.wait([stopper], timeout=20)
+            # (a cancelled stop is allowed STOP_LIMIT_S: under load ~10 one took over 20 s; review
+            # s27-rev-fixes27c F5)
+            await asyncio.wait([stopper], timeout=STOP_LIMIT_S + 10)
             assert stopper.done() and stopper.cancelled(), f"cancelled after {n} turns: {stopper!r}"
             assert seen == [[]], f"cancelled after {n} turns, the stop ended with {seen[0]} left"
         finally:
@@ -751,6 +753,7 @@ async def _until(cond: Callable[[], object], within_s: float = 20.0) -> None:
             await asyncio.sleep(0.01)
 
 
+@pytest.mark.timeout(600)  # (many cancelled stops; ~22 s at load ~10, each bounded by STOP_LIMIT_S)
 async def test_a_cancelled_kube_pool_stop_releases_the_lease_and_stops_the_watches_and_the_client() -> None:
     """``KubePool.stop`` (a front door's ``--pool-name``) against the API-server double, leader election
     on: cancelled at any turn, it ends with the election loop and every watch ended, the Lease given up
@@ -788,7 +791,7 @@ async def test_a_cancelled_kube_pool_stop_releases_the_lease_and_stops_the_watch
             return out
 
         async def cleanup(kp: KubePool) -> None:
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(STOP_LIMIT_S + 10):
                 await kp.stop()
 
         assert await _cancelled_at_each_turn(make, lambda kp: kp.stop(), left, cleanup) >= 1
