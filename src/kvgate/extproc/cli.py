@@ -657,8 +657,11 @@ LISTEN_FLAGS = {"port": "--port", "health_port": "--grpc-health-port", "metrics_
 async def _stop_all(
     server: EppServer, kube: KubePool | None, scraper: Any, sources: list[Any], grace: float | None = None
 ) -> None:
+    # Not ready at once (/readyz, gRPC health), before anything that may wait: the Lease's release takes
+    # up to ~4 s with a slow API server (review s27-rev-fixes27c F3).
+    await server.begin_drain()
     if kube is not None and kube.elector is not None:
-        # The Lease first: another replica leads (and is ready) while this one drains its streams, not
+        # The Lease next: another replica leads (and is ready) while this one drains its streams, not
         # after the drain (up to --drain-timeout with no ready replica).
         await kube.elector.stop()
     await server.stop(grace)

@@ -462,11 +462,16 @@ class EppServer:
         g = self.options.grace_s if grace is None else grace
         await stop_to_the_end(self._stop(g), "the EPP's stop", log, g + STOP_LIMIT_S)
 
-    async def _stop(self, g: float) -> None:
-        # Not ready from here on (gRPC health and /readyz), so Envoy's endpoints drop this replica and send
-        # it no new stream; the open ones are served up to ``g`` (gRPC refuses new ones meanwhile).
+    async def begin_drain(self) -> None:
+        """Not ready from here on (gRPC health and /readyz), so Envoy's endpoints drop this replica and send
+        it no new stream. ``stop`` begins with it; a caller with work to do before the stop (``kvgate epp``'s
+        Lease release) calls it first, so the replica is not ready meanwhile (review s27-rev-fixes27c F3)."""
         self.draining = True
-        await self._health.enter_graceful_shutdown()
+        await self._health.enter_graceful_shutdown()  # (a no-op the second time)
+
+    async def _stop(self, g: float) -> None:
+        # The open streams are served up to ``g`` (gRPC refuses new ones meanwhile).
+        await self.begin_drain()
         if self._grpc is not None:
             open_streams = len(self.servicer.active) if self.servicer is not None else 0
             if open_streams and g > 0:
