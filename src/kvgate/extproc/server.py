@@ -315,6 +315,28 @@ class _Bound:
 _NO_REUSEPORT = [("grpc.so_reuseport", 0)]
 
 
+# Envoy's own keepalive pings (a cluster's ``connection_keepalive``) welcome from every 10 s, streams open or
+# not; gRPC core's server default (5 min, 2 h with no stream) answers a more frequent pinger GOAWAY
+# ``too_many_pings`` after 2 strikes, which would end every open stream on that connection.
+ENVOY_PING_FLOOR_MS = 10_000
+
+
+def _keepalive(every_s: float, timeout_s: float) -> list[tuple[str, int]]:
+    """gRPC core's channel arguments (doc/keepalive.md) for the ext_proc server's keepalive."""
+    return [
+        ("grpc.keepalive_time_ms", round(every_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(timeout_s * 1000)),
+        # Pings go on while a stream sends nothing (a routed request waiting for its answer's head): the
+        # default stops after 2 pings with no data sent between.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", ENVOY_PING_FLOOR_MS),
+        # The ack's wait that gRPC 1.85's server actually applies (keepalive_timeout_ms alone left a
+        # blackholed peer's stream open past 30 s; the default is 60 s).
+        ("grpc.http2.ping_timeout_ms", round(timeout_s * 1000)),
+    ]
+
+
 class ListenError(OSError):
     """A listener could not bind: ``option`` names the ``ServerOptions`` field (``port``, ``health_port``,
     ``metrics_port``), ``address`` the host:port asked for."""
@@ -353,6 +375,11 @@ class ServerOptions:
     max_concurrent_streams: int = 10_000
     # A stream with no message for this long is cancelled (--stream-idle-timeout).
     stream_idle_timeout_s: float = 600.0
+    # HTTP/2 pings to Envoy on a connection silent this long; one unanswered within the timeout closes it and
+    # every stream on it: the only bound on a routed stream (never idle) whose Envoy vanished without a
+    # FIN / RST (review s27-rev-fixes27c F1; gRPC core's server default: a ping after 2 h).
+    keepalive_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
 
 
 class EppServer:
@@ -387,9 +414,9 @@ class EppServer:
 
     async def start(self) -> None:
         o = self.options
-        # Envoy's keepalive and message sizes: chunks are <= 62 KB, but allow a large single message.
+        # Message sizes: chunks are <= 62 KB, but allow a large single message; the keepalive both ways.
         opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
-                *_NO_REUSEPORT]  # fmt: skip
+                *_NO_REUSEPORT, *_keepalive(o.keepalive_s, o.keepalive_timeout_s)]  # fmt: skip
         self._grpc = grpc.aio.server(options=opts, maximum_concurrent_rpcs=o.max_concurrent_streams)
         self.servicer = ExtProcServicer(self.ctx, self.metrics, idle_timeout_s=o.stream_idle_timeout_s)
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, self._grpc)
