@@ -10,6 +10,8 @@ import importlib
 import signal
 import sys
 
+from kvgate.entry import whole_lines
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("kvgate.gateway.cli", "run the OpenAI-compatible gateway in front of model servers"),
     "epp": ("kvgate.extproc.cli", "run the Envoy ext_proc Endpoint Picker (EPP) server"),
@@ -43,6 +45,8 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if argv is None:
+        whole_lines()  # (a refusal is one line on stderr, whatever a log thread writes beside it)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0

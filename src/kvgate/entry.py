@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import signal
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,16 @@ def prog(module: str, command: str) -> str:
     ``kvgate`` command line, or a caller of the module's ``main(argv)`` in its own process)."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return f"python -m {module}" if getattr(spec, "name", None) == module else f"kvgate {command}"
+
+
+def whole_lines() -> None:
+    """stderr writes each line in one ``write``: unbuffered (``PYTHONUNBUFFERED``, ``python -u``) ``print``
+    writes a line's text and its newline apart, and a log line from the off-loop writer thread
+    (``kvgate.stderrlog``) to the same pipe could land between them, splicing a refusal a supervisor or test
+    reads as one line (session 27's flake27). Line buffering flushes at each newline, as Python's default
+    stderr does; with ``write_through`` on, the text layer kept nothing to join."""
+    if isinstance(sys.stderr, io.TextIOWrapper) and sys.stderr.write_through:
+        sys.stderr.reconfigure(line_buffering=True, write_through=False)
 
 
 class ArgumentParser(argparse.ArgumentParser):
