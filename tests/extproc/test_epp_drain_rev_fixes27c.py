@@ -15,6 +15,8 @@ after an unanswered ping. Both fail on 2f03cfe0 (no keepalive option; no ``keepa
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,7 +30,7 @@ from kvgate.extproc.cli import _stop_all
 from kvgate.extproc.server import DRAINING
 from kvgate.extproc.testing import Exchange, channel
 
-from .test_epp_drain_serves_open_streams_qa27 import BODY, HEADERS, _readiness, _server
+from .test_epp_drain_serves_open_streams_qa27 import BODY, HEADERS, READY, SSE, _readiness, _server
 
 GRPC_CORE_SERVER_KEEPALIVE_MS = 7_200_000
 
@@ -137,3 +139,45 @@ async def test_a_routed_stream_ends_when_envoy_s_host_vanishes() -> None:
         await ch.close()
         await relay.close()
         await server.stop(0)
+
+
+async def _stderr_until(stream: asyncio.StreamReader, needle: str, within_s: float) -> str:
+    seen = ""
+    async with asyncio.timeout(within_s):
+        while needle not in seen:
+            line = await stream.readline()
+            assert line, f"stderr ended before {needle!r}: {seen[-2000:]}"
+            seen += line.decode()
+    return seen
+
+
+async def test_a_second_signal_during_the_drain_cuts_it() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "epp", "--host", "127.0.0.1", "--port", "0", "--grpc-health-port",
+        "0", "--metrics-port", "0", "--endpoints", "127.0.0.1:9", "--model", "m", "--plaintext",
+        "--drain-timeout", "300", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        m = READY.search(line)
+        assert m is not None, f"not ready: {line!r}"
+        ch = channel(f"127.0.0.1:{m[1]}")
+        try:
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=300) as ex:
+                assert (await ex.send_request(HEADERS, BODY)).destination == "127.0.0.1:9"
+                await ex.send_response_headers(200, SSE, served="127.0.0.1:9")
+                proc.send_signal(signal.SIGTERM)
+                await _stderr_until(proc.stderr, "draining 1 open stream", 60)
+                proc.send_signal(signal.SIGINT)  # the operator insists
+                with pytest.raises(grpc.aio.AioRpcError):  # cut now, not at the 300 s drain's end
+                    await asyncio.wait_for(ex.read(), 120)
+        finally:
+            await ch.close()
+        assert await asyncio.wait_for(proc.wait(), 120) == 0  # (the rest of the stop ran)
+        err = (await proc.stderr.read()).decode()
+        assert "the drain cut short (a second signal): 1 stream still open cancelled" in err, err[-2000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -181,7 +181,8 @@ def parser() -> argparse.ArgumentParser:
         default=keys.DEFAULT_DRAIN_TIMEOUT_S,
         metavar="SECONDS",
         help="on SIGTERM / SIGINT: not ready at once (gRPC health, /readyz), new streams refused, the open "
-        "ones served up to this long, then cut (keep it under the pod's terminationGracePeriodSeconds)",
+        "ones served up to this long, then cut (keep it under the pod's terminationGracePeriodSeconds); "
+        "a second signal cuts the drain at once",
     )
     net.add_argument(
         "--model-series-grace",
@@ -602,9 +603,15 @@ async def _serve(
     # Handlers first: a supervisor may signal as soon as it reads the ready line.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second one cuts the drain now (controller-runtime's exits at once)
+            server.cut_drain()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     # SIGHUP (ignored since ``main``) never ends the EPP (review s20-qa L5): the hub EPP's clusters file is
     # looked at now; ``--config`` is read once, at start: nothing to reload.
     reload_now = getattr(feed, "reload_now", None)

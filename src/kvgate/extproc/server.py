@@ -496,9 +496,21 @@ class EppServer:
         self.draining = True
         await self._health.enter_graceful_shutdown()  # (a no-op the second time)
 
+    _drain_cut = False  # (class defaults: ``cut_drain`` sets them on the instance)
+    _on_cut: Callable[[], object] | None = None
+
+    def cut_drain(self) -> None:
+        """The open streams are cancelled now, not at the drain's end, by a stop begun or to come
+        (``kvgate epp``'s second SIGTERM / SIGINT, as controller-runtime's; review s27-rev-fixes27c F2)."""
+        self._drain_cut = True
+        if self._on_cut is not None:
+            self._on_cut()
+
     async def _stop(self, g: float) -> None:
-        # The open streams are served up to ``g`` (gRPC refuses new ones meanwhile).
+        # The open streams are served up to ``g`` (gRPC refuses new ones meanwhile), or until ``cut_drain``.
         await self.begin_drain()
+        if self._drain_cut:
+            g = 0.0
         if self._grpc is not None:
             open_streams = len(self.servicer.active) if self.servicer is not None else 0
             if open_streams and g > 0:
@@ -511,7 +523,7 @@ class EppServer:
             evict = loop.call_later(at, self.evict_queued)
             cut = loop.call_later(g, self._say_cut, g) if open_streams and g > 0 else None
             try:
-                await self._grpc.stop(g)
+                await self._grpc_stop(self._grpc, g)
             finally:
                 evict.cancel()
                 if cut is not None:
@@ -522,6 +534,26 @@ class EppServer:
             await self._health_server.stop(0)
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+
+    async def _grpc_stop(self, grpc_server: grpc.aio.Server, g: float) -> None:
+        if g <= 0:
+            await grpc_server.stop(0)
+            return
+        stopping = asyncio.ensure_future(grpc_server.stop(g))
+        asked = asyncio.Event()
+        self._on_cut = asked.set
+        cut = asyncio.ensure_future(asked.wait())
+        try:
+            await asyncio.wait([stopping, cut], return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                n = len(self.servicer.active) if self.servicer is not None else 0
+                log.warning("the drain cut short (a second signal): %d stream%s still open cancelled", n,
+                            "" if n == 1 else "s")  # fmt: skip
+                await grpc_server.stop(0)  # (gRPC cancels every call still open; ``stopping`` ends with it)
+            await stopping
+        finally:
+            self._on_cut = None
+            cut.cancel()
 
     def _say_cut(self, g: float) -> None:
         n = len(self.servicer.active) if self.servicer is not None else 0
