@@ -79,7 +79,7 @@ async def test_a_stream_still_answering_6s_into_the_stop_is_served_to_its_end_no
             picked = await ex.send_request(HEADERS, BODY)
             assert picked.destination == "127.0.0.1:9"
             await ex.send_response_headers(200, SSE, served="127.0.0.1:9")
-            stopping = asyncio.create_task(server.stop())  # SIGTERM
+            stopping = asyncio.create_task(server.stop(120))  # SIGTERM, the chart's drain
             await wait_until(lambda: server.draining, within=30)  # (the stop's first step)
             # Not ready from the stop's start: Envoy's endpoints drop this replica, no new stream comes.
             assert await _readiness(server) == (503, DRAINING, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -89,12 +89,13 @@ async def test_a_stream_still_answering_6s_into_the_stop_is_served_to_its_end_no
             async for chunk, _eos in ex.response_body():
                 got += chunk
             assert bytes(got) == LAST
-        await asyncio.wait_for(stopping, 60)  # (its last stream ended: the stop ends, not at the bound)
+        # Its last stream ended: the stop ends now, not at the 120 s bound (review s27-rev-fixes27c F4).
+        await asyncio.wait_for(stopping, 60)
     finally:
         if stopping is None:
             await server.stop(0)
         else:
-            await asyncio.wait([stopping], timeout=60)
+            await asyncio.wait([stopping], timeout=180)
         await ch.close()
 
 
