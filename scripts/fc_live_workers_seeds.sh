@@ -4,14 +4,15 @@
 # `--workers 2 --mixes calm`, `--workers 2 --mixes flood`, then the same two at `--workers 1` (the baseline
 # of the same round). A run starts only if its hold begins before the cut-off (UTC HH:MM); one that cannot
 # is written down as not run. Every run records `cat /proc/loadavg` and `uptime` inside its hold, before
-# and after, beside the bench's JSON (with the trace, `--timing`).
+# and after, and `/proc/loadavg` every LOAD_EVERY seconds (default 30) while the bench runs (meta.json's
+# "loadavg_during": [[UTC time, loadavg], ...]), beside the bench's JSON (with the trace, `--timing`).
 #
 #   scripts/fc_live_workers_seeds.sh SRC OUT CUTOFF SEED [SEED ...]
 #
 # SRC: the `src` folder of the code measured (a `git archive` snapshot, so the runs keep one code while the
 # tree moves); OUT: one folder per run is made under it (`seed-S-MIX-wN/`: flowcontrol-live.json,
 # meta.json); CUTOFF: e.g. 17:52. Env: LOCK (default /work/team/live.lock), KVGATE (default `kvgate` on
-# PATH), WORKERS (default "2 1"). Then
+# PATH), WORKERS (default "2 1"), LOAD_EVERY (default 30). Then
 #   python scripts/fc_live_ratio_interval.py --goal OUT/seed-S-calm-w2/flowcontrol-live.json \
 #     OUT/seed-S-flood-w2/flowcontrol-live.json ...
 # prints the goal's figure and its two-level interval.
@@ -27,6 +28,7 @@ shift 3
 LOCK=${LOCK:-/work/team/live.lock}
 KVGATE=${KVGATE:-kvgate}
 WORKERS=${WORKERS:-2 1}
+LOAD_EVERY=${LOAD_EVERY:-30}
 CODE=${CODE:-$SRC}
 mkdir -p "$OUT"
 
@@ -40,27 +42,43 @@ one_run() {  # inside the lock: SEED MIX WORKERS DIR
         echo "seed $seed $mix workers $workers: not run (hold began $(date -u +%T), cut-off $CUTOFF)"
         return 0
     fi
-    local t0 l0 u0 t1 l1 u1 rc
+    local t0 l0 u0 t1 l1 u1 rc sampler
     t0=$(date -u +%T); l0=$(cat /proc/loadavg); u0=$(uptime)
     echo "seed $seed $mix workers $workers: start $t0 loadavg $l0"
+    : >"$dir/loadavg-during.txt"
+    # (the machine is shared: the load while the bench runs, not only at its ends)
+    # Its sleep goes with it: an orphaned one would hold the live lock's inherited descriptor past the run.
+    (
+        trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+        while :; do
+            sleep "$LOAD_EVERY" & nap=$!
+            wait "$nap"
+            echo "$(date -u +%T) $(cat /proc/loadavg)"
+        done >>"$dir/loadavg-during.txt"
+    ) &
+    sampler=$!
     env PYTHONPATH="$SRC" nice -n 10 "$KVGATE" bench flowcontrol --live \
         --replicas 2 --max-num-seqs 16 --load 0.9 --duration 80 --warmup 5 --time-scale 0.25 \
         --mixes "$mix" --arms kvgate-reserve-feasible --headroom 0.75 --headroom-on pending \
         --ttft-target 0.05 --running-reserve --seed "$seed" --workers "$workers" --timing \
         --out "$dir" >"$dir/bench.log" 2>&1
     rc=$?
+    kill "$sampler" 2>/dev/null
+    wait "$sampler" 2>/dev/null
     t1=$(date -u +%T); l1=$(cat /proc/loadavg); u1=$(uptime)
     echo "seed $seed $mix workers $workers: end $t1 rc $rc loadavg $l1"
     python3 - "$dir/meta.json" "$seed" "$mix" "$workers" "$CODE" "$t0" "$t1" "$l0" "$l1" "$u0" "$u1" "$rc" <<'EOF'
 import json, sys
 path, seed, mix, workers, code, t0, t1, l0, l1, u0, u1, rc = sys.argv[1:]
+during_txt = path.rsplit("/", 1)[0] + "/loadavg-during.txt"
+during = [line.split(" ", 1) for line in open(during_txt).read().splitlines() if " " in line]
 json.dump({"seed": int(seed), "mix": mix, "workers": int(workers), "code": code, "start_utc": t0,
            "end_utc": t1, "loadavg_start": l0, "loadavg_end": l1, "uptime_start": u0.strip(),
-           "uptime_end": u1.strip(), "rc": int(rc)}, open(path, "w"), indent=1)
+           "uptime_end": u1.strip(), "loadavg_during": during, "rc": int(rc)}, open(path, "w"), indent=1)
 EOF
 }
 export -f one_run
-export SRC CUTOFF KVGATE CODE
+export SRC CUTOFF KVGATE CODE LOAD_EVERY
 
 for seed in "$@"; do
     for w in $WORKERS; do

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 HEAD = (
-    "| seed, mix | start UTC | load avg start -> end | quiet requests | quiet p90 s | critical SLO "
-    "| batch SLO | flood tenant p90 s | shed | goodput req/s | slowest tenth: n, TTFT mean "
+    "| seed, mix | start UTC | load avg start -> end (peak while running) | quiet requests | quiet p90 s "
+    "| critical SLO | batch SLO | flood tenant p90 s | shed | goodput req/s | slowest tenth: n, TTFT mean "
     "| its wait in kvgate | after the pick | sim steps late | errors |"
 )
 
@@ -36,6 +36,9 @@ def row(meta: dict[str, Any], bench: dict[str, Any]) -> str:
     slow = r["trace_summary"]["slowest_tenth"]
     name = f"{meta['seed']}, {meta['mix']}" + (", workers 1" if meta["workers"] == 1 else "")
     load = f"{meta['loadavg_start'].split()[0]} -> {meta['loadavg_end'].split()[0]}"
+    during = [float(la.split()[0]) for _, la in meta.get("loadavg_during", [])]
+    if during:  # (the runner's samples while the bench ran, session 28 on)
+        load += f" (peak {max(during):.2f})"
     cells = [
         name,
         meta["start_utc"],
