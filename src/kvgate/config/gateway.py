@@ -179,6 +179,8 @@ class GatewayConfig:
     # Kubernetes API access for pools with ``inferencePool`` (flags; None = in-cluster or the kubeconfig).
     kube_server: str | None = None
     kubeconfig: str | None = None
+    # ``--pool-group`` (flag only): the API group of every ``inferencePool`` watched; None = v1's.
+    kube_pool_group: str | None = None
     # Staleness of the watched copy (kvgate.k8s.staleness; ``kubernetes.*`` in the file, the flags over
     # them): None = the default 120 s; 0 = stay ready.
     kube_stale_after_s: float | None = None

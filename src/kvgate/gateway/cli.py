@@ -170,6 +170,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --pool-name: the InferencePool's namespace (default: $NAMESPACE, else default: the "
         "reference EPP's order, as kvgate epp)",
     )
+    kube.add_argument(
+        poolflags.GROUP_FLAG,
+        choices=poolflags.GROUPS,
+        default=None,
+        help=poolflags.GROUP_HELP + "; with --config: of every pool's inferencePool (kvgate epp's too)",
+    )
     kube.add_argument("--kube-server", help="API server URL (default: in-cluster, else the kubeconfig's)")
     kube.add_argument(
         "--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)"
@@ -212,11 +218,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Why ``--pool-name`` is refused with ``--config``: kvgate epp's ``--pool-name`` there picks the one pool it
+# serves and overrides nothing in the file (its --pool-namespace is then only informational); kvgate serve
+# serves every pool of its file, so there is nothing to pick.
+POOL_NAME_WITH_CONFIG = (
+    "not with --config: kvgate serve serves every pool of the file, each watching the InferencePool its "
+    "inferencePool: {name, namespace} names (kvgate epp's --pool-name picks the one pool it serves from a "
+    "file; kvgate serve has none to pick)"
+)
+# The kube flags given where no pool is watched.
+NONE_WATCHED = "only with an InferencePool to watch (--pool-name, or a config pool's inferencePool)"
+
+
 def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None) -> GatewayConfig:
     """``file_cfg``: ``--config`` already loaded (a copy is used: the flags change the running config)."""
     if args.config:
         if args.endpoints or args.model:
             raise GatewayConfigError("--config", "give either --config or --endpoints/--model, not both")
+        if args.pool_name:  # (it was ignored, silently: s27's closing note)
+            raise GatewayConfigError("--pool-name", POOL_NAME_WITH_CONFIG)
         cfg = load_gateway_config(args.config) if file_cfg is None else copy.deepcopy(file_cfg)
     elif args.pool_name:
         if args.endpoints:
@@ -238,6 +258,9 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         cfg.session_header = args.session_header.lower()
     cfg.kube_server, cfg.kubeconfig = args.kube_server, args.kubeconfig
     watched = any(pool.inference_pool is not None for pool in cfg.pools)
+    if args.pool_group is not None and not watched:  # (refused, as kvgate epp refuses it)
+        raise GatewayConfigError(poolflags.GROUP_FLAG, NONE_WATCHED)
+    cfg.kube_pool_group = args.pool_group
     staleness_settings(args, cfg, None if watched else "static")
     cfg.model_series_grace_s = series_grace(args.model_series_grace, watched)
     if args.access_log or args.no_access_log:
@@ -588,10 +611,7 @@ def _main(argv: list[str] | None) -> int:
         cfg = build_config(args, file_cfg)
         kube_flag = "--kube-server" if args.kube_server else "--kubeconfig" if args.kubeconfig else None
         if kube_flag and not any(pool.inference_pool is not None for pool in cfg.pools):
-            raise GatewayConfigError(
-                kube_flag,
-                "only with an InferencePool to watch (--pool-name, or a config pool's inferencePool)",
-            )
+            raise GatewayConfigError(kube_flag, NONE_WATCHED)
         if args.kv_events == "auto":
             from kvgate.gateway import kv_auto
 

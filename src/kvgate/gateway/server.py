@@ -464,6 +464,7 @@ class GatewayServer:
         wanted = [p for p in self.pools if p.cfg.inference_pool is not None]
         if not wanted:
             return
+        from kvgate.k8s import resources as R
         from kvgate.k8s.runtime import KubeOptions, KubePool
         from kvgate.k8s.stalepolicy import staleness_policy
 
@@ -476,7 +477,7 @@ class GatewayServer:
             assert ref is not None
             opts = KubeOptions(
                 ref.name, ref.namespace, server=self.cfg.kube_server, kubeconfig=self.cfg.kubeconfig,
-                staleness=stale,
+                pool_group=self.cfg.kube_pool_group or R.INFERENCE_POOL.group, staleness=stale,
             )  # fmt: skip
             kp = KubePool(opts, pool.store, store_pool=pool.name, on_policy=self._policy_listener(pool))
             await kp.start()
