@@ -15,6 +15,7 @@ from typing import Any
 
 from kvgate.config.picker import EndpointPickerConfig, instantiate, load_config, parse_config
 from kvgate.config.policies import POLICIES, policy_config
+from kvgate.datalayer.scraper import ScrapeSource
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol import config as flow_config
 from kvgate.flowcontrol.controller import FlowController
@@ -123,6 +124,14 @@ def build_director(
     return Director(
         profiles, handler, store, handle, detector=detector, flow=flow, timer=timer, name=cfg.name
     )
+
+
+def metrics_source(director: Any) -> ScrapeSource | None:
+    """The scrape settings of ``director``'s config (its ``metrics-data-source``; None: none declared, or
+    not a ``Director``), for the scraper of the pool it serves (``MetricsScraper``'s ``source``)."""
+    plugins = getattr(getattr(director, "handle", None), "plugins", None) or {}
+    found = (getattr(p, "source", None) for p in plugins.values())
+    return next((s for s in found if isinstance(s, ScrapeSource)), None)
 
 
 def _saturation(

@@ -201,6 +201,12 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
     if d.get("kind", KIND) != KIND:
         raise ConfigError(f"kind: expected {KIND!r}, got {d.get('kind')!r}")
     plugins = [_plugin(p, f"plugins[{i}]") for i, p in enumerate(_list(d.get("plugins"), "plugins"))]
+    sources = [p for p in plugins if p.type == "metrics-data-source"]
+    if len(sources) > 1:  # (one scrape of each endpoint; the reference's would scrape twice)
+        raise ConfigError(
+            f"{sources[1].path}.type: a second metrics-data-source ({sources[0].path} is one): kvgate "
+            "scrapes each endpoint once, with one source's settings"
+        )
     seen: dict[str, str] = {}
     for p in plugins:
         if p.name in seen:

@@ -34,6 +34,12 @@ section 4.4), measured by ``kvgate bench scrape-cpu``, which runs the aiohttp pa
 redirect is scraped with aiohttp (it follows redirects) for ``UNFILTERED_RETRY_S``, then the lean
 client tries again; every endpoint is scraped with aiohttp when the
 caller hands in its own aiohttp ``session``.
+
+Where to scrape: ``<scheme>://<endpoint><path>``, the scraper's own settings (``--scrape-scheme``, a
+pool's ``https://`` endpoints) unless the picker config's ``metrics-data-source`` sets them: ``source``
+(``ScrapeSource``, or a function returning the pool's current one, asked at each scrape so a reloaded
+config's path takes effect at the next) carries the reference's ``scheme``, ``path``, ``port``,
+``interval`` and TLS keys (``insecureSkipVerify``, ``caCertPath``, ``clientCertPath``/``clientKeyPath``).
 """
 
 from __future__ import annotations
@@ -88,6 +94,39 @@ def quiet_interval_for(interval: float, bound: float | None = None) -> float:
     return max(interval, min(QUIET_S, bound / 2))
 
 
+@dataclass(frozen=True, slots=True)
+class ScrapeSource:
+    """What a config's ``metrics-data-source`` asks of the scraper; None: not set there, the scraper's own.
+    ``tls``: for ``https``, the context its TLS keys build (``source_tls``; None: the scraper's own)."""
+
+    scheme: str | None = None
+    path: str | None = None
+    port: int | None = None  # the reference's port override: every endpoint scraped on this port
+    tls: ssl.SSLContext | None = None
+    interval: float | None = None
+
+
+def source_tls(insecure_skip_verify: bool, ca_cert_path: str = "") -> ssl.SSLContext:
+    """The reference data source's server verification as a client context (its ``tlsClientConfig``):
+    none with ``insecure_skip_verify``, else against ``ca_cert_path`` (the system's CAs when empty). A
+    client certificate for mTLS is the caller's ``load_cert_chain``. An unreadable CA file raises OSError."""
+    ctx = ssl.create_default_context(cafile=None if insecure_skip_verify else (ca_cert_path or None))
+    if insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One scrape's resolved destination."""
+
+    address: str  # host:port the GET goes to
+    scheme: str
+    tls: ssl.SSLContext | None
+    path: str
+
+
 class ScrapeStatusError(Exception):
     """A non-200 answer (other than the no-filter ones while asking filtered)."""
 
@@ -124,12 +163,16 @@ class MetricsScraper:
         quiet_bound: float | Callable[[], float | None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         http: str = "lean",
+        source: ScrapeSource | Callable[[], ScrapeSource | None] | None = None,
     ) -> None:
         if http not in ("lean", "aiohttp"):
             raise ValueError(f"http must be 'lean' or 'aiohttp', not {http!r}")
         # "aiohttp" for every endpoint when a session is handed in (the caller chose its client).
         self.http = "aiohttp" if session is not None else http
         self._clients: dict[str, PageClient] = {}
+        # Endpoint -> the (address, scheme, tls) its lean client was built for.
+        self._client_keys: dict[str, tuple[str, str, int]] = {}
+        self._source = source
         self._requests: dict[tuple[str, str], bytes] = {}  # (address, path) -> prebuilt GET
         # Endpoints the lean client could not read (a redirect) -> the clock time until which they are
         # scraped with aiohttp; then the lean client tries again (a restarted server may not redirect).
@@ -206,6 +249,7 @@ class MetricsScraper:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        self._client_keys.clear()
         self._requests.clear()
         # (Stopped, it hears of no removals: a page kept over a stop could outlive its endpoint.)
         self._last_page.clear()
@@ -239,18 +283,43 @@ class MetricsScraper:
             started = loop.time()
             await self.scrape(ep)
             # Fixed cadence from the start of each scrape; never busy-loop on a slow server.
-            await self._sleep(max(self.next_interval(ep) - (loop.time() - started), self.interval * 0.1))
+            pause = self.next_interval(ep) - (loop.time() - started)
+            await self._sleep(max(pause, self.busy_interval * 0.1))
+
+    def source(self) -> ScrapeSource | None:
+        """The config's metrics-data-source settings now (None: none given)."""
+        return self._source() if callable(self._source) else self._source
+
+    @property
+    def busy_interval(self) -> float:
+        """``interval``, or the config data source's ``interval`` where it sets one."""
+        src = self.source()
+        return src.interval if src is not None and src.interval is not None else self.interval
 
     @property
     def quiet_interval(self) -> float:
         if self._quiet_fixed is not None:
             return self._quiet_fixed
         bound = self._quiet_bound() if callable(self._quiet_bound) else self._quiet_bound
-        return quiet_interval_for(self.interval, bound)
+        return quiet_interval_for(self.busy_interval, bound)
 
     def next_interval(self, ep: Endpoint) -> float:
         """How long after this scrape's start the next one starts (module docstring, "Cadence")."""
-        return self.quiet_interval if self.explained(ep) else self.interval
+        return self.quiet_interval if self.explained(ep) else self.busy_interval
+
+    def target(self, ep: Endpoint) -> _Target:
+        """Where ``ep``'s page is read now: the scraper's scheme, TLS and path unless the config's
+        metrics-data-source sets them (its ``port`` replaces the endpoint's)."""
+        src = self.source()
+        if src is None:
+            return _Target(ep.address, self.scheme, self.tls, self.path)
+        address = ep.address
+        if src.port is not None:
+            host, _, _ = address.rpartition(":")
+            address = f"{host or address}:{src.port}"
+        scheme = src.scheme or self.scheme
+        tls = src.tls if src.tls is not None else self.tls
+        return _Target(address, scheme, tls, src.path or self.path)
 
     @staticmethod
     def explained(ep: Endpoint) -> bool:
@@ -274,10 +343,11 @@ class MetricsScraper:
             mapping_for(ep.engine)
             query = filter_query(ep.engine)
             text = None
+            to = self.target(ep)
             if query is not None and self._filter_now(ep.address):
-                text = await self._get(ep, f"{self.path.rstrip('/')}/?{query}", no_filter_is_none=True)
+                text = await self._get(ep, to, f"{to.path.rstrip('/')}/?{query}", no_filter_is_none=True)
                 if text is None or not page_has_signals(text, ep.engine):
-                    text = await self._get(ep, self.path)
+                    text = await self._get(ep, to, to.path)
                     # Only an answer to the plain request proves the filter was the problem.
                     self._unfiltered[ep.address] = self.clock() + UNFILTERED_RETRY_S
                     log.info(
@@ -286,7 +356,7 @@ class MetricsScraper:
                         UNFILTERED_RETRY_S,
                     )
             if text is None:
-                text = await self._get(ep, self.path)
+                text = await self._get(ep, to, to.path)
             assert text is not None
             prev = ep.metrics
             last = self._last_page.get(ep.address)
@@ -342,6 +412,7 @@ class MetricsScraper:
         return True
 
     def _forget_lean(self, addr: str) -> None:
+        self._client_keys.pop(addr, None)
         client = self._clients.pop(addr, None)
         if client is not None:
             client.close()
@@ -366,32 +437,37 @@ class MetricsScraper:
         del self._unfiltered[address]  # time to ask filtered again
         return True
 
-    async def _get(self, ep: Endpoint, path: str, no_filter_is_none: bool = False) -> str | None:
+    async def _get(self, ep: Endpoint, to: _Target, path: str, no_filter_is_none: bool = False) -> str | None:
         """One GET of a metrics page, size-capped; None for an answer in ``NO_FILTER_STATUSES`` when
         ``no_filter_is_none``."""
         if self.http == "lean" and self._lean_now(ep.address):
             try:
-                return await self._get_lean(ep, path, no_filter_is_none)
+                return await self._get_lean(ep, to, path, no_filter_is_none)
             except _NeedsAiohttp as e:
                 self._aiohttp_only[ep.address] = self.clock() + UNFILTERED_RETRY_S
                 log.info("%s: %s; scraping it with aiohttp", ep.address, e)
                 self._forget_lean(ep.address)  # its kept-alive connection would idle until removal
-        return await self._get_aiohttp(ep, path, no_filter_is_none)
+        return await self._get_aiohttp(ep, to, path, no_filter_is_none)
 
-    async def _get_lean(self, ep: Endpoint, path: str, no_filter_is_none: bool) -> str | None:
+    async def _get_lean(self, ep: Endpoint, to: _Target, path: str, no_filter_is_none: bool) -> str | None:
         addr = ep.address
+        tls = None
+        if to.scheme == "https":
+            if to.tls is None:  # the system's CAs, as aiohttp's ssl=True; loaded once
+                self.tls = ssl.create_default_context()
+                to = replace(to, tls=self.tls)
+            tls = to.tls
+        key = (to.address, to.scheme, id(tls))
+        if addr in self._clients and self._client_keys.get(addr) != key:
+            self._forget_lean(addr)  # the config's source changed (a reload): a new client
         client = self._clients.get(addr)
         if client is None:
-            tls = None
-            if self.scheme == "https":
-                if self.tls is None:  # the system's CAs, as aiohttp's ssl=True; loaded once
-                    self.tls = ssl.create_default_context()
-                tls = self.tls
             try:
-                client = PageClient(addr, tls=tls, max_bytes=self.max_bytes)
+                client = PageClient(to.address, tls=tls, max_bytes=self.max_bytes)
             except ValueError as e:  # not host:port: aiohttp's URL handling decides
                 raise _NeedsAiohttp(str(e)) from None
             self._clients[addr] = client
+            self._client_keys[addr] = key
         request = self._requests.get((addr, path))
         if request is None:
             request = self._requests[(addr, path)] = client.request_bytes(path)
@@ -410,9 +486,9 @@ class MetricsScraper:
             raise ScrapeStatusError(page.status)
         return page.body.decode("utf-8", "replace")
 
-    async def _get_aiohttp(self, ep: Endpoint, path: str, no_filter_is_none: bool) -> str | None:
+    async def _get_aiohttp(self, ep: Endpoint, to: _Target, path: str, no_filter_is_none: bool) -> str | None:
         async with self._session_().get(
-            f"{self.scheme}://{ep.address}{path}", timeout=self.timeout, ssl=self.tls or True
+            f"{to.scheme}://{to.address}{path}", timeout=self.timeout, ssl=to.tls or True
         ) as resp:
             if resp.status < 500:  # a 2xx-4xx answer, 404 included: the server is alive
                 ep.answered_at = self.clock()

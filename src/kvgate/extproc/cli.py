@@ -542,6 +542,7 @@ async def _serve(
     feed: Any = None,
     kube: KubePool | None = None,
 ) -> None:
+    from kvgate.config.director import metrics_source
     from kvgate.datalayer.scraper import MetricsScraper
     from kvgate.extproc.server import EppServer, ListenError, ServerOptions
     from kvgate.multicluster.clusters import ClustersError
@@ -599,6 +600,7 @@ async def _serve(
         clock=time.monotonic,
         scheme=scheme,
         tls=tls,
+        source=metrics_source(ctx.director),  # (the config's metrics-data-source; read once, at start)
     )
     # Handlers first: a supervisor may signal as soon as it reads the ready line.
     stop = asyncio.Event()

@@ -23,12 +23,13 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from kvgate.aio import STOP_LIMIT_S, cancel_all_and_wait, stop_to_the_end
+from kvgate.config.director import metrics_source
 from kvgate.config.gateway import GatewayConfig, Limits
 from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, ready_endpoints
-from kvgate.datalayer.scraper import MetricsScraper
+from kvgate.datalayer.scraper import MetricsScraper, ScrapeSource
 from kvgate.gateway.errors import GatewayError, error_response, unauthorized
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.lookups import ResponseLookups
@@ -344,6 +345,7 @@ class GatewayServer:
                     clock=self.clock,
                     scheme=pool.cfg.scheme,
                     tls=self.proxy.tls.get(pool.name),
+                    source=functools.partial(_metrics_source, pool),
                 )
                 await scraper.start()
                 if self._stopping:  # stop() ran during its start (and stopped the others): end here
@@ -670,6 +672,12 @@ def drain_cut_message(drain_s: float, inflight: int) -> str:
         "streams among them end with an error event; the connections of those still in flight when the "
         "gateway closes them are cut"
     )
+
+
+def _metrics_source(pool: Pool) -> ScrapeSource | None:
+    """The pool's picker config's ``metrics-data-source`` settings, read at each scrape (a reload's new
+    picker's from its next)."""
+    return metrics_source(pool.director)
 
 
 def _scrape_bound(pool: Pool) -> float | None:

@@ -12,11 +12,13 @@ They take no part in scheduling.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
 from kvgate.datalayer.mappings import MAPPINGS, EngineMapping, Signal
+from kvgate.datalayer.scraper import ScrapeSource, source_tls
 from kvgate.datalayer.store import ENGINE_LABEL
 from kvgate.scheduling.framework import ConfigError, Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
@@ -90,24 +92,64 @@ def _warn_unhonoured(params: Params, keys: list[str], why: str) -> None:
 
 @register("metrics-data-source")
 class MetricsDataSource(Wiring):
+    """The reference's scrape settings, honoured by kvgate's scraper (``datalayer.scraper.ScrapeSource``):
+    ``scheme``, ``path``, ``port`` (every endpoint scraped on it), ``interval``, and for https
+    ``insecureSkipVerify`` (the reference's default: true), ``caCertPath``, ``clientCertPath`` /
+    ``clientKeyPath``. A key left out is the scraper's own setting (``--scrape-scheme``, a pool's
+    ``https://`` endpoints verified against its ``caFile``). ``families`` is checked, not applied: kvgate
+    asks each server for the series its engine's mapping reads, and parses only those."""
+
     role = "data source"
+
+    def __init__(self, name: str, handle: PluginHandle, source: ScrapeSource | None = None) -> None:
+        super().__init__(name, handle)
+        self.source = source or ScrapeSource()
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> MetricsDataSource:
-        scheme = params.get_str("scheme", "http", choices=("http", "https"))
-        path = params.get_str("path", "/metrics")
-        params.get_bool("insecureSkipVerify", True)  # (http: nothing to verify; https: refused below)
+        scheme = params.get_str("scheme", "", choices=("http", "https")) or None
+        path = params.get_str("path", "") or None
+        if path is not None and not path.startswith("/"):
+            raise ConfigError(f"{params.path}.path: must start with '/', got {path!r}")
+        port = params.get_int("port", 0, min=0, max=65535) or None
+        interval = params.get_duration("interval", 0.0) or None
+        tls_keys = ("insecureSkipVerify", "caCertPath", "clientCertPath", "clientKeyPath")
+        explicit_tls = any(params.has(k) for k in tls_keys)
+        skip = params.get_bool("insecureSkipVerify", True)  # (the reference's default)
+        ca, cert, key = (params.get_str(k, "") for k in tls_keys[1:])
+        families = params.get_list("families")
         params.finish()
-        off = [f"path {path!r}"] if path != "/metrics" else []
-        if scheme == "https":
-            off.append("scheme 'https'")
-        _warn_unhonoured(
-            params,
-            off,
-            "not applied: kvgate scrapes http://<endpoint>/metrics, or https:// verified against caFile "
-            "when the pool's endpoints are given as https://host:port",
-        )
-        return cls(name, handle)
+        if any(not isinstance(f, str) or not f for f in families):
+            raise ConfigError(f"{params.path}.families: must be a list of metric family names")
+        if bool(cert) != bool(key):
+            missing = "clientKeyPath" if cert else "clientCertPath"
+            raise ConfigError(
+                f"{params.path}.{missing}: required with {'clientCertPath' if cert else 'clientKeyPath'}"
+            )
+        tls = None
+        if scheme == "https" or explicit_tls:
+            try:
+                tls = source_tls(skip, ca)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"{params.path}.caCertPath: {e}") from e
+            try:
+                if cert:
+                    tls.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"{params.path}.clientCertPath: {e}") from e
+            if ca and skip:
+                params.warn(
+                    "caCertPath",
+                    "not used: insecureSkipVerify is true (the reference's default); set "
+                    "insecureSkipVerify: false to verify against it",
+                )
+        if families:
+            params.warn(
+                "families",
+                "not applied: kvgate asks each server for, and parses, only the series its engine's "
+                "mapping reads",
+            )
+        return cls(name, handle, ScrapeSource(scheme, path, port, tls, interval))
 
 
 def _engine_configs(params: Params) -> list[str]:
