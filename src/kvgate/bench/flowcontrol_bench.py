@@ -46,6 +46,7 @@ rate, each arm over a knob's settings, compared at the same shed rate.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -434,18 +435,38 @@ def _slo(tenant: str, slos: dict[str, float] = SLO_TTFT) -> float:
     return slos.get(tenant, INTERACTIVE_SLO)
 
 
+def unanswered(o: Outcome) -> bool:
+    """Sent by the client, neither served (no first token) nor shed (no 429 / 503) when the run ends:
+    still queued in kvgate or at a server, or (live) the client gave up. The reading's rule, for every
+    arm alike (fc28): a miss in every SLO figure, and in a TTFT percentile later than every request
+    answered (it has waited longer than the run); the shed rate counts refusals only."""
+    return not o.status and o.ttft is None
+
+
+def ttft_pct(ttft: list[float], unanswered: int, q: float) -> float | None:
+    """The ``q``th percentile of the TTFTs with ``unanswered`` requests counted as later than all of
+    them: ``inf`` when the percentile falls among those (JSON: null; a goal on it is not met)."""
+    if not unanswered:
+        return pct(ttft, q) if ttft else None
+    pos = q / 100.0 * (len(ttft) + unanswered - 1)
+    if math.ceil(pos) >= len(ttft):
+        return math.inf
+    return pct(ttft, 100.0 * pos / (len(ttft) - 1)) if len(ttft) > 1 else ttft[0]
+
+
 def _group(run: Run, tenants: tuple[str, ...]) -> dict[str, Any]:
     outs = [o for o in run.outcomes if o.tenant in tenants]
     ttft = [o.ttft for o in outs if o.ttft is not None]
     met = sum(1 for o in outs if o.ttft is not None and o.ttft <= _slo(o.tenant, run.slos))
     shed = sum(1 for o in outs if o.status)
+    lost = sum(1 for o in outs if unanswered(o))
     return {
         "requests": len(outs),
-        "p50_ttft_s": pct(ttft, 50) if ttft else None,
-        "p90_ttft_s": pct(ttft, 90) if ttft else None,
+        "p50_ttft_s": ttft_pct(ttft, lost, 50),
+        "p90_ttft_s": ttft_pct(ttft, lost, 90),
         "slo_attainment": met / len(outs) if outs else None,
         "shed": shed,
-        "unfinished": sum(1 for o in outs if not o.status and o.ttft is None),
+        "unfinished": lost,
     }
 
 
@@ -565,6 +586,8 @@ def summarize(run: Run, measured_from: float) -> dict[str, Any]:
         # 429 (capacity, preemption, sloAdmission) / 503 (TTL); by_slo_gate: sloAdmission's 429s
         "shed_429": sum(1 for o in all_outs if o.status == 429),
         "shed_503": sum(1 for o in all_outs if o.status == 503),
+        # neither served nor shed when the run ended: misses above, not in the shed rate (``unanswered``)
+        "unanswered": sum(1 for o in all_outs if unanswered(o)),
         "shed_by_slo_gate": sum(1 for o in all_outs if o.shed_by.startswith("PredictedSLOMissError")),
         # of those, shed while still queued (at the SLO deadline, or the time a prediction gave)
         "shed_by_slo_gate_queued": sum(1 for o in all_outs if o.shed_by == "PredictedSLOMissError:queued"),
@@ -712,7 +735,9 @@ def main(argv: list[str] | None = None) -> int:
         f = rows["runs"][f"{arm}/flood"]["quiet"]["p90_ttft_s"]
         for mode in ("calm", "even"):
             c = rows["runs"][f"{arm}/{mode}"]["quiet"]["p90_ttft_s"]
-            rows["runs"][f"{arm}/flood"][f"quiet_p90_vs_{mode}"] = (f / c) if c and f else None
+            # (an unanswered p90 is inf: over it, inf, not met; under it, no ratio)
+            ok = c and f and math.isfinite(c)
+            rows["runs"][f"{arm}/flood"][f"quiet_p90_vs_{mode}"] = (f / c) if ok else None
         calm = rows["runs"][f"{arm}/calm"]["quiet"]["p90_ttft_s"]
         if calm:
             rows["runs"][f"{arm}/flood"]["quiet_over_goal"] = over_goal(
@@ -777,18 +802,20 @@ def render(rows: dict[str, Any]) -> str:
         lines += [
             "",
             "Against the reference at its shed rate (flooded mix): all-request SLO attainment counts a shed "
-            "request as a miss, so an arm that sheds more is above the reference only if what it sheds buys "
-            "more requests within their SLO than it drops",
+            "request, and one still unanswered when the run ends, as a miss, so an arm that sheds more is "
+            "above the reference only if what it sheds buys more requests within their SLO than it drops",
             "",
             "| arm | all SLO (shed = miss) | vs reference | shed | vs reference | 429 / 503 "
-            "| by sloAdmission (shed while queued; picks turned back) | SLO of served | goodput req/s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| unanswered (miss) | by sloAdmission (shed while queued; picks turned back) | SLO of served "
+            "| goodput req/s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in floods:
             lines.append(
                 f"| {name.removesuffix('/flood')} | {_f(r['slo_attainment'], 3)} "
                 f"| {r['slo_attainment'] - ref['slo_attainment']:+.3f} | {r['shed']} "
                 f"| {r['shed'] - ref['shed']:+d} | {r.get('shed_429', '-')} / {r.get('shed_503', '-')} "
+                f"| {r.get('unanswered', '-')} "
                 f"| {r.get('shed_by_slo_gate', '-')} ({r.get('shed_by_slo_gate_queued', '-')} queued; "
                 f"{r.get('held', '-')} turn-backs) | {_f(r.get('served_slo_attainment'), 3)} "
                 f"| {_f(r['goodput_rps'])} |"
