@@ -212,6 +212,7 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
         if p.name in seen:
             raise ConfigError(f"{p.path}.name: duplicate plugin name {p.name!r} (also {seen[p.name]})")
         seen[p.name] = p.path
+    _prefix_producers(plugins)
     profiles: list[ProfileSpec] = []
     for i, raw in enumerate(_list(d.get("schedulingProfiles"), "schedulingProfiles")):
         path = f"schedulingProfiles[{i}]"
@@ -270,6 +271,49 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
     )
     validate(cfg, announce=announce)
     return cfg
+
+
+_APPROX_PRODUCER = "approx-prefix-cache-producer"
+_PRODUCER_KEY = "prefixMatchInfoProducerName"
+
+
+def _prefix_producers(plugins: list[PluginSpec]) -> None:
+    """llm-d-router's newest layout: an ``approx-prefix-cache-producer`` holds the approximate index's
+    parameters and a ``prefix-cache-scorer`` names it (``prefixMatchInfoProducerName``). kvgate's scorer
+    holds its index itself, so such a scorer takes its producer's parameters (as the scorer's keys). Naming
+    the reference's default producer without declaring it is the defaults (the reference creates it)."""
+    by_name = {p.name: p for p in plugins}
+    translate = getattr(registry.get(_APPROX_PRODUCER), "scorer_parameters", None)
+    taken: dict[str, str] = {}
+    for spec in plugins:
+        if spec.type != "prefix-cache-scorer" or _PRODUCER_KEY not in spec.parameters:
+            continue
+        where = f"{spec.path}.parameters"
+        ref = _str(spec.parameters[_PRODUCER_KEY], f"{where}.{_PRODUCER_KEY}")
+        if others := sorted(k for k in spec.parameters if k != _PRODUCER_KEY):
+            raise ConfigError(
+                f"{where}.{others[0]}: a prefix-cache-scorer that names its {_PRODUCER_KEY} takes no other "
+                f"parameter: set it on {ref!r}"
+            )
+        producer = by_name.get(ref)
+        if producer is None and ref != _APPROX_PRODUCER:
+            raise ConfigError(f"{where}.{_PRODUCER_KEY}: no plugin named {ref!r} in plugins")
+        if producer is not None and producer.type != _APPROX_PRODUCER:
+            raise ConfigError(
+                f"{where}.{_PRODUCER_KEY}: {ref!r} is a {producer.type!r}, not an {_APPROX_PRODUCER!r} "
+                "(kvgate's exact index is the precise-prefix-cache-scorer)"
+            )
+        if ref in taken:  # (the reference's two consumers would share one index; kvgate's scorer owns it)
+            raise ConfigError(
+                f"{where}.{_PRODUCER_KEY}: {ref!r} is read by {taken[ref]} already: kvgate's scorer holds "
+                "its producer's index, so one prefix-cache-scorer per producer"
+            )
+        taken[ref] = spec.path
+        spec.parameters = (
+            {}
+            if producer is None or translate is None
+            else translate(Params(producer.parameters, f"{producer.path}.parameters"))
+        )
 
 
 def _is_special(p: PluginSpec) -> bool:

@@ -34,6 +34,7 @@ from kvgate.scheduling.framework import (
     Scorer,
     publish_cache_expectation,
 )
+from kvgate.scheduling.plugins.wiring import Wiring
 from kvgate.scheduling.prefix import (
     CHARS_PER_TOKEN,
     DEFAULT_BLOCK_TOKENS,
@@ -165,6 +166,69 @@ def block_tokens_param(params: Params) -> int:
             + (was if key == "blockSize" else ""),
         )
     return tokens or DEFAULT_BLOCK_TOKENS
+
+
+APPROX_PRODUCER = "approx-prefix-cache-producer"
+# The reference's newest layout (llm-d-router): the scorer names the producer whose match it reads.
+PRODUCER_KEY = "prefixMatchInfoProducerName"
+
+
+@register(APPROX_PRODUCER)
+class ApproxPrefixCacheProducer(Wiring):
+    """llm-d-router's ``approx-prefix-cache-producer``: the index and its settings, which kvgate's
+    ``prefix-cache-scorer`` holds itself. A scorer naming it (``prefixMatchInfoProducerName``) is built
+    with its parameters (``config.picker`` rewrites them, ``scorer_parameters``); it takes no part in
+    scheduling on its own."""
+
+    role = "prefix-cache producer"
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> ApproxPrefixCacheProducer:
+        cls.scorer_parameters(params)
+        return cls(name, handle)
+
+    @staticmethod
+    def scorer_parameters(params: Params) -> dict[str, Any]:
+        """The producer's parameters (the reference's ``autoTune``, ``blockSizeTokens``,
+        ``maxPrefixBlocksToMatch``, ``maxPrefixTokensToMatch``, ``lruCapacityPerServer``; its deprecated
+        ``blockSize``; kvgate's index keys ``maxTotalBlocks``, ``engineLru``, ``cachedTokensFeedback``,
+        ``tokenizer``) as the ``prefix-cache-scorer`` parameters that mean the same. The reference's 0
+        (its "unset" / "unlimited") takes kvgate's default, except where kvgate cannot do what it asks:
+        then a ConfigError naming the key. A key left out takes the kvgate scorer's default."""
+        auto = params.get_bool("autoTune", True)
+        tokens = params.get_int("blockSizeTokens", 0, min=0)
+        chars = params.get_int("blockSize", 0, min=0)
+        if chars and not tokens:  # (the reference's producer refuses it too)
+            raise ConfigError(
+                f"{params.path}.blockSize: the deprecated block size in characters is refused by "
+                f"{APPROX_PRODUCER}: write blockSizeTokens (tokens)"
+            )
+        if chars:
+            params.warn("blockSize", f"ignored: blockSizeTokens is set ({tokens} tokens)")
+        if not tokens and not auto:
+            raise ConfigError(f"{params.path}.blockSizeTokens: must be > 0 when autoTune is false, got 0")
+        max_blocks = params.get_int("maxPrefixBlocksToMatch", MAX_PREFIX_BLOCKS, min=0)
+        max_tokens = params.get_int("maxPrefixTokensToMatch", 0, min=0)
+        if not max_blocks and not max_tokens:
+            raise ConfigError(
+                f"{params.path}.maxPrefixBlocksToMatch: 0 with maxPrefixTokensToMatch 0 (the reference's "
+                "whole prompt) is not supported: kvgate caps the match; set one of them above 0"
+            )
+        out: dict[str, Any] = {
+            "autoTune": auto,
+            "blockSizeTokens": tokens or DEFAULT_BLOCK_TOKENS,
+            "maxPrefixBlocksToMatch": max_blocks or MAX_PREFIX_BLOCKS,
+            "lruCapacityPerServer": params.get_int("lruCapacityPerServer", 0, min=0) or DEFAULT_LRU_CAPACITY,
+            "maxTotalBlocks": params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
+            "engineLru": params.get_bool("engineLru", False),
+            "cachedTokensFeedback": params.get_bool("cachedTokensFeedback", False),
+        }
+        if max_tokens:
+            out["maxPrefixTokensToMatch"] = max_tokens
+        if tokenizer := params.get_str("tokenizer", ""):
+            out["tokenizer"] = tokenizer
+        params.finish()
+        return out
 
 
 @register("prefix-cache-scorer")
