@@ -1,6 +1,7 @@
 """A simulated fleet in its own process for live benchmarks: ``python -m kvgate.bench.simproc``.
 
-Starts ``--replicas`` ``kvgate.sim.server.Replica`` servers on ephemeral 127.0.0.1 ports, prints one
+Starts ``--replicas`` ``kvgate.sim.server.Replica`` servers on 127.0.0.1 ports (port 0; with KV events,
+three claimed ports from ``kvgate.bench.ports`` each), prints one
 ``replica <i> http://127.0.0.1:<port>`` line each (what ``kvgate.bench.live.start_sim`` waits for),
 and runs until SIGTERM/SIGINT. One process for the whole fleet keeps the benchmark's process count
 (and its share of this machine's two cores) fixed however many replicas it simulates.
@@ -19,20 +20,31 @@ import socket
 import sys
 from typing import Any
 
+from kvgate.bench.ports import claim, free_port_group, spare_ports
 from kvgate.entry import ArgumentParser
 
 _PORT_TRIES = 50
 
 
-def _free_port(below: int) -> int:
-    """An ephemeral 127.0.0.1 port under ``below`` (so port + offsets stays a valid port)."""
-    for _ in range(_PORT_TRIES):
+def _replica_port(offset: int) -> int:
+    """A 127.0.0.1 port ``p`` for a replica whose KV events use ``p + offset`` and ``p + 2 * offset``.
+
+    A port-0 probe gave an ephemeral ``p`` whose ``p + offset`` could be a spare port (outside the
+    ephemeral range) that another process's ``kvgate.bench.ports.free_port`` had handed out and claimed,
+    its server about to bind it. Now every spare port of the three is claimed here first, machine-wide
+    (refused where another process holds it): a group of spare ports from ``free_port_group`` where one
+    fits, else an ephemeral ``p`` (a port-0 probe) with any spare ones of its group claimed."""
+    if port := free_port_group(offset, 3):
+        return port
+    spare = set(spare_ports())
+    for _ in range(1000):  # (cheap binds: a wide offset leaves few ephemeral ``p`` whose group fits)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port < below:
+            port = int(s.getsockname()[1])
+        group = (port, port + offset, port + 2 * offset)
+        if group[-1] < 65536 and all(p not in spare or claim(p) for p in group):
             return port
-    raise OSError(f"no free ephemeral port below {below}")
+    raise OSError(f"no free port with free, unclaimed +{offset}/+{2 * offset} ports")
 
 
 async def start_replica(args: argparse.Namespace, index: int) -> Any:
@@ -43,7 +55,7 @@ async def start_replica(args: argparse.Namespace, index: int) -> Any:
 
     offset = args.kv_events_offset
     for _ in range(_PORT_TRIES):
-        port = _free_port(65536 - 2 * offset) if offset > 0 else 0
+        port = _replica_port(offset) if offset > 0 else 0
         cfg = ReplicaConfig(
             model=args.model,
             profile=args.profile,
@@ -62,7 +74,8 @@ async def start_replica(args: argparse.Namespace, index: int) -> Any:
             await rep.start()  # binds the HTTP port
             return rep
         except (OSError, zmq.ZMQError):
-            # Another process took one of the three ports between the probe and the bind: next port.
+            # Another process took one of the three first (binding by number, or a port-0 bind in the
+            # fallback): next group.
             if rep is not None:
                 await rep.close()
             if offset <= 0:
