@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,7 +29,14 @@ from kvgate.extproc.cli import _stop_all
 from kvgate.extproc.server import DRAINING
 from kvgate.extproc.testing import Exchange, channel
 
-from .test_epp_drain_serves_open_streams_qa27 import BODY, HEADERS, READY, SSE, _readiness, _server
+from .test_epp_drain_serves_open_streams_qa27 import (
+    BODY,
+    HEADERS,
+    _readiness,
+    _server,
+    kvgate_epp,
+    routed_stream,
+)
 
 GRPC_CORE_SERVER_KEEPALIVE_MS = 7_200_000
 
@@ -153,32 +159,14 @@ async def _stderr_until(stream: asyncio.StreamReader, needle: str, within_s: flo
 
 
 async def test_a_second_signal_during_the_drain_cuts_it() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvgate.cli", "epp", "--host", "127.0.0.1", "--port", "0", "--grpc-health-port",
-        "0", "--metrics-port", "0", "--endpoints", "127.0.0.1:9", "--model", "m", "--plaintext",
-        "--drain-timeout", "300", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        m = READY.search(line)
-        assert m is not None, f"not ready: {line!r}"
-        ch = channel(f"127.0.0.1:{m[1]}")
-        try:
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=300) as ex:
-                assert (await ex.send_request(HEADERS, BODY)).destination == "127.0.0.1:9"
-                await ex.send_response_headers(200, SSE, served="127.0.0.1:9")
-                proc.send_signal(signal.SIGTERM)
-                await _stderr_until(proc.stderr, "draining 1 open stream", 60)
-                proc.send_signal(signal.SIGINT)  # the operator insists
-                with pytest.raises(grpc.aio.AioRpcError):  # cut now, not at the 300 s drain's end
-                    await asyncio.wait_for(ex.read(), 120)
-        finally:
-            await ch.close()
+    async with kvgate_epp("--drain-timeout", "300") as (proc, grpc_port):
+        assert proc.stderr is not None
+        async with routed_stream(grpc_port, rpc_timeout_s=300) as ex:
+            proc.send_signal(signal.SIGTERM)
+            await _stderr_until(proc.stderr, "draining 1 open stream", 60)
+            proc.send_signal(signal.SIGINT)  # the operator insists
+            with pytest.raises(grpc.aio.AioRpcError):  # cut now, not at the 300 s drain's end
+                await asyncio.wait_for(ex.read(), 120)
         assert await asyncio.wait_for(proc.wait(), 120) == 0  # (the rest of the stop ran)
         err = (await proc.stderr.read()).decode()
         assert "the drain cut short (a second signal): 1 stream still open cancelled" in err, err[-2000:]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

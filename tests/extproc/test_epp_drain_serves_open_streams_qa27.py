@@ -14,10 +14,13 @@ stopping, ``--drain-timeout`` an unknown flag (exit 2)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import sys
 import time
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
 
 import aiohttp
 import grpc
@@ -111,31 +114,51 @@ def test_the_drain_timeout_flag() -> None:
 async def test_kvgate_epp_cuts_a_stream_still_open_at_its_drain_timeout_and_says_so() -> None:
     """The flag reaches the process's stop: with ``--drain-timeout 1`` an open stream is cut at the bound,
     the WARNING names the flag, and the EPP exits 0."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kvgate.cli", "epp", "--host", "127.0.0.1", "--port", "0", "--grpc-health-port",
-        "0", "--metrics-port", "0", "--endpoints", "127.0.0.1:9", "--model", "m", "--plaintext",
-        "--drain-timeout", "1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        m = READY.search(line)
-        assert m is not None, f"not ready: {line!r} {(await proc.stderr.read()).decode()[-2000:]}"
-        ch = channel(f"127.0.0.1:{m[1]}")
-        try:
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=60) as ex:
-                assert (await ex.send_request(HEADERS, BODY)).destination == "127.0.0.1:9"
-                await ex.send_response_headers(200, SSE, served="127.0.0.1:9")
-                proc.send_signal(signal.SIGTERM)
-                with pytest.raises(grpc.aio.AioRpcError):  # cut at the drain's end (never answered)
-                    await ex.read()
-        finally:
-            await ch.close()
+    async with kvgate_epp("--drain-timeout", "1") as (proc, grpc_port):
+        async with routed_stream(grpc_port, rpc_timeout_s=60) as ex:
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.aio.AioRpcError):  # cut at the drain's end (never answered)
+                await ex.read()
         assert await asyncio.wait_for(proc.wait(), 60) == 0
         err = (await proc.stderr.read()).decode()
         assert "draining 1 open stream for up to 1s (--drain-timeout)" in err, err[-2000:]
         assert "the drain deadline (1s, --drain-timeout) cuts 1 stream still open" in err, err[-2000:]
+
+
+# --- shared with test_epp_drain_rev_fixes27c.py ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def kvgate_epp(*flags: str) -> AsyncIterator[tuple[Process, int]]:
+    """A ``kvgate epp`` process (its ports bound from 0, one endpoint never dialled, ``flags`` added) once
+    ready, and its ext_proc port; killed at the end if it is still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kvgate.cli", "epp", "--host", "127.0.0.1", "--port", "0", "--grpc-health-port",
+        "0", "--metrics-port", "0", "--endpoints", "127.0.0.1:9", "--model", "m", "--plaintext", *flags,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        if (m := READY.search(line)) is None:
+            proc.kill()  # (its stderr ends with it: read whole, not waited on while it runs)
+            raise AssertionError(f"not ready: {line!r} {(await proc.stderr.read()).decode()[-2000:]}")
+        yield proc, int(m[1])
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def routed_stream(grpc_port: int, rpc_timeout_s: float) -> AsyncIterator[Exchange]:
+    """An ext_proc stream to ``grpc_port`` routed to the one endpoint, its answer's head sent (an answer
+    still streaming); its channel closed at the end."""
+    ch = channel(f"127.0.0.1:{grpc_port}")
+    try:
+        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=rpc_timeout_s) as ex:
+            assert (await ex.send_request(HEADERS, BODY)).destination == "127.0.0.1:9"
+            await ex.send_response_headers(200, SSE, served="127.0.0.1:9")
+            yield ex
+    finally:
+        await ch.close()
