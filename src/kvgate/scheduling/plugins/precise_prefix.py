@@ -45,6 +45,7 @@ from kvgate.scheduling.framework import (
     Scorer,
     publish_cache_expectation,
 )
+from kvgate.scheduling.plugins.precise_llmd import KVGATE_KEYS, llmd_settings
 from kvgate.scheduling.registry import register
 from kvgate.scheduling.tokenize import TokenizerSource
 from kvgate.scheduling.types import InferenceRequest, prompt_tokens
@@ -150,6 +151,8 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         replay_port_offset: int = 0,
         speculative_ttl: float = DEFAULT_SPECULATIVE_TTL,
         speculative_capacity: int | None = None,
+        events_port: int = 0,
+        replay_port: int = 0,
     ) -> None:
         super().__init__(name, handle)
         self.mode: KeyMode = mode
@@ -164,6 +167,9 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         self.events_port_offset = events_port_offset
         self.events_bind = events_bind
         self.replay_port_offset = replay_port_offset
+        # llm-d's podDiscoveryConfig.socketPort / replaySocketPort: one port on every endpoint's host.
+        self.events_port = events_port
+        self.replay_port = replay_port
         self._tokenizer = TokenizerSource(tokenizer)
         self._hashers: dict[int, VLLMBlockHasher] = {}
         if mode == "engine":
@@ -173,6 +179,7 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> PrecisePrefixCacheScorer:
+        llmd = llmd_settings(params)  # (llm-d's nested layout, taken out of params first)
         mode: KeyMode = (
             "tokens"
             if params.get_str("mode", "engine", choices=("engine", "tokens")) == "tokens"
@@ -200,6 +207,14 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
             ),
         )
         params.finish()
+        for setting, (value, where) in llmd.items():
+            own = KVGATE_KEYS[setting]
+            if not params.has(own):
+                kwargs[setting] = value
+            elif setting == "tokenizer":
+                continue  # (a named tokenizer is more precise than the served model's, found locally)
+            elif setting not in kwargs or kwargs[setting] != value:
+                raise ConfigError(f"{where}: {value!r} conflicts with {params.path}.{own}; give one of them")
         try:
             return cls(name, handle, **kwargs)
         except (ValueError, OSError) as e:  # bad hash settings, index mode clash, unreadable tokenizer
@@ -310,6 +325,10 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         host, _, port_s = ep.address.rpartition(":")
         if explicit:
             return explicit, replay
+        if self.events_port > 0:
+            if replay is None and self.replay_port > 0:
+                replay = f"tcp://{host}:{self.replay_port}"
+            return f"tcp://{host}:{self.events_port}", replay
         if self.events_port_offset <= 0 or not port_s.isdigit():
             return None
         port = int(port_s)

@@ -1,0 +1,182 @@
+"""llm-d's ``precise-prefix-cache-scorer`` parameters, read for kvgate's scorer of the same type (cfg28).
+
+llm-d (llm-d-inference-scheduler ``pkg/plugins/scorer/precise_prefix_cache.go``, with llm-d-kv-cache's
+configs) nests them: ``tokenProcessorConfig {blockSize | blockSizeTokens, hashSeed}`` (earlier under
+``indexerConfig``), ``indexerConfig {kvBlockIndexConfig, tokenizersPoolConfig, kvCacheBackendConfigs}``,
+``kvEventsConfig {topicFilter, concurrency, engineType, discoverPods, podDiscoveryConfig {socketPort,
+replaySocketPort, podLabelSelector, podNamespace}, zmqEndpoint}``, ``speculativeIndexing``. Each is taken
+as the kvgate setting that does the same (the block size in tokens, the hash seed, the events port, the
+tokenizer, the speculative credit), a setting that changes nothing kvgate does is accepted, one kvgate
+cannot do is a ConfigError naming the key, and one it does differently is one WARNING line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kvgate.scheduling.framework import ConfigError, Params
+
+# kvgate's own key for each setting the llm-d layout can give (a conflict names both).
+KVGATE_KEYS = {
+    "block_size": "blockSize",
+    "hash_seed": "hashSeed",
+    "events_port": "eventsPortOffset",
+    "replay_port": "replayPortOffset",
+    "tokenizer": "tokenizer",
+    "speculative_ttl": "speculativeTTL",
+}
+LAYOUT_KEYS = ("tokenProcessorConfig", "indexerConfig", "kvEventsConfig", "speculativeIndexing")
+# llm-d-kv-cache's in-memory index settings and metrics: kvgate's index is bounded by its own
+# capacityPerEndpoint; its metrics are always on.
+_INDEX_SILENT = ("enableMetrics", "metricsLoggingInterval")
+_INDEX_WARNED = ("inMemoryConfig", "costAwareMemoryConfig")
+_INDEX_REFUSED = ("redisConfig", "valkeyConfig")  # an external index kvgate does not have
+_INDEXER_KEYS = (
+    "tokenProcessorConfig",
+    "kvBlockIndexConfig",
+    "tokenizersPoolConfig",
+    "kvCacheBackendConfigs",
+    "prefixStoreConfig",
+)
+DEFAULT_SOCKET_PORT = 5557  # llm-d-kv-cache's podDiscoveryConfig default
+
+
+def _finish(p: Params, known: tuple[str, ...]) -> None:
+    """``Params.finish`` for a mapping whose keys were taken out (popped) rather than read."""
+    if unknown := sorted(set(p.raw)):
+        raise ConfigError(f"{p.path}.{unknown[0]}: unknown parameter (known: {sorted(known)})")
+
+
+def _nested(params: Params, raw: Any, key: str) -> Params:
+    path = f"{params.path}.{key}"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: must be a mapping, got {type(raw).__name__}")
+    return Params(raw, path)
+
+
+def _token_processor(tp: Params, out: dict[str, tuple[Any, str]]) -> None:
+    """``{blockSize, blockSizeTokens, hashSeed}``: both in tokens (llm-d-router renamed ``blockSize``);
+    0 is unset."""
+    tokens = tp.get_int("blockSizeTokens", 0, min=0)
+    legacy = tp.get_int("blockSize", 0, min=0)
+    seed = tp.get_str("hashSeed", "")
+    tp.finish()
+    if tokens or legacy:
+        key = "blockSizeTokens" if tokens else "blockSize"
+        _put(out, "block_size", tokens or legacy, f"{tp.path}.{key}")
+    if "hashSeed" in tp.raw:
+        _put(out, "hash_seed", seed or None, f"{tp.path}.hashSeed")
+
+
+def _put(out: dict[str, tuple[Any, str]], name: str, value: Any, path: str) -> None:
+    if name in out and out[name][0] != value:
+        raise ConfigError(f"{path}: {value!r} conflicts with {out[name][1]} ({out[name][0]!r})")
+    out[name] = (value, path)
+
+
+def llmd_settings(params: Params) -> dict[str, tuple[Any, str]]:
+    """Take llm-d's nested keys out of ``params`` (so ``finish`` does not see them); the kvgate settings
+    they give, each with the path of the key that gave it."""
+    out: dict[str, tuple[Any, str]] = {}
+    raw = {k: params.raw.pop(k) for k in LAYOUT_KEYS if params.raw.get(k) is not None}
+    if "tokenProcessorConfig" in raw:
+        _token_processor(_nested(params, raw["tokenProcessorConfig"], "tokenProcessorConfig"), out)
+    if "indexerConfig" in raw:
+        _indexer(params, _nested(params, raw["indexerConfig"], "indexerConfig"), out)
+    if "kvEventsConfig" in raw:
+        _kv_events(params, _nested(params, raw["kvEventsConfig"], "kvEventsConfig"), out)
+    if "speculativeIndexing" in raw:
+        on = raw["speculativeIndexing"]
+        if not isinstance(on, bool):
+            raise ConfigError(f"{params.path}.speculativeIndexing: must be true or false, got {on!r}")
+        if not on:  # (true: kvgate's dispatch-time credit, speculativeTTL's)
+            _put(out, "speculative_ttl", 0.0, f"{params.path}.speculativeIndexing")
+    return out
+
+
+def _indexer(params: Params, idx: Params, out: dict[str, tuple[Any, str]]) -> None:
+    tp = idx.raw.pop("tokenProcessorConfig", None)  # (llm-d-kv-cache's earlier placement)
+    if tp is not None:
+        _token_processor(_nested(idx, tp, "tokenProcessorConfig"), out)
+    block = idx.raw.pop("kvBlockIndexConfig", None)
+    if block is not None:
+        kb = _nested(idx, block, "kvBlockIndexConfig")
+        for key in _INDEX_REFUSED:
+            if kb.raw.get(key) is not None:
+                raise ConfigError(
+                    f"{kb.path}.{key}: not supported: kvgate's block index is in memory, in the gateway "
+                    "(capacityPerEndpoint bounds it)"
+                )
+            kb.raw.pop(key, None)
+        warned = [k for k in _INDEX_WARNED if kb.raw.pop(k, None) is not None]
+        for key in _INDEX_SILENT:
+            kb.raw.pop(key, None)
+        _finish(kb, (*_INDEX_SILENT, *_INDEX_WARNED, *_INDEX_REFUSED))
+        if warned:
+            params.warn(
+                f"indexerConfig.kvBlockIndexConfig.{warned[0]}",
+                "not applied: kvgate's index keeps capacityPerEndpoint blocks per endpoint",
+            )
+    pool = idx.raw.pop("tokenizersPoolConfig", None)
+    if pool is not None:
+        tok = _nested(idx, pool, "tokenizersPoolConfig")
+        model = tok.get_str("modelName", "")
+        # (workers, caches, the HF token, UDS/local backends: how llm-d loads the same tokenizer)
+        tok.raw.clear()
+        if model:
+            _put(out, "tokenizer", "auto", f"{tok.path}.modelName")
+            params.warn(
+                "indexerConfig.tokenizersPoolConfig.modelName",
+                f"read as tokenizer: auto (the served model's own tokenizer, found locally; {model!r} is "
+                "not downloaded), unless tokenizer is set",
+            )
+    if idx.raw.pop("kvCacheBackendConfigs", None) is not None:
+        params.warn(
+            "indexerConfig.kvCacheBackendConfigs",
+            "not applied: kvgate scores the blocks each engine reports, one tier",
+        )
+    idx.raw.pop("prefixStoreConfig", None)  # (llm-d-kv-cache's earlier token cache: kvgate has its own)
+    _finish(idx, _INDEXER_KEYS)
+
+
+def _kv_events(params: Params, ev: Params, out: dict[str, tuple[Any, str]]) -> None:
+    if ev.raw.get("zmqEndpoint"):
+        raise ConfigError(
+            f"{ev.path}.zmqEndpoint: not supported: kvgate subscribes to each endpoint's own events "
+            "(podDiscoveryConfig.socketPort, eventsPortOffset or the kvgate.io/kv-events label)"
+        )
+    ev.raw.pop("zmqEndpoint", None)
+    engine = ev.get_str("engineType", "vllm")
+    if engine != "vllm":
+        raise ConfigError(
+            f"{ev.path}.engineType: not supported: kvgate reads vLLM's KV events, got {engine!r}"
+        )
+    topic = ev.get_str("topicFilter", "kv@")
+    ev.get_int("concurrency", 4, min=1)  # (kvgate's intake is its own)
+    ev.get_bool("tracing", False)
+    discover = ev.get_bool("discoverPods", True)  # (llm-d-kv-cache's default)
+    pod = ev.raw.pop("podDiscoveryConfig", None)
+    ev.finish()
+    if topic not in ("", "kv@"):
+        params.warn("kvEventsConfig.topicFilter", f"not applied: kvgate reads every topic, not {topic!r}")
+    port, replay = DEFAULT_SOCKET_PORT, 0
+    if pod is not None:
+        pd = _nested(ev, pod, "podDiscoveryConfig")
+        port = pd.get_int("socketPort", DEFAULT_SOCKET_PORT, min=1, max=65535)
+        replay = pd.get_int("replaySocketPort", 0, min=0, max=65535)
+        pod_engine = pd.get_str("engineType", "vllm")
+        if pod_engine != "vllm":
+            raise ConfigError(f"{pd.path}.engineType: not supported: kvgate reads vLLM's KV events")
+        picked = [k for k in ("podLabelSelector", "podNamespace") if pd.get_str(k, "")]
+        pd.finish()
+        if picked:
+            params.warn(
+                f"kvEventsConfig.podDiscoveryConfig.{picked[0]}",
+                "not applied: kvgate subscribes to the pool's own endpoints",
+            )
+    if discover:
+        where = f"{ev.path}.podDiscoveryConfig.socketPort" if pod is not None else f"{ev.path}.discoverPods"
+        _put(out, "events_port", port, where)
+        if replay:
+            _put(out, "replay_port", replay, f"{ev.path}.podDiscoveryConfig.replaySocketPort")
