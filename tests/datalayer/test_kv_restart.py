@@ -18,6 +18,7 @@ import zmq.asyncio
 from prometheus_client import REGISTRY
 
 from datalayer.test_kvevents import FakeVLLMPublisher, _connected, _until, batch, stored_map
+from kvgate.bench.ports import free_port
 from kvgate.datalayer.kvevents import BlockIndex, KVEventsManager, KVEventSubscriber
 from kvgate.datalayer.kvsubscriber import RestartBackoff
 
@@ -195,9 +196,7 @@ async def test_a_restart_that_cannot_bind_yet_is_tried_again():
     """Bind mode (vLLM connects to us): the restarted socket's bind can meet the address still held (ZMQ
     frees a closed socket's port later, on its I/O thread). That ends as a failed socket does, and the
     manager tries again after the next back-off; before, the task ended on the exception, never retried."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # (spare and claimed: no other process binds it between this test's binds)
     address = f"tcp://127.0.0.1:{port}"
     gate = [asyncio.Event(), asyncio.Event()]
     delays: list[float] = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +16,7 @@ import zmq.asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvgate.bench.ports import free_port
 from kvgate.datalayer.kvevents import (
     TOKENS_SEED,
     AllBlocksCleared,
@@ -638,11 +638,9 @@ async def test_zmq_subscriber_without_replay_resyncs_on_gap():
 async def test_bind_mode_receives_from_a_connecting_publisher():
     """vLLM with a concrete ``tcp://host:port`` endpoint connects its PUB; the subscriber binds."""
     ctx = zmq.asyncio.Context.instance()
-    # A free ephemeral port for the subscriber to bind. A plain socket releases it on close(); a ZMQ
-    # socket releases it later, on its I/O thread, which made the bind below race ("already in use").
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    # A port for the subscriber to bind by number: a spare one, claimed (kvgate.bench.ports), so no other
+    # process's port-0 bind or free_port gets it before the bind below (a port-0 probe closed left it free).
+    port = free_port()
     idx = BlockIndex()
     mgr = KVEventsManager(idx)
     pub = ctx.socket(zmq.PUB)
