@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 import orjson
 
 from kvgate import lifeline
+from kvgate.bench.ports import free_port
 from kvgate.entry import ArgumentParser, prog
 
 SMALL = 1_000  # bytes of prompt text
@@ -42,9 +42,9 @@ METRICS_BODY = "vllm:num_requests_waiting 0\nvllm:num_requests_running 1\nvllm:k
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port for a helper process to bind by number: spare and claimed (``kvgate.bench.ports``), not a
+    port-0 probe's, which another process's port-0 bind could take before the helper binds it."""
+    return free_port()
 
 
 # ---- helper processes ---------------------------------------------------------------------------
