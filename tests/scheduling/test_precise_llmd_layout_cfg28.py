@@ -9,6 +9,7 @@ unknown parameter)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +21,10 @@ from kvgate.config.director import build_director
 from kvgate.config.picker import load_config, parse_config
 from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.scheduling.framework import ConfigError
+from kvgate.scheduling.plugins import precise_prefix
 from kvgate.scheduling.plugins.precise_prefix import DEFAULT_SPECULATIVE_TTL, PrecisePrefixCacheScorer
+
+INDEX = "cfg28"
 
 HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
 # As llm-d's precise-prefix-cache guide writes it (llm-d-inference-scheduler's scorer parameters).
@@ -28,6 +32,7 @@ LLMD = """\
 plugins:
 - type: precise-prefix-cache-scorer
   parameters:
+    indexName: cfg28
     tokenProcessorConfig:
       blockSize: 64
       hashSeed: "42"
@@ -54,6 +59,14 @@ schedulingProfiles:
 """
 
 
+@pytest.fixture(autouse=True)
+def _own_index() -> Iterator[None]:
+    """Every scorer here on its own index (``indexName: cfg28``), dropped after: another test's
+    ``default`` index, in another key mode, would clash."""
+    yield
+    precise_prefix._INDEXES.pop(INDEX, None)
+
+
 def _scorer(text: str) -> PrecisePrefixCacheScorer:
     store = EndpointStore([make_endpoint("10.0.0.5:8000")])
     director = build_director(load_config(HEAD + text), store, clock=lambda: 0.0, seed=0)
@@ -75,17 +88,17 @@ def test_an_llmd_precise_config_loads_as_written(caplog: pytest.LogCaptureFixtur
 
 
 def test_kvgates_own_blocksize_stays_an_alias_and_the_newer_names_read_the_same() -> None:
-    own = "plugins:\n- type: precise-prefix-cache-scorer\n  parameters: {blockSize: 32}\n"
+    own = "plugins:\n- type: precise-prefix-cache-scorer\n  parameters: {blockSize: 32, indexName: cfg28}\n"
     assert _scorer(own).default_block_size == 32
     newest = (
-        "plugins:\n- type: precise-prefix-cache-scorer\n  parameters:\n"
+        "plugins:\n- type: precise-prefix-cache-scorer\n  parameters:\n    indexName: cfg28\n"
         "    tokenProcessorConfig: {blockSizeTokens: 128, blockSize: 64}\n"  # (the newer name wins)
         "    speculativeIndexing: false\n"
     )
     scorer = _scorer(newest)
     assert (scorer.default_block_size, scorer.speculative_ttl) == (128, 0.0)
     older = (
-        "plugins:\n- type: precise-prefix-cache-scorer\n  parameters:\n"
+        "plugins:\n- type: precise-prefix-cache-scorer\n  parameters:\n    indexName: cfg28\n"
         "    blockSize: 48\n    indexerConfig: {tokenProcessorConfig: {blockSize: 48}}\n"
     )
     assert _scorer(older).default_block_size == 48  # (the same value twice: no conflict)
@@ -93,7 +106,9 @@ def test_kvgates_own_blocksize_stays_an_alias_and_the_newer_names_read_the_same(
 
 
 def _doc(parameters: str) -> str:
-    return HEAD + f"plugins:\n- type: precise-prefix-cache-scorer\n  parameters: {parameters}\n"
+    # (``indexName`` added as a key of the flow mapping ``parameters``)
+    with_index = "{indexName: cfg28, " + parameters[1:] if parameters != "{}" else "{indexName: cfg28}"
+    return HEAD + f"plugins:\n- type: precise-prefix-cache-scorer\n  parameters: {with_index}\n"
 
 
 P = "plugins[0].parameters"
@@ -163,7 +178,7 @@ def test_fuzzed_llmd_parameters_load_or_name_a_key(params: dict[str, Any]) -> No
     """Any nesting of llm-d's (and kvgate's) keys either loads or fails with a ConfigError naming a key
     under the scorer's parameters: never another exception, and never left silently unread."""
     doc = yaml.safe_load(_doc("{}"))
-    doc["plugins"][0]["parameters"] = params
+    doc["plugins"][0]["parameters"] = {**params, "indexName": INDEX}
     try:
         parse_config(doc, announce=False)
     except ConfigError as e:
