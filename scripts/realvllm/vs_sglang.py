@@ -210,6 +210,38 @@ def sched_ms(pids: list[int], main_only: bool = False) -> tuple[float, float]:
     return run / 1e6, wait / 1e6
 
 
+def thread_sched(pids: list[int]) -> dict[str, tuple[float, float]]:
+    """Per thread name (``comm``: ``python``'s main thread, ``ZMQbg/IO/0``, a tokenizer pool's
+    ``tokio-runtime-w``...), (ms on a CPU, ms waiting for one) summed over the threads of ``pids`` with
+    that name, from /proc/<pid>/task/<tid>/{comm,schedstat}: which of a router's threads work and wait,
+    not only how much all of them do (``sched_ms``). A process's main thread is named ``main``."""
+    out: dict[str, tuple[float, float]] = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                comm = "main" if task.name == str(pid) else (task / "comm").read_text().strip()
+                a, b, _ = (task / "schedstat").read_text().split()
+            except (OSError, ValueError):
+                continue
+            r, w = out.get(comm, (0.0, 0.0))
+            out[comm] = (r + int(a) / 1e6, w + int(b) / 1e6)
+    return out
+
+
+def thread_delta(
+    a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]
+) -> dict[str, list[float]]:
+    """``thread_sched`` b - a per thread name ([run ms, wait ms], each clamped at 0: a thread that ended
+    drops out of b), names with neither moving left out."""
+    out = {}
+    for comm, (r1, w1) in b.items():
+        r0, w0 = a.get(comm, (0.0, 0.0))
+        d = [round(max(0.0, r1 - r0), 3), round(max(0.0, w1 - w0), 3)]
+        if d[0] or d[1]:
+            out[comm] = d
+    return out
+
+
 def scrape_cost(server: Any, n: int = 100) -> None:
     """The API server's CPU per GET: the whole /metrics page, kvgate's filtered scrape, /health."""
     pid = server.proc.pid if server.proc is not None else None
@@ -327,13 +359,19 @@ def run(
     # And each server's whole process group apart ("server0", "server1": API server, engine core, workers),
     # so a request's wait for a core can be told apart by server (the one that served it or the other).
     watch.update({f"server{i}": (group_pids(p), False) for i, p in enumerate(apis)})
+    # Per thread name, over the pass: the router's threads and each server's (API server, engine core,
+    # workers); per request, the router's (``threads``: which of its threads work and wait then).
+    groups = {"router": router, **{f"server{i}": group_pids(p) for i, p in enumerate(apis)}}
+    pass0 = {k: thread_sched(v) for k, v in groups.items()}
     for p in prompts:
         time.sleep(gap)
+        t0 = thread_sched(router)
         s0 = {k: sched_ms(*v) for k, v in watch.items()}
         rec = timed(target(name, base, urls, p, prompts), p)
         for k, v in watch.items():
             (r0, w0), (r1, w1) = s0[k], sched_ms(*v)
             rec[f"{k}_run_ms"], rec[f"{k}_wait_ms"] = max(0.0, r1 - r0), max(0.0, w1 - w0)
+        rec["threads"] = thread_delta(t0, thread_sched(router))  # type: ignore[assignment]
         now = counters(servers)
         rec.update(placed(seen, now))
         seen = now
@@ -341,6 +379,7 @@ def run(
         if len(records) % 10 == 0 or len(records) == len(prompts):
             print(progress(name, len(records), len(prompts), records), file=sys.stderr, flush=True)
     times = [r["c_first"] - r["send"] for r in records]
+    threads = {k: thread_delta(pass0[k], thread_sched(v)) for k, v in groups.items()}
     cpu1 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids)]
     cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
     texts = [s.metrics_text() for s in servers]
@@ -369,6 +408,11 @@ def run(
     api, whole = [round(c, 2) for c in cpu[1 : 1 + n]], [round(c, 2) for c in cpu[1 + n :]]
     print(f"    CPU during the pass: router {cpu[0]:.2f} s, vLLM API servers {api} s, servers {whole} s",
           flush=True)  # fmt: skip
+    for k, per in threads.items():
+        top = sorted(per.items(), key=lambda kv: -kv[1][0] - kv[1][1])[:6]
+        print(f"    threads, {k} (run / wait for a core, ms over the pass): "
+              + ", ".join(f"{c} {r:.0f} / {w:.0f}" for c, (r, w) in top), flush=True)  # fmt: skip
+    res["threads"] = threads
     res["autogroups"] = {"router": autogroup(router_pid), "client": autogroup(os.getpid())}
     res["router_cpu_s"] = cpu[0]
     res["api_cpu_s"] = sum(cpu[1 : 1 + n])
