@@ -75,10 +75,44 @@ def main() -> int:
             load = f"load {p['load_start']:.1f}-{p['load_end']:.1f} "
             print(fmt(name, p["records"], f"  pass {i} {load}"))
             pooled.setdefault(name, []).extend(p["records"])
+        both(doc)
     print("all passes (ms per request)")
     for name, rs in pooled.items():
         print(fmt(name, rs, "  "))
     return 0
+
+
+AUTO, OFF = "kvgate (default, --kv-events auto)", "kvgate (--kv-events off)"
+
+
+def hit(r: dict[str, Any]) -> bool:
+    return r["server"] >= 0 and r["hit_tokens"] >= 0.5 * r["prompt_tokens"]
+
+
+def both(doc: dict[str, Any]) -> None:
+    """kvgate with and without KV events, pass i beside pass i, the requests both hit (ms, auto / off)."""
+    auto, off = doc["passes"].get(AUTO, []), doc["passes"].get(OFF, [])
+    for i, (a, o) in enumerate(zip(auto, off, strict=False)):
+        pairs = [(x, y) for x, y in zip(a["records"], o["records"], strict=True) if hit(x) and hit(y)]
+        if not pairs:
+            continue
+
+        def two(f: Any, pairs: list[tuple[dict[str, Any], dict[str, Any]]] = pairs) -> str:
+            return " / ".join(f"{statistics.fmean(f(r[k]) for r in pairs):.2f}" for k in (0, 1))
+
+        def zmq(k: int, pairs: list[tuple[dict[str, Any], dict[str, Any]]] = pairs) -> float:
+            return statistics.fmean(x.get("threads", {}).get("ZMQbg/IO/0", [0.0, 0.0])[k] for x, _ in pairs)
+
+        print(
+            f"  pass {i}, auto / off (load {a['load_start']:.1f}-{a['load_end']:.1f} / "
+            f"{o['load_start']:.1f}-{o['load_end']:.1f}), {len(pairs)} requests both hit: TTFT "
+            + two(lambda r: 1000 * (r["c_first"] - r["send"]))
+            + ", vLLM's TTFT " + two(lambda r: r.get("v_ttft_ms", 0.0))
+            + ", outside vLLM " + two(lambda r: 1000 * (r["c_first"] - r["send"]) - r.get("v_ttft_ms", 0.0))
+            + ", event loop run " + two(lambda r: r.get("loop_run_ms", 0.0))
+            + ", its wait " + two(lambda r: r.get("loop_wait_ms", 0.0))
+            + f"; auto's ZMQ I/O thread run / wait {zmq(0):.2f} / {zmq(1):.2f}"
+        )  # fmt: skip
 
 
 def _matches(key: str, name: str) -> bool:
