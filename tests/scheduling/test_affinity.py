@@ -7,7 +7,7 @@ from collections import Counter
 from kvgate.config.director import build_director
 from kvgate.datalayer.store import EndpointStore
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheAffinityFilter, PrefixCacheScorer
-from kvgate.scheduling.plugins.session import SessionAffinityScorer
+from kvgate.scheduling.plugins.session import SessionAffinityScorer, session_digest
 from kvgate.scheduling.types import InferenceRequest
 
 from .helpers import cycle, ep, fleet, handle
@@ -22,7 +22,7 @@ def test_session_affinity_scorer_and_bound() -> None:
     assert s.score(cycle(), eps) == [0.0, 0.0]
     s.on_picked(cycle(session_key="u2"), eps[0])
     s.on_picked(cycle(session_key="u3"), eps[0])
-    assert "u1" not in s.sessions and len(s.sessions) == 2
+    assert session_digest("u1") not in s.sessions and len(s.sessions) == 2
 
 
 def test_session_affinity_in_a_profile() -> None:
