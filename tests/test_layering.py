@@ -8,7 +8,10 @@ package outside the importing package's row fails the test, naming file, line an
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,6 +97,26 @@ def test_scheduling_imports_neither_config_nor_flow_control() -> None:
     table = dependency_table(DOC.read_text())
     assert not table["scheduling"] & {"config", "flowcontrol", "requestcontrol", "openai"}
     assert "scheduling" not in table["datalayer"]
+
+
+# Importing every scheduling module must load no HTTP client: the table lets scheduling import datalayer,
+# but not its scraper (aiohttp, the page client) (review s28-rev-cfg28 F3: wiring.py imported the scraper
+# for ``ScrapeSource``; now ``datalayer.scrape_source``; fails on ca67a4cb).
+_NO_HTTP_PROBE = (
+    "import importlib, pkgutil, sys\n"
+    "import kvgate.scheduling as s\n"
+    "for m in pkgutil.walk_packages(s.__path__, 'kvgate.scheduling.'):\n"
+    "    importlib.import_module(m.name)\n"
+    "print(sorted(m for m in ('aiohttp', 'kvgate.datalayer.scraper', 'kvgate.datalayer.pageclient', "
+    "'kvgate.config') if m in sys.modules))\n"
+)
+
+
+def test_the_scheduling_modules_load_no_http_client() -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
+    probe = [sys.executable, "-c", _NO_HTTP_PROBE]
+    out = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_the_table_has_no_cycles() -> None:

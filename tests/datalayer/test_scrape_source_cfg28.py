@@ -127,7 +127,7 @@ async def test_https_with_insecure_skip_verify_reads_a_self_signed_server(tmp_pa
     ("parameters", "error"),
     [
         ("{path: metrics}", "plugins[0].parameters.path: must start with '/'"),
-        ("{port: 70000}", "plugins[0].parameters.port: must be in [0, 65535]"),
+        ("{port: 70000}", "plugins[0].parameters.port: must be in [1, 65535]"),
         ("{interval: soon}", "plugins[0].parameters.interval: must be a duration"),
         ("{insecureSkipVerify: false, caCertPath: /nonexistent/ca.pem}", "plugins[0].parameters.caCertPath:"),
         ("{clientCertPath: /x.pem}", "plugins[0].parameters.clientKeyPath: required with clientCertPath"),

@@ -7,6 +7,7 @@ found by their registered type names, so nothing here names a plugin module eith
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from typing import Any
 
 from kvgate.config.picker import EndpointPickerConfig, instantiate, load_config, parse_config
 from kvgate.config.policies import POLICIES, policy_config
-from kvgate.datalayer.scraper import ScrapeSource
+from kvgate.datalayer.scrape_source import ScrapeSource
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol import config as flow_config
 from kvgate.flowcontrol.controller import FlowController
@@ -25,6 +26,8 @@ from kvgate.requestcontrol.director import Director
 from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Filter, Picker, PluginHandle, ProfileHandler
 from kvgate.scheduling.profile import SchedulerProfile
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PICKER = "max-score-picker"
 DEFAULT_PROFILE_HANDLER = "single-profile-handler"
@@ -121,15 +124,39 @@ def build_director(
         flow = FlowController(fc, FlowMetrics(flow_metrics, pool=pool))
         # The pool's saturation gauge (the reference's): the detector's score over the pool at the scrape.
         flow.metrics.watch_saturation(_saturation(detector, store, clock))
+    _check_interval(_source_of(handle.plugins), detector)
     return Director(
         profiles, handler, store, handle, detector=detector, flow=flow, timer=timer, name=cfg.name
     )
 
 
+def _check_interval(src: ScrapeSource | None, detector: SaturationDetector | None) -> None:
+    """One WARNING naming the key where the data source's ``interval`` leaves the detector's metrics stale
+    between scrapes (review s28-rev-cfg28 F9): past its ``scrape_bound`` it counts an endpoint saturated,
+    so sheddable requests are refused and flow control holds. kvgate's own cadence keeps under half the
+    bound (``datalayer.scraper.quiet_interval_for``); the reference accepts any interval, so this warns."""
+    if src is None or src.interval is None or detector is None:
+        return
+    bound = detector.scrape_bound()
+    if src.interval > bound / 2:
+        log.warning(
+            "%s.interval: %g s is more than half of what the pool's saturation detector (%s) bridges "
+            "(%g s): its metrics go stale between scrapes and it counts the endpoints saturated (sheddable "
+            "requests refused, flow control holding); the reference's interval is 50ms",
+            src.origin or "metrics-data-source.parameters",
+            src.interval,
+            detector.type_name,
+            bound,
+        )
+
+
 def metrics_source(director: Any) -> ScrapeSource | None:
     """The scrape settings of ``director``'s config (its ``metrics-data-source``; None: none declared, or
     not a ``Director``), for the scraper of the pool it serves (``MetricsScraper``'s ``source``)."""
-    plugins = getattr(getattr(director, "handle", None), "plugins", None) or {}
+    return _source_of(getattr(getattr(director, "handle", None), "plugins", None) or {})
+
+
+def _source_of(plugins: Mapping[str, Any]) -> ScrapeSource | None:
     found = (getattr(p, "source", None) for p in plugins.values())
     return next((s for s in found if isinstance(s, ScrapeSource)), None)
 

@@ -37,9 +37,11 @@ caller hands in its own aiohttp ``session``.
 
 Where to scrape: ``<scheme>://<endpoint><path>``, the scraper's own settings (``--scrape-scheme``, a
 pool's ``https://`` endpoints) unless the picker config's ``metrics-data-source`` sets them: ``source``
-(``ScrapeSource``, or a function returning the pool's current one, asked at each scrape so a reloaded
+(``ScrapeSource``, or a function returning the pool's current one, asked once per scrape so a reloaded
 config's path takes effect at the next) carries the reference's ``scheme``, ``path``, ``port``,
-``interval`` and TLS keys (``insecureSkipVerify``, ``caCertPath``, ``clientCertPath``/``clientKeyPath``).
+``interval`` and TLS keys (``insecureSkipVerify``, ``caCertPath``, ``clientCertPath``/``clientKeyPath``),
+met with the scraper's own as ``scrape_source.resolve`` says (a source's ``http`` never turns an https
+pool's scrape into plain http, nor ``https`` alone drop its verification).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from kvgate.aio import cancel_all_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import METRICS_STALENESS_S, Endpoint, EndpointMetrics
 from kvgate.datalayer.mappings import extract, filter_query, mapping_for, page_has_signals
 from kvgate.datalayer.pageclient import PageClient, PageError
+from kvgate.datalayer.scrape_source import ScrapeSource, resolve
 from kvgate.datalayer.store import EndpointStore, StoreChange
 
 log = logging.getLogger(__name__)
@@ -94,27 +97,11 @@ def quiet_interval_for(interval: float, bound: float | None = None) -> float:
     return max(interval, min(QUIET_S, bound / 2))
 
 
-@dataclass(frozen=True, slots=True)
-class ScrapeSource:
-    """What a config's ``metrics-data-source`` asks of the scraper; None: not set there, the scraper's own.
-    ``tls``: for ``https``, the context its TLS keys build (``source_tls``; None: the scraper's own)."""
-
-    scheme: str | None = None
-    path: str | None = None
-    port: int | None = None  # the reference's port override: every endpoint scraped on this port
-    tls: ssl.SSLContext | None = None
-    interval: float | None = None
+class _Ask:
+    """``target``/``next_interval``'s "look the source up now" (None is "no source")."""
 
 
-def source_tls(insecure_skip_verify: bool, ca_cert_path: str = "") -> ssl.SSLContext:
-    """The reference data source's server verification as a client context (its ``tlsClientConfig``):
-    none with ``insecure_skip_verify``, else against ``ca_cert_path`` (the system's CAs when empty). A
-    client certificate for mTLS is the caller's ``load_cert_chain``. An unreadable CA file raises OSError."""
-    ctx = ssl.create_default_context(cafile=None if insecure_skip_verify else (ca_cert_path or None))
-    if insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+_ASK = _Ask()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +174,9 @@ class MetricsScraper:
         self._sleep = sleep
         self.scheme = scheme
         self.tls = tls
+        self._system_tls: ssl.SSLContext | None = None  # https with no context given: the system's CAs
+        # Sources whose ``scheme: http`` this scraper's https overrode, warned of once each (by origin).
+        self._scheme_warned: set[str] = set()
         self.max_bytes = max_bytes
         self.interval = interval
         # ``quiet_bound``: the pool's ``Director.scrape_bound()`` (None: not told, ``quiet_interval_for``),
@@ -281,45 +271,62 @@ class MetricsScraper:
         loop = asyncio.get_running_loop()
         while self._running:
             started = loop.time()
-            await self.scrape(ep)
+            src = self.source()  # once per scrape (each lookup walks the pool's plugins)
+            await self._scrape(ep, src)
             # Fixed cadence from the start of each scrape; never busy-loop on a slow server.
-            pause = self.next_interval(ep) - (loop.time() - started)
-            await self._sleep(max(pause, self.busy_interval * 0.1))
+            pause = self.next_interval(ep, src) - (loop.time() - started)
+            await self._sleep(max(pause, self._busy(src) * 0.1))
 
     def source(self) -> ScrapeSource | None:
         """The config's metrics-data-source settings now (None: none given)."""
         return self._source() if callable(self._source) else self._source
 
-    @property
-    def busy_interval(self) -> float:
-        """``interval``, or the config data source's ``interval`` where it sets one."""
-        src = self.source()
+    def _busy(self, src: ScrapeSource | None) -> float:
         return src.interval if src is not None and src.interval is not None else self.interval
 
-    @property
-    def quiet_interval(self) -> float:
+    def _quiet(self, src: ScrapeSource | None) -> float:
         if self._quiet_fixed is not None:
             return self._quiet_fixed
         bound = self._quiet_bound() if callable(self._quiet_bound) else self._quiet_bound
-        return quiet_interval_for(self.busy_interval, bound)
+        return quiet_interval_for(self._busy(src), bound)
 
-    def next_interval(self, ep: Endpoint) -> float:
-        """How long after this scrape's start the next one starts (module docstring, "Cadence")."""
-        return self.quiet_interval if self.explained(ep) else self.busy_interval
+    @property
+    def busy_interval(self) -> float:
+        """``interval``, or the config data source's ``interval`` where it sets one."""
+        return self._busy(self.source())
 
-    def target(self, ep: Endpoint) -> _Target:
+    @property
+    def quiet_interval(self) -> float:
+        return self._quiet(self.source())
+
+    def next_interval(self, ep: Endpoint, src: ScrapeSource | _Ask | None = _ASK) -> float:
+        """How long after this scrape's start the next one starts (module docstring, "Cadence");
+        ``src``: the source already looked up for this scrape (else looked up now)."""
+        if isinstance(src, _Ask):
+            src = self.source()
+        return self._quiet(src) if self.explained(ep) else self._busy(src)
+
+    def target(self, ep: Endpoint, src: ScrapeSource | _Ask | None = _ASK) -> _Target:
         """Where ``ep``'s page is read now: the scraper's scheme, TLS and path unless the config's
-        metrics-data-source sets them (its ``port`` replaces the endpoint's)."""
-        src = self.source()
+        metrics-data-source sets them (``scrape_source.resolve``; its ``port`` replaces the endpoint's)."""
+        if isinstance(src, _Ask):
+            src = self.source()
         if src is None:
             return _Target(ep.address, self.scheme, self.tls, self.path)
         address = ep.address
         if src.port is not None:
             host, _, _ = address.rpartition(":")
             address = f"{host or address}:{src.port}"
-        scheme = src.scheme or self.scheme
-        tls = src.tls if src.tls is not None else self.tls
-        return _Target(address, scheme, tls, src.path or self.path)
+        r = resolve(src, self.scheme, self.tls, self.path)
+        if r.scheme_overridden and src.origin not in self._scheme_warned:
+            self._scheme_warned.add(src.origin)
+            log.warning(
+                "%s.scheme: 'http' not applied: this pool's endpoints are scraped over https "
+                "(https:// endpoints or --scrape-scheme https), verified as the pool says (its caFile / "
+                "--scrape-ca); set scheme: https or leave it out",
+                src.origin or "metrics-data-source",
+            )
+        return _Target(address, r.scheme, r.tls, r.path)
 
     @staticmethod
     def explained(ep: Endpoint) -> bool:
@@ -333,6 +340,9 @@ class MetricsScraper:
 
     async def scrape(self, ep: Endpoint) -> bool:
         """Scrape one endpoint now; True when its metrics were updated."""
+        return await self._scrape(ep, self.source())
+
+    async def _scrape(self, ep: Endpoint, src: ScrapeSource | None) -> bool:
         stats = self.stats.setdefault(ep.address, ScrapeStats())
         inf = ep.inflight
         # This gateway's own load, all of it before the GET (the page is the server's state at some
@@ -343,7 +353,7 @@ class MetricsScraper:
             mapping_for(ep.engine)
             query = filter_query(ep.engine)
             text = None
-            to = self.target(ep)
+            to = self.target(ep, src)
             if query is not None and self._filter_now(ep.address):
                 text = await self._get(ep, to, f"{to.path.rstrip('/')}/?{query}", no_filter_is_none=True)
                 if text is None or not page_has_signals(text, ep.engine):
@@ -454,8 +464,9 @@ class MetricsScraper:
         tls = None
         if to.scheme == "https":
             if to.tls is None:  # the system's CAs, as aiohttp's ssl=True; loaded once
-                self.tls = ssl.create_default_context()
-                to = replace(to, tls=self.tls)
+                if self._system_tls is None:
+                    self._system_tls = ssl.create_default_context()
+                to = replace(to, tls=self._system_tls)
             tls = to.tls
         key = (to.address, to.scheme, id(tls))
         if addr in self._clients and self._client_keys.get(addr) != key:

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from kvgate.datalayer.mappings import MAPPINGS, EngineMapping, Signal
-from kvgate.datalayer.scraper import ScrapeSource, source_tls
+from kvgate.datalayer.scrape_source import ScrapeSource, source_tls
 from kvgate.datalayer.store import ENGINE_LABEL
 from kvgate.scheduling.framework import ConfigError, Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
@@ -92,12 +92,14 @@ def _warn_unhonoured(params: Params, keys: list[str], why: str) -> None:
 
 @register("metrics-data-source")
 class MetricsDataSource(Wiring):
-    """The reference's scrape settings, honoured by kvgate's scraper (``datalayer.scraper.ScrapeSource``):
+    """The reference's scrape settings, honoured by kvgate's scraper (``datalayer.scrape_source``):
     ``scheme``, ``path``, ``port`` (every endpoint scraped on it), ``interval``, and for https
     ``insecureSkipVerify`` (the reference's default: true), ``caCertPath``, ``clientCertPath`` /
     ``clientKeyPath``. A key left out is the scraper's own setting (``--scrape-scheme``, a pool's
-    ``https://`` endpoints verified against its ``caFile``). ``families`` is checked, not applied: kvgate
-    asks each server for the series its engine's mapping reads, and parses only those."""
+    ``https://`` endpoints verified against its ``caFile``); ``scheme: http`` does not undo an https
+    pool's scrape, nor ``scheme: https`` without a TLS key its verification (``scrape_source.resolve``).
+    ``families`` is checked, not applied: kvgate asks each server for the series its engine's mapping
+    reads, and parses only those."""
 
     role = "data source"
 
@@ -111,7 +113,8 @@ class MetricsDataSource(Wiring):
         path = params.get_str("path", "") or None
         if path is not None and not path.startswith("/"):
             raise ConfigError(f"{params.path}.path: must start with '/', got {path!r}")
-        port = params.get_int("port", 0, min=0, max=65535) or None
+        # (present: 1-65535, as llm-d-router's factory: "invalid port 0"; left out: the endpoint's own)
+        port = params.get_int("port", 0, min=1, max=65535) if params.has("port") else None
         interval = params.get_duration("interval", 0.0) or None
         tls_keys = ("insecureSkipVerify", "caCertPath", "clientCertPath", "clientKeyPath")
         explicit_tls = any(params.has(k) for k in tls_keys)
@@ -126,17 +129,17 @@ class MetricsDataSource(Wiring):
             raise ConfigError(
                 f"{params.path}.{missing}: required with {'clientCertPath' if cert else 'clientKeyPath'}"
             )
+        # Only TLS keys build the source's own context: ``scheme: https`` alone leaves the verification to
+        # the scraper (a pool's caFile kept; the reference's default only where it scrapes http itself:
+        # ``scrape_source.resolve``).
         tls = None
-        if scheme == "https" or explicit_tls:
+        if explicit_tls:
             try:
                 tls = source_tls(skip, ca)
             except (OSError, ssl.SSLError) as e:
                 raise ConfigError(f"{params.path}.caCertPath: {e}") from e
-            try:
-                if cert:
-                    tls.load_cert_chain(cert, key)
-            except (OSError, ssl.SSLError) as e:
-                raise ConfigError(f"{params.path}.clientCertPath: {e}") from e
+            if cert:
+                _load_client_cert(tls, cert, key, params.path)
             if ca and skip:
                 params.warn(
                     "caCertPath",
@@ -149,7 +152,25 @@ class MetricsDataSource(Wiring):
                 "not applied: kvgate asks each server for, and parses, only the series its engine's "
                 "mapping reads",
             )
-        return cls(name, handle, ScrapeSource(scheme, path, port, tls, interval))
+        return cls(name, handle, ScrapeSource(scheme, path, port, tls, interval, origin=params.path))
+
+
+def _load_client_cert(tls: ssl.SSLContext, cert: str, key: str, path: str) -> None:
+    """mTLS's certificate and key into ``tls``; a ConfigError naming the key whose file failed."""
+    texts = {}
+    for name, file in (("clientCertPath", cert), ("clientKeyPath", key)):
+        try:
+            with open(file, "rb") as f:
+                texts[name] = f.read()
+        except OSError as e:
+            raise ConfigError(f"{path}.{name}: {e}") from e
+    try:
+        tls.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        # Both readable: the one that is no PEM certificate (or, it being one, the key) is at fault.
+        is_cert = b"-----BEGIN CERTIFICATE-----" in texts["clientCertPath"]
+        bad = "clientKeyPath" if is_cert else "clientCertPath"
+        raise ConfigError(f"{path}.{bad}: {e}") from e
 
 
 def _engine_configs(params: Params) -> list[str]:
