@@ -98,9 +98,10 @@ async def test_pool_group_is_not_silently_ignored() -> None:
     async with ApiServerDouble() as double:
         proc, metrics = await _epp(double.url, "--pool-group", LEGACY)
         try:
-            # (until the group is named or 30 s: a loaded machine may take seconds to start the EPP, and
-            # 3 s found its port not yet open in CI, status 0)
-            status, text = await _readyz(metrics, 30.0, until=" in ")
+            # (until the pool is said not found or 30 s: a loaded machine may take seconds to start the EPP,
+            # and 3 s found its port not yet open in CI, status 0; " in " alone also matched a watch not
+            # synced yet, "pods.core/v1 in default: not synced yet", at load ~8)
+            status, text = await _readyz(metrics, 30.0, until="InferencePool default/llm not found in ")
             # main: running, watching the v1 group; /readyz "InferencePool default/llm not found"
             assert status == 503 and text == f"InferencePool default/llm not found in {LEGACY}/v1alpha2", text
         finally:
