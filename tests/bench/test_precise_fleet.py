@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kvgate.bench import workloads
 from kvgate.bench.fleetsim import FleetConfig, FleetSim, ReplicaSpec
 from kvgate.bench.precise import PRECISE_POLICIES, main
@@ -101,6 +103,7 @@ def test_bypass_traffic_reaches_engines_and_events_but_not_the_picker() -> None:
     assert all(ep.inflight.requests == 0 for ep in sim.endpoints)  # no callbacks for bypass requests
 
 
+@pytest.mark.timeout(600)  # (~14 s of CPU alone, all simulation: at load ~15 on 2 cores it passed 120 s)
 def test_cli_writes_results(tmp_path) -> None:
     assert "reference-precise" in PRECISE_POLICIES
     assert main(["--quick", "--qps", "10", "--out", str(tmp_path)]) == 0
