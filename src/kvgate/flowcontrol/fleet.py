@@ -466,7 +466,7 @@ class PoolMark:
         return None
 
 
-KEY_CACHE = 4096  # flow id -> its key, kept for this many ids (then started over)
+KEY_CACHE = 4096  # a flow's arrival-table key -> its keys, kept for this many (then started over)
 
 
 class FleetShares:
@@ -493,7 +493,9 @@ class FleetShares:
         self.extra_n = 0
         self.at = 0.0
         self._scale: tuple[float | None, float] = (None, 1.0)  # (the controller's arrival base, factor)
-        self._keys: dict[str, tuple[float, str]] = {}  # flow -> (its key, its arrival-table key)
+        # rate_key(flow) -> (its key, itself): by the rate key, at most RATE_KEY_MAX characters whatever the
+        # client's id (review s28-qa Q6; a short id is its own rate key, so ``_keys.get(flow)`` finds it)
+        self._keys: dict[str, tuple[float, str]] = {}
         self._seq = 0.0
         # The adaptive headroom (``fairShareTTFTTarget``) on the fleet's first tokens: this incarnation's
         # epoch (set at its first sync), the sum of its own moves of its controller's headroom, the
@@ -519,7 +521,7 @@ class FleetShares:
         if len(self._keys) >= KEY_CACHE:
             self._keys.clear()
         rk = rate_key(flow)
-        got = self._keys[flow] = (pool_key(rk), rk)
+        got = self._keys[rk] = (pool_key(rk), rk)
         return got
 
     # -- the sync (every SHARED_INFLIGHT_SYNC_S) --------------------------------------------------

@@ -73,6 +73,7 @@ LOCK_WAIT_S = 0.05
 # The supervisor's wait before it frees the lock after a worker died (it was held by the dead worker).
 STUCK_S = 0.5
 _WHERE_MAX = 4096  # a worker's cache of tenant -> (key, entry): cleared when it grows past this
+_WHERE_NAME_MAX = 256  # longer names are not cached (client-chosen, any length: review s28-qa Q6)
 
 
 def segment_size(workers: int, slots: int = SLOTS) -> int:
@@ -253,9 +254,10 @@ class SharedTenants:
         else:
             key = got[0] if got is not None else tenant_key(tenant)
             b = self._find(key)
-            if len(self._where) >= _WHERE_MAX:
-                self._where.clear()
-            self._where[tenant] = (key, b)
+            if len(tenant) <= _WHERE_NAME_MAX:
+                if len(self._where) >= _WHERE_MAX:
+                    self._where.clear()
+                self._where[tenant] = (key, b)
             if q[b + _KEY] != key:  # new here: an empty entry, or the set's least recently seen
                 q[b + _KEY] = key
                 d[b + _REQ] = rpm

@@ -10,8 +10,9 @@ Rate limits are token buckets per tenant (the API key's tenant, else the fairnes
 ``default-flow``): ``requestsPerMinute`` taken one per request at admission, ``tokensPerMinute`` charged
 with the usage each response reports and checked at admission (a tenant in debt waits until refilled).
 Refusals are 429 with ``Retry-After``. Buckets are kept for at most ``MAX_TENANTS`` tenants (least
-recently seen forgotten), since the fairness header is client-chosen. Under ``--workers`` the buckets
-are the fleet's (``gateway.shared_tenants``, the same arithmetic on a shared table).
+recently seen forgotten), each keyed by 16 bytes of BLAKE2b of its name, since the fairness header is
+client-chosen and of any length (review s28-qa Q6). Under ``--workers`` the buckets are the fleet's
+(``gateway.shared_tenants``, the same arithmetic on a shared table, keyed by a digest too).
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ class _Bucket:
     at: float
 
 
+def bucket_key(tenant: str) -> bytes:
+    """A tenant's bucket key: a fixed-size digest of its name, so a bucket costs the same whatever the
+    client sent (a collision, ~2**-128 a pair, only shares a bucket)."""
+    return hashlib.blake2b(tenant.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 class RateLimiter:
     def __init__(
         self, requests_per_minute: float, tokens_per_minute: float, clock: Callable[[], float]
@@ -102,18 +109,19 @@ class RateLimiter:
         self.rpm = requests_per_minute
         self.tpm = tokens_per_minute
         self.clock = clock
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()  # bucket_key(tenant) -> its bucket
 
     def _bucket(self, tenant: str) -> _Bucket:
         now = self.clock()
-        b = self._buckets.get(tenant)
+        key = bucket_key(tenant)
+        b = self._buckets.get(key)
         if b is None:
             b = _Bucket(self.rpm, self.tpm, now)
-            self._buckets[tenant] = b
+            self._buckets[key] = b
             if len(self._buckets) > MAX_TENANTS:
                 self._buckets.popitem(last=False)
         else:
-            self._buckets.move_to_end(tenant)
+            self._buckets.move_to_end(key)
             dt = max(0.0, now - b.at)
             b.at = now
             if self.rpm:
