@@ -1,5 +1,6 @@
-"""Config errors of ``metrics-data-source`` name the exact key, and its ``port`` is checked as upstream
-(review s28-rev-cfg28 F6/F7, fixcfg28). Each fails on main ca67a4cb."""
+"""Config errors name the exact (nested) key: ``metrics-data-source``'s, its ``port`` checked as upstream,
+and unknown keys under the precise scorer's ``tokenizersPoolConfig`` / ``prefixStoreConfig`` (review
+s28-rev-cfg28 F6/F7/F8, fixcfg28). Each fails on main ca67a4cb."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from kvgate.config.picker import load_config
 from kvgate.httpfront.tls import self_signed
 from kvgate.scheduling.framework import ConfigError
+from kvgate.scheduling.plugins import precise_prefix
 
 HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\nplugins:\n"
 
@@ -31,3 +33,24 @@ def test_port_zero_is_refused_as_upstream() -> None:
     # 0 as "not set" and scrapes the endpoint's own port.
     with pytest.raises(ConfigError, match=r"^plugins\[0\]\.parameters\.port:"):
         load_config(_source("{port: 0}"))
+
+
+@pytest.mark.parametrize(
+    ("indexer", "key"),
+    [
+        ("{tokenizersPoolConfig: {modelName: m, modelNmae: n}}", "tokenizersPoolConfig.modelNmae"),
+        ("{prefixStoreConfig: {bogus: 1}}", "prefixStoreConfig.bogus"),
+    ],
+)
+def test_an_unknown_nested_precise_key_is_an_error(indexer: str, key: str) -> None:
+    # F8: the commit says unknown keys are ConfigErrors naming the nested key; these two mappings are
+    # dropped whole (``tok.raw.clear()``, ``idx.raw.pop("prefixStoreConfig")``), typos included.
+    doc = HEAD + (
+        "- type: precise-prefix-cache-scorer\n"
+        f"  parameters: {{indexName: revcfg28keys, indexerConfig: {indexer}}}\n"
+    )
+    try:
+        with pytest.raises(ConfigError, match=rf"^plugins\[0\]\.parameters\.indexerConfig\.{key}"):
+            load_config(doc)
+    finally:
+        precise_prefix._INDEXES.pop("revcfg28keys", None)

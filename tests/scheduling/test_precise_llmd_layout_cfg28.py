@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,16 +75,22 @@ def _scorer(text: str) -> PrecisePrefixCacheScorer:
     return scorer
 
 
-def test_an_llmd_precise_config_loads_as_written(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_llmd_precise_config_loads_as_written(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # (no Hugging Face cache holding Qwen/Qwen3-0.6B: this machine's may, found at load since fixcfg28)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HOME", raising=False)
     caplog.set_level(logging.WARNING, logger="kvgate.config.picker")
     scorer = _scorer(LLMD)
     assert (scorer.default_block_size, scorer.hash_seed) == (64, "42")
     assert scorer.speculative_ttl == DEFAULT_SPECULATIVE_TTL
     assert scorer.event_source(make_endpoint("10.0.0.5:8000")) == ("tcp://10.0.0.5:5556", None)
     assert [r.getMessage() for r in caplog.records] == [
-        "plugins[0].parameters.indexerConfig.tokenizersPoolConfig.modelName: read as tokenizer: auto (the "
-        "served model's own tokenizer, found locally; 'Qwen/Qwen3-0.6B' is not downloaded), unless "
-        "tokenizer is set"
+        "plugins[0].parameters.indexerConfig.tokenizersPoolConfig.modelName: 'Qwen/Qwen3-0.6B' has no "
+        "tokenizer.json in the local Hugging Face cache (kvgate downloads none): read as tokenizer: auto "
+        "(each request's model name looked up locally), unless tokenizer is set"
     ]
 
 

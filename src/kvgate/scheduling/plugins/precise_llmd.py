@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvgate.scheduling.framework import ConfigError, Params
+from kvgate.scheduling.tokenize import AUTO, find_for_model
 
 # kvgate's own key for each setting the llm-d layout can give (a conflict names both).
 KVGATE_KEYS = {
@@ -40,6 +41,12 @@ _INDEXER_KEYS = (
     "prefixStoreConfig",
 )
 DEFAULT_SOCKET_PORT = 5557  # llm-d-kv-cache's podDiscoveryConfig default
+# llm-d-kv-cache's tokenization pool keys (``tokenization.Config``: ``modelName``, ``workersCount``, the
+# ``local`` / ``uds`` / ``hf`` backends; earlier ``minPrefixOverlapRatio``): how llm-d loads a tokenizer,
+# accepted (kvgate loads ``modelName``'s from the local Hugging Face cache itself).
+_TOKENIZER_POOL_KEYS = ("modelName", "workersCount", "minPrefixOverlapRatio", "local", "uds", "hf")
+# llm-d-kv-cache's earlier prefix store (``LRUStoreConfig``): kvgate has its own token cache.
+_PREFIX_STORE_KEYS = ("cacheSize", "blockSize")
 
 
 def _finish(p: Params, known: tuple[str, ...]) -> None:
@@ -53,6 +60,14 @@ def _nested(params: Params, raw: Any, key: str) -> Params:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: must be a mapping, got {type(raw).__name__}")
     return Params(raw, path)
+
+
+def _mapping_or_none(p: Params, key: str) -> Mapping[str, Any] | None:
+    """``p``'s ``key`` read as a mapping taken whole (or None when left out)."""
+    v = p._get(key)
+    if v is not None and not isinstance(v, Mapping):
+        raise ConfigError(f"{p.path}.{key}: must be a mapping, got {type(v).__name__}")
+    return v
 
 
 def _token_processor(tp: Params, out: dict[str, tuple[Any, str]]) -> None:
@@ -120,24 +135,46 @@ def _indexer(params: Params, idx: Params, out: dict[str, tuple[Any, str]]) -> No
             )
     pool = idx.raw.pop("tokenizersPoolConfig", None)
     if pool is not None:
-        tok = _nested(idx, pool, "tokenizersPoolConfig")
-        model = tok.get_str("modelName", "")
-        # (workers, caches, the HF token, UDS/local backends: how llm-d loads the same tokenizer)
-        tok.raw.clear()
-        if model:
-            _put(out, "tokenizer", "auto", f"{tok.path}.modelName")
-            params.warn(
-                "indexerConfig.tokenizersPoolConfig.modelName",
-                f"read as tokenizer: auto (the served model's own tokenizer, found locally; {model!r} is "
-                "not downloaded), unless tokenizer is set",
-            )
+        _tokenizers_pool(params, _nested(idx, pool, "tokenizersPoolConfig"), out)
     if idx.raw.pop("kvCacheBackendConfigs", None) is not None:
         params.warn(
             "indexerConfig.kvCacheBackendConfigs",
             "not applied: kvgate scores the blocks each engine reports, one tier",
         )
-    idx.raw.pop("prefixStoreConfig", None)  # (llm-d-kv-cache's earlier token cache: kvgate has its own)
+    store = idx.raw.pop(
+        "prefixStoreConfig", None
+    )  # (llm-d-kv-cache's earlier token cache: kvgate has its own)
+    if store is not None:
+        ps = _nested(idx, store, "prefixStoreConfig")
+        for key in _PREFIX_STORE_KEYS:
+            ps.get_int(key, 0, min=0)
+        ps.finish()
     _finish(idx, _INDEXER_KEYS)
+
+
+def _tokenizers_pool(params: Params, tok: Params, out: dict[str, tuple[Any, str]]) -> None:
+    """``modelName``: that model's ``tokenizer.json`` from the local Hugging Face cache (or a local
+    directory), found at load, as llm-d tokenizes every request with it whatever the request's model name
+    (a served-model-name alias, a LoRA); not found: ``tokenizer: auto`` (each request's model name looked
+    up locally) and one WARNING line (review s28-rev-cfg28 F4)."""
+    model = tok.get_str("modelName", "")
+    tok.get_int("workersCount", 0, min=0)
+    tok.get_float("minPrefixOverlapRatio", 0.0, min=0.0, max=1.0)
+    for key in ("local", "uds", "hf"):  # (how llm-d finds the tokenizer: accepted whole)
+        _mapping_or_none(tok, key)
+    tok.finish()
+    if not model:
+        return
+    found = find_for_model(model)
+    if found is not None:
+        _put(out, "tokenizer", str(found), f"{tok.path}.modelName")
+        return
+    _put(out, "tokenizer", AUTO, f"{tok.path}.modelName")
+    params.warn(
+        "indexerConfig.tokenizersPoolConfig.modelName",
+        f"{model!r} has no tokenizer.json in the local Hugging Face cache (kvgate downloads none): read as "
+        "tokenizer: auto (each request's model name looked up locally), unless tokenizer is set",
+    )
 
 
 def _kv_events(params: Params, ev: Params, out: dict[str, tuple[Any, str]]) -> None:

@@ -1,0 +1,51 @@
+"""llm-d's optimized-baseline layout has an ``approx-prefix-cache-producer`` read by a
+``prefix-cache-affinity-filter`` (its default producer), with no ``prefix-cache-scorer``: the filter reads
+the producer's index, built with its parameters (here 64-token blocks, autoTune off, a 131072-token cap),
+review s28-rev-cfg28 F5, fixcfg28. Fails on main ca67a4cb: the filter's matches came from a private
+implicit scorer with kvgate's defaults, the producer's parameters accepted and unused."""
+
+from __future__ import annotations
+
+from kvgate.config.director import build_director
+from kvgate.config.picker import load_config
+from kvgate.datalayer.store import EndpointStore, make_endpoint
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheAffinityFilter
+
+DOC = """\
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: approx-prefix-cache-producer
+  parameters:
+    blockSizeTokens: 64
+    autoTune: false
+    maxPrefixTokensToMatch: 131072
+- type: prefix-cache-affinity-filter
+- type: token-load-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: prefix-cache-affinity-filter
+  - pluginRef: token-load-scorer
+"""
+
+
+def test_the_affinity_filter_reads_the_producers_settings() -> None:
+    store = EndpointStore([make_endpoint("10.0.0.1:8000")])
+    director = build_director(load_config(DOC), store, clock=lambda: 0.0, seed=0)
+    (flt,) = (p for p in director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter))
+    prefix = flt.prefix
+    assert (prefix.block_size, prefix.auto_tune, prefix.max_tokens) == (64, False, 131072)
+
+
+def test_two_consumers_share_the_producers_one_index() -> None:
+    doc = DOC.replace(
+        "- type: token-load-scorer\n",
+        "- type: token-load-scorer\n- type: prefix-cache-affinity-filter\n  name: second\n"
+        "  parameters: {prefixPluginRef: approx-prefix-cache-producer}\n",
+    )
+    store = EndpointStore([make_endpoint("10.0.0.1:8000")])
+    director = build_director(load_config(doc), store, clock=lambda: 0.0, seed=0)
+    filters = [p for p in director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter)]
+    assert len(filters) == 2 and filters[0].prefix is filters[1].prefix
+    assert filters[0].prefix.block_size == 64
