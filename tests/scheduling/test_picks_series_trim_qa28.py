@@ -1,17 +1,8 @@
-"""Q1 (qa28): ``kvgate_scheduler_picks_total{endpoint}`` keeps a series (and a dict entry) for every
-endpoint address ever picked, for the life of the process.
-
-``kvgate.scheduling.metrics.PICKS`` is a module-level ``FastCounter`` whose ``counts`` dict only grows
-(``Director.pick``: ``picks[addr] = picks.get(addr, 0.0) + 1.0``); nothing removes an address when its
-endpoint leaves the pool (a reload, Kubernetes discovery: a rollout gives every pod a new IP). Its own
-comment says "Bounded: one series per endpoint address the picker has chosen" -- bounded by the churn, not
-by the pool. Measured: ``kvgate serve --config`` reloaded 270 times with 4 fresh addresses each (1080
-addresses): 634 ``kvgate_scheduler_picks_total`` series for endpoints long gone on ``/metrics``, while the
-per-pod queue gauges (``Director._per_pod_queues``) drop theirs as they should.
-
-Expected: as ``inference_pool_per_pod_queue_size`` does, a series whose endpoint no store holds any more
-goes (at the latest at the next pool-metrics refresh / scrape). Fails on main 2a9ab840.
-"""
+"""Review s28-qa Q1: ``kvgate_scheduler_picks_total{endpoint}`` kept a series (and a ``PICKS.counts``
+entry) for every endpoint address ever picked: a rollout gives every pod a new address, so a long-lived
+gateway or EPP grew by a pool's worth of series per rollout. A series now goes at the pool-metrics refresh
+once no picker's store holds its address, as the per-pod queue gauges' do. Both tests fail on main
+2df410d8 (196 stale series; the address gone from every store keeps its series)."""
 
 from __future__ import annotations
 
@@ -34,9 +25,9 @@ def _fresh(store: EndpointStore, addresses: list[str]) -> None:
         ep.answered_at = now
 
 
-def _series() -> set[str]:
+def _series() -> dict[str, float]:
     return {
-        s.labels["endpoint"]
+        s.labels["endpoint"]: s.value
         for f in REGISTRY.collect()
         if f.name == "kvgate_scheduler_picks"
         for s in f.samples
@@ -54,5 +45,27 @@ def test_picks_series_of_endpoints_that_left_the_pool_go() -> None:
             director.pick(InferenceRequest(f"q1-{k}-{i}", "m", prompt_text="hi"))
     director.update_pool_metrics()
     live = {ep.address for ep in store.all()}
-    stale = _series() - live
+    stale = set(_series()) - live
     assert not stale, f"{len(stale)} picks series of endpoints no longer in the pool (of {rounds * per} ever)"
+
+
+def test_an_address_another_pool_still_holds_keeps_its_series() -> None:
+    """PICKS is process-wide: an address that left one pool's store but is still in another's keeps its
+    count (a series goes only when no picker's store holds it)."""
+    shared, only_a = f"{PREFIX}200.1:8000", f"{PREFIX}200.2:8000"
+    a, b = EndpointStore(), EndpointStore()
+    _fresh(a, [shared, only_a])
+    _fresh(b, [shared])
+    da = build_director("round-robin", a, clock=time.monotonic, seed=0)
+    db = build_director("round-robin", b, clock=time.monotonic, seed=0)
+    for i in range(4):
+        da.pick(InferenceRequest(f"a{i}", "m", prompt_text="hi"))
+        db.pick(InferenceRequest(f"b{i}", "m", prompt_text="hi"))
+    before = _series()
+    assert before[shared] >= 4.0 and before[only_a] >= 1.0
+    _fresh(a, [f"{PREFIX}200.3:8000"])  # both leave pool a; ``shared`` stays in pool b
+    da.update_pool_metrics()
+    after = _series()
+    assert after.get(shared) == before[shared] and only_a not in after
+    db.update_pool_metrics()
+    assert _series().get(shared) == before[shared]

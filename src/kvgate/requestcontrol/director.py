@@ -114,6 +114,7 @@ class Director:
         self._profile_names = list(self.profiles)
         self.handler = handler
         self.store = store
+        metrics.pick_store(store)  # (its endpoints' picks series stay; the rest go: ``trim_picks``)
         self.handle = handle
         self.clock = handle.clock
         self.detector = detector
@@ -810,7 +811,8 @@ class Director:
 
     def update_pool_metrics(self, pool: str | None = None) -> None:
         """Refresh the ``inference_pool_*`` gauges (call after each scrape round, not per pick): ready
-        endpoints by ``datalayer.health.ready_endpoints``, the averages over those."""
+        endpoints by ``datalayer.health.ready_endpoints``, the averages over those; drop the picks
+        series of endpoints gone from every picker's store."""
         by_pool: dict[str, list[Endpoint]] = {}
         for ep in self.store.all():
             if pool is None or ep.pool == pool:
@@ -831,6 +833,7 @@ class Director:
         if pool is None:  # a pool with no endpoint left loses its per-endpoint series
             for name in [n for n in self._per_pod if n not in by_pool]:
                 self._per_pod_queues(name, [])
+        metrics.trim_picks()  # (and an endpoint no store holds, its picks series)
 
     def take_series(self, other: Director) -> None:
         """Remove, when their endpoints go, the per-endpoint queue series ``other`` has shown (a picker

@@ -9,23 +9,31 @@ scrape (``_Attempts``): nothing more on the pick path.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from kvgate.scheduling.fastmetrics import FastCounter, FastHistogram
 
+if TYPE_CHECKING:
+    from kvgate.datalayer.store import EndpointStore
+
 SCHEDULER_E2E = FastHistogram(
     "inference_extension_scheduler_e2e_duration_seconds",
     "End-to-end scheduling latency (one pick, all profiles).",
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
 )
-# Bounded: one series per endpoint address the picker has chosen.
+# One series per endpoint address picked that some picker's store still holds: ``trim_picks`` drops the
+# rest at each pool-metrics refresh (review s28-qa Q1: a rollout gives every pod a new address).
 PICKS = FastCounter(
     "kvgate_scheduler_picks_total", "Requests scheduled to each endpoint (primary pick).", "endpoint"
 )
+# Every picker's store (``pick_store``): PICKS is process-wide and an address may be in two pools' stores,
+# so a series goes only when no store holds its address. Weak: a dropped picker's store leaves with it.
+_PICK_STORES: weakref.WeakSet[EndpointStore] = weakref.WeakSet()
 SCHEDULER_ERRORS = Counter("kvgate_scheduler_errors_total", "Scheduling failures by error code.", ["code"])
 PREFIX_INDEX_SIZE = Gauge(
     "inference_extension_prefix_indexer_size", "Entries (endpoint, block) in the approximate prefix index."
@@ -62,6 +70,23 @@ LLMD_PER_ENDPOINT_QUEUE = Gauge(
 )
 POOL_READY = Gauge("inference_pool_ready_pods", "Endpoints eligible for scheduling in the pool.", ["name"])
 SHED = Counter("kvgate_requests_shed_total", "Sheddable requests rejected at saturation.")
+
+
+def pick_store(store: EndpointStore) -> None:
+    """Count ``store``'s endpoints among those whose ``kvgate_scheduler_picks_total`` series stay."""
+    _PICK_STORES.add(store)
+
+
+def trim_picks() -> None:
+    """Drop the ``kvgate_scheduler_picks_total`` series of addresses no picker's store holds any more (a
+    counter that vanishes has ended, for Prometheus). O(endpoints + series): per refresh, not per pick."""
+    counts = PICKS.counts
+    if not counts:
+        return
+    live = {ep.address for store in list(_PICK_STORES) for ep in store.all()}
+    for gone in [a for a in counts if a not in live]:
+        del counts[gone]
+
 
 _SCHEDULER_ERROR_CHILDREN: dict[str, Any] = {}
 # Scheduling failures as the reference's attempts counter counts them: a shed (``ShedError``: the
