@@ -199,18 +199,33 @@ def _timing_value(marks: dict[str, float]) -> str:
     return ",".join(f"{k}={v:.6f}" for k, v in marks.items())
 
 
+# ``/debug/picks`` keeps at most this many bytes of explanations (review s28-qa Q5: by count alone, 1,024
+# explanations of ~126 KB each at 1,000 endpoints pinned ~122 MiB, and any client may ask for one).
+PICK_LOG_BYTES = 16 << 20
+
+
 class PickLog:
-    """Bounded ring buffer of pick explanations by request id (``/debug/picks/<id>``)."""
+    """Ring buffer of pick explanations by request id (``/debug/picks/<id>``): the last ``capacity``, and
+    at most ``max_bytes`` of them (the oldest dropped first); one larger than ``max_bytes`` is not kept."""
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, max_bytes: int = PICK_LOG_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
 
-    def put(self, request_id: str, explanation: bytes) -> None:
+    def put(self, request_id: str, explanation: bytes) -> bool:
+        """Keep ``explanation``; False when it alone is over ``max_bytes`` (not kept)."""
+        old = self._items.pop(request_id, None)
+        if old is not None:
+            self._bytes -= len(old)
+        if len(explanation) > self.max_bytes:
+            return False
         self._items[request_id] = explanation
-        self._items.move_to_end(request_id)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        self._bytes += len(explanation)
+        while len(self._items) > self.capacity or self._bytes > self.max_bytes:
+            self._bytes -= len(self._items.popitem(last=False)[1])
+        return True
 
     def get(self, request_id: str) -> bytes | None:
         return self._items.get(request_id)
@@ -1350,12 +1365,11 @@ class Proxy:
             default=str,
             option=orjson.OPT_NON_STR_KEYS,
         )
-        self.picks.put(rid, doc)
+        kept = self.picks.put(rid, doc)
         if len(doc) <= _EXPLAIN_HEADER_MAX:
             return doc.decode()
-        return orjson.dumps(
-            {"endpoint": ep.address, "profile": result.profile, "truncated": f"/debug/picks/{rid}"}
-        ).decode()
+        where = f"/debug/picks/{rid}" if kept else f"not kept: over {self.picks.max_bytes} bytes"
+        return orjson.dumps({"endpoint": ep.address, "profile": result.profile, "truncated": where}).decode()
 
     async def _hold(self, resp: UpstreamResponse) -> tuple[list[bytes], int, bool]:
         """A non-streamed body's pieces as they come, up to ``whole_max`` bytes taken from the

@@ -309,8 +309,9 @@ class GatewayServer:
             return error_response(
                 GatewayError(
                     404,
-                    "no pick recorded for that request id (ring buffer of "
-                    f"{self.proxy.picks.capacity}; send x-kvgate-explain: 1)",
+                    "no pick recorded for that request id (ring buffer of the last "
+                    f"{self.proxy.picks.capacity}, at most {self.proxy.picks.max_bytes} bytes; "
+                    "send x-kvgate-explain: 1)",
                 )
             )
         return Response(body=doc, content_type="application/json")
