@@ -258,8 +258,7 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
         cfg.session_header = args.session_header.lower()
     cfg.kube_server, cfg.kubeconfig = args.kube_server, args.kubeconfig
     watched = any(pool.inference_pool is not None for pool in cfg.pools)
-    if args.pool_group is not None and not watched:  # (refused, as kvgate epp refuses it)
-        raise GatewayConfigError(poolflags.GROUP_FLAG, NONE_WATCHED)
+    watch_flags_check(args, watched)
     cfg.kube_pool_group = args.pool_group
     staleness_settings(args, cfg, None if watched else "static")
     cfg.model_series_grace_s = series_grace(args.model_series_grace, watched)
@@ -298,6 +297,18 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
             raise GatewayConfigError("--worker-timeout", "only with --workers above 1 (no supervisor)")
         cfg.worker_timeout_s = worker_timeout(args.worker_timeout, "--worker-timeout")
     return cfg
+
+
+def watch_flags_check(args: argparse.Namespace, watched: bool) -> None:
+    """``--pool-group``, ``--kube-server``, ``--kubeconfig``: refused where no pool is ``watched`` (an
+    InferencePool), as kvgate epp refuses them, at the start and on a reload (``reload_loader``)."""
+    if watched:
+        return
+    given = ((poolflags.GROUP_FLAG, args.pool_group), ("--kube-server", args.kube_server),
+             ("--kubeconfig", args.kubeconfig))  # fmt: skip
+    for flag, value in given:
+        if value:
+            raise GatewayConfigError(flag, NONE_WATCHED)
 
 
 def flag_budget(args: argparse.Namespace, cfg: GatewayConfig) -> None:
@@ -382,13 +393,15 @@ def final_workers(cfg: GatewayConfig, args: argparse.Namespace) -> tuple[int, in
 def reload_loader(args: argparse.Namespace) -> Callable[[str], GatewayConfig]:
     """A reload's read of ``--config``: the file, refused (the running config kept) where the next
     restart would refuse it with these flags (``listen.minReadyWorkers`` above the final worker count,
-    ``kubernetes.*`` staleness values ``staleness_settings`` refuses), not accepted as "restart to apply"
-    and found out at that restart."""
+    ``kubernetes.*`` staleness values ``staleness_settings`` refuses, no ``inferencePool`` left for
+    ``--pool-group`` / ``--kube-server`` / ``--kubeconfig``), not accepted as "restart to apply" and found
+    out at that restart (a pod that crash-loops at its next restart: review s28-rev-k8s28 F2)."""
 
     def load(path: str) -> GatewayConfig:
         cfg = load_gateway_config(path)
         final_workers(cfg, args)
         watched = any(pool.inference_pool is not None for pool in cfg.pools)
+        watch_flags_check(args, watched)
         staleness_settings(args, copy.deepcopy(cfg), None if watched else "static")  # (a copy: checked only)
         if args.max_buffered_bytes is not None:  # the flag stays over the file's limits.maxBufferedBytes
             flag_budget(args, cfg)
@@ -609,9 +622,6 @@ def _main(argv: list[str] | None) -> int:
         if args.config and not (args.endpoints or args.model):
             file_cfg = load_gateway_config(args.config)
         cfg = build_config(args, file_cfg)
-        kube_flag = "--kube-server" if args.kube_server else "--kubeconfig" if args.kubeconfig else None
-        if kube_flag and not any(pool.inference_pool is not None for pool in cfg.pools):
-            raise GatewayConfigError(kube_flag, NONE_WATCHED)
         if args.kv_events == "auto":
             from kvgate.gateway import kv_auto
 
