@@ -6,10 +6,13 @@ implicit scorer with kvgate's defaults, the producer's parameters accepted and u
 
 from __future__ import annotations
 
+import pytest
+
 from kvgate.config.director import build_director
 from kvgate.config.picker import load_config
 from kvgate.datalayer.store import EndpointStore, make_endpoint
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheAffinityFilter
+from kvgate.scheduling.framework import ConfigError
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheAffinityFilter, PrefixCacheScorer
 
 DOC = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -49,3 +52,41 @@ def test_two_consumers_share_the_producers_one_index() -> None:
     filters = [p for p in director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter)]
     assert len(filters) == 2 and filters[0].prefix is filters[1].prefix
     assert filters[0].prefix.block_size == 64
+
+
+def _filter_prefix(doc: str) -> object:
+    store = EndpointStore([make_endpoint("10.0.0.1:8000")])
+    director = build_director(load_config(doc), store, clock=lambda: 0.0, seed=0)
+    (flt,) = (p for p in director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter))
+    return flt.prefix
+
+
+NAMED = DOC.replace(
+    "- type: prefix-cache-affinity-filter\n",
+    "- type: prefix-cache-affinity-filter\n"
+    "  parameters: {prefixMatchInfoProducerName: approx-prefix-cache-producer}\n",
+)
+
+
+def test_the_filter_names_its_producer_the_references_way() -> None:
+    # The filter's own llm-d key (was an unknown parameter): the producer's index, with its parameters...
+    prefix = _filter_prefix(NAMED)
+    assert isinstance(prefix, PrefixCacheScorer) and (prefix.block_size, prefix.max_tokens) == (64, 131072)
+    # ... or, where a prefix-cache-scorer names the same producer, that scorer (which holds its index).
+    with_scorer = NAMED.replace(
+        "- type: token-load-scorer\n",
+        "- type: token-load-scorer\n- type: prefix-cache-scorer\n  name: approx\n"
+        "  parameters: {prefixMatchInfoProducerName: approx-prefix-cache-producer}\n",
+    )
+    store = EndpointStore([make_endpoint("10.0.0.1:8000")])
+    director = build_director(load_config(with_scorer), store, clock=lambda: 0.0, seed=0)
+    (flt,) = (p for p in director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter))
+    assert flt.prefix is director.handle.plugins["approx"] and flt.prefix.block_size == 64
+
+
+def test_a_filter_naming_no_producer_names_the_key() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^plugins\[1\]\.parameters\.prefixMatchInfoProducerName: no plugin"
+    ):
+        load_config(NAMED.replace("{prefixMatchInfoProducerName: approx-prefix-cache-producer}",
+                                  "{prefixMatchInfoProducerName: absent}"))  # fmt: skip

@@ -126,3 +126,29 @@ async def test_the_source_is_looked_up_once_per_scrape() -> None:
     finally:
         await scraper.stop()
     assert calls == 1
+
+
+async def test_a_reloaded_path_drops_the_old_paths_prebuilt_requests() -> None:
+    # Review s28-rev-cfg28 F12: the lean client was re-keyed on (address, scheme, tls) only, so after a
+    # reload that changed only the path, the old path's prebuilt GETs stayed until the endpoint left
+    # (fails on main ca67a4cb).
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=PAGE)
+
+    app = web.Application()
+    for path in ("/a", "/a/", "/b", "/b/"):
+        app.router.add_get(path, page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()  # port 0, read back
+    store = EndpointStore([make_endpoint(f"127.0.0.1:{runner.addresses[0][1]}")])
+    source = ScrapeSource(path="/a")
+    scraper = MetricsScraper(store, clock=lambda: 1.0, timeout=30.0, source=lambda: source)
+    try:
+        assert await scraper.scrape(store.all()[0])
+        source = ScrapeSource(path="/b")  # (a reload)
+        assert await scraper.scrape(store.all()[0])
+        assert {path.split("?")[0].rstrip("/") for _, path in scraper._requests} == {"/b"}
+    finally:
+        await scraper.stop()
+        await runner.cleanup()

@@ -21,6 +21,7 @@ from kvgate.flowcontrol.config import FEATURE_GATE, parse_flow_control
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
+from kvgate.scheduling.plugins.prefix_cache import UsesPrefixPlugin
 from kvgate.scheduling.plugins.wiring import Wiring
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ def _prefix_producers(plugins: list[PluginSpec]) -> None:
     by_name = {p.name: p for p in plugins}
     translate = getattr(registry.get(_APPROX_PRODUCER), "scorer_parameters", None)
     taken: dict[str, str] = {}
+    reader: dict[str, str] = {}  # producer name -> the scorer holding its index
     for spec in plugins:
         if spec.type != "prefix-cache-scorer" or _PRODUCER_KEY not in spec.parameters:
             continue
@@ -309,11 +311,43 @@ def _prefix_producers(plugins: list[PluginSpec]) -> None:
                 "its producer's index, so one prefix-cache-scorer per producer"
             )
         taken[ref] = spec.path
+        reader[ref] = spec.name
         spec.parameters = (
             {}
             if producer is None or translate is None
             else translate(Params(producer.parameters, f"{producer.path}.parameters"))
         )
+    _producer_consumers(plugins, by_name, reader)
+
+
+def _producer_consumers(
+    plugins: list[PluginSpec], by_name: Mapping[str, PluginSpec], reader: Mapping[str, str]
+) -> None:
+    """A prefix consumer other than the scorer (``prefix-cache-affinity-filter``) naming its producer the
+    reference's way (``prefixMatchInfoProducerName``) reads what kvgate's ``prefixPluginRef`` names: the
+    scorer that holds that producer's index, else the declared producer (its own index, built with its
+    parameters), else the defaults (the reference's default producer, undeclared)."""
+    for spec in plugins:
+        if spec.type == "prefix-cache-scorer" or _PRODUCER_KEY not in spec.parameters:
+            continue
+        cls = registry.get(spec.type)
+        if cls is None or not issubclass(cls, UsesPrefixPlugin):
+            continue  # (the plugin's own check names the key as unknown)
+        where = f"{spec.path}.parameters"
+        ref = _str(spec.parameters[_PRODUCER_KEY], f"{where}.{_PRODUCER_KEY}")
+        if "prefixPluginRef" in spec.parameters:
+            raise ConfigError(f"{where}.{_PRODUCER_KEY}: give it or prefixPluginRef, not both")
+        producer = by_name.get(ref)
+        if producer is None and ref != _APPROX_PRODUCER:
+            raise ConfigError(f"{where}.{_PRODUCER_KEY}: no plugin named {ref!r} in plugins")
+        if producer is not None and producer.type != _APPROX_PRODUCER:
+            raise ConfigError(
+                f"{where}.{_PRODUCER_KEY}: {ref!r} is a {producer.type!r}, not an {_APPROX_PRODUCER!r}"
+            )
+        params = {k: v for k, v in spec.parameters.items() if k != _PRODUCER_KEY}
+        if ref in reader or producer is not None:
+            params["prefixPluginRef"] = reader.get(ref, ref)
+        spec.parameters = params
 
 
 def _is_special(p: PluginSpec) -> bool:

@@ -157,8 +157,9 @@ class MetricsScraper:
         # "aiohttp" for every endpoint when a session is handed in (the caller chose its client).
         self.http = "aiohttp" if session is not None else http
         self._clients: dict[str, PageClient] = {}
-        # Endpoint -> the (address, scheme, tls) its lean client was built for.
-        self._client_keys: dict[str, tuple[str, str, int]] = {}
+        # Endpoint -> the (address, scheme, tls, path) its lean client was built for (the path too: its
+        # prebuilt requests are per path, dropped with the client when a reload changes it).
+        self._client_keys: dict[str, tuple[str, str, int, str]] = {}
         self._source = source
         self._requests: dict[tuple[str, str], bytes] = {}  # (address, path) -> prebuilt GET
         # Endpoints the lean client could not read (a redirect) -> the clock time until which they are
@@ -468,7 +469,7 @@ class MetricsScraper:
                     self._system_tls = ssl.create_default_context()
                 to = replace(to, tls=self._system_tls)
             tls = to.tls
-        key = (to.address, to.scheme, id(tls))
+        key = (to.address, to.scheme, id(tls), to.path)
         if addr in self._clients and self._client_keys.get(addr) != key:
             self._forget_lean(addr)  # the config's source changed (a reload): a new client
         client = self._clients.get(addr)
