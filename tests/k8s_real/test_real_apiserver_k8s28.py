@@ -199,6 +199,55 @@ async def allowed(
     return {a for a in answers if a is not None}
 
 
+async def granted(
+    admin_conf: str, sa_ns: str, sa: str, namespaces: tuple[str, str], out: Path
+) -> set[tuple[str, ...]]:
+    """Every grant the server's RBAC gives ``sa`` in ``namespaces``, whatever the resource or verb: its own
+    SelfSubjectRulesReview on its own token, one (namespace, group, resource, verb, resourceNames) per
+    grant (a ``*`` stays ``*``; non-resource URLs as group ``nonResourceURL``). Beside ``allowed``'s grid,
+    which sees no rule outside it (review s28-rev-k8s28 F1)."""
+    conf = await token_kubeconfig(admin_conf, sa_ns, sa, out)
+    got: set[tuple[str, ...]] = set()
+    async with await KubeClient.connect(kubeconfig=str(conf)) as client:
+        for n in namespaces:
+            body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+                    "spec": {"namespace": n}}  # fmt: skip
+            review = await client.request(
+                "POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", body=body
+            )
+            status = review["status"]
+            assert not status.get("incomplete"), f"{sa} in {n}: {status.get('evaluationError')}"
+            for rule in status.get("resourceRules") or []:
+                names = ",".join(sorted(rule.get("resourceNames") or []))
+                got |= {(n, g, r, v, names) for g in rule.get("apiGroups") or []
+                        for r in rule.get("resources") or [] for v in rule.get("verbs") or []}  # fmt: skip
+            for rule in status.get("nonResourceRules") or []:
+                got |= {(n, "nonResourceURL", u, v, "") for u in rule.get("nonResourceURLs") or []
+                        for v in rule.get("verbs") or []}  # fmt: skip
+    return got
+
+
+async def whole_rule_sets_match(
+    admin_conf: str, ns: str, release: str, want: dict[str, set[tuple[str, str, str, str]]], tmp_path: Path
+) -> None:
+    """Each of ``want``'s ServiceAccounts is granted exactly its set, whole: its rules less those of a
+    ServiceAccount bound to nothing (what every ServiceAccount gets: discovery, self reviews)."""
+    k = Kubectl(admin_conf, ns)
+    nobody = f"{release}-nobody"
+    await k.run("create", "serviceaccount", nobody)
+    namespaces = (ns, f"{ns}-other")
+    base = await granted(admin_conf, ns, nobody, namespaces, tmp_path / "nobody.kubeconfig")
+    for who, theirs in want.items():
+        got = await granted(
+            admin_conf, ns, f"{release}-{who}", namespaces, tmp_path / f"{who}.rules.kubeconfig"
+        )
+        got -= base
+        exact = {(*t, "") for t in theirs}
+        assert got == exact, (
+            f"{who}: granted past its use {sorted(got - exact)}, not granted {sorted(exact - got)}"
+        )
+
+
 def exported_pool(name: str, **annotations: str) -> str:
     return json.dumps({"apiVersion": R.INFERENCE_POOL.api_version, "kind": "InferencePool",
                        "metadata": {"name": name, "annotations": {"inference.networking.x-k8s.io/export":
@@ -239,10 +288,7 @@ class Writer:
 async def test_the_hub_roles_allow_what_the_controller_does_and_nothing_else(
     server: tuple[str, str], tmp_path: Path, standalone: bool
 ) -> None:
-    from kvgate.multicluster.clusters import KubeMember, parse
-
-    admin_conf = server[1]
-    ns, k = await fresh_namespace(admin_conf)
+    ns, k = await fresh_namespace(server[1])
     release = f"h{uuid.uuid4().hex[:8]}"  # (its ClusterRoles are cluster-wide: a name of this run's own)
     docs = hub_render(release, ns, standalone)
     rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "ClusterRole",
@@ -250,15 +296,31 @@ async def test_the_hub_roles_allow_what_the_controller_does_and_nothing_else(
     want = expected(ns, f"{ns}-other", standalone)
     assert {d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount"} == {
         f"{release}-{who}" for who in want}  # fmt: skip
-    await k.run("apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))
+    cluster_wide = [f"{d['kind'].lower()}/{d['metadata']['name']}" for d in rbac
+                    if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]  # fmt: skip
+    try:
+        await k.run("apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))
+        await hub_paths(server, tmp_path, standalone, ns, k, release, docs, want)
+    finally:  # (cluster-wide: nothing deletes them with the namespace, review s28-rev-k8s28 F3)
+        await k.run("delete", *cluster_wide, "--ignore-not-found", "--wait=false")
 
-    # Nothing else: the server's answers over the grid are exactly what the controller uses.
+
+async def hub_paths(
+    server: tuple[str, str], tmp_path: Path, standalone: bool, ns: str, k: Kubectl, release: str,
+    docs: list[dict[str, Any]], want: dict[str, set[tuple[str, str, str, str]]],
+) -> None:  # fmt: skip
+    from kvgate.multicluster.clusters import KubeMember, parse
+
+    admin_conf = server[1]
+    # Nothing else: the server's answers over the grid are exactly what the controller uses, and so is each
+    # ServiceAccount's whole rule set (a grant outside the grid shows there: review s28-rev-k8s28 F1).
     async with await KubeClient.connect(kubeconfig=admin_conf) as admin:
         for who, theirs in want.items():
             got = await allowed(admin, ns, f"{release}-{who}", (ns, f"{ns}-other"))
             assert got == theirs, (
                 f"{who}: allowed past its use {sorted(got - theirs)}, refused {sorted(theirs - got)}"
             )
+    await whole_rule_sets_match(admin_conf, ns, release, want, tmp_path)
 
     # What it needs: the writer, on those tokens alone, through every path.
     writer_sa = f"{release}-hub-controller" if standalone else f"{release}-hub"
