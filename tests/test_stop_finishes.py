@@ -1206,18 +1206,30 @@ async def test_a_cancelled_open_loop_ends_its_event_tasks() -> None:
     from kvgate.bench.multicluster_live import open_loop
     from kvgate.bench.workloads import poisson_offsets
 
-    # (a seed whose first arrival is late: the cancel lands in the arrival loop's sleep, not in a gather)
-    seed = next(s for s in range(1000) if next(poisson_offsets(random.Random(s), 1.0, 1)) > 1.0)
+    # (a seed whose first arrival is late: the cancel lands in the arrival loop's sleep, not in a gather;
+    # 5 s leaves room for a loaded machine between the event's start and the cancel)
+    seed = next(s for s in range(5000) if next(poisson_offsets(random.Random(s), 1.0, 1)) > 5.0)
     fired: list[str] = []
+    started = asyncio.Event()
 
     async def restart() -> None:
+        # (started at once, then long enough that only a cancel ends it before the test looks)
+        fired.append("started")
+        started.set()
+        try:
+            await asyncio.sleep(60.0)
+        except asyncio.CancelledError:
+            fired.append("cancelled")
+            raise
         fired.append("restart")
 
     specs: Any = iter([None] * 5)  # (never sent: the cancel comes first)
-    task = asyncio.create_task(open_loop("http://127.0.0.1:1", specs, 1.0, 50.0, seed, 1.0, [(0.3, restart)]))
-    await asyncio.sleep(0.05)
+    task = asyncio.create_task(open_loop("http://127.0.0.1:1", specs, 1.0, 50.0, seed, 1.0, [(0.0, restart)]))
+    # (wait for the event to start rather than sleep a guess: a loaded machine may be slow to run it)
+    await asyncio.wait_for(started.wait(), 30.0)
+    assert fired == ["started"], fired
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.5)
-    assert fired == []
+    # (ended before the cancel was raised: nothing left running to fire later)
+    assert fired == ["started", "cancelled"]
