@@ -301,14 +301,16 @@ def _main(argv: list[str] | None) -> int:
         if refused:
             raise EppConfigError("\n".join(refused))
         kube_flag = "--kube-server" if args.kube_server else "--kubeconfig" if args.kubeconfig else None
-        # (why none is watched, where --pool-name may well be given: review s27-rev-docs27 F6)
-        none_watched = "only with an InferencePool to watch (none is: the pool's endpoints are given, by --endpoints or --config)"  # noqa: E501
+        none_watched = poolflags.NONE_WATCHED  # (why none is watched: review s27-rev-docs27 F6)
         if kube_flag and cfg.pool.inference_pool is None:
             raise EppConfigError(f"{kube_flag}: {none_watched}")
         if args.pool_group is not None and cfg.pool.inference_pool is None:
             raise EppConfigError(f"--pool-group: {none_watched}")
         if args.pool_namespace and cfg.pool.inference_pool is None:  # (review s27-rev-a27 F3)
             raise EppConfigError(f"{poolflags.FLAG}: {none_watched}")
+        ref = cfg.pool.inference_pool  # (with --config: the file's; --pool-name only picked the pool)
+        if ref and (why := poolflags.not_the_files(args.pool_namespace, cfg.pool.name, ref.namespace)):
+            raise EppConfigError(f"{poolflags.FLAG}: {why}")
         if args.ha_enable_leader_election and cfg.pool.inference_pool is None:
             raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
         pair, client_ca = _tls(args)

@@ -219,15 +219,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Why ``--pool-name`` is refused with ``--config``: kvgate epp's ``--pool-name`` there picks the one pool it
-# serves and overrides nothing in the file (its --pool-namespace is then only informational); kvgate serve
-# serves every pool of its file, so there is nothing to pick.
+# serves and overrides nothing in the file (its --pool-namespace must be the file's); kvgate serve serves
+# every pool of its file, so there is nothing to pick.
 POOL_NAME_WITH_CONFIG = (
-    "not with --config: kvgate serve serves every pool of the file, each watching the InferencePool its "
-    "inferencePool: {name, namespace} names (kvgate epp's --pool-name picks the one pool it serves from a "
-    "file; kvgate serve has none to pick)"
+    "not with --config: drop --pool-name (kvgate serve serves every pool of the file, each watching the "
+    "InferencePool its inferencePool: {name, namespace} names; kvgate epp's --pool-name picks the one pool "
+    "it serves from a file, kvgate serve has none to pick)"
 )
-# The kube flags given where no pool is watched.
-NONE_WATCHED = "only with an InferencePool to watch (--pool-name, or a config pool's inferencePool)"
+NONE_WATCHED = poolflags.NONE_WATCHED  # (the kube flags given where no pool is watched; kvgate epp's words)
 
 
 def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None) -> GatewayConfig:

@@ -33,6 +33,28 @@ def refused(flag: str | None, pool_name: str | None) -> str | None:
     return WITHOUT_POOL_NAME if flag and not pool_name else None
 
 
+def not_the_files(flag: str | None, pool: str, file_namespace: str) -> str | None:
+    """Why ``--pool-namespace`` (given) cannot apply beside a config file whose pool ``pool`` names its
+    InferencePool in ``file_namespace``, or None (not given, or the same). Refused, not honoured: the file
+    names the InferencePool, name and namespace, for ``kvgate serve`` and ``kvgate epp`` alike, and
+    ``--pool-name`` there only picks the pool; a flag that moved the watch to another namespace would leave
+    the two doors watching different pools under one file (before fixk8s28 it was ignored, silently)."""
+    if not flag or flag == file_namespace:
+        return None
+    return (
+        f"{flag!r} is not the namespace the config names for pool {pool!r}'s InferencePool "
+        f"({file_namespace!r}): the file names it (drop the flag, or change the pool's "
+        "inferencePool.namespace)"
+    )
+
+
+# The pool flags given where no pool is watched: the same words in both doors (review s28-rev-k8s28 N2).
+NONE_WATCHED = (
+    "only with an InferencePool to watch (none is: the endpoints are listed, by --endpoints or a config "
+    "pool's endpoints)"
+)
+
+
 # ``--pool-group``: the reference EPP's flag (GIE ``cmd/epp/runner``); its values: the InferencePool groups.
 GROUP_FLAG = "--pool-group"
 GROUPS = sorted(R.POOL_GROUPS)
