@@ -182,7 +182,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM / SIGINT: not ready at once (gRPC health, /readyz), new streams refused, the open "
         "ones served up to this long, then cut (keep it under the pod's terminationGracePeriodSeconds); "
-        "a second signal cuts the drain at once",
+        "a second signal cuts the drain at once (default: --config's limits.drainTimeoutSeconds, else "
+        f"{keys.DEFAULT_DRAIN_TIMEOUT_S:g})",
     )
     net.add_argument(
         "--model-series-grace",
@@ -273,7 +274,10 @@ def _main(argv: list[str] | None) -> int:
     from kvgate.extproc.context import build_context
     from kvgate.extproc.metrics import EppMetrics, models_reported
 
+    given = given_options(argv)
     if args.clusters:
+        if (flag := next((f for dest, f in given.items() if dest not in _HUB_TAKES), None)) is not None:
+            p.error(f"{flag}: {HUB_REFUSED}")
         return _hub_main(args)
     try:
         refused = _pool_flags_refused(args) if args.config else []
@@ -333,15 +337,10 @@ def _main(argv: list[str] | None) -> int:
             args.scrape_interval = cfg.scrape_interval_s
         if args.max_buffered_bytes is None:
             args.max_buffered_bytes = cfg.max_buffered_bytes
-        if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
-            raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
-        if args.max_buffered_bytes < cfg.max_body_bytes:  # (as the file's pair and kvgate serve's flag)
-            cap = "--config's limits.maxBodyBytes" if args.config else "the body cap"
-            raise EppConfigError(
-                f"--max-buffered-bytes must be >= {cap} ({cfg.max_body_bytes}), "
-                f"got {args.max_buffered_bytes}: a body between the two could never be held, and would be "
-                "told to retry (503) forever"
-            )
+        if args.config and "drain_timeout" not in given:  # (as kvgate serve's key: the flag over it)
+            args.drain_timeout, args.drain_from = cfg.drain_timeout_s, DRAIN_KEY
+        cap = "--config's limits.maxBodyBytes" if args.config else "the body cap"
+        _check_stream_limits(args, cfg.max_body_bytes, cap)
         if not 0 < args.scrape_interval < math.inf:
             raise EppConfigError(f"--scrape-interval must be a finite number > 0, got {args.scrape_interval}")
         ctx.budget.limit = args.max_buffered_bytes
@@ -357,6 +356,22 @@ def _main(argv: list[str] | None) -> int:
         asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca, kube=kube))
     return 0
 
+
+def _check_stream_limits(args: argparse.Namespace, body_cap: int, cap: str) -> None:
+    """``--max-buffered-bytes`` and ``--stream-idle-timeout``, in both modes (``EppConfigError``)."""
+    from kvgate.extproc.config import EppConfigError
+
+    if args.max_buffered_bytes <= 0 or args.stream_idle_timeout <= 0:
+        raise EppConfigError("--max-buffered-bytes and --stream-idle-timeout must be > 0")
+    if args.max_buffered_bytes < body_cap:  # (as the file's pair and kvgate serve's flag)
+        raise EppConfigError(
+            f"--max-buffered-bytes must be >= {cap} ({body_cap}), got {args.max_buffered_bytes}: a body "
+            "between the two could never be held, and would be told to retry (503) forever"
+        )
+
+
+# Where ``--config``'s drain comes from (said by the drain's log lines in place of the flag).
+DRAIN_KEY = "limits.drainTimeoutSeconds"
 
 # With --config the pool is the file's: these flags would do nothing there (s19-qa M2), so each is refused.
 POOL_FLAGS = {
@@ -403,6 +418,36 @@ def _endpoint_labels(items: list[str]) -> dict[str, str]:
     return out
 
 
+# ``--clusters`` (the hub EPP): the options it takes (``args`` names). Every other one is a pool EPP's (its
+# endpoints, models, picker, scrape, Kubernetes client and Lease) and is refused, naming it, as ``kvgate serve
+# --clusters`` refuses its own (before epp28 they were taken and did nothing). ``--config`` and the pool
+# flags are refused by ``_hub_main``, each with its own reason.
+_HUB_TAKES = frozenset(
+    {"clusters", "cluster_policy", "cluster_policy_seed", "model_series_grace", "host", "port",
+     "grpc_health_port", "metrics_port", "plaintext", "secure_serving", "cert_path", "cert", "key",
+     "client_ca", "metrics_tls", "tls_hosts", "max_concurrent_streams", "max_buffered_bytes",
+     "stream_idle_timeout", "drain_timeout", "kube_stale_after", "kube_stale_not_ready_after", "log_level",
+     "config", "pool_name", "pool_namespace", "pool_group"}
+)  # fmt: skip
+HUB_REFUSED = (
+    "not with --clusters (the hub EPP's candidates are the clusters file's clusters: it serves no pool's "
+    "endpoints, scrapes no pod and takes no Lease; the clusters file's kubernetes: section names its API "
+    "servers; it takes the listen, TLS and stream flags, --drain-timeout, --cluster-policy, "
+    "--cluster-policy-seed, --model-series-grace and --kube-stale-after)"
+)
+
+
+def given_options(argv: list[str] | None) -> dict[str, str]:
+    """The options given on the command line (a default given explicitly included): ``args`` name -> flag,
+    in the order given."""
+    p = parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    given, _unknown = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    flags = {a.dest: a.option_strings[-1] for a in p._actions if a.option_strings}
+    return {dest: flags[dest] for dest in vars(given)}
+
+
 # The InferencePool flags (flag -> its ``args`` name): refused with ``--clusters`` (review s27-rev-a27 F3).
 _HUB_UNUSED_POOL_FLAGS = {"--pool-name": "pool_name", poolflags.FLAG: "pool_namespace",
                           "--pool-group": "pool_group"}  # fmt: skip
@@ -446,6 +491,15 @@ def _hub_main(args: argparse.Namespace) -> int:
     # The clusters file's ``limits.requestTimeoutSeconds``, read per request (a reload applies to the next).
     ctx = SessionContext(director, AddressIndex(director.store), clock=time.monotonic, observer=metrics,
                          request_timeout_s=lambda: director.cfg.request_timeout_s)  # fmt: skip
+    # The streams' byte budget, as a pool EPP's (before epp28 the flag was taken and ignored: 1 GiB).
+    if args.max_buffered_bytes is None:
+        args.max_buffered_bytes = ctx.budget.limit
+    try:
+        _check_stream_limits(args, ctx.max_request_body, "the body cap")
+    except ValueError as e:
+        print(f"kvgate epp: {e}", file=sys.stderr)
+        return 2
+    ctx.budget.limit = args.max_buffered_bytes
     try:
         with contextlib.suppress(KeyboardInterrupt):
             staleness = hub_policy(args.kube_stale_after, warn=False)
@@ -553,7 +607,7 @@ async def _serve(
         host=args.host, port=args.port, health_port=args.grpc_health_port, metrics_port=args.metrics_port,
         tls=pair, client_ca=client_ca, max_concurrent_streams=args.max_concurrent_streams,
         stream_idle_timeout_s=args.stream_idle_timeout, metrics_tls=args.metrics_tls,
-        grace_s=args.drain_timeout,
+        grace_s=args.drain_timeout, grace_from=getattr(args, "drain_from", "--drain-timeout"),
     )  # fmt: skip
     from kvgate.multicluster.export import aggregate_source
 

@@ -45,8 +45,10 @@ class EppConfig:
     picker_config: dict[str, Any] | None = None
     conformance_hooks: bool = False
     max_body_bytes: int = 64 << 20
-    # ``--config``'s ``limits.maxBufferedBytes`` and ``scrapeIntervalSeconds`` (the flags override them).
+    # ``--config``'s ``limits.maxBufferedBytes``, ``limits.drainTimeoutSeconds`` and ``scrapeIntervalSeconds``
+    # (the flags override them).
     max_buffered_bytes: int = 1 << 30
+    drain_timeout_s: float = 30.0
     scrape_interval_s: float = 0.05
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -60,7 +62,7 @@ class EppConfig:
 # ``health`` keys (docs/epp.md). The rest is the gateway's own work: refused, naming each key, rather than
 # parsed and silently not applied (s19-qa M2: an operator moving a gateway file behind Envoy must not
 # believe its API keys, tenant limits and concurrency cap still hold).
-EPP_LIMITS = ("maxBodyBytes", "maxBufferedBytes")
+EPP_LIMITS = ("maxBodyBytes", "maxBufferedBytes", "drainTimeoutSeconds")
 EPP_HEALTH = ("scrapeFailures", "metricsStalenessSeconds")
 _ENVOY = "Envoy in front proxies the request"
 NOT_APPLIED = {
@@ -73,7 +75,7 @@ NOT_APPLIED = {
     "hideInternalAddresses": "not applied by kvgate epp (a kvgate serve option for the answers it writes; "
     "Envoy writes the client's answers here)",
     "limits": f"not applied by kvgate epp: {_ENVOY} (set its route timeouts, retries and circuit breakers); "
-    f"the EPP applies limits.{' and limits.'.join(EPP_LIMITS)} only",
+    f"the EPP applies {', '.join(f'limits.{k}' for k in EPP_LIMITS)} only",
     "health": "not applied by kvgate epp: it ejects and probes nothing (Envoy's outlier detection and health "
     f"checks do); the EPP applies health.{' and health.'.join(EPP_HEALTH)} only",
     # (the EPP does bound waiting bodies, with no knob: saying "Envoy does it" misled; review s25-rev-gw25 L2)
@@ -194,5 +196,6 @@ def load(
         conformance_hooks=conformance or uses_conformance_filter(picker),
         max_body_bytes=gw.limits.max_body_bytes if config else 64 << 20,
         max_buffered_bytes=gw.limits.max_buffered_bytes,
+        drain_timeout_s=gw.limits.drain_timeout_s,
         scrape_interval_s=gw.scrape_interval_s,
     )

@@ -368,8 +368,10 @@ class ServerOptions:
     client_ca: bytes | None = None
     # Serve the metrics port (/metrics, /v1/pool/aggregate) with ``tls`` too, mutual with ``client_ca``.
     metrics_tls: bool = False
-    # The stop's grace for the open streams (``--drain-timeout``; ``DRAIN_TIMEOUT_S``).
+    # The stop's grace for the open streams (``--drain-timeout``, else ``--config``'s
+    # ``limits.drainTimeoutSeconds``; ``DRAIN_TIMEOUT_S``), and which of the two set it (for the log lines).
     grace_s: float = DRAIN_TIMEOUT_S
+    grace_from: str = "--drain-timeout"
     # Each open stream holds at most one request body (bounded) and response buffer: this bounds them all.
     # Beyond it gRPC answers RESOURCE_EXHAUSTED and the gateway applies its failure mode.
     max_concurrent_streams: int = 10_000
@@ -497,14 +499,14 @@ class EppServer:
         await self._health.enter_graceful_shutdown()  # (a no-op the second time)
 
     _drain_cut = False  # (class defaults: ``cut_drain`` sets them on the instance)
-    _on_cut: Callable[[], object] | None = None
+    _cut_asked: asyncio.Future[None] | None = None  # (set while ``_grpc_stop`` waits out a grace)
 
     def cut_drain(self) -> None:
         """The open streams are cancelled now, not at the drain's end, by a stop begun or to come
         (``kvgate epp``'s second SIGTERM / SIGINT, as controller-runtime's; review s27-rev-fixes27c F2)."""
         self._drain_cut = True
-        if self._on_cut is not None:
-            self._on_cut()
+        if self._cut_asked is not None and not self._cut_asked.done():
+            self._cut_asked.set_result(None)
 
     async def _stop(self, g: float) -> None:
         # The open streams are served up to ``g`` (gRPC refuses new ones meanwhile), or until ``cut_drain``.
@@ -514,8 +516,8 @@ class EppServer:
         if self._grpc is not None:
             open_streams = len(self.servicer.active) if self.servicer is not None else 0
             if open_streams and g > 0:
-                log.info("draining %d open stream%s for up to %gs (--drain-timeout)", open_streams,
-                         "" if open_streams == 1 else "s", g)  # fmt: skip
+                log.info("draining %d open stream%s for up to %gs (%s)", open_streams,
+                         "" if open_streams == 1 else "s", g, self.options.grace_from)  # fmt: skip
             # What flow control still queues near the grace's end is answered 503 (Retry-After) over its
             # own stream, as ``kvgate serve`` answers its queue at its drain deadline (fc21).
             at = max(0.0, g - min(GRACE_EVICT_MARGIN_S, g / 2))
@@ -540,9 +542,7 @@ class EppServer:
             await grpc_server.stop(0)
             return
         stopping = asyncio.ensure_future(grpc_server.stop(g))
-        asked = asyncio.Event()
-        self._on_cut = asked.set
-        cut = asyncio.ensure_future(asked.wait())
+        cut = self._cut_asked = asyncio.get_running_loop().create_future()  # (``cut_drain`` sets it)
         try:
             await asyncio.wait([stopping, cut], return_when=asyncio.FIRST_COMPLETED)
             if not stopping.done():
@@ -552,14 +552,13 @@ class EppServer:
                 await grpc_server.stop(0)  # (gRPC cancels every call still open; ``stopping`` ends with it)
             await stopping
         finally:
-            self._on_cut = None
-            cut.cancel()
+            self._cut_asked = None
 
     def _say_cut(self, g: float) -> None:
         n = len(self.servicer.active) if self.servicer is not None else 0
         if n:
-            log.warning("the drain deadline (%gs, --drain-timeout) cuts %d stream%s still open", g, n,
-                        "" if n == 1 else "s")  # fmt: skip
+            log.warning("the drain deadline (%gs, %s) cuts %d stream%s still open", g,
+                        self.options.grace_from, n, "" if n == 1 else "s")  # fmt: skip
 
     def evict_queued(self) -> int:
         """Every request still in the flow-control queue leaves it (``EvictedOther``), its stream answered an
