@@ -465,8 +465,11 @@ class GlobalGateway:
     def drain_s(self) -> float:
         """How long the stop waits for the requests in flight: the constructor's, else the clusters file's
         ``limits.drainTimeoutSeconds`` (30 s default, as ``kvgate serve``'s), as last reloaded when the
-        stop began."""
-        return self.router.cfg.drain_timeout_s if self._drain_s is None else self._drain_s
+        stop began. Read from the gateway's own copy of the file (``ClusterSource.file_cfg``, set by
+        ``reload``), not from the router's config: ``stop`` reads it before its ``stop_to_the_end`` guard
+        (the guard's limit adds it), where nothing may fail (before epp28: a router without a config, a
+        stand-in, raised there and nothing was stopped)."""
+        return self.source.file_cfg.drain_timeout_s if self._drain_s is None else self._drain_s
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters, TTL / refresh / locality, the TLS options (and files) of
