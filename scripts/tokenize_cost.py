@@ -21,6 +21,12 @@ missed pieces), the latter both on the library's thread pool and with ``TOKENIZE
 (serial, in the calling thread; the library reads the variable at each call). ``process_time`` counts
 every thread of the process, so the thread pool's CPU is in it, not just the wall time it saves.
 ``--last N`` times only each prompt's last N pieces there (a request whose shared prefix is cached).
+
+``--threads N`` instead runs, in two fresh processes (``TOKENIZERS_PARALLELISM`` unset, then ``false``),
+N prompt-shaped texts (8 tenants' ~30-line system texts, each with its own question line: the request
+path's shape) through ``PromptTokenizer.encode`` after ``warm`` and the live checks, and prints each of
+the process's threads' run and wait (``/proc/self/task/*/schedstat``) over those encodes: whether the
+library's thread pool runs any of a request's ``encode_batch_fast([piece])`` (issue #16, tok28).
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--batch", action="store_true", help="also: one call per prompt's pieces (see above)")
     ap.add_argument("--last", type=int, default=0, help="with --batch: only each prompt's last N pieces")
+    ap.add_argument("--threads", type=int, default=0, help="per-thread run/wait over N encodes (see above)")
+    ap.add_argument("--threads-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     path = args.tokenizer
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             write_tokenizer_dir(d)
             path = str(d)
     f = tokenize.tokenizer_file(path)
+    if args.threads:
+        return threads(f, args.threads, args.threads_child)
     rng = random.Random(16)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(700)) for _ in range(args.prompts)]
     pieces = [p for t in prompts for p in tokenize._cut_pieces(t)]
@@ -174,6 +184,60 @@ def batch_cost(tok: Any, prompts: list[str], rounds: int, last: int) -> None:
         m = statistics.median(got[k])
         print(f"  {k:26s} {m:8.1f} us CPU, ratio {m / base:.3f} (rounds: "
               f"{' '.join(f'{x / y:.2f}' for x, y in zip(got[k], got[kinds[0]], strict=True))})")  # fmt: skip
+
+
+def _schedstat() -> dict[int, tuple[int, int, int]]:
+    """Per thread of this process: (ns on a CPU, ns runnable but waiting for one, times it got a CPU)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            run, wait, slices = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()
+        except (OSError, ValueError):  # (a thread that ended)
+            continue
+        out[int(tid)] = (int(run), int(wait), int(slices))
+    return out
+
+
+def threads(f: Path, n: int, child: bool) -> int:
+    if not child:
+        import subprocess
+
+        print(f"tokenizer {f}; {n} encodes per process; loadavg {Path('/proc/loadavg').read_text().strip()}")
+        for value in (None, "false"):
+            env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+            if value is not None:
+                env["TOKENIZERS_PARALLELISM"] = value
+            argv = [sys.executable, __file__, "--tokenizer", str(f), "--threads", str(n), "--threads-child"]
+            subprocess.run(argv, env=env, check=True)
+        print(f"loadavg {Path('/proc/loadavg').read_text().strip()}")
+        return 0
+    import threading
+
+    rng = random.Random(28)
+    line = lambda k: " ".join(rng.choice(WORDS[:-2]) for _ in range(k))  # noqa: E731
+    systems = ["\n".join(line(12) for _ in range(30)) for _ in range(8)]
+    texts = [f"{systems[i % 8]}\nUser {i}: {line(20)}" for i in range(n + tokenize.LIVE_CHECKS)]
+    pt = tokenize.PromptTokenizer(f)
+    tokenize.warm()
+    for t in texts[: tokenize.LIVE_CHECKS]:  # the live checks' prompts: their thread's work is done before
+        pt.encode(t)
+    pt.wait_self_checks(60)
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    before = _schedstat()
+    t0 = time.perf_counter()
+    for t in texts[tokenize.LIVE_CHECKS :]:
+        pt.encode(t)
+    wall = time.perf_counter() - t0
+    after = _schedstat()
+    print(f"TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM')}: {len(after)} threads; "
+          f"per encode {wall / n * 1e6:.1f} us wall")  # fmt: skip
+    for tid, (run, wait, slices) in sorted(after.items()):
+        r0, w0, s0 = before.get(tid, (0, 0, 0))
+        name = names.get(tid, "(not Python's: the library's pool)")
+        print(f"  {tid:>8} {name:34s} per encode: run {(run - r0) / n / 1e3:7.2f} us, wait "
+              f"{(wait - w0) / n / 1e3:7.2f} us; in all: run {(run - r0) / 1e6:7.2f} ms, on a CPU "
+              f"{slices - s0} times")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":

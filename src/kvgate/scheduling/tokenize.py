@@ -48,8 +48,13 @@ makes the next ``encode`` drop the caches and tokenize whole texts (review s26-r
 
 The request path encodes with ``encode_batch_fast`` (a batch of one: the same ids without the character
 offsets, ~0.71x the CPU of ``encode`` per piece, ``scripts/tokenize_cost.py``; it releases the GIL as
-``encode_batch`` does, and runs on the library's own thread pool unless ``TOKENIZERS_PARALLELISM=false``)
-and falls back to ``encode`` on a tokenizer object without it. The references the
+``encode_batch`` does) and falls back to ``encode`` on a tokenizer object without it. A batch of one runs
+on the calling thread whatever ``TOKENIZERS_PARALLELISM`` says: the library's rayon pool is started by
+the first call but a one-item batch is never split, so its threads get no work (0.02 ms of CPU over 1,000
+prompt-shaped encodes, ``scripts/tokenize_cost.py --threads 1000``; issue #16, tok28), and there is no
+hand-off to another thread to save. The live checks' whole-text ``encode_batch`` is a batch of one too:
+it runs on the checker thread itself (Python 3.11 does not name the OS thread, so per-thread traces show
+it as ``python``, on a fresh gateway's first ``LIVE_CHECKS`` prompts only). The references the
 checks compare against stay the offset-computing calls: the load-time probe's whole text is ``encode``,
 a prompt-shaped text's ``encode_batch``.
 """
