@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kvgate import lifeline
 from kvgate.scheduling import tokenize
 
 WORDS = ("the", "of", "prefix", "cache", "block", "token", "model", "route", "engine", "queue", "tenant",
@@ -208,7 +209,7 @@ def threads(f: Path, n: int, child: bool) -> int:
             if value is not None:
                 env["TOKENIZERS_PARALLELISM"] = value
             argv = [sys.executable, __file__, "--tokenizer", str(f), "--threads", str(n), "--threads-child"]
-            subprocess.run(argv, env=env, check=True)
+            subprocess.run(lifeline.die_with_parent_argv(argv), env=env, check=True)
         print(f"loadavg {Path('/proc/loadavg').read_text().strip()}")
         return 0
     import threading
