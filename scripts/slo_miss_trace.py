@@ -72,6 +72,7 @@ from kvgate.bench.flowcontrol_bench import (
     Mix,
     Outcome,
     _slo,
+    baseline,
     rates,
 )
 from kvgate.flowcontrol.controller import FlowController
@@ -549,20 +550,24 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     _cap, base = rates(args.replicas, args.profile, args.seed, args.max_num_seqs, args.load, args.duration)
     cell = f"{args.replicas} x {args.max_num_seqs}, load {args.load}, seed {args.seed}"
-    tables, cycles, floors = [], {}, {}
+    tables, cycles, floors, no_line = [], {}, {}, []
     for arm in args.arms.split(","):
         sim, trace = run_arm(arm, args, base)
         measured, found = misses(sim, trace, args.warmup)
         tables.append(table(arm, measured, found))
         cycles[arm] = cycle(trace, found, args.warmup, args.duration)
         if args.floor:
-            c = calm_p90(arm, args, base)
-            if c:
+            c = baseline(calm_p90(arm, args, base))
+            if c:  # (none where the calm p90 fell among unanswered requests: no line at 1.5 x inf)
                 floors[arm] = floor_table(trace, measured, 1.5 * c, args.profile, args.warmup, args.duration)
                 floors[arm]["calm_p90_s"] = c
+            else:
+                no_line.append(arm)
     print(render(cell, tables, cycles if args.cycle else {}), flush=True)
     for arm, t in floors.items():
         print(render_floor(arm, t), flush=True)
+    for arm in no_line:
+        print(f"\n{arm}: no floor table: its calm quiet p90 is none or among unanswered requests", flush=True)
     if args.out:
         line = " ".join(sys.argv[1:] if argv is None else argv)
         doc = {
@@ -573,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             **({"floors": floors} if floors else {}),
         }
         with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
+            json.dump(doc, f, indent=1, allow_nan=False)  # (JSON has no Infinity: fail, never write one)
     return 0
 
 

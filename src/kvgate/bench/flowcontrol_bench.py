@@ -515,6 +515,20 @@ def breakdown(run: Run, tenants: tuple[str, ...]) -> dict[str, Any] | None:
 GOAL_RATIO = 1.5  # the issue's goal: the quiet tenants' p90 under the flood within 1.5x the calm p90
 
 
+def baseline(calm_p90: float | None) -> float | None:
+    """The calm p90 as the goal's baseline: None where it gives none (no quiet request, or ``inf``: the p90
+    fell among unanswered requests, fc28's rule), so neither a ratio nor a goal line is drawn over it."""
+    return calm_p90 if calm_p90 and math.isfinite(calm_p90) else None
+
+
+def p90_ratio(p90: float | None, calm_p90: float | None) -> float | None:
+    """``p90`` over the calm ``baseline`` (every flood / calm and flood / even ratio: the bench, the live
+    bench, the frontier): ``inf`` where ``p90`` fell among unanswered requests (over the goal, not met), None
+    where there is no baseline (``f / inf`` would read 0.0: goal 1 met by the widest margin)."""
+    c = baseline(calm_p90)
+    return p90 / c if p90 and c else None
+
+
 def over_goal(run: Run, tenants: tuple[str, ...], calm_p90: float, measured_from: float) -> dict[str, Any]:
     """The tenants' requests over ``GOAL_RATIO`` x ``calm_p90`` (what puts their p90 over the goal),
     as shares of all their served requests, by where the excess was: kvgate's queue (> 10 ms from
@@ -735,11 +749,9 @@ def main(argv: list[str] | None = None) -> int:
         f = rows["runs"][f"{arm}/flood"]["quiet"]["p90_ttft_s"]
         for mode in ("calm", "even"):
             c = rows["runs"][f"{arm}/{mode}"]["quiet"]["p90_ttft_s"]
-            # (an unanswered p90 is inf: over it, inf, not met; under it, no ratio)
-            ok = c and f and math.isfinite(c)
-            rows["runs"][f"{arm}/flood"][f"quiet_p90_vs_{mode}"] = (f / c) if ok else None
-        calm = rows["runs"][f"{arm}/calm"]["quiet"]["p90_ttft_s"]
-        if calm:
+            rows["runs"][f"{arm}/flood"][f"quiet_p90_vs_{mode}"] = p90_ratio(f, c)
+        calm = baseline(rows["runs"][f"{arm}/calm"]["quiet"]["p90_ttft_s"])
+        if calm:  # (no line at 1.5 x inf: no quiet request would be over it)
             rows["runs"][f"{arm}/flood"]["quiet_over_goal"] = over_goal(
                 flood_runs[arm], QUIET, calm, args.warmup
             )
@@ -876,7 +888,7 @@ def render(rows: dict[str, Any]) -> str:
                 f"| {_f(c['missed_p90_ttft_s'])} | {_f(c['missed_max_ttft_s'])} | {c['missed_over_10s']} |"
             )
     st = rows.get("step_model")
-    calm = rows["runs"].get("kvgate/calm", {}).get("quiet", {}).get("p90_ttft_s")
+    calm = baseline(rows["runs"].get("kvgate/calm", {}).get("quiet", {}).get("p90_ttft_s"))
     if st:
         lines += [
             "",

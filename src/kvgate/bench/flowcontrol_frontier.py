@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from kvgate.bench import frontier as fr
-from kvgate.bench.flowcontrol_bench import Mix, _f, rates, sim_from_args, summarize
+from kvgate.bench.flowcontrol_bench import Mix, _f, p90_ratio, rates, sim_from_args, summarize
 from kvgate.bench.outdir import wrote
 from kvgate.bench.report import write_json
 
@@ -32,7 +32,7 @@ def _setting_row(
         "slo_attainment": s["slo_attainment"],
         "shed_429": s["shed_429"],
         "shed_503": s["shed_503"],
-        "quiet_p90_vs_calm": (q / calm_p90) if q and calm_p90 else None,
+        "quiet_p90_vs_calm": p90_ratio(q, calm_p90),
         "critical_slo_attainment": s["bands"]["critical (10)"]["slo_attainment"],
         "batch_slo_attainment": s["bands"]["batch (-1)"]["slo_attainment"],
         "batch_shed": s["bands"]["batch (-1)"]["shed"],

@@ -245,7 +245,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         for mode in ("calm", "even"):
             other = rows["runs"].get(f"{arm}/{mode}")
             f, c = flood["quiet"]["p90_ttft_s"], other and other["quiet"]["p90_ttft_s"]
-            flood[f"quiet_p90_vs_{mode}"] = (f / c) if c and f else None
+            flood[f"quiet_p90_vs_{mode}"] = fc.p90_ratio(f, c)
     return rows
 
 
