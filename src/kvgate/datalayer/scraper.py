@@ -315,16 +315,17 @@ class MetricsScraper:
         if src is None:
             return _Target(ep.address, self.scheme, self.tls, self.path)
         address = ep.address
+        host, _, port = address.rpartition(":")
         if src.port is not None:
-            host, _, _ = address.rpartition(":")
             address = f"{host or address}:{src.port}"
-        r = resolve(src, self.scheme, self.tls, self.path)
+        r = resolve(src, self.scheme, self.tls, self.path, int(port) if host and port.isdigit() else None)
         if r.scheme_overridden and src.origin not in self._scheme_warned:
             self._scheme_warned.add(src.origin)
             log.warning(
                 "%s.scheme: 'http' not applied: this pool's endpoints are scraped over https "
                 "(https:// endpoints or --scrape-scheme https), verified as the pool says (its caFile / "
-                "--scrape-ca); set scheme: https or leave it out",
+                "--scrape-ca); set scheme: https or leave it out (a source naming another port keeps its "
+                "http)",
                 src.origin or "metrics-data-source",
             )
         return _Target(address, r.scheme, r.tls, r.path)
