@@ -28,6 +28,7 @@ import orjson
 from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import StoreChange
 from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_key, flow_of
 from kvgate.gateway import access
 from kvgate.gateway.bigbody import PieceRewriter
@@ -291,6 +292,10 @@ class Proxy:
         }
         lim = cfg.limits
         self.upstream = UpstreamPool(lim.connect_timeout_s, lim.idle_timeout_s)
+        # An endpoint that leaves every pool (a reload, Kubernetes discovery) has its upstream connections
+        # closed, as Envoy drains a removed host's pool: nothing else would take them again (s28-qa Q2).
+        for pool in pools:
+            pool.store.add_listener(self._on_store_change)
         # Who may call and how much (kvgate.gateway.tenants); None = open / unlimited.
         self.keys = (
             ApiKeys(load_keys(cfg.api_keys_file, cfg.api_keys_env))
@@ -370,6 +375,18 @@ class Proxy:
         self.completions: Handler = functools.partial(self._handle, COMPLETIONS)
         self.chat: Handler = functools.partial(self._handle, CHAT)
         self.embeddings: Handler = functools.partial(self._handle, EMBEDDINGS)
+
+    def _on_store_change(self, change: StoreChange) -> None:
+        if change.kind == "removed":
+            address = change.endpoint.address
+            if not any(address in p.store for p in self.pools):
+                self.upstream.retire(address)
+
+    def close_upstream(self) -> None:
+        """Every upstream connection closed, the stores no longer heard (the gateway's stop)."""
+        for pool in self.pools:
+            pool.store.remove_listener(self._on_store_change)
+        self.upstream.close()
 
     def close_access(self) -> None:
         """Writes the access lines not written yet (the gateway's stop)."""

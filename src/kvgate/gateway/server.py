@@ -646,7 +646,7 @@ class GatewayServer:
                     async with asyncio.timeout(CUT_WRITE_S):
                         await self.proxy.idle.wait()
             if self.proxy is not None:
-                self.proxy.upstream.close()
+                self.proxy.close_upstream()
         finally:
             if self.proxy is not None:  # (the buffered access lines: review s24-rev-fixqa24 R4; a late
                 self.proxy.close_access()  # line after this is written at once: s24-rev-fix24b F1)

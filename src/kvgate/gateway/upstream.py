@@ -18,6 +18,12 @@ cannot spend what the chunks before it earned).
 Memory is bounded: reading pauses when more than ``_HIGH_WATER`` bytes wait for the consumer, and idle
 connections per endpoint are capped.
 
+Connections do not outlive their use (review s28-qa Q2: with endpoint churn the fds grew without end):
+an endpoint that left every pool has its idle connections closed at once and its busy ones when their
+exchange ends (``retire``, the proxy's store listener); an idle connection unused for
+``IDLE_MAX_AGE_S`` is closed (swept every quarter of it); and TCP keepalive (``KEEPALIVE``) ends one to
+a host that vanished without a FIN (a node gone), which the server's own idle timeout never would.
+
 When a connection is reused: the response was read to its end, it was HTTP/1.1 without
 ``Connection: close`` (in its head or, as llhttp reads it, its trailers; an HTTP/1.0 answer is never
 reused, with or without ``keep-alive``), nothing arrived past its end, and no error; reading resumes
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +49,12 @@ _MAX_HEAD = 64 * 1024
 _MAX_HEADERS = 100
 _CHUNK_LINE = 1024  # allowance per chunk for its size line (extensions included) and CRLFs
 _MAX_IDLE_PER_ENDPOINT = 512
+# An idle connection is closed after this long unused (Envoy's upstream idle_timeout defaults to 1 h; a
+# model server's own keep-alive timeout is usually far shorter: uvicorn's, vLLM's, 5 s).
+IDLE_MAX_AGE_S = 300.0
+# TCP keepalive on upstream connections (idle s, interval s, probes): a peer gone without a FIN is seen
+# within ~2 min, idle or mid-exchange (the peer's kernel answers probes while its server computes).
+KEEPALIVE = (60, 10, 6)
 
 
 # Content-Type values as sent -> their media types: servers send the same few values on every response.
@@ -116,6 +130,8 @@ class _Conn(asyncio.Protocol):
         # any answer byte is taken for the keep-alive race. One opened ahead (``warm``) has carried
         # nothing; a server that closes it after reading its first request crashed (qa24 F2).
         self.used = False
+        self.retired = False  # its endpoint left every pool: closed when released, never kept idle
+        self.idle_at = 0.0  # event-loop time it was last put idle (``UpstreamPool._sweep_idle``)
         self.transport: asyncio.Transport | None = None
         self.body: collections.deque[bytes] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
@@ -161,6 +177,7 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()
+        _keepalive(transport.get_extra_info("socket"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -362,6 +379,18 @@ class _Conn(asyncio.Protocol):
             self.waiter.set_result(None)
 
 
+def _keepalive(sock: socket.socket | None) -> None:
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):  # (best effort: the connection serves without it)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the OS defaults (hours) apply
+            idle, interval, probes = KEEPALIVE
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+
+
 def _due(conn: _Conn, idle: float | None, deadline: float | None) -> float | None:
     """When a read that starts now times out (event-loop time): after ``idle`` seconds without data, and
     at ``deadline`` at the latest; None: never."""
@@ -467,19 +496,54 @@ class UpstreamPool:
         connect_timeout: float,
         idle_timeout: float | None,
         max_idle_per_endpoint: int = _MAX_IDLE_PER_ENDPOINT,
+        max_idle_age_s: float = IDLE_MAX_AGE_S,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle_per_endpoint
-        self._idle: dict[str, list[_Conn]] = {}
+        self.max_idle_age = max_idle_age_s
+        self._idle: dict[str, list[_Conn]] = {}  # oldest first (``_take_idle`` takes the newest)
         self._open: set[_Conn] = set()
+        self._sweep: asyncio.TimerHandle | None = None  # armed while a connection is idle
 
     def _put_idle(self, conn: _Conn) -> None:
-        idle = self._idle.setdefault(conn.address, [])
-        if len(idle) >= self.max_idle and conn.transport is not None:
+        idle = None if conn.retired else self._idle.setdefault(conn.address, [])
+        if (idle is None or len(idle) >= self.max_idle) and conn.transport is not None:
             conn.transport.close()
             return
+        assert idle is not None
+        conn.idle_at = conn.loop.time()
         idle.append(conn)
+        if self._sweep is None:
+            self._sweep = conn.loop.call_later(self.max_idle_age / 4, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        """Close the connections idle for longer than ``max_idle_age``; forget addresses left with none."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        old = loop.time() - self.max_idle_age
+        for address, idle in list(self._idle.items()):
+            n = 0
+            while n < len(idle) and idle[n].idle_at <= old:
+                n += 1
+            stale, idle[:n] = idle[:n], []
+            for conn in stale:  # (``_forget``, from connection_lost, finds them gone already)
+                if conn.transport is not None:
+                    conn.transport.close()
+            if not idle:
+                del self._idle[address]
+        if self._idle:
+            self._sweep = loop.call_later(self.max_idle_age / 4, self._sweep_idle)
+
+    def retire(self, address: str) -> None:
+        """``address`` left every pool: its idle connections close now, its busy ones when released (their
+        exchanges finish). A later request to it (it came back) connects anew."""
+        for conn in self._idle.pop(address, ()):
+            if conn.transport is not None:
+                conn.transport.close()
+        for conn in self._open:
+            if conn.address == address:
+                conn.retired = True
 
     def _forget(self, conn: _Conn) -> None:
         self._open.discard(conn)
@@ -629,6 +693,9 @@ class UpstreamPool:
         raise UpstreamError(f"{address}: connection closed")  # pragma: no cover (loop always returns)
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for conn in list(self._open):
             if conn.transport is not None:
                 conn.transport.abort()
