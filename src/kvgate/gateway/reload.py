@@ -51,10 +51,14 @@ from kvgate.config.gateway import (
     PoolConfig,
     load_gateway_config,
 )
-from kvgate.config.picker import PluginSpec
+from kvgate.config.picker import EndpointPickerConfig, PluginSpec
 from kvgate.datalayer.store import make_endpoint
 from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, UsesPrefixPlugin
+from kvgate.scheduling.plugins.prefix_cache import (
+    ApproxPrefixCacheProducer,
+    PrefixCacheScorer,
+    UsesPrefixPlugin,
+)
 from kvgate.scheduling.plugins.session import SessionAffinityScorer
 
 log = logging.getLogger("kvgate.gateway.reload")
@@ -199,7 +203,7 @@ def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[s
     flow-control metric labels always; a prefix scorer's index, and a session affinity scorer's sessions,
     when the scorer's name, type and parameters (a prefix scorer's: settings) are unchanged (else its
     blocks may not mean the same); a consumer's implicit prefix scorer's index when the consumer keeps its
-    name and has an implicit one on both sides."""
+    name and has an implicit one on both sides, of the same meaning (``_same_implicit``)."""
     for attr in ("health", "speed", "mean_decode"):
         if hasattr(old, attr) and hasattr(new, attr):
             setattr(new, attr, getattr(old, attr))
@@ -218,11 +222,14 @@ def _carry(old: Any, new: Any, old_pc: PoolConfig, new_pc: PoolConfig) -> list[s
     for name, plugin in handle.plugins.items():
         prev = old_handle.plugins.get(name)
         if isinstance(plugin, UsesPrefixPlugin) and isinstance(prev, UsesPrefixPlugin):
-            # A consumer with no configured prefix scorer has a private one with default parameters
-            # (``find_prefix_plugin``): the same meaning on both sides when both are implicit and named
-            # alike, whatever else of the consumer changed.
+            # A consumer with no configured prefix scorer reads one built for it (``find_prefix_plugin``):
+            # a private one with defaults, or its producer's index with the producer's parameters.
             mine, theirs = _implicit_prefix(plugin, handle), _implicit_prefix(prev, old_handle)
-            if mine is not None and theirs is not None and mine.name == theirs.name:
+            if (
+                mine is not None
+                and theirs is not None
+                and _same_implicit(mine, theirs, handle, old_handle, ospec, nspec)
+            ):
                 mine.take_index(theirs)
                 kept.append(f"{mine.name} (of {name})")
         a, b = ospec.plugin(name), nspec.plugin(name)
@@ -244,6 +251,37 @@ def _same_plugin(a: PluginSpec, b: PluginSpec) -> bool:
     if a.type == PrefixCacheScorer.type_name:
         return PrefixCacheScorer.settings_of(a.parameters) == PrefixCacheScorer.settings_of(b.parameters)
     return a.parameters == b.parameters
+
+
+def _same_implicit(
+    mine: PrefixCacheScorer,
+    theirs: PrefixCacheScorer,
+    handle: Any,
+    old_handle: Any,
+    ospec: EndpointPickerConfig,
+    nspec: EndpointPickerConfig,
+) -> bool:
+    """Do two implicit prefix scorers (``_implicit_prefix``) mean the same: both kvgate's private one with
+    defaults, or both the index of one producer (same name) whose spec is unchanged. A producer's changed
+    parameters (its ``blockSizeTokens``) build an index whose blocks do not mean the old one's (review
+    s28-rev-fixes28a F2: the old index and block size were carried)."""
+    if mine.name != theirs.name:
+        return False
+    prod, old_prod = _producer_of(mine, handle), _producer_of(theirs, old_handle)
+    if prod is None and old_prod is None:
+        return True
+    if prod is None or old_prod is None or prod.name != old_prod.name:
+        return False
+    a, b = ospec.plugin(prod.name), nspec.plugin(prod.name)
+    return a is not None and b is not None and _same_plugin(a, b)
+
+
+def _producer_of(index: PrefixCacheScorer, handle: Any) -> ApproxPrefixCacheProducer | None:
+    """The ``approx-prefix-cache-producer`` whose index ``index`` is, else None."""
+    for p in handle.plugins.values():
+        if isinstance(p, ApproxPrefixCacheProducer) and p._index is index:
+            return p
+    return None
 
 
 def _implicit_prefix(consumer: UsesPrefixPlugin, handle: Any) -> PrefixCacheScorer | None:
