@@ -437,9 +437,11 @@ def _slo(tenant: str, slos: dict[str, float] = SLO_TTFT) -> float:
 
 def unanswered(o: Outcome) -> bool:
     """Sent by the client, neither served (no first token) nor shed (no 429 / 503) when the run ends:
-    still queued in kvgate or at a server, or (live) the client gave up. The reading's rule, for every
-    arm alike (fc28): a miss in every SLO figure, and in a TTFT percentile later than every request
-    answered (it has waited longer than the run); the shed rate counts refusals only."""
+    still queued in kvgate or at a server, or (live) any other outcome without a first token: the client's
+    timeout or the run's cut, a 5xx (or a 4xx but 429), a connection error (each also in the run's
+    ``errors``). The reading's rule, for every arm alike (fc28): a miss in every SLO figure, and in a TTFT
+    percentile later than every request answered (it has waited longer than the run); the shed rate
+    counts refusals only."""
     return not o.status and o.ttft is None
 
 
