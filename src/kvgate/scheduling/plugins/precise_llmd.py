@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvgate.scheduling.framework import ConfigError, Params
-from kvgate.scheduling.tokenize import AUTO, find_for_model
+from kvgate.scheduling.tokenize import AUTO, find_for_model, load
 
 # kvgate's own key for each setting the llm-d layout can give (a conflict names both).
 KVGATE_KEYS = {
@@ -156,7 +156,10 @@ def _tokenizers_pool(params: Params, tok: Params, out: dict[str, tuple[Any, str]
     """``modelName``: that model's ``tokenizer.json`` from the local Hugging Face cache (or a local
     directory), found at load, as llm-d tokenizes every request with it whatever the request's model name
     (a served-model-name alias, a LoRA); not found: ``tokenizer: auto`` (each request's model name looked
-    up locally) and one WARNING line (review s28-rev-cfg28 F4)."""
+    up locally) and one WARNING line (review s28-rev-cfg28 F4). Found but unloadable (a truncated download,
+    a format this ``tokenizers`` cannot read): ``auto`` too, the WARNING saying why; a file the user never
+    named does not refuse the config (review s28-rev-fixes28a F3). The load is cached per path
+    (``tokenize.load``): the build that follows reads the same tokenizer."""
     model = tok.get_str("modelName", "")
     tok.get_int("workersCount", 0, min=0)
     tok.get_float("minPrefixOverlapRatio", 0.0, min=0.0, max=1.0)
@@ -166,14 +169,21 @@ def _tokenizers_pool(params: Params, tok: Params, out: dict[str, tuple[Any, str]
     if not model:
         return
     found = find_for_model(model)
-    if found is not None:
-        _put(out, "tokenizer", str(found), f"{tok.path}.modelName")
-        return
+    if found is None:
+        why = f"{model!r} has no tokenizer.json in the local Hugging Face cache (kvgate downloads none)"
+    else:
+        try:
+            load(found)
+        except (OSError, ValueError) as e:
+            why = f"{model!r}'s tokenizer.json in the local Hugging Face cache cannot be loaded ({e})"
+        else:
+            _put(out, "tokenizer", str(found), f"{tok.path}.modelName")
+            return
     _put(out, "tokenizer", AUTO, f"{tok.path}.modelName")
     params.warn(
         "indexerConfig.tokenizersPoolConfig.modelName",
-        f"{model!r} has no tokenizer.json in the local Hugging Face cache (kvgate downloads none): read as "
-        "tokenizer: auto (each request's model name looked up locally), unless tokenizer is set",
+        f"{why}: read as tokenizer: auto (each request's model name looked up locally), unless tokenizer "
+        "is set",
     )
 
 
