@@ -85,6 +85,13 @@ def _release(port: int) -> None:
         os.close(fd)
 
 
+def release(port: int) -> None:
+    """Hand back ``port``, taken (``claim``, ``free_port_group``) but given to no server after all (its group
+    incomplete, its server's bind failed): claimed no more, and this process may hand it out again."""
+    _given.discard(port)
+    _release(port)
+
+
 def free_port(spare: list[int] | None = None) -> int:
     """A 127.0.0.1 port nobody listens on now, picked at random from ``spare`` (``spare_ports()`` of
     this machine), never the same twice in a process nor one another live process was given (``claim``).
@@ -120,8 +127,7 @@ def free_port_group(spread: int, size: int = 3, spare: list[int] | None = None) 
         if len(got) == size:
             return group[0]
         for port in got:  # (not handed out: the group is incomplete)
-            _given.discard(port)
-            _release(port)
+            release(port)
     return 0
 
 

@@ -20,7 +20,7 @@ import socket
 import sys
 from typing import Any
 
-from kvgate.bench.ports import claim, free_port_group, spare_ports
+from kvgate.bench.ports import claim, free_port_group, release, spare_ports
 from kvgate.entry import ArgumentParser
 
 _PORT_TRIES = 50
@@ -42,9 +42,34 @@ def _replica_port(offset: int) -> int:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
         group = (port, port + offset, port + 2 * offset)
-        if group[-1] < 65536 and all(p not in spare or claim(p) for p in group):
+        if group[-1] < 65536 and _claim_spare(group, spare):
             return port
     raise OSError(f"no free port with free, unclaimed +{offset}/+{2 * offset} ports")
+
+
+def _claim_spare(group: tuple[int, ...], spare: set[int]) -> bool:
+    """Whether every spare port of ``group`` is now claimed here; where another process holds one, none is:
+    the members claimed before it are let go (else they stay claimed, refused to every process, while the
+    simulator lives)."""
+    got: list[int] = []
+    for port in group:
+        if port not in spare:
+            continue
+        if not claim(port):
+            for p in got:
+                release(p)
+            return False
+        got.append(port)
+    return True
+
+
+def _release_group(port: int, offset: int) -> None:
+    """Let go of the claims of a group whose bind failed: its spare members, the ones ``_replica_port``
+    claimed (a port this process held before is refused there, so none of them is another's)."""
+    spare = set(spare_ports())
+    for p in (port, port + offset, port + 2 * offset):
+        if p in spare:
+            release(p)
 
 
 async def start_replica(args: argparse.Namespace, index: int) -> Any:
@@ -80,6 +105,7 @@ async def start_replica(args: argparse.Namespace, index: int) -> Any:
                 await rep.close()
             if offset <= 0:
                 raise
+            _release_group(port, offset)
     raise OSError(f"replica {index}: no free port with free +{offset}/+{2 * offset} ports")
 
 
