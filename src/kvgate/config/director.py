@@ -124,30 +124,9 @@ def build_director(
         flow = FlowController(fc, FlowMetrics(flow_metrics, pool=pool))
         # The pool's saturation gauge (the reference's): the detector's score over the pool at the scrape.
         flow.metrics.watch_saturation(_saturation(detector, store, clock))
-    _check_interval(_source_of(handle.plugins), detector)
     return Director(
         profiles, handler, store, handle, detector=detector, flow=flow, timer=timer, name=cfg.name
     )
-
-
-def _check_interval(src: ScrapeSource | None, detector: SaturationDetector | None) -> None:
-    """One WARNING naming the key where the data source's ``interval`` leaves the detector's metrics stale
-    between scrapes (review s28-rev-cfg28 F9): past its ``scrape_bound`` it counts an endpoint saturated,
-    so sheddable requests are refused and flow control holds. kvgate's own cadence keeps under half the
-    bound (``datalayer.scraper.quiet_interval_for``); the reference accepts any interval, so this warns."""
-    if src is None or src.interval is None or detector is None:
-        return
-    bound = detector.scrape_bound()
-    if src.interval > bound / 2:
-        log.warning(
-            "%s.interval: %g s is more than half of what the pool's saturation detector (%s) bridges "
-            "(%g s): its metrics go stale between scrapes and it counts the endpoints saturated (sheddable "
-            "requests refused, flow control holding); the reference's interval is 50ms",
-            src.origin or "metrics-data-source.parameters",
-            src.interval,
-            detector.type_name,
-            bound,
-        )
 
 
 def metrics_source(director: Any) -> ScrapeSource | None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kvgate.datalayer.scrape_source import ScrapeSource
 from kvgate.flowcontrol.config import FEATURE_GATE, parse_flow_control
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
@@ -439,6 +440,8 @@ def validate(cfg: EndpointPickerConfig, *, announce: bool = True) -> None:
         instantiate(spec, handle, announce=announce)
     if cfg.saturation_detector is not None and cfg.saturation_detector not in cfg.plugins:
         instantiate(cfg.saturation_detector, handle, announce=announce)
+    if announce and cfg.saturation_detector is not None:
+        _check_interval(handle.plugins.values(), handle.plugins[cfg.saturation_detector.name])
     handlers = [p for p in cfg.plugins if isinstance(handle.plugins[p.name], ProfileHandler)]
     if len(handlers) > 1:
         raise ConfigError(f"{handlers[1].path}: only one profile handler may be configured")
@@ -448,6 +451,31 @@ def validate(cfg: EndpointPickerConfig, *, announce: bool = True) -> None:
         pickers = [r for r in prof.plugins if isinstance(handle.plugins[r.plugin_ref], Picker)]
         if len(pickers) > 1:
             raise ConfigError(f"{pickers[1].path}.pluginRef: profile {prof.name!r} already has a picker")
+
+
+def _check_interval(plugins: Iterable[Any], detector: Any) -> None:
+    """One WARNING naming the key where the data source's ``interval`` leaves a detector that reads the
+    scraped metrics stale between scrapes (review s28-rev-cfg28 F9): past its ``scrape_bound`` it counts
+    an endpoint saturated, so sheddable requests are refused and flow control holds. kvgate's own cadence
+    keeps under half the bound (``datalayer.scraper.quiet_interval_for``); the reference accepts any
+    interval, so this warns. A detector that reads no scraped metrics (concurrency-detector) is not
+    harmed: nothing said (review s28-rev-fixes28a F7). Said by ``validate``, so once per load (F4)."""
+    src = next(
+        (s for s in (getattr(p, "source", None) for p in plugins) if isinstance(s, ScrapeSource)), None
+    )
+    if src is None or src.interval is None or not isinstance(detector, SaturationDetector):
+        return
+    bound = detector.scrape_bound()
+    if detector.reads_scraped_metrics and src.interval > bound / 2:
+        log.warning(
+            "%s.interval: %g s is more than half of what the pool's saturation detector (%s) bridges "
+            "(%g s): its metrics go stale between scrapes and it counts the endpoints saturated (sheddable "
+            "requests refused, flow control holding); the reference's interval is 50ms",
+            src.origin or "metrics-data-source.parameters",
+            src.interval,
+            detector.type_name,
+            bound,
+        )
 
 
 def instantiate(spec: PluginSpec, handle: PluginHandle, *, announce: bool = False) -> Any:

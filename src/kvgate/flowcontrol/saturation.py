@@ -17,6 +17,8 @@ from kvgate.scheduling.registry import register
 class SaturationDetector(Plugin):
     # A bound on the requests not yet started (``fairShareHeadroomOn: pending`` takes the headroom off it).
     pending_bound = False
+    # It reads the scraped metrics (a stale page counts saturated): what a slow scrape ``interval`` harms.
+    reads_scraped_metrics = False
 
     def endpoint_saturation(self, ep: Endpoint, now: float, pending_scale: float = 1.0) -> float:
         """``pending_scale`` < 1 tightens the detector's pending bound, if it has one (others ignore it)."""
@@ -96,6 +98,8 @@ class UtilizationDetector(SaturationDetector):
     that arrives after the page shows at the next scrape (the scraper's quiet cadence,
     ``datalayer.scraper.QUIET_S``, at most half of the bound: ``scrape_bound``, plus the GET).
     """
+
+    reads_scraped_metrics = True
 
     def __init__(
         self,
