@@ -113,8 +113,11 @@ class MetricsDataSource(Wiring):
         path = params.get_str("path", "") or None
         if path is not None and not path.startswith("/"):
             raise ConfigError(f"{params.path}.path: must start with '/', got {path!r}")
-        # (present: 1-65535, as llm-d-router's factory: "invalid port 0"; left out: the endpoint's own)
-        port = params.get_int("port", 0, min=1, max=65535) if params.has("port") else None
+        # (present: 1-65535, as llm-d-router's factory: "invalid port 0", null included, which it reads
+        # as 0; left out: the endpoint's own)
+        port = params.get_int("port", 0, min=1, max=65535) if "port" in params.raw else None
+        if port == 0:
+            raise ConfigError(f"{params.path}.port: must be in [1, 65535] (or left out), got null")
         interval = params.get_duration("interval", 0.0) or None
         tls_keys = ("insecureSkipVerify", "caCertPath", "clientCertPath", "clientKeyPath")
         explicit_tls = any(params.has(k) for k in tls_keys)
