@@ -141,8 +141,13 @@ class Director:
         # scorer): replicas of unequal speed are compared by what they can do, not how loaded they are.
         self.speed = SpeedEstimator()
         self._pool_metrics_at: float | None = None
-        # Plugins that learn from responses (latency prediction), told of first tokens and finishes.
-        self._observers = [p for p in handle.plugins.values() if isinstance(p, ResponseObserver)]
+        # Plugins that learn from responses (latency prediction), told of first tokens and finishes: the
+        # configured ones and those built for them (a producer's index its consumers read: the profiles'
+        # hooks), each once (review s28-rev-fixes28a F5: the producer's cachedTokensFeedback heard none).
+        built = (p for prof in self.profiles.values() for p in (*prof.producers, *prof.post_pick))
+        self._observers = list(
+            {id(p): p for p in (*handle.plugins.values(), *built) if isinstance(p, ResponseObserver)}.values()
+        )
         # Those of them that read usage (``ResponseObserver.on_usage`` is a no-op unless overridden).
         noop = ResponseObserver.on_usage
         self._usage_observers = [
