@@ -327,9 +327,15 @@ def _producer_consumers(
     """A prefix consumer other than the scorer (``prefix-cache-affinity-filter``) naming its producer the
     reference's way (``prefixMatchInfoProducerName``) reads what kvgate's ``prefixPluginRef`` names: the
     scorer that holds that producer's index, else the declared producer (its own index, built with its
-    parameters), else the defaults (the reference's default producer, undeclared)."""
+    parameters), else the defaults (the reference's default producer, undeclared). A ``prefixPluginRef``
+    naming such a producer reads that scorer too: one index per producer (review s28-rev-fixes28a F6)."""
     for spec in plugins:
-        if spec.type == "prefix-cache-scorer" or _PRODUCER_KEY not in spec.parameters:
+        if spec.type == "prefix-cache-scorer":
+            continue
+        own = spec.parameters.get("prefixPluginRef")
+        if _PRODUCER_KEY not in spec.parameters:
+            if isinstance(own, str) and own in reader:
+                spec.parameters = {**spec.parameters, "prefixPluginRef": reader[own]}
             continue
         cls = registry.get(spec.type)
         if cls is None or not issubclass(cls, UsesPrefixPlugin):
