@@ -298,14 +298,7 @@ def _prefix_producers(plugins: list[PluginSpec]) -> None:
                 f"{where}.{others[0]}: a prefix-cache-scorer that names its {_PRODUCER_KEY} takes no other "
                 f"parameter: set it on {ref!r}"
             )
-        producer = by_name.get(ref)
-        if producer is None and ref != _APPROX_PRODUCER:
-            raise ConfigError(f"{where}.{_PRODUCER_KEY}: no plugin named {ref!r} in plugins")
-        if producer is not None and producer.type != _APPROX_PRODUCER:
-            raise ConfigError(
-                f"{where}.{_PRODUCER_KEY}: {ref!r} is a {producer.type!r}, not an {_APPROX_PRODUCER!r} "
-                "(kvgate's exact index is the precise-prefix-cache-scorer)"
-            )
+        producer = _named_producer(by_name, ref, where)
         if ref in taken:  # (the reference's two consumers would share one index; kvgate's scorer owns it)
             raise ConfigError(
                 f"{where}.{_PRODUCER_KEY}: {ref!r} is read by {taken[ref]} already: kvgate's scorer holds "
@@ -319,6 +312,20 @@ def _prefix_producers(plugins: list[PluginSpec]) -> None:
             else translate(Params(producer.parameters, f"{producer.path}.parameters"))
         )
     _producer_consumers(plugins, by_name, reader)
+
+
+def _named_producer(by_name: Mapping[str, PluginSpec], ref: str, where: str) -> PluginSpec | None:
+    """The declared ``approx-prefix-cache-producer`` a consumer names (None: the reference's default one,
+    undeclared), or the error naming the consumer's key."""
+    producer = by_name.get(ref)
+    if producer is None and ref != _APPROX_PRODUCER:
+        raise ConfigError(f"{where}.{_PRODUCER_KEY}: no plugin named {ref!r} in plugins")
+    if producer is not None and producer.type != _APPROX_PRODUCER:
+        raise ConfigError(
+            f"{where}.{_PRODUCER_KEY}: {ref!r} is a {producer.type!r}, not an {_APPROX_PRODUCER!r} "
+            "(kvgate's exact index is the precise-prefix-cache-scorer)"
+        )
+    return producer
 
 
 def _producer_consumers(
@@ -344,13 +351,7 @@ def _producer_consumers(
         ref = _str(spec.parameters[_PRODUCER_KEY], f"{where}.{_PRODUCER_KEY}")
         if "prefixPluginRef" in spec.parameters:
             raise ConfigError(f"{where}.{_PRODUCER_KEY}: give it or prefixPluginRef, not both")
-        producer = by_name.get(ref)
-        if producer is None and ref != _APPROX_PRODUCER:
-            raise ConfigError(f"{where}.{_PRODUCER_KEY}: no plugin named {ref!r} in plugins")
-        if producer is not None and producer.type != _APPROX_PRODUCER:
-            raise ConfigError(
-                f"{where}.{_PRODUCER_KEY}: {ref!r} is a {producer.type!r}, not an {_APPROX_PRODUCER!r}"
-            )
+        producer = _named_producer(by_name, ref, where)
         params = {k: v for k, v in spec.parameters.items() if k != _PRODUCER_KEY}
         if ref in reader or producer is not None:
             params["prefixPluginRef"] = reader.get(ref, ref)
