@@ -182,8 +182,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM / SIGINT: not ready at once (gRPC health, /readyz), new streams refused, the open "
         "ones served up to this long, then cut (keep it under the pod's terminationGracePeriodSeconds); "
-        "a second signal cuts the drain at once (default: --config's limits.drainTimeoutSeconds, else "
-        f"{keys.DEFAULT_DRAIN_TIMEOUT_S:g})",
+        "a second signal cuts the drain at once (default: the limits.drainTimeoutSeconds of --config or "
+        f"--clusters, else {keys.DEFAULT_DRAIN_TIMEOUT_S:g})",
     )
     net.add_argument(
         "--model-series-grace",
@@ -278,7 +278,7 @@ def _main(argv: list[str] | None) -> int:
     if args.clusters:
         if (flag := next((f for dest, f in given.items() if dest not in _HUB_TAKES), None)) is not None:
             p.error(f"{flag}: {HUB_REFUSED}")
-        return _hub_main(args)
+        return _hub_main(args, given)
     try:
         refused = _pool_flags_refused(args) if args.config else []
         # (the flag without --pool-name is refused as kvgate serve refuses it; the namespace is resolved
@@ -453,7 +453,7 @@ _HUB_UNUSED_POOL_FLAGS = {"--pool-name": "pool_name", poolflags.FLAG: "pool_name
                           "--pool-group": "pool_group"}  # fmt: skip
 
 
-def _hub_main(args: argparse.Namespace) -> int:
+def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
     """``--clusters``: the hub EPP; its candidates are the clusters' gateways (kvgate.multicluster.hub)."""
     from kvgate.extproc.context import AddressIndex
     from kvgate.extproc.metrics import EppMetrics
@@ -477,6 +477,10 @@ def _hub_main(args: argparse.Namespace) -> int:
         _staleness_flags(args, "hub")
         cfile = ClustersFile(args.clusters)
         director = ClusterDirector(cfile.config, args.cluster_policy, seed=seed)
+        # The clusters file's drain, as ``kvgate serve --clusters`` reads it from the same file, the flag over
+        # it (before fixb28 it was dropped silently: 30 s; review s28-rev-b28 F2). Read again at the stop.
+        if "drain_timeout" not in given:
+            args.drain_timeout, args.drain_from = cfile.config.drain_timeout_s, DRAIN_KEY
         pair, client_ca = _tls(args)
     except (ClustersError, ValueError, OSError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
@@ -711,8 +715,17 @@ async def _serve(
     pool_gauges = asyncio.create_task(_every_second(ctx.director, server, stop, kube, agg))
     await stop.wait()
     log.info("shutting down: draining streams")
-    await _stop_all(server, kube, scraper, sources)
+    await _stop_all(server, kube, scraper, sources, _file_drain(args, feed))
     await pool_gauges
+
+
+def _file_drain(args: argparse.Namespace, feed: Any) -> float | None:
+    """The hub EPP's drain from its clusters file as last reloaded when the stop begins (a reload applies
+    to it, as to ``kvgate serve --clusters``'s); None elsewhere (the start's value: the flag, or
+    ``--config``'s key, read once)."""
+    if feed is None or getattr(args, "drain_from", None) != DRAIN_KEY:
+        return None
+    return float(feed.source.file_cfg.drain_timeout_s)
 
 
 # The flag that sets each listener's port (ListenError.option).

@@ -41,10 +41,11 @@ def not_the_files(flag: str | None, pool: str, file_namespace: str) -> str | Non
     the two doors watching different pools under one file (before fixk8s28 it was ignored, silently)."""
     if not flag or flag == file_namespace:
         return None
+    # (``file_namespace`` is "default" where the file leaves it out: said so, not "the config names")
     return (
-        f"{flag!r} is not the namespace the config names for pool {pool!r}'s InferencePool "
-        f"({file_namespace!r}): the file names it (drop the flag, or change the pool's "
-        "inferencePool.namespace)"
+        f"{flag!r} is not the namespace of pool {pool!r}'s InferencePool in the config ({file_namespace!r}: "
+        "its inferencePool.namespace, 'default' where the file leaves it out, as kvgate serve reads it); "
+        "drop the flag, or set the pool's inferencePool.namespace"
     )
 
 
