@@ -17,6 +17,7 @@ from kvgate.flowcontrol.config import FlowControlConfig
 from kvgate.flowcontrol.controller import FlowController
 from kvgate.flowcontrol.dispatcher import dispatch_ready
 from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.plugins.session import session_digest
 from kvgate.scheduling.types import InferenceRequest
 
 A = "10.0.0.1:8000"
@@ -227,7 +228,7 @@ def test_a_request_going_past_is_picked_off_the_waiting_heads_home() -> None:
     busy = InferenceRequest("busy", "m", prompt_tokens=10, max_tokens=4)
     d.on_dispatched(busy, a)  # a full (maxConcurrency 1); the pool's mean 1/3
     session = d.profiles["default"].scorers[0][0]
-    session.sessions["conv"] = A  # q's session was last served by a
+    session.sessions[session_digest("conv")] = A  # q's session was last served by a (kept by digest)
     # Control: with nothing passed over, a request of that session goes to its session's endpoint.
     q0 = InferenceRequest("q0", "m", prompt_tokens=10, max_tokens=4, fairness_id="t", session_key="conv")
     assert d.pick(q0).primary.address == A

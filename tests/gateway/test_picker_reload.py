@@ -23,6 +23,7 @@ from kvgate.gateway.prefix_gossip import PrefixGossip, pool_indexes
 from kvgate.gateway.reload import ConfigReloader, layout_id
 from kvgate.gateway.server import GatewayServer
 from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
+from kvgate.scheduling.plugins.session import session_digest
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
 BODY = b'{"model":"m","prompt":"x","max_tokens":1}'
@@ -225,10 +226,11 @@ async def test_a_swap_keeps_the_prefix_index_only_when_the_scorer_is_unchanged(b
         sessions = {"type": "session-affinity-scorer"}
         _write(f, _doc([a.address], _picker(QUEUE, sessions, prefix={"blockSizeTokens": 16})))
         assert await rl.areload()
-        pool.director.handle.plugins["session-affinity-scorer"].sessions["s1"] = ep.address
+        s1 = session_digest("s1")
+        pool.director.handle.plugins["session-affinity-scorer"].sessions[s1] = ep.address
         _write(f, _doc([a.address], _picker(sessions, prefix={"blockSizeTokens": 16})))
         assert await rl.areload()
-        assert pool.director.handle.plugins["session-affinity-scorer"].sessions == {"s1": ep.address}
+        assert pool.director.handle.plugins["session-affinity-scorer"].sessions == {s1: ep.address}
         # Its parameters changed: a new index (its blocks would not mean the same).
         _write(f, _doc([a.address], _picker(QUEUE, prefix={"blockSizeTokens": 32})))
         assert await rl.areload()
