@@ -476,8 +476,9 @@ async def test_an_endpoint_removed_closes_its_connection(servers: list[FakeServe
 
 
 async def test_https_scrapes_verify_the_server_over_the_lean_client(tmp_path: Path) -> None:
-    """``kvgate epp --scrape-scheme https --scrape-ca``: the lean client speaks TLS with the given
-    context (server name checked against the address); a server the context does not trust fails."""
+    """An https pool with a caFile (which set the scraper's scheme and CA): the lean client speaks TLS
+    with the given context (server name checked against the address); a server the context does not
+    trust fails."""
     import ssl
 
     from kvgate.httpfront.tls import self_signed

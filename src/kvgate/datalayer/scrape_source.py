@@ -3,7 +3,7 @@ settings. No HTTP here: the scheduling plugins build a ``ScrapeSource`` at confi
 in the HTTP client (aiohttp, the page client) to do it (review s28-rev-cfg28 F3).
 
 Resolution (``resolve``), per setting, the source's where it sets one, else the scraper's own
-(``--scrape-scheme`` / ``--scrape-ca``, a ``kvgate serve`` pool's ``https://`` endpoints and ``caFile``),
+(https for a pool's ``https://`` endpoints, verified against its ``caFile``, in both doors),
 with two exceptions that keep a verified https scrape from being undone by a reference default:
 
 - ``scheme: http`` where the scraper's own scheme is https (the reference chart's default config says

@@ -35,7 +35,7 @@ redirect is scraped with aiohttp (it follows redirects) for ``UNFILTERED_RETRY_S
 client tries again; every endpoint is scraped with aiohttp when the
 caller hands in its own aiohttp ``session``.
 
-Where to scrape: ``<scheme>://<endpoint><path>``, the scraper's own settings (``--scrape-scheme``, a
+Where to scrape: ``<scheme>://<endpoint><path>``, the scraper's own settings (its ``scheme``: https for a
 pool's ``https://`` endpoints) unless the picker config's ``metrics-data-source`` sets them: ``source``
 (``ScrapeSource``, or a function returning the pool's current one, asked once per scrape so a reloaded
 config's path takes effect at the next) carries the reference's ``scheme``, ``path``, ``port``,
@@ -323,9 +323,8 @@ class MetricsScraper:
             self._scheme_warned.add(src.origin)
             log.warning(
                 "%s.scheme: 'http' not applied: this pool's endpoints are scraped over https "
-                "(https:// endpoints or --scrape-scheme https), verified as the pool says (its caFile / "
-                "--scrape-ca); set scheme: https or leave it out (a source naming another port keeps its "
-                "http)",
+                "(its endpoints are https://), verified against the pool's caFile; set scheme: https or "
+                "leave it out (a source naming another port keeps its http)",
                 src.origin or "metrics-data-source",
             )
         return _Target(address, r.scheme, r.tls, r.path)

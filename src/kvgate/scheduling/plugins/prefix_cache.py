@@ -611,7 +611,10 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> PrefixCacheAffinityFilter:
-        ref = params.get_str("prefixPluginRef", "") or None
+        # (the reference's producer name: the config rewrites it to prefixPluginRef before this; read here so
+        # an unknown-key error lists it among the keys the filter takes, review s28-rev-docs28 F8)
+        ref_key, producer_key = params.get_str("prefixPluginRef", ""), params.get_str(PRODUCER_KEY, "")
+        ref = ref_key or producer_key or None
         f = cls(
             name,
             handle,

@@ -95,8 +95,8 @@ class MetricsDataSource(Wiring):
     """The reference's scrape settings, honoured by kvgate's scraper (``datalayer.scrape_source``):
     ``scheme``, ``path``, ``port`` (every endpoint scraped on it), ``interval``, and for https
     ``insecureSkipVerify`` (the reference's default: true), ``caCertPath``, ``clientCertPath`` /
-    ``clientKeyPath``. A key left out is the scraper's own setting (``--scrape-scheme``, a pool's
-    ``https://`` endpoints verified against its ``caFile``); ``scheme: http`` does not undo an https
+    ``clientKeyPath``. A key left out is the scraper's own setting (https for a pool's
+    ``https://`` endpoints, verified against its ``caFile``); ``scheme: http`` does not undo an https
     pool's scrape, nor ``scheme: https`` without a TLS key its verification (``scrape_source.resolve``).
     ``families`` is checked, not applied: kvgate asks each server for the series its engine's mapping
     reads, and parses only those."""
