@@ -318,7 +318,15 @@ class MetricsScraper:
         host, _, port = address.rpartition(":")
         if src.port is not None:
             address = f"{host or address}:{src.port}"
-        r = resolve(src, self.scheme, self.tls, self.path, int(port) if host and port.isdigit() else None)
+        own = int(port) if host and port.isdigit() else None
+        if src.port is not None and src.port != own and src.scheme == "http" and self.scheme == "https":
+            # (a source port that is another endpoint's own port is that endpoint's TLS listener: it is
+            # https for every endpoint of the pool, not just its own; review s28-rev-d28 F1. Only this
+            # config pays the walk over the pool)
+            suffix = f":{src.port}"
+            if any(e.address.endswith(suffix) for e in self.store.all()):
+                own = src.port
+        r = resolve(src, self.scheme, self.tls, self.path, own)
         if r.scheme_overridden and src.origin not in self._scheme_warned:
             self._scheme_warned.add(src.origin)
             log.warning(
