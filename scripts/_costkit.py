@@ -66,6 +66,9 @@ class MemoryTransport:
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # (no socket: the upstream's keepalive setup skips it)
+
     def set_write_buffer_limits(self, high: int | None = None) -> None:
         pass
 
