@@ -7,7 +7,8 @@ model's characters-per-token) and the precise scorer can hash text prompts at al
 ``tokenizer`` parameter values: a ``tokenizer.json`` or a directory holding one; ``auto``: per request
 model, the model name itself when it is a local directory (vLLM serves ``--model /path`` under that
 name), else the Hugging Face cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub``, ``~/.cache/huggingface/hub``,
-``models--<org>--<name>/snapshots/*/tokenizer.json``). Nothing found: the caller falls back to its
+``models--<org>--<name>/snapshots/<hash>/tokenizer.json``, the hash ``refs/main`` holds, else the newest
+snapshot by mtime). Nothing found: the caller falls back to its
 estimate. Nothing is downloaded.
 
 Encodings are cached (bounded LRU keyed by the text's 64-bit hash) because a request is scored by
@@ -399,11 +400,27 @@ def find_for_model(model: str) -> Path | None:
         return local / "tokenizer.json"
     repo = "models--" + model.replace("/", "--")
     for d in _hf_cache_dirs():
-        snaps = d / repo / "snapshots"
-        if snaps.is_dir():
-            for f in sorted(snaps.glob("*/tokenizer.json")):
-                return f
+        f = _cached_snapshot_tokenizer(d / repo)
+        if f is not None:
+            return f
     return None
+
+
+def _cached_snapshot_tokenizer(repo_dir: Path) -> Path | None:
+    """``tokenizer.json`` of the snapshot ``refs/main`` names (the revision ``huggingface_hub`` resolves
+    by default), else of the newest snapshot by mtime: with several revisions cached, the
+    lexicographically first hash may be an older tokenizer."""
+    snaps = repo_dir / "snapshots"
+    if not snaps.is_dir():
+        return None
+    try:
+        main = (repo_dir / "refs" / "main").read_text().strip()
+    except OSError:
+        main = ""
+    if main and (snaps / main / "tokenizer.json").is_file():
+        return snaps / main / "tokenizer.json"
+    found = [f for f in snaps.glob("*/tokenizer.json") if f.is_file()]
+    return max(found, key=lambda f: f.parent.stat().st_mtime, default=None)
 
 
 def for_model(model: str) -> PromptTokenizer | None:
