@@ -507,7 +507,8 @@ def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             staleness = hub_policy(args.kube_stale_after, warn=False)
-            feed = HubFeed(director, cfile, staleness=staleness)
+            feed = HubFeed(director, cfile, staleness=staleness,
+                           drain_from_file=getattr(args, "drain_from", None) == DRAIN_KEY)  # fmt: skip
             asyncio.run(_serve(args, director.store, ctx, metrics, pair, client_ca, feed=feed))
     except ClustersError as e:  # the kubernetes section cannot be loaded
         print(f"kvgate epp: {e}", file=sys.stderr)

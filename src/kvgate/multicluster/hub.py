@@ -726,12 +726,15 @@ class HubFeed:
         *,
         staleness: Any = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        drain_from_file: bool = True,
     ) -> None:
-        """``staleness``: the members' InferencePool watches' ``StalenessPolicy`` (None: 120 s). ``sleep``:
-        the sleep of the director's clock (one time, k8s17: given exactly when that clock is not the loop's,
-        ``time.monotonic``; fixk8s17, review s17-k8s F2: a ``sleep`` with a director on the loop's clock is
-        refused too), for ``ClusterSource`` (the writers' election, the members' watches), the aggregate
-        fetcher's rounds and the clusters file's checks."""
+        """``drain_from_file``: the stop's drain is the clusters file's ``limits.drainTimeoutSeconds`` as
+        last reloaded (False: ``--drain-timeout`` was given), so a reload that changes it says so, as
+        ``kvgate serve --clusters`` does. ``staleness``: the members' InferencePool watches'
+        ``StalenessPolicy`` (None: 120 s). ``sleep``: the sleep of the director's clock (one time, k8s17:
+        given exactly when that clock is not the loop's, ``time.monotonic``; fixk8s17, review s17-k8s F2: a
+        ``sleep`` with a director on the loop's clock is refused too), for ``ClusterSource`` (the writers'
+        election, the members' watches), the aggregate fetcher's rounds and the clusters file's checks."""
         from kvgate.multicluster.fetcher import Fetcher
         from kvgate.multicluster.source import ClusterSource
 
@@ -756,6 +759,7 @@ class HubFeed:
         self._task: Any = None
         self.pool = POOL  # (before the first cluster is known, the store has no pool to name)
         self._warned: str | None = None
+        self._drain_from_file = drain_from_file
         self._warn_bound(cfg)
 
     def _warn_bound(self, cfg: ClustersConfig) -> None:
@@ -767,8 +771,12 @@ class HubFeed:
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters (or the kubernetes section), TTL, locality, and the
-        aggregate fetcher's TLS options and interval, live."""
+        aggregate fetcher's TLS options and interval, live; the drain (read at the stop) too."""
+        before = self.source.file_cfg
         self.source.reload(cfg)
+        if before.drain_timeout_s != cfg.drain_timeout_s and self._drain_from_file:  # (serve's line: fixe28)
+            log.info("clusters file: limits applied: drainTimeoutSeconds %g -> %g",
+                     before.drain_timeout_s, cfg.drain_timeout_s)  # fmt: skip
         self.fetcher.apply(cfg.tls, cfg.refresh_s)
         self._warn_bound(cfg)
 
