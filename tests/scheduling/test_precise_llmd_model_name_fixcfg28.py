@@ -12,25 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kvgate.config.director import build_director
-from kvgate.config.picker import load_config
-from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.scheduling import tokenize
 from kvgate.scheduling.plugins import precise_prefix
-from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
+
+from .llmd_model_name import KEY, built_scorer, llmd_config, own_hf_cache
 
 INDEX = "revcfg28"
-CONFIG = f"""\
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: precise-prefix-cache-scorer
-  parameters:
-    indexName: {INDEX}
-    indexerConfig:
-      tokenizersPoolConfig:
-        modelName: org/tiny
-"""
+CONFIG = llmd_config(INDEX, "org/tiny")
 
 
 @pytest.fixture(autouse=True)
@@ -52,15 +40,9 @@ def _save_tokenizer(d: Path) -> None:
 def test_the_named_models_tokenizer_serves_an_aliased_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("HF_HOME", raising=False)
-    hub = tmp_path / "hub"
+    hub = own_hf_cache(tmp_path, monkeypatch)
     _save_tokenizer(hub / "models--org--tiny" / "snapshots" / "abc")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(tokenize, "_BY_MODEL", {})
-    store = EndpointStore([make_endpoint("10.0.0.5:8000")])
-    director = build_director(load_config(CONFIG), store, clock=lambda: 0.0, seed=0)
-    (scorer,) = (p for p in director.handle.plugins.values() if isinstance(p, PrecisePrefixCacheScorer))
+    scorer = built_scorer(CONFIG)
     assert scorer._tokenizer.get("org/tiny") is not None  # (the control: the file is found)
     # The requests name the model "tiny" (vLLM --served-model-name tiny): llm-d tokenizes with org/tiny's.
     assert scorer._tokenizer.get("tiny") is not None
@@ -69,15 +51,9 @@ def test_the_named_models_tokenizer_serves_an_aliased_request(
 def test_a_model_not_in_the_cache_falls_back_to_auto(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.delenv("HF_HOME", raising=False)
-    monkeypatch.setattr(tokenize, "_BY_MODEL", {})
+    own_hf_cache(tmp_path, monkeypatch)
     caplog.set_level(logging.WARNING, logger="kvgate.config.picker")
-    store = EndpointStore([make_endpoint("10.0.0.5:8000")])
-    director = build_director(load_config(CONFIG), store, clock=lambda: 0.0, seed=0)
-    (scorer,) = (p for p in director.handle.plugins.values() if isinstance(p, PrecisePrefixCacheScorer))
+    scorer = built_scorer(CONFIG)
     assert scorer._tokenizer.setting == tokenize.AUTO
     said = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("plugins[0].parameters.indexerConfig.tokenizersPoolConfig.modelName: 'org/tiny'")
-               for m in said), said  # fmt: skip
+    assert any(m.startswith(f"{KEY}: 'org/tiny'") for m in said), said

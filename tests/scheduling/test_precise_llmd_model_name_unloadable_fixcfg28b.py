@@ -13,26 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from kvgate.config.director import build_director
-from kvgate.config.picker import load_config
-from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.scheduling import tokenize
 from kvgate.scheduling.plugins import precise_prefix
-from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
+
+from .llmd_model_name import KEY, built_scorer, llmd_config, own_hf_cache
 
 INDEX = "fixcfg28b-unloadable"
-KEY = "plugins[0].parameters.indexerConfig.tokenizersPoolConfig.modelName"
-CONFIG = f"""\
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: precise-prefix-cache-scorer
-  parameters:
-    indexName: {INDEX}
-    indexerConfig:
-      tokenizersPoolConfig:
-        modelName: org/broken
-"""
+CONFIG = llmd_config(INDEX, "org/broken")
 
 
 @pytest.fixture(autouse=True)
@@ -45,21 +32,15 @@ def _own_index() -> Iterator[None]:
 def test_an_unloadable_cached_tokenizer_falls_back_to_auto_naming_model_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("HF_HOME", raising=False)
-    hub = tmp_path / "hub"
+    hub = own_hf_cache(tmp_path, monkeypatch)
     snap = hub / "models--org--broken" / "snapshots" / "abc"
     snap.mkdir(parents=True)
     if kind == "corrupt":
         (snap / "tokenizer.json").write_text('{"version": "1.0", "model": ')  # a truncated download
     else:
         (snap / "tokenizer.json").symlink_to(hub / "models--org--broken" / "blobs" / "gone")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    monkeypatch.setattr(tokenize, "_BY_MODEL", {})
     caplog.set_level(logging.WARNING)
-    store = EndpointStore([make_endpoint("10.0.0.5:8000")])
-    director = build_director(load_config(CONFIG), store, clock=lambda: 0.0, seed=0)
-    (scorer,) = (p for p in director.handle.plugins.values() if isinstance(p, PrecisePrefixCacheScorer))
+    scorer = built_scorer(CONFIG)
     assert scorer._tokenizer.setting == tokenize.AUTO
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(KEY)]
     assert len(said) == 1 and "'org/broken'" in said[0] and "tokenizer: auto" in said[0], said
