@@ -127,7 +127,9 @@ async def test_a_busy_connection_finishes_its_exchange_then_closes() -> None:
     pool = UpstreamPool(5.0, None)
     try:
         sent = asyncio.create_task(pool.request(a, _HEAD, b"{}"))
-        await until(lambda: _open(runner) == 1, WAIT_S, "the request's connection open")
+        # wait on the pool's own side: the server counts the connection a few loop turns before
+        # the client has it in pool._open, and a retire in between would not see it (rev-c28 F1)
+        await until(lambda: any(c.address == a for c in pool._open), WAIT_S, "the request's connection open")
         pool.retire(a)  # its endpoint leaves while the request is in flight
         gate.set()
         resp = await asyncio.wait_for(sent, WAIT_S)
