@@ -16,10 +16,9 @@ from kvgate.config.director import build_director, metrics_source
 from kvgate.config.picker import load_config
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.datalayer.store import EndpointStore, make_endpoint
-from kvgate.httpfront.tls import self_signed
 from kvgate.scheduling.framework import ConfigError
 
-PAGE = 'vllm:num_requests_waiting{model_name="m"} 7\nvllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
+from ._scrape_tls import PAGE, self_signed_files, server_context
 
 
 class PathServer:
@@ -101,13 +100,8 @@ async def test_the_configs_port_replaces_the_endpoints(stats: PathServer) -> Non
 
 
 async def test_https_with_insecure_skip_verify_reads_a_self_signed_server(tmp_path: Path) -> None:
-    pair = self_signed()
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    cert.write_bytes(pair.cert_pem)
-    key.write_bytes(pair.key_pem)
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-    srv = PathServer("/m", server_tls)
+    cert, key = self_signed_files(tmp_path)
+    srv = PathServer("/m", server_context(cert, key))
     await srv.start()
     try:
         address = f"127.0.0.1:{srv.port}"

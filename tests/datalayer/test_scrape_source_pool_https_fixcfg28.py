@@ -12,16 +12,14 @@ import ssl
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from kvgate.config.director import build_director, metrics_source
 from kvgate.config.picker import load_config
 from kvgate.datalayer.scrape_source import ScrapeSource
 from kvgate.datalayer.scraper import MetricsScraper
 from kvgate.datalayer.store import EndpointStore, make_endpoint
-from kvgate.httpfront.tls import self_signed
 
-PAGE = 'vllm:num_requests_waiting{model_name="m"} 7\nvllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
+from ._scrape_tls import metrics_server, self_signed_files, server_context
 
 
 def _config(parameters: str) -> str:
@@ -30,30 +28,6 @@ def _config(parameters: str) -> str:
         f"- type: metrics-data-source\n  parameters: {parameters}\n- type: core-metrics-extractor\n"
         "- type: queue-scorer\n"
     )
-
-
-def _pem(tmp: Path, tag: str) -> tuple[Path, Path]:
-    pair = self_signed()
-    cert, key = tmp / f"{tag}-c.pem", tmp / f"{tag}-k.pem"
-    cert.write_bytes(pair.cert_pem)
-    key.write_bytes(pair.key_pem)
-    return cert, key
-
-
-async def _tls_server(cert: Path, key: Path) -> tuple[web.AppRunner, int]:
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-
-    async def page(_: web.Request) -> web.Response:
-        return web.Response(text=PAGE)
-
-    app = web.Application()
-    app.router.add_get("/metrics", page)
-    app.router.add_get("/metrics/", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_tls).start()  # port 0, read back
-    return runner, runner.addresses[0][1]
 
 
 async def _scrape_as_serve(port: int, pool_ca: Path, parameters: str, http: str = "lean") -> bool:
@@ -77,9 +51,9 @@ async def test_the_reference_charts_default_source_keeps_a_pools_https_scrape(
     # F1: the chart's default parameters (qa27's CHART_DEFAULT) say scheme "http"; the pool's endpoints
     # are https://. The pool's https wins, verified against its caFile, and one WARNING names the key.
     caplog.set_level(logging.WARNING, logger="kvgate.datalayer.scraper")
-    cert, key = _pem(tmp_path, "srv")
-    other, _ = _pem(tmp_path, "other")
-    runner, port = await _tls_server(cert, key)
+    cert, key = self_signed_files(tmp_path, "srv")
+    other, _ = self_signed_files(tmp_path, "other")
+    runner, port = await metrics_server(server_context(cert, key))
     try:
         chart = '{scheme: "http", path: "/metrics", insecureSkipVerify: true}'
         assert await _scrape_as_serve(port, cert, chart, http)
@@ -94,9 +68,9 @@ async def test_the_reference_charts_default_source_keeps_a_pools_https_scrape(
 async def test_scheme_https_alone_keeps_the_pools_ca_verification(tmp_path: Path) -> None:
     # F2: the pool's caFile trusts another CA, so the server must be refused. ``scheme: https`` with no TLS
     # key turns the reference's insecureSkipVerify default on and replaces the pool's verifying context.
-    cert, key = _pem(tmp_path, "srv")
-    other, _ = _pem(tmp_path, "other")
-    runner, port = await _tls_server(cert, key)
+    cert, key = self_signed_files(tmp_path, "srv")
+    other, _ = self_signed_files(tmp_path, "other")
+    runner, port = await metrics_server(server_context(cert, key))
     try:
         assert not await _scrape_as_serve(port, other, "{}")  # (the control: refused without a source)
         assert not await _scrape_as_serve(port, other, "{scheme: https}")
@@ -132,16 +106,8 @@ async def test_a_reloaded_path_drops_the_old_paths_prebuilt_requests() -> None:
     # Review s28-rev-cfg28 F12: the lean client was re-keyed on (address, scheme, tls) only, so after a
     # reload that changed only the path, the old path's prebuilt GETs stayed until the endpoint left
     # (fails on main ca67a4cb).
-    async def page(_: web.Request) -> web.Response:
-        return web.Response(text=PAGE)
-
-    app = web.Application()
-    for path in ("/a", "/a/", "/b", "/b/"):
-        app.router.add_get(path, page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()  # port 0, read back
-    store = EndpointStore([make_endpoint(f"127.0.0.1:{runner.addresses[0][1]}")])
+    runner, port = await metrics_server(None, ("/a", "/a/", "/b", "/b/"))
+    store = EndpointStore([make_endpoint(f"127.0.0.1:{port}")])
     source = ScrapeSource(path="/a")
     scraper = MetricsScraper(store, clock=lambda: 1.0, timeout=30.0, source=lambda: source)
     try:
