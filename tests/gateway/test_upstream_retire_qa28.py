@@ -137,7 +137,8 @@ async def test_a_busy_connection_finishes_its_exchange_then_closes() -> None:
         resp.release()
         await until(lambda: _open(runner) == 0, WAIT_S, "the retired connection closed once released")
         assert a not in pool._idle
-        # it may come back: a new request connects anew
+        # it may come back (the store adds it again): a new request connects anew and is kept
+        pool.restore(a)
         resp = await asyncio.wait_for(pool.request(a, _HEAD, b"{}"), WAIT_S)
         await read_body(resp)
         resp.release()

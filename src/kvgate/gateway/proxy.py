@@ -377,10 +377,11 @@ class Proxy:
         self.embeddings: Handler = functools.partial(self._handle, EMBEDDINGS)
 
     def _on_store_change(self, change: StoreChange) -> None:
-        if change.kind == "removed":
-            address = change.endpoint.address
-            if not any(address in p.store for p in self.pools):
-                self.upstream.retire(address)
+        address = change.endpoint.address
+        if change.kind == "added":
+            self.upstream.restore(address)
+        elif change.kind == "removed" and not any(address in p.store for p in self.pools):
+            self.upstream.retire(address)
 
     def close_upstream(self) -> None:
         """Every upstream connection closed, the stores no longer heard (the gateway's stop)."""

@@ -20,7 +20,8 @@ connections per endpoint are capped.
 
 Connections do not outlive their use (review s28-qa Q2: with endpoint churn the fds grew without end):
 an endpoint that left every pool has its idle connections closed at once and its busy ones when their
-exchange ends (``retire``, the proxy's store listener); an idle connection unused for
+exchange ends, as do ones opened to it until a pool adds it back (``retire``/``restore``, the proxy's
+store listener); an idle connection unused for
 ``IDLE_MAX_AGE_S`` is closed (swept every quarter of it); and TCP keepalive (``KEEPALIVE``) ends one to
 a host that vanished without a FIN (a node gone), which the server's own idle timeout never would.
 
@@ -55,6 +56,8 @@ IDLE_MAX_AGE_S = 300.0
 # TCP keepalive on upstream connections (idle s, interval s, probes): a peer gone without a FIN is seen
 # within ~2 min, idle or mid-exchange (the peer's kernel answers probes while its server computes).
 KEEPALIVE = (60, 10, 6)
+# The most addresses remembered as retired (``UpstreamPool.retire``): past it the oldest is forgotten.
+_MAX_RETIRED = 4096
 
 
 # Content-Type values as sent -> their media types: servers send the same few values on every response.
@@ -130,7 +133,6 @@ class _Conn(asyncio.Protocol):
         # any answer byte is taken for the keep-alive race. One opened ahead (``warm``) has carried
         # nothing; a server that closes it after reading its first request crashed (qa24 F2).
         self.used = False
-        self.retired = False  # its endpoint left every pool: closed when released, never kept idle
         self.idle_at = 0.0  # event-loop time it was last put idle (``UpstreamPool._sweep_idle``)
         self.transport: asyncio.Transport | None = None
         self.body: collections.deque[bytes] = collections.deque()
@@ -504,10 +506,15 @@ class UpstreamPool:
         self.max_idle_age = max_idle_age_s
         self._idle: dict[str, list[_Conn]] = {}  # oldest first (``_take_idle`` takes the newest)
         self._open: set[_Conn] = set()
+        # Addresses that left every pool (``retire``) and have not come back (``restore``): a connection to
+        # one closes when released, whenever it was opened (one still connecting at the ``retire``, or a
+        # request that picked the address before it left). Insertion-ordered, the oldest dropped past
+        # ``_MAX_RETIRED`` (a connection to such an address then waits for the sweep).
+        self._retired: dict[str, None] = {}
         self._sweep: asyncio.TimerHandle | None = None  # armed while a connection is idle
 
     def _put_idle(self, conn: _Conn) -> None:
-        idle = None if conn.retired else self._idle.setdefault(conn.address, [])
+        idle = None if conn.address in self._retired else self._idle.setdefault(conn.address, [])
         if (idle is None or len(idle) >= self.max_idle) and conn.transport is not None:
             conn.transport.close()
             return
@@ -536,14 +543,19 @@ class UpstreamPool:
             self._sweep = loop.call_later(self.max_idle_age / 4, self._sweep_idle)
 
     def retire(self, address: str) -> None:
-        """``address`` left every pool: its idle connections close now, its busy ones when released (their
-        exchanges finish). A later request to it (it came back) connects anew."""
+        """``address`` left every pool: its idle connections close now, its busy ones (and any opened to it
+        from now on) when released (their exchanges finish), until ``restore``."""
         for conn in self._idle.pop(address, ()):
             if conn.transport is not None:
                 conn.transport.close()
-        for conn in self._open:
-            if conn.address == address:
-                conn.retired = True
+        self._retired.pop(address, None)
+        self._retired[address] = None
+        if len(self._retired) > _MAX_RETIRED:
+            del self._retired[next(iter(self._retired))]
+
+    def restore(self, address: str) -> None:
+        """``address`` is in a pool again: its connections are kept idle again when released."""
+        self._retired.pop(address, None)
 
     def _forget(self, conn: _Conn) -> None:
         self._open.discard(conn)
