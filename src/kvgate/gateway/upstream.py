@@ -54,7 +54,8 @@ _MAX_IDLE_PER_ENDPOINT = 512
 # model server's own keep-alive timeout is usually far shorter: uvicorn's, vLLM's, 5 s).
 IDLE_MAX_AGE_S = 300.0
 # TCP keepalive on upstream connections (idle s, interval s, probes): a peer gone without a FIN is seen
-# within ~2 min, idle or mid-exchange (the peer's kernel answers probes while its server computes).
+# within ~2 min, idle or mid-exchange (the peer's kernel answers probes while its server computes); with
+# TCP_USER_TIMEOUT at the same 2 min, also when the request written to it is never acknowledged.
 KEEPALIVE = (60, 10, 6)
 # The most addresses remembered as retired (``UpstreamPool.retire``): past it the oldest is forgotten.
 _MAX_RETIRED = 4096
@@ -386,11 +387,15 @@ def _keepalive(sock: socket.socket | None) -> None:
         return
     with contextlib.suppress(OSError):  # (best effort: the connection serves without it)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, probes = KEEPALIVE
         if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the OS defaults (hours) apply
-            idle, interval, probes = KEEPALIVE
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # data sent but never ACKed: keepalive probes only go
+            # out while nothing is outstanding, so a request written to a host already gone would wait
+            # on the retransmission timer (tcp_retries2: ~15 min) instead (multicluster/router.py's)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + interval * probes) * 1000)
 
 
 def _due(conn: _Conn, idle: float | None, deadline: float | None) -> float | None:
