@@ -105,7 +105,7 @@ def test_any_mix_of_workers_answers_as_one_process(ops: list[Any], rpm: int, tpm
                 shared[w].charge(tenant, tokens)
                 one.charge(tenant, tokens)
         for tenant in {op[2] for op in ops}:
-            b = one._buckets.get(bucket_key(tenant))  # (keyed by the name's digest: review s28-qa Q6)
+            b = one._buckets.get(bucket_key(tenant))  # (keyed by the name, or its digest past 256 chars)
             if b is not None:
                 assert views[0].levels(tenant) == (b.requests, b.tokens)
 

@@ -10,9 +10,10 @@ Rate limits are token buckets per tenant (the API key's tenant, else the fairnes
 ``default-flow``): ``requestsPerMinute`` taken one per request at admission, ``tokensPerMinute`` charged
 with the usage each response reports and checked at admission (a tenant in debt waits until refilled).
 Refusals are 429 with ``Retry-After``. Buckets are kept for at most ``MAX_TENANTS`` tenants (least
-recently seen forgotten), each keyed by 16 bytes of BLAKE2b of its name, since the fairness header is
-client-chosen and of any length (review s28-qa Q6). Under ``--workers`` the buckets are the fleet's
-(``gateway.shared_tenants``, the same arithmetic on a shared table, keyed by a digest too).
+recently seen forgotten), each keyed by its name up to ``BUCKET_NAME_MAX`` characters and by 16 bytes of
+BLAKE2b of a longer one, since the fairness header is client-chosen and of any length (review s28-qa Q6).
+Under ``--workers`` the buckets are the fleet's (``gateway.shared_tenants``, the same arithmetic on a
+shared table, keyed by a digest).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 MAX_TENANTS = 65_536
+# Longer tenant names are keyed by a digest (``bucket_key``), as flow control's ``rate_key`` does.
+BUCKET_NAME_MAX = 256
 
 
 class ApiKeyError(ValueError):
@@ -96,9 +99,12 @@ class _Bucket:
     at: float
 
 
-def bucket_key(tenant: str) -> bytes:
-    """A tenant's bucket key: a fixed-size digest of its name, so a bucket costs the same whatever the
-    client sent (a collision, ~2**-128 a pair, only shares a bucket)."""
+def bucket_key(tenant: str) -> str | bytes:
+    """A tenant's bucket key: its name up to ``BUCKET_NAME_MAX`` characters (no digest per look-up for the
+    usual short names), else a fixed-size digest of it, so a bucket costs a bounded size whatever the
+    client sent (a collision, ~2**-128 a pair, only shares a bucket; bytes never equal a short name)."""
+    if len(tenant) <= BUCKET_NAME_MAX:
+        return tenant
     return hashlib.blake2b(tenant.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
@@ -109,7 +115,7 @@ class RateLimiter:
         self.rpm = requests_per_minute
         self.tpm = tokens_per_minute
         self.clock = clock
-        self._buckets: OrderedDict[bytes, _Bucket] = OrderedDict()  # bucket_key(tenant) -> its bucket
+        self._buckets: OrderedDict[str | bytes, _Bucket] = OrderedDict()  # bucket_key(tenant) -> its bucket
 
     def _bucket(self, tenant: str) -> _Bucket:
         now = self.clock()
