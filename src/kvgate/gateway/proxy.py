@@ -380,7 +380,16 @@ class Proxy:
         address = change.endpoint.address
         if change.kind == "added":
             self.upstream.restore(address)
-        elif change.kind == "removed" and not any(address in p.store for p in self.pools):
+        elif change.kind == "removed":
+            # Decided a loop turn later: a reload syncs its pools one by one, and an address moving from
+            # one pool to another is in neither between the two syncs (review s28-rev-c28 F3).
+            try:
+                asyncio.get_running_loop().call_soon(self._retire_if_in_no_pool, address)
+            except RuntimeError:  # (no loop: nothing is connected either)
+                self._retire_if_in_no_pool(address)
+
+    def _retire_if_in_no_pool(self, address: str) -> None:
+        if not any(address in p.store for p in self.pools):
             self.upstream.retire(address)
 
     def close_upstream(self) -> None:
