@@ -120,3 +120,12 @@ def test_f9_no_doc_or_warning_names_the_scrape_scheme_flags_that_do_not_exist():
         if flag in text and flag not in known
     ]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("rel", ["docs/flowcontrol.md", "docs/benchmarks/flowcontrol.md"])
+def test_f7_the_workers_2_summaries_carry_session_28(rel: str):
+    doc = _read(rel)
+    # the summary / goal cell that lists session 27's --workers 2 figure lists session 28's too
+    at = doc.index("1.495x, 1.181-2.011" if rel == "docs/flowcontrol.md" else "(Session 27, `--workers 2`")
+    window = doc[max(0, at - 3000) : at + 3000]
+    assert "1.347x" in window and "1.157-1.459" in window, f"{rel}: session 28's --workers 2 figure missing"
