@@ -57,6 +57,8 @@ IDLE_MAX_AGE_S = 300.0
 # within ~2 min, idle or mid-exchange (the peer's kernel answers probes while its server computes); with
 # TCP_USER_TIMEOUT at the same 2 min, also when the request written to it is never acknowledged.
 KEEPALIVE = (60, 10, 6)
+# The idle connections are swept this many times per ``IDLE_MAX_AGE_S``.
+_SWEEPS_PER_AGE = 4
 # The most addresses remembered as retired (``UpstreamPool.retire``): past it the oldest is forgotten.
 _MAX_RETIRED = 4096
 
@@ -134,7 +136,7 @@ class _Conn(asyncio.Protocol):
         # any answer byte is taken for the keep-alive race. One opened ahead (``warm``) has carried
         # nothing; a server that closes it after reading its first request crashed (qa24 F2).
         self.used = False
-        self.idle_at = 0.0  # event-loop time it was last put idle (``UpstreamPool._sweep_idle``)
+        self.idle_at = 0  # the pool's sweep count when it was last put idle (``UpstreamPool._sweep_idle``)
         self.transport: asyncio.Transport | None = None
         self.body: collections.deque[bytes] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
@@ -517,6 +519,7 @@ class UpstreamPool:
         # ``_MAX_RETIRED`` (a connection to such an address then waits for the sweep).
         self._retired: dict[str, None] = {}
         self._sweep: asyncio.TimerHandle | None = None  # armed while a connection is idle
+        self._sweeps = 0  # sweeps run: a release stamps this, not the clock (review s28-rev-c28 F6)
 
     def _put_idle(self, conn: _Conn) -> None:
         idle = None if conn.address in self._retired else self._idle.setdefault(conn.address, [])
@@ -524,16 +527,21 @@ class UpstreamPool:
             conn.transport.close()
             return
         assert idle is not None
-        conn.idle_at = conn.loop.time()
+        conn.idle_at = self._sweeps
         idle.append(conn)
         if self._sweep is None:
-            self._sweep = conn.loop.call_later(self.max_idle_age / 4, self._sweep_idle)
+            self._sweep = conn.loop.call_later(self.max_idle_age / _SWEEPS_PER_AGE, self._sweep_idle)
 
     def _sweep_idle(self) -> None:
-        """Close the connections idle for longer than ``max_idle_age``; forget addresses left with none."""
+        """Close the connections idle for ``max_idle_age`` or longer (up to one sweep period more); forget
+        addresses left with none."""
         self._sweep = None
         loop = asyncio.get_running_loop()
-        old = loop.time() - self.max_idle_age
+        self._sweeps += 1
+        # One stamped s was put idle at most one period before sweep s + 1 ran (the sweep is armed or is
+        # armed then), and the sweeps run a period apart while anything is idle: at sweep
+        # s + _SWEEPS_PER_AGE + 1 it has been idle for at least _SWEEPS_PER_AGE periods.
+        old = self._sweeps - _SWEEPS_PER_AGE - 1
         for address, idle in list(self._idle.items()):
             n = 0
             while n < len(idle) and idle[n].idle_at <= old:
@@ -545,7 +553,7 @@ class UpstreamPool:
             if not idle:
                 del self._idle[address]
         if self._idle:
-            self._sweep = loop.call_later(self.max_idle_age / 4, self._sweep_idle)
+            self._sweep = loop.call_later(self.max_idle_age / _SWEEPS_PER_AGE, self._sweep_idle)
 
     def retire(self, address: str) -> None:
         """``address`` left every pool: its idle connections close now, its busy ones (and any opened to it
