@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.entry import ArgumentParser
+from kvgate.sockopts import tcp_keepalive
 
 log = logging.getLogger(__name__)
 
@@ -223,15 +224,8 @@ def _keepalive(w: asyncio.StreamWriter) -> None:
     sock = w.get_extra_info("socket")
     if sock is None:
         return
-    idle, interval, probes = KEEPALIVE
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + interval * probes) * 1000)
+        tcp_keepalive(sock, *KEEPALIVE)
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, t: float) -> None:

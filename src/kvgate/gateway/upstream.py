@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from kvgate.sockopts import tcp_keepalive
+
 _HIGH_WATER = 1 << 20
 _MAX_HEAD = 64 * 1024
 _MAX_HEADERS = 100
@@ -388,16 +390,7 @@ def _keepalive(sock: socket.socket | None) -> None:
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     with contextlib.suppress(OSError):  # (best effort: the connection serves without it)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        idle, interval, probes = KEEPALIVE
-        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the OS defaults (hours) apply
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
-        if hasattr(socket, "TCP_USER_TIMEOUT"):  # data sent but never ACKed: keepalive probes only go
-            # out while nothing is outstanding, so a request written to a host already gone would wait
-            # on the retransmission timer (tcp_retries2: ~15 min) instead (multicluster/router.py's)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + interval * probes) * 1000)
+        tcp_keepalive(sock, *KEEPALIVE)
 
 
 def _due(conn: _Conn, idle: float | None, deadline: float | None) -> float | None:
@@ -522,11 +515,14 @@ class UpstreamPool:
         self._sweeps = 0  # sweeps run: a release stamps this, not the clock (review s28-rev-c28 F6)
 
     def _put_idle(self, conn: _Conn) -> None:
-        idle = None if conn.address in self._retired else self._idle.setdefault(conn.address, [])
-        if (idle is None or len(idle) >= self.max_idle) and conn.transport is not None:
+        if conn.address in self._retired:  # (its exchange done: nothing takes it again)
+            if conn.transport is not None:
+                conn.transport.close()
+            return
+        idle = self._idle.setdefault(conn.address, [])
+        if len(idle) >= self.max_idle and conn.transport is not None:
             conn.transport.close()
             return
-        assert idle is not None
         conn.idle_at = self._sweeps
         idle.append(conn)
         if self._sweep is None:

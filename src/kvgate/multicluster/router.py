@@ -45,6 +45,7 @@ from kvgate.multicluster.state import ClusterState, DispatchNote, EppBackoff
 from kvgate.openai.protocol import DESTINATION_ENDPOINT, RATE_LIMITED
 from kvgate.openai.usage import UsageTail
 from kvgate.scheduling.types import Usage
+from kvgate.sockopts import tcp_keepalive
 
 log = logging.getLogger("kvgate.multicluster.router")
 
@@ -415,14 +416,7 @@ class GlobalRouter:
     def _socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
         family, type_, proto, _, _ = addr_info
         sock = socket.socket(family=family, type=type_, proto=proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        idle, interval, probes = self.keepalive
-        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the OS defaults (hours) apply
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
-        if hasattr(socket, "TCP_USER_TIMEOUT"):  # data sent but never ACKed (the body into a cut link)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + interval * probes) * 1000)
+        tcp_keepalive(sock, *self.keepalive)  # (and data sent but never ACKed: the body into a cut link)
         return sock
 
     async def close(self) -> None:
