@@ -57,7 +57,6 @@ asyncio dispatcher (``dispatcher.FlowDispatcher``) and the virtual-clock benchma
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 import math
@@ -66,6 +65,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from kvgate.boundedkey import KEY_MAX, bounded_key
 from kvgate.flowcontrol.config import FlowControlConfig
 from kvgate.flowcontrol.metrics import FlowMetrics
 from kvgate.flowcontrol.policies import SLO_TTFT_HEADERS, Band, header_ms
@@ -164,7 +164,10 @@ RATE_REBASE_WINDOWS = math.log(1.0 / RATE_PRUNE)
 RATE_FLOWS = 4096
 RATE_FLOWS_MAX = 4 * RATE_FLOWS
 RATE_OVERFLOW = "\x00overflow"
-RATE_KEY_MAX = 256  # a longer id is kept as its first 200 characters and a hash of the whole
+# An id's key in the arrival table (``rate_key``): itself up to RATE_KEY_MAX characters, else its first 200
+# and a hash of the whole (client-supplied ids of any length; review s10-fc-a F3): the tenant buckets' rule.
+RATE_KEY_MAX = KEY_MAX
+rate_key = bounded_key
 RATE_ACTIVE = 0.5
 # The flows sending now (at least RATE_ACTIVE arrivals left after decay) are recounted by a scan of the
 # table at most once per RATE_FLOWS_EVERY_S, and only after 1 / RATE_RECOUNT_SHARE of the table's size
@@ -313,15 +316,6 @@ def free_slots(take: float, give: float, miss: float, cap: int) -> int:
         term *= q
         total += term
     return g if g <= FREE_SLOTS_LOOP or g == cap else f
-
-
-def rate_key(flow: str) -> str:
-    """``flow``'s key in the arrival table: itself, or, past RATE_KEY_MAX characters, its first 200
-    and a hash of the whole (client-supplied ids of any length; review s10-fc-a F3)."""
-    if len(flow) <= RATE_KEY_MAX:
-        return flow
-    digest = hashlib.blake2b(flow.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-    return f"{flow[:200]}\x00{digest}"
 
 
 # ``fleet.PoolMark.publish`` (the mark under ``--workers``) passes over at most this many distinct subsets

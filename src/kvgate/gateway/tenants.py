@@ -10,8 +10,9 @@ Rate limits are token buckets per tenant (the API key's tenant, else the fairnes
 ``default-flow``): ``requestsPerMinute`` taken one per request at admission, ``tokensPerMinute`` charged
 with the usage each response reports and checked at admission (a tenant in debt waits until refilled).
 Refusals are 429 with ``Retry-After``. Buckets are kept for at most ``MAX_TENANTS`` tenants (least
-recently seen forgotten), each keyed by its name up to ``BUCKET_NAME_MAX`` characters and by 16 bytes of
-BLAKE2b of a longer one, since the fairness header is client-chosen and of any length (review s28-qa Q6).
+recently seen forgotten), each keyed by its name up to ``BUCKET_NAME_MAX`` characters and by a fixed-size
+digest of a longer one (``kvgate.boundedkey``, flow control's rule too), since the fairness header is
+client-chosen and of any length (review s28-qa Q6).
 Under ``--workers`` the buckets are the fleet's (``gateway.shared_tenants``, the same arithmetic on a
 shared table, keyed by a digest).
 """
@@ -25,9 +26,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from kvgate.boundedkey import KEY_MAX, bounded_key
+
 MAX_TENANTS = 65_536
-# Longer tenant names are keyed by a digest (``bucket_key``), as flow control's ``rate_key`` does.
-BUCKET_NAME_MAX = 256
+# A tenant's bucket key (``kvgate.boundedkey``, as flow control's ``rate_key``): its name up to
+# BUCKET_NAME_MAX characters (no digest per look-up for the usual short names), else a fixed-size digest.
+BUCKET_NAME_MAX = KEY_MAX
+bucket_key = bounded_key
 
 
 class ApiKeyError(ValueError):
@@ -99,15 +104,6 @@ class _Bucket:
     at: float
 
 
-def bucket_key(tenant: str) -> str | bytes:
-    """A tenant's bucket key: its name up to ``BUCKET_NAME_MAX`` characters (no digest per look-up for the
-    usual short names), else a fixed-size digest of it, so a bucket costs a bounded size whatever the
-    client sent (a collision, ~2**-128 a pair, only shares a bucket; bytes never equal a short name)."""
-    if len(tenant) <= BUCKET_NAME_MAX:
-        return tenant
-    return hashlib.blake2b(tenant.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-
 class RateLimiter:
     def __init__(
         self, requests_per_minute: float, tokens_per_minute: float, clock: Callable[[], float]
@@ -115,7 +111,7 @@ class RateLimiter:
         self.rpm = requests_per_minute
         self.tpm = tokens_per_minute
         self.clock = clock
-        self._buckets: OrderedDict[str | bytes, _Bucket] = OrderedDict()  # bucket_key(tenant) -> its bucket
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # bucket_key(tenant) -> its bucket
 
     def _bucket(self, tenant: str) -> _Bucket:
         now = self.clock()
