@@ -20,8 +20,14 @@ runs draw the same quiet arrivals (they are drawn before the flooder's), so each
 both is a pair (matched by tenant and the nearest start, within ``GOAL_MATCH_S``: a request answered in one
 run only drops out, not its successors nor its neighbour); each draw resamples the pairs and takes flood
 p90 / calm p90; several seeds: the geometric mean. Printed with the share of draws over 1.5 (the goal's
-bound). A quiet request left unanswered (the bench's ``unfinished``: fc28 reads it later than every answer)
-is in no pair, the trace holding answered requests only: where a run has any, the line says how many.
+bound). The reading is the one-process bench's, its own code (wk29): each side's p90 is
+``flowcontrol_bench.ttft_pct`` (a quiet request never answered counts as later than every answer, fc28; a
+shed one, 429 / 503, is in no percentile) and the ratio ``flowcontrol_bench.p90_ratio`` (a p90 among the
+unanswered gives ``inf``, over the goal; a draw with no calm baseline, its calm p90 among the unanswered,
+has no ratio and reads ``inf`` too: it cannot show the goal met). The bench records each request not
+answered, with why, in ``trace_not_answered`` (wk29), so those requests pair like the answered ones and a
+pair's side may be a TTFT, unanswered or shed. A JSON from before (no ``trace_not_answered``) holds answered
+requests only: its unanswered ones (the bench's ``unfinished``) are in no pair, and the line says how many.
 
 With several seeds, both print the geometric mean's interval twice (session 24): within the runs (the
 seeds' runs fixed, their pairs resampled), and over runs too (each draw first draws as many seeds as given
@@ -39,7 +45,15 @@ import argparse
 import json
 import math
 import random
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from kvgate.bench import flowcontrol_bench as fc
+
+# A pair's side under --goal: its TTFT, UNANSWERED (the bench's reading: later than every answer) or SHED
+# (429 / 503: in no percentile).
+UNANSWERED = math.inf
+SHED = None
 
 
 def p90(xs: list[float]) -> float:
@@ -75,6 +89,44 @@ def _quiet(doc: dict[str, Any], mix: str) -> dict[str, list[tuple[float, float]]
     return {t: sorted(v) for t, v in out.items()}
 
 
+def _not_answered(doc: dict[str, Any], mix: str) -> list[list[Any]] | None:
+    """The ``*/MIX`` run's ``trace_not_answered`` rows (tenant, start, why), None in a JSON from before."""
+    for name, run in doc["runs"].items():
+        if name.endswith("/" + mix):
+            return run.get("trace_not_answered")
+    return None
+
+
+def _quiet_all(doc: dict[str, Any], mix: str) -> dict[str, list[tuple[float, float | None]]]:
+    """Per quiet tenant, every request the trace holds as (start, side) in start order: its TTFT, or
+    ``UNANSWERED`` / ``SHED`` from ``trace_not_answered`` (answered ones only in a JSON from before)."""
+    out: dict[str, list[tuple[float, float | None]]] = {t: list(v) for t, v in _quiet(doc, mix).items()}
+    for tenant, start, why in _not_answered(doc, mix) or ():
+        if tenant in fc.QUIET:
+            out.setdefault(tenant, []).append((start, SHED if why.startswith("shed") else UNANSWERED))
+    return {t: sorted(v, key=lambda x: x[0]) for t, v in out.items()}
+
+
+def goal_p90(sides: Sequence[float | None]) -> float | None:
+    """One run's p90 over a draw's sides, the one-process bench's reading (``flowcontrol_bench.ttft_pct``):
+    unanswered later than every answer, shed in no percentile."""
+    answered = [v for v in sides if v is not None and v != UNANSWERED]
+    lost = sum(1 for v in sides if v == UNANSWERED)
+    return fc.ttft_pct(answered, lost, 90)
+
+
+def goal_ratio(pairs: Sequence[tuple[Any, Any]]) -> float:
+    """Flood p90 / calm p90 over (calm, flood) pairs by the bench's ``p90_ratio``; no ratio (no calm
+    baseline) reads ``inf``: such a draw cannot show the goal met."""
+    r = fc.p90_ratio(goal_p90([p[1] for p in pairs]), goal_p90([p[0] for p in pairs]))
+    return math.inf if r is None else r
+
+
+def plain_ratio(pairs: Sequence[tuple[Any, Any]]) -> float:
+    """``--paired``: NEW p90 / BASE p90 over answered pairs, the ``int(0.9 n)`` rank."""
+    return p90([p[1] for p in pairs]) / p90([p[0] for p in pairs])
+
+
 def matched(base: dict[str, Any], new: dict[str, Any], warmup: float) -> list[tuple[float, float]]:
     """(BASE TTFT, NEW TTFT) of each quiet request answered in both ``*/flood`` runs, matched by tenant and
     its rank among the tenant's requests by start (measured in BASE: its start at or after ``warmup``)."""
@@ -94,8 +146,11 @@ def matched(base: dict[str, Any], new: dict[str, Any], warmup: float) -> list[tu
 GOAL_MATCH_S = 0.01
 
 
-def matched_goal(calm: dict[str, Any], flood: dict[str, Any], warmup: float) -> list[tuple[float, float]]:
-    """(calm TTFT, flood TTFT) of each quiet request answered in both runs, by tenant and the nearest start:
+def matched_goal(
+    calm: dict[str, Any], flood: dict[str, Any], warmup: float
+) -> list[tuple[float | None, float | None]]:
+    """(calm side, flood side) of each quiet request the trace holds in both runs (each side its TTFT, or
+    ``UNANSWERED`` / ``SHED`` where ``trace_not_answered`` is recorded), by tenant and the nearest start:
     per tenant, the order-preserving alignment of the two runs' starts (a request's k-th successor stays
     after it in both: two answered neighbours are never swapped) with the most pairs within ``GOAL_MATCH_S``,
     each request in one pair at most (so a request answered in one run only drops out alone), and among
@@ -104,7 +159,7 @@ def matched_goal(calm: dict[str, Any], flood: dict[str, Any], warmup: float) -> 
     821 single sheds replayed, this rule 0). The limit: starts alone cannot tell whose a survivor is when
     its shed neighbour started a few ms from it (as far as the lateness goes); an arrival index in the trace
     would. Measured: calm start at or after ``warmup``; in calm start order."""
-    a, b = _quiet(calm, "calm"), _quiet(flood, "flood")
+    a, b = _quiet_all(calm, "calm"), _quiet_all(flood, "flood")
     out = []
     for t in sorted(a.keys() & b.keys()):
         xs, ys = a[t], b[t]
@@ -167,44 +222,67 @@ def compare(paths: list[str], draws: int, warmup: float, goal: bool) -> None:
     def interval(got: list[float]) -> str:
         return f"90% interval {got[int(0.05 * len(got))]:.3f}-{got[int(0.95 * len(got))]:.3f}"
 
-    seeds = []
+    ratio = goal_ratio if goal else plain_ratio
+    seeds: list[list[tuple[Any, Any]]] = []
     for i in range(0, len(paths), 2):
         with open(paths[i]) as f, open(paths[i + 1]) as g:
             base_doc, new_doc = json.load(f), json.load(g)
-        pairs = (matched_goal if goal else matched)(base_doc, new_doc, warmup)
+        pairs: list[tuple[Any, Any]] = list((matched_goal if goal else matched)(base_doc, new_doc, warmup))
         seeds.append(pairs)
         measured = ""
         if goal:
             n_calm, n_flood = len(ttfts(base_doc, "calm", warmup)), len(ttfts(new_doc, "flood", warmup))
             measured = f" (measured: calm {n_calm}, flood {n_flood})"
-            lost = unanswered(base_doc, "calm"), unanswered(new_doc, "flood")
-            if any(lost):  # (the figure below pairs answered requests only: it leaves these out)
-                measured += f" (unanswered, not in the pairs: calm {lost[0]}, flood {lost[1]})"
-        base, new = p90([p[0] for p in pairs]), p90([p[1] for p in pairs])
-        one = _draws([pairs], draws)
+            if _not_answered(base_doc, "calm") is None or _not_answered(new_doc, "flood") is None:
+                lost = unanswered(base_doc, "calm"), unanswered(new_doc, "flood")
+                if any(lost):  # (a JSON from before trace_not_answered: answered requests only)
+                    measured += f" (unanswered, not in the pairs: calm {lost[0]}, flood {lost[1]})"
+            else:
+                measured += (
+                    " (in the pairs, not answered: "
+                    + ", ".join(
+                        f"{mix} {sum(1 for p in pairs if p[k] == UNANSWERED)} unanswered, "
+                        f"{sum(1 for p in pairs if p[k] is SHED)} shed"
+                        for k, mix in ((0, "calm"), (1, "flood"))
+                    )
+                    + ")"
+                )
+            base, new = goal_p90([p[0] for p in pairs]), goal_p90([p[1] for p in pairs])
+        else:
+            base, new = p90([p[0] for p in pairs]), p90([p[1] for p in pairs])
+        one = _draws([pairs], draws, ratio=ratio)
         print(
-            f"{paths[i + 1]} / {paths[i]}: {len(pairs)} quiet requests matched{measured}; p90 {new:.4f} / "
-            f"{base:.4f} = {new / base:.3f}, {interval(one)}" + (f", {share(one)}" if goal else "")
+            f"{paths[i + 1]} / {paths[i]}: {len(pairs)} quiet requests matched{measured}; p90 {_f(new)} / "
+            f"{_f(base)} = {ratio(pairs):.3f}, {interval(one)}" + (f", {share(one)}" if goal else "")
         )
     if len(seeds) > 1:
-        point = math.prod(p90([p[1] for p in s]) / p90([p[0] for p in s]) for s in seeds) ** (1 / len(seeds))
-        got = _draws(seeds, draws)
+        point = math.exp(sum(math.log(ratio(s)) for s in seeds) / len(seeds))
+        got = _draws(seeds, draws, ratio=ratio)
         print(
             f"geometric mean over {len(seeds)} seeds: {point:.3f}, {interval(got)}, {share(got)} "
             "(within the runs)"
         )
-        got = _draws(seeds, draws, runs=True)
+        got = _draws(seeds, draws, runs=True, ratio=ratio)
         print(
             f"  over runs too (seeds drawn with replacement, then their pairs): {interval(got)}, {share(got)}"
         )
-        got = _draws_top(seeds, draws)
+        got = _draws_top(seeds, draws, ratio=ratio)
         print(
             f"  over runs, top level only (seeds drawn with replacement, each its ratio as measured): "
             f"{interval(got)}, {share(got)}"
         )
 
 
-def _draws(seeds: list[list[tuple[float, float]]], draws: int, runs: bool = False) -> list[float]:
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _draws(
+    seeds: list[list[tuple[Any, Any]]],
+    draws: int,
+    runs: bool = False,
+    ratio: Callable[[Sequence[tuple[Any, Any]]], float] = plain_ratio,
+) -> list[float]:
     """Sorted bootstrap draws of the geometric mean of the seeds' p90 ratios (NEW / BASE, flood / calm).
     Each draw resamples each seed's pairs (the spread within a run); with ``runs``, it first draws as many
     seeds as given with replacement (two levels: the spread from one run, and seed, to the next too, which
@@ -214,13 +292,16 @@ def _draws(seeds: list[list[tuple[float, float]]], draws: int, runs: bool = Fals
     for _ in range(draws):
         logs = 0.0
         for pairs in [rnd.choice(seeds) for _ in seeds] if runs else seeds:
-            pick = [rnd.choice(pairs) for _ in pairs]
-            logs += math.log(p90([p[1] for p in pick]) / p90([p[0] for p in pick]))
+            logs += math.log(ratio([rnd.choice(pairs) for _ in pairs]))
         out.append(math.exp(logs / len(seeds)))
     return sorted(out)
 
 
-def _draws_top(seeds: list[list[tuple[float, float]]], draws: int) -> list[float]:
+def _draws_top(
+    seeds: list[list[tuple[Any, Any]]],
+    draws: int,
+    ratio: Callable[[Sequence[tuple[Any, Any]]], float] = plain_ratio,
+) -> list[float]:
     """Sorted bootstrap draws of the geometric mean over runs, the standard way for two-level data
     (Davison & Hinkley 1997 sec. 3.8): each draw draws as many seeds as given with replacement and keeps
     each drawn seed's own ratio, whose spread already holds its within-run noise. ``_draws(runs=True)``
@@ -228,7 +309,7 @@ def _draws_top(seeds: list[list[tuple[float, float]]], draws: int) -> list[float
     s24-rev-wk24 F3: 1.3-1.4x too wide with no run-to-run spread); it stays as printed, the session-24
     rule was pre-registered on it. With k seeds this interval is narrow by about sqrt((k-1)/k) and takes
     at most C(2k-1, k) values (3 for two seeds)."""
-    logs = [math.log(p90([p[1] for p in s]) / p90([p[0] for p in s])) for s in seeds]
+    logs = [math.log(ratio(s)) for s in seeds]
     rnd = random.Random(1)
     k = len(logs)
     return sorted(math.exp(sum(rnd.choice(logs) for _ in logs) / k) for _ in range(draws))

@@ -168,6 +168,7 @@ async def run_arm(
     extra: dict[str, Any] = {"errors": errors, "wall_s": wall, **lag_summary(before, after, ts)}
     if timing:
         extra["trace"] = trace(results, ts)
+        extra["trace_not_answered"] = not_answered(results, ts)
     return run, extra
 
 
@@ -186,6 +187,24 @@ def trace(results: list[loadgen.RequestResult], ts: float) -> list[list[Any]]:
         replica = (r.response_id or "").rsplit("-", 1)[0]
         out.append([r.group, round(r.start * ts, 4), round(r.ttft * ts, 4), round((picked - recv) * ts, 4),
                     round((first - picked) * ts, 4), replica])  # fmt: skip
+    return out
+
+
+def not_answered(results: list[loadgen.RequestResult], ts: float) -> list[list[Any]]:
+    """Per request of any tenant without a first token: [tenant, start (simulated seconds), why]. ``why`` is
+    ``shed 429`` / ``shed 503`` (a refusal: in no TTFT percentile) or ``unanswered: <cause>`` (the client's
+    timeout, the run's cut, another status, a connection error: ``flowcontrol_bench.unanswered``, which the
+    bench reads as later than every answer). The answered ones are in ``trace``; with these, a reader of the
+    JSON (``scripts/fc_live_ratio_interval.py --goal``) applies the bench's reading request by request."""
+    out: list[list[Any]] = []
+    for r in results:
+        if r.ttft is not None:
+            continue
+        if r.status in (429, 503):
+            why = f"shed {r.status}"
+        else:  # (the error's kind: "http 500", "cut", "TimeoutError", "no tokens streamed")
+            why = "unanswered: " + ((r.error or f"status {r.status}").split(":", 1)[0])[:40]
+        out.append([r.group, round(r.start * ts, 4), why])
     return out
 
 
@@ -289,7 +308,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--timing",
         action="store_true",
         help="live: every request asks for x-kvgate-timing; the quiet requests' wait in kvgate and after "
-        "their pick go in the JSON (trace, trace_summary)",
+        "their pick go in the JSON (trace, trace_summary), and every request not answered, with why "
+        "(trace_not_answered)",
     )
 
 
