@@ -9,9 +9,10 @@ with two exceptions that keep a verified https scrape from being undone by a ref
 - ``scheme: http`` where the scraper's own scheme is https (the reference chart's default config says
   ``http``): the pool's https wins, with its own verification; one WARNING names the key
   (review s28-rev-cfg28 F1). Refusing it would refuse the chart's default config for every https pool.
-  Only on the endpoint's own port: a source that names another ``port`` names another listener (the
+  Only on a port of the pool's own: a source that names another ``port`` names another listener (the
   engine's plain-http /metrics beside a TLS sidecar's inference port), and its ``http`` stands
-  (review s28-rev-fixes28a F1).
+  (review s28-rev-fixes28a F1). A source port that is any endpoint's of the pool (not only the one
+  scraped) is that endpoint's TLS listener, https for every endpoint (review s28-rev-d28 F1).
 - ``scheme: https`` with no TLS key where the scraper already scrapes https: its own verification stays
   (the pool's ``caFile``, else the system's CAs). Only where the scraper would scrape plain http does the
   reference's default apply (``insecureSkipVerify: true``) (review s28-rev-cfg28 F2). A TLS key given
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+from collections.abc import Container
 from dataclasses import dataclass
 
 
@@ -68,14 +70,22 @@ class Resolved:
 
 
 def resolve(
-    src: ScrapeSource | None, scheme: str, tls: ssl.SSLContext | None, path: str, port: int | None = None
+    src: ScrapeSource | None,
+    scheme: str,
+    tls: ssl.SSLContext | None,
+    path: str,
+    port: int | None = None,
+    pool_ports: Container[int] = (),
 ) -> Resolved:
     """``src`` against the scraper's own ``scheme``, ``tls`` and ``path`` (module docstring) for an
-    endpoint whose own port is ``port`` (None: none in its address)."""
+    endpoint whose own port is ``port`` (None: none in its address) in a pool whose endpoints' own ports
+    are ``pool_ports`` (asked only where ``src`` names a port and says http for an https scraper)."""
     if src is None:
         return Resolved(scheme, tls, path)
     own_https = scheme == "https" or tls is not None  # the scraper scrapes https, verified, itself
     own_port = src.port is None or src.port == port
+    if not own_port and src.scheme == "http" and scheme == "https":
+        own_port = src.port in pool_ports
     if src.scheme == "http" and scheme == "https" and own_port:
         return Resolved(scheme, tls, src.path or path, scheme_overridden=True)
     out_scheme = src.scheme or scheme

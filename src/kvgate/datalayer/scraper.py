@@ -104,6 +104,20 @@ class _Ask:
 _ASK = _Ask()
 
 
+class _PoolPorts:
+    """The pool's endpoints' own ports, as ``scrape_source.resolve`` asks for them: a walk over the pool
+    per question, asked only by a source that names a port and says http for an https pool."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: EndpointStore) -> None:
+        self.store = store
+
+    def __contains__(self, port: object) -> bool:
+        suffix = f":{port}"
+        return any(e.address.endswith(suffix) for e in self.store.all())
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """One scrape's resolved destination."""
@@ -166,6 +180,7 @@ class MetricsScraper:
         # scraped with aiohttp; then the lean client tries again (a restarted server may not redirect).
         self._aiohttp_only: dict[str, float] = {}
         self.store = store
+        self._pool_ports = _PoolPorts(store)  # (what ``resolve`` asks of the pool)
         # Endpoints that did not honour the filtered request -> the clock time until which they are
         # scraped whole.
         self._unfiltered: dict[str, float] = {}
@@ -319,14 +334,7 @@ class MetricsScraper:
         if src.port is not None:
             address = f"{host or address}:{src.port}"
         own = int(port) if host and port.isdigit() else None
-        if src.port is not None and src.port != own and src.scheme == "http" and self.scheme == "https":
-            # (a source port that is another endpoint's own port is that endpoint's TLS listener: it is
-            # https for every endpoint of the pool, not just its own; review s28-rev-d28 F1. Only this
-            # config pays the walk over the pool)
-            suffix = f":{src.port}"
-            if any(e.address.endswith(suffix) for e in self.store.all()):
-                own = src.port
-        r = resolve(src, self.scheme, self.tls, self.path, own)
+        r = resolve(src, self.scheme, self.tls, self.path, own, self._pool_ports)
         if r.scheme_overridden and src.origin not in self._scheme_warned:
             self._scheme_warned.add(src.origin)
             log.warning(
