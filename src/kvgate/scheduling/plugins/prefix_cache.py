@@ -32,8 +32,11 @@ from kvgate.scheduling.framework import (
     Producer,
     ResponseObserver,
     Scorer,
+    TTFTOracle,
+    add_explanation,
     publish_cache_expectation,
 )
+from kvgate.scheduling.plugins.affinity_gate import LATENCY_PREDICTOR, REFERENCE_KEYS, AffinityGate, read_gate
 from kvgate.scheduling.plugins.wiring import Wiring
 from kvgate.scheduling.prefix import (
     CHARS_PER_TOKEN,
@@ -584,9 +587,11 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
     """Sticky until saturated: keep the endpoints holding most of the prompt's prefix, unless every one
     of them is overloaded (then pass all through so load-aware scorers can spread the work).
 
-    Keeps endpoints with match ratio >= ``threshold`` and within ``slack`` of the best; overloaded =
-    scraped queue >= ``queueThreshold`` or KV >= ``kvCacheUtilThreshold`` (fresh metrics), or in-flight
-    requests >= ``maxInFlight``.
+    kvgate's rule: keeps endpoints with match ratio >= ``threshold`` and within ``slack`` of the best;
+    overloaded = scraped queue >= ``queueThreshold`` or KV >= ``kvCacheUtilThreshold`` (fresh metrics), or
+    in-flight requests >= ``maxInFlight``. A config that sets the reference's keys (``affinityThreshold``,
+    ``maxTTFTPenaltyMs``, ``peakPrefillThroughput``, ...) gets the reference's rule instead
+    (``affinity_gate``).
     """
 
     def __init__(
@@ -599,6 +604,8 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
         queue_threshold: int = 5,
         kv_threshold: float = 0.8,
         max_inflight: int = 64,
+        gate: AffinityGate | None = None,
+        path: str = "",
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -608,6 +615,9 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
         self.queue_threshold = queue_threshold
         self.kv_threshold = kv_threshold
         self.max_inflight = max_inflight
+        self.gate = gate  # the reference's rule, when the config asked for it
+        self.path = path
+        self._oracle: TTFTOracle | None = None
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> PrefixCacheAffinityFilter:
@@ -615,6 +625,10 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
         # an unknown-key error lists it among the keys the filter takes, review s28-rev-docs28 F8)
         ref_key, producer_key = params.get_str("prefixPluginRef", ""), params.get_str(PRODUCER_KEY, "")
         ref = ref_key or producer_key or None
+        if any(params.has(k) for k in REFERENCE_KEYS):
+            f = cls(name, handle, ref, gate=read_gate(params), path=params.path)
+            params.finish()
+            return f
         f = cls(
             name,
             handle,
@@ -624,9 +638,30 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
             queue_threshold=params.get_int("queueThreshold", 5, min=1),
             kv_threshold=params.get_float("kvCacheUtilThreshold", 0.8, min=0.0, max=1.0),
             max_inflight=params.get_int("maxInFlight", 64, min=1),
+            path=params.path,
         )
         params.finish()
         return f
+
+    @property
+    def oracle(self) -> TTFTOracle:
+        """The latency model the reference rule's ``ttftSource: latencyPredictor`` reads (resolved once)."""
+        if self._oracle is None:
+            ref = self.gate.predictor_ref if self.gate else ""
+            p = self.handle.plugin(ref) if ref else self.handle.find(TTFTOracle)
+            if not isinstance(p, TTFTOracle):
+                key = "latencyPredictionInfoProducerName" if ref else "ttftSource"
+                raise ConfigError(
+                    f"{self.path}.{key}",
+                    f"{ref or 'latencyPredictor'!r}: no predicted-latency-scorer in plugins",
+                )
+            self._oracle = p
+        return self._oracle
+
+    def dependencies(self) -> list[Plugin]:
+        deps = super().dependencies()
+        # The latency model must learn (its post-pick and response hooks) though no profile scores with it.
+        return [*deps, self.oracle] if self.gate is not None and self.gate.uses_predictor else deps
 
     def overloaded(self, ep: Endpoint, now: float) -> bool:
         if ep.inflight.requests >= self.max_inflight:
@@ -638,6 +673,8 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
 
     def filter(self, cycle: CycleState, endpoints: list[Endpoint]) -> list[Endpoint]:
         m = prefix_match(cycle)
+        if self.gate is not None:
+            return self._reference_filter(cycle, endpoints, m)
         if m is None or not m.matched:
             return endpoints
         ratios = [m.ratio(ep.address) for ep in endpoints]
@@ -651,3 +688,27 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
             if r >= floor and not self.overloaded(ep, cycle.now)
         ]
         return keep or endpoints
+
+    def _reference_filter(
+        self, cycle: CycleState, endpoints: list[Endpoint], m: PrefixMatch | None
+    ) -> list[Endpoint]:
+        """The reference's order: one endpoint or threshold 0 -> all; exploration -> all; no sticky
+        endpoint -> all; the load gate broken -> all; else the sticky ones."""
+        gate = self.gate
+        assert gate is not None
+        if len(endpoints) <= 1 or gate.threshold <= 0 or m is None or not m.matched:
+            return endpoints
+        if gate.exploration > 0 and self.handle.rng.random() < gate.exploration:
+            return endpoints
+        sticky = gate.sticky([m.ratio(ep.address) for ep in endpoints])
+        if not any(sticky):
+            return endpoints
+        tokens = [ep.inflight.pending_prefill_tokens for ep in endpoints]
+        if gate.ttft_source == LATENCY_PREDICTOR:
+            ttft = [e.mean * 1000.0 for e in self.oracle.ttft_estimates(cycle, endpoints)]
+        else:
+            ttft = [gate.ttft_ms(t) for t in tokens]
+        if gate.breaks(sticky, ttft, tokens):
+            add_explanation(cycle, f"{self.name}.load_gate", "broken: all endpoints kept")
+            return endpoints
+        return [ep for ep, s in zip(endpoints, sticky, strict=True) if s]

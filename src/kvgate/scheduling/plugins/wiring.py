@@ -239,3 +239,24 @@ class OpenAIParser(Wiring):
     """kvgate parses request bodies as the OpenAI API: what the reference's default parser does."""
 
     role = "parser"
+
+
+@register("inflight-load-producer")
+class InFlightLoadProducer(Wiring):
+    """llm-d-router's producer of each endpoint's in-flight requests and uncached prompt tokens (read by
+    its ``token-load-scorer`` and the affinity filter's load gate): kvgate's Director keeps both itself
+    (``Endpoint.inflight``), so the plugin is configuration only. ``addEstimatedOutputTokens: true`` (the
+    token count holding an output estimate until the end) is one WARNING line: kvgate's gate counts prompt
+    tokens until the first token, and its ``token-load-scorer`` weighs decode with ``decodeWeight``."""
+
+    role = "load producer"
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> InFlightLoadProducer:
+        if params.get_bool("addEstimatedOutputTokens", False):
+            params.warn(
+                "addEstimatedOutputTokens",
+                "true not applied: kvgate counts prompt tokens until the first token",
+            )
+        params.finish()
+        return cls(name, handle)
