@@ -2,7 +2,7 @@
 # The `--workers` quiet-tenant goal's live runs (issue #15; docs/benchmarks/flowcontrol.md, the `--workers 2`
 # sections of sessions 24-27): per seed four runs, each in its own hold of a lock, in this order:
 # `--workers 2 --mixes calm`, `--workers 2 --mixes flood`, then the same two at `--workers 1` (the baseline
-# of the same round). A run starts only if its hold begins before the cut-off (UTC HH:MM); one that cannot
+# of the same round). A run starts only if its hold begins before the cut-off (UTC, below); one that cannot
 # is written down as not run. Every run records `cat /proc/loadavg` and `uptime` inside its hold, before
 # and after, and `/proc/loadavg` every LOAD_EVERY seconds (default 30) while the bench runs (meta.json's
 # "loadavg_during": [[UTC time, loadavg], ...]), beside the bench's JSON (with the trace, `--timing`).
@@ -11,14 +11,16 @@
 #
 # SRC: the `src` folder of the code measured (a `git archive` snapshot, so the runs keep one code while the
 # tree moves); OUT: one folder per run is made under it (`seed-S-MIX-wN/`: flowcontrol-live.json,
-# meta.json); CUTOFF: e.g. 17:52. Env: LOCK (default /work/team/live.lock), KVGATE (default `kvgate` on
+# meta.json); CUTOFF: e.g. 17:52 (today's clock, compared as text: "24:00" none is past, "00:00" all are),
+# or any other time `date -d` reads, e.g. "2026-12-07 00:20" (UTC; read once at the start: wk29, a plain
+# 00:20 from 23:18 read as past). Env: LOCK (default /work/team/live.lock), KVGATE (default `kvgate` on
 # PATH), WORKERS (default "2 1"), LOAD_EVERY (default 30). Then
 #   python scripts/fc_live_ratio_interval.py --goal OUT/seed-S-calm-w2/flowcontrol-live.json \
 #     OUT/seed-S-flood-w2/flowcontrol-live.json ...
 # prints the goal's figure and its two-level interval.
 set -u
 if [ $# -lt 4 ]; then
-    sed -n 2,17p "$0" >&2
+    sed -n 2,20p "$0" >&2
     exit 2
 fi
 SRC=$(cd "$1" && pwd)
@@ -31,12 +33,25 @@ WORKERS=${WORKERS:-2 1}
 LOAD_EVERY=${LOAD_EVERY:-30}
 CODE=${CODE:-$SRC}
 mkdir -p "$OUT"
+CUTOFF_S=
+if ! [[ "$CUTOFF" =~ ^[0-9][0-9]:[0-9][0-9]$ ]]; then
+    CUTOFF_S=$(date -u -d "$CUTOFF" +%s) || { echo "cut-off '$CUTOFF': not a time date(1) reads" >&2; exit 2; }
+fi
+
+past_cutoff() {  # is it now at or past the cut-off?
+    if [ -n "$CUTOFF_S" ]; then
+        [ "$(date -u +%s)" -ge "$CUTOFF_S" ]
+    else
+        local now
+        now=$(date -u +%H:%M)
+        [[ "$now" > "$CUTOFF" || "$now" == "$CUTOFF" ]]
+    fi
+}
 
 one_run() {  # inside the lock: SEED MIX WORKERS DIR
-    local seed=$1 mix=$2 workers=$3 dir=$4 start
-    start=$(date -u +%H:%M)
+    local seed=$1 mix=$2 workers=$3 dir=$4
     mkdir -p "$dir"
-    if [[ "$start" > "$CUTOFF" || "$start" == "$CUTOFF" ]]; then
+    if past_cutoff; then
         printf '{"seed": %s, "mix": "%s", "workers": %s, "not_run": "hold began %s UTC, at or past the cut-off %s"}\n' \
             "$seed" "$mix" "$workers" "$(date -u +%T)" "$CUTOFF" >"$dir/meta.json"
         echo "seed $seed $mix workers $workers: not run (hold began $(date -u +%T), cut-off $CUTOFF)"
@@ -77,8 +92,8 @@ json.dump({"seed": int(seed), "mix": mix, "workers": int(workers), "code": code,
            "uptime_end": u1.strip(), "loadavg_during": during, "rc": int(rc)}, open(path, "w"), indent=1)
 EOF
 }
-export -f one_run
-export SRC CUTOFF KVGATE CODE LOAD_EVERY
+export -f one_run past_cutoff
+export SRC CUTOFF CUTOFF_S KVGATE CODE LOAD_EVERY
 
 for seed in "$@"; do
     for w in $WORKERS; do
