@@ -43,12 +43,32 @@ class GatewayConfigError(ConfigError):
         super().__init__(key, message)
 
 
+# The InferencePool API groups (``k8s.resources.POOL_GROUPS``' keys; k8s sits above config): v1 (GA), and
+# the older v1alpha2 pool (GIE v0.x, llm-d v0.3's charts), as the reference EPP's ``--pool-group``.
+POOL_GROUPS = ("inference.networking.k8s.io", "inference.networking.x-k8s.io")
+
+
 @dataclass(frozen=True, slots=True)
 class InferencePoolRef:
     """``pools[].inferencePool``: discover the pool's endpoints from this Kubernetes InferencePool."""
 
     name: str
     namespace: str = "default"
+    # ``group``: the pool's API group (a ``POOL_GROUPS`` entry, as an HTTPRoute's backendRef and an
+    # InferenceObjective's ``poolRef`` name it); None: ``--pool-group``'s, else v1's.
+    group: str | None = None
+
+
+def group_not_the_files(flag: str | None, pool: str, ref: InferencePoolRef) -> str | None:
+    """Why ``--pool-group`` (given) cannot apply to pool ``pool`` whose ``inferencePool`` names another
+    ``group``, or None. Refused, not honoured, as ``--pool-namespace`` beside a file naming the namespace:
+    the file names the InferencePool for both doors."""
+    if not flag or ref.group is None or flag == ref.group:
+        return None
+    return (
+        f"{flag!r} is not pool {pool!r}'s InferencePool group in the config ({ref.group!r}: its "
+        "inferencePool.group); drop the flag, or the pool's inferencePool.group"
+    )
 
 
 @dataclass(slots=True)
@@ -323,12 +343,18 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
     if ip_raw is not None:
         if not isinstance(ip_raw, dict):
             raise GatewayConfigError(path + ".inferencePool", "expected {name, namespace}")
-        _check_keys(ip_raw, ("name", "namespace"), path + ".inferencePool.")
+        _check_keys(ip_raw, ("name", "namespace", "group"), path + ".inferencePool.")
         ip_name = _get(ip_raw, "name", path + ".inferencePool.", str)
         if not ip_name:
             raise GatewayConfigError(path + ".inferencePool.name", "required")
+        group = _get(ip_raw, "group", path + ".inferencePool.", str, None)
+        if group is not None and group not in POOL_GROUPS:
+            raise GatewayConfigError(
+                path + ".inferencePool.group",
+                f"{group!r} is not one of {', '.join(POOL_GROUPS)} (v1; the older v1alpha2 InferencePool)",
+            )
         inference_pool = InferencePoolRef(
-            ip_name, _get(ip_raw, "namespace", path + ".inferencePool.", str, "default")
+            ip_name, _get(ip_raw, "namespace", path + ".inferencePool.", str, "default"), group
         )
     eps_raw = raw.get("endpoints")
     if inference_pool is not None and eps_raw is None:

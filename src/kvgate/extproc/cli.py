@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvgate.aio import serve_on_sighup
+from kvgate.config.gateway import group_not_the_files
 from kvgate.config.policies import POLICIES
 from kvgate.datalayer.store import ENGINES
 from kvgate.entry import (
@@ -315,6 +316,8 @@ def _main(argv: list[str] | None) -> int:
         ref = cfg.pool.inference_pool  # (with --config: the file's; --pool-name only picked the pool)
         if ref and (why := poolflags.not_the_files(args.pool_namespace, cfg.pool.name, ref.namespace)):
             raise EppConfigError(f"{poolflags.FLAG}: {why}")
+        if ref and (why := group_not_the_files(args.pool_group, cfg.pool.name, ref)):
+            raise EppConfigError(f"{poolflags.GROUP_FLAG}: {why}")
         if args.ha_enable_leader_election and cfg.pool.inference_pool is None:
             raise EppConfigError("--ha-enable-leader-election needs Kubernetes discovery (--pool-name)")
         pair, client_ca = _tls(args)
@@ -572,7 +575,7 @@ def _kube_pool(
 
     opts = KubeOptions(
         pool_name=ref.name, pool_namespace=ref.namespace, server=args.kube_server, kubeconfig=args.kubeconfig,
-        pool_group=args.pool_group or R.INFERENCE_POOL.group,
+        pool_group=ref.group or args.pool_group or R.INFERENCE_POOL.group,
         leader_election=args.ha_enable_leader_election, lease_name=args.ha_lease_name,
         lease_duration_s=args.ha_lease_duration, renew_deadline_s=args.ha_renew_deadline,
         retry_period_s=args.ha_retry_period,

@@ -23,6 +23,7 @@ from kvgate.config.gateway import (
     ListenerTLS,
     budget_below_body,
     config_from_flags,
+    group_not_the_files,
     load_gateway_config,
     min_ready_workers,
     parse_gateway_config,
@@ -259,6 +260,9 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     watched = any(pool.inference_pool is not None for pool in cfg.pools)
     watch_flags_check(args, watched)
     cfg.kube_pool_group = args.pool_group
+    for pc in cfg.pools:  # (a pool's own inferencePool.group: the flag may not name another)
+        if pc.inference_pool and (why := group_not_the_files(args.pool_group, pc.name, pc.inference_pool)):
+            raise GatewayConfigError(poolflags.GROUP_FLAG, why)
     staleness_settings(args, cfg, None if watched else "static")
     cfg.model_series_grace_s = series_grace(args.model_series_grace, watched)
     if args.access_log or args.no_access_log:

@@ -480,7 +480,7 @@ class GatewayServer:
             assert ref is not None
             opts = KubeOptions(
                 ref.name, ref.namespace, server=self.cfg.kube_server, kubeconfig=self.cfg.kubeconfig,
-                pool_group=self.cfg.kube_pool_group or R.INFERENCE_POOL.group, staleness=stale,
+                pool_group=ref.group or self.cfg.kube_pool_group or R.INFERENCE_POOL.group, staleness=stale,
             )  # fmt: skip
             kp = KubePool(opts, pool.store, store_pool=pool.name, on_policy=self._policy_listener(pool))
             await kp.start()
