@@ -35,12 +35,12 @@ def _file(tmp_path: Path, limits: dict[str, Any] | None) -> str:
 
 
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """``_serve`` replaced: the args the EPP would serve with, nothing bound."""
-    out: list[Any] = []
+def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str]]:
+    """``_serve`` replaced: the args the EPP would serve with and where its drain came from, nothing bound."""
+    out: list[tuple[Any, str]] = []
 
-    async def fake(args: Any, *_a: Any, **_k: Any) -> None:
-        out.append(args)
+    async def fake(args: Any, *_a: Any, drain_from: str, **_k: Any) -> None:
+        out.append((args, drain_from))
 
     monkeypatch.setattr(epp_cli, "_serve", fake)
     return out
@@ -56,21 +56,21 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     ],
 )
 def test_the_config_s_drain_timeout_is_the_epp_s_drain(
-    tmp_path: Path, served: list[Any], capsys: pytest.CaptureFixture[str], limits: Any, flag: Any,
+    tmp_path: Path, served: list[tuple[Any, str]], capsys: pytest.CaptureFixture[str], limits: Any, flag: Any,
     drain: float, named: str,
 ) -> None:  # fmt: skip
     argv = ["--config", _file(tmp_path, limits), *(["--drain-timeout", flag] if flag else [])]
     rc = epp_cli.main(argv)
     assert rc == 0 and served, f"exit {rc}: {capsys.readouterr().err}"
-    args = served[0]
+    args, drain_from = served[0]
     assert args.drain_timeout == drain
-    assert getattr(args, "drain_from", "--drain-timeout") == named
+    assert drain_from == named
 
 
-def test_without_config_the_flag_s_default_stands(served: list[Any]) -> None:
+def test_without_config_the_flag_s_default_stands(served: list[tuple[Any, str]]) -> None:
     assert epp_cli.main(["--endpoints", "127.0.0.1:9", "--model", "m"]) == 0
-    assert served[0].drain_timeout == 30.0  # (the flag's default)
-    assert not hasattr(served[0], "drain_from")
+    assert served[0][0].drain_timeout == 30.0  # (the flag's default)
+    assert served[0][1] == "--drain-timeout"
 
 
 @pytest.mark.parametrize(

@@ -20,12 +20,12 @@ DEAD = "{name: a, aggregate: 'http://127.0.0.1:9/v1/pool/aggregate', gateway: '1
 
 
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
-    """``_serve`` replaced: (args, feed) the hub EPP would serve with, nothing bound."""
-    out: list[tuple[Any, Any]] = []
+def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any, str]]:
+    """``_serve`` replaced: (args, feed, drain_from) the hub EPP would serve with, nothing bound."""
+    out: list[tuple[Any, Any, str]] = []
 
-    async def fake(args: Any, *_a: Any, feed: Any = None, **_k: Any) -> None:
-        out.append((args, feed))
+    async def fake(args: Any, *_a: Any, feed: Any = None, drain_from: str, **_k: Any) -> None:
+        out.append((args, feed, drain_from))
 
     monkeypatch.setattr(epp_cli, "_serve", fake)
     return out
@@ -40,30 +40,30 @@ def _clusters(tmp_path: Path, drain: float | None = 5) -> str:
 
 @pytest.mark.parametrize(("drain", "expected"), [(5, 5.0), (0, 0.0), (None, 30.0)])
 def test_the_hub_epp_drains_as_its_clusters_file_says(
-    tmp_path: Path, served: list[tuple[Any, Any]], drain: float | None, expected: float
+    tmp_path: Path, served: list[tuple[Any, Any, str]], drain: float | None, expected: float
 ) -> None:
     assert epp_cli.main(["--clusters", _clusters(tmp_path, drain), "--plaintext"]) == 0
-    args, feed = served[0]
+    args, feed, drain_from = served[0]
     assert args.drain_timeout == expected, args.drain_timeout
-    assert args.drain_from == "limits.drainTimeoutSeconds"  # (the drain's log lines name it)
-    assert epp_cli._file_drain(args, feed) == expected
+    assert drain_from == "limits.drainTimeoutSeconds"  # (the drain's log lines name it)
+    assert epp_cli._file_drain(feed, drain_from) == expected
 
 
-def test_the_flag_stays_over_the_clusters_file(tmp_path: Path, served: list[tuple[Any, Any]]) -> None:
+def test_the_flag_stays_over_the_clusters_file(tmp_path: Path, served: list[tuple[Any, Any, str]]) -> None:
     argv = ["--clusters", _clusters(tmp_path), "--plaintext", "--drain-timeout", "3"]
     assert epp_cli.main(argv) == 0
-    args, _feed = served[0]
+    args, _feed, drain_from = served[0]
     assert args.drain_timeout == 3.0
-    assert getattr(args, "drain_from", "--drain-timeout") == "--drain-timeout"
+    assert drain_from == "--drain-timeout"
 
 
 @pytest.mark.parametrize(("flag", "at_stop"), [([], 9.0), (["--drain-timeout", "3"], None)])
 def test_a_reload_sets_the_drain_the_stop_reads(
-    tmp_path: Path, served: list[tuple[Any, Any]], flag: list[str], at_stop: float | None
+    tmp_path: Path, served: list[tuple[Any, Any, str]], flag: list[str], at_stop: float | None
 ) -> None:
     path = _clusters(tmp_path, 5)
     assert epp_cli.main(["--clusters", path, "--plaintext", *flag]) == 0
-    args, feed = served[0]
+    _args, feed, drain_from = served[0]
     Path(path).write_text(f"limits: {{drainTimeoutSeconds: 9}}\nclusters:\n- {DEAD}\n")
     assert feed.clusters_file.reload_now(time.monotonic())  # (SIGHUP's read, as ``HubFeed.reload_now``)
-    assert epp_cli._file_drain(args, feed) == at_stop  # (None: the stop keeps the flag's)
+    assert epp_cli._file_drain(feed, drain_from) == at_stop  # (None: the stop keeps the flag's)

@@ -280,6 +280,7 @@ def _main(argv: list[str] | None) -> int:
         if (flag := next((f for dest, f in given.items() if dest not in _HUB_TAKES), None)) is not None:
             p.error(f"{flag}: {HUB_REFUSED}")
         return _hub_main(args, given)
+    drain_from = DRAIN_FLAG  # (the drain's log lines name where it came from)
     try:
         refused = _pool_flags_refused(args) if args.config else []
         # (the flag without --pool-name is refused as kvgate serve refuses it; the namespace is resolved
@@ -341,7 +342,7 @@ def _main(argv: list[str] | None) -> int:
         if args.max_buffered_bytes is None:
             args.max_buffered_bytes = cfg.max_buffered_bytes
         if args.config and "drain_timeout" not in given:  # (as kvgate serve's key: the flag over it)
-            args.drain_timeout, args.drain_from = cfg.drain_timeout_s, DRAIN_KEY
+            args.drain_timeout, drain_from = cfg.drain_timeout_s, DRAIN_KEY
         cap = "--config's limits.maxBodyBytes" if args.config else "the body cap"
         _check_stream_limits(args, cfg.max_body_bytes, cap)
         if not 0 < args.scrape_interval < math.inf:
@@ -356,7 +357,7 @@ def _main(argv: list[str] | None) -> int:
             print(f"kvgate epp: {line}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca, kube=kube))
+        asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca, kube=kube, drain_from=drain_from))
     return 0
 
 
@@ -373,7 +374,9 @@ def _check_stream_limits(args: argparse.Namespace, body_cap: int, cap: str) -> N
         )
 
 
-# Where ``--config``'s drain comes from (said by the drain's log lines in place of the flag).
+# Where the drain comes from (said by the drain's log lines): the flag (or its default), else ``--config``'s
+# or ``--clusters``' key.
+DRAIN_FLAG = "--drain-timeout"
 DRAIN_KEY = "limits.drainTimeoutSeconds"
 
 # With --config the pool is the file's: these flags would do nothing there (s19-qa M2), so each is refused.
@@ -469,6 +472,7 @@ def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
     from kvgate.openai.labels import ModelLabels
 
     seed = fresh_seed() if args.cluster_policy_seed is None else args.cluster_policy_seed
+    drain_from = DRAIN_FLAG
     args.cluster_policy = args.cluster_policy or "kvgate"
     log.info("hub EPP: cluster policy %s, seed %d", args.cluster_policy, seed)
     try:
@@ -483,7 +487,7 @@ def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
         # The clusters file's drain, as ``kvgate serve --clusters`` reads it from the same file, the flag over
         # it (before fixb28 it was dropped silently: 30 s; review s28-rev-b28 F2). Read again at the stop.
         if "drain_timeout" not in given:
-            args.drain_timeout, args.drain_from = cfile.config.drain_timeout_s, DRAIN_KEY
+            args.drain_timeout, drain_from = cfile.config.drain_timeout_s, DRAIN_KEY
         pair, client_ca = _tls(args)
     except (ClustersError, ValueError, OSError) as e:
         print(f"kvgate epp: {e}", file=sys.stderr)
@@ -510,9 +514,10 @@ def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             staleness = hub_policy(args.kube_stale_after, warn=False)
-            feed = HubFeed(director, cfile, staleness=staleness,
-                           drain_from_file=getattr(args, "drain_from", None) == DRAIN_KEY)  # fmt: skip
-            asyncio.run(_serve(args, director.store, ctx, metrics, pair, client_ca, feed=feed))
+            feed = HubFeed(director, cfile, staleness=staleness, drain_from_file=drain_from == DRAIN_KEY)
+            asyncio.run(
+                _serve(args, director.store, ctx, metrics, pair, client_ca, feed=feed, drain_from=drain_from)
+            )
     except ClustersError as e:  # the kubernetes section cannot be loaded
         print(f"kvgate epp: {e}", file=sys.stderr)
         return 2
@@ -605,7 +610,10 @@ async def _serve(
     client_ca: bytes | None,
     feed: Any = None,
     kube: KubePool | None = None,
+    drain_from: str = DRAIN_FLAG,
 ) -> None:
+    """Serve until SIGTERM / SIGINT, then drain for ``args.drain_timeout`` (``drain_from``: where that
+    value came from, ``DRAIN_FLAG`` or ``DRAIN_KEY``)."""
     from kvgate.config.director import metrics_source
     from kvgate.datalayer.scraper import MetricsScraper
     from kvgate.extproc.server import EppServer, ListenError, ServerOptions
@@ -615,7 +623,7 @@ async def _serve(
         host=args.host, port=args.port, health_port=args.grpc_health_port, metrics_port=args.metrics_port,
         tls=pair, client_ca=client_ca, max_concurrent_streams=args.max_concurrent_streams,
         stream_idle_timeout_s=args.stream_idle_timeout, metrics_tls=args.metrics_tls,
-        grace_s=args.drain_timeout, grace_from=getattr(args, "drain_from", "--drain-timeout"),
+        grace_s=args.drain_timeout, grace_from=drain_from,
     )  # fmt: skip
     from kvgate.multicluster.export import aggregate_source
 
@@ -719,15 +727,15 @@ async def _serve(
     pool_gauges = asyncio.create_task(_every_second(ctx.director, server, stop, kube, agg))
     await stop.wait()
     log.info("shutting down: draining streams")
-    await _stop_all(server, kube, scraper, sources, _file_drain(args, feed))
+    await _stop_all(server, kube, scraper, sources, _file_drain(feed, drain_from))
     await pool_gauges
 
 
-def _file_drain(args: argparse.Namespace, feed: Any) -> float | None:
+def _file_drain(feed: Any, drain_from: str) -> float | None:
     """The hub EPP's drain from its clusters file as last reloaded when the stop begins (a reload applies
     to it, as to ``kvgate serve --clusters``'s); None elsewhere (the start's value: the flag, or
     ``--config``'s key, read once)."""
-    if feed is None or getattr(args, "drain_from", None) != DRAIN_KEY:
+    if feed is None or drain_from != DRAIN_KEY:
         return None
     return float(feed.source.file_cfg.drain_timeout_s)
 
