@@ -10,33 +10,17 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
-
 from gateway.conftest import read_body
 from kvgate.gateway import upstream
 from kvgate.gateway.upstream import UpstreamPool
 
-HEAD = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n"
+from ._keepalive_upstreams import HEAD, keepalive_backend
+
 WAIT_S = 30.0
 
 
-async def _backend() -> tuple[web.AppRunner, str]:
-    async def answer(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"ok": 1})
-
-    app = web.Application()
-    app.router.add_post("/v1/completions", answer)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=3600, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"127.0.0.1:{port}"
-
-
 async def test_a_connection_opening_when_its_address_is_retired_is_not_kept_idle() -> None:
-    runner, a = await _backend()
+    runner, a = await keepalive_backend()
     pool = UpstreamPool(5.0, None)
     try:
         sent = asyncio.create_task(pool.request(a, HEAD, b"{}"))

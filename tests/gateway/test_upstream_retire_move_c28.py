@@ -11,50 +11,22 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import yaml
-from aiohttp import web
 
-from kvgate.config.gateway import parse_gateway_config
-from kvgate.gateway.pools import build_pool
 from kvgate.gateway.reload import ConfigReloader
-from kvgate.gateway.server import GatewayServer
+
+from ._keepalive_upstreams import keepalive_backend, pools_doc, started_gateway, write_doc
 
 WAIT_S = 30.0
 
 
-async def _backend() -> tuple[web.AppRunner, str]:
-    async def answer(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"id": "c", "object": "text_completion", "model": "m", "choices": []})
-
-    app = web.Application()
-    app.router.add_post("/v1/completions", answer)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=3600, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"127.0.0.1:{port}"
-
-
 def _doc(p: str, q: str) -> dict:
-    return {
-        "listen": {"host": "127.0.0.1", "port": 0},
-        "pools": [
-            {"name": "p", "endpoints": [p], "models": ["m"], "policy": "round-robin"},
-            {"name": "q", "endpoints": [q], "models": ["m2"], "policy": "round-robin"},
-        ],
-    }
+    return pools_doc(("p", [p], "m"), ("q", [q], "m2"))
 
 
 async def test_an_address_moved_between_pools_by_a_reload_keeps_its_connections(tmp_path) -> None:
-    (ra, a), (rb, b) = await _backend(), await _backend()
+    (ra, a), (rb, b) = await keepalive_backend(), await keepalive_backend()
     f = tmp_path / "gw.yaml"
-    f.write_text(yaml.safe_dump(_doc(a, b)))
-    cfg = parse_gateway_config(_doc(a, b))
-    pools = [build_pool(p) for p in cfg.pools]
-    gw = GatewayServer(cfg, pools, scrape=False)
-    await gw.start()
+    cfg, pools, gw = await started_gateway(write_doc(f, _doc(a, b)))
     try:
         async with aiohttp.ClientSession() as s:
             url = f"http://127.0.0.1:{gw.port}/v1/completions"
@@ -65,7 +37,7 @@ async def test_an_address_moved_between_pools_by_a_reload_keeps_its_connections(
         assert gw.proxy is not None
         kept = list(gw.proxy.upstream._idle.get(a, ()))
         assert kept
-        f.write_text(yaml.safe_dump(_doc(b, a)))  # a moves from p to q, b from q to p
+        write_doc(f, _doc(b, a))  # a moves from p to q, b from q to p
         assert ConfigReloader(str(f), cfg, pools, poll_s=None, server=gw).reload()
         assert a in pools[1].store and b in pools[0].store
         for _ in range(5):
