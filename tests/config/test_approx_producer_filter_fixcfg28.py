@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvgate.config.director import build_director
 from kvgate.config.picker import load_config
-from kvgate.datalayer.store import EndpointStore, make_endpoint
 from kvgate.scheduling.framework import ConfigError
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheAffinityFilter, PrefixCacheScorer
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
+from picker_plugins import affinity_filter, affinity_filters, director_for
 
 DOC = """\
 apiVersion: inference.networking.x-k8s.io/v1alpha1
@@ -34,10 +33,7 @@ schedulingProfiles:
 
 
 def test_the_affinity_filter_reads_the_producers_settings() -> None:
-    store = EndpointStore([make_endpoint("10.0.0.1:8000")])
-    director = build_director(load_config(DOC), store, clock=lambda: 0.0, seed=0)
-    (flt,) = (p for p in director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter))
-    prefix = flt.prefix
+    prefix = affinity_filter(director_for(DOC)).prefix
     assert (prefix.block_size, prefix.auto_tune, prefix.max_tokens) == (64, False, 131072)
 
 
@@ -47,18 +43,13 @@ def test_two_consumers_share_the_producers_one_index() -> None:
         "- type: token-load-scorer\n- type: prefix-cache-affinity-filter\n  name: second\n"
         "  parameters: {prefixPluginRef: approx-prefix-cache-producer}\n",
     )
-    store = EndpointStore([make_endpoint("10.0.0.1:8000")])
-    director = build_director(load_config(doc), store, clock=lambda: 0.0, seed=0)
-    filters = [p for p in director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter)]
+    filters = affinity_filters(director_for(doc))
     assert len(filters) == 2 and filters[0].prefix is filters[1].prefix
     assert filters[0].prefix.block_size == 64
 
 
 def _filter_prefix(doc: str) -> object:
-    store = EndpointStore([make_endpoint("10.0.0.1:8000")])
-    director = build_director(load_config(doc), store, clock=lambda: 0.0, seed=0)
-    (flt,) = (p for p in director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter))
-    return flt.prefix
+    return affinity_filter(director_for(doc)).prefix
 
 
 NAMED = DOC.replace(
@@ -78,9 +69,8 @@ def test_the_filter_names_its_producer_the_references_way() -> None:
         "- type: token-load-scorer\n- type: prefix-cache-scorer\n  name: approx\n"
         "  parameters: {prefixMatchInfoProducerName: approx-prefix-cache-producer}\n",
     )
-    store = EndpointStore([make_endpoint("10.0.0.1:8000")])
-    director = build_director(load_config(with_scorer), store, clock=lambda: 0.0, seed=0)
-    (flt,) = (p for p in director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter))
+    director = director_for(with_scorer)
+    flt = affinity_filter(director)
     assert flt.prefix is director.handle.plugins["approx"] and flt.prefix.block_size == 64
 
 

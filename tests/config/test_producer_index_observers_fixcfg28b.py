@@ -10,11 +10,10 @@ import time
 
 import pytest
 
-from kvgate.config.director import build_director
-from kvgate.config.picker import load_config
 from kvgate.datalayer.store import EndpointStore, make_endpoint
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheAffinityFilter, PrefixCacheScorer
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from kvgate.scheduling.types import InferenceRequest
+from picker_plugins import affinity_filter, director_for
 
 PRODUCER = """\
 plugins:
@@ -28,18 +27,7 @@ schedulingProfiles:
   - pluginRef: prefix-cache-affinity-filter
   - pluginRef: queue-scorer
 """
-SCORER = """\
-plugins:
-- type: prefix-cache-scorer
-  parameters: {blockSizeTokens: 16, autoTune: false, cachedTokensFeedback: true}
-- type: prefix-cache-affinity-filter
-- type: queue-scorer
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: prefix-cache-affinity-filter
-  - pluginRef: queue-scorer
-"""
+SCORER = PRODUCER.replace("- type: approx-prefix-cache-producer\n", "- type: prefix-cache-scorer\n")
 
 
 @pytest.mark.parametrize("doc", [SCORER, PRODUCER], ids=["declared-scorer", "producer-only"])
@@ -49,9 +37,8 @@ def test_the_index_hears_its_picks_finish(doc: str) -> None:
     for ep in store.all():
         ep.metrics.updated_at = now
         ep.answered_at = now
-    d = build_director(load_config(doc), store, clock=time.monotonic, seed=0)
-    (flt,) = (p for p in d.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter))
-    index = flt.prefix
+    d = director_for(doc, store, clock=time.monotonic)
+    index = affinity_filter(d).prefix
     assert isinstance(index, PrefixCacheScorer) and index.cached_feedback
     for i in range(4):
         req = InferenceRequest(f"r{i}", "m", token_ids=list(range(100 + i)))

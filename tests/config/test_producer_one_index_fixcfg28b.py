@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvgate.config.director import build_director
-from kvgate.config.picker import load_config
-from kvgate.datalayer.store import EndpointStore, make_endpoint
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheAffinityFilter
+from picker_plugins import affinity_filter, director_for
 
 
 @pytest.mark.parametrize("ref", ["prefixMatchInfoProducerName", "prefixPluginRef"])
@@ -33,10 +30,8 @@ schedulingProfiles:
   - pluginRef: prefix-cache-scorer
   - pluginRef: max-score-picker
 """
-    d = build_director(
-        load_config(doc), EndpointStore([make_endpoint("10.0.0.1:8000")]), clock=lambda: 0.0, seed=0
-    )
-    (flt,) = (p for p in d.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter))
+    d = director_for(doc)
+    flt = affinity_filter(d)
     scorer = d.handle.plugins["prefix-cache-scorer"]
     assert flt.prefix.index is scorer.index, f"the filter reads {flt.prefix.name}, the scorer its own index"
     assert [p.name for p in d.profiles["default"].post_pick] == ["prefix-cache-scorer"]

@@ -13,7 +13,8 @@ import yaml
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.gateway.pools import build_pool
 from kvgate.gateway.reload import ConfigReloader
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheAffinityFilter, PrefixCacheScorer
+from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
+from picker_plugins import affinity_filter
 
 
 def _doc(block: int, weight: int = 1) -> dict[str, Any]:
@@ -44,8 +45,7 @@ def _doc(block: int, weight: int = 1) -> dict[str, Any]:
 
 
 def _prefix(pool: Any) -> PrefixCacheScorer:
-    (flt,) = (p for p in pool.director.handle.plugins.values() if isinstance(p, PrefixCacheAffinityFilter))
-    return flt.prefix
+    return affinity_filter(pool.director).prefix
 
 
 def test_a_reload_changing_the_producers_block_size_applies_it(tmp_path) -> None:
