@@ -23,22 +23,16 @@ from gateway.conftest import until
 from gateway.held_parse import hold_parse, tagged
 from kvgate.extproc import keys
 from kvgate.extproc import session as session_module
-from kvgate.extproc.testing import Exchange, RequestOutcome
+from kvgate.extproc.testing import RequestOutcome
 from kvgate.httpfront import offload
 
+from ._parse_lane import HEADERS, another_tenant_cuts_in, big_body, send
+
 ADDRS = ["127.0.0.1:28001", "127.0.0.1:28002"]
-HEADERS = {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"}
-
-
-def _big(model: str = "m") -> bytes:
-    """~240 KB of many strings: parsed on the thread (``offload.worth_the_thread``)."""
-    return orjson.dumps({"model": model, "max_tokens": 4, "prompt": ["word"] * 30_000})
 
 
 async def _send(epp: Any, body: bytes, tenant: str | None = None, **kw: Any) -> RequestOutcome:
-    headers = HEADERS if tenant is None else {**HEADERS, keys.FAIRNESS_ID: tenant}
-    async with Exchange(epp.stub) as ex:
-        return await ex.send_request(headers, body, **kw)
+    return await send(epp, body, HEADERS if tenant is None else {**HEADERS, keys.FAIRNESS_ID: tenant}, **kw)
 
 
 async def test_another_stream_is_answered_while_a_big_bodys_parse_runs(
@@ -46,7 +40,7 @@ async def test_another_stream_is_answered_while_a_big_bodys_parse_runs(
 ) -> None:
     epp = await start_epp(ADDRS)
     hp = hold_parse(monkeypatch, session_module, lambda raw: len(raw) > offload.OFF_LOOP_BYTES)
-    big = _big()
+    big = big_body()
     big_task = asyncio.create_task(_send(epp, big))
     try:
         await until(hp.entered.is_set, what="the big body's parse started")
@@ -68,28 +62,17 @@ async def test_tenants_take_turns_on_the_parse_thread(
     start_epp: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     epp = await start_epp(ADDRS)
-    hp = hold_parse(monkeypatch, session_module, tagged("slow"))
-    slows = [asyncio.create_task(_send(epp, _big("slow"), "hostile"))]
-    try:
-        await until(hp.entered.is_set, what="the first slow parse started")
-        slows += [asyncio.create_task(_send(epp, _big("slow"), "hostile")) for _ in range(2)]
-        lane = offload._lanes[asyncio.get_running_loop()]
-        await until(lambda: len(lane) == 2, what="the tenant's other slow bodies queued")
-        honest = asyncio.create_task(_send(epp, _big(), "other"))
-        await until(lambda: len(lane) == 3, what="the other tenant's body queued")
-        hp.let_one()
-        out = await honest
-        assert out.immediate is None and out.destination in ADDRS
-        # FAILS on main a6977267 (there, the parses ran on the loop, in arrival order)
-        assert hp.held_out == [False], hp.held_out
-    finally:
-        hp.release.set()
-        await asyncio.gather(*slows)
+    out, held_out = await another_tenant_cuts_in(
+        epp, monkeypatch, lambda body, tenant: _send(epp, body, tenant)
+    )
+    assert out.immediate is None and out.destination in ADDRS
+    # FAILS on main a6977267 (there, the parses ran on the loop, in arrival order)
+    assert held_out == [False], held_out
 
 
 async def test_a_big_body_with_trailers_is_answered_in_order(start_epp: Any) -> None:
     epp = await start_epp(ADDRS)
-    big = _big()
+    big = big_body()
     out = await _send(epp, big, trailers={"x-trailer": "1"})  # (the harness checks the order)
     assert out.immediate is None and out.destination in ADDRS and out.body == big
     assert epp.server.ctx.budget.used == 0
@@ -115,15 +98,15 @@ async def test_a_tenant_flooding_big_bodies_keeps_to_its_share_of_the_budget(
     budget = 1 << 20  # (a share of 256 KiB: two ~210 KB bodies fit in half, a third is past the share)
     epp = await start_epp(ADDRS, max_buffered_bytes=budget)
     hp = hold_parse(monkeypatch, session_module, tagged("slow"))
-    flood = [asyncio.create_task(_send(epp, _big("slow"), "hostile"))]
+    flood = [asyncio.create_task(_send(epp, big_body("slow"), "hostile"))]
     try:
         await until(hp.entered.is_set, what="the first slow parse started")
-        flood += [asyncio.create_task(_send(epp, _big("slow"), "hostile")) for _ in range(4)]
+        flood += [asyncio.create_task(_send(epp, big_body("slow"), "hostile")) for _ in range(4)]
         lane = offload._lanes[asyncio.get_running_loop()]
         # (every flood body past the first answered or listed: the budget holds what it will hold)
         await until(lambda: sum(t.done() for t in flood) + len(lane) == 4, what="the flood settled")
         listed = len(lane)
-        honest = asyncio.create_task(_send(epp, _big(), "other"))
+        honest = asyncio.create_task(_send(epp, big_body(), "other"))
         await until(lambda: honest.done() or len(lane) == listed + 1, what="the other tenant's body queued")
         # FAILS on main 0cfe18cf: 503 (the flood's waiting bodies hold the budget)
         assert not honest.done(), honest.result().status
