@@ -28,8 +28,9 @@ from kvgate.scheduling.plugins.wiring import Wiring
 log = logging.getLogger(__name__)
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
-# llm-d-router's group for the same document (its guides and Helm values write it); the fields are the same.
-LLMD_API_VERSION = "llm-d.ai/v1alpha1"
+# llm-d-router's group for the same document (its guides and Helm values write v1alpha1, its newest samples
+# v1); the fields are the same.
+LLMD_API_VERSIONS = ("llm-d.ai/v1alpha1", "llm-d.ai/v1")
 KIND = "EndpointPickerConfig"
 TOP_KEYS = (
     "apiVersion",
@@ -200,10 +201,9 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
     picker to compare or lay it out (review s27-rev-fixes27a F1)."""
     d = _mapping(doc, "config")
     _check_keys(d, TOP_KEYS, "")
-    if d.get("apiVersion", API_VERSION) not in (API_VERSION, LLMD_API_VERSION):
-        raise ConfigError(
-            f"apiVersion: expected {API_VERSION!r} or {LLMD_API_VERSION!r}, got {d.get('apiVersion')!r}"
-        )
+    if d.get("apiVersion", API_VERSION) not in (API_VERSION, *LLMD_API_VERSIONS):
+        want = " or ".join(repr(v) for v in (API_VERSION, *LLMD_API_VERSIONS))
+        raise ConfigError(f"apiVersion: expected {want}, got {d.get('apiVersion')!r}")
     if d.get("kind", KIND) != KIND:
         raise ConfigError(f"kind: expected {KIND!r}, got {d.get('kind')!r}")
     plugins = [_plugin(p, f"plugins[{i}]") for i, p in enumerate(_list(d.get("plugins"), "plugins"))]

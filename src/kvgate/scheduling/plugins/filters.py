@@ -1,4 +1,4 @@
-"""Filters that do not need prefix data: the conformance suite's header-based testing filter."""
+"""Filters that need no prefix data: the conformance tests' header-based filter, llm-d's role filters."""
 
 from __future__ import annotations
 
@@ -31,3 +31,38 @@ class HeaderBasedTestingFilter(Filter):
                 if ep not in out and (ep.address == w or _host(ep.address) == _host(w) == w):
                     out.append(ep)
         return out
+
+
+# llm-d's P/D role label on a pod: prefill, decode, or both (llm-d-router's by-label filters).
+ROLE_LABEL = "llm-d.ai/role"
+
+
+class _RoleFilter(Filter):
+    """Keep endpoints whose ``llm-d.ai/role`` label is one of ``roles`` (or, with ``unlabelled``, that have
+    none). As the reference, no parameters; an endpoint's labels are its pod's (Kubernetes discovery)."""
+
+    roles: frozenset[str] = frozenset()
+    unlabelled = False
+
+    def filter(self, cycle: CycleState, endpoints: list[Endpoint]) -> list[Endpoint]:
+        out = []
+        for ep in endpoints:
+            role = ep.labels.get(ROLE_LABEL)
+            if role in self.roles or (role is None and self.unlabelled):
+                out.append(ep)
+        return out
+
+
+@register("decode-filter")
+class DecodeFilter(_RoleFilter):
+    """llm-d's ``decode-filter``: endpoints labelled decode or both, or not labelled (a pool without P/D)."""
+
+    roles = frozenset({"decode", "both"})
+    unlabelled = True
+
+
+@register("prefill-filter")
+class PrefillFilter(_RoleFilter):
+    """llm-d's ``prefill-filter``: endpoints labelled prefill only."""
+
+    roles = frozenset({"prefill"})
