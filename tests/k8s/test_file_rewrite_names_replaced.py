@@ -34,7 +34,7 @@ def test_the_epps_file_rule_names_leave_when_live_rules_replace_them() -> None:
     a live rule's name replaced by the next live rules goes the same way. Fails before: both stayed known."""
     cfg = SimpleNamespace(
         pool=SimpleNamespace(name="llm", models=["m"], adapters=["m-lora"],
-                             inference_pool=SimpleNamespace(name="llm", namespace="default")),
+                             inference_pool=SimpleNamespace(name="llm", namespace="default", group=None)),
         gateway=SimpleNamespace(rewrites=[_rule("alias")], rewrite_seed=0),
     )  # fmt: skip
     now = [100.0]
