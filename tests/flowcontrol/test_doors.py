@@ -25,6 +25,7 @@ from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import EppConfig
 from kvgate.extproc.context import build_context
 from kvgate.extproc.server import EppServer, ServerOptions
+from kvgate.extproc.session import SessionContext
 from kvgate.extproc.testing import EnvoyHarness, channel
 from kvgate.gateway.server import GatewayServer
 from kvgate.requestcontrol.director import Director
@@ -78,6 +79,27 @@ async def eventually(cond: Callable[[], bool], what: str) -> None:
 Send = Callable[[str, str], Awaitable[tuple[int, dict[str, Any]]]]
 
 
+def completion_body(prompt: str) -> bytes:
+    return orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1})
+
+
+async def started_epp(
+    backend: HeldBackend, flow: dict[str, Any] | None = None, **options: Any
+) -> tuple[EppServer, SessionContext]:
+    """``kvgate epp`` with flow control (``picker_config(**flow)``) before ``backend``, its gRPC on port 0
+    (``options``: the rest of its ``ServerOptions``), started; the caller stops it."""
+    cfg = make_config([backend.address], extra={})
+    cfg.pools[0].picker_config = picker_config(**(flow or {}))
+    store = EndpointStore.from_addresses([backend.address])
+    epp_cfg = EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config)
+    ctx = build_context(epp_cfg, store, clock=time.monotonic)
+    epp = EppServer(
+        ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None, **options)
+    )
+    await epp.start()
+    return epp, ctx
+
+
 class Door:
     def __init__(self, name: str, send: Send, director: Director, backend: HeldBackend) -> None:
         self.name, self.send, self.director, self.backend = name, send, director, backend
@@ -100,13 +122,10 @@ async def door_factory(request: pytest.FixtureRequest) -> AsyncIterator[Callable
         cleanups.append(backend.stop)
         http = aiohttp.ClientSession()
         cleanups.append(http.close)
-        cfg = make_config([backend.address], extra={})
-        cfg.pools[0].picker_config = picker_config(**flow)
-
-        def body(prompt: str) -> bytes:
-            return orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1})
-
+        body = completion_body
         if request.param == "serve":
+            cfg = make_config([backend.address], extra={})
+            cfg.pools[0].picker_config = picker_config(**flow)
             pools = make_pools(cfg)
             gw = GatewayServer(cfg, pools, scrape=False)
             await gw.start()
@@ -122,16 +141,7 @@ async def door_factory(request: pytest.FixtureRequest) -> AsyncIterator[Callable
             assert isinstance(director, Director)
             return Door("serve", send_http, director, backend)
 
-        store = EndpointStore.from_addresses([backend.address])
-        epp_cfg = EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config)
-        ctx = build_context(epp_cfg, store, clock=time.monotonic)
-        epp = EppServer(
-            ctx,
-            ServerOptions(
-                host="127.0.0.1", port=0, health_port=None, metrics_port=None, stream_idle_timeout_s=idle_s
-            ),
-        )
-        await epp.start()
+        epp, ctx = await started_epp(backend, flow, stream_idle_timeout_s=idle_s)
         ch = channel(f"127.0.0.1:{epp.port}")
         cleanups.append(lambda: epp.stop(0))
         cleanups.append(ch.close)

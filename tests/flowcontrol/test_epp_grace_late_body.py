@@ -13,7 +13,6 @@ window."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import orjson
@@ -21,12 +20,8 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from flowcontrol.test_doors import WAIT, HeldBackend, eventually, picker_config
-from gateway.conftest import make_config
-from kvgate.datalayer.store import EndpointStore
-from kvgate.extproc.config import EppConfig
-from kvgate.extproc.context import build_context
-from kvgate.extproc.server import EppServer, ServerOptions
+from flowcontrol.test_doors import WAIT, HeldBackend, eventually, started_epp
+from flowcontrol.test_doors import completion_body as _body
 from kvgate.extproc.testing import EnvoyHarness, Exchange, channel, header_map
 from kvgate.scheduling.types import DrainEvictedError
 
@@ -37,21 +32,9 @@ pytestmark = pytest.mark.asyncio
 GRACE_S = 6 * WAIT
 
 
-def _body(prompt: str) -> bytes:
-    return orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1})
-
-
 async def test_a_body_arriving_after_the_eviction_is_answered_503_not_cut() -> None:
     backend = await HeldBackend().start()
-    cfg = make_config([backend.address], extra={})
-    cfg.pools[0].picker_config = picker_config()
-    store = EndpointStore.from_addresses([backend.address])
-    ctx = build_context(
-        EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config), store,
-        clock=time.monotonic,
-    )  # fmt: skip
-    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await epp.start()
+    epp, ctx = await started_epp(backend)
     flow = ctx.director.flow  # type: ignore[attr-defined]
     servicer, server = epp.servicer, epp._grpc
     assert servicer is not None and server is not None

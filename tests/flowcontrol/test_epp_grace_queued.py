@@ -8,37 +8,20 @@ closing note), gRPC cancelled its stream at the grace's end and Envoy's failure 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from flowcontrol.test_doors import WAIT, HeldBackend, eventually, picker_config
-from gateway.conftest import make_config
-from kvgate.datalayer.store import EndpointStore
-from kvgate.extproc.config import EppConfig
-from kvgate.extproc.context import build_context
-from kvgate.extproc.server import EppServer, ServerOptions
+from flowcontrol.test_doors import WAIT, HeldBackend, eventually, started_epp
+from flowcontrol.test_doors import completion_body as _body
 from kvgate.extproc.testing import EnvoyHarness, Exchange, channel
 from kvgate.scheduling.types import DrainEvictedError
 
 
-def _body(prompt: str) -> bytes:
-    return orjson.dumps({"model": "m", "prompt": prompt, "max_tokens": 1})
-
-
 async def test_a_request_queued_at_the_grace_end_is_answered_503_with_retry_after() -> None:
     backend = await HeldBackend().start()
-    cfg = make_config([backend.address], extra={})
-    cfg.pools[0].picker_config = picker_config()
-    store = EndpointStore.from_addresses([backend.address])
-    ctx = build_context(
-        EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=cfg.pools[0].picker_config), store,
-        clock=time.monotonic,
-    )  # fmt: skip
-    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await epp.start()
+    epp, ctx = await started_epp(backend)
     flow = ctx.director.flow  # type: ignore[attr-defined]
     assert flow is not None
     ch = channel(f"127.0.0.1:{epp.port}")
