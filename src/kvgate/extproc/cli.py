@@ -348,16 +348,16 @@ def _main(argv: list[str] | None) -> int:
         if not 0 < args.scrape_interval < math.inf:
             raise EppConfigError(f"--scrape-interval must be a finite number > 0, got {args.scrape_interval}")
         ctx.budget.limit = args.max_buffered_bytes
-        # https endpoints (from --config): scraped over TLS, verified against the pool's caFile.
-        args.scrape_scheme, args.scrape_ca = cfg.pool.scheme, cfg.pool.ca_file
         staleness = _staleness(args, cfg)
         kube = _kube_pool(args, cfg, store, ctx, staleness)
     except (EppConfigError, OSError, ValueError, KeyError) as e:
         for line in str(e).splitlines():  # (several refused keys: one line each)
             print(f"kvgate epp: {line}", file=sys.stderr)
         return 2
+    pool = cfg.pool  # (https endpoints, from --config: scraped over TLS, verified against its caFile)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca, kube=kube, drain_from=drain_from))
+        asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca, kube=kube, drain_from=drain_from,
+                           scrape_scheme=pool.scheme, scrape_ca=pool.ca_file))  # fmt: skip
     return 0
 
 
@@ -611,9 +611,12 @@ async def _serve(
     feed: Any = None,
     kube: KubePool | None = None,
     drain_from: str = DRAIN_FLAG,
+    scrape_scheme: str = "http",
+    scrape_ca: str | None = None,
 ) -> None:
     """Serve until SIGTERM / SIGINT, then drain for ``args.drain_timeout`` (``drain_from``: where that
-    value came from, ``DRAIN_FLAG`` or ``DRAIN_KEY``)."""
+    value came from, ``DRAIN_FLAG`` or ``DRAIN_KEY``). The pool's endpoints are scraped over
+    ``scrape_scheme``, https verified against ``scrape_ca`` (None: the system's CAs)."""
     from kvgate.config.director import metrics_source
     from kvgate.datalayer.scraper import MetricsScraper
     from kvgate.extproc.server import EppServer, ListenError, ServerOptions
@@ -663,14 +666,13 @@ async def _serve(
         ctx, opts, metrics=metrics, ready=lambda: problem() is None, aggregate=agg.body, readyz=problem
     )
     # A hub EPP's endpoints are cluster gateways: its feed is their aggregates, not a pod scraper.
-    scheme = getattr(args, "scrape_scheme", "http")
-    tls = ssl.create_default_context(cafile=getattr(args, "scrape_ca", None)) if scheme == "https" else None
+    tls = ssl.create_default_context(cafile=scrape_ca) if scrape_scheme == "https" else None
     scraper: Any = feed or MetricsScraper(
         store,
         interval=args.scrape_interval,
         quiet_bound=getattr(ctx.director, "scrape_bound", None),
         clock=time.monotonic,
-        scheme=scheme,
+        scheme=scrape_scheme,
         tls=tls,
         source=metrics_source(ctx.director),  # (the config's metrics-data-source; read once, at start)
     )
