@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.front_transport import FrontTransport
 from gateway.test_hot_path import _parsed
 from kvgate.httpfront.server import LINGER_S, FrontServer, Request, Response
 
@@ -196,45 +197,6 @@ async def test_a_refusal_reaches_a_client_still_sending_then_a_clean_close(raw: 
     assert not [g for g in got if isinstance(g, OSError)], got  # read to its end: no reset
 
 
-class _Transport:
-    """What the front calls on its transport, with reading's pauses and the half-close recorded."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.reading = True
-        self.eof = self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_write_buffer_limits(self, high: int | None = None) -> None:
-        pass
-
-    def get_extra_info(self, name: str) -> None:
-        return None
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-
 @pytest.mark.parametrize(
     "raw,status",
     [
@@ -261,7 +223,7 @@ async def test_a_refused_connection_reads_a_bounded_amount_then_stops_reading(
 
     front = FrontServer({"/slow": slow}, slow, max_body=100_000)
     proto = front.protocol()
-    transport = _Transport()
+    transport = FrontTransport()
     proto.connection_made(transport)  # type: ignore[arg-type]
     try:
         proto.data_received(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n" + raw)

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from gateway.conftest import until
-from gateway.test_front_chunked_strict import _Transport
+from gateway.front_transport import FrontTransport
 from kvgate.httpfront.server import FrontProtocol, FrontServer, Request, Response
 
 _PIECE = 16384
@@ -22,10 +22,10 @@ async def _ok(req: Request) -> Response:
     return Response(body=b"ok")
 
 
-async def _lingering(front: FrontServer, head: bytes) -> tuple[FrontProtocol, _Transport]:
+async def _lingering(front: FrontServer, head: bytes) -> tuple[FrontProtocol, FrontTransport]:
     """A connection whose request ``head`` was refused, its answer out and its linger begun."""
     proto = front.protocol()
-    transport = _Transport()
+    transport = FrontTransport()
     proto.connection_made(transport)  # type: ignore[arg-type]
     proto.data_received(head)
     for _ in range(20):
@@ -35,7 +35,7 @@ async def _lingering(front: FrontServer, head: bytes) -> tuple[FrontProtocol, _T
     return proto, transport
 
 
-def _feed(proto: FrontProtocol, transport: _Transport, limit: int) -> int:
+def _feed(proto: FrontProtocol, transport: FrontTransport, limit: int) -> int:
     """Bytes fed until the front stops reading (or closes), at most ``limit``."""
     sent = 0
     while transport.reading and not transport.closed and sent < limit:
@@ -60,7 +60,7 @@ async def test_the_linger_stops_past_what_the_refused_request_announced() -> Non
         front.close_all()
 
 
-class _Flooder(_Transport):
+class _Flooder(FrontTransport):
     """A client whose bytes wait in the kernel: each time reading resumes, 64 KiB reads arrive until the
     front pauses reading again (at most 64 of them). (One read only, as before, was not the kernel's
     behaviour: on a loaded machine a late turn found the bucket refilled, the one read fitted, the

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.conftest import until
-from gateway.test_front_chunked_strict import _Transport
+from gateway.front_transport import FrontTransport
 from gateway.test_front_linger_pace_s22gw import _READ, _lingering
 from kvgate.httpfront.budget import ReadPace
 from kvgate.httpfront.server import FrontServer, Request, Response
@@ -41,7 +41,7 @@ async def test_a_waiter_gets_its_turn_while_new_refusals_bring_their_first_read(
         async def churn() -> None:
             while loop.time() < stop and not ta.turns:
                 c = front.protocol()
-                tc = _Transport()
+                tc = FrontTransport()
                 c.connection_made(tc)  # type: ignore[arg-type]
                 c.data_received(_HEAD)
                 c.data_received(b"a" * _READ)  # (the next read, before its refusal is out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.conftest import until
-from gateway.test_front_chunked_strict import _Transport
+from gateway.front_transport import FrontTransport
 from kvgate.httpfront.server import FrontProtocol, FrontServer, Request, Response
 
 _READ = 256 << 10  # (asyncio's read size)
@@ -20,7 +20,7 @@ async def _ok(req: Request) -> Response:
     return Response(body=b"ok")
 
 
-class _Kernel(_Transport):
+class _Kernel(FrontTransport):
     """A client whose bytes wait in the kernel: each time reading resumes, a read arrives."""
 
     def __init__(self) -> None:

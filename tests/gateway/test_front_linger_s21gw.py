@@ -13,6 +13,7 @@ import socket
 import orjson
 import pytest
 
+from gateway.front_transport import FrontTransport
 from kvgate.gateway.stream import StreamRelay
 from kvgate.httpfront.server import FrontServer, Request, Response
 
@@ -64,13 +65,13 @@ async def test_m1_a_413_reaches_a_client_that_sends_a_body_well_past_max_body_be
     assert got and got[0] == 413, got
 
 
-class _SlowReader:
+class _SlowReader(FrontTransport):
     """A transport whose client takes its output slowly: the buffer shrinks by 1 KiB at each look."""
 
     def __init__(self) -> None:
-        self.out = bytearray()
+        super().__init__()
         self.pending = 0
-        self.aborted = self.closed = self.eof = False
+        self.aborted = False
 
     def write(self, data: bytes) -> None:
         self.out += data
@@ -80,29 +81,8 @@ class _SlowReader:
         self.pending = max(0, self.pending - 1024)
         return self.pending
 
-    def set_write_buffer_limits(self, high: int | None = None) -> None:
-        pass
-
-    def get_extra_info(self, name: str) -> None:
-        return None
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof = True
-
-    def close(self) -> None:
-        self.closed = True
-
     def abort(self) -> None:
         self.aborted = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 async def test_l2_the_linger_end_does_not_cut_output_a_reading_client_is_still_taking() -> None:
