@@ -19,7 +19,8 @@ trial, and the reference once. A trial patches the Director's flow-control late 
   its SLO deadline) goes to a server whose pending requests are all such certain misses (below the bound)
   when one has, else where the pick puts it; every other request keeps off servers with certain misses
   pending;
-- ``miss-apart``: that second half alone (certain misses where the pick puts them).
+- ``miss-apart``: that second half alone (certain misses where the pick puts them);
+- ``miss-pack-only``: the first half alone (the others where the pick puts them).
 
 Prints per trial: the quiet tenants' p90 over their calm p90 (goal 1), critical and all-request SLO
 attainment, shed and unanswered, the mean adapted headroom, the flooder's dispatches that met their SLO
@@ -58,7 +59,10 @@ from kvgate.flowcontrol.saturation import ConcurrencyDetector
 from kvgate.requestcontrol import director as director_mod
 
 ARM = "kvgate-reserve-feasible"
-TRIALS = ("shipped", "pack-over", "servers", "servers-floor", "servers-ceil", "miss-pack", "miss-apart")
+TRIALS = (
+    "shipped", "pack-over", "servers", "servers-floor", "servers-ceil",
+    "miss-pack", "miss-apart", "miss-pack-only",
+)  # fmt: skip
 Director = director_mod.Director
 _ORIG_PICK = Director._pick_late
 _ORIG_FIRST = Director.on_first_token
@@ -136,7 +140,7 @@ def pick_late(self: Any, req: Any, explain: bool) -> Any:
             ok = servers_open(det, cands, ctl.headroom)
             if ok:
                 return _go(self, req, explain, ok, True)
-        if trial == "miss-pack":
+        if trial in ("miss-pack", "miss-pack-only"):
             packed = [ep for ep in cands if 0 < pending(ep) <= marked_at(ep) and pending(ep) < det.max_pending
                       and ep.inflight.requests < det.max_requests]  # fmt: skip
             if packed:
@@ -144,7 +148,7 @@ def pick_late(self: Any, req: Any, explain: bool) -> Any:
         res = _ORIG_PICK(self, req, explain)
         State.marked[(req.request_id, res.primary.address)] = None
         return res
-    if trial != "pack-over":
+    if trial not in ("pack-over", "miss-pack-only"):
         free = [ep for ep in cands if marked_at(ep) == 0]
         if free and len(free) < len(cands):
             only = self._free_slot(req)
