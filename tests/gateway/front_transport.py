@@ -1,7 +1,12 @@
 """A stand-in for the transport ``httpfront``'s ``FrontProtocol`` writes to: what it writes is kept, reading's
-pauses and the half-close recorded (the front's tests, ``test_front_chunked_strict`` and the linger ones)."""
+pauses and the half-close recorded (the front's tests: ``test_front_chunked_strict``, the linger ones,
+``test_hot_path``'s without a half-close), and what a front writes back for some reads (``served``)."""
 
 from __future__ import annotations
+
+import asyncio
+
+from kvgate.httpfront.server import FrontServer
 
 
 class FrontTransport:
@@ -41,3 +46,17 @@ class FrontTransport:
 
     def resume_reading(self) -> None:
         self.reading = True
+
+
+async def served(server: FrontServer, pieces: list[bytes], transport: FrontTransport) -> bytes:
+    """What ``server``'s front wrote back on ``transport`` for ``pieces`` fed as separate reads (a few loop
+    turns after each, for its handlers)."""
+    proto = server.protocol()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    for piece in pieces:
+        proto.data_received(piece)
+        for _ in range(6):
+            await asyncio.sleep(0)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    return bytes(transport.out)

@@ -4,8 +4,7 @@ for every request. Each request gets a dict of its own."""
 
 from __future__ import annotations
 
-import asyncio
-
+from gateway.front_transport import served
 from gateway.test_hot_path import _Transport
 from kvgate.httpfront.server import FrontServer, Request, Response
 
@@ -13,16 +12,7 @@ _HEAD = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nConte
 
 
 async def _serve(server: FrontServer, pieces: list[bytes]) -> bytes:
-    proto = server.protocol()
-    transport = _Transport()
-    proto.connection_made(transport)  # type: ignore[arg-type]
-    for piece in pieces:
-        proto.data_received(piece)
-        for _ in range(6):
-            await asyncio.sleep(0)
-    for _ in range(20):
-        await asyncio.sleep(0)
-    return bytes(transport.out)
+    return await served(server, pieces, _Transport())
 
 
 def _front(seen: list[Request], max_body: int = 1 << 20) -> FrontServer:

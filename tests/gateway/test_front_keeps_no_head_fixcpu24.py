@@ -8,21 +8,13 @@ import gc
 import secrets
 import tracemalloc
 
+from gateway.front_transport import served
 from gateway.test_hot_path import _Transport
 from kvgate.httpfront.server import FrontServer, Request, Response
 
 
 async def _serve(server: FrontServer, pieces: list[bytes]) -> bytes:
-    proto = server.protocol()
-    transport = _Transport()
-    proto.connection_made(transport)  # type: ignore[arg-type]
-    for piece in pieces:
-        proto.data_received(piece)
-        for _ in range(6):
-            await asyncio.sleep(0)
-    for _ in range(20):
-        await asyncio.sleep(0)
-    return bytes(transport.out)
+    return await served(server, pieces, _Transport())
 
 
 def _holds(obj: object, secret: str) -> bool:

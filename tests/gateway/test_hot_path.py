@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.conftest import read_body, until
+from gateway.front_transport import FrontTransport
 from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.upstream import UpstreamPool, UpstreamTimeout
 from kvgate.httpfront.server import FrontProtocol, FrontServer, Request, Response, _BadRequest, _fields
@@ -54,31 +55,8 @@ def test_plain_and_padded_header_values_are_read_by_the_one_pass() -> None:
     assert _fields("Host: \u00e9\r\n".encode()) is None  # non-ASCII: read line by line (UTF-8)
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_write_buffer_limits(self, high: int | None = None) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+class _Transport(FrontTransport):
+    """The front's transport with no half-close (``write_eof``): a close ends the connection."""
 
     def can_write_eof(self) -> bool:
         return False
