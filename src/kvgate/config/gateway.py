@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from kvgate import yamlload
 from kvgate.config.policies import POLICIES as NAMED_POLICIES
 from kvgate.datalayer.store import ENGINES
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
@@ -705,9 +706,13 @@ def _port(value: int, key: str) -> int:
 def _load_yaml(path: str, key: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yamlload.safe_load(f)
     except OSError as e:
         raise GatewayConfigError(key, f"cannot read {path}: {e.strerror}") from e
+    except yamlload.DuplicateKeyError as e:  # the --config file's own key path, else the file's key's
+        if key == "--config":
+            raise GatewayConfigError(e.key, e.detail) from e
+        raise GatewayConfigError(key, str(e)) from e
     except yaml.YAMLError as e:
         raise GatewayConfigError(key, f"{path} is not valid YAML: {e}") from e
     except ValueError as e:  # an integer past Python's 4300 digits (PyYAML's int() of it)

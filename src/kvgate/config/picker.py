@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kvgate import yamlload
 from kvgate.datalayer.scrape_source import ScrapeSource
 from kvgate.flowcontrol.config import FEATURE_GATE, parse_flow_control
 from kvgate.flowcontrol.saturation import SaturationDetector
@@ -517,7 +518,9 @@ def load_config(source: str | Path) -> EndpointPickerConfig:
     else:
         text, name = str(source), "custom"
     try:
-        doc = yaml.safe_load(text)
+        doc = yamlload.safe_load(text)
+    except yamlload.DuplicateKeyError as e:
+        raise ConfigError(e.key, e.detail) from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config: invalid YAML: {e}") from e
     return parse_config(doc, name=name)

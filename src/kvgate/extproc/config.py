@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kvgate import yamlload
 from kvgate.config.gateway import (
     GatewayConfig,
     GatewayConfigError,
@@ -105,11 +106,13 @@ def _picker_config(path: str | None, text: str | None) -> dict[str, Any] | None:
     try:
         if path:
             with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f)
+                raw = yamlload.safe_load(f)
         elif text:
-            raw = yaml.safe_load(text)
+            raw = yamlload.safe_load(text)
     except OSError as e:
         raise EppConfigError(f"--config-file: cannot read {path}: {e.strerror}") from e
+    except yamlload.DuplicateKeyError as e:
+        raise EppConfigError(e.key, e.detail) from e
     except yaml.YAMLError as e:
         raise EppConfigError(f"EndpointPickerConfig is not valid YAML: {e}") from e
     if raw is None:

@@ -46,6 +46,7 @@ from typing import Any
 
 import yaml
 
+from kvgate import yamlload
 from kvgate.httpfront.server import LIMIT_KEYS, FrontLimits, parse_limits
 
 log = logging.getLogger("kvgate.multicluster")
@@ -491,7 +492,7 @@ def _parent(doc: Any, default_ns: str) -> ParentRef:
 
 def load(path: str | Path) -> ClustersConfig:
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        doc = yamlload.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError, ValueError) as e:  # (ValueError: an integer past 4300 digits)
         raise ClustersError(str(path), str(e)) from e
     return parse(doc)
