@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from extproc.test_parse_off_loop_epp_gw24 import ADDRS, _big, _send
+from extproc._parse_lane import big_body as _big
+from extproc.test_parse_off_loop_epp_gw24 import ADDRS, _send
 from gateway.conftest import until
 from gateway.held_parse import hold_parse, tagged
 from kvgate.extproc import session as session_module
