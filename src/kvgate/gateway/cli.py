@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvgate.aio import serve_on_sighup
 from kvgate.config.gateway import (
@@ -36,6 +37,9 @@ from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
 from kvgate.stderrlog import off_loop_stderr, say
+
+if TYPE_CHECKING:
+    from kvgate.gateway.reload import FileStamp
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -480,7 +484,7 @@ async def serve(
     pools: list[Pool],
     config_path: str | None = None,
     file_cfg: GatewayConfig | None = None,
-    mtime: float | None = None,
+    stamp: FileStamp | None = None,
     load: Callable[[str], GatewayConfig] = load_gateway_config,
 ) -> None:
     from kvgate.gateway.reload import start_reloader
@@ -501,7 +505,7 @@ async def serve(
     reloader: asyncio.Task[None] | None = None
     if config_path:  # endpoints, limits and pickers follow the file: on SIGHUP, and when it changes
         reloader = start_reloader(
-            config_path, cfg, pools, server.apply_limits, file_cfg=file_cfg, mtime=mtime, load=load,
+            config_path, cfg, pools, server.apply_limits, file_cfg=file_cfg, stamp=stamp, load=load,
             server=server,
         )  # fmt: skip
     tune_gc()
@@ -608,13 +612,13 @@ def _main(argv: list[str] | None) -> int:
                              seed=args.cluster_policy_seed, series_grace_s=grace,
                              stale_after_s=args.kube_stale_after, admin_port=args.admin_port,
                              admin_ssl=admin_ssl(admin), waiting_share=share))  # fmt: skip
-    file_cfg = mtime = None
+    file_cfg = stamp = None
     if args.config:
-        from kvgate.gateway.reload import file_mtime
+        from kvgate.gateway.reload import file_stamp
 
         # (SIGHUP ignored: ``main``) An edit made before the reloader is up is seen at the first poll: the
         # modification time is the one from before the file was read.
-        mtime = file_mtime(args.config)
+        stamp = file_stamp(args.config)
     try:
         # Flags that cannot apply are refused, not ignored, as their siblings (review s20-qa L1).
         if args.cluster_policy is not None or args.cluster_policy_seed is not None:
@@ -646,14 +650,14 @@ def _main(argv: list[str] | None) -> int:
         from kvgate.gateway.workers import run_workers
 
         try:
-            return run_workers(cfg, cfg.workers, args.config, file_cfg, mtime, reload_loader(args))
+            return run_workers(cfg, cfg.workers, args.config, file_cfg, stamp, reload_loader(args))
         except OSError as e:  # the port is taken, or SO_REUSEPORT is unavailable
             print(f"kvgate serve: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
             return 1
     try:
         import uvloop
 
-        uvloop.run(serve(cfg, pools, args.config, file_cfg, mtime, reload_loader(args)))
+        uvloop.run(serve(cfg, pools, args.config, file_cfg, stamp, reload_loader(args)))
     except KeyboardInterrupt:
         pass
     return 0

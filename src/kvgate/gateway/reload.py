@@ -311,14 +311,31 @@ class _Plan:
     swaps: list[_Swap] = field(default_factory=list)
 
 
+# What tells an edited file from the one last read: the modification time alone misses an edit within one
+# timestamp tick (kernels before 6.13 stamp files with a coarse clock, 1-10 ms), e.g. a half-written file
+# read by a poll (invalid) and completed in the same tick (review s29-qa29 Q2); the size tells those two
+# apart, the inode a copy renamed into place.
+FileStamp = tuple[int, int, int]
+
+
+def file_stamp(path: str) -> FileStamp | None:
+    """``(st_ino, st_size, st_mtime_ns)`` of ``path``; None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class ConfigWatch:
     """Re-read ``path`` on ``trigger()`` (SIGHUP) and, with ``poll_s``, when its modification time
-    changes; a file that fails validation is logged and ignored, a valid one goes to ``prepare`` (async:
-    what must be ready before anything changes) then ``apply``.
+    changes (``file_stamp``: inode, size and modification time); a file that fails validation is logged
+    and ignored, a valid one goes to ``prepare`` (async: what must be ready before anything changes) then
+    ``apply``.
 
-    ``mtime``: the file's modification time before the running config was read from it (``kvgate
-    serve`` stats it before start-up's probes and pickers), so an edit made meanwhile is applied at the
-    first poll; without it, the time now. ``load``: how to read ``path`` (default: validate it as a
+    ``stamp``: the file's ``file_stamp`` before the running config was read from it (``kvgate serve``
+    stats it before start-up's probes and pickers), so an edit made meanwhile is applied at the first
+    poll; without it, the stamp now. ``load``: how to read ``path`` (default: validate it as a
     gateway file). ``on_result``: told each reload's result (``applied``, ``invalid``, ``failed``: the
     ``kvgate_gateway_config_reloads_total`` label)."""
 
@@ -326,7 +343,7 @@ class ConfigWatch:
         self,
         path: str,
         poll_s: float | None = 2.0,
-        mtime: float | None = None,
+        stamp: FileStamp | None = None,
         load: Callable[[str], GatewayConfig] = load_gateway_config,
         on_result: Callable[[str], None] | None = None,
     ) -> None:
@@ -337,11 +354,11 @@ class ConfigWatch:
         self.apply_failures = 0  # in a row, that could not be applied (OSError): what the log backs off on
         self.on_result = on_result
         self._load = load
-        self._mtime = self._stat() if mtime is None else mtime
+        self._stamp = self._stat() if stamp is None else stamp
         self._wake = asyncio.Event()
 
-    def _stat(self) -> float | None:
-        return file_mtime(self.path)
+    def _stat(self) -> FileStamp | None:
+        return file_stamp(self.path)
 
     def trigger(self) -> None:
         """SIGHUP: reload now."""
@@ -356,9 +373,9 @@ class ConfigWatch:
                     await self._wake.wait()
             forced = self._wake.is_set()
             self._wake.clear()
-            mtime = self._stat()
-            if forced or (mtime is not None and mtime != self._mtime):
-                self._mtime = mtime
+            stamp = self._stat()
+            if forced or (stamp is not None and stamp != self._stamp):
+                self._stamp = stamp
                 try:
                     await self.areload()
                 except Exception as e:  # (the last resort: the watch outlives any reload)
@@ -427,7 +444,7 @@ class ConfigWatch:
             # 4th, ... failure in a row, then every ``_LOG_EVERY``th: not a line every poll for hours.
             self.failures += 1
             self.apply_failures += 1
-            self._mtime = None
+            self._stamp = None
             self._result("failed")
             n = self.apply_failures
             if n % _LOG_EVERY == 0 or (n < _LOG_EVERY and n & (n - 1) == 0):
@@ -459,13 +476,6 @@ class ConfigWatch:
         raise NotImplementedError
 
 
-def file_mtime(path: str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
-
-
 class ConfigReloader(ConfigWatch):
     """``apply_limits``: the running server's (``GatewayServer.apply_limits``); without one (a reloader
     for endpoints only), a change of ``limits`` is logged as needing a restart.
@@ -488,7 +498,7 @@ class ConfigReloader(ConfigWatch):
         poll_s: float | None = 2.0,
         apply_limits: Callable[[Limits], dict[str, tuple[float, float]]] | None = None,
         file_cfg: GatewayConfig | None = None,
-        mtime: float | None = None,
+        stamp: FileStamp | None = None,
         load: Callable[[str], GatewayConfig] = load_gateway_config,
         server: Any = None,
         on_swap: Callable[[], None] | None = None,
@@ -496,7 +506,7 @@ class ConfigReloader(ConfigWatch):
     ) -> None:
         counter = getattr(getattr(server, "metrics", None), "reloads", None)
         on_result = None if counter is None else (lambda result: counter.labels(result=result).inc())
-        super().__init__(path, poll_s, mtime, load, on_result)
+        super().__init__(path, poll_s, stamp, load, on_result)
         self.current = current
         self.file_cfg = copy.deepcopy(current if file_cfg is None else file_cfg)
         self.apply_limits = apply_limits
@@ -666,7 +676,7 @@ def start_reloader(
     apply_limits: Callable[[Limits], dict[str, tuple[float, float]]],
     poll_s: float | None = 2.0,
     file_cfg: GatewayConfig | None = None,
-    mtime: float | None = None,
+    stamp: FileStamp | None = None,
     load: Callable[[str], GatewayConfig] = load_gateway_config,
     server: Any = None,
     on_swap: Callable[[], None] | None = None,
@@ -675,7 +685,7 @@ def start_reloader(
     """One gateway process's reloader, on SIGHUP (and, with ``poll_s``, when the file changes): the
     same for ``kvgate serve`` and for each ``--workers`` worker (which reads the supervisor's snapshot)."""
     cr = ConfigReloader(
-        path, cfg, pools, poll_s, apply_limits, file_cfg, mtime, load, server, on_swap, announce
+        path, cfg, pools, poll_s, apply_limits, file_cfg, stamp, load, server, on_swap, announce
     )
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, cr.trigger)
     return asyncio.create_task(cr.run())

@@ -72,7 +72,7 @@ from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gatewa
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway import worker_health
 from kvgate.gateway.errors import GatewayError, error_response
-from kvgate.gateway.reload import ConfigWatch, check_pickers, take_applied
+from kvgate.gateway.reload import ConfigWatch, FileStamp, check_pickers, take_applied
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
 from kvgate.stderrlog import off_loop_stderr
 
@@ -654,10 +654,10 @@ class _WorkersReload(ConfigWatch):
         self,
         sup: Supervisor,
         path: str,
-        mtime: float | None = None,
+        stamp: FileStamp | None = None,
         load: Callable[[str], GatewayConfig] = load_gateway_config,
     ) -> None:
-        super().__init__(path, mtime=mtime, load=load, on_result=sup.reload_result)
+        super().__init__(path, stamp=stamp, load=load, on_result=sup.reload_result)
         self.sup = sup
 
     def apply(self, new: GatewayConfig, prepared: Any = None) -> str | None:
@@ -672,16 +672,16 @@ class Supervisor:
         workers: int,
         config_path: str | None = None,
         file_cfg: GatewayConfig | None = None,
-        mtime: float | None = None,
+        stamp: FileStamp | None = None,
         load: Callable[[str], GatewayConfig] = load_gateway_config,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.load = load  # a reload's read and check of config_path (``cli.reload_loader``)
         # The file's config (before flags and --kv-events auto), with what reloads applied: what each
-        # worker compares a reload with; and the modification time from before the file was read.
+        # worker compares a reload with; and its ``file_stamp`` from before the file was read.
         self.file_cfg = file_cfg if file_cfg is not None else cfg
-        self.mtime = mtime
+        self.stamp = stamp
         self.snapshot: str | None = None  # the checked config the workers reload (private directory)
         self.reloads = 0  # valid config reloads sent to the workers
         # Reloads that never reach a worker (a file refused here, a snapshot not written), by result, on
@@ -1305,7 +1305,7 @@ class Supervisor:
                 snapshot_dir, self._locks[snapshot_dir] = private_dir("config")  # 0700: only we write it
                 self.snapshot = os.path.join(snapshot_dir, "config.pickle")
                 self.write_snapshot(self.file_cfg)
-                watch = _WorkersReload(self, self.config_path, self.mtime, self.load)
+                watch = _WorkersReload(self, self.config_path, self.stamp, self.load)
                 loop.add_signal_handler(signal.SIGHUP, watch.trigger)
                 reload_task = asyncio.create_task(watch.run())
             else:  # (its workers ignore SIGHUP without --config: ``_worker_main``)
@@ -1450,14 +1450,14 @@ def run_workers(
     workers: int,
     config_path: str | None = None,
     file_cfg: GatewayConfig | None = None,
-    mtime: float | None = None,
+    stamp: FileStamp | None = None,
     load: Callable[[str], GatewayConfig] = load_gateway_config,
 ) -> int:
     """Run the supervisor until SIGTERM/SIGINT (or workers that keep dying); its exit status.
-    ``file_cfg``: ``config_path`` as loaded (before flags); ``mtime``: its time from before the load;
-    ``load``: a reload's read and check of ``config_path``."""
+    ``file_cfg``: ``config_path`` as loaded (before flags); ``stamp``: its ``file_stamp`` from before the
+    load; ``load``: a reload's read and check of ``config_path``."""
     import uvloop
 
-    sup = Supervisor(cfg, workers, config_path, file_cfg, mtime, load)
+    sup = Supervisor(cfg, workers, config_path, file_cfg, stamp, load)
     sup.reserve_port()
     return uvloop.run(sup.run())
