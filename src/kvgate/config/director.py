@@ -122,11 +122,14 @@ def build_director(
                     "servers' running-batch limit)"
                 )
         flow = FlowController(fc, FlowMetrics(flow_metrics, pool=pool))
-        # The pool's saturation gauge (the reference's): the detector's score over the pool at the scrape.
-        flow.metrics.watch_saturation(_saturation(detector, store, clock))
-    return Director(
+    director = Director(
         profiles, handler, store, handle, detector=detector, flow=flow, timer=timer, name=cfg.name
     )
+    if flow is not None:
+        # The pool's saturation gauge (the reference's): the detector's score over the pool at the scrape.
+        # Last, once nothing can fail: a build that raises registers nothing (review s29-qa29 Q3).
+        flow.metrics.watch_saturation(_saturation(detector, store, clock))
+    return director
 
 
 def metrics_source(director: Any) -> ScrapeSource | None:

@@ -187,8 +187,18 @@ def check_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     changed = changed_pickers(old, new)
     for i, pc in enumerate(new.pools):
         if pc.name in changed:
-            build_director_for(pc, EndpointStore(), index=i)
+            _unwatch(build_director_for(pc, EndpointStore(), index=i))  # (a check: never shown)
     return changed
+
+
+def _unwatch(director: Any) -> None:
+    """``director``'s pool saturation series goes now, not when the cycle collector frees it (which
+    ``kvgate serve``'s frozen gc may put off for minutes): the gauge shows the newest Director per pool, so
+    one left behind (replaced, or built for a reload that was refused) would be read instead of the running
+    one, or give a pool running no flow control a series (reviews s26-rev-fixqa26b F2, s29-qa29 Q3)."""
+    flow = getattr(director, "flow", None)
+    if flow is not None:
+        flow.ctl.metrics.unwatch_saturation()
 
 
 def _picker_desc(pc: PoolConfig) -> str:
@@ -553,10 +563,12 @@ class ConfigReloader(ConfigWatch):
 
     @staticmethod
     def _drop(plan: _Plan) -> None:
-        """A plan not applied: its Directors' store listeners go (their data sources: ``settle``)."""
+        """A plan not applied: its Directors' store listeners and pool saturation series go (their data
+        sources: ``settle``), so a refused or failed reload leaves /metrics as it was."""
         for s in plan.swaps:
             for f in s.listeners:
                 s.pool.store.remove_listener(f)
+            _unwatch(s.director)
 
     async def prepare(self, new: GatewayConfig) -> _Plan:
         plan = self._plan(new, startable=self.server is not None)
@@ -609,11 +621,8 @@ class ConfigReloader(ConfigWatch):
                     any(owner is p for p in owned) or getattr(owner, "handle", None) is handle
                 ):
                     pool.store.remove_listener(f)
-        # The old one's pool saturation series goes now (flow control turned off: the pool shows none), not
-        # when the cycle collector frees its Director (review s26-rev-fixqa26b F2).
-        old_flow = getattr(old, "flow", None)
-        if old_flow is not None:
-            old_flow.ctl.metrics.unwatch_saturation()
+        # The old one's pool saturation series goes now (flow control turned off: the pool shows none).
+        _unwatch(old)
         queued = old.queued() if hasattr(old, "queued") else 0
         # Behind the old one while it, or a predecessor of its own (reloads a moment apart), holds a queue.
         if hasattr(s.director, "predecessor") and (queued or getattr(old, "predecessor", None) is not None):
