@@ -14,7 +14,8 @@
 #                                     fresh run directory (KVGATE_APISERVER_RUN if given and free); skips fail
 #   scripts/real-apiserver.sh bin     prints the binary's path
 # The run directory of start/stop is ${KVGATE_APISERVER_RUN:-~/.cache/kvgate/apiserver/run}: one server per
-# directory; `start` reuses a live one there. A cancel (INT/TERM) during `start` stops what it started.
+# directory; `start` reuses a live one there. A cancel (INT/TERM) during `start` stops what it started, as
+# does one at any point of `test`.
 # No controller-manager, scheduler or kubelet: tests play the kubelet (pod status) themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,12 @@ PY=${PY:-.venv/bin/python}
 case $PY in /*) ;; */*) PY=$PWD/$PY ;; esac
 cmd=${1:-start}
 [ $# -gt 0 ] && shift
+# A cancel is an exit, so that `trap stop EXIT` runs: with SIGINT untrapped, bash's wait-and-cooperative-
+# exit swallows a Ctrl-C that reaches a child which had just exited (the readiness loop went on ~20 s), and
+# clean-up on a signal depended on where bash was when it came (s28 CI: etcd + kube-apiserver left once).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+HOLD_STOP_TRAP=0   # `test` keeps start's EXIT trap up to its own: no moment without one
 
 # etcd's client + peer ports and the API server's secure port, three distinct ones outside the kernel's
 # ephemeral range (kvgate.bench.ports), where no other process's port-0 bind or outgoing connection lands
@@ -166,7 +173,7 @@ start() {
   # bound by number): fresh ports, up to 3 tries.
   local try
   for try in 1 2 3; do
-    launch "$token" && { trap - EXIT; return; }
+    launch "$token" && { [ "$HOLD_STOP_TRAP" = 1 ] || trap - EXIT; return; }
     grep -qs 'bind: address already in use' "$RUN/etcd.log" "$RUN/apiserver.log" && [ "$try" -lt 3 ] || break
     echo "real-apiserver.sh: a port was taken before etcd or kube-apiserver bound it; again with others" >&2
     kill_servers; rm -rf "$RUN/etcd" "$RUN/certs"
@@ -232,14 +239,17 @@ stop() {
 }
 
 kill_servers() {
-  local f pid
+  local f pid pids
   for f in apiserver etcd; do
     pid=$(cat "$RUN/$f.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-      kill "$pid"
+    # a signal between `&` and the pid file's write: found by the run directory on its command line
+    pids="$pid $(pgrep -f -- "--(cert-dir|data-dir) $RUN/(certs|etcd)( |\$)" 2>/dev/null | tr '\n' ' ' || true)"
+    for pid in $pids; do
+      kill -0 "$pid" 2>/dev/null || continue
+      kill "$pid" 2>/dev/null || true
       for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" || true
-    fi
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null || true
+    done
   done
 }
 
@@ -258,8 +268,8 @@ case "$cmd" in
     else
       mkdir -p "$TOP/runs"; RUN=$(mktemp -d "$TOP/runs/test.XXXXXX")
     fi
-    start
     trap stop EXIT
+    HOLD_STOP_TRAP=1 start
     KVGATE_REAL_APISERVER=$(cat "$RUN/url") KUBECONFIG=$RUN/kubeconfig KVGATE_REQUIRE_REAL_APISERVER=1 \
       "$PY" -m pytest -q -p no:cacheprovider -m k8sreal tests/k8s_real "$@" ;;
   *) echo "usage: $0 [build|start|stop|test|bin]" >&2; exit 2 ;;
