@@ -570,8 +570,11 @@ class Proxy:
                 held = models
                 models.hold(client_model)
                 models.label(client_model)  # (seen now, while it is a label: kept to the request's end)
+            # (``ireq.fairness_id`` is ``flow_of(ireq)`` here: ``_prepare`` resolved llm-d's fairness header
+            # into it and stripped that header from ``ireq.headers``; two Python calls fewer, at the start
+            # and at the end of every request)
             running = self.metrics.start(
-                client_model, ireq.model, request.content_length, flow_of(ireq), ireq.priority
+                client_model, ireq.model, request.content_length, ireq.fairness_id, ireq.priority
             )
             try:
                 # (one ``requestTimeoutSeconds`` from here for the ask and the dispatch, not one each:
@@ -1534,7 +1537,7 @@ class Proxy:
                 self._keep_turn(ireq, usage, ep.address)
             self._charge(ireq, usage, resp.status < 300)
             m = self.metrics
-            flow = m.flow(flow_of(ireq), ireq.priority)
+            flow = m.flow(ireq.fairness_id, ireq.priority)  # (``flow_of(ireq)``: ``_entry``'s note)
             if not ok and cut is None and not drained:
                 sent = -1  # the client left (or the handler was cancelled): no size, as a gone stream's
             m.observe(RequestEnd(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow))
@@ -1583,7 +1586,7 @@ class Proxy:
         if sent_model:
             body = BodyRewriter(sent_model, client_model).rewrite(body)
         m = self.metrics
-        flow = m.flow(flow_of(ireq), ireq.priority)
+        flow = m.flow(ireq.fairness_id, ireq.priority)  # (``flow_of(ireq)``: ``_entry``'s note)
         # (the response size: the body the client is sent, the model's name put back, as a relay's)
         m.observe(RequestEnd(client_model, ireq.model, self.clock() - t0, usage, len(body), -1, flow))
         if resp.status >= 400:
@@ -1759,7 +1762,7 @@ class Proxy:
             # gives none, whether or not its usage event had passed (the transformed relay reads it as
             # it goes by, the pass-through one only at ``finish``), as ``kvgate serve --clusters``.
             m = self.metrics
-            flow = m.flow(flow_of(ireq), ireq.priority)
+            flow = m.flow(ireq.fairness_id, ireq.priority)  # (``flow_of(ireq)``: ``_entry``'s note)
             if not ok and upstream_ok:
                 sent = -1  # the client left (or the handler was cancelled): what reached it is not known
             usage = usage if ok else None
