@@ -253,7 +253,9 @@ class _Conn(asyncio.Protocol):
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
-        self._wake()
+        w = self.waiter  # (``_wake`` inlined: once per read, at least once per exchange)
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def _fail(self, why: str) -> None:
         self.error = UpstreamError(f"{self.address}: {why}")
@@ -519,7 +521,9 @@ class UpstreamPool:
             if conn.transport is not None:
                 conn.transport.close()
             return
-        idle = self._idle.setdefault(conn.address, [])
+        idle = self._idle.get(conn.address)
+        if idle is None:  # (not ``setdefault``: its default list was built and dropped on every release)
+            idle = self._idle[conn.address] = []
         if len(idle) >= self.max_idle and conn.transport is not None:
             conn.transport.close()
             return
