@@ -69,7 +69,7 @@ def test_role_filters() -> None:
     h = PluginHandle(None, lambda: 0.0, 2.0, random.Random(0))
     c = CycleState(InferenceRequest("r", "m", prompt_text="x"), 0.0)
     assert [e.address for e in DecodeFilter("d", h).filter(c, eps)] == ["b:1", "c:1", "d:1"]
-    assert [e.address for e in PrefillFilter("p", h).filter(c, eps)] == ["a:1"]
+    assert [e.address for e in PrefillFilter("p", h).filter(c, eps)] == ["a:1", "c:1"]  # both: prefill-decode
 
 
 def test_the_samples_load_and_decode_filter_routes() -> None:

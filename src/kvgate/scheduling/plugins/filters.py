@@ -33,8 +33,11 @@ class HeaderBasedTestingFilter(Filter):
         return out
 
 
-# llm-d's P/D role label on a pod: prefill, decode, or both (llm-d-router's by-label filters).
+# llm-d's P/D role label on a pod and its values (llm-d-router's filter/bylabel/roles.go); "both" is the
+# deprecated alias of "prefill-decode", still kept by both filters there.
 ROLE_LABEL = "llm-d.ai/role"
+DECODE_ROLES = frozenset({"decode", "prefill-decode", "both", "encode-prefill-decode"})
+PREFILL_ROLES = frozenset({"prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"})
 
 
 class _RoleFilter(Filter):
@@ -55,14 +58,16 @@ class _RoleFilter(Filter):
 
 @register("decode-filter")
 class DecodeFilter(_RoleFilter):
-    """llm-d's ``decode-filter``: endpoints labelled decode or both, or not labelled (a pool without P/D)."""
+    """llm-d's ``decode-filter``: endpoints labelled decode, prefill-decode, both or encode-prefill-decode,
+    or not labelled (a pool without P/D)."""
 
-    roles = frozenset({"decode", "both"})
+    roles = DECODE_ROLES
     unlabelled = True
 
 
 @register("prefill-filter")
 class PrefillFilter(_RoleFilter):
-    """llm-d's ``prefill-filter``: endpoints labelled prefill only."""
+    """llm-d's ``prefill-filter``: endpoints labelled prefill, encode-prefill, prefill-decode, both or
+    encode-prefill-decode (not unlabelled ones)."""
 
-    roles = frozenset({"prefill"})
+    roles = PREFILL_ROLES
