@@ -14,6 +14,7 @@ when ``/metrics`` is scraped, so they cost nothing per request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +28,23 @@ from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestEnd, RequestEr
 
 # ``kvgate_gateway_config_reloads_total``'s ``result`` values (``gateway.reload``).
 RELOAD_RESULTS = ("applied", "invalid", "failed")
+# Whether the last reload succeeded, and when one last did (at first: the start): Prometheus' and
+# Alertmanager's own ``*_config_last_reload_successful`` pair. An alert on ``== 0`` holds while the old
+# config runs, where the counter's ``increase()`` resolves (review s29-qa29 Q4). (name, help) each; the
+# ``--workers`` supervisor writes the same families for the files it refuses (``workers``).
+LAST_RELOAD_OK = (
+    "kvgate_gateway_config_last_reload_successful",
+    "Whether the last config file reload succeeded (0: refused or failed: the file is not what runs)",
+)
+LAST_RELOAD_AT = (
+    "kvgate_gateway_config_last_reload_success_timestamp_seconds",
+    "Time of the last successful config file reload (the start's load until one)",
+)
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self._wall = wall  # (the last successful reload's timestamp: Unix time)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._stats = RequestStats()
@@ -75,6 +89,10 @@ class GatewayMetrics:
         )
         for result in RELOAD_RESULTS:  # series from the start: the first refusal is an increase (qa24 F5)
             self.reloads.labels(result=result)
+        self.last_reload_ok = Gauge(*LAST_RELOAD_OK, registry=r)
+        self.last_reload_at = Gauge(*LAST_RELOAD_AT, registry=r)
+        self.last_reload_ok.set(1)
+        self.last_reload_at.set(wall())
 
         # Access lines lost (``access.Lines.dropped``: the output did not take them; read at scrape time).
         self.access_dropped = _Dropped()
@@ -84,6 +102,14 @@ class GatewayMetrics:
         # Client-side protections (kvgate.httpfront.server), read from the fronts at scrape time.
         self.front = FrontGauges(r, "kvgate_gateway")
         self.open_connections = self.front.open_connections
+
+    def reload_result(self, result: str) -> None:
+        """One ``--config`` reload's result (``RELOAD_RESULTS``): counted, and the last reload's gauges."""
+        self.reloads.labels(result=result).inc()
+        ok = result == "applied"
+        self.last_reload_ok.set(1 if ok else 0)
+        if ok:
+            self.last_reload_at.set(self._wall())
 
     def bound(self, models: ModelLabels) -> None:
         """Label by ``models`` from now on (``kvgate.openai.labels``): for a gateway where a name the config

@@ -514,8 +514,7 @@ class ConfigReloader(ConfigWatch):
         on_swap: Callable[[], None] | None = None,
         announce: bool = True,
     ) -> None:
-        counter = getattr(getattr(server, "metrics", None), "reloads", None)
-        on_result = None if counter is None else (lambda result: counter.labels(result=result).inc())
+        on_result = getattr(getattr(server, "metrics", None), "reload_result", None)  # (GatewayMetrics')
         super().__init__(path, poll_s, stamp, load, on_result)
         self.current = current
         self.file_cfg = copy.deepcopy(current if file_cfg is None else file_cfg)

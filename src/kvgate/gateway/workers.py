@@ -72,6 +72,7 @@ from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gatewa
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway import worker_health
 from kvgate.gateway.errors import GatewayError, error_response
+from kvgate.gateway.metrics import LAST_RELOAD_AT, LAST_RELOAD_OK
 from kvgate.gateway.reload import ConfigWatch, FileStamp, check_pickers, take_applied
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
 from kvgate.stderrlog import off_loop_stderr
@@ -688,6 +689,10 @@ class Supervisor:
         # the admin /metrics as worker="supervisor" (the workers count what they apply).
         # (its own two results at 0 from the start, as the workers' ``applied``: qa24 F5)
         self.reload_failures: dict[str, int] = {"invalid": 0, "failed": 0}
+        # The last reload's result here and when one last succeeded (``LAST_RELOAD_OK``; a file refused
+        # here reaches no worker, whose own gauges still read 1).
+        self.last_reload_ok = True
+        self.last_reload_at = time.time()
         self.n = workers
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess | None] = [None] * workers
@@ -1140,6 +1145,9 @@ class Supervisor:
     def reload_result(self, result: str) -> None:
         if result in ("invalid", "failed"):
             self.reload_failures[result] += 1
+        self.last_reload_ok = result == "applied"
+        if self.last_reload_ok:
+            self.last_reload_at = time.time()
 
     def _own_metrics(self) -> str:
         lines = ["# HELP kvgate_gateway_worker_restarts_total Worker restarts by the supervisor, by reason "
@@ -1159,6 +1167,9 @@ class Supervisor:
                 f'kvgate_gateway_config_reloads_total{{result="{r}"}} {n}'
                 for r, n in self.reload_failures.items()
             ]
+        for (name, help_), value in ((LAST_RELOAD_OK, int(self.last_reload_ok)),
+                                     (LAST_RELOAD_AT, self.last_reload_at)):  # fmt: skip
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {value}"]
         return "\n".join(lines) + "\n"
 
     async def _metrics(self, request: Request) -> Response:
