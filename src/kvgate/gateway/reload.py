@@ -35,7 +35,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import signal
 import time
 import zlib
@@ -53,6 +52,7 @@ from kvgate.config.gateway import (
 )
 from kvgate.config.picker import EndpointPickerConfig, PluginSpec
 from kvgate.datalayer.store import make_endpoint
+from kvgate.filestamp import FileStamp, file_stamp
 from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
 from kvgate.scheduling.plugins.prefix_cache import (
     ApproxPrefixCacheProducer,
@@ -319,22 +319,6 @@ class _Swap:
 @dataclass(slots=True)
 class _Plan:
     swaps: list[_Swap] = field(default_factory=list)
-
-
-# What tells an edited file from the one last read: the modification time alone misses an edit within one
-# timestamp tick (kernels before 6.13 stamp files with a coarse clock, 1-10 ms), e.g. a half-written file
-# read by a poll (invalid) and completed in the same tick (review s29-qa29 Q2); the size tells those two
-# apart, the inode a copy renamed into place.
-FileStamp = tuple[int, int, int]
-
-
-def file_stamp(path: str) -> FileStamp | None:
-    """``(st_ino, st_size, st_mtime_ns)`` of ``path``; None when it cannot be stat'ed."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class ConfigWatch:

@@ -23,9 +23,10 @@ clusters:
   epp_timeout_s: 4.0        # this cluster's EPP deadline (default: the top-level one)
 ```
 
-``ClustersFile.maybe_reload(now)`` re-reads the file when its mtime changes (checked at most every
-``check_every_s``); a file that fails to parse keeps the last good list and logs why. Everything in it
-applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``, ``head_timeout_s``, ``probe_timeout_s``,
+``ClustersFile.maybe_reload(now)`` re-reads the file when its ``filestamp`` (inode, size, mtime) changes
+(checked at most every ``check_every_s``); a file that fails to parse keeps the last good list and logs
+why. Everything in it applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``,
+``head_timeout_s``, ``probe_timeout_s``,
 ``tls``, ``limits`` with ``requestTimeoutSeconds`` and ``maxWaitingBytesPerClient`` (to requests that start
 after the reload) and ``drainTimeoutSeconds`` (read when the stop begins),
 and the ``kubernetes`` section: ``kvgate.multicluster.source.ClusterSource`` restarts the import controller).
@@ -37,7 +38,6 @@ import hashlib
 import ipaddress
 import logging
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from kvgate import yamlload
+from kvgate.filestamp import FileStamp, file_stamp
 from kvgate.httpfront.server import LIMIT_KEYS, FrontLimits, parse_limits
 
 log = logging.getLogger("kvgate.multicluster")
@@ -516,7 +517,7 @@ class ClustersFile:
         self.on_change = on_change
         self.check = check
         self.config = self._load()
-        self._mtime = self._stat()
+        self._stamp = self._stat()
         self._checked_at: float | None = None
         self.reloads = 0
 
@@ -526,11 +527,8 @@ class ClustersFile:
             self.check(cfg)
         return cfg
 
-    def _stat(self) -> float | None:
-        try:
-            return os.stat(self.path).st_mtime
-        except OSError:
-            return None
+    def _stat(self) -> FileStamp | None:
+        return file_stamp(self.path)
 
     def reload_now(self, now: float) -> bool:
         """SIGHUP: the file read now, not at the next poll, whatever its modification time (review s20-qa
@@ -538,22 +536,22 @@ class ClustersFile:
         time kept (``cp -p``), is never seen by the poll (review s20-qa2 L2). The same config as the
         running one is said unchanged, and nothing is applied."""
         self._checked_at = now
-        mtime = self._stat()
-        if mtime is None:
+        stamp = self._stat()
+        if stamp is None:
             return False
-        return self._read(mtime, sighup=True)
+        return self._read(stamp, sighup=True)
 
     def maybe_reload(self, now: float) -> bool:
         if self._checked_at is not None and now - self._checked_at < self.check_every_s:
             return False
         self._checked_at = now
-        mtime = self._stat()
-        if mtime is None or mtime == self._mtime:
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
             return False
-        return self._read(mtime)
+        return self._read(stamp)
 
-    def _read(self, mtime: float, sighup: bool = False) -> bool:
-        self._mtime = mtime
+    def _read(self, stamp: FileStamp, sighup: bool = False) -> bool:
+        self._stamp = stamp
         try:
             cfg = self._load()
         except ClustersError as e:
