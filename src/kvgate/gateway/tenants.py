@@ -10,9 +10,10 @@ Rate limits are token buckets per tenant (the API key's tenant, else the fairnes
 ``default-flow``): ``requestsPerMinute`` taken one per request at admission, ``tokensPerMinute`` charged
 with the usage each response reports and checked at admission (a tenant in debt waits until refilled).
 Refusals are 429 with ``Retry-After``. Buckets are kept for at most ``MAX_TENANTS`` tenants (least
-recently seen forgotten), each keyed by its name up to ``BUCKET_NAME_MAX`` characters and by a fixed-size
-digest of a longer one (``kvgate.boundedkey``, flow control's rule too), since the fairness header is
-client-chosen and of any length (review s28-qa Q6).
+recently seen forgotten), each keyed by its name up to ``BUCKET_NAME_MAX`` characters, a longer one by its
+first 200 characters, a NUL and a 16-byte BLAKE2b digest of the whole in hex (233 characters;
+``kvgate.boundedkey``, flow control's rule too), since the fairness header is client-chosen and of any
+length (review s28-qa Q6).
 Under ``--workers`` the buckets are the fleet's (``gateway.shared_tenants``, the same arithmetic on a
 shared table, keyed by a digest).
 """
@@ -30,7 +31,8 @@ from kvgate.boundedkey import KEY_MAX, bounded_key
 
 MAX_TENANTS = 65_536
 # A tenant's bucket key (``kvgate.boundedkey``, as flow control's ``rate_key``): its name up to
-# BUCKET_NAME_MAX characters (no digest per look-up for the usual short names), else a fixed-size digest.
+# BUCKET_NAME_MAX characters (no digest per look-up for the usual short names), else its first 200
+# characters, a NUL and a hex digest of the whole (233 characters).
 BUCKET_NAME_MAX = KEY_MAX
 bucket_key = bounded_key
 
