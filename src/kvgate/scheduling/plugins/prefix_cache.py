@@ -36,7 +36,7 @@ from kvgate.scheduling.framework import (
     add_explanation,
     publish_cache_expectation,
 )
-from kvgate.scheduling.plugins.affinity_gate import LATENCY_PREDICTOR, REFERENCE_KEYS, AffinityGate, read_gate
+from kvgate.scheduling.plugins.affinity_gate import REFERENCE_KEYS, AffinityGate, read_gate
 from kvgate.scheduling.plugins.wiring import Wiring
 from kvgate.scheduling.prefix import (
     CHARS_PER_TOKEN,
@@ -704,7 +704,9 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
         if not any(sticky):
             return endpoints
         tokens = [ep.inflight.pending_prefill_tokens for ep in endpoints]
-        if gate.ttft_source == LATENCY_PREDICTOR:
+        if gate.max_ttft_penalty_ms <= 0:  # the reference's "always stick": no TTFT read (nor a predictor)
+            ttft = [0.0] * len(endpoints)
+        elif gate.uses_predictor:  # (its oracle resolved at build: dependencies())
             ttft = [e.mean * 1000.0 for e in self.oracle.ttft_estimates(cycle, endpoints)]
         else:
             ttft = [gate.ttft_ms(t) for t in tokens]
