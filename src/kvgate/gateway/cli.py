@@ -234,6 +234,13 @@ POOL_NAME_WITH_CONFIG = (
 NONE_WATCHED = poolflags.NONE_WATCHED  # (the kube flags given where no pool is watched; kvgate epp's words)
 
 
+def pool_group_check(args: argparse.Namespace, cfg: GatewayConfig) -> None:
+    """A pool's own ``inferencePool.group``: ``--pool-group`` may not name another (at start and reload)."""
+    for pc in cfg.pools:
+        if pc.inference_pool and (why := group_not_the_files(args.pool_group, pc.name, pc.inference_pool)):
+            raise GatewayConfigError(poolflags.GROUP_FLAG, why)
+
+
 def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None) -> GatewayConfig:
     """``file_cfg``: ``--config`` already loaded (a copy is used: the flags change the running config)."""
     if args.config:
@@ -264,9 +271,7 @@ def build_config(args: argparse.Namespace, file_cfg: GatewayConfig | None = None
     watched = any(pool.inference_pool is not None for pool in cfg.pools)
     watch_flags_check(args, watched)
     cfg.kube_pool_group = args.pool_group
-    for pc in cfg.pools:  # (a pool's own inferencePool.group: the flag may not name another)
-        if pc.inference_pool and (why := group_not_the_files(args.pool_group, pc.name, pc.inference_pool)):
-            raise GatewayConfigError(poolflags.GROUP_FLAG, why)
+    pool_group_check(args, cfg)
     staleness_settings(args, cfg, None if watched else "static")
     cfg.model_series_grace_s = series_grace(args.model_series_grace, watched)
     if args.access_log or args.no_access_log:
@@ -401,7 +406,8 @@ def reload_loader(args: argparse.Namespace) -> Callable[[str], GatewayConfig]:
     """A reload's read of ``--config``: the file, refused (the running config kept) where the next
     restart would refuse it with these flags (``listen.minReadyWorkers`` above the final worker count,
     ``kubernetes.*`` staleness values ``staleness_settings`` refuses, no ``inferencePool`` left for
-    ``--pool-group`` / ``--kube-server`` / ``--kubeconfig``), not accepted as "restart to apply" and found
+    ``--pool-group`` / ``--kube-server`` / ``--kubeconfig``, a pool's ``inferencePool.group`` other than
+    ``--pool-group``), not accepted as "restart to apply" and found
     out at that restart (a pod that crash-loops at its next restart: review s28-rev-k8s28 F2)."""
 
     def load(path: str) -> GatewayConfig:
@@ -409,6 +415,7 @@ def reload_loader(args: argparse.Namespace) -> Callable[[str], GatewayConfig]:
         final_workers(cfg, args)
         watched = any(pool.inference_pool is not None for pool in cfg.pools)
         watch_flags_check(args, watched)
+        pool_group_check(args, cfg)
         staleness_settings(args, copy.deepcopy(cfg), None if watched else "static")  # (a copy: checked only)
         if args.max_buffered_bytes is not None:  # the flag stays over the file's limits.maxBufferedBytes
             flag_budget(args, cfg)
