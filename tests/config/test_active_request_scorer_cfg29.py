@@ -1,7 +1,7 @@
 """llm-d's ``active-request-scorer`` (its P/D guide's decode profile, the affinity filter's README's pick for
 decode-bound work): idle endpoints (<= ``idleThreshold`` in flight) score 1, busier ones
-``(max - n) / max * maxBusyScore``, ``max`` over the pool. Fails on main a049092b: an unknown plugin type
-(cfg29)."""
+``(max - n) / max * maxBusyScore``, ``max`` over the scored endpoints. Fails on main a049092b: an unknown
+plugin type (cfg29)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,9 @@ def test_scores_as_the_reference() -> None:
     eps = _eps(0, 2, 4, 8)
     assert _scorer(eps).score(_cycle(), eps) == [1.0, 0.75, 0.5, 0.0]
     assert _scorer(eps, idleThreshold=2, maxBusyScore=0.5).score(_cycle(), eps) == [1.0, 1.0, 0.25, 0.0]
-    # the max is the pool's: the busiest endpoint filtered out still sets the scale
-    assert _scorer(eps).score(_cycle(), eps[:3]) == [1.0, 0.75, 0.5]
+    # the max is the scored endpoints', as llm-d-router's (review s29-rev-cfg29 F7): the busiest one filtered
+    # out no longer sets the scale
+    assert _scorer(eps).score(_cycle(), eps[:3]) == [1.0, 0.5, 0.0]
 
 
 @pytest.mark.parametrize(

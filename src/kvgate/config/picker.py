@@ -220,6 +220,7 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
             raise ConfigError(f"{p.path}.name: duplicate plugin name {p.name!r} (also {seen[p.name]})")
         seen[p.name] = p.path
     _prefix_producers(plugins)
+    _load_producer_refs(plugins)
     profiles: list[ProfileSpec] = []
     for i, raw in enumerate(_list(d.get("schedulingProfiles"), "schedulingProfiles")):
         path = f"schedulingProfiles[{i}]"
@@ -361,6 +362,33 @@ def _producer_consumers(
         if ref in reader or producer is not None:
             params["prefixPluginRef"] = reader.get(ref, ref)
         spec.parameters = params
+
+
+_LOAD_PRODUCER = "inflight-load-producer"
+_LOAD_PRODUCER_KEY = "inFlightLoadProducerName"
+
+
+def _load_producer_refs(plugins: list[PluginSpec]) -> None:
+    """llm-d-router's in-flight load consumers (the affinity filter, ``active-request-scorer``) name their
+    ``inflight-load-producer`` (``inFlightLoadProducerName``), and that producer its prefix producer
+    (``prefixMatchInfoProducerName``). kvgate keeps the load itself (``Endpoint.inflight``), so the names
+    are only checked, as the prefix consumers' are: a declared plugin of that type, or the reference's
+    default producer's name (a typo is an error naming the key, not silently taken)."""
+    by_name = {p.name: p for p in plugins}
+    for spec in plugins:
+        where = f"{spec.path}.parameters"
+        if spec.type == _LOAD_PRODUCER and _PRODUCER_KEY in spec.parameters:
+            _named_producer(by_name, _str(spec.parameters[_PRODUCER_KEY], f"{where}.{_PRODUCER_KEY}"), where)
+        if spec.parameters.get(_LOAD_PRODUCER_KEY, "") == "":  # (unset or empty: the default producer)
+            continue
+        ref = _str(spec.parameters[_LOAD_PRODUCER_KEY], f"{where}.{_LOAD_PRODUCER_KEY}")
+        producer = by_name.get(ref)
+        if producer is None and ref != _LOAD_PRODUCER:
+            raise ConfigError(f"{where}.{_LOAD_PRODUCER_KEY}: no plugin named {ref!r} in plugins")
+        if producer is not None and producer.type != _LOAD_PRODUCER:
+            raise ConfigError(
+                f"{where}.{_LOAD_PRODUCER_KEY}: {ref!r} is a {producer.type!r}, not an {_LOAD_PRODUCER!r}"
+            )
 
 
 def _is_special(p: PluginSpec) -> bool:

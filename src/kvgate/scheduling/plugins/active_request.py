@@ -1,12 +1,12 @@
 """llm-d's ``active-request-scorer``: prefer endpoints with fewer requests in flight (decode-bound work).
 
 As llm-d-router's (``scorer/activerequest``): an endpoint with no more than ``idleThreshold`` (0) requests
-in flight scores 1; a busier one ``(max - n) / max * maxBusyScore`` (1.0), ``max`` the most any endpoint of
-the pool has in flight. The counts are kvgate's own in-flight accounting (``Endpoint.inflight.requests``,
-charged at dispatch, freed at the finish, in sequences: a request for ``n`` choices counts ``n``), which
-the reference keeps in the plugin, with a ``requestTimeout`` (2 min) after which a request whose end it
-never saw stops counting: kvgate's Director sees every end (a bounded table of tracked requests), so that
-key is checked and, when set, one WARNING line.
+in flight scores 1; a busier one ``(max - n) / max * maxBusyScore`` (1.0), ``max`` the most any of the
+endpoints being scored has in flight. The counts are kvgate's own in-flight accounting
+(``Endpoint.inflight.requests``, charged at dispatch, freed at the finish, in sequences: a request for ``n``
+choices counts ``n``), what the reference reads from its ``inflight-load-producer``
+(``inFlightLoadProducerName``: checked to name one, see config.picker). Its deprecated ``requestTimeout``
+(the older scorer's leak guard, ignored by the current one) is checked and, when set, one WARNING line.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class ActiveRequestScorer(Scorer):
             params.warn(
                 "requestTimeout", "not applied: kvgate's in-flight count ends with each request's end"
             )
+        params.get_str("inFlightLoadProducerName", "")  # (kvgate's own count: the name is only checked)
         s = cls(
             name,
             handle,
@@ -46,8 +47,7 @@ class ActiveRequestScorer(Scorer):
         return s
 
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
-        pool = self.handle.store.all() if self.handle.store is not None else endpoints
-        most = max((ep.inflight.requests for ep in (*pool, *endpoints)), default=0)
+        most = max((ep.inflight.requests for ep in endpoints), default=0)  # (the reference's: the scored)
         return [
             1.0
             if ep.inflight.requests <= self.idle_threshold

@@ -112,7 +112,8 @@ def read_gate(params: Params) -> AffinityGate:
         raise ConfigError(
             f"{params.path}.peakPrefillThroughput", "must be > 0 when ttftSource is prefillThroughput, got 0"
         )
-    # (kvgate keeps each endpoint's in-flight load itself, Endpoint.inflight: whichever producer is named)
+    # (kvgate keeps each endpoint's in-flight load itself, Endpoint.inflight: the name is only checked to
+    # name an inflight-load-producer, config.picker._load_producer_refs)
     params.get_str("inFlightLoadProducerName", "")
     return AffinityGate(
         threshold=params.get_float("affinityThreshold", DEFAULT_THRESHOLD, min=0.0, max=1.0),

@@ -258,5 +258,8 @@ class InFlightLoadProducer(Wiring):
                 "addEstimatedOutputTokens",
                 "true not applied: kvgate counts prompt tokens until the first token",
             )
+        # (the prefix producer whose match discounts the cached prompt: kvgate's counts use its own prefix
+        # plugin; the name is checked to name one, config.picker._load_producer_refs)
+        params.get_str("prefixMatchInfoProducerName", "")
         params.finish()
         return cls(name, handle)
