@@ -39,6 +39,8 @@ async def run(how):
     c = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     pids = [a.proc.pid, ma[0].group(1), b.proc.pid, mb[0].group(1), c.pid]
     print("pids", *pids, flush=True)
+    if how in ("raise", "return"):
+        sys.stdin.readline()  # (until the test has seen all five running: it ends them at once after)
     if how == "raise":
         raise RuntimeError("the bench failed")
     if how == "return":
@@ -63,6 +65,7 @@ def test_a_benchs_processes_end_with_it(how: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     bench = subprocess.Popen(
         [sys.executable, str(script), how.lower() if how in ("raise", "return") else "wait"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -79,10 +82,14 @@ def test_a_benchs_processes_end_with_it(how: str, tmp_path: Path) -> None:
         assert len(procs) == 5  # all running, the bench's descendants or in their groups
         if how.startswith("SIG"):
             bench.send_signal(getattr(signal, how))
+        else:  # (a raise or a return as soon as it printed raced this count: 4 == 5 at load ~15)
+            assert bench.stdin is not None
+            bench.stdin.write("go\n")
+            bench.stdin.flush()
         rc = bench.wait(30)
         if how in ("SIGTERM", "SIGHUP"):
             assert rc == -getattr(signal, how)  # it still dies of the signal
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while lifeline.alive(procs) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not lifeline.alive(procs), f"left running: {sorted(lifeline.alive(procs))}"

@@ -91,7 +91,12 @@ async def test_an_openai_sdk_stream_answered_just_after_the_cut_raises_the_drain
         create = asyncio.create_task(
             client.completions.create(model="m", prompt="late", max_tokens=50, stream=True)
         )
-        await asyncio.sleep(0.1)  # (the request is in flight, its cluster not answering yet)
+        # (until the gateway holds the request, its cluster not answering yet: a fixed 0.1 s stopped the
+        # gateway before the SDK had connected at load ~15, APIConnectionError)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not gw.inflight:
+            assert asyncio.get_running_loop().time() < deadline, "the request never reached the gateway"
+            await asyncio.sleep(0.005)
         stop = asyncio.create_task(gw.stop())
         with pytest.raises(openai.APIError) as ei:
             async with asyncio.timeout(10):
