@@ -499,6 +499,11 @@ def load(path: str | Path) -> ClustersConfig:
     return parse(doc)
 
 
+# ``ClustersFile.on_result``'s values, as ``kvgate serve --config``'s reloads (``kvgate.gateway.metrics``):
+# applied; invalid (the file refused: the last good one kept); failed (valid, but applying it raised).
+RELOAD_RESULTS = ("applied", "invalid", "failed")
+
+
 class ClustersFile:
     """A clusters file and its last good parse; ``on_change`` runs after each successful reload. ``check``
     (the door's own rules: ``kvgate serve`` refuses ``parent_mode_only``) raises ``ClustersError`` for a
@@ -520,6 +525,9 @@ class ClustersFile:
         self._stamp = self._stat()
         self._checked_at: float | None = None
         self.reloads = 0
+        # Each reload's result (``RELOAD_RESULTS``: applied, invalid, failed), for the door's reload metrics
+        # (``kvgate serve --clusters``: ``kvgate_multicluster_config_reloads_total``; review s29-rev-a29).
+        self.on_result: Callable[[str], None] | None = None
 
     def _load(self) -> ClustersConfig:
         cfg = load(self.path)
@@ -556,10 +564,12 @@ class ClustersFile:
             cfg = self._load()
         except ClustersError as e:
             log.warning("clusters file %s not reloaded (keeping the last good one): %s", self.path, e)
+            self._result("invalid")
             return False
         except Exception as e:  # any parse error keeps the last good file (and the reload loop going)
             log.warning("clusters file %s not reloaded (keeping the last good one): %s: %s", self.path,
                         type(e).__name__, e)  # fmt: skip
+            self._result("invalid")
             return False
         if sighup and cfg == self.config:
             log.info("SIGHUP: clusters file %s unchanged since its last read: nothing to reload", self.path)
@@ -570,5 +580,14 @@ class ClustersFile:
         log.info("clusters file reloaded: %s%s", ", ".join(c.name for c in cfg.clusters) or "(no clusters)",
                  "" if kube is None else f"; kubernetes: import {kube.namespace}/{kube.name}")  # fmt: skip
         if self.on_change is not None:
-            self.on_change(cfg)
+            try:
+                self.on_change(cfg)
+            except Exception:  # (counted, then raised as before)
+                self._result("failed")
+                raise
+        self._result("applied")
         return True
+
+    def _result(self, result: str) -> None:
+        if self.on_result is not None:
+            self.on_result(result)

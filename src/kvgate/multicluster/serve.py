@@ -54,7 +54,7 @@ from kvgate.httpfront.server import (
 )
 from kvgate.k8s.lease import check_one_time
 from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
-from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
+from kvgate.multicluster.clusters import RELOAD_RESULTS, ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.lookups import ClusterLocator, known_home, lookup
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
@@ -119,8 +119,9 @@ _CUT = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 class _Metrics:
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._wall = wall  # (the last successful reload's timestamp: Unix time)
         # ``model_name`` values bounded (kvgate.openai.labels): the clusters file names no models, so a
         # name is its own label while a cluster's aggregate lists it (at most 256, rebuilt at each
         # re-read, names listed in the last 5 minutes kept, at most 64 per cluster) or once a cluster
@@ -193,8 +194,36 @@ class _Metrics:
             "kvgate_multicluster_cluster_fresh", "1 while the cluster's aggregate is within the TTL",
             ["cluster"], registry=r,
         )  # fmt: skip
+        # The clusters file's reloads (``ClustersFile.on_result``), as ``kvgate serve --config``'s
+        # ``kvgate_gateway_config_*`` (the clusters file is this door's whole config; review s29-rev-a29):
+        # each result a series at 0 from the start; the last reload's pair, as Prometheus' own.
+        self.reloads = Counter(
+            "kvgate_multicluster_config_reloads_total", "Clusters file reloads by result", ["result"],
+            registry=r,
+        )  # fmt: skip
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result=result)
+        self.last_reload_ok = Gauge(
+            "kvgate_multicluster_config_last_reload_successful",
+            "Whether the last clusters file reload succeeded (0: refused or failed: not what runs)",
+            registry=r,
+        )  # fmt: skip
+        self.last_reload_at = Gauge(
+            "kvgate_multicluster_config_last_reload_success_timestamp_seconds",
+            "Time of the last successful clusters file reload (the start's load until one)", registry=r,
+        )  # fmt: skip
+        self.last_reload_ok.set(1)
+        self.last_reload_at.set(wall())
         self.front = FrontGauges(r, "kvgate_multicluster")
         r.register(LogLinesDropped("kvgate_multicluster"))  # (log lines lost: ``kvgate.stderrlog``)
+
+    def reload_result(self, result: str) -> None:
+        """One clusters-file reload's result (``RELOAD_RESULTS``): counted, and the last reload's gauges."""
+        self.reloads.labels(result=result).inc()
+        ok = result == "applied"
+        self.last_reload_ok.set(1 if ok else 0)
+        if ok:
+            self.last_reload_at.set(self._wall())
 
     def _forget_requests(self, names: Set[str]) -> None:
         for name in names:
@@ -419,6 +448,7 @@ class GlobalGateway:
         self.clusters_file = clusters_file
         if clusters_file is not None:
             clusters_file.on_change = self.reload
+            clusters_file.on_result = self.metrics.reload_result
         # The clusters file and the InferencePoolImport its kubernetes: section follows (imports replace
         # only the file's clusters); shared with the hub EPP.
         self.source = ClusterSource(cfg, self.router.apply, staleness=staleness, clock=clock,
