@@ -21,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TOP=${KVGATE_APISERVER_HOME:-$HOME/.cache/kvgate/apiserver}
 RUN=${KVGATE_APISERVER_RUN:-$TOP/run}
+RUN=$(realpath -m -- "$RUN")   # absolute: kill_servers finds servers by it on command lines (review s29-rev-b29 F1)
 KVER=1.20.2
 BREV=1   # bump when the build's patches or flags change: a new binary name, so an old one is never reused
 BIN=$TOP/bin/kube-apiserver-v$KVER-$BREV
@@ -239,11 +240,12 @@ stop() {
 }
 
 kill_servers() {
-  local f pid pids
+  local f pid pids run_re
+  run_re=$(printf '%s' "$RUN" | sed 's/[][\\.^$*+?(){}|]/\\&/g')   # the path as a literal in pgrep's regex
   for f in apiserver etcd; do
     pid=$(cat "$RUN/$f.pid" 2>/dev/null || true)
     # a signal between `&` and the pid file's write: found by the run directory on its command line
-    pids="$pid $(pgrep -f -- "--(cert-dir|data-dir) $RUN/(certs|etcd)( |\$)" 2>/dev/null | tr '\n' ' ' || true)"
+    pids="$pid $(pgrep -f -- "--(cert-dir|data-dir) $run_re/(certs|etcd)( |\$)" 2>/dev/null | tr '\n' ' ' || true)"
     for pid in $pids; do
       kill -0 "$pid" 2>/dev/null || continue
       kill "$pid" 2>/dev/null || true

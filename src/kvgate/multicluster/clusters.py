@@ -521,8 +521,8 @@ class ClustersFile:
         self.check_every_s = check_every_s
         self.on_change = on_change
         self.check = check
+        self._stamp = self._stat()  # before the read: an edit made during it is seen by the next poll
         self.config = self._load()
-        self._stamp = self._stat()
         self._checked_at: float | None = None
         self.reloads = 0
         # Each reload's result (``RELOAD_RESULTS``: applied, invalid, failed), for the door's reload metrics
