@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from kvgate.scheduling.fastmetrics import FastCounter, FastHistogram
 
@@ -35,9 +35,11 @@ PICKS = FastCounter(
 # so a series goes only when no store holds its address. Weak: a dropped picker's store leaves with it.
 _PICK_STORES: weakref.WeakSet[EndpointStore] = weakref.WeakSet()
 SCHEDULER_ERRORS = Counter("kvgate_scheduler_errors_total", "Scheduling failures by error code.", ["code"])
-PREFIX_INDEX_SIZE = Gauge(
-    "inference_extension_prefix_indexer_size", "Entries (endpoint, block) in the approximate prefix index."
-)
+# Every prefix index this process holds (``prefix_index``; one per prefix scorer, shared with a reload's
+# successor): ``inference_extension_prefix_indexer_size`` is their entries summed at the scrape. GIE's gauge
+# has no labels, so two pools' scorers cannot each have a series; before (qa29) each insert set the gauge to
+# its own index's size, and it flipped between pools. Weak: a dropped scorer's index leaves the sum with it.
+_PREFIX_INDEXES: weakref.WeakSet[Any] = weakref.WeakSet()
 PREFIX_HIT_RATIO = FastHistogram(
     "inference_extension_prefix_indexer_hit_ratio",
     "Fraction of a request's prefix blocks found at the chosen endpoint.",
@@ -70,6 +72,28 @@ LLMD_PER_ENDPOINT_QUEUE = Gauge(
 )
 POOL_READY = Gauge("inference_pool_ready_pods", "Endpoints eligible for scheduling in the pool.", ["name"])
 SHED = Counter("kvgate_requests_shed_total", "Sheddable requests rejected at saturation.")
+
+
+class _PrefixIndexSize:
+    """``inference_extension_prefix_indexer_size``: the ``total`` (entries: endpoint, block) of every index
+    ``prefix_index`` registered, summed when scraped (nothing on the pick path)."""
+
+    name = "inference_extension_prefix_indexer_size"
+    doc = "Entries (endpoint, block) in the approximate prefix indexes (summed over the process's scorers)."
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.doc)]
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self.name, self.doc, value=float(sum(i.total for i in list(_PREFIX_INDEXES))))
+
+
+REGISTRY.register(_PrefixIndexSize())
+
+
+def prefix_index(index: Any) -> None:
+    """Count ``index`` (a ``PrefixIndex``: its ``total``) in ``inference_extension_prefix_indexer_size``."""
+    _PREFIX_INDEXES.add(index)
 
 
 def pick_store(store: EndpointStore) -> None:

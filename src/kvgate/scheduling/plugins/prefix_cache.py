@@ -291,6 +291,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         # then replaces ``maxPrefixBlocksToMatch`` (the reference's rule).
         self.max_tokens = max_tokens
         self.index = PrefixIndex(capacity, max_total_blocks)
+        metrics.prefix_index(self.index)  # (its size read at the scrape, summed with the others')
         self._chunk_tokens = block_size  # the block size the index is currently keyed by
         self._cap_blocks()
         self._last_purge: float | None = None
@@ -459,7 +460,6 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         self.index.add(endpoint.address, m.hashes, cap, filler=filler, tail_first=self.engine_lru)
         if self.cached_feedback:
             self._started(cycle.request, endpoint.address, first)
-        metrics.PREFIX_INDEX_SIZE.set(self.index.total)
         if self._last_purge is None:
             self._last_purge = cycle.now
         elif cycle.now - self._last_purge >= PURGE_INTERVAL_S and self.handle.store is not None:
@@ -547,7 +547,6 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         if seq:
             firsts, lasts = self._in_use(endpoint.address)
             self.forgotten += self.index.forget_through(endpoint.address, seq, keep=(firsts, lasts))
-            metrics.PREFIX_INDEX_SIZE.set(self.index.total)
 
 
 def find_prefix_plugin(handle: PluginHandle, name: str | None) -> PrefixCacheScorer:
