@@ -58,6 +58,10 @@ if __name__ == "__main__":
 """
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGINT", "raise", "return"])
 def test_a_benchs_processes_end_with_it(how: str, tmp_path: Path) -> None:
     script = tmp_path / "tiny_bench.py"
@@ -71,6 +75,10 @@ def test_a_benchs_processes_end_with_it(how: str, tmp_path: Path) -> None:
         env=env,
         text=True,
         start_new_session=True,  # (a group of its own: the test's cleanup can reach everything)
+        # Ctrl-C's default, whatever this suite inherited: a suite started in the background of a
+        # non-interactive shell (`(cmd &)`) ignores SIGINT, and an ignored SIGINT stays ignored in every
+        # child (the bench then never saw it: TimeoutExpired, session 29's mid-session CI)
+        preexec_fn=_sigint_default,
     )
     pids: list[int] = []
     try:
