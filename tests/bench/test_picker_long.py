@@ -17,7 +17,8 @@ def test_warm_prompts_match_their_document_on_one_endpoint_up_to_the_cap(variant
     name = f"test-long-{variant}"
     try:
         d, reqs = long_setup(variant, 4, 8192, True, 3, random.Random(0), name)
-        index = precise_prefix._INDEXES[name][0]
+        index = precise_prefix.index_named(name)
+        assert index is not None
         eps = [ep.address for ep in d.store.all()]
         for r in reqs:
             assert r.token_ids is not None
@@ -25,7 +26,8 @@ def test_warm_prompts_match_their_document_on_one_endpoint_up_to_the_cap(variant
             best = max(index.longest_prefix(keys, eps).values())  # engine reports alone, no credit
             assert best == min(cap, int(8192 * 0.9) // 16)
         long_setup(variant, 4, 8192, False, 2, random.Random(0), name + "-cold")
-        cold_index = precise_prefix._INDEXES[name + "-cold"][0]
+        cold_index = precise_prefix.index_named(name + "-cold")
+        assert cold_index is not None
         assert cold_index.num_blocks() == 0 and cold_index.num_pending() == 0
     finally:
         precise_prefix._INDEXES.pop(name, None)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.conftest import until
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.flowcontrol import dispatcher as fc_dispatcher
 from kvgate.gateway.pools import build_pool
@@ -324,7 +325,8 @@ def test_an_apply_that_raises_half_way_keeps_the_watch_and_drops_what_it_did_not
         f.write_text(yaml.safe_dump(_two_pools(2)))
         task = asyncio.create_task(rl.run())
         rl.trigger()
-        await _until(lambda: rl.failures > 0 or task.done())
+        # (its picker checks run on a thread first: a deadline, not a count of loop turns)
+        await until(lambda: rl.failures > 0 or task.done(), 30.0, "the reload's end")
         try:
             assert not task.done(), "the config watch ended"
             assert rl.failures == 1

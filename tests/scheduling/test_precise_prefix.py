@@ -189,9 +189,10 @@ def test_config_errors_and_store_removal_purges():
         _scorer("bad2", nope=1)
     with pytest.raises(ConfigError, match="PYTHONHASHSEED"):
         _scorer("bad3", hashAlgo="xxhash")
-    _scorer("clash", mode="tokens")
-    with pytest.raises(ConfigError, match="already exists"):
+    running = _scorer("clash", mode="tokens")  # (a scorer nobody holds any more holds no name)
+    with pytest.raises(ConfigError, match=r"plugins\[0\]\.parameters\.indexName: 'clash' is the index of"):
         _scorer("clash", mode="engine")
+    del running
     store = EndpointStore.from_addresses(["10.0.0.4:8000"])
     handle = PluginHandle(store=store)
     plugin = PrecisePrefixCacheScorer.create("pp", Params({"indexName": "purge"}, "p"), handle)

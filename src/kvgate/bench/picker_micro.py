@@ -320,7 +320,7 @@ def long_setup(
 
     d = build_director(_long_policy(variant, index_name), _fleet(n_eps, rng), clock=lambda: 0.0, seed=0)
     prompts = _long_prompts(n_tokens, _LONG_DOCS + picks, warm, rng)
-    got = precise_prefix._INDEXES.get(index_name)
+    got = precise_prefix.index_named(index_name)
     for i in range(_LONG_DOCS if warm else 0):
         ids = prompts[i]
         r = InferenceRequest(f"w{i}", "llama", token_ids=ids, max_tokens=128)
@@ -330,7 +330,7 @@ def long_setup(
         if got is not None:
             n = len(ids) // _LONG_BLOCK
             hashes = [rng.getrandbits(63) for _ in range(n)]
-            got[0].apply(ep.address, [BlockStored(hashes, None, ids[: n * _LONG_BLOCK], _LONG_BLOCK)])
+            got.apply(ep.address, [BlockStored(hashes, None, ids[: n * _LONG_BLOCK], _LONG_BLOCK)])
     reqs = [
         InferenceRequest(f"b{i}", "llama", token_ids=ids, max_tokens=128)
         for i, ids in enumerate(prompts[_LONG_DOCS:])

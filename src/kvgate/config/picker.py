@@ -23,6 +23,7 @@ from kvgate.flowcontrol.config import FEATURE_GATE, parse_flow_control
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
+from kvgate.scheduling.plugins import precise_prefix
 from kvgate.scheduling.plugins.prefix_cache import UsesPrefixPlugin
 from kvgate.scheduling.plugins.wiring import Wiring
 
@@ -476,10 +477,17 @@ def validate(cfg: EndpointPickerConfig, *, announce: bool = True) -> None:
     for line in cfg.warnings if announce else ():
         log.warning("%s", line)
     handle = PluginHandle()
-    for spec in cfg.plugins:
-        instantiate(spec, handle, announce=announce)
-    if cfg.saturation_detector is not None and cfg.saturation_detector not in cfg.plugins:
-        instantiate(cfg.saturation_detector, handle, announce=announce)
+    # Built to be checked, never run: it holds no named index after, nor clashes with a running picker's
+    # (the build that runs does: review s29-qa29 Q5).
+    claims = precise_prefix.IndexClaims(leaving=None)
+    try:
+        with precise_prefix.claiming(claims):
+            for spec in cfg.plugins:
+                instantiate(spec, handle, announce=announce)
+            if cfg.saturation_detector is not None and cfg.saturation_detector not in cfg.plugins:
+                instantiate(cfg.saturation_detector, handle, announce=announce)
+    finally:
+        claims.release()
     if announce and cfg.saturation_detector is not None:
         _check_interval(handle.plugins.values(), handle.plugins[cfg.saturation_detector.name])
     handlers = [p for p in cfg.plugins if isinstance(handle.plugins[p.name], ProfileHandler)]

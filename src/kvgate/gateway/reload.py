@@ -54,6 +54,7 @@ from kvgate.config.picker import EndpointPickerConfig, PluginSpec
 from kvgate.datalayer.store import make_endpoint
 from kvgate.filestamp import FileStamp, file_stamp
 from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
+from kvgate.scheduling.plugins import precise_prefix
 from kvgate.scheduling.plugins.prefix_cache import (
     ApproxPrefixCacheProducer,
     PrefixCacheScorer,
@@ -185,9 +186,16 @@ def check_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     from kvgate.datalayer.store import EndpointStore
 
     changed = changed_pickers(old, new)
-    for i, pc in enumerate(new.pools):
-        if pc.name in changed:
-            _unwatch(build_director_for(pc, EndpointStore(), index=i))  # (a check: never shown)
+    # As if they replaced every picker here; never run, they hold no index after (review s29-qa29 Q5).
+    claims = precise_prefix.IndexClaims(leaving=None)
+    try:
+        for i, pc in enumerate(new.pools):
+            if pc.name in changed:
+                with precise_prefix.claiming(claims):
+                    director = build_director_for(pc, EndpointStore(), index=i)
+                _unwatch(director)  # (a check: never shown)
+    finally:
+        claims.release()
     return changed
 
 
@@ -199,6 +207,19 @@ def _unwatch(director: Any) -> None:
     flow = getattr(director, "flow", None)
     if flow is not None:
         flow.ctl.metrics.unwatch_saturation()
+
+
+def warm_pickers(old: GatewayConfig, new: GatewayConfig) -> None:
+    """Read now what the pickers ``new`` changes read from disk at their build (a tokenizer file, an llm-d
+    ``modelName``'s): checked once here (``picker_spec``), they are loaded for the builds that follow. A
+    reload runs it on a thread before its plan: a build on the event loop read a new tokenizer file there,
+    hundreds of ms for a real model's, while every request of the process waited (review s29-qa29 Q6). A
+    picker that fails is left to the plan's build, which names its key."""
+    changed = changed_pickers(old, new)
+    for pc in new.pools:
+        if pc.name in changed:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                picker_spec(pc)
 
 
 def _picker_desc(pc: PoolConfig) -> str:
@@ -312,6 +333,9 @@ class _Swap:
     listeners: list[Any]  # what its build added to the pool's store (removed if it is dropped)
     sources: list[Any]  # its data sources (KV events): started before the swap
     kept: list[str]  # prefix scorers whose index it took over
+    # The plugin handles its build made hold a named index (``precise_prefix.claiming``): released if it
+    # is dropped; the old picker's are released at the swap.
+    owners: list[Any] = field(default_factory=list)
     started: bool = False  # its sources were started (``prepare``)
     swapped: bool = False  # it serves the pool (``_swap``): ``sources`` are the old picker's since
 
@@ -518,18 +542,23 @@ class ConfigReloader(ConfigWatch):
         plan = _Plan()
         if not names:
             return plan
+        # The pickers they replace hold no name against them: a name only those use may change its mode
+        # or capacity (a new index); another pool's running picker's may not (review s29-qa29 Q5).
+        leaving = (getattr(self.pools[n].director, "handle", None) for n in names)
+        claims = precise_prefix.IndexClaims(h for h in leaving if h is not None)
         try:
             for i, pc in enumerate(new.pools):
                 if pc.name not in names:
                     continue
                 pool = self.pools[pc.name]
-                before = pool.store.listeners
+                before, claimed = pool.store.listeners, len(claims.owners)
                 try:
                     clock = getattr(pool.director, "clock", time.monotonic)
-                    director = build_director_for(pc, pool.store, clock, i, self.announce)
+                    with precise_prefix.claiming(claims):
+                        director = build_director_for(pc, pool.store, clock, i, self.announce)
                 finally:
                     added = [f for f in pool.store.listeners if f not in before]
-                    swap = _Swap(pool, pc, None, added, [], [])
+                    swap = _Swap(pool, pc, None, added, [], [], claims.owners[claimed:])
                     plan.swaps.append(swap)  # (dropped below on an error: its listeners go)
                 swap.director = director
                 swap.sources = list(getattr(director, "data_sources", list)())
@@ -546,14 +575,18 @@ class ConfigReloader(ConfigWatch):
 
     @staticmethod
     def _drop(plan: _Plan) -> None:
-        """A plan not applied: its Directors' store listeners and pool saturation series go (their data
-        sources: ``settle``), so a refused or failed reload leaves /metrics as it was."""
+        """A plan not applied: its Directors' store listeners, pool saturation series and named indexes go
+        (their data sources: ``settle``), so a refused or failed reload leaves /metrics and the precise
+        scorers' index names as they were."""
         for s in plan.swaps:
             for f in s.listeners:
                 s.pool.store.remove_listener(f)
             _unwatch(s.director)
+            for owner in s.owners:
+                precise_prefix.release_indexes(owner)
 
     async def prepare(self, new: GatewayConfig) -> _Plan:
+        await asyncio.to_thread(warm_pickers, self.file_cfg, new)
         plan = self._plan(new, startable=self.server is not None)
         try:
             for s in plan.swaps:
@@ -604,6 +637,8 @@ class ConfigReloader(ConfigWatch):
                     any(owner is p for p in owned) or getattr(owner, "handle", None) is handle
                 ):
                     pool.store.remove_listener(f)
+        if handle is not None:
+            precise_prefix.release_indexes(handle)  # (an index it alone held is free for a new mode)
         # The old one's pool saturation series goes now (flow control turned off: the pool shows none).
         _unwatch(old)
         queued = old.queued() if hasattr(old, "queued") else 0

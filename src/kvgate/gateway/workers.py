@@ -73,7 +73,7 @@ from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway import worker_health
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.metrics import LAST_RELOAD_AT, LAST_RELOAD_OK
-from kvgate.gateway.reload import ConfigWatch, FileStamp, check_pickers, take_applied
+from kvgate.gateway.reload import ConfigWatch, FileStamp, check_pickers, take_applied, warm_pickers
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
 from kvgate.stderrlog import off_loop_stderr
 
@@ -660,6 +660,11 @@ class _WorkersReload(ConfigWatch):
     ) -> None:
         super().__init__(path, stamp=stamp, load=load, on_result=sup.reload_result)
         self.sup = sup
+
+    async def prepare(self, new: GatewayConfig) -> Any:
+        """The check's tokenizer files read on a thread, not on the supervisor's loop (``warm_pickers``)."""
+        await asyncio.to_thread(warm_pickers, self.sup.file_cfg, new)
+        return None
 
     def apply(self, new: GatewayConfig, prepared: Any = None) -> str | None:
         self.sup.reloaded(new)

@@ -35,7 +35,9 @@ punctuation, whitespace runs, non-Latin script, its own added tokens) cut at eve
 cut, and then ``SELF_CHECKS`` prompt-shaped texts (a multi-line system text and one turn each, as a
 tenant's requests come) sent through ``encode`` itself, with its caches, each compared with the whole
 encoding. One difference (or a check that raises) and it tokenizes whole texts. A tokenizer named in the
-configuration is loaded before the gateway says ready, so a request never waits for them; with ``auto``
+configuration is loaded before the gateway says ready, so a request never waits for them (a reload's new
+one on a thread before its picker is built, though the file's parse holds the GIL; a file is read again
+once it changed: ``load``); with ``auto``
 a model's tokenizer is loaded at its first request, inside that request's pick on the event loop (once
 per model; every in-flight request waits: the 8 checks alone 27-34 ms, min-median, for the tiny Llama's
 and 31-36 ms for tokenizer-v1 at load ~11, review s26-rev-wkv26 F3, plus the file's load). The check
@@ -66,6 +68,7 @@ import json
 import logging
 import os
 import re
+import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -91,7 +94,13 @@ _SAFE_NORMALIZERS = (None, "NFC")
 
 log = logging.getLogger(__name__)
 
+# Loaded tokenizers by file, least recently loaded first, each with the file's stamp when it was read: a
+# file replaced in place (a new model's tokenizer at the same mount path) is read again (review s29-qa29
+# Q6). Bounded: a tokenizer is tens of MB for a real vocabulary; a picker holds its own anyway.
 _BY_PATH: dict[str, PromptTokenizer] = {}
+TOKENIZER_FILES = 16
+_BY_PATH_LOCK = threading.Lock()  # (a reload loads on a thread, an ``auto`` first request on the loop)
+FileStamp = tuple[int, int, int]
 _BY_MODEL: dict[str, PromptTokenizer | None] = {}
 _UNSEEN: Any = object()  # (a model not looked up yet)
 _CHECKER: ThreadPoolExecutor | None = None  # one thread for every tokenizer's live checks, made on first use
@@ -124,6 +133,7 @@ class PromptTokenizer:
         from tokenizers import Tokenizer
 
         self.path = path
+        self.stamp: FileStamp | None = None  # the file's when it was read (``load``)
         self._tok: Any = Tokenizer.from_file(str(path))
         self._cache: OrderedDict[int, array[int]] = OrderedDict()
         self._capacity = capacity
@@ -366,18 +376,34 @@ def tokenizer_file(path: str | Path) -> Path:
     return p / "tokenizer.json" if p.is_dir() else p
 
 
+def file_stamp(f: Path) -> FileStamp:
+    """``(st_mtime_ns, st_size, st_ino)``: what tells a file replaced in place (or renamed over) from the
+    one read before; ``OSError`` if it cannot be stat'ed."""
+    st = f.stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def load(path: str | Path) -> PromptTokenizer:
-    """The (shared) tokenizer at ``path``; ``OSError``/``ValueError`` if unreadable."""
+    """The (shared) tokenizer at ``path``, read again when the file changed since; ``OSError`` /
+    ``ValueError`` if unreadable."""
     f = tokenizer_file(path)
-    got = _BY_PATH.get(str(f))
-    if got is None:
-        if not f.is_file():
-            raise OSError(f"no tokenizer at {f}")
-        try:
-            got = PromptTokenizer(f)
-        except Exception as e:  # tokenizers raises its own Exception type on a bad file
-            raise ValueError(f"cannot load tokenizer {f}: {e}") from e
-        _BY_PATH[str(f)] = got
+    key = str(f)
+    if not f.is_file():
+        raise OSError(f"no tokenizer at {f}")
+    stamp = file_stamp(f)  # (before the read: a file replaced during it is read again next time)
+    got = _BY_PATH.get(key)
+    if got is not None and got.stamp in (stamp, None):  # (None: put there by hand, a test's)
+        return got
+    try:
+        got = PromptTokenizer(f)
+    except Exception as e:  # tokenizers raises its own Exception type on a bad file
+        raise ValueError(f"cannot load tokenizer {f}: {e}") from e
+    got.stamp = stamp
+    with _BY_PATH_LOCK:
+        _BY_PATH.pop(key, None)
+        _BY_PATH[key] = got
+        while len(_BY_PATH) > TOKENIZER_FILES:
+            del _BY_PATH[next(iter(_BY_PATH))]
     return got
 
 

@@ -26,7 +26,11 @@ a new prefix that arrive while the first is still queued then follow it instead 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from kvgate.datalayer.endpoint import Endpoint
@@ -75,8 +79,91 @@ def default_speculative_capacity(max_blocks: int) -> int:
     return max(MIN_SPECULATIVE_CAPACITY, SPECULATIVE_PROMPTS * max_blocks)
 
 
-# Indexes by name, so a gateway, its tests and several profiles can share one set of subscribers.
-_INDEXES: dict[str, tuple[BlockIndex, KVEventsManager]] = {}
+# Indexes by name, so a gateway, its tests and several profiles can share one set of subscribers. Each
+# name's entries, newest last: more than one only while a reload's new picker, built beside the running
+# one it replaces, takes that name in another mode or capacity (review s29-qa29 Q5).
+_INDEXES: dict[str, list[SharedIndex]] = {}
+
+
+class IndexClash(ValueError):
+    """A scorer's ``indexName`` is held by a picker that keeps running, in another mode or capacity."""
+
+
+@dataclass(eq=False)
+class SharedIndex:
+    """One named index and its subscribers, with the pickers holding it (``holders``: their plugin
+    handles, weakly: a picker dropped without a release frees it when collected). ``pinned``: taken
+    without an owner (a harness's or a test's ``shared_index``): never freed."""
+
+    index: BlockIndex
+    manager: KVEventsManager
+    holders: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+    pinned: bool = False
+
+    def holds(self, claims: IndexClaims | None) -> bool:
+        """Whether a picker that keeps running holds it: any holder, but for a build under ``claims``
+        those it replaces (``claims.leaving``) do not count."""
+        if self.pinned:
+            return True
+        if claims is None:
+            return len(self.holders) > 0
+        return any(claims.keeps(h) for h in self.holders)
+
+
+class IndexClaims:
+    """A reload's builds (``claiming``): the owners (plugin handles) their scorers made hold an index, to
+    release when a build is not applied, and the owners they replace, whose holds clash with nothing.
+    ``leaving`` None: every owner from before (a check whose pickers never run: the ``--workers``
+    supervisor's)."""
+
+    def __init__(self, leaving: Iterable[Any] | None) -> None:
+        self.leaving = None if leaving is None else {id(o) for o in leaving}
+        self.owners: list[Any] = []
+
+    def keeps(self, holder: Any) -> bool:
+        if any(holder is o for o in self.owners):
+            return True
+        return self.leaving is not None and id(holder) not in self.leaving
+
+    def release(self, owners: Iterable[Any] | None = None) -> None:
+        """Release ``owners`` (default: every owner these builds claimed for)."""
+        for o in list(self.owners if owners is None else owners):
+            release_indexes(o)
+
+
+_CLAIMS: ContextVar[IndexClaims | None] = ContextVar("kvgate_precise_index_claims", default=None)
+
+
+@contextmanager
+def claiming(claims: IndexClaims) -> Iterator[IndexClaims]:
+    """Scorers built inside take their index under ``claims``: as pickers replacing the owners it says
+    are leaving, so a name only those hold may take another mode or capacity (a new index)."""
+    token = _CLAIMS.set(claims)
+    try:
+        yield claims
+    finally:
+        _CLAIMS.reset(token)
+
+
+def release_indexes(owner: Any) -> None:
+    """The picker whose plugin handle is ``owner`` no longer runs (replaced, or built and not applied):
+    an index it alone held leaves the table, so its name is free for any mode and capacity."""
+    for name in list(_INDEXES):
+        entries = _INDEXES[name]
+        held = [e for e in entries if owner in e.holders]
+        for e in held:
+            e.holders.discard(owner)
+        gone = [e for e in held if not e.pinned and len(e.holders) == 0]
+        if len(gone) == len(entries):
+            del _INDEXES[name]
+        elif gone:
+            _INDEXES[name] = [e for e in entries if all(e is not g for g in gone)]
+
+
+def index_named(name: str) -> BlockIndex | None:
+    """The index a new scorer named ``name`` (in its mode and capacity) would share, newest first."""
+    entries = _INDEXES.get(name)
+    return entries[-1].index if entries else None
 
 
 def shared_index(
@@ -84,19 +171,39 @@ def shared_index(
     mode: KeyMode = "engine",
     capacity: int = 65_536,
     pending_capacity: int = MIN_SPECULATIVE_CAPACITY,
+    owner: Any = None,
 ) -> tuple[BlockIndex, KVEventsManager]:
-    got = _INDEXES.get(name)
-    if got is not None and got[0].mode != mode:
-        # Replacing it would orphan the live subscribers feeding the other index.
-        raise ValueError(f"KV-event index {name!r} already exists in mode {got[0].mode!r}, not {mode!r}")
+    """The index named ``name`` in ``mode`` with ``capacity`` per endpoint, shared with every scorer
+    that names it so; ``owner`` (the scorer's plugin handle) holds it until ``release_indexes(owner)``.
+    ``IndexClash`` if a picker that keeps running holds the name in another mode or capacity: a second
+    index of that name would feed from the same engines' events beside it."""
+    claims = _CLAIMS.get()
+    entries = _INDEXES.get(name, [])
+    got: SharedIndex | None = None
+    for e in entries:
+        if e.index.mode == mode and e.index.default_capacity == capacity:
+            got = e
+        elif e.holds(claims):
+            raise IndexClash(
+                f"{name!r} is the index of a running picker in mode {e.index.mode!r} with "
+                f"capacityPerEndpoint {e.index.default_capacity} (here: mode {mode!r}, capacityPerEndpoint "
+                f"{capacity}): give another indexName, or the same mode and capacityPerEndpoint"
+            )
     if got is None:
         index = BlockIndex(mode=mode, default_capacity=capacity, pending_capacity=pending_capacity)
-        got = (index, KVEventsManager(index))
-        _INDEXES[name] = got
-    elif pending_capacity > got[0].pending_capacity:
+        got = SharedIndex(index, KVEventsManager(index))
+        # (those no picker holds any more go: a collected picker's, never released)
+        _INDEXES[name] = [e for e in entries if e.pinned or len(e.holders) > 0] + [got]
+    elif pending_capacity > got.index.pending_capacity:
         # Sharers with a longer match cap: the largest bound, so none loses its own prompts' credit.
-        got[0].pending_capacity = pending_capacity
-    return got
+        got.index.pending_capacity = pending_capacity
+    if owner is None:
+        got.pinned = True
+    else:
+        got.holders.add(owner)
+        if claims is not None and not any(owner is o for o in claims.owners):
+            claims.owners.append(owner)
+    return got.index, got.manager
 
 
 class _CachedTokens:
@@ -162,7 +269,6 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         self.max_blocks = max_blocks
         if speculative_capacity is None:
             speculative_capacity = default_speculative_capacity(max_blocks)
-        self.index, self.manager = shared_index(index_name, mode, capacity, speculative_capacity)
         self.speculative_ttl = speculative_ttl
         self.events_port_offset = events_port_offset
         self.events_bind = events_bind
@@ -174,6 +280,8 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         self._hashers: dict[int, VLLMBlockHasher] = {}
         if mode == "engine":
             VLLMBlockHasher(block_size, hash_algo, hash_seed)  # fail at config time on bad settings
+        # Last: a scorer that fails above holds no index (review s29-qa29 Q5).
+        self.index, self.manager = shared_index(index_name, mode, capacity, speculative_capacity, handle)
         if handle.store is not None:
             handle.store.add_listener(self._on_store_change)
 
@@ -217,6 +325,8 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
                 raise ConfigError(f"{where}: {value!r} conflicts with {params.path}.{own}; give one of them")
         try:
             return cls(name, handle, **kwargs)
+        except IndexClash as e:
+            raise ConfigError(f"{params.path}.indexName: {e}") from e
         except (ValueError, OSError) as e:  # bad hash settings, index mode clash, unreadable tokenizer
             raise ConfigError(f"{params.path}: {e}") from e
 
