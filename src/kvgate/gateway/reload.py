@@ -346,8 +346,8 @@ class _Plan:
 
 
 class ConfigWatch:
-    """Re-read ``path`` on ``trigger()`` (SIGHUP) and, with ``poll_s``, when its modification time
-    changes (``file_stamp``: inode, size and modification time); a file that fails validation is logged
+    """Re-read ``path`` on ``trigger()`` (SIGHUP) and, with ``poll_s``, when its stamp changes
+    (``file_stamp``: inode, size, modification and change time); a file that fails validation is logged
     and ignored, a valid one goes to ``prepare`` (async: what must be ready before anything changes) then
     ``apply``.
 

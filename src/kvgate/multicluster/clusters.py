@@ -23,9 +23,9 @@ clusters:
   epp_timeout_s: 4.0        # this cluster's EPP deadline (default: the top-level one)
 ```
 
-``ClustersFile.maybe_reload(now)`` re-reads the file when its ``filestamp`` (inode, size, mtime) changes
-(checked at most every ``check_every_s``); a file that fails to parse keeps the last good list and logs
-why. Everything in it applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``,
+``ClustersFile.maybe_reload(now)`` re-reads the file when its ``filestamp`` (inode, size, mtime, ctime)
+changes (checked at most every ``check_every_s``); a file that fails to parse keeps the last good list
+and logs why. Everything in it applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``,
 ``head_timeout_s``, ``probe_timeout_s``,
 ``tls``, ``limits`` with ``requestTimeoutSeconds`` and ``maxWaitingBytesPerClient`` (to requests that start
 after the reload) and ``drainTimeoutSeconds`` (read when the stop begins),
