@@ -29,7 +29,7 @@ a worker that dies (giving up if they keep dying at start) or wedges (no heartbe
 ``listen.workerTimeoutSeconds``: killed first), backing off a slot's restarts while its workers keep
 ending before they served a while (``worker_health.restart_delay``), and on SIGTERM/SIGINT
 has every worker drain (the same graceful drain as one process) before it exits. With ``--config`` it
-watches the file as one process does (SIGHUP, modification time): a file that fails validation is
+watches the file as one process does (SIGHUP, the file's stamp): a file that fails validation is
 logged here and reaches no worker; a valid one is written, as the config it checked, to a private
 snapshot (``Supervisor.write_snapshot``) and applied by every worker's own ``ConfigReloader`` (the
 supervisor sends SIGHUP). Workers read only that snapshot, never the user's file: an edit made after the
