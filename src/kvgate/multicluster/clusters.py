@@ -539,9 +539,10 @@ class ClustersFile:
         return file_stamp(self.path)
 
     def reload_now(self, now: float) -> bool:
-        """SIGHUP: the file read now, not at the next poll, whatever its stamp (review s20-qa L5): a file
-        copied with ``cp -p`` from one of the same size and modification time is seen only so (review s20-qa2
-        L2). The same config as the running one is said unchanged, and nothing is applied."""
+        """SIGHUP: the file read now, not at the next poll, whatever its stamp (review s20-qa L5): an edit
+        whose stamps (inode, size, modification and change time) all fall within one timestamp tick is seen
+        only so (review s20-qa2 L2). The same config as the running one is said unchanged, and nothing is
+        applied."""
         self._checked_at = now
         stamp = self._stat()
         if stamp is None:
