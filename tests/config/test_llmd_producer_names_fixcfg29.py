@@ -7,33 +7,17 @@ checked as the prefix consumers' are. Fail on 2bc342a7."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import pytest
 
 from kvgate.config.director import build_director
 from kvgate.config.picker import parse_config
-from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore, make_endpoint
-from kvgate.scheduling.framework import ConfigError, CycleState, Params, PluginHandle
-from kvgate.scheduling.plugins.active_request import ActiveRequestScorer
+from kvgate.scheduling.framework import ConfigError, CycleState
 from kvgate.scheduling.types import InferenceRequest
 
-
-def _eps(*inflight: int) -> list[Endpoint]:
-    eps = [
-        Endpoint(address=f"10.0.0.{i}:8000", metrics=EndpointMetrics(updated_at=0.0))
-        for i in range(len(inflight))
-    ]
-    for ep, n in zip(eps, inflight, strict=True):
-        ep.inflight.requests = n
-    return eps
-
-
-def _scorer(eps: list[Endpoint], **params: Any) -> ActiveRequestScorer:
-    h = PluginHandle(EndpointStore(eps), lambda: 0.0, 2.0, random.Random(0))
-    return ActiveRequestScorer.create("a", Params(params, "plugins[0].parameters"), h)
+from .test_active_request_scorer_cfg29 import _eps, _scorer
 
 
 def test_active_request_max_is_over_the_scored_endpoints() -> None:

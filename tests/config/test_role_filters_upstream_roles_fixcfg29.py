@@ -20,22 +20,7 @@ from kvgate.scheduling.framework import CycleState, PluginHandle
 from kvgate.scheduling.plugins.filters import DecodeFilter, PrefillFilter
 from kvgate.scheduling.types import InferenceRequest
 
-EPP_CONFIG = """\
-apiVersion: llm-d.ai/v1
-kind: EndpointPickerConfig
-plugins:
-- type: prefix-cache-scorer
-- type: decode-filter
-- type: max-score-picker
-- type: single-profile-handler
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: decode-filter
-  - pluginRef: max-score-picker
-  - pluginRef: prefix-cache-scorer
-    weight: 2
-"""
+from .test_llmd_samples_cfg29 import EPP_CONFIG
 
 DECODE = ["decode", "prefill-decode", "both", "encode-prefill-decode"]
 PREFILL = ["prefill", "encode-prefill", "prefill-decode", "both", "encode-prefill-decode"]

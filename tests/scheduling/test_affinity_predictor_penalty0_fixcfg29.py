@@ -9,34 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from config.test_affinity_reference_gate_cfg29 import TEXT
+from config.test_affinity_reference_gate_cfg29 import _config as _cfg
 from kvgate.config.director import build_director
 from kvgate.config.picker import parse_config
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
 from kvgate.scheduling.types import InferenceRequest
-
-TEXT = "shared system prompt " * 60
-
-
-def _cfg(params: dict[str, object]) -> dict[str, object]:
-    return {
-        "apiVersion": "llm-d.ai/v1alpha1",
-        "kind": "EndpointPickerConfig",
-        "plugins": [
-            {"type": "prefix-cache-scorer"},
-            {"type": "prefix-cache-affinity-filter", "parameters": params},
-            {"type": "token-load-scorer"},
-        ],
-        "schedulingProfiles": [
-            {
-                "name": "default",
-                "plugins": [
-                    {"pluginRef": "prefix-cache-affinity-filter"},
-                    {"pluginRef": "token-load-scorer"},
-                ],
-            }
-        ],
-    }
 
 
 @pytest.mark.parametrize("tokens_penalty", [None, 1000])  # (the older tokens gate beside it: same)
