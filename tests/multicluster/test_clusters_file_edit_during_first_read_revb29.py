@@ -10,12 +10,7 @@ from pathlib import Path
 
 from kvgate.multicluster.clusters import ClustersConfig, ClustersFile
 
-
-def _text(name: str) -> str:
-    return (
-        f"local: {name}\nclusters:\n- name: {name}\n"
-        "  aggregate: http://127.0.0.1:9/v1/pool/aggregate\n  gateway: 127.0.0.1:9\n"
-    )
+from .test_clusters_file_same_mtime_lead29 import _text
 
 
 def test_an_edit_during_the_first_read_is_applied_by_the_poll(tmp_path: Path) -> None:

@@ -321,17 +321,22 @@ def _prefix_producers(plugins: list[PluginSpec]) -> None:
     _producer_consumers(plugins, by_name, reader)
 
 
-def _named_producer(by_name: Mapping[str, PluginSpec], ref: str, where: str) -> PluginSpec | None:
-    """The declared ``approx-prefix-cache-producer`` a consumer names (None: the reference's default one,
-    undeclared), or the error naming the consumer's key."""
+def _named_producer(
+    by_name: Mapping[str, PluginSpec],
+    ref: str,
+    where: str,
+    kind: str = _APPROX_PRODUCER,
+    key: str = _PRODUCER_KEY,
+) -> PluginSpec | None:
+    """The declared producer of type ``kind`` a consumer names in ``key`` (None: the reference's default
+    one, undeclared, named as its type), or the error naming the consumer's key."""
     producer = by_name.get(ref)
-    if producer is None and ref != _APPROX_PRODUCER:
-        raise ConfigError(f"{where}.{_PRODUCER_KEY}: no plugin named {ref!r} in plugins")
-    if producer is not None and producer.type != _APPROX_PRODUCER:
-        raise ConfigError(
-            f"{where}.{_PRODUCER_KEY}: {ref!r} is a {producer.type!r}, not an {_APPROX_PRODUCER!r} "
-            "(kvgate's exact index is the precise-prefix-cache-scorer)"
-        )
+    if producer is None and ref != kind:
+        raise ConfigError(f"{where}.{key}: no plugin named {ref!r} in plugins")
+    if producer is not None and producer.type != kind:
+        exact = " (kvgate's exact index is the precise-prefix-cache-scorer)"
+        note = exact if kind == _APPROX_PRODUCER else ""
+        raise ConfigError(f"{where}.{key}: {ref!r} is a {producer.type!r}, not an {kind!r}{note}")
     return producer
 
 
@@ -383,13 +388,7 @@ def _load_producer_refs(plugins: list[PluginSpec]) -> None:
         if spec.parameters.get(_LOAD_PRODUCER_KEY, "") == "":  # (unset or empty: the default producer)
             continue
         ref = _str(spec.parameters[_LOAD_PRODUCER_KEY], f"{where}.{_LOAD_PRODUCER_KEY}")
-        producer = by_name.get(ref)
-        if producer is None and ref != _LOAD_PRODUCER:
-            raise ConfigError(f"{where}.{_LOAD_PRODUCER_KEY}: no plugin named {ref!r} in plugins")
-        if producer is not None and producer.type != _LOAD_PRODUCER:
-            raise ConfigError(
-                f"{where}.{_LOAD_PRODUCER_KEY}: {ref!r} is a {producer.type!r}, not an {_LOAD_PRODUCER!r}"
-            )
+        _named_producer(by_name, ref, where, _LOAD_PRODUCER, _LOAD_PRODUCER_KEY)
 
 
 def _is_special(p: PluginSpec) -> bool:
