@@ -59,7 +59,10 @@ if __name__ == "__main__":
 
 
 def _sigint_default() -> None:
+    """SIGINT and SIGHUP at their defaults in the bench, whatever this suite inherited (`nohup` ignores
+    SIGHUP; the background of a non-interactive shell, SIGINT): an ignored signal stays ignored in a child."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "SIGINT", "raise", "return"])

@@ -181,8 +181,10 @@ async def test_a_worker_that_wedges_after_every_start_is_restarted_with_backoff(
                 stopped.append(pid)
                 await _until(admin, "/healthz", lambda st, t: "restarting in" in t,
                              f"the restart after the wedge did not wait ({wait})")  # fmt: skip
-            restarts = await _restarts(admin)  # the third restart waits out its 2 s: not made yet
-            assert restarts.get("wedged") == 2 and restarts.get("exited") == 0, restarts
+            # the third restart waits out its 2 s: not made yet, unless a loaded machine read the counter
+            # after it (tst29: a narrow window); the log lines below show each wait
+            restarts = await _restarts(admin)
+            assert restarts.get("wedged") in (2, 3) and restarts.get("exited") == 0, restarts
         finally:
             _continue(*stopped)
     log = (tmp_path / "stderr").read_text()
