@@ -187,13 +187,16 @@ def check_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
 
     changed = changed_pickers(old, new)
     # As if they replaced every picker here; never run, they hold no index after (review s29-qa29 Q5).
+    # The unchanged pools are built too, first: a changed picker's precise index name clashing with an
+    # unchanged pool's (another mode or capacity) is what each worker refuses, and a worker restarted later
+    # could not start from it (review s29-rev-c29 F1); built first, the error names the changed pool's key.
     claims = precise_prefix.IndexClaims(leaving=None)
+    order = sorted(enumerate(new.pools), key=lambda ip: ip[1].name in changed)
     try:
-        for i, pc in enumerate(new.pools):
-            if pc.name in changed:
-                with precise_prefix.claiming(claims):
-                    director = build_director_for(pc, EndpointStore(), index=i)
-                _unwatch(director)  # (a check: never shown)
+        for i, pc in order:
+            with precise_prefix.claiming(claims):
+                director = build_director_for(pc, EndpointStore(), index=i)
+            _unwatch(director)  # (a check: never shown)
     finally:
         claims.release()
     return changed

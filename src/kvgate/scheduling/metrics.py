@@ -9,6 +9,7 @@ scrape (``_Attempts``): nothing more on the pick path.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ SCHEDULER_ERRORS = Counter("kvgate_scheduler_errors_total", "Scheduling failures
 # has no labels, so two pools' scorers cannot each have a series; before (qa29) each insert set the gauge to
 # its own index's size, and it flipped between pools. Weak: a dropped scorer's index leaves the sum with it.
 _PREFIX_INDEXES: weakref.WeakSet[Any] = weakref.WeakSet()
+_PREFIX_INDEXES_LOCK = threading.Lock()  # (scorers are built on threads too: a reload's picker check)
 PREFIX_HIT_RATIO = FastHistogram(
     "inference_extension_prefix_indexer_hit_ratio",
     "Fraction of a request's prefix blocks found at the chosen endpoint.",
@@ -85,7 +87,11 @@ class _PrefixIndexSize:
         return [GaugeMetricFamily(self.name, self.doc)]
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(self.name, self.doc, value=float(sum(i.total for i in list(_PREFIX_INDEXES))))
+        # Copied under the lock: a reload's picker check on a thread adds to the set meanwhile ("Set
+        # changed size during iteration", review s29-rev-c29 F2).
+        with _PREFIX_INDEXES_LOCK:
+            indexes = list(_PREFIX_INDEXES)
+        yield GaugeMetricFamily(self.name, self.doc, value=float(sum(i.total for i in indexes)))
 
 
 REGISTRY.register(_PrefixIndexSize())
@@ -93,7 +99,8 @@ REGISTRY.register(_PrefixIndexSize())
 
 def prefix_index(index: Any) -> None:
     """Count ``index`` (a ``PrefixIndex``: its ``total``) in ``inference_extension_prefix_indexer_size``."""
-    _PREFIX_INDEXES.add(index)
+    with _PREFIX_INDEXES_LOCK:
+        _PREFIX_INDEXES.add(index)
 
 
 def pick_store(store: EndpointStore) -> None:
