@@ -33,7 +33,7 @@ def test_clusters_file_reloads_are_counted_with_the_last_reload_gauges(tmp_path:
     cf = ClustersFile(f, check_every_s=0.0)
     gw = GlobalGateway(cf.config, "round-robin", clusters_file=cf, fetch=False)
     walls = iter([2000.0, 3000.0])
-    gw.metrics._wall = lambda: next(walls)
+    gw.metrics.reload_metrics._wall = lambda: next(walls)
     total = "kvgate_multicluster_config_reloads_total"
     ok = "kvgate_multicluster_config_last_reload_successful"
     at = "kvgate_multicluster_config_last_reload_success_timestamp_seconds"

@@ -22,29 +22,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 
 from kvgate import __version__
-from kvgate.httpfront.metrics import FrontGauges, LogLinesDropped
+from kvgate.httpfront.metrics import FrontGauges, LogLinesDropped, ReloadMetrics, reload_families
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.requeststats import NO_FLOW, BuildInfo, RequestEnd, RequestErrors, RequestStats
 
-# ``kvgate_gateway_config_reloads_total``'s ``result`` values (``gateway.reload``).
-RELOAD_RESULTS = ("applied", "invalid", "failed")
-# Whether the last reload succeeded, and when one last did (at first: the start): Prometheus' and
-# Alertmanager's own ``*_config_last_reload_successful`` pair. An alert on ``== 0`` holds while the old
-# config runs, where the counter's ``increase()`` resolves (review s29-qa29 Q4). (name, help) each; the
+# ``--config`` reloads (``gateway.reload``): (name, help) of the counter and the last reload's pair; the
 # ``--workers`` supervisor writes the same families for the files it refuses (``workers``).
-LAST_RELOAD_OK = (
-    "kvgate_gateway_config_last_reload_successful",
-    "Whether the last config file reload succeeded (0: refused or failed: the file is not what runs)",
-)
-LAST_RELOAD_AT = (
-    "kvgate_gateway_config_last_reload_success_timestamp_seconds",
-    "Time of the last successful config file reload (the start's load until one)",
-)
+RELOADS_TOTAL, LAST_RELOAD_OK, LAST_RELOAD_AT = reload_families("kvgate_gateway", "config file")
 
 
 class GatewayMetrics:
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
-        self._wall = wall  # (the last successful reload's timestamp: Unix time)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._stats = RequestStats()
@@ -82,17 +70,10 @@ class GatewayMetrics:
             "Event streams whose upstream connection was cut after data: [DONE] (ended complete)",
             registry=r,
         )
-        # ``--config`` reloads (gateway.reload): applied; invalid (refused whole: the running config
-        # kept); failed (valid, but could not be applied: the running config kept).
-        self.reloads = Counter(
-            "kvgate_gateway_config_reloads_total", "Config file reloads by result", ["result"], registry=r
-        )
-        for result in RELOAD_RESULTS:  # series from the start: the first refusal is an increase (qa24 F5)
-            self.reloads.labels(result=result)
-        self.last_reload_ok = Gauge(*LAST_RELOAD_OK, registry=r)
-        self.last_reload_at = Gauge(*LAST_RELOAD_AT, registry=r)
-        self.last_reload_ok.set(1)
-        self.last_reload_at.set(wall())
+        # ``--config`` reloads (gateway.reload), by result, and the last one's pair.
+        self.reload_metrics = ReloadMetrics(r, "kvgate_gateway", "config file", wall)
+        self.reloads = self.reload_metrics.reloads
+        self.reload_result = self.reload_metrics.result
 
         # Access lines lost (``access.Lines.dropped``: the output did not take them; read at scrape time).
         self.access_dropped = _Dropped()
@@ -102,14 +83,6 @@ class GatewayMetrics:
         # Client-side protections (kvgate.httpfront.server), read from the fronts at scrape time.
         self.front = FrontGauges(r, "kvgate_gateway")
         self.open_connections = self.front.open_connections
-
-    def reload_result(self, result: str) -> None:
-        """One ``--config`` reload's result (``RELOAD_RESULTS``): counted, and the last reload's gauges."""
-        self.reloads.labels(result=result).inc()
-        ok = result == "applied"
-        self.last_reload_ok.set(1 if ok else 0)
-        if ok:
-            self.last_reload_at.set(self._wall())
 
     def bound(self, models: ModelLabels) -> None:
         """Label by ``models`` from now on (``kvgate.openai.labels``): for a gateway where a name the config

@@ -72,7 +72,7 @@ from kvgate.config.gateway import GatewayConfig, GatewayConfigError, load_gatewa
 from kvgate.datalayer.aggregate import AGGREGATE_PATH
 from kvgate.gateway import worker_health
 from kvgate.gateway.errors import GatewayError, error_response
-from kvgate.gateway.metrics import LAST_RELOAD_AT, LAST_RELOAD_OK
+from kvgate.gateway.metrics import LAST_RELOAD_AT, LAST_RELOAD_OK, RELOADS_TOTAL
 from kvgate.gateway.reload import ConfigWatch, FileStamp, check_pickers, take_applied, warm_pickers
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
 from kvgate.stderrlog import off_loop_stderr
@@ -1166,12 +1166,9 @@ class Supervisor:
                   "stderr did not take them", "# TYPE kvgate_gateway_log_lines_dropped_total counter",
                   f"kvgate_gateway_log_lines_dropped_total {stderrlog.dropped()}"]  # fmt: skip
         if self.reload_failures:
-            lines += ["# HELP kvgate_gateway_config_reloads_total Config file reloads by result",
-                      "# TYPE kvgate_gateway_config_reloads_total counter"]  # fmt: skip
-            lines += [
-                f'kvgate_gateway_config_reloads_total{{result="{r}"}} {n}'
-                for r, n in self.reload_failures.items()
-            ]
+            name, help_ = RELOADS_TOTAL
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
+            lines += [f'{name}{{result="{r}"}} {n}' for r, n in self.reload_failures.items()]
         for (name, help_), value in ((LAST_RELOAD_OK, int(self.last_reload_ok)),
                                      (LAST_RELOAD_AT, self.last_reload_at)):  # fmt: skip
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {value}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -73,3 +73,52 @@ class FrontGauges:
     def track(self, fronts: Callable[[], Sequence[FrontServer]]) -> None:
         self._counters.fronts = fronts
         self.open_connections.set_function(lambda: float(sum(len(f.connections) for f in fronts())))
+
+
+# A config file's reload results, the ``result`` label of ``<prefix>_config_reloads_total``: applied; invalid
+# (refused whole: the running config kept); failed (valid, but could not be applied: the running config kept).
+RELOAD_RESULTS = ("applied", "invalid", "failed")
+
+
+def reload_families(prefix: str, what: str) -> tuple[tuple[str, str], tuple[str, str], tuple[str, str]]:
+    """(name, help) of a door's reload counter and of Prometheus' and Alertmanager's own pair of gauges,
+    ``*_config_last_reload_successful`` / ``*_config_last_reload_success_timestamp_seconds``: an alert on
+    ``== 0`` holds while the old config runs, where the counter's ``increase()`` resolves (review s29-qa29
+    Q4). ``what`` names the file (``config file``, ``clusters file``)."""
+    return (
+        (f"{prefix}_config_reloads_total", f"{what.capitalize()} reloads by result"),
+        (
+            f"{prefix}_config_last_reload_successful",
+            f"Whether the last {what} reload succeeded (0: refused or failed: the file is not what runs)",
+        ),
+        (
+            f"{prefix}_config_last_reload_success_timestamp_seconds",
+            f"Time of the last successful {what} reload (the start's load until one)",
+        ),
+    )
+
+
+class ReloadMetrics:
+    """A door's config-file reloads (``reload_families``): the counter, each result a series from the start
+    (the first refusal is an increase: qa24 F5), and the last reload's pair, 1 and the start time at first."""
+
+    def __init__(
+        self, registry: CollectorRegistry, prefix: str, what: str, wall: Callable[[], float]
+    ) -> None:
+        total, ok, at = reload_families(prefix, what)
+        self._wall = wall  # (the last successful reload's timestamp: Unix time)
+        self.reloads = Counter(*total, ["result"], registry=registry)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result=result)
+        self.last_reload_ok = Gauge(*ok, registry=registry)
+        self.last_reload_at = Gauge(*at, registry=registry)
+        self.last_reload_ok.set(1)
+        self.last_reload_at.set(wall())
+
+    def result(self, result: str) -> None:
+        """One reload's result (``RELOAD_RESULTS``): counted, and the last reload's gauges."""
+        self.reloads.labels(result=result).inc()
+        ok = result == "applied"
+        self.last_reload_ok.set(1 if ok else 0)
+        if ok:
+            self.last_reload_at.set(self._wall())

@@ -499,11 +499,6 @@ def load(path: str | Path) -> ClustersConfig:
     return parse(doc)
 
 
-# ``ClustersFile.on_result``'s values, as ``kvgate serve --config``'s reloads (``kvgate.gateway.metrics``):
-# applied; invalid (the file refused: the last good one kept); failed (valid, but applying it raised).
-RELOAD_RESULTS = ("applied", "invalid", "failed")
-
-
 class ClustersFile:
     """A clusters file and its last good parse; ``on_change`` runs after each successful reload. ``check``
     (the door's own rules: ``kvgate serve`` refuses ``parent_mode_only``) raises ``ClustersError`` for a

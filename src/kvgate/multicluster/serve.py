@@ -41,7 +41,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from kvgate.aio import STOP_LIMIT_S, cancel_and_wait, stop_to_the_end
 from kvgate.httpfront import offload
 from kvgate.httpfront.budget import ByteBudget
-from kvgate.httpfront.metrics import FrontGauges, LogLinesDropped
+from kvgate.httpfront.metrics import FrontGauges, LogLinesDropped, ReloadMetrics
 from kvgate.httpfront.server import (
     FrontLimits,
     FrontServer,
@@ -54,7 +54,7 @@ from kvgate.httpfront.server import (
 )
 from kvgate.k8s.lease import check_one_time
 from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
-from kvgate.multicluster.clusters import RELOAD_RESULTS, ClustersConfig, ClustersError, ClustersFile
+from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.lookups import ClusterLocator, known_home, lookup
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
@@ -121,7 +121,6 @@ _CUT = (aiohttp.ClientError, OSError, TimeoutError)
 class _Metrics:
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self._wall = wall  # (the last successful reload's timestamp: Unix time)
         # ``model_name`` values bounded (kvgate.openai.labels): the clusters file names no models, so a
         # name is its own label while a cluster's aggregate lists it (at most 256, rebuilt at each
         # re-read, names listed in the last 5 minutes kept, at most 64 per cluster) or once a cluster
@@ -195,35 +194,11 @@ class _Metrics:
             ["cluster"], registry=r,
         )  # fmt: skip
         # The clusters file's reloads (``ClustersFile.on_result``), as ``kvgate serve --config``'s
-        # ``kvgate_gateway_config_*`` (the clusters file is this door's whole config; review s29-rev-a29):
-        # each result a series at 0 from the start; the last reload's pair, as Prometheus' own.
-        self.reloads = Counter(
-            "kvgate_multicluster_config_reloads_total", "Clusters file reloads by result", ["result"],
-            registry=r,
-        )  # fmt: skip
-        for result in RELOAD_RESULTS:
-            self.reloads.labels(result=result)
-        self.last_reload_ok = Gauge(
-            "kvgate_multicluster_config_last_reload_successful",
-            "Whether the last clusters file reload succeeded (0: refused or failed: not what runs)",
-            registry=r,
-        )  # fmt: skip
-        self.last_reload_at = Gauge(
-            "kvgate_multicluster_config_last_reload_success_timestamp_seconds",
-            "Time of the last successful clusters file reload (the start's load until one)", registry=r,
-        )  # fmt: skip
-        self.last_reload_ok.set(1)
-        self.last_reload_at.set(wall())
+        # ``kvgate_gateway_config_*`` (the clusters file is this door's whole config; review s29-rev-a29).
+        self.reload_metrics = ReloadMetrics(r, "kvgate_multicluster", "clusters file", wall)
+        self.reload_result = self.reload_metrics.result
         self.front = FrontGauges(r, "kvgate_multicluster")
         r.register(LogLinesDropped("kvgate_multicluster"))  # (log lines lost: ``kvgate.stderrlog``)
-
-    def reload_result(self, result: str) -> None:
-        """One clusters-file reload's result (``RELOAD_RESULTS``): counted, and the last reload's gauges."""
-        self.reloads.labels(result=result).inc()
-        ok = result == "applied"
-        self.last_reload_ok.set(1 if ok else 0)
-        if ok:
-            self.last_reload_at.set(self._wall())
 
     def _forget_requests(self, names: Set[str]) -> None:
         for name in names:
