@@ -49,11 +49,18 @@ async def test_follow_ups_and_lookups_after_a_workers_restart_reach_their_homes(
         ordered = sorted(firsts, key=lambda d: home[d["id"]])  # (grouped by home, as in one process's test)
         assert {home[d["id"]] for d in ordered} == {0, 1}
         async with workers_kit.serve_workers("--config", str(path)) as (_, port, admin):  # restarted
-            for first in ordered:
-                body = {"model": MODEL, "input": "And then?", "previous_response_id": first["id"]}
-                status, doc = await _call(port, "POST", "/v1/responses", body)
-                assert status == 200, (status, doc)
-                assert doc["id"] in replicas[home[first["id"]]]._stored  # (answered at its home)
+            # The kernel spreads new connections over the workers at random: 8 follow-ups all land on one
+            # worker 1 run in 128 (seen in a clean-clone CI run), so the round is repeated until both took
+            # some (at most 5 rounds: 1 in 2^39).
+            for _ in range(5):
+                for first in ordered:
+                    body = {"model": MODEL, "input": "And then?", "previous_response_id": first["id"]}
+                    status, doc = await _call(port, "POST", "/v1/responses", body)
+                    assert status == 200, (status, doc)
+                    assert doc["id"] in replicas[home[first["id"]]]._stored  # (answered at its home)
+                took = await workers_kit.answers_per_worker(admin, "inference_objective_request")
+                if set(took) == {"0", "1"} and min(took.values()) > 0:
+                    break
             for first in ordered:
                 status, doc = await _call(port, "GET", f"/v1/responses/{first['id']}")
                 assert status == 200 and doc["id"] == first["id"], (status, doc)
