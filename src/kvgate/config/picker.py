@@ -24,6 +24,7 @@ from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
 from kvgate.scheduling.plugins import precise_prefix
+from kvgate.scheduling.plugins.affinity_gate import DEFAULT_THRESHOLD, KVGATE_KEYS, REFERENCE_KEYS
 from kvgate.scheduling.plugins.prefix_cache import UsesPrefixPlugin
 from kvgate.scheduling.plugins.wiring import Wiring
 
@@ -220,6 +221,8 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
         if p.name in seen:
             raise ConfigError(f"{p.path}.name: duplicate plugin name {p.name!r} (also {seen[p.name]})")
         seen[p.name] = p.path
+    if d.get("apiVersion") in LLMD_API_VERSIONS:
+        _llmd_affinity_defaults(plugins)
     _prefix_producers(plugins)
     _load_producer_refs(plugins)
     profiles: list[ProfileSpec] = []
@@ -280,6 +283,21 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
     )
     validate(cfg, announce=announce)
     return cfg
+
+
+_AFFINITY_FILTER = "prefix-cache-affinity-filter"
+
+
+def _llmd_affinity_defaults(plugins: list[PluginSpec]) -> None:
+    """Under llm-d's apiVersion a ``prefix-cache-affinity-filter`` that sets neither rule's keys (``- type:
+    prefix-cache-affinity-filter`` alone, as llm-d's guide values write it) is llm-d-router's filter at its
+    defaults: the reference's rule (threshold 0.80, the 18000 ms TTFT gate at 15928 tokens/s), as there.
+    Under GIE's apiVersion (and kvgate's policies, which write none) no keys stay kvgate's own rule."""
+    for spec in plugins:
+        if spec.type != _AFFINITY_FILTER:
+            continue
+        if not any(k in spec.parameters for k in (*REFERENCE_KEYS, *KVGATE_KEYS)):
+            spec.parameters = {**spec.parameters, "affinityThreshold": DEFAULT_THRESHOLD}
 
 
 _APPROX_PRODUCER = "approx-prefix-cache-producer"
