@@ -47,7 +47,9 @@ def _filter(doc: dict[str, Any]) -> PrefixCacheAffinityFilter:
 
 
 @pytest.mark.parametrize("api", LLMD_API_VERSIONS)
-@pytest.mark.parametrize("params", [None, {}, {"prefixMatchInfoProducerName": "approx-prefix-cache-producer"}])
+@pytest.mark.parametrize(
+    "params", [None, {}, {"prefixMatchInfoProducerName": "approx-prefix-cache-producer"}]
+)
 def test_llmd_parameterless_filter_runs_the_reference_rule_at_its_defaults(
     api: str, params: dict[str, Any] | None
 ) -> None:
