@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: soak demo test check-install test-k8s test-k8s-e2e test-k8s-real test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
+.PHONY: soak demo test fuzz check-install test-k8s test-k8s-e2e test-k8s-real test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,15 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+## Hypothesis with fresh random examples: `make test` replays the same ones every run (tests/conftest.py's
+## "gate" profile, so CI cannot meet a new counterexample); this runs every property test FUZZ_ROUNDS times,
+## each round with new random examples. A failure prints its @reproduce_failure blob.
+FUZZ_ROUNDS ?= 3
+fuzz: $(STAMP)
+	for i in $$(seq $(FUZZ_ROUNDS)); do echo "fuzz: round $$i of $(FUZZ_ROUNDS)"; \
+	  $(BIN)/python -m pytest -q --hypothesis-profile=fuzz \
+	    -m 'hypothesis and not realvllm and not slow and not k8sreal' || exit 1; done
 
 ## The product install: `pip install .` without extras into a fresh venv runs `kvgate serve` and `kvgate epp`
 ## (tests/test_product_install.py checks the same without the package index).
