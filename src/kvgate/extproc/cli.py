@@ -514,7 +514,8 @@ def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
     try:
         with contextlib.suppress(KeyboardInterrupt):
             staleness = hub_policy(args.kube_stale_after, warn=False)
-            feed = HubFeed(director, cfile, staleness=staleness, drain_from_file=drain_from == DRAIN_KEY)
+            feed = HubFeed(director, cfile, staleness=staleness, drain_from_file=drain_from == DRAIN_KEY,
+                           registry=metrics.registry)  # fmt: skip
             asyncio.run(
                 _serve(args, director.store, ctx, metrics, pair, client_ca, feed=feed, drain_from=drain_from)
             )

@@ -24,11 +24,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
+from kvgate.httpfront.metrics import ReloadMetrics
 from kvgate.multicluster.clusters import REQUEST_TIMEOUT_KEY, ClustersConfig, idna_host
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
@@ -727,6 +728,7 @@ class HubFeed:
         staleness: Any = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         drain_from_file: bool = True,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         """``drain_from_file``: the stop's drain is the clusters file's ``limits.drainTimeoutSeconds`` as
         last reloaded (False: ``--drain-timeout`` was given), so a reload that changes it says so, as
@@ -734,7 +736,10 @@ class HubFeed:
         ``StalenessPolicy`` (None: 120 s). ``sleep``: the sleep of the director's clock (one time, k8s17:
         given exactly when that clock is not the loop's, ``time.monotonic``; fixk8s17, review s17-k8s F2: a
         ``sleep`` with a director on the loop's clock is refused too), for ``ClusterSource`` (the writers'
-        election, the members' watches), the aggregate fetcher's rounds and the clusters file's checks."""
+        election, the members' watches), the aggregate fetcher's rounds and the clusters file's checks.
+        ``registry``: where the clusters file's reloads are counted (the EPP's metrics registry), under
+        ``kvgate serve --clusters``' names for the same file, ``kvgate_multicluster_config_*`` (None: not
+        counted)."""
         from kvgate.multicluster.fetcher import Fetcher
         from kvgate.multicluster.source import ClusterSource
 
@@ -751,8 +756,14 @@ class HubFeed:
         # (parent mode: a cluster's gateway only)
         self.source = ClusterSource(cfg, director.apply, parent_mode_only=True, staleness=staleness,
                                     clock=director.clock, sleep=self.sleep)  # fmt: skip
+        self.reload_metrics: ReloadMetrics | None = None
         if clusters_file is not None:
             clusters_file.on_change = self.reload
+            if registry is not None:
+                self.reload_metrics = ReloadMetrics(
+                    registry, "kvgate_multicluster", "clusters file", time.time
+                )
+                clusters_file.on_result = self.reload_metrics.result
         self.fetcher = Fetcher(director.state_list, interval_s=cfg.refresh_s, tls=cfg.tls,
                                clock=director.clock, sleep=self.sleep)  # fmt: skip
         self.fetcher.on_refused = lambda cluster: AGGREGATES_REFUSED.labels(cluster).inc()
