@@ -54,6 +54,7 @@ from kvgate.config.picker import EndpointPickerConfig, PluginSpec
 from kvgate.datalayer.store import make_endpoint
 from kvgate.filestamp import FileStamp, file_stamp
 from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
+from kvgate.scheduling import metrics
 from kvgate.scheduling.plugins import precise_prefix
 from kvgate.scheduling.plugins.prefix_cache import (
     ApproxPrefixCacheProducer,
@@ -308,6 +309,21 @@ def _same_implicit(
         return False
     a, b = ospec.plugin(prod.name), nspec.plugin(prod.name)
     return a is not None and b is not None and _same_plugin(a, b)
+
+
+def _prefix_indexes(handle: Any) -> list[Any]:
+    """The approximate prefix indexes a picker (its plugin handle) serves from: its prefix scorers', its
+    producers' and its consumers' implicit scorers'."""
+    if handle is None:
+        return []
+    out = []
+    for p in handle.plugins.values():
+        scorer = p if isinstance(p, PrefixCacheScorer) else getattr(p, "_prefix", None)
+        if isinstance(p, ApproxPrefixCacheProducer):
+            scorer = p._index
+        if isinstance(scorer, PrefixCacheScorer):
+            out.append(scorer.index)
+    return out
 
 
 def _producer_of(index: PrefixCacheScorer, handle: Any) -> ApproxPrefixCacheProducer | None:
@@ -642,6 +658,12 @@ class ConfigReloader(ConfigWatch):
                     pool.store.remove_listener(f)
         if handle is not None:
             precise_prefix.release_indexes(handle)  # (an index it alone held is free for a new mode)
+            # Its prefix indexes the new one did not take over leave the indexer-size gauge now, not when
+            # the cycle collector frees the old Director (review s29-rev-c29 F3).
+            kept = {id(i) for i in _prefix_indexes(getattr(s.director, "handle", None))}
+            for index in _prefix_indexes(handle):
+                if id(index) not in kept:
+                    metrics.forget_prefix_index(index)
         # The old one's pool saturation series goes now (flow control turned off: the pool shows none).
         _unwatch(old)
         queued = old.queued() if hasattr(old, "queued") else 0

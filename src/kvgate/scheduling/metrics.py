@@ -103,6 +103,14 @@ def prefix_index(index: Any) -> None:
         _PREFIX_INDEXES.add(index)
 
 
+def forget_prefix_index(index: Any) -> None:
+    """``index`` leaves ``inference_extension_prefix_indexer_size`` now: its picker was replaced (a reload's
+    swap). Not left to the weak set: a replaced Director sits in a reference cycle, collected only by the
+    cycle collector, which may run minutes later (review s29-rev-c29 F3)."""
+    with _PREFIX_INDEXES_LOCK:
+        _PREFIX_INDEXES.discard(index)
+
+
 def pick_store(store: EndpointStore) -> None:
     """Count ``store``'s endpoints among those whose ``kvgate_scheduler_picks_total`` series stay."""
     _PICK_STORES.add(store)
