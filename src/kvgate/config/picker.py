@@ -8,6 +8,7 @@ plugin's own ``create``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -25,8 +26,11 @@ from kvgate.scheduling import registry
 from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
 from kvgate.scheduling.plugins import precise_prefix
 from kvgate.scheduling.plugins.affinity_gate import DEFAULT_THRESHOLD, KVGATE_KEYS, REFERENCE_KEYS
+from kvgate.scheduling.plugins.precise_llmd import TOKEN_PRODUCER, local_tokenizer
+from kvgate.scheduling.plugins.precise_prefix import PRODUCER as PRECISE_PRODUCER
 from kvgate.scheduling.plugins.prefix_cache import UsesPrefixPlugin
 from kvgate.scheduling.plugins.wiring import Wiring
+from kvgate.scheduling.tokenize import AUTO
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +227,7 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
         seen[p.name] = p.path
     if d.get("apiVersion") in LLMD_API_VERSIONS:
         _llmd_affinity_defaults(plugins)
+    warnings: list[str] = _precise_producers(plugins)
     _prefix_producers(plugins)
     _load_producer_refs(plugins)
     profiles: list[ProfileSpec] = []
@@ -253,7 +258,6 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
     if d.get("data") is not None and d.get("dataLayer") is not None:
         raise ConfigError("dataLayer: the data layer is given twice (data and dataLayer); keep one")
     data_key = "dataLayer" if d.get("dataLayer") is not None else "data"
-    warnings: list[str] = []
     data_layer = _data_layer(d.get(data_key), data_key, plugins, warnings)
     parser = _parser(d.get("parser"), plugins)
     request_handler = _request_handler(d.get("requestHandler"), plugins)
@@ -302,6 +306,48 @@ def _llmd_affinity_defaults(plugins: list[PluginSpec]) -> None:
 
 _APPROX_PRODUCER = "approx-prefix-cache-producer"
 _PRODUCER_KEY = "prefixMatchInfoProducerName"
+_PRECISE_SCORER = "precise-prefix-cache-scorer"
+
+
+def _precise_producers(plugins: list[PluginSpec]) -> list[str]:
+    """llm-d-router's split precise layout: a ``precise-prefix-cache-producer`` holds the KV-event index's
+    parameters (llm-d's nested keys) and a ``prefix-cache-scorer`` names it (``prefixMatchInfoProducerName``),
+    fed tokens by a ``token-producer``. kvgate's ``precise-prefix-cache-scorer`` holds the index and
+    tokenizes itself, so such a scorer becomes one, with its producer's parameters, declared where they
+    are (errors and warnings name the producer's keys); with no tokenizer among them, the token-producer's
+    ``modelName``'s local one (else ``auto``: each request's model name looked up locally). Returns one
+    WARNING line per producer no scorer reads (it holds no index here)."""
+    by_name = {p.name: p for p in plugins}
+    model = next((p.parameters.get("modelName") for p in plugins if p.type == TOKEN_PRODUCER), None)
+    taken: dict[str, str] = {}
+    for spec in plugins:
+        ref = spec.parameters.get(_PRODUCER_KEY) if spec.type == "prefix-cache-scorer" else None
+        producer = by_name.get(ref) if isinstance(ref, str) else None
+        if producer is None or producer.type != PRECISE_PRODUCER or not isinstance(ref, str):
+            continue
+        where = f"{spec.path}.parameters"
+        if others := sorted(k for k in spec.parameters if k != _PRODUCER_KEY):
+            raise ConfigError(
+                f"{where}.{others[0]}: a prefix-cache-scorer that names its {_PRODUCER_KEY} takes no other "
+                f"parameter: set it on {ref!r}"
+            )
+        if ref in taken:  # (one index per producer: kvgate's scorer holds it)
+            raise ConfigError(
+                f"{where}.{_PRODUCER_KEY}: {ref!r} is read by {taken[ref]} already: kvgate's scorer holds "
+                "its producer's index, so one prefix-cache-scorer per producer"
+            )
+        taken[ref] = spec.path
+        params = copy.deepcopy(producer.parameters)
+        pool = (params.get("indexerConfig") or {}).get("tokenizersPoolConfig") or {}
+        if "tokenizer" not in params and not pool.get("modelName"):
+            params["tokenizer"] = local_tokenizer(model)[0] if isinstance(model, str) and model else AUTO
+        spec.type, spec.parameters, spec.path = _PRECISE_SCORER, params, producer.path
+    return [
+        f"{p.path}: no prefix-cache-scorer names this {PRECISE_PRODUCER} ({_PRODUCER_KEY}): it holds no "
+        "index here, nothing reads its matches"
+        for p in plugins
+        if p.type == PRECISE_PRODUCER and p.name not in taken
+    ]
 
 
 def _prefix_producers(plugins: list[PluginSpec]) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kvgate.scheduling.framework import ConfigError, Params
+from kvgate.scheduling.framework import ConfigError, Params, PluginHandle
+from kvgate.scheduling.plugins.wiring import Wiring
+from kvgate.scheduling.registry import register
 from kvgate.scheduling.tokenize import AUTO, find_for_model, load
 
 # kvgate's own key for each setting the llm-d layout can give (a conflict names both).
@@ -31,6 +33,7 @@ LAYOUT_KEYS = ("tokenProcessorConfig", "indexerConfig", "kvEventsConfig", "specu
 # llm-d-kv-cache's in-memory index settings and metrics: kvgate's index is bounded by its own
 # capacityPerEndpoint; its metrics are always on.
 _INDEX_SILENT = ("enableMetrics", "metricsLoggingInterval")
+# (``maxPrefixTokensToMatch`` is taken too, warned: not applied there, as llm-d-router)
 _INDEX_WARNED = ("inMemoryConfig", "costAwareMemoryConfig")
 _INDEX_REFUSED = ("redisConfig", "valkeyConfig")  # an external index kvgate does not have
 _INDEXER_KEYS = (
@@ -94,6 +97,13 @@ def llmd_settings(params: Params) -> dict[str, tuple[Any, str]]:
     """Take llm-d's nested keys out of ``params`` (so ``finish`` does not see them); the kvgate settings
     they give, each with the path of the key that gave it."""
     out: dict[str, tuple[Any, str]] = {}
+    if params.raw.get("checkpoint") is not None:  # (llm-d-router's producer, newest)
+        raise ConfigError(
+            f"{params.path}.checkpoint: not supported: kvgate's KV-event index is not persisted (a restart "
+            "catches up from each engine's replay)"
+        )
+    if params.raw.get("speculativeTTL") == "":  # (llm-d's Go string: empty is its default, kvgate's too)
+        params.raw.pop("speculativeTTL")
     raw = {k: params.raw.pop(k) for k in LAYOUT_KEYS if params.raw.get(k) is not None}
     if "tokenProcessorConfig" in raw:
         _token_processor(_nested(params, raw["tokenProcessorConfig"], "tokenProcessorConfig"), out)
@@ -125,9 +135,18 @@ def _indexer(params: Params, idx: Params, out: dict[str, tuple[Any, str]]) -> No
                 )
             kb.raw.pop(key, None)
         warned = [k for k in _INDEX_WARNED if kb.raw.pop(k, None) is not None]
+        if kb.raw.pop("maxPrefixTokensToMatch", None) is not None:
+            # (llm-d-router's sim-epp-no-hit-lru.yaml writes it here; its index config has no such field,
+            # which Go's decoder skips: a cap there caps nothing)
+            params.warn(
+                "indexerConfig.kvBlockIndexConfig.maxPrefixTokensToMatch",
+                "not applied, as llm-d-router does not apply it there (its index configuration has no such "
+                "key); to cap the match write maxPrefixTokensToMatch (or maxPrefixBlocksToMatch) among "
+                "the plugin's own parameters",
+            )
         for key in _INDEX_SILENT:
             kb.raw.pop(key, None)
-        _finish(kb, (*_INDEX_SILENT, *_INDEX_WARNED, *_INDEX_REFUSED))
+        _finish(kb, (*_INDEX_SILENT, *_INDEX_WARNED, *_INDEX_REFUSED, "maxPrefixTokensToMatch"))
         if warned:
             params.warn(
                 f"indexerConfig.kvBlockIndexConfig.{warned[0]}",
@@ -168,30 +187,25 @@ def _tokenizers_pool(params: Params, tok: Params, out: dict[str, tuple[Any, str]
     tok.finish()
     if not model:
         return
-    found = find_for_model(model)
-    if found is None:
-        why = f"{model!r} has no tokenizer.json in the local Hugging Face cache (kvgate downloads none)"
-    else:
-        try:
-            load(found)
-        except (OSError, ValueError) as e:
-            why = f"{model!r}'s tokenizer.json in the local Hugging Face cache cannot be loaded ({e})"
-        else:
-            _put(out, "tokenizer", str(found), f"{tok.path}.modelName")
-            return
-    _put(out, "tokenizer", AUTO, f"{tok.path}.modelName")
-    params.warn(
-        "indexerConfig.tokenizersPoolConfig.modelName",
-        f"{why}: read as tokenizer: auto (each request's model name looked up locally), unless tokenizer "
-        "is set",
-    )
+    tokenizer, why = local_tokenizer(model)
+    _put(out, "tokenizer", tokenizer, f"{tok.path}.modelName")
+    if why is not None:
+        params.warn(
+            "indexerConfig.tokenizersPoolConfig.modelName",
+            f"{why}: read as tokenizer: auto (each request's model name looked up locally), unless "
+            "tokenizer is set",
+        )
 
 
 def _kv_events(params: Params, ev: Params, out: dict[str, tuple[Any, str]]) -> None:
     if ev.raw.get("zmqEndpoint"):
+        # llm-d's "global socket": one socket every engine publishes to, each told apart by its topic
+        # (``kv@<pod>@<model>``). kvgate keeps one subscription (and one sequence) per endpoint.
         raise ConfigError(
-            f"{ev.path}.zmqEndpoint: not supported: kvgate subscribes to each endpoint's own events "
-            "(podDiscoveryConfig.socketPort, eventsPortOffset or the kvgate.io/kv-events label)"
+            f"{ev.path}.zmqEndpoint: not supported: llm-d's one socket for every engine's events (told "
+            "apart by topic); kvgate subscribes to each endpoint's own events "
+            "(podDiscoveryConfig.socketPort, eventsPortOffset or the kvgate.io/kv-events label; eventsBind: "
+            "true where the engine connects)"
         )
     ev.raw.pop("zmqEndpoint", None)
     engine = ev.get_str("engineType", "vllm")
@@ -227,3 +241,57 @@ def _kv_events(params: Params, ev: Params, out: dict[str, tuple[Any, str]]) -> N
         _put(out, "events_port", port, where)
         if replay:
             _put(out, "replay_port", replay, f"{ev.path}.podDiscoveryConfig.replaySocketPort")
+
+
+def local_tokenizer(model: str) -> tuple[str, str | None]:
+    """``model``'s ``tokenizer.json`` from the local Hugging Face cache (or a local directory), as a
+    ``tokenizer`` value, else ``auto`` and why (each request's model name looked up locally)."""
+    found = find_for_model(model)
+    if found is None:
+        return (
+            AUTO,
+            f"{model!r} has no tokenizer.json in the local Hugging Face cache (kvgate downloads none)",
+        )
+    try:
+        load(found)
+    except (OSError, ValueError) as e:
+        return AUTO, f"{model!r}'s tokenizer.json in the local Hugging Face cache cannot be loaded ({e})"
+    return str(found), None
+
+
+TOKEN_PRODUCER = "token-producer"
+
+
+@register(TOKEN_PRODUCER)
+class TokenProducer(Wiring):
+    """llm-d-router's ``token-producer``: tokenizes each request for its precise producer, through the
+    model server (``vllm.url``'s ``/render``) or a tokenizer sidecar (``uds``). kvgate's precise scorer
+    tokenizes itself, with ``modelName``'s local ``tokenizer.json`` (``config.picker`` gives it to a scorer
+    built from a ``precise-prefix-cache-producer`` that names no tokenizer of its own; not found:
+    ``tokenizer: auto`` and one WARNING line). How llm-d reaches its tokenizer is accepted, not used."""
+
+    role = "data producer"
+
+    def __init__(self, name: str, handle: PluginHandle, model: str = "") -> None:
+        super().__init__(name, handle)
+        self.model = model
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> TokenProducer:
+        model = params.get_str("modelName", "")
+        params.get_str("backend", "")
+        for key in ("vllm", "uds", "hf", "local"):
+            _mapping_or_none(params, key)
+        params.finish()
+        if model and (why := local_tokenizer(model)[1]) is not None:
+            params.warn("modelName", f"{why}: the precise scorer reads tokenizer: auto (each request's model "
+                        "name looked up locally)")  # fmt: skip
+        return cls(name, handle, model)
+
+
+@register("endpoint-notification-source")
+class EndpointNotificationSource(Wiring):
+    """llm-d-router's source of endpoint additions and removals (its precise producer's subscriptions
+    follow them): kvgate's KV-event subscriptions follow the pool's endpoint store themselves."""
+
+    role = "data source"

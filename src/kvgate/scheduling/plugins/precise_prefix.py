@@ -50,6 +50,7 @@ from kvgate.scheduling.framework import (
     publish_cache_expectation,
 )
 from kvgate.scheduling.plugins.precise_llmd import KVGATE_KEYS, llmd_settings
+from kvgate.scheduling.plugins.wiring import Wiring
 from kvgate.scheduling.registry import register
 from kvgate.scheduling.tokenize import TokenizerSource
 from kvgate.scheduling.types import InferenceRequest, prompt_tokens
@@ -250,6 +251,7 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         hash_seed: str | None = None,
         block_size: int = 16,
         max_blocks: int = DEFAULT_MAX_BLOCKS,
+        max_tokens: int = 0,
         tokenizer: str | None = None,
         index_name: str = "default",
         capacity: int = 65_536,
@@ -267,6 +269,7 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         self.hash_seed = hash_seed
         self.default_block_size = block_size
         self.max_blocks = max_blocks
+        self.max_tokens = max_tokens  # (0: unset; else the cap in blocks is it over the block size)
         if speculative_capacity is None:
             speculative_capacity = default_speculative_capacity(max_blocks)
         self.speculative_ttl = speculative_ttl
@@ -287,6 +290,18 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> PrecisePrefixCacheScorer:
+        kwargs = cls.settings(params)
+        try:
+            return cls(name, handle, **kwargs)
+        except IndexClash as e:
+            raise ConfigError(f"{params.path}.indexName: {e}") from e
+        except (ValueError, OSError) as e:  # bad hash settings, index mode clash, unreadable tokenizer
+            raise ConfigError(f"{params.path}: {e}") from e
+
+    @staticmethod
+    def settings(params: Params) -> dict[str, Any]:
+        """The scorer's settings from its parameters (kvgate's keys and llm-d's nested layout), each
+        error naming the key; no index taken (``precise-prefix-cache-producer``'s check reads them too)."""
         llmd = llmd_settings(params)  # (llm-d's nested layout, taken out of params first)
         mode: KeyMode = (
             "tokens"
@@ -296,13 +311,22 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         algos = ("sha256", "sha256_cbor", "xxhash", "xxhash_cbor")
         algo = params.get_str("hashAlgo", "sha256", choices=algos)
         seed = params.get_str("hashSeed", "") or None
+        block_size = params.get_int("blockSize", 16, min=1)
         max_blocks = params.get_int("maxPrefixBlocksToMatch", DEFAULT_MAX_BLOCKS, min=1)
+        # ``maxPrefixTokensToMatch`` (llm-d's approximate producer's key, the same meaning): the cap in
+        # tokens, over each endpoint's block size, replacing ``maxPrefixBlocksToMatch``.
+        max_tokens = params.get_int("maxPrefixTokensToMatch", 0, min=0)
+        if max_tokens and params.has("maxPrefixBlocksToMatch"):
+            raise ConfigError(
+                f"{params.path}.maxPrefixTokensToMatch: give it or maxPrefixBlocksToMatch, not both"
+            )
         kwargs: dict[str, Any] = dict(
             mode=mode,
             hash_algo=cast(HashAlgo, algo),
             hash_seed=seed,
-            block_size=params.get_int("blockSize", 16, min=1),
+            block_size=block_size,
             max_blocks=max_blocks,
+            max_tokens=max_tokens,
             tokenizer=params.get_str("tokenizer", "") or None,
             index_name=params.get_str("indexName", "default"),
             capacity=params.get_int("capacityPerEndpoint", 65_536, min=1),
@@ -310,10 +334,8 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
             events_bind=params.get_bool("eventsBind", False),
             replay_port_offset=params.get_int("replayPortOffset", 0, min=0, max=65535),
             speculative_ttl=params.get_duration("speculativeTTL", DEFAULT_SPECULATIVE_TTL),
-            speculative_capacity=params.get_int(
-                "speculativeCapacityPerEndpoint", default_speculative_capacity(max_blocks), min=1
-            ),
         )
+        spec_capacity = params.get_int("speculativeCapacityPerEndpoint", 0, min=1)
         params.finish()
         for setting, (value, where) in llmd.items():
             own = KVGATE_KEYS[setting]
@@ -323,12 +345,16 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
                 continue  # (a named tokenizer is more precise than the served model's, found locally)
             elif setting not in kwargs or kwargs[setting] != value:
                 raise ConfigError(f"{where}: {value!r} conflicts with {params.path}.{own}; give one of them")
-        try:
-            return cls(name, handle, **kwargs)
-        except IndexClash as e:
-            raise ConfigError(f"{params.path}.indexName: {e}") from e
-        except (ValueError, OSError) as e:  # bad hash settings, index mode clash, unreadable tokenizer
-            raise ConfigError(f"{params.path}: {e}") from e
+        bs = kwargs["block_size"]  # (the pending credit holds this many cap-length prompts)
+        kwargs["speculative_capacity"] = spec_capacity or default_speculative_capacity(
+            max(1, max_tokens // bs) if max_tokens else max_blocks
+        )
+        if kwargs["mode"] == "engine":  # bad hash settings fail here, at load
+            try:
+                VLLMBlockHasher(kwargs["block_size"], kwargs["hash_algo"], kwargs["hash_seed"])
+            except ValueError as e:
+                raise ConfigError(f"{params.path}: {e}") from e
+        return kwargs
 
     # -- tokens and keys ---------------------------------------------------------------------------
 
@@ -343,14 +369,20 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         req.token_ids = ids  # later plugins (and the front door's accounting) can reuse the exact count
         return ids
 
+    def cap_blocks(self, block_size: int) -> int:
+        """Blocks matched at most for ``block_size``: ``maxPrefixTokensToMatch`` over it when set (one at
+        least: the index needs a key), else ``maxPrefixBlocksToMatch``."""
+        return max(1, self.max_tokens // block_size) if self.max_tokens else self.max_blocks
+
     def keys_for(self, tokens: Sequence[int], block_size: int) -> list[int]:
+        cap = self.cap_blocks(block_size)
         if self.mode == "tokens":
-            return token_keys(tokens, block_size, self.max_blocks)
+            return token_keys(tokens, block_size, cap)
         hasher = self._hashers.get(block_size)
         if hasher is None:
             hasher = VLLMBlockHasher(block_size, self.hash_algo, self.hash_seed)
             self._hashers[block_size] = hasher
-        return hasher.external_hashes(tokens, self.max_blocks)
+        return hasher.external_hashes(tokens, cap)
 
     def endpoint_block_size(self, ep: Endpoint) -> int:
         return ep.metrics.block_size or self.index.block_size(ep.address) or self.default_block_size
@@ -456,3 +488,24 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         address = change.endpoint.address
         if change.kind == "removed" and self.manager.owners(address) == 0:
             self.index.remove_endpoint(address)
+
+
+PRODUCER = "precise-prefix-cache-producer"
+
+
+@register(PRODUCER)
+class PrecisePrefixCacheProducer(Wiring):
+    """llm-d-router's ``precise-prefix-cache-producer``: the KV-event index and its settings (llm-d's nested
+    keys, kvgate's as the scorer's), which kvgate's ``precise-prefix-cache-scorer`` holds itself. A
+    ``prefix-cache-scorer`` naming it (``prefixMatchInfoProducerName``) is built as a
+    ``precise-prefix-cache-scorer`` with its parameters (``config.picker``); on its own it holds no index
+    and takes no part in scheduling. Its parameters are checked here, each error naming the key. llm-d
+    wires it as an extractor of its ``endpoint-notification-source``: its role."""
+
+    role = "extractor"
+
+    @classmethod
+    def create(cls, name: str, params: Params, handle: PluginHandle) -> PrecisePrefixCacheProducer:
+        # (checked on a copy: the scorer built from it says its warnings, once)
+        PrecisePrefixCacheScorer.settings(Params(params.raw, params.path))
+        return cls(name, handle)
