@@ -75,10 +75,16 @@ def test_auto_finds_the_served_models_tokenizer(tmp_path: Path, monkeypatch: pyt
     assert tokenize.find_for_model("org/absent") is None
     scorer = _scorer(tokenizer="auto", blockSizeTokens=2, autoTune=False)
     ep = make_endpoint("10.0.0.1:8000")
+    first = InferenceRequest("r", "org/tiny", prompt_text="a b c d")
+    scorer.prepare(CycleState(first, 0.0), [ep])
+    assert first.token_ids is None  # (its look-up runs on the loader thread: the estimate meanwhile)
+    tokenize.wait_loads(60)
     known = InferenceRequest("r", "org/tiny", prompt_text="a b c d")
     scorer.prepare(CycleState(known, 0.0), [ep])
     assert list(known.token_ids or ()) == [1, 2, 3, 4]
     unknown = InferenceRequest("r", "org/absent", prompt_text="a b c d")
+    scorer.prepare(CycleState(unknown, 0.0), [ep])
+    tokenize.wait_loads(60)
     scorer.prepare(CycleState(unknown, 0.0), [ep])
     assert unknown.token_ids is None  # no tokenizer here: the character estimate
 

@@ -40,6 +40,7 @@ import time
 import zlib
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kvgate.config.gateway import (
@@ -54,7 +55,7 @@ from kvgate.config.picker import EndpointPickerConfig, PluginSpec
 from kvgate.datalayer.store import make_endpoint
 from kvgate.filestamp import FileStamp, file_stamp
 from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
-from kvgate.scheduling import metrics
+from kvgate.scheduling import metrics, tokenize
 from kvgate.scheduling.plugins import precise_prefix
 from kvgate.scheduling.plugins.prefix_cache import (
     ApproxPrefixCacheProducer,
@@ -213,17 +214,47 @@ def _unwatch(director: Any) -> None:
         flow.ctl.metrics.unwatch_saturation()
 
 
-def warm_pickers(old: GatewayConfig, new: GatewayConfig) -> None:
-    """Read now what the pickers ``new`` changes read from disk at their build (a tokenizer file, an llm-d
-    ``modelName``'s): checked once here (``picker_spec``), they are loaded for the builds that follow. A
-    reload runs it on a thread before its plan: a build on the event loop read a new tokenizer file there,
-    hundreds of ms for a real model's, while every request of the process waited (review s29-qa29 Q6). A
-    picker that fails is left to the plan's build, which names its key."""
-    changed = changed_pickers(old, new)
-    for pc in new.pools:
-        if pc.name in changed:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                picker_spec(pc)
+def warm_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """Load now the tokenizer files the pickers ``new`` changes name (``picker_tokenizers``), each once:
+    the build that follows finds them in ``tokenize.load``'s cache (by path and the file's stamp). A
+    reload runs it on a thread before its plan: a build on the event loop read a new tokenizer file
+    there, hundreds of ms for a real model's, while every request of the process waited (review s29-qa29
+    Q6). Nothing is built here (it built and checked every changed picker, so a reload built each twice:
+    tok30): a file that cannot be loaded is left to the plan's build, which names its key. Returns the
+    files loaded (tests)."""
+    changed = set(changed_pickers(old, new))
+    files = {str(f) for pc in new.pools if pc.name in changed for f in picker_tokenizers(pc)}
+    loaded = []
+    for f in sorted(files):
+        with contextlib.suppress(OSError, ValueError):
+            tokenize.load(f)
+            loaded.append(f)
+    return loaded
+
+
+def picker_tokenizers(pc: PoolConfig) -> list[Path]:
+    """The tokenizer files a pool's ``endpointPickerConfig`` names, read from the document as written
+    (not checked: its build checks it): every plugin's ``tokenizer`` (a path; ``auto`` loads per request,
+    off the loop) and every llm-d ``tokenizersPoolConfig.modelName`` found locally, at any depth. A named
+    policy names none (``kvgate``'s prefix scorer reads ``auto``)."""
+    out: list[Path] = []
+    todo: list[Any] = [pc.picker_config]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key == "tokenizer" and isinstance(value, str) and value not in ("", tokenize.AUTO):
+                    out.append(tokenize.tokenizer_file(value))
+                elif key == "tokenizersPoolConfig" and isinstance(value, dict):
+                    model = value.get("modelName")
+                    found = tokenize.find_for_model(model) if isinstance(model, str) and model else None
+                    if found is not None:
+                        out.append(found)
+                else:
+                    todo.append(value)
+    return out
 
 
 def _picker_desc(pc: PoolConfig) -> str:

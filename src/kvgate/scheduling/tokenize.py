@@ -36,11 +36,16 @@ cut, and then ``SELF_CHECKS`` prompt-shaped texts (a multi-line system text and 
 tenant's requests come) sent through ``encode`` itself, with its caches, each compared with the whole
 encoding. One difference (or a check that raises) and it tokenizes whole texts. A tokenizer named in the
 configuration is loaded before the gateway says ready, so a request never waits for them (a reload's new
-one on a thread before its picker is built, though the file's parse holds the GIL; a file is read again
-once it changed: ``load``); with ``auto``
-a model's tokenizer is loaded at its first request, inside that request's pick on the event loop (once
-per model; every in-flight request waits: the 8 checks alone 27-34 ms, min-median, for the tiny Llama's
-and 31-36 ms for tokenizer-v1 at load ~11, review s26-rev-wkv26 F3, plus the file's load). The check
+one on a thread before its picker is built, ``gateway.reload.warm_pickers``; a file is read again once it
+changed: ``load``); with ``auto`` a model's tokenizer is looked up and loaded at its first request, on
+the loader thread (``for_model_soon``, once per model): that model's requests are scored with the
+estimate until it is loaded (before tok30 the load ran inside the request's pick on the event loop and
+every in-flight request waited: the 8 checks alone 27-34 ms, plus the file's parse). What still holds the
+event loop during a load elsewhere is the GIL: ``tokenizers``' ``Tokenizer.from_file`` parses the whole
+file in one call that holds it (~145 ms for the 1.1 MB test tokenizer, ``scripts/tokenizer_load_stall.py``),
+and a Rust object cannot be parsed in another process and handed over (a pickled ``Tokenizer`` is its JSON,
+parsed again on arrival); the load reads the file once (the piecewise check reads the loaded tokenizer's
+components, not the file parsed again in Python: ~50 ms of the GIL less, tok30). The check
 texts are built from a fixed word list, so a vocabulary that merges across a cut only on other words (a
 word with the next one's leading space, as multi-word vocabularies do) passes them: the first
 ``LIVE_CHECKS`` real prompts tokenized piecewise are also compared with their whole encoding, on one
@@ -104,6 +109,11 @@ FileStamp = tuple[int, int, int]
 _BY_MODEL: dict[str, PromptTokenizer | None] = {}
 _UNSEEN: Any = object()  # (a model not looked up yet)
 _CHECKER: ThreadPoolExecutor | None = None  # one thread for every tokenizer's live checks, made on first use
+MODELS = 4096  # models looked up, kept (``_BY_MODEL``)
+LOADS_PENDING = 64  # ``auto`` look-ups waiting for the loader thread, at most
+_PENDING: set[str] = set()
+_PENDING_LOCK = threading.Lock()
+_LOADER: ThreadPoolExecutor | None = None  # one thread for ``auto``'s look-ups and loads, made on first use
 
 
 def _checker() -> ThreadPoolExecutor:
@@ -269,17 +279,26 @@ class PromptTokenizer:
             pieces.popitem(last=False)
 
 
+def _component(part: Any) -> dict[str, Any]:
+    """A loaded tokenizer's normalizer or pre-tokenizer as its ``tokenizer.json`` entry (``{}`` for none):
+    its own serialization, a few hundred bytes, not the whole file parsed again in Python (a ``json.loads``
+    of the file held the GIL ~50 ms for the 1.1 MB test tokenizer, more than the self-checks; tok30)."""
+    if part is None:
+        return {}
+    got = json.loads(part.__getstate__())
+    return got if isinstance(got, dict) else {}
+
+
 def _piecewise_front(tok: Any, path: Path) -> list[int] | None:
     """The ids the tokenizer puts before every text, if piecewise encoding equals whole encoding for it
     (see the module doc), else None."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        norm, pre = _component(tok.normalizer), _component(tok.pre_tokenizer)
+        added = list(tok.get_added_tokens_decoder().values())
+    except (AttributeError, TypeError, ValueError):  # (a component this check cannot read: whole texts)
         return None
-    norm = doc.get("normalizer")
-    if (norm or {}).get("type") not in _SAFE_NORMALIZERS:
+    if norm.get("type") not in _SAFE_NORMALIZERS:
         return None
-    pre = doc.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
     if (
@@ -288,10 +307,9 @@ def _piecewise_front(tok: Any, path: Path) -> list[int] | None:
         or any(p.get("type") not in ("ByteLevel", "Split") for p in parts)
     ):
         return None
-    added = doc.get("added_tokens", [])
-    if any(a.get("lstrip") or a.get("rstrip") for a in added):
+    if any(a.lstrip or a.rstrip for a in added):
         return None
-    if any(" " in a.get("content", "") or "\n" in a.get("content", "") for a in added):
+    if any(" " in a.content or "\n" in a.content for a in added):
         return None  # a cut could fall inside one
     probe = "kvgate probe"
     bare = list(tok.encode(probe, add_special_tokens=False).ids)
@@ -299,7 +317,7 @@ def _piecewise_front(tok: Any, path: Path) -> list[int] | None:
     if full[len(full) - len(bare) :] != bare:  # something after the text (an EOS): not just a front
         return None
     front = full[: len(full) - len(bare)]
-    text = _probe_text([a.get("content", "") for a in added])
+    text = _probe_text([a.content for a in added])
     if _pieces_of(tok, text, front) != list(tok.encode(text).ids):
         log.info("tokenizer %s: piecewise encoding differs on the probe text; tokenizing whole texts", path)
         return None
@@ -450,7 +468,8 @@ def _cached_snapshot_tokenizer(repo_dir: Path) -> Path | None:
 
 
 def for_model(model: str) -> PromptTokenizer | None:
-    """The served model's tokenizer if it is available locally (looked up once per model name)."""
+    """The served model's tokenizer if it is available locally (looked up once per model name; here, on
+    the calling thread: a request's pick uses ``for_model_soon``)."""
     if model in _BY_MODEL:
         return _BY_MODEL[model]
     f = find_for_model(model)
@@ -460,9 +479,60 @@ def for_model(model: str) -> PromptTokenizer | None:
             got = load(f)
         except (OSError, ValueError):
             got = None
-    if len(_BY_MODEL) < 4096:  # bounded: model names come from requests
-        _BY_MODEL[model] = got
+    if len(_BY_MODEL) >= MODELS:  # bounded: model names come from requests (the oldest look-up goes)
+        _BY_MODEL.pop(next(iter(_BY_MODEL)), None)
+    _BY_MODEL[model] = got
     return got
+
+
+def for_model_soon(model: str) -> PromptTokenizer | None:
+    """``for_model`` without waiting for it: the tokenizer when the model was looked up already, else None
+    (the caller scores with its estimate) while the look-up and the load run on the loader thread. A
+    request's pick runs on the event loop: a load there (the file's parse, the load-time checks: hundreds
+    of ms for a real model's) stalled every request of the process (tok30). At most ``LOADS_PENDING``
+    models wait for the thread (model names come from requests); another is looked up at a later request."""
+    got = _BY_MODEL.get(model, _UNSEEN)
+    if got is not _UNSEEN:
+        return got
+    with _PENDING_LOCK:
+        if model in _PENDING or len(_PENDING) >= LOADS_PENDING:
+            return None
+        _PENDING.add(model)
+    try:
+        _loader().submit(_look_up, model)
+    except BaseException:
+        with _PENDING_LOCK:
+            _PENDING.discard(model)
+        raise
+    return None
+
+
+def _look_up(model: str) -> None:
+    """On the loader thread: ``for_model``, then what its first request would start (``warm``'s part)."""
+    try:
+        got = for_model(model)
+        if got is not None:
+            if got._live_left > 0 and got.piecewise:
+                _checker().submit(int).result()
+            _ids(got._tok, "warm", False)
+    except Exception:  # (never raised to a Future nobody reads: the log is the trace)
+        log.exception("tokenizer for model %r: look-up failed; scoring with the estimate", model)
+    finally:
+        with _PENDING_LOCK:
+            _PENDING.discard(model)
+
+
+def _loader() -> ThreadPoolExecutor:
+    global _LOADER
+    with _PENDING_LOCK:
+        if _LOADER is None:
+            _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvgate-tokenizer-load")
+        return _LOADER
+
+
+def wait_loads(timeout: float | None = None) -> None:
+    """Until the look-ups started so far are done (tests, benchmarks): the loader runs them in order."""
+    _loader().submit(int).result(timeout)
 
 
 class TokenizerSource:
@@ -476,8 +546,8 @@ class TokenizerSource:
         if self._fixed is not None:
             return self._fixed
         if self.setting == AUTO:
-            got = _BY_MODEL.get(model, _UNSEEN)  # (``for_model``'s lookup inlined: once per request)
-            return for_model(model) if got is _UNSEEN else got
+            got = _BY_MODEL.get(model, _UNSEEN)  # (``for_model_soon``'s lookup inlined: once per request)
+            return for_model_soon(model) if got is _UNSEEN else got
         return None
 
     def __bool__(self) -> bool:
