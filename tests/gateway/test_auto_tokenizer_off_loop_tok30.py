@@ -61,6 +61,7 @@ async def test_a_slow_auto_load_leaves_requests_answered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backends: Any
 ) -> None:
     model = _model_dir(tmp_path / "model")
+    await asyncio.to_thread(tokenize.wait_loads, 60)  # (an earlier test's look-up: never into this dict)
     monkeypatch.setattr(tokenize, "_BY_MODEL", {})
     held = _HeldLoad(monkeypatch)
     (b,) = await backends(1)
@@ -87,6 +88,7 @@ async def test_a_slow_auto_load_leaves_requests_answered(
 def test_auto_look_ups_waiting_for_the_thread_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    tokenize.wait_loads(60)  # (an earlier test's look-up: never into this dict)
     monkeypatch.setattr(tokenize, "_BY_MODEL", {})
     monkeypatch.setattr(tokenize, "LOADS_PENDING", 2)
     monkeypatch.setattr(tokenize, "_PENDING", set())
@@ -101,16 +103,42 @@ def test_auto_look_ups_waiting_for_the_thread_are_bounded(
     finally:
         held.release.set()
     tokenize.wait_loads(60)
-    assert set(tokenize._BY_MODEL) == {models[0], models[1]}
+    assert models[0] in tokenize._BY_MODEL and models[1] in tokenize._BY_MODEL
+    assert models[2] not in tokenize._BY_MODEL
     assert tokenize.for_model_soon(models[2]) is None  # queued now
     tokenize.wait_loads(60)
     assert all(tokenize.for_model_soon(m) is not None for m in models)
 
 
 def test_models_looked_up_are_bounded_oldest_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tokenize.wait_loads(60)  # (an earlier test's look-up: never into this dict)
     monkeypatch.setattr(tokenize, "_BY_MODEL", {})
     monkeypatch.setattr(tokenize, "MODELS", 2)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     for name in ("org/a", "org/b", "org/c"):
         assert tokenize.for_model(name) is None  # (none cached here)
     assert list(tokenize._BY_MODEL) == ["org/b", "org/c"]
+
+
+def test_a_forked_child_looks_models_up_on_its_own_thread(tmp_path: Path) -> None:
+    """A process forked after the loader thread started (a ``--workers`` worker) has no such thread: the
+    look-ups it queued on the parent's executor never ran. Fails on 6f204f9c (tok30's first commit)."""
+    import os
+    import time
+
+    tokenize.for_model_soon(f"org/absent-{tmp_path.name}")  # the parent's loader thread starts
+    tokenize.wait_loads(60)
+    pid = os.fork()
+    if pid == 0:  # (the child: exit status 0 once a look-up of its own ran)
+        code = 1
+        try:
+            tokenize.for_model_soon(f"org/child-{tmp_path.name}")
+            tokenize.wait_loads(20)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        assert time.monotonic() < deadline, "the forked child never exited"
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's look-up never ran"

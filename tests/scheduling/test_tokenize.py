@@ -69,6 +69,7 @@ def test_auto_finds_the_served_models_tokenizer(tmp_path: Path, monkeypatch: pyt
     _save_tokenizer(hub / "models--org--tiny" / "snapshots" / "abc123")
     local = _save_tokenizer(tmp_path / "local-model")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    tokenize.wait_loads(60)  # (an earlier test's look-up: never into this test's dict)
     monkeypatch.setattr(tokenize, "_BY_MODEL", {})
     assert tokenize.find_for_model("org/tiny") == hub / "models--org--tiny/snapshots/abc123/tokenizer.json"
     assert tokenize.find_for_model(str(local)) == local / "tokenizer.json"  # vLLM --model /path

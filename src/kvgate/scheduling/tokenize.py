@@ -530,6 +530,18 @@ def _loader() -> ThreadPoolExecutor:
         return _LOADER
 
 
+def _forget_threads() -> None:
+    """In a forked child: the parent's executors have no thread here (work put on one would never run),
+    and a lock one of its threads held stays held."""
+    global _CHECKER, _LOADER, _PENDING_LOCK
+    _CHECKER = _LOADER = None
+    _PENDING_LOCK = threading.Lock()
+    _PENDING.clear()
+
+
+os.register_at_fork(after_in_child=_forget_threads)
+
+
 def wait_loads(timeout: float | None = None) -> None:
     """Until the look-ups started so far are done (tests, benchmarks): the loader runs them in order."""
     _loader().submit(int).result(timeout)
