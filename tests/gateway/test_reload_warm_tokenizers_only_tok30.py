@@ -21,6 +21,7 @@ import pytest
 from gateway.conftest import make_config
 from kvgate.config import picker as picker_config
 from kvgate.gateway import reload
+from kvgate.gateway.pools import picker_spec
 from kvgate.scheduling import tokenize
 from kvgate.sim.tokenizer import tokenizer_dir
 
@@ -41,6 +42,26 @@ def _precise(index: str, **params: Any) -> dict[str, Any]:
         ],
         "schedulingProfiles": [
             {"name": "default", "plugins": [{"pluginRef": SCORER}, {"pluginRef": "queue-scorer"}]}
+        ],
+    }
+
+
+def _split_layout(index: str, model: str) -> dict[str, Any]:
+    """llm-d-router's split precise layout: the tokenizer is the ``token-producer``'s ``modelName``'s."""
+    producer = "precise-prefix-cache-producer"
+    return {
+        "apiVersion": "llm-d.ai/v1alpha1",
+        "plugins": [
+            {"type": producer, "parameters": {"indexName": index}},
+            {"type": "prefix-cache-scorer", "parameters": {"prefixMatchInfoProducerName": producer}},
+            {"type": "token-producer", "parameters": {"modelName": model}},
+            {"type": "max-score-picker"},
+        ],
+        "schedulingProfiles": [
+            {
+                "name": "default",
+                "plugins": [{"pluginRef": "prefix-cache-scorer"}, {"pluginRef": "max-score-picker"}],
+            }
         ],
     }
 
@@ -70,11 +91,13 @@ def test_the_warm_step_loads_each_named_tokenizer_once_and_builds_no_plugin(
     named = _copy_tokenizer(tmp_path / f"tok-{uuid.uuid4().hex[:8]}")
     cached = _copy_tokenizer(hub / "models--org--tiny" / "snapshots" / "abc123")
     run = uuid.uuid4().hex[:8]
-    old = make_config([], extra={"pools": [_pool("a", None), _pool("b", None), _pool("c", None)]})
+    produced = _copy_tokenizer(hub / "models--org--other" / "snapshots" / "def456")
+    old = make_config([], extra={"pools": [_pool(n, None) for n in "abcd"]})
     new = make_config([], extra={"pools": [
         _pool("a", _precise(f"a-{run}", mode="tokens", tokenizer=str(named.parent))),
         _pool("b", _precise(f"b-{run}", mode="tokens", tokenizer=str(named))),  # (the same file)
         _pool("c", _precise(f"c-{run}", indexerConfig={"tokenizersPoolConfig": {"modelName": "org/tiny"}})),
+        _pool("d", _split_layout(f"d-{run}", "org/other")),
     ]})  # fmt: skip
     built: list[str] = []
     real_instantiate = picker_config.instantiate
@@ -95,8 +118,11 @@ def test_the_warm_step_loads_each_named_tokenizer_once_and_builds_no_plugin(
     monkeypatch.setattr(tokenize, "PromptTokenizer", Counting)
     warmed = reload.warm_pickers(old, new)
     assert built == [], "the warm step built the pickers' plugins"
-    assert sorted(warmed) == sorted([str(named), str(cached)])
-    assert sorted(loads) == sorted([named, cached]), "each file loaded once"
-    for f in (named, cached):
+    assert sorted(warmed) == sorted([str(named), str(cached), str(produced)])
+    assert sorted(loads) == sorted([named, cached, produced]), "each file loaded once"
+    for f in (named, cached, produced):
         assert tokenize.load(f) is tokenize._BY_PATH[str(f)]  # the plan's build finds them loaded
-    assert len(loads) == 2
+    assert len(loads) == 3
+    for pc in new.pools:
+        picker_spec(pc)  # (each a valid picker, built after: its files found loaded)
+    assert len(loads) == 3

@@ -56,7 +56,7 @@ from kvgate.datalayer.store import make_endpoint
 from kvgate.filestamp import FileStamp, file_stamp
 from kvgate.gateway.pools import Pool, build_director_for, picker_key, picker_of, picker_spec
 from kvgate.scheduling import metrics, tokenize
-from kvgate.scheduling.plugins import precise_prefix
+from kvgate.scheduling.plugins import precise_llmd, precise_prefix
 from kvgate.scheduling.plugins.prefix_cache import (
     ApproxPrefixCacheProducer,
     PrefixCacheScorer,
@@ -235,8 +235,8 @@ def warm_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
 def picker_tokenizers(pc: PoolConfig) -> list[Path]:
     """The tokenizer files a pool's ``endpointPickerConfig`` names, read from the document as written
     (not checked: its build checks it): every plugin's ``tokenizer`` (a path; ``auto`` loads per request,
-    off the loop) and every llm-d ``tokenizersPoolConfig.modelName`` found locally, at any depth. A named
-    policy names none (``kvgate``'s prefix scorer reads ``auto``)."""
+    off the loop), every llm-d ``tokenizersPoolConfig.modelName`` and ``token-producer``'s ``modelName``
+    found locally, at any depth. A named policy names none (``kvgate``'s prefix scorer reads ``auto``)."""
     out: list[Path] = []
     todo: list[Any] = [pc.picker_config]
     while todo:
@@ -244,6 +244,8 @@ def picker_tokenizers(pc: PoolConfig) -> list[Path]:
         if isinstance(node, list):
             todo.extend(node)
         elif isinstance(node, dict):
+            if node.get("type") == precise_llmd.TOKEN_PRODUCER and isinstance(node.get("parameters"), dict):
+                node = {"tokenizersPoolConfig": node["parameters"]}  # (its ``modelName``, read alike)
             for key, value in node.items():
                 if key == "tokenizer" and isinstance(value, str) and value not in ("", tokenize.AUTO):
                     out.append(tokenize.tokenizer_file(value))
