@@ -42,6 +42,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from kvgate import lifeline
+
 HERE = Path(__file__).resolve().parent.parent
 
 
@@ -164,7 +166,10 @@ def _write(path: Path, addr: str, tok: str, n: int) -> None:
 def _start(src: str, config: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     env = dict(os.environ, PYTHONPATH=src)
     cmd = [sys.executable, "-m", "kvgate.cli", "serve", "--config", str(config), "--kv-events", "off"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log.open("wb"), env=env, start_new_session=True)
+    p = subprocess.Popen(  # (it dies with this script)
+        lifeline.die_with_parent_argv(cmd), stdout=subprocess.PIPE, stderr=log.open("wb"), env=env,
+        start_new_session=True,
+    )  # fmt: skip
     assert p.stdout is not None
     deadline = time.time() + 120
     while time.time() < deadline:
