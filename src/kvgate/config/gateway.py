@@ -680,6 +680,37 @@ def _workers(value: int, key: str) -> int:
     return value
 
 
+# The precise plugins whose ``eventsBind`` makes the gateway bind each engine's KV-event address.
+_BINDING_PLUGINS = ("precise-prefix-cache-scorer", "precise-prefix-cache-producer")
+
+
+def check_events_bind(cfg: GatewayConfig, workers: int) -> None:
+    """With more than one worker, refuse a pool's precise scorer that binds its engines' KV-event addresses
+    (``eventsBind: true``): every worker subscribes to each engine itself, and only one process can bind an
+    address, so the other workers' subscribers retry for good and never see an event (and a reload in the
+    worker that holds it, a new index's subscriber, races them for it). The same check at a reload (the
+    supervisor's load), so none is sent to the workers. ``GatewayConfigError`` naming the key."""
+    if workers <= 1:
+        return
+    for i, pool in enumerate(cfg.pools):
+        plugins = (pool.picker_config or {}).get("plugins")
+        for j, plugin in enumerate(plugins if isinstance(plugins, list) else []):
+            if not isinstance(plugin, Mapping):
+                continue  # (the picker's own load names it)
+            params = plugin.get("parameters")
+            if (
+                plugin.get("type") in _BINDING_PLUGINS
+                and isinstance(params, Mapping)
+                and params.get("eventsBind") is True
+            ):
+                raise GatewayConfigError(
+                    f"pools[{i}].endpointPickerConfig.plugins[{j}].parameters.eventsBind",
+                    f"true with {workers} workers: each worker subscribes to the engines' KV events itself "
+                    "and only one process can bind an address; run one worker, or let the engines bind "
+                    "(eventsBind: false, vLLM's tcp://*:PORT)",
+                )
+
+
 def min_ready_workers(value: int, workers: int, key: str) -> int:
     """``value`` in 1..``workers`` (the final count, flags applied; ``MAX_WORKERS`` for a file alone)."""
     if not 1 <= value <= workers:

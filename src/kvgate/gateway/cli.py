@@ -23,6 +23,7 @@ from kvgate.config.gateway import (
     GatewayConfigError,
     ListenerTLS,
     budget_below_body,
+    check_events_bind,
     config_from_flags,
     group_not_the_files,
     load_gateway_config,
@@ -399,6 +400,7 @@ def final_workers(cfg: GatewayConfig, args: argparse.Namespace) -> tuple[int, in
         # Without an admin port the supervisor serves none: /readyz on the data port is each worker's own,
         # which no minimum of ready workers can govern (it would be silently ignored).
         raise GatewayConfigError(key, "needs an admin port (listen.adminPort / --admin-port)")
+    check_events_bind(cfg, workers)  # (at the start and at each reload: the supervisor's load)
     return workers, least
 
 
