@@ -61,7 +61,7 @@ from kvgate.requestcontrol import director as director_mod
 ARM = "kvgate-reserve-feasible"
 TRIALS = (
     "shipped", "pack-over", "servers", "servers-floor", "servers-ceil",
-    "miss-pack", "miss-apart", "miss-pack-only",
+    "miss-pack", "miss-apart", "miss-pack-only", "miss-pack-room", "miss-pack-idle", "idle",
 )  # fmt: skip
 Director = director_mod.Director
 _ORIG_PICK = Director._pick_late
@@ -126,7 +126,9 @@ def pick_late(self: Any, req: Any, explain: bool) -> Any:
         return _ORIG_PICK(self, req, explain)
     ctl, now = flow.ctl, self.clock()
     back = ctl.held_back(req, now)
-    if trial.startswith("miss"):
+    if trial == "idle":
+        mark = False
+    elif trial.startswith("miss"):
         mark = back and now + ctl.service_ttft > ctl.slo_deadline(req, now)
     else:
         mark = back
@@ -140,7 +142,7 @@ def pick_late(self: Any, req: Any, explain: bool) -> Any:
             ok = servers_open(det, cands, ctl.headroom)
             if ok:
                 return _go(self, req, explain, ok, True)
-        if trial in ("miss-pack", "miss-pack-only"):
+        if trial in ("miss-pack", "miss-pack-only", "miss-pack-room", "miss-pack-idle"):
             packed = [ep for ep in cands if 0 < pending(ep) <= marked_at(ep) and pending(ep) < det.max_pending
                       and ep.inflight.requests < det.max_requests]  # fmt: skip
             if packed:
@@ -150,6 +152,12 @@ def pick_late(self: Any, req: Any, explain: bool) -> Any:
         return res
     if trial not in ("pack-over", "miss-pack-only"):
         free = [ep for ep in cands if marked_at(ep) == 0]
+        if trial == "miss-pack-room":
+            free = [
+                ep for ep in free if pending(ep) < det.max_pending and ep.inflight.requests < det.max_requests
+            ]
+        elif trial in ("miss-pack-idle", "idle"):
+            free = [ep for ep in free if pending(ep) == 0 and ep.inflight.requests < det.max_requests]
         if free and len(free) < len(cands):
             only = self._free_slot(req)
             only = [ep for ep in free if only is None or ep in only] or free

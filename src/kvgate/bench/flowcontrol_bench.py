@@ -105,6 +105,7 @@ def arm_config(
     free_slot_pick: bool = False,
     ttft_confidence: float | None = None,
     batch_cap: int = 0,
+    pack_misses: bool = False,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
@@ -145,6 +146,8 @@ def arm_config(
             doc["flowControl"]["fairShareSLOFirst"] = True
         if running_reserve:
             doc["flowControl"]["fairShareRunningReserve"] = True
+        if pack_misses:
+            doc["flowControl"]["packCertainMisses"] = True
     params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending,
               "maxConcurrency": max_concurrency}  # fmt: skip
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
@@ -256,6 +259,7 @@ class FlowSim:
         ttft_confidence: float | None = None,
         batch_cap: int = 0,
         critical_slo: float = SLO_TTFT[CRITICAL],
+        pack_misses: bool = False,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -269,7 +273,7 @@ class FlowSim:
         self.endpoints = [Endpoint(address=f"10.0.0.{i}:8000") for i in range(replicas)]
         config = arm_config(
             arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence,
-            slo_first, running_reserve, free_slot_pick, ttft_confidence, batch_cap,
+            slo_first, running_reserve, free_slot_pick, ttft_confidence, batch_cap, pack_misses,
         )  # fmt: skip
         self.director = build_director(
             config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
@@ -696,6 +700,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate-reserve arms: flowControl.fairShareRunningReserve")  # fmt: skip
     p.add_argument("--free-slot-pick", action="store_true",
                    help="kvgate arms: flowControl.freeSlotPick (--running-reserve implies it)")  # fmt: skip
+    p.add_argument("--pack-misses", action="store_true",
+                   help="kvgate-reserve arms: flowControl.packCertainMisses")  # fmt: skip
     p.add_argument("--slo-confidence", type=float, default=1.0,
                    help="*-slo arms: flowControl.sloAdmissionConfidence")  # fmt: skip
     p.add_argument("--ttft-confidence", type=float, default=None, metavar="Z",
@@ -779,7 +785,7 @@ def sim_from_args(
                    slo_first=args.slo_first, running_reserve=args.running_reserve,
                    free_slot_pick=args.free_slot_pick, ttft_confidence=args.ttft_confidence,
                    batch_cap=round(value) if knob == "batch-cap" else 0,
-                   critical_slo=args.critical_slo)  # fmt: skip
+                   critical_slo=args.critical_slo, pack_misses=args.pack_misses)  # fmt: skip
 
 
 def _f(v: Any, digits: int = 2) -> str:

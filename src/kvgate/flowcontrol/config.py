@@ -141,6 +141,11 @@ class FlowControlConfig:
     # kvgate: flow control's late pick goes to an endpoint with a free running slot when some have one
     # (concurrency-detector with maxPendingRequests: maxConcurrency is the servers' batch limit).
     free_slot_pick: bool = False
+    # kvgate: a request the headroom holds back that is a certain miss (dispatched now, its first token
+    # comes past its TTFT deadline by the dispatch-to-first-token p90) shares its prefill with other
+    # certain misses, not with requests that can still meet theirs (the Director's late pick; needs a
+    # concurrency-detector with maxPendingRequests: it counts the requests pending per endpoint).
+    pack_certain_misses: bool = False
     bands: dict[int, BandConfig] = field(default_factory=dict)
     # ``defaultPriorityBand`` (the reference's template): a priority not listed gets its limits and
     # policies; None: no band limit and the global policies (``fairness``, ``ordering``).
@@ -280,6 +285,7 @@ def parse_flow_control(
         fair_share_slo_first=p.get_bool("fairShareSLOFirst", False),
         fair_share_running_reserve=p.get_bool("fairShareRunningReserve", False),
         free_slot_pick=p.get_bool("freeSlotPick", False),
+        pack_certain_misses=p.get_bool("packCertainMisses", False),
     )
     if cfg.fair_share_ttft_target and not cfg.fair_share_headroom:
         raise ConfigError(
@@ -296,6 +302,11 @@ def parse_flow_control(
             f"{path}.fairShareRunningReserve: needs {path}.fairShareHeadroom > 0 (it reserves for the "
             "flows the headroom does not hold back, and at most that share of the running slots), and "
             "there is none"
+        )
+    if cfg.pack_certain_misses and not cfg.fair_share_headroom:
+        raise ConfigError(
+            f"{path}.packCertainMisses: needs {path}.fairShareHeadroom > 0 (it packs the requests the "
+            "headroom holds back that can no longer meet their SLO), and there is none"
         )
     if cfg.fair_share_headroom >= 1.0:
         raise ConfigError(

@@ -93,6 +93,7 @@ class _Track:
     flow: str | None = None  # its fairness flow, counted in flow control's in-flight per flow
     held: bool = False  # the fair-share headroom held it back at dispatch (fairShareRunningReserve)
     seqs: int = 1  # the sequences it runs (``InferenceRequest.sequences``): its weight in the counts
+    miss: bool = False  # a certain miss at dispatch (packCertainMisses), counted in ``_misses`` until started
 
 
 class Director:
@@ -134,6 +135,9 @@ class Director:
         self._count_held = isinstance(detector, UtilizationDetector) and detector.own_load_staleness > 0
         self._kv_horizon = detector.scrape_bound() if detector is not None and self._count_held else 0.0
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
+        # ``flowControl.packCertainMisses``: per endpoint address, the certain misses sent there and not
+        # yet at their first token (what the late pick packs them by).
+        self._misses: dict[str, int] = {}
         # Sheddable requests a door can stop before their first token, oldest first (preemption).
         self._victims: OrderedDict[tuple[str, str], InferenceRequest] = OrderedDict()
         self.mean_decode = float(DEFAULT_DECODE_TOKENS)
@@ -363,9 +367,61 @@ class Director:
         only = self._free_slot(req)
         if self.flow is not None and self.flow.ctl.passed_homes:
             only = self._not_passed_homes(req, only)
+        miss = False
+        det = self.detector
+        if (
+            self.flow is not None
+            and self.flow.ctl.cfg.pack_certain_misses
+            and isinstance(det, ConcurrencyDetector)
+            and det.pending_bound
+        ):
+            miss, only = self._pack_misses(req, det, only)
         result = self.pick(req, explain, judge=True, only=only)
         self.on_dispatched(req, result.primary)
+        if miss:
+            track = self._tracks.get((req.request_id, result.primary.address))
+            if track is not None and not track.first_token and not track.miss:
+                track.miss = True
+                addr = result.primary.address
+                self._misses[addr] = self._misses.get(addr, 0) + 1
         return result
+
+    def _pack_misses(
+        self, req: InferenceRequest, det: ConcurrencyDetector, only: Sequence[Endpoint] | None
+    ) -> tuple[bool, Sequence[Endpoint] | None]:
+        """``flowControl.packCertainMisses``: is ``req`` a certain miss (held back by the fair-share
+        headroom, and sent now its first token comes past its TTFT deadline by the dispatch-to-first-
+        token p90), and where may it go? A certain miss: to an endpoint whose pending requests (sent,
+        not yet at their first token) are all certain misses, below the pending bound, when one has.
+        Any other request: to an endpoint with nothing pending and a free running slot, when some but
+        not all candidates are such. Two prefills in one engine step take longer than one (the
+        simulator's: 0.061 s against 0.035 s next to a full batch): a request that can no longer meet
+        its SLO shares its step with another such, one that still can is prefilled alone where it can
+        be (fc29's ``miss-pack`` and fc30's ``miss-pack-idle``, docs/benchmarks/flowcontrol.md)."""
+        flow = self.flow
+        assert flow is not None
+        try:
+            cands = self.candidates(req)
+        except SchedulingError:
+            return False, only  # (the pick fails with its own error)
+        ctl, now, misses, room = flow.ctl, self.clock(), self._misses, det.max_requests
+        if ctl.held_back(req, now) and now + ctl.service_ttft > ctl.slo_deadline(req, now):
+            packed = []
+            for ep in cands:
+                inf = ep.inflight
+                pending = inf.requests - inf.decoding
+                if (
+                    0 < pending <= misses.get(ep.address, 0)
+                    and pending < det.max_pending
+                    and inf.requests < room
+                ):
+                    packed.append(ep)
+            return True, (packed or only)
+        # (nothing pending: no certain miss pending either)
+        alone = [ep for ep in cands if ep.inflight.requests == ep.inflight.decoding < room]
+        if not alone or len(alone) == len(cands):
+            return False, only
+        return False, ([ep for ep in alone if only is None or ep in only] or alone)
 
     def _not_passed_homes(
         self, req: InferenceRequest, only: Sequence[Endpoint] | None
@@ -709,6 +765,8 @@ class Director:
         in-flight counts it moves)."""
         track.first_token = True
         first = track.first_at = self.clock()
+        if track.miss:
+            self._unmark(endpoint.address)
         if track.stop is not None:
             track.stop = None
             self._victims.pop((req.request_id, endpoint.address), None)
@@ -784,6 +842,14 @@ class Director:
             n = max(n, met.running_requests)
         return float(n)
 
+    def _unmark(self, address: str) -> None:
+        """A certain miss sent to ``address`` started (or ended before it did): one fewer pending there."""
+        n = self._misses.get(address, 0) - 1
+        if n > 0:
+            self._misses[address] = n
+        else:
+            self._misses.pop(address, None)
+
     def _flow_ended(self, track: _Track) -> None:
         """A tracked request ended: finished, a preempted victim or a forgotten track. Each end gives
         its slot back (``fairShareRunningReserve`` counts them all)."""
@@ -793,6 +859,8 @@ class Director:
     def _release(self, address: str, endpoint: Endpoint | None, track: _Track) -> None:
         if track.keys is not None:
             self._held.release(address, track.keys.keys)
+        if track.miss and not track.first_token:
+            self._unmark(address)
         if endpoint is None:
             return
         inf = endpoint.inflight
