@@ -731,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.live and (args.critical_burst or args.critical_slo != SLO_TTFT[CRITICAL]):
         # (the live run sends the default SLOs and mix: refused, not silently dropped; review s26-rev-fc26 F3)
         p.error("--critical-slo and --critical-burst act in the simulator only, not with --live")
+    if args.live and args.pack_misses:
+        p.error("--pack-misses acts in the simulator only, not with --live")
     if args.live:
         return flowcontrol_live.main_from_args(args, list(argv or []))
     if args.frontier:
@@ -785,7 +787,8 @@ def sim_from_args(
                    slo_first=args.slo_first, running_reserve=args.running_reserve,
                    free_slot_pick=args.free_slot_pick, ttft_confidence=args.ttft_confidence,
                    batch_cap=round(value) if knob == "batch-cap" else 0,
-                   critical_slo=args.critical_slo, pack_misses=args.pack_misses)  # fmt: skip
+                   critical_slo=args.critical_slo,
+                   pack_misses=getattr(args, "pack_misses", False))  # fmt: skip
 
 
 def _f(v: Any, digits: int = 2) -> str:
