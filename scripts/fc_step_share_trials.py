@@ -20,7 +20,13 @@ trial, and the reference once. A trial patches the Director's flow-control late 
   when one has, else where the pick puts it; every other request keeps off servers with certain misses
   pending;
 - ``miss-apart``: that second half alone (certain misses where the pick puts them);
-- ``miss-pack-only``: the first half alone (the others where the pick puts them).
+- ``miss-pack-only``: the first half alone (the others where the pick puts them);
+- ``miss-pack-room`` (fc30): certain misses packed as in ``miss-pack``; the others to a server with no
+  certain miss pending and room (pending below the bound, a free running slot) when some but not all are;
+- ``miss-pack-idle`` (fc30; what ``flowControl.packCertainMisses`` does): certain misses packed as in
+  ``miss-pack``; the others to a server with nothing pending and a free running slot when some but not
+  all are;
+- ``idle`` (fc30): that second half alone (no request marked).
 
 Prints per trial: the quiet tenants' p90 over their calm p90 (goal 1), critical and all-request SLO
 attainment, shed and unanswered, the mean adapted headroom, the flooder's dispatches that met their SLO

@@ -120,3 +120,23 @@ def test_without_the_key_the_late_pick_marks_nothing(monkeypatch: pytest.MonkeyP
     d._pick_late(_req("m1", -5.0), False)
     d._pick_late(_req("m2", -5.0), False)
     assert d._misses == {}
+
+
+def test_prefill_alone_pick_is_the_second_half_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_flow_control({}).prefill_alone_pick is False
+    assert parse_flow_control({"prefillAlonePick": True}).prefill_alone_pick is True
+    doc = arm_config("kvgate-reserve-feasible", 30.0, headroom=0.75, prefill_alone=True)
+    assert doc["flowControl"]["prefillAlonePick"] is True
+    d = _director(pack=False)
+    assert d.flow is not None
+    d.flow.ctl.cfg.prefill_alone_pick = True
+    det = d.detector
+    assert isinstance(det, ConcurrencyDetector)
+    a, b, c = d.store.all()
+    _set(a, 1, 0)  # a: one pending
+    _set(b, 6, 6)  # b: nothing pending, a free running slot
+    _set(c, 8, 8)  # c: nothing pending, its running batch full
+    _held(d, monkeypatch, True)  # a certain miss by the clock: not marked without packCertainMisses
+    assert d._pack_misses(_req("m", -5.0), det, None) == (False, [b])
+    assert d._pick_late(_req("m", -5.0), False).primary is b
+    assert d._misses == {}

@@ -106,6 +106,7 @@ def arm_config(
     ttft_confidence: float | None = None,
     batch_cap: int = 0,
     pack_misses: bool = False,
+    prefill_alone: bool = False,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
@@ -148,6 +149,8 @@ def arm_config(
             doc["flowControl"]["fairShareRunningReserve"] = True
         if pack_misses:
             doc["flowControl"]["packCertainMisses"] = True
+        if prefill_alone:
+            doc["flowControl"]["prefillAlonePick"] = True
     params = {**DETECTOR_KVGATE["parameters"], "maxPendingRequests": max_pending,
               "maxConcurrency": max_concurrency}  # fmt: skip
     doc["saturationDetector"] = {**DETECTOR_KVGATE, "parameters": params}
@@ -260,6 +263,7 @@ class FlowSim:
         batch_cap: int = 0,
         critical_slo: float = SLO_TTFT[CRITICAL],
         pack_misses: bool = False,
+        prefill_alone: bool = False,
     ) -> None:
         from kvgate.config.director import build_director
         from kvgate.datalayer.store import EndpointStore
@@ -274,6 +278,7 @@ class FlowSim:
         config = arm_config(
             arm, ttl, max_pending, headroom, max_num_seqs, headroom_on, ttft_target, slo_confidence,
             slo_first, running_reserve, free_slot_pick, ttft_confidence, batch_cap, pack_misses,
+            prefill_alone,
         )  # fmt: skip
         self.director = build_director(
             config, EndpointStore(self.endpoints), clock=self.clock.time, seed=seed, flow_metrics=False
@@ -702,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="kvgate arms: flowControl.freeSlotPick (--running-reserve implies it)")  # fmt: skip
     p.add_argument("--pack-misses", action="store_true",
                    help="kvgate-reserve arms: flowControl.packCertainMisses")  # fmt: skip
+    p.add_argument("--prefill-alone", action="store_true",
+                   help="kvgate-reserve arms: flowControl.prefillAlonePick")  # fmt: skip
     p.add_argument("--slo-confidence", type=float, default=1.0,
                    help="*-slo arms: flowControl.sloAdmissionConfidence")  # fmt: skip
     p.add_argument("--ttft-confidence", type=float, default=None, metavar="Z",
@@ -731,8 +738,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.live and (args.critical_burst or args.critical_slo != SLO_TTFT[CRITICAL]):
         # (the live run sends the default SLOs and mix: refused, not silently dropped; review s26-rev-fc26 F3)
         p.error("--critical-slo and --critical-burst act in the simulator only, not with --live")
-    if args.live and args.pack_misses:
-        p.error("--pack-misses acts in the simulator only, not with --live")
+    if args.live and (args.pack_misses or args.prefill_alone):
+        p.error("--pack-misses and --prefill-alone act in the simulator only, not with --live")
     if args.live:
         return flowcontrol_live.main_from_args(args, list(argv or []))
     if args.frontier:
@@ -788,7 +795,8 @@ def sim_from_args(
                    free_slot_pick=args.free_slot_pick, ttft_confidence=args.ttft_confidence,
                    batch_cap=round(value) if knob == "batch-cap" else 0,
                    critical_slo=args.critical_slo,
-                   pack_misses=getattr(args, "pack_misses", False))  # fmt: skip
+                   pack_misses=getattr(args, "pack_misses", False),
+                   prefill_alone=getattr(args, "prefill_alone", False))  # fmt: skip
 
 
 def _f(v: Any, digits: int = 2) -> str:

@@ -146,6 +146,10 @@ class FlowControlConfig:
     # certain misses, not with requests that can still meet theirs (the Director's late pick; needs a
     # concurrency-detector with maxPendingRequests: it counts the requests pending per endpoint).
     pack_certain_misses: bool = False
+    # kvgate: flow control's late pick goes to an endpoint with no request pending (sent, not yet at its
+    # first token) and a free running slot, when some but not all candidates are such: its prefill is
+    # then alone in that server's next step (concurrency-detector with maxPendingRequests).
+    prefill_alone_pick: bool = False
     bands: dict[int, BandConfig] = field(default_factory=dict)
     # ``defaultPriorityBand`` (the reference's template): a priority not listed gets its limits and
     # policies; None: no band limit and the global policies (``fairness``, ``ordering``).
@@ -286,6 +290,7 @@ def parse_flow_control(
         fair_share_running_reserve=p.get_bool("fairShareRunningReserve", False),
         free_slot_pick=p.get_bool("freeSlotPick", False),
         pack_certain_misses=p.get_bool("packCertainMisses", False),
+        prefill_alone_pick=p.get_bool("prefillAlonePick", False),
     )
     if cfg.fair_share_ttft_target and not cfg.fair_share_headroom:
         raise ConfigError(

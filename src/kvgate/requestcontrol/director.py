@@ -371,7 +371,7 @@ class Director:
         det = self.detector
         if (
             self.flow is not None
-            and self.flow.ctl.cfg.pack_certain_misses
+            and (self.flow.ctl.cfg.pack_certain_misses or self.flow.ctl.cfg.prefill_alone_pick)
             and isinstance(det, ConcurrencyDetector)
             and det.pending_bound
         ):
@@ -389,7 +389,8 @@ class Director:
     def _pack_misses(
         self, req: InferenceRequest, det: ConcurrencyDetector, only: Sequence[Endpoint] | None
     ) -> tuple[bool, Sequence[Endpoint] | None]:
-        """``flowControl.packCertainMisses``: is ``req`` a certain miss (held back by the fair-share
+        """``flowControl.packCertainMisses`` (and ``prefillAlonePick``, its second half alone: no request
+        is marked): is ``req`` a certain miss (held back by the fair-share
         headroom, and sent now its first token comes past its TTFT deadline by the dispatch-to-first-
         token p90), and where may it go? A certain miss: to an endpoint whose pending requests (sent,
         not yet at their first token) are all certain misses, below the pending bound, when one has.
@@ -405,7 +406,11 @@ class Director:
         except SchedulingError:
             return False, only  # (the pick fails with its own error)
         ctl, now, misses, room = flow.ctl, self.clock(), self._misses, det.max_requests
-        if ctl.held_back(req, now) and now + ctl.service_ttft > ctl.slo_deadline(req, now):
+        if (
+            ctl.cfg.pack_certain_misses
+            and ctl.held_back(req, now)
+            and now + ctl.service_ttft > ctl.slo_deadline(req, now)
+        ):
             packed = []
             for ep in cands:
                 inf = ep.inflight
