@@ -325,18 +325,7 @@ def _precise_producers(plugins: list[PluginSpec]) -> list[str]:
         producer = by_name.get(ref) if isinstance(ref, str) else None
         if producer is None or producer.type != PRECISE_PRODUCER or not isinstance(ref, str):
             continue
-        where = f"{spec.path}.parameters"
-        if others := sorted(k for k in spec.parameters if k != _PRODUCER_KEY):
-            raise ConfigError(
-                f"{where}.{others[0]}: a prefix-cache-scorer that names its {_PRODUCER_KEY} takes no other "
-                f"parameter: set it on {ref!r}"
-            )
-        if ref in taken:  # (one index per producer: kvgate's scorer holds it)
-            raise ConfigError(
-                f"{where}.{_PRODUCER_KEY}: {ref!r} is read by {taken[ref]} already: kvgate's scorer holds "
-                "its producer's index, so one prefix-cache-scorer per producer"
-            )
-        taken[ref] = spec.path
+        _take_producer(spec, ref, taken)
         params = copy.deepcopy(producer.parameters)
         pool = (params.get("indexerConfig") or {}).get("tokenizersPoolConfig") or {}
         if "tokenizer" not in params and not pool.get("modelName"):
@@ -348,6 +337,24 @@ def _precise_producers(plugins: list[PluginSpec]) -> list[str]:
         for p in plugins
         if p.type == PRECISE_PRODUCER and p.name not in taken
     ]
+
+
+def _take_producer(spec: PluginSpec, ref: str, taken: dict[str, str]) -> None:
+    """``spec``, a ``prefix-cache-scorer`` naming its producer ``ref``, becomes that producer's reader
+    (``taken``): it sets no other parameter (they are the producer's), and no other scorer reads ``ref``
+    (the reference's two consumers would share one index; kvgate's scorer holds it). Errors name the key."""
+    where = f"{spec.path}.parameters"
+    if others := sorted(k for k in spec.parameters if k != _PRODUCER_KEY):
+        raise ConfigError(
+            f"{where}.{others[0]}: a prefix-cache-scorer that names its {_PRODUCER_KEY} takes no other "
+            f"parameter: set it on {ref!r}"
+        )
+    if ref in taken:
+        raise ConfigError(
+            f"{where}.{_PRODUCER_KEY}: {ref!r} is read by {taken[ref]} already: kvgate's scorer holds "
+            "its producer's index, so one prefix-cache-scorer per producer"
+        )
+    taken[ref] = spec.path
 
 
 def _prefix_producers(plugins: list[PluginSpec]) -> None:
@@ -364,18 +371,8 @@ def _prefix_producers(plugins: list[PluginSpec]) -> None:
             continue
         where = f"{spec.path}.parameters"
         ref = _str(spec.parameters[_PRODUCER_KEY], f"{where}.{_PRODUCER_KEY}")
-        if others := sorted(k for k in spec.parameters if k != _PRODUCER_KEY):
-            raise ConfigError(
-                f"{where}.{others[0]}: a prefix-cache-scorer that names its {_PRODUCER_KEY} takes no other "
-                f"parameter: set it on {ref!r}"
-            )
+        _take_producer(spec, ref, taken)
         producer = _named_producer(by_name, ref, where)
-        if ref in taken:  # (the reference's two consumers would share one index; kvgate's scorer owns it)
-            raise ConfigError(
-                f"{where}.{_PRODUCER_KEY}: {ref!r} is read by {taken[ref]} already: kvgate's scorer holds "
-                "its producer's index, so one prefix-cache-scorer per producer"
-            )
-        taken[ref] = spec.path
         reader[ref] = spec.name
         spec.parameters = (
             {}
