@@ -37,6 +37,7 @@ from kvgate.k8s import poolflags
 from kvgate.multicluster.policies import POLICIES as CLUSTER_POLICIES
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
+from kvgate.scheduling import tokenize
 from kvgate.stderrlog import off_loop_stderr, say
 
 if TYPE_CHECKING:
@@ -469,10 +470,21 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def build_pools(cfg: GatewayConfig, announce: bool = True) -> list[Pool]:
+def build_pools(cfg: GatewayConfig, announce: bool = True, preload: bool = True) -> list[Pool]:
     """Each pool's picker, with picker-config errors reported against the pool that holds them.
-    ``announce``: log the picker configs' warnings (a ``--workers`` worker does not: the supervisor did)."""
-    return [build_pool(pc, index=i, announce=announce) for i, pc in enumerate(cfg.pools)]
+    ``announce``: log the picker configs' warnings (a ``--workers`` worker does not: the supervisor did).
+    ``preload``: the pools' listed models' tokenizers for pickers that read ``tokenizer: auto`` are looked
+    up and loaded now, before the server says ready (``tokenize.preload``); not in a ``--workers``
+    supervisor, which serves no request."""
+    pools = [build_pool(pc, index=i, announce=announce) for i, pc in enumerate(cfg.pools)]
+    if preload:
+        tokenize.preload(m for p in pools if tokenize.reads_auto(_plugins(p.director)) for m in p.cfg.models)
+    return pools
+
+
+def _plugins(director: object) -> list[object]:
+    """A picker's configured plugins (none for a picker without a plugin handle)."""
+    return list(getattr(getattr(director, "handle", None), "plugins", {}).values())
 
 
 def tune_gc() -> None:
@@ -643,7 +655,7 @@ def _main(argv: list[str] | None) -> int:
 
             for note in kv_auto.apply(cfg):
                 print(f"kvgate serve: {note}", flush=True)
-        pools = build_pools(cfg)
+        pools = build_pools(cfg, preload=cfg.workers <= 1)  # (a --workers worker preloads its own)
         if cfg.api_keys_file or cfg.api_keys_env:  # a bad key file is a config error, not a traceback
             from kvgate.gateway.tenants import ApiKeyError, load_keys
 

@@ -37,9 +37,10 @@ tenant's requests come) sent through ``encode`` itself, with its caches, each co
 encoding. One difference (or a check that raises) and it tokenizes whole texts. A tokenizer named in the
 configuration is loaded before the gateway says ready, so a request never waits for them (a reload's new
 one on a thread before its picker is built, ``gateway.reload.warm_pickers``; a file is read again once it
-changed: ``load``); with ``auto`` a model's tokenizer is looked up and loaded at its first request, on
-the loader thread (``for_model_soon``, once per model): that model's requests are scored with the
-estimate until it is loaded (before tok30 the load ran inside the request's pick on the event loop and
+changed: ``load``); with ``auto`` the models a server's config lists are looked up before it says ready
+(``preload``), and any other model's tokenizer at its first request, on the loader thread
+(``for_model_soon``, once per model): that model's requests are scored with the estimate until it is
+loaded (before tok30 the load ran inside the request's pick on the event loop and
 every in-flight request waited: the 8 checks alone 27-34 ms, plus the file's parse). What still holds the
 event loop during a load elsewhere is the GIL: ``tokenizers``' ``Tokenizer.from_file`` parses the whole
 file in one call that holds it (~145 ms for the 1.1 MB test tokenizer, ``scripts/tokenizer_load_stall.py``),
@@ -76,7 +77,7 @@ import re
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -528,6 +529,26 @@ def _loader() -> ThreadPoolExecutor:
         if _LOADER is None:
             _LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvgate-tokenizer-load")
         return _LOADER
+
+
+def reads_auto(plugins: Iterable[Any]) -> bool:
+    """Does any of ``plugins`` read ``tokenizer: auto`` (a prefix scorer's ``tokenizer``, a precise
+    scorer's ``_tokenizer``)?"""
+    for p in plugins:
+        for src in (getattr(p, "tokenizer", None), getattr(p, "_tokenizer", None)):
+            if isinstance(src, TokenizerSource) and src.setting == AUTO:
+                return True
+    return False
+
+
+def preload(models: Iterable[str]) -> None:
+    """``auto``'s look-up of ``models`` now, on the calling thread: a server's start-up, before it says
+    ready, for the models its config lists, so their first requests find the tokenizer loaded rather than
+    scoring with the estimate while the loader thread loads it (tok30). A model never listed (a request's
+    own name) is looked up at its first request."""
+    for model in models:
+        if model not in _BY_MODEL:
+            for_model(model)
 
 
 def _forget_threads() -> None:
