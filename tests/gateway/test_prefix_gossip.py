@@ -213,7 +213,9 @@ async def test_a_prefix_routed_by_one_worker_is_honoured_by_the_other(backends):
                 body = orjson.dumps({"model": "m", "prompt": p + f"first {i}", "max_tokens": 2})
                 async with s.post(url, data=body) as r:
                     assert r.status == 200
-            await asyncio.sleep(0.5)  # the gossip interval is 5 ms: 100x that for the others to hear
+            # The gossip interval is 5 ms: 400x that for the other worker, a process on a loaded machine, to
+            # hear (0.5 s before).
+            await asyncio.sleep(2.0)
             for rep in range(6):
                 for i, p in enumerate(prefixes):
                     body = orjson.dumps({"model": "m", "prompt": p + f"turn {rep} {i}", "max_tokens": 2})
