@@ -235,7 +235,7 @@ async def test_endpoint_label_reaches_the_pool_aggregate(upstreams: list[str]) -
     try:
         url = f"http://127.0.0.1:{ports['metrics']}{agg.AGGREGATE_PATH}"
         async with aiohttp.ClientSession() as http:
-            for _ in range(150):  # until both endpoints are scraped fresh
+            for _ in range(600):  # until both endpoints are scraped fresh (60 s: an EPP process; 15 before)
                 async with http.get(url) as r:
                     a = agg.decode(await r.read())
                 if a.ready_endpoints == 2:

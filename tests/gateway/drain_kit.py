@@ -110,11 +110,11 @@ async def sigterm_mid_stream(proc: Any, port: int, tokens: int) -> tuple[bytes, 
         b"content-length: %d\r\n\r\n%b" % (len(body), body)
     )
     await writer.drain()
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):  # (a gateway process, a loaded machine: 10 s before)
         await reader.readuntil(b"\r\n\r\n")
         first = await reader.readuntil(b"\n\n")
     proc.send_signal(signal.SIGTERM)
-    await _refused(port, within_s=5)
+    await _refused(port, within_s=30)  # (with --workers: the supervisor's signal to each; 5 s before)
     rest = b""
     async with asyncio.timeout(30):
         while chunk := await reader.read(65536):

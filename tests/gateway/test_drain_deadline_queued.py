@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from gateway.backend import Backend
 from gateway.conftest import base_url, labelled_counts, until
 from gateway.test_queue_time_not_charged import _config
+from gateway.test_workers_max_requests import queued as workers_queued
 from kvgate.flowcontrol.controller import EVICTED_OTHER
 from kvgate.gateway.pools import build_pool
 from kvgate.gateway.server import GatewayServer
@@ -56,7 +57,7 @@ async def test_a_request_queued_at_the_drain_deadline_is_answered_503_and_never_
         url = base_url(gw)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
             holder = asyncio.create_task(_post(s, url, "a"))
-            await asyncio.wait_for(b.arrived.wait(), 10)
+            await asyncio.wait_for(b.arrived.wait(), 30)  # (through a worker process: 10 s before)
             queued = asyncio.create_task(_post(s, url, "b"))
             await until(lambda: gw.pools[0].director.queued() == 1, what="the second request queued")
             await gw.stop(drain_timeout=0.5)
@@ -95,7 +96,13 @@ async def test_every_workers_queue_is_answered_503_at_the_drain_deadline(tmp_pat
             holder = asyncio.create_task(_post(s, url, "a"))
             await asyncio.wait_for(b.arrived.wait(), 10)
             queued = [asyncio.create_task(_post(s, url, p)) for p in "bcd"]
-            await asyncio.sleep(1.0)  # (queued: nothing frees the one slot)
+            # Each of the three queued at its worker (or let through, one per worker at times) before the
+            # signal (a fixed 1 s before: a loaded worker could take one after its listener closed).
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 30.0
+            while sum((per := await workers_queued(s, admin)).values()) + len(b.received) - 1 < 3:
+                assert loop.time() < end, f"not all queued: {per}, {len(b.received)} sent"
+                await asyncio.sleep(0.05)
             at_sigterm = len(b.received)
             proc.send_signal(signal.SIGTERM)
             got = await asyncio.wait_for(asyncio.gather(*queued), 30)

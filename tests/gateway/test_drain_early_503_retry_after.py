@@ -90,14 +90,16 @@ async def test_every_workers_early_503_says_when_to_retry(backends, tmp_path) ->
             w.write(POST + BODY[:5])
             await w.drain()
             conns.append((r, w))
-        await asyncio.sleep(0.5)  # (each worker has read its half request: the drain waits for it)
+        # (each worker has read its half request: the drain waits for it; 0.5 s before, for processes on a
+        # loaded machine)
+        await asyncio.sleep(2.0)
         os.kill(proc.pid, signal.SIGTERM)
-        await drain_kit._refused(port, within_s=10)  # (every worker closed its listener: each drains)
+        await drain_kit._refused(port, within_s=30)  # (every worker closed its listener: each drains)
         for _, w in conns:
             w.write(BODY[5:])
             await w.drain()
         for r, _ in conns:
-            _early_503(await asyncio.wait_for(r.read(), 10))
+            _early_503(await asyncio.wait_for(r.read(), 30))
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
         for _, w in conns:

@@ -166,13 +166,17 @@ async def test_every_worker_answers_the_requests_it_found_arriving(backends, tmp
             w.write(head + body[:5])
             await w.drain()
             conns.append((r, w))
-        await asyncio.sleep(0.5)
+        # (each worker has read its half request: the drain waits for it; 0.5 s before, for processes on a
+        # loaded machine)
+        await asyncio.sleep(2.0)
         os.kill(proc.pid, signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        # Every worker closed its listener: each drains (a fixed 0.5 s before: the rest of a request that
+        # arrived before a loaded worker handled the signal was answered 200).
+        await drain_kit._refused(port, within_s=30)
         for _, w in conns:
             w.write(body[5:])
             await w.drain()
-        answers = [await asyncio.wait_for(r.read(), 10) for r, _ in conns]
+        answers = [await asyncio.wait_for(r.read(), 30) for r, _ in conns]
         assert all(a.startswith(b"HTTP/1.1 503 ") for a in answers), answers
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:

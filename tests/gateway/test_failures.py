@@ -204,7 +204,7 @@ async def test_cli_serve_drains_on_sigterm(backends, tmp_path, cut):
     proc = await drain_kit.serve("--config", str(cfg), "--port", str(port), stderr=stderr)
     ready = f"http://127.0.0.1:{port}/readyz"
     await drain_kit.check_sigterm_mid_stream(
-        proc, port, tokens, cut, stderr, ready_url=ready, ready_s=30, exit_s=15
+        proc, port, tokens, cut, stderr, ready_url=ready, ready_s=60, exit_s=60
     )
 
 

@@ -93,7 +93,7 @@ async def test_a_reload_that_drops_a_model_leaves_it_served_and_counted_until_a_
                 async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
                     return _series(await r.text(), model)
 
-            for _ in range(100):  # ready
+            for _ in range(600):  # ready (30 s: a gateway process on a loaded machine; 5 s before)
                 if await ask("n") == 200:
                     break
                 await asyncio.sleep(0.05)

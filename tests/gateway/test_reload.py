@@ -60,7 +60,7 @@ async def _serve(config, stderr=asyncio.subprocess.DEVNULL):
 
 async def _ready(s, port):
     """Wait for ``/readyz`` to answer 200 (sleeping between tries, whatever the answer); fail if never."""
-    for _ in range(200):
+    for _ in range(1200):  # (60 s: a gateway process on a loaded machine; 10 s before)
         try:
             async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
                 if r.status == 200:
@@ -90,7 +90,7 @@ async def test_sighup_adds_an_endpoint_to_a_running_kvgate_serve(backends, tmp_p
             doc["pools"][0]["endpoints"] = [a.address, b.address]
             f.write_text(yaml.safe_dump(doc))
             proc.send_signal(signal.SIGHUP)
-            for _ in range(100):
+            for _ in range(600):  # (60 s for the process's reload; 10 s before)
                 await asyncio.sleep(0.1)
                 async with s.post(url, data=BODY) as r:
                     assert r.status == 200
@@ -167,7 +167,7 @@ async def test_sighup_changes_the_body_cap_of_a_running_kvgate_serve(backends, t
             _with_limits(f, [a.address], 0, {"maxBodyBytes": 1024})
             proc.send_signal(signal.SIGHUP)
             status = 200
-            for _ in range(100):
+            for _ in range(600):  # (60 s for the process's reload; 10 s before)
                 async with s.post(url, data=BIG) as r:
                     status = r.status
                 if status == 413:

@@ -77,7 +77,7 @@ async def _statuses(port: int, body: bytes, n: int = 20) -> list[int]:
 
 
 async def _until(cond: Callable[[], Any], what: str) -> None:
-    for _ in range(200):  # 20 s
+    for _ in range(600):  # 60 s: every worker process on a loaded machine (20 s before)
         if cond():
             return
         await asyncio.sleep(0.1)
@@ -396,7 +396,7 @@ async def _gossip_applied(admin: int) -> float:
 
 
 async def _until_async(get: Callable[[], Any], cond: Callable[[Any], bool], what: str) -> None:
-    for _ in range(200):  # 20 s
+    for _ in range(600):  # 60 s: every worker process on a loaded machine (20 s before)
         if cond(await get()):
             return
         await asyncio.sleep(0.1)
