@@ -5,7 +5,8 @@ gateway's first requests for a model were scored with the character estimate unt
 The models a pool lists are known at start-up: ``build_pools`` (``kvgate serve``'s, and each ``--workers``
 worker's) looks them up and loads their tokenizers there, for pools whose picker reads ``auto``, so the
 first request finds the tokenizer loaded. Not for a pool whose picker reads none, nor in a ``--workers``
-supervisor (``preload=False``: it serves no request). Fails on main f6c2bf6a (no look-up at start-up).
+supervisor (``preload=False``: it serves no request); ``kvgate epp`` alike. Fail on main f6c2bf6a (no
+look-up at start-up); the EPP's on a171b317.
 """
 
 from __future__ import annotations
@@ -54,3 +55,25 @@ def test_a_supervisor_build_preloads_nothing(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(tokenize, "_BY_MODEL", {})
     build_pools(cfg, preload=False)
     assert tokenize._BY_MODEL == {}
+
+
+def test_the_epp_loads_its_pools_models_tokenizers_before_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kvgate epp`` (its default ``kvgate`` policy reads ``auto``) alike, before it serves."""
+    import logging
+
+    import kvgate.extproc.cli as epp_cli
+
+    model = _model_dir(tmp_path / "m")
+    tokenize.wait_loads(60)
+    monkeypatch.setattr(tokenize, "_BY_MODEL", {})
+    seen: list[object] = []
+
+    async def serve(*_a: Any, **_k: Any) -> None:  # (what start-up left loaded when serving begins)
+        seen.append(tokenize._BY_MODEL.get(model))
+
+    monkeypatch.setattr(epp_cli, "_serve", serve)
+    monkeypatch.setattr(logging, "basicConfig", lambda **_k: None)
+    assert epp_cli.main(["--endpoints", "127.0.0.1:1", "--model", model]) == 0
+    assert len(seen) == 1 and isinstance(seen[0], tokenize.PromptTokenizer), seen

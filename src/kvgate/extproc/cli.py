@@ -41,6 +41,7 @@ from kvgate.k8s import poolflags
 from kvgate.k8s import resources as R
 from kvgate.openai.labels import GRACE_S
 from kvgate.openai.protocol import DEFAULT_SESSION_HEADER
+from kvgate.scheduling import tokenize
 from kvgate.stderrlog import off_loop_stderr, say
 
 if TYPE_CHECKING:
@@ -336,6 +337,9 @@ def _main(argv: list[str] | None) -> int:
         reported = models_reported(store.all, time.monotonic)
         metrics = EppMetrics(models=model_labels(cfg, reported, args.model_series_grace))
         ctx = build_context(cfg, store, clock=time.monotonic, observer=metrics)
+        # Before ready: the pool's models' ``tokenizer: auto`` tokenizers, and what a first pick would start.
+        tokenize.preload_for(ctx.director, cfg.pool.models)
+        tokenize.warm()
         # The flags over --config's scrapeIntervalSeconds and limits.maxBufferedBytes (their defaults else).
         if args.scrape_interval is None:
             args.scrape_interval = cfg.scrape_interval_s

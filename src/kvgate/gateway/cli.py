@@ -477,14 +477,9 @@ def build_pools(cfg: GatewayConfig, announce: bool = True, preload: bool = True)
     up and loaded now, before the server says ready (``tokenize.preload``); not in a ``--workers``
     supervisor, which serves no request."""
     pools = [build_pool(pc, index=i, announce=announce) for i, pc in enumerate(cfg.pools)]
-    if preload:
-        tokenize.preload(m for p in pools if tokenize.reads_auto(_plugins(p.director)) for m in p.cfg.models)
+    for p in pools if preload else ():
+        tokenize.preload_for(p.director, p.cfg.models)
     return pools
-
-
-def _plugins(director: object) -> list[object]:
-    """A picker's configured plugins (none for a picker without a plugin handle)."""
-    return list(getattr(getattr(director, "handle", None), "plugins", {}).values())
 
 
 def tune_gc() -> None:

@@ -531,14 +531,21 @@ def _loader() -> ThreadPoolExecutor:
         return _LOADER
 
 
-def reads_auto(plugins: Iterable[Any]) -> bool:
-    """Does any of ``plugins`` read ``tokenizer: auto`` (a prefix scorer's ``tokenizer``, a precise
-    scorer's ``_tokenizer``)?"""
-    for p in plugins:
+def reads_auto(director: Any) -> bool:
+    """Does a picker (its configured plugins) read ``tokenizer: auto`` (a prefix scorer's ``tokenizer``, a
+    precise scorer's ``_tokenizer``)?"""
+    plugins = getattr(getattr(director, "handle", None), "plugins", {})
+    for p in plugins.values():
         for src in (getattr(p, "tokenizer", None), getattr(p, "_tokenizer", None)):
             if isinstance(src, TokenizerSource) and src.setting == AUTO:
                 return True
     return False
+
+
+def preload_for(director: Any, models: Iterable[str]) -> None:
+    """``preload(models)`` when the picker reads ``auto`` (a server's start-up: the models a pool lists)."""
+    if reads_auto(director):
+        preload(models)
 
 
 def preload(models: Iterable[str]) -> None:
