@@ -1041,7 +1041,7 @@ async def test_a_cancel_in_the_live_benchs_cleanup_still_stops_every_cluster_and
 
     cfg = ml.LiveConfig()
     task = asyncio.create_task(ml.run(cfg, ["kvgate"], ["steady"], tmp_path, "cmd", tmp_path))
-    await asyncio.wait_for(in_stop.wait(), 10)
+    await asyncio.wait_for(in_stop.wait(), 30)
     task.cancel()  # (a Ctrl-C while the bench cleans up)
     await asyncio.sleep(0.1)
     task.cancel()  # (a second one changes nothing)

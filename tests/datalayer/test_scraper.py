@@ -545,7 +545,7 @@ async def test_the_switch_to_aiohttp_closes_the_lean_connection() -> None:
     try:
         assert await scraper.scrape_all() == 1
         assert set(scraper._aiohttp_only) == {address} and address not in scraper._clients
-        await asyncio.wait_for(closed[0].wait(), 10)  # the first connection is the lean client's
+        await asyncio.wait_for(closed[0].wait(), 30)  # the first connection is the lean client's
     finally:
         await scraper.stop()
         server.close()

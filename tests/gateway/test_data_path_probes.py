@@ -93,9 +93,9 @@ async def test_client_gone_during_head_wait_drops_upstream_and_no_unretrieved():
         writer.write(
             b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body)
         )
-        await asyncio.wait_for(up.arrived.wait(), 5)
+        await asyncio.wait_for(up.arrived.wait(), 30)
         writer.close()
-        await asyncio.wait_for(gw.proxy.idle.wait(), 5)
+        await asyncio.wait_for(gw.proxy.idle.wait(), 30)
         await until(lambda: up.eofs >= 1)
         assert up.eofs == 1  # upstream saw the connection dropped
         assert not any(c for cs in gw.proxy.upstream._idle.values() for c in cs)

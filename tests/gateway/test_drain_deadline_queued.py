@@ -57,7 +57,7 @@ async def test_a_request_queued_at_the_drain_deadline_is_answered_503_and_never_
         url = base_url(gw)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
             holder = asyncio.create_task(_post(s, url, "a"))
-            await asyncio.wait_for(b.arrived.wait(), 30)  # (through a worker process: 10 s before)
+            await asyncio.wait_for(b.arrived.wait(), 30)
             queued = asyncio.create_task(_post(s, url, "b"))
             await until(lambda: gw.pools[0].director.queued() == 1, what="the second request queued")
             await gw.stop(drain_timeout=0.5)
@@ -94,7 +94,7 @@ async def test_every_workers_queue_is_answered_503_at_the_drain_deadline(tmp_pat
         # (a new connection each: the kernel spreads them over the workers)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
             holder = asyncio.create_task(_post(s, url, "a"))
-            await asyncio.wait_for(b.arrived.wait(), 10)
+            await asyncio.wait_for(b.arrived.wait(), 30)  # (through a worker process: 10 s before)
             queued = [asyncio.create_task(_post(s, url, p)) for p in "bcd"]
             # Each of the three queued at its worker (or let through, one per worker at times) before the
             # signal (a fixed 1 s before: a loaded worker could take one after its listener closed).

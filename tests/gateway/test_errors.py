@@ -119,7 +119,7 @@ async def test_429_when_concurrency_limit_reached(backends):
     async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
         url = base_url(gw) + "/v1/completions"
         hung = asyncio.create_task(_post(s, url, b'{"model": "m", "prompt": "a"}'))
-        await asyncio.wait_for(b.arrived.wait(), 5)
+        await asyncio.wait_for(b.arrived.wait(), 30)
         async with s.post(url, data=b'{"model": "m", "prompt": "b"}') as r:
             assert r.status == 429
             _assert_error(await r.json(), "too_many_requests")
@@ -149,7 +149,7 @@ async def test_429_when_the_flow_control_queue_is_full_says_when_to_retry(backen
     async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
         url = base_url(gw) + "/v1/completions"
         held = [asyncio.create_task(_post(s, url, b'{"model": "m", "prompt": "a"}')) for _ in range(2)]
-        await asyncio.wait_for(b.arrived.wait(), 5)  # one in flight (saturated), then one queued
+        await asyncio.wait_for(b.arrived.wait(), 30)  # one in flight (saturated), then one queued
         for _ in range(100):
             async with s.post(url, data=b'{"model": "m", "prompt": "b"}') as r:
                 status, doc, retry = r.status, await r.json(), r.headers.get("Retry-After")

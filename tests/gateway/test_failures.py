@@ -140,7 +140,7 @@ async def test_drain_is_bounded_by_its_timeout(backends):
         task = asyncio.create_task(
             s.post(base_url(gw) + "/v1/completions", data=b'{"model":"m","prompt":"x"}')
         )
-        await asyncio.wait_for(b.arrived.wait(), 5)
+        await asyncio.wait_for(b.arrived.wait(), 30)
         loop = asyncio.get_running_loop()
         t = loop.time()
         await gw.stop(drain_timeout=0.3)
@@ -232,7 +232,7 @@ async def test_client_disconnect_releases_inflight_and_upstream(backends, stream
         assert proxy is not None and proxy.inflight == 1
         writer.close()
         # The proxy goes idle only after the picker's accounting was settled (finally blocks).
-        await asyncio.wait_for(proxy.idle.wait(), 5)
+        await asyncio.wait_for(proxy.idle.wait(), 30)
         assert all(ep.inflight.requests == 0 for ep in gw.pools[0].endpoints())
         assert gw.metrics.registry.get_sample_value("kvgate_gateway_inflight_requests") == 0
         assert gw.metrics.errors.counts[("m", "m", "client_gone")] == 1

@@ -48,7 +48,7 @@ async def test_a_messages_request_past_max_concurrent_requests_gets_anthropics_e
     async with running_gateway(cfg) as gw, aiohttp.ClientSession() as s:
         hung = asyncio.create_task(post(s, base_url(gw) + "/v1/completions", {"model": "m", "prompt": "a"}))
         try:
-            await asyncio.wait_for(b.arrived.wait(), 5)
+            await asyncio.wait_for(b.arrived.wait(), 30)
             status, doc = await post(s, base_url(gw) + "/v1/messages", MESSAGES)
             assert status == 429, (status, doc)
             anthropic(doc, "rate_limit_error")

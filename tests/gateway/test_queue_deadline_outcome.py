@@ -43,7 +43,7 @@ async def test_a_request_queued_past_its_deadline_is_counted_as_its_own_outcome(
             body = orjson.dumps({"model": "m", "prompt": "a", "max_tokens": 3, "stream": True})
             async with s.post(url + "/v1/completions", data=body) as held:
                 assert held.status == 200
-                await asyncio.wait_for(b.paused.wait(), 10)
+                await asyncio.wait_for(b.paused.wait(), 30)
                 assert gw.proxy is not None
                 gw.proxy.request_timeout = 0.3
                 hdrs = {"content-type": "application/json"}

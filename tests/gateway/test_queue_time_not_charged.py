@@ -63,7 +63,7 @@ async def test_a_request_queued_most_of_its_deadline_does_not_charge_the_endpoin
     b.answer_delay = 0.8  # every answer takes 0.8 s (a healthy, ordinary generation)
     async with running_gateway(_config(b.address, 1.2)) as gw:
         first = asyncio.ensure_future(_post(gw, {"model": "m", "prompt": "a", "max_tokens": 2}))
-        await asyncio.wait_for(b.arrived.wait(), 10)  # the first holds the one slot now
+        await asyncio.wait_for(b.arrived.wait(), 30)  # the first holds the one slot now
         # Queued until the first's answer (~0.8 s), then sent with ~0.4 s of its 1.2 s left: the
         # endpoint, answering in 0.8 s, misses the deadline through no fault of its own.
         status, body = await _post(gw, {"model": "m", "prompt": "b", "max_tokens": 2})
@@ -83,7 +83,7 @@ async def test_the_deadline_bounds_the_wait_in_the_flow_control_queue(backends):
             body = orjson.dumps({"model": "m", "prompt": "a", "max_tokens": 3, "stream": True})
             async with s.post(url, data=body) as held:
                 assert held.status == 200
-                await asyncio.wait_for(b.paused.wait(), 10)
+                await asyncio.wait_for(b.paused.wait(), 30)
                 assert gw.proxy is not None
                 gw.proxy.request_timeout = 0.5  # (as a reload sets it) for the next request
                 # Queued behind the held stream: answered at its own deadline, while the stream still
@@ -107,7 +107,7 @@ async def test_a_queued_stream_cut_at_its_deadline_does_not_charge_the_endpoint(
     b.answer_delay = 0.8
     async with running_gateway(_config(b.address, 1.2)) as gw:
         first = asyncio.ensure_future(_post(gw, {"model": "m", "prompt": "a", "max_tokens": 2}))
-        await asyncio.wait_for(b.arrived.wait(), 10)
+        await asyncio.wait_for(b.arrived.wait(), 30)
         async with aiohttp.ClientSession() as s:
             body = orjson.dumps({"model": "m", "prompt": "b", "max_tokens": 10, "stream": True})
             async with s.post(base_url(gw) + "/v1/completions", data=body) as r:

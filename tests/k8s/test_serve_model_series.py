@@ -184,7 +184,7 @@ async def test_a_stream_under_a_deleted_rules_name_keeps_its_label_to_its_end(
         now = _injected(gw)
         b.pause_after = 0
         stream = asyncio.create_task(door.chat_stream("alias"))
-        await asyncio.wait_for(b.paused.wait(), 10)
+        await asyncio.wait_for(b.paused.wait(), 30)
         double.delete(R.INFERENCE_MODEL_REWRITE, "alias")
         await door.until_status("alias", 404)
         now[0] += 2 * GRACE_S

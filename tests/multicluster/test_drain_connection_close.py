@@ -77,7 +77,7 @@ async def test_clusters_a_stream_answered_during_the_drain_says_connection_close
     stop: asyncio.Task[None] | None = None
     try:
         answering = asyncio.create_task(_exchange(gw.port))
-        await asyncio.wait_for(held.arrived.wait(), 10)
+        await asyncio.wait_for(held.arrived.wait(), 30)
         stop = asyncio.create_task(gw.stop())
         await asyncio.sleep(0.2)
         held.go.set()
@@ -128,7 +128,7 @@ async def test_serve_a_stream_answered_during_the_drain_says_connection_close(he
     stop: asyncio.Task[None] | None = None
     try:
         answering = asyncio.create_task(_exchange(port))
-        await asyncio.wait_for(held.arrived.wait(), 10)
+        await asyncio.wait_for(held.arrived.wait(), 30)
         stop = asyncio.create_task(gw.stop(drain_timeout=5))
         await asyncio.sleep(0.2)
         held.go.set()

@@ -28,7 +28,7 @@ async def test_clusters_readyz_is_503_draining_during_the_drain(held: Held) -> N
     try:
         assert await _readyz(gw.admin_port) == (200, "ready")
         answering = asyncio.create_task(_exchange(gw.port))  # held in flight: the drain waits for it
-        await asyncio.wait_for(held.arrived.wait(), 10)
+        await asyncio.wait_for(held.arrived.wait(), 30)
         stop = asyncio.create_task(gw.stop())
         await asyncio.sleep(0.2)
         during = await _readyz(gw.admin_port)

@@ -115,7 +115,7 @@ async def test_the_remote_epp_sees_the_first_token_of_every_stream_kind(kind: st
     try:
         async with w.http.post(f"{w.url}{path}", data=_body(path)) as r:
             assert r.status == 200 and r.headers["x-kvgate-route-mode"] == "endpoint"
-            await asyncio.wait_for(pod.held.wait(), 10)
+            await asyncio.wait_for(pod.held.wait(), 30)
             # Mid-stream, its events relayed: the EPP holds the request as decoding on its pod.
             deadline = time.monotonic() + 10
             while w.pod_inflight() != (1, 1):

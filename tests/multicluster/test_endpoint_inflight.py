@@ -262,7 +262,7 @@ async def test_the_epps_mode_override_is_honoured() -> None:
             await asyncio.sleep(0.3)
             assert not epp.ended.is_set()  # the stream lives as long as the response
             assert (await r.read()).endswith(b"data: [DONE]\n\n")
-        await asyncio.wait_for(epp.ended.wait(), 10)  # ... and ends with it
+        await asyncio.wait_for(epp.ended.wait(), 30)  # ... and ends with it
         assert "response_headers" in epp.kinds and "response_body" not in epp.kinds
         assert epp.half_closed
     finally:

@@ -91,7 +91,7 @@ async def test_a_client_gone_mid_stream_is_client_gone_once(pods, gateway) -> No
         r = await http.post(f"http://127.0.0.1:{gw.port}/v1/completions", data=body)
         assert r.status == 200
         await r.content.readany()
-        await asyncio.wait_for(pod.paused.wait(), 10)
+        await asyncio.wait_for(pod.paused.wait(), 30)
         r.close()  # the client goes away mid-stream
     loop = asyncio.get_running_loop()
     end = loop.time() + 10
