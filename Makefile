@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: soak demo test fuzz check-install test-k8s test-k8s-e2e test-k8s-real test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers
+.PHONY: soak demo test fuzz check-install test-k8s test-k8s-e2e test-k8s-real test-realvllm lint typecheck fmt clean venv sim calibrate bench bench-hetero bench-live bench-picker bench-gateway bench-extproc bench-sim-capacity bench-inference-perf peers compiled pure
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,16 @@ check-install:
 	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && $(PY) -m venv "$$d" && "$$d/bin/pip" install --quiet . && \
 	  cd "$$d" && bin/kvgate serve --help >/dev/null && bin/kvgate epp --help >/dev/null && \
 	  ! bin/python -c 'import numpy' 2>/dev/null && echo "check-install: kvgate serve/epp run without extras"
+
+## Optional: the request path's hottest modules (scripts/build_compiled.py's MODULES) compiled with mypyc into C
+## extensions beside their sources (git-ignored), which Python then imports instead of the .py files. Pure Python
+## stays the default and what CI tests. Rebuild after editing one of them (an edited .py is not used while its
+## .so is there); `make pure` removes them. Needs a C compiler.
+compiled: $(STAMP)
+	$(BIN)/python scripts/build_compiled.py
+
+pure:
+	$(PY) scripts/build_compiled.py --clean
 
 ## Kubernetes: the API-server double, kubectl churn, discovery, HA, the chart, and the slow end-to-end pool churn.
 test-k8s-e2e: $(STAMP)

@@ -1005,7 +1005,7 @@ class FrontProtocol(asyncio.Protocol):
         if self._pending is not None:  # (refused while its body arrived)
             length = self._pending[5]
         if length >= 0:
-            self._linger_cap = length + _MAX_HEAD
+            self._linger_cap = float(length + _MAX_HEAD)  # (a float, as math.inf: mypyc)
         resp.force_close()
         if self.server.on_reject is not None:
             self.server.on_reject(resp.status)

@@ -38,7 +38,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import xxhash
@@ -405,7 +405,7 @@ def _parts(content: list[Any], out: list[str], budget: list[int]) -> None:
 class BodyError(ValueError):
     """The body cannot be served as sent (400); ``param`` names the offending parameter."""
 
-    status = 400
+    status: ClassVar[int] = 400
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)

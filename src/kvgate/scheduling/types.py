@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(slots=True)
@@ -144,9 +144,9 @@ class PickResult:
 class SchedulingError(Exception):
     """Base of the picker's typed errors; ``status`` is the HTTP status a front door answers."""
 
-    status = 500
-    code = "internal_error"
-    retry_after: str | None = None  # a ``Retry-After`` for the answer (seconds), where one is known
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    retry_after: ClassVar[str | None] = None  # a ``Retry-After`` for the answer (seconds), where one is known
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -154,20 +154,20 @@ class SchedulingError(Exception):
 
 
 class BadRequestError(SchedulingError):
-    status = 400
-    code = "invalid_request_error"
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "invalid_request_error"
 
 
 class ModelNotFoundError(SchedulingError):
-    status = 404
-    code = "model_not_found"
+    status: ClassVar[int] = 404
+    code: ClassVar[str] = "model_not_found"
 
 
 class ShedError(SchedulingError):
     """A sheddable request arrived while the pool is saturated (or flow control rejected it)."""
 
-    status = 429
-    code = "rate_limit_exceeded"
+    status: ClassVar[int] = 429
+    code: ClassVar[str] = "rate_limit_exceeded"
 
 
 class PredictedMissError(ShedError):
@@ -178,8 +178,8 @@ class PredictedMissError(ShedError):
 class NoCapacityError(SchedulingError):
     """No endpoint is eligible (none ready, all filtered, subset empty, queue TTL expired)."""
 
-    status = 503
-    code = "service_unavailable"
+    status: ClassVar[int] = 503
+    code: ClassVar[str] = "service_unavailable"
 
 
 class PoolBusyError(SchedulingError):
@@ -187,8 +187,8 @@ class PoolBusyError(SchedulingError):
     its bound, retry later (429, as GIE's director answers its scheduler's error:
     ``InferencePoolResourceExhausted``; review s23-rev-fixqa23 R4)."""
 
-    status = 429
-    code = "rate_limit_exceeded"
+    status: ClassVar[int] = 429
+    code: ClassVar[str] = "rate_limit_exceeded"
 
 
 class DrainEvictedError(NoCapacityError):
@@ -205,5 +205,5 @@ class QueueTimeoutError(SchedulingError):
     queue (before the queue's TTL): 504, as Envoy answers a request whose route timeout ends while it
     waits for a connection."""
 
-    status = 504
-    code = "request_timeout"
+    status: ClassVar[int] = 504
+    code: ClassVar[str] = "request_timeout"

@@ -158,7 +158,6 @@ class _TailExpectation:
         return max(self.floor, self.m.uncached_fraction(address))
 
 
-@register("kvgate-cost-scorer")
 class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
     bounded = True
 
@@ -406,7 +405,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         for ep in endpoints:
             i += 1
             inf = ep.inflight
-            ahead: float = inf.pending_prefill_tokens
+            ahead = float(inf.pending_prefill_tokens)  # (a float throughout: mypyc's compiled build)
             load = inf.requests
             # Requests not yet started there: own not-yet-first-token ones, or the fresh scraped queue.
             queued = load - inf.decoding
@@ -568,12 +567,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         keys: Sequence[int]
         precise = self._precise if self._resolved else self.precise
         if precise is not None:
-            uncached = p - self._precise_cached(cycle, p).get(endpoint.address, 0)
+            uncached = float(p) - self._precise_cached(cycle, p).get(endpoint.address, 0)
         else:
             m = cycle.data.get(PREFIX_KEY)  # (``prefix_match`` inlined: once per pick)
             if not isinstance(m, PrefixMatch):
                 m = None
-                uncached = p
+                uncached = float(p)
             elif m.hashes:
                 uncached = p * m.uncached_fraction(endpoint.address)
             else:  # (no block hashed: ``uncached_fraction`` is 1.0, without its two calls)
@@ -693,3 +692,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         for c in costs:
             out.append(top / (c + s))
         return out
+
+
+# Registered below the classes, not by decorator: mypyc (scripts/build_compiled.py) cannot compile those.
+register("kvgate-cost-scorer")(KVGateCostScorer)

@@ -22,7 +22,6 @@ class _TopK(Picker):
         return cls(name, handle, k)
 
 
-@register("max-score-picker")
 class MaxScorePicker(_TopK):
     """Highest total wins; ties broken at random. Same outcome as the reference's shuffle + stable sort,
     but O(n) for the usual single pick instead of a shuffle per request."""
@@ -58,7 +57,6 @@ def _uniform(rng: random.Random, endpoints: Sequence[Endpoint], k: int) -> list[
     return rng.sample(list(endpoints), k)
 
 
-@register("random-picker")
 class RandomPicker(_TopK):
     def pick(
         self, cycle: CycleState, endpoints: Sequence[Endpoint], scores: Sequence[float]
@@ -66,7 +64,6 @@ class RandomPicker(_TopK):
         return _uniform(self.handle.rng, endpoints, self.max_endpoints)
 
 
-@register("weighted-random-picker")
 class WeightedRandomPicker(_TopK):
     """Chance proportional to score (A-Res sampling without replacement for several); all zero -> uniform."""
 
@@ -81,3 +78,9 @@ class WeightedRandomPicker(_TopK):
         keyed = [(rng.random() ** (1.0 / s), i) for i, s in enumerate(scores) if s > 0]
         keyed.sort(reverse=True)
         return [endpoints[i] for _, i in keyed[: self.max_endpoints]]
+
+
+# Registered below the classes, not by decorator: mypyc (scripts/build_compiled.py) cannot compile those.
+register("max-score-picker")(MaxScorePicker)
+register("random-picker")(RandomPicker)
+register("weighted-random-picker")(WeightedRandomPicker)

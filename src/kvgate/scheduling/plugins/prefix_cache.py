@@ -176,7 +176,6 @@ APPROX_PRODUCER = "approx-prefix-cache-producer"
 PRODUCER_KEY = "prefixMatchInfoProducerName"
 
 
-@register(APPROX_PRODUCER)
 class ApproxPrefixCacheProducer(Wiring):
     """llm-d-router's ``approx-prefix-cache-producer``: the index and its settings, which kvgate's
     ``prefix-cache-scorer`` holds itself. A scorer naming it (``prefixMatchInfoProducerName``) is built
@@ -252,7 +251,6 @@ class ApproxPrefixCacheProducer(Wiring):
         return out
 
 
-@register("prefix-cache-scorer")
 class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
     bounded = True
 
@@ -581,7 +579,6 @@ class UsesPrefixPlugin:
         return [self.prefix]
 
 
-@register("prefix-cache-affinity-filter")
 class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
     """Sticky until saturated: keep the endpoints holding most of the prompt's prefix, unless every one
     of them is overloaded (then pass all through so load-aware scorers can spread the work).
@@ -713,3 +710,9 @@ class PrefixCacheAffinityFilter(UsesPrefixPlugin, Filter):
             add_explanation(cycle, f"{self.name}.load_gate", "broken: all endpoints kept")
             return endpoints
         return [ep for ep, s in zip(endpoints, sticky, strict=True) if s]
+
+
+# Registered below the classes, not by decorator: mypyc (scripts/build_compiled.py) cannot compile those.
+register(APPROX_PRODUCER)(ApproxPrefixCacheProducer)
+register("prefix-cache-scorer")(PrefixCacheScorer)
+register("prefix-cache-affinity-filter")(PrefixCacheAffinityFilter)

@@ -28,7 +28,6 @@ class _ScrapedScorer(Scorer):
         return self.handle.fresh_flags(cycle, eps)
 
 
-@register("queue-scorer")
 class QueueScorer(_ScrapedScorer):
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         ok = self._fresh(cycle, endpoints)
@@ -43,7 +42,6 @@ class QueueScorer(_ScrapedScorer):
         ]
 
 
-@register("running-requests-size-scorer")
 class RunningRequestsScorer(_ScrapedScorer):
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         ok = self._fresh(cycle, endpoints)
@@ -58,14 +56,12 @@ class RunningRequestsScorer(_ScrapedScorer):
         ]
 
 
-@register("kv-cache-utilization-scorer")
 class KVCacheUtilizationScorer(_ScrapedScorer):
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         ok = self._fresh(cycle, endpoints)
         return [1.0 - ep.metrics.kv_cache_usage if f else 0.0 for ep, f in zip(endpoints, ok, strict=True)]
 
 
-@register("token-load-scorer")
 class TokenLoadScorer(Scorer):
     """In-flight uncached prefill tokens plus (weighted) decode tokens still to come: the picker's own,
     lag-free view of the work each endpoint has. Least loaded scores 1."""
@@ -89,7 +85,6 @@ class TokenLoadScorer(Scorer):
         )
 
 
-@register("lora-affinity-scorer")
 class LoraAffinityScorer(Scorer):
     """1.0 adapter running; 0.8 room to load it; 0.6 adapter waiting; else 0 (reference order).
 
@@ -115,3 +110,11 @@ class LoraAffinityScorer(Scorer):
             else:
                 out.append(0.0)
         return out
+
+
+# Registered below the classes, not by decorator: mypyc (scripts/build_compiled.py) cannot compile those.
+register("queue-scorer")(QueueScorer)
+register("running-requests-size-scorer")(RunningRequestsScorer)
+register("kv-cache-utilization-scorer")(KVCacheUtilizationScorer)
+register("token-load-scorer")(TokenLoadScorer)
+register("lora-affinity-scorer")(LoraAffinityScorer)
