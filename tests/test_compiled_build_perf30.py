@@ -32,7 +32,8 @@ def test_every_module_of_the_compiled_build_compiles() -> None:
 
 def test_the_compiled_modules_are_source_files() -> None:
     """``--list`` names the modules the build compiles, each a source file of this checkout."""
-    listed = subprocess.run([sys.executable, str(SCRIPT), "--list"], capture_output=True, text=True, check=True)
+    cmd = [sys.executable, str(SCRIPT), "--list"]
+    listed = subprocess.run(cmd, capture_output=True, text=True, check=True)
     modules = listed.stdout.split()
     assert modules and all((ROOT / "src" / m).is_file() for m in modules)
 
