@@ -72,4 +72,8 @@ def test_ready_endpoints_count_a_recent_http_answer_not_an_old_one() -> None:
     ejected.answered_at = 9.0
     ejected.healthy = False
     assert ready_endpoints([alive, dead, ejected], 10.0, policy) == [alive]
+    # No endpoint up: routing fails open to the ejected one that answers its scrapes (review s30-qa30 Q1),
+    # so readiness counts it (never stricter than routing); a dead pool still counts none.
+    assert ready_endpoints([dead, ejected], 10.0, policy) == [ejected]
+    ejected.answered_at = 2.0
     assert ready_endpoints([dead, ejected], 10.0, policy) == []

@@ -9,8 +9,20 @@ An endpoint is a candidate only while all of these hold:
 
 "Unknown is not zero load": an endpoint whose metrics are missing or old looks idle to every load-aware
 scorer (queue 0, KV 0 %) and would draw all the traffic exactly when it is dead. So such endpoints are
-left out, and the gate fails open (every non-ejected endpoint) only when nothing at all is healthy, e.g.
-before the first scrape round or when the scraper itself is down.
+left out while any endpoint is healthy.
+
+With none healthy the gate fails open to the pool's best "standing" (``standing``), one notion of "can
+take traffic now" that combines the ejection flag with the scrapes (review s30-qa30 Q1/Q3/Q7: before,
+the fail-open, the retry's "anywhere left?" and the gateway's "never the last healthy one" read the flag
+alone, so a dead server that was never ejected drew every request while the server that was ejected and
+had come back, scraped fresh, waited for its probe):
+- UP: not ejected, not down by its scrapes (``scrape_down``: metrics unknown or old, e.g. before the
+  first scrape round, or a fleet that answers ``/metrics`` 404);
+- REVIVED: ejected, but its scrapes answered within ``metrics_staleness_s`` and it is not down by them
+  (a server that came back from an outage, before its probe; Envoy's panic threshold also routes to
+  ejected hosts);
+- SCRAPE_DOWN: not ejected, down by its scrapes (every endpoint so: the scraper itself may be cut off);
+- OUT: ejected, and down by its scrapes or not scraped lately.
 
 Readiness (``kvgate serve``'s ``/readyz``) and ``inference_pool_ready_pods`` (both doors, for pools of
 listed endpoints; Kubernetes pools count Ready pods, as the reference) count by the same model
@@ -49,8 +61,56 @@ def is_healthy(ep: Endpoint, now: float, policy: HealthPolicy) -> bool:
     return t is not None and now - t <= policy.metrics_staleness_s
 
 
+UP, REVIVED, SCRAPE_DOWN, OUT = range(4)
+
+
+def scrape_down(ep: Endpoint, now: float, policy: HealthPolicy) -> bool:
+    """Down by its scrapes: its last ``scrape_failures`` scrapes failed without an HTTP answer (refused,
+    timed out, a 5xx) since its last good page. A scrape answered 2xx-4xx is a sign of life even when it
+    fails: a server that answers ``/metrics`` with 404 (SGLang without ``--enable-metrics``: every
+    scrape fails) is alive (``answered_at`` after its last page's ``updated_at``, or no page ever)."""
+    if ep.scrape_failures < policy.scrape_failures:
+        return False
+    a = ep.answered_at
+    if a is None or now - a > policy.metrics_staleness_s:
+        return True
+    t = ep.metrics.updated_at
+    return t is not None and a <= t
+
+
+def standing(ep: Endpoint, now: float, policy: HealthPolicy) -> int:
+    """How ready ``ep`` is to take traffic when no endpoint is healthy: UP, REVIVED, SCRAPE_DOWN or OUT."""
+    down = scrape_down(ep, now, policy)
+    if ep.healthy:
+        return SCRAPE_DOWN if down else UP
+    # Ejected: back only on evidence, a scrape answered lately (never scraped is not alive).
+    a = ep.answered_at
+    return REVIVED if not down and a is not None and now - a <= policy.metrics_staleness_s else OUT
+
+
+def up(ep: Endpoint, now: float, policy: HealthPolicy) -> bool:
+    """Not ejected and not down by its scrapes: a peer that can take traffic now (the gateway ejects an
+    endpoint only while another is, ``kvgate.gateway.health``)."""
+    return ep.healthy and not scrape_down(ep, now, policy)
+
+
+def serving(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> list[Endpoint]:
+    """The endpoints of the pool's best standing (UP, else REVIVED, else SCRAPE_DOWN; none when every one
+    is OUT): where traffic can go now. A retry goes only to an untried one of these (not to the best
+    of the untried: a scrape-dead server beside a live one is not "somewhere left to retry")."""
+    best: list[Endpoint] = []
+    rank = OUT
+    for ep in endpoints:
+        r = standing(ep, now, policy)
+        if r < rank:
+            best, rank = [ep], r
+        elif r == rank and r != OUT:
+            best.append(ep)
+    return best
+
+
 def gate(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> Sequence[Endpoint]:
-    """The healthy endpoints; failing open to the non-ejected ones when none is healthy."""
+    """The healthy endpoints; failing open to the pool's best standing (``serving``) when none is."""
     # (``is_healthy`` inlined: once per endpoint per pick; a loop, not a comprehension: that is a function
     # call in 3.11)
     failures, staleness = policy.scrape_failures, policy.metrics_staleness_s
@@ -63,26 +123,28 @@ def gate(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> Seq
             and now - t <= staleness
         ):
             healthy.append(ep)
-    if not healthy:  # (none with fresh metrics: every endpoint not ejected, e.g. none scraped yet)
-        for ep in endpoints:
-            if ep.healthy:
-                healthy.append(ep)
+    if not healthy:  # (none with fresh metrics: e.g. none scraped yet, a whole-pool outage)
+        return serving(endpoints, now, policy)
     return healthy
 
 
 def ready_endpoints(endpoints: Sequence[Endpoint], now: float, policy: HealthPolicy) -> list[Endpoint]:
     """The endpoints readiness and ``inference_pool_ready_pods`` count: the healthy ones (``is_healthy``);
     when none is, the non-ejected ones that answered a scrape (a 2xx-4xx status) within
-    ``metrics_staleness_s``: alive, served by ``gate``'s fail-open; when nothing is known yet (no endpoint
-    has metrics or a failed scrape), the non-ejected ones. A dead pool (scrapes refused) counts 0."""
+    ``metrics_staleness_s``: alive, served by ``gate``'s fail-open; with no endpoint UP, the REVIVED ones
+    (``gate`` serves them then); when nothing is known yet (no endpoint has metrics or a failed scrape),
+    the non-ejected ones. A dead pool (scrapes refused) counts 0."""
     healthy = [ep for ep in endpoints if is_healthy(ep, now, policy)]
     if healthy:
         return healthy
     if any(ep.metrics.updated_at is not None or ep.scrape_failures for ep in endpoints):
         staleness = policy.metrics_staleness_s
-        return [
+        alive = [
             ep
             for ep in endpoints
             if ep.healthy and (t := ep.answered_at) is not None and now - t <= staleness
         ]
+        if alive or any(up(ep, now, policy) for ep in endpoints):
+            return alive
+        return [ep for ep in endpoints if standing(ep, now, policy) == REVIVED]
     return [ep for ep in endpoints if ep.healthy]

@@ -2,7 +2,10 @@
 
 Failures are what the proxy sees (connect errors, 5xx, streams cut before the first byte); the picker
 skips endpoints whose ``healthy`` is False. An ejected endpoint is probed at ``GET <probe_path>``
-once its back-off expires; each failed probe doubles the back-off up to ``eject_max_s``.
+once its back-off expires; each failed probe doubles the back-off up to ``eject_max_s``. An ejected
+endpoint down by its scrapes (``kvgate.datalayer.health.scrape_down``) that answers them again has
+come back: it is probed at once, not at the end of a back-off that the outage may have doubled to
+``eject_max_s`` (review s30-qa30 Q1).
 
 The per-address state is bounded by the pools' endpoints (``endpoints``): addresses that left discovery
 (Kubernetes pod churn: a new IP per pod) are dropped when the table has doubled since the last sweep, so
@@ -21,6 +24,7 @@ import aiohttp
 
 from kvgate.config.gateway import HealthConfig
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.health import HealthPolicy, scrape_down, up
 
 log = logging.getLogger("kvgate.gateway.health")
 
@@ -37,6 +41,8 @@ class _State:
     # held requests that its deadline then cut without charging it, not charged yet; and that union's end.
     quiet_s: float = 0.0
     quiet_end: float = 0.0
+    # Ejected, and seen down by its scrapes since: a scrape answered then brings its probe forward.
+    scrape_down: bool = False
 
 
 class HealthTracker:
@@ -48,6 +54,7 @@ class HealthTracker:
     ) -> None:
         self.cfg = cfg
         self.clock = clock
+        self.policy = HealthPolicy(cfg.scrape_failures, cfg.metrics_staleness_s)
         self._state: dict[str, _State] = {}
         # The endpoints now in the pools (every pool: an address may be in two): the state of any other
         # address is dropped at a sweep (``_entry``). None: never swept (a tracker without pools).
@@ -92,9 +99,13 @@ class HealthTracker:
     def failure(self, ep: Endpoint, pool: Iterable[Endpoint] = ()) -> bool:
         """Record a failure; True when this one ejected the endpoint.
 
-        Never ejects the pool's last healthy endpoint (Envoy's "panic" idea): with nothing left the
-        gateway could only answer 503, while the endpoint may just be overloaded for a moment. Nor
-        more than ``max_ejection_percent`` of the pool at once, one at least (Envoy's
+        Never ejects the pool's last endpoint that can take traffic (Envoy's "panic" idea): ejected only
+        while another is up (``datalayer.health.up``: not ejected, not down by its scrapes), so neither
+        the only live server beside dead ones (review s30-qa30 Q3: a dead server, never sent anything,
+        counted as a healthy peer by its flag) nor any endpoint of a pool down by its scrapes (its
+        back-off would only delay the recovery: the first endpoint scraped alive serves again at once).
+        With nothing left the gateway could only answer 503, while the endpoint may just be overloaded
+        for a moment. Nor more than ``max_ejection_percent`` of the pool at once, one at least (Envoy's
         ``max_ejection_percent``): failures that many endpoints share are more likely the requests'
         (a "query of death") or the load's than so many bad servers.
         """
@@ -102,7 +113,8 @@ class HealthTracker:
         st.failures += 1
         if ep.healthy and st.failures >= self.cfg.eject_after_failures:
             peers = [other for other in pool if other is not ep]
-            if not any(other.healthy for other in peers):
+            now = self.clock()
+            if not any(up(other, now, self.policy) for other in peers):
                 return False
             ejected = sum(1 for other in peers if not other.healthy)
             if ejected >= max(1, int((len(peers) + 1) * self.cfg.max_ejection_percent / 100)):
@@ -128,6 +140,7 @@ class HealthTracker:
 
     def _eject(self, ep: Endpoint, st: _State, backoff: float) -> None:
         ep.healthy = False
+        st.scrape_down = False
         st.backoff_s = min(backoff, self.cfg.eject_max_s)
         st.retry_at = self.clock() + st.backoff_s
         self.ejections += 1
@@ -135,10 +148,28 @@ class HealthTracker:
         log.warning("ejected %s for %.1fs after %d failures", ep.address, st.backoff_s, st.failures)
 
     def due(self, endpoints: Iterable[Endpoint]) -> list[Endpoint]:
-        now = self.clock()
-        return [
-            ep for ep in endpoints if not ep.healthy and now >= self._state.get(ep.address, _State()).retry_at
-        ]
+        """The ejected endpoints to probe now: their back-off over, or back from an outage (down by its
+        scrapes, ``datalayer.health.scrape_down``, then answering them again; seen at each call, 4 a
+        second in ``run``)."""
+        now, policy = self.clock(), self.policy
+        due = []
+        for ep in endpoints:
+            if ep.healthy:
+                continue
+            st = self._state.get(ep.address)
+            if st is None:
+                due.append(ep)
+            elif scrape_down(ep, now, policy):
+                st.scrape_down = True
+                if now >= st.retry_at:
+                    due.append(ep)
+            elif st.scrape_down:
+                st.scrape_down = False
+                log.warning("%s answers its scrapes again: probed now", ep.address)
+                due.append(ep)
+            elif now >= st.retry_at:
+                due.append(ep)
+        return due
 
     def probe_result(self, ep: Endpoint, ok: bool) -> None:
         st = self._entry(ep.address)

@@ -28,6 +28,7 @@ import orjson
 from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.rewrite import ModelRewriter, client_names
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.health import serving
 from kvgate.datalayer.store import StoreChange
 from kvgate.flowcontrol.controller import LLMD_FAIRNESS_HEADER, flow_key, flow_of
 from kvgate.gateway import access
@@ -807,11 +808,22 @@ class Proxy:
         """A retry's pick: only endpoints not tried yet are eligible (admitted already: no second wait).
         ``director``: the one this request holds from its first pick to its finish (a config reload may
         swap ``pool.director`` meanwhile: a retry is still this one's, never the new one's)."""
-        ireq.subset = frozenset(ep.address for ep in pool.endpoints() if ep.address not in tried)
+        ireq.subset = Proxy._left_to_try(pool, director, tried)
         ireq.subset_soft = False
         if not ireq.subset:
             raise NoCapacityError("every endpoint failed for this request")
         return director.pick(ireq, explain)
+
+    @staticmethod
+    def _left_to_try(pool: Pool, director: Any, tried: set[str]) -> frozenset[str]:
+        """The untried endpoints where traffic can go now: of the pool's best standing
+        (``datalayer.health.serving``), not the best of the untried, so a server down by its scrapes
+        beside a live one is nowhere to retry (review s30-qa30 Q7: the fail-open over the untried sent
+        the retry of a busy server's 429 to a dead one, the client got its 503)."""
+        now = director.clock()
+        return frozenset(
+            ep.address for ep in serving(pool.endpoints(), now, director.health) if ep.address not in tried
+        )
 
     @staticmethod
     def _untried(result: Any, tried: set[str]) -> Endpoint:
@@ -1023,7 +1035,7 @@ class Proxy:
                 if ((status >= 500 and blame) or status == 429) and not (
                     pinned
                     or attempt == self.cfg.limits.max_attempts - 1
-                    or not any(e.healthy and e.address not in tried for e in pool.endpoints())
+                    or not self._left_to_try(pool, director, tried)
                 ):
                     last_error = f"{self._name(ep)}: HTTP {resp.status}"
                     finished = True
