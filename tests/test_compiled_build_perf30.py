@@ -9,8 +9,35 @@ from pathlib import Path
 
 import pytest
 
+# Every module the build compiles, imported by name: land.sh runs the test files importing a changed module,
+# so an edit to one of them runs this file's mypyc check too.
+import kvgate.httpfront.server
+import kvgate.openai.request
+import kvgate.openai.requeststats
+import kvgate.requestcontrol.director
+import kvgate.scheduling.blockhash
+import kvgate.scheduling.plugins.kvgate_cost
+import kvgate.scheduling.plugins.pickers
+import kvgate.scheduling.plugins.prefix_cache
+import kvgate.scheduling.plugins.scorers
+import kvgate.scheduling.profile
+import kvgate.scheduling.types
 from kvgate.openai.request import BodyError
 from kvgate.scheduling import types
+
+IMPORTED = [
+    kvgate.scheduling.types,
+    kvgate.scheduling.profile,
+    kvgate.scheduling.blockhash,
+    kvgate.scheduling.plugins.kvgate_cost,
+    kvgate.scheduling.plugins.prefix_cache,
+    kvgate.scheduling.plugins.scorers,
+    kvgate.scheduling.plugins.pickers,
+    kvgate.requestcontrol.director,
+    kvgate.httpfront.server,
+    kvgate.openai.request,
+    kvgate.openai.requeststats,
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "build_compiled.py"
@@ -31,11 +58,14 @@ def test_every_module_of_the_compiled_build_compiles() -> None:
 
 
 def test_the_compiled_modules_are_source_files() -> None:
-    """``--list`` names the modules the build compiles, each a source file of this checkout."""
+    """``--list`` names the modules the build compiles, each a source file of this checkout, and the ones
+    this file imports."""
     cmd = [sys.executable, str(SCRIPT), "--list"]
     listed = subprocess.run(cmd, capture_output=True, text=True, check=True)
     modules = listed.stdout.split()
     assert modules and all((ROOT / "src" / m).is_file() for m in modules)
+    # (the imports above name the same modules: keep them in step with the build's list)
+    assert [m.removesuffix(".py").replace("/", ".") for m in modules] == [m.__name__ for m in IMPORTED]
 
 
 def test_error_classes_answer_their_status_as_class_attributes() -> None:
