@@ -64,6 +64,11 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   more cost, weighed against the load terms in the same tokens, not a rule that piles cold work onto
   one replica. Warm requests are not affected, nor are replicas with equal reuse. With ``--workers N``
   each worker counts only its own picks (not measured; the workers split connections, not requests).
+  ``coldSpreadDecodeHeavy`` (off): only a cold request whose ``max_tokens`` exceeds its prompt tokens pays
+  (a decode-heavy one-off: the output the engine caches is most of what it writes, and nothing reuses
+  it), while new sessions and lost contexts are placed as without ``coldSpread``: on family c the gain
+  comes from the one-offs, and steering the rest is what shared-prefix and family a paid for
+  (docs/benchmarks/fleet-multiturn-s30.md).
 
 - ``evictionPrice`` (off: opt-in; docs/benchmarks.md "Session 20" for why): what a request's write evicts
   at each candidate, priced in expected recompute (``eviction_price.py``). Its uncached tokens and its
@@ -184,6 +189,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         output_displacement: bool = False,
         cold_spread: bool = False,
         cold_spread_window: float = 120.0,
+        cold_spread_decode_heavy: bool = False,
         eviction_price: bool = False,
     ) -> None:
         super().__init__(name, handle)
@@ -208,6 +214,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.output_displacement = output_displacement
         self.cold_spread = cold_spread
         self.cold_spread_window = cold_spread_window
+        self.cold_spread_decode_heavy = cold_spread_decode_heavy
         # evictionPrice: what each request's write evicts at each replica, priced (eviction_price.py).
         self.eviction: EvictionLedger | None = EvictionLedger() if eviction_price else None
         # coldSpread: per endpoint (decayed prompt tokens found cached there, its time).
@@ -255,6 +262,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             output_displacement=params.get_bool("outputDisplacement", False),
             cold_spread=params.get_bool("coldSpread", False),
             cold_spread_window=params.get_duration("coldSpreadWindow", 120.0, positive=True),
+            cold_spread_decode_heavy=params.get_bool("coldSpreadDecodeHeavy", False),
             eviction_price=params.get_bool("evictionPrice", False),
         )
         params.finish()
@@ -375,7 +383,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # coldSpread: a prompt no candidate holds costs more where the cache it evicts is reused more
         # (at most one more full-cache displacement per token).
         spread: list[float] | None = None
-        if self.cold_spread and best_uncached > (1.0 - COLD_MATCH) * p:
+        if (
+            self.cold_spread
+            and best_uncached > (1.0 - COLD_MATCH) * p
+            and (not self.cold_spread_decode_heavy or (req.max_tokens or 0) > p)
+        ):
+            # (coldSpreadDecodeHeavy: only a request that will write more output than its prompt pays)
             rates = [self.reuse_rate(ep.address, now) for ep in endpoints]
             mean = sum(rates) / len(rates)
             if mean > 0.0:
