@@ -48,8 +48,14 @@ def apply(cfg: GatewayConfig, timeout: float = PROBE_TIMEOUT) -> list[str]:
             continue
         binds = {i.bind for i in found.values()}
         tok = _tokenizer(pc, found)
-        if tok is None or len(binds) != 1:
-            why = "no local tokenizer for the model" if tok is None else "mixed bind/connect addresses"
+        bind = binds.pop() if len(binds) == 1 else None
+        # The engines connect out (bind): only one process can hold the address, and every --workers
+        # worker would subscribe on its own (config.gateway.check_events_bind refuses the same written
+        # by hand): keep the approximate index rather than give all but one worker no events (rev-a30 F1).
+        if tok is None or bind is None or (bind and cfg.workers > 1):
+            why = ("no local tokenizer for the model" if tok is None else "mixed bind/connect addresses"
+                   if bind is None else f"the engines connect to one address and --workers {cfg.workers} "
+                   "cannot all bind it")  # fmt: skip
             notes.append(f"pool {pc.name}: KV events found but {why}: approximate prefix index")
             continue
         for addr, info in found.items():
@@ -57,7 +63,7 @@ def apply(cfg: GatewayConfig, timeout: float = PROBE_TIMEOUT) -> list[str]:
             labels[EVENTS_LABEL] = info.endpoint
             if info.replay:
                 labels[REPLAY_LABEL] = info.replay
-        pc.picker_config = precise_policy(tok, bind=binds.pop())
+        pc.picker_config = precise_policy(tok, bind=bind)
         notes.append(f"pool {pc.name}: every endpoint publishes KV events: precise prefix routing "
                      f"(tokenizer {tok})")  # fmt: skip
     for n in notes:

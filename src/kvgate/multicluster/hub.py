@@ -729,6 +729,7 @@ class HubFeed:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         drain_from_file: bool = True,
         registry: CollectorRegistry | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         """``drain_from_file``: the stop's drain is the clusters file's ``limits.drainTimeoutSeconds`` as
         last reloaded (False: ``--drain-timeout`` was given), so a reload that changes it says so, as
@@ -739,7 +740,8 @@ class HubFeed:
         election, the members' watches), the aggregate fetcher's rounds and the clusters file's checks.
         ``registry``: where the clusters file's reloads are counted (the EPP's metrics registry), under
         ``kvgate serve --clusters``' names for the same file, ``kvgate_multicluster_config_*`` (None: not
-        counted)."""
+        counted). ``wall``: the clock of the last reload's timestamp (injected, as ``kvgate serve --clusters``
+        injects its own)."""
         from kvgate.multicluster.fetcher import Fetcher
         from kvgate.multicluster.source import ClusterSource
 
@@ -760,9 +762,7 @@ class HubFeed:
         if clusters_file is not None:
             clusters_file.on_change = self.reload
             if registry is not None:
-                self.reload_metrics = ReloadMetrics(
-                    registry, "kvgate_multicluster", "clusters file", time.time
-                )
+                self.reload_metrics = ReloadMetrics(registry, "kvgate_multicluster", "clusters file", wall)
                 clusters_file.on_result = self.reload_metrics.result
         self.fetcher = Fetcher(director.state_list, interval_s=cfg.refresh_s, tls=cfg.tls,
                                clock=director.clock, sleep=self.sleep)  # fmt: skip
