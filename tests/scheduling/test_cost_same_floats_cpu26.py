@@ -114,7 +114,12 @@ def reference_costs(self: KVGateCostScorer, cycle: CycleState, endpoints: Sequen
     # coldSpread: a prompt no candidate holds costs more where the cache it evicts is reused more
     # (at most one more full-cache displacement per token).
     spread: list[float] | None = None
-    if self.cold_spread and best_uncached > (1.0 - COLD_MATCH) * p:
+    # (coldSpreadDecodeHeavy, fam30: only a request whose max_tokens exceeds its prompt pays)
+    if (
+        self.cold_spread
+        and best_uncached > (1.0 - COLD_MATCH) * p
+        and (not self.cold_spread_decode_heavy or (req.max_tokens or 0) > p)
+    ):
         rates = [self.reuse_rate(ep.address, now) for ep in endpoints]
         mean = sum(rates) / len(rates)
         if mean > 0.0:
@@ -348,6 +353,7 @@ def test_non_finite_pages_cost_as_before(doc: str) -> None:
 ALONE = [
     ({"outputDisplacement": True}, 0.0),
     ({"coldSpread": True}, 0.0),
+    ({"coldSpread": True, "coldSpreadDecodeHeavy": True}, 0.0),
     ({"evictionPrice": True}, 0.0),
     ({"headOfLine": True}, 1e-4),
 ]
