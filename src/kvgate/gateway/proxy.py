@@ -124,6 +124,7 @@ _DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
 _UPSTREAM_ERRORS = (TimeoutError, OSError)  # UpstreamError is an OSError
 _EXPLAIN_HEADER_MAX = 4096
 _REQUEST_LINES_MAX = 4096  # cached upstream request lines (API x endpoint address)
+_FIRST_HELD_MAX = 65536  # a stream's bytes held before its first data event (comments only: bounded)
 # A non-streamed answer held whole at most (``kvgate epp`` holds 16 MiB, but per request and with a
 # global cap; here 4 MiB: completions and chats are far smaller, and a bigger answer, an embeddings
 # batch or ``prompt_logprobs``, is relayed as it comes with its usage read as it passes), and
@@ -879,9 +880,16 @@ class Proxy:
         if note is not None:
             note.model = client_model
         # An endpoint whose kept-alive connection closed before any answer byte (``StaleConnection``):
-        # the next attempt resends to it on a new connection, counted as any retry (qa24 F2).
+        # the next attempt resends to it on a new connection, counted as any retry (qa24 F2). Once per
+        # request that resend spends no try of ``maxAttempts``, which counts tries on different
+        # endpoints (review s30-qa30 Q5: with 2, a resetting endpoint spent both); ``maxAttempts: 1``
+        # sends once, no resend (qa24 F2).
         again: Endpoint | None = None
-        for attempt in range(self.cfg.limits.max_attempts):
+        max_attempts = self.cfg.limits.max_attempts
+        resent = sent = 0  # (resent: 1 once the request's one spare resend went out)
+        for attempt in range(max_attempts + (max_attempts > 1)):
+            if attempt - resent == max_attempts:
+                break  # (the spare pass, with no resend to use it)
             try:
                 if tried:
                     # A retry goes off the home (``_retry_pick``: not tried), but a stale connection's
@@ -903,6 +911,7 @@ class Proxy:
                     try:
                         if again is not None:
                             ep = again
+                            resent = 1
                         else:
                             result = self._retry_pick(pool, director, ireq, tried, explain)
                             ep = self._untried(result, tried)
@@ -936,6 +945,7 @@ class Proxy:
                     503, f"all attempts failed; last: {last_error}", code="upstream_unavailable"
                 ) from None
             tried.add(ep.address)
+            sent = attempt + 1
             if note is not None:
                 note.endpoint, note.attempts = self._name(ep), attempt + 1
             on_sent = None
@@ -1034,7 +1044,7 @@ class Proxy:
                 status = resp.status
                 if ((status >= 500 and blame) or status == 429) and not (
                     pinned
-                    or attempt == self.cfg.limits.max_attempts - 1
+                    or attempt - resent == max_attempts - 1
                     or not self._left_to_try(pool, director, tried)
                 ):
                     last_error = f"{self._name(ep)}: HTTP {resp.status}"
@@ -1059,7 +1069,7 @@ class Proxy:
                         marks["first"] = self.clock()
                         reply_headers[TIMING_HEADER] = _timing_value(marks)
                     if first is None:
-                        last_error = f"{self._name(ep)}: stream ended before its first byte"
+                        last_error = f"{self._name(ep)}: stream ended before its first data event"
                         finished = True
                         self._failed(director, ireq, ep)
                         if pinned:  # (as a connection error at the home)
@@ -1207,7 +1217,7 @@ class Proxy:
             self._charge(ireq, None, answered=True)
         raise GatewayError(
             503,
-            f"all {self.cfg.limits.max_attempts} attempts failed; last: {last_error}",
+            f"all {sent} attempts failed; last: {last_error}",
             code="upstream_unavailable",
         )
 
@@ -1391,15 +1401,23 @@ class Proxy:
             self.metrics.ejections.inc()
 
     async def _first_chunk(self, resp: UpstreamResponse) -> bytes | None:
-        """The stream's first chunk; None: it ended or failed before it (retried elsewhere). A
-        ``ReadTimeout`` is raised (not retried: the server may be working on it)."""
+        """The stream's bytes up to its first data event; None: it ended or failed before one (retried
+        elsewhere). SSE comments (``: ping`` keep-alives) are no progress: held with it (up to
+        ``_FIRST_HELD_MAX``), so a server that pings and dies before its first event is retried too
+        (review s30-qa30 Q4). A ``ReadTimeout`` is raised (not retried: the server may be working on it)."""
+        held = b""
         try:
-            chunk = await resp.read_chunk()
+            while True:
+                chunk = await resp.read_chunk()
+                if not chunk:
+                    return None
+                held = held + chunk if held else chunk
+                if held.startswith(b"data:") or b"\ndata:" in held or len(held) > _FIRST_HELD_MAX:
+                    return held
         except ReadTimeout:
             raise
         except _UPSTREAM_ERRORS:
             return None
-        return chunk or None
 
     def _explain(self, rid: str, ep: Endpoint, result: Any) -> str:
         doc = orjson.dumps(
