@@ -3,10 +3,13 @@
 Per cluster, the route is chosen by what is reachable:
 1. Endpoint mode (the cluster has an ``epp``): ask its EPP over ext_proc for a pod, send straight to it;
 2. Parent mode (the cluster has a ``gateway``): send to the cluster-local gateway, whose EPP picks.
-A pod that cannot be reached (no route across clusters, refused, connect timeout), or an EPP that fails
-or stalls (no answer within ``epp_timeout_s``) before the pick, falls back to Parent mode in the same
-cluster; a cluster whose every route fails, that answers a 5xx other than 504, or 429, before any byte,
-or that sends no response head (within ``head_timeout_s``; in Parent mode also once its aggregate, fresh
+A pod that cannot be reached (no route across clusters, refused, connect timeout) or fails the request
+(a 5xx, a stream ended before its first byte: then, with no Parent route, the EPP is asked once more for
+another pod; qa30 Q9), or an EPP that fails or stalls (no answer within ``epp_timeout_s``) before the
+pick, falls back to Parent mode in the same cluster; a cluster whose every route fails, that answers a 5xx
+other than 504, or 429, before any byte (a stream's head is held until its first byte: qa30 Q8; a second
+server's 500 is the client's, qa30 Q6), or that sends no response head or first byte (within
+``head_timeout_s``; in Parent mode also once its aggregate, fresh
 when the request was sent, has gone stale with its fetches failing: a hung cluster gateway) is left for
 the next cluster in the policy's order (and backs off; a hung one until an aggregate is fetched from it
 again). A 504 (a gateway's or pod's timeout: the request may have been written to a model server, which
@@ -67,6 +70,7 @@ UNWRITTEN_504 = "request_timeout"
 # head yet): ``kvgate serve``'s code for a written request that timed out, so a hub in front of this one
 # passes it on instead of sending the request again (a double run; session-25 closing note, gw26).
 WRITTEN_504 = "upstream_timeout"
+SERVER_500 = "status 500"  # an attempt's outcome when its pod or gateway answered 500
 ERROR_BODY_MAX = 16 * 1024
 ERROR_BODY_S = 2.0
 
@@ -100,6 +104,43 @@ def _error_code(body: bytes) -> object:
 async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
     if body:
         yield body
+
+
+class _Opened:
+    """A body whose first bytes were read already (the held head): those, then the rest. Not an async
+    generator, which a cancelled read would close: the EPP's fallback reads on after its pump's cancel
+    (``EppStream._relay``), as it does from aiohttp's own iterator."""
+
+    __slots__ = ("_first", "_rest")
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes]) -> None:
+        self._first: bytes | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> _Opened:
+        return self
+
+    async def __anext__(self) -> bytes:
+        first, self._first = self._first, None
+        return first if first is not None else await self._rest.__anext__()
+
+
+# An attempt's outcome when its stream ended or failed after the head, before any body byte (qa30 Q8).
+FIRST_BYTE_LOST = "stream ended before its first byte"
+
+
+def _second_500(attempts: list[Attempt], target: str) -> bool:
+    """Whether another server (pod or gateway, not an EPP) answered this request 500 before: a 500 now
+    makes it the request's fault (a query of death), as ``kvgate serve`` rules (docs/gateway.md)."""
+    return any(a.status == 500 and a.outcome == SERVER_500 and a.target != target for a in attempts)
+
+
+def _pod_failed(a: Attempt) -> bool:
+    """Whether an Endpoint-mode attempt failed at its pod after the pod had the request: it answered a
+    5xx (not an EPP's status) or its stream ended before its first byte."""
+    return a.mode == ENDPOINT and (
+        (a.status >= 500 and a.outcome == f"status {a.status}") or a.outcome == FIRST_BYTE_LOST
+    )
 
 
 class NoHead(Exception):
@@ -500,63 +541,76 @@ class GlobalRouter:
         if not order:
             raise NoRoute(503, "no cluster can take the request (none ready)", attempts)
         loop = asyncio.get_running_loop()
-        for i, st in enumerate(order):
-            if deadline is not None and loop.time() >= deadline.due:
-                last = attempts[-1] if attempts else None
-                why = "" if last is None else f"; last: cluster {last.cluster}: {last.outcome}"
-                code = WRITTEN_504 if any(a.running for a in attempts) else UNWRITTEN_504
-                raise NoRoute(504, deadline.message(f"it passed after {len(attempts)} attempts{why}"),
-                              attempts, code=code)  # fmt: skip
-            if i:
-                self.failovers += 1
-            note = req.note(st.name)  # what the policy expected there (ClusterState.dispatched)
-            try:
-                routed = await self._try_cluster(
-                    st, path, fwd, body, attempts, req.stream, req.model, note, usage=req.usage,
-                    pod=pod if st is first else None, deadline=deadline,
-                )  # fmt: skip
-            except PastDeadline as e:
-                assert deadline is not None
-                if e.sent_at is not None and deadline.owned(e.sent_at):
-                    st.failed(self.clock())  # it had the larger part of the time, and sent no head
-                # (sent, no head yet: the cluster may still run it, so not "request_timeout", which tells
-                # a hub in front of this one that nothing runs here; as ``kvgate serve``'s 504 for a
-                # written request past its bound)
-                # (an earlier attempt still running counts too: review s26-rev-gw26 F1; a connect that
-                # never finished wrote nothing, as ``kvgate serve`` names it: F2)
-                written = e.written or any(a.running for a in attempts)
-                code = WRITTEN_504 if written else UNWRITTEN_504
-                raise NoRoute(504, deadline.message(f"cluster {st.name}: {e.outcome}"), attempts,
-                              code=code) from None  # fmt: skip
-            if routed is not None:
-                if routed.status == 504:  # (its timeout, passed on: not a success there)
-                    st.failed(self.clock())
-                else:
-                    st.succeeded()
-                return routed
-            said = _home_said(attempts, st.name) if pinned and st is first else None
-            if said is None or said.status not in (429, 500):
-                # (a follow-up's home busy (429) or its own 500 is not the cluster broken: not charged,
-                # as ``kvgate serve`` does; review s25-rev-fixprev25 R1)
-                st.failed(self.clock())
-            if said is not None:
-                raise said
-            if pinned and st is first:
-                if any(a.status for a in attempts):  # (refused there, a 4xx: its own answer, as for any)
-                    raise no_route(attempts)
-                # Not reached (unreachable, stalled, no head): nowhere else holds the response; the next
-                # cluster could only answer vLLM's 404 (prev26). 503, to retry once the cluster is back.
-                why = attempts[-1].outcome if attempts else "not reached"
-                raise NoRoute(
-                    503,
-                    f"cluster {st.name}, which holds the response this follow-up names, could not be reached"
-                    f" ({why}); a follow-up is not sent to another cluster (its stored response is not"
-                    " there); retry later",
-                    attempts,
-                    retry_after=1,
-                    code="upstream_unavailable",
-                )
-        raise no_route(attempts)
+        # A cluster that failed with its server's 500, not charged yet (``_second_500``).
+        suspect: ClusterState | None = None
+        try:
+            for i, st in enumerate(order):
+                if deadline is not None and loop.time() >= deadline.due:
+                    last = attempts[-1] if attempts else None
+                    why = "" if last is None else f"; last: cluster {last.cluster}: {last.outcome}"
+                    code = WRITTEN_504 if any(a.running for a in attempts) else UNWRITTEN_504
+                    raise NoRoute(504, deadline.message(f"it passed after {len(attempts)} attempts{why}"),
+                                  attempts, code=code)  # fmt: skip
+                if i:
+                    self.failovers += 1
+                note = req.note(st.name)  # what the policy expected there (ClusterState.dispatched)
+                try:
+                    routed = await self._try_cluster(
+                        st, path, fwd, body, attempts, req.stream, req.model, note, usage=req.usage,
+                        pod=pod if st is first else None, deadline=deadline,
+                    )  # fmt: skip
+                except PastDeadline as e:
+                    assert deadline is not None
+                    if e.sent_at is not None and deadline.owned(e.sent_at):
+                        st.failed(self.clock())  # it had the larger part of the time, and sent no head
+                    # (sent, no head yet: the cluster may still run it, so not "request_timeout", which
+                    # tells a hub in front of this one that nothing runs here; as ``kvgate serve``'s 504
+                    # for a written request past its bound)
+                    # (an earlier attempt still running counts too: review s26-rev-gw26 F1; a connect
+                    # that never finished wrote nothing, as ``kvgate serve`` names it: F2)
+                    written = e.written or any(a.running for a in attempts)
+                    code = WRITTEN_504 if written else UNWRITTEN_504
+                    raise NoRoute(504, deadline.message(f"cluster {st.name}: {e.outcome}"), attempts,
+                                  code=code) from None  # fmt: skip
+                if routed is not None:
+                    if routed.status == 504:  # (its timeout, passed on: not a success there)
+                        st.failed(self.clock())
+                    elif routed.status == 500:  # (a second server's 500: the request's fault, no one's)
+                        suspect = None
+                    else:
+                        st.succeeded()
+                    return routed
+                said = _home_said(attempts, st.name) if pinned and st is first else None
+                if said is None or said.status not in (429, 500):
+                    # (a follow-up's home busy (429) or its own 500 is not the cluster broken: not
+                    # charged, as ``kvgate serve`` does; review s25-rev-fixprev25 R1)
+                    if suspect is None and attempts and attempts[-1].outcome == SERVER_500:
+                        # Its 500 may be the request's fault: charged once the request ends otherwise, not
+                        # if a second server answers it 500 too (qa30 Q6, as ``kvgate serve``'s rule).
+                        suspect = st
+                    else:
+                        st.failed(self.clock())
+                if said is not None:
+                    raise said
+                if pinned and st is first:
+                    if any(a.status for a in attempts):  # (refused there, a 4xx: its own answer)
+                        raise no_route(attempts)
+                    # Not reached (unreachable, stalled, no head): nowhere else holds the response; the
+                    # next cluster could only answer vLLM's 404 (prev26). 503, to retry once it is back.
+                    why = attempts[-1].outcome if attempts else "not reached"
+                    raise NoRoute(
+                        503,
+                        f"cluster {st.name}, which holds the response this follow-up names, could not be"
+                        f" reached ({why}); a follow-up is not sent to another cluster (its stored response"
+                        " is not there); retry later",
+                        attempts,
+                        retry_after=1,
+                        code="upstream_unavailable",
+                    )
+            raise no_route(attempts)
+        finally:
+            if suspect is not None:
+                suspect.failed(self.clock())
 
     async def _try_cluster(
         self,
@@ -637,6 +691,13 @@ class GlobalRouter:
                     # response (a 404); ``route``'s ``_home_said`` gives the client the pod's answer
                     # (review s25-rev-prev25 F2). An unreachable pod still falls back.
                     return None
+                if spec.gateway is None and pod is None and _pod_failed(attempts[-1]):
+                    # One pod's failure is not yet the cluster's (qa30 Q9): another pod first, as the
+                    # Parent route (its gateway retries another endpoint) would.
+                    return await self._other_pod(
+                        st, pick.address, path, fwd, body, attempts, gate, stream, model, note, usage,
+                        deadline,
+                    )  # fmt: skip
                 if spec.gateway is not None:
                     self.fallbacks += 1
                     # The Parent attempt's TTFT runs from its own send: the failed pod attempt's
@@ -653,6 +714,46 @@ class GlobalRouter:
                 st, PARENT, spec.gateway, path, fwd, body, attempts, None, started, note, usage, deadline
             )
         return None
+
+    async def _other_pod(
+        self,
+        st: ClusterState,
+        failed: str,
+        path: str,
+        fwd: dict[str, str],
+        body: bytes,
+        attempts: list[Attempt],
+        gate: EppBackoff,
+        stream: bool,
+        model: str | None,
+        note: DispatchNote | None,
+        usage: bool,
+        deadline: Deadline | None,
+    ) -> Routed | None:
+        """The cluster's EPP asked once more after its pod ``failed`` the request (``_pod_failed``), and
+        the request sent to the pod it names; None (the cluster failed, the pod's failure its outcome)
+        when it names that pod again, refuses, fails or stalls, or the request's bound passes first."""
+        spec = st.spec
+        assert spec.epp is not None
+        started = self.clock() if stream else None
+        on_stall = functools.partial(self._epp_stalled, st, gate, self.clock())
+        try:
+            async with asyncio.timeout_at(None if deadline is None else deadline.due):
+                pick = await self.epp.open(
+                    spec.epp, path, fwd, body, tls=self._epp_tls(spec), timeout_s=spec.epp_timeout_s,
+                    on_stall=on_stall,
+                )  # fmt: skip
+        except (EppStalled, grpc.aio.AioRpcError, TimeoutError, OSError):
+            return None
+        if pick.address is None or pick.address == failed:
+            pick.cancel()  # (its session closes the request: nothing was sent)
+            return None
+        pick.client_model = model or None
+        to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
+        return await self._send(
+            st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note, usage,
+            deadline,
+        )  # fmt: skip
 
     def _epp_stalled(self, st: ClusterState, gate: EppBackoff, asked_at: float, phase: str) -> None:
         """A stream asked of ``st``'s EPP at ``asked_at`` found it stalled in ``phase`` (``EppStream``'s
@@ -768,6 +869,30 @@ class GlobalRouter:
             if not post.done():
                 post.cancel()
                 post.add_done_callback(_release_late)
+
+    async def _first_bytes(
+        self, resp: aiohttp.ClientResponse, sent_at: float, deadline: Deadline | None
+    ) -> bytes | str | None:
+        """A stream's first body bytes, awaited to ``head_timeout_s`` from the send (the head and the
+        first byte together, as a ``kvgate serve`` cluster gateway's held head comes) and the request's
+        bound; else the attempt's outcome: ``FIRST_BYTE_LOST`` (it ended or failed first) or the timeout
+        (it may still run there); None: bytes came, then a cut that hid them (the body raises it).
+        ``PastDeadline`` when the bound passed first."""
+        loop = asyncio.get_running_loop()
+        bound = sent_at + self.cfg.head_timeout_s
+        due = bound if deadline is None else min(bound, deadline.due)
+        try:
+            async with asyncio.timeout_at(due):
+                chunk = await resp.content.readany()
+        except TimeoutError:
+            if deadline is not None and loop.time() >= deadline.due:
+                raise PastDeadline("no first byte by then", sent_at, True) from None
+            return f"no first byte within head_timeout_s ({self.cfg.head_timeout_s:g}s)"
+        except (aiohttp.ClientError, OSError):
+            # (aiohttp raises a cut before the bytes it holds: any taken means the stream had started,
+            # the cluster ran it, so its cut is the client's, relayed as one)
+            return None if resp.content.total_bytes else FIRST_BYTE_LOST
+        return chunk or FIRST_BYTE_LOST
 
     def _probe_after_cut(self, st: ClusterState, url: str) -> None:
         """The request's bound cut an attempt before its head, its gateway not probed in it: the cut is
@@ -909,7 +1034,10 @@ class GlobalRouter:
                 given_up()
                 raise
             unwritten = relayed is not None and _error_code(relayed) == UNWRITTEN_504
-        if unwritten or (resp.status != 504 and (
+        # A second server's 500 for this request (a query of death: an engine error on that input) is
+        # passed through as it came, as ``kvgate serve`` does (qa30 Q6): not run a third time.
+        death = resp.status == 500 and _second_500(attempts, target)
+        if unwritten or (resp.status != 504 and not death and (
             resp.status >= 500 or (resp.status == 429 and RATE_LIMITED not in resp.headers)
         )):  # fmt: skip
             # Nothing reached the client yet: free to go elsewhere. (A 429 marked rate-limited is the
@@ -920,8 +1048,34 @@ class GlobalRouter:
             wait = retry_after_s(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
             attempts.append(Attempt(st.name, mode, target, f"status {resp.status}", resp.status, wait))
             return None
-        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
+        sse = resp.headers.get("content-type", "")[:17].lower() == "text/event-stream"
         upstream: AsyncIterator[bytes] = resp.content.iter_any() if relayed is None else _once(relayed)
+        first_at: float | None = None
+        if sse and relayed is None:
+            # The head held until the stream's first body byte, as ``kvgate serve`` holds it (qa30 Q8): a
+            # pod (vLLM sends its head before the prefill) or gateway that ends or fails before it has
+            # given the client nothing, so the request moves on.
+            try:
+                opening = await self._first_bytes(resp, sent_at, deadline)
+            except PastDeadline as e:
+                resp.close()
+                given_up()
+                attempts.append(Attempt(st.name, mode, target, e.outcome))
+                raise
+            except BaseException:
+                resp.close()
+                given_up()
+                raise
+            if isinstance(opening, str):  # (the attempt's outcome: it ended, failed or timed out first)
+                resp.close()
+                given_up()
+                running = opening != FIRST_BYTE_LOST
+                attempts.append(Attempt(st.name, mode, target, opening, running=running))
+                return None
+            if opening is not None:
+                first_at = self.clock()
+                upstream = _Opened(opening, upstream)
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
         if epp is not None:
             # The remote EPP hears the response as from Envoy, so it keeps the request in flight.
             try:
@@ -948,7 +1102,6 @@ class GlobalRouter:
         # (``Routed.usage``): its cached tokens classify the answer as a prefix hit or miss there
         # (``ClusterState.finished``, only when the client asked for usage: else none comes, and an
         # engine that adds one unasked was never read for it), and the gateway's token metrics read it.
-        sse = resp.headers.get("content-type", "")[:17].lower() == "text/event-stream"
         tail = UsageTail() if sse and 200 <= resp.status < 300 else None
 
         async def settle() -> None:
@@ -983,7 +1136,7 @@ class GlobalRouter:
                 async for chunk in upstream:
                     if first and started is not None:  # a stream's first bytes: the TTFT seen there
                         first = False
-                        now = self.clock()
+                        now = self.clock() if first_at is None else first_at
                         if evidence:
                             st.observe_ttft(now - started, now, token)
                         else:
