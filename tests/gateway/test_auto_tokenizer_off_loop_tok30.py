@@ -121,7 +121,7 @@ def test_models_looked_up_are_bounded_oldest_first(tmp_path: Path, monkeypatch: 
 
 
 def test_a_forked_child_looks_models_up_on_its_own_thread(tmp_path: Path) -> None:
-    """A process forked after the loader thread started (a ``--workers`` worker) has no such thread: the
+    """A process forked after the loader thread started (an ``os.fork`` user's) has no such thread: the
     look-ups it queued on the parent's executor never ran. Fails on 6f204f9c (tok30's first commit)."""
     import os
     import time

@@ -38,8 +38,8 @@ encoding. One difference (or a check that raises) and it tokenizes whole texts. 
 configuration is loaded before the gateway says ready, so a request never waits for them (a reload's new
 one on a thread before its picker is built, ``gateway.reload.warm_pickers``; a file is read again once it
 changed: ``load``); with ``auto`` the models a server's config lists are looked up before it says ready
-(``preload``), and any other model's tokenizer at its first request, on the loader thread
-(``for_model_soon``, once per model): that model's requests are scored with the estimate until it is
+(``preload``, start-up only, the tokenizers found kept), and any other model's tokenizer at its first
+request, on the loader thread (``for_model_soon``, once per model): that model's requests are scored with the estimate until it is
 loaded (before tok30 the load ran inside the request's pick on the event loop and
 every in-flight request waited: the 8 checks alone 27-34 ms, plus the file's parse). What still holds the
 event loop during a load elsewhere is the GIL: ``tokenizers``' ``Tokenizer.from_file`` parses the whole
@@ -473,7 +473,11 @@ def for_model(model: str) -> PromptTokenizer | None:
     the calling thread: a request's pick uses ``for_model_soon``)."""
     if model in _BY_MODEL:
         return _BY_MODEL[model]
-    f = find_for_model(model)
+    try:
+        f = find_for_model(model)
+    except (OSError, ValueError, RuntimeError) as e:  # EACCES, a name too long, ``~nosuchuser``: a miss
+        log.warning("tokenizer for model %r: cannot look it up (%s); scoring with the estimate", model, e)
+        f = None
     got: PromptTokenizer | None = None
     if f is not None:
         try:
@@ -552,18 +556,22 @@ def preload(models: Iterable[str]) -> None:
     """``auto``'s look-up of ``models`` now, on the calling thread: a server's start-up, before it says
     ready, for the models its config lists, so their first requests find the tokenizer loaded rather than
     scoring with the estimate while the loader thread loads it (tok30). A model never listed (a request's
-    own name) is looked up at its first request."""
+    own name) is looked up at its first request. Only a tokenizer found is kept: a listed model not found
+    now (its engine still downloading it into the shared cache) is looked up again at its first request,
+    on the loader thread, as before the preload (review s30-rev-b30 F2)."""
     for model in models:
-        if model not in _BY_MODEL:
-            for_model(model)
+        if model not in _BY_MODEL and for_model(model) is None:
+            _BY_MODEL.pop(model, None)
 
 
 def _forget_threads() -> None:
-    """In a forked child: the parent's executors have no thread here (work put on one would never run),
-    and a lock one of its threads held stays held."""
-    global _CHECKER, _LOADER, _PENDING_LOCK
+    """In a forked child (an ``os.fork`` user: ``--workers`` workers are spawned, fresh interpreters): the
+    parent's executors have no thread here (work put on one would never run), and a lock one of its threads
+    held (the loader's, a reload's warm thread's ``load``) stays held."""
+    global _CHECKER, _LOADER, _PENDING_LOCK, _BY_PATH_LOCK
     _CHECKER = _LOADER = None
     _PENDING_LOCK = threading.Lock()
+    _BY_PATH_LOCK = threading.Lock()
     _PENDING.clear()
 
 
