@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import selectors
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +29,19 @@ _HYPOTHESIS_COMMON: dict[str, Any] = {
 settings.register_profile("gate", settings.get_profile("default"), derandomize=True, **_HYPOTHESIS_COMMON)
 settings.register_profile("fuzz", settings.get_profile("default"), derandomize=False, **_HYPOTHESIS_COMMON)
 settings.load_profile(os.environ.get("KVGATE_HYPOTHESIS_PROFILE", "gate"))
+
+# --- No earlier test's ``tokenizer: auto`` look-up lands in this test's tokenizer caches ---------------
+# (tests swap ``tokenize._BY_MODEL`` / ``_BY_PATH`` or count tokenizer loads: a look-up still queued on the
+# loader thread would add an entry or a load there; review s30-rev-b30 F4.) Import-light and cheap: read
+# from ``sys.modules`` (no import, no thread started), a wait only where the loader thread exists.
+
+
+@pytest.fixture(autouse=True)
+def _no_tokenizer_look_up_left_running() -> None:
+    tokenize = sys.modules.get("kvgate.scheduling.tokenize")
+    if tokenize is not None and getattr(tokenize, "_LOADER", None) is not None:
+        tokenize.wait_loads(60)
+
 
 # --- A stop cancelled while it waits for a background task to end must raise the cancellation ----------
 # (``with suppress(CancelledError): await task`` after ``task.cancel()`` swallowed it: a cancel of the
