@@ -38,15 +38,15 @@ encoding. One difference (or a check that raises) and it tokenizes whole texts. 
 configuration is loaded before the gateway says ready, so a request never waits for them (a reload's new
 one on a thread before its picker is built, ``gateway.reload.warm_pickers``; a file is read again once it
 changed: ``load``); with ``auto`` the models a server's config lists are looked up before it says ready
-(``preload``, start-up only, the tokenizers found kept), and any other model's tokenizer at its first
-request, on the loader thread (``for_model_soon``, once per model): that model's requests are scored with the estimate until it is
-loaded (before tok30 the load ran inside the request's pick on the event loop and
-every in-flight request waited: the 8 checks alone 27-34 ms, plus the file's parse). What still holds the
-event loop during a load elsewhere is the GIL: ``tokenizers``' ``Tokenizer.from_file`` parses the whole
-file in one call that holds it (~145 ms for the 1.1 MB test tokenizer, ``scripts/tokenizer_load_stall.py``),
-and a Rust object cannot be parsed in another process and handed over (a pickled ``Tokenizer`` is its JSON,
-parsed again on arrival); the load reads the file once (the piecewise check reads the loaded tokenizer's
-components, not the file parsed again in Python: ~50 ms of the GIL less, tok30). The check
+(``preload``, start-up only, the tokenizers found kept), and any other model's tokenizer at its first request,
+on the loader thread (``for_model_soon``, once per model): that model's requests are scored with the estimate
+until it is loaded (before tok30 the load ran inside the request's pick on the event loop and every in-flight
+request waited: the 8 checks alone 27-34 ms, plus the file's parse). What still holds the event loop during a
+load elsewhere is the GIL: ``tokenizers``' ``Tokenizer.from_file`` parses the whole file in one call that
+holds it (~145 ms for the 1.1 MB test tokenizer, ``scripts/tokenizer_load_stall.py``), and a Rust object
+cannot be parsed in another process and handed over (a pickled ``Tokenizer`` is its JSON, parsed again on
+arrival); the load reads the file once (the piecewise check reads the loaded tokenizer's components, not the
+file parsed again in Python: ~50 ms of the GIL less, tok30). The check
 texts are built from a fixed word list, so a vocabulary that merges across a cut only on other words (a
 word with the next one's leading space, as multi-word vocabularies do) passes them: the first
 ``LIVE_CHECKS`` real prompts tokenized piecewise are also compared with their whole encoding, on one
