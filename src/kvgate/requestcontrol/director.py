@@ -77,6 +77,15 @@ def preempted_error() -> ShedError:
     return ShedError(PREEMPTED_MESSAGE)
 
 
+def _within(eps: list[Endpoint], only: Sequence[Endpoint] | None) -> list[Endpoint]:
+    """``eps`` kept to the late pick's earlier restriction ``only`` (None: none). By address through a
+    set: linear in endpoints per pick (review s30-rev-c30 F3)."""
+    if only is None:
+        return eps
+    allowed = {ep.address for ep in only}
+    return [ep for ep in eps if ep.address in allowed]
+
+
 @dataclass(slots=True)
 class _Track:
     """Per (request, endpoint) accounting between dispatch and finish."""
@@ -395,10 +404,12 @@ class Director:
         token p90), and where may it go? A certain miss: to an endpoint whose pending requests (sent,
         not yet at their first token) are all certain misses, below the pending bound, when one has.
         Any other request: to an endpoint with nothing pending and a free running slot, when some but
-        not all candidates are such. Two prefills in one engine step take longer than one (the
-        simulator's: 0.061 s against 0.035 s next to a full batch): a request that can no longer meet
-        its SLO shares its step with another such, one that still can is prefilled alone where it can
-        be (fc29's ``miss-pack`` and fc30's ``miss-pack-idle``, docs/benchmarks/flowcontrol.md)."""
+        not all candidates are such. Either set is kept within ``only`` (the free-slot fit, the passed
+        homes); when none of it is left, ``only`` unchanged (review s30-rev-c30 F3). Two prefills in
+        one engine step take longer than one (the simulator's: 0.061 s against 0.035 s next to a full
+        batch): a request that can no longer meet its SLO shares its step with another such, one that
+        still can is prefilled alone where it can be (fc29's ``miss-pack`` and fc30's
+        ``miss-pack-idle``, docs/benchmarks/flowcontrol.md)."""
         flow = self.flow
         assert flow is not None
         try:
@@ -421,12 +432,12 @@ class Director:
                     and inf.requests < room
                 ):
                     packed.append(ep)
-            return True, (packed or only)
+            return True, (_within(packed, only) or only)
         # (nothing pending: no certain miss pending either)
         alone = [ep for ep in cands if ep.inflight.requests == ep.inflight.decoding < room]
         if not alone or len(alone) == len(cands):
             return False, only
-        return False, ([ep for ep in alone if only is None or ep in only] or alone)
+        return False, (_within(alone, only) or only)
 
     def _not_passed_homes(
         self, req: InferenceRequest, only: Sequence[Endpoint] | None
