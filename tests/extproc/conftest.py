@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from kvgate.config.gateway import HealthConfig
+from kvgate.datalayer.ejection import HealthTracker
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.metrics import EppMetrics
+from kvgate.extproc.outlier import Outlier
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import RequestDirector, SessionContext
 from kvgate.extproc.testing import channel
@@ -88,9 +91,14 @@ async def start_epp() -> AsyncIterator[StartEpp]:
         objectives: dict[str, int] | None = None,
         model_rewrite: Callable[[str], str | None] = lambda _m: None,
         max_concurrent_streams: int = 10_000,
+        health: HealthConfig | None = None,
         **ctx_kw: Any,
     ) -> Epp:
         store = EndpointStore.from_addresses(addresses)
+        if health is not None:  # passive health from the answers (``kvgate epp``'s, ``build_context``)
+            ctx_kw["outlier"] = Outlier(
+                HealthTracker(health, time.monotonic, store.all), lambda: {e.address: e for e in store.all()}
+            )
         picker = RecordingPicker(build_picker(store, policy=policy, fallbacks=fallbacks))
         metrics = EppMetrics()
         objs = objectives or {}

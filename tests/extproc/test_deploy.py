@@ -86,3 +86,23 @@ def test_envoy_config_uses_the_protocol_mode_and_header() -> None:
         "http_header_name": keys.DESTINATION_ENDPOINT,
     }
     assert ext["grpc_service"]["envoy_grpc"]["cluster_name"] in clusters
+
+
+def test_envoy_outlier_detection_uses_upstream_field_names_and_kvgates_defaults() -> None:
+    """Review s30-qa30 Q2: the shipped config had no ``outlier_detection``; its block parses as Envoy's
+    ``config.cluster.v3.OutlierDetection`` (exact field names) and matches the EPP's own ejection."""
+    from envoy.config.cluster.v3.outlier_detection_pb2 import OutlierDetection
+    from google.protobuf import json_format
+
+    from kvgate.config.gateway import HealthConfig
+
+    cfg = yaml.safe_load((DEPLOY / "envoy.yaml").read_text())
+    clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    od = json_format.ParseDict(
+        clusters["original_destination_cluster"]["outlier_detection"], OutlierDetection()
+    )
+    h = HealthConfig()
+    assert od.consecutive_5xx.value == h.eject_after_failures
+    assert od.base_ejection_time.ToTimedelta().total_seconds() == h.eject_base_s
+    assert od.max_ejection_time.ToTimedelta().total_seconds() == h.eject_max_s
+    assert od.max_ejection_percent.value == h.max_ejection_percent

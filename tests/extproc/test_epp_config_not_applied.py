@@ -48,8 +48,6 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
         ({"limits": {"maxAttempts": 1}}, "limits.maxAttempts"),
         ({"hideInternalAddresses": True}, "hideInternalAddresses"),
         ({"listen": {"workers": 4}}, "listen"),
-        ({"health": {"ejectAfterFailures": 2}}, "health.ejectAfterFailures"),
-        ({"health": {"probePath": "/health"}}, "health.probePath"),
     ],
 )
 def test_a_gateway_only_key_is_refused_naming_it(

@@ -1,8 +1,8 @@
 """One health model for both front doors: which endpoints may be picked at all.
 
 An endpoint is a candidate only while all of these hold:
-- it is not ejected (``Endpoint.healthy``: the gateway ejects after failed requests, see
-  ``kvgate.gateway.health``; the EPP sees no requests fail, Envoy does);
+- it is not ejected (``Endpoint.healthy``: either door ejects after failed requests, see
+  ``kvgate.datalayer.ejection``: both doors charge the answers they see);
 - its last ``scrape_failures`` scrapes did not all fail (``Endpoint.scrape_failures``, counted by the
   scraper: a dead server's port refuses scrapes long before anything else notices);
 - its metrics are known and younger than ``metrics_staleness_s``.
@@ -90,7 +90,7 @@ def standing(ep: Endpoint, now: float, policy: HealthPolicy) -> int:
 
 def up(ep: Endpoint, now: float, policy: HealthPolicy) -> bool:
     """Not ejected and not down by its scrapes: a peer that can take traffic now (the gateway ejects an
-    endpoint only while another is, ``kvgate.gateway.health``)."""
+    endpoint only while another is, ``kvgate.datalayer.ejection``)."""
     return ep.healthy and not scrape_down(ep, now, policy)
 
 

@@ -64,7 +64,17 @@ class EppConfig:
 # parsed and silently not applied (s19-qa M2: an operator moving a gateway file behind Envoy must not
 # believe its API keys, tenant limits and concurrency cap still hold).
 EPP_LIMITS = ("maxBodyBytes", "maxBufferedBytes", "drainTimeoutSeconds")
-EPP_HEALTH = ("scrapeFailures", "metricsStalenessSeconds")
+# (every ``health`` key since review s30-qa30 Q2: the EPP ejects and probes by the answers' statuses)
+EPP_HEALTH = (
+    "scrapeFailures",
+    "metricsStalenessSeconds",
+    "ejectAfterFailures",
+    "ejectBaseSeconds",
+    "ejectMaxSeconds",
+    "maxEjectionPercent",
+    "probePath",
+    "probeTimeoutSeconds",
+)
 _ENVOY = "Envoy in front proxies the request"
 NOT_APPLIED = {
     "listen": "not applied by kvgate epp (it listens where --host, --port, --grpc-health-port and "
@@ -77,8 +87,7 @@ NOT_APPLIED = {
     "Envoy writes the client's answers here)",
     "limits": f"not applied by kvgate epp: {_ENVOY} (set its route timeouts, retries and circuit breakers); "
     f"the EPP applies {', '.join(f'limits.{k}' for k in EPP_LIMITS)} only",
-    "health": "not applied by kvgate epp: it ejects and probes nothing (Envoy's outlier detection and health "
-    f"checks do); the EPP applies health.{' and health.'.join(EPP_HEALTH)} only",
+    "health": f"not applied by kvgate epp: it applies {', '.join(f'health.{k}' for k in EPP_HEALTH)} only",
     # (the EPP does bound waiting bodies, with no knob: saying "Envoy does it" misled; review s25-rev-gw25 L2)
     "limits.maxWaitingBytesPerClient": "not applied by kvgate epp: its share is fixed, a quarter of "
     "--max-buffered-bytes per fairness id (past half of it; docs/epp.md)",

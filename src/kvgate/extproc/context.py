@@ -10,10 +10,12 @@ from typing import Any
 
 from kvgate.config.director import build_director
 from kvgate.config.rewrite import ModelRewriter
+from kvgate.datalayer.ejection import HealthTracker
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import EppConfig
+from kvgate.extproc.outlier import Outlier
 from kvgate.extproc.session import Observer, SessionContext
 from kvgate.openai.request import RequestPolicy
 from kvgate.requestcontrol.director import Director
@@ -63,9 +65,10 @@ def build_context(
     policy = RequestPolicy(
         frozenset(cfg.pool.adapters), cfg.gateway.session_header, dict(cfg.objectives), cfg.pool.pass_priority
     )
+    endpoints = AddressIndex(store)
     return SessionContext(
         director,
-        AddressIndex(store),
+        endpoints,
         clock=clock,
         observer=observer,
         policy=policy,
@@ -73,4 +76,6 @@ def build_context(
         conformance_hooks=cfg.conformance_hooks,
         max_request_body=cfg.max_body_bytes,
         admit=director.admit if director.flow is not None else None,
+        # (the gateway's ``health`` section: the same ejection and probes as kvgate serve's)
+        outlier=Outlier(HealthTracker(health, clock, store.all), endpoints),
     )

@@ -413,6 +413,7 @@ class EppServer:
         self._metrics_runner: MetricsListener | None = None
         self.servicer: ExtProcServicer | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None  # (``ctx.outlier``'s probe loop)
 
     async def start(self) -> None:
         o = self.options
@@ -423,6 +424,8 @@ class EppServer:
         self.servicer = ExtProcServicer(self.ctx, self.metrics, idle_timeout_s=o.stream_idle_timeout_s)
         pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, self._grpc)
         self._sweeper = asyncio.get_running_loop().create_task(self.servicer.sweep_idle())
+        if self.ctx.outlier is not None:
+            self._prober = self.ctx.outlier.start()
         addr = f"{o.host}:{o.port}"
         with _listening("port", addr):
             check_bindable(o.host, o.port, any_address=True)  # (gRPC's core would log its own line first)
@@ -532,6 +535,8 @@ class EppServer:
                     cut.cancel()
         if self._sweeper is not None:
             await cancel_and_wait(self._sweeper, "the EPP's idle-stream sweeper", log)
+        if self._prober is not None:
+            await cancel_and_wait(self._prober, "the EPP's ejected-endpoint prober", log)
         if self._health_server is not None:
             await self._health_server.stop(0)
         if self._metrics_runner is not None:

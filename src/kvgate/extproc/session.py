@@ -32,6 +32,7 @@ from envoy.type.v3 import http_status_pb2
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
+from kvgate.extproc.outlier import Outlier
 from kvgate.extproc.output_events import CountingScanner
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.offload import off_loop, worth_the_thread
@@ -155,8 +156,11 @@ class SessionContext:
         max_buffered_bytes: int = 1 << 30,
         admit: Callable[[InferenceRequest], Awaitable[PickResult]] | None = None,
         request_timeout_s: Callable[[], float] | None = None,
+        outlier: Outlier | None = None,
     ) -> None:
         self.director = director
+        # Passive health from the answers' statuses (``extproc.outlier``; review s30-qa30 Q2); None: none.
+        self.outlier = outlier
         # The whole request's bound in seconds (0: none), read at each dispatch: the hub EPP's clusters-file
         # ``limits.requestTimeoutSeconds`` (None: no bound; the stream loop then sets no timer).
         self.request_timeout_s = request_timeout_s
@@ -716,6 +720,8 @@ class Session:
         answered = getattr(self.ctx.director, "on_answered", None)
         if answered is not None and self.request is not None and self.endpoint is not None:
             answered(self.request, self.endpoint, self.status)
+        if self.ctx.outlier is not None and self.endpoint is not None:
+            self.ctx.outlier.answered(self.endpoint, self.status)
         sets: dict[str, str] = {}
         removes: list[str] = []
         if self.ctx.conformance_hooks:
