@@ -413,7 +413,6 @@ class EppServer:
         self._metrics_runner: MetricsListener | None = None
         self.servicer: ExtProcServicer | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._prober: asyncio.Task[None] | None = None  # (``ctx.outlier``'s probe loop)
 
     async def start(self) -> None:
         o = self.options
@@ -501,6 +500,7 @@ class EppServer:
         self.draining = True
         await self._health.enter_graceful_shutdown()  # (a no-op the second time)
 
+    _prober: asyncio.Task[None] | None = None  # (``ctx.outlier``'s probe loop, set by ``start``)
     _drain_cut = False  # (class defaults: ``cut_drain`` sets them on the instance)
     _cut_asked: asyncio.Future[None] | None = None  # (set while ``_grpc_stop`` waits out a grace)
 
