@@ -1,5 +1,6 @@
 """Review s30-rev-c30: flowControl.packCertainMisses / prefillAlonePick (fc30) keep the late pick's
-earlier restrictions (F3). In-process only: no clock, no processes, no ports."""
+earlier restrictions (F3) and are refused without the pending bound they read (F1). In-process only:
+no clock, no processes, no ports."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from kvgate.config.director import build_director
 from kvgate.datalayer.store import EndpointStore
 from kvgate.flowcontrol.saturation import ConcurrencyDetector
 from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.framework import ConfigError
 from kvgate.scheduling.types import InferenceRequest
 
 ADDRS = ["10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000"]
@@ -88,3 +90,20 @@ def test_a_certain_miss_is_not_packed_onto_a_passed_home(monkeypatch: pytest.Mon
     d.flow.ctl._pass_homes = frozenset({a.address})
     assert d._not_passed_homes(req, None) == [b, c]
     assert d._pick_late(req, False).primary is not a
+
+
+@pytest.mark.parametrize("key", ["packCertainMisses", "prefillAlonePick"])
+def test_the_key_without_a_pending_bound_is_refused_naming_it(key: str) -> None:
+    # Review s30-rev-c30 F1. No maxPendingRequests: the late pick never reads the key (the pending
+    # counts it needs are the pending bound's), so it would do nothing, silently; freeSlotPick is
+    # refused in the same case. Before the fix the config built.
+    with pytest.raises(ConfigError, match=rf"flowControl\.{key}: needs a saturation detector"):
+        build_director(
+            _cfg({key: True}, {"maxConcurrency": 8}), EndpointStore.from_addresses(ADDRS), flow_metrics=False
+        )
+    d = build_director(  # with the bound: accepted
+        _cfg({key: True}, {"maxConcurrency": 8, "maxPendingRequests": 2}),
+        EndpointStore.from_addresses(ADDRS),
+        flow_metrics=False,
+    )
+    assert d.flow is not None

@@ -113,9 +113,12 @@ def build_director(
                 f"{cfg.saturation_detector.path} ({detector.type_name!r}) has none"
             )
         for on, key in ((fc.fair_share_running_reserve, "fairShareRunningReserve"),
-                        (fc.free_slot_pick, "freeSlotPick")):  # fmt: skip
+                        (fc.free_slot_pick, "freeSlotPick"),
+                        (fc.pack_certain_misses, "packCertainMisses"),
+                        (fc.prefill_alone_pick, "prefillAlonePick")):  # fmt: skip
             if on and not (detector is not None and detector.pending_bound):
-                # The running slots are concurrency-detector's maxConcurrency in its pending-bound mode.
+                # The running slots are concurrency-detector's maxConcurrency in its pending-bound mode
+                # (and the pending counts the last two read): without it the key would do nothing.
                 raise ConfigError(
                     f"flowControl.{key}: needs a saturation detector with a pending bound "
                     "(concurrency-detector with maxPendingRequests > 0; its maxConcurrency is the "
