@@ -7,7 +7,9 @@ another cluster was idle: nothing but a head had reached the client. ``kvgate se
 the upstream's first body byte for exactly this and retries elsewhere (docs/gateway.md, "A stream's
 response head is held until the upstream's first body byte"; decided in session 15).
 
-Fails on main 7f4e076b (and 6d96a979): the request whose pod died after its head ends with the cut event."""
+Fails on main 7f4e076b (and 6d96a979): the request whose pod died after its head ends with the cut event.
+With ``ping`` the pod sends an SSE comment (``: ping``, a keep-alive) before it dies: no progress, held
+with the head as ``kvgate serve`` holds it since qa30 Q4 (fails on 79d23823: the comment went out)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import contextlib
 
 import aiohttp
 import orjson
+import pytest
 
 from gateway.backend import Backend
 from kvgate.multicluster.clusters import ClusterSpec
@@ -27,8 +30,9 @@ STREAM = orjson.dumps({"model": "m", "prompt": "hello there", "max_tokens": 3, "
 class HeadThenDie:
     """A pod that reads the request, sends a stream's head (as vLLM does before its prefill), then dies."""
 
-    def __init__(self) -> None:
+    def __init__(self, ping: bool) -> None:
         self.hits = 0
+        self.ping = ping
 
     async def start(self) -> HeadThenDie:
         self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
@@ -50,6 +54,8 @@ class HeadThenDie:
             w.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
             )
+            if self.ping:
+                w.write(b"8\r\n: ping\n\n\r\n")  # (one chunk: the comment, 8 bytes)
             await w.drain()
             await asyncio.sleep(0.2)  # the prefill, then the crash
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -61,8 +67,9 @@ class HeadThenDie:
         self.server.close()
 
 
-async def test_a_pod_that_dies_after_its_stream_head_before_any_byte_is_failed_over(global_gateway):
-    bad = await HeadThenDie().start()
+@pytest.mark.parametrize("ping", [False, True])
+async def test_a_pod_that_dies_after_its_stream_head_before_any_event_is_failed_over(global_gateway, ping):
+    bad = await HeadThenDie(ping).start()
     good = await Backend("good").start()
     try:
         async with contextlib.AsyncExitStack() as stack:

@@ -82,7 +82,7 @@ from kvgate.openai.responses import (
     follow_up,
     previous_response_id,
 )
-from kvgate.openai.sse import SSEScanner
+from kvgate.openai.sse import SSEScanner, first_event_held
 from kvgate.openai.usage import BodyUsageScanner, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
 from kvgate.requestid import MAX_LEN as RID_MAX
@@ -124,7 +124,6 @@ _DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
 _UPSTREAM_ERRORS = (TimeoutError, OSError)  # UpstreamError is an OSError
 _EXPLAIN_HEADER_MAX = 4096
 _REQUEST_LINES_MAX = 4096  # cached upstream request lines (API x endpoint address)
-_FIRST_HELD_MAX = 65536  # a stream's bytes held before its first data event (comments only: bounded)
 # A non-streamed answer held whole at most (``kvgate epp`` holds 16 MiB, but per request and with a
 # global cap; here 4 MiB: completions and chats are far smaller, and a bigger answer, an embeddings
 # batch or ``prompt_logprobs``, is relayed as it comes with its usage read as it passes), and
@@ -1402,9 +1401,10 @@ class Proxy:
 
     async def _first_chunk(self, resp: UpstreamResponse) -> bytes | None:
         """The stream's bytes up to its first data event; None: it ended or failed before one (retried
-        elsewhere). SSE comments (``: ping`` keep-alives) are no progress: held with it (up to
-        ``_FIRST_HELD_MAX``), so a server that pings and dies before its first event is retried too
-        (review s30-qa30 Q4). A ``ReadTimeout`` is raised (not retried: the server may be working on it)."""
+        elsewhere). SSE comments (``: ping`` keep-alives) are no progress: held with it (up to 64 KiB,
+        ``openai.sse.first_event_held``), so a server that pings and dies before its first event is
+        retried too (review s30-qa30 Q4). A ``ReadTimeout`` is raised (not retried: the server may be
+        working on it)."""
         held = b""
         try:
             while True:
@@ -1412,7 +1412,7 @@ class Proxy:
                 if not chunk:
                     return None
                 held = held + chunk if held else chunk
-                if held.startswith(b"data:") or b"\ndata:" in held or len(held) > _FIRST_HELD_MAX:
+                if first_event_held(held):
                     return held
         except ReadTimeout:
             raise

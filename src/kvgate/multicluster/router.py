@@ -4,11 +4,11 @@ Per cluster, the route is chosen by what is reachable:
 1. Endpoint mode (the cluster has an ``epp``): ask its EPP over ext_proc for a pod, send straight to it;
 2. Parent mode (the cluster has a ``gateway``): send to the cluster-local gateway, whose EPP picks.
 A pod that cannot be reached (no route across clusters, refused, connect timeout) or fails the request
-(a 5xx, a stream ended before its first byte: then, with no Parent route, the EPP is asked once more for
+(a 5xx, a stream ended before its first data event: then, with no Parent route, the EPP is asked once more for
 another pod; qa30 Q9), or an EPP that fails or stalls (no answer within ``epp_timeout_s``) before the
 pick, falls back to Parent mode in the same cluster; a cluster whose every route fails, that answers a 5xx
-other than 504, or 429, before any byte (a stream's head is held until its first byte: qa30 Q8; a second
-server's 500 is the client's, qa30 Q6), or that sends no response head or first byte (within
+other than 504, or 429, before any byte (a stream's head is held until its first data event: qa30 Q8; a second
+server's 500 is the client's, qa30 Q6), or that sends no response head or first event (within
 ``head_timeout_s``; in Parent mode also once its aggregate, fresh
 when the request was sent, has gone stale with its fetches failing: a hung cluster gateway) is left for
 the next cluster in the policy's order (and backs off; a hung one until an aggregate is fetched from it
@@ -46,6 +46,7 @@ from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, 
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy
 from kvgate.multicluster.state import ClusterState, DispatchNote, EppBackoff
 from kvgate.openai.protocol import DESTINATION_ENDPOINT, RATE_LIMITED
+from kvgate.openai.sse import first_event_held
 from kvgate.openai.usage import UsageTail
 from kvgate.scheduling.types import Usage
 from kvgate.sockopts import tcp_keepalive
@@ -125,8 +126,9 @@ class _Opened:
         return first if first is not None else await self._rest.__anext__()
 
 
-# An attempt's outcome when its stream ended or failed after the head, before any body byte (qa30 Q8).
-FIRST_BYTE_LOST = "stream ended before its first byte"
+# An attempt's outcome when its stream ended or failed after the head, before its first data event (no
+# byte of it reached the client: qa30 Q8).
+FIRST_EVENT_LOST = "stream ended before its first data event"
 
 
 def _second_500(attempts: list[Attempt], target: str) -> bool:
@@ -137,9 +139,9 @@ def _second_500(attempts: list[Attempt], target: str) -> bool:
 
 def _pod_failed(a: Attempt) -> bool:
     """Whether an Endpoint-mode attempt failed at its pod after the pod had the request: it answered a
-    5xx (not an EPP's status) or its stream ended before its first byte."""
+    5xx (not an EPP's status) or its stream ended before its first data event."""
     return a.mode == ENDPOINT and (
-        (a.status >= 500 and a.outcome == f"status {a.status}") or a.outcome == FIRST_BYTE_LOST
+        (a.status >= 500 and a.outcome == f"status {a.status}") or a.outcome == FIRST_EVENT_LOST
     )
 
 
@@ -870,29 +872,36 @@ class GlobalRouter:
                 post.cancel()
                 post.add_done_callback(_release_late)
 
-    async def _first_bytes(
+    async def _first_event(
         self, resp: aiohttp.ClientResponse, sent_at: float, deadline: Deadline | None
     ) -> bytes | str | None:
-        """A stream's first body bytes, awaited to ``head_timeout_s`` from the send (the head and the
-        first byte together, as a ``kvgate serve`` cluster gateway's held head comes) and the request's
-        bound; else the attempt's outcome: ``FIRST_BYTE_LOST`` (it ended or failed first) or the timeout
-        (it may still run there); None: bytes came, then a cut that hid them (the body raises it).
-        ``PastDeadline`` when the bound passed first."""
+        """A stream's bytes up to its first data event (SSE comments before it are no progress:
+        ``openai.sse.first_event_held``, ``kvgate serve``'s rule), awaited to ``head_timeout_s`` from the
+        send (the head and the first event together, as a ``kvgate serve`` cluster gateway's held head
+        comes) and the request's bound; else the attempt's outcome: ``FIRST_EVENT_LOST`` (it ended or
+        failed first) or the timeout (it may still run there); None: more bytes came, then a cut that
+        hid them (the body raises it). ``PastDeadline`` when the bound passed first."""
         loop = asyncio.get_running_loop()
         bound = sent_at + self.cfg.head_timeout_s
         due = bound if deadline is None else min(bound, deadline.due)
+        held = b""
         try:
             async with asyncio.timeout_at(due):
-                chunk = await resp.content.readany()
+                while True:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        return FIRST_EVENT_LOST
+                    held = held + chunk if held else chunk
+                    if first_event_held(held):
+                        return held
         except TimeoutError:
             if deadline is not None and loop.time() >= deadline.due:
-                raise PastDeadline("no first byte by then", sent_at, True) from None
-            return f"no first byte within head_timeout_s ({self.cfg.head_timeout_s:g}s)"
+                raise PastDeadline("no first data event by then", sent_at, True) from None
+            return f"no first data event within head_timeout_s ({self.cfg.head_timeout_s:g}s)"
         except (aiohttp.ClientError, OSError):
-            # (aiohttp raises a cut before the bytes it holds: any taken means the stream had started,
-            # the cluster ran it, so its cut is the client's, relayed as one)
-            return None if resp.content.total_bytes else FIRST_BYTE_LOST
-        return chunk or FIRST_BYTE_LOST
+            # (aiohttp raises a cut before the bytes it holds: any unseen may hold an event, so the
+            # stream had started, the cluster ran it: its cut is the client's, relayed as one)
+            return None if resp.content.total_bytes > len(held) else FIRST_EVENT_LOST
 
     def _probe_after_cut(self, st: ClusterState, url: str) -> None:
         """The request's bound cut an attempt before its head, its gateway not probed in it: the cut is
@@ -1052,11 +1061,11 @@ class GlobalRouter:
         upstream: AsyncIterator[bytes] = resp.content.iter_any() if relayed is None else _once(relayed)
         first_at: float | None = None
         if sse and relayed is None:
-            # The head held until the stream's first body byte, as ``kvgate serve`` holds it (qa30 Q8): a
-            # pod (vLLM sends its head before the prefill) or gateway that ends or fails before it has
+            # The head held until the stream's first data event, as ``kvgate serve`` holds it (qa30 Q8):
+            # a pod (vLLM sends its head before the prefill) or gateway that ends or fails before it has
             # given the client nothing, so the request moves on.
             try:
-                opening = await self._first_bytes(resp, sent_at, deadline)
+                opening = await self._first_event(resp, sent_at, deadline)
             except PastDeadline as e:
                 resp.close()
                 given_up()
@@ -1069,7 +1078,7 @@ class GlobalRouter:
             if isinstance(opening, str):  # (the attempt's outcome: it ended, failed or timed out first)
                 resp.close()
                 given_up()
-                running = opening != FIRST_BYTE_LOST
+                running = opening != FIRST_EVENT_LOST
                 attempts.append(Attempt(st.name, mode, target, opening, running=running))
                 return None
             if opening is not None:

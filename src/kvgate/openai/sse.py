@@ -17,6 +17,16 @@ from kvgate.scheduling.types import Usage
 
 # An SSE line longer than this is not a usage-bearing event we can afford to buffer: drop it.
 MAX_SSE_LINE = 1 << 20
+# A stream's bytes held before its first data event at most (SSE comments only: bounded).
+FIRST_HELD_MAX = 65536
+
+
+def first_event_held(held: bytes) -> bool:
+    """Whether a stream's first bytes ``held`` reach its first data event, or ``FIRST_HELD_MAX``: the
+    held head's rule of both gateway doors (``kvgate serve``'s proxy, ``serve --clusters``'s router).
+    SSE comments before it (``: ping`` keep-alives, from a server or a proxy) are no progress, so a
+    stream that ends or fails after them is still retried (review s30-qa30 Q4, Q8)."""
+    return held.startswith(b"data:") or b"\ndata:" in held or len(held) > FIRST_HELD_MAX
 
 
 # Typed events (Responses API, Anthropic Messages) that carry no generated output: a Responses stream's
