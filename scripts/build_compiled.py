@@ -32,10 +32,12 @@ MODULES = [
     "kvgate/scheduling/plugins/scorers.py",
     "kvgate/scheduling/plugins/pickers.py",
     "kvgate/requestcontrol/director.py",
-    "kvgate/httpfront/server.py",
-    "kvgate/openai/request.py",
     "kvgate/openai/requeststats.py",
 ]
+# Not httpfront/server.py nor openai/request.py: measured compiled in session 30, but they behave
+# differently compiled (docs/benchmarks/gateway.md, Session 30: an except clause's variable typed by its
+# first clause, an attribute typed None, offload's ShareFull an interpreted subclass of the compiled
+# BodyError): 500s and errors in tests/gateway.
 GROUP = "kvgate._compiled"  # the shared library's module: kvgate/_compiled__mypyc*.so
 
 
