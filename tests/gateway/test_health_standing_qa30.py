@@ -46,13 +46,17 @@ def test_standing_reads_the_flag_and_the_scrapes_together():
     # A /metrics that answers 404 fails every scrape, yet the server is alive.
     no_metrics = _ep("c:1", None, failures=9, answered_at=99.5)
     assert standing(no_metrics, NOW, POLICY) == UP
-    assert standing(_ep("d:1", healthy=False), NOW, POLICY) == REVIVED
+    revived = _ep("d:1", healthy=False)
+    assert standing(revived, NOW, POLICY) == OUT  # (its scrapes answered all along: nothing came back)
+    revived.down_since_ejected = True  # (seen down by its scrapes since its ejection: back from an outage)
+    assert standing(revived, NOW, POLICY) == REVIVED
     assert standing(_ep("e:1", 98.0, failures=3, healthy=False), NOW, POLICY) == OUT
     assert standing(_ep("f:1", None, healthy=False), NOW, POLICY) == OUT  # (never scraped: no sign of life)
 
 
 def test_fail_open_goes_to_the_pools_best_standing():
-    back = _ep("a:1", healthy=False)  # ejected, scraped fresh again
+    back = _ep("a:1", healthy=False)  # ejected, down by its scrapes since, scraped fresh again
+    back.down_since_ejected = True
     dead = _ep("b:1", 90.0, failures=3)  # never ejected, its scrapes refused
     assert list(gate([back, dead], NOW, POLICY)) == [back]  # (main: [dead])
     assert ready_endpoints([back, dead], NOW, POLICY) == [back]  # (readiness no stricter than routing)

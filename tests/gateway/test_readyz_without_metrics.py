@@ -73,7 +73,10 @@ def test_ready_endpoints_count_a_recent_http_answer_not_an_old_one() -> None:
     ejected.healthy = False
     assert ready_endpoints([alive, dead, ejected], 10.0, policy) == [alive]
     # No endpoint up: routing fails open to the ejected one that answers its scrapes (review s30-qa30 Q1),
-    # so readiness counts it (never stricter than routing); a dead pool still counts none.
+    # so readiness counts it (never stricter than routing); a dead pool still counts none. Only one seen
+    # down by its scrapes since its ejection is back (review s30-rev-d30 F2): else it stays out.
+    assert ready_endpoints([dead, ejected], 10.0, policy) == []
+    ejected.down_since_ejected = True
     assert ready_endpoints([dead, ejected], 10.0, policy) == [ejected]
     ejected.answered_at = 2.0
     assert ready_endpoints([dead, ejected], 10.0, policy) == []

@@ -94,6 +94,9 @@ async def test_an_ejected_server_back_from_an_outage_serves_while_the_rest_is_de
                 await _eject_by_resets(s, url, gw, a)  # a crash-looping server: ejected
                 a.down = b.down = True  # then the whole pool is down
                 await until(lambda: all(ep.scrape_failures >= 3 for ep in eps.values()), WAIT_S)
+                # (the probe loop, 4 times a second, has seen a down by its scrapes: only an ejected server
+                # seen so is back when it answers them again, review s30-rev-d30 F2)
+                await until(lambda: eps[a.address].down_since_ejected, WAIT_S)
                 a.down = False  # the ejected one comes back; b stays dead
                 await until(lambda: eps[a.address].scrape_failures == 0, WAIT_S)
                 statuses = await _first_200_within(s, url)

@@ -156,7 +156,7 @@ class HealthTracker:
 
     def _eject(self, ep: Endpoint, st: _State, backoff: float) -> None:
         ep.healthy = False
-        st.scrape_down = False
+        st.scrape_down = ep.down_since_ejected = False
         st.backoff_s = min(backoff, self.cfg.eject_max_s)
         st.retry_at = self.clock() + st.backoff_s
         self.ejections += 1
@@ -176,7 +176,7 @@ class HealthTracker:
             if st is None:
                 due.append(ep)
             elif scrape_down(ep, now, policy):
-                st.scrape_down = True
+                st.scrape_down = ep.down_since_ejected = True
                 if now >= st.retry_at:
                     due.append(ep)
             elif st.scrape_down:
@@ -191,6 +191,7 @@ class HealthTracker:
         st = self._entry(ep.address)
         if ok:
             ep.healthy = True
+            ep.down_since_ejected = False
             st.failures = 0
             st.quiet_s = st.quiet_end = 0.0  # (back in: ``timed_out`` counts afresh)
             st.backoff_s = 0.0

@@ -121,6 +121,11 @@ class Endpoint:
     # /metrics with 404 (SGLang without --enable-metrics) is alive (kvgate.datalayer.health); a 5xx (a
     # sidecar or LB in front of a dead server, a draining server) is no evidence it serves.
     answered_at: float | None = None
+    # Ejected, and seen down by its scrapes since its ejection (the gateway's probe loop marks it,
+    # ``kvgate.gateway.health``; cleared at each ejection): answering its scrapes again, it came back from
+    # an outage (``kvgate.datalayer.health.REVIVED``). One ejected for failing requests while its scrapes
+    # answered has not (review s30-rev-d30 F2).
+    down_since_ejected: bool = False
 
     def __hash__(self) -> int:
         return hash(self.address)

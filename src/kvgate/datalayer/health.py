@@ -18,9 +18,11 @@ alone, so a dead server that was never ejected drew every request while the serv
 had come back, scraped fresh, waited for its probe):
 - UP: not ejected, not down by its scrapes (``scrape_down``: metrics unknown or old, e.g. before the
   first scrape round, or a fleet that answers ``/metrics`` 404);
-- REVIVED: ejected, but its scrapes answered within ``metrics_staleness_s`` and it is not down by them
-  (a server that came back from an outage, before its probe; Envoy's panic threshold also routes to
-  ejected hosts);
+- REVIVED: ejected, seen down by its scrapes since its ejection (``Endpoint.down_since_ejected``, marked
+  by the gateway's probe loop), and now not down by them, a scrape answered within
+  ``metrics_staleness_s`` (a server that came back from an outage, before its probe; Envoy's panic
+  threshold also routes to ejected hosts). One ejected for failing its requests while its scrapes
+  answered is OUT (review s30-rev-d30 F2);
 - SCRAPE_DOWN: not ejected, down by its scrapes (every endpoint so: the scraper itself may be cut off);
 - OUT: ejected, and down by its scrapes or not scraped lately.
 
@@ -83,9 +85,14 @@ def standing(ep: Endpoint, now: float, policy: HealthPolicy) -> int:
     down = scrape_down(ep, now, policy)
     if ep.healthy:
         return SCRAPE_DOWN if down else UP
-    # Ejected: back only on evidence, a scrape answered lately (never scraped is not alive).
+    # Ejected: back only on evidence, down by its scrapes since its ejection and a scrape answered lately
+    # (never scraped is not alive). One ejected for failing its requests while its scrapes answered stays
+    # OUT: its scrapes say nothing of its requests (review s30-rev-d30 F2: REVIVED outranks SCRAPE_DOWN,
+    # it took every request from a serving peer whose scrapes failed).
+    if not ep.down_since_ejected or down:
+        return OUT
     a = ep.answered_at
-    return REVIVED if not down and a is not None and now - a <= policy.metrics_staleness_s else OUT
+    return REVIVED if a is not None and now - a <= policy.metrics_staleness_s else OUT
 
 
 def up(ep: Endpoint, now: float, policy: HealthPolicy) -> bool:
