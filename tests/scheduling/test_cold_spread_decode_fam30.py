@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kvgate.config.director import build_director
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.store import EndpointStore
 from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.framework import ConfigError
 from kvgate.scheduling.types import InferenceRequest
 
 from .helpers import fleet
@@ -58,6 +61,13 @@ def test_only_a_decode_heavy_cold_request_pays_the_cold_spread_price() -> None:
     assert plain_h > plain_o
 
 
-def test_decode_heavy_alone_changes_nothing() -> None:
-    # Without coldSpread the parameter prices nothing.
-    assert _cold_costs({"coldSpreadDecodeHeavy": True}, 1200) == _cold_costs({}, 1200)
+def test_decode_heavy_without_cold_spread_is_refused_naming_it() -> None:
+    # Without coldSpread the parameter would price nothing, silently: refused naming the key, as
+    # freeSlotPick is without its pending bound (review s30-rev-c30 F2; it built on fc5ff08f).
+    with pytest.raises(
+        ConfigError, match=r"plugins\[\d+\]\.parameters\.coldSpreadDecodeHeavy: needs coldSpread"
+    ):
+        _director({"coldSpreadDecodeHeavy": True})
+    with pytest.raises(ConfigError, match=r"\.coldSpreadDecodeHeavy: needs coldSpread"):
+        _director({"coldSpread": False, "coldSpreadDecodeHeavy": True})
+    _director({"coldSpread": False, "coldSpreadDecodeHeavy": False})  # off: accepted

@@ -64,9 +64,9 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   more cost, weighed against the load terms in the same tokens, not a rule that piles cold work onto
   one replica. Warm requests are not affected, nor are replicas with equal reuse. With ``--workers N``
   each worker counts only its own picks (not measured; the workers split connections, not requests).
-  ``coldSpreadDecodeHeavy`` (off): only a cold request whose ``max_tokens`` exceeds its prompt tokens pays
-  (a decode-heavy one-off: the output the engine caches is most of what it writes, and nothing reuses
-  it), while new sessions and lost contexts are placed as without ``coldSpread``: on family c the gain
+  ``coldSpreadDecodeHeavy`` (off; needs ``coldSpread``, or the config is refused naming the key): only a
+  cold request whose ``max_tokens`` exceeds its prompt tokens pays (a decode-heavy one-off: the output
+  the engine caches is most of what it writes, and nothing reuses it), while new sessions and lost contexts are placed as without ``coldSpread``: on family c the gain
   comes from the one-offs, and steering the rest is what shared-prefix and family a paid for
   (docs/benchmarks/fleet-multiturn-s30.md).
 
@@ -105,6 +105,7 @@ from itertools import islice
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.framework import (
+    ConfigError,
     CycleState,
     Params,
     Plugin,
@@ -266,6 +267,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             eviction_price=params.get_bool("evictionPrice", False),
         )
         params.finish()
+        if s.cold_spread_decode_heavy and not s.cold_spread:
+            # It narrows coldSpread's price: alone it would do nothing, silently.
+            raise ConfigError(
+                f"{params.path}.coldSpreadDecodeHeavy",
+                "needs coldSpread: true (it narrows coldSpread's price to decode-heavy cold requests)",
+            )
         return s
 
     @property
