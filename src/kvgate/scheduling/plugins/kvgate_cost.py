@@ -66,9 +66,9 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   each worker counts only its own picks (not measured; the workers split connections, not requests).
   ``coldSpreadDecodeHeavy`` (off; needs ``coldSpread``, or the config is refused naming the key): only a
   cold request whose ``max_tokens`` exceeds its prompt tokens pays (a decode-heavy one-off: the output
-  the engine caches is most of what it writes, and nothing reuses it), while new sessions and lost contexts are placed as without ``coldSpread``: on family c the gain
-  comes from the one-offs, and steering the rest is what shared-prefix and family a paid for
-  (docs/benchmarks/fleet-multiturn-s30.md).
+  the engine caches is most of what it writes, and nothing reuses it), while new sessions and lost
+  contexts are placed as without ``coldSpread``: on family c the gain comes from the one-offs, and
+  steering the rest is what shared-prefix and family a paid for (docs/benchmarks/fleet-multiturn-s30.md).
 
 - ``evictionPrice`` (off: opt-in; docs/benchmarks.md "Session 20" for why): what a request's write evicts
   at each candidate, priced in expected recompute (``eviction_price.py``). Its uncached tokens and its
