@@ -91,7 +91,7 @@ async def start_epp() -> AsyncIterator[StartEpp]:
         objectives: dict[str, int] | None = None,
         model_rewrite: Callable[[str], str | None] = lambda _m: None,
         max_concurrent_streams: int = 10_000,
-        health: HealthConfig | None = None,
+        health: HealthConfig | None = HealthConfig(),  # (kvgate epp's passive health; None: none)
         **ctx_kw: Any,
     ) -> Epp:
         store = EndpointStore.from_addresses(addresses)
