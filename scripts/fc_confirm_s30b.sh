@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Session 30b's pre-registered confirmation (fc30; docs/benchmarks/flowcontrol.md "Session 30"): session
-# 28's confirmation command twice per cell, on the seeds given (fresh 88-90), both shapes, both TTLs:
-# as shipped (OUT/base/) and with flowControl.prefillAlonePick (`--prefill-alone`, OUT/alone/), the
-# reference arm in both runs; each cell's JSON as OUT/{base,alone}/ttl{T}_{shape}_s{S}.json, the load
-# average before and after each in OUT/loadavg.txt, four runs at a time. Run under
-# `flock /work/team/live.lock`. Read with `python scripts/fc_confirm_goals_s30.py --dir OUT --seeds 91,92,93 --variant alone`.
+# 28's confirmation command twice per cell, on the seeds given (default 91-93, fresh then: 88-90 went to
+# fc_confirm_s30.sh, packCertainMisses), both shapes, both TTLs: as shipped (OUT/base/) and with
+# flowControl.prefillAlonePick (`--prefill-alone`, OUT/alone/), the reference arm in both runs; each
+# cell's JSON as OUT/{base,alone}/ttl{T}_{shape}_s{S}.json, the load average before and after each in
+# OUT/loadavg.txt, four runs at a time. Run under `flock /work/team/live.lock`. Read with
+# `python scripts/fc_confirm_goals_s30.py --dir OUT --seeds 91,92,93 --variant alone`.
 set -u
 OUT=${1:?usage: fc_confirm_s30b.sh OUT [SEEDS]}
 SEEDS=${2:-91 92 93}
