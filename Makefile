@@ -43,7 +43,8 @@ check-install:
 ## Optional: the request path's hottest modules (scripts/build_compiled.py's MODULES) compiled with mypyc into C
 ## extensions beside their sources (git-ignored), which Python then imports instead of the .py files. Pure Python
 ## stays the default and what CI tests. Rebuild after editing one of them (an edited .py is not used while its
-## .so is there); `make pure` removes them. Needs a C compiler.
+## .so is there: `import kvgate` refuses, naming it, once its sha256 differs from the build's manifest);
+## `make pure` removes them and the manifest. Needs a C compiler (and setuptools: the dev extra's mypy[mypyc]).
 compiled: $(STAMP)
 	$(BIN)/python scripts/build_compiled.py
 

@@ -7,8 +7,10 @@ Pure Python stays the default and what CI tests; `make compiled` runs this into 
 (which the editable install imports), `make pure` removes what it built. Python's import system prefers an
 extension module (``profile.cpython-311-x86_64-linux-gnu.so``) over the ``.py`` beside it, so once built
 the compiled modules are the ones imported, and an edited ``.py`` is NOT picked up until the next build:
-run `make compiled` again (or `make pure`) after editing one of ``MODULES``. The modules share one library,
-``kvgate/_compiled__mypyc*.so``. Needs mypy (the ``dev`` extra, which ships mypyc) and a C compiler.
+the build records each source's sha256 in ``kvgate/_compiled_manifest.json`` (git-ignored; ``--clean``
+removes it) and ``import kvgate`` refuses (ImportError naming the source) once one changed: run `make
+compiled` again (or `make pure`). The modules share one library, ``kvgate/_compiled__mypyc*.so``. Needs mypy
+(the ``dev`` extra, which ships mypyc) and a C compiler.
 ``--check``: mypyc's front and middle end only (type check, IR, C source into a temporary folder, no C
 compiler): fails where a module stopped being compilable (tests/test_compiled_build_perf30.py runs it).
 """
@@ -16,6 +18,8 @@ compiler): fails where a module stopped being compilable (tests/test_compiled_bu
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -39,6 +43,9 @@ MODULES = [
 # first clause, an attribute typed None, offload's ShareFull an interpreted subclass of the compiled
 # BodyError): 500s and errors in tests/gateway.
 GROUP = "kvgate._compiled"  # the shared library's module: kvgate/_compiled__mypyc*.so
+# The sha256 of each compiled source, written after a build: kvgate/__init__.py refuses to import when one
+# changed since (kvgate/_compiled_check.py), so a `git pull` cannot leave an old .so running silently.
+MANIFEST = "kvgate/_compiled_manifest.json"
 
 
 def built(src: Path) -> list[Path]:
@@ -47,9 +54,21 @@ def built(src: Path) -> list[Path]:
 
 
 def clean(src: Path) -> None:
-    for path in built(src):
-        path.unlink()
-        print(f"removed {path}")
+    for path in [*built(src), src / MANIFEST]:
+        if path.exists():
+            path.unlink()
+            print(f"removed {path}")
+
+
+def digests(src: Path) -> dict[str, str]:
+    """Each of MODULES' sha256, by its path relative to ``src``."""
+    return {rel: hashlib.sha256((src / rel).read_bytes()).hexdigest() for rel in MODULES}
+
+
+def write_manifest(src: Path, sources: dict[str, str]) -> Path:
+    path = src / MANIFEST
+    path.write_text(json.dumps({"sources": sources}, indent=1, sort_keys=True) + "\n")
+    return path
 
 
 def check(src: Path) -> int:
@@ -76,6 +95,7 @@ def build(src: Path) -> None:
     from setuptools import setup
 
     clean(src)
+    sources = digests(src)  # (read before compiling: an edit during the build shows as stale)
     root = src.parent
     work = Path(tempfile.mkdtemp(prefix="kvgate-mypyc-"))
     here = os.getcwd()
@@ -94,6 +114,7 @@ def build(src: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
     for path in built(src):
         print(f"built {path}")
+    print(f"wrote {write_manifest(src, sources)}")
 
 
 def main() -> int:
