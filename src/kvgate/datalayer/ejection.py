@@ -83,6 +83,7 @@ class HealthTracker:
         self._ejected = asyncio.Event()
 
     def success(self, ep: Endpoint) -> None:
+        ep.served_at = self.clock()
         st = self._state.get(ep.address)
         if st is not None and (st.failures or st.quiet_end):
             st.failures = 0
@@ -116,10 +117,13 @@ class HealthTracker:
         """Record a failure; True when this one ejected the endpoint.
 
         Never ejects the pool's last endpoint that can take traffic (Envoy's "panic" idea): ejected only
-        while another is up (``datalayer.health.up``: not ejected, not down by its scrapes), so neither
-        the only live server beside dead ones (review s30-qa30 Q3: a dead server, never sent anything,
-        counted as a healthy peer by its flag) nor any endpoint of a pool down by its scrapes (its
-        back-off would only delay the recovery: the first endpoint scraped alive serves again at once).
+        while another can (``_takes_traffic``: up by ``datalayer.health.up``, not ejected and not down by
+        its scrapes, or not ejected and a request to it succeeded lately), so neither the only live
+        server beside dead ones (review s30-qa30 Q3: a dead server, never sent anything, counted as a
+        healthy peer by its flag) nor any endpoint of a pool in a real outage, down by its scrapes and
+        serving nothing (its back-off would only delay the recovery: the first endpoint scraped alive
+        serves again at once). A pool whose ``/metrics`` is unreachable but that serves (a NetworkPolicy
+        on the metrics port) still ejects a dead server (review s30-rev-d30 F1).
         With nothing left the gateway could only answer 503, while the endpoint may just be overloaded
         for a moment. Nor more than ``max_ejection_percent`` of the pool at once, one at least (Envoy's
         ``max_ejection_percent``): failures that many endpoints share are more likely the requests'
@@ -130,7 +134,7 @@ class HealthTracker:
         if ep.healthy and st.failures >= self.cfg.eject_after_failures:
             peers = [other for other in pool if other is not ep]
             now = self.clock()
-            if not any(up(other, now, self.policy) for other in peers):
+            if not any(self._takes_traffic(other, now) for other in peers):
                 return False
             ejected = sum(1 for other in peers if not other.healthy)
             if ejected >= max(1, int((len(peers) + 1) * self.cfg.max_ejection_percent / 100)):
@@ -138,6 +142,14 @@ class HealthTracker:
             self._eject(ep, st, self.cfg.eject_base_s)
             return True
         return False
+
+    def _takes_traffic(self, ep: Endpoint, now: float) -> bool:
+        """A peer that can take traffic now: up, or not ejected and a request to it succeeded within
+        ``metrics_staleness_s`` (its scrapes may fail while it serves: the scraper cut off)."""
+        if up(ep, now, self.policy):
+            return True
+        t = ep.served_at
+        return ep.healthy and t is not None and now - t <= self.policy.metrics_staleness_s
 
     def _entry(self, address: str) -> _State:
         """``address``'s state, made when new. The table only grows here: when it has reached

@@ -126,6 +126,9 @@ class Endpoint:
     # an outage (``kvgate.datalayer.health.REVIVED``). One ejected for failing requests while its scrapes
     # answered has not (review s30-rev-d30 F2).
     down_since_ejected: bool = False
+    # When a request to it last succeeded (the front doors' health tracking's clock,
+    # ``kvgate.datalayer.ejection``): it serves, whatever its scrapes say (review s30-rev-d30 F1).
+    served_at: float | None = None
 
     def __hash__(self) -> int:
         return hash(self.address)
