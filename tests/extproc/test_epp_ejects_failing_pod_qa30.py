@@ -77,3 +77,14 @@ def test_kvgate_epp_builds_its_context_with_the_health_sections_ejection(tmp_pat
     assert a.healthy
     ctx.outlier.answered(a, 503)
     assert not a.healthy and b.healthy
+
+
+def test_kvgate_epp_probes_https_endpoints_over_tls(tmp_path) -> None:
+    gw = tmp_path / "gw.yaml"
+    gw.write_text("pools:\n- {name: p, endpoints: ['https://127.0.0.1:1'], models: [m]}\n")
+    cfg = epp_config.load(
+        config=str(gw), pool_name=None, endpoints=None, models=[], policy="kvgate", engine="vllm",
+        config_file=None, config_text=None, conformance=False,
+    )  # fmt: skip
+    ctx = build_context(cfg, EndpointStore.from_addresses(cfg.pool.endpoints))
+    assert ctx.outlier is not None and ctx.outlier.tracker.default_tls is not None

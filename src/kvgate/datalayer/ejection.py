@@ -79,6 +79,8 @@ class HealthTracker:
         self.ejections = 0
         # Pool name -> TLS context for https pools (probes go to https:// there).
         self.tls: dict[str, ssl.SSLContext] = {}
+        # ... and for any other pool (``kvgate epp``'s one pool of https endpoints, whatever its name).
+        self.default_tls: ssl.SSLContext | None = None
         # Set at an ejection: wakes the probe loop, which sleeps while nothing is ejected.
         self._ejected = asyncio.Event()
 
@@ -213,7 +215,7 @@ class HealthTracker:
             st.retry_at = self.clock() + st.backoff_s
 
     async def probe(self, session: aiohttp.ClientSession, ep: Endpoint) -> bool:
-        tls = self.tls.get(ep.pool)
+        tls = self.tls.get(ep.pool) or self.default_tls
         url = f"{'https' if tls is not None else 'http'}://{ep.address}{self.cfg.probe_path}"
         try:
             timeout = aiohttp.ClientTimeout(total=self.cfg.probe_timeout_s)

@@ -4,6 +4,7 @@ only; what a front door talks to is the Director.)"""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -66,6 +67,11 @@ def build_context(
         frozenset(cfg.pool.adapters), cfg.gateway.session_header, dict(cfg.objectives), cfg.pool.pass_priority
     )
     endpoints = AddressIndex(store)
+    # (the gateway's ``health`` section: the same ejection and probes as kvgate serve's; https endpoints
+    # probed over TLS verified against the pool's ``caFile``, as they are scraped)
+    tracker = HealthTracker(health, clock, store.all)
+    if cfg.pool.scheme == "https":
+        tracker.default_tls = ssl.create_default_context(cafile=cfg.pool.ca_file)
     return SessionContext(
         director,
         endpoints,
@@ -76,6 +82,5 @@ def build_context(
         conformance_hooks=cfg.conformance_hooks,
         max_request_body=cfg.max_body_bytes,
         admit=director.admit if director.flow is not None else None,
-        # (the gateway's ``health`` section: the same ejection and probes as kvgate serve's)
-        outlier=Outlier(HealthTracker(health, clock, store.all), endpoints),
+        outlier=Outlier(tracker, endpoints),
     )
