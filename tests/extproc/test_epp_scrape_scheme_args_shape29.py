@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import kvgate.extproc.cli as epp_cli
+from kvgate.httpfront import tls
 
 
 @pytest.fixture
@@ -26,8 +27,10 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def test_an_https_pools_scheme_and_ca_file_are_serve_s_arguments(tmp_path: Path, served: list[Any]) -> None:
+    # A real certificate: since c73818de the EPP's prober builds its TLS context from the pool's caFile
+    # before _serve (a caFile that holds no certificate is refused at start, exit 2).
     ca = tmp_path / "ca.pem"
-    ca.write_text("(read only by the scraper's TLS context, which the fake _serve never builds)\n")
+    ca.write_bytes(tls.self_signed(("127.0.0.1",)).cert_pem)
     pool = {"name": "p", "endpoints": ["https://127.0.0.1:9"], "models": ["m"], "caFile": str(ca)}
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump({"pools": [pool]}))
     assert epp_cli.main(["--config", str(tmp_path / "gw.yaml")]) == 0
