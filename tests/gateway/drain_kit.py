@@ -173,6 +173,39 @@ def ends_with_the_drain_error_event(rest: bytes) -> bool:
     return err.get("code") == "service_unavailable" and "drain deadline (1s)" in err.get("message", "")
 
 
+def _accepted_ports(port: int) -> set[int]:
+    """The remote ports of the connections to local ``port`` that a process has accepted: in ``/proc/net/tcp``
+    (and ``tcp6``) a connection still in a listener's accept queue has inode 0, an accepted one its
+    socket's inode."""
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            cols = row.split()
+            local, remote, state, inode = cols[1], cols[2], cols[3], cols[9]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode != "0":
+                ports.add(int(remote.rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def accepted(port: int, writers: list[asyncio.StreamWriter], within_s: float = 30.0) -> None:
+    """Every one of ``writers``' connections to ``port`` accepted by the gateway (polled; Linux's
+    ``/proc/net/tcp``). Once accepted, a worker's drain answers the request whose bytes it finds (read, or
+    unread in the kernel: ``FrontServer.drain``); a connection still in the accept queue when the
+    listener closes is reset. A worker's loop starts a connection it accepted (``connection_made``) before
+    it runs the handler of a signal sent later, so a SIGTERM sent after this finds every one of them."""
+    want = {w.get_extra_info("sockname")[1] for w in writers}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not want <= (got := _accepted_ports(port)):
+        assert loop.time() < deadline, f"connections from {sorted(want - got)} never accepted on {port}"
+        await asyncio.sleep(0.02)
+
+
 def unclean(stderr: Path) -> list[str]:
     return [line for line in stderr.read_text(errors="replace").splitlines() if UNCLEAN.search(line)]
 

@@ -90,9 +90,10 @@ async def test_every_workers_early_503_says_when_to_retry(backends, tmp_path) ->
             w.write(POST + BODY[:5])
             await w.drain()
             conns.append((r, w))
-        # (each worker has read its half request: the drain waits for it; 0.5 s before, for processes on a
-        # loaded machine)
-        await asyncio.sleep(2.0)
+        # Each connection accepted by a worker, its half request read or waiting in the kernel: the drain
+        # answers it (a fixed 2 s before: a loaded worker could still have one in its accept queue, reset
+        # when the listener closed).
+        await drain_kit.accepted(port, [w for _, w in conns])
         os.kill(proc.pid, signal.SIGTERM)
         await drain_kit._refused(port, within_s=30)  # (every worker closed its listener: each drains)
         for _, w in conns:

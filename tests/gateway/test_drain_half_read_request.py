@@ -166,9 +166,10 @@ async def test_every_worker_answers_the_requests_it_found_arriving(backends, tmp
             w.write(head + body[:5])
             await w.drain()
             conns.append((r, w))
-        # (each worker has read its half request: the drain waits for it; 0.5 s before, for processes on a
-        # loaded machine)
-        await asyncio.sleep(2.0)
+        # Each connection accepted by a worker, its half request read or waiting in the kernel: the drain
+        # answers it (a fixed 2 s before: a loaded worker could still have one in its accept queue, reset
+        # when the listener closed).
+        await drain_kit.accepted(port, [w for _, w in conns])
         os.kill(proc.pid, signal.SIGTERM)
         # Every worker closed its listener: each drains (a fixed 0.5 s before: the rest of a request that
         # arrived before a loaded worker handled the signal was answered 200).

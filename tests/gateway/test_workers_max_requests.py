@@ -24,7 +24,9 @@ from kvgate.gateway import workers
 
 BODY = orjson.dumps({"model": "m", "prompt": "x" * 100, "max_tokens": 2})
 SENT = 16
-WAIT_S = 15.0  # (well within the first test's TTL: what is queued stays queued while it is watched)
+# How long a poll waits for the fleet's queue to reach a state (real worker processes on a loaded machine:
+# 15 s before). Within the first test's 60 s TTL: what is queued stays queued while it is watched.
+WAIT_S = 30.0
 
 
 async def queued(s: aiohttp.ClientSession, admin: int) -> dict[str, float]:
@@ -108,6 +110,16 @@ async def until_empty(s: aiohttp.ClientSession, admin: int) -> None:
     raise AssertionError(f"the queues never emptied: {per}")
 
 
+async def answered(burst: Burst, status: int, n: int) -> None:
+    """Until ``n`` of ``burst``'s requests have been answered ``status`` (or ``WAIT_S``)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + WAIT_S
+    while burst.statuses.count(status) < n:
+        if loop.time() > end:
+            return  # (the caller's assertion says what came)
+        await asyncio.sleep(0.05)
+
+
 def check(burst: Burst, per: dict[str, float], most: float, limit: int) -> None:
     assert most <= limit, f"the fleet queued up to {most} requests for a limit of {limit} (now {per})"
     assert sum(per.values()) == limit, f"the fleet queued {per} for a limit of {limit}"
@@ -137,12 +149,15 @@ async def test_max_requests_bounds_the_whole_gateways_queue_and_a_cancel_gives_p
             await burst.cancel()
 
 
+@pytest.mark.timeout(300)  # (a TTL, two workers' restart: up to READY_S on a loaded machine)
 async def test_max_bytes_ttl_and_a_dead_workers_queue_give_places_back(backends, tmp_path):
     (b,) = await backends(1)
     b.answer_delay = 60.0
     # maxBytes counts each body's bytes (review s21-fixes-a M2): two and a half bodies hold two of them
     cap = len(BODY) * 5 // 2
-    cfg = drain_kit.flow_controlled_config(tmp_path, b.address, f"maxBytes: {cap}, defaultRequestTTL: 2s")
+    # A TTL of 10 s (2 s before: on a loaded machine the queued two could reach their TTL, answered 503,
+    # before the burst's others were refused and ``fill`` saw the queue full: ``check`` wants only 429s)
+    cfg = drain_kit.flow_controlled_config(tmp_path, b.address, f"maxBytes: {cap}, defaultRequestTTL: 10s")
     async with (
         workers_kit.serve_workers("--config", str(cfg), n=2) as (proc, port, admin),
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
@@ -151,6 +166,7 @@ async def test_max_bytes_ttl_and_a_dead_workers_queue_give_places_back(backends,
         try:
             check(burst, per, most, 2)
             await until_empty(s, admin)  # their TTL: 503, places back
+            await answered(burst, 503, 2)  # (the gauge can fall before the answers reach this process)
             assert sorted(burst.statuses).count(503) == 2, burst.statuses
         finally:
             await burst.cancel()
@@ -184,7 +200,7 @@ def _kill(proc: Any, pid: int) -> set[int]:
 async def _replacement(proc: Any, admin: int, others: set[int], pid: int) -> int:
     """The pid of killed worker ``pid``'s successor in its slot, once every worker is ready."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + 30.0
+    end = loop.time() + workers_kit.READY_S  # (a fresh interpreter importing kvgate: 30 s before)
     while loop.time() < end:
         new = set(workers_kit.children(proc.pid, b"spawn_main")) - others - {pid}
         if new:
