@@ -38,6 +38,9 @@ Arms (the same kvgate scheduling profile each time; only admission differs):
   while it can still make it and is shed (429) once it cannot.
 - ``...-feasible`` (a suffix to any ``kvgate`` arm, last): ``orderingPolicy: slo-feasible``, the
   requests past their TTFT deadline dispatched after those that can still meet it.
+- ``...+pack`` / ``...+alone`` (after the arm's name, ``kvgate-reserve`` arms): that arm with
+  ``flowControl.packCertainMisses`` / ``prefillAlonePick`` (as ``--pack-misses`` / ``--prefill-alone``
+  for every such arm), so the keys run side by side in one run (fc31).
 
 ``--frontier [ARM:]KNOB=V1,...`` (``kvgate.bench.flowcontrol_frontier``): SLO attainment against shed
 rate, each arm over a knob's settings, compared at the same shed rate.
@@ -76,6 +79,9 @@ DETECTOR_KVGATE: dict[str, Any] = {
     "parameters": {"maxConcurrency": 128, "maxPendingRequests": 2},
 }
 
+# An arm's late-pick modifiers (``kvgate-reserve-feasible+pack``): the key each turns on.
+ARM_LATE_PICKS = {"pack": "packCertainMisses", "alone": "prefillAlonePick"}
+
 _SCHED = {
     "plugins": [
         {"type": "kvgate-cost-scorer"},
@@ -108,6 +114,12 @@ def arm_config(
     pack_misses: bool = False,
     prefill_alone: bool = False,
 ) -> dict[str, Any]:
+    arm, *late_picks = arm.split("+")
+    for key in late_picks:
+        if key not in ARM_LATE_PICKS or not arm.startswith("kvgate-reserve"):
+            raise ValueError(f"arm {arm}+{key}: +{'/+'.join(ARM_LATE_PICKS)} only on a kvgate-reserve arm")
+    pack_misses = pack_misses or "pack" in late_picks
+    prefill_alone = prefill_alone or "alone" in late_picks
     doc: dict[str, Any] = dict(_SCHED)
     if arm == "none":
         return doc
