@@ -46,7 +46,7 @@ def test_children_start_while_grpc_calls_run_in_this_process() -> None:
         async def call() -> None:
             nonlocal calls
             while True:
-                await echo(b"x" * 64, timeout=10)
+                await echo(b"x" * 64, timeout=30)
                 calls += 1
 
         callers = [asyncio.create_task(call()) for _ in range(4)]

@@ -91,7 +91,7 @@ def test_a_remembered_group_whose_id_was_reused_does_not_take_an_unrelated_daemo
         _ask(ours, b"", 1)  # a listing: the child, leading group g, remembered
         _settle(scans, theirs)
         os.kill(g, signal.SIGKILL)  # the child ends, collected by its parent: group g is gone, pid g free
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while lifeline.stat(g) is not None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert lifeline.stat(g) is None
@@ -106,7 +106,7 @@ def test_a_remembered_group_whose_id_was_reused_does_not_take_an_unrelated_daemo
         _ask(ours, b"", 2)  # a listing after the reuse: the stale entry should be dropped here
         parent.kill()  # the watched process ends: the sweep
         parent.wait()
-        watcher.join(timeout=20)
+        watcher.join(timeout=60)
         assert not watcher.is_alive()
         d = lifeline.stat(daemon)
         assert d is not None and d[2] != "Z", (

@@ -36,8 +36,13 @@ def _read_pid(path: Path) -> int | None:
     return int(text) if text else None
 
 
+# How long a wait on a child process (its start, its end) may take on a loaded machine (4-10 s before).
+WAIT_S = 60.0
+
+
 async def _pid(path: Path) -> int:
-    for _ in range(200):
+    end = asyncio.get_running_loop().time() + WAIT_S
+    while asyncio.get_running_loop().time() < end:
         if (pid := _read_pid(path)) is not None:
             return pid
         await asyncio.sleep(0.02)
@@ -46,7 +51,8 @@ async def _pid(path: Path) -> int:
 
 async def _exited(p: procs.Proc) -> None:
     """(Not ``proc.wait()``: on Python 3.11 it also waits for the output pipe, which a child may hold.)"""
-    for _ in range(500):
+    end = asyncio.get_running_loop().time() + WAIT_S
+    while asyncio.get_running_loop().time() < end:
         if p.proc.returncode is not None:
             return
         await asyncio.sleep(0.02)
@@ -59,7 +65,7 @@ async def test_a_process_cancelled_while_it_starts_is_stopped(tmp_path: Path) ->
     starter = asyncio.create_task(procs.start("sleeper", cmd, "never printed", wait_s=30))
     pid = await _pid(pidfile)
     starter.cancel()
-    await asyncio.wait([starter], timeout=10)
+    await asyncio.wait([starter], timeout=WAIT_S)
     assert starter.cancelled()
     assert gone(pid), "the process being started was left running"
 
@@ -87,7 +93,7 @@ async def test_a_cancel_landing_as_the_ready_line_arrives_is_not_swallowed(
     pidfile = tmp_path / "pid"
     cmd = [sys.executable, "-c", _SLEEPER, str(pidfile)]
     starter = asyncio.create_task(procs.start("sleeper", cmd, "ready", wait_s=30))
-    await asyncio.wait([starter], timeout=10)
+    await asyncio.wait([starter], timeout=WAIT_S)
     assert starter.done()
     if not starter.cancelled():
         p, _ = starter.result()
@@ -115,7 +121,7 @@ async def test_stop_ends_the_children_a_process_left_in_its_group(tmp_path: Path
     child = await _pid(pidfile)
     await _exited(p)
     assert not gone(child)
-    await asyncio.wait_for(p.stop(grace=5.0), 10)
+    await asyncio.wait_for(p.stop(grace=5.0), WAIT_S)
     assert gone(child), "the child the process left in its group still runs"
 
 
@@ -128,9 +134,10 @@ async def test_stop_cancelled_while_it_waits_still_kills_and_raises(tmp_path: Pa
     stopper = asyncio.create_task(p.stop(grace=30.0))
     await asyncio.sleep(0.3)
     stopper.cancel()
-    await asyncio.wait([stopper], timeout=10)
+    await asyncio.wait([stopper], timeout=WAIT_S)
     assert stopper.cancelled()
-    for _ in range(100):
+    end = asyncio.get_running_loop().time() + WAIT_S
+    while asyncio.get_running_loop().time() < end:
         if gone(pid):
             break
         await asyncio.sleep(0.05)
@@ -151,7 +158,7 @@ async def test_stop_never_swallows_the_callers_cancellation(tmp_path: Path) -> N
         stopper = asyncio.create_task(p.stop())
         await asyncio.sleep(0)  # the stop waits for the reader now
         stopper.cancel()
-        await asyncio.wait([stopper], timeout=10)
+        await asyncio.wait([stopper], timeout=WAIT_S)
         assert stopper.cancelled(), "the stop's cancellation was swallowed"
     finally:
         os.kill(child, 9)
@@ -212,7 +219,7 @@ async def test_a_cancelled_stop_reaps_the_process_and_closes_its_pipe(tmp_path: 
     stopper = asyncio.create_task(p.stop(grace=30.0))
     await asyncio.sleep(0.3)
     stopper.cancel()
-    await asyncio.wait([stopper], timeout=10)
+    await asyncio.wait([stopper], timeout=WAIT_S)
     assert stopper.cancelled(), "the cancellation was not raised"
     assert p.proc.returncode == -9, "the process was not collected when the stop raised"
     assert lifeline.stat(pid) is None, "left a zombie"
