@@ -32,3 +32,13 @@ def test_both_modifiers_set_both_keys():
 def test_an_unknown_modifier_or_an_arm_without_the_headroom_is_refused(arm):
     with pytest.raises(ValueError, match=r"\+pack/\+alone only on a kvgate-reserve arm"):
         arm_config(arm, 30.0)
+
+
+def test_the_live_bench_gives_kvgate_serve_the_arms_key():
+    from kvgate.bench.flowcontrol_live import gateway_config
+
+    doc = gateway_config("kvgate-reserve-feasible+alone", ["http://127.0.0.1:1"], 120.0, 16, headroom=0.75,
+                         headroom_on="pending", running_reserve=True)  # fmt: skip
+    fc = doc["pools"][0]["endpointPickerConfig"]["flowControl"]
+    assert fc["prefillAlonePick"] is True and fc["orderingPolicy"] == "slo-feasible"
+    assert fc["fairShareRunningReserve"] is True and "packCertainMisses" not in fc
