@@ -81,6 +81,12 @@ DETECTOR_KVGATE: dict[str, Any] = {
 
 # An arm's late-pick modifiers (``kvgate-reserve-feasible+pack``): the key each turns on.
 ARM_LATE_PICKS = {"pack": "packCertainMisses", "alone": "prefillAlonePick"}
+# Issue #15's goal configuration: this arm with these settings (``arm_config``'s), since fc31 with
+# prefillAlonePick (session 31's pre-registered head-to-head); as one document, for 4 x 128 and a 30 s TTL:
+# docs/benchmarks/policies/kvgate-reserve-goal.yaml.
+GOAL_ARM = "kvgate-reserve-feasible+alone"
+GOAL_SETTINGS: dict[str, Any] = {"headroom": 0.75, "headroom_on": "pending", "ttft_target": 0.05,
+                                 "running_reserve": True}  # fmt: skip
 
 _SCHED = {
     "plugins": [
