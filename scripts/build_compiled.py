@@ -33,15 +33,18 @@ MODULES = [
     "kvgate/scheduling/blockhash.py",
     "kvgate/scheduling/plugins/kvgate_cost.py",
     "kvgate/scheduling/plugins/prefix_cache.py",
+    "kvgate/scheduling/plugins/no_hit_lru.py",
     "kvgate/scheduling/plugins/scorers.py",
     "kvgate/scheduling/plugins/pickers.py",
     "kvgate/requestcontrol/director.py",
+    "kvgate/httpfront/server.py",
+    "kvgate/openai/request.py",
     "kvgate/openai/requeststats.py",
 ]
-# Not httpfront/server.py nor openai/request.py: measured compiled in session 30, but they behave
-# differently compiled (docs/benchmarks/gateway.md, Session 30: an except clause's variable typed by its
-# first clause, an attribute typed None, offload's ShareFull an interpreted subclass of the compiled
-# BodyError): 500s and errors in tests/gateway.
+# What mypyc compiles differently from the interpreter (an ``except`` variable typed by its first clause,
+# an attribute read while mypy holds it narrowed to None, an interpreted subclass of a compiled class:
+# the front's and the body parse's 500s of session 30) is refused in these modules by
+# tests/test_compiled_patterns_perf31.py.
 GROUP = "kvgate._compiled"  # the shared library's module: kvgate/_compiled__mypyc*.so
 # The sha256 of each compiled source, written after a build: kvgate/__init__.py refuses to import when one
 # changed since (kvgate/_compiled_check.py), so a `git pull` cannot leave an old .so running silently.

@@ -11,10 +11,13 @@ import pytest
 
 # Every module the build compiles, imported by name: land.sh runs the test files importing a changed module,
 # so an edit to one of them runs this file's mypyc check too.
+import kvgate.httpfront.server
+import kvgate.openai.request
 import kvgate.openai.requeststats
 import kvgate.requestcontrol.director
 import kvgate.scheduling.blockhash
 import kvgate.scheduling.plugins.kvgate_cost
+import kvgate.scheduling.plugins.no_hit_lru
 import kvgate.scheduling.plugins.pickers
 import kvgate.scheduling.plugins.prefix_cache
 import kvgate.scheduling.plugins.scorers
@@ -29,9 +32,12 @@ IMPORTED = [
     kvgate.scheduling.blockhash,
     kvgate.scheduling.plugins.kvgate_cost,
     kvgate.scheduling.plugins.prefix_cache,
+    kvgate.scheduling.plugins.no_hit_lru,
     kvgate.scheduling.plugins.scorers,
     kvgate.scheduling.plugins.pickers,
     kvgate.requestcontrol.director,
+    kvgate.httpfront.server,
+    kvgate.openai.request,
     kvgate.openai.requeststats,
 ]
 

@@ -48,7 +48,9 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from kvgate.openai.request import BodyError
+# (``ShareFull``, this module's refusal, is defined beside its base ``BodyError``: a compiled class
+# refuses a subclass defined in an interpreted module such as this one; ``make compiled``)
+from kvgate.openai.request import ShareFull as ShareFull
 
 T = TypeVar("T")
 B = TypeVar("B", bytes, bytearray)
@@ -99,24 +101,6 @@ def waiting_share(per_client: int, limit: int) -> int:
     (``limits.maxWaitingBytesPerClient``, ``per_client``; 0: a quarter of ``limit``): ``kvgate serve``'s
     config and ``serve --clusters``' clusters file alike."""
     return per_client or limit // 4
-
-
-class ShareFull(BodyError):
-    """A body refused because the bodies waiting for the thread (and on it) hold over half the body budget,
-    and this one would take its client's past its share, or all clients' past three quarters of the budget
-    (``off_loop``): 429, retry once they are parsed. A ``BodyError``, so each door answers it as its own
-    parse errors, with this status."""
-
-    status = 429
-
-    def __init__(self, held: int, size: int, bound: int, everyone: bool = False) -> None:
-        whose = "all clients'" if everyone else "this client's"
-        what = "three quarters of the body budget" if everyone else "the client's share of the body budget"
-        super().__init__(
-            f"the request bodies waiting to be parsed hold over half the body budget, {whose} {held} bytes; "
-            f"this one's {size} would pass {what} ({bound} bytes: limits.maxWaitingBytesPerClient; kvgate "
-            "epp: a quarter of --max-buffered-bytes, fixed): retry after they are answered"
-        )
 
 
 class _Wait:

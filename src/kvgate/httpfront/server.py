@@ -946,18 +946,18 @@ class FrontProtocol(asyncio.Protocol):
                 # The usual case, a whole request (or its start) at the front of a read: its head and
                 # body are sliced out of ``data`` once, not copied through the buffer (the rest goes
                 # there, as every byte does otherwise).
-                self._parse_first(data)
-                if self.buf or self._pending is not None:  # (more than one whole request came)
+                if self._parse_first(data):  # (more than one whole request came)
                     self._parse()
             else:
                 self.buf += data
                 self._parse()
-        except _BadRequest as e:
-            self._reject(e.status, str(e), e.length)
-        except _Refused as e:
-            self._refuse(e.resp, linger=True, length=e.length)
-        except (ValueError, UnicodeError) as e:
-            self._reject(400, f"malformed HTTP request: {e}")
+        # (a name of its own per clause: compiled, mypyc types an ``except`` variable by its first clause)
+        except _BadRequest as bad:
+            self._reject(bad.status, str(bad), bad.length)
+        except _Refused as refused:
+            self._refuse(refused.resp, linger=True, length=refused.length)
+        except (ValueError, UnicodeError) as malformed:
+            self._reject(400, f"malformed HTTP request: {malformed}")
         if self.buf and self._pending is None and self.head_since is None and not self._reject_after:
             # A head has started: it must be complete by the header deadline, however it trickles in.
             self.head_since = self._loop.time()
@@ -1046,20 +1046,23 @@ class FrontProtocol(asyncio.Protocol):
             self._reject(408, message)
 
     # --- parsing --------------------------------------------------------------------------------
-    def _parse_first(self, data: bytes) -> None:
+    def _parse_first(self, data: bytes) -> bool:
         """``data`` arrived with nothing buffered: take its first request's head (and its body, when
-        Content-Length framed and all here) straight from it; whatever is left goes to the buffer."""
+        Content-Length framed and all here) straight from it; whatever is left goes to the buffer. True
+        when something is left for ``_parse`` (told here, not read back by the caller: mypy, and so
+        mypyc, keep ``self._pending`` narrowed to None across this call, and a compiled read of it
+        there refused the tuple: a 500)."""
         end = data.find(b"\r\n\r\n")
         if end <= 0 or end > _MAX_HEAD:
             self.buf += data  # (incomplete, too large, or empty lines first: ``_parse`` says which)
-            return
+            return True
         self.head_since = None
         self._pending = pending = self._parse_head(data[:end])
         start = end + 4
         length = pending[5]
         if length < 0 or len(data) - start < length:
             self.buf += data[start:]  # (chunked, or the body still arriving)
-            return
+            return True
         method, path, query, headers, keep_alive, _, http11 = pending
         if length:
             # (``_count``'s take inlined, without its refusal: nothing is held yet (no body was being
@@ -1076,9 +1079,11 @@ class FrontProtocol(asyncio.Protocol):
         req.http11 = http11
         if self._held:
             req.held, self._held = self._held, 0
-        if start + length < len(data):
+        more = start + length < len(data)
+        if more:
             self.buf += data[start + length :]  # pipelined requests after it
         self._enqueue(req)
+        return more
 
     def _parse(self) -> None:
         while not self._reject_after:

@@ -413,6 +413,26 @@ class BodyError(ValueError):
         self.param = param
 
 
+class ShareFull(BodyError):
+    """A body refused because the bodies waiting for the thread (and on it) hold over half the body budget,
+    and this one would take its client's past its share, or all clients' past three quarters of the budget
+    (``kvgate.httpfront.offload.off_loop``, which re-exports it): 429, retry once they are parsed. A
+    ``BodyError``, so each door answers it as its own parse errors, with this status. Defined here, not in
+    ``offload``: compiled, ``BodyError`` is a native class, whose methods refuse an instance of a subclass
+    defined in an interpreted module (``ShareFull.__init__``'s ``super().__init__``: a 500)."""
+
+    status: ClassVar[int] = 429
+
+    def __init__(self, held: int, size: int, bound: int, everyone: bool = False) -> None:
+        whose = "all clients'" if everyone else "this client's"
+        what = "three quarters of the body budget" if everyone else "the client's share of the body budget"
+        super().__init__(
+            f"the request bodies waiting to be parsed hold over half the body budget, {whose} {held} bytes; "
+            f"this one's {size} would pass {what} ({bound} bytes: limits.maxWaitingBytesPerClient; kvgate "
+            "epp: a quarter of --max-buffered-bytes, fixed): retry after they are answered"
+        )
+
+
 @dataclass(slots=True)
 class ParsedBody:
     kind: str
@@ -752,8 +772,8 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         raise BodyError("request body is empty; expected a JSON object")
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BodyError(f"request body is not valid JSON: {e}") from None
+    except orjson.JSONDecodeError as bad:  # (its own name: compiled, an ``except`` variable has one type)
+        raise BodyError(f"request body is not valid JSON: {bad}") from None
     if not isinstance(body, dict):
         raise BodyError("request body must be a JSON object")
     # Cheap guards first: nesting deeper than the limit needs at least that many brackets; the bytes' check

@@ -27,7 +27,6 @@ DEFAULT_LRU_SIZE = 1024
 _COLD = "no-hit-lru.cold"  # CycleState.data: the request was cold when scored
 
 
-@register("no-hit-lru-scorer")
 class NoHitLRUScorer(UsesPrefixPlugin, Scorer, PostPick):
     bounded = True
 
@@ -76,3 +75,8 @@ class NoHitLRUScorer(UsesPrefixPlugin, Scorer, PostPick):
         self.lru.move_to_end(endpoint.address)
         if len(self.lru) > self.lru_size:
             self.lru.popitem(last=False)
+
+
+# Registered below the class, not by decorator: compiled (scripts/build_compiled.py), a decorated class is
+# not native, and it may not subclass the native ``UsesPrefixPlugin`` (nor may an interpreted one).
+register("no-hit-lru-scorer")(NoHitLRUScorer)
