@@ -78,7 +78,7 @@ async def main(ka: Keepalive, silence_s: float, down_s: float = 2.0) -> dict:
         r.start()
         try:
             await r.wait_synced()
-            await _until(lambda: r.bookmarks >= 2, 5.0)
+            await _until(lambda: r.bookmarks >= 2, 30.0)
             watches = r.watches
             _lo("down")
             down = loop.time()  # before the read: the idle start is then never placed late

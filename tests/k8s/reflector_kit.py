@@ -27,7 +27,7 @@ async def serve(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) 
     return runner, f"http://127.0.0.1:{port}"
 
 
-async def until(cond: Callable[[], bool], within_s: float = 15.0) -> None:
+async def until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
     """Waits (on the loop's own time, not the reflector's injected clock) until ``cond()`` holds."""
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s

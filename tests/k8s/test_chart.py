@@ -194,7 +194,7 @@ async def test_the_charts_pool_is_what_discovery_reads(double, kubectl, kube) ->
     disc.start()
     try:
         await disc.wait_synced()
-        for _ in range(200):
+        for _ in range(1500):  # (30 s: 4 s before)
             if {e.address for e in store.all()} == {"10.0.0.7:8000"}:
                 break
             await asyncio.sleep(0.02)
@@ -334,7 +334,7 @@ def _export_pool(name: str, exported: bool, **ann: str) -> dict[str, Any]:
 
 
 async def _until(cond: Any) -> None:
-    for _ in range(400):
+    for _ in range(600):  # (30 s: 20 s before)
         if cond():
             return
         await asyncio.sleep(0.05)

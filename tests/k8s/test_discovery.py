@@ -29,7 +29,7 @@ def _pod(double: ApiServerDouble, name: str, ip: str, ready: bool = True, **extr
     double.set_pod_status(name, ip=ip, ready=ready)
 
 
-async def _until(cond: Callable[[], bool], within_s: float = 10.0) -> None:
+async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s
     while not cond():

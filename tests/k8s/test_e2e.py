@@ -267,7 +267,7 @@ def test_check_window_a_readd_needs_a_pick_after_it_not_the_picks_from_before_th
     check_window([*before, Req(101.4999, 101.51, picked=101.5001, dest=A)], [gone, back], traffic_from=90.0)
 
 
-async def wait_for(cond: Any, within_s: float = 15.0) -> None:
+async def wait_for(cond: Any, within_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s
     while not await cond():

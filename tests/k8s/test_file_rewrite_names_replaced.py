@@ -93,7 +93,7 @@ async def test_serves_file_rule_names_leave_when_live_rules_replace_them(
         double.create({"apiVersion": REWRITE, "kind": "InferenceModelRewrite", "metadata": {"name": "live"},
                        "spec": {"rules": [{"matches": [{"model": {"value": "live"}}],
                                            "targets": [{"modelRewrite": "m"}]}]}})  # fmt: skip
-        await until(lambda: gw._live_names == {"live", "m"}, within_s=10.0)
+        await until(lambda: gw._live_names == {"live", "m"}, within_s=30.0)
         assert labels.label("live") == "live" and labels.label("m") == "m"
         assert labels.label("alias") == OTHER_MODEL, "the file's rule name is still a label of its own"
     finally:

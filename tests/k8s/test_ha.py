@@ -44,7 +44,7 @@ async def _tick(fake: FakeTime, electors: Sequence[LeaderElector], dt: float = T
                              for e, n in zip(electors, before, strict=True)))  # fmt: skip
 
 
-async def _until(cond, within_s: float = 15.0) -> float:  # type: ignore[no-untyped-def]
+async def _until(cond, within_s: float = 30.0) -> float:  # type: ignore[no-untyped-def]
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     while not await _value(cond()):
@@ -338,9 +338,9 @@ async def test_a_leader_steps_down_by_its_renew_deadline_in_real_time() -> None:
                           on_change=lambda lead: None if lead else down.append(time.monotonic()))  # fmt: skip
         e.start()
         try:
-            await _until(lambda: e.is_leader, within_s=15.0)
+            await _until(lambda: e.is_leader, within_s=30.0)
             d.put_delay = 3600.0  # every renewal's write hangs (the request's own backstop: 30 s)
-            await _until(lambda: bool(down), within_s=20.0)
+            await _until(lambda: bool(down), within_s=30.0)
             assert not e.is_leader
             assert down[0] >= e._renewed_at + 0.5 - 0.01  # (monotonic: the elector's clock)
         finally:

@@ -75,7 +75,7 @@ async def _destinations(epp: EppProc, n: int = 4) -> set[str]:
     ch = channel(f"127.0.0.1:{epp.grpc}")
     try:
         for _ in range(n):
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                 got = await ex.send_request(HEADERS, BODY)
             out.add(got.destination.split(",")[0] or str(got.status))  # (the rest: Envoy's fallbacks)
     finally:

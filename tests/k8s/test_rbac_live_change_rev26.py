@@ -23,7 +23,7 @@ POOL = {
 }
 
 
-async def _until(cond: Callable[[], bool], what: str, within_s: float = 15.0) -> None:
+async def _until(cond: Callable[[], bool], what: str, within_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s
     while not cond():
@@ -108,7 +108,7 @@ async def test_tolerated_group_stays_tolerated_when_the_other_group_goes_away() 
             await _until(lambda: (legacy.error or "").startswith("404"), "legacy reflector sees 404")
             # docs/kubernetes.md: "A kind neither group of which can be read (both refused, or one refused
             # and the other's CRD absent) stays not-ready, naming the 403"
-            await _until(lambda: kp.problem() is not None, f"not ready (problem {kp.problem()!r})", 5.0)
+            await _until(lambda: kp.problem() is not None, f"not ready (problem {kp.problem()!r})")
         finally:
             await kp.stop()
 
@@ -188,7 +188,7 @@ async def test_a_group_forbidden_later_does_not_keep_applying_its_frozen_copy() 
             await _until(lambda: kp.problem() is None, "ready (tolerated)")
             # tolerated = absent: the refused group's objectives are not applied (polled: the reflector
             # retries with its back-off; on fcd63b79..3323fb2d the copy stays {'crit': 5, 'gold': 9})
-            await _until(lambda: policies[-1][0] == {"crit": 5}, f"llm-d.ai dropped ({policies[-1][0]})", 8.0)
+            await _until(lambda: policies[-1][0] == {"crit": 5}, f"llm-d.ai dropped ({policies[-1][0]})")
         finally:
             await kp.stop()
 

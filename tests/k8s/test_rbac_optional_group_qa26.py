@@ -33,7 +33,7 @@ POOL = {
 }
 
 
-async def _until(cond: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
+async def _until(cond: Callable[[], bool], what: str, within_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s
     while not cond():

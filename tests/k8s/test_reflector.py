@@ -21,7 +21,7 @@ def _pod(name: str, app: str = "a") -> dict:
             "spec": {"containers": [{"name": "c", "image": "x"}]}}  # fmt: skip
 
 
-async def _until(cond: Callable[[], bool], within_s: float = 10.0) -> None:
+async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s
     while not cond():
@@ -269,7 +269,7 @@ def _netns_ok() -> bool:
 
     if not (shutil.which("unshare") and shutil.which("ip")):
         return False
-    res = subprocess.run(["unshare", "-rn", "ip", "link", "set", "lo", "up"], capture_output=True, timeout=10)
+    res = subprocess.run(["unshare", "-rn", "ip", "link", "set", "lo", "up"], capture_output=True, timeout=60)
     return res.returncode == 0
 
 

@@ -25,7 +25,7 @@ from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.sim import server as sim
 
 
-async def _until(cond: Callable[[], bool], within_s: float = 10.0) -> None:
+async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s
     while not cond():

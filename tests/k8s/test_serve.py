@@ -18,7 +18,7 @@ from kvgate.k8s.discovery import ACTIVE_PORTS
 sim = pytest.importorskip("kvgate.sim.server")
 
 
-async def _until(cond: Callable[[], bool], within_s: float = 10.0) -> None:
+async def _until(cond: Callable[[], bool], within_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s
     while not cond():

@@ -57,7 +57,7 @@ def addrs(d: PoolDiscovery) -> set[str]:
     return {e.address for e in d.store.all()}
 
 
-async def _until(cond: Callable[[], bool], what: str, within_s: float = 10.0) -> None:
+async def _until(cond: Callable[[], bool], what: str, within_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + within_s
     while not cond():

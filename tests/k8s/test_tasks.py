@@ -122,7 +122,7 @@ async def test_finish_shielded_lets_a_cleanup_end_through_cancels_then_raises() 
     for _ in range(2):
         await asyncio.sleep(0.05)
         waiter.cancel()
-    await asyncio.wait([waiter], timeout=5)
+    await asyncio.wait([waiter], timeout=30)
     assert waiter.cancelled() and ended == [True]
 
 

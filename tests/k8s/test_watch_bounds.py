@@ -150,7 +150,7 @@ async def test_a_watch_the_server_does_not_end_is_ended_at_the_client_deadline()
         r.start()
         try:
             await r.wait_synced()
-            await until(lambda: r.overruns >= 2 and r.lists >= 3, within_s=10.0)
+            await until(lambda: r.overruns >= 2 and r.lists >= 3, within_s=30.0)
             assert r.error is None
         finally:
             await r.stop()
@@ -195,7 +195,7 @@ async def test_a_healthy_quiet_watch_does_not_relist() -> None:
         r.start()
         try:
             await r.wait_synced()
-            await until(lambda: r.watches >= 4, within_s=15.0)  # three quiet watches the server ended
+            await until(lambda: r.watches >= 4, within_s=30.0)  # three quiet watches the server ended
             assert r.bookmarks == 0 and r.overruns == 0 and r.unproven == 0 and r.error is None
             assert r.lists == 1, f"{r.lists} LISTs for {r.watches} quiet watches on a healthy server"
         finally:

@@ -167,7 +167,7 @@ class Cluster(NsCluster):
             return
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
-        p.wait(10)
+        p.wait(60)
 
     def pause(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGSTOP)

@@ -34,7 +34,7 @@ LATER = 3600.0  # (past any back-off: what is left is the hung mark)
 
 
 async def _cut(stub: pb_grpc.ExternalProcessorStub, east_addr: str) -> None:
-    async with Exchange(stub, timeout=5) as ex:
+    async with Exchange(stub, timeout=30) as ex:
         out = await ex.send_request(HEADERS, BODY)
         assert out.destination.split(",")[0] == east_addr, out.destination
         assert (await ex.read()).immediate_response.status.code == 504

@@ -39,7 +39,7 @@ def _clusters_file(tmp_path: Path) -> str:
 async def _get(port: int, path: str, ctx: ssl.SSLContext | None = None) -> bytes:
     r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
     w.write(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
-    data = await asyncio.wait_for(r.read(), 10)
+    data = await asyncio.wait_for(r.read(), 30)
     w.close()
     return data
 
@@ -123,7 +123,7 @@ async def test_clusters_serve_listens_on_its_admin_port(tmp_path: Path, tls_flag
         assert m, (line, b"" if line else (await proc.stderr.read())[-500:])
         port, admin = int(m[1]), int(m[2])
         assert port != admin
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not await _listening(admin):
             assert time.monotonic() < deadline, f"nothing listens on --admin-port {admin}"
             await asyncio.sleep(0.1)

@@ -19,7 +19,7 @@ from kvgate.multicluster.serve import GlobalGateway
 async def _call(port: int, method: str, path: str) -> tuple[bytes, bytes]:
     r, w = await asyncio.open_connection("127.0.0.1", port)
     w.write(f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
-    data = await asyncio.wait_for(r.read(), 10)
+    data = await asyncio.wait_for(r.read(), 30)
     w.close()
     head, _, body = data.partition(b"\r\n\r\n")
     return head, body

@@ -64,7 +64,7 @@ async def _exchange(port: int) -> bytes:
     try:
         w.write(HEAD + BODY)
         await w.drain()
-        return await asyncio.wait_for(r.read(), 20)
+        return await asyncio.wait_for(r.read(), 30)
     finally:
         w.close()
 
@@ -81,12 +81,12 @@ async def test_clusters_a_stream_answered_during_the_drain_says_connection_close
         stop = asyncio.create_task(gw.stop())
         await asyncio.sleep(0.2)
         held.go.set()
-        answer = await asyncio.wait_for(answering, 10)
+        answer = await asyncio.wait_for(answering, 30)
     finally:
         if stop is None:
             await gw.stop()
         else:
-            await asyncio.wait_for(stop, 15)
+            await asyncio.wait_for(stop, 30)
     assert _head(answer).get("connection") == "close", answer
     assert b"data: [DONE]" in answer and answer.endswith(b"\r\n0\r\n\r\n"), answer
 
@@ -109,13 +109,13 @@ async def test_clusters_a_request_half_received_when_the_drain_starts_is_answere
         await asyncio.sleep(0.2)
         w.write(BODY[5:])
         await w.drain()
-        answer = await asyncio.wait_for(r.read(), 10)
+        answer = await asyncio.wait_for(r.read(), 30)
     finally:
         w.close()
         if stop is None:
             await gw.stop()
         else:
-            await asyncio.wait_for(stop, 15)
+            await asyncio.wait_for(stop, 30)
     assert _head(answer).get("connection") == "close", answer
     assert b"data: [DONE]" in answer, answer
 
@@ -132,12 +132,12 @@ async def test_serve_a_stream_answered_during_the_drain_says_connection_close(he
         stop = asyncio.create_task(gw.stop(drain_timeout=5))
         await asyncio.sleep(0.2)
         held.go.set()
-        answer = await asyncio.wait_for(answering, 10)
+        answer = await asyncio.wait_for(answering, 30)
     finally:
         if stop is None:
             await gw.stop(drain_timeout=1)
         else:
-            await asyncio.wait_for(stop, 15)
+            await asyncio.wait_for(stop, 30)
     assert _head(answer).get("connection") == "close", answer
     assert b"data: [DONE]" in answer, answer
 
@@ -151,7 +151,7 @@ async def test_a_stream_whose_client_said_connection_close_says_it_too(held: Hel
         r, w = await asyncio.open_connection("127.0.0.1", gw.port)
         w.write(HEAD.replace(b"Host: gw\r\n", b"Host: gw\r\nConnection: close\r\n") + BODY)
         await w.drain()
-        answer = await asyncio.wait_for(r.read(), 10)
+        answer = await asyncio.wait_for(r.read(), 30)
         w.close()
     finally:
         await gw.stop()

@@ -25,7 +25,7 @@ async def test_the_drain_cut_ends_an_openai_sdk_stream_with_an_api_error() -> No
     saw_abort = False
     try:
         ei, got = await sdk_stream_cut(client, gw.stop, gw.stop)
-        for _ in range(200):  # (the pod sees it at its next write)
+        for _ in range(1500):  # (the pod sees it at its next write; 30 s: 4 s before)
             if saw_abort := pod.disconnects == 1:
                 break
             await asyncio.sleep(0.02)

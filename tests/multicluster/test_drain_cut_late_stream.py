@@ -50,9 +50,9 @@ async def one_mid_body_one_late(server: asyncio.Server) -> tuple[bytes, bytes, G
                 b = asyncio.create_task(late(s))
                 await asyncio.sleep(0.3)
                 stop = asyncio.create_task(gw.stop())
-                a_raw = await asyncio.wait_for(r.read(), 10)
-            b_raw = await asyncio.wait_for(b, 10)
-            await asyncio.wait_for(stop, 10)
+                a_raw = await asyncio.wait_for(r.read(), 30)
+            b_raw = await asyncio.wait_for(b, 30)
+            await asyncio.wait_for(stop, 30)
     finally:
         if stop is None:
             await gw.stop()
@@ -102,7 +102,7 @@ async def test_an_openai_sdk_stream_answered_just_after_the_cut_raises_the_drain
             async with asyncio.timeout(10):
                 async for _ in await create:
                     pass
-        await asyncio.wait_for(stop, 10)
+        await asyncio.wait_for(stop, 30)
     finally:
         await client.close()
         if stop is None:

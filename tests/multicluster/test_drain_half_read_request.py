@@ -46,15 +46,15 @@ async def test_a_request_half_received_when_the_drain_starts_is_served() -> None
         assert not stop.done()
         w.write(body[5:])
         await w.drain()
-        answer = await asyncio.wait_for(r.read(), 10)
+        answer = await asyncio.wait_for(r.read(), 30)
         # (relayed chunked; then the connection closes: ``read`` returned)
         assert answer.startswith(b"HTTP/1.1 200 ") and ANSWER in answer, answer
         assert answer.endswith(b"\r\n0\r\n\r\n"), answer
-        await asyncio.wait_for(stop, 10)
+        await asyncio.wait_for(stop, 30)
     finally:
         w.close()
         if stop is None:
             await gw.stop()
         elif not stop.done():
-            await asyncio.wait_for(stop, 15)
+            await asyncio.wait_for(stop, 30)
         server.close()

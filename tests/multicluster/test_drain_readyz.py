@@ -33,12 +33,12 @@ async def test_clusters_readyz_is_503_draining_during_the_drain(held: Held) -> N
         await asyncio.sleep(0.2)
         during = await _readyz(gw.admin_port)
         held.go.set()
-        answer = await asyncio.wait_for(answering, 10)
+        answer = await asyncio.wait_for(answering, 30)
     finally:
         held.go.set()
         if stop is None:
             await gw.stop()
         else:
-            await asyncio.wait_for(stop, 15)
+            await asyncio.wait_for(stop, 30)
     assert during == (503, "draining"), during
     assert b"data: [DONE]" in answer, answer  # the stream in flight still completes

@@ -26,7 +26,7 @@ from .kube_objects import inference_pool
 LEASE = "kvgate-hub-controller"
 
 
-async def _until(cond: Callable[[], bool], limit_s: float = 20.0) -> None:
+async def _until(cond: Callable[[], bool], limit_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while not cond():

@@ -117,7 +117,7 @@ async def test_the_remote_epp_sees_the_first_token_of_every_stream_kind(kind: st
             assert r.status == 200 and r.headers["x-kvgate-route-mode"] == "endpoint"
             await asyncio.wait_for(pod.held.wait(), 30)
             # Mid-stream, its events relayed: the EPP holds the request as decoding on its pod.
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while w.pod_inflight() != (1, 1):
                 assert time.monotonic() < deadline, f"{kind}: (requests, decoding) {w.pod_inflight()}"
                 await asyncio.sleep(0.05)

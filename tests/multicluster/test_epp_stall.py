@@ -243,7 +243,7 @@ async def test_a_stalled_pick_falls_back_to_parent_mode_then_to_the_next_cluster
         metrics = await _scrape(gw)
         assert _stalls(metrics, "pick") == 2.0
         assert epp.streams == 2
-        for _ in range(100):  # the gateway cancelled both streams (the EPP's sessions end)
+        for _ in range(600):  # the gateway cancelled both streams (the EPP's sessions end; 30 s: 5 s before)
             if epp.cancelled == 2:
                 break
             await asyncio.sleep(0.05)

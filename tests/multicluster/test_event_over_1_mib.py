@@ -37,7 +37,7 @@ async def test_a_drain_cut_inside_an_event_past_1_mib_closes_the_body_without_an
                 stop = asyncio.create_task(gw.stop())
                 rest, broken = await _read_rest(r)
                 raw += rest
-            await asyncio.wait_for(stop, 10)
+            await asyncio.wait_for(stop, 30)
         finally:
             if stop is None:
                 await gw.stop()

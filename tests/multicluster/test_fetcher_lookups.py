@@ -55,7 +55,7 @@ async def small_executor() -> AsyncIterator[ThreadPoolExecutor]:
 
 
 async def _settled(running: list[int]) -> None:
-    for _ in range(500):  # (the released lookups leave getaddrinfo; bounded, not a timing assertion)
+    for _ in range(3000):  # (the released lookups leave getaddrinfo; 30 s, bounded, not a timing assertion)
         if running[0] == 0 and hub._LOOKUPS.running == 0:
             return
         await asyncio.sleep(0.01)
@@ -87,8 +87,8 @@ async def test_hung_lookups_do_not_starve_another_clusters_fetch_nor_the_executo
         )
         assert all(st.aggregate is None and st.fetch_error for st in states[:-1])
         loop = asyncio.get_running_loop()
-        try:  # (5 s: a bound for a loaded machine; on main the workers hang for 60 s)
-            assert await asyncio.wait_for(loop.run_in_executor(None, int, "7"), 5) == 7
+        try:  # (30 s: a bound for a loaded machine, 5 s before; on main the workers hang for 60 s)
+            assert await asyncio.wait_for(loop.run_in_executor(None, int, "7"), 30) == 7
         except TimeoutError:
             pytest.fail("the loop's default executor is full of the fetcher's given-up lookups")
     finally:

@@ -75,14 +75,14 @@ def gated(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     monkeypatch.setattr(socket, "getaddrinfo", fake)
     yield gate
     gate.go.set()
-    for _ in range(500):  # (the released lookup out of getaddrinfo; a bound, not a timing assertion)
+    for _ in range(3000):  # (the released lookup out of getaddrinfo; 30 s, a bound, not a timing assertion)
         if hub._LOOKUPS.running == 0:
             break
         time.sleep(0.01)
 
 
 async def _until(cond: Any, what: str) -> None:
-    for _ in range(500):  # (a generous bound on a loaded machine; not a timing assertion)
+    for _ in range(3000):  # (30 s on a loaded machine, 5 s before; not a timing assertion)
         if cond():
             return
         await asyncio.sleep(0.01)

@@ -53,12 +53,12 @@ async def test_clusters_says_keep_alive_on_an_http10_keep_alive_whole_answer(
     try:
         for path in (b"/v1/models", b"/nope"):
             w.write(b"GET %b HTTP/1.0\r\nconnection: keep-alive\r\n\r\n" % path)
-            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
             headers = dict(
                 (n.strip().lower(), v.strip().lower())
                 for n, _, v in (ln.partition(b":") for ln in head[:-4].split(b"\r\n")[1:])
             )
-            await asyncio.wait_for(r.readexactly(int(headers[b"content-length"])), 5)
+            await asyncio.wait_for(r.readexactly(int(headers[b"content-length"])), 30)
             got.append((head.split(b" ")[1], headers.get(b"connection")))
     finally:
         w.close()

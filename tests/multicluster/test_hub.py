@@ -45,12 +45,12 @@ async def test_hub_epp_picks_cluster_gateways_by_aggregate() -> None:
     ch = channel(f"127.0.0.1:{server.port}")
     try:
         for _ in range(3):
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                 out = await ex.send_request(HEADERS, BODY)
             assert out.destination == "10.2.0.2:8080"
         assert director.states["west"].sent_total == 3
         director.states["west"].set_aggregate(PoolAggregate("p", 2.0, 0, 2), time.monotonic())
-        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
             out = await ex.send_request(HEADERS, BODY)
         assert out.status == 503  # no cluster with a ready endpoint
     finally:
@@ -81,8 +81,8 @@ async def _west_hub(
 
 
 async def _until_settled(west: ClusterState) -> None:
-    """Waits (5 s at most) for west's sessions to end: they end on the EPP's own time."""
-    for _ in range(500):
+    """Waits (30 s at most; 5 s before) for west's sessions to end: they end on the EPP's own time."""
+    for _ in range(3000):
         if west.inflight == 0:
             break
         await asyncio.sleep(0.01)
@@ -96,14 +96,14 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
     sse = {"content-type": "text/event-stream"}
     streamed = orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 4, "stream": True})
     async with _west_hub(clock) as (_director, west, ch):
-        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
             out = await ex.send_request(HEADERS, streamed)
             assert out.destination == "10.2.0.2:8080"
             clock[0] += 2.5
             assert len(west.waiting) == 1 and west.oldest_wait(clock[0]) == 2.5  # censored: no token yet
             await ex.send_response_headers(200, sse)
             await ex.send_response_chunk(b'data: {"choices":[{"text":"hi"}]}\n\n')
-            for _ in range(500):  # the EPP reads the chunk on its own time: its first token, seen
+            for _ in range(3000):  # the EPP reads the chunk on its own time: its first token, seen (30 s)
                 if not west.waiting:
                     break
                 await asyncio.sleep(0.01)
@@ -114,7 +114,7 @@ async def test_hub_epp_records_ttft_evidence_like_the_global_gateway() -> None:
         assert west.ttft_floor_s == 2.5
         assert west.decode_s == 4.0  # the hub's finish carries the time, as kvgate serve --clusters' does
         assert west.waiting == {} and west.inflight == 0
-        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+        async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
             await ex.send_request(HEADERS, BODY)  # not streamed: its first byte is its whole answer
             assert west.waiting == {} and west.inflight == 1
             clock[0] += 9.0
@@ -257,7 +257,7 @@ async def test_hub_epp_backs_a_cluster_off_only_as_the_global_router_does() -> N
     async with _west_hub(clock) as (_director, west, ch):
         for status, fails in ((400, 0), (404, 0), (413, 0), (200, 0), (429, 1), (503, 2), (500, 3)):
             clock[0] += 60.0  # past any back-off: the cluster is picked again
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                 out = await ex.send_request(HEADERS, BODY)
                 assert out.destination == "10.2.0.2:8080"
                 await ex.send_response(status, json, error if status != 200 else [b'{"choices": []}'])
@@ -267,8 +267,8 @@ async def test_hub_epp_backs_a_cluster_off_only_as_the_global_router_does() -> N
 
 
 async def _until_probed(director: ClusterDirector) -> None:
-    """Waits (5 s at most) for the hub's connect probes (``on_abandoned``) to end."""
-    for _ in range(500):
+    """Waits (30 s at most; 5 s before) for the hub's connect probes (``on_abandoned``) to end."""
+    for _ in range(3000):
         if not getattr(director, "_probes", None):  # (getattr: runs on the code before probes too)
             break
         await asyncio.sleep(0.01)
@@ -284,7 +284,7 @@ async def test_hub_epp_does_not_back_a_cluster_off_when_the_client_leaves_before
     port = listener.sockets[0].getsockname()[1]
     try:
         async with _west_hub(clock, f"127.0.0.1:{port}") as (director, west, ch):
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                 out = await ex.send_request(HEADERS, BODY)
                 assert out.destination == f"127.0.0.1:{port}"
                 ex.cancel()  # the downstream client disconnected while the cluster was prefilling
@@ -319,7 +319,7 @@ async def test_hub_epp_backs_a_cluster_off_whose_gateway_refused_a_client_that_l
             # The first refusal is a suspicion; the second leave comes within PROBE_EVERY_S (not probed
             # again); the third's probe is refused again, nothing answered between: backed off.
             for expected in (0, 0, 1):
-                async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+                async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                     out = await ex.send_request(HEADERS, BODY)
                     assert out.destination.split(",")[0] == address  # (east: the fallback)
                     ex.cancel()  # the client left before any response headers

@@ -59,7 +59,7 @@ async def test_client_leaving_during_the_504_body_read_releases_the_clusters_inf
             task.cancel()  # the client leaves while the hub reads the 504's body
             with pytest.raises(asyncio.CancelledError):
                 await task
-        await _until(lambda: st.inflight == 0, loop.time() + 10)  # (the hub sees the close: cancels)
+        await _until(lambda: st.inflight == 0, loop.time() + 30)  # (the hub sees the close: cancels)
         assert st.inflight == 0, "the cluster's in-flight count leaked"
     finally:
         await gw.stop()

@@ -41,7 +41,7 @@ def syn_dropper() -> Iterator[str]:
     lst.bind(("127.0.0.1", 0))
     lst.listen(0)
     port = lst.getsockname()[1]
-    filler = socket.create_connection(("127.0.0.1", port), timeout=5)  # (fills the accept queue)
+    filler = socket.create_connection(("127.0.0.1", port), timeout=30)  # (fills the accept queue)
     probe = socket.socket()
     probe.settimeout(0.3)
     try:

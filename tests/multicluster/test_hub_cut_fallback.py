@@ -99,7 +99,7 @@ async def test_a_cut_before_the_head_charges_the_fallback_when_the_primary_takes
             )
             east, west = director.states["east"], director.states["west"]
             async with hub_epp(director) as ch:
-                async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=5) as ex:
+                async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                     out = await ex.send_request(HEADERS, BODY)
                     assert out.destination == f"{east_addr},{west_addr}", out.destination
                     reply = await ex.read()  # (no head from whichever Envoy is waiting on)

@@ -34,13 +34,13 @@ async def test_a_fallback_the_cut_walk_reaches_while_its_own_probe_runs_is_not_p
             west = director.states["west"]
             async with hub_epp(director) as ch:
                 stub = pb_grpc.ExternalProcessorStub(ch)
-                async with Exchange(stub, timeout=5) as ex:
+                async with Exchange(stub, timeout=30) as ex:
                     out = await ex.send_request(HEADERS, BODY)
                     assert out.destination == f"{west_addr},{east_addr}", out.destination
                     assert (await ex.read()).immediate_response.status.code == 504
                 await _until(lambda: west_health.probes == 1, "west's probe after its cut did not come")
                 assert "west" in director._live_probes
-                async with Exchange(stub, timeout=5) as ex:  # (west backs off: east first)
+                async with Exchange(stub, timeout=30) as ex:  # (west backs off: east first)
                     out = await ex.send_request(HEADERS, BODY)
                     assert out.destination == f"{east_addr},{west_addr}", out.destination
                     assert (await ex.read()).immediate_response.status.code == 504
@@ -64,7 +64,7 @@ async def test_a_cut_of_the_fallback_the_walk_is_probing_starts_no_second_probe(
                 ("east", east_addr), ("west", west_addr), probe_timeout_s=2.0, request_timeout_s=0.5
             )
             async with hub_epp(director) as ch:
-                async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=5) as ex:
+                async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                     out = await ex.send_request(HEADERS, BODY)
                     assert out.destination == f"{east_addr},{west_addr}", out.destination
                     assert (await ex.read()).immediate_response.status.code == 504

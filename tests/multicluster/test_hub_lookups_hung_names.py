@@ -37,15 +37,15 @@ async def hung(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[HungResolver]:
     monkeypatch.setattr(hub, "MAX_LOOKUPS", 3)
     yield fake
     fake.release.set()
-    for _ in range(500):  # (bounded: the released lookups leave getaddrinfo)
+    for _ in range(3000):  # (bounded, 30 s: the released lookups leave getaddrinfo)
         if fake.running[0] == 0 and hub._LOOKUPS.running == 0:
             break
         await asyncio.sleep(0.01)
 
 
 async def _running(fake: HungResolver, n: int) -> int:
-    """The hung lookups in getaddrinfo once ``n`` are (within 5 s: a thread may start late), 0.1 s later."""
-    for _ in range(500):
+    """The hung lookups in getaddrinfo once ``n`` are (within 30 s: a thread may start late), 0.1 s later."""
+    for _ in range(3000):
         if fake.running[0] >= n:
             break
         await asyncio.sleep(0.01)

@@ -40,7 +40,7 @@ SIM = re.compile(
 
 
 def _requests_seen(port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
     total = 0.0
     for line in text.splitlines():
         if line.startswith(
@@ -87,11 +87,11 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, int]]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{hub_admin}/readyz", timeout=10).status
+                body = urllib.request.urlopen(f"http://127.0.0.1:{hub_admin}/readyz", timeout=30).status
             except urllib.error.HTTPError as e:  # (503 while no cluster is ready yet)
                 body = e.code
             agg = json.loads(
-                urllib.request.urlopen(f"http://127.0.0.1:{east_admin}/v1/pool/aggregate", timeout=10).read()
+                urllib.request.urlopen(f"http://127.0.0.1:{east_admin}/v1/pool/aggregate", timeout=30).read()
             )
             if body == 200 and agg["ready_endpoints"] == 1:
                 break

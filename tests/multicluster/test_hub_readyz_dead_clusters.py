@@ -52,7 +52,7 @@ async def test_readyz_is_503_while_no_cluster_can_be_picked(tmp_path: Path) -> N
     try:
         ch = channel(f"127.0.0.1:{ports['grpc']}")
         try:
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                 body = orjson.dumps({"model": "m", "prompt": "hi"})
                 out = await ex.send_request({":method": "POST", ":path": "/v1/completions"}, body)
             assert out.status == 503, out  # (east's fresh aggregate: no ready endpoint)

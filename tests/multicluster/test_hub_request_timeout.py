@@ -100,13 +100,13 @@ async def _hub(
         cfg = ClustersConfig((ClusterSpec("west", gateway=f"127.0.0.1:{port}"),), probe_timeout_s=0.3,
                              request_timeout_s=bound_s)  # fmt: skip
         director = ClusterDirector(cfg, "kvgate", seed=0)
-        async with hub_epp(director) as ch, Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=5) as ex:
+        async with hub_epp(director) as ch, Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
             yield director, director.states["west"], health, ex
 
 
 async def _until(check: object, what: str) -> None:
     assert callable(check)
-    for _ in range(500):
+    for _ in range(3000):  # (30 s: 5 s before)
         if check():
             return
         await asyncio.sleep(0.01)
@@ -209,7 +209,7 @@ async def test_the_cli_reads_the_bound_from_the_clusters_file(tmp_path: Path) ->
         grpc_port = line.split("grpc=", 1)[1].split()[0]
         ch = channel(f"127.0.0.1:{grpc_port}")
         try:
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                 out = await ex.send_request(HEADERS, BODY)
                 assert out.destination == f"127.0.0.1:{port}", out
                 reply = await ex.read()

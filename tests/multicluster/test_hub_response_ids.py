@@ -35,18 +35,18 @@ async def test_a_follow_up_goes_first_to_the_cluster_that_served_the_response() 
     ch = channel(f"127.0.0.1:{server.port}")
     stub = pb_grpc.ExternalProcessorStub(ch)
     try:
-        async with Exchange(stub, timeout=10) as ex:
+        async with Exchange(stub, timeout=30) as ex:
             out = await ex.send_request(RESPONSES, orjson.dumps({"model": "m", "input": "hi"}))
             home = out.destination.split(",")[0]
             await ex.send_response(200, JSON, [b'{"id": "resp_w", "object": "response"}'])
         other = EAST if home == WEST else WEST
         follow = orjson.dumps({"model": "m", "input": "more", "previous_response_id": "resp_w"})
         for _ in range(4):  # (round robin alternates east and west first)
-            async with Exchange(stub, timeout=10) as ex:
+            async with Exchange(stub, timeout=30) as ex:
                 out = await ex.send_request(RESPONSES, follow)
                 assert out.destination.split(",") == [home, other], out.destination
                 await ex.send_response(200, JSON, [b'{"id": "resp_x"}'])
-        async with Exchange(stub, timeout=10) as ex:
+        async with Exchange(stub, timeout=30) as ex:
             out = await ex.send_request({":method": "GET", ":path": "/v1/responses/resp_w"}, None)
             assert out.destination.split(",")[0] == home, out.destination
         assert all(st.backoff_s == 0 for st in director.states.values())

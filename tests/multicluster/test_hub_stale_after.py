@@ -27,7 +27,7 @@ NAME = "inferencepools.inference.networking.k8s.io/v1 of cluster east"
 STALE, NOT_READY = "--kube-stale-after", "--kube-stale-not-ready-after"
 
 
-async def _until(cond: Callable[[], bool], limit_s: float = 20.0, what: Callable[[], object] = str) -> None:
+async def _until(cond: Callable[[], bool], limit_s: float = 30.0, what: Callable[[], object] = str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while not cond():

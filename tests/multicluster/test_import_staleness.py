@@ -21,7 +21,7 @@ from .kube_objects import inference_pool
 NAME = "inferencepools.inference.networking.k8s.io/v1 of cluster east"
 
 
-async def _until(cond: Callable[[], bool], limit_s: float = 15.0) -> None:
+async def _until(cond: Callable[[], bool], limit_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while not cond():

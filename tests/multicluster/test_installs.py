@@ -40,7 +40,7 @@ from .kube_objects import inference_pool
 B = "gateway.networking.k8s.io/Gateway/team-b/global"  # install B's identity (its parent)
 
 
-async def _until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
+async def _until(cond: Callable[[], bool], limit_s: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while not cond():
@@ -130,7 +130,7 @@ async def test_two_installs_in_one_namespace_each_write_their_own_imports(
     try:
         await _until(lambda: _exporters(hub_d, "llama") == ["east"])
         await b.start()
-        await _until(lambda: _exporters(hub_d, "mistral") == ["north"], 8.0)
+        await _until(lambda: _exporters(hub_d, "mistral") == ["north"])
         assert a.elector is not None and b.elector is not None
         assert a.elector.name != b.elector.name and a.elector.leads() and b.elector.leads()
     finally:

@@ -54,7 +54,7 @@ async def test_epp_refreshes_the_pool_gauges_every_second_for_a_static_pool() ->
     stop = asyncio.Event()
     task = asyncio.create_task(_every_second(director, Server(), stop, None, source))  # type: ignore[arg-type]
     try:
-        for _ in range(100):
+        for _ in range(1500):  # (30 s: 2 s before)
             if value() is not None:
                 break
             await asyncio.sleep(0.02)

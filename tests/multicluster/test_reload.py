@@ -49,7 +49,7 @@ async def _epp(pods: list[str], **opts: object) -> EppServer:
     return server
 
 
-async def _until(cond: Callable[[], bool], limit_s: float = 10.0) -> None:
+async def _until(cond: Callable[[], bool], limit_s: float = 30.0) -> None:
     deadline = time.monotonic() + limit_s
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
@@ -159,7 +159,7 @@ async def test_the_clusters_files_limits_apply_live(tmp_path: Path) -> None:
         try:
             await _until(lambda: gw.front is not None and len(gw.front.connections) == 1)
             reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-            head = await asyncio.wait_for(reader.read(4096), 10)
+            head = await asyncio.wait_for(reader.read(4096), 30)
             assert head.startswith(b"HTTP/1.1 503") and b"too_many_connections" in head
             writer.close()
         finally:

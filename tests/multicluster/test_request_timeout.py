@@ -456,8 +456,8 @@ def test_an_exponent_yaml_reads_as_a_string_is_a_number(tmp_path: Path, text: st
 
 
 async def _until(check: Callable[[], bool], what: str) -> None:
-    """Polls ``check`` (5 s at most): the probe after a cut runs after the 504 is sent."""
-    for _ in range(500):
+    """Polls ``check`` (30 s at most; 5 s before): the probe after a cut runs after the 504 is sent."""
+    for _ in range(3000):
         if check():
             return
         await asyncio.sleep(0.01)

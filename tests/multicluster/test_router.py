@@ -115,7 +115,7 @@ async def test_streamed_request_waits_for_its_first_byte_in_the_cluster_state(wo
             assert st.waiting == {}
             world["gw1"].mode = "hang"  # swallows requests: no first byte
             task = asyncio.create_task(http.post(url, data=streamed))
-            for _ in range(200):
+            for _ in range(1500):  # (30 s: 4 s before)
                 if st.waiting:
                     break
                 await asyncio.sleep(0.02)
@@ -124,7 +124,7 @@ async def test_streamed_request_waits_for_its_first_byte_in_the_cluster_state(wo
             assert st.oldest_wait(time.monotonic()) >= 0.3
             assert st.observed_ttft(time.monotonic()) >= 0.3
             task.cancel()
-            for _ in range(250):
+            for _ in range(1500):  # (30 s: 5 s before)
                 if not st.waiting:
                     break
                 await asyncio.sleep(0.02)
