@@ -391,5 +391,5 @@ async def test_a_mark_that_cannot_be_written_does_not_end_the_dispatch_loop() ->
     waiter = asyncio.ensure_future(d.admit(req("low", "t0")))
     await asyncio.sleep(0.01)  # queued (pool full); the loop's passes each fail to write the mark
     f.free = 1
-    got = await asyncio.wait_for(waiter, 5.0)
+    got = await asyncio.wait_for(waiter, 30.0)
     assert isinstance(got, PickResult) and f.sent == [(0, "low")]

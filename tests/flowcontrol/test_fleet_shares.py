@@ -245,7 +245,7 @@ async def test_the_workers_sync_carries_the_shares_between_processes_views() -> 
     pool = SimpleNamespace(name="p", endpoints=lambda: [], director=SimpleNamespace(flow=flow))
     task = asyncio.create_task(_share_inflight([pool], 0, (owner.name, lock, 2)))
     try:
-        for _ in range(200):
+        for _ in range(6000):  # (30 s: 1 s before)
             theirs.shares.sync(octl, time.monotonic())
             await asyncio.sleep(0.005)
             if mine.fleet is not None:

@@ -449,7 +449,7 @@ async def test_a_sigkilled_supervisors_private_directories_are_removed_at_the_ne
             workers = _children(proc.pid)
             proc.kill()
             await proc.wait()
-        for _ in range(400):
+        for _ in range(1200):  # (60 s: each orphan notices on its own loop; 20 s before)
             if not any(_alive(p) for p in workers):
                 break
             await asyncio.sleep(0.05)
@@ -708,7 +708,7 @@ def test_a_spawn_that_fails_leaves_no_pipe_open_nor_a_zombie(tmp_path) -> None:
         def start(self) -> None:
             if self.fork:
                 children.append(os.posix_spawn("/bin/true", ["true"], os.environ))
-                for _ in range(500):  # until it has exited (a zombie)
+                for _ in range(3000):  # until it has exited (a zombie; 30 s, 5 s before)
                     if children[-1] in _zombie_children(os.getpid()):
                         break
                     time.sleep(0.01)
@@ -739,10 +739,10 @@ def test_the_cleaner_skips_a_lock_that_is_not_a_regular_file(tmp_path) -> None:
     done: list[list[str]] = []
     t = threading.Thread(target=lambda: done.append(clean_stale_dirs(str(tmp_path))), daemon=True)
     t.start()
-    t.join(10)
+    t.join(30)
     if t.is_alive():  # unblock it (a writer arrives), then fail
         os.close(os.open(d / ".lock", os.O_WRONLY | os.O_NONBLOCK))
-        t.join(10)
+        t.join(30)
         raise AssertionError("the cleaner waited on a FIFO named .lock")
     assert done == [[]] and d.exists()
 
