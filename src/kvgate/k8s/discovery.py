@@ -21,7 +21,9 @@ from the API server and fed into the ``EndpointStore``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -93,6 +95,25 @@ def pod_ready(pod: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
+_PORT_TOKEN = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi takes: ASCII digits, an optional sign
+
+
+@functools.lru_cache(maxsize=256)  # (also logs a value once while it is cached: bounded)
+def active_ports(value: str) -> frozenset[int]:
+    """The ports an ``active-ports`` annotation names. As the reference (``strconv.Atoi`` per item), an
+    item that does not parse is skipped; ``int`` alone takes digits ``str.isdigit`` does and Atoi does
+    not, and ``"8000,\u00b2"`` raised out of ``_resync`` and emptied the pool (review s31-qa31 Q6)."""
+    ports, bad = set[int](), list[str]()
+    for item in value.replace(" ", "").split(","):
+        if _PORT_TOKEN.fullmatch(item):
+            ports.add(int(item))
+        elif item:
+            bad.append(item)
+    if bad:
+        log.warning("annotation %s=%r: skipping %s (not a port number)", ACTIVE_PORTS, value, bad)
+    return frozenset(ports)
+
+
 def pod_endpoints(pod: Obj, pool: PoolSpec, store_pool: str | None = None) -> list[Endpoint]:
     """The endpoints a pod contributes to ``pool`` now (none unless Ready, addressed, not terminating and
     not in a terminal phase),
@@ -109,8 +130,8 @@ def pod_endpoints(pod: Obj, pool: PoolSpec, store_pool: str | None = None) -> li
         return []
     ranks = list(enumerate(pool.target_ports))  # (the reference names each ``<pod>-rank-<index>``)
     active = (meta.get("annotations") or {}).get(ACTIVE_PORTS)
-    if active:
-        allowed = {int(p) for p in active.replace(" ", "").split(",") if p.isdigit()}
+    if active and isinstance(active, str):
+        allowed = active_ports(active)
         ranks = [(i, p) for i, p in ranks if p in allowed]
     host, pod_name = f"[{ip}]" if ":" in ip else ip, str(meta.get("name") or "")
     named = store_pool or pool.name
@@ -284,11 +305,17 @@ class PoolDiscovery:
 
     def _resync(self) -> None:
         """Recompute every pod's endpoints (a pool change); the store keeps surviving endpoints' state."""
+        # Every pod's endpoints first, then the maps replaced: nothing raised half-way leaves them
+        # cleared and the store unsynced. (The pod reflector's copy is the one copy of the pods,
+        # updated before listeners run.)
+        pool, eps = self.pool, list[tuple[Key, list[Endpoint]]]()
+        if pool is not None:
+            eps = [
+                (k, pod_endpoints(pod, pool, self.store_pool)) for k, pod in self.pod_reflector.items.items()
+            ]
         self._pod_addrs, self._providers = {}, {}
-        if self.pool is not None:
-            # The pod reflector's copy is the one copy of the pods (updated before listeners run).
-            for k, pod in self.pod_reflector.items.items():
-                self._provide(k, pod_endpoints(pod, self.pool, self.store_pool))
+        for k, pod_eps in eps:
+            self._provide(k, pod_eps)
         self.store.sync([self._shared(addr) for addr in self._providers], pool=self.store_pool)
 
     def _on_pod(self, etype: str, pod: Obj) -> None:

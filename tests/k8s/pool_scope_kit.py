@@ -1,0 +1,55 @@
+"""Shared bits of the tests of review s31-qa31's Q1/Q3/Q6 fixes: InferencePool and pod objects for the
+API-server double, a chat request, and a generous poll (port 0 everywhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from kvgate.k8s.apiserver import ApiServerDouble
+
+POOL_V1 = "inference.networking.k8s.io/v1"
+POLICY = "llm-d.ai/v1alpha2"
+WAIT_S = 45.0
+
+
+async def until(cond: Callable[[], bool], within_s: float = WAIT_S, what: str = "condition") -> None:
+    end = time.monotonic() + within_s
+    while not cond():
+        assert time.monotonic() < end, f"{what} not met within {within_s} s"
+        await asyncio.sleep(0.05)
+
+
+def pool_obj(
+    name: str = "llm", labels: dict[str, str] | None = None, ports: tuple[int, ...] = (8000,)
+) -> dict[str, Any]:
+    return {"apiVersion": POOL_V1, "kind": "InferencePool", "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": dict(labels or {"app": "sim"})},
+                     "targetPorts": [{"number": p} for p in ports],
+                     "endpointPickerRef": {"name": "epp", "port": {"number": 9002}}}}  # fmt: skip
+
+
+def add_pod(
+    d: ApiServerDouble,
+    name: str,
+    ip: str,
+    labels: dict[str, str] | None = None,
+    ready: bool = True,
+    annotations: dict[str, str] | None = None,
+) -> None:
+    meta: dict[str, Any] = {"name": name, "labels": dict(labels or {"app": "sim"})}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    d.create({"apiVersion": "v1", "kind": "Pod", "metadata": meta})
+    d.set_pod_status(name, ip=ip, ready=ready)
+
+
+async def chat(http: aiohttp.ClientSession, url: str, model: str, max_tokens: int = 4) -> tuple[int, bytes]:
+    body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}
+    async with http.post(f"{url}/v1/chat/completions", data=orjson.dumps(body)) as resp:
+        return resp.status, await resp.read()
