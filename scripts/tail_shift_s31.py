@@ -8,12 +8,15 @@ requests sit in each TTFT band, how many are cold everywhere (no engine holds 20
 arrival: a lost session context, a first burst, a one-off), by class; then the requests that are under
 A's p90 with A and at or over B's p90 with B (and the reverse), by class and by whether B found them
 cold everywhere where A did not; and where B sent the decode-heavy cold one-offs (``max_tokens`` over
-the prompt, the requests ``coldSpreadDecodeHeavy`` prices) compared with A.
+the prompt, the requests ``coldSpreadDecodeHeavy`` prices) compared with A. Also, per policy, the
+warm burst and session requests (some engine holds 20% of the prompt) sent to a best holder or
+elsewhere (a second copy, a spill), with their p90.
 """
 
 from __future__ import annotations
 
 import itertools
+import statistics
 import sys
 from collections import Counter
 from typing import Any
@@ -36,12 +39,12 @@ def main() -> None:
             arrive(spec)
 
         sim._arrive = keep  # type: ignore[method-assign]
-        recs, _ = trace(sim, cls)
+        recs, seen = trace(sim, cls)
         row = sim.run().row
-        runs[pol] = (row, {k: r for k, r in recs.items() if r.ttft > 0}, specs)
+        runs[pol] = (row, {k: r for k, r in recs.items() if r.ttft > 0}, specs, seen)
     bands = (0.2, 0.3, 0.4, 0.5)
     for pol in pols:
-        row, recs, _ = runs[pol]
+        row, recs, _, _ = runs[pol]
         t = [r.ttft for r in recs.values()]
         cnt = [sum(x < bands[0] for x in t)]
         cnt += [sum(lo <= x < hi for x in t) for lo, hi in itertools.pairwise(bands)] + [
@@ -54,7 +57,24 @@ def main() -> None:
             f"TTFT < 200 / 200-300 / 300-400 / 400-500 / >= 500 ms: {' / '.join(map(str, cnt))}; "
             f"cold everywhere by class {dict(sorted(cold.items()))}"
         )
-    (ra, a, specs), (rb, b, _) = runs[pols[0]], runs[pols[1]]
+    for pol in pols:
+        recs, seen = runs[pol][1], runs[pol][3]
+        for cls in ("burst", "session"):
+            warm = {k: r for k, r in recs.items() if r.cls == cls and r.best_cached >= 0.2 * r.prompt}
+            held = {k: r for k, r in warm.items() if r.here_cached >= r.best_cached}
+            off = sorted(r.ttft * 1000 for r in warm.values() if r.here_cached < r.best_cached)
+            ht = sorted(r.ttft * 1000 for r in held.values())
+            q = [f"{len(x)}, p90 {x[int(0.9 * len(x))]:.0f} ms" if x else "0" for x in (ht, off)]
+            at = [
+                (seen[k].waiting[r.replica], seen[k].running[r.replica]) for k, r in held.items() if k in seen
+            ]
+            mq = statistics.mean(r.queue for r in held.values()) * 1000 if held else 0.0
+            w, n = (statistics.mean(x[i] for x in at) for i in (0, 1)) if at else (0.0, 0.0)
+            print(
+                f"{pol}: warm {cls} requests at a best holder {q[0]} (at arrival there: waiting {w:.2f}, "
+                f"running {n:.1f}; queued {mq:.0f} ms mean); elsewhere {q[1]}"
+            )
+    (ra, a, specs, _), (rb, b, _, _) = runs[pols[0]], runs[pols[1]]
     p90a, p90b = ra["ttft_p90"], rb["ttft_p90"]
     common = a.keys() & b.keys()
     for name, x, y, px, py in (("into B's tail", a, b, p90a, p90b), ("out of B's tail", b, a, p90b, p90a)):
@@ -64,9 +84,11 @@ def main() -> None:
             for k in moved
             if y[k].best_cached < 0.2 * y[k].prompt and x[k].best_cached >= 0.2 * x[k].prompt
         )
+        bursts = Counter(f"{y[k].group}@{y[k].at:.0f}" for k in moved if y[k].cls == "burst")
         print(
             f"{name}: {len(moved)} requests, "
-            f"by class {dict(sorted(Counter(y[k].cls for k in moved).items()))}, "
+            f"by class {dict(sorted(Counter(y[k].cls for k in moved).items()))} "
+            f"(burst requests by tenant @ arrival s: {dict(bursts)}), "
             f"cold everywhere only under the slower policy {dict(sorted(newly_cold.items()))}"
         )
     heavy = [
