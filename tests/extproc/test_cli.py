@@ -146,7 +146,7 @@ async def test_default_is_tls(upstreams: list[str]) -> None:
     try:
         ch = channel(f"127.0.0.1:{ports['grpc']}")  # plaintext client against the default server
         with pytest.raises(grpc.aio.AioRpcError):
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=10) as ex:
+            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
                 await ex.send_request({":method": "POST"}, orjson.dumps({"model": "m", "prompt": "x"}))
         await ch.close()
     finally:

@@ -137,7 +137,7 @@ class PipeSink(AccessSink):
 
     def close(self) -> None:
         os.close(self._w)
-        self._reader.join(10)
+        self._reader.join(30)
         os.close(self._r)
 
 

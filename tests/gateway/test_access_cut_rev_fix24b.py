@@ -47,7 +47,7 @@ async def _cut_at_drain(path: str | None = None) -> None:
         task = asyncio.create_task(send())
         await until(lambda: b.arrived.is_set(), what="the request at the backend")
         await gw.stop(drain_timeout=0.2)
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, 30)
         # (the stop has returned: docs/gateway.md says every line is written by then)
     finally:
         await s.close()
@@ -110,7 +110,7 @@ async def test_kvgate_serve_sigterm_keeps_the_line_of_a_request_cut_at_the_drain
             proc.terminate()
             await asyncio.to_thread(proc.wait, 60)
             assert proc.returncode == 0, err.read_text()[-800:]
-            await asyncio.wait_for(task, 10)
+            await asyncio.wait_for(task, 30)
         text = out.read_text() if to_file else err.read_text()
         assert "kvgate.access: cut-2 POST /v1/completions 499" in text, (
             text[-800:],

@@ -55,15 +55,15 @@ async def test_the_drains_early_503_says_when_to_retry(backends) -> None:
             w.write(rest)
             await w.drain()
         for r, _, _ in conns:
-            _early_503(await asyncio.wait_for(r.read(), 10))
-        await asyncio.wait_for(stop, 10)
+            _early_503(await asyncio.wait_for(r.read(), 30))
+        await asyncio.wait_for(stop, 30)
     finally:
         for _, w, _ in conns:
             w.close()
         if stop is None:
             await gw.stop(drain_timeout=0.1)
         elif not stop.done():
-            await asyncio.wait_for(stop, 15)
+            await asyncio.wait_for(stop, 30)
 
 
 async def test_every_workers_early_503_says_when_to_retry(backends, tmp_path) -> None:

@@ -109,7 +109,7 @@ def test_the_off_loop_handler_is_bounded_and_counts_what_it_drops() -> None:
         log.propagate = True
         log.setLevel(old)
         out.close()
-        reader.join(10)
+        reader.join(30)
         os.close(r)
     text = got.decode()
     lines = text.splitlines()

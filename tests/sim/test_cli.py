@@ -34,7 +34,7 @@ def _start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]
 
 
 def _get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    with urllib.request.urlopen(url, timeout=30) as resp:
         return resp.status, resp.read().decode()
 
 
