@@ -227,10 +227,10 @@ def immediate(
     path: str = "",
 ) -> pb.ProcessingResponse:
     """An ``ImmediateResponse`` with the OpenAI error body (on ``/v1/messages``, ``path``: Anthropic's, as
-    vLLM answers there); every 429 says when to come back, and so does an error with a ``retry_after`` of its
-    own (the 503 of a request still queued when the grace ends)."""
+    vLLM answers there); every 429 and 503 says when to come back, and so does an error with a ``retry_after``
+    of its own (the 503 of a request still queued when the grace ends)."""
     headers = {"content-type": "application/json"}
-    if status == 429 or retry_after is not None:
+    if status == 429 or status == 503 or retry_after is not None:  # (503: no endpoint now, fo31)
         headers["retry-after"] = retry_after or RETRY_AFTER_DEFAULT
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(

@@ -40,9 +40,11 @@ def error_response(err: GatewayError, request_id: str | None = None, path: str =
     """``path``: the API refused; on ``/v1/messages`` the error is in Anthropic's shape
     (``{"type": "error", "error": {"type", "message"}}``), as vLLM's ``/v1/messages`` answers its own."""
     headers = {"x-request-id": request_id} if request_id else {}
-    if err.status == 429:
-        # Every 429 says when to come back (a caller with a better estimate overwrites it): the flow
-        # control's "queue is full" and a shed request included, as the other 429s (review s18-qa L1).
+    if err.status == 429 or err.status == 503:
+        # Every 429 and 503 the gateway makes says when to come back (a caller with a better estimate
+        # overwrites it): the flow control's "queue is full" and a shed request included, as the other
+        # 429s (review s18-qa L1); a 503 says "nothing can take it now" (no endpoint eligible, all
+        # attempts failed, a home not reachable): worth a retry soon (fo31; closing-s30).
         headers["Retry-After"] = RETRY_AFTER_DEFAULT
     if err.retry_after is not None:  # (the error's own: a 503 at the drain deadline, ``DrainEvictedError``)
         headers["Retry-After"] = err.retry_after

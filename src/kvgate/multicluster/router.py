@@ -304,7 +304,11 @@ class NoRoute(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.attempts = status, message, attempts
-        self.retry_after = retry_after  # seconds, for a 429's Retry-After
+        # seconds, for a 429's or 503's Retry-After: every 503 the hub makes says when to retry (1 s
+        # unless a home cluster gave its own; fo31): no cluster could take it now, one may soon
+        if retry_after is None and status == 503:
+            retry_after = 1
+        self.retry_after = retry_after
         self.error = error  # the refusing EPP's own error body, to pass on as it is
         self.code = code  # the error's ``code`` (``request_timeout``: the request's bound passed)
 
