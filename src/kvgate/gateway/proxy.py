@@ -47,6 +47,7 @@ from kvgate.gateway.upstream import (
     DeadlinePassed,
     ReadTimeout,
     StaleConnection,
+    TruncatedBody,
     UpstreamPool,
     UpstreamResponse,
 )
@@ -55,6 +56,7 @@ from kvgate.httpfront.offload import OFF_LOOP_BYTES, off_loop, waiting_share, wo
 from kvgate.httpfront.server import Handler, Request, Response, StreamResponse
 from kvgate.multicluster.epp_client import retry_after_s
 from kvgate.openai import protocol as proto
+from kvgate.openai.framing import whole_json
 from kvgate.openai.progress import Progress, progress_events, progress_piece
 from kvgate.openai.request import (
     CHAT,
@@ -1108,6 +1110,12 @@ class Proxy:
                         if whole:
                             body = b"".join(parts) if len(parts) != 1 else parts[0]
                             parts.clear()  # (the join replaces them: one copy from here on)
+                    if body is not None and resp.framed_by_close and not whole_json(resp.content_type, body):
+                        # Its end was a clean close, which a server dying mid-body sends too: a JSON
+                        # body that does not parse was cut. Nothing went out: a lost body, as below.
+                        self.held.give(held)
+                        held = 0
+                        raise TruncatedBody(f"{ep.address}: JSON body framed by the close cut short")
                 except ReadTimeout:
                     if deadline is not None and self._loop.time() >= deadline:
                         # The request's deadline, not a stall: the 504 below, as for the head, never a

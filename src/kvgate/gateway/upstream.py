@@ -104,6 +104,12 @@ class DeadlinePassed(UpstreamTimeout):
     by it): nothing was sent, so the server did no work and is not at fault (review s18-fixes-c M1)."""
 
 
+class TruncatedBody(UpstreamError):
+    """A body framed by the close (no Content-Length, not chunked) ended, by a clean close, before what
+    its media type says is its end (the proxy: a JSON body that does not parse): the server died
+    mid-body."""
+
+
 class _Refused(Exception):
     """Raised inside an httptools callback: a response this client does not accept (the message)."""
 
@@ -449,6 +455,12 @@ class UpstreamResponse:
             if c.done:
                 return b""
             await c._wait(_due(c, self._idle, self._deadline))
+
+    @property
+    def framed_by_close(self) -> bool:
+        """The body has no Content-Length and is not chunked: its end is the connection's clean close,
+        which a server that dies mid-body (its process gone, the kernel closing its socket) also sends."""
+        return self._conn._until_close
 
     def read_now(self) -> bytes | None:
         """The whole body if all of it is here already (the usual case), without a coroutine; else
