@@ -41,10 +41,12 @@ import aiohttp
 import grpc
 
 from kvgate.aio import stop_to_the_end
+from kvgate.httpfront.budget import ByteBudget
 from kvgate.multicluster.clusters import REQUEST_TIMEOUT_KEY, ClustersConfig, ClusterSpec, TlsOptions
 from kvgate.multicluster.epp_client import EppClient, EppImmediate, EppStalled, EppStream, retry_after_s
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy
 from kvgate.multicluster.state import ClusterState, DispatchNote, EppBackoff
+from kvgate.openai.framing import whole_json
 from kvgate.openai.protocol import DESTINATION_ENDPOINT, RATE_LIMITED
 from kvgate.openai.sse import first_event_held
 from kvgate.openai.usage import UsageTail
@@ -129,6 +131,15 @@ class _Opened:
 # An attempt's outcome when its stream ended or failed after the head, before its first data event (no
 # byte of it reached the client: qa30 Q8).
 FIRST_EVENT_LOST = "stream ended before its first data event"
+# A non-streamed answer's body is held whole (up to ``WHOLE_BODY_MAX``, all held bodies together up to
+# ``HELD_BODIES_MAX``: ``kvgate serve``'s bounds) before its head goes on, so one cut before its end (a
+# connection lost, a body short of its Content-Length, a JSON body framed by the close that does not parse:
+# ``openai.framing``) has given the client nothing and the request moves on (fo31: the twin of qa30 Q8);
+# past the bounds it is relayed as it comes, as before. The attempt's outcome then:
+BODY_LOST = "body lost before its end"
+WHOLE_BODY_MAX = 4 << 20
+HELD_BODIES_MAX = 64 << 20
+_HELD = ByteBudget(HELD_BODIES_MAX)
 
 
 def _second_500(attempts: list[Attempt], target: str) -> bool:
@@ -141,7 +152,7 @@ def _pod_failed(a: Attempt) -> bool:
     """Whether an Endpoint-mode attempt failed at its pod after the pod had the request: it answered a
     5xx (not an EPP's status) or its stream ended before its first data event."""
     return a.mode == ENDPOINT and (
-        (a.status >= 500 and a.outcome == f"status {a.status}") or a.outcome == FIRST_EVENT_LOST
+        (a.status >= 500 and a.outcome == f"status {a.status}") or a.outcome in (FIRST_EVENT_LOST, BODY_LOST)
     )
 
 
@@ -907,6 +918,43 @@ class GlobalRouter:
             # stream had started, the cluster ran it: its cut is the client's, relayed as one)
             return None if resp.content.total_bytes > len(held) else FIRST_EVENT_LOST
 
+    async def _hold(
+        self, resp: aiohttp.ClientResponse, sent_at: float, deadline: Deadline | None
+    ) -> tuple[bytes, int, bool] | None:
+        """A non-streamed body held before its head goes on (``BODY_LOST``'s note): ``(its start, bytes
+        taken from _HELD, whole)``, not whole when the next piece would pass ``WHOLE_BODY_MAX`` or the
+        budget (that piece is the start's last, not taken; the rest is read as it comes); None: it was
+        cut before its end. ``PastDeadline`` when the request's bound passed first."""
+        loop = asyncio.get_running_loop()
+        parts: list[bytes] = []
+        held = 0
+        try:
+            async with asyncio.timeout_at(None if deadline is None else deadline.due):
+                while True:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    if held + len(chunk) > WHOLE_BODY_MAX or not _HELD.take(len(chunk)):
+                        return b"".join(parts), held, False
+                    held += len(chunk)
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            _HELD.give(held)
+            if deadline is not None and loop.time() >= deadline.due:
+                raise PastDeadline("its body not whole by then", sent_at, True) from None
+            return None  # (a cut, a body short of its length, aiohttp's read timeout)
+        except BaseException:
+            _HELD.give(held)
+            raise
+        body = b"".join(parts)
+        framed_by_close = (
+            resp.content_length is None and "chunked" not in resp.headers.get("Transfer-Encoding", "").lower()
+        )
+        if framed_by_close and not whole_json(resp.content_type, body):
+            _HELD.give(held)
+            return None
+        return body, held, True
+
     def _probe_after_cut(self, st: ClusterState, url: str) -> None:
         """The request's bound cut an attempt before its head, its gateway not probed in it: the cut is
         the evidence a probe needs (review s20-mc L4: with ``requestTimeoutSeconds`` below
@@ -998,8 +1046,12 @@ class GlobalRouter:
         # (usage: a streamed answer's usage event, when the client asked for one, says whether it hit.)
         usage = usage and started is not None
         token = st.dispatched(started, note=note, usage=usage)
+        held = 0  # (bytes of a held body taken from ``_HELD``: given back when the answer settles)
 
         def given_up() -> None:
+            nonlocal held
+            _HELD.give(held)
+            held = 0
             st.finished(token)
             if epp is not None:
                 epp.cancel()  # the EPP's session closes the request as failed
@@ -1088,6 +1140,25 @@ class GlobalRouter:
             if opening is not None:
                 first_at = self.clock()
                 upstream = _Opened(opening, upstream)
+        elif relayed is None and resp.status not in (204, 304):
+            try:
+                got = await self._hold(resp, sent_at, deadline)
+            except PastDeadline as e:
+                resp.close()
+                given_up()
+                attempts.append(Attempt(st.name, mode, target, e.outcome))
+                raise
+            except BaseException:
+                resp.close()
+                given_up()
+                raise
+            if got is None:  # (cut before its end: nothing went to the client)
+                resp.close()
+                given_up()
+                attempts.append(Attempt(st.name, mode, target, BODY_LOST))
+                return None
+            opened, held, whole = got
+            upstream = _once(opened) if whole else _Opened(opened, upstream)
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
         if epp is not None:
             # The remote EPP hears the response as from Envoy, so it keeps the request in flight.
@@ -1118,7 +1189,7 @@ class GlobalRouter:
         tail = UsageTail() if sse and 200 <= resp.status < 300 else None
 
         async def settle() -> None:
-            nonlocal settled
+            nonlocal settled, held
             if settled:
                 return
             settled = True
@@ -1130,6 +1201,8 @@ class GlobalRouter:
                     epp.cancel()  # never read: its body generator never ran, so cancel the EPP's stream
             finally:
                 response.release()
+                _HELD.give(held)
+                held = 0
                 cached = None
                 if usage and (seen := routed.usage()) is not None:
                     cached = seen.cached_share
