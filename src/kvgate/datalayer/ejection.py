@@ -12,6 +12,13 @@ come back: it is probed at once, not at the end of a back-off that the outage ma
 The per-address state is bounded by the pools' endpoints (``endpoints``): addresses that left discovery
 (Kubernetes pod churn: a new IP per pod) are dropped when the table has doubled since the last sweep, so
 it holds at most about twice the live endpoints (and ``PRUNE_MIN``) however many have come and gone.
+An address that left its pools and came back (a new ``Endpoint``: the stores make one per membership)
+starts a fresh record, as Envoy's outlier detection starts one for a host added again: the failures,
+back-off and timed-out time its earlier membership ran up are not its (fo31; closing-s30: two failures
+before it left made one after it came back an ejection).
+
+Due probes run at once, at most ``PROBES_AT_ONCE`` in flight: ``k`` ejected servers that never answer
+take about ``ceil(k / PROBES_AT_ONCE)`` probe timeouts a round, not ``k`` (fo31; closing-s30).
 """
 
 from __future__ import annotations
@@ -46,10 +53,13 @@ class EjectionConfig(Protocol):
 
 # The state table is swept of departed addresses once it holds this many (then twice what a sweep kept).
 PRUNE_MIN = 64
+# Probes in flight at once (``HealthTracker.run``).
+PROBES_AT_ONCE = 16
 
 
 @dataclass(slots=True)
 class _State:
+    ep: Endpoint  # the membership this record is of (a new ``Endpoint`` for the address: a fresh one)
     failures: int = 0
     backoff_s: float = 0.0
     retry_at: float = 0.0
@@ -87,7 +97,9 @@ class HealthTracker:
     def success(self, ep: Endpoint) -> None:
         ep.served_at = self.clock()
         st = self._state.get(ep.address)
-        if st is not None and (st.failures or st.quiet_end):
+        if st is not None and st.ep is not ep:
+            self._state[ep.address] = _State(ep)  # (came back: a fresh record)
+        elif st is not None and (st.failures or st.quiet_end):
             st.failures = 0
             st.quiet_s = st.quiet_end = 0.0
 
@@ -103,7 +115,7 @@ class HealthTracker:
         request reaches it after a long queue wait) is still ejected (review s18-gw L4); an endpoint
         that answers anything meanwhile is not charged (``success`` starts the count over). True when
         this charge ejected it."""
-        st = self._entry(ep.address)
+        st = self._entry(ep)
         start = max(since, st.quiet_end)
         if until > start:
             st.quiet_s += until - start
@@ -131,7 +143,7 @@ class HealthTracker:
         ``max_ejection_percent``): failures that many endpoints share are more likely the requests'
         (a "query of death") or the load's than so many bad servers.
         """
-        st = self._entry(ep.address)
+        st = self._entry(ep)
         st.failures += 1
         if ep.healthy and st.failures >= self.cfg.eject_after_failures:
             peers = [other for other in pool if other is not ep]
@@ -153,19 +165,23 @@ class HealthTracker:
         t = ep.served_at
         return ep.healthy and t is not None and now - t <= self.policy.metrics_staleness_s
 
-    def _entry(self, address: str) -> _State:
-        """``address``'s state, made when new. The table only grows here: when it has reached
+    def _entry(self, ep: Endpoint) -> _State:
+        """``ep``'s state, made when new (or when its address's is an earlier membership's: a fresh
+        record, the module's note). The table only grows here: when it has reached
         ``_sweep_at`` entries, the addresses no pool holds any more are dropped first (an endpoint that
         left discovery, whose last requests failed or timed out after it left: review s18-fixes-c I4),
         and the next sweep waits until the table has doubled (amortized O(1) per new address)."""
+        address = ep.address
         st = self._state.get(address)
         if st is None:
             if len(self._state) >= self._sweep_at and self._endpoints is not None:
-                live = {ep.address for ep in self._endpoints()}
+                live = {other.address for other in self._endpoints()}
                 for gone in [a for a in self._state if a not in live]:
                     del self._state[gone]
                 self._sweep_at = max(PRUNE_MIN, 2 * len(self._state))
-            st = self._state[address] = _State()
+            st = self._state[address] = _State(ep)
+        elif st.ep is not ep:
+            st = self._state[address] = _State(ep)
         return st
 
     def _eject(self, ep: Endpoint, st: _State, backoff: float) -> None:
@@ -187,7 +203,7 @@ class HealthTracker:
             if ep.healthy:
                 continue
             st = self._state.get(ep.address)
-            if st is None:
+            if st is None or st.ep is not ep:  # (never charged in this membership: probed now)
                 due.append(ep)
             elif scrape_down(ep, now, policy):
                 st.scrape_down = ep.down_since_ejected = True
@@ -202,7 +218,7 @@ class HealthTracker:
         return due
 
     def probe_result(self, ep: Endpoint, ok: bool) -> None:
-        st = self._entry(ep.address)
+        st = self._entry(ep)
         if ok:
             ep.healthy = True
             ep.down_since_ejected = False
@@ -241,6 +257,19 @@ class HealthTracker:
                 self._ejected.clear()  # no await since the check: an ejection cannot fall between
                 await self._ejected.wait()
                 continue
-            for ep in self.due(eps):
-                self.probe_result(ep, await self.probe(session, ep))
+            due = self.due(eps)
+            if due:
+                await self._probe_all(session, due)
             await asyncio.sleep(interval_s)
+
+    async def _probe_all(self, session: aiohttp.ClientSession, due: list[Endpoint]) -> None:
+        """``due`` probed at once, at most ``PROBES_AT_ONCE`` in flight (the module's note); the round
+        ends when every probe has (each bounded by ``probe_timeout_s``)."""
+        gate = asyncio.Semaphore(PROBES_AT_ONCE)
+
+        async def one(ep: Endpoint) -> None:
+            async with gate:
+                ok = await self.probe(session, ep)
+            self.probe_result(ep, ok)
+
+        await asyncio.gather(*(one(ep) for ep in due))
