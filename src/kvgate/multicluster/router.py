@@ -1108,6 +1108,19 @@ class GlobalRouter:
             # Nothing reached the client yet: free to go elsewhere. (A 429 marked rate-limited is the
             # client's own limit, a tenant's, not the cluster at capacity: passed on as any 4xx refusal,
             # the cluster not backed off for everyone: review s18-qa M4.)
+            if epp is not None and resp.status >= 500:
+                # The pod's 5xx told to its EPP first, as Envoy passes it the response headers, so its
+                # passive health charges the pod (``extproc.outlier``; closing-s30: the cancel alone
+                # told it nothing and a failing pod was never ejected there). Bounded by the EPP's
+                # ``epp_timeout_s``; an EPP that fails here is left alone (``response_headers``).
+                pod_headers = {k.lower(): v for k, v in resp.headers.items()}
+                try:
+                    with contextlib.suppress(EppImmediate):
+                        await epp.response_headers(resp.status, pod_headers, target)
+                except BaseException:
+                    resp.release()
+                    given_up()
+                    raise
             resp.release()
             given_up()
             wait = retry_after_s(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
