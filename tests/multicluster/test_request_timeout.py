@@ -314,19 +314,19 @@ async def test_a_wedged_stream_is_cut_at_the_bound_and_its_cluster_charged(
     assert gw.router.states["east"].backoff_s > 0
 
 
-async def test_a_plain_body_stalled_after_its_head_is_closed_mid_body_at_the_bound(
+async def test_a_plain_body_stalled_after_its_head_is_a_504_at_the_bound(
     gateways: Callable[..., Awaitable[Gateway]], started: Callable[..., Awaitable[GlobalGateway]]
 ) -> None:
-    """Its head and first bytes came (the answer is the client's: no failover), then nothing: at the bound
-    the connection is closed mid-body (no last chunk: an incomplete body, not a short one),
-    and the cluster, with no progress in the later half of its hold, is charged."""
+    """Its head and first bytes came, then nothing. Since fo31 the hub holds a non-streamed body whole
+    before its head goes on (the non-streamed twin of qa30 Q8): nothing reached the client, so at the bound
+    the client gets the 504 ``upstream_timeout`` (written: it ran there, so no failover), and the cluster,
+    which held the request the larger part of its time, is charged. (Before fo31: the 200 head, then the
+    connection closed mid-body.)"""
     east, west = await gateways("east", "half_body"), await gateways("west")
     gw = await started(east, west, request_timeout_s=1.0)
     status, data, took = await _post(gw.port)
-    assert status == 200 and took < WAIT_S / 2, (status, data)
-    head, _, body = data.partition(b"\r\n\r\n")  # (relayed chunked: no last chunk, an incomplete body)
-    assert b"transfer-encoding: chunked" in head.lower() and b'{"object"' in body, data
-    assert not body.endswith(b"0\r\n\r\n"), data
+    assert status == 504 and took < WAIT_S / 2, (status, data)
+    assert b'"code":"upstream_timeout"' in data, data
     assert west.taken == 0
     assert gw.router.states["east"].backoff_s > 0
 
