@@ -146,6 +146,25 @@ def by_move(pairs: Sequence[tuple[Rec, Rec]]) -> dict[str, float]:
     return out
 
 
+def front_waits(records: Sequence[Rec]) -> str:
+    """What kvgate's "vLLM front" step (its upstream write -> its read of the first chunk, less vLLM's
+    TTFT) goes with, request by request: its event loop's wait for a core, or the API server's (both over
+    the request, from /proc schedstat)."""
+    rows = [(kvgate_steps(r)["vllm_front"], r["loop_wait_ms"], r["api_wait_ms"]) for r in records
+            if "vllm_front" in kvgate_steps(r) and "loop_wait_ms" in r and "api_wait_ms" in r]  # fmt: skip
+    if len(rows) < 3:
+        return "kvgate's vLLM-front step: too few requests with the waits recorded"
+    front, loop, api = ([row[k] for row in rows] for k in range(3))
+    fit_loop = statistics.linear_regression(loop, front)
+    return (
+        f"kvgate's vLLM-front step over {len(rows)} requests: mean {statistics.fmean(front):.1f} ms, "
+        f"median {statistics.median(front):.1f}; correlation with its event loop's wait for a core "
+        f"{statistics.correlation(front, loop):.2f}, with the served API server's "
+        f"{statistics.correlation(front, api):.2f}; front = {fit_loop.intercept:.2f} + "
+        f"{fit_loop.slope:.2f} x loop wait (ms)"
+    )
+
+
 def pass_pairs(doc: dict[str, Any]) -> list[tuple[int, Rec, Rec, list[tuple[Rec, Rec]]]]:
     """(pass index, kvgate pass, sglang-router pass, request pairs) for the unpinned default pair."""
     ka, sg = doc["passes"].get(DEFAULT), doc["passes"].get(SGLANG)
@@ -327,6 +346,7 @@ def main() -> int:
         f"{statistics.fmean(res['diff'] for _, res, _ in results):+.1f} = "
         + ", ".join(f"{k} {v:+.1f}" for k, v in pooled.items())
     )
+    print(front_waits([a for _, _, pairs in results for a, _ in pairs]))
     if args.table:
         Path(args.table).write_text(
             "Per request pair (k = kvgate, s = sglang-router; ms unless tokens), by "

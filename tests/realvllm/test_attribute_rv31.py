@@ -66,3 +66,22 @@ def test_table_marks_kvgates_switches() -> None:
     pairs = [(_rec(0, 0, 40, 20), _rec(1, 0, 35, 21)), (_rec(1, 0, 40, 20), _rec(1, 0, 35, 21))]
     rows = at.request_rows("x", pairs)
     assert "| 0 | 0 / 1 |" in rows[-2] and "| 1 | 1* / 1 |" in rows[-1]
+
+
+def test_front_step_against_the_waits() -> None:
+    at = _script()
+    recs = [
+        _rec(0, 0, 30, 20)
+        | {
+            "recv": 1.0005,
+            "sent": 1.001,
+            "first": 1.001 + (22 + w / 2) / 1000,
+            "loop_wait_ms": w,
+            "api_wait_ms": api,
+        }
+        for w, api in ((0.0, 5.0), (4.0, 1.0), (8.0, 3.0), (12.0, 2.0))
+    ]
+    line = at.front_waits(recs)
+    assert "over 4 requests" in line and "event loop's wait for a core 1.00" in line
+    assert "front = 0.00 + 0.50 x loop wait" in line
+    assert "too few" in at.front_waits(recs[:2])
