@@ -234,14 +234,21 @@ def request_rows(label: str, pairs: Sequence[tuple[Rec, Rec]]) -> list[str]:
     return rows
 
 
+def short(label: str) -> str:
+    """'seed 45, pass 0' -> '45/0'."""
+    seed, _, pas = label.removeprefix("seed ").partition(", pass ")
+    return f"{seed}/{pas}"
+
+
 def plot(path: str, results: list[tuple[str, dict[str, Any], list[tuple[Rec, Rec]]]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    labels = [label for label, _, _ in results]
+    many = len(results) > 8  # then short labels ("45/0"), and the scatter by won / lost pairs
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(13.0, 7 + 0.3 * len(results)), 5.5))
+    labels = [short(label) if many else label for label, _, _ in results]
     colors = dict(
         zip(PARTS, ("tab:red", "tab:orange", "tab:olive", "tab:gray", "tab:blue", "lightgray"), strict=True)
     )
@@ -260,27 +267,44 @@ def plot(path: str, results: list[tuple[str, dict[str, Any], list[tuple[Rec, Rec
         labels,
         [res["diff"] for _, res, _ in results],
         "k_",
-        markersize=22,
+        markersize=12 if many else 22,
         mew=2,
         label="mean TTFT difference",
     )
     ax1.axhline(0, color="k", lw=0.5)
     ax1.set_ylabel("kvgate - sglang-router, ms of the mean TTFT")
-    ax1.set_title("per pass pair: the difference split")
-    ax1.tick_params(axis="x", rotation=30)
+    ax1.set_title(
+        "per pass pair (seed/pass): the difference split" if many else "per pass pair: the difference split"
+    )
+    ax1.tick_params(axis="x", rotation=90 if many else 30, labelsize=7 if many else 10)
     ax1.legend(fontsize=8)
-    for (label, _, pairs), marker in zip(results, "osD^v<>p*hx+" * 4, strict=False):
-        pts = [
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for label, res, pairs in results:
+        key = ("pairs kvgate lost" if res["diff"] > 0 else "pairs kvgate won") if many else label
+        groups.setdefault(key, []).extend(
             (a["v_ttft_ms"] - b["v_ttft_ms"], (ttft(a) - a["v_ttft_ms"]) - (ttft(b) - b["v_ttft_ms"]))
             for a, b in pairs
             if recorded(a) and recorded(b)
-        ]
-        ax2.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, marker=marker, alpha=0.7, label=label)
+        )
+    for (key, pts), marker in zip(groups.items(), "osD^v<>p*hx+" * 4, strict=False):
+        ax2.scatter(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            s=10 if many else 14,
+            marker=marker,
+            alpha=0.5,
+            label=key,
+        )
+    every = [p for pts in groups.values() for p in pts]
+    if many and every:  # the bulk, not the few stalls: 1st-99th percentile of each axis
+        for axis, k in ((ax2.set_xlim, 0), (ax2.set_ylim, 1)):
+            qs = statistics.quantiles([p[k] for p in every], n=100)
+            axis(qs[0] - 5, qs[-1] + 5)
     ax2.axhline(0, color="k", lw=0.5)
     ax2.axvline(0, color="k", lw=0.5)
     ax2.set_xlabel("inside vLLM: kvgate's vLLM TTFT - sglang-router's (ms)")
     ax2.set_ylabel("outside vLLM: kvgate's - sglang-router's (ms)")
-    ax2.set_title("per request pair (same prompt, same position)")
+    ax2.set_title("per request pair (same prompt, same position)" + (", 1st-99th percentile" if many else ""))
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
