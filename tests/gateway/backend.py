@@ -55,6 +55,8 @@ class Backend:
         self.poisoned = 0
         # Seconds a non-streamed answer takes (a long generation: nothing is sent until it is done).
         self.answer_delay = 0.0
+        # When set to an Event, a non-streamed answer also waits for it (the test releases what it admitted).
+        self.answer_gate: asyncio.Event | None = None
         self.error_headers: dict[str, str] = {}  # sent with the "error429" answer
         self.cached_tokens: int | None = None  # reported as usage.prompt_tokens_details when set
         # Set when any generation/embedding request arrives (tests wait on it instead of polling).
@@ -191,6 +193,8 @@ class Backend:
         if not body.get("stream"):
             if self.answer_delay:
                 await asyncio.sleep(self.answer_delay)
+            if self.answer_gate is not None:
+                await self.answer_gate.wait()
             text = " ".join(f"{self.name}-{i}" + "x" * self.piece_bytes for i in range(n))
             choice: dict[str, Any] = (
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}

@@ -47,6 +47,15 @@ async def _post(s: aiohttp.ClientSession, port: int) -> tuple[int, str]:
         return r.status, "" if r.status == 200 else body["error"]["code"]
 
 
+async def _answered(posts: list[asyncio.Task[tuple[int, str]]], n: int) -> None:
+    """Until ``n`` of ``posts`` have their answer (30 s at most: the caller's assertion says what came)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 30.0
+    while sum(t.done() for t in posts) < n and loop.time() < end:
+        pending = [t for t in posts if not t.done()]
+        await asyncio.wait(pending, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+
+
 @pytest.mark.parametrize(
     ("limits", "most"),
     [
@@ -73,9 +82,10 @@ async def test_a_tenant_is_held_to_its_rate_limit_across_workers(backends, tmp_p
 
 async def test_max_concurrent_requests_holds_across_workers(backends, tmp_path):
     (b,) = await backends(1)
-    # Every admitted request stays in flight while the others arrive (1.5 s before: 12 connections opened
-    # by a loaded test process could take longer, and a third would then be admitted).
-    b.answer_delay = 5.0
+    # Every admitted request stays in flight until the others have been answered (held by the model server
+    # until the test releases it; a fixed 5 s before, 1.5 s before that: 12 connections opened by a loaded
+    # test process could take longer, and a third would then be admitted).
+    b.answer_gate = asyncio.Event()
     limits = {"limits": {"maxConcurrentRequests": 2}}
     async with (
         serve_workers(tmp_path, b.address, limits) as (port, admin),
@@ -84,7 +94,11 @@ async def test_max_concurrent_requests_holds_across_workers(backends, tmp_path):
         # The kernel puts all 12 connections on one worker 1 round in 2^11: the round is repeated (at most
         # 4: 1 in 2^44) until both workers took some, each round held to the limit.
         for _ in range(4):
-            answers = await asyncio.gather(*(_post(s, port) for _ in range(12)))
+            b.answer_gate.clear()
+            posts = [asyncio.create_task(_post(s, port)) for _ in range(12)]
+            await _answered(posts, 10)  # (all but the limit's two: refused while the two are held)
+            b.answer_gate.set()
+            answers = await asyncio.gather(*posts)
             assert sorted(answers) == [(200, "")] * 2 + [(429, "too_many_requests")] * 10, answers
             per = await _answers_per_worker(admin)
             if set(per) == {"0", "1"} and min(per.values()) > 0:
