@@ -19,17 +19,24 @@ from kvgate.config.gateway import GatewayConfig, PoolConfig
 from kvgate.config.policies import precise_policy
 from kvgate.datalayer.kvdetect import PROBE_TIMEOUT, KVEventsInfo, probe_all
 from kvgate.scheduling.plugins.precise_prefix import EVENTS_LABEL, REPLAY_LABEL
-from kvgate.scheduling.tokenize import find_for_model, tokenizer_file
+from kvgate.scheduling.tokenize import LOOKUP_ERRORS, find_for_model, tokenizer_file
 
 log = logging.getLogger(__name__)
 
 
 def _tokenizer(pc: PoolConfig, found: dict[str, KVEventsInfo]) -> str | None:
+    """The tokenizer file for a pool's precise profile: a name the servers report (a path or a model), else
+    a model the pool lists, the first found locally. A name the file system refuses (a NUL byte, a segment
+    over 255 bytes, ``~nosuchuser``: a server's report is not checked) is passed over with one WARNING."""
     names = [i.tokenizer for i in found.values() if i.tokenizer] + list(pc.models)
-    for name in names:
-        if name and tokenizer_file(name).is_file():
-            return str(tokenizer_file(name))
-        f = find_for_model(name) if name else None
+    for name in filter(None, names):
+        try:
+            f = tokenizer_file(name)
+            if not f.is_file():
+                f = find_for_model(name)  # type: ignore[assignment]
+        except LOOKUP_ERRORS as e:
+            log.warning("kv-events: pool %s: tokenizer %r cannot be looked up (%s)", pc.name, name, e)
+            continue
         if f is not None:
             return str(f)
     return None

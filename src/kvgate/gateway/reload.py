@@ -248,15 +248,22 @@ def picker_tokenizers(pc: PoolConfig) -> list[Path]:
                 node = {"tokenizersPoolConfig": node["parameters"]}  # (its ``modelName``, read alike)
             for key, value in node.items():
                 if key == "tokenizer" and isinstance(value, str) and value not in ("", tokenize.AUTO):
-                    out.append(tokenize.tokenizer_file(value))
+                    _add(out, tokenize.tokenizer_file, value)
                 elif key == "tokenizersPoolConfig" and isinstance(value, dict):
                     model = value.get("modelName")
-                    found = tokenize.find_for_model(model) if isinstance(model, str) and model else None
-                    if found is not None:
-                        out.append(found)
+                    if isinstance(model, str) and model:
+                        _add(out, tokenize.find_for_model, model)
                 else:
                     todo.append(value)
     return out
+
+
+def _add(out: list[Path], find: Callable[[str], Path | None], name: str) -> None:
+    """``find(name)`` onto ``out`` when found; a name the file system refuses (``tokenize.LOOKUP_ERRORS``)
+    is skipped: the build names its key (a ``tokenizer``) or warns (a ``modelName``), not this warm-up."""
+    with contextlib.suppress(*tokenize.LOOKUP_ERRORS):
+        if (found := find(name)) is not None:
+            out.append(found)
 
 
 def _picker_desc(pc: PoolConfig) -> str:

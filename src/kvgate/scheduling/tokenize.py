@@ -390,8 +390,21 @@ def _ids(tok: Any, text: str, special: bool) -> list[int]:
     return fast([text], add_special_tokens=special)[0].ids
 
 
+# What looking a name up on the file system may raise, for a name it refuses: ``Path.is_file`` / ``is_dir``
+# an ``OSError`` (a segment over 255 bytes: ENAMETOOLONG; EACCES), ``expanduser`` a ``RuntimeError``
+# (``~nosuchuser``), a ``ValueError`` (a NUL byte, where ``os`` checks it). A caller that reads a name from a
+# config or a server catches these: a config error naming its key, a miss with one WARNING, never a crash.
+LOOKUP_ERRORS = (OSError, ValueError, RuntimeError)
+
+
 def tokenizer_file(path: str | Path) -> Path:
-    p = Path(path).expanduser()
+    """``path``, or its ``tokenizer.json`` when it is a directory; ``ValueError`` for a ``~user`` that does
+    not exist (``expanduser``'s RuntimeError, which no ``load`` caller expects), ``OSError`` where the file
+    system refuses the name (ENAMETOOLONG)."""
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError as e:
+        raise ValueError(f"cannot read the path {str(path)!r}: {e}") from e
     return p / "tokenizer.json" if p.is_dir() else p
 
 
@@ -437,7 +450,9 @@ def _hf_cache_dirs() -> list[Path]:
 
 
 def find_for_model(model: str) -> Path | None:
-    """A local ``tokenizer.json`` for ``model`` (see the module doc), or None."""
+    """A local ``tokenizer.json`` for ``model`` (see the module doc), or None; ``LOOKUP_ERRORS`` for a name
+    the file system refuses (every caller catches them: ``for_model``, ``kv_auto``, ``precise_llmd``'s
+    ``local_tokenizer``, ``reload.picker_tokenizers``)."""
     if not model:
         return None
     local = Path(model).expanduser()
@@ -475,7 +490,7 @@ def for_model(model: str) -> PromptTokenizer | None:
         return _BY_MODEL[model]
     try:
         f = find_for_model(model)
-    except (OSError, ValueError, RuntimeError) as e:  # EACCES, a name too long, ``~nosuchuser``: a miss
+    except LOOKUP_ERRORS as e:  # EACCES, a name too long, ``~nosuchuser``: a miss
         log.warning("tokenizer for model %r: cannot look it up (%s); scoring with the estimate", model, e)
         f = None
     got: PromptTokenizer | None = None

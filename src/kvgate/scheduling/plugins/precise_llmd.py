@@ -18,7 +18,7 @@ from typing import Any
 from kvgate.scheduling.framework import ConfigError, Params, PluginHandle
 from kvgate.scheduling.plugins.wiring import Wiring
 from kvgate.scheduling.registry import register
-from kvgate.scheduling.tokenize import AUTO, find_for_model, load
+from kvgate.scheduling.tokenize import AUTO, LOOKUP_ERRORS, find_for_model, load
 
 # kvgate's own key for each setting the llm-d layout can give (a conflict names both).
 KVGATE_KEYS = {
@@ -246,7 +246,10 @@ def _kv_events(params: Params, ev: Params, out: dict[str, tuple[Any, str]]) -> N
 def local_tokenizer(model: str) -> tuple[str, str | None]:
     """``model``'s ``tokenizer.json`` from the local Hugging Face cache (or a local directory), as a
     ``tokenizer`` value, else ``auto`` and why (each request's model name looked up locally)."""
-    found = find_for_model(model)
+    try:
+        found = find_for_model(model)
+    except LOOKUP_ERRORS as e:  # (a name no file can have: a miss, as an absent one; never a crash)
+        return AUTO, f"{model!r} cannot be looked up in the local Hugging Face cache ({e})"
     if found is None:
         return (
             AUTO,
