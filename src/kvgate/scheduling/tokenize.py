@@ -140,24 +140,40 @@ def warm() -> None:
 class PromptTokenizer:
     """One ``tokenizers.Tokenizer`` plus a bounded cache of encoded prompts."""
 
-    def __init__(self, path: Path, capacity: int = CACHE_ENTRIES) -> None:
+    def __init__(
+        self, path: Path, capacity: int = CACHE_ENTRIES, *, data: bytes | None = None, twin: Any = None
+    ) -> None:
+        """``data``: the file's bytes, read already (``load``); ``twin``: a loaded ``PromptTokenizer`` of
+        the same bytes (another path), whose parsed tokenizer and load-time verdict are taken, not made
+        again: the parse holds the GIL, and so every request of the process, ~145 ms for the 1.1 MB test
+        tokenizer (``scripts/reload_loop_lag.py``)."""
         from tokenizers import Tokenizer
 
         self.path = path
         self.stamp: FileStamp | None = None  # the file's when it was read (``load``)
-        self._tok: Any = Tokenizer.from_file(str(path))
+        self.digest: int | None = None  # its bytes' 128-bit xxh3 (``load``): a copy is a twin
+        if twin is not None:
+            self._tok: Any = twin._tok  # (its calls are thread-safe: shared as one object is today)
+        elif data is not None:
+            self._tok = Tokenizer.from_buffer(data)
+        else:
+            self._tok = Tokenizer.from_file(str(path))
         self._cache: OrderedDict[int, array[int]] = OrderedDict()
         self._capacity = capacity
         self._pieces: OrderedDict[int, array[int]] = OrderedDict()
-        # Ids the post-processor puts in front of every encoding (a BOS), when piecewise is exact.
-        self._front: list[int] | None = _piecewise_front(self._tok, path)
         self.self_checks = 0  # prompt-shaped texts checked at load (benchmarks' records)
         self._live_left = 0  # (none while the load-time checks run through ``encode``)
         self._live: list[Future[None]] = []
         self._differs = False  # set by a live check (the checker thread), acted on by the next encode
-        if self._front is not None:
-            self._self_check_all()
-        self._live_left = LIVE_CHECKS
+        if twin is not None:  # the same bytes: the same verdict (a live check's difference included)
+            self._front: list[int] | None = None if twin._differs else twin._front
+            self.self_checks = twin.self_checks
+        else:
+            # Ids the post-processor puts in front of every encoding (a BOS), when piecewise is exact.
+            self._front = _piecewise_front(self._tok, path)
+            if self._front is not None:
+                self._self_check_all()
+        self._live_left = LIVE_CHECKS  # (a twin's own: its real prompts are checked too)
 
     @property
     def piecewise(self) -> bool:
@@ -426,11 +442,16 @@ def load(path: str | Path) -> PromptTokenizer:
     got = _BY_PATH.get(key)
     if got is not None and got.stamp in (stamp, None):  # (None: put there by hand, a test's)
         return got
+    data = f.read_bytes()
+    digest = xxhash.xxh3_128_intdigest(data)  # (~0.1 ms a MB)
+    # The same bytes loaded at another path (a new Hugging Face snapshot of the same blob, a copy in a new
+    # mount, the file rewritten unchanged): not parsed again (tok31).
+    twin = next((t for t in list(_BY_PATH.values()) if t.digest == digest), None)
     try:
-        got = PromptTokenizer(f)
+        got = PromptTokenizer(f, data=data, twin=twin)
     except Exception as e:  # tokenizers raises its own Exception type on a bad file
         raise ValueError(f"cannot load tokenizer {f}: {e}") from e
-    got.stamp = stamp
+    got.stamp, got.digest = stamp, digest
     with _BY_PATH_LOCK:
         _BY_PATH.pop(key, None)
         _BY_PATH[key] = got
