@@ -70,22 +70,37 @@ def picker_key(index: int, cfg: PoolConfig) -> str:
     return f"pools[{index}].{'endpointPickerConfig' if cfg.picker_config is not None else 'policy'}"
 
 
+def parsed_picker(cfg: PoolConfig, index: int = 0, announce: bool = True) -> EndpointPickerConfig:
+    """``picker_spec``, an error a ``GatewayConfigError`` naming ``pools[index]``'s key: what a reload
+    builds from and compares with (``build_director_for``'s ``spec``), parsed once."""
+    try:
+        return picker_spec(cfg, announce=announce)
+    except (ValueError, KeyError, TypeError) as e:
+        raise _picker_error(index, cfg, e) from e
+
+
+def _picker_error(index: int, cfg: PoolConfig, e: Exception) -> GatewayConfigError:
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return GatewayConfigError(picker_key(index, cfg), str(msg))
+
+
 def build_director_for(
     cfg: PoolConfig,
     store: EndpointStore,
     clock: Callable[[], float] = time.monotonic,
     index: int = 0,
     announce: bool = True,
+    spec: EndpointPickerConfig | None = None,
 ) -> RequestDirector:
     """The pool's picker on ``store``; an error is a ``GatewayConfigError`` naming ``pools[index]``'s key
     (then the plugin's: ``pools[0].endpointPickerConfig: plugins[1].parameters: ...``). ``announce``: log
-    the config's warnings (False in a ``--workers`` worker: its supervisor said them)."""
+    the config's warnings (False in a ``--workers`` worker: its supervisor said them). ``spec``: the pool's
+    picker parsed already (``parsed_picker``)."""
     try:
-        picker: Any = picker_spec(cfg, announce=announce)
+        picker: Any = spec if spec is not None else picker_spec(cfg, announce=announce)
         return build_director(picker, store, clock=clock, pool=cfg.name)
     except (ValueError, KeyError, TypeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        raise GatewayConfigError(picker_key(index, cfg), str(msg)) from e
+        raise _picker_error(index, cfg, e) from e
 
 
 def build_pool(
