@@ -6,13 +6,15 @@ GIL. Steps: ``tokenizers``' ``Tokenizer.from_file``; Python's ``json.loads`` of 
 piecewise check read before tok30); a whole ``PromptTokenizer`` load (parse, piecewise check, self-checks);
 and ``auto``'s first look-up of a model, as a request's pick makes it, on the loop: ``for_model`` (before
 tok30) against ``for_model_soon`` (the load on the loader thread). Each step ``--repeats`` times, the
-order alternating; every load reads a fresh copy of the file (no cache). ``--before-src``: also the
-``PromptTokenizer`` load and ``auto``'s first look-up of that tree's ``tokenize`` module, in this run.
+order alternating; every load reads a fresh copy of the file with bytes of its own (no cache).
+``--before-src``: also the ``PromptTokenizer`` load and ``auto``'s first look-up of that tree's
+``tokenize`` module, in this run.
 
 ``live``: two ``kvgate serve`` processes side by side in the same run, one from ``--before-src`` (e.g.
 ``/work/main/src`` at the commit before) and one from this tree's src, each with a client sending a
 1-token completion every 10 ms; ``--reloads`` times each in turn (before, after, before, ...) its
-``--config`` is rewritten so a precise scorer names a new copy of the test tokenizer, then SIGHUP; the
+``--config`` is rewritten so a precise scorer names a new copy of the test tokenizer (bytes of its own: a
+copy with the same bytes is not parsed again since tok31), then SIGHUP; the
 figure is each gateway's longest request latency within 2 s of each reload, against its own latency before
 the first reload.
 
@@ -77,6 +79,12 @@ async def _gaps(work: Callable[[], Any], on_loop: bool = False) -> tuple[float, 
     return max(gaps) * 1000, sum(g for g in gaps if g > 0.005) * 1000
 
 
+def _distinct(src: Path, dst: Path, n: int) -> None:
+    """A copy of ``src`` with other bytes (``n`` spaces after it): since tok31 a copy with the same bytes
+    as a loaded tokenizer is not parsed again (``tokenize.load``), and each load here is to parse."""
+    dst.write_bytes(src.read_bytes() + b" " * n)
+
+
 def _module(src: str) -> Any:
     """``kvgate.scheduling.tokenize`` as the tree at ``src`` has it (stdlib and xxhash only), apart."""
     import importlib.util
@@ -104,7 +112,7 @@ async def parts(repeats: int, before_src: str | None) -> None:
         n += 1
         d = tmp / f"m{n}"
         d.mkdir()
-        shutil.copy(src, d / "tokenizer.json")
+        _distinct(src, d / "tokenizer.json", n)
         return d / "tokenizer.json"
 
     steps: dict[str, tuple[Callable[[], Any], bool]] = {
@@ -198,7 +206,7 @@ async def live(before_src: str, reloads: int) -> None:
         nonlocal n
         n += 1
         p = tmp / f"t-{n}.json"
-        shutil.copy(src, p)
+        _distinct(src, p, n)
         return str(p)
 
     sides = {"before": before_src, "after": str(HERE / "src")}
