@@ -21,36 +21,39 @@ hashing, docs/benchmarks/gateway.md).
 Prompts that share a prefix (a tenant's system prompt, a conversation's earlier turns: the traffic prefix
 routing is for) are tokenized piecewise: the text is cut at word boundaries about every ``PIECE_CHARS``
 characters, counted from its start, so a shared prefix is cut into the same pieces; each piece's ids are
-cached, and only the pieces after the first difference are tokenized (a 2k-token prompt with a shared
-system prompt: ~0.85 ms -> ~0.2 ms, docs/benchmarks/gateway.md). The piece where a text leaves the
-cached ones (the first piece missed after cached ones) is looked up and tokenized line by line when it
-holds a line break, and its lines are cached too: a shared text that ends at a line break (a system
-prompt before ``User ...:``, a chat turn) is then not tokenized again with each new tail, from the third
-text that shares it on (docs/benchmarks/realvllm.md, "Session 18"). That equals tokenizing the whole text
-only for tokenizers whose pre-tokenizer never joins text across such a cut: byte-level BPE (GPT-2,
-Llama 3, Qwen), no normalizer beyond NFC, no added token that strips whitespace next to it or holds a
-space or newline, special tokens only in front. Other tokenizers are always tokenized whole. One that
-qualifies is checked at load, before it serves a prompt: on a mixed probe text (words, digits,
-punctuation, whitespace runs, non-Latin script, its own added tokens) cut at every point ``encode`` may
-cut, and then ``SELF_CHECKS`` prompt-shaped texts (a multi-line system text and one turn each, as a
-tenant's requests come) sent through ``encode`` itself, with its caches, each compared with the whole
-encoding. One difference (or a check that raises) and it tokenizes whole texts. A tokenizer named in the
-configuration is loaded before the gateway says ready, so a request never waits for them (a reload's new
-one on a thread before its picker is built, ``gateway.reload.warm_pickers``; a file is read again once it
-changed: ``load``); with ``auto`` the models a server's config lists are looked up before it says ready
-(``preload``, start-up only, the tokenizers found kept), and any other model's tokenizer at its first request,
-on the loader thread (``for_model_soon``, once per model): that model's requests are scored with the estimate
-until it is loaded (before tok30 the load ran inside the request's pick on the event loop and every in-flight
-request waited: the 8 checks alone 27-34 ms, plus the file's parse). What still holds the event loop during a
-load elsewhere is the GIL: ``tokenizers``' ``Tokenizer.from_file`` parses the whole file in one call that
-holds it (~145 ms for the 1.1 MB test tokenizer, ``scripts/tokenizer_load_stall.py``), and a Rust object
-cannot be parsed in another process and handed over (a pickled ``Tokenizer`` is its JSON, parsed again on
-arrival); the load reads the file once (the piecewise check reads the loaded tokenizer's components, not the
-file parsed again in Python: ~50 ms of the GIL less, tok30). The check
-texts are built from a fixed word list, so a vocabulary that merges across a cut only on other words (a
-word with the next one's leading space, as multi-word vocabularies do) passes them: the first
-``LIVE_CHECKS`` real prompts tokenized piecewise are also compared with their whole encoding, on one
-checker thread (started before ready by ``warm``; the request path pays a queue put), and a difference
+cached, and only the pieces after the first difference are tokenized (a 2k-token prompt with a shared system
+prompt: ~0.85 ms -> ~0.2 ms, docs/benchmarks/gateway.md). The piece where a text leaves the cached ones (the
+first piece missed after cached ones) is looked up and tokenized line by line when it holds a line break,
+and its lines are cached too: a shared text that ends at a line break (a system prompt before ``User ...:``,
+a chat turn) is then not tokenized again with each new tail, from the third text that shares it on
+(docs/benchmarks/realvllm.md, "Session 18"). That equals tokenizing the whole text only for tokenizers whose
+pre-tokenizer never joins text across such a cut: byte-level BPE (GPT-2, Llama 3, Qwen), no normalizer
+beyond NFC, no added token that strips whitespace next to it or holds a space or newline, special tokens
+only in front. Other tokenizers are always tokenized whole. One that qualifies is checked at load, before it
+serves a prompt: on a mixed probe text (words, digits, punctuation, whitespace runs, non-Latin script, its
+own added tokens) cut at every point ``encode`` may cut, and then ``SELF_CHECKS`` prompt-shaped texts (a
+multi-line system text and one turn each, as a tenant's requests come) sent through ``encode`` itself, with
+its caches, each compared with the whole encoding. One difference (or a check that raises) and it tokenizes
+whole texts. A tokenizer named in the configuration is loaded before the gateway says ready, so a request
+never waits for them (a reload's new one on a thread before its picker is built,
+``gateway.reload.warm_pickers``; a file is read again once it changed: ``load``); with ``auto`` the models a
+server's config lists are looked up before it says ready (``preload``, start-up only, the tokenizers found
+kept), and any other model's tokenizer at its first request, on the loader thread (``for_model_soon``, once
+per model): that model's requests are scored with the estimate until it is loaded (before tok30 the load ran
+inside the request's pick on the event loop and every in-flight request waited: the 8 checks alone 27-34 ms,
+plus the file's parse). What still holds the event loop during a load elsewhere is the GIL: ``tokenizers``'
+``Tokenizer.from_file`` parses the whole file in one call that holds it (~145 ms for the 1.1 MB test
+tokenizer, ``scripts/tokenizer_load_stall.py``), and a Rust object cannot be parsed in another process and
+handed over (a pickled ``Tokenizer`` is its JSON, parsed again on arrival), so what ``load`` saves is the
+parse of bytes it parsed before: a file with the bytes of one loaded (a new Hugging Face snapshot of the
+same blob, a copy at a new path, a file rewritten unchanged) takes that one's parsed tokenizer and load-time
+verdict (a reload naming one, the event loop's longest lateness while a stream is served: median 85 -> 9 ms,
+8 reloads, load ~12 -> 6, ``scripts/reload_loop_lag.py``; tok31); the load reads the file once (the
+piecewise check reads the loaded tokenizer's components, not the file parsed again in Python: ~50 ms of the
+GIL less, tok30). The check texts are built from a fixed word list, so a vocabulary that merges across a cut
+only on other words (a word with the next one's leading space, as multi-word vocabularies do) passes them:
+the first ``LIVE_CHECKS`` real prompts tokenized piecewise are also compared with their whole encoding, on
+one checker thread (started before ready by ``warm``; the request path pays a queue put), and a difference
 makes the next ``encode`` drop the caches and tokenize whole texts (review s26-rev-wkv26 F1). Their CPU
 (~1.3 ms each) falls in the first requests' window, off the event loop (docs/benchmarks/realvllm.md,
 "Session 26", "Since").
@@ -146,7 +149,7 @@ class PromptTokenizer:
         """``data``: the file's bytes, read already (``load``); ``twin``: a loaded ``PromptTokenizer`` of
         the same bytes (another path), whose parsed tokenizer and load-time verdict are taken, not made
         again: the parse holds the GIL, and so every request of the process, ~145 ms for the 1.1 MB test
-        tokenizer (``scripts/reload_loop_lag.py``)."""
+        tokenizer (``scripts/tokenizer_load_stall.py``)."""
         from tokenizers import Tokenizer
 
         self.path = path
