@@ -36,6 +36,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from kvgate import lifeline
+
 KINDS = ("new-file", "copy", "same-file", "no-tokenizer")
 
 
@@ -186,7 +188,10 @@ def main() -> None:
         for s in srcs if r % 2 == 0 else list(reversed(srcs)):
             env = dict(os.environ, PYTHONPATH=s)
             cmd = [sys.executable, __file__, "--child", "--reloads", str(args.reloads)]
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+            res = subprocess.run(  # (it dies with this script)
+                lifeline.die_with_parent_argv(cmd), env=env, capture_output=True, text=True, timeout=600,
+                check=False,
+            )  # fmt: skip
             if res.returncode != 0:
                 raise SystemExit(f"{s}: {res.stderr[-3000:]}")
             for k, v in json.loads(res.stdout.splitlines()[-1]).items():
