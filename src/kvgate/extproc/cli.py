@@ -573,11 +573,23 @@ def _kube_pool(
     from kvgate.k8s.runtime import KubeOptions, KubePool
     from kvgate.openai.request import RequestPolicy
 
+    # The config file's, in force while the pool has no object of the kind (review s31-qa31 Q1: the
+    # first event of any pool, or of the other kind, replaced them with none for good).
+    file_objectives, file_rules = dict(ctx.policy.objectives), list(cfg.gateway.rewrites)
+    in_force = [file_rules]  # (the rules ``ctx.model_rewrite`` draws from now)
+
     def on_policy(objectives: dict[str, int], rewrites: list[Any]) -> None:
-        # InferenceObjective / InferenceModelRewrite objects replace the config file's equivalents, live.
+        # This pool's InferenceObjective / InferenceModelRewrite objects replace the file's, live.
+        rewrites = rewrites or file_rules
         ctx.policy = RequestPolicy(
-            ctx.policy.adapters, ctx.policy.session_header, objectives, ctx.policy.pass_priority
+            ctx.policy.adapters,
+            ctx.policy.session_header,
+            objectives or file_objectives,
+            ctx.policy.pass_priority,
         )
+        if rewrites == in_force[0] and ctx.model_rewrite is not None:
+            return  # (the same rules: a weighted split's draws go on, not restarted from the seed)
+        in_force[0] = rewrites
         ctx.model_rewrite = ModelRewriter(rewrites, seed=cfg.gateway.rewrite_seed)
         models = getattr(ctx.observer, "models", None)  # (EppMetrics: the rules' names get their labels)
         if models is not None:  # (they replace the file's rules' names, or the last live rules')

@@ -25,7 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from kvgate.aio import STOP_LIMIT_S, cancel_all_and_wait, stop_to_the_end
 from kvgate.config.director import metrics_source
 from kvgate.config.gateway import GatewayConfig, Limits
-from kvgate.config.rewrite import ModelRewriter, client_names
+from kvgate.config.rewrite import PoolScopedRewriter, client_names, rule_names
 from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, ready_endpoints
@@ -175,7 +175,7 @@ class GatewayServer:
         if any(not r.matches for r in cfg.rewrites) or any(p.cfg.inference_pool for p in self.pools):
             known = [m for p in self.pools for m in (*p.cfg.models, *p.cfg.adapters)]
             # (the file's rules' names until live rules replace them: ``_policy_listener``; k8s17)
-            rules = [m for r in cfg.rewrites for m in (*r.matches, *(t.model for t in r.targets))]
+            rules = rule_names(cfg.rewrites)
             labels = ModelLabels(known, reported=lambda: self._live_names, clock=clock, rules=rules)
             if cfg.model_series_grace_s is not None:  # (--model-series-grace)
                 labels.grace_s = cfg.model_series_grace_s
@@ -491,19 +491,29 @@ class GatewayServer:
 
     def _policy_listener(self, pool: Pool) -> Callable[[dict[str, int], list[Any]], None]:
         def on_policy(objectives: dict[str, int], rules: list[Any]) -> None:
-            # InferenceObjective / InferenceModelRewrite replace the config file's equivalents, live.
+            # This pool's InferenceObjectives replace the file's ``objectives`` for it, its
+            # InferenceModelRewrites the file's rules that target only its models, live; while it has
+            # none, the file's stand. Each pool's rules apply to its own models and to aliases only
+            # (``PoolScopedRewriter``; review s31-qa31 Q1, Q3).
             proxy = self.proxy
             if proxy is None:
                 return
             proxy.policies[pool.name] = RequestPolicy(
-                pool.adapters, self.cfg.session_header, objectives, pool.cfg.pass_priority
+                pool.adapters,
+                self.cfg.session_header,
+                objectives or self.cfg.objectives,
+                pool.cfg.pass_priority,
             )
+            if rules == self._kube_rules.get(pool.name, []):
+                return  # (no new rewriter: a weighted split's draws go on, not restarted from the seed)
             self._kube_rules[pool.name] = rules
+            served = {name: p.name for name, p in proxy.routes.items()}
+            rewriter = PoolScopedRewriter(self.cfg.rewrites, served, self._kube_rules, self.cfg.rewrite_seed)
+            proxy.rewriter = rewriter
+            if self.metrics.models is not None:  # (the file's rules replaced: their names too)
+                self.metrics.models.set_rules(rule_names(rewriter.file_rules))
             live = [r for rs in self._kube_rules.values() for r in rs]
-            proxy.rewriter = ModelRewriter(live, self.cfg.rewrite_seed)
-            if self.metrics.models is not None:  # (the file's rules are replaced: their names too)
-                self.metrics.models.set_rules(())
-            names = frozenset(m for r in live for m in (*r.matches, *(t.model for t in r.targets)))
+            names = frozenset(rule_names(live))
             if names != self._live_names:  # (a new set only on a change: ``ModelLabels`` recounts then)
                 self._live_names = names
 

@@ -14,8 +14,10 @@ from the API server and fed into the ``EndpointStore``.
   ``inference.networking.k8s.io/active-ports`` (comma-separated) restricts a pod's ports.
 - ``InferenceObjective`` and ``InferenceModelRewrite`` in ``llm-d.ai/v1alpha2`` and the legacy
   ``inference.networking.x-k8s.io/v1alpha2``: the current group wins on a name clash; a legacy object
-  logs a deprecation once. Their union for this pool replaces the config file's objectives and rewrites;
-  rewrites apply by upstream's precedence (an exact match over a generic rule, then the oldest object).
+  logs a deprecation once. Their union for this pool (``spec.poolRef``) goes to ``on_policy`` when it
+  changes, and replaces the config file's objectives and rewrites for this pool while it has any (the
+  consumers: ``gateway.server``, ``extproc.cli``); rewrites apply by upstream's precedence (an exact
+  match over a generic rule, then the oldest object).
 """
 
 from __future__ import annotations
@@ -202,6 +204,8 @@ class PoolDiscovery:
                 self.policy_reflectors[rk] = refl
                 self._policy[rk] = {}
         self._refused: frozenset[ResourceKey] = frozenset()  # the groups left out of the policy now
+        # What ``on_policy`` was last given (before any: none, as with no object of this pool)
+        self._published: tuple[dict[str, int], list[RewriteRule]] = ({}, [])
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -436,8 +440,13 @@ class PoolDiscovery:
         return rules
 
     def _publish_policy(self) -> None:
-        if self.on_policy is not None:
-            self.on_policy(self.objectives(), self.rewrites())
+        """This pool's objectives and rewrites to ``on_policy`` when they changed: an object of another
+        pool in the namespace changes nothing here (review s31-qa31 Q1: the first event of any pool
+        replaced the config file's with none; a rebuilt rewriter also restarts its seeded draws)."""
+        view = (self.objectives(), self.rewrites())
+        if self.on_policy is not None and view != self._published:
+            self._published = view
+            self.on_policy(*view)
 
 
 _OTHER_GROUP = {R.OBJECTIVE_GROUP: R.LEGACY_GROUP, R.LEGACY_GROUP: R.OBJECTIVE_GROUP}
