@@ -284,9 +284,10 @@ class Director:
         try:
             cands = self.candidates(req)
         except SchedulingError:
-            # Let the pick fail with its own error; but a soft pin's home in the pool and not ready
-            # (a health blip): its request waits for it, as for a busy home (review s19-fixes-b I1).
-            return req.subset_soft and req.subset is not None
+            # No candidate (the pool emptied, a readiness blip; a soft pin's home not ready): saturated,
+            # as the reference's detectors read an empty candidate list, so the queued request waits, to
+            # its TTL at most (qa31 Q5); an arriving one is refused at once (``admit``).
+            return True
         flow, now = self.flow, self.clock()
         # (held back matters only with headroom to keep, or the running reserve: else not asked)
         held = (
