@@ -289,18 +289,22 @@ class GatewayServer:
             return Response(status=503, text="draining", content_type="text/plain")
         if not self.started:
             return Response(status=503, text="starting", content_type="text/plain")
-        for kp in self.kube_pools:
-            if (problem := kp.problem()) is not None:
-                return Response(status=503, text=problem, content_type="text/plain")
+        # Ready while any pool serves (review s31-qa31 Q4): a watched pool with a problem (its InferencePool
+        # gone, RBAC refused, its copy stale) does not count and is named, but does not take the pools that
+        # serve out of their Service; with none serving, the first problem is the answer.
+        problems = {kp.store_pool: p for kp in self.kube_pools if (p := kp.problem()) is not None}
         # The health model routing uses (``datalayer.health.ready_endpoints``: scrape failures and
         # staleness too), not only the ejection flag: a pool whose servers all died is not ready.
         now = self.clock()
         if not any(
-            ready_endpoints(p.endpoints(), now, getattr(p.director, "health", self.health_policy))
+            p.name not in problems
+            and ready_endpoints(p.endpoints(), now, getattr(p.director, "health", self.health_policy))
             for p in self.pools
         ):
-            return Response(status=503, text="no healthy endpoint", content_type="text/plain")
-        return Response(text="ready", content_type="text/plain")
+            why = next(iter(problems.values()), "no healthy endpoint")
+            return Response(status=503, text=why, content_type="text/plain")
+        others = "".join(f"; pool {name}: {p}" for name, p in problems.items())
+        return Response(text="ready" + others, content_type="text/plain")
 
     async def _debug_pick(self, request: Request) -> Response:
         assert self.proxy is not None
