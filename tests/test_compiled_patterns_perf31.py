@@ -57,19 +57,47 @@ def _own_nodes(fn: ast.AST) -> Iterator[ast.AST]:
 
 
 # --- an ``except`` variable of two types ------------------------------------------------------------
+def _exception_type(node: ast.expr | None) -> str:
+    """An except clause's type as text, a tuple's members sorted (``(A, B)`` and ``(B, A)`` are one)."""
+    if node is None:
+        return "BaseException"
+    if isinstance(node, ast.Tuple):
+        return "(" + ", ".join(sorted(ast.unparse(e) for e in node.elts)) + ")"
+    return ast.unparse(node)
+
+
+def _other_bindings(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """The names ``fn`` binds other than by ``except ... as``: its arguments, assignments, ``for`` and
+    ``with`` targets (not a comprehension's variable: its own scope)."""
+    a = fn.args
+    out = {x.arg for x in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if x is not None}
+    todo = list(ast.iter_child_nodes(fn))
+    while todo:
+        node = todo.pop()
+        scopes = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef
+        if isinstance(node, scopes | ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.add(node.id)
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
 def except_names(tree: ast.AST, where: str) -> list[str]:
-    """Each function binding one ``except ... as NAME`` to clauses of different exception types."""
+    """Each function binding one ``except ... as NAME`` to clauses of different exception types, or to a
+    clause and anything else (a loop variable, an assignment, an argument: mypyc types the local once)."""
     found = []
     for fn in _functions(tree):
         types: dict[str, set[str]] = {}
         for node in _own_nodes(fn):
             if isinstance(node, ast.ExceptHandler) and node.name is not None:
-                types.setdefault(node.name, set()).add(
-                    ast.unparse(node.type) if node.type else "BaseException"
-                )
+                types.setdefault(node.name, set()).add(_exception_type(node.type))
+        other = _other_bindings(fn)
         for name, kinds in sorted(types.items()):
             if len(kinds) > 1:
                 found.append(f"{where}: {fn.name}() binds 'except ... as {name}' to {sorted(kinds)}")
+            elif name in other:
+                found.append(f"{where}: {fn.name}() binds 'except ... as {name}' and '{name}' otherwise")
     return found
 
 
@@ -125,7 +153,10 @@ def _exits(body: list[ast.stmt]) -> bool:
 
 
 class _Narrowing:
-    """Reads of attributes mypy holds narrowed to None, found in one function's statements in order."""
+    """Reads of attributes mypy holds narrowed to None, found in one function's statements in order.
+    Conservative: a read with no call between the narrowing and it (which sees None, compiled too) is
+    refused as well; write ``None`` there. Not seen: a narrowing mypy infers from types (``if not self.x``
+    where the other type is always true)."""
 
     def __init__(self, where: str) -> None:
         self.where = where
@@ -202,6 +233,10 @@ class _Narrowing:
             for case in stmt.cases:
                 self.block(case.body, entry)
             return entry
+        if isinstance(stmt, ast.Assert):  # (as ``if not test: raise``: what the test holds true after it)
+            self.expr(stmt.test, narrowed)
+            self.expr(stmt.msg, narrowed | _none_keys(stmt.test)[1])
+            return _forget(narrowed, _bound(stmt)) | _none_keys(stmt.test)[0]
         if isinstance(stmt, ast.Assign | ast.AugAssign | ast.AnnAssign):
             self.expr(stmt.value, narrowed)
         else:
@@ -251,51 +286,103 @@ def _resolve(base: ast.expr, names: dict[str, str], module: str, local: set[str]
     return f"builtins.{text}" if hasattr(builtins, text) else f"?{text}"
 
 
-def _classes(path: Path, module: str) -> Iterator[tuple[ast.ClassDef, list[str]]]:
-    tree = ast.parse(path.read_text())
-    names = _imports(tree, module)
-    local = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef):
-            yield node, [_resolve(b, names, module, local) for b in node.bases]
+# mypyc compiles every class of a compiled module as a native class, whatever its bases, unless a decorator
+# other than these or a metaclass other than these says otherwise, or it is a NamedTuple or a TypedDict
+# (mypyc/irbuild/util.py ``is_extension_class``, ``is_implicit_extension_class``); a Protocol is a native
+# trait. Each native class refuses an interpreted subclass ("interpreted classes cannot inherit from
+# compiled"): a plugin class whose base is interpreted (``framework.Scorer``) too, and a Protocol.
+NATIVE_DECORATORS = {"dataclass", "final", "trait", "mypyc_attr"}
+NATIVE_METACLASSES = {"abc.ABCMeta", "typing.TypingMeta", "typing.GenericMeta"}
+NON_NATIVE_BASES = {
+    *(f"{m}.{n}" for m in ("typing", "typing_extensions") for n in ("NamedTuple", "TypedDict")),
+    *(f"enum.{n}" for n in ("Enum", "IntEnum", "StrEnum", "Flag", "IntFlag")),  # (metaclass EnumMeta)
+}
+
+
+class _Index:
+    """Every class of the kvgate modules under ``src``: its bases and metaclass by dotted name, and each
+    module's imports (to follow a re-export to the class it names)."""
+
+    def __init__(self, src: Path) -> None:
+        self.imports: dict[str, dict[str, str]] = {}
+        self.nodes: dict[str, ast.ClassDef] = {}
+        self.bases: dict[str, list[str]] = {}
+        self.metaclass: dict[str, str] = {}
+        self.top: dict[str, set[str]] = {}  # (module -> its module-level classes' dotted names)
+        for path in sorted((src / "kvgate").rglob("*.py")):
+            module = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+            tree = ast.parse(path.read_text())
+            names = self.imports[module] = _imports(tree, module)
+            local = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+            self.top[module] = {f"{module}.{n.name}" for n in tree.body if isinstance(n, ast.ClassDef)}
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ClassDef) or f"{module}.{node.name}" in self.nodes:
+                    continue  # (a module-level class comes before a nested one of its name)
+                name = f"{module}.{node.name}"
+                self.nodes[name] = node
+                self.bases[name] = [_resolve(b, names, module, local) for b in node.bases]
+                meta = [k.value for k in node.keywords if k.arg == "metaclass"]
+                self.metaclass[name] = _resolve(meta[0], names, module, local) if meta else ""
+
+    def canonical(self, dotted: str) -> str:
+        """Where ``dotted`` is defined, following re-exports (``kvgate.httpfront.offload.ShareFull`` ->
+        ``kvgate.openai.request.ShareFull``)."""
+        seen = set()
+        while dotted not in self.nodes and dotted not in seen:
+            seen.add(dotted)
+            module, _, name = dotted.rpartition(".")
+            target = self.imports.get(module, {}).get(name)
+            if target is None:
+                break
+            dotted = target
+        return dotted
+
+    def metaclass_allows_native(self, dotted: str, seen: frozenset[str] = frozenset()) -> bool:
+        """Whether ``dotted``'s metaclass, its own or a base's, and its kind leave it native."""
+        name = self.canonical(dotted)
+        if name in NON_NATIVE_BASES:
+            return False
+        if name not in self.nodes or name in seen:  # (outside kvgate: ``type`` or ABCMeta, as builtins)
+            return True
+        meta = self.metaclass[name]
+        if meta and self.canonical(meta) not in NATIVE_METACLASSES:
+            return False
+        return all(self.metaclass_allows_native(b, seen | {name}) for b in self.bases[name])
+
+    def native(self, name: str) -> bool:
+        """Whether mypyc compiles ``name`` (a class of a compiled module) as a native class."""
+        for d in self.nodes[name].decorator_list:
+            text = ast.unparse(d)
+            if text.split("(")[0].split(".")[-1] not in NATIVE_DECORATORS or "native_class=False" in text:
+                return False
+        return self.metaclass_allows_native(name)
 
 
 def native_classes(modules: list[str]) -> set[str]:
-    """The dotted names of the classes mypyc compiles as native classes in ``modules`` (dotted): no
-    decorator but ``dataclass``, no metaclass, every base a builtin, ``Generic`` or a native class of these
-    (one of another module, ``Protocol``, ``NamedTuple``, ``Enum``, ... makes a class non-native, whose
-    interpreted subclasses mypyc allows)."""
-    classes = {}
-    for module in modules:
-        for node, bases in _classes(SRC / (module.replace(".", "/") + ".py"), module):
-            plain = all(ast.unparse(d).split("(")[0].endswith("dataclass") for d in node.decorator_list)
-            if plain and not node.keywords:
-                classes[f"{module}.{node.name}"] = bases
-    native: set[str] = set()
-    grew = True
-    while grew:  # (a class is native once each of its bases is)
-        grew = False
-        for name, bases in classes.items():
-            ok = all(b.startswith("builtins.") or b == "typing.Generic" or b in native for b in bases)
-            if ok and name not in native:
-                native.add(name)
-                grew = True
-    return native
+    """The dotted names of the classes mypyc compiles as native classes in ``modules`` (dotted): each
+    module-level class but a decorated one, one with a metaclass other than ABCMeta (its own or a base's:
+    an Enum), a NamedTuple or a TypedDict. Bases do not decide: a class of an interpreted base is native."""
+    index = _Index(SRC)
+    return {name for module in modules for name in index.top.get(module, ()) if index.native(name)}
 
 
 def interpreted_subclasses(modules: list[str]) -> dict[str, str]:
-    """Each class of an interpreted kvgate module (under SRC) with a native class of ``modules`` as base:
-    ``module.Class(base)`` (no line number: a line added above it must not change the key) -> where it is."""
-    native = native_classes(modules)
+    """Each class of an interpreted kvgate module (under SRC) with a native class of ``modules`` as base
+    (named where it is defined, through re-exports): ``module.Class(base)`` (no line number: a line added
+    above it must not change the key) -> where it is."""
+    index = _Index(SRC)
+    native = {name for module in modules for name in index.top.get(module, ()) if index.native(name)}
     found = {}
-    for path in sorted((SRC / "kvgate").rglob("*.py")):
-        module = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+    for name, bases in index.bases.items():
+        module = name.rpartition(".")[0]
         if module in modules:
             continue
-        for node, bases in _classes(path, module):
-            for b in bases:
-                if b in native:
-                    found[f"{module}.{node.name}({b})"] = f"{path.relative_to(ROOT)}:{node.lineno}"
+        for b in map(index.canonical, bases):
+            if b in native:
+                path = SRC / (module.replace(".", "/") + ".py")
+                if not path.exists():
+                    path = path.with_suffix("") / "__init__.py"
+                found[f"{name}({b})"] = f"{path.relative_to(ROOT)}:{index.nodes[name].lineno}"
     return found
 
 
@@ -368,10 +455,14 @@ def test_no_interpreted_module_subclasses_a_compiled_class() -> None:
     ``no_hit_lru`` is compiled with them now)."""
     modules = [_dotted(rel) for rel in _modules()]
     native = native_classes(modules)
-    # (the check knows them: the body parse's errors, the picker's, the Director; not the plugin classes,
-    # whose bases come from framework.py, interpreted, nor Protocols)
+    # (the check knows them: the body parse's errors, the picker's, the Director, the plugin classes,
+    # whose bases come from framework.py, interpreted, the front's Protocol; not a decorated class)
     assert {"kvgate.openai.request.BodyError", "kvgate.openai.request.ShareFull"} <= native
     assert {"kvgate.scheduling.types.ShedError", "kvgate.requestcontrol.director.Director"} <= native
-    assert "kvgate.scheduling.plugins.scorers.QueueScorer" not in native
+    assert {
+        "kvgate.scheduling.plugins.scorers.QueueScorer",
+        "kvgate.httpfront.server.FrontProtocol",
+    } <= native
+    assert {"kvgate.httpfront.server.WriteWaits", "kvgate.httpfront.server.LimitsLike"} <= native
     found = interpreted_subclasses(modules)
     assert {f"{where}: {key}" for key, where in found.items() if key not in KNOWN} == set()
