@@ -15,7 +15,10 @@ it holds at most about twice the live endpoints (and ``PRUNE_MIN``) however many
 An address that left its pools and came back (a new ``Endpoint``: the stores make one per membership)
 starts a fresh record, as Envoy's outlier detection starts one for a host added again: the failures,
 back-off and timed-out time its earlier membership ran up are not its (fo31; closing-s30: two failures
-before it left made one after it came back an ejection).
+before it left made one after it came back an ejection). Only then: ``kvgate serve``'s pools share one
+tracker and one server may be in two of them (two live ``Endpoint`` objects, one per pool's store), whose
+failures are one record (``_same_record``; review s31-rev-a31 F2: each pool's reset the other's, and a
+server failing every request was never ejected).
 
 Due probes run at once, at most ``PROBES_AT_ONCE`` in flight: ``k`` ejected servers that never answer
 take about ``ceil(k / PROBES_AT_ONCE)`` probe timeouts a round, not ``k`` (fo31; closing-s30).
@@ -59,7 +62,7 @@ PROBES_AT_ONCE = 16
 
 @dataclass(slots=True)
 class _State:
-    ep: Endpoint  # the membership this record is of (a new ``Endpoint`` for the address: a fresh one)
+    ep: Endpoint  # the membership this record is of, the last object charged (``_same_record``)
     failures: int = 0
     backoff_s: float = 0.0
     retry_at: float = 0.0
@@ -97,7 +100,7 @@ class HealthTracker:
     def success(self, ep: Endpoint) -> None:
         ep.served_at = self.clock()
         st = self._state.get(ep.address)
-        if st is not None and st.ep is not ep:
+        if st is not None and not self._same_record(st, ep):
             self._state[ep.address] = _State(ep)  # (came back: a fresh record)
         elif st is not None and (st.failures or st.quiet_end):
             st.failures = 0
@@ -180,9 +183,26 @@ class HealthTracker:
                     del self._state[gone]
                 self._sweep_at = max(PRUNE_MIN, 2 * len(self._state))
             st = self._state[address] = _State(ep)
-        elif st.ep is not ep:
+        elif not self._same_record(st, ep):
             st = self._state[address] = _State(ep)
         return st
+
+    def _same_record(self, st: _State, ep: Endpoint) -> bool:
+        """Whether ``st``, its address's record, is ``ep``'s: made for ``ep``, or for another ``Endpoint``
+        of the address still in a pool (the same server in two of ``kvgate serve``'s pools: one record,
+        rebound to ``ep``). Not when that other one has left every pool (``ep`` came back: a fresh
+        record, the module's note). A tracker without pools to look at (``endpoints`` None) takes
+        another pool's object for the same server and a new one in the same pool for a return."""
+        old = st.ep
+        if old is ep:
+            return True
+        if self._endpoints is None:
+            same = old.pool != ep.pool
+        else:
+            same = any(other is old for other in self._endpoints())
+        if same:
+            st.ep = ep
+        return same
 
     def _eject(self, ep: Endpoint, st: _State, backoff: float) -> None:
         ep.healthy = False
@@ -203,7 +223,7 @@ class HealthTracker:
             if ep.healthy:
                 continue
             st = self._state.get(ep.address)
-            if st is None or st.ep is not ep:  # (never charged in this membership: probed now)
+            if st is None or not self._same_record(st, ep):  # (never charged in this membership: now)
                 due.append(ep)
             elif scrape_down(ep, now, policy):
                 st.scrape_down = ep.down_since_ejected = True
