@@ -901,28 +901,29 @@ class Director:
 
     def update_pool_metrics(self, pool: str | None = None) -> None:
         """Refresh the ``inference_pool_*`` gauges (call after each scrape round, not per pick): ready
-        endpoints by ``datalayer.health.ready_endpoints``, the averages over those; drop the picks
+        endpoints by ``datalayer.health.ready_endpoints``, the averages over those (0 over none, as the
+        ``llm_d_epp_*`` twins and ``inference_pool_average_running_requests`` read); drop the picks
         series of endpoints gone from every picker's store."""
         by_pool: dict[str, list[Endpoint]] = {}
         for ep in self.store.all():
             if pool is None or ep.pool == pool:
                 by_pool.setdefault(ep.pool, []).append(ep)
+        # A pool shown with ready endpoints whose last endpoint left the store (NotReady, deleted, its
+        # InferencePool gone): its gauges go to 0 and its per-endpoint series go (review s31-qa31 Q2).
+        for name in self._per_pod:
+            if name not in by_pool and (pool is None or name == pool):
+                by_pool[name] = []
         now = self.clock()
         for name, eps in by_pool.items():
             # The health model routing uses (scrape failures, staleness), not only the ejection flag.
-            ready = ready_endpoints(eps, now, self.health)
-            metrics.POOL_READY.labels(name=name).set(len(ready))
-            if ready:
-                metrics.POOL_KV.labels(name=name).set(
-                    sum(e.metrics.kv_cache_usage for e in ready) / len(ready)
-                )
-                metrics.POOL_QUEUE.labels(name=name).set(
-                    sum(e.metrics.waiting_queue_size for e in ready) / len(ready)
-                )
+            ready = ready_endpoints(eps, now, self.health) if eps else []
+            n = len(ready)
+            metrics.POOL_READY.labels(name=name).set(n)
+            metrics.POOL_KV.labels(name=name).set(sum(e.metrics.kv_cache_usage for e in ready) / (n or 1))
+            metrics.POOL_QUEUE.labels(name=name).set(
+                sum(e.metrics.waiting_queue_size for e in ready) / (n or 1)
+            )
             self._per_pod_queues(name, ready)
-        if pool is None:  # a pool with no endpoint left loses its per-endpoint series
-            for name in [n for n in self._per_pod if n not in by_pool]:
-                self._per_pod_queues(name, [])
         metrics.trim_picks()  # (and an endpoint no store holds, its picks series)
 
     def take_series(self, other: Director) -> None:
