@@ -226,6 +226,7 @@ class GatewayConfig:
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+_PORT = re.compile(r"[0-9]+")
 
 
 def endpoint_scheme(value: object) -> str:
@@ -243,7 +244,8 @@ def normalise_endpoint(value: object, key: str) -> str:
     if "/" in text:
         raise GatewayConfigError(key, f"{value!r} has a path; give only host:port")
     host, sep, port_s = text.rpartition(":")
-    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    # ASCII digits only: isdigit() also takes superscript two (int() refuses it) and other scripts' digits.
+    if not sep or not host or not _PORT.fullmatch(port_s) or not 0 < int(port_s) < 65536:
         raise GatewayConfigError(key, f"{value!r} is not host:port with a port in 1..65535")
     host = host.strip("[]")
     try:
