@@ -103,6 +103,21 @@ _SCHED = {
 }
 
 
+def split_arm(arm: str) -> tuple[str, list[str]]:
+    """``arm``'s name and its ``+`` modifiers; ValueError (``main`` checks every ``--arms`` entry before
+    any runs) for an unknown modifier or one on an arm that, less its ``-feasible`` then ``-slo`` suffix
+    (as ``arm_config`` strips them), is not ``kvgate-reserve``: the keys act only under its headroom."""
+    name, *late_picks = arm.split("+")
+    base = name.removesuffix("-feasible").removesuffix("-slo")
+    for key in late_picks:
+        if key not in ARM_LATE_PICKS or base != "kvgate-reserve":
+            raise ValueError(
+                f"arm {arm}: +{'/+'.join(ARM_LATE_PICKS)} only on a kvgate-reserve arm "
+                f"(kvgate-reserve[-slo][-feasible]), got +{key} on {name}"
+            )
+    return name, late_picks
+
+
 def arm_config(
     arm: str,
     ttl: float,
@@ -120,10 +135,7 @@ def arm_config(
     pack_misses: bool = False,
     prefill_alone: bool = False,
 ) -> dict[str, Any]:
-    arm, *late_picks = arm.split("+")
-    for key in late_picks:
-        if key not in ARM_LATE_PICKS or not arm.startswith("kvgate-reserve"):
-            raise ValueError(f"arm {arm}+{key}: +{'/+'.join(ARM_LATE_PICKS)} only on a kvgate-reserve arm")
+    arm, late_picks = split_arm(arm)
     pack_misses = pack_misses or "pack" in late_picks
     prefill_alone = prefill_alone or "alone" in late_picks
     doc: dict[str, Any] = dict(_SCHED)
@@ -751,6 +763,11 @@ def main(argv: list[str] | None = None) -> int:
 
     flowcontrol_live.add_arguments(p)
     args = p.parse_args(argv)
+    for arm in args.arms.split(","):  # (before any arm runs: a bad name is not found minutes in)
+        try:
+            split_arm(arm)
+        except ValueError as e:
+            p.error(f"--arms: {e}")
     if args.quick:
         args.duration, args.warmup = 30.0, 5.0
     if args.live and (args.critical_burst or args.critical_slo != SLO_TTFT[CRITICAL]):
