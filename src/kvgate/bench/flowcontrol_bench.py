@@ -773,8 +773,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.live and (args.critical_burst or args.critical_slo != SLO_TTFT[CRITICAL]):
         # (the live run sends the default SLOs and mix: refused, not silently dropped; review s26-rev-fc26 F3)
         p.error("--critical-slo and --critical-burst act in the simulator only, not with --live")
-    if args.live and (args.pack_misses or args.prefill_alone):
-        p.error("--pack-misses and --prefill-alone act in the simulator only, not with --live")
     if args.live:
         return flowcontrol_live.main_from_args(args, list(argv or []))
     if args.frontier:

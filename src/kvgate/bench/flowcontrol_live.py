@@ -57,6 +57,8 @@ def gateway_config(
     running_reserve: bool = False,
     free_slot_pick: bool = False,
     ttft_confidence: float | None = None,
+    pack_misses: bool = False,
+    prefill_alone: bool = False,
 ) -> dict[str, Any]:
     """A ``kvgate serve --config`` document: the simulator bench's picker config for ``arm`` (TTL and
     TTFT target in wall seconds, the concurrency detector sized to the servers' batch), plus the two
@@ -64,7 +66,8 @@ def gateway_config(
     picker = fc.arm_config(
         arm, ttl_wall, headroom=headroom, headroom_on=headroom_on, max_concurrency=max_num_seqs,
         ttft_target=ttft_target_wall, slo_first=slo_first, running_reserve=running_reserve,
-        free_slot_pick=free_slot_pick, ttft_confidence=ttft_confidence,
+        free_slot_pick=free_slot_pick, ttft_confidence=ttft_confidence, pack_misses=pack_misses,
+        prefill_alone=prefill_alone,
     )  # fmt: skip
     return {
         "pools": [{"name": "default", "endpoints": list(urls), "models": [fc.MODEL],
@@ -129,6 +132,8 @@ async def run_arm(
     ttft_confidence: float | None = None,
     workers: int = 1,
     timing: bool = False,
+    pack_misses: bool = False,
+    prefill_alone: bool = False,
 ) -> tuple[fc.Run, dict[str, Any]]:
     """A fresh fleet and gateway, the arrivals through it; outcomes in simulated seconds."""
     ts = spec.time_scale
@@ -137,7 +142,7 @@ async def run_arm(
     try:
         doc = gateway_config(
             arm, urls, ttl / ts, spec.max_num_seqs, headroom, headroom_on, ttft_target / ts, slo_first,
-            running_reserve, free_slot_pick, ttft_confidence,
+            running_reserve, free_slot_pick, ttft_confidence, pack_misses, prefill_alone,
         )  # fmt: skip
         gw, base = await start_gateway(doc, workers=workers)
         reqs = specs(arrivals, ts, timing)
@@ -253,6 +258,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                 arm, arrivals, spec, args.duration, args.ttl,
                 args.headroom, args.headroom_on, args.ttft_target, args.slo_first, args.running_reserve,
                 args.free_slot_pick, args.ttft_confidence, args.workers, args.timing,
+                getattr(args, "pack_misses", False), getattr(args, "prefill_alone", False),
             )  # fmt: skip
             if "trace" in extra:
                 extra["trace_summary"] = trace_summary(extra["trace"], args.warmup)
