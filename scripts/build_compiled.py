@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -26,21 +27,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The request path's pure-Python modules, relative to src/ (docs/benchmarks/gateway.md, Session 30).
-MODULES = [
-    "kvgate/scheduling/types.py",
-    "kvgate/scheduling/profile.py",
-    "kvgate/scheduling/blockhash.py",
-    "kvgate/scheduling/plugins/kvgate_cost.py",
-    "kvgate/scheduling/plugins/prefix_cache.py",
-    "kvgate/scheduling/plugins/no_hit_lru.py",
-    "kvgate/scheduling/plugins/scorers.py",
-    "kvgate/scheduling/plugins/pickers.py",
-    "kvgate/requestcontrol/director.py",
-    "kvgate/httpfront/server.py",
-    "kvgate/openai/request.py",
-    "kvgate/openai/requeststats.py",
-]
+
+def _modules() -> list[str]:
+    """The list kvgate/_compiled_check.py holds (read by path: ``import kvgate`` refuses a stale build)."""
+    path = Path(__file__).resolve().parent.parent / "src" / "kvgate" / "_compiled_check.py"
+    spec = importlib.util.spec_from_file_location("kvgate_compiled_check_build", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return list(mod.MODULES)
+
+
+# The request path's pure-Python modules, relative to src/ (docs/benchmarks/gateway.md, Session 30): kept in
+# the package, so that a build made with another list is refused as stale too (review rev-b31 F8).
+MODULES = _modules()
 # What mypyc compiles differently from the interpreter (an ``except`` variable typed by its first clause,
 # an attribute read while mypy holds it narrowed to None, an interpreted subclass of a compiled class:
 # the front's and the body parse's 500s of session 30) is refused in these modules by
