@@ -1110,9 +1110,15 @@ class Proxy:
                         if whole:
                             body = b"".join(parts) if len(parts) != 1 else parts[0]
                             parts.clear()  # (the join replaces them: one copy from here on)
-                    if body is not None and resp.framed_by_close and not whole_json(resp.content_type, body):
+                    if (
+                        body is not None
+                        and resp.framed_by_close
+                        and not whole_json(
+                            resp.content_type, body, resp.head.headers.get("content-encoding", "")
+                        )
+                    ):
                         # Its end was a clean close, which a server dying mid-body sends too: a JSON
-                        # body that does not parse was cut. Nothing went out: a lost body, as below.
+                        # body cut short (``whole_json``). Nothing went out: a lost body, as below.
                         self.held.give(held)
                         held = 0
                         raise TruncatedBody(f"{ep.address}: JSON body framed by the close cut short")

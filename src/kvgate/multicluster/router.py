@@ -950,7 +950,9 @@ class GlobalRouter:
         framed_by_close = (
             resp.content_length is None and "chunked" not in resp.headers.get("Transfer-Encoding", "").lower()
         )
-        if framed_by_close and not whole_json(resp.content_type, body):
+        if framed_by_close and not whole_json(
+            resp.content_type, body, resp.headers.get("Content-Encoding", "")
+        ):
             _HELD.give(held)
             return None
         return body, held, True
