@@ -39,6 +39,9 @@ class Pool:
     store: EndpointStore
     director: RequestDirector
     adapters: frozenset[str] = field(default_factory=frozenset)
+    # The picker config ``director`` was built from, parsed (None: not kept): a reload compares the new
+    # picker with it, never parsing the running one again (its tokenizer file may be gone; rev-d31 F1).
+    spec: EndpointPickerConfig | None = None
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         return self.store.all()
@@ -108,5 +111,6 @@ def build_pool(
 ) -> Pool:
     """A pool with the real picker: the pool's EndpointPickerConfig, or its named policy."""
     store = make_store(cfg)
-    director = build_director_for(cfg, store, clock, index, announce)
-    return Pool(cfg.name, cfg, store, director, frozenset(cfg.adapters))
+    spec = parsed_picker(cfg, index, announce)
+    director = build_director_for(cfg, store, clock, index, announce, spec)
+    return Pool(cfg.name, cfg, store, director, frozenset(cfg.adapters), spec)

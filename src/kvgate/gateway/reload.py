@@ -284,7 +284,7 @@ def _carry(
     new: Any,
     old_pc: PoolConfig,
     new_pc: PoolConfig,
-    specs: tuple[EndpointPickerConfig, EndpointPickerConfig] | None = None,
+    specs: tuple[EndpointPickerConfig | None, EndpointPickerConfig] | None = None,
 ) -> list[str]:
     """What a pool's new Director takes over from the old one; returns the prefix scorers whose index
     it kept. The health policy, decode-speed estimates, the per-endpoint queue series shown and the
@@ -293,7 +293,7 @@ def _carry(
     blocks may not mean the same); a consumer's implicit prefix scorer's index when the consumer keeps its
     name and has an implicit one on both sides, of the same meaning (``_same_implicit``). ``specs``: the
     old and the new picker as parsed for their builds (a reload's: ``ConfigReloader._plan``); without,
-    both are parsed again here."""
+    both are parsed again here. An old one of None (it no longer parses): no index nor sessions kept."""
     for attr in ("health", "speed", "mean_decode"):
         if hasattr(old, attr) and hasattr(new, attr):
             setattr(new, attr, getattr(old, attr))
@@ -308,6 +308,8 @@ def _carry(
     if handle is None or old_handle is None:
         return []
     ospec, nspec = specs if specs is not None else (picker_spec(old_pc), picker_spec(new_pc))
+    if ospec is None:
+        return []
     kept = []
     for name, plugin in handle.plugins.items():
         prev = old_handle.plugins.get(name)
@@ -607,16 +609,27 @@ class ConfigReloader(ConfigWatch):
         self.on_swap = on_swap
         self.announce = announce  # (a --workers worker's: False, its supervisor's check_pickers said it)
         # Per pool, the running picker's parsed config and the config object it was parsed from: a swap's
-        # ``_carry`` compares it with the new one (a parse is ~0.5 ms of the event loop; tok31).
-        self._specs: dict[str, tuple[Any, EndpointPickerConfig]] = {}
+        # ``_carry`` compares it with the new one (a parse is ~0.5 ms of the event loop; tok31). At first
+        # the one the pool's build kept (``Pool.spec``): the running picker is not parsed again (rev-d31 F1).
+        self._specs: dict[str, tuple[Any, EndpointPickerConfig]] = {
+            p.name: (picker_of(p.cfg), p.spec) for p in pools if p.spec is not None
+        }
 
-    def _running_spec(self, pool: Pool) -> EndpointPickerConfig:
-        """The pool's running picker, parsed: the one its last swap was built from, else parsed now (the
-        first reload of the pool: once)."""
+    def _running_spec(self, pool: Pool) -> EndpointPickerConfig | None:
+        """The pool's running picker, parsed: the one its build or last swap was built from, else parsed
+        now (once). None when that parse fails (a tokenizer file gone since the build): no index is
+        carried, and the reload goes on (review s31-rev-d31 F1: it was refused)."""
         raw = picker_of(pool.cfg)
         got = self._specs.get(pool.name)
         if got is None or got[0] is not raw:  # (a swap assigns a new object: compared by identity)
-            got = (raw, picker_spec(pool.cfg))
+            try:
+                got = (raw, picker_spec(pool.cfg))
+            except ValueError as e:  # (a ConfigError: a plugin no longer builds)
+                log.warning(
+                    "config reload: pool %r running picker config no longer parses (%s); its prefix index "
+                    "is not carried over", pool.name, e,
+                )  # fmt: skip
+                return None
             self._specs[pool.name] = got
         return got[1]
 
@@ -744,6 +757,7 @@ class ConfigReloader(ConfigWatch):
         pool.cfg.policy, pool.cfg.picker_config = s.pc.policy, copy.deepcopy(s.pc.picker_config)
         if s.spec is not None:  # (the next swap's ``_carry`` compares with it, not parsing it again)
             self._specs[pool.name] = (picker_of(pool.cfg), s.spec)
+        pool.spec = s.spec
         # Only a new picker with flow control waits for them (its gate); without, new requests go at once.
         first = "leave the old picker first" if getattr(s.director, "flow", None) is not None else (
             "drain on the old picker (new requests do not wait for them: no flow control)"

@@ -168,7 +168,9 @@ class PromptTokenizer:
         self._live_left = 0  # (none while the load-time checks run through ``encode``)
         self._live: list[Future[None]] = []
         self._differs = False  # set by a live check (the checker thread), acted on by the next encode
-        if twin is not None:  # the same bytes: the same verdict (a live check's difference included)
+        # The same bytes: the same verdict (a live check's difference included), as of now: one the source
+        # finds later is not seen here; this twin's own LIVE_CHECKS catch it on its traffic (rev-d31 F2).
+        if twin is not None:
             self._front: list[int] | None = None if twin._differs else twin._front
             self.self_checks = twin.self_checks
         else:
