@@ -103,10 +103,19 @@ _SCHED = {
 }
 
 
+# The arms' names: ``none``, ``reference``, and each kvgate arm with its optional ``-slo`` then ``-feasible``
+# suffix (the order ``arm_config`` strips them in). Any other name is refused: it was configured as the
+# plain ``kvgate`` arm, silently (late-b31).
+KVGATE_ARMS = ("kvgate", "kvgate-preempt", "kvgate-reserve")
+KNOWN_ARMS = ("none", "reference", *(f"{a}{s}{f}" for a in KVGATE_ARMS for s in ("", "-slo")
+                                     for f in ("", "-feasible")))  # fmt: skip
+
+
 def split_arm(arm: str) -> tuple[str, list[str]]:
     """``arm``'s name and its ``+`` modifiers; ValueError (``main`` checks every ``--arms`` entry before
     any runs) for an unknown modifier or one on an arm that, less its ``-feasible`` then ``-slo`` suffix
-    (as ``arm_config`` strips them), is not ``kvgate-reserve``: the keys act only under its headroom."""
+    (as ``arm_config`` strips them), is not ``kvgate-reserve``: the keys act only under its headroom;
+    and for a name not in ``KNOWN_ARMS``."""
     name, *late_picks = arm.split("+")
     base = name.removesuffix("-feasible").removesuffix("-slo")
     for key in late_picks:
@@ -115,6 +124,8 @@ def split_arm(arm: str) -> tuple[str, list[str]]:
                 f"arm {arm}: +{'/+'.join(ARM_LATE_PICKS)} only on a kvgate-reserve arm "
                 f"(kvgate-reserve[-slo][-feasible]), got +{key} on {name}"
             )
+    if name not in KNOWN_ARMS:
+        raise ValueError(f"arm {arm}: unknown arm {name!r} (known: {', '.join(KNOWN_ARMS)})")
     return name, late_picks
 
 

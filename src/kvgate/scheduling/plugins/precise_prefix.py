@@ -90,6 +90,10 @@ class IndexClash(ValueError):
     """A scorer's ``indexName`` is held by a picker that keeps running, in another mode or capacity."""
 
 
+class TokenizerUnreadable(ValueError):
+    """The scorer's ``tokenizer`` (or llm-d's ``modelName``) names a file that cannot be loaded."""
+
+
 @dataclass(eq=False)
 class SharedIndex:
     """One named index and its subscribers, with the pickers holding it (``holders``: their plugin
@@ -279,7 +283,10 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
         # llm-d's podDiscoveryConfig.socketPort / replaySocketPort: one port on every endpoint's host.
         self.events_port = events_port
         self.replay_port = replay_port
-        self._tokenizer = TokenizerSource(tokenizer)
+        try:
+            self._tokenizer = TokenizerSource(tokenizer)
+        except (ValueError, OSError) as e:
+            raise TokenizerUnreadable(str(e)) from e
         self._hashers: dict[int, VLLMBlockHasher] = {}
         if mode == "engine":
             VLLMBlockHasher(block_size, hash_algo, hash_seed)  # fail at config time on bad settings
@@ -295,7 +302,10 @@ class PrecisePrefixCacheScorer(DataConsumer, Producer, Scorer, PostPick):
             return cls(name, handle, **kwargs)
         except IndexClash as e:
             raise ConfigError(f"{params.path}.indexName: {e}") from e
-        except (ValueError, OSError) as e:  # bad hash settings, index mode clash, unreadable tokenizer
+        except TokenizerUnreadable as e:  # (kvgate's key, else llm-d's modelName: the tokenizer it found)
+            key = "tokenizer" if params.has("tokenizer") else "indexerConfig.tokenizersPoolConfig.modelName"
+            raise ConfigError(f"{params.path}.{key}", str(e)) from e
+        except (ValueError, OSError) as e:  # bad hash settings, index mode clash
             raise ConfigError(f"{params.path}: {e}") from e
 
     @staticmethod
