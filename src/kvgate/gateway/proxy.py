@@ -41,7 +41,7 @@ from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
 from kvgate.gateway.preemption import Stop
 from kvgate.gateway.shared_tenants import SharedRateLimiter, SharedTenants
-from kvgate.gateway.stream import BodyRewriter, StreamRelay
+from kvgate.gateway.stream import BodyRewriter, StreamRelay, pass_representation
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import (
     DeadlinePassed,
@@ -1495,6 +1495,7 @@ class Proxy:
         ``_relay_stream``'s."""
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
+        pass_representation(resp.head.headers, headers)
         rewriter = PieceRewriter(sent_model, client_model, self.whole_max) if sent_model else None
         # Upstream's Content-Length, for an HTTP/1.0 client (which gets no chunks), when the body goes
         # out unchanged in length: no model name put back, or one of the same length.
@@ -1637,6 +1638,7 @@ class Proxy:
             m.error(client_model, ireq.model, str(resp.status), flow)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
+        pass_representation(resp.head.headers, headers)
         return Response(resp.status, body, None, headers)  # (by position: status, body, text, headers)
 
     async def _relay_stream(
@@ -1672,6 +1674,7 @@ class Proxy:
         sent = 0  # body bytes written to the client (the response size families)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "text/event-stream")
+        pass_representation(resp.head.headers, headers)
         headers["Cache-Control"] = "no-cache"
         out = StreamResponse(resp.status, headers)
         ok = False

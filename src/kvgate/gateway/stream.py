@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from typing import Final
 
 import orjson
 
@@ -27,6 +29,26 @@ from kvgate.scheduling.types import Usage
 
 # A chunk ending so ends an event (a blank line after an LF, CRLF or lone CR line end): whole events.
 _ENDS = (b"\n\n", b"\n\r\n", b"\r\r")
+
+
+# A model server's representation headers the client needs to read its body (RFC 9110 8.4, 8.5, 12.5.5):
+# relayed as they came, the body never decoded (a gzip body went out without its Content-Encoding: bytes
+# no client could read; late-a31), in answers and lookups. Not one the server names in its Connection
+# header (hop-by-hop, RFC 9110 7.6.1).
+_REPRESENTATION: Final = (
+    ("content-encoding", "Content-Encoding"),
+    ("content-language", "Content-Language"),
+    ("vary", "Vary"),
+)
+
+
+def pass_representation(upstream: Mapping[str, str], reply: dict[str, str]) -> None:
+    """Copy ``upstream``'s (lower-case keys) representation headers into ``reply``."""
+    conn = upstream.get("connection")
+    for key, name in _REPRESENTATION:
+        value = upstream.get(key)
+        if value is not None and (conn is None or key not in {t.strip().lower() for t in conn.split(",")}):
+            reply[name] = value
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:

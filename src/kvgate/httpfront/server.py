@@ -529,6 +529,8 @@ class _Refused(Exception):
 # Seconds a client is told to wait (``Retry-After``) when the body budget is spent: bodies are given
 # back as requests are answered, so a short wait usually finds room.
 BUDGET_RETRY_S = 1
+# ``Retry-After`` of the connection cap's 503 (``max_connections``).
+CAP_RETRY_AFTER = "1"
 
 
 def _over_budget(limit: int, length: int = -1) -> _Refused:
@@ -879,7 +881,9 @@ class FrontProtocol(asyncio.Protocol):
             self.closed = True
             self._reject_after = True
             resp = _error(503, "too many connections to the gateway; retry later", "too_many_connections")
-            transport.write(_head(resp.status, {}, resp.content_type, len(resp.body), True) + resp.body)
+            # (a back-off, as every other 503 kvgate makes: connections close as answers finish; late-a31)
+            wait = {"Retry-After": CAP_RETRY_AFTER}
+            transport.write(_head(resp.status, wait, resp.content_type, len(resp.body), True) + resp.body)
             transport.close()
             return
         # The write buffer bound: writers wait (back-pressure) above it, the sweeper gives up on them.
