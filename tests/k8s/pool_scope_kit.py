@@ -1,4 +1,4 @@
-"""Shared bits of the tests of review s31-qa31's Q1/Q3/Q6 fixes: InferencePool and pod objects for the
+"""Shared bits of the tests of review s31-qa31's fixes (Q1-Q6): InferencePool and pod objects for the
 API-server double, a chat request, and a generous poll (port 0 everywhere)."""
 
 from __future__ import annotations
@@ -53,3 +53,8 @@ async def chat(http: aiohttp.ClientSession, url: str, model: str, max_tokens: in
     body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}
     async with http.post(f"{url}/v1/chat/completions", data=orjson.dumps(body)) as resp:
         return resp.status, await resp.read()
+
+
+async def chat_status(http: aiohttp.ClientSession, url: str, model: str, max_tokens: int = 4) -> int:
+    """``chat``'s status alone."""
+    return (await chat(http, url, model, max_tokens))[0]

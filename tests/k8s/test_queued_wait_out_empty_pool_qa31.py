@@ -21,7 +21,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from k8s.churn_kit_fixqa31b import add_pod, chat, pool_obj, until
+from k8s.pool_scope_kit import add_pod, pool_obj, until
+from k8s.pool_scope_kit import chat_status as chat
 from kvgate.gateway.cli import _parser, build_config, build_pools
 from kvgate.gateway.server import GatewayServer
 from kvgate.k8s.apiserver import ApiServerDouble

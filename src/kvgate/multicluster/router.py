@@ -35,7 +35,7 @@ import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import grpc
@@ -56,6 +56,7 @@ from kvgate.sockopts import tcp_keepalive
 log = logging.getLogger("kvgate.multicluster.router")
 
 ENDPOINT, PARENT = "endpoint", "parent"
+_T = TypeVar("_T")
 # Hop-by-hop and length headers are the proxy's own business; a client never steers routing with the
 # EPP's destination header (stripped on ingress, and the EPP's own is for this gateway, not the pod).
 _DROP = frozenset(
@@ -1131,46 +1132,40 @@ class GlobalRouter:
         sse = resp.headers.get("content-type", "")[:17].lower() == "text/event-stream"
         upstream: AsyncIterator[bytes] = resp.content.iter_any() if relayed is None else _once(relayed)
         first_at: float | None = None
+
+        def drop(outcome: str | None, running: bool = False) -> None:
+            """The attempt given up before its head went on (recorded unless ``outcome`` is None)."""
+            resp.close()
+            given_up()
+            if outcome is not None:
+                attempts.append(Attempt(st.name, mode, target, outcome, running=running))
+
+        async def held_start(read: Callable[[], Awaitable[_T]]) -> _T:
+            """``read``'s answer (the held start of the body); the attempt dropped if it raises."""
+            try:
+                return await read()
+            except PastDeadline as e:
+                drop(e.outcome)
+                raise
+            except BaseException:
+                drop(None)
+                raise
+
         if sse and relayed is None:
             # The head held until the stream's first data event, as ``kvgate serve`` holds it (qa30 Q8):
             # a pod (vLLM sends its head before the prefill) or gateway that ends or fails before it has
             # given the client nothing, so the request moves on.
-            try:
-                opening = await self._first_event(resp, sent_at, deadline)
-            except PastDeadline as e:
-                resp.close()
-                given_up()
-                attempts.append(Attempt(st.name, mode, target, e.outcome))
-                raise
-            except BaseException:
-                resp.close()
-                given_up()
-                raise
+            opening = await held_start(lambda: self._first_event(resp, sent_at, deadline))
             if isinstance(opening, str):  # (the attempt's outcome: it ended, failed or timed out first)
-                resp.close()
-                given_up()
-                running = opening != FIRST_EVENT_LOST
-                attempts.append(Attempt(st.name, mode, target, opening, running=running))
+                drop(opening, running=opening != FIRST_EVENT_LOST)
                 return None
             if opening is not None:
                 first_at = self.clock()
                 upstream = _Opened(opening, upstream)
         elif relayed is None and resp.status not in (204, 304):
-            try:
-                got = await self._hold(resp, sent_at, deadline)
-            except PastDeadline as e:
-                resp.close()
-                given_up()
-                attempts.append(Attempt(st.name, mode, target, e.outcome))
-                raise
-            except BaseException:
-                resp.close()
-                given_up()
-                raise
+            got = await held_start(lambda: self._hold(resp, sent_at, deadline))
             if got is None:  # (cut before its end: nothing went to the client)
-                resp.close()
-                given_up()
-                attempts.append(Attempt(st.name, mode, target, BODY_LOST))
+                drop(BODY_LOST)
                 return None
             opened, held, whole = got
             upstream = _once(opened) if whole else _Opened(opened, upstream)
