@@ -14,7 +14,9 @@
 # meta.json); CUTOFF: e.g. 17:52 (today's clock, compared as text: "24:00" none is past, "00:00" all are),
 # or any other time `date -d` reads, e.g. "2026-12-07 00:20" (UTC; read once at the start: wk29, a plain
 # 00:20 from 23:18 read as past). Env: LOCK (default /work/team/live.lock), KVGATE (default `kvgate` on
-# PATH), WORKERS (default "2 1"), LOAD_EVERY (default 30). Then
+# PATH), WORKERS (default "2 1"), LOAD_EVERY (default 30), ARM (default kvgate-reserve-feasible, the arm of
+# sessions 24-29; since wk32 the goal configuration's kvgate-reserve-feasible+alone: `--arms`, one arm a
+# run, written in meta.json's "arm"). Then
 #   python scripts/fc_live_ratio_interval.py --goal OUT/seed-S-calm-w2/flowcontrol-live.json \
 #     OUT/seed-S-flood-w2/flowcontrol-live.json ...
 # prints the goal's figure and its two-level interval.
@@ -30,6 +32,7 @@ shift 3
 LOCK=${LOCK:-/work/team/live.lock}
 KVGATE=${KVGATE:-kvgate}
 WORKERS=${WORKERS:-2 1}
+ARM=${ARM:-kvgate-reserve-feasible}
 LOAD_EVERY=${LOAD_EVERY:-30}
 CODE=${CODE:-$SRC}
 mkdir -p "$OUT"
@@ -74,7 +77,7 @@ one_run() {  # inside the lock: SEED MIX WORKERS DIR
     sampler=$!
     env PYTHONPATH="$SRC" nice -n 10 "$KVGATE" bench flowcontrol --live \
         --replicas 2 --max-num-seqs 16 --load 0.9 --duration 80 --warmup 5 --time-scale 0.25 \
-        --mixes "$mix" --arms kvgate-reserve-feasible --headroom 0.75 --headroom-on pending \
+        --mixes "$mix" --arms "$ARM" --headroom 0.75 --headroom-on pending \
         --ttft-target 0.05 --running-reserve --seed "$seed" --workers "$workers" --timing \
         --out "$dir" >"$dir/bench.log" 2>&1
     rc=$?
@@ -82,18 +85,18 @@ one_run() {  # inside the lock: SEED MIX WORKERS DIR
     wait "$sampler" 2>/dev/null
     t1=$(date -u +%T); l1=$(cat /proc/loadavg); u1=$(uptime)
     echo "seed $seed $mix workers $workers: end $t1 rc $rc loadavg $l1"
-    python3 - "$dir/meta.json" "$seed" "$mix" "$workers" "$CODE" "$t0" "$t1" "$l0" "$l1" "$u0" "$u1" "$rc" <<'EOF'
+    python3 - "$dir/meta.json" "$seed" "$mix" "$workers" "$CODE" "$t0" "$t1" "$l0" "$l1" "$u0" "$u1" "$rc" "$ARM" <<'EOF'
 import json, sys
-path, seed, mix, workers, code, t0, t1, l0, l1, u0, u1, rc = sys.argv[1:]
+path, seed, mix, workers, code, t0, t1, l0, l1, u0, u1, rc, arm = sys.argv[1:]
 during_txt = path.rsplit("/", 1)[0] + "/loadavg-during.txt"
 during = [line.split(" ", 1) for line in open(during_txt).read().splitlines() if " " in line]
-json.dump({"seed": int(seed), "mix": mix, "workers": int(workers), "code": code, "start_utc": t0,
+json.dump({"seed": int(seed), "mix": mix, "workers": int(workers), "arm": arm, "code": code, "start_utc": t0,
            "end_utc": t1, "loadavg_start": l0, "loadavg_end": l1, "uptime_start": u0.strip(),
            "uptime_end": u1.strip(), "loadavg_during": during, "rc": int(rc)}, open(path, "w"), indent=1)
 EOF
 }
 export -f one_run past_cutoff
-export SRC CUTOFF CUTOFF_S KVGATE CODE LOAD_EVERY
+export SRC CUTOFF CUTOFF_S KVGATE CODE LOAD_EVERY ARM
 
 for seed in "$@"; do
     for w in $WORKERS; do
