@@ -6,11 +6,8 @@ The door tests fail on 7131a4a0 (503) and pass on 94a2514f^; the rule's on 7131a
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import aiohttp
 import orjson
@@ -18,6 +15,7 @@ import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway
 from kvgate.openai.framing import whole_json
+from rawupstream import raw_upstream
 
 BODY = b'{"model":"m","prompt":"x","max_tokens":2}'
 WHOLE = orjson.dumps(
@@ -32,46 +30,19 @@ CASES = {
 }
 
 
-@asynccontextmanager
-async def raw_upstream(head: bytes, body: bytes) -> AsyncIterator[tuple[str, list[int]]]:
-    """127.0.0.1:0: reads one request, answers ``head`` + ``body`` (framed by the close), closes."""
-    hits: list[int] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            got = await reader.readuntil(b"\r\n\r\n")
-            for line in got.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    await reader.readexactly(int(line.split(b":", 1)[1]))
-            hits.append(1)
-            writer.write(head + body)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}", hits
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 async def test_gateway_relays_a_whole_close_framed_json_body(case):
     head, body = CASES[case]
     async with (
-        raw_upstream(head, body) as (server, hits),
-        running_gateway(make_config([server])) as gw,
+        raw_upstream(head + body) as up,
+        running_gateway(make_config([up.address])) as gw,
         aiohttp.ClientSession(auto_decompress=False) as s,
     ):
         async with s.post(base_url(gw) + "/v1/completions", data=BODY) as r:
             raw = await r.read()
         assert r.status == 200, raw  # (before: 503 "TruncatedBody")
         assert raw == body
-        assert len(hits) == 1
+        assert len(up.hits) == 1
 
 
 PYTHON_JSON = [

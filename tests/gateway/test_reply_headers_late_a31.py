@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import aiohttp
 import orjson
 import pytest
 
 from gateway.conftest import base_url, make_config, running_gateway, until
+from rawupstream import raw_upstream
 
 BODY = b'{"model":"m","prompt":"x","max_tokens":2}'
 ANSWER = {
@@ -37,36 +36,11 @@ FRAMINGS = {
 }
 
 
-@asynccontextmanager
-async def raw_upstream(answer: bytes) -> AsyncIterator[str]:
-    """127.0.0.1:0: reads one request, writes ``answer`` (head and body), closes."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            got = await reader.readuntil(b"\r\n\r\n")
-            for line in got.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    await reader.readexactly(int(line.split(b":", 1)[1]))
-            writer.write(answer)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 @pytest.mark.parametrize("framing", sorted(FRAMINGS))
 async def test_a_gzip_answer_reaches_the_client_readable(framing):
     async with (
-        raw_upstream(FRAMINGS[framing] + GZ) as server,
-        running_gateway(make_config([server])) as gw,
+        raw_upstream(FRAMINGS[framing] + GZ) as up,
+        running_gateway(make_config([up.address])) as gw,
         aiohttp.ClientSession() as s,  # (decompresses what its Content-Encoding names)
         s.post(base_url(gw) + "/v1/completions", data=BODY) as r,
     ):
@@ -81,8 +55,8 @@ async def test_content_language_and_vary_are_relayed():
         b"vary: accept-encoding\r\nconnection: close\r\n\r\n"
     )
     async with (
-        raw_upstream(head + orjson.dumps(ANSWER)) as server,
-        running_gateway(make_config([server])) as gw,
+        raw_upstream(head + orjson.dumps(ANSWER)) as up,
+        running_gateway(make_config([up.address])) as gw,
         aiohttp.ClientSession() as s,
         s.post(base_url(gw) + "/v1/completions", data=BODY) as r,
     ):
@@ -99,8 +73,8 @@ async def test_a_header_the_server_names_in_connection_is_not_relayed():
         b"connection: close, content-language\r\n\r\n"
     )
     async with (
-        raw_upstream(head + orjson.dumps(ANSWER)) as server,
-        running_gateway(make_config([server])) as gw,
+        raw_upstream(head + orjson.dumps(ANSWER)) as up,
+        running_gateway(make_config([up.address])) as gw,
         aiohttp.ClientSession() as s,
         s.post(base_url(gw) + "/v1/completions", data=BODY) as r,
     ):
@@ -117,8 +91,8 @@ async def test_a_streamed_answer_keeps_its_representation_headers():
     )
     body = b'{"model":"m","prompt":"x","max_tokens":2,"stream":true}'
     async with (
-        raw_upstream(answer) as server,
-        running_gateway(make_config([server])) as gw,
+        raw_upstream(answer) as up,
+        running_gateway(make_config([up.address])) as gw,
         aiohttp.ClientSession() as s,
         s.post(base_url(gw) + "/v1/completions", data=body) as r,
     ):

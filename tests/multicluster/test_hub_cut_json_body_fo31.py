@@ -10,15 +10,12 @@ Fails on main 691110b3: the client's 200 body does not parse (or its read fails)
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import aiohttp
 import orjson
 import pytest
 
 from kvgate.multicluster.clusters import ClusterSpec
+from rawupstream import raw_upstream
 
 BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
 WHOLE = orjson.dumps(
@@ -35,39 +32,6 @@ HEADS = {
 }
 
 
-@asynccontextmanager
-async def cutting_gateway(head: bytes, body: bytes) -> AsyncIterator[tuple[str, list[int]]]:
-    """A cluster gateway on 127.0.0.1:0 that reads one request, answers ``head`` and ``body``, then closes
-    cleanly. Yields (address, hits)."""
-    hits: list[int] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            got = await reader.readuntil(b"\r\n\r\n")
-            length = None
-            for line in got.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length is not None:
-                await reader.readexactly(length)
-            else:  # (chunked)
-                await reader.readuntil(b"0\r\n\r\n")
-            hits.append(1)
-            writer.write(head + body)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}", hits
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 async def _post(port: int) -> tuple[int, bytes, dict[str, str]]:
     url = f"http://127.0.0.1:{port}/v1/completions"
     async with aiohttp.ClientSession() as http, http.post(url, data=BODY) as r:
@@ -80,29 +44,31 @@ async def _post(port: int) -> tuple[int, bytes, dict[str, str]]:
 @pytest.mark.parametrize("framing", sorted(HEADS))
 async def test_a_json_body_cut_after_its_head_moves_to_the_next_cluster(pods, global_gateway, framing):
     good = await pods()
-    async with cutting_gateway(HEADS[framing], CUT) as (bad, hits):
-        hub = await global_gateway(ClusterSpec("c0", gateway=bad), ClusterSpec("c1", gateway=good.address))
+    async with raw_upstream(HEADS[framing] + CUT) as bad:
+        hub = await global_gateway(
+            ClusterSpec("c0", gateway=bad.address), ClusterSpec("c1", gateway=good.address)
+        )
         for _ in range(4):
             status, raw, _ = await _post(hub.port)
             assert status == 200, raw
             doc = orjson.loads(raw)  # (before: cut, or a short body that does not parse)
             assert doc["choices"][0]["text"].startswith("pod0-"), doc
-        assert hits, "the cutting cluster was never tried"
+        assert bad.hits, "the cutting cluster was never tried"
 
 
 async def test_a_cut_json_body_with_no_other_cluster_is_a_503(global_gateway):
-    async with cutting_gateway(HEADS["close"], CUT) as (bad, hits):
-        hub = await global_gateway(ClusterSpec("c0", gateway=bad))
+    async with raw_upstream(HEADS["close"] + CUT) as bad:
+        hub = await global_gateway(ClusterSpec("c0", gateway=bad.address))
         status, raw, headers = await _post(hub.port)
         assert status == 503, raw
         assert headers.get("Retry-After") == "1", headers
         assert "body lost before its end" in orjson.loads(raw)["error"]["message"], raw
-        assert hits
+        assert bad.hits
 
 
 async def test_a_whole_close_framed_json_body_is_relayed(global_gateway):
-    async with cutting_gateway(HEADS["close"], WHOLE) as (server, _):
-        hub = await global_gateway(ClusterSpec("c0", gateway=server))
+    async with raw_upstream(HEADS["close"] + WHOLE) as up:
+        hub = await global_gateway(ClusterSpec("c0", gateway=up.address))
         status, raw, _ = await _post(hub.port)
         assert status == 200, raw
         assert orjson.loads(raw)["choices"][0]["text"] == "raw answer"

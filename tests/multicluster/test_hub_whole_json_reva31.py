@@ -12,16 +12,14 @@ gateway on 127.0.0.1:0 writing the bytes itself."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import aiohttp
 import orjson
 import pytest
 
 from kvgate.multicluster.clusters import ClusterSpec
+from rawupstream import raw_upstream
 
 BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
 WHOLE = orjson.dumps(
@@ -38,41 +36,14 @@ CASES = {
 }
 
 
-@asynccontextmanager
-async def raw_gateway(head: bytes, body: bytes) -> AsyncIterator[tuple[str, list[int]]]:
-    """127.0.0.1:0: reads one request, answers ``head`` + ``body`` (framed by the close), closes."""
-    hits: list[int] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            got = await reader.readuntil(b"\r\n\r\n")
-            for line in got.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    await reader.readexactly(int(line.split(b":", 1)[1]))
-            hits.append(1)
-            writer.write(head + body)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}", hits
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 async def test_hub_relays_a_whole_close_framed_json_body(global_gateway, case):
     head, body = CASES[case]
-    async with raw_gateway(head, body) as (server, hits):
-        hub = await global_gateway(ClusterSpec("c0", gateway=server))
+    async with raw_upstream(head + body) as up:
+        hub = await global_gateway(ClusterSpec("c0", gateway=up.address))
         url = f"http://127.0.0.1:{hub.port}/v1/completions"
         async with aiohttp.ClientSession(auto_decompress=False) as http, http.post(url, data=BODY) as r:
             raw = await r.read()
         assert r.status == 200, raw  # (before: 503 "every cluster failed (last: body lost before its end)")
         assert raw == body  # (relayed as the cluster sent it)
-        assert len(hits) == 1
+        assert len(up.hits) == 1

@@ -1,0 +1,58 @@
+"""A model server (or cluster gateway) that writes its answer's bytes itself: the framings and heads no
+HTTP library writes on purpose (a body framed by the close, one short of its Content-Length, a gzip body
+with a JSON content type, JSON orjson refuses).
+
+``raw_upstream(answer)`` listens on 127.0.0.1:0 (the port read back, never picked beforehand), reads each
+request whole (its head, then a Content-Length body or a chunked one), writes ``answer`` (head and body),
+and closes: the close ends the body when the head gives no length. It yields its address and the list of
+requests answered (one entry each)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RawUpstream:
+    address: str  # "127.0.0.1:PORT"
+    hits: list[int] = field(default_factory=list)  # one entry per request answered
+
+
+async def _read_request(reader: asyncio.StreamReader) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.lower().split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name == b"content-length":
+            await reader.readexactly(int(value))
+            return
+        if name == b"transfer-encoding" and b"chunked" in value:
+            await reader.readuntil(b"0\r\n\r\n")  # (the bodies sent here hold no such bytes)
+            return
+
+
+@asynccontextmanager
+async def raw_upstream(answer: bytes) -> AsyncIterator[RawUpstream]:
+    """127.0.0.1:0: reads one request per connection, writes ``answer`` (head + body), closes."""
+    up = RawUpstream("")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await _read_request(reader)
+            up.hits.append(1)
+            writer.write(answer)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    up.address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield up
+    finally:
+        server.close()
+        await server.wait_closed()
