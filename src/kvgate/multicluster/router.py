@@ -132,15 +132,18 @@ class _Opened:
 # An attempt's outcome when its stream ended or failed after the head, before its first data event (no
 # byte of it reached the client: qa30 Q8).
 FIRST_EVENT_LOST = "stream ended before its first data event"
-# A non-streamed answer's body is held whole (up to ``WHOLE_BODY_MAX``, all held bodies together up to
-# ``HELD_BODIES_MAX``: ``kvgate serve``'s bounds) before its head goes on, so one cut before its end (a
+# A non-streamed answer's body is held whole (up to ``WHOLE_BODY_MAX``, all held bodies of one router together
+# up to ``HELD_BODIES_MAX``, ``GlobalRouter.held``: ``kvgate serve``'s bounds, per proxy as there) before its
+# head goes on, so one cut before its end (a
 # connection lost, a body short of its Content-Length, a JSON body framed by the close that does not parse:
 # ``openai.framing``) has given the client nothing and the request moves on (fo31: the twin of qa30 Q8);
 # past the bounds it is relayed as it comes, as before. The attempt's outcome then:
 BODY_LOST = "body lost before its end"
+# What a cluster's EPP is told of its pod's answer lost so (``:status``): ``kvgate serve``'s 502
+# ``upstream_error`` for an upstream's cut; its passive health counts it as a 5xx (``extproc.outlier``).
+LOST_STATUS = 502
 WHOLE_BODY_MAX = 4 << 20
 HELD_BODIES_MAX = 64 << 20
-_HELD = ByteBudget(HELD_BODIES_MAX)
 
 
 def _second_500(attempts: list[Attempt], target: str) -> bool:
@@ -325,6 +328,21 @@ class NoRoute(Exception):
         self.code = code  # the error's ``code`` (``request_timeout``: the request's bound passed)
 
 
+class DeathLost(NoRoute):
+    """A second server's 500 for the request (``_second_500``: its fault, not run a third time, qa30 Q6)
+    whose body was lost before its end: the client's answer is that 500, the hub's own body in place of the
+    lost one (closing-s31: the request went on to a third cluster). No cluster is charged, as for a second
+    500 passed through."""
+
+    def __init__(self, cluster: str, outcome: str, attempts: list[Attempt]) -> None:
+        super().__init__(
+            500,
+            f"cluster {cluster} answered 500, as another server had: the request's own fault (an engine "
+            f"error on this input), not run a third time; after its head: {outcome}",
+            attempts,
+        )
+
+
 def _home_said(attempts: list[Attempt], cluster: str) -> NoRoute | None:
     """A follow-up's home cluster answered 429 or a 5xx (its EPP, pod or gateway: busy, draining): that
     status, with a 429's or 503's Retry-After (``_send`` reads no other), as the client's answer
@@ -418,6 +436,9 @@ class GlobalRouter:
         # Probes started by a bound's cut before a head (``_probe_after_cut``), ended at the close.
         self._cut_probes: set[asyncio.Task[None]] = set()
         self.epp = EppClient(timeout_s=cfg.epp_timeout_s, clock=clock)
+        # The bytes of non-streamed bodies this router holds before their heads go on (``_hold``): its own
+        # budget, as each ``kvgate serve`` proxy has one (a module's was shared by every hub of a process).
+        self.held = ByteBudget(HELD_BODIES_MAX)
         self.apply(cfg)
         # TCP keep-alive (idle s, probe interval s, probes): a request waiting on a cluster whose link is cut
         # gets no ACKs and fails in ~idle + interval x probes (11 s), then moves on as not started, instead
@@ -577,6 +598,9 @@ class GlobalRouter:
                         st, path, fwd, body, attempts, req.stream, req.model, note, usage=req.usage,
                         pod=pod if st is first else None, deadline=deadline,
                     )  # fmt: skip
+                except DeathLost:
+                    suspect = None  # (two servers' 500: the request's fault, as when passed through)
+                    raise
                 except PastDeadline as e:
                     assert deadline is not None
                     if e.sent_at is not None and deadline.owned(e.sent_at):
@@ -923,7 +947,7 @@ class GlobalRouter:
         self, resp: aiohttp.ClientResponse, sent_at: float, deadline: Deadline | None
     ) -> tuple[bytes, int, bool] | None:
         """A non-streamed body held before its head goes on (``BODY_LOST``'s note): ``(its start, bytes
-        taken from _HELD, whole)``, not whole when the next piece would pass ``WHOLE_BODY_MAX`` or the
+        taken from ``self.held``, whole)``, not whole when the next piece would pass ``WHOLE_BODY_MAX`` or the
         budget (that piece is the start's last, not taken; the rest is read as it comes); None: it was
         cut before its end. ``PastDeadline`` when the request's bound passed first."""
         loop = asyncio.get_running_loop()
@@ -936,16 +960,16 @@ class GlobalRouter:
                     if not chunk:
                         break
                     parts.append(chunk)
-                    if held + len(chunk) > WHOLE_BODY_MAX or not _HELD.take(len(chunk)):
+                    if held + len(chunk) > WHOLE_BODY_MAX or not self.held.take(len(chunk)):
                         return b"".join(parts), held, False
                     held += len(chunk)
         except (aiohttp.ClientError, TimeoutError, OSError):
-            _HELD.give(held)
+            self.held.give(held)
             if deadline is not None and loop.time() >= deadline.due:
                 raise PastDeadline("its body not whole by then", sent_at, True) from None
             return None  # (a cut, a body short of its length, aiohttp's read timeout)
         except BaseException:
-            _HELD.give(held)
+            self.held.give(held)
             raise
         body = b"".join(parts)
         framed_by_close = (
@@ -954,7 +978,7 @@ class GlobalRouter:
         if framed_by_close and not whole_json(
             resp.content_type, body, resp.headers.get("Content-Encoding", "")
         ):
-            _HELD.give(held)
+            self.held.give(held)
             return None
         return body, held, True
 
@@ -1049,11 +1073,11 @@ class GlobalRouter:
         # (usage: a streamed answer's usage event, when the client asked for one, says whether it hit.)
         usage = usage and started is not None
         token = st.dispatched(started, note=note, usage=usage)
-        held = 0  # (bytes of a held body taken from ``_HELD``: given back when the answer settles)
+        held = 0  # (bytes of a held body taken from ``self.held``: given back when the answer settles)
 
         def given_up() -> None:
             nonlocal held
-            _HELD.give(held)
+            self.held.give(held)
             held = 0
             st.finished(token)
             if epp is not None:
@@ -1105,25 +1129,32 @@ class GlobalRouter:
         # A second server's 500 for this request (a query of death: an engine error on that input) is
         # passed through as it came, as ``kvgate serve`` does (qa30 Q6): not run a third time.
         death = resp.status == 500 and _second_500(attempts, target)
+
+        async def told(status: int) -> None:
+            """``status`` told to the pod's EPP (Endpoint mode) as its response headers' ``:status``, before
+            the attempt's cancel, as Envoy passes an EPP the response headers, so its passive health charges
+            the pod (``extproc.outlier``; closing-s30: the cancel alone told it nothing and a failing pod was
+            never ejected there). Bounded by the EPP's ``epp_timeout_s``; an EPP that fails here is left
+            alone (``response_headers``); a cancel meanwhile gives the attempt up."""
+            if epp is None:
+                return
+            pod_headers = {k.lower(): v for k, v in resp.headers.items()}
+            try:
+                with contextlib.suppress(EppImmediate):
+                    await epp.response_headers(status, pod_headers, target)
+            except BaseException:
+                resp.close()
+                given_up()
+                raise
+
         if unwritten or (resp.status != 504 and not death and (
             resp.status >= 500 or (resp.status == 429 and RATE_LIMITED not in resp.headers)
         )):  # fmt: skip
             # Nothing reached the client yet: free to go elsewhere. (A 429 marked rate-limited is the
             # client's own limit, a tenant's, not the cluster at capacity: passed on as any 4xx refusal,
             # the cluster not backed off for everyone: review s18-qa M4.)
-            if epp is not None and resp.status >= 500:
-                # The pod's 5xx told to its EPP first, as Envoy passes it the response headers, so its
-                # passive health charges the pod (``extproc.outlier``; closing-s30: the cancel alone
-                # told it nothing and a failing pod was never ejected there). Bounded by the EPP's
-                # ``epp_timeout_s``; an EPP that fails here is left alone (``response_headers``).
-                pod_headers = {k.lower(): v for k, v in resp.headers.items()}
-                try:
-                    with contextlib.suppress(EppImmediate):
-                        await epp.response_headers(resp.status, pod_headers, target)
-                except BaseException:
-                    resp.release()
-                    given_up()
-                    raise
+            if resp.status >= 500:
+                await told(resp.status)
             resp.release()
             given_up()
             wait = retry_after_s(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
@@ -1139,6 +1170,14 @@ class GlobalRouter:
             given_up()
             if outcome is not None:
                 attempts.append(Attempt(st.name, mode, target, outcome, running=running))
+
+        async def lost() -> None:
+            """The body, or a stream's first event, lost before its end (nothing reached the client): told
+            to the pod's EPP as a 502, ``kvgate serve``'s status for an upstream's cut (its own status when
+            a 5xx), so the EPP charges the pod as for a 5xx's headers (closing-s31: it went on picking a
+            pod that cut every answer)."""
+            resp.close()
+            await told(resp.status if resp.status >= 500 else LOST_STATUS)
 
         async def held_start(read: Callable[[], Awaitable[_T]]) -> _T:
             """``read``'s answer (the held start of the body); the attempt dropped if it raises."""
@@ -1157,7 +1196,11 @@ class GlobalRouter:
             # given the client nothing, so the request moves on.
             opening = await held_start(lambda: self._first_event(resp, sent_at, deadline))
             if isinstance(opening, str):  # (the attempt's outcome: it ended, failed or timed out first)
+                if opening == FIRST_EVENT_LOST:
+                    await lost()
                 drop(opening, running=opening != FIRST_EVENT_LOST)
+                if death:
+                    raise DeathLost(st.name, opening, attempts)
                 return None
             if opening is not None:
                 first_at = self.clock()
@@ -1165,7 +1208,10 @@ class GlobalRouter:
         elif relayed is None and resp.status not in (204, 304):
             got = await held_start(lambda: self._hold(resp, sent_at, deadline))
             if got is None:  # (cut before its end: nothing went to the client)
+                await lost()
                 drop(BODY_LOST)
+                if death:
+                    raise DeathLost(st.name, BODY_LOST, attempts)
                 return None
             opened, held, whole = got
             upstream = _once(opened) if whole else _Opened(opened, upstream)
@@ -1211,7 +1257,7 @@ class GlobalRouter:
                     epp.cancel()  # never read: its body generator never ran, so cancel the EPP's stream
             finally:
                 response.release()
-                _HELD.give(held)
+                self.held.give(held)
                 held = 0
                 cached = None
                 if usage and (seen := routed.usage()) is not None:
