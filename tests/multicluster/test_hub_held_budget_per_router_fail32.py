@@ -9,19 +9,54 @@ Fails on main 2b9dcdff: the second hub, its shared budget spent, relays the cut 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import aiohttp
 import orjson
 
 from kvgate.multicluster import router as router_mod
 from kvgate.multicluster.clusters import ClusterSpec
-from multicluster.cutting_pod import JSON_CUT, cutting_pod
 
 BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
+# A 200 whose JSON body falls short of its Content-Length.
+CUT = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{"id": "cmpl-'
+
+
+@asynccontextmanager
+async def pausing_cutter() -> AsyncIterator[tuple[str, list[int]]]:
+    """127.0.0.1:0: answers each request ``CUT``, then closes half a second later, so that the hub has read
+    the body's start before the cut (aiohttp raises a cut ahead of the bytes it buffered: a cut come with
+    the bytes is seen at the first read, whatever the budget). Yields (address, hits)."""
+    hits: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = [int(v) for k, _, v in (x.partition(b":") for x in head.lower().split(b"\r\n"))
+                      if k == b"content-length"]  # fmt: skip
+            await reader.readexactly(length[0])  # (the hub sends a Content-Length)
+            hits.append(1)
+            writer.write(CUT)
+            await writer.drain()
+            await asyncio.sleep(0.5)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}", hits
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_one_hubs_spent_held_budget_leaves_another_hubs_alone(pods, global_gateway) -> None:
     good = await pods()
-    async with cutting_pod(JSON_CUT, pause_s=0.5) as (bad, hits):
+    async with pausing_cutter() as (bad, hits):
         spent = await global_gateway(ClusterSpec("c0", gateway=good.address))
         hub = await global_gateway(ClusterSpec("c0", gateway=bad), ClusterSpec("c1", gateway=good.address))
         # (on main the module's budget, which every hub of the process shared)

@@ -25,10 +25,21 @@ from kvgate.extproc.outlier import Outlier
 from kvgate.extproc.server import EppServer, ServerOptions
 from kvgate.extproc.session import SessionContext
 from kvgate.multicluster.clusters import ClusterSpec
-from multicluster.cutting_pod import JSON_CUT, SSE_CUT, cutting_pod
+from rawupstream import raw_upstream
 
 WAIT_S = 30.0
-CASES = {"json": (JSON_CUT, False), "sse": (SSE_CUT, True)}
+# (a pod's answer, whether the request streams): a 200 whose JSON body falls short of its Content-Length,
+# or an event stream framed by the close that closes after a comment, before any data event
+CASES = {
+    "json": (
+        b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{"id": "cmpl-',
+        False,
+    ),
+    "sse": (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n: ping\n\n",
+        True,
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -37,7 +48,8 @@ async def test_a_pod_that_loses_its_answer_behind_the_hub_is_ejected_by_its_epp(
     body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2, "stream": stream})
     good = await Backend("good").start()
     try:
-        async with cutting_pod(answer) as (bad, hits):
+        async with raw_upstream(answer) as up:
+            bad = up.address
             store = EndpointStore.from_addresses([bad, good.address])
             index = AddressIndex(store)
             # (two failures eject it; the probe back far beyond the test)
@@ -58,7 +70,7 @@ async def test_a_pod_that_loses_its_answer_behind_the_hub_is_ejected_by_its_epp(
                             # (the other pod answers: qa30 Q9)
                             assert r.status == 200, await r.read()
                             await r.read()
-                assert hits, "the cutting pod was never picked"
+                assert up.hits, "the cutting pod was never picked"
             finally:
                 await epp.stop(0)
     finally:

@@ -15,9 +15,20 @@ import orjson
 import pytest
 
 from kvgate.multicluster.clusters import ClusterSpec
-from multicluster.cutting_pod import JSON_CUT, SSE_CUT, cutting_pod
+from rawupstream import raw_upstream
 
-CASES = {"json": (JSON_CUT, False), "sse": (SSE_CUT, True)}
+# (the second cluster's answer, whether the request streams): a 500 whose JSON body falls short of its
+# Content-Length, or a 500 event stream framed by the close that closes before any data event
+CASES = {
+    "json": (
+        b'HTTP/1.1 500 X\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{"error": ',
+        False,
+    ),
+    "sse": (
+        b"HTTP/1.1 500 X\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n: ping\n\n",
+        True,
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -26,10 +37,10 @@ async def test_a_second_500_whose_body_is_lost_is_the_clients_500_not_a_third_ru
     body = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2, "stream": stream})
     first, third = await pods(), await pods()
     first.mode = "error500"
-    async with cutting_pod(answer, status=500) as (second, hits):
+    async with raw_upstream(answer) as second:
         # (round-robin: the first request's order is c0, c1, c2)
         hub = await global_gateway(
-            ClusterSpec("c0", gateway=first.address), ClusterSpec("c1", gateway=second),
+            ClusterSpec("c0", gateway=first.address), ClusterSpec("c1", gateway=second.address),
             ClusterSpec("c2", gateway=third.address),
         )  # fmt: skip
         async with aiohttp.ClientSession() as http:
@@ -39,5 +50,5 @@ async def test_a_second_500_whose_body_is_lost_is_the_clients_500_not_a_third_ru
                 clusters = orjson.loads(await r.read())
         assert (status, len(third.received)) == (500, 0), (status, raw)
         assert "not run a third time" in orjson.loads(raw)["error"]["message"], raw
-        assert len(first.received) == 1 and hits == [1]
+        assert len(first.received) == 1 and second.hits == [1]
         assert not [c["name"] for c in clusters if c["backing_off"]], clusters  # (nobody's fault but its own)
