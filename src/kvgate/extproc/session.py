@@ -82,6 +82,8 @@ from kvgate.scheduling.types import (
 log = logging.getLogger(__name__)
 
 _BODY_MODE = processing_mode_pb2.ProcessingMode.BodySendMode
+# Body modes whose answers are not ``streamed_response`` (all kvgate sends): not served, either direction.
+_UNSERVED_MODES = (_BODY_MODE.STREAMED, _BODY_MODE.BUFFERED, _BODY_MODE.BUFFERED_PARTIAL)
 
 
 class RequestDirector(Protocol):
@@ -423,12 +425,15 @@ class Session:
             raise ProtocolViolation(
                 "FAILED_PRECONDITION", f"request_body_mode {mode} is not served; use FULL_DUPLEX_STREAMED"
             )
-        if msg.HasField("protocol_config") and pc.request_body_mode in (
-            _BODY_MODE.STREAMED,
-            _BODY_MODE.BUFFERED,
-            _BODY_MODE.BUFFERED_PARTIAL,
-        ):
+        if msg.HasField("protocol_config") and pc.request_body_mode in _UNSERVED_MODES:
             raise _Reject(500, "the gateway must send request bodies FULL_DUPLEX_STREAMED", "internal_error")
+        if msg.HasField("protocol_config") and pc.response_body_mode in (*_UNSERVED_MODES, _BODY_MODE.GRPC):
+            # Each response body is answered with a ``streamed_response``, which Envoy takes only in
+            # FULL_DUPLEX_STREAMED (any other mode fails the stream after the model server did the work):
+            # refused before anything is routed, as the request side (qa32b Q3).
+            raise _Reject(
+                500, "the gateway must send response bodies FULL_DUPLEX_STREAMED (or NONE)", "internal_error"
+            )
         if msg.HasField("protocol_config") and pc.response_body_mode == _BODY_MODE.NONE:
             self._response_bodies = False
         self._t0 = self.ctx.clock()
