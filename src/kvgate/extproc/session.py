@@ -911,9 +911,12 @@ class Session:
         sent to the EPP: at its headers), a stream ended before that as ``client_gone`` (Envoy ends the
         ext_proc stream the same way whether the client left or the model server cut the response:
         the EPP cannot tell a ``stream_cut``), or ``epp_idle_timeout`` when the EPP's own idle sweeper
-        ended it (the client did not leave: Envoy answers it with its ext_proc error reply)."""
+        ended it (the client did not leave: Envoy answers it with its ext_proc error reply). Only a
+        request with a parsed body: a body-less one (``GET /v1/models``, a Responses lookup, a probe) is
+        never in ``inference_objective_request_total``, and ``kvgate serve`` counts none of its GETs'
+        errors (qa32b Q2: its 404s were errors of requests outside the ratio's denominator)."""
         obs = self.ctx.observer
-        if obs is None or self._counted or self._models is None:
+        if obs is None or self._counted or self._models is None or not self._parsed:
             return
         self._counted = True
         model, target = self._models
@@ -924,7 +927,7 @@ class Session:
             obs.error(model, target, "client_gone", flow)
         elif self.status >= 400:
             obs.error(model, target, str(self.status), flow)
-        elif 200 <= self.status < 300 and self._parsed:
+        elif 200 <= self.status < 300:
             obs.served(target)
 
     def _release(self) -> None:
