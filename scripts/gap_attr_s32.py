@@ -207,6 +207,14 @@ def main() -> None:
         "slow ones' mean at the chosen replica on arrival: waiting / running / free blocks / "
         "one-offs decoding"
     )
+    for pol in (pa, pb):
+        off = [(r, s) for r, _, _, s in pooled[pol]["burst-warm"] if r.here_cached + 16 < r.best_cached]
+        kept = [(r, s) for r, _, _, s in pooled[pol]["burst-warm"] if r.here_cached + 16 >= r.best_cached]
+        print(
+            f"  {pol[:28]:28} warm burst requests sent off the best holder (a second copy): {len(off)}, "
+            f"{sum(s for _, s in off)} of them slow; kept at a holder: {len(kept)}, "
+            f"{sum(s for _, s in kept)} slow"
+        )
     for k in CLASSES:
         for pol in (pa, pb):
             xs = pooled[pol][k]

@@ -20,7 +20,8 @@ before the cuts. The authority for equivalence with the pre-session code is ``sc
 are equal. It covers the named policies only, not the feedback and SLO-admission configs of the test.
 
 The cost scorer's ``evictionPrice`` hook in ``on_picked`` (mt19b; opt-in, off in the named policies) is
-taken over from main as it is, like 5169afe's.
+taken over from main as it is, like 5169afe's; so is its ``coldSpread`` reuse count (on in the kvgate
+policy since fam31: without it this copy never learns a reuse rate and prices no cold request).
 
 The cost scorer's ``costs`` is not copied: its one cut skips ``_waiting_on_prefix`` where that returns
 0, a premise the test checks directly, so this copy does not hold the scorer's pricing still. When the
@@ -590,6 +591,10 @@ def cost_on_picked(self, cycle: CycleState, endpoint: Endpoint) -> None:
             if len(self._waiting) > MAX_WAITING_TRACKED:
                 self._forget(next(iter(self._waiting)))
     self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+    # coldSpread's reuse count (opt-in until fam31 turned it on in the kvgate policy): taken over from
+    # main as it is, like evictionPrice's hook below (the copy checks the CPU cuts, not the pricing)
+    if self.cold_spread and uncached < p:
+        self._add_reused(endpoint.address, p - uncached, cycle.now)
     # evictionPrice (mt19b; opt-in): taken over from main as it is, the pricing
     # change is deliberate (the copy checks the CPU cuts, not the pricing)
     ledger = self.eviction

@@ -21,11 +21,17 @@ PREFIX = "You are a helpful assistant. " * 40  # ~1,160 chars, 18 blocks
 COLD = "a one-off nobody holds " * 30  # ~690 chars, ~170 tokens, no block held anywhere
 
 
+COLD_KEYS = ("coldSpread", "coldSpreadDecodeHeavy")
+
+
 def _director(params: dict[str, Any]) -> tuple[Director, EndpointStore]:
+    """The kvgate policy with exactly the cold keys in ``params`` set: since fam31 the policy turns both on,
+    and these tests compare the forms (none, plain ``coldSpread``, decode-heavy only) side by side."""
     cfg = policy_config("kvgate")
     for spec in cfg.plugins:
         if spec.type == "kvgate-cost-scorer":
-            spec.parameters = {**(spec.parameters or {}), **params}
+            kept = {k: v for k, v in (spec.parameters or {}).items() if k not in COLD_KEYS}
+            spec.parameters = {**kept, **params}
     store = fleet(2)
     return build_director(cfg, store, clock=lambda: 0.0, seed=0), store
 

@@ -231,7 +231,8 @@ def test_the_precise_profile_leaves_it_off() -> None:
 
     doc = precise_policy("", bind=False)
     (cost,) = [p for p in doc["plugins"] if p["type"] == "kvgate-cost-scorer"]
-    assert cost["parameters"] == {"prefixPluginRef": "precise-prefix-cache-scorer"}
+    assert cost["parameters"]["prefixPluginRef"] == "precise-prefix-cache-scorer"
+    assert "evictionPrice" not in cost["parameters"]  # the default's other cost keys it copies
 
 
 def _workload(led: EvictionLedger, seed: int, steps: int, check: Any) -> None:

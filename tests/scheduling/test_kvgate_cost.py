@@ -575,8 +575,11 @@ def _cold_spread_director(on: bool) -> tuple[Director, EndpointStore]:
 
     cfg = policy_config("kvgate")
     for spec in cfg.plugins:
-        if spec.type == "kvgate-cost-scorer" and on:
-            spec.parameters = {**(spec.parameters or {}), "coldSpread": True}
+        if spec.type == "kvgate-cost-scorer":
+            # Plain coldSpread (every cold prompt priced) against none: since fam31 the kvgate policy
+            # prices decode-heavy cold requests only, and these one-offs (100 output tokens) are not.
+            cold = {"coldSpread": on, "coldSpreadDecodeHeavy": False}
+            spec.parameters = {**(spec.parameters or {}), **cold}
     store = fleet(2)
     return build_director(cfg, store, clock=lambda: 0.0, seed=0), store
 

@@ -22,6 +22,10 @@ plugins:
     tokenizer: auto   # the served model's own tokenizer when it is available locally
     engineLru: true   # the index ages prefixes as the server's cache does (generated blocks count)
 - type: kvgate-cost-scorer
+  parameters:
+    # a decode-heavy request no replica holds goes where its writes evict the least reused cache
+    coldSpread: true
+    coldSpreadDecodeHeavy: true
 - type: lora-affinity-scorer
 - type: max-score-picker
 schedulingProfiles:
