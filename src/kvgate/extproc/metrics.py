@@ -91,7 +91,7 @@ class EppMetrics:
         )
         self.pick_seconds = Histogram(
             "kvgate_epp_pick_duration_seconds",
-            "Time inside the picker per request",
+            "Time inside the picker per request (the pick and its bookkeeping; not a flow-control wait)",
             buckets=_PICK_BUCKETS,
             registry=r,
         )

@@ -571,6 +571,7 @@ class Director:
         took, hist, picks = self.timer() - t0, metrics.SCHEDULER_E2E, metrics.PICKS.counts
         hist.counts[bisect_left(hist.bounds, took)] += 1
         hist.sum += took
+        result.seconds = took
         addr = result.endpoints[0].address
         picks[addr] = picks.get(addr, 0.0) + 1.0
         return result

@@ -135,6 +135,9 @@ class PickResult:
     profile: str = "default"
     # Per-profile candidates, plugin scores and weights, and the winner; see scheduling docs.
     explanation: dict[str, Any] = field(default_factory=dict)
+    # The pick's own time (``Director.pick``'s timer; 0.0 where none timed it): a front door whose pick ran
+    # elsewhere (flow control's dispatcher) times it from this (qa32b Q6).
+    seconds: float = 0.0
 
     @property
     def primary(self) -> Any:
