@@ -313,6 +313,8 @@ class Session:
                 self._subset = hint
         kind = msg.WhichOneof("request")
         if kind == "request_headers":
+            if self._seen_headers:  # (its body would be dropped and nothing answered: qa32b Q5)
+                raise ProtocolViolation("INVALID_ARGUMENT", "a second request on one ext_proc stream")
             self._seen_headers = True
         elif kind == "request_body" and not self._seen_headers:
             raise ProtocolViolation("INVALID_ARGUMENT", "request body before request headers")
