@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pydantic
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -114,22 +115,51 @@ BASES: dict[str, list[dict[str, Any]]] = {
     "/v1/systemone": [{"state": "s", "questions": {}}],
 }
 _TOP = ("stream", "stream_options", "n", "max_tokens", "max_completion_tokens", "max_output_tokens", "user")
-_VALUES = [None, True, False, 0, 1, 4, -1, 2.0, 1.5, 1e19, "u", "5", [], {}, {"include_usage": True}, [1]]
+_VALUES = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    4,
+    -1,
+    2.0,
+    1.5,
+    1e19,
+    "u",
+    "5",
+    " 3.0",
+    "yes",
+    "Off",
+    [],
+    {},
+    {"include_usage": True},
+    [1],
+]
+# vLLM's models read these keys in pydantic's lax mode (qa32a Q1): the oracle is pydantic itself.
+_INT = pydantic.TypeAdapter(int)
+_BOOL = pydantic.TypeAdapter(bool)
+
+
+def _pydantic(adapter: Any, v: Any) -> Any:
+    try:
+        return adapter.validate_python(v)
+    except pydantic.ValidationError:
+        return None
 
 
 def _lax_int(v: Any, least: int) -> bool:
-    """kvgate's rule for a count (vLLM's lax pydantic ``int``, minus the strings and booleans kvgate
-    refuses on purpose, with the bound vLLM's ``SamplingParams`` sets after the model: ``n`` >= 1; a
-    limit >= 0 here, >= 1 at vLLM, so a 0 kvgate passes is vLLM's 400, never the other way)."""
-    if type(v) is float and v.is_integer() and abs(v) < 2.0**63:
-        v = int(v)
-    return type(v) is int and v >= least
+    """kvgate's rule for a count (vLLM's lax pydantic ``int``, with the bound vLLM's ``SamplingParams`` sets
+    after the model: ``n`` >= 1; a limit >= 0 here, >= 1 at vLLM, so a 0 kvgate passes is vLLM's 400, never
+    the other way)."""
+    n = _pydantic(_INT, v)
+    return n is not None and n >= least
 
 
 def _refused_keys(path: str, body: dict[str, Any]) -> set[str]:
-    """The keys the oracle says are a 400: defined by the path's vLLM model and of a type it (or kvgate on
-    purpose, for a boolean or string count and a non-boolean ``stream``) refuses. Not refused here, though
-    vLLM does: a missing required key (Anthropic's ``max_tokens``), a limit of 0 (``SamplingParams``)."""
+    """The keys the oracle says are a 400: defined by the path's vLLM model and of a type it refuses. Not
+    refused here, though vLLM does: a missing required key (Anthropic's ``max_tokens``), a limit of 0
+    (``SamplingParams``)."""
     out = set()
     for key in (VLLM_KEYS[path] - UNREAD.get(path, frozenset())) & body.keys():
         v = body[key]
@@ -140,7 +170,7 @@ def _refused_keys(path: str, body: dict[str, Any]) -> set[str]:
                 out.add(key)
             continue
         if key == "stream":
-            ok = type(v) is bool
+            ok = _pydantic(_BOOL, v) is not None
         elif key == "stream_options":
             ok = isinstance(v, dict)
         elif key == "user":
@@ -177,7 +207,9 @@ def test_each_api_checks_only_its_vllm_models_keys(data: st.DataObject) -> None:
         assert parsed.stream is False
     checked = VLLM_KEYS[path] - UNREAD.get(path, frozenset())
     limits = [k for k in ("max_completion_tokens", "max_tokens", "max_output_tokens") if k in checked]
-    read = next((int(body[k]) for k in limits if body.get(k) is not None), DEFAULT_LIMIT.get(path))
+    read = next(
+        (_pydantic(_INT, body[k]) for k in limits if body.get(k) is not None), DEFAULT_LIMIT.get(path)
+    )
     assert parsed.max_tokens == (read if path not in NO_OUTPUT else 0), (path, body)
 
 

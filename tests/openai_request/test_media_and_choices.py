@@ -121,7 +121,7 @@ def test_a_batch_estimate_counts_every_prompt() -> None:
     assert _parsed(COMPLETIONS, prompt=["a" * 40, "b" * 40]).prompt_tokens == (40 + 1 + 40) // 4
 
 
-@pytest.mark.parametrize("n", [0, -1, 1.5, "2", True, [2], 1e19, 1e300])
+@pytest.mark.parametrize("n", [0, -1, 1.5, "2.5", "0", False, [2], 1e19, 1e300])
 def test_a_bad_n_is_a_400_naming_it(n: Any) -> None:
     for kind, body in ((CHAT, {"messages": HI}), (COMPLETIONS, {"prompt": "x"})):
         with pytest.raises(BodyError) as info:

@@ -135,7 +135,7 @@ BAD_BODIES: list[tuple[str, bytes, str]] = [
     ("/v1/rerank", b'{"model": "m", "query": "q", "documents": ["a"], "user": 5}', "user"),
     ("/v1/embeddings", b'{"model": "m", "messages": 5}', "messages"),
     (CHAT, b'{"model": "m", "messages": []}', "messages"),
-    (COMPLETIONS, b'{"model": "m", "prompt": "x", "stream": "yes"}', "stream"),
+    (COMPLETIONS, b'{"model": "m", "prompt": "x", "stream": "maybe"}', "stream"),
     ("/v1/responses", b'{"model": "m", "input": "x", "max_output_tokens": -1}', "max_output_tokens"),
     ("/v1/responses", b'{"model": "m", "input": ["x"]}', "input"),  # (#16: vLLM refuses it too)
     ("/v1/responses", b'{"model": "m", "input": "x", "instructions": 7}', "instructions"),

@@ -72,10 +72,7 @@ def _item(rng: random.Random) -> Any:
 
 
 # The other top-level keys kvgate reads, each API's own or another's (review s22-resp F3: a fuzz that
-# fixed them never drew a chat key on /v1/responses, which kvgate refused and vLLM ignores). Not
-# ``stream``, nor a boolean value: a non-bool ``stream`` and a boolean limit are kvgate's deliberate 400s
-# (vLLM's lax pydantic takes ``"yes"`` / ``true``: tests/openai_request/test_shared_bodies.py,
-# test_request.py::test_other_non_integers_stay_refused).
+# fixed them never drew a chat key on /v1/responses, which kvgate refused and vLLM ignores).
 _TOP_KEYS = ["max_tokens", "max_completion_tokens", "max_output_tokens", "user", "stream_options", "n"]
 
 
@@ -254,18 +251,15 @@ def _path_bodies(n: int) -> list[tuple[str, str | None, dict[str, Any]]]:
 
 
 def _on_purpose(path: str, body: dict[str, Any], param: str | None) -> bool:
-    """kvgate's stricter 400s (docs/gateway.md "What the picker is told"): a count written as a boolean or
-    a string (vLLM's lax ``int`` takes ``true`` and ``"5"``), a ``stream`` that is not a boolean."""
+    """kvgate's stricter 400s (docs/gateway.md "What the picker is told"): an empty token list or prompt, or
+    a boolean id. (A count written as a boolean or a string, a ``stream`` as a string: read as vLLM's lax
+    pydantic reads them since qa32a Q1.)"""
     value = body.get(param) if param else None
-    if param == "stream":
-        return True
     if param == "input" and isinstance(value, list):
         # (token ids: an empty list or prompt, or a boolean id, stays a 400, as on completions)
         flat = [w for v in value for w in (v if isinstance(v, list) else [v])]
         return not value or [] in value or any(type(v) is bool for v in flat)
-    return param in ("n", "max_tokens", "max_completion_tokens", "max_output_tokens") and isinstance(
-        value, bool | str
-    )
+    return False
 
 
 def _left_to_vllm(path: str, body: dict[str, Any]) -> bool:

@@ -142,6 +142,7 @@ _KIND_BY_PATH = {path: kind for kind, path in PATHS.items()} | {
 MAX_NESTING = 64
 # Token ids are non-negative and fit an int32 (every tokenizer vocabulary does; prefix hashing packs them).
 TOKEN_ID_LIMIT = 1 << 31
+_BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
 MAX_TOKENS_KEYS = ("max_completion_tokens", "max_tokens")  # precedence order
 # An ``OTHER`` body's too: the Responses API (``/v1/responses``, vLLM's ``ResponsesRequest``) names its
 # limit ``max_output_tokens`` (review s17-qafix-d F4); Anthropic's ``/v1/messages`` says ``max_tokens``.
@@ -193,6 +194,54 @@ _API_KEYS: dict[str, _Keys] = {
 # pydantic's lax ``int`` takes a whole float only below 2**63 (``1e19`` is vLLM's 400 too; orjson reads an
 # integer past 64 bits as a float): past it, a float stays refused (review s21-cpu F1).
 _LAX_INT_LIMIT = float(1 << 63)
+# The rest of pydantic v2's lax mode (vLLM's request models are not strict; pydantic-core's
+# ``str_as_int``, ``str_as_bool``), held to pydantic itself by tests/openai/test_lax_fields.py. A string
+# integer: Unicode White_Space around it, a sign, ASCII digits (an underscore between two), an optional
+# ``.0...`` (``"5.0"``; ``"5."``, ``"1e2"`` refused), at most ``_LAX_INT_DIGITS`` digits after leading zeros
+# (Python's ``int`` limit, which pydantic meets too).
+_LAX_INT_TEXT = re.compile(r"([+-]?)0*([0-9](?:_?[0-9])*)(?:\.0+)?")
+_LAX_INT_DIGITS = 4300
+# (Unicode's White_Space, which pydantic-core's Rust ``trim`` strips: Python's ``isspace`` but \x1c-\x1f)
+_WHITE_SPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace() and c not in "\x1c\x1d\x1e\x1f")
+# (a string integer past 64 bits stands as the nearest 64-bit one: what a JSON number can say here, so
+# nothing further down meets an integer a float cannot hold; vLLM's own limits refuse such a value)
+_INT64_MAX = (1 << 63) - 1
+_LAX_BOOLS = {"true": True, "t": True, "yes": True, "y": True, "on": True, "1": True,
+              "false": False, "f": False, "no": False, "n": False, "off": False, "0": False}  # fmt: skip
+
+
+def lax_int(value: Any) -> int | None:
+    """``value`` as pydantic's lax ``int`` reads it (None: pydantic refuses it): an integer, a boolean (0, 1),
+    a whole-number float below 2**63, or a string integer (``"5"``, ``" 5"``, ``"5.0"``, ``"1_000"``)."""
+    kind = type(value)
+    if kind is int:
+        return int(value)
+    if kind is bool:
+        return 1 if value else 0
+    if kind is float:
+        return int(value) if value.is_integer() and abs(value) < _LAX_INT_LIMIT else None
+    if kind is str:
+        m = _LAX_INT_TEXT.fullmatch(value.strip(_WHITE_SPACE))
+        if m is None or len(digits := m.group(2).replace("_", "")) > _LAX_INT_DIGITS:
+            return None
+        n = int(digits) if m.group(1) != "-" else -int(digits)
+        return max(-_INT64_MAX - 1, min(n, _INT64_MAX))
+    return None
+
+
+def lax_bool(value: Any) -> bool | None:
+    """``value`` as pydantic's lax ``bool`` reads it (None: pydantic refuses it): a boolean, 0 or 1 (an
+    integer or a float), or ``true/false/t/f/yes/no/y/n/on/off/1/0`` in any case (no space around)."""
+    kind = type(value)
+    if kind is bool:
+        return bool(value)
+    if (kind is int or kind is float) and value in (0, 1):
+        return value == 1
+    if kind is str:
+        return _LAX_BOOLS.get(value.lower())
+    return None
+
+
 # The most sequences one request is counted as (``n`` x prompts): vLLM's default bound on ``n``
 # (``VLLM_MAX_N_SEQUENCES``, 16,384: a larger ``n`` is its 400). Only the weight is bounded; the body goes
 # on as sent (a server configured for more decides).
@@ -531,6 +580,27 @@ def _prompt(value: Any, param: str) -> tuple[str, list[int] | None, int, int]:
     raise BodyError(f"'{param}' must be a string, a list of strings, or token ids", param)
 
 
+def _completions_prompt(body: dict[str, Any]) -> tuple[str, list[int] | None, int, int] | None:
+    """A completions body's ``prompt`` as ``_prompt`` reads it; None when it has only ``prompt_embeds``
+    (vLLM's embedding input, ``--enable-prompt-embeds``: base64 tensors the gateway does not decode, so no
+    prompt text and no estimate). Neither (absent or null): vLLM's ``validate_prompt_and_prompt_embeds``
+    400, its message. (An empty ``prompt`` string is the server's to refuse, as before.)"""
+    prompt = body.get("prompt")
+    if prompt is not None:
+        return _prompt(prompt, "prompt")
+    if not _embeds_count(body.get("prompt_embeds")):
+        raise BodyError("Either prompt or prompt_embeds must be provided and non-empty.", "prompt")
+    return None
+
+
+def _embeds_count(embeds: Any) -> int:
+    """The prompts a ``prompt_embeds`` holds (``bytes | list[bytes]``: one, or one each; vLLM refuses any
+    other type itself)."""
+    if embeds is None:
+        return 0
+    return len(embeds) if isinstance(embeds, list) else 1
+
+
 def _choices(body: dict[str, Any], null: bool) -> int:
     """``n``: the choices asked for each prompt (1 when absent, or null where ``null``); an integer of at
     least 1, written as one or as a whole-number float below 2**63 (vLLM's lax pydantic ``int`` takes
@@ -543,11 +613,10 @@ def _choices(body: dict[str, Any], null: bool) -> int:
 
 def _at_least_one(n: Any, key: str) -> int:
     """A count of sequences: an integer of at least 1 (or a whole-number float below 2**63), else a 400."""
-    if type(n) is float and n.is_integer() and abs(n) < _LAX_INT_LIMIT:
-        n = int(n)
-    if type(n) is not int or n < 1:
+    count = lax_int(n)
+    if count is None or count < 1:
         raise BodyError(f"'{key}' must be an integer of at least 1", key)
-    return n
+    return count
 
 
 # ``_nested_over``'s tables: every byte but the brackets and quotes deleted; then an opening bracket as
@@ -771,7 +840,9 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     if not raw:
         raise BodyError("request body is empty; expected a JSON object")
     try:
-        body = orjson.loads(raw)
+        # (a UTF-8 byte order mark, which Windows tools write and vLLM's ``json.loads`` skips, RFC 8259 8.1:
+        # read past, the body sent on as it is; qa32a Q6)
+        body = orjson.loads(memoryview(raw)[3:] if raw.startswith(_BOM) else raw)
     except orjson.JSONDecodeError as bad:  # (its own name: compiled, an ``except`` variable has one type)
         raise BodyError(f"request body is not valid JSON: {bad}") from None
     if not isinstance(body, dict):
@@ -788,11 +859,12 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     if not isinstance(model, str) or not model:
         raise BodyError("'model' is required and must be a non-empty string", "model")
     keys = _API_KEYS[kind]
-    stream = body.get("stream", False) if keys.stream else False
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise BodyError("'stream' must be a boolean", "stream")
+    stream = False
+    if keys.stream and (sent := body.get("stream")) is not None:
+        read = lax_bool(sent)  # (``"true"``, ``1``: vLLM's lax pydantic ``bool`` takes them)
+        if read is None:
+            raise BodyError("'stream' must be a boolean", "stream")
+        stream = read
     if kind in _RENDERS or kind == DERENDER:
         # (checked as its model's, but the answer is one JSON object: a render runs no model, a derender's
         # ``stream: true`` is one ``DerenderChatStreamResponse``; never a preemption candidate)
@@ -836,11 +908,13 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         prompt_text, lead_chars = _responses_prompt(body, budget)
         estimate = _estimate(prompt_text, budget)
     elif kind == COMPLETIONS:
-        if "prompt" not in body:
-            raise BodyError("'prompt' is required", "prompt")
-        prompt_text, token_ids, estimate, prompts = _prompt(body["prompt"], "prompt")
+        prompts = _completions_prompt(body)
+        if prompts is not None:
+            prompt_text, token_ids, estimate, count = prompts
+        else:
+            count = 0
         if api == COMPLETIONS:
-            sequences *= prompts
+            sequences *= count + _embeds_count(body.get("prompt_embeds"))
     elif kind in (EMBEDDINGS, POOLING):
         prompt_text, token_ids, estimate = _pooling_prompt(body, kind == EMBEDDINGS)
     elif kind == SCORE:
@@ -869,11 +943,11 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
             sequences = _at_least_one(params["n"], "sampling_params.n")
     max_tokens: int | None = None
     for key in keys.limits:
-        value = body.get(key)
-        if value is not None:
-            if type(value) is float and value.is_integer() and abs(value) < _LAX_INT_LIMIT:
-                value = int(value)  # ``512.0``, ``1e2``: vLLM's lax pydantic ``int`` takes them
-            if type(value) is not int or value < keys.least:
+        sent = body.get(key)
+        if sent is not None:
+            # (``512.0``, ``"512"``, ``true``: vLLM's lax pydantic ``int`` takes them; sent on as they are)
+            value = lax_int(sent)
+            if value is None or value < keys.least:
                 what = "a positive" if keys.least else "a non-negative"
                 raise BodyError(f"'{key}' must be {what} integer", key)
             if max_tokens is None:
@@ -883,7 +957,8 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
         # (``max_model_len`` - prompt: its ``is_sampling_param_provided``), not the model's 16: unknown)
         params = body.get("sampling_params")
         limit = params.get("max_tokens") if isinstance(params, dict) else None
-        max_tokens = limit if type(limit) is int and limit >= 0 else None
+        limit = lax_int(limit) if limit is not None else None
+        max_tokens = limit if limit is not None and limit >= 0 else None
     elif max_tokens is None:
         max_tokens = keys.default
     if not keys.output:
