@@ -39,7 +39,7 @@ def _assert_error(doc: dict, code: str | None = None, param: str | None = None) 
         (b'{"model": 5, "prompt": "x"}', "model"),
         (b'{"model": "m"}', "prompt"),
         (b'{"model": "m", "prompt": {"a": 1}}', "prompt"),
-        (b'{"model": "m", "prompt": "x", "stream": "yes"}', "stream"),
+        (b'{"model": "m", "prompt": "x", "stream": "maybe"}', "stream"),
         (b'{"model": "m", "prompt": "x", "max_tokens": -1}', "max_tokens"),
         (b'{"model": "m", "prompt": "x", "max_tokens": 1.5}', "max_tokens"),
     ],

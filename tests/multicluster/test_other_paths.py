@@ -271,7 +271,7 @@ async def test_errors_are_the_gateways(
     cases: list[tuple[str, str, bytes]] = [
         ("POST", "/v1/rerank", b'{"query": "q"}'),
         ("POST", "/v1/responses", b'{"model": "m", "input": "x", "max_output_tokens": -1}'),
-        ("POST", "/v1/responses", b'{"model": "m", "input": "x", "stream": 1}'),
+        ("POST", "/v1/responses", b'{"model": "m", "input": "x", "stream": 2}'),
         ("POST", "/v1/messages", b"{not json"),
         ("GET", "/v1/score", b""),
         ("POST", "/v1/audio/transcriptions", b'{"model": "m"}'),
