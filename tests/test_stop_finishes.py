@@ -115,13 +115,20 @@ def _gateway() -> Case:
     return gw._tasks.append, gw.stop, lambda: scraper.closed and server.closed and front.closed
 
 
+class _Health:
+    """The EPP's gRPC health servicer: its stop sets the statuses first (``begin_drain``)."""
+
+    async def set(self, *_: object) -> None:
+        await asyncio.sleep(0)
+
+
 def _epp() -> Case:
     from kvgate.extproc.server import EppServer
 
     epp = EppServer.__new__(EppServer)  # (only what its stop uses)
     health_server, runner = _AsyncClosable(), _AsyncClosable()
     epp.options = type("O", (), {"grace_s": 0.0})()  # type: ignore[assignment]
-    epp._health, epp._grpc = _AsyncClosable(), None  # type: ignore[assignment]
+    epp._health, epp._grpc = _Health(), None  # type: ignore[assignment]
     epp._health_server, epp._metrics_runner = health_server, runner  # type: ignore[assignment]
     return (lambda t: setattr(epp, "_sweeper", t)), epp.stop, lambda: health_server.closed and runner.closed
 

@@ -483,7 +483,7 @@ class EppServer:
     async def refresh_health(self) -> None:
         """Liveness is the process; readiness (and the service itself) needs endpoints to pick from."""
         await self._health.set("liveness", _SERVING)
-        status = _SERVING if self.ready() and not self.draining else _NOT_SERVING
+        status = _SERVING if not self.draining and self.ready() else _NOT_SERVING
         for name in ("readiness", keys.EXT_PROC_SERVICE, keys.LEGACY_HEALTH_SERVICE, ""):
             await self._health.set(name, status)
 
@@ -498,7 +498,9 @@ class EppServer:
         it no new stream. ``stop`` begins with it; a caller with work to do before the stop (``kvgate epp``'s
         Lease release) calls it first, so the replica is not ready meanwhile (review s27-rev-fixes27c F3)."""
         self.draining = True
-        await self._health.enter_graceful_shutdown()  # (a no-op the second time)
+        # Readiness and the service NOT_SERVING, liveness still SERVING: the process is alive and serves its
+        # open streams to the drain's end (grpc's ``enter_graceful_shutdown`` failed liveness too: qa32b Q4).
+        await self.refresh_health()
 
     _prober: asyncio.Task[None] | None = None  # (``ctx.outlier``'s probe loop, set by ``start``)
     _drain_cut = False  # (class defaults: ``cut_drain`` sets them on the instance)
