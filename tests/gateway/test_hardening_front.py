@@ -129,16 +129,20 @@ async def test_slowloris_headers_and_bodies_get_408_by_a_whole_request_deadline(
 async def test_max_connections_refuses_clearly_and_recovers(backends):
     (b,) = await backends(1)
     async with running_gateway(make_config([b.address], extra={"limits": {"maxConnections": 3}})) as gw:
+        front = gw._servers[0][1]  # the data port's front
         held = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(3)]
-        await asyncio.sleep(0.1)
-        out = await _exchange(gw.port, _req(), wait_s=3)
-        assert out.startswith(b"HTTP/1.1 503") and b"too_many_connections" in out
-        held[0][1].close()
-        await asyncio.sleep(0.2)
-        out = await _exchange(gw.port, _req(), wait_s=2)
-        assert out.startswith(b"HTTP/1.1 200")
-        for _, w in held[1:]:
-            w.close()
+        try:
+            # Waits for the state, not a fixed pause (tst32): the cap counts connections the front took.
+            assert await _wait_for(lambda: len(front.connections) == 3, 30), "the held connections accepted"
+            out = await _exchange(gw.port, _req(), wait_s=30)  # (the refusal, then the close)
+            assert out.startswith(b"HTTP/1.1 503") and b"too_many_connections" in out
+            held[0][1].close()
+            assert await _wait_for(lambda: len(front.connections) == 2, 30), "the closed one released"
+            out = await _exchange(gw.port, _req(extra="Connection: close\r\n"), wait_s=30)
+            assert out.startswith(b"HTTP/1.1 200")
+        finally:
+            for _, w in held:
+                w.close()
 
 
 def test_max_connections_is_clamped_to_the_fd_limit():

@@ -252,10 +252,12 @@ async def test_a_silent_watch_ends_at_the_client_deadline_while_the_api_server_a
         proxy.freeze()  # the open watch (and any idle kept-alive connection) goes silent
         frozen = loop.time()
         double.set_pod_status("a", ready=False)
-        await _until(lambda: not _ready(r.items[("default", "a")]), within_s=10.0)
+        await _until(lambda: not _ready(r.items[("default", "a")]))
         took = loop.time() - frozen
         assert r.overruns == 1, (r.overruns, r.error)
-        assert took < 2.5 + 2.0, took  # at most the deadline, a back-off (0.1-0.12 s) and a relist
+        # At most the deadline (2.5 s), a back-off (0.1-0.12 s) and a relist, with room for a loaded
+        # machine (tst32: 4.5 s before); the default margin (15 s) or no deadline would not be within it.
+        assert took < 10.0, took
         logging.getLogger(__name__).info("silent watch noticed after %.2f s (deadline <= 2.5 s)", took)
     finally:
         await r.stop()

@@ -445,7 +445,8 @@ async def test_imports_of_another_install_on_the_same_hub_are_left_alone(
     await ctl.start()
     try:
         await _until(lambda: _exporters(hub_d, "both") == ["east", "north"])
-        await asyncio.sleep(1.5)  # a few resyncs
+        passes = ctl.reconciles
+        await _until(lambda: ctl.reconciles >= passes + 3)  # a few resyncs (a fixed 1.5 s before, tst32)
         theirs = hub_d.get(R.INFERENCE_POOL_IMPORT, "theirs", "team-b")
         assert theirs["status"]["controllers"] == [_entry(CONTROLLER_NAME, "north")]
         # east stops exporting: only east goes; north's entry stays and so does the import.
@@ -520,8 +521,9 @@ async def test_member_changes_reach_the_gateway_during_the_hub_backoff(
     await ctl.start()
     try:
         await _until(lambda: bool(fed) and [c.name for c in fed[-1].clusters] == ["east", "west"])
+        # The loop is in its 300 s backoff now: ``_loop`` sets the error and backs off with no await
+        # between (a 0.5 s pause here before, tst32).
         await _until(lambda: (ctl.problem() or "").startswith("hub:"))
-        await asyncio.sleep(0.5)  # the loop is in its 300 s backoff now
         west_d.delete(R.INFERENCE_POOL, "llama", "default")
         await _until(lambda: [c.name for c in fed[-1].clusters] == ["east"])
         east_d.patch(R.INFERENCE_POOL, "llama", "default",
@@ -640,13 +642,19 @@ async def test_a_replica_that_no_longer_leads_sends_no_write(
     def writes() -> list[str]:
         return [r for d in (hub_d, east_d, west_d) for r in d.requests if not r.startswith("GET ")]
 
+    def marked(pool: dict[str, Any]) -> bool:  # our Exported condition on the pool
+        return any(
+            p.get("controllerName") == CONTROLLER_NAME for p in pool.get("status", {}).get("parents", [])
+        )
+
     def east_marked() -> bool:  # the last write of the first pass: east's Exported condition
-        parents = east_d.get(R.INFERENCE_POOL, "llama", "default").get("status", {}).get("parents", [])
-        return any(p.get("controllerName") == CONTROLLER_NAME for p in parents)
+        return marked(east_d.get(R.INFERENCE_POOL, "llama", "default"))
 
     try:
         await _until(lambda: _exporters(hub_d, "llama") == ["east"] and east_marked())
-        await asyncio.sleep(1.0)  # that write's own event reconciled (nothing more to write)
+        # That write's own event reached the controller (nothing more to write; a fixed 1 s before, tst32).
+        own = ("east", ("default", "llama"))
+        await _until(lambda: own in ctl.pools and marked(ctl.pools[own]))
         before, ended = len(writes()), ctl.stepped_down
         caplog.clear()
         caplog.set_level(logging.INFO, "kvgate.multicluster.imports")
@@ -789,7 +797,8 @@ async def test_an_import_created_whose_entry_was_never_written_is_not_left_behin
             await _until(lambda: "403" in (same.problem() or ""))
             assert _exporters(hub_d, "llama") == []
             _export(east_d, None)
-            await asyncio.sleep(0.5)  # the pool's event reached the controller
+            # The pool's event reached the controller (a fixed 0.5 s before, tst32).
+            await _until(lambda: ("default", "llama") not in same.exported)
             hub_d.forbid(R.INFERENCE_POOL_IMPORT, False)
             await _until(lambda: _exporters(hub_d, "llama") is None)
         finally:
