@@ -1,16 +1,19 @@
 """Shared bits of the tests of review s31-qa31's fixes (Q1-Q6): InferencePool and pod objects for the
-API-server double, a chat request, and a generous poll (port 0 everywhere)."""
+API-server double, ``kvgate serve`` started on it, a chat request, and a generous poll (port 0 everywhere)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import orjson
 
+from kvgate.gateway.cli import _parser, build_config, build_pools
+from kvgate.gateway.server import GatewayServer
 from kvgate.k8s.apiserver import ApiServerDouble
 
 POOL_V1 = "inference.networking.k8s.io/v1"
@@ -58,3 +61,19 @@ async def chat(http: aiohttp.ClientSession, url: str, model: str, max_tokens: in
 async def chat_status(http: aiohttp.ClientSession, url: str, model: str, max_tokens: int = 4) -> int:
     """``chat``'s status alone."""
     return (await chat(http, url, model, max_tokens))[0]
+
+
+@asynccontextmanager
+async def serving(
+    d: ApiServerDouble, *flags: str, scrape: bool = False
+) -> AsyncIterator[tuple[GatewayServer, str]]:
+    """``kvgate serve`` with ``flags``, watching ``d``, on 127.0.0.1:0, started; yields it and its base URL,
+    and stops it (1 s drain) at the end."""
+    args = [*flags, "--kube-server", d.url, "--host", "127.0.0.1", "--port", "0"]
+    cfg = build_config(_parser().parse_args(args))
+    gw = GatewayServer(cfg, build_pools(cfg), scrape=scrape)
+    await gw.start()
+    try:
+        yield gw, f"http://127.0.0.1:{gw.port}"
+    finally:
+        await gw.stop(drain_timeout=1.0)

@@ -14,11 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from k8s.pool_scope_kit import POLICY, add_pod, chat, pool_obj, until
+from k8s.pool_scope_kit import POLICY, add_pod, chat, pool_obj, serving, until
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.cli import _kube_pool, parser
-from kvgate.gateway.cli import _parser, build_config, build_pools
-from kvgate.gateway.server import GatewayServer
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
 from kvgate.k8s.stalepolicy import StalenessPolicy
@@ -58,13 +56,7 @@ async def test_serves_static_alias_survives_objects_of_other_pools_and_of_the_wa
                 "rewrites:\n- matches: [{model: {value: alias}}]\n  targets: [{modelRewrite: static-model}]\n"
                 "- matches: [{model: {value: sim-alias}}]\n  targets: [{modelRewrite: sim-model}]\n"
             )
-            flags = ["--config", str(f), "--kube-server", d.url, "--host", "127.0.0.1", "--port", "0",
-                     "--policy", "round-robin"]  # fmt: skip
-            cfg = build_config(_parser().parse_args(flags))
-            gw = GatewayServer(cfg, build_pools(cfg), scrape=False)
-            await gw.start()
-            url = f"http://127.0.0.1:{gw.port}"
-            try:
+            async with serving(d, "--config", str(f), "--policy", "round-robin") as (gw, url):
                 assert gw.proxy is not None
                 proxy = gw.proxy
                 async with aiohttp.ClientSession() as http:
@@ -100,8 +92,6 @@ async def test_serves_static_alias_survives_objects_of_other_pools_and_of_the_wa
                     await until(
                         lambda: proxy.rewriter.rewrite("sim-alias") == "sim-model", what="file rule back"
                     )
-            finally:
-                await gw.stop(drain_timeout=1.0)
     finally:
         await static.stop()
         await watched.stop()

@@ -21,10 +21,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from k8s.pool_scope_kit import add_pod, pool_obj, until
+from k8s.pool_scope_kit import add_pod, pool_obj, serving, until
 from k8s.pool_scope_kit import chat_status as chat
-from kvgate.gateway.cli import _parser, build_config, build_pools
-from kvgate.gateway.server import GatewayServer
 from kvgate.k8s.apiserver import ApiServerDouble
 
 sim = pytest.importorskip("kvgate.sim.server")
@@ -57,13 +55,8 @@ async def test_queued_requests_wait_out_a_moment_with_no_ready_pod(tmp_path: Pat
         add_pod(d, "old", "127.0.0.1")
         f = tmp_path / "gw.yaml"
         f.write_text(CONFIG)
-        flags = ["--config", str(f), "--kube-server", d.url, "--host", "127.0.0.1", "--port", "0"]
-        cfg = build_config(_parser().parse_args(flags))
-        gw = GatewayServer(cfg, build_pools(cfg), scrape=True)
-        await gw.start()
-        url = f"http://127.0.0.1:{gw.port}"
-        flow = gw.pools[0].director.flow  # type: ignore[attr-defined]
-        try:
+        async with serving(d, "--config", str(f), scrape=True) as (gw, url):
+            flow = gw.pools[0].director.flow  # type: ignore[attr-defined]
             async with aiohttp.ClientSession() as http:
                 await until(lambda: len(gw.pools[0].store) == 1, what="the old pod")
                 # One long generation holds the gate; four more queue behind it.
@@ -75,7 +68,5 @@ async def test_queued_requests_wait_out_a_moment_with_no_ready_pod(tmp_path: Pat
                 add_pod(d, "new", "127.0.0.2")  # its replacement, Ready a second later
                 codes = Counter(await asyncio.wait_for(asyncio.gather(*sends), timeout=60.0))
                 assert codes == Counter({200: 5}), f"queued requests lost to a one-second gap: {dict(codes)}"
-        finally:
-            await gw.stop(drain_timeout=1.0)
     await old.stop()
     await new.stop()

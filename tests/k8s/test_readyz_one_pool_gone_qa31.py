@@ -16,10 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from k8s.pool_scope_kit import add_pod, pool_obj, until
+from k8s.pool_scope_kit import add_pod, pool_obj, serving, until
 from k8s.pool_scope_kit import chat_status as chat
-from kvgate.gateway.cli import _parser, build_config, build_pools
-from kvgate.gateway.server import GatewayServer
 from kvgate.k8s import resources as R
 from kvgate.k8s.apiserver import ApiServerDouble
 
@@ -42,20 +40,14 @@ async def test_one_watched_pool_deleted_leaves_the_gateway_ready_while_another_s
             "- name: qa31q4a\n  models: [a-model]\n  inferencePool: {name: qa31q4a, namespace: default}\n"
             "- name: qa31q4b\n  models: [b-model]\n  inferencePool: {name: qa31q4b, namespace: default}\n"
         )
-        flags = ["--config", str(f), "--kube-server", d.url, "--host", "127.0.0.1", "--port", "0",
-                 "--policy", "round-robin"]  # fmt: skip
-        cfg = build_config(_parser().parse_args(flags))
-        gw = GatewayServer(cfg, build_pools(cfg), scrape=True)
-        await gw.start()
-        url = f"http://127.0.0.1:{gw.port}"
         statuses: list[tuple[int, str]] = []
+        async with serving(d, "--config", str(f), "--policy", "round-robin", scrape=True) as (gw, url):
 
-        async def readyz(http: aiohttp.ClientSession) -> int:
-            async with http.get(f"{url}/readyz") as r:
-                statuses.append((r.status, await r.text()))
-                return r.status
+            async def readyz(http: aiohttp.ClientSession) -> int:
+                async with http.get(f"{url}/readyz") as r:
+                    statuses.append((r.status, await r.text()))
+                    return r.status
 
-        try:
             async with aiohttp.ClientSession() as http:
                 await until(lambda: all(len(p.store) == 1 for p in gw.pools), what="both pools' pods")
                 for _ in range(450):  # (ready once scraped)
@@ -70,7 +62,5 @@ async def test_one_watched_pool_deleted_leaves_the_gateway_ready_while_another_s
                 assert "pool qa31q4a: InferencePool default/qa31q4a not found" in statuses[-1][1], statuses[
                     -1
                 ]
-        finally:
-            await gw.stop(drain_timeout=1.0)
     await rep_a.stop()
     await rep_b.stop()

@@ -13,11 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from k8s.pool_scope_kit import POLICY, add_pod, chat, pool_obj, until
+from k8s.pool_scope_kit import POLICY, add_pod, chat, pool_obj, serving, until
 from kvgate.config.gateway import RewriteRule, RewriteTarget
 from kvgate.config.rewrite import PoolScopedRewriter
-from kvgate.gateway.cli import _parser, build_config, build_pools
-from kvgate.gateway.server import GatewayServer
 from kvgate.k8s.apiserver import ApiServerDouble
 
 sim = pytest.importorskip("kvgate.sim.server")
@@ -67,36 +65,30 @@ async def test_a_pools_generic_rewrite_does_not_take_another_pools_requests(tmp_
                 "- name: a\n  models: [a-model]\n  inferencePool: {name: a, namespace: default}\n"
                 "- name: b\n  models: [b-model]\n  inferencePool: {name: b, namespace: default}\n"
             )
-            flags = ["--config", str(f), "--kube-server", d.url, "--host", "127.0.0.1", "--port", "0",
-                     "--policy", "round-robin"]  # fmt: skip
-            cfg = build_config(_parser().parse_args(flags))
-            gw = GatewayServer(cfg, build_pools(cfg), scrape=False)
-            await gw.start()
-            url = f"http://127.0.0.1:{gw.port}"
-            try:
-                async with aiohttp.ClientSession() as http:
-                    await until(lambda: all(len(p.store) == 1 for p in gw.pools), what="both pools' pods")
+            async with (
+                serving(d, "--config", str(f), "--policy", "round-robin") as (gw, url),
+                aiohttp.ClientSession() as http,
+            ):
+                await until(lambda: all(len(p.store) == 1 for p in gw.pools), what="both pools' pods")
+                assert (await chat(http, url, "b-model"))[0] == 200
+                assert (_served(rep_a), _served(rep_b)) == (0, 1)
+                # Pool A's fallback ("any model reaching pool A") and an exact rule naming b-model.
+                rules = [{"targets": [{"modelRewrite": "a-model"}]},
+                         {"matches": [{"model": {"value": "b-model"}}],
+                          "targets": [{"modelRewrite": "a-model"}]}]  # fmt: skip
+                d.create({"apiVersion": POLICY, "kind": "InferenceModelRewrite",
+                          "metadata": {"name": "a-fallback"},
+                          "spec": {"poolRef": {"name": "a"}, "rules": rules}})  # fmt: skip
+                await until(
+                    lambda: gw.proxy is not None and bool(gw.proxy.rewriter.rules),
+                    what="pool A's rules read",
+                )
+                for _ in range(4):
                     assert (await chat(http, url, "b-model"))[0] == 200
-                    assert (_served(rep_a), _served(rep_b)) == (0, 1)
-                    # Pool A's fallback ("any model reaching pool A") and an exact rule naming b-model.
-                    rules = [{"targets": [{"modelRewrite": "a-model"}]},
-                             {"matches": [{"model": {"value": "b-model"}}],
-                              "targets": [{"modelRewrite": "a-model"}]}]  # fmt: skip
-                    d.create({"apiVersion": POLICY, "kind": "InferenceModelRewrite",
-                              "metadata": {"name": "a-fallback"},
-                              "spec": {"poolRef": {"name": "a"}, "rules": rules}})  # fmt: skip
-                    await until(
-                        lambda: gw.proxy is not None and bool(gw.proxy.rewriter.rules),
-                        what="pool A's rules read",
-                    )
-                    for _ in range(4):
-                        assert (await chat(http, url, "b-model"))[0] == 200
-                    assert (_served(rep_a), _served(rep_b)) == (0, 5), "pool B's requests went to pool A"
-                    # A name no pool serves reaches pool A's fallback.
-                    assert (await chat(http, url, "some-alias"))[0] == 200
-                    assert (_served(rep_a), _served(rep_b)) == (1, 5)
-            finally:
-                await gw.stop(drain_timeout=1.0)
+                assert (_served(rep_a), _served(rep_b)) == (0, 5), "pool B's requests went to pool A"
+                # A name no pool serves reaches pool A's fallback.
+                assert (await chat(http, url, "some-alias"))[0] == 200
+                assert (_served(rep_a), _served(rep_b)) == (1, 5)
     finally:
         await rep_a.stop()
         await rep_b.stop()
