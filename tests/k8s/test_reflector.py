@@ -233,8 +233,11 @@ async def test_a_silent_watch_ends_at_the_client_deadline_while_the_api_server_a
 ) -> None:
     """Review s13-k8s M1: the open watch goes silent (a stuck proxy: no FIN/RST, TCP alive, so keepalive
     cannot help), the pod turns unready, the API server answers new connections. The reflector notices at
-    the watch's client deadline (timeoutSeconds 1-2 s and 0.5 s here; 5-10 min and 15 s by default: there is
-    no silence limit since fixk8s15, review s15-k8s F1) and relists through a fresh connection."""
+    the watch's client deadline (timeoutSeconds 1-2 s and 1.5 s here; 5-10 min and 15 s by default: there is
+    no silence limit since fixk8s15, review s15-k8s F1) and relists through a fresh connection.
+
+    (1.5 s, 0.5 s before tst32: the server's end of each watch before the freeze must reach the client
+    within the margin, or it counts an overrun; a 1.2 s stall of the process did that.)"""
     double.cacher_bookmarks = False  # bookmarks every 0.2 s (etcd's progress notify moving the cache)
     host, port = double.url.removeprefix("http://").rsplit(":", 1)
     proxy = FreezableProxy(host, int(port))
@@ -242,7 +245,7 @@ async def test_a_silent_watch_ends_at_the_client_deadline_while_the_api_server_a
     kube = await KubeClient.connect(server=url)
     double.create(_pod("a"))
     double.set_pod_status("a", ready=True)
-    r = Reflector(kube, R.POD, namespace="default", min_watch_timeout_s=1, watch_deadline_margin_s=0.5)
+    r = Reflector(kube, R.POD, namespace="default", min_watch_timeout_s=1, watch_deadline_margin_s=1.5)
     r.start()
     loop = asyncio.get_running_loop()
     try:
@@ -255,10 +258,10 @@ async def test_a_silent_watch_ends_at_the_client_deadline_while_the_api_server_a
         await _until(lambda: not _ready(r.items[("default", "a")]))
         took = loop.time() - frozen
         assert r.overruns == 1, (r.overruns, r.error)
-        # At most the deadline (2.5 s), a back-off (0.1-0.12 s) and a relist, with room for a loaded
+        # At most the deadline (3.5 s), a back-off (0.1-0.12 s) and a relist, with room for a loaded
         # machine (tst32: 4.5 s before); the default margin (15 s) or no deadline would not be within it.
         assert took < 10.0, took
-        logging.getLogger(__name__).info("silent watch noticed after %.2f s (deadline <= 2.5 s)", took)
+        logging.getLogger(__name__).info("silent watch noticed after %.2f s (deadline <= 3.5 s)", took)
     finally:
         await r.stop()
         await kube.close()
