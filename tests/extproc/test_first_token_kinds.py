@@ -39,7 +39,7 @@ from kvgate.openai.sse import has_output
 
 from .conftest import StartEpp
 
-A, B = "127.0.0.1:29401", "127.0.0.1:29402"  # never dialled
+A, B = "127.0.0.41:29401", "127.0.0.42:29402"  # never dialled (two IPs: a subset hint names a pod by IP)
 CHAT, RESPONSES, MESSAGES = "/v1/chat/completions", "/v1/responses", "/v1/messages"
 PROMPT = "x " * 400
 

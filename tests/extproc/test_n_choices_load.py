@@ -27,7 +27,7 @@ from kvgate.extproc.session import SessionContext
 from kvgate.extproc.testing import Exchange, channel
 from kvgate.openai.request import RequestPolicy
 
-A, B = "127.0.0.1:29905", "127.0.0.1:29906"  # (never connected to: the EPP only names them)
+A, B = "127.0.0.51:29905", "127.0.0.52:29906"  # (never connected to; two IPs: a hint names pods by IP)
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
 

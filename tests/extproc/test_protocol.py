@@ -62,12 +62,14 @@ async def test_missing_model_is_400(start_epp) -> None:
 
 
 async def test_subset_hint_restricts_the_pick(start_epp) -> None:
-    epp = await start_epp(ADDRS)
+    # (pods on distinct IPs: a hint names pods by IP, as the reference; test_subset_hint_by_ip_qa32b.py)
+    pods = ["127.0.0.11:18001", "127.0.0.12:18002", "127.0.0.13:18003"]
+    epp = await start_epp(pods)
     for _ in range(6):
         async with Exchange(epp.stub) as ex:
-            out = await ex.send_request(_headers(), _body(), subset=[ADDRS[1], "10.9.9.9:1"])
+            out = await ex.send_request(_headers(), _body(), subset=[pods[1], "10.9.9.9:1"])
             await ex.send_response(200, {"content-type": "application/json"}, [b"{}"])
-        assert out.destination == ADDRS[1]
+        assert out.destination == pods[1]
 
 
 @pytest.mark.parametrize("subset", [[], ["10.9.9.9:8000"]])

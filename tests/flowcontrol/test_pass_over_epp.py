@@ -22,7 +22,10 @@ from kvgate.extproc.testing import EnvoyHarness, channel
 
 
 async def test_a_hinted_request_waiting_for_its_pod_does_not_hold_up_its_flow() -> None:
-    backends = [await HeldBackend().start() for _ in range(3)]
+    backends = [HeldBackend() for _ in range(3)]
+    for i, backend in enumerate(backends):  # (each its own IP: the subset hint names pods by IP, qa32b Q1)
+        backend.host = f"127.0.0.{61 + i}"
+        await backend.start()
     a = backends[0]
     cfg = make_config([b.address for b in backends], extra={})
     epp_cfg = EppConfig(pool=cfg.pools[0], gateway=cfg, picker_config=picker_config())

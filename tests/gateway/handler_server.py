@@ -17,23 +17,25 @@ USAGE = {"id": "x", "object": "text_completion", "model": "m", "choices": [],
          "usage": {"prompt_tokens": 7, "completion_tokens": 2}}  # fmt: skip
 
 
-async def serve_app(app: web.Application, **options: Any) -> tuple[web.AppRunner, int]:
-    """``app`` on a loopback port (``options``: ``web.AppRunner``'s); its runner (the caller cleans it
-    up) and port."""
+async def serve_app(
+    app: web.Application, host: str = "127.0.0.1", **options: Any
+) -> tuple[web.AppRunner, int]:
+    """``app`` on a loopback port of ``host`` (``options``: ``web.AppRunner``'s); its runner (the caller
+    cleans it up) and port."""
     runner = web.AppRunner(app, **options)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, 0)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 async def serve_handler(
-    handler: Any, path: str = "/v1/completions", shutdown_timeout: float = 0.5
+    handler: Any, path: str = "/v1/completions", shutdown_timeout: float = 0.5, host: str = "127.0.0.1"
 ) -> tuple[web.AppRunner, int]:
-    """``handler`` on ``POST path`` at 127.0.0.1; the caller cleans the runner up."""
+    """``handler`` on ``POST path`` at ``host``; the caller cleans the runner up."""
     app = web.Application()
     app.router.add_post(path, handler)
-    return await serve_app(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    return await serve_app(app, host, access_log=None, shutdown_timeout=shutdown_timeout)
 
 
 class RouteServer:
@@ -42,6 +44,7 @@ class RouteServer:
 
     path = "/v1/completions"
     shutdown_timeout = 0.5
+    host = "127.0.0.1"  # (another loopback IP, 127.0.0.x, for a pod of its own: a subset hint names IPs)
 
     def __init__(self) -> None:
         self.port = 0
@@ -49,8 +52,10 @@ class RouteServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> Self:
-        self._runner, self.port = await serve_handler(self._answer, self.path, self.shutdown_timeout)
-        self.address = f"127.0.0.1:{self.port}"
+        self._runner, self.port = await serve_handler(
+            self._answer, self.path, self.shutdown_timeout, self.host
+        )
+        self.address = f"{self.host}:{self.port}"
         return self
 
     async def stop(self) -> None:
