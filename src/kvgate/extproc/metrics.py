@@ -150,8 +150,12 @@ class EppMetrics:
         if not model or request_bytes < 0:  # (a model's request only, as the reference)
             return None
         labels = self.models.label
-        # (its size observed at its end, under the labels its request series get: ``request_done``)
-        return self.requests.start(labels(model), labels(target), -1, fairness, priority)
+        # (its size observed at its end, under the labels its request series get: ``request_done``;
+        # running from ``dispatched``)
+        return self.requests.start(labels(model), labels(target), -1, fairness, priority, run=False)
+
+    def dispatched(self, running: tuple[str, str, str, str]) -> None:
+        self.requests.run(running)
 
     def end(self, model: str, target: str, running: tuple[str, str, str, str] | None = None) -> None:
         if running is not None:

@@ -131,10 +131,13 @@ class Observer(Protocol):
     # names in flight keep their labels (``ModelLabels.hold`` / ``drop``). ``request_bytes``: its body's
     # size (-1: a body-less request, not a model's); ``fairness`` / ``priority``: its flow's (counted
     # toward its own ``fairness_id`` label); ``begin`` gives the labels it counts as running under (None:
-    # none), which ``end`` gets back (a label can change while the request runs).
+    # none), which ``dispatched`` gets when the request is dispatched (it runs from then: not while flow
+    # control holds it, as the reference counts) and ``end`` gets back if it was (a label can change while
+    # the request runs).
     def begin(
         self, model: str, target: str, request_bytes: int = -1, fairness: str = "", priority: int = 0
     ) -> tuple[str, str, str, str] | None: ...
+    def dispatched(self, running: tuple[str, str, str, str]) -> None: ...
     def end(self, model: str, target: str, running: tuple[str, str, str, str] | None = None) -> None: ...
     # A request's ``fairness_id`` / ``priority`` labels on llm-d's families (bounded).
     def flow(self, fairness: str, priority: int) -> tuple[str, str]: ...
@@ -278,7 +281,10 @@ class Session:
         # before, so a stream that ends then is no request left unanswered (as ``kvgate serve``, whose
         # front has the whole body before anything is counted under a model).
         self._models: tuple[str, str] | None = None
-        self._running: tuple[str, str, str, str] | None = None  # what it counts as running under (``begin``)
+        # The labels it counts as running under (``begin``'s), from its dispatch (``_schedule``) on: a
+        # request flow control holds is queued, not running, as the reference counts (qa32b Q8).
+        self._run_key: tuple[str, str, str, str] | None = None
+        self._running: tuple[str, str, str, str] | None = None  # (``_run_key`` once dispatched)
         # Its ``fairness_id`` / ``priority`` labels on llm-d's families (``Observer.flow``), once built.
         self._flow = NO_FLOW
         self._first_s = -1.0  # a streamed response's first body chunk, seconds after ``_t0`` (its TTFT)
@@ -619,6 +625,9 @@ class Session:
             register(req, self.endpoint, self._stop)
         if self.ctx.observer is not None:
             self.ctx.observer.picked(result, picked_s + self.ctx.clock() - start, len(body or b""))
+            if self._run_key is not None:  # running from here: dispatched, past any flow-control wait
+                self.ctx.observer.dispatched(self._run_key)
+                self._running, self._run_key = self._run_key, None
 
         sets = {keys.DESTINATION_ENDPOINT: self.destination}
         if body_changed and body is not None:
@@ -962,7 +971,8 @@ class Session:
             # (``end`` in ``close``)
             # (the flow as flow control reads it: GIE's fairness header, else llm-d's)
             fairness = flow_of(req)
-            self._running = obs.begin(model, target, request_bytes, fairness, req.priority)
+            self._running = None
+            self._run_key = obs.begin(model, target, request_bytes, fairness, req.priority)
             self._flow = obs.flow(fairness, req.priority)
         self._models = (model, target)
 

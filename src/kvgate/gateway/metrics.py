@@ -44,6 +44,7 @@ class GatewayMetrics:
         # what ``start`` returned, however it ends).
         self.start = self._stats.start
         self.stop = self._stats.stop
+        self.run = self._stats.run  # (``stop``'s undo: a request flow control held runs again)
         # A request's ``fairness_id`` / ``priority`` labels on llm-d's families (``observe``'s and
         # ``error``'s ``flow``; ``start`` takes the raw values and counts the id toward its label).
         self.flow = self._stats.flow
@@ -98,9 +99,14 @@ class GatewayMetrics:
             observe(end)
 
         def start_labelled(
-            model: str, target: str, request_bytes: int = -1, fairness: str = "", priority: int | None = 0
+            model: str,
+            target: str,
+            request_bytes: int = -1,
+            fairness: str = "",
+            priority: int | None = 0,
+            run: bool = True,
         ) -> tuple[str, str, str, str]:
-            return start(label(model), label(target), request_bytes, fairness, priority)
+            return start(label(model), label(target), request_bytes, fairness, priority, run)
 
         def error_labelled(model: str, target: str, code: str, flow: tuple[str, str] = NO_FLOW) -> None:
             inc(label(model), label(target), code, flow)

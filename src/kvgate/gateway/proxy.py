@@ -599,6 +599,7 @@ class Proxy:
                     t0,
                     marks,
                     begun,
+                    running,
                 )
             except GatewayError as e:
                 self.metrics.error(client_model, ireq.model, str(e.status), (running[2], running[3]))
@@ -849,6 +850,7 @@ class Proxy:
         t0: float,
         marks: dict[str, float] | None = None,
         start: float | None = None,
+        running: tuple[str, str, str, str] | None = None,
     ) -> Response | StreamResponse:
         tried: set[str] = set()
         # An endpoint that answered this request a 500, not charged yet: if another endpoint answers it
@@ -923,12 +925,19 @@ class Proxy:
                 else:
                     if no_flow:
                         result = director.pick(ireq, explain)
-                    elif deadline is None:  # flow control may hold it until capacity frees
-                        result = await director.admit(ireq, explain)  # (cancelled if the client goes)
-                    else:  # ... up to the request's deadline (review s17-fixes-b L6): a request still
-                        # queued then leaves with a 504 ``request_timeout`` (``QueueTimeoutError``), by
-                        # the queue's own expiry: no timer per request (review s18-gw L2)
-                        result = await director.admit(ireq, explain, deadline - self._loop.time())
+                    else:  # not running while flow control holds it, as the reference (qa32b Q8)
+                        if running is not None:
+                            self.metrics.stop(running)
+                        try:
+                            if deadline is None:  # flow control may hold it until capacity frees
+                                result = await director.admit(ireq, explain)  # (cancelled if the client goes)
+                            else:  # ... up to the request's deadline (review s17-fixes-b L6): a request still
+                                # queued then leaves with a 504 ``request_timeout`` (``QueueTimeoutError``),
+                                # by the queue's own expiry: no timer per request (review s18-gw L2)
+                                result = await director.admit(ireq, explain, deadline - self._loop.time())
+                        finally:  # (running again, to its end: ``stop`` in ``handle``)
+                            if running is not None:
+                                self.metrics.run(running)
                     # (``_untried`` with nothing tried: the first, or its error when there is none)
                     ep = result.endpoints[0] if result.endpoints else self._untried(result, tried)
                     pinned = ireq.subset is not None  # (dropped by the pick if the home left: L4)

@@ -393,13 +393,20 @@ class RequestStats:
         )
 
     def start(
-        self, model: str, target: str, request_bytes: int = -1, fairness: str = "", priority: int | None = 0
+        self,
+        model: str,
+        target: str,
+        request_bytes: int = -1,
+        fairness: str = "",
+        priority: int | None = 0,
+        run: bool = True,
     ) -> tuple[str, str, str, str]:
         """A request whose model is known is in flight (``inference_objective_running_requests``,
         ``llm_d_epp_request_running``) and, ``request_bytes`` >= 0, its body size observed (the request
         size families: else ``observe`` may); its fairness id counted toward a label of its own
         (``FairnessLabels.count``). ``stop`` with what this returns, once, however it ends. The caller
-        bounds the model labels."""
+        bounds the model labels. ``run`` False: not running yet (flow control may hold it), from ``run``
+        on, as the reference counts a request from its dispatch (qa32b Q8); ``stop`` only if it ran."""
         labels = self.fairness
         if fairness not in labels.labelled:  # (a labelled id is counted no more)
             labels.count(fairness)
@@ -407,8 +414,9 @@ class RequestStats:
                 fairness = OTHER_FAIRNESS
         p = _PRIORITY.get(priority)
         key = (model, target, fairness, str(priority) if p is None else p)
-        running = self.running
-        running[key] = running.get(key, 0) + 1
+        if run:
+            running = self.running
+            running[key] = running.get(key, 0) + 1
         if request_bytes >= 0:
             c = self.children.get(key)
             if c is None:
@@ -429,6 +437,12 @@ class RequestStats:
         h = c.request_sizes
         h.counts[bisect_left(h.bounds, request_bytes)] += 1
         h.sum += request_bytes
+
+    def run(self, key: tuple[str, str, str, str]) -> None:
+        """The request of ``key`` runs from now: ``start``ed with ``run`` False (``kvgate epp``: at its
+        dispatch), or after a ``stop`` while flow control held it (``kvgate serve``; qa32b Q8)."""
+        running = self.running
+        running[key] = running.get(key, 0) + 1
 
     def stop(self, key: tuple[str, str, str, str]) -> None:
         running = self.running
