@@ -30,6 +30,9 @@ computed at the scrape from the requests queued now, by their labels then, and s
 (``inference_extension_flow_control_queue_bytes``: the queued requests' sizes as the queue limits count
 them). ``inference_extension_flow_control_pool_saturation{inference_pool}`` is the pool's saturation
 detector's score at the scrape (review s26-qa F3).
+Each is exported under llm-d's current name too (``llm_d_epp_flow_control_*``: llm-d-router's
+``pkg/epp/metrics`` marks the ``inference_extension_`` ones deprecated; qa32b Q7), the same values, labels
+and buckets; llm-d's pool saturation adds ``stage`` (``effective`` here: the one score the gate reads).
 (Before: 8cf0a73's top-16 relabelling every 256 requests removed demoted ids' series, losing their
 increments and resetting counters, and handed labels to one-shot ids; before that, 64 first-come ids
 per flow controller.)
@@ -66,10 +69,17 @@ QUEUE_LABELS = ("fairness_id", "priority", "inference_pool", "model_name", "targ
 QUEUE_DURATION_BUCKETS = (
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+QUEUE_DURATION_LABELS = (*QUEUE_LABELS[:2], "outcome", *QUEUE_LABELS[2:])  # (outcome after the flow's)
 QUEUE_DURATION = Histogram(
     "inference_extension_flow_control_request_queue_duration_seconds",
     "Time a request spent in the flow controller, by outcome.",
-    ["fairness_id", "priority", "outcome", "inference_pool", "model_name", "target_model_name"],
+    QUEUE_DURATION_LABELS,
+    buckets=QUEUE_DURATION_BUCKETS,
+)
+LLMD_QUEUE_DURATION = Histogram(  # (llm-d's current name: the module docstring)
+    "llm_d_epp_flow_control_request_queue_duration_seconds",
+    "Distribution of total time requests spend in the Flow Control layer (from enqueue to final outcome).",
+    QUEUE_DURATION_LABELS,
     buckets=QUEUE_DURATION_BUCKETS,
 )
 OUTCOMES = Counter(
@@ -156,12 +166,27 @@ class _QueueSize:
             "counts them).",
             labels=QUEUE_LABELS,
         )
+        llmd_size = GaugeMetricFamily(
+            "llm_d_epp_flow_control_queue_size",
+            "Current number of requests actively held in the Flow Control queue.",
+            labels=QUEUE_LABELS,
+        )
+        llmd_bytes = GaugeMetricFamily(
+            "llm_d_epp_flow_control_queue_bytes",
+            "Current total size in bytes of requests actively held in the Flow Control queue.",
+            labels=QUEUE_LABELS,
+        )
         for key in sorted(self.shown):
             n, b = now.get(key, (0, 0))
-            size.add_metric(list(key), n)
-            nbytes.add_metric(list(key), b)
+            values = list(key)
+            size.add_metric(values, n)
+            nbytes.add_metric(values, b)
+            llmd_size.add_metric(values, n)
+            llmd_bytes.add_metric(values, b)
         yield size
         yield nbytes
+        yield llmd_size
+        yield llmd_bytes
 
 
 class _PoolSaturation:
@@ -187,13 +212,24 @@ class _PoolSaturation:
             "Current saturation level of the inference pool (0.0 = empty, 1.0 = fully saturated).",
             labels=("inference_pool",),
         )
+        # llm-d's: its ``stage`` splits a disaggregated pool's prefill and decode signals; ``effective`` is
+        # the one the gate reads, the only one here
+        llmd = GaugeMetricFamily(
+            "llm_d_epp_flow_control_pool_saturation",
+            "Pool saturation signal gating Flow Control dispatch (stage effective: the value the gate reads; "
+            "1.0 is the gating set point).",
+            labels=("inference_pool", "stage"),
+        )
         for pool in sorted(newest):
             source = newest[pool].saturation
             if source is None:
                 continue
             value = source()
-            fam.add_metric([pool], 1.0 if math.isinf(value) else value)
+            value = 1.0 if math.isinf(value) else value
+            fam.add_metric([pool], value)
+            llmd.add_metric([pool, "effective"], value)
         yield fam
+        yield llmd
 
 
 _QUEUES: weakref.WeakSet[FlowLabels] = weakref.WeakSet()
@@ -209,7 +245,7 @@ LABELS = FlowLabels()
 # every request records an outcome (one admitted at once too, review s19-qa L3), and ``labels()`` costs a
 # few microseconds a call. Bounded as the series are (priorities x 18 flow labels x outcomes x pools x 18 x
 # 18 model labels); a label's series is never removed.
-_CHILDREN: dict[tuple[int, str, str, str, str, str], tuple[Any, Any]] = {}
+_CHILDREN: dict[tuple[int, str, str, str, str, str], tuple[Any, Any, Any]] = {}
 
 
 class FlowMetrics:
@@ -272,9 +308,11 @@ class FlowMetrics:
                 children = _CHILDREN[key] = (
                     OUTCOMES.labels(p, f, outcome),
                     QUEUE_DURATION.labels(f, p, outcome, self.pool, key[4], key[5]),
+                    LLMD_QUEUE_DURATION.labels(f, p, outcome, self.pool, key[4], key[5]),
                 )
             children[0].inc()
             children[1].observe(waited)
+            children[2].observe(waited)
 
     def preempted(self, priority: int, flow: str) -> None:
         if self.enabled:
