@@ -173,6 +173,7 @@ async def _record(seed: int, events: int, seen: dict[str, int]) -> list[list[Any
     from kvgate.gateway.pools import build_pool
     from kvgate.gateway.proxy import Proxy
     from kvgate.gateway.server import GatewayServer
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
     from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 
     clock = Clock()
@@ -184,6 +185,10 @@ async def _record(seed: int, events: int, seen: dict[str, int]) -> list[list[Any
     # The prefix scorer's opt-in ``cachedTokensFeedback: true``: the engine's cached tokens (usage)
     # correct its index, so a regression that loses them changes later picks.
     director.handle.find(PrefixCacheScorer).cached_feedback = True
+    # The cost scorer as the golden was recorded (before bff53adf turned coldSpread and
+    # coldSpreadDecodeHeavy on in the kvgate policy): the guard checks the per-request path, not the pricing.
+    cost = director.handle.find(KVGateCostScorer)
+    cost.cold_spread = cost.cold_spread_decode_heavy = False
     gw = GatewayServer(cfg, pools, clock=clock, scrape=False)
     proxy = gw.proxy = Proxy(cfg, gw.pools, gw.metrics, gw.health, gw.clock)
     sent: dict[str, tuple[str, Any]] = {}  # request id -> (endpoint, its upstream connection), the last
