@@ -43,7 +43,7 @@ from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.labels import ModelLabels
 from kvgate.openai.protocol import CUT_WRITE_S
-from kvgate.openai.request import MODELS_PREFIX, OTHER_PATHS, RequestPolicy
+from kvgate.openai.request import MODELS_PREFIX, OTHER_PATHS, PATHS, RequestPolicy
 from kvgate.openai.responses import LOOKUP_PREFIX
 from kvgate.requestid import acceptable as acceptable_rid
 from kvgate.scheduling import tokenize
@@ -100,6 +100,33 @@ def _listens(sock: Any) -> bool:
         return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
     except (OSError, ValueError):  # closed (uvloop closes it when its listen fails)
         return False
+
+
+def _route_check(
+    front: FrontServer, post_only: set[str], get_only_paths: set[str]
+) -> Callable[[str, str], Response | None]:
+    """The front's ``route_check``: a path with no route is the 404 ``_not_found`` answers, a method other
+    than POST on an API path (``post_only``) the 405 the proxy answers (its API's shape, ``Allow: POST``;
+    no request id: none was made), a method other than GET or HEAD on an admin path ``get_only``'s; None
+    leaves the request to its handler (the prefix routes, ``/v1/models``)."""
+
+    def check(method: str, path: str) -> Response | None:
+        if path in post_only:
+            if method == "POST":
+                return None
+            err = GatewayError(405, f"{method} is not allowed on {path}; use POST")
+            resp = error_response(err, None, path)
+            resp.headers["Allow"] = "POST"
+            return resp
+        if path in get_only_paths and method not in ("GET", "HEAD"):
+            resp = error_response(GatewayError(405, f"{method} is not allowed on {path}; use GET"))
+            resp.headers["Allow"] = "GET, HEAD"
+            return resp
+        if path in front.routes or any(path.startswith(p) for p in front.prefix_routes):
+            return None
+        return error_response(GatewayError(404, f"no route for {method} {path}"))
+
+    return check
 
 
 def _key_check(proxy: Proxy) -> Callable[[str, str, dict[str, str]], Response | None]:
@@ -206,7 +233,10 @@ class GatewayServer:
     def _front(self, proxy: Proxy | None, admin: bool) -> FrontServer:
         routes: dict[str, Handler] = {}
         prefix: dict[str, Handler] = {}
+        posts: set[str] = set()  # (the API paths: POST only)
+        reads: set[str] = set()  # (the admin paths: GET and HEAD only)
         if proxy is not None:
+            posts.update(OTHER_PATHS, PATHS.values())
             # One handler per path for every method: it answers 405 itself, as an OpenAI JSON error.
             routes.update(
                 {
@@ -224,6 +254,7 @@ class GatewayServer:
             # GET (and HEAD) only: any other method gets 405 with ``Allow``, as the API routes answer.
             admin_routes = {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
                              AGGREGATE_PATH: self._aggregate}  # fmt: skip
+            reads.update(admin_routes)
             routes.update({path: get_only(h) for path, h in admin_routes.items()})
             prefix["/debug/picks/"] = get_only(self._debug_pick)
         front = FrontServer.with_limits(routes, self._not_found, self.cfg.limits, prefix_routes=prefix)
@@ -234,6 +265,7 @@ class GatewayServer:
             front.on_reject = lambda status: metrics.error("", "", str(status))
             if proxy.keys is not None:
                 front.head_check = _key_check(proxy)
+        front.route_check = _route_check(front, posts, reads)
         return front
 
     async def _not_found(self, request: Request) -> Response:

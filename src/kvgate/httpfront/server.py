@@ -625,6 +625,10 @@ class FrontServer:
         # is read: a response refuses the request from its head (the gateway's API-key check: a
         # keyless client cannot make it buffer a body it will refuse); None lets it through.
         self.head_check: Callable[[str, str, dict[str, str]], Response | None] | None = None
+        # Called with (method, path) for a request that asks ``Expect: 100-continue``: a response is its
+        # answer whatever its body says (no route: 404; a method the route does not take: 405), sent from
+        # the head with no 100 Continue, so the client does not upload a body for nothing (qa32a Q5).
+        self.route_check: Callable[[str, str], Response | None] | None = None
         # One sweeper enforces every deadline, instead of a timer armed and cancelled per request.
         self._sweeper: asyncio.Task[None] | None = None
         # Lingering reads' pace (``LINGER_RATE``): a lingering connection that overdraws it, or that
@@ -1232,10 +1236,15 @@ class FrontProtocol(asyncio.Protocol):
                 # here (a head that only announces a body would hold budget for free: s17-qafix-bc B1).
                 raise _over_budget(budget.limit, length)
             expect = headers.get("expect")
-            if expect is not None and expect.lower() == "100-continue" and not self.busy and not self.queue:
-                # Only when nothing is being answered: never into the middle of an earlier pipelined
-                # response (the client sends the body anyway after its own short wait).
-                self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            # (never to an HTTP/1.0 client, which has no interim answers: RFC 9110 10.1.1, 15.2; qa32a Q5)
+            if expect is not None and http11 and expect.lower() == "100-continue":
+                route_check = server.route_check
+                if route_check is not None and (refusal := route_check(method, path)) is not None:
+                    raise _Refused(refusal, length)
+                if not self.busy and not self.queue:
+                    # Only when nothing is being answered: never into the middle of an earlier pipelined
+                    # response (the client sends the body anyway after its own short wait).
+                    self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.body_since = self._loop.time()
         return method, path, query, headers, keep_alive, length, http11
 
