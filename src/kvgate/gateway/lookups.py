@@ -32,7 +32,7 @@ from kvgate.datalayer.endpoint import Endpoint
 from kvgate.gateway.bigbody import PieceRewriter
 from kvgate.gateway.errors import GatewayError, error_response, shutting_down, unauthorized
 from kvgate.gateway.locate import RETRY_AFTER
-from kvgate.gateway.stream import StreamRelay, pass_representation
+from kvgate.gateway.stream import StreamRelay, pass_upstream_headers
 from kvgate.gateway.upstream import DeadlinePassed, ReadTimeout
 from kvgate.httpfront.server import Request, Response, StreamResponse
 from kvgate.multicluster.epp_client import retry_after_s
@@ -212,7 +212,7 @@ class ResponseLookups:
         try:
             ctype = resp.head.headers.get("content-type", "application/json")
             headers = {"x-request-id": rid, "Content-Type": ctype}
-            pass_representation(resp.head.headers, headers)
+            pass_upstream_headers(resp.head.headers, headers)
             if resp.status in (429, 503):
                 # (a server's back-off kept, as a follow-up's answer keeps it: a draining home's 503 and
                 # its Retry-After, review s26-rev-prev26 F7; a 429 without one gets the default)

@@ -41,7 +41,7 @@ from kvgate.gateway.metrics import GatewayMetrics
 from kvgate.gateway.pools import Pool
 from kvgate.gateway.preemption import Stop
 from kvgate.gateway.shared_tenants import SharedRateLimiter, SharedTenants
-from kvgate.gateway.stream import BodyRewriter, StreamRelay, pass_representation
+from kvgate.gateway.stream import BodyRewriter, StreamRelay, pass_upstream_headers
 from kvgate.gateway.tenants import ApiKeys, RateLimiter, load_keys, retry_after
 from kvgate.gateway.upstream import (
     DeadlinePassed,
@@ -750,7 +750,10 @@ class Proxy:
             # Ask for the final usage chunk so the in-flight accounting sees real token counts, and
             # strip it from what the client sees since it did not ask for it.
             opts = parsed.body.get("stream_options") or {}
-            parsed.body["stream_options"] = {**opts, "include_usage": True}
+            parsed.body["stream_options"] = opts = {**opts, "include_usage": True}
+            if opts.get("continuous_usage_stats"):
+                # (with include_usage, vLLM's usage in every chunk: the client asked for none; qa32a Q3)
+                opts["continuous_usage_stats"] = False
             strip_usage = changed = True
         out = orjson.dumps(parsed.body) if changed else raw
         # The picker tracks requests by id, so it gets a unique one even when clients reuse theirs;
@@ -1504,7 +1507,7 @@ class Proxy:
         ``_relay_stream``'s."""
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
-        pass_representation(resp.head.headers, headers)
+        pass_upstream_headers(resp.head.headers, headers)
         rewriter = PieceRewriter(sent_model, client_model, self.whole_max) if sent_model else None
         # Upstream's Content-Length, for an HTTP/1.0 client (which gets no chunks), when the body goes
         # out unchanged in length: no model name put back, or one of the same length.
@@ -1647,7 +1650,7 @@ class Proxy:
             m.error(client_model, ireq.model, str(resp.status), flow)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
-        pass_representation(resp.head.headers, headers)
+        pass_upstream_headers(resp.head.headers, headers)
         return Response(resp.status, body, None, headers)  # (by position: status, body, text, headers)
 
     async def _relay_stream(
@@ -1683,7 +1686,8 @@ class Proxy:
         sent = 0  # body bytes written to the client (the response size families)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "text/event-stream")
-        pass_representation(resp.head.headers, headers)
+        pass_upstream_headers(resp.head.headers, headers)
+        headers.pop("cache-control", None)  # (the server's, replaced: an event stream is never cached)
         headers["Cache-Control"] = "no-cache"
         out = StreamResponse(resp.status, headers)
         ok = False

@@ -31,24 +31,29 @@ from kvgate.scheduling.types import Usage
 _ENDS = (b"\n\n", b"\n\r\n", b"\r\r")
 
 
-# A model server's representation headers the client needs to read its body (RFC 9110 8.4, 8.5, 12.5.5):
-# relayed as they came, the body never decoded (a gzip body went out without its Content-Encoding: bytes
-# no client could read; late-a31), in answers and lookups. Not one the server names in its Connection
-# header (hop-by-hop, RFC 9110 7.6.1).
-_REPRESENTATION: Final = (
-    ("content-encoding", "Content-Encoding"),
-    ("content-language", "Content-Language"),
-    ("vary", "Vary"),
-)
+# A model server's answer headers not relayed to the client: the hop-by-hop ones (RFC 9110 7.6.1, and
+# those the server's Connection header names), the framing and head the gateway writes itself
+# (``Content-Length``, ``Transfer-Encoding``, ``Content-Type``; ``Server``: the gateway answers, as Envoy
+# overwrites it), ``Retry-After`` (``proxy._pass_back_off``'s, bounded), the gateway's own (``x-request-id``,
+# ``x-kvgate-*``) and ``x-envoy-ratelimited`` (one server's limit is not the client's: review s18-qa2 M1).
+_NOT_RELAYED: Final = frozenset((
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-authenticate", "proxy-authorization", "content-length", "content-type", "server", "retry-after",
+    "x-request-id", "x-envoy-ratelimited",
+))  # fmt: skip
+_NONE: Final[frozenset[str]] = frozenset()
 
 
-def pass_representation(upstream: Mapping[str, str], reply: dict[str, str]) -> None:
-    """Copy ``upstream``'s (lower-case keys) representation headers into ``reply``."""
+def pass_upstream_headers(upstream: Mapping[str, str], reply: dict[str, str]) -> None:
+    """Copy ``upstream``'s (lower-case keys, the last of a repeated one) end-to-end headers into ``reply``,
+    as Envoy relays them to a client of ``kvgate epp`` (qa32a Q4: only the representation headers were,
+    late-a31; rate-limit, timing, CORS, tracing headers were lost). The body is never decoded, so its
+    ``Content-Encoding`` goes with it."""
     conn = upstream.get("connection")
-    for key, name in _REPRESENTATION:
-        value = upstream.get(key)
-        if value is not None and (conn is None or key not in {t.strip().lower() for t in conn.split(",")}):
-            reply[name] = value
+    named = {t.strip().lower() for t in conn.split(",")} if conn else _NONE
+    for key, value in upstream.items():  # (in the server's order)
+        if key not in _NOT_RELAYED and key not in named and not key.startswith("x-kvgate-"):
+            reply[key] = value
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:

@@ -971,7 +971,8 @@ def parse_body(kind: str, raw: bytes | bytearray) -> ParsedBody:
     opts = body.get("stream_options") if keys.stream_options else None
     if opts is not None and not isinstance(opts, dict):
         raise BodyError("'stream_options' must be an object", "stream_options")
-    wants_usage = bool(opts and opts.get("include_usage"))
+    # (``"include_usage": "false"`` is vLLM's False: lax pydantic, as above)
+    wants_usage = opts is not None and lax_bool(opts.get("include_usage")) is True
     if sequences > MAX_SEQUENCES:
         sequences = MAX_SEQUENCES
     return ParsedBody(
