@@ -134,6 +134,26 @@ CLASSES = (
 CAUSES = ("preempted", "miss", "queued", "compute")
 
 
+def seed_line(
+    seed: int,
+    p90_a: float,
+    p90_b: float,
+    t: float,
+    fixed: bool,
+    ca: Counter[tuple[str, str]],
+    cb: Counter[tuple[str, str]],
+    n: int,
+    diff: dict[str, int],
+) -> str:
+    """One seed's summary: both p90s, and ``T`` beside them (B's p90, or the ``--at`` threshold)."""
+    what = "--at" if fixed else "B's p90"
+    return (
+        f"seed {seed}: p90 A {p90_a * 1000:.0f} ms, B {p90_b * 1000:.0f} ms; "
+        f"at or over T = {t * 1000:.0f} ms ({what}): A {sum(ca.values())}, B {sum(cb.values())} of {n} "
+        f"(10% = {n / 10:.0f}); A - B by class {diff}"
+    )
+
+
 def main() -> None:
     fixed = next((float(a[5:]) / 1000 for a in sys.argv[1:] if a.startswith("--at=")), None)
     argv = [a for a in sys.argv[1:] if a != "--list" and not a.startswith("--at=")]
@@ -161,9 +181,7 @@ def main() -> None:
         byk_b = Counter(k for k, _ in cb.elements())
         diff = {k: byk_a[k] - byk_b[k] for k in CLASSES if byk_a[k] != byk_b[k]}
         print(
-            f"seed {seed}: p90 A {ra['ttft_p90'] * 1000:.0f} ms, B {t * 1000:.0f} ms; "
-            f"at or over B's p90: A {sum(ca.values())}, B {sum(cb.values())} of {len(a)} "
-            f"(10% = {len(a) / 10:.0f}); A - B by class {diff}",
+            seed_line(seed, ra["ttft_p90"], rb["ttft_p90"], t, fixed is not None, ca, cb, len(a), diff),
             flush=True,
         )
         lost: Counter[tuple[str, str]] = Counter()
