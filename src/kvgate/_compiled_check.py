@@ -24,6 +24,7 @@ MODULES = [
     "kvgate/httpfront/server.py",
     "kvgate/openai/request.py",
     "kvgate/openai/requeststats.py",
+    "kvgate/gateway/proxy.py",
 ]
 MANIFEST = "_compiled_manifest.json"  # beside this file, written only by a compiled build, git-ignored
 

@@ -125,6 +125,13 @@ _DROP = frozenset(
 _DROP_PREFIXES = ("x-gateway-", "x-kvgate-")
 _UPSTREAM_ERRORS = (TimeoutError, OSError)  # UpstreamError is an OSError
 _EXPLAIN_HEADER_MAX = 4096
+
+
+class _NextAttempt(Exception):
+    """Ends one attempt of ``Proxy._dispatch`` to go on to the next, its ``finally`` run: the ``continue``
+    it replaces is unimplemented inside ``try``/``finally`` in mypyc (the optional compiled build)."""
+
+
 _REQUEST_LINES_MAX = 4096  # cached upstream request lines (API x endpoint address)
 # A non-streamed answer held whole at most (``kvgate epp`` holds 16 MiB, but per request and with a
 # global cap; here 4 MiB: completions and chats are far smaller, and a bigger answer, an embeddings
@@ -950,9 +957,9 @@ class Proxy:
                 m = self.metrics
                 m.error(client_model, ireq.model, "client_gone", m.flow(flow_of(ireq), ireq.priority))
                 raise
-            except SchedulingError as e:
+            except SchedulingError as refused:  # (a name of its own: mypyc types ``e`` by one clause)
                 if attempt == 0:
-                    raise GatewayError.from_scheduling(e) from None
+                    raise GatewayError.from_scheduling(refused) from None
                 self._blame(suspect)
                 raise GatewayError(
                     503, f"all attempts failed; last: {last_error}", code="upstream_unavailable"
@@ -1004,7 +1011,7 @@ class Proxy:
                     finished = True
                     director.on_finished(ireq, ep, None, False)
                     again = ep
-                    continue
+                    raise _NextAttempt from None
                 except DeadlinePassed:
                     # The bound passed before the request was written (a connect that outlasted it):
                     # nothing sent, so no generation for nobody and no charge to the endpoint; the
@@ -1028,7 +1035,7 @@ class Proxy:
                     self._failed(director, ireq, ep)
                     if pinned:  # (its home unreachable: not retried where vLLM can only answer 404, prev26)
                         raise _home_lost(last_error) from None
-                    continue
+                    raise _NextAttempt from None
                 blame = True
                 # (a 429 or a 503, busy or draining, ran nothing: no verdict on the suspect's 500, which
                 # waits for the next answer, or is charged when that answer goes back; gw25, review
@@ -1068,7 +1075,7 @@ class Proxy:
                             suspect = ep
                     else:  # 502/503/504: the server's state (overload, draining), not the request's
                         self._failed(director, ireq, ep)
-                    continue
+                    raise _NextAttempt from None
                 if resp.status == 429 or resp.status == 503:
                     _pass_back_off(resp.status, resp.head.headers, reply_headers)
                     if suspect is not None:  # (a 429/503 passed back: nobody else ran it, the 500 stands)
@@ -1087,7 +1094,7 @@ class Proxy:
                         self._failed(director, ireq, ep)
                         if pinned:  # (as a connection error at the home)
                             raise _home_lost(last_error)
-                        continue
+                        raise _NextAttempt from None
                     finished = True
                     if preempted is not None:  # (a typed stream stays preemptible past its head)
                         preempted.relaying(resp)
@@ -1142,7 +1149,7 @@ class Proxy:
                     last_error = f"{self._name(ep)}: body read failed: ReadTimeout"
                     finished = took = True
                     self._failed(director, ireq, ep)
-                    continue
+                    raise _NextAttempt from None
                 except _UPSTREAM_ERRORS as e:  # (a stall after the head: the answer was done, retried)
                     last_error = f"{self._name(ep)}: body read failed: {type(e).__name__}"
                     finished = took = True
@@ -1150,7 +1157,7 @@ class Proxy:
                     if pinned:  # (as a connection error at the home; its prompt charged)
                         self._charge(ireq, None, answered=True)
                         raise _home_lost(last_error) from None
-                    continue
+                    raise _NextAttempt from None
                 finished = True
                 if kind == RESPONSES_PATH:  # (``_note_response``'s own test first: one call fewer)
                     self._note_response(
@@ -1182,6 +1189,8 @@ class Proxy:
                     # answer a client does not read stays in the budget (review s17-bigbody M3).
                     answer.release = functools.partial(self.held.give, held)
                 return answer
+            except _NextAttempt:
+                pass  # (the ``finally`` below, then the loop's next attempt)
             except ReadTimeout:
                 # Sent, and nothing (more) came in time: the server may still be computing it, so it
                 # is not run again elsewhere (a retry would double the GPU work, and under overload
