@@ -2,8 +2,10 @@
 names pods. The reference keeps every candidate whose IP an entry names, the entry's port dropped (GIE
 ``DatastorePodLocator.Locate``, earlier ``Director.getCandidatePodsForScheduling`` and the subset filter).
 kvgate matched the whole ``ip:port``: a hint naming a data-parallel pod's IP with its Service port, or a bare
-IP, was a 503 where the reference routes, and a hint naming one rank kept that rank only. Distinct loopback
-IPs (127.0.0.x) stand for the pods; nothing is contacted. Fails on 0d8d2049 (all but the 503 controls)."""
+IP, was a 503 where the reference routes. An entry naming a known endpoint's ``ip:port`` exactly still keeps
+that endpoint alone (rev-c32 F1, a deliberate difference: the hub's pin names one rank). Distinct loopback
+IPs (127.0.0.x) stand for the pods; nothing is contacted. Fails on 0d8d2049 (all but the 503 controls and
+the exact-rank case)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ async def _pick(epp, subset: list[str]) -> tuple[int | None, str, frozenset[str]
     ("pods", "hint", "kept"),
     [
         (PODS, ["127.0.0.7:80"], PODS[:2]),  # the pod's Service port, no rank's
-        (PODS, ["127.0.0.7:8000"], PODS[:2]),  # one rank named: the pod's every rank
+        (PODS, ["127.0.0.7:8000"], PODS[:1]),  # one known rank named: that rank only (rev-c32 F1)
         (PODS, ["127.0.0.8"], PODS[2:]),  # a bare IP
         (PODS, ["127.0.0.8:9", "10.9.9.9:8000"], PODS[2:]),  # an unknown IP beside it: ignored
         (PODS6, ["[fd00::7]:80"], PODS6[:2]),  # IPv6, bracketed with a port

@@ -575,12 +575,13 @@ class Session:
     def _effective_subset(self) -> frozenset[str] | None:
         subset = self._subset
         if subset:
-            # The gateway's hint names pods: every known endpoint on an IP it names, whatever the port (an
-            # entry's ``ip:port``, a Service port, a bare IP; a data-parallel pod's every rank), as the
-            # reference's (GIE ``DatastorePodLocator.Locate``: the port dropped, the pod's IP matched).
-            # Empty, or naming no known IP: empty, a 503 (qa32b Q1; before, matched on the whole ``ip:port``).
-            hosts = {_host(e) for e in subset}
-            subset = frozenset(a for a in self.ctx.endpoints() if _host(a) in hosts)
+            # An entry naming a known endpoint's ``ip:port`` keeps that endpoint alone (one data-parallel
+            # rank: the hub pins a Responses follow-up to the rank holding it; rev-c32 F1). Any other entry
+            # (a Service port, a bare IP) keeps every known endpoint on its IP, as the reference's GIE
+            # ``DatastorePodLocator.Locate`` does for all entries (qa32b Q1). None known: empty, a 503.
+            known = self.ctx.endpoints()
+            hosts = {_host(e) for e in subset if e not in known}
+            subset = frozenset(a for a in known if a in subset or (hosts and _host(a) in hosts))
         wanted = self.request_headers.get(keys.TEST_ENDPOINT_SELECTION)
         if self.ctx.conformance_hooks and wanted is not None:
             # header-based-testing-filter: entries are IP or IP:port; a bare IP matches every port.
