@@ -63,6 +63,8 @@ _PROTOCOL = pb.ProtocolConfiguration(
     request_body_mode=_MODE.FULL_DUPLEX_STREAMED, response_body_mode=_MODE.FULL_DUPLEX_STREAMED
 )
 _CHUNK = 62_000
+# The most addresses of an EPP's destination list the gateway walks (the first and its fallbacks).
+ADDRESSES_MAX = 4
 # The end of a stream the EPP reads ``usage`` from (vLLM's usage event is the last before [DONE]).
 TAIL_BYTES = 64 << 10
 # A JSON reply up to this size goes to the EPP whole at the end (its ``usage``); a larger one, only the end.
@@ -188,6 +190,9 @@ class EppStream:
         self.sleep = sleep
         self.ledgers = ledgers
         self.address = address
+        # The EPP's fallback addresses after ``address`` (its ``x-gateway-destination-endpoint`` list), in
+        # its order: tried when ``address`` cannot be connected to (``GlobalRouter._send``).
+        self.alternates: tuple[str, ...] = ()
         self.status = status
         # The EPP's refusal (``status``): its error body and Retry-After, passed on to the client.
         self.error: bytes | None = None
@@ -274,7 +279,11 @@ class EppStream:
             if kind == "request_headers":
                 self.request_mutation = Mutation.of(msg.request_headers.response)
                 dest = self.request_mutation.sets.get(DESTINATION_ENDPOINT, "")
-                self.address = dest.split(",")[0].strip() or None
+                # The first address, and the fallbacks after it (GIE proposal 004: "The first valid endpoint
+                # in the list will be used", the next ones on the gateway's retries), the walk bounded.
+                listed = [a for a in (a.strip() for a in dest.split(",")) if a][:ADDRESSES_MAX]
+                self.address = listed[0] if listed else None
+                self.alternates = tuple(listed[1:])
                 picked = True
                 if self.address is None:
                     break

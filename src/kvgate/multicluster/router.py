@@ -75,6 +75,9 @@ UNWRITTEN_504 = "request_timeout"
 # passes it on instead of sending the request again (a double run; session-25 closing note, gw26).
 WRITTEN_504 = "upstream_timeout"
 SERVER_500 = "status 500"  # an attempt's outcome when its pod or gateway answered 500
+# A send that made no connection (refused, no route, the connect timed out): nothing was written, so the
+# EPP's next address may be tried (``GlobalRouter._send``'s ``alternates``).
+NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 ERROR_BODY_MAX = 16 * 1024
 ERROR_BODY_S = 2.0
 
@@ -723,7 +726,7 @@ class GlobalRouter:
                 to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
                 routed = await self._send(
                     st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note, usage,
-                    deadline,
+                    deadline, pick.alternates,
                 )  # fmt: skip
                 if routed is not None:
                     return routed
@@ -737,7 +740,7 @@ class GlobalRouter:
                     # One pod's failure is not yet the cluster's (qa30 Q9): another pod first, as the
                     # Parent route (its gateway retries another endpoint) would.
                     return await self._other_pod(
-                        st, pick.address, path, fwd, body, attempts, gate, stream, model, note, usage,
+                        st, attempts[-1].target, path, fwd, body, attempts, gate, stream, model, note, usage,
                         deadline,
                     )  # fmt: skip
                 if spec.gateway is not None:
@@ -794,7 +797,7 @@ class GlobalRouter:
         to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
         return await self._send(
             st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note, usage,
-            deadline,
+            deadline, tuple(a for a in pick.alternates if a != failed),
         )  # fmt: skip
 
     def _epp_stalled(self, st: ClusterState, gate: EppBackoff, asked_at: float, phase: str) -> None:
@@ -1066,7 +1069,11 @@ class GlobalRouter:
         note: DispatchNote | None = None,
         usage: bool = False,
         deadline: Deadline | None = None,
+        alternates: tuple[str, ...] = (),
     ) -> Routed | None:
+        """``target``'s answer, once it has started (``Routed``), or None (recorded in ``attempts``).
+        ``alternates``: Endpoint mode, the EPP's fallback addresses after ``target``, tried in its order
+        while none can be connected to."""
         assert self._session is not None, "start() first"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=300)
         # Streamed: the request waits for its first byte in the cluster's state (censored TTFT evidence).
@@ -1083,11 +1090,22 @@ class GlobalRouter:
             if epp is not None:
                 epp.cancel()  # the EPP's session closes the request as failed
 
-        sent_at = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        walk = (target, *alternates)
         try:
-            resp = await self._post(
-                st, mode, f"http://{target}{path}", body, fwd, timeout, started is not None, deadline=deadline
-            )
+            for i, target in enumerate(walk):
+                sent_at = loop.time()
+                try:
+                    resp = await self._post(st, mode, f"http://{target}{path}", body, fwd, timeout,
+                                            started is not None, deadline=deadline)  # fmt: skip
+                    break
+                except NOT_CONNECTED as e:
+                    if i + 1 == len(walk):
+                        raise
+                    # No connection, nothing sent: the EPP's next address, as a gateway with a retry walks
+                    # its list (Envoy's Override Host policy on a connect failure); the EPP hears the one
+                    # that answers as the served endpoint and moves its accounting there.
+                    attempts.append(Attempt(st.name, mode, target, f"unreachable: {type(e).__name__}"))
         except PastDeadline as e:
             given_up()
             attempts.append(Attempt(st.name, mode, target, e.outcome))
