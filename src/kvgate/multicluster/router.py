@@ -13,7 +13,8 @@ server's 500 is the client's, qa30 Q6), or that sends no response head or first 
 when the request was sent, has gone stale with its fetches failing: a hung cluster gateway) is left for
 the next cluster in the policy's order (and backs off; a hung one until an aggregate is fetched from it
 again). A 504 (a gateway's or pod's timeout: the request may have been written to a model server, which
-may still run it) is the client's answer, and the cluster backs off (qa25 F4), except kvgate's own 504
+may still run it) is the client's answer (its body lost too: ``KeptLost``), and the cluster backs off
+(qa25 F4), except kvgate's own 504
 ``request_timeout`` (its queue held the request to its bound: no attempt of it still runs there), which
 moves on as a 5xx does (review s25-rev-fixqa25 R4). A request whose response has
 started is never retried: it is the client's. With ``limits.requestTimeoutSeconds`` the whole request is
@@ -346,6 +347,26 @@ class DeathLost(NoRoute):
         )
 
 
+class KeptLost(NoRoute):
+    """A head that is the client's answer, never sent elsewhere (a 504 but ``request_timeout``: the request
+    may still run there, qa25 F4; a 429 marked rate-limited: the client's own limit, review s18-qa M4),
+    whose body was lost before its end: that status with the hub's own body, as ``DeathLost`` (review
+    s32-rev-a32 F1: the loss sent it on to the next cluster). A 504 backs the cluster off (``route``), as a
+    relayed one does."""
+
+    def __init__(
+        self, cluster: str, status: int, outcome: str, attempts: list[Attempt], wait: str | None
+    ) -> None:
+        said = "its timeout: the request may still run there" if status == 504 else "rate-limited"
+        super().__init__(
+            status,
+            f"cluster {cluster} answered {status} ({said}), not sent elsewhere; after its head: {outcome}",
+            attempts,
+            retry_after=retry_after_s(wait),  # (a 429's own)
+            code=WRITTEN_504 if status == 504 else None,
+        )
+
+
 def _home_said(attempts: list[Attempt], cluster: str) -> NoRoute | None:
     """A follow-up's home cluster answered 429 or a 5xx (its EPP, pod or gateway: busy, draining): that
     status, with a 429's or 503's Retry-After (``_send`` reads no other), as the client's answer
@@ -603,6 +624,10 @@ class GlobalRouter:
                     )  # fmt: skip
                 except DeathLost:
                     suspect = None  # (two servers' 500: the request's fault, as when passed through)
+                    raise
+                except KeptLost as e:
+                    if e.status == 504:  # (its timeout, as one relayed)
+                        st.failed(self.clock())
                     raise
                 except PastDeadline as e:
                     assert deadline is not None
@@ -1147,6 +1172,9 @@ class GlobalRouter:
         # A second server's 500 for this request (a query of death: an engine error on that input) is
         # passed through as it came, as ``kvgate serve`` does (qa30 Q6): not run a third time.
         death = resp.status == 500 and _second_500(attempts, target)
+        # A head that is the client's answer whatever follows it (the branch below lets these through):
+        # its body lost ends the request (``KeptLost``), as a second 500's does.
+        kept = (resp.status == 504 and not unwritten) or (resp.status == 429 and RATE_LIMITED in resp.headers)
 
         async def told(status: int) -> None:
             """``status`` told to the pod's EPP (Endpoint mode) as its response headers' ``:status``, before
@@ -1219,6 +1247,8 @@ class GlobalRouter:
                 drop(opening, running=opening != FIRST_EVENT_LOST)
                 if death:
                     raise DeathLost(st.name, opening, attempts)
+                if kept:
+                    raise KeptLost(st.name, resp.status, opening, attempts, resp.headers.get("Retry-After"))
                 return None
             if opening is not None:
                 first_at = self.clock()
@@ -1230,6 +1260,8 @@ class GlobalRouter:
                 drop(BODY_LOST)
                 if death:
                     raise DeathLost(st.name, BODY_LOST, attempts)
+                if kept:
+                    raise KeptLost(st.name, resp.status, BODY_LOST, attempts, resp.headers.get("Retry-After"))
                 return None
             opened, held, whole = got
             upstream = _once(opened) if whole else _Opened(opened, upstream)
