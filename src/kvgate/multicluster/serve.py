@@ -592,10 +592,10 @@ class GlobalGateway:
     ) -> Response | StreamResponse:
         path = request.path
         raw = request.body
-        opts = parsed.body.get("stream_options")
-        # The stream ends with a usage event: the client asked for it, or its API always sends one (the
-        # Responses API's ``response.completed``, Anthropic's ``message_delta``).
-        asked = isinstance(opts, dict) and opts.get("include_usage") is True
+        # The stream ends with a usage event: the client asked for it (read as vLLM reads it, lax:
+        # ``"true"`` too; rev-e32 F3), or its API always sends one (the Responses API's
+        # ``response.completed``, Anthropic's ``message_delta``).
+        asked = parsed.client_wants_usage
         creq = ClusterRequest(
             parsed.model,
             prompt_key(parsed.prompt_text, parsed.token_ids),

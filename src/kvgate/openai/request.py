@@ -195,10 +195,10 @@ _API_KEYS: dict[str, _Keys] = {
 # integer past 64 bits as a float): past it, a float stays refused (review s21-cpu F1).
 _LAX_INT_LIMIT = float(1 << 63)
 # The rest of pydantic v2's lax mode (vLLM's request models are not strict; pydantic-core's
-# ``str_as_int``, ``str_as_bool``), held to pydantic itself by tests/openai/test_lax_fields.py. A string
-# integer: Unicode White_Space around it, a sign, ASCII digits (an underscore between two), an optional
-# ``.0...`` (``"5.0"``; ``"5."``, ``"1e2"`` refused), at most ``_LAX_INT_DIGITS`` digits after leading zeros
-# (Python's ``int`` limit, which pydantic meets too).
+# ``str_as_int``, ``str_as_bool``), held to pydantic itself by
+# tests/openai_request/test_lax_fields_qa32.py. A string integer: Unicode White_Space around it, a sign,
+# ASCII digits (an underscore between two), an optional ``.0...`` (``"5.0"``; ``"5."``, ``"1e2"`` refused),
+# at most ``_LAX_INT_DIGITS`` digits after leading zeros (Python's ``int`` limit, which pydantic meets too).
 _LAX_INT_TEXT = re.compile(r"([+-]?)0*([0-9](?:_?[0-9])*)(?:\.0+)?")
 _LAX_INT_DIGITS = 4300
 # (Unicode's White_Space, which pydantic-core's Rust ``trim`` strips: Python's ``isspace`` but \x1c-\x1f)
