@@ -65,8 +65,10 @@ def test_body_before_headers_and_unservable_body_modes_are_protocol_violations()
         with pytest.raises(ProtocolViolation) as e:
             Session(_ctx()).handle(msg)
         assert e.value.code == "FAILED_PRECONDITION" and _MODE.Name(mode) in e.value.message
-    # NONE is fine for a request without a body (nothing to wait for).
-    msg = _headers(end_of_stream=True)
+    # NONE is fine for a request without a body (nothing to wait for). (A GET: a body-less POST to an
+    # inference path is refused before the pick, as an empty body: rev-d32 F1.)
+    h = header_map({":method": "GET", ":path": "/v1/models"})
+    msg = pb.ProcessingRequest(request_headers=pb.HttpHeaders(headers=h, end_of_stream=True))
     msg.protocol_config.request_body_mode = _MODE.NONE
     (out,) = Session(_ctx()).handle(msg)  # (this test's picker refuses: a 500, not a violation)
     assert out.immediate_response.status.code == 500

@@ -461,6 +461,10 @@ class Session:
                 log.info("x-request-id %s replaced by a generated one", rid_shown(client_rid))
             self._generated_request_id = uuid.uuid4().hex
         if msg.request_headers.end_of_stream:
+            if self._kind() != OTHER and self.request_headers.get(":method") == "POST":
+                # An inference API's POST with no body: refused as an empty body is, the 400 ``kvgate
+                # serve`` answers and counts for it (rev-d32 F1); nothing routed.
+                return self._finish_request(trailers=False)
             # Body-less (GET /v1/models, health probes): pick at once on headers.
             self._body_finished = True
             model = self.request_headers.get("x-gateway-model-name", "")
