@@ -73,8 +73,10 @@ def usage_from_body(body: bytes) -> Usage | None:
 
 def event_obj(event: bytes | bytearray) -> Any:
     """The JSON object of one SSE event (or of a whole body); None when it has none. An event whose data
-    spans several ``data:`` lines is read as the SSE spec joins them (``_joined_data``), on the decode's
-    failure only: one-line events, every known server's, cost nothing more (qa32a Q7)."""
+    spans several ``data:`` lines, or whose one ``data:`` line has other fields beside it (``id:``,
+    ``retry:``, a ``: comment`` holding a ``{``), is read as the SSE spec reads its data (``_joined_data``),
+    on the decode's failure only: one-line events, every known server's, cost nothing more (qa32a Q7;
+    rev-e32 F4: ``kvgate epp``'s line scanner reads the data lines alone too)."""
     start = event.find(b"{")
     if start < 0:
         return None
@@ -92,15 +94,15 @@ def event_obj(event: bytes | bytearray) -> Any:
 
 
 def _joined_data(event: bytes | bytearray) -> bytes | None:
-    """An event's data when it has more than one ``data`` line: each line's value (after the colon, one
-    leading space dropped) joined by newlines, as the SSE spec (and the openai SDK's decoder) reads them;
-    None for one line or none."""
+    """An event's data: each ``data`` line's value (after the colon, one leading space dropped) joined by
+    newlines, as the SSE spec (and the openai SDK's decoder) reads them, the other fields and comments
+    left out; None when it has no ``data`` line (a whole body)."""
     lines = [
         line[6:] if line.startswith(b"data: ") else line[5:]
         for line in bytes(event).splitlines()
         if line.startswith(b"data:") or line == b"data"
     ]
-    return b"\n".join(lines) if len(lines) > 1 else None
+    return b"\n".join(lines) if lines else None
 
 
 def last_usage(tail: bytes | bytearray) -> Usage | None:
