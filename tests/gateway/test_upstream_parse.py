@@ -145,14 +145,17 @@ def test_framing_and_reuse_rules():
     conn = _feed(b"HTTP/1.1 100 Continue\r\nX-I: 1\r\n\r\n" + OK + b"Content-Length: 2\r\n\r\nok")
     assert conn.head is not None and conn.head.status == 200 and "x-i" not in conn.head.headers
     assert conn.done and _body(conn) == b"ok" and conn.keep_alive
-    # Names lower-cased, values trimmed, the last of a repeated header wins, trailers dropped.
+    # Names lower-cased, values trimmed, a repeated header's lines joined (Set-Cookie's by a newline, the
+    # last of Content-Type / Content-Length / Retry-After wins: rev-e32 F1), trailers dropped.
     conn = _feed(
-        OK + b"Content-Type:  text/event-stream; charset=utf-8 \r\nX-R: 1\r\nX-R: 2\r\n"
+        OK + b"Content-Type: text/plain\r\nContent-Type:  text/event-stream; charset=utf-8 \r\n"
+        b"X-R: 1\r\nX-R: 2\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n2;e=1\r\nok\r\n0\r\nX-Trailer: t\r\n\r\n"
     )
     assert conn.head is not None and conn.head.content_type == "text/event-stream"
     assert conn.head.headers["content-type"] == "text/event-stream; charset=utf-8"
-    assert conn.head.headers["x-r"] == "2" and "x-trailer" not in conn.head.headers
+    assert conn.head.headers["x-r"] == "1, 2" and "x-trailer" not in conn.head.headers
+    assert conn.head.headers["set-cookie"] == "a=1\nb=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"
     assert conn.done and conn.keep_alive and _body(conn) == b"ok"
     # Not reusable: Connection: close; HTTP/1.0 (keep-alive or not); a body framed by the close.
     for head in (

@@ -45,15 +45,22 @@ _NONE: Final[frozenset[str]] = frozenset()
 
 
 def pass_upstream_headers(upstream: Mapping[str, str], reply: dict[str, str]) -> None:
-    """Copy ``upstream``'s (lower-case keys, the last of a repeated one) end-to-end headers into ``reply``,
-    as Envoy relays them to a client of ``kvgate epp`` (qa32a Q4: only the representation headers were,
-    late-a31; rate-limit, timing, CORS, tracing headers were lost). The body is never decoded, so its
-    ``Content-Encoding`` goes with it."""
+    """Copy ``upstream``'s (lower-case keys, a repeated one's lines joined) end-to-end headers into
+    ``reply``, as Envoy relays them to a client of ``kvgate epp`` (qa32a Q4: only the representation
+    headers were, late-a31; rate-limit, timing, CORS, tracing headers were lost). The body is never
+    decoded, so its ``Content-Encoding`` goes with it. rev-e32: the original bytes of a value (read as
+    latin-1, written as UTF-8 with ``surrogateescape``) and each ``Set-Cookie`` line (F2, F1)."""
     conn = upstream.get("connection")
     named = {t.strip().lower() for t in conn.split(",")} if conn else _NONE
     for key, value in upstream.items():  # (in the server's order)
         if key not in _NOT_RELAYED and key not in named and not key.startswith("x-kvgate-"):
-            reply[key] = value
+            # (obs-text: the bytes as sent, valid UTF-8 or not; the front writes them back)
+            reply[key] = (
+                value if value.isascii() else value.encode("latin-1").decode("utf-8", "surrogateescape")
+            )
+    cookies = reply.get("set-cookie")
+    if cookies is not None and "\n" in cookies:  # (the upstream reader's newline between two: a line each)
+        reply["set-cookie"] = cookies.replace("\n", "\r\nset-cookie: ")
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:

@@ -71,6 +71,10 @@ _MEDIA_TYPES: dict[str, str] = {}
 _MEDIA_TYPES_MAX = 256
 _MEDIA_TYPE_KEY_MAX = 128
 
+# Fields read as one value, of which the last line of a repeated one counts (any other repeated field is
+# a list: its lines joined; rev-e32 F1).
+_LAST_WINS = frozenset(("content-length", "content-type", "retry-after"))
+
 # Header names as sent -> lower-case str: servers send the same few names on every response (one lookup
 # where a decode and a lower were). Bounded as ``_MEDIA_TYPES``: at most 256 names of up to 64 bytes.
 _NAMES: dict[bytes, str] = {}
@@ -291,9 +295,12 @@ class _Conn(asyncio.Protocol):
                     _NAMES[name] = key
             text = value.decode("latin-1").strip()
             headers = self._headers
-            if key == "transfer-encoding" and key in headers:
-                text = headers[key] + ", " + text  # (all codings count; llhttp reads the last)
-            headers[key] = text  # otherwise the last of a repeated header wins
+            if key in headers and key not in _LAST_WINS:
+                # A repeated list field is its lines joined (RFC 9110 5.3; all codings count, llhttp reads
+                # the last); ``Set-Cookie`` cannot be (RFC 6265 3): its lines are kept apart by a newline,
+                # which no parsed value holds (``stream.pass_upstream_headers`` writes one line each).
+                text = headers[key] + ("\n" if key == "set-cookie" else ", ") + text
+            headers[key] = text
 
     def on_headers_complete(self) -> None:
         if self.done:
