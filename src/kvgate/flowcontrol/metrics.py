@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from kvgate.stickylabels import CANDIDATES as FLOW_CANDIDATES
 from kvgate.stickylabels import DEFAULT_FLOW as DEFAULT_FLOW
@@ -76,12 +76,31 @@ QUEUE_DURATION = Histogram(
     QUEUE_DURATION_LABELS,
     buckets=QUEUE_DURATION_BUCKETS,
 )
-LLMD_QUEUE_DURATION = Histogram(  # (llm-d's current name: the module docstring)
-    "llm_d_epp_flow_control_request_queue_duration_seconds",
-    "Distribution of total time requests spend in the Flow Control layer (from enqueue to final outcome).",
-    QUEUE_DURATION_LABELS,
-    buckets=QUEUE_DURATION_BUCKETS,
-)
+
+
+class _LlmdQueueDuration:
+    """``llm_d_epp_flow_control_request_queue_duration_seconds`` (llm-d's current name: the module
+    docstring): ``QUEUE_DURATION``'s samples under that name, read at the scrape, as the scheduler's twin
+    (``scheduling.metrics._LlmdSchedulerE2E``): no second observation per request (review rev-d32 F2)."""
+
+    name = "llm_d_epp_flow_control_request_queue_duration_seconds"
+    doc = (
+        "Distribution of total time requests spend in the Flow Control layer (from enqueue to final outcome)."
+    )
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.doc, labels=QUEUE_DURATION_LABELS)]
+
+    def collect(self) -> Iterator[Metric]:
+        for fam in QUEUE_DURATION.collect():
+            twin = Metric(self.name, self.doc, fam.type, fam.unit)
+            cut = len(fam.name)  # (each sample's suffix kept: _bucket, _count, _sum, _created)
+            twin.samples = [s._replace(name=self.name + s.name[cut:]) for s in fam.samples]
+            yield twin
+
+
+LLMD_QUEUE_DURATION = _LlmdQueueDuration()
+REGISTRY.register(LLMD_QUEUE_DURATION)
 OUTCOMES = Counter(
     "kvgate_flow_control_requests_total",
     "Requests that left the flow controller, by outcome (Dispatched, RejectedCapacity, EvictedTTL, ...).",
@@ -245,7 +264,7 @@ LABELS = FlowLabels()
 # every request records an outcome (one admitted at once too, review s19-qa L3), and ``labels()`` costs a
 # few microseconds a call. Bounded as the series are (priorities x 18 flow labels x outcomes x pools x 18 x
 # 18 model labels); a label's series is never removed.
-_CHILDREN: dict[tuple[int, str, str, str, str, str], tuple[Any, Any, Any]] = {}
+_CHILDREN: dict[tuple[int, str, str, str, str, str], tuple[Any, Any]] = {}
 
 
 class FlowMetrics:
@@ -308,11 +327,9 @@ class FlowMetrics:
                 children = _CHILDREN[key] = (
                     OUTCOMES.labels(p, f, outcome),
                     QUEUE_DURATION.labels(f, p, outcome, self.pool, key[4], key[5]),
-                    LLMD_QUEUE_DURATION.labels(f, p, outcome, self.pool, key[4], key[5]),
                 )
             children[0].inc()
             children[1].observe(waited)
-            children[2].observe(waited)
 
     def preempted(self, priority: int, flow: str) -> None:
         if self.enabled:
