@@ -38,6 +38,7 @@ import functools
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -72,6 +73,19 @@ JSON_BYTES = 1 << 20
 # A stream silent towards the EPP this long gets an empty body message: the EPP cancels a stream with no
 # message for its --stream-idle-timeout (600 s), which would end the request's accounting early.
 KEEPALIVE_S = 60.0
+
+
+def _is_address(entry: str) -> bool:
+    """Whether a destination list's ``entry`` is a ``host:port`` (port 1..65535) a request can be sent to."""
+    try:
+        parts = urllib.parse.urlsplit(f"//{entry}")
+        port = parts.port
+    except ValueError:  # (a port out of range or not a number)
+        return False
+    named = bool(parts.hostname) and parts.netloc == entry and "@" not in entry
+    return named and port is not None and port > 0
+
+
 # Metadata Envoy sends with the response headers: the pod that actually served.
 _LB, _SERVED = "envoy.lb", "x-gateway-destination-endpoint-served"
 # The gateway's subset hint (GIE protocol, as Envoy's ``envoy.lb.subset_hint`` metadata): only these pods.
@@ -280,8 +294,9 @@ class EppStream:
                 self.request_mutation = Mutation.of(msg.request_headers.response)
                 dest = self.request_mutation.sets.get(DESTINATION_ENDPOINT, "")
                 # The first address, and the fallbacks after it (GIE proposal 004: "The first valid endpoint
-                # in the list will be used", the next ones on the gateway's retries), the walk bounded.
-                listed = [a for a in (a.strip() for a in dest.split(",")) if a][:ADDRESSES_MAX]
+                # in the list will be used", the next ones on the gateway's retries), the walk bounded; an
+                # entry that is no ``host:port`` skipped (rev-g32 F4: it failed the cluster).
+                listed = [a for a in (a.strip() for a in dest.split(",")) if _is_address(a)][:ADDRESSES_MAX]
                 self.address = listed[0] if listed else None
                 self.alternates = tuple(listed[1:])
                 picked = True

@@ -1117,6 +1117,7 @@ class GlobalRouter:
 
         loop = asyncio.get_running_loop()
         walk = (target, *alternates)
+        first_sent = loop.time()  # (the cluster's charge: its walk had the request from here, rev-g32 F2)
         try:
             for i, target in enumerate(walk):
                 sent_at = loop.time()
@@ -1124,6 +1125,10 @@ class GlobalRouter:
                     resp = await self._post(st, mode, f"http://{target}{path}", body, fwd, timeout,
                                             started is not None, deadline=deadline)  # fmt: skip
                     break
+                except PastDeadline as e:
+                    if i:  # (a walk the bound ended: the cluster had the time since its first address)
+                        e.sent_at = first_sent
+                    raise
                 except NOT_CONNECTED as e:
                     if i + 1 == len(walk):
                         raise
