@@ -518,12 +518,15 @@ class _BadRequest(Exception):
 
 
 class _Refused(Exception):
-    """A request refused with ``resp`` before its body was read (the client may still be sending it)."""
+    """A request refused with ``resp`` before its body was read (the client may still be sending it).
+    ``counted``: reported to ``on_reject`` (not ``route_check``'s 404 / 405, which the handler answers
+    uncounted to the same request without ``Expect``: rev-e32 F5)."""
 
-    def __init__(self, resp: Response, length: int = -1) -> None:
+    def __init__(self, resp: Response, length: int = -1, counted: bool = True) -> None:
         super().__init__(resp.status)
         self.resp = resp
         self.length = length  # its Content-Length (-1: chunked, or not known)
+        self.counted = counted
 
 
 # Seconds a client is told to wait (``Retry-After``) when the body budget is spent: bodies are given
@@ -963,7 +966,7 @@ class FrontProtocol(asyncio.Protocol):
         except _BadRequest as bad:
             self._reject(bad.status, str(bad), bad.length)
         except _Refused as refused:
-            self._refuse(refused.resp, linger=True, length=refused.length)
+            self._refuse(refused.resp, linger=True, length=refused.length, counted=refused.counted)
         except (ValueError, UnicodeError) as malformed:
             self._reject(400, f"malformed HTTP request: {malformed}")
         if self.buf and self._pending is None and self.head_since is None and not self._reject_after:
@@ -1004,10 +1007,11 @@ class FrontProtocol(asyncio.Protocol):
             if self.linger_until is not None:
                 self.server.pace_wait(self)
 
-    def _refuse(self, resp: Response, *, linger: bool, length: int = -1) -> None:
+    def _refuse(self, resp: Response, *, linger: bool, length: int = -1, counted: bool = True) -> None:
         """Answer ``resp`` (after the requests before it), read nothing more, then close; ``linger``:
         the body may still be arriving, keep reading (and dropping) it briefly so the client sees the
-        answer (``_linger``); ``length``: the Content-Length of a request refused from its head."""
+        answer (``_linger``); ``length``: the Content-Length of a request refused from its head;
+        ``counted``: reported to ``on_reject``."""
         self._reject_after = True
         self._linger_after = linger
         if self._pending is not None:  # (refused while its body arrived)
@@ -1015,7 +1019,7 @@ class FrontProtocol(asyncio.Protocol):
         if length >= 0:
             self._linger_cap = float(length + _MAX_HEAD)  # (a float, as math.inf: mypyc)
         resp.force_close()
-        if self.server.on_reject is not None:
+        if counted and self.server.on_reject is not None:
             self.server.on_reject(resp.status)
         self.buf.clear()
         self._pending = None
@@ -1240,7 +1244,7 @@ class FrontProtocol(asyncio.Protocol):
             if expect is not None and http11 and expect.lower() == "100-continue":
                 route_check = server.route_check
                 if route_check is not None and (refusal := route_check(method, path)) is not None:
-                    raise _Refused(refusal, length)
+                    raise _Refused(refusal, length, counted=False)  # (as the handler's answer: uncounted)
                 if not self.busy and not self.queue:
                     # Only when nothing is being answered: never into the middle of an earlier pipelined
                     # response (the client sends the body anyway after its own short wait).
