@@ -32,6 +32,7 @@ import contextvars
 import functools
 import json
 import logging
+import math
 import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -79,6 +80,12 @@ SERVER_500 = "status 500"  # an attempt's outcome when its pod or gateway answer
 # A send that made no connection (refused, no route, the connect timed out): nothing was written, so the
 # EPP's next address may be tried (``GlobalRouter._send``'s ``alternates``).
 NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+# An Endpoint-mode address the hub could not connect to is tried last in its cluster's walk for this long
+# (``GlobalRouter._walk``): the EPP hears only the served address, so it keeps naming one the hub cannot
+# reach first, and each request would wait its connect timeout there (rev-g32 F1; as Envoy's Override Host
+# policy skips a host its outlier detection ejected). At most ``UNREACHABLE_MAX`` kept, the oldest dropped.
+UNREACHABLE_S = 30.0
+UNREACHABLE_MAX = 1024
 ERROR_BODY_MAX = 16 * 1024
 ERROR_BODY_S = 2.0
 
@@ -456,6 +463,8 @@ class GlobalRouter:
         # an answer stands ``ttl_s``, so older ones go as new ones come, at most ``LIVE_MAX`` are kept, and
         # a reload drops the addresses no cluster holds any more (``_answered``, ``apply``).
         self._live_at: dict[str, tuple[str, float]] = {}
+        # (cluster, address) -> when the hub last failed to connect there (clock), oldest first (``_walk``).
+        self._unreachable: dict[tuple[str, str], float] = {}
         self._probing: dict[str, asyncio.Future[bool]] = {}
         # Probes started by a bound's cut before a head (``_probe_after_cut``), ended at the close.
         self._cut_probes: set[asyncio.Task[None]] = set()
@@ -478,6 +487,9 @@ class GlobalRouter:
         # The cluster of each request sent by Parent mode without asking its EPP, which backs off after a
         # stall (``ClusterState.epp``).
         self.on_epp_skip: Callable[[str], None] | None = None
+        # The cluster of each address a walk put last, as it could not be connected to lately (``_walk``).
+        self.put_last = 0
+        self.on_put_last: Callable[[str], None] | None = None
 
     def apply(self, cfg: ClustersConfig) -> None:
         """A new clusters list (hot reload): keep what is known about clusters that stay."""
@@ -749,6 +761,7 @@ class GlobalRouter:
                 pick.client_model = model or None  # put back by the gateway should the EPP fail mid-way
                 # The pod gets what Envoy would send it: the EPP's header mutation and body.
                 to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
+                before = len(attempts)
                 routed = await self._send(
                     st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note, usage,
                     deadline, pick.alternates,
@@ -764,9 +777,12 @@ class GlobalRouter:
                 if spec.gateway is None and pod is None and _pod_failed(attempts[-1]):
                     # One pod's failure is not yet the cluster's (qa30 Q9): another pod first, as the
                     # Parent route (its gateway retries another endpoint) would.
+                    # (every address the walk tried is left out: one it could not connect to would cost
+                    # the connect timeout again, rev-g32 F3)
+                    tried = frozenset(a.target for a in attempts[before:])
                     return await self._other_pod(
-                        st, attempts[-1].target, path, fwd, body, attempts, gate, stream, model, note, usage,
-                        deadline,
+                        st, attempts[-1].target, tried, path, fwd, body, attempts, gate, stream, model, note,
+                        usage, deadline,
                     )  # fmt: skip
                 if spec.gateway is not None:
                     self.fallbacks += 1
@@ -789,6 +805,7 @@ class GlobalRouter:
         self,
         st: ClusterState,
         failed: str,
+        tried: frozenset[str],
         path: str,
         fwd: dict[str, str],
         body: bytes,
@@ -802,7 +819,9 @@ class GlobalRouter:
     ) -> Routed | None:
         """The cluster's EPP asked once more after its pod ``failed`` the request (``_pod_failed``), and
         the request sent to the pod it names; None (the cluster failed, the pod's failure its outcome)
-        when it names that pod again, refuses, fails or stalls, or the request's bound passes first."""
+        when it names that pod again, refuses, fails or stalls, or the request's bound passes first.
+        ``tried``: every address the request's walk tried there, left out of the new list (None when
+        nothing is left)."""
         spec = st.spec
         assert spec.epp is not None
         started = self.clock() if stream else None
@@ -815,14 +834,15 @@ class GlobalRouter:
                 )  # fmt: skip
         except (EppStalled, grpc.aio.AioRpcError, TimeoutError, OSError):
             return None
-        if pick.address is None or pick.address == failed:
+        left = [] if pick.address is None else [a for a in (pick.address, *pick.alternates) if a not in tried]
+        if pick.address is None or pick.address == failed or not left:
             pick.cancel()  # (its session closes the request: nothing was sent)
             return None
         pick.client_model = model or None
         to_pod = pick.request_mutation.apply(fwd, drop=_DROP)
         return await self._send(
-            st, ENDPOINT, pick.address, path, to_pod, pick.body, attempts, pick, started, note, usage,
-            deadline, tuple(a for a in pick.alternates if a != failed),
+            st, ENDPOINT, left[0], path, to_pod, pick.body, attempts, pick, started, note, usage, deadline,
+            tuple(left[1:]),
         )  # fmt: skip
 
     def _epp_stalled(self, st: ClusterState, gate: EppBackoff, asked_at: float, phase: str) -> None:
@@ -1080,6 +1100,35 @@ class GlobalRouter:
         at = st.fetched_at
         return st.fetch_error is not None and at is not None and self.clock() - at > self.cfg.ttl_s
 
+    def _walk(self, cluster: str, walk: tuple[str, ...]) -> tuple[str, ...]:
+        """An EPP's list for ``cluster`` in the order it is tried: the addresses the hub failed to connect
+        to within ``UNREACHABLE_S`` after the others (each such one counted), in the EPP's order."""
+        if len(walk) < 2 or not self._unreachable:
+            return walk
+        now = self.clock()
+        seen = self._unreachable
+        late = tuple(a for a in walk if now - seen.get((cluster, a), -math.inf) < UNREACHABLE_S)
+        if not late or len(late) == len(walk):
+            return walk
+        self.put_last += len(late)
+        if self.on_put_last is not None:
+            for _ in late:
+                self.on_put_last(cluster)
+        return (*(a for a in walk if a not in late), *late)
+
+    def _not_connected(self, cluster: str, address: str) -> None:
+        """The hub failed to connect to ``address`` of ``cluster`` now: kept (``_walk``), the records past
+        ``UNREACHABLE_S`` and past ``UNREACHABLE_MAX`` dropped from the oldest."""
+        seen = self._unreachable
+        now = self.clock()
+        seen.pop((cluster, address), None)
+        seen[(cluster, address)] = now
+        while seen:
+            first = next(iter(seen))
+            if len(seen) <= UNREACHABLE_MAX and now - seen[first] < UNREACHABLE_S:
+                break
+            del seen[first]
+
     async def _send(
         self,
         st: ClusterState,
@@ -1116,7 +1165,7 @@ class GlobalRouter:
                 epp.cancel()  # the EPP's session closes the request as failed
 
         loop = asyncio.get_running_loop()
-        walk = (target, *alternates)
+        walk = self._walk(st.name, (target, *alternates))
         first_sent = loop.time()  # (the cluster's charge: its walk had the request from here, rev-g32 F2)
         try:
             for i, target in enumerate(walk):
@@ -1124,12 +1173,16 @@ class GlobalRouter:
                 try:
                     resp = await self._post(st, mode, f"http://{target}{path}", body, fwd, timeout,
                                             started is not None, deadline=deadline)  # fmt: skip
+                    if mode == ENDPOINT:
+                        self._unreachable.pop((st.name, target), None)
                     break
                 except PastDeadline as e:
                     if i:  # (a walk the bound ended: the cluster had the time since its first address)
                         e.sent_at = first_sent
                     raise
                 except NOT_CONNECTED as e:
+                    if mode == ENDPOINT:
+                        self._not_connected(st.name, target)
                     if i + 1 == len(walk):
                         raise
                     # No connection, nothing sent: the EPP's next address, as a gateway with a retry walks

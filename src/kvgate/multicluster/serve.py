@@ -184,6 +184,12 @@ class _Metrics:
             "(epp_stalled_total)",
             ["cluster"], registry=r,
         )  # fmt: skip
+        self.put_last = Counter(
+            "kvgate_multicluster_endpoints_put_last_total",
+            "Endpoint-mode addresses a request's walk of its EPP's list tried last, as the hub failed to "
+            "connect to them within the last 30 s",
+            ["cluster"], registry=r,
+        )  # fmt: skip
         self.refused = Counter(
             "kvgate_multicluster_aggregates_refused_total",
             "Aggregate answers refused as no pool's (malformed, over the size cap, impossible numbers)",
@@ -420,6 +426,7 @@ class GlobalGateway:
         self.metrics.models.clock = clock
         self.router.on_stall = lambda cluster, phase: self.metrics.stalled.labels(cluster, phase).inc()
         self.router.on_epp_skip = lambda cluster: self.metrics.epp_skipped.labels(cluster).inc()
+        self.router.on_put_last = lambda cluster: self.metrics.put_last.labels(cluster).inc()
         self.clusters_file = clusters_file
         if clusters_file is not None:
             clusters_file.on_change = self.reload
