@@ -65,6 +65,18 @@ class CountingScanner(SSEScanner):
             self._events += 1
         return super()._line(line)
 
+    def _event_end(self, blank: bytes) -> bytes:
+        # An event over several data lines (``SSEScanner._aside``): counted as one line is.
+        event = self._event or b""
+        had_output = self.saw_output
+        out = super()._event_end(blank)
+        if not had_output and self.saw_output:
+            self._counting = CHOICE_CHUNK[0] in event or CHOICE_CHUNK[1] in event
+            self._events = int(self._counting)
+        elif had_output and self._counting and (CHOICE_CHUNK[0] in event or CHOICE_CHUNK[1] in event):
+            self._events += 1
+        return out
+
     def learned_usage(self) -> Usage | None:
         """The stream's usage; without one, its output events as its completion tokens (None: none)."""
         if self.usage is not None:
@@ -78,3 +90,4 @@ class _CountingTail(CountingScanner):
 
     feed = SSEScanner.feed
     _line = SSEScanner._line
+    _event_end = SSEScanner._event_end

@@ -106,7 +106,12 @@ class SSEScanner:
         self.usage: Usage | None = None
         self.saw_output = False
         self._tail = bytearray()
-        self._skipping = False  # inside an over-long line we gave up on
+        # The next line is not a line to scan alone: the rest of an over-long line we gave up on, or a
+        # line of a held event (one check a line for both, ``_aside``).
+        self._skipping = False
+        # An event whose JSON spans several ``data:`` lines (its first one failed to decode): its lines
+        # as they came, held to its blank line, then its data read as the SSE spec joins them. None: none.
+        self._event: bytearray | None = None
         # Set by ``extproc.output_events.CountingScanner`` past a stream's first output: the choice chunks
         # among each feed's complete lines are counted here, on the bytes the scan splits anyway.
         self.choice_lines: int | None = None
@@ -120,12 +125,15 @@ class SSEScanner:
         out = bytearray()
         for line in complete.splitlines(keepends=True):
             if self._skipping:
-                self._skipping = False
-                out += line
+                out += self._aside(line)
                 continue
             out += self._line(line)
         if len(rest) > MAX_SSE_LINE:
-            # Forward the oversized partial line untouched and stop buffering it.
+            # Forward the oversized partial line untouched and stop buffering it (a held event's lines
+            # first, unread).
+            if self._event is not None:
+                out += self._event
+                self._event = None
             out += rest
             rest = bytearray()
             self._skipping = True
@@ -135,9 +143,9 @@ class SSEScanner:
     def finish(self) -> bytes:
         """End of stream: a last event without a trailing newline."""
         tail, self._tail = bytes(self._tail), bytearray()
-        if not tail:
-            return b""
-        out = self._line(tail) if not self._skipping else tail
+        out = (self._line(tail) if not self._skipping else self._aside(tail)) if tail else b""
+        if self._event is not None:  # (a held event the stream ended without its blank line)
+            out += self._event_end(b"")
         return out if self.rewrite_to is not None else b""
 
     def _line(self, line: bytes) -> bytes:
@@ -147,12 +155,21 @@ class SSEScanner:
         data = stripped[5:].strip()
         if not data or data == b"[DONE]" or data[:1] != b"{":
             return line
-        if self.rewrite_to is None and self.saw_output and b'"usage"' not in data:
-            return line  # nothing left to learn from this event: skip the JSON parse
+        if self.rewrite_to is None and self.saw_output and b'"usage"' not in data and data[-1] == 125:
+            # Nothing left to learn from this event: skip the JSON parse. (125: ``}``. A first data line of
+            # several does not end its object: it is held, its ``usage`` may come on a later line.)
+            return line
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return line
+            # Perhaps the first of several data lines (qa32a Q7's case, read by ``kvgate serve`` too):
+            # held to the event's end. One-line events never come here.
+            self._event = bytearray(line)
+            self._skipping = True
+            return b""
+        return self._read(obj, line)
+
+    def _read(self, obj: Any, line: bytes) -> bytes:
         usage = usage_from(obj)
         if usage is not None:
             self.usage = later_usage(self.usage, usage)
@@ -162,6 +179,55 @@ class SSEScanner:
             ending = line[len(line.rstrip(b"\r\n")) :]
             return b"data: " + orjson.dumps(obj) + ending
         return line
+
+    def _aside(self, line: bytes) -> bytes:
+        """A line not scanned alone: the rest of an over-long line (out as it came), or a held event's
+        line, held until its blank line ends it (bounded: past ``MAX_SSE_LINE`` the held lines go out as
+        they came and the event is not read)."""
+        event = self._event
+        if event is None:
+            self._skipping = False
+            return line
+        if not line.strip():
+            return self._event_end(line)
+        event += line
+        if len(event) > MAX_SSE_LINE:
+            self._event = None
+            self._skipping = False
+            return bytes(event)
+        return b""
+
+    def _event_end(self, blank: bytes) -> bytes:
+        """A held event ended by ``blank``: its data read as ``kvgate.openai.usage.event_obj`` reads it
+        (its ``data`` lines joined by newlines), its model put back; out as it came if nothing was."""
+        event, self._event = bytes(self._event or b""), None
+        self._skipping = False
+        data = joined_data(event)
+        try:
+            obj = orjson.loads(data or b"")
+        except orjson.JSONDecodeError:
+            return event + blank
+        lines = event.splitlines(keepends=True)
+        ending = lines[-1][len(lines[-1].rstrip(b"\r\n")) :] or b"\n"
+        joined = b"data:" + ending  # (``_read`` takes its line end; returned as it is: nothing put back)
+        out = self._read(obj, joined)
+        if out is joined:
+            return event + blank  # nothing put back: the event's bytes as they came
+        fields = b"".join(x for x in lines if not x.startswith(b"data:"))
+        return fields + out + blank
+
+
+def joined_data(event: bytes | bytearray) -> bytes | None:
+    """An event's data: each ``data`` line's value (after the colon, one leading space dropped) joined by
+    newlines, as the SSE spec (and the openai SDK's decoder) reads them, the other fields and comments
+    left out; None when it has no ``data`` line (a whole body). ``kvgate.openai.usage.event_obj`` and
+    ``SSEScanner`` read a multi-line event by it."""
+    lines = [
+        line[6:] if line.startswith(b"data: ") else line[5:]
+        for line in bytes(event).splitlines()
+        if line.startswith(b"data:") or line == b"data"
+    ]
+    return b"\n".join(lines) if lines else None
 
 
 def event_end(buf: bytes | bytearray, start: int = 0) -> int:

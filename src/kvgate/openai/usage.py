@@ -12,7 +12,7 @@ import msgspec
 import orjson
 
 from kvgate.openai.protocol import input_usage, later_usage, usage_from, usage_of
-from kvgate.openai.sse import event_ends
+from kvgate.openai.sse import event_ends, joined_data
 from kvgate.scheduling.types import Usage
 
 TAIL_BYTES = 16 * 1024
@@ -74,9 +74,10 @@ def usage_from_body(body: bytes) -> Usage | None:
 def event_obj(event: bytes | bytearray) -> Any:
     """The JSON object of one SSE event (or of a whole body); None when it has none. An event whose data
     spans several ``data:`` lines, or whose one ``data:`` line has other fields beside it (``id:``,
-    ``retry:``, a ``: comment`` holding a ``{``), is read as the SSE spec reads its data (``_joined_data``),
-    on the decode's failure only: one-line events, every known server's, cost nothing more (qa32a Q7;
-    rev-e32 F4: ``kvgate epp``'s line scanner reads the data lines alone too)."""
+    ``retry:``, a ``: comment`` holding a ``{``), is read as the SSE spec reads its data
+    (``kvgate.openai.sse.joined_data``), on the decode's failure only: one-line events, every known
+    server's, cost nothing more (qa32a Q7; rev-e32 F4; ``SSEScanner`` holds and reads such events alike,
+    late-a32)."""
     start = event.find(b"{")
     if start < 0:
         return None
@@ -84,25 +85,13 @@ def event_obj(event: bytes | bytearray) -> Any:
         return orjson.loads(event[start:])
     except orjson.JSONDecodeError:
         pass
-    data = _joined_data(event)
+    data = joined_data(event)
     if data is None:
         return None
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-
-
-def _joined_data(event: bytes | bytearray) -> bytes | None:
-    """An event's data: each ``data`` line's value (after the colon, one leading space dropped) joined by
-    newlines, as the SSE spec (and the openai SDK's decoder) reads them, the other fields and comments
-    left out; None when it has no ``data`` line (a whole body)."""
-    lines = [
-        line[6:] if line.startswith(b"data: ") else line[5:]
-        for line in bytes(event).splitlines()
-        if line.startswith(b"data:") or line == b"data"
-    ]
-    return b"\n".join(lines) if lines else None
 
 
 def last_usage(tail: bytes | bytearray) -> Usage | None:
