@@ -102,7 +102,7 @@ def _listens(sock: Any) -> bool:
         return False
 
 
-def _route_check(
+def route_check(
     front: FrontServer, post_only: set[str], get_only_paths: set[str]
 ) -> Callable[[str, str], Response | None]:
     """The front's ``route_check``: a path with no route is the 404 ``_not_found`` answers, a method other
@@ -265,7 +265,7 @@ class GatewayServer:
             front.on_reject = lambda status: metrics.error("", "", str(status))
             if proxy.keys is not None:
                 front.head_check = _key_check(proxy)
-        front.route_check = _route_check(front, posts, reads)
+        front.route_check = route_check(front, posts, reads)
         return front
 
     async def _not_found(self, request: Request) -> Response:

@@ -1278,7 +1278,7 @@ class Supervisor:
     async def serve_admin(self) -> None:
         if self.cfg.admin_port is None:
             return
-        from kvgate.gateway.server import admin_ssl
+        from kvgate.gateway.server import admin_ssl, route_check
 
         routes: dict[str, Handler] = {  # (GET and HEAD only: 405 otherwise, as a single process's)
             "/metrics": get_only(self._metrics),
@@ -1290,6 +1290,9 @@ class Supervisor:
             routes, self._not_found, self.cfg.limits,
             prefix_routes={"/debug/picks/": get_only(self._debug_pick)},
         )  # fmt: skip  # (as a single process's admin port: every front limit, the same knobs on reload)
+        # No route (404) or a method the path does not take (405) answered from the head, no 100 Continue,
+        # as a single process's admin port (qa32a Q5; late-a32).
+        front.route_check = route_check(front, set(), set(routes))
         self._admin_front = front
         loop = asyncio.get_running_loop()
         self._admin = await loop.create_server(

@@ -321,6 +321,20 @@ def _openai_error(body: bytes) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("error"), dict)
 
 
+def _no_route(method: str, path: str) -> Response:
+    return json_error(404, f"no route for {method} {path}")
+
+
+def _route_check(front: FrontServer) -> Callable[[str, str], Response | None]:
+    """The front's ``route_check``: a path no route takes gets its 404 from the head, without a ``100
+    Continue`` (``kvgate serve``'s since qa32a Q5; late-a32). The methods a route takes stay its own."""
+
+    def check(method: str, path: str) -> Response | None:
+        return _no_route(method, path) if front.handler_for(path) is front.fallback else None
+
+    return check
+
+
 def _refuse(
     path: str,
     status: int,
@@ -874,7 +888,7 @@ class GlobalGateway:
         return json_error(503, "no cluster ready" + why)
 
     async def _not_found(self, request: Request) -> Response:
-        return json_error(404, f"no route for {request.method} {request.path}")
+        return _no_route(request.method, request.path)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(
@@ -910,10 +924,12 @@ class GlobalGateway:
         # gateway door counts it.
         error = self.metrics.error
         front.on_reject = lambda status: error("", str(status))
+        front.route_check = _route_check(front)
         loop = asyncio.get_running_loop()
         fronts = [front]
         if admin_port is not None:
             admin_front = self._admin_front = FrontServer.with_limits(admin, self._not_found, self.limits)
+            admin_front.route_check = _route_check(admin_front)
             fronts.append(admin_front)
             self._admin = await loop.create_server(
                 admin_front.protocol, host, admin_port, ssl=admin_ssl, reuse_address=True
