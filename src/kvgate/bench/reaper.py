@@ -8,7 +8,10 @@ own handlers and exit) registers
 ``reap`` with ``atexit`` and as the SIGTERM / SIGHUP handler (which then dies of that signal, as it
 would have). SIGINT keeps Python's handler: a Ctrl-C cancels ``asyncio.run``'s task or raises
 ``KeyboardInterrupt``, the benches' ``finally`` blocks stop their processes, and ``atexit`` takes
-whatever is left.
+whatever is left. Python runs these handlers on the main thread only, and a thread that is not the main
+one may take the signal (the main thread blocks all of them across each fork): ``install()`` also makes
+the loops ``asyncio.run`` creates wake on every signal (``kvgate.bench.sigwake``), else the main thread
+slept on in ``epoll_wait`` until the loop's next timer (session 32's CI: a Ctrl-C unseen for 120 s).
 
 What is reaped is found, not registered: this process's descendants (``/proc``, parent by parent) at
 the moment of the reap, and every process in a process group one of them leads (the helpers start
@@ -45,6 +48,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 from kvgate import lifeline
+from kvgate.bench import sigwake
 
 GRACE_S = lifeline.GRACE_S  # from SIGTERM to SIGKILL
 
@@ -170,6 +174,7 @@ def install(grace_s: float = GRACE_S) -> None:
     if _installed or threading.current_thread() is not threading.main_thread():
         return
     _installed = True
+    sigwake.install()  # (these handlers and Ctrl-C's wake its asyncio loop whatever thread takes them)
     lifeline.become_subreaper()
     lifeline.start_watchdog(grace_s)
     atexit.register(reap)
