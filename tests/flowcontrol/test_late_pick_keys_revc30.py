@@ -80,7 +80,7 @@ def test_a_certain_miss_is_not_packed_onto_a_passed_home(monkeypatch: pytest.Mon
     assert d.flow is not None
     a, b, c = d.store.all()
     a.inflight.requests, a.inflight.decoding = 1, 0
-    d._misses[a.address] = 1
+    a.inflight.certain_misses = 1
     monkeypatch.setattr(d.flow.ctl, "held_back", lambda req, now=None, slo_deadline=None: True)
     d.flow.ctl.service_ttft = 1.0  # now (0) + 1 s past the deadline (arrival -5 + 2 s): a certain miss
     req = InferenceRequest("m", "m", prompt_tokens=10, max_tokens=4, arrival_time=-5.0)

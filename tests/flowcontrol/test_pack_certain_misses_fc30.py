@@ -52,6 +52,12 @@ def _set(ep: Endpoint, requests: int, decoding: int) -> None:
     ep.inflight.requests, ep.inflight.decoding = requests, decoding
 
 
+def _marks(d: Director) -> dict[str, int]:
+    """The certain misses pending per endpoint (``InFlight.certain_misses``; the Director's own dict
+    before wk33)."""
+    return {ep.address: ep.inflight.certain_misses for ep in d.store.all() if ep.inflight.certain_misses}
+
+
 def _held(d: Director, monkeypatch: pytest.MonkeyPatch, back: bool) -> None:
     assert d.flow is not None
     monkeypatch.setattr(d.flow.ctl, "held_back", lambda req, now=None, slo_deadline=None: back)
@@ -78,11 +84,11 @@ def test_a_certain_miss_joins_the_endpoint_whose_pending_are_all_certain_misses(
     d = _director()
     _held(d, monkeypatch, True)
     first = d._pick_late(_req("m1", -5.0), False).primary  # nothing pending anywhere: the profile's pick
-    assert d._misses == {first.address: 1}
+    assert _marks(d) == {first.address: 1}
     # the others are idle: the active-request scorer alone would send the next one elsewhere (fewer in flight)
     second = d._pick_late(_req("m2", -5.0), False).primary
     assert second is first
-    assert d._misses == {first.address: 2}
+    assert _marks(d) == {first.address: 2}
     # at the pending bound (2) it is no longer open: a third goes where the pick puts it
     third = d._pick_late(_req("m3", -5.0), False).primary
     assert third is not first
@@ -90,7 +96,7 @@ def test_a_certain_miss_joins_the_endpoint_whose_pending_are_all_certain_misses(
     d.on_first_token(_req("m1", -5.0), first, learn=False)
     d.on_finished(_req("m2", -5.0), first, None, False)  # ended before its first token
     d.on_finished(_req("m3", -5.0), third, None, False)
-    assert d._misses == {}
+    assert _marks(d) == {}
 
 
 def test_a_request_still_in_time_goes_to_an_endpoint_with_nothing_pending(
@@ -101,7 +107,7 @@ def test_a_request_still_in_time_goes_to_an_endpoint_with_nothing_pending(
     assert isinstance(det, ConcurrencyDetector)
     a, b, c = d.store.all()
     _set(a, 1, 0)
-    d._misses[a.address] = 1  # a: one certain miss pending
+    a.inflight.certain_misses = 1  # a: one certain miss pending
     _set(b, 6, 6)  # b: nothing pending, a free running slot
     _set(c, 2, 1)  # c: one request pending that can still make it
     _held(d, monkeypatch, False)
@@ -119,7 +125,7 @@ def test_without_the_key_the_late_pick_marks_nothing(monkeypatch: pytest.MonkeyP
     _held(d, monkeypatch, True)
     d._pick_late(_req("m1", -5.0), False)
     d._pick_late(_req("m2", -5.0), False)
-    assert d._misses == {}
+    assert _marks(d) == {}
 
 
 def test_prefill_alone_pick_is_the_second_half_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,4 +145,4 @@ def test_prefill_alone_pick_is_the_second_half_alone(monkeypatch: pytest.MonkeyP
     _held(d, monkeypatch, True)  # a certain miss by the clock: not marked without packCertainMisses
     assert d._pack_misses(_req("m", -5.0), det, None) == (False, [b])
     assert d._pick_late(_req("m", -5.0), False).primary is b
-    assert d._misses == {}
+    assert _marks(d) == {}

@@ -98,6 +98,11 @@ class InFlight:
     # Requests, each once whatever its sequences: the peers' own load counts (sglang-router's in-flight
     # requests, a least-request router's), which their baseline models read (review s21-fixes-a L7).
     calls: int = 0
+    # Of the pending sequences (``requests - decoding``), those flow control sent as certain misses
+    # (``flowControl.packCertainMisses``: held back and past their TTFT deadline by the service p90),
+    # which the late pick packs together. Here, not in the Director, so that ``--workers`` shares it with
+    # the pending count it is compared with (``gateway.shared_inflight``; wk32's finding, wk33).
+    certain_misses: int = 0
 
 
 @dataclass(slots=True, eq=False)

@@ -180,8 +180,10 @@ LIMIT_FIELDS = _LHEAD + LIMIT_BANDS * _LENTRY
 # by each worker at its start (``check_layout``): a worker spawned from code of another layout (an upgrade in
 # place under a running supervisor, then a respawn) refuses to start instead of reading and writing the rows
 # at another stride (review s25-rev-wk25 F1; as ``gateway.shared_responses``' table). Bump the version when a
-# field's meaning changes but no size does.
-LAYOUT_VERSION = 1
+# field's meaning changes but no size does, or when the in-flight table before this segment
+# (``gateway.shared_inflight.FIELDS``) changes its row: it moves this segment's offset. 2: its row took
+# ``certain_misses`` (wk33).
+LAYOUT_VERSION = 2
 _LAYOUT_BYTES = 8
 
 

@@ -43,6 +43,7 @@ FIELDS = (
     "unstarted_tokens",
     "started",
     "calls",
+    "certain_misses",
 )
 _NF = len(FIELDS)
 _ZEROS: Sequence[int] = (0,) * _NF

@@ -102,7 +102,7 @@ class _Track:
     flow: str | None = None  # its fairness flow, counted in flow control's in-flight per flow
     held: bool = False  # the fair-share headroom held it back at dispatch (fairShareRunningReserve)
     seqs: int = 1  # the sequences it runs (``InferenceRequest.sequences``): its weight in the counts
-    miss: bool = False  # a certain miss at dispatch (packCertainMisses), counted in ``_misses`` until started
+    miss: bool = False  # a certain miss at dispatch (packCertainMisses), in ``certain_misses`` until started
 
 
 class Director:
@@ -144,9 +144,6 @@ class Director:
         self._count_held = isinstance(detector, UtilizationDetector) and detector.own_load_staleness > 0
         self._kv_horizon = detector.scrape_bound() if detector is not None and self._count_held else 0.0
         self._tracks: OrderedDict[tuple[str, str], _Track] = OrderedDict()
-        # ``flowControl.packCertainMisses``: per endpoint address, the certain misses sent there and not
-        # yet at their first token (what the late pick packs them by).
-        self._misses: dict[str, int] = {}
         # Sheddable requests a door can stop before their first token, oldest first (preemption).
         self._victims: OrderedDict[tuple[str, str], InferenceRequest] = OrderedDict()
         self.mean_decode = float(DEFAULT_DECODE_TOKENS)
@@ -392,8 +389,7 @@ class Director:
             track = self._tracks.get((req.request_id, result.primary.address))
             if track is not None and not track.first_token and not track.miss:
                 track.miss = True
-                addr = result.primary.address
-                self._misses[addr] = self._misses.get(addr, 0) + 1
+                result.primary.inflight.certain_misses += track.seqs
         return result
 
     def _pack_misses(
@@ -417,7 +413,7 @@ class Director:
             cands = self.candidates(req)
         except SchedulingError:
             return False, only  # (the pick fails with its own error)
-        ctl, now, misses, room = flow.ctl, self.clock(), self._misses, det.max_requests
+        ctl, now, room = flow.ctl, self.clock(), det.max_requests
         if (
             ctl.cfg.pack_certain_misses
             and ctl.held_back(req, now)
@@ -428,7 +424,7 @@ class Director:
                 inf = ep.inflight
                 pending = inf.requests - inf.decoding
                 if (
-                    0 < pending <= misses.get(ep.address, 0)
+                    0 < pending <= inf.certain_misses  # (both the fleet's under ``--workers``)
                     and pending < det.max_pending
                     and inf.requests < room
                 ):
@@ -784,7 +780,7 @@ class Director:
         track.first_token = True
         first = track.first_at = self.clock()
         if track.miss:
-            self._unmark(endpoint.address)
+            self._unmark(endpoint, track)
         if track.stop is not None:
             track.stop = None
             self._victims.pop((req.request_id, endpoint.address), None)
@@ -860,13 +856,12 @@ class Director:
             n = max(n, met.running_requests)
         return float(n)
 
-    def _unmark(self, address: str) -> None:
-        """A certain miss sent to ``address`` started (or ended before it did): one fewer pending there."""
-        n = self._misses.get(address, 0) - 1
-        if n > 0:
-            self._misses[address] = n
-        else:
-            self._misses.pop(address, None)
+    @staticmethod
+    def _unmark(endpoint: Endpoint, track: _Track) -> None:
+        """A certain miss sent to ``endpoint`` started (or ended before it did): fewer pending there."""
+        inf = endpoint.inflight
+        n = inf.certain_misses - track.seqs
+        inf.certain_misses = n if n > 0 else 0
 
     def _flow_ended(self, track: _Track) -> None:
         """A tracked request ended: finished, a preempted victim or a forgotten track. Each end gives
@@ -877,10 +872,10 @@ class Director:
     def _release(self, address: str, endpoint: Endpoint | None, track: _Track) -> None:
         if track.keys is not None:
             self._held.release(address, track.keys.keys)
-        if track.miss and not track.first_token:
-            self._unmark(address)
         if endpoint is None:
             return
+        if track.miss and not track.first_token:
+            self._unmark(endpoint, track)
         inf = endpoint.inflight
         # (``max(0, ...)`` as comparisons: these run on every request)
         left = inf.requests - track.seqs
