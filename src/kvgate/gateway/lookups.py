@@ -212,7 +212,7 @@ class ResponseLookups:
         try:
             ctype = resp.head.headers.get("content-type", "application/json")
             headers = {"x-request-id": rid, "Content-Type": ctype}
-            pass_upstream_headers(resp.head.headers, headers)
+            cookies = pass_upstream_headers(resp.head.headers, headers)
             if resp.status in (429, 503):
                 # (a server's back-off kept, as a follow-up's answer keeps it: a draining home's 503 and
                 # its Retry-After, review s26-rev-prev26 F7; a 429 without one gets the default)
@@ -233,7 +233,7 @@ class ResponseLookups:
             if put_back is None or (isinstance(put_back, PieceRewriter) and put_back.same_length):
                 with contextlib.suppress(KeyError, ValueError):
                     length = int(resp.head.headers["content-length"])
-            out = StreamResponse(status=resp.status, headers=headers, length=length)
+            out = StreamResponse(resp.status, headers, length, cookies)
             await out.prepare(request)
             if request.method == "HEAD":
                 # (its head is all it answers: reading on would hold the client's connection, a slot and

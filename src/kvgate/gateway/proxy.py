@@ -1516,7 +1516,7 @@ class Proxy:
         ``_relay_stream``'s."""
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
-        pass_upstream_headers(resp.head.headers, headers)
+        cookies = pass_upstream_headers(resp.head.headers, headers)
         rewriter = PieceRewriter(sent_model, client_model, self.whole_max) if sent_model else None
         # Upstream's Content-Length, for an HTTP/1.0 client (which gets no chunks), when the body goes
         # out unchanged in length: no model name put back, or one of the same length.
@@ -1526,7 +1526,7 @@ class Proxy:
                 length = int(resp.head.headers["content-length"])
             if length is not None and length < 0:
                 length = None
-        out = StreamResponse(status=resp.status, headers=headers, length=length)
+        out = StreamResponse(resp.status, headers, length, cookies)
         scan = BodyUsageScanner()
         ok = False
         sent = 0  # body bytes written to the client (the response size families)
@@ -1659,8 +1659,9 @@ class Proxy:
             m.error(client_model, ireq.model, str(resp.status), flow)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "application/json")
-        pass_upstream_headers(resp.head.headers, headers)
-        return Response(resp.status, body, None, headers)  # (by position: status, body, text, headers)
+        cookies = pass_upstream_headers(resp.head.headers, headers)
+        # (by position: status, body, text, headers, content_type, set_cookies)
+        return Response(resp.status, body, None, headers, None, cookies)
 
     async def _relay_stream(
         self,
@@ -1695,10 +1696,10 @@ class Proxy:
         sent = 0  # body bytes written to the client (the response size families)
         headers = reply_headers
         headers["Content-Type"] = resp.head.headers.get("content-type", "text/event-stream")
-        pass_upstream_headers(resp.head.headers, headers)
+        cookies = pass_upstream_headers(resp.head.headers, headers)
         headers.pop("cache-control", None)  # (the server's, replaced: an event stream is never cached)
         headers["Cache-Control"] = "no-cache"
-        out = StreamResponse(resp.status, headers)
+        out = StreamResponse(resp.status, headers, None, cookies)
         ok = False
         upstream_ok = True
         drain_cut: bytes | None = None  # (or the preemption's event: the gateway's doing, as the drain's)

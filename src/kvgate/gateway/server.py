@@ -38,7 +38,7 @@ from kvgate.gateway.pools import Pool, build_pool
 from kvgate.gateway.proxy import Proxy
 from kvgate.gateway.shared_responses import SharedResponses
 from kvgate.gateway.shared_tenants import SharedTenants
-from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
+from kvgate.httpfront.server import READ_METHODS, FrontServer, Handler, Request, Response, get_only, read_only
 from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
 from kvgate.openai.labels import ModelLabels
@@ -103,12 +103,16 @@ def _listens(sock: Any) -> bool:
 
 
 def route_check(
-    front: FrontServer, post_only: set[str], get_only_paths: set[str]
+    front: FrontServer,
+    post_only: set[str],
+    get_only_paths: set[str],
+    get_only_prefixes: tuple[str, ...] = (),
 ) -> Callable[[str, str], Response | None]:
     """The front's ``route_check``: a path with no route is the 404 ``_not_found`` answers, a method other
     than POST on an API path (``post_only``) the 405 the proxy answers (its API's shape, ``Allow: POST``;
-    no request id: none was made), a method other than GET or HEAD on an admin path ``get_only``'s; None
-    leaves the request to its handler (the prefix routes, ``/v1/models``)."""
+    no request id: none was made), a method other than GET or HEAD on a read-only path (``get_only_paths``,
+    or under ``get_only_prefixes``: ``/debug/picks/<id>``, ``/v1/models/<id>``; small33) ``get_only``'s;
+    None leaves the request to its handler (the Responses lookups, whose method depends on the path)."""
 
     def check(method: str, path: str) -> Response | None:
         if path in post_only:
@@ -118,10 +122,8 @@ def route_check(
             resp = error_response(err, None, path)
             resp.headers["Allow"] = "POST"
             return resp
-        if path in get_only_paths and method not in ("GET", "HEAD"):
-            resp = error_response(GatewayError(405, f"{method} is not allowed on {path}; use GET"))
-            resp.headers["Allow"] = "GET, HEAD"
-            return resp
+        if method not in READ_METHODS and (path in get_only_paths or path.startswith(get_only_prefixes)):
+            return read_only(method, path)
         if path in front.routes or any(path.startswith(p) for p in front.prefix_routes):
             return None
         return error_response(GatewayError(404, f"no route for {method} {path}"))
@@ -234,9 +236,12 @@ class GatewayServer:
         routes: dict[str, Handler] = {}
         prefix: dict[str, Handler] = {}
         posts: set[str] = set()  # (the API paths: POST only)
-        reads: set[str] = set()  # (the admin paths: GET and HEAD only)
+        reads: set[str] = set()  # (the admin paths and the model list: GET and HEAD only)
+        read_prefixes: list[str] = []
         if proxy is not None:
             posts.update(OTHER_PATHS, PATHS.values())
+            reads.add("/v1/models")
+            read_prefixes.append(MODELS_PREFIX)
             # One handler per path for every method: it answers 405 itself, as an OpenAI JSON error.
             routes.update(
                 {
@@ -257,6 +262,7 @@ class GatewayServer:
             reads.update(admin_routes)
             routes.update({path: get_only(h) for path, h in admin_routes.items()})
             prefix["/debug/picks/"] = get_only(self._debug_pick)
+            read_prefixes.append("/debug/picks/")
         front = FrontServer.with_limits(routes, self._not_found, self.cfg.limits, prefix_routes=prefix)
         if proxy is not None:
             # A request the front refuses (413 over maxBodyBytes, malformed HTTP, 408) is counted once,
@@ -265,7 +271,7 @@ class GatewayServer:
             front.on_reject = lambda status: metrics.error("", "", str(status))
             if proxy.keys is not None:
                 front.head_check = _key_check(proxy)
-        front.route_check = route_check(front, posts, reads)
+        front.route_check = route_check(front, posts, reads, tuple(read_prefixes))
         return front
 
     async def _not_found(self, request: Request) -> Response:

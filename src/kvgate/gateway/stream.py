@@ -44,12 +44,16 @@ _NOT_RELAYED: Final = frozenset((
 _NONE: Final[frozenset[str]] = frozenset()
 
 
-def pass_upstream_headers(upstream: Mapping[str, str], reply: dict[str, str]) -> None:
+def pass_upstream_headers(upstream: Mapping[str, str], reply: dict[str, str]) -> tuple[str, ...]:
     """Copy ``upstream``'s (lower-case keys, a repeated one's lines joined) end-to-end headers into
     ``reply``, as Envoy relays them to a client of ``kvgate epp`` (qa32a Q4: only the representation
     headers were, late-a31; rate-limit, timing, CORS, tracing headers were lost). The body is never
     decoded, so its ``Content-Encoding`` goes with it. rev-e32: the original bytes of a value (read as
-    latin-1, written as UTF-8 with ``surrogateescape``) and each ``Set-Cookie`` line (F2, F1)."""
+    latin-1, written as UTF-8 with ``surrogateescape``) and each ``Set-Cookie`` line (F2, F1).
+
+    Returns the ``Set-Cookie`` lines, () if none: the answer's ``set_cookies``, written one header line
+    each (RFC 6265 3: never joined). small33: they were one ``reply`` value joined with
+    ``"\r\nset-cookie: "``, CR/LF inside a value, safe only while the upstream parser refused CR/LF."""
     conn = upstream.get("connection")
     named = {t.strip().lower() for t in conn.split(",")} if conn else _NONE
     for key, value in upstream.items():  # (in the server's order)
@@ -58,9 +62,9 @@ def pass_upstream_headers(upstream: Mapping[str, str], reply: dict[str, str]) ->
             reply[key] = (
                 value if value.isascii() else value.encode("latin-1").decode("utf-8", "surrogateescape")
             )
-    cookies = reply.get("set-cookie")
-    if cookies is not None and "\n" in cookies:  # (the upstream reader's newline between two: a line each)
-        reply["set-cookie"] = cookies.replace("\n", "\r\nset-cookie: ")
+    cookies = reply.pop("set-cookie", None)
+    # (the upstream reader keeps a repeated one's lines apart by a newline, which no parsed value holds)
+    return () if cookies is None else tuple(cookies.split("\n"))
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:

@@ -1292,7 +1292,7 @@ class Supervisor:
         )  # fmt: skip  # (as a single process's admin port: every front limit, the same knobs on reload)
         # No route (404) or a method the path does not take (405) answered from the head, no 100 Continue,
         # as a single process's admin port (qa32a Q5; late-a32).
-        front.route_check = route_check(front, set(), set(routes))
+        front.route_check = route_check(front, set(), set(routes), ("/debug/picks/",))
         self._admin_front = front
         loop = asyncio.get_running_loop()
         self._admin = await loop.create_server(

@@ -134,7 +134,7 @@ class Request:
 class Response:
     """A whole response (the aiohttp ``web.Response`` keywords the gateway uses)."""
 
-    __slots__ = ("body", "close", "content_type", "headers", "release", "status")
+    __slots__ = ("body", "close", "content_type", "headers", "release", "set_cookies", "status")
 
     def __init__(
         self,
@@ -143,6 +143,7 @@ class Response:
         text: str | None = None,
         headers: dict[str, str] | None = None,
         content_type: str | None = None,
+        set_cookies: tuple[str, ...] = (),
     ) -> None:
         # (positional too: a class called with keywords builds a dict for them, ~0.2 us for three; the
         # proxy's whole answer, once per request, passes them by position)
@@ -150,6 +151,8 @@ class Response:
         self.body = text.encode() if text is not None else body
         self.headers = headers or {}
         self.content_type = content_type
+        # ``Set-Cookie`` lines, written one header line each (RFC 6265 3: the one field never joined)
+        self.set_cookies = set_cookies
         self.close = False
         # Called once when the body has left the gateway (its output buffer back under
         # ``write_buffer_bytes``) or the connection ended: what held the body gives its bytes back then
@@ -183,15 +186,21 @@ class StreamResponse:
     when ``length`` is known (else chunked, as the GET's), the writes dropped, no last chunk."""
 
     __slots__ = (
-        "_bodiless", "_chunked", "_length", "_proto", "ended", "headers", "prepared", "status", "waits",
+        "_bodiless", "_chunked", "_length", "_proto", "ended", "headers", "prepared", "set_cookies", "status",
+        "waits",
     )  # fmt: skip
 
     def __init__(
-        self, status: int = 200, headers: dict[str, str] | None = None, length: int | None = None
+        self,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        length: int | None = None,
+        set_cookies: tuple[str, ...] = (),
     ) -> None:
         # (positional too, as ``Response``: the proxy's relay passes them by position, once per stream)
         self.status = status
         self.headers = headers or {}
+        self.set_cookies = set_cookies  # (as ``Response``'s)
         self._proto: FrontProtocol | None = None
         self.prepared = False
         self.ended = False
@@ -206,12 +215,14 @@ class StreamResponse:
             self._bodiless = True
             length = self._length if self._length is not None or request.http11 else -1  # (no chunks in 1.0)
             close = not request.keep_alive or self._proto.server.draining
-            self._proto.send(_head(self.status, self.headers, None, length, close, not request.http11))
+            self._proto.send(
+                _head(self.status, self.headers, None, length, close, not request.http11, self.set_cookies)
+            )
         elif request.http11:
             # The connection closes after this answer (its client asked, or the drain began): said in
             # the head, as a whole ``Response``'s says it (``FrontProtocol._serve``; doors18).
             close = not request.keep_alive or self._proto.server.draining
-            self._proto.send(_head(self.status, self.headers, None, None, close))
+            self._proto.send(_head(self.status, self.headers, None, None, close, False, self.set_cookies))
         else:
             # HTTP/1.0 has no chunked encoding: the body ends when the connection closes, and with a
             # known length at it (the client can tell a cut body). Any abort resets the connection
@@ -220,7 +231,7 @@ class StreamResponse:
             request.keep_alive = False
             self._proto.close_delimited = True
             length = -1 if self._length is None else self._length
-            self._proto.send(_head(self.status, self.headers, None, length, True))
+            self._proto.send(_head(self.status, self.headers, None, length, True, False, self.set_cookies))
         self.prepared = True
 
     async def write(self, data: bytes) -> None:
@@ -290,17 +301,21 @@ def _head(
     length: int | None,
     close: bool,
     keep10: bool = False,
+    set_cookies: tuple[str, ...] = (),
 ) -> bytes:
     """An answer's head. ``close``: ``Connection: close``; else ``keep10`` (an HTTP/1.0 client whose
     connection is kept): ``Connection: keep-alive``, which such a client needs to see to reuse it (RFC 9112
     Appendix C.2.2; review s19-qa L5: ApacheBench ``-k``, HTTP/1.0 proxies and ``curl --http1.0`` closed
-    after every answer)."""
+    after every answer). ``set_cookies``: a ``set-cookie`` line each."""
     # (one string grown in place: a handful of short pieces, cheaper than a list and a join)
     head = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
     if content_type:
         head += f"Content-Type: {content_type}\r\n"
     for k, v in headers.items():
         head += f"{k}: {v}\r\n"
+    if set_cookies:  # (a test, not a loop: no cost to an answer without)
+        for v in set_cookies:
+            head += f"set-cookie: {v}\r\n"
     if length is None:
         head += "Transfer-Encoding: chunked\r\n"
     elif length >= 0:  # -1: neither (an HTTP/1.0 stream, delimited by closing the connection)
@@ -558,10 +573,16 @@ def get_only(handler: Handler) -> Handler:
     async def only_get(request: Request) -> Response | StreamResponse:
         if request.method in READ_METHODS:
             return await handler(request)
-        why = f"{request.method} is not allowed on {request.path}; use GET"
-        return json_error(405, why, headers={"Allow": "GET, HEAD"})
+        return read_only(request.method, request.path)
 
     return only_get
+
+
+def read_only(method: str, path: str) -> Response:
+    """The 405 a GET-only path answers another method (``get_only``'s; a front's ``route_check`` sends the
+    same from the head, without a ``100 Continue``)."""
+    why = f"{method} is not allowed on {path}; use GET"
+    return json_error(405, why, headers={"Allow": "GET, HEAD"})
 
 
 def _knobs(limits: LimitsLike) -> dict[str, Any]:
@@ -1427,6 +1448,7 @@ class FrontProtocol(asyncio.Protocol):
                                 len(resp.body),
                                 close,
                                 not req.http11,
+                                resp.set_cookies,
                             )
                             release, resp.release = resp.release, None
                             if release is None:

@@ -43,6 +43,7 @@ from kvgate.httpfront import offload
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.metrics import FrontGauges, LogLinesDropped, ReloadMetrics
 from kvgate.httpfront.server import (
+    READ_METHODS,
     FrontLimits,
     FrontServer,
     Handler,
@@ -51,6 +52,7 @@ from kvgate.httpfront.server import (
     StreamResponse,
     get_only,
     json_error,
+    read_only,
 )
 from kvgate.k8s.lease import check_one_time
 from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
@@ -325,12 +327,20 @@ def _no_route(method: str, path: str) -> Response:
     return json_error(404, f"no route for {method} {path}")
 
 
-def _route_check(front: FrontServer) -> Callable[[str, str], Response | None]:
+def _route_check(
+    front: FrontServer, reads: Set[str], read_prefixes: tuple[str, ...] = ()
+) -> Callable[[str, str], Response | None]:
     """The front's ``route_check``: a path no route takes gets its 404 from the head, without a ``100
-    Continue`` (``kvgate serve``'s since qa32a Q5; late-a32). The methods a route takes stay its own."""
+    Continue`` (``kvgate serve``'s since qa32a Q5; late-a32), and so does a method other than GET or HEAD
+    on a read-only path (``reads``, or under ``read_prefixes``: ``get_only``'s 405; small33). The other
+    routes' methods stay their own."""
 
     def check(method: str, path: str) -> Response | None:
-        return _no_route(method, path) if front.handler_for(path) is front.fallback else None
+        if front.handler_for(path) is front.fallback:
+            return _no_route(method, path)
+        if method not in READ_METHODS and (path in reads or path.startswith(read_prefixes)):
+            return read_only(method, path)
+        return None
 
     return check
 
@@ -924,12 +934,12 @@ class GlobalGateway:
         # gateway door counts it.
         error = self.metrics.error
         front.on_reject = lambda status: error("", str(status))
-        front.route_check = _route_check(front)
+        front.route_check = _route_check(front, routes.keys() - ROUTED_PATHS, (MODELS_PREFIX,))
         loop = asyncio.get_running_loop()
         fronts = [front]
         if admin_port is not None:
             admin_front = self._admin_front = FrontServer.with_limits(admin, self._not_found, self.limits)
-            admin_front.route_check = _route_check(admin_front)
+            admin_front.route_check = _route_check(admin_front, admin.keys())
             fronts.append(admin_front)
             self._admin = await loop.create_server(
                 admin_front.protocol, host, admin_port, ssl=admin_ssl, reuse_address=True
