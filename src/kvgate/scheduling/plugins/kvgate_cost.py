@@ -70,6 +70,17 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   contexts are placed as without ``coldSpread``: on family c the gain comes from the one-offs, and
   steering the rest is what shared-prefix and family a paid for (docs/benchmarks/fleet-multiturn-s30.md).
 
+- ``copyByWait`` (off): a request whose prefix a candidate holds goes to one holding less (a second
+  copy of the prefix) only if it reaches its first token sooner there: its own wait, the part of the
+  cost it waits on itself (tokens ahead + its uncached tokens + ``decodeWeight`` x requests in flight,
+  pace-scaled, + the KV penalty), must be below every best holder's. Otherwise the copy costs the
+  cheapest holder's cost plus its longer wait, plus a token (a tie stays at the holder). The premiums
+  a copy pays for others (displacement, backlog, the optional terms) still rank the candidates, but
+  cannot make a copy win: a copy whose request waits as long as at the holder only adds its prefill
+  to another replica's queue (a burst's second copy computes the prefix the holder is computing or
+  already has). A p90 counts requests in the slow band, and a copy of a prefix that alone takes the
+  band's time takes no request out of it (docs/benchmarks/fleet-multiturn-s33.md).
+
 - ``evictionPrice`` (off: opt-in; docs/benchmarks.md "Session 20" for why): what a request's write evicts
   at each candidate, priced in expected recompute (``eviction_price.py``). Its uncached tokens and its
   ``max_tokens`` move every prefix cached there ``u / w`` seconds closer to the LRU end (``w`` the tokens
@@ -164,6 +175,27 @@ class _TailExpectation:
         return max(self.floor, self.m.uncached_fraction(address))
 
 
+def _copy_only_if_sooner(costs: list[float], waits: list[float], copies: list[bool]) -> None:
+    """copyByWait: a candidate that would compute a second copy of the prefix wins over the holders only
+    if this request's own wait there is shorter than at every holder; otherwise it costs the cheapest
+    holder's cost plus how much longer it waits, plus one token (a tie stays at the holder). In place;
+    ``copies[i]``: candidate i holds less than the best holder."""
+    hold_wait = hold_cost = math.inf
+    for c, w, copy in zip(costs, waits, copies, strict=True):
+        if not copy:
+            if w < hold_wait:
+                hold_wait = w
+            if c < hold_cost:
+                hold_cost = c
+    if hold_cost == math.inf:
+        return  # (no candidate holds it: a filter removed the holders)
+    for i, w in enumerate(waits):
+        if copies[i] and w >= hold_wait:
+            floor = hold_cost + (w - hold_wait) + 1.0
+            if costs[i] < floor:
+                costs[i] = floor
+
+
 class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
     bounded = True
 
@@ -192,6 +224,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         cold_spread_window: float = 120.0,
         cold_spread_decode_heavy: bool = False,
         eviction_price: bool = False,
+        copy_by_wait: bool = False,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -216,6 +249,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.cold_spread = cold_spread
         self.cold_spread_window = cold_spread_window
         self.cold_spread_decode_heavy = cold_spread_decode_heavy
+        self.copy_by_wait = copy_by_wait
         # evictionPrice: what each request's write evicts at each replica, priced (eviction_price.py).
         self.eviction: EvictionLedger | None = EvictionLedger() if eviction_price else None
         # coldSpread: per endpoint (decayed prompt tokens found cached there, its time).
@@ -265,6 +299,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             cold_spread_window=params.get_duration("coldSpreadWindow", 120.0, positive=True),
             cold_spread_decode_heavy=params.get_bool("coldSpreadDecodeHeavy", False),
             eviction_price=params.get_bool("evictionPrice", False),
+            copy_by_wait=params.get_bool("copyByWait", False),
         )
         params.finish()
         if s.cold_spread_decode_heavy and not s.cold_spread:
@@ -421,6 +456,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         replicate = self.replicate_loaded and matched and best_uncached < p
         premiums: list[float] = []
         holder_ahead: list[float] = []
+        # copyByWait: per endpoint, the cost's terms this request itself waits on (not the premiums it pays
+        # for others), and whether going there makes a second copy of a prefix another candidate holds.
+        by_wait = self.copy_by_wait and matched and best_uncached < p
+        waits: list[float] = []
+        copies: list[bool] = []
         i = -1
         for ep in endpoints:
             i += 1
@@ -489,6 +529,10 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 work *= scale
             else:
                 scale = 1.0  # (``work *= 1.0`` changes no float: not done)
+            if by_wait:
+                # Its own wait: tokens ahead, its prefill, the batch it joins, the full cache's risk.
+                waits.append((ahead + uncached + decode_weight * load) * scale + cost)
+                copies.append(lost > 0.0)
             if replicate:
                 # Only onto a replica with nothing queued: the copy then delays no one.
                 idle = ahead == 0 and queued <= 0
@@ -505,6 +549,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             # prefix's demand exceeds what its holders serve in time, so a second copy is wanted and
             # costs its prefill only (the index then counts the new replica as a holder too).
             costs = [c - prem for c, prem in zip(costs, premiums, strict=True)]
+        if by_wait:
+            _copy_only_if_sooner(costs, waits, copies)
         if saturated and len(saturated) < len(costs):
             pen = self.saturation_penalty
             for i in saturated:
