@@ -677,6 +677,12 @@ class GatewayServer:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(CUT_WRITE_S):
                         await self.proxy.idle.wait()
+        if self._data is not None and self._data[1].reading:
+            # A request pipelined behind an answer that ended in the drain: answered (503) before the
+            # connections are closed below (qa33b-F1), within the deadline.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._data[1].reads_done()
         try:
             await cancel_all_and_wait(self._tasks, "the gateway's task", log)
             self._tasks.clear()

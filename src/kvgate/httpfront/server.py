@@ -214,14 +214,19 @@ class StreamResponse:
         if request.method == "HEAD":
             self._bodiless = True
             length = self._length if self._length is not None or request.http11 else -1  # (no chunks in 1.0)
-            close = not request.keep_alive or self._proto.server.draining
+            if self._proto.server.draining:
+                request.keep_alive = False  # (as below: said in the head, so kept)
+            close = not request.keep_alive
             self._proto.send(
                 _head(self.status, self.headers, None, length, close, not request.http11, self.set_cookies)
             )
         elif request.http11:
             # The connection closes after this answer (its client asked, or the drain began): said in
-            # the head, as a whole ``Response``'s says it (``FrontProtocol._serve``; doors18).
-            close = not request.keep_alive or self._proto.server.draining
+            # the head, as a whole ``Response``'s says it (``FrontProtocol._serve``; doors18), and kept
+            # (``keep_alive`` off): nothing may be answered after a head that said it (RFC 9112 9.6).
+            if self._proto.server.draining:
+                request.keep_alive = False
+            close = not request.keep_alive
             self._proto.send(_head(self.status, self.headers, None, None, close, False, self.set_cookies))
         else:
             # HTTP/1.0 has no chunked encoding: the body ends when the connection closes, and with a
@@ -1430,14 +1435,25 @@ class FrontProtocol(asyncio.Protocol):
                             except Exception:
                                 log.exception("unhandled error serving %s %s", req.method, req.path)
                                 resp = _error(500, "internal error in the gateway")
-                        # (re-read: an HTTP/1.0 stream's ``prepare`` turned ``keep_alive`` off and said
-                        # ``Connection: close``; its body may end only at the close. Review s18-qa2 M2.)
-                        close = close or not req.keep_alive or self.server.draining
+                        # (re-read: a stream's ``prepare`` turned ``keep_alive`` off when its head said
+                        # ``Connection: close``, an HTTP/1.0 one's body ending only at the close. Review
+                        # s18-qa2 M2.)
+                        close = close or not req.keep_alive
                         if isinstance(resp, StreamResponse):
                             if not resp.prepared:  # a handler returned a stream it never started
                                 resp = _error(500, "empty stream")
                             elif not resp.ended and not self.closed:
                                 await resp.write_eof()
+                        if not close and self.server.draining:
+                            # The drain closes the connection after this answer, unless a request
+                            # already received (queued, or still arriving) waits behind it: that one is
+                            # answered next (the gateway's 503 "shutting down", Connection: close), not
+                            # dropped with an EOF its client cannot tell from a lost answer (qa33b-F1).
+                            # (``reads_done`` waits for it too; a lost connection's never ends)
+                            if (self.queue or self.buf or self._pending is not None) and not self.closed:
+                                self.server._reading(self)
+                            else:
+                                close = True
                         if isinstance(resp, Response):
                             close = close or resp.close
                             body = b"" if req.method == "HEAD" else resp.body  # HEAD: headers only
@@ -1544,7 +1560,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def _arm_idle(self) -> None:
         self.idle_since = None
-        if self.server.draining and not self.buf:
+        if self.server.draining and not self.buf and self._pending is None:
             self.close()
             return
         if not self.closed and not self.buf:

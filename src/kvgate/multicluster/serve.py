@@ -985,9 +985,13 @@ class GlobalGateway:
             with contextlib.suppress(TimeoutError):  # (not wait_for: see kvgate.k8s.tasks.wait_event)
                 async with asyncio.timeout(self.drain_s):
                     # A request still arriving when the drain began (or unread in the kernel) is read
-                    # and answered, then its connection closes (review s17-doors F2).
-                    await self.front.reads_done()
-                    await self._idle.wait()
+                    # and answered, then its connection closes (review s17-doors F2); so is one
+                    # pipelined behind an answer that ends in the drain, which then starts (qa33b-F1).
+                    while True:
+                        await self.front.reads_done()
+                        await self._idle.wait()
+                        if not self.front.reading and not self.inflight:
+                            break
             if self.inflight:
                 # Every request in flight gets the second, not only the streams cut: one answered in it
                 # is cut at once the same way (review s16-doors L6). Bounded: a client not reading is
