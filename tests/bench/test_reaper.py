@@ -26,7 +26,7 @@ from kvgate.bench import reaper
 ROOT = Path(__file__).resolve().parents[2]
 
 _BENCH = r"""
-import asyncio, signal, subprocess, sys, threading
+import asyncio, signal, subprocess, sys, threading, time
 from kvgate.bench import cli, procs, reaper
 
 SERVER = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
@@ -42,9 +42,16 @@ async def run(how):
     print("pids", *pids, flush=True)
     if how in ("raise", "return"):
         sys.stdin.readline()  # (until the test has seen all five running: it ends them at once after)
-    if how.startswith("thread-"):  # the signal taken by a thread other than the main one
-        def take():
+    if how.startswith("thread-"):  # the signal taken by a thread other than the main one, once the main
+        main = threading.main_thread().native_id  # one sleeps in the loop's epoll_wait (on its way there,
+        def take():  # it would see the signal without a wakeup: no test)
             sys.stdin.readline()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with open(f"/proc/self/task/{main}/wchan") as f:
+                    if "epoll" in f.read():
+                        break
+                time.sleep(0.01)
             signal.pthread_kill(threading.get_ident(), getattr(signal, how[len("thread-"):]))
         threading.Thread(target=take, daemon=True).start()
     if how == "raise":
