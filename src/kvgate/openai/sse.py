@@ -112,16 +112,11 @@ class SSEScanner:
         # An event whose JSON spans several ``data:`` lines (its first one failed to decode): its lines
         # as they came, held to its blank line, then its data read as the SSE spec joins them. None: none.
         self._event: bytearray | None = None
-        # Set by ``extproc.output_events.CountingScanner`` past a stream's first output: the choice chunks
-        # among each feed's complete lines are counted here, on the bytes the scan splits anyway.
-        self.choice_lines: int | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         buf = self._tail + chunk if self._tail else bytearray(chunk)
         end = buf.rfind(b"\n")
         complete, rest = (bytes(buf[: end + 1]), buf[end + 1 :]) if end >= 0 else (b"", buf)
-        if self.choice_lines is not None:
-            self.choice_lines += complete.count(CHOICE_CHUNK[0]) + complete.count(CHOICE_CHUNK[1])
         out = bytearray()
         for line in complete.splitlines(keepends=True):
             if self._skipping:
