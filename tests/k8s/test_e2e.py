@@ -295,10 +295,11 @@ async def test_pool_churn_through_kvgate_epp(
             "spec": {"selector": {"matchLabels": {"app": "sim"}}, "targetPorts": [{"number": fleet.port}],
                      "endpointPickerRef": {"name": "llm-epp", "port": {"number": 9002}}}}  # fmt: skip
     await kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump(pool))
-    assert (await epp.readyz())[0] == 503  # no endpoint yet
+    # Ready once the pool is read, with no pod yet: the EPP answers the pool's 503 (qa33a F2)
+    await wait_for(lambda: _ready(epp))
     for i in range(2):
         await fleet.add(i)
-    await wait_for(lambda: _ready(epp))
+    await wait_for(lambda: _gauge(epp, 'inference_pool_ready_pods{name="llm"}', 2.0))
     ch = testing.channel(f"127.0.0.1:{epp.grpc}")
     http = aiohttp.ClientSession()
     load = Load(testing.EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http))

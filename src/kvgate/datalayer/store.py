@@ -18,7 +18,11 @@ from kvgate.datalayer.mappings import MAPPINGS
 
 log = logging.getLogger(__name__)
 
+# The pod labels that name its engine, read in this order (qa33a F6): llm-d's, the reference EPP's default
+# ``engineLabelKey`` now, then GIE's older key. The reference reads one key (``--engine-label-key``).
+LLMD_ENGINE_LABEL = "llm-d.ai/engine-type"
 ENGINE_LABEL = "inference.networking.k8s.io/engine-type"
+ENGINE_LABELS = (LLMD_ENGINE_LABEL, ENGINE_LABEL)
 # The engines kvgate can read: exactly those with a metric mapping.
 ENGINES = tuple(MAPPINGS)
 
@@ -34,6 +38,15 @@ class StoreChange:
 Listener = Callable[[StoreChange], None]
 
 
+def engine_of(labels: Mapping[str, str], keys: tuple[str, ...] = ENGINE_LABELS) -> str | None:
+    """The engine the first of ``keys`` present in ``labels`` names (None: no such label)."""
+    for key in keys:
+        value = labels.get(key)
+        if value:
+            return value
+    return None
+
+
 def make_endpoint(
     address: str,
     *,
@@ -42,15 +55,17 @@ def make_endpoint(
     engine: str | None = None,
     name: str = "",
 ) -> Endpoint:
-    """An endpoint whose engine comes from ``engine``, else the engine-type label, else vLLM."""
+    """An endpoint whose engine comes from ``engine``, else the engine-type labels, else vLLM."""
     lab = dict(labels or {})
-    eng = engine or lab.get(ENGINE_LABEL) or "vllm"
+    eng = engine or engine_of(lab) or "vllm"
     return Endpoint(address=address, pool=pool, engine=eng, labels=lab, name=name)
 
 
 class EndpointStore:
     def __init__(self, endpoints: Iterable[Endpoint] = ()) -> None:
         self._by_addr: dict[str, Endpoint] = {}
+        # The labels that name an endpoint's engine (``kvgate epp --engine-label-key``: that one only).
+        self.engine_labels: tuple[str, ...] = ENGINE_LABELS
         self._listeners: list[Listener] = []
         # Bumped on every change so readers can cache derived lists (the director's candidate list).
         self.version = 0
@@ -88,8 +103,8 @@ class EndpointStore:
 
     def add(self, ep: Endpoint) -> Endpoint:
         """Add ``ep``, or update the known endpoint with its address in place; returns the stored one."""
-        if ep.engine == "vllm" and ENGINE_LABEL in ep.labels:
-            ep.engine = ep.labels[ENGINE_LABEL]
+        if ep.engine == "vllm" and (labelled := engine_of(ep.labels, self.engine_labels)) is not None:
+            ep.engine = labelled
         cur = self._by_addr.get(ep.address)
         if cur is None:
             self._by_addr[ep.address] = ep

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from kvgate.aio import serve_on_sighup
 from kvgate.config.gateway import group_not_the_files
 from kvgate.config.policies import POLICIES
-from kvgate.datalayer.store import ENGINES
+from kvgate.datalayer.store import ENGINE_LABELS, ENGINES
 from kvgate.entry import (
     ArgumentParser,
     finite_number,
@@ -112,6 +112,13 @@ def parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--model", action="append", default=[], help="model the pool serves (repeatable)")
     src.add_argument("--engine", help=" | ".join(ENGINES) + " (default vllm)")
+    src.add_argument(
+        "--engine-label-key",
+        default=None,
+        metavar="KEY",
+        help="the one pod label that names its engine, as the reference EPP's flag (default: "
+        f"{' else '.join(ENGINE_LABELS)})",
+    )
     src.add_argument(
         "--adapter", action="append", default=[], help="LoRA adapter name the pool serves (repeatable)"
     )
@@ -325,7 +332,10 @@ def _main(argv: list[str] | None) -> int:
         pair, client_ca = _tls(args)
         # Build the Director before serving, so a bad EndpointPickerConfig is a clear exit, not a traceback.
         labels = _endpoint_labels(args.endpoint_label)
-        store = EndpointStore(
+        store = EndpointStore()
+        if args.engine_label_key:  # (read before any endpoint is added: discovery's pods and the listed)
+            store.engine_labels = (args.engine_label_key,)
+        store.sync(
             make_endpoint(a, pool=cfg.pool.name, engine=cfg.pool.engine, labels=labels)
             for a in cfg.pool.endpoints
         )
@@ -661,10 +671,12 @@ async def _serve(
     )
 
     def problem() -> str | None:
-        # Ready while some endpoint can be picked (the health tracking may eject them all), discovery
-        # is synced with no RBAC error and, with leader election, this replica holds the Lease.
-        if kube is not None and (p := kube.problem()) is not None:
-            return p
+        # With --pool-name: ready once discovery is synced with no RBAC error, the InferencePool read and,
+        # with leader election, this replica holding the Lease, whatever the pods (as the reference EPP's
+        # health, ``PoolHasSynced``; qa33a F2): with no Ready pod it answers the pool's 503 with
+        # ``retry-after``. Listed endpoints: while some endpoint can be picked.
+        if kube is not None:
+            return kube.problem()
         # The hub EPP's import controller (``kubernetes:`` in the clusters file): its problem is said,
         # but, as for ``kvgate serve --clusters``, readiness is having a cluster to pick; a loop that
         # ended on its own feeds nothing more, so that one is not ready.
@@ -790,14 +802,13 @@ async def _every_second(
 ) -> None:
     """Refresh the inference_pool_* gauges and the readiness status (per scrape round would be too often)."""
     update = getattr(director, "update_pool_metrics", None)
+    # With --pool-name its pool by name: its gauges read 0 with no endpoint, not absent or stale. The
+    # Director is the one writer of inference_pool_ready_pods (ready endpoints, as the reference counts
+    # its datastore's ranks with fresh metrics); a second one here, counting pods, made it flap (qa33a F1).
+    pool = kube.store_pool if kube is not None and kube.store_pool else None
     while not stop.is_set():
         if update is not None:
-            update()
-        if kube is not None and kube.store_pool:
-            from kvgate.scheduling.metrics import POOL_READY
-
-            # Pods, as the reference counts them (a pool with no endpoint left must read 0, not stay stale).
-            POOL_READY.labels(name=kube.store_pool).set(kube.ready_pods())
+            update(pool)
         if agg is not None:  # inference_pool_average_running_requests, llm_d_epp_*, kvgate_pool_* too
             agg.refresh_gauges()
         await server.refresh_health()

@@ -11,7 +11,8 @@ start a server the operator did not ask for.
 from __future__ import annotations
 
 # (those the reference shares with kvgate, ``--grpc-port``, ``--pool-name``, ``--pool-group``, ... are
-# kvgate options: ``--pool-group`` was ignored here before qa26 F8, so kvgate watched the v1 group)
+# kvgate options: ``--pool-group`` was ignored here before qa26 F8, so kvgate watched the v1 group, and
+# ``--engine-label-key`` before qa33a F6, so a pod labelled only with that key was scraped as vLLM)
 REFERENCE_ONLY = frozenset(
     {
         "-v",
@@ -41,7 +42,6 @@ REFERENCE_ONLY = frozenset(
         "--destination-endpoint-hint-key",
         # (multi-engine metric collection: review s24-rev-fixqa24 R3)
         "--enable-multi-engine",
-        "--engine-label-key",
     }
 )
 

@@ -47,7 +47,6 @@ from kvgate.openai.request import MODELS_PREFIX, OTHER_PATHS, PATHS, RequestPoli
 from kvgate.openai.responses import LOOKUP_PREFIX
 from kvgate.requestid import acceptable as acceptable_rid
 from kvgate.scheduling import tokenize
-from kvgate.scheduling.metrics import POOL_READY
 from kvgate.scheduling.types import DrainEvictedError
 
 log = logging.getLogger("kvgate.gateway")
@@ -282,12 +281,10 @@ class GatewayServer:
             self.metrics.models.sweep()  # (an idle gateway's stale model series go too)
         for pool in self.pools:
             update = getattr(pool.director, "update_pool_metrics", None)
-            if update is not None:
+            if update is not None:  # (inference_pool_ready_pods: ready endpoints, any pool; qa33a F1)
                 update(pool.name)
             # inference_pool_average_running_requests, llm_d_epp_*, kvgate_pool_* (review s17-qa M3)
             self._aggregate_source(pool).refresh_gauges()
-        for kp in self.kube_pools:  # pods, as the reference counts them; 0 when the pool emptied
-            POOL_READY.labels(name=kp.store_pool).set(kp.ready_pods())
         body = generate_latest(self.metrics.registry) + generate_latest(REGISTRY)
         return Response(body=body, content_type=CONTENT_TYPE_LATEST)
 

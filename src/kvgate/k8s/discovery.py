@@ -10,8 +10,9 @@ from the API server and fed into the ``EndpointStore``.
 - Pods: an endpoint exists while the pod matches the selector, has a ``podIP``, its ``Ready`` condition
   is ``True`` and it has no ``deletionTimestamp``. A terminating pod leaves the store (no new picks);
   requests already sent to it finish, since the gateway holds their connections. The label
-  ``inference.networking.k8s.io/engine-type`` picks the metric mapping; the annotation
-  ``inference.networking.k8s.io/active-ports`` (comma-separated) restricts a pod's ports.
+  ``llm-d.ai/engine-type`` (else ``inference.networking.k8s.io/engine-type``) picks the metric mapping;
+  the annotation ``llm-d.ai/active-ports`` (else ``inference.networking.k8s.io/active-ports``;
+  comma-separated) restricts a pod's ports: present, even empty, it names every active port.
 - ``InferenceObjective`` and ``InferenceModelRewrite`` in ``llm-d.ai/v1alpha2`` and the legacy
   ``inference.networking.x-k8s.io/v1alpha2``: the current group wins on a name clash; a legacy object
   logs a deprecation once. Their union for this pool (``spec.poolRef``) goes to ``on_policy`` when it
@@ -34,13 +35,16 @@ from typing import Any
 from kvgate.aio import stop_to_the_end
 from kvgate.config.gateway import GatewayConfigError, RewriteRule, parse_rewrite_rule
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.datalayer.store import EndpointStore, make_endpoint
+from kvgate.datalayer.store import ENGINE_LABELS, EndpointStore, engine_of, make_endpoint
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.reflector import Key, Obj, Reflector, key_of
 
 log = logging.getLogger(__name__)
 
+# The pod annotations that name its active ports, read in this order (as the reference's
+# ``ExtractActivePorts``: llm-d's key, then GIE's deprecated one; qa33a F6).
+LLMD_ACTIVE_PORTS = "llm-d.ai/active-ports"
 ACTIVE_PORTS = "inference.networking.k8s.io/active-ports"
 MAX_TARGET_PORTS = 8
 # A pod in these phases serves nothing, whatever its Ready condition says (as the EndpointSlice controller).
@@ -101,7 +105,7 @@ _PORT_TOKEN = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi takes: ASCII 
 
 
 @functools.lru_cache(maxsize=256)  # (also logs a value once while it is cached: bounded)
-def active_ports(value: str) -> frozenset[int]:
+def active_ports(value: str, key: str = ACTIVE_PORTS) -> frozenset[int]:
     """The ports an ``active-ports`` annotation names. As the reference (``strconv.Atoi`` per item), an
     item that does not parse is skipped; ``int`` alone takes digits ``str.isdigit`` does and Atoi does
     not, and ``"8000,\u00b2"`` raised out of ``_resync`` and emptied the pool (review s31-qa31 Q6)."""
@@ -112,15 +116,18 @@ def active_ports(value: str) -> frozenset[int]:
         elif item:
             bad.append(item)
     if bad:
-        log.warning("annotation %s=%r: skipping %s (not a port number)", ACTIVE_PORTS, value, bad)
+        log.warning("annotation %s=%r: skipping %s (not a port number)", key, value, bad)
     return frozenset(ports)
 
 
-def pod_endpoints(pod: Obj, pool: PoolSpec, store_pool: str | None = None) -> list[Endpoint]:
+def pod_endpoints(
+    pod: Obj, pool: PoolSpec, store_pool: str | None = None, engine_labels: tuple[str, ...] = ENGINE_LABELS
+) -> list[Endpoint]:
     """The endpoints a pod contributes to ``pool`` now (none unless Ready, addressed, not terminating and
     not in a terminal phase),
     named by ``store_pool`` (the gateway's name of the pool; the InferencePool's by default): the store
-    syncs and labels by that name, so an endpoint named otherwise would never be removed by a sync."""
+    syncs and labels by that name, so an endpoint named otherwise would never be removed by a sync.
+    ``engine_labels``: the labels that name its engine (the store's)."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     labels: dict[str, str] = dict(meta.get("labels") or {})
     if not pool.match_labels or any(labels.get(k) != v for k, v in pool.match_labels.items()):
@@ -131,16 +138,17 @@ def pod_endpoints(pod: Obj, pool: PoolSpec, store_pool: str | None = None) -> li
     if status.get("phase") in TERMINAL_PHASES:  # Ready may still say True (an evicted pod, kubelet < 1.25)
         return []
     ranks = list(enumerate(pool.target_ports))  # (the reference names each ``<pod>-rank-<index>``)
-    active = (meta.get("annotations") or {}).get(ACTIVE_PORTS)
-    if active and isinstance(active, str):
-        allowed = active_ports(active)
+    annotations = meta.get("annotations") or {}
+    key = LLMD_ACTIVE_PORTS if LLMD_ACTIVE_PORTS in annotations else ACTIVE_PORTS
+    active = annotations.get(key)
+    if isinstance(active, str):  # present, even "": only its ports (qa33a F7); absent: every target port
+        allowed = active_ports(active, key)
         ranks = [(i, p) for i, p in ranks if p in allowed]
     host, pod_name = f"[{ip}]" if ":" in ip else ip, str(meta.get("name") or "")
-    named = store_pool or pool.name
+    named, engine = store_pool or pool.name, engine_of(labels, engine_labels) or "vllm"
+    rank = f"{pod_name}-rank-{{}}" if pod_name else ""  # (a pod name holds no brace: DNS subdomain)
     return [
-        make_endpoint(
-            f"{host}:{port}", pool=named, labels=labels, name=f"{pod_name}-rank-{i}" if pod_name else ""
-        )
+        make_endpoint(f"{host}:{port}", pool=named, labels=labels, engine=engine, name=rank.format(i))
         for i, port in ranks
     ]
 
@@ -315,7 +323,8 @@ class PoolDiscovery:
         pool, eps = self.pool, list[tuple[Key, list[Endpoint]]]()
         if pool is not None:
             eps = [
-                (k, pod_endpoints(pod, pool, self.store_pool)) for k, pod in self.pod_reflector.items.items()
+                (k, pod_endpoints(pod, pool, self.store_pool, self.store.engine_labels))
+                for k, pod in self.pod_reflector.items.items()
             ]
         self._pod_addrs, self._providers = {}, {}
         for k, pod_eps in eps:
@@ -328,7 +337,7 @@ class PoolDiscovery:
         if etype == "DELETED" or self.pool is None:
             eps: list[Endpoint] = []
         else:
-            eps = pod_endpoints(pod, self.pool, self.store_pool)
+            eps = pod_endpoints(pod, self.pool, self.store_pool, self.store.engine_labels)
         for addr in self._provide(k, eps):
             # Another pod may hold the address too (pod IP reuse, hostNetwork): it stays while one does,
             # carrying a remaining pod's labels (review s22-qa F1).
@@ -362,7 +371,8 @@ class PoolDiscovery:
     def _shared(self, addr: str) -> Endpoint:
         """The endpoint at ``addr`` as its providers make it: the labels and name of the pod seen last."""
         labels, name = next(reversed(self._providers[addr].values()))
-        return make_endpoint(addr, pool=self.store_pool, labels=dict(labels), name=name)
+        engine = engine_of(labels, self.store.engine_labels) or "vllm"
+        return make_endpoint(addr, pool=self.store_pool, labels=dict(labels), engine=engine, name=name)
 
     def ready_pods(self) -> int:
         return len(self._pod_addrs)
@@ -400,7 +410,12 @@ class PoolDiscovery:
             self._publish_policy()
 
     def _mine(self, obj: Obj) -> bool:
+        """Its ``poolRef`` names this pool: the name (or none) and the group, as upstream's reconcilers
+        (qa33a F8: a v1alpha2 pool's objective of the same name applied to the v1 pool). No group is
+        the CRDs' default, the v1 group."""
         ref = (obj.get("spec") or {}).get("poolRef") or {}
+        if (ref.get("group") or R.INFERENCE_POOL.group) != self.pool_type.group:
+            return False
         return not ref.get("name") or ref.get("name") == self.pool_name
 
     def _merged(self, kind: str) -> dict[str, Obj]:

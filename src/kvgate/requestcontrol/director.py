@@ -909,6 +909,8 @@ class Director:
         for name in self._per_pod:
             if name not in by_pool and (pool is None or name == pool):
                 by_pool[name] = []
+        if pool is not None:  # (a pool asked by name reads 0 with no endpoint, never seen or not)
+            by_pool.setdefault(pool, [])
         now = self.clock()
         for name, eps in by_pool.items():
             # The health model routing uses (scrape failures, staleness), not only the ejection flag.

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from kvgate.datalayer.mappings import MAPPINGS, EngineMapping, Signal
 from kvgate.datalayer.scrape_source import ScrapeSource, source_tls
-from kvgate.datalayer.store import ENGINE_LABEL
+from kvgate.datalayer.store import ENGINE_LABEL, ENGINE_LABELS
 from kvgate.scheduling.framework import ConfigError, Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
 
@@ -75,7 +75,8 @@ def _same_as_kvgate(engine: str, specs: Mapping[str, str]) -> bool:
 
 _NOT_SCRAPED = (
     "not applied: kvgate scrapes each endpoint's /metrics with its own mapping for the endpoint's engine "
-    "(--engine / pools[].engine, else the pod's inference.networking.k8s.io/engine-type label)"
+    "(--engine / pools[].engine, else the pod's llm-d.ai/engine-type or "
+    "inference.networking.k8s.io/engine-type label; kvgate epp --engine-label-key names another)"
 )
 
 
@@ -205,7 +206,7 @@ def _extractor(cls: type[Plugin], name: str, params: Params, handle: PluginHandl
         specs = {k: params.get_str(k, "") for k in _FLAT_KEYS}
         off += [f"{k} {v!r}" for k, v in specs.items() if v and v not in _reads(MAPPINGS["vllm"], k)]
     params.finish()
-    if label != ENGINE_LABEL:
+    if label not in ENGINE_LABELS:  # (both are read: llm-d's key, the reference's default now, and GIE's)
         off.insert(0, f"engineLabelKey {label!r}")
     if default != "vllm":
         off.insert(0, f"defaultEngine {default!r}")
