@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import asyncio
 
+from extproc.flow_epp import request_errors
 from kvgate.extproc.testing import Exchange
 
 PODS = ["127.0.0.7:8000", "127.0.0.8:8000"]
-ERROR_FAMILIES = ("inference_objective_request_error", "llm_d_epp_request_error")
 
 
 def _errors(registry) -> dict[tuple[str, ...], float]:
-    out: dict[tuple[str, ...], float] = {}
-    for family in registry.collect():
-        if family.name in ERROR_FAMILIES:
-            for s in family.samples:
-                if s.name.endswith("_total") and s.value:
-                    out[(s.name, s.labels.get("error_code", ""), s.labels.get("model_name", ""))] = s.value
-    return out
+    return request_errors(registry, ("error_code", "model_name"))
 
 
 async def test_a_bodyless_lookups_404_is_no_request_error(start_epp) -> None:

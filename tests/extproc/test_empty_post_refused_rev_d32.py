@@ -12,22 +12,14 @@ import json
 
 import pytest
 
+from extproc.flow_epp import request_errors
 from kvgate.extproc.testing import Exchange
 
 PODS = ["127.0.0.7:8000", "127.0.0.8:8000"]
-ERROR_FAMILIES = ("inference_objective_request_error", "llm_d_epp_request_error")
 
 
 def _errors(registry) -> dict[tuple[str, ...], float]:
-    out: dict[tuple[str, ...], float] = {}
-    for family in registry.collect():
-        if family.name in ERROR_FAMILIES:
-            for s in family.samples:
-                if s.name.endswith("_total") and s.value:
-                    labels = s.labels
-                    key = (s.name, labels["error_code"], labels["model_name"], labels["target_model_name"])
-                    out[key] = s.value
-    return out
+    return request_errors(registry, ("error_code", "model_name", "target_model_name"))
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])

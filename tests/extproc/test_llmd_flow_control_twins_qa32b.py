@@ -8,28 +8,15 @@
 
 from __future__ import annotations
 
-import time
-
 import orjson
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from extproc.flow_epp import epp_serving, flow_control_config
 from kvgate.datalayer.store import EndpointStore
-from kvgate.extproc.context import AddressIndex, build_epp_director
+from kvgate.extproc.context import build_epp_director
 from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.server import EppServer, ServerOptions
-from kvgate.extproc.session import SessionContext
-from kvgate.extproc.testing import Exchange, channel
+from kvgate.extproc.testing import Exchange
 
-FLOW_CONTROL = {
-    "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
-    "kind": "EndpointPickerConfig",
-    "featureGates": ["flowControl"],
-    "saturationDetector": {"type": "concurrency-detector", "parameters": {"maxConcurrency": 64}},
-    "plugins": [{"type": "queue-scorer"}, {"type": "max-score-picker"}],
-    "schedulingProfiles": [
-        {"name": "default", "plugins": [{"pluginRef": "queue-scorer"}, {"pluginRef": "max-score-picker"}]}
-    ],
-}
+FLOW_CONTROL = flow_control_config(64)
 TWINS = {
     "inference_extension_flow_control_queue_size": "llm_d_epp_flow_control_queue_size",
     "inference_extension_flow_control_queue_bytes": "llm_d_epp_flow_control_queue_bytes",
@@ -49,23 +36,14 @@ async def test_every_deprecated_family_has_its_llm_d_epp_twin() -> None:
     store = EndpointStore.from_addresses(["127.0.0.7:8000", "127.0.0.8:8000"])
     director = build_epp_director(FLOW_CONTROL, store, policy="kvgate", pool="pool-qa32b")
     metrics = EppMetrics()
-    ctx = SessionContext(
-        director, AddressIndex(store), clock=time.monotonic, observer=metrics, admit=director.admit
-    )
-    server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await server.start()
-    ch = channel(f"127.0.0.1:{server.port}")
-    try:
-        async with Exchange(pb_grpc.ExternalProcessorStub(ch)) as ex:
+    async with epp_serving(director, store, metrics, director.admit) as stub:
+        async with Exchange(stub) as ex:
             out = await ex.send_request(
                 {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"},
                 orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 4}),
             )
         assert out.destination
         text = metrics.exposition().decode()  # what the metrics port serves
-    finally:
-        await ch.close()
-        await server.stop(0)
     types = {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE ")}
     assert all(old in types for old in TWINS), "a deprecated family not exported: the test's setup is wrong"
     missing = sorted(new for new in TWINS.values() if new not in types)
@@ -74,10 +52,10 @@ async def test_every_deprecated_family_has_its_llm_d_epp_twin() -> None:
     for old, new in TWINS.items():
         assert types[old] == types[new], (old, new)
     # the same series (the process-wide collectors: other tests' pools may be there too; this one's)
-    old = _samples(text, "inference_extension_flow_control_request_queue_duration_seconds_count")
-    new = _samples(text, "llm_d_epp_flow_control_request_queue_duration_seconds_count")
-    assert [s.split("_count", 1)[1] for s in old] == [s.split("_count", 1)[1] for s in new]
-    assert any('inference_pool="pool-qa32b"' in s for s in new)
+    olds = _samples(text, "inference_extension_flow_control_request_queue_duration_seconds_count")
+    news = _samples(text, "llm_d_epp_flow_control_request_queue_duration_seconds_count")
+    assert [s.split("_count", 1)[1] for s in olds] == [s.split("_count", 1)[1] for s in news]
+    assert any('inference_pool="pool-qa32b"' in s for s in news)
     # llm-d's pool saturation carries its ``stage`` (``effective``: the value the gate reads)
     sat = _samples(text, "llm_d_epp_flow_control_pool_saturation")
     assert any('inference_pool="pool-qa32b"' in s and 'stage="effective"' in s for s in sat), sat

@@ -11,27 +11,15 @@ import time
 
 import orjson
 import pytest
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from extproc.flow_epp import epp_serving, flow_control_config
 from kvgate.datalayer.store import EndpointStore
-from kvgate.extproc.context import AddressIndex, build_epp_director
+from kvgate.extproc.context import build_epp_director
 from kvgate.extproc.metrics import EppMetrics
-from kvgate.extproc.server import EppServer, ServerOptions
-from kvgate.extproc.session import SessionContext
-from kvgate.extproc.testing import Exchange, channel
+from kvgate.extproc.testing import Exchange
 
 PICK_S = 0.05  # each pick made this slow on purpose
-FLOW_CONTROL = {
-    "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
-    "kind": "EndpointPickerConfig",
-    "featureGates": ["flowControl"],
-    # (counts the EPP's own in-flight requests: no scraped metrics needed for the gate to open)
-    "saturationDetector": {"type": "concurrency-detector", "parameters": {"maxConcurrency": 64}},
-    "plugins": [{"type": "queue-scorer"}, {"type": "max-score-picker"}],
-    "schedulingProfiles": [
-        {"name": "default", "plugins": [{"pluginRef": "queue-scorer"}, {"pluginRef": "max-score-picker"}]}
-    ],
-}
+FLOW_CONTROL = flow_control_config(64)
 
 
 @pytest.mark.parametrize("flow_control", [False, True])
@@ -47,23 +35,13 @@ async def test_pick_duration_includes_the_pick(flow_control: bool) -> None:
 
     director._pick = slow_pick  # type: ignore[method-assign]
     metrics = EppMetrics()
-    ctx = SessionContext(
-        director, AddressIndex(store), clock=time.monotonic, observer=metrics,
-        admit=director.admit if flow_control else None,
-    )  # fmt: skip
-    server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await server.start()
-    ch = channel(f"127.0.0.1:{server.port}")
-    try:
-        async with Exchange(pb_grpc.ExternalProcessorStub(ch)) as ex:
-            out = await ex.send_request(
-                {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"},
-                orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 4}),
-            )
-        assert out.destination
-    finally:
-        await ch.close()
-        await server.stop(0)
+    admit = director.admit if flow_control else None
+    async with epp_serving(director, store, metrics, admit) as stub, Exchange(stub) as ex:
+        out = await ex.send_request(
+            {":method": "POST", ":path": "/v1/completions", "content-type": "application/json"},
+            orjson.dumps({"model": "m", "prompt": "hello", "max_tokens": 4}),
+        )
+    assert out.destination
     total = metrics.registry.get_sample_value("kvgate_epp_pick_duration_seconds_sum")
     # (a lower bound only: a loaded machine makes the pick slower, never faster than its sleep)
     assert total is not None and total >= PICK_S * 0.9, f"a {PICK_S}s pick timed as {total}s"
