@@ -4,7 +4,11 @@ that drops its SYNs, and the hub's cut walk charges (backs off) the fallback, wh
 every such cut (the hub's side: ``test_hub_cut_fallback.py[blackholed-False]``, a 0.6 s bound, a live
 fallback charged and probed). The hub cannot see Envoy's setting, but it knows the default: ``kvgate epp
 --clusters`` now warns at start, and at a reload that sets such a bound, where a destination can hold
-fallbacks. The real subprocess; its stderr read line by line up to a deadline."""
+fallbacks. The real subprocess; its stderr read line by line up to a deadline.
+
+hub33: the hub names fallbacks only with ``destination_fallbacks: true`` (or ``--destination-fallbacks
+true``); with one address named (the default since) there is no fallback to charge wrongly, and no
+warning."""
 
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ from extproc.test_cli import _launch, _stop
 WARNING = "is at or under Envoy's default connect_timeout (5s)"
 
 
-def _file(path: Path, bound: float, gateways: int = 2) -> None:
+def _file(path: Path, bound: float, gateways: int = 2, fallbacks: bool = True) -> None:
     body = "".join(f"- name: c{i}\n  gateway: 127.0.0.1:{9 + i}\n" for i in range(gateways))
-    path.write_text(f"limits: {{requestTimeoutSeconds: {bound}}}\nclusters:\n{body}")
+    named = "destination_fallbacks: true\n" if fallbacks else ""
+    path.write_text(f"{named}limits: {{requestTimeoutSeconds: {bound}}}\nclusters:\n{body}")
 
 
 async def _stderr(proc: asyncio.subprocess.Process) -> str:
@@ -30,11 +35,21 @@ async def _stderr(proc: asyncio.subprocess.Process) -> str:
 
 async def test_a_bound_under_envoys_default_connect_timeout_is_warned_at_start(tmp_path: Path) -> None:
     f = tmp_path / "clusters.yaml"
-    for bound, gateways, warned in ((2, 2, True), (5, 3, True), (30, 2, False), (2, 1, False), (0, 2, False)):
-        _file(f, bound, gateways)
-        proc, _ports = await _launch("--clusters", str(f), "--plaintext")
+    off, on = ["--destination-fallbacks", "false"], ["--destination-fallbacks", "true"]
+    cases = [(2, 2, True, [], True), (5, 3, True, [], True), (30, 2, True, [], False),
+             (2, 1, True, [], False), (0, 2, True, [], False), (2, 2, False, [], False),
+             (2, 2, True, off, False), (2, 2, False, on, True)]  # fmt: skip
+    for bound, gateways, fallbacks, flags, warned in cases:
+        _file(f, bound, gateways, fallbacks)
+        proc, _ports = await _launch("--clusters", str(f), "--plaintext", *flags)
         err = await _stderr(proc)
-        assert (WARNING.replace("(5s)", "") in err) is warned, (bound, gateways, err[-1500:])
+        assert (WARNING.replace("(5s)", "") in err) is warned, (
+            bound,
+            gateways,
+            fallbacks,
+            flags,
+            err[-1500:],
+        )
         if warned:
             assert f"limits.requestTimeoutSeconds ({bound}s)" in err, err[-1500:]
 

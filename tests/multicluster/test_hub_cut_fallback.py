@@ -1,10 +1,11 @@
-"""Review s21-mc L3: a cut at ``limits.requestTimeoutSeconds`` before the response head, with fallbacks in the
-destination ("east,west"). The served address comes only with the headers, so when Envoy could not connect
-to east and went on to west, which hung, the cut charged and probed east alone: west, the cluster that held
-the bound, stayed unprobed and uncharged. Now east is charged (it hung or refused Envoy either way); when
-the hub's probe gets no connection to east, west is taken as the one Envoy waited on: charged and probed
-(``GET /healthz``: no answer, hung). Over real ext_proc gRPC; east a loopback port that refuses
-connections (a bound socket that does not listen), west a real loopback gateway.
+"""With ``destination_fallbacks`` (hub33: Envoy's Override Host policy walks the list; the one address the
+default names: test_hub_one_address.py). Review s21-mc L3: a cut at ``limits.requestTimeoutSeconds`` before
+the response head, with fallbacks in the destination ("east,west"). The served address comes only with the
+headers, so when Envoy could not connect to east and went on to west, which hung, the cut charged and probed
+east alone: west, the cluster that held the bound, stayed unprobed and uncharged. Now east is charged (it hung
+or refused Envoy either way); when the hub's probe gets no connection to east, west is taken as the one Envoy
+waited on: charged and probed (``GET /healthz``: no answer, hung). Over real ext_proc gRPC; east a loopback
+port that refuses connections (a bound socket that does not listen), west a real loopback gateway.
 
 Review s21-fixes-b F3: a primary whose SYNs are dropped (blackholed: Envoy waits out its connect_timeout and
 goes on to the fallback) made the probe time out like a gateway that accepted and never answered, and the
@@ -40,16 +41,21 @@ def _refusing() -> Iterator[str]:
 
 
 def active_passive(
-    primary: tuple[str, str], fallback: tuple[str, str], probe_timeout_s: float, request_timeout_s: float
+    primary: tuple[str, str],
+    fallback: tuple[str, str],
+    probe_timeout_s: float,
+    request_timeout_s: float,
+    fallbacks: bool = True,
 ) -> ClusterDirector:
     """An active-passive hub director (seeded) over two clusters, each ``(name, gateway address)``:
-    ``primary`` (priority 0) and ``fallback`` (priority 1)."""
+    ``primary`` (priority 0) and ``fallback`` (priority 1); ``fallbacks``: the destination names the
+    fallback after the primary (``destination_fallbacks``, for Envoy's Override Host policy)."""
     specs = (
         ClusterSpec(primary[0], gateway=primary[1]),
         ClusterSpec(fallback[0], gateway=fallback[1], priority=1),
     )
     cfg = ClustersConfig(specs, probe_timeout_s=probe_timeout_s, request_timeout_s=request_timeout_s)
-    return ClusterDirector(cfg, "active-passive", seed=0)
+    return ClusterDirector(cfg, "active-passive", seed=0, fallbacks=fallbacks)
 
 
 @contextlib.contextmanager

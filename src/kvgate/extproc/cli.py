@@ -256,6 +256,14 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="seed of the kvgate cluster policy's random picks; default: os.urandom (logged)",
     )
+    hub.add_argument(
+        "--destination-fallbacks",
+        type=_bool,
+        default=None,
+        help="with --clusters: true = name the other clusters' gateways after the chosen one (for Envoy's "
+        "Override Host policy); false = the chosen one alone (an ORIGINAL_DST cluster's one address); "
+        "default: the clusters file's destination_fallbacks, else false",
+    )
     p.add_argument("--log-level", type=log_level, default="info")
     return p  # fmt: skip
 
@@ -298,8 +306,10 @@ def _main(argv: list[str] | None) -> int:
         if args.shared_config and not args.config:
             raise EppConfigError("--shared-config: only with --config (it says how to read that file)")
         # Flags that cannot apply are refused, not ignored (review s20-qa L1).
-        if args.cluster_policy is not None or args.cluster_policy_seed is not None:
-            flag = "--cluster-policy" if args.cluster_policy is not None else "--cluster-policy-seed"
+        hub_only = {"--cluster-policy": args.cluster_policy,
+                    "--cluster-policy-seed": args.cluster_policy_seed,
+                    "--destination-fallbacks": args.destination_fallbacks}  # fmt: skip
+        if (flag := next((f for f, v in hub_only.items() if v is not None), None)) is not None:
             raise EppConfigError(f"{flag}: only with --clusters")
         try:
             cfg = load(
@@ -443,9 +453,9 @@ def _endpoint_labels(items: list[str]) -> dict[str, str]:
 # --clusters`` refuses its own (before epp28 they were taken and did nothing). ``--config`` and the pool
 # flags are refused by ``_hub_main``, each with its own reason.
 _HUB_TAKES = frozenset(
-    {"clusters", "cluster_policy", "cluster_policy_seed", "model_series_grace", "host", "port",
-     "grpc_health_port", "metrics_port", "plaintext", "secure_serving", "cert_path", "cert", "key",
-     "client_ca", "metrics_tls", "tls_hosts", "max_concurrent_streams", "max_buffered_bytes",
+    {"clusters", "cluster_policy", "cluster_policy_seed", "destination_fallbacks", "model_series_grace",
+     "host", "port", "grpc_health_port", "metrics_port", "plaintext", "secure_serving", "cert_path", "cert",
+     "key", "client_ca", "metrics_tls", "tls_hosts", "max_concurrent_streams", "max_buffered_bytes",
      "stream_idle_timeout", "drain_timeout", "kube_stale_after", "kube_stale_not_ready_after", "log_level",
      "config", "pool_name", "pool_namespace", "pool_group"}
 )  # fmt: skip
@@ -453,7 +463,7 @@ HUB_REFUSED = (
     "not with --clusters (the hub EPP's candidates are the clusters file's clusters: it serves no pool's "
     "endpoints, scrapes no pod and takes no Lease; the clusters file's kubernetes: section names its API "
     "servers; it takes the listen, TLS and stream flags, --drain-timeout, --cluster-policy, "
-    "--cluster-policy-seed, --model-series-grace and --kube-stale-after)"
+    "--cluster-policy-seed, --destination-fallbacks, --model-series-grace and --kube-stale-after)"
 )
 
 
@@ -497,7 +507,9 @@ def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
                              "candidates are the clusters file's clusters)")  # fmt: skip
         _staleness_flags(args, "hub")
         cfile = ClustersFile(args.clusters)
-        director = ClusterDirector(cfile.config, args.cluster_policy, seed=seed)
+        director = ClusterDirector(
+            cfile.config, args.cluster_policy, seed=seed, fallbacks=args.destination_fallbacks
+        )
         # The clusters file's drain, as ``kvgate serve --clusters`` reads it from the same file, the flag over
         # it (before fixb28 it was dropped silently: 30 s; review s28-rev-b28 F2). Read again at the stop.
         if "drain_timeout" not in given:

@@ -7,6 +7,7 @@ refresh_s: 0.5              # how often aggregates and EPP health are fetched
 epp_timeout_s: 2.0          # Endpoint mode: the EPP's deadline to answer each message (pick, response)
 head_timeout_s: 120.0       # a stream's longest wait for its head; past it a non-streamed one probes
 probe_timeout_s: 2.0        # a suspect cluster gateway's (or pod's) deadline to answer GET /healthz
+destination_fallbacks: false  # the hub EPP only: name the other gateways after the chosen one (Override Host)
 tls: {ca: ca.pem, cert: client.pem, key: client.key}   # client TLS for https aggregates (mTLS with cert)
 limits: {requestTimeoutSeconds: 600}   # the front's limits and the whole request's bound (0: none, default);
                             # maxWaitingBytesPerClient: a client's share of the bodies waiting to be parsed;
@@ -26,7 +27,7 @@ clusters:
 ``ClustersFile.maybe_reload(now)`` re-reads the file when its ``filestamp`` (inode, size, mtime, ctime)
 changes (checked at most every ``check_every_s``); a file that fails to parse keeps the last good list
 and logs why. Everything in it applies live (clusters, ``ttl_s``, ``refresh_s``, ``epp_timeout_s``,
-``head_timeout_s``, ``probe_timeout_s``,
+``head_timeout_s``, ``probe_timeout_s``, ``destination_fallbacks`` (the hub EPP's next picks),
 ``tls``, ``limits`` with ``requestTimeoutSeconds`` and ``maxWaitingBytesPerClient`` (to requests that start
 after the reload) and ``drainTimeoutSeconds`` (read when the stop begins),
 and the ``kubernetes`` section: ``kvgate.multicluster.source.ClusterSource`` restarts the import controller).
@@ -78,6 +79,8 @@ WAITING_SHARE_KEY = "maxWaitingBytesPerClient"
 # wait, cut at once.
 DRAIN_TIMEOUT_KEY = "drainTimeoutSeconds"
 DRAIN_TIMEOUT_S = 30.0
+# The hub EPP's choice of one address or a fallback list in its destination header (``ClusterDirector``).
+FALLBACKS_KEY = "destination_fallbacks"
 # (read here, not by the front's ``parse_limits``)
 _OWN_LIMITS = (REQUEST_TIMEOUT_KEY, WAITING_SHARE_KEY, DRAIN_TIMEOUT_KEY)
 # ``--config`` with ``--clusters`` (``kvgate serve``, ``kvgate epp``): refused, not silently ignored (review
@@ -292,6 +295,10 @@ class ClustersConfig:
     kubernetes: KubeImports | None = None
     # The client-facing front's limits (``limits:``, the gateway config's key names); hot-reloaded too.
     limits: FrontLimits = field(default_factory=FrontLimits)
+    # ``destination_fallbacks``, the hub EPP's only: its ``x-gateway-destination-endpoint`` names the other
+    # clusters' gateways after the chosen one (a list only Envoy's Override Host policy walks; the shipped
+    # ORIGINAL_DST cluster answers a list 503). None: not given (one address; ``--destination-fallbacks``).
+    destination_fallbacks: bool | None = None
 
 
 _CLUSTER_KEYS = {f for f in ClusterSpec.__dataclass_fields__}
@@ -401,6 +408,9 @@ def parse(doc: Any) -> ClustersConfig:
             drain_timeout = _limit_seconds(raw_limits.pop(DRAIN_TIMEOUT_KEY), DRAIN_TIMEOUT_KEY, "no wait")
         if WAITING_SHARE_KEY in raw_limits:
             waiting_share = _waiting_share(raw_limits.pop(WAITING_SHARE_KEY))
+    fallbacks = doc.get(FALLBACKS_KEY)
+    if fallbacks is not None and not isinstance(fallbacks, bool):
+        raise ClustersError(FALLBACKS_KEY, f"expected true or false, got {_short(fallbacks)}")
     try:
         limits = parse_limits(raw_limits)
     except ValueError as e:
@@ -420,6 +430,7 @@ def parse(doc: Any) -> ClustersConfig:
         tls=TlsOptions(tls.get("ca"), tls.get("cert"), tls.get("key")),
         kubernetes=kube,
         limits=limits,
+        destination_fallbacks=fallbacks,
     )
 
 

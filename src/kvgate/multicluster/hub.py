@@ -1,8 +1,10 @@
 """The hub EPP (``kvgate epp --clusters FILE``): an Endpoint Picker whose candidates are clusters.
 
-Each cluster's Parent-mode gateway (``gateway: host:port``) is one ``Endpoint`` in the store; the
-``ClusterDirector`` answers the ext_proc session's ``pick`` with the gateway of the cluster the policy
-puts first (the rest as fallbacks, which Envoy may try). Parent mode only: ext_proc's answer is one
+Each cluster's Parent-mode gateway (``gateway: host:port``; a host name as the address it resolves to,
+``gateway_names``) is one ``Endpoint`` in the store; the ``ClusterDirector`` answers the ext_proc session's
+``pick`` with the gateway of the cluster the policy puts first, alone (Envoy's ``ORIGINAL_DST`` cluster
+takes one address), or with ``destination_fallbacks`` the rest after it as fallbacks, which Envoy's Override
+Host policy may try. Parent mode only: ext_proc's answer is one
 destination header decided inside a synchronous pick, so the hub cannot ask a remote EPP for a pod in the
 middle of it (Endpoint mode is the global ``kvgate serve --clusters``'s job).
 
@@ -22,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -34,6 +36,9 @@ from kvgate.multicluster.clusters import REQUEST_TIMEOUT_KEY, ClustersConfig, id
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
+
+if TYPE_CHECKING:
+    from kvgate.multicluster.gateway_names import GatewayNames
 
 log = logging.getLogger(__name__)
 # The hub EPP's count of aggregate answers refused (``Fetcher.on_refused``), on the process registry its
@@ -77,13 +82,20 @@ MAX_KEPT = 1024  # host names whose answers are kept at once (the oldest dropped
 ENVOY_CONNECT_TIMEOUT_S = 5.0
 
 
-def bound_warning(cfg: ClustersConfig) -> str | None:
+def lists(cfg: ClustersConfig) -> bool:
+    """Whether a destination can hold more than one gateway: two or more, or clusters from a ``kubernetes:``
+    section (with fallbacks named at all: ``ClusterDirector.fallbacks``)."""
+    return cfg.kubernetes is not None or sum(1 for c in cfg.clusters if c.gateway is not None) > 1
+
+
+def bound_warning(cfg: ClustersConfig, fallbacks: bool | None = None) -> str | None:
     """The start-up (and reload) warning for a request bound at or under Envoy's default ``connect_timeout``
-    where a destination can hold fallbacks (two gateways or more, or clusters from a ``kubernetes:``
-    section), else None: the hub cannot see Envoy's own setting, only that the default would be too long."""
+    where a destination can hold fallbacks (``fallbacks``, None: the file's ``destination_fallbacks``; and
+    ``lists``), else None: the hub cannot see Envoy's own setting, only that the default would be too long.
+    With one address named there is no fallback to charge wrongly."""
     bound = cfg.request_timeout_s
-    fallbacks = cfg.kubernetes is not None or sum(1 for c in cfg.clusters if c.gateway is not None) > 1
-    if not 0 < bound <= ENVOY_CONNECT_TIMEOUT_S or not fallbacks:
+    named = cfg.destination_fallbacks if fallbacks is None else fallbacks
+    if not 0 < bound <= ENVOY_CONNECT_TIMEOUT_S or not named or not lists(cfg):
         return None
     return (f"limits.{REQUEST_TIMEOUT_KEY} ({bound:g}s) is at or under Envoy's default connect_timeout "
             f"({ENVOY_CONNECT_TIMEOUT_S:g}s): unless the connect_timeout of the Envoy cluster that connects "
@@ -103,9 +115,13 @@ class ClusterDirector:
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,  # the policy's randomness; None: from os.urandom
         probe: Callable[[str], Awaitable[bool | None]] | None = None,  # can a gateway be connected to (tests)
+        fallbacks: bool | None = None,  # --destination-fallbacks; None: the clusters file's key (default off)
     ) -> None:
         self.clock = clock
         self.cfg = cfg
+        self.fallbacks_flag = fallbacks
+        # Host-name gateways' addresses (``HubFeed`` sets it; None: each gateway named as written, tests).
+        self.names: GatewayNames | None = None
         self.probe = probe or connects
         # cluster -> its connect probe in flight (``on_abandoned``); cluster -> when its last one started.
         self._probes: dict[str, asyncio.Task[None]] = {}
@@ -133,18 +149,32 @@ class ClusterDirector:
         self._loads: dict[int, ClusterRequest] = {}
         self.apply(cfg)
 
+    @property
+    def fallbacks(self) -> bool:
+        """Whether the destination names the other clusters' gateways after the chosen one: the flag, else
+        the clusters file's ``destination_fallbacks`` as last reloaded; off by default, as the shipped
+        Envoy cluster (``ORIGINAL_DST``) takes one address and answers a list 503."""
+        if self.fallbacks_flag is not None:
+            return self.fallbacks_flag
+        return bool(self.cfg.destination_fallbacks)
+
     def apply(self, cfg: ClustersConfig) -> None:
         self.cfg = cfg
         old = self.states
         self.states = {}
         eps: list[Endpoint] = []
+        names = self.names
+        if names is not None:
+            names.want({s.gateway: s.name for s in cfg.clusters if s.gateway is not None})
         for spec in cfg.clusters:
             if spec.gateway is None:
                 continue  # Parent mode only: a cluster without a gateway cannot be sent to from here
             st = old.get(spec.name) or ClusterState(spec)
             st.respec(spec)
             self.states[spec.name] = st
-            eps.append(Endpoint(address=spec.gateway, pool=POOL, labels={CLUSTER_LABEL: spec.name}))
+            address = spec.gateway if names is None else names.address(spec.gateway)
+            if address is not None:  # (None: a host name not resolved yet: nothing Envoy could route to)
+                eps.append(Endpoint(address=address, pool=POOL, labels={CLUSTER_LABEL: spec.name}))
         self.store.sync(eps)
         self._probed_at = {k: v for k, v in self._probed_at.items() if k in self.states}
         self._suspect = {k: v for k, v in self._suspect.items() if k in self.states}
@@ -159,7 +189,8 @@ class ClusterDirector:
         """Whether ``pick`` would name a cluster, without ordering one (readiness; as the global gateway's
         ``GlobalRouter.ready``): the kvgate policy names every cluster but one whose fresh aggregate shows
         no ready endpoint, the others every cluster with a gateway."""
-        states = self.state_list()  # (Parent mode: each has a gateway)
+        routable = {ep.labels.get(CLUSTER_LABEL) for ep in self.store.all()}  # (a name not resolved: none)
+        states = [c for c in self.state_list() if c.name in routable]  # (Parent mode: each has a gateway)
         if isinstance(self.policy, KvgatePolicy):
             now = self.clock()
             return any(not self.policy.dead(c, now) for c in states)
@@ -179,6 +210,10 @@ class ClusterDirector:
             # then the others as fallbacks.
             home = [ep for ep in self.store.all() if ep.address in req.subset]
             chosen = home[:1] + [ep for ep in chosen if ep.address not in req.subset]
+        if (
+            not self.fallbacks
+        ):  # (one address: Envoy walks no list it was not given, and the cut walk neither)
+            chosen = chosen[:1]
         self._loads.pop(id(req), None)  # (a reused id never finds an earlier request's loads)
         if not chosen:
             raise NoCapacityError("no cluster can take the request (none ready)")
@@ -743,6 +778,7 @@ class HubFeed:
         counted). ``wall``: the clock of the last reload's timestamp (injected, as ``kvgate serve --clusters``
         injects its own)."""
         from kvgate.multicluster.fetcher import Fetcher
+        from kvgate.multicluster.gateway_names import GatewayNames
         from kvgate.multicluster.source import ClusterSource
 
         if (sleep is None) != (director.clock is time.monotonic):
@@ -754,6 +790,11 @@ class HubFeed:
         self.sleep = sleep or asyncio.sleep
         cfg = director.cfg
         self.director = director
+        # Host-name gateways resolved to addresses (named as written before, which Envoy cannot route to).
+        self.names = GatewayNames(lambda: director.apply(director.cfg), sleep=self.sleep)
+        director.names = self.names
+        director.apply(cfg)  # (a name leaves its cluster out until it resolves: ``start``'s first round)
+        self._names_task: asyncio.Task[None] | None = None
         self.clusters_file = clusters_file
         # (parent mode: a cluster's gateway only)
         self.source = ClusterSource(cfg, director.apply, parent_mode_only=True, staleness=staleness,
@@ -770,15 +811,29 @@ class HubFeed:
         self._task: Any = None
         self.pool = POOL  # (before the first cluster is known, the store has no pool to name)
         self._warned: str | None = None
+        self._mode: bool | None = None  # the destination's mode last said (``_say_mode``)
         self._drain_from_file = drain_from_file
         self._warn_bound(cfg)
 
     def _warn_bound(self, cfg: ClustersConfig) -> None:
-        """``bound_warning`` logged at start and at a reload that changes it (not at every reload)."""
-        why = bound_warning(cfg)
+        """``bound_warning`` logged at start and at a reload that changes it (not at every reload); the
+        destination's mode (one address, or fallbacks) said the same way."""
+        why = bound_warning(cfg, self.director.fallbacks)
         if why is not None and why != self._warned:
             log.warning("clusters file: %s", why)
         self._warned = why
+        mode = self.director.fallbacks
+        if mode != self._mode:
+            if mode:
+                log.info("hub EPP: x-gateway-destination-endpoint names the chosen cluster's gateway, then "
+                         "the others' as fallbacks (destination_fallbacks): Envoy's Override Host policy "
+                         "walks that list; an ORIGINAL_DST cluster (deploy/envoy.yaml) answers a list 503 "
+                         "(docs/epp.md, 'The Envoy side')")  # fmt: skip
+            else:
+                log.info("hub EPP: x-gateway-destination-endpoint names one gateway address, the chosen "
+                         "cluster's (as an ORIGINAL_DST cluster takes it; destination_fallbacks: true names "
+                         "the others after it, for Envoy's Override Host policy)")  # fmt: skip
+        self._mode = mode
 
     def reload(self, cfg: ClustersConfig) -> None:
         """A clusters-file reload: the clusters (or the kubernetes section), TTL, locality, and the
@@ -800,6 +855,9 @@ class HubFeed:
         except BaseException:  # the kubernetes section cannot be loaded: the EPP does not start
             await self.fetcher.stop()
             raise
+        # The gateways' names looked up before the first pick (bounded: RESOLVE_TIMEOUT_S), then kept so.
+        await self.names.refresh()
+        self._names_task = asyncio.create_task(self.names.run())
         if self.clusters_file is not None:
             self._task = asyncio.create_task(self._reload())
 
@@ -822,6 +880,8 @@ class HubFeed:
     async def _stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task, "the hub's clusters-file reload loop", log)
+        if self._names_task is not None:
+            await cancel_and_wait(self._names_task, "the hub's gateway-name lookups", log)
         await self.source.stop()
         await self.fetcher.stop()
         await self.director.close()

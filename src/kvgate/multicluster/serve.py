@@ -56,7 +56,7 @@ from kvgate.httpfront.server import (
 )
 from kvgate.k8s.lease import check_one_time
 from kvgate.k8s.stalepolicy import StalenessPolicy, hub_policy
-from kvgate.multicluster.clusters import ClustersConfig, ClustersError, ClustersFile
+from kvgate.multicluster.clusters import FALLBACKS_KEY, ClustersConfig, ClustersError, ClustersFile
 from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.lookups import ClusterLocator, known_home, lookup
 from kvgate.multicluster.policies import ClusterRequest, fresh_seed, prompt_key
@@ -1030,7 +1030,9 @@ def serve_check(cfg: ClustersConfig) -> None:
     """What ``kvgate serve`` refuses in a clusters file that parses: ``kubernetes.parent_mode_only: true``
     says the gateways following the import route in Parent mode only (hub EPPs), and the import's
     ``ResolvedRefs`` is written so; this gateway also routes in Endpoint mode, so for it that status
-    would be wrong (an exporter with only an EPP address called unresolved though it is routed to)."""
+    would be wrong (an exporter with only an EPP address called unresolved though it is routed to).
+    ``destination_fallbacks`` is the hub EPP's destination header: this gateway sends requests itself
+    (and walks its clusters on its own), so nothing here would read it (refused, not ignored)."""
     kube = cfg.kubernetes
     if kube is not None and kube.parent_mode_only:
         raise ClustersError(
@@ -1038,6 +1040,12 @@ def serve_check(cfg: ClustersConfig) -> None:
             "true is for hub EPPs (kvgate epp --clusters) and a kvgate hub-controller writing for them; "
             "kvgate serve routes in Endpoint mode too: remove it, or give the hub EPPs a clusters file "
             "(and parent) of their own",
+        )
+    if cfg.destination_fallbacks is not None:
+        raise ClustersError(
+            FALLBACKS_KEY,
+            "is for hub EPPs (kvgate epp --clusters: the gateways its destination header names); kvgate "
+            "serve sends each request itself and moves on to the next cluster on its own: remove it",
         )
 
 
