@@ -76,12 +76,14 @@ class GatewayNames:
 
     def want(self, gateways: Mapping[str, str]) -> None:
         """The host-name gateways of the clusters in force (gateway -> cluster): names gone are dropped;
-        a new one wakes the refresh loop (looked up now, not at the next round)."""
+        a new one wakes the refresh loop (looked up now, not at the next round; a name already wanted and
+        failing waits for its round: an apply per watch event must not become a lookup each)."""
+        before = self._wanted
         self._wanted = {g: c for g, c in gateways.items() if not is_address(g)}
         for gone in [g for g in self.addresses if g not in self._wanted]:
             del self.addresses[gone]
         self._failing &= set(self._wanted)
-        if any(g not in self.addresses for g in self._wanted):
+        if any(g not in before for g in self._wanted):
             self._wake.set()
 
     async def refresh(self) -> None:

@@ -210,9 +210,8 @@ class ClusterDirector:
             # then the others as fallbacks.
             home = [ep for ep in self.store.all() if ep.address in req.subset]
             chosen = home[:1] + [ep for ep in chosen if ep.address not in req.subset]
-        if (
-            not self.fallbacks
-        ):  # (one address: Envoy walks no list it was not given, and the cut walk neither)
+        # One address unless fallbacks are named: Envoy walks no list it was not given, nor does the cut walk.
+        if not self.fallbacks:
             chosen = chosen[:1]
         self._loads.pop(id(req), None)  # (a reused id never finds an earlier request's loads)
         if not chosen:
@@ -811,7 +810,7 @@ class HubFeed:
         self._task: Any = None
         self.pool = POOL  # (before the first cluster is known, the store has no pool to name)
         self._warned: str | None = None
-        self._mode: bool | None = None  # the destination's mode last said (``_say_mode``)
+        self._mode: bool | None = None  # the destination's mode last said (``_warn_bound``)
         self._drain_from_file = drain_from_file
         self._warn_bound(cfg)
 
