@@ -96,3 +96,12 @@ async def test_kvgate_serve_refuses_the_hub_only_key(tmp_path: Path) -> None:
     with pytest.raises(ClustersError, match="destination_fallbacks: is for hub EPPs"):
         ClustersFile(path, check=serve_check)
     ClustersFile(_file(tmp_path / "other.yaml", None), check=serve_check)  # (absent: taken)
+
+
+def test_a_pool_epp_refuses_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """Flags that cannot apply are refused, not ignored (as --cluster-policy is without --clusters)."""
+    import kvgate.extproc.cli as epp_cli
+
+    argv = ["--endpoints", "127.0.0.1:9", "--model", "m", "--plaintext", "--destination-fallbacks", "true"]
+    assert epp_cli.main(argv) == 2
+    assert "--destination-fallbacks: only with --clusters" in capsys.readouterr().err
