@@ -100,6 +100,7 @@ def _hub_feed() -> Case:
     feed = HubFeed.__new__(HubFeed)  # (only what its stop uses)
     source, fetcher = _AsyncClosable(), _AsyncClosable()
     feed.source, feed.fetcher = source, fetcher  # type: ignore[assignment]
+    feed._names_task = None  # (hub33: its gateway-name lookups, none started here)
     return (lambda t: setattr(feed, "_task", t)), feed.stop, lambda: source.closed and fetcher.closed
 
 
