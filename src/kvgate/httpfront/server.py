@@ -875,6 +875,7 @@ class FrontProtocol(asyncio.Protocol):
         self.write_paused = False
         # A started body delimited by the connection's close (HTTP/1.0 stream): every abort resets.
         self.close_delimited = False
+        self._drain_kept = False  # kept open past one answer in the drain: the next closes (``_serve``)
         self._drain: asyncio.Future[None] | None = None
         # Event-loop times the sweeper checks (None = not in that state):
         self.idle_since: float | None = None  # waiting for a next request, nothing received
@@ -1450,7 +1451,16 @@ class FrontProtocol(asyncio.Protocol):
                             # answered next (the gateway's 503 "shutting down", Connection: close), not
                             # dropped with an EOF its client cannot tell from a lost answer (qa33b-F1).
                             # (``reads_done`` waits for it too; a lost connection's never ends)
-                            if (self.queue or self.buf or self._pending is not None) and not self.closed:
+                            # Received: in the front's hands, or still unread in the kernel (one
+                            # ``poll(0)``, only here: closing with unread bytes resets, rev-a33-F1).
+                            # Once per connection: the next answer closes it whatever is queued behind,
+                            # or a client that keeps pipelining would hold it to the deadline (rev-a33-F2).
+                            if (
+                                not self._drain_kept
+                                and not self.closed
+                                and (self.queue or self.buf or self._pending is not None or _readable([self]))
+                            ):
+                                self._drain_kept = True
                                 self.server._reading(self)
                             else:
                                 close = True
@@ -1560,7 +1570,13 @@ class FrontProtocol(asyncio.Protocol):
 
     def _arm_idle(self) -> None:
         self.idle_since = None
-        if self.server.draining and not self.buf and self._pending is None:
+        if (
+            self.server.draining
+            and not self.buf
+            and self._pending is None
+            and not (self.busy and self._drain_kept)
+        ):
+            # (kept by ``_serve`` for bytes still unread in the kernel: closing now would reset them)
             self.close()
             return
         if not self.closed and not self.buf:
