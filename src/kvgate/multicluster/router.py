@@ -292,6 +292,7 @@ class Routed:
     # (as ``kvgate serve``'s ``UpstreamResponse.received``); None: unknown (cut as any other).
     received: Callable[[], bool] | None = None
     sent_at: float = 0.0  # the attempt that answered was sent then (event-loop time)
+    set_cookies: tuple[str, ...] = ()  # the answer's Set-Cookie lines (not in ``headers``: a line each)
     _usage: Usage | None = field(default=None, init=False, repr=False)
     _read: bool = field(default=False, init=False, repr=False)
 
@@ -1324,6 +1325,12 @@ class GlobalRouter:
             opened, held, whole = got
             upstream = _once(opened) if whole else _Opened(opened, upstream)
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
+        # A repeated Set-Cookie collapses in the dict (its last line kept): every line goes out a line
+        # each, as ``kvgate serve``'s (small33; rev-a33-I2). One lookup when there is none.
+        cookies: tuple[str, ...] = ()
+        if "Set-Cookie" in resp.headers:
+            cookies = tuple(resp.headers.getall("Set-Cookie"))
+            headers = {k: v for k, v in headers.items() if k.lower() != "set-cookie"}
         if epp is not None:
             # The remote EPP hears the response as from Envoy, so it keeps the request in flight.
             try:
@@ -1404,7 +1411,7 @@ class GlobalRouter:
 
         routed = Routed(
             response.status, headers, stream(), st.name, mode, attempts, epp, settle, tail, response.close,
-            received, sent_at,
+            received, sent_at, cookies,
         )  # fmt: skip
         return routed
 

@@ -713,7 +713,7 @@ class GlobalGateway:
         headers["x-kvgate-cluster"] = routed.cluster
         headers["x-kvgate-route-mode"] = routed.mode
         sse = _event_stream(headers)
-        resp = StreamResponse(status=routed.status, headers=headers)
+        resp = StreamResponse(routed.status, headers, None, routed.set_cookies)
         body = routed.body
         # Counted once: a cluster's error reply under its status (as the gateway door), else a cut
         # under stream_cut, else a client that left before the end under client_gone.
