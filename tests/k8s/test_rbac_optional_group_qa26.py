@@ -5,7 +5,7 @@ kvgate watches InferenceObjective and InferenceModelRewrite in both ``llm-d.ai``
 reports any 403 of any reflector first, so /readyz is 503 while the pool and its pods are synced and routable.
 An operator's RBAC written for the reference EPP (GIE's chart and GKE's docs grant ``inferenceobjectives``,
 ``inferencemodelrewrites`` in ``inference.networking.x-k8s.io`` only) plus the ``llm-d.ai`` CRDs installed
-(kvgate's docs: ``kubectl apply -f deploy/crds/``; or llm-d in the cluster) = an EPP that never turns ready:
+(kvgate's docs: ``kubectl create -f deploy/crds/``; or llm-d in the cluster) = an EPP that never turns ready:
 the readiness probe keeps it out of its Service, the gateway's FailClose refuses every request. Reproduced
 live on the real kube-apiserver 1.20.2 with ``--authorization-mode RBAC`` (the report). The same absent CRD
 (404) is tolerated: ready.

@@ -3,8 +3,8 @@ upstream's v1alpha2 fields for the tests (``spec.selector`` a plain map, one ``s
 ``spec.extensionRef``), with upstream's rules on them (config/crd/bases of GIE v0.x: ``extensionRef``
 required, its ``name`` 1-253 characters, ``portNumber`` and ``targetPortNumber`` 1-65535), so that what a
 cluster with upstream's CRD refuses is refused here too (review s27-rev-b27 F3). The project ships none in
-deploy/crds: a cluster on v1alpha2 pools has upstream's, and ``kubectl apply -f deploy/crds/`` must not
-replace it."""
+deploy/crds: a cluster on v1alpha2 pools has upstream's, and ``kubectl create -f deploy/crds/`` (the
+docs' install) never replaces an installed CRD."""
 
 from __future__ import annotations
 
