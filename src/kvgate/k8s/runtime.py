@@ -12,13 +12,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from kvgate.aio import stop_to_the_end
+from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.config.gateway import RewriteRule
 from kvgate.datalayer.store import EndpointStore
 from kvgate.k8s import resources as R
 from kvgate.k8s.client import KubeClient
 from kvgate.k8s.discovery import PoolDiscovery
 from kvgate.k8s.lease import LeaderElector, check_one_time
+from kvgate.k8s.legacy import warn_if_served
 from kvgate.k8s.staleness import StalenessMonitor
 from kvgate.k8s.stalepolicy import StalenessPolicy
 
@@ -69,6 +70,7 @@ class KubePool:
         self.discovery: PoolDiscovery | None = None
         self.elector: LeaderElector | None = None
         self.staleness: StalenessMonitor | None = None
+        self.legacy_check: asyncio.Task[bool] | None = None  # (the InferenceModel warning, once)
 
     async def start(self) -> None:
         o = self.opts
@@ -82,6 +84,7 @@ class KubePool:
             sleep=self._time[1] or asyncio.sleep,
         )  # fmt: skip
         self.discovery.start()
+        self.legacy_check = asyncio.create_task(warn_if_served(self.client), name="InferenceModel check")
         d = self.discovery
         self.staleness = StalenessMonitor(d.reflectors, [d.pool_reflector, d.pod_reflector], o.staleness)
         self.staleness.start()
@@ -104,6 +107,8 @@ class KubePool:
 
     async def _stop(self) -> None:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if (task := self.legacy_check) is not None:
+            steps.append(("InferenceModel check", lambda: cancel_and_wait(task, "InferenceModel check", log)))
         if self.staleness is not None:
             steps.append(("staleness monitor", self.staleness.stop))
         if self.elector is not None:
