@@ -56,7 +56,8 @@ def code_lease_verbs() -> set[str]:
 
 
 def test_lease_module_is_the_only_one_that_touches_leases() -> None:
-    """Else the code view above would miss a caller (``R.LEASE`` defined in resources.py, used in lease.py)."""
+    """Else the code view above would miss a caller (``R.LEASE``: defined in resources.py, used in
+    lease.py; the double serves it)."""
     users = sorted(
         str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
         if p.name not in ("lease.py", "resources.py", "apiserver.py") and "LEASE." in p.read_text()
