@@ -9,48 +9,23 @@ Fails on main 691110b3: the failing pod is never ejected (the wait ends at 30 s)
 
 from __future__ import annotations
 
-import time
-
-import aiohttp
 import orjson
 
 from gateway.backend import Backend
-from kvgate.config.gateway import HealthConfig
-from kvgate.datalayer.ejection import HealthTracker
-from kvgate.datalayer.store import EndpointStore
-from kvgate.extproc.context import AddressIndex, build_epp_director
-from kvgate.extproc.outlier import Outlier
-from kvgate.extproc.server import EppServer, ServerOptions
-from kvgate.extproc.session import SessionContext
 from kvgate.multicluster.clusters import ClusterSpec
+from multicluster.ejecting_epp import ejecting_epp, post_until_ejected
 
 BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
-WAIT_S = 30.0
 
 
 async def test_a_pods_500_behind_the_hub_reaches_its_epp_which_ejects_it(global_gateway) -> None:
     bad, good = await Backend("bad").start(), await Backend("good").start()
     bad.mode = "error500"
-    store = EndpointStore.from_addresses([bad.address, good.address])
-    index = AddressIndex(store)
-    # (two failures eject it; the probe far beyond the test)
-    tracker = HealthTracker(HealthConfig(eject_after_failures=2, eject_base_s=300, eject_max_s=300),
-                            time.monotonic, store.all)  # fmt: skip
-    ctx = SessionContext(build_epp_director(None, store, policy="round-robin"), index,
-                         clock=time.monotonic, outlier=Outlier(tracker, index))  # fmt: skip
-    epp = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
-    await epp.start()
     try:
-        hub = await global_gateway(ClusterSpec("c0", epp=f"127.0.0.1:{epp.port}"))
-        url = f"http://127.0.0.1:{hub.port}/v1/completions"
-        deadline = time.monotonic() + WAIT_S
-        async with aiohttp.ClientSession() as http:
-            while (ep := store.get(bad.address)) is not None and ep.healthy:
-                assert time.monotonic() < deadline, f"the 500-answering pod not ejected within {WAIT_S}s"
-                async with http.post(url, data=BODY) as r:
-                    assert r.status == 200, await r.read()  # (the other pod answers: qa30 Q9)
+        async with ejecting_epp([bad.address, good.address]) as (epp_port, store):
+            hub = await global_gateway(ClusterSpec("c0", epp=f"127.0.0.1:{epp_port}"))
+            await post_until_ejected(hub.port, store, bad.address, BODY, "the 500-answering pod")
         assert bad.received, "the failing pod was never picked"
     finally:
-        await epp.stop(0)
         await bad.stop()
         await good.stop()
