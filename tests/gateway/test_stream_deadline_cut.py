@@ -28,12 +28,12 @@ from kvgate.gateway.server import GatewayServer
 BOUND = 1.0  # requestTimeoutSeconds of these tests
 
 
-def _config(addresses: list[str]) -> Any:
+def _config(addresses: list[str], bound: float = BOUND) -> Any:
     # (idle timeout far above the bound: only the deadline cuts; ejection after 3 failures)
     return make_config(
         addresses,
         extra={
-            "limits": {"requestTimeoutSeconds": BOUND, "idleTimeoutSeconds": 30},
+            "limits": {"requestTimeoutSeconds": bound, "idleTimeoutSeconds": 30},
             "health": {"ejectAfterFailures": 3, "ejectBaseSeconds": 30, "ejectMaxSeconds": 30},
         },
     )
@@ -74,13 +74,15 @@ async def test_a_stream_cut_by_the_deadline_names_the_bound(backends) -> None:
 
 
 async def test_steady_streams_cut_three_times_eject_nothing(backends) -> None:
-    """Two servers, each sending a chunk every 0.05 s for 4 s; three rounds of one stream on each, every
-    one cut at the 1 s bound: no endpoint charged, none ejected. FAILED before: each cut a failure, both
-    servers at 3 (one ejected: the last healthy one never is)."""
-    a, b = await backends(2, tokens=80, chunk_delay=0.05)
-    async with running_gateway(_config([a.address, b.address])) as gw:
+    """Two servers, each sending a chunk every 0.05 s for 12 s; three rounds of one stream on each, every
+    one cut at a 4 s bound: no endpoint charged, none ejected. FAILED before: each cut a failure, both
+    servers at 3 (one ejected: the last healthy one never is). (A 4 s bound, not 1 s: "still sending" means
+    a piece in the later half of the bound, and the servers share the test's event loop, so a stall of the
+    loop longer than that half, seen at load 13 with a 1 s bound, made a steady server look silent.)"""
+    a, b = await backends(2, tokens=240, chunk_delay=0.05)
+    async with running_gateway(_config([a.address, b.address], bound=4.0)) as gw:
         for rnd in range(3):
-            got = await asyncio.wait_for(asyncio.gather(*(_stream(gw, f"r{rnd}-{i}") for i in range(2))), 10)
+            got = await asyncio.wait_for(asyncio.gather(*(_stream(gw, f"r{rnd}-{i}") for i in range(2))), 30)
             assert all(s == 200 and b'"error"' in t and b"[DONE]" not in t for s, t in got), got
         assert [_failures(gw, x.address) for x in (a, b)] == [0, 0]
         assert gw.health.ejections == 0
