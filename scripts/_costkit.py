@@ -5,6 +5,7 @@ process with both sockets in memory (``in_memory_gateway``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -86,7 +87,7 @@ def in_memory_gateway(cfg: Any, gw: Any, reply: Callable[[], bytes]) -> tuple[An
     connections are in memory, each write answered with ``reply()``, and one in-memory client connection
     to its front (no admin routes): (the front, the client's protocol, the client's transport, whose
     ``got`` future takes the next answer). It reaches into the upstream client's privates (``_Conn``,
-    ``_connect``, ``_open``) and the server's ``_front``."""
+    ``_connect``, ``_open``, ``_put_idle``) and the server's ``_front``."""
     from kvgate.gateway import upstream
     from kvgate.gateway.proxy import Proxy
 
@@ -98,7 +99,17 @@ def in_memory_gateway(cfg: Any, gw: Any, reply: Callable[[], bytes]) -> tuple[An
         proxy.upstream._open.add(conn)
         return conn
 
-    proxy.upstream._connect = connect
+    # One connection per endpoint made ahead and left idle, which every request then takes (it answers on
+    # the loop's next turn, so a sequential caller needs no second one): compiled (``make compiled``), the
+    # pool's ``_connect`` cannot be replaced on the instance; interpreted it still is, for a lost one.
+    for pool in cfg.pools:
+        for address in pool.endpoints:  # ("host:port", the upstream client's address)
+            conn = upstream._Conn(proxy.upstream, address)
+            conn.connection_made(MemoryTransport(conn, reply))
+            proxy.upstream._open.add(conn)
+            proxy.upstream._put_idle(conn)
+    with contextlib.suppress(AttributeError):
+        proxy.upstream._connect = connect
     front = gw._front(proxy, admin=False)
     proto = front.protocol()
     client = MemoryTransport()

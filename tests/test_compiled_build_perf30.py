@@ -12,6 +12,7 @@ import pytest
 # Every module the build compiles, imported by name: land.sh runs the test files importing a changed module,
 # so an edit to one of them runs this file's mypyc check too.
 import kvgate.gateway.proxy
+import kvgate.gateway.upstream
 import kvgate.httpfront.server
 import kvgate.openai.request
 import kvgate.openai.requeststats
@@ -41,6 +42,7 @@ IMPORTED = [
     kvgate.openai.request,
     kvgate.openai.requeststats,
     kvgate.gateway.proxy,
+    kvgate.gateway.upstream,
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,6 +25,7 @@ MODULES = [
     "kvgate/openai/request.py",
     "kvgate/openai/requeststats.py",
     "kvgate/gateway/proxy.py",
+    "kvgate/gateway/upstream.py",
 ]
 MANIFEST = "_compiled_manifest.json"  # beside this file, written only by a compiled build, git-ignored
 

@@ -54,14 +54,15 @@ def pass_upstream_headers(upstream: Mapping[str, str], reply: dict[str, str]) ->
     Returns the ``Set-Cookie`` lines, () if none: the answer's ``set_cookies``, written one header line
     each (RFC 6265 3: never joined). small33: they were one ``reply`` value joined with
     ``"\r\nset-cookie: "``, CR/LF inside a value, safe only while the upstream parser refused CR/LF."""
-    conn = upstream.get("connection")
-    named = {t.strip().lower() for t in conn.split(",")} if conn else _NONE
-    for key, value in upstream.items():  # (in the server's order)
-        if key not in _NOT_RELAYED and key not in named and not key.startswith("x-kvgate-"):
-            # (obs-text: the bytes as sent, valid UTF-8 or not; the front writes them back)
-            reply[key] = (
-                value if value.isascii() else value.encode("latin-1").decode("utf-8", "surrogateescape")
-            )
+    if not upstream.keys() <= _NOT_RELAYED:  # (else nothing to relay, the framing only: one C-level check)
+        conn = upstream.get("connection")
+        named = {t.strip().lower() for t in conn.split(",")} if conn else _NONE
+        for key, value in upstream.items():  # (in the server's order)
+            if key not in _NOT_RELAYED and key not in named and not key.startswith("x-kvgate-"):
+                # (obs-text: the bytes as sent, valid UTF-8 or not; the front writes them back)
+                reply[key] = (
+                    value if value.isascii() else value.encode("latin-1").decode("utf-8", "surrogateescape")
+                )
     cookies = reply.pop("set-cookie", None)
     # (the upstream reader keeps a repeated one's lines apart by a newline, which no parsed value holds)
     return () if cookies is None else tuple(cookies.split("\n"))

@@ -42,9 +42,18 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import httptools
 
+# (the exceptions: a module of their own, interpreted, as mypyc cannot compile an ``OSError`` subclass and
+# this one is in the optional compiled build; importable from here as before)
+from kvgate.gateway.upstream_errors import DeadlinePassed as DeadlinePassed
+from kvgate.gateway.upstream_errors import ReadTimeout as ReadTimeout
+from kvgate.gateway.upstream_errors import StaleConnection as StaleConnection
+from kvgate.gateway.upstream_errors import TruncatedBody as TruncatedBody
+from kvgate.gateway.upstream_errors import UpstreamError as UpstreamError
+from kvgate.gateway.upstream_errors import UpstreamTimeout as UpstreamTimeout
 from kvgate.sockopts import tcp_keepalive
 
 _HIGH_WATER = 1 << 20
@@ -82,38 +91,6 @@ _NAMES_MAX = 256
 _NAME_KEY_MAX = 64
 
 
-class UpstreamError(OSError):
-    """Connection lost, malformed response, or timeout on the upstream leg."""
-
-
-class UpstreamTimeout(UpstreamError, TimeoutError):
-    pass
-
-
-class StaleConnection(UpstreamError):
-    """A connection that had carried a request before failed (FIN or RST) before any byte of this
-    request's answer: most likely the server closed it while idle as the request was written, so it
-    never read it. Raised by ``request(..., resend=False)``: the caller resends it as an attempt of its
-    own (the proxy: on a new connection to the same endpoint, within ``maxAttempts``; qa24 F2)."""
-
-
-class ReadTimeout(UpstreamTimeout):
-    """No answer byte in time after the request was written: the server may be working on it (a
-    non-streamed generation sends nothing until it is done), so the proxy does not run it again
-    elsewhere. A connect timeout is a plain ``UpstreamTimeout`` (the request never left)."""
-
-
-class DeadlinePassed(UpstreamTimeout):
-    """The request's ``deadline`` came before it was written (a connect that outlasted it, or ended
-    by it): nothing was sent, so the server did no work and is not at fault (review s18-fixes-c M1)."""
-
-
-class TruncatedBody(UpstreamError):
-    """A body framed by the close (no Content-Length, not chunked) ended, by a clean close, before what
-    its media type says is its end (the proxy: a JSON body that does not parse): the server died
-    mid-body."""
-
-
 class _Refused(Exception):
     """Raised inside an httptools callback: a response this client does not accept (the message)."""
 
@@ -135,8 +112,12 @@ class ResponseHead:
         return media
 
 
-class _Conn(asyncio.Protocol):
-    """One upstream connection, one exchange at a time; llhttp keeps the framing across responses."""
+class _Conn:
+    """One upstream connection, one exchange at a time; llhttp keeps the framing across responses.
+
+    An ``asyncio.Protocol`` by its methods, not by its base: compiled (``make compiled``), a class with an
+    interpreted base gets ``__dict__`` and ``__weakref__`` slots that mypyc's deallocator does not clear
+    (mypyc/mypyc#1102): a weak reference to a freed connection dangled (a segfault, session 33)."""
 
     # Set on connect. Cached: asyncio.get_running_loop() costs a getpid() system call on Python 3.11.
     loop: asyncio.AbstractEventLoop
@@ -191,6 +172,15 @@ class _Conn(asyncio.Protocol):
         self._nonbody_mark = 0
 
     # --- asyncio.Protocol -------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        pass  # (as ``asyncio.BaseProtocol``'s: a request is one write, nothing more to hold back)
+
+    def resume_writing(self) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None  # (as ``asyncio.Protocol``'s: the transport closes itself; connection_lost follows)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()
@@ -215,7 +205,10 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy or self.done or self.error is not None:
+        # (the error read into a local: a test of ``self.error`` would hold it None for mypy below, after
+        # feed_data's callbacks may set it, and mypyc compiles that read as a None: session 30's TypeError)
+        error = self.error
+        if not self.busy or self.done or error is not None:
             # Nobody asked (an idle pooled connection), or past a complete / failed response.
             self.extra = True
             self.keep_alive = False
@@ -625,19 +618,19 @@ class UpstreamPool:
             async with asyncio.timeout_at(due):
                 # A DNS name is resolved here, on every new connection (the system resolver's TTL).
                 _, proto = await loop.create_connection(
-                    lambda: _Conn(self, address),
+                    cast("Callable[[], asyncio.Protocol]", lambda: _Conn(self, address)),
                     host.strip("[]"),
                     int(port),
                     ssl=tls,
                     server_hostname=host.strip("[]") if tls is not None else None,
                 )
-        except TimeoutError as e:
+        except TimeoutError as late:  # (a name of its own: mypyc types ``e`` by one clause)
             if by_deadline:
-                raise DeadlinePassed(f"{address}: the request's deadline passed while connecting") from e
-            raise UpstreamTimeout(f"{address}: connect timed out") from e
+                raise DeadlinePassed(f"{address}: the request's deadline passed while connecting") from late
+            raise UpstreamTimeout(f"{address}: connect timed out") from late
         except OSError as e:
             raise UpstreamError(f"{address}: connect failed: {e.strerror or e}") from e
-        conn: _Conn = proto
+        conn = cast(_Conn, proto)
         self._open.add(conn)
         return conn
 
@@ -705,8 +698,9 @@ class UpstreamPool:
                 on_sent()
             try:
                 while conn.head is None:
-                    if conn.error is not None:
-                        raise conn.error
+                    error = conn.error  # (a local: as ``data_received``'s, ``conn.error`` never held None)
+                    if error is not None:
+                        raise error
                     # (``conn._wait`` inlined, and ``_due`` without an idle bound: the non-streamed case)
                     waiter = conn._arm(_due(conn, idle, deadline) if idle is not None else deadline)
                     try:
@@ -714,8 +708,9 @@ class UpstreamPool:
                     finally:
                         conn.waiter = None
                         conn._due = None
-                    if isinstance(conn.error, UpstreamTimeout):
-                        raise conn.error
+                    error = conn.error
+                    if isinstance(error, UpstreamTimeout):
+                        raise error
             except UpstreamTimeout:
                 if conn.transport is not None:
                     conn.transport.abort()
