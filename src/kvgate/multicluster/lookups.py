@@ -297,6 +297,12 @@ async def _relay(
     due = None if deadline is None else deadline.due
     progress = None if due is None else Progress(sent_at, due)
     headers = {k: v for k, v in resp.headers.items() if k.lower() not in _DROP}
+    # A repeated Set-Cookie collapses in the dict: each line goes out a line each, as a routed answer's
+    # (``Routed.set_cookies``, rev-a33-I2; small33: the lookups' relay kept only the last).
+    cookies: tuple[str, ...] = ()
+    if "Set-Cookie" in resp.headers:
+        cookies = tuple(resp.headers.getall("Set-Cookie"))
+        headers = {k: v for k, v in headers.items() if k.lower() != "set-cookie"}
     headers["x-kvgate-cluster"] = cluster
     sse = resp.headers.get("Content-Type", "")[:17].lower() == "text/event-stream"
     scanner = SSEScanner(rewrite_to=model) if model is not None and sse else None
@@ -318,7 +324,7 @@ async def _relay(
                 doc = orjson.loads(body)
                 if rewrite_model(doc, model):
                     body = orjson.dumps(doc)
-            out = StreamResponse(status=resp.status, headers=headers, length=len(body))
+            out = StreamResponse(resp.status, headers, len(body), cookies)
             await out.prepare(request)
             await out.write(body)
             await out.write_eof()
@@ -326,7 +332,7 @@ async def _relay(
     else:
         with contextlib.suppress(KeyError, ValueError):
             length = int(resp.headers["Content-Length"])
-    out = StreamResponse(status=resp.status, headers=headers, length=length)
+    out = StreamResponse(resp.status, headers, length, cookies)
     await out.prepare(request)
     timer = asyncio.timeout_at(due)
     try:
