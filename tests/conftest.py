@@ -6,7 +6,7 @@ import asyncio
 import os
 import selectors
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -41,6 +41,22 @@ def _no_tokenizer_look_up_left_running() -> None:
     tokenize = sys.modules.get("kvgate.scheduling.tokenize")
     if tokenize is not None and getattr(tokenize, "_LOADER", None) is not None:
         tokenize.wait_loads(60)
+
+
+# --- A bench's reaper belongs in a bench's own process (rev-ci33) ----------------------------------------
+# ``kvgate.bench.reaper.install()`` (and ``sigwake.install()``, which it calls) set process-wide state that
+# nothing resets: an asyncio event loop policy (every later test's loop a ``WakingLoop``), a child
+# subreaper, a watchdog process, SIGTERM/SIGHUP handlers and an atexit reap. Tests run it in a subprocess.
+
+
+@pytest.fixture(autouse=True)
+def _no_bench_reaper_in_this_process() -> Iterator[None]:
+    yield
+    reaper, sigwake = sys.modules.get("kvgate.bench.reaper"), sys.modules.get("kvgate.bench.sigwake")
+    assert reaper is None or not reaper._installed, "reaper.install() ran in the pytest process"
+    if sigwake is not None and isinstance(asyncio.get_event_loop_policy(), sigwake._Policy):
+        asyncio.set_event_loop_policy(None)  # (the next tests get the default loop again)
+        pytest.fail("sigwake.install() ran in the pytest process: its event loop policy left set")
 
 
 # --- A stop cancelled while it waits for a background task to end must raise the cancellation ----------

@@ -14,6 +14,7 @@ released once the next request is in the connection's queue."""
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 from collections.abc import Callable
 
@@ -61,6 +62,11 @@ async def _unread_behind(read_first: bool) -> bytes:
         cli.sendall(_get("/b"))  # pipelined behind the answer in flight
         if read_first:
             await _until(lambda: any(c.queue for c in front.connections))
+        else:  # (rev-ci33: the bytes in the front's socket; a poll that does not yield to the loop)
+            [conn] = front.connections
+            poller = select.poll()
+            poller.register(conn.transport.get_extra_info("socket").fileno(), select.POLLIN)
+            assert poller.poll(30_000), "the pipelined request never reached the front's socket"
         gate.set()  # (same synchronous step as the sendall when not read_first)
         cli.setblocking(False)
         out = b""

@@ -16,6 +16,8 @@ import asyncio
 import signal
 from pathlib import Path
 
+import pytest
+
 from extproc.test_cli import _launch, _stop
 
 WARNING = "is at or under Envoy's default connect_timeout (5s)"
@@ -33,25 +35,34 @@ async def _stderr(proc: asyncio.subprocess.Process) -> str:
     return (await proc.stderr.read()).decode()
 
 
-async def test_a_bound_under_envoys_default_connect_timeout_is_warned_at_start(tmp_path: Path) -> None:
+OFF, ON = ["--destination-fallbacks", "false"], ["--destination-fallbacks", "true"]
+
+
+# (one case a test: each a kvgate epp start and stop, 3-6 s at load ~10; eight in one test took 45 s of
+# pytest-timeout's 120 s: rev-ci33)
+@pytest.mark.parametrize(
+    ("bound", "gateways", "fallbacks", "flags", "warned"),
+    [
+        (2, 2, True, [], True),
+        (5, 3, True, [], True),
+        (30, 2, True, [], False),
+        (2, 1, True, [], False),
+        (0, 2, True, [], False),
+        (2, 2, False, [], False),
+        (2, 2, True, OFF, False),
+        (2, 2, False, ON, True),
+    ],
+)
+async def test_a_bound_under_envoys_default_connect_timeout_is_warned_at_start(
+    tmp_path: Path, bound: float, gateways: int, fallbacks: bool, flags: list[str], warned: bool
+) -> None:
     f = tmp_path / "clusters.yaml"
-    off, on = ["--destination-fallbacks", "false"], ["--destination-fallbacks", "true"]
-    cases = [(2, 2, True, [], True), (5, 3, True, [], True), (30, 2, True, [], False),
-             (2, 1, True, [], False), (0, 2, True, [], False), (2, 2, False, [], False),
-             (2, 2, True, off, False), (2, 2, False, on, True)]  # fmt: skip
-    for bound, gateways, fallbacks, flags, warned in cases:
-        _file(f, bound, gateways, fallbacks)
-        proc, _ports = await _launch("--clusters", str(f), "--plaintext", *flags)
-        err = await _stderr(proc)
-        assert (WARNING.replace("(5s)", "") in err) is warned, (
-            bound,
-            gateways,
-            fallbacks,
-            flags,
-            err[-1500:],
-        )
-        if warned:
-            assert f"limits.requestTimeoutSeconds ({bound}s)" in err, err[-1500:]
+    _file(f, bound, gateways, fallbacks)
+    proc, _ports = await _launch("--clusters", str(f), "--plaintext", *flags)
+    err = await _stderr(proc)
+    assert (WARNING.replace("(5s)", "") in err) is warned, (bound, gateways, fallbacks, flags, err[-1500:])
+    if warned:
+        assert f"limits.requestTimeoutSeconds ({bound}s)" in err, err[-1500:]
 
 
 async def test_a_reload_setting_such_a_bound_warns(tmp_path: Path) -> None:
