@@ -27,6 +27,7 @@ from kvgate.extproc.testing import Exchange, channel
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.hub import ClusterDirector, HubFeed
+from kvgate.scheduling.types import InferenceRequest
 from multicluster.test_hub_request_timeout import BODY, HEADERS, _until, hub_epp
 
 LOGGER = "kvgate.multicluster.hub"
@@ -160,3 +161,101 @@ async def test_kvgate_epp_names_localhost_by_its_address(tmp_path: Path) -> None
         assert out.destination in ("127.0.0.1:9", "[::1]:9"), out.destination
     finally:
         assert await _stop(proc) == 0
+
+
+# rev-c33: edges of the names above (each test fails before its fix; F4 before c7ec03e2).
+
+
+async def _feed(policy: str, *specs: ClusterSpec) -> tuple[ClusterDirector, HubFeed]:
+    director = ClusterDirector(ClustersConfig(specs), policy, seed=0)
+    feed = HubFeed(director)
+    feed.names.every_s = 3600.0  # (only the start's round and the wake-ups)
+    await feed.start()
+    return director, feed
+
+
+async def test_round_robin_turns_go_only_to_routable_clusters(names: dict[str, str | None]) -> None:
+    """rev-c33-F1: the unresolved cluster a was ordered, then dropped: its turns went to b (b 200, c 100)."""
+    director, feed = await _feed(
+        "round-robin",
+        ClusterSpec("a", gateway="never.hub33.test:8080"),
+        ClusterSpec("b", gateway="127.0.0.2:8080"),
+        ClusterSpec("c", gateway="127.0.0.3:8080"),
+    )
+    try:
+        got: dict[str, int] = {}
+        for i in range(300):
+            ep = director.pick(InferenceRequest(f"r{i}", "m")).endpoints[0]
+            got[ep.labels[hub.CLUSTER_LABEL]] = got.get(ep.labels[hub.CLUSTER_LABEL], 0) + 1
+        assert got == {"b": 150, "c": 150}
+    finally:
+        await feed.stop()
+
+
+async def test_a_lookup_that_could_not_start_is_logged_once_at_warning(
+    names: dict[str, str | None], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rev-c33-F2: no lookup slot (MAX_LOOKUPS=0 stands for the probe's and fetcher's hung lookups): the
+    cluster was left out with nothing logged."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    names["east.hub33.test"] = "127.0.0.7"
+    monkeypatch.setattr(hub, "MAX_LOOKUPS", 0)
+    director, feed = await _feed("active-passive", ClusterSpec("east", gateway="east.hub33.test:8080"))
+    try:
+        await feed.names.refresh()  # (a second failing round: still one line)
+        assert not director.ready()
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        said = [m for m in said if "east.hub33.test" in m]
+        assert len(said) == 1 and "no lookup could start" in said[0], said
+    finally:
+        await feed.stop()
+
+
+async def test_two_clusters_at_one_address_are_warned_once_naming_both(
+    names: dict[str, str | None], caplog: pytest.LogCaptureFixture
+) -> None:
+    """rev-c33-F3: the store is keyed by address, so one of them was silently never picked."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    names["lb-a.hub33.test"] = "127.0.0.7"
+    names["lb-b.hub33.test"] = "127.0.0.7"
+    director, feed = await _feed(
+        "active-passive",
+        ClusterSpec("east", gateway="lb-a.hub33.test:8080"),
+        ClusterSpec("west", gateway="lb-b.hub33.test:8080", priority=1),
+    )
+    try:
+        director.apply(director.cfg)  # (a watch event: the same collision, not warned again)
+        said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        said = [m for m in said if "127.0.0.7:8080" in m]
+        assert len(said) == 1 and "east" in said[0] and "west" in said[0], said
+        assert {ep.labels[hub.CLUSTER_LABEL] for ep in director.store.all()} == {"east"}
+    finally:
+        await feed.stop()
+
+
+async def test_an_apply_per_watch_event_does_not_wake_a_failing_names_lookup(
+    names: dict[str, str | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rev-c33-F4 (c7ec03e2): a name already wanted and failing waits for its round; before, each apply
+    (each watch event) woke a lookup of it."""
+    calls: list[str] = []
+    lookup = hub._lookup
+
+    async def counted(loop: Any, host: str, *a: Any) -> Any:
+        calls.append(host)
+        return await lookup(loop, host, *a)
+
+    monkeypatch.setattr("kvgate.multicluster.gateway_names._lookup", counted)
+    director, feed = await _feed(
+        "active-passive",
+        ClusterSpec("east", gateway="down.hub33.test:8080"),
+        ClusterSpec("west", gateway="127.0.0.9:8080"),
+    )
+    try:
+        assert calls == ["down.hub33.test"]  # (the start's round)
+        for _ in range(5):
+            director.apply(director.cfg)  # (what ClusterSource does per watch event)
+            assert not feed.names._wake.is_set(), "an apply woke a lookup of a name already failing"
+        assert calls == ["down.hub33.test"]
+    finally:
+        await feed.stop()

@@ -118,8 +118,8 @@ class GatewayNames:
     def _learn(self, gateway: str, answer: list[str] | BaseException | None) -> bool:
         cluster = self._wanted[gateway]
         last = self.addresses.get(gateway)
-        if answer is None:
-            return False
+        if answer is None:  # (no lookup could start: as a failure, else the cluster is left out unsaid)
+            answer = OSError("no lookup could start: the hub's lookup threads are busy")
         if isinstance(answer, BaseException):
             if gateway not in self._failing:
                 self._failing.add(gateway)

@@ -138,6 +138,7 @@ class ClusterDirector:
         )
         self.store = EndpointStore()
         self.states: dict[str, ClusterState] = {}
+        self._shared: set[tuple[str, str, str]] = set()  # gateways at one address, warned (``apply``)
         # id(request) -> (cluster, the cluster state's token): requests in flight, streamed ones waiting
         # there for their first byte (the session holds the request object from dispatch to finish, so its
         # id is unique then). The dispatch time is the cluster state's, under that token.
@@ -163,6 +164,8 @@ class ClusterDirector:
         old = self.states
         self.states = {}
         eps: list[Endpoint] = []
+        taken: dict[str, str] = {}  # address -> the cluster named by it
+        shared: set[tuple[str, str, str]] = set()  # (address, its cluster, one left out)
         names = self.names
         if names is not None:
             names.want({s.gateway: s.name for s in cfg.clusters if s.gateway is not None})
@@ -173,8 +176,17 @@ class ClusterDirector:
             st.respec(spec)
             self.states[spec.name] = st
             address = spec.gateway if names is None else names.address(spec.gateway)
-            if address is not None:  # (None: a host name not resolved yet: nothing Envoy could route to)
-                eps.append(Endpoint(address=address, pool=POOL, labels={CLUSTER_LABEL: spec.name}))
+            if address is None:  # (a host name not resolved yet: nothing Envoy could route to)
+                continue
+            first = taken.setdefault(address, spec.name)
+            if first != spec.name:  # (the store is keyed by address: one cluster per address; rev-c33-F3)
+                shared.add((address, first, spec.name))
+                continue
+            eps.append(Endpoint(address=address, pool=POOL, labels={CLUSTER_LABEL: spec.name}))
+        for address, first, later in sorted(shared - self._shared):  # (once while it lasts)
+            log.warning("clusters %s and %s: their gateways both reach %s; only %s is picked (one address, "
+                        "one cluster)", first, later, address, first)  # fmt: skip
+        self._shared = shared
         self.store.sync(eps)
         self._probed_at = {k: v for k, v in self._probed_at.items() if k in self.states}
         self._suspect = {k: v for k, v in self._suspect.items() if k in self.states}
@@ -201,9 +213,11 @@ class ClusterDirector:
 
     def pick(self, req: InferenceRequest, explain: bool = False) -> PickResult:
         creq = ClusterRequest(req.model, prompt_key(req.prompt_text, req.token_ids))
-        order = self.policy.order(self.state_list(), creq, self.clock())
         by_name = {ep.labels.get(CLUSTER_LABEL): ep for ep in self.store.all()}
-        chosen = [by_name[c.name] for c in order if c.name in by_name]
+        # Only routable clusters ordered: a round-robin turn (or a sample) of a cluster with no address yet
+        # would go to its successor (rev-c33-F1).
+        order = self.policy.order([c for c in self.state_list() if c.name in by_name], creq, self.clock())
+        chosen = [by_name[c.name] for c in order]
         if req.subset_soft and req.subset:
             # A Responses follow-up or lookup (``Session._pin``): the cluster whose gateway answered the
             # response it names first, whatever the policy's order (as ``kvgate serve --clusters``'s home),
