@@ -1,0 +1,30 @@
+"""Per-pass rows (run order) from vs_sglang.py JSONs: the §4.20 table's columns."""
+
+import json
+import sys
+
+short = {
+    "direct, to server 0": "direct",
+    "kvgate (default, --kv-events auto)": "kvgate",
+    "sglang-router cache_aware": "sglang-router",
+}
+key = {
+    "direct": "direct, to server 0",
+    "kvgate": "kvgate (default, --kv-events auto)",
+    "sglang": "sglang-router cache_aware",
+}
+print(
+    "| seed, pass | router | load | hit rate | mean TTFT (ms) | p90 (ms) | vLLM's own TTFT (ms) | router CPU / vLLM API CPU (s) |"
+)
+print("|---|---|---|---|---|---|---|---|")
+for f in sys.argv[1:]:
+    d = json.load(open(f))
+    seed = d["args"]["seed"]
+    for i, order in enumerate(d["order"]):
+        for r in order:
+            p = d["passes"][key[r]][i]
+            print(
+                f"| {seed}, {i} | {short[key[r]]} | {p['load_start']:.1f}-{p['load_end']:.1f} | {p['hit_rate']:.3f} | "
+                f"{p['mean_ttft_ms']:.1f} | {p['p90_ttft_ms']:.1f} | {p['server_ttft_ms']:.1f} | "
+                f"{p['router_cpu_s']:.2f} / {p['api_cpu_s']:.2f} |"
+            )
