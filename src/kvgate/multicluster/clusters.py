@@ -7,7 +7,7 @@ refresh_s: 0.5              # how often aggregates and EPP health are fetched
 epp_timeout_s: 2.0          # Endpoint mode: the EPP's deadline to answer each message (pick, response)
 head_timeout_s: 120.0       # a stream's longest wait for its head; past it a non-streamed one probes
 probe_timeout_s: 2.0        # a suspect cluster gateway's (or pod's) deadline to answer GET /healthz
-destination_fallbacks: false  # the hub EPP only: name the other gateways after the chosen one (Override Host)
+# destination_fallbacks: false  # the hub EPP only (kvgate serve --clusters refuses it): true names the others
 tls: {ca: ca.pem, cert: client.pem, key: client.key}   # client TLS for https aggregates (mTLS with cert)
 limits: {requestTimeoutSeconds: 600}   # the front's limits and the whole request's bound (0: none, default);
                             # maxWaitingBytesPerClient: a client's share of the bodies waiting to be parsed;
