@@ -27,13 +27,15 @@ sim = pytest.importorskip("kvgate.sim.server")
 
 def _objective(name: str, pool: str, priority: int = 5) -> dict[str, Any]:
     return {"apiVersion": POLICY, "kind": "InferenceObjective", "metadata": {"name": name},
-            "spec": {"priority": priority, "poolRef": {"name": pool}}}  # fmt: skip
+            "spec": {"priority": priority,
+                     "poolRef": {"group": "inference.networking.k8s.io", "name": pool}}}  # fmt: skip
 
 
 def _rewrite(name: str, pool: str, alias: str, target: str) -> dict[str, Any]:
     rule = {"matches": [{"model": {"value": alias}}], "targets": [{"modelRewrite": target}]}
     return {"apiVersion": POLICY, "kind": "InferenceModelRewrite", "metadata": {"name": name},
-            "spec": {"poolRef": {"name": pool}, "rules": [rule]}}  # fmt: skip
+            "spec": {"poolRef": {"group": "inference.networking.k8s.io", "name": pool},
+                     "rules": [rule]}}  # fmt: skip
 
 
 async def test_serves_static_alias_survives_objects_of_other_pools_and_of_the_watched_one(

@@ -105,10 +105,12 @@ async def test_live_discovery_follows_the_pod_keys() -> None:
 async def test_live_objectives_and_rewrites_match_the_pool_ref_group() -> None:
     async with ApiServerDouble(bookmark_interval=0.2) as d:
         d.create(pool_obj("qa33a"))
-        for name, group, prio in (("mine", R.INFERENCE_POOL.group, 3), ("theirs", R.LEGACY_GROUP, 7),
-                                  ("defaulted", None, 5)):  # fmt: skip
+        legacy = f"{R.LEGACY_GROUP}/v1alpha2"
+        for api, name, group, prio in ((POLICY, "mine", R.INFERENCE_POOL.group, 3),
+                                       (POLICY, "theirs", R.LEGACY_GROUP, 7), (POLICY, "llmd-bare", None, 5),
+                                       (legacy, "legacy-bare", None, 4)):  # fmt: skip
             ref = {"name": "qa33a"} if group is None else {"group": group, "name": "qa33a"}
-            d.create({"apiVersion": POLICY, "kind": "InferenceObjective", "metadata": {"name": name},
+            d.create({"apiVersion": api, "kind": "InferenceObjective", "metadata": {"name": name},
                       "spec": {"priority": prio, "poolRef": ref}})  # fmt: skip
         rule = {"matches": [{"model": {"value": "m1"}}], "targets": [{"modelRewrite": "m2"}]}
         for name, group in (("theirs", R.LEGACY_GROUP), ("mine", R.INFERENCE_POOL.group)):
@@ -120,9 +122,10 @@ async def test_live_objectives_and_rewrites_match_the_pool_ref_group() -> None:
         kp = KubePool(opts, EndpointStore(), store_pool="qa33a", on_policy=policy)
         await kp.start()
         try:
-            # (no group: the CRDs' default, the v1 group; the v1alpha2 pool's objects are not this pool's)
+            # (no group: what the object's own CRD stores, rev-b33 F1: llm-d.ai's is llm-d.ai, not this
+            # pool's; the legacy x-k8s one's the v1 group; the v1alpha2 pool's objects are not this pool's)
             await until(
-                lambda: policy.objectives == {"mine": 3, "defaulted": 5}, what="this pool's objectives"
+                lambda: policy.objectives == {"mine": 3, "legacy-bare": 4}, what="this pool's objectives"
             )
             await until(lambda: len(policy.rewrites) == 1, what="this pool's rewrite")
         finally:

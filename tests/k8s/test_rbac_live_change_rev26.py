@@ -60,7 +60,7 @@ async def test_forbidden_group_granted_live_is_read_and_gauge_clears() -> None:
                 "apiVersion": "llm-d.ai/v1alpha2",
                 "kind": "InferenceObjective",
                 "metadata": {"name": "new"},
-                "spec": {"priority": 9, "poolRef": {"name": "llm"}},
+                "spec": {"priority": 9, "poolRef": {"group": "inference.networking.k8s.io", "name": "llm"}},
             }
         )
         double.forbid(R.INFERENCE_OBJECTIVE)
@@ -167,7 +167,7 @@ async def test_a_group_forbidden_later_does_not_keep_applying_its_frozen_copy() 
                 "apiVersion": "llm-d.ai/v1alpha2",
                 "kind": "InferenceObjective",
                 "metadata": {"name": "gold"},
-                "spec": {"priority": 9, "poolRef": {"name": "llm"}},
+                "spec": {"priority": 9, "poolRef": {"group": "inference.networking.k8s.io", "name": "llm"}},
             }
         )
         policies: list[tuple[dict[str, int], list[Any]]] = []
@@ -203,7 +203,7 @@ async def test_a_group_refused_then_granted_again_applies_its_objects_again() ->
                 "apiVersion": "llm-d.ai/v1alpha2",
                 "kind": "InferenceObjective",
                 "metadata": {"name": "gold"},
-                "spec": {"priority": 9, "poolRef": {"name": "llm"}},
+                "spec": {"priority": 9, "poolRef": {"group": "inference.networking.k8s.io", "name": "llm"}},
             }
         )
         policies: list[tuple[dict[str, int], list[Any]]] = []

@@ -45,7 +45,8 @@ class Clock:
 
 def _rewrite(name: str, rules: list[dict]) -> dict:
     return {"apiVersion": "llm-d.ai/v1alpha2", "kind": "InferenceModelRewrite", "metadata": {"name": name},
-            "spec": {"poolRef": {"name": "llm"}, "rules": rules}}  # fmt: skip
+            "spec": {"poolRef": {"group": "inference.networking.k8s.io", "name": "llm"},
+                     "rules": rules}}  # fmt: skip
 
 
 async def _run(objects: list[dict], ask: str) -> tuple[int, dict]:

@@ -78,7 +78,8 @@ async def test_a_pools_generic_rewrite_does_not_take_another_pools_requests(tmp_
                           "targets": [{"modelRewrite": "a-model"}]}]  # fmt: skip
                 d.create({"apiVersion": POLICY, "kind": "InferenceModelRewrite",
                           "metadata": {"name": "a-fallback"},
-                          "spec": {"poolRef": {"name": "a"}, "rules": rules}})  # fmt: skip
+                          "spec": {"poolRef": {"group": "inference.networking.k8s.io", "name": "a"},
+                                   "rules": rules}})  # fmt: skip
                 await until(
                     lambda: gw.proxy is not None and bool(gw.proxy.rewriter.rules),
                     what="pool A's rules read",

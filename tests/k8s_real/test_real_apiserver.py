@@ -229,11 +229,11 @@ async def test_discovery_watch_and_lease_against_a_real_apiserver(server: tuple[
             "apiVersion": "llm-d.ai/v1alpha2",
             "kind": "InferenceObjective",
             "metadata": {"name": "chat"},
-            "spec": {"priority": 5, "poolRef": {"name": "llm"}},
+            "spec": {"priority": 5, "poolRef": {"group": "inference.networking.k8s.io", "name": "llm"}},
         }
         rewrite = {"apiVersion": "llm-d.ai/v1alpha2", "kind": "InferenceModelRewrite",
                    "metadata": {"name": "canary"},
-                   "spec": {"poolRef": {"name": "llm"},
+                   "spec": {"poolRef": {"group": "inference.networking.k8s.io", "name": "llm"},
                             "rules": [{"matches": [{"model": {"value": "base"}}],
                                        "targets": [{"modelRewrite": "base-v2", "weight": 3}]}]}}  # fmt: skip
         await k.run("apply", "-f", "-", stdin=yaml.safe_dump(objective))

@@ -101,16 +101,19 @@ def pod_ready(pod: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
-_PORT_TOKEN = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.Atoi takes: ASCII digits, an optional sign
+_PORT_TOKEN = re.compile(r"[+-]?[0-9]+")  # ASCII digits, an optional sign (Go's %d / Atoi)
 
 
 @functools.lru_cache(maxsize=256)  # (also logs a value once while it is cached: bounded)
 def active_ports(value: str, key: str = ACTIVE_PORTS) -> frozenset[int]:
-    """The ports an ``active-ports`` annotation names. As the reference (``strconv.Atoi`` per item), an
-    item that does not parse is skipped; ``int`` alone takes digits ``str.isdigit`` does and Atoi does
-    not, and ``"8000,\u00b2"`` raised out of ``_resync`` and emptied the pool (review s31-qa31 Q6)."""
+    """The ports an ``active-ports`` annotation names. As the reference (each item ``strings.TrimSpace``-d,
+    then a decimal number, optionally signed), an item that does not parse is skipped (one with trailing
+    garbage too, which ``fmt.Sscanf`` would read up to: a typo is logged, not guessed). ``int`` alone
+    takes digits ``str.isdigit`` does and Go does not, and ``"8000,\u00b2"`` raised out of ``_resync``
+    and emptied the pool (review s31-qa31 Q6)."""
     ports, bad = set[int](), list[str]()
-    for item in value.replace(" ", "").split(","):
+    for item in value.split(","):
+        item = item.strip()  # every whitespace, as strings.TrimSpace (rev-b33 F2: "8000,8001\n" lost 8001)
         if _PORT_TOKEN.fullmatch(item):
             ports.add(int(item))
         elif item:
@@ -409,12 +412,16 @@ class PoolDiscovery:
             self._refused = refused
             self._publish_policy()
 
-    def _mine(self, obj: Obj) -> bool:
+    def _mine(self, obj: Obj, group: str) -> bool:
         """Its ``poolRef`` names this pool: the name (or none) and the group, as upstream's reconcilers
         (qa33a F8: a v1alpha2 pool's objective of the same name applied to the v1 pool). No group is
-        the CRDs' default, the v1 group."""
-        ref = (obj.get("spec") or {}).get("poolRef") or {}
-        if (ref.get("group") or R.INFERENCE_POOL.group) != self.pool_type.group:
+        what upstream's CRD of the object's own ``group`` stores (``R.POOL_REF_GROUP_DEFAULT``: an
+        ``llm-d.ai`` object's is ``llm-d.ai``, a legacy one's the v1 group; rev-b33 F1), so a manifest
+        means the same whichever CRDs the cluster has."""
+        ref = (obj.get("spec") or {}).get("poolRef")
+        if not ref:  # (no poolRef at all: every pool's, as before; the CRDs default only a given poolRef)
+            return True
+        if (ref.get("group") or R.POOL_REF_GROUP_DEFAULT.get(group, "")) != self.pool_type.group:
             return False
         return not ref.get("name") or ref.get("name") == self.pool_name
 
@@ -428,7 +435,7 @@ class PoolDiscovery:
             if (group, kind) in self._refused:
                 continue
             for name, obj in self._policy.get((group, kind), {}).items():
-                if self._mine(obj):
+                if self._mine(obj, group):
                     out[name] = obj
         return out
 

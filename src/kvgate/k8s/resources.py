@@ -70,6 +70,10 @@ LEGACY_INFERENCE_OBJECTIVE = ResourceType(
 LEGACY_INFERENCE_MODEL_REWRITE = ResourceType(
     LEGACY_GROUP, "v1alpha2", "InferenceModelRewrite", "inferencemodelrewrites"
 )
+# An objective's / rewrite's unset ``poolRef.group``: what the API server stores with upstream's CRD of the
+# object's own group (llm-d-router apix/v1alpha2 ``PoolObjectReference.Group`` default "llm-d.ai"; GIE's
+# x-k8s CRDs default it to the v1 group; review rev-b33 F1).
+POOL_REF_GROUP_DEFAULT = {OBJECTIVE_GROUP: OBJECTIVE_GROUP, LEGACY_GROUP: "inference.networking.k8s.io"}
 # The InferencePool before v1 (GIE v0.x, llm-d v0.3's charts: the reference EPP's ``--pool-group
 # inference.networking.x-k8s.io``): ``spec.selector`` a plain map, one ``spec.targetPortNumber``,
 # ``spec.extensionRef``.

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from kvgate.datalayer.mappings import MAPPINGS, EngineMapping, Signal
 from kvgate.datalayer.scrape_source import ScrapeSource, source_tls
-from kvgate.datalayer.store import ENGINE_LABEL, ENGINE_LABELS
+from kvgate.datalayer.store import LLMD_ENGINE_LABEL
 from kvgate.scheduling.framework import ConfigError, Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
 
@@ -199,15 +199,17 @@ def _engine_configs(params: Params) -> list[str]:
 
 
 def _extractor(cls: type[Plugin], name: str, params: Params, handle: PluginHandle, *, flat: bool) -> Any:
-    label = params.get_str("engineLabelKey", ENGINE_LABEL)
+    label = params.get_str("engineLabelKey", LLMD_ENGINE_LABEL)
     default = params.get_str("defaultEngine", "vllm")
     off = [f"engineConfigs {engine!r}" for engine in _engine_configs(params)]
     if flat:  # (the older plugin's one engine, its specs as parameters)
         specs = {k: params.get_str(k, "") for k in _FLAT_KEYS}
         off += [f"{k} {v!r}" for k, v in specs.items() if v and v not in _reads(MAPPINGS["vllm"], k)]
     params.finish()
-    if label not in ENGINE_LABELS:  # (both are read: llm-d's key, the reference's default now, and GIE's)
-        off.insert(0, f"engineLabelKey {label!r}")
+    # The reference reads that one label; kvgate llm-d's (its default) before GIE's, or the one of
+    # ``kvgate epp --engine-label-key``: GIE's key named here is not read alone either (rev-b33 F3).
+    if label != LLMD_ENGINE_LABEL:
+        off.insert(0, f"engineLabelKey {label!r} (kvgate epp --engine-label-key reads one label)")
     if default != "vllm":
         off.insert(0, f"defaultEngine {default!r}")
     _warn_unhonoured(params, off, _NOT_SCRAPED)
