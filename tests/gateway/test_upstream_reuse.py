@@ -11,6 +11,7 @@ import weakref
 import pytest
 
 from gateway.conftest import read_body, until
+from kvgate.gateway import upstream
 from kvgate.gateway.upstream import _HIGH_WATER, UpstreamError, UpstreamPool
 
 _HEAD = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n"
@@ -169,6 +170,35 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_collector():
         del resp
         # Freed once connection_lost has run (a reference cycle would keep it: gc is off)
         await until(lambda: ref() is None, what="a closed connection kept alive by a reference cycle")
+    finally:
+        gc.enable()
+        pool.close()
+        server.close()
+
+
+def _live_conns() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is upstream._Conn)
+
+
+async def test_a_closed_connection_is_freed_without_the_cyclic_collector_no_weakref():
+    """R1 again without a weak reference, which a compiled _Conn refuses (rev-d33-F5): live connections
+    counted in gc.get_objects() (which tracks compiled instances too), the count first shown to see one."""
+    server, address, _ = await _serve_replies(
+        [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"]
+    )
+    pool = UpstreamPool(1.0, 5.0)
+    gc.collect()
+    before = _live_conns()
+    gc.disable()
+    try:
+        resp = await pool.request(address, _HEAD, b"{}")
+        assert await read_body(resp) == b"ok"
+        assert _live_conns() == before + 1, "the live connection is not seen by gc.get_objects()"
+        resp.release()  # Connection: close: aborted, not pooled
+        del resp
+        await until(
+            lambda: _live_conns() == before, 30.0, what="a closed connection kept alive by a reference cycle"
+        )
     finally:
         gc.enable()
         pool.close()
