@@ -14,17 +14,20 @@ key = {
     "sglang": "sglang-router cache_aware",
 }
 print(
-    "| seed, pass | router | load | hit rate | mean TTFT (ms) | p90 (ms) | vLLM's own TTFT (ms) | router CPU / vLLM API CPU (s) |"
+    "| seed, pass | router | load | hit rate | mean TTFT (ms) | p90 (ms) | vLLM's own TTFT (ms) | "
+    "router CPU / vLLM API CPU (s) |"
 )
 print("|---|---|---|---|---|---|---|---|")
 for f in sys.argv[1:]:
-    d = json.load(open(f))
+    with open(f) as fh:
+        d = json.load(fh)
     seed = d["args"]["seed"]
     for i, order in enumerate(d["order"]):
         for r in order:
             p = d["passes"][key[r]][i]
             print(
-                f"| {seed}, {i} | {short[key[r]]} | {p['load_start']:.1f}-{p['load_end']:.1f} | {p['hit_rate']:.3f} | "
+                f"| {seed}, {i} | {short[key[r]]} | {p['load_start']:.1f}-{p['load_end']:.1f} | "
+                f"{p['hit_rate']:.3f} | "
                 f"{p['mean_ttft_ms']:.1f} | {p['p90_ttft_ms']:.1f} | {p['server_ttft_ms']:.1f} | "
                 f"{p['router_cpu_s']:.2f} / {p['api_cpu_s']:.2f} |"
             )

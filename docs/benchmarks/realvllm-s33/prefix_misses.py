@@ -12,8 +12,14 @@ import sys
 sys.path.insert(0, "scripts/realvllm")  # run from the repository root
 from vs_sglang import workload
 
+
+def _mean(xs: list[float]) -> str:
+    return f"{sum(xs) / len(xs):.1f}" if xs else "-"
+
+
 for f in sys.argv[1:]:
-    d = json.load(open(f))
+    with open(f) as fh:
+        d = json.load(fh)
     a = d["args"]
     prompts = workload(a["tenants"], a["per_tenant"], a["prefix_words"], a["seed"])
     systems = {}
@@ -40,9 +46,9 @@ for f in sys.argv[1:]:
                     c["moved"] += 1
                     moved_ms.append(ttft)
                 seen.setdefault(t, set()).add(s)
-            m = lambda xs: f"{sum(xs) / len(xs):.1f}" if xs else "-"
+            router = name.split(" (")[0].replace(" cache_aware", "")
             print(
-                f"| {a['seed']}, {i} | {name.split(' (')[0].replace(' cache_aware', '')} | {c['first']} | "
-                f"{c['hit']} ({m(hit_ms)}) | {c['moved']} ({m(moved_ms)}) | {c['evicted']} ({m(evicted_ms)}) | "
-                f"{sum(len(v) == 2 for v in seen.values())} |"
+                f"| {a['seed']}, {i} | {router} | {c['first']} | "
+                f"{c['hit']} ({_mean(hit_ms)}) | {c['moved']} ({_mean(moved_ms)}) | "
+                f"{c['evicted']} ({_mean(evicted_ms)}) | {sum(len(v) == 2 for v in seen.values())} |"
             )
