@@ -54,6 +54,7 @@ from kvgate.stickylabels import DEFAULT_FLOW as DEFAULT_FLOW
 from kvgate.stickylabels import MAX_LABELS as MAX_FLOW_LABELS
 from kvgate.stickylabels import OTHER, StickyLabels
 from kvgate.stickylabels import PROMOTE_AT as PROMOTE_AT
+from kvgate.weakmembers import members
 
 if TYPE_CHECKING:
     from kvgate.scheduling.types import InferenceRequest
@@ -171,7 +172,7 @@ class _QueueSize:
 
     def collect(self) -> Iterator[Metric]:
         now: dict[tuple[str, ...], list[int]] = {}
-        for labels in list(_QUEUES):
+        for labels in members(_QUEUES):
             labels.gauges(now)
         self.shown.update(now)
         size = GaugeMetricFamily(
@@ -222,7 +223,7 @@ class _PoolSaturation:
 
     def collect(self) -> Iterator[Metric]:
         newest: dict[str, FlowMetrics] = {}
-        for fm in list(_SATURATIONS):
+        for fm in members(_SATURATIONS):
             cur = newest.get(fm.pool)
             if cur is None or fm.order > cur.order:
                 newest[fm.pool] = fm

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -41,6 +42,7 @@ from prometheus_client.registry import Collector
 from kvgate.k8s.reflector import RUNNING, Reflector
 from kvgate.k8s.stalepolicy import StalenessPolicy
 from kvgate.k8s.tasks import cancel_and_wait
+from kvgate.weakmembers import members
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +117,12 @@ class _AgeCollector(Collector):
     """The gauge, read from the running reflectors at scrape time (one series per name: the oldest when
     two pools watch the same resource)."""
 
-    def __init__(self, running: Iterable[Reflector]) -> None:
+    def __init__(self, running: weakref.WeakSet[Reflector]) -> None:
         self.running = running
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         ages: dict[str, float] = {}
-        for r in list(self.running):
+        for r in members(self.running):
             age = r.age()
             if age is not None:
                 ages[r.name] = max(age, ages.get(r.name, 0.0))
@@ -138,7 +140,7 @@ class _AgeCollector(Collector):
             labels=["name"],
         )  # fmt: skip
         forbidden: dict[str, float] = {}
-        for r in list(self.running):
+        for r in members(self.running):
             hit = 1.0 if r.error and r.error.startswith("403") else 0.0
             forbidden[r.name] = max(hit, forbidden.get(r.name, 0.0))
         for name, v in sorted(forbidden.items()):

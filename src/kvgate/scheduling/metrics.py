@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from kvgate.scheduling.fastmetrics import FastCounter, FastHistogram
+from kvgate.weakmembers import members
 
 if TYPE_CHECKING:
     from kvgate.datalayer.store import EndpointStore
@@ -88,9 +89,10 @@ class _PrefixIndexSize:
 
     def collect(self) -> Iterator[Metric]:
         # Copied under the lock: a reload's picker check on a thread adds to the set meanwhile ("Set
-        # changed size during iteration", review s29-rev-c29 F2).
+        # changed size during iteration", review s29-rev-c29 F2); ``members``: a collected index's removal
+        # from another thread's collection takes no lock.
         with _PREFIX_INDEXES_LOCK:
-            indexes = list(_PREFIX_INDEXES)
+            indexes = members(_PREFIX_INDEXES)
         yield GaugeMetricFamily(self.name, self.doc, value=float(sum(i.total for i in indexes)))
 
 
@@ -122,7 +124,7 @@ def trim_picks() -> None:
     counts = PICKS.counts
     if not counts:
         return
-    live = {ep.address for store in list(_PICK_STORES) for ep in store.all()}
+    live = {ep.address for store in members(_PICK_STORES) for ep in store.all()}
     for gone in [a for a in counts if a not in live]:
         del counts[gone]
 
