@@ -14,6 +14,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import xxhash
@@ -69,6 +70,9 @@ MAX_CLAIMS = 8192
 # from the prompt's average characters per token, so it acts only when the engine held less than this
 # share of what the index claimed (one block less, as for token ids, is left to the estimate's error).
 TEXT_SHARE = 0.5
+# pendingHolders: a later pick compares its prompt with at most this many of an endpoint's most recent
+# pending picks (a burst is recent): O(log blocks) each, by the chain (equal at depth d = equal before it).
+PENDING_SCAN = 64
 
 
 @dataclass(slots=True)
@@ -81,6 +85,30 @@ class _Claim:
     seqs: array[int]
     block_tokens: int  # index block size (tokens) at pick time
     text_chars: int  # characters hashed (text prompts), 0 for token ids: blocks are then exact
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A pick whose prefill has not run yet at its endpoint (pendingHolders): its blocks enter the index
+    at its first token (the engine computed them) and are dropped if it fails before."""
+
+    address: str
+    hashes: array[int]  # its prompt's block hashes (64-bit words)
+    capacity: int | None
+    filler: int
+
+
+def _common_depth(a: Sequence[int], b: Sequence[int]) -> int:
+    """Leading blocks two chained hash lists share: equal at depth ``d`` means equal before it, so a
+    binary search finds it in O(log n) comparisons."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[mid - 1] == b[mid - 1]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 @dataclass(slots=True)
@@ -242,6 +270,7 @@ class ApproxPrefixCacheProducer(Wiring):
             "maxTotalBlocks": params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
             "engineLru": params.get_bool("engineLru", False),
             "cachedTokensFeedback": params.get_bool("cachedTokensFeedback", False),
+            "pendingHolders": params.get_bool("pendingHolders", False),
         }
         if max_tokens:
             out["maxPrefixTokensToMatch"] = max_tokens
@@ -268,8 +297,16 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         tokenizer: str | None = None,
         engine_lru: bool = False,
         cached_feedback: bool = False,
+        pending_holders: bool = False,
     ) -> None:
         super().__init__(name, handle)
+        # pendingHolders (off): a pick's blocks enter the index at its first token, not at the pick;
+        # until then the endpoint is a pending holder, matched by later picks as the same depth (they
+        # will hit once its prefill has run, as the engine shares a computed block) but forgotten if the
+        # request fails first. request id -> pending pick; per endpoint, request id -> its hashes.
+        self.pending_holders = pending_holders
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._pending_at: dict[str, dict[str, array[int]]] = {}
         # The engine's reported cached prompt tokens correct the index (``on_usage``). Off by default,
         # in the ``kvgate`` policy too: measured no better (docs/benchmarks/fleet-cached-feedback.md).
         self.cached_feedback = cached_feedback
@@ -308,6 +345,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             "max_total_blocks": params.get_int("maxTotalBlocks", DEFAULT_MAX_TOTAL_BLOCKS, min=1),
             "engine_lru": params.get_bool("engineLru", False),
             "cached_feedback": params.get_bool("cachedTokensFeedback", False),
+            "pending_holders": params.get_bool("pendingHolders", False),
             "tokenizer": params.get_str("tokenizer", "") or None,
         }
         params.finish()
@@ -346,6 +384,8 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         if change.kind == "removed":
             self.index.remove_endpoint(change.endpoint.address)
             self._running.pop(change.endpoint.address, None)
+            for rid in list(self._pending_at.get(change.endpoint.address, ())):
+                self._drop_pending(rid)
 
     def _block_tokens(self, endpoints: Sequence[Endpoint]) -> int:
         if self.auto_tune:
@@ -419,6 +459,8 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             for a, n in zip(addrs, self.index.match(hashes, addrs), strict=True):
                 if n:
                     matched[a] = n
+        if hashes and self._pending_at:
+            self._match_pending(hashes, endpoints, matched)
         overflow = len(hashes) == self.max_blocks and len(data) > window
         # (positional: a keyword argument costs a generated ``__init__`` ~0.1 us more, once per pick)
         match = cycle.data[CYCLE_KEY] = PrefixMatch(
@@ -427,6 +469,27 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         if hashes:
             # The approximate index's guess wins over a precise scorer's in the same cycle.
             publish_cache_expectation(cycle, match, override=True)
+
+    def _match_pending(
+        self, hashes: list[int], endpoints: Sequence[Endpoint], matched: dict[str, int]
+    ) -> None:
+        """pendingHolders: an endpoint whose pending pick shares this prompt's head deeper than the index
+        knows matches that deep: this request, sent there, finds those blocks once that prefill has run
+        (its wait for it is in the endpoint's pending prefill tokens, where the cost reads it)."""
+        pending_at = self._pending_at
+        for ep in endpoints:
+            waits = pending_at.get(ep.address)
+            if not waits:
+                continue
+            best = matched.get(ep.address, 0)
+            if best >= len(hashes):
+                continue
+            for theirs in islice(reversed(waits.values()), PENDING_SCAN):
+                d = _common_depth(theirs, hashes)
+                if d > best:
+                    best = d
+            if best:
+                matched[ep.address] = best
 
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         m = prefix_match(cycle)
@@ -454,15 +517,52 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             filler = min((cycle.request.max_tokens or 0) // self._chunk_tokens, cap or DEFAULT_LRU_CAPACITY)
         if self.cached_feedback:
             self._remember(cycle.request, endpoint.address, m)
-        first = self.index.seq + 1
-        self.index.add(endpoint.address, m.hashes, cap, filler=filler, tail_first=self.engine_lru)
-        if self.cached_feedback:
-            self._started(cycle.request, endpoint.address, first)
+        if self.pending_holders:
+            self._hold(
+                cycle.request.request_id, _Pending(endpoint.address, array("Q", m.hashes), cap, filler)
+            )
+        else:
+            self._commit(cycle.request, endpoint.address, m.hashes, cap, filler)
         if self._last_purge is None:
             self._last_purge = cycle.now
         elif cycle.now - self._last_purge >= PURGE_INTERVAL_S and self.handle.store is not None:
             self._last_purge = cycle.now
             self.index.retain({ep.address for ep in self.handle.store.all()})
+
+    def _commit(
+        self, req: InferenceRequest, address: str, hashes: Sequence[int], cap: int | None, filler: int
+    ) -> None:
+        """Record ``address`` as holding ``hashes`` (at the pick; pendingHolders: at its first token)."""
+        first = self.index.seq + 1
+        self.index.add(address, hashes, cap, filler=filler, tail_first=self.engine_lru)
+        if self.cached_feedback:
+            self._started(req, address, first)
+
+    # -- pendingHolders: a pick's blocks are the endpoint's once its prefill has run -----------------------
+
+    def _hold(self, request_id: str, p: _Pending) -> None:
+        self._drop_pending(request_id)  # picked again (a retry): only the latest pick is pending
+        self._pending[request_id] = p
+        self._pending_at.setdefault(p.address, {})[request_id] = p.hashes
+        if len(self._pending) > MAX_CLAIMS:  # a door that never reports: forget the oldest
+            self._drop_pending(next(iter(self._pending)))
+
+    def _drop_pending(self, request_id: str) -> _Pending | None:
+        p = self._pending.pop(request_id, None)
+        if p is not None:
+            at = self._pending_at.get(p.address)
+            if at is not None:
+                at.pop(request_id, None)
+                if not at:
+                    del self._pending_at[p.address]
+        return p
+
+    def _settle(self, request: InferenceRequest, endpoint: Endpoint, ran: bool) -> None:
+        """The pending pick's prefill ran at ``endpoint`` (``ran``: its blocks enter the index) or it
+        ended before (dropped: the engine computed nothing the index should credit)."""
+        p = self._drop_pending(request.request_id)
+        if p is not None and ran and p.address == endpoint.address:
+            self._commit(request, p.address, p.hashes, p.capacity, p.filler)
 
     # -- cachedTokensFeedback: the engine's word on what it held corrects the index -----------------------
 
@@ -503,11 +603,15 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             running.popitem(last=False)
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
-        pass
+        if self._pending:
+            self._settle(request, endpoint, True)
 
     def on_finished(
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
     ) -> None:
+        if self._pending:
+            # Still pending: a reply read whole (no first token told) ran its prefill if it succeeded.
+            self._settle(request, endpoint, ok)
         running = self._running.get(endpoint.address)
         if running is not None and running.pop(request.request_id, None) is not None and not running:
             del self._running[endpoint.address]
