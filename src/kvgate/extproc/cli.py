@@ -490,7 +490,7 @@ def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
     from kvgate.extproc.session import SessionContext
     from kvgate.k8s.stalepolicy import hub_policy
     from kvgate.multicluster.clusters import NOT_WITH_CONFIG, ClustersError, ClustersFile
-    from kvgate.multicluster.hub import ClusterDirector, HubFeed
+    from kvgate.multicluster.hub import ClusterDirector, HubFeed, hub_check
     from kvgate.multicluster.policies import fresh_seed
     from kvgate.multicluster.state import models_listed
     from kvgate.openai.labels import ModelLabels
@@ -506,7 +506,7 @@ def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
             raise ValueError(f"{flag}: not with --clusters (the hub EPP watches no InferencePool: its "
                              "candidates are the clusters file's clusters)")  # fmt: skip
         _staleness_flags(args, "hub")
-        cfile = ClustersFile(args.clusters)
+        cfile = ClustersFile(args.clusters, check=hub_check)
         director = ClusterDirector(
             cfile.config, args.cluster_policy, seed=seed, fallbacks=args.destination_fallbacks
         )

@@ -32,7 +32,13 @@ from kvgate.aio import cancel_all_and_wait, cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
 from kvgate.httpfront.metrics import ReloadMetrics
-from kvgate.multicluster.clusters import REQUEST_TIMEOUT_KEY, ClustersConfig, idna_host
+from kvgate.multicluster.clusters import (
+    REQUEST_TIMEOUT_KEY,
+    ClustersConfig,
+    ClustersError,
+    ClusterSpec,
+    idna_host,
+)
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, PickResult
@@ -102,6 +108,40 @@ def bound_warning(cfg: ClustersConfig, fallbacks: bool | None = None) -> str | N
             "to the cluster gateways is set well under the bound, a cut while Envoy still waits on a primary "
             "that drops its SYNs charges (backs off) a fallback Envoy never tried (docs/multicluster.md, "
             "'The hub EPP's request bound')")  # fmt: skip
+
+
+def _literal(gateway: str) -> tuple[str, int]:
+    """A gateway as the address it names literally: an IP address in one spelling (``[::1]`` and
+    ``[0::1]``, an IPv4-mapped IPv6 address as its IPv4 one), a host name in lower case; the port as a
+    number (``08080`` is 8080)."""
+    host, _, port = gateway.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]") if host.startswith("[") else host)
+    except ValueError:
+        return host.lower(), int(port)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip), int(port)
+
+
+def hub_check(cfg: ClustersConfig) -> None:
+    """What the hub EPP refuses in a clusters file that parses (``ClustersFile.check``: exit 2 at the start,
+    the last good file kept at a reload): two clusters whose gateways are literally one address (the same
+    IP address and port, however spelt, or the same host name). The hub's store is keyed by address, so
+    one of them could never be picked (session 33 kept the first with a WARNING; names that resolve alike
+    still are, ``ClusterDirector.apply``)."""
+    seen: dict[tuple[str, int], tuple[int, ClusterSpec]] = {}
+    for i, spec in enumerate(cfg.clusters):
+        if spec.gateway is None:
+            continue
+        first = seen.setdefault(_literal(spec.gateway), (i, spec))
+        if first[1] is not spec:
+            j, other = first
+            raise ClustersError(
+                f"clusters[{i}].gateway",
+                f"{spec.gateway!r} (cluster {spec.name}) is the address of clusters[{j}].gateway "
+                f"{other.gateway!r} (cluster {other.name}): the hub EPP names one cluster per gateway "
+                "address, so one of them could never be picked; give each cluster its own gateway",
+            )
 
 
 class ClusterDirector:
