@@ -33,7 +33,7 @@ DEFAULT_PICKER = "max-score-picker"
 DEFAULT_PROFILE_HANDLER = "single-profile-handler"
 
 
-def _as_config(config: EndpointPickerConfig | str | Path | Mapping[str, Any]) -> EndpointPickerConfig:
+def as_config(config: EndpointPickerConfig | str | Path | Mapping[str, Any]) -> EndpointPickerConfig:
     if isinstance(config, EndpointPickerConfig):
         return config
     if isinstance(config, Mapping):
@@ -63,7 +63,7 @@ def build_director(
 ) -> Director:
     """A Director from a config object, a policy name, a YAML path or text, or a decoded mapping. ``pool``:
     the pool it serves (flow control's ``inference_pool`` label)."""
-    cfg = _as_config(config)
+    cfg = as_config(config)
     handle = PluginHandle(store, clock, staleness, random.Random(seed))
     for spec in cfg.plugins:
         instantiate(spec, handle)

@@ -128,6 +128,9 @@ class EndpointPickerConfig:
     flow_control: dict[str, Any] = field(default_factory=dict)
     parser: dict[str, Any] = field(default_factory=dict)
     request_handler: dict[str, Any] = field(default_factory=dict)
+    # The request parsers' plugin types in the order a path is matched (``_parser_chain``); empty: the
+    # default, ``openai-parser`` (``kvgate epp`` routes by it: ``extproc.parsers``).
+    parsers: list[str] = field(default_factory=list)
     # What the sections outside ``plugins`` ask that kvgate does not do, one line each (logged with the
     # plugins' own, by ``validate``).
     warnings: list[str] = field(default_factory=list)
@@ -261,6 +264,7 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
     data_layer = _data_layer(d.get(data_key), data_key, plugins, warnings)
     parser = _parser(d.get("parser"), plugins)
     request_handler = _request_handler(d.get("requestHandler"), plugins)
+    parsers = _parser_chain(parser, request_handler, plugins, warnings)
     gates = _list(d.get("featureGates"), "featureGates")
     enabled: dict[str, bool] = {}
     for i, g in enumerate(gates):
@@ -282,6 +286,7 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
         flow_control=_mapping(d.get("flowControl"), "flowControl"),
         parser=parser,
         request_handler=request_handler,
+        parsers=parsers,
         warnings=warnings,
         name=name,
     )
@@ -528,6 +533,35 @@ def _request_handler(raw: Any, plugins: list[PluginSpec]) -> dict[str, Any]:
     for i, ref in enumerate(_list(d.get("parsers"), "requestHandler.parsers")):
         _ref(ref, f"requestHandler.parsers[{i}]", plugins, "parser")
     return d
+
+
+# A parser claiming no path (llm-d-router's ``Claims().Paths`` empty): it takes every path the parsers before
+# it do not claim, and the ones after it are never reached (its ParserRegistry: "skipped").
+FALLBACK_PARSERS = frozenset({"passthrough-parser"})
+
+
+def _parser_chain(
+    parser: dict[str, Any], handler: dict[str, Any], plugins: list[PluginSpec], warnings: list[str]
+) -> list[str]:
+    """The parser plugins' types in match order: ``requestHandler.parsers`` (llm-d-router's replacement
+    of ``parser``, so it wins when both are given: one WARNING line), else ``parser``'s one. Those after
+    a fallback parser are one WARNING line each, as llm-d-router logs them, and left out."""
+    types = {p.name: p.type for p in plugins}
+    refs = [r["pluginRef"] for r in handler.get("parsers") or []]
+    if refs and parser:
+        warnings.append("parser: not applied: requestHandler.parsers replaces it")
+    elif parser:
+        refs = [parser["pluginRef"]]
+    chain: list[str] = []
+    for i, ref in enumerate(refs):
+        if chain and chain[-1] in FALLBACK_PARSERS:
+            warnings.append(
+                f"requestHandler.parsers[{i}]: {ref!r} is skipped: it comes after the fallback parser "
+                f"{chain[-1]!r}, which takes every path"
+            )
+            continue
+        chain.append(types[ref])
+    return chain
 
 
 def validate(cfg: EndpointPickerConfig, *, announce: bool = True) -> None:

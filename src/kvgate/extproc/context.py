@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kvgate.config.director import build_director
+from kvgate.config.director import as_config, build_director
+from kvgate.config.picker import EndpointPickerConfig
 from kvgate.config.rewrite import ModelRewriter
 from kvgate.datalayer.ejection import HealthTracker
 from kvgate.datalayer.endpoint import Endpoint
@@ -17,13 +18,14 @@ from kvgate.datalayer.health import HealthPolicy
 from kvgate.datalayer.store import EndpointStore
 from kvgate.extproc.config import EppConfig
 from kvgate.extproc.outlier import Outlier
+from kvgate.extproc.parsers import ParserRoutes
 from kvgate.extproc.session import Observer, SessionContext
 from kvgate.openai.request import RequestPolicy
 from kvgate.requestcontrol.director import Director
 
 
 def build_epp_director(
-    config: Mapping[str, Any] | str | None,
+    config: EndpointPickerConfig | Mapping[str, Any] | str | None,
     store: EndpointStore,
     *,
     policy: str = "kvgate",
@@ -57,9 +59,9 @@ def build_context(
     clock: Callable[[], float] = time.monotonic,
     observer: Observer | None = None,
 ) -> SessionContext:
-    director = build_epp_director(
-        cfg.picker_config, store, policy=cfg.pool.policy, clock=clock, pool=cfg.pool.name
-    )
+    # Parsed once here: the director is built from it and the parser chain read off it (``ParserRoutes``).
+    picker = as_config(cfg.picker_config if cfg.picker_config is not None else cfg.pool.policy)
+    director = build_epp_director(picker, store, policy=cfg.pool.policy, clock=clock, pool=cfg.pool.name)
     health = cfg.gateway.health  # the same thresholds as kvgate serve (kvgate.datalayer.health)
     director.health = HealthPolicy(health.scrape_failures, health.metrics_staleness_s)
     rewriter = ModelRewriter(cfg.gateway.rewrites, seed=cfg.gateway.rewrite_seed)
@@ -83,4 +85,5 @@ def build_context(
         max_request_body=cfg.max_body_bytes,
         admit=director.admit if director.flow is not None else None,
         outlier=Outlier(tracker, endpoints),
+        parsers=ParserRoutes(picker.parsers),
     )

@@ -34,6 +34,7 @@ from kvgate.extproc import headers as hdr
 from kvgate.extproc import keys
 from kvgate.extproc.outlier import Outlier
 from kvgate.extproc.output_events import CountingScanner
+from kvgate.extproc.parsers import OPENAI_ONLY, ParserRoutes
 from kvgate.httpfront.budget import ByteBudget
 from kvgate.httpfront.offload import off_loop, worth_the_thread
 from kvgate.openai.protocol import (
@@ -171,8 +172,11 @@ class SessionContext:
         admit: Callable[[InferenceRequest], Awaitable[PickResult]] | None = None,
         request_timeout_s: Callable[[], float] | None = None,
         outlier: Outlier | None = None,
+        parsers: ParserRoutes = OPENAI_ONLY,
     ) -> None:
         self.director = director
+        # Which paths the config's passthrough-parser reads (``extproc.parsers``); default: none.
+        self.parsers = parsers
         # Passive health from the answers' statuses (``extproc.outlier``; review s30-qa30 Q2); None: none.
         self.outlier = outlier
         # The whole request's bound in seconds (0: none), read at each dispatch: the hub EPP's clusters-file
@@ -317,6 +321,7 @@ class Session:
         self.bound_s = 0.0  # the request's bound from its dispatch (``SessionContext.request_timeout_s``)
         self._responses = False  # a Responses create (``POST /v1/responses``): its answer's id is read
         self._ids: ResponseIdReader | None = None  # its 2xx answer's id reader, until the id is found
+        self._passthrough = False  # read by the passthrough-parser: neither body is read (qa34a F3)
 
     # ---- dispatch -------------------------------------------------------------------------------
     def handle(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
@@ -461,7 +466,13 @@ class Session:
                 log.info("x-request-id %s replaced by a generated one", rid_shown(client_rid))
             self._generated_request_id = uuid.uuid4().hex
         if msg.request_headers.end_of_stream:
-            if self._kind() != OTHER and self.request_headers.get(":method") == "POST":
+            # (a path the passthrough-parser reads: its answer passes unread, a body-less POST is routed)
+            self._passthrough = self.ctx.parsers.passthrough(self.request_headers.get(":path", ""))
+            if (
+                self._kind() != OTHER
+                and self.request_headers.get(":method") == "POST"
+                and not self._passthrough
+            ):
                 # An inference API's POST with no body: refused as an empty body is, the 400 ``kvgate
                 # serve`` answers and counts for it (rev-d32 F1); nothing routed.
                 return self._finish_request(trailers=False)
@@ -503,6 +514,9 @@ class Session:
         # No copy: orjson reads the bytearray and the re-chunking slices it (one copy per chunk).
         raw = self._body
         self._body = bytearray()
+        if self.ctx.parsers.passthrough(self.request_headers.get(":path", "")):
+            self._release()  # (raw lives only until this call returns)
+            return self._passthrough_request(raw, trailers=trailers)
         if worth_the_thread(raw):  # (its parse would stall every other stream: ``parse_pending``)
             self.parsing = (raw, trailers)
             return []
@@ -544,6 +558,19 @@ class Session:
         self._use_models(client_model, model, size, req)  # (its flow known: fairness id, priority)
         # With request trailers the body's end is signalled by the trailers answer, not end_of_stream.
         return self._schedule(req, body=raw, body_changed=changed, body_eos=not trailers)
+
+    def _passthrough_request(self, raw: bytes | bytearray, *, trailers: bool) -> list[pb.ProcessingResponse]:
+        """llm-d-router's ``passthrough-parser``: the body is not read, so the pick has no prompt (the
+        prefix and token scorers see none), the model is the ``x-gateway-model-name`` header's (the body
+        is not rewritten), and the answer is passed through unread (no usage, no model put back)."""
+        self._passthrough = True
+        model = self.request_headers.get("x-gateway-model-name", "")
+        parsed = ParsedBody(OTHER, {}, model, body_bytes=len(raw))
+        self._request_bytes = len(raw)
+        self._parsed = True  # (an inference request with a body: counted as a parsed one is)
+        req = self._build_request(parsed, model)
+        self._use_models(model, model, len(raw), req)
+        return self._schedule(req, body=raw, body_changed=False, body_eos=not trailers)
 
     def _build_request(self, parsed: ParsedBody, model: str) -> InferenceRequest:
         h = self.request_headers
@@ -766,7 +793,9 @@ class Session:
             sets[keys.CONFORMANCE_SERVED] = served or (self.endpoint.address if self.endpoint else "")
         if self._client_model is not None and self.status == 200:
             removes.append("content-length")  # the body's length changes when the model is put back
-        if self.streaming:
+        if self._passthrough:
+            pass  # (its answer passes unread: ``_on_response_body``)
+        elif self.streaming:
             self._scanner = CountingScanner(rewrite_to=self._client_model if self.status == 200 else None)
         else:
             self._resp_buf = bytearray()
@@ -821,7 +850,9 @@ class Session:
             if not out and not eos:
                 return []
             return _streamed(out, request=False, end_of_stream=eos)
-        if self._resp_buf is None:  # no headers seen, or too large to hold: pass through untouched
+        if self._resp_buf is None:  # no headers seen, a passthrough, or too large to hold: passed untouched
+            if self._passthrough and chunk:
+                self._mark_first_token()  # (its first bytes: no event to read in a body not read)
             if eos:
                 self._finish(ok=self.status == 200)
             return _streamed(chunk, request=False, end_of_stream=eos)

@@ -2,7 +2,9 @@
 
 The reference EPP scrapes with a ``metrics-data-source`` and reads the page with a
 ``core-metrics-extractor`` (older: ``model-server-protocol-metrics``), wired in the config's ``data`` (or
-``dataLayer``) section, and parses bodies with the ``parser`` section's plugin (``openai-parser``). kvgate
+``dataLayer``) section, and parses bodies with the ``parser`` section's plugin (``openai-parser``;
+llm-d-router: ``requestHandler.parsers``, which a ``passthrough-parser`` may end: ``kvgate epp`` honours
+that one, ``extproc.parsers``). kvgate
 does the same work itself: its scraper reads each endpoint's ``/metrics`` with its engine's mapping
 (``--engine`` / ``pools[].engine``, or the pod's engine-type label) and parses the OpenAI API. So these
 plugins are accepted with their parameters checked; a setting that means what kvgate does anyway is
@@ -240,6 +242,15 @@ class ModelServerProtocolMetrics(Wiring):
 @register("openai-parser")
 class OpenAIParser(Wiring):
     """kvgate parses request bodies as the OpenAI API: what the reference's default parser does."""
+
+    role = "parser"
+
+
+@register("passthrough-parser")
+class PassthroughParser(Wiring):
+    """llm-d-router's parser that reads nothing: the body goes on as sent, picked without a prompt or a
+    model (``kvgate epp``: ``extproc.parsers``; qa34a F3). It claims no path, so it takes every path no
+    parser before it claims."""
 
     role = "parser"
 
