@@ -1,6 +1,6 @@
 """Review rev-b33 F1, F2, F3: a missing ``poolRef.group`` as upstream's CRD of the object's own group stores
 it, ``active-ports`` items trimmed of every whitespace, and a config ``engineLabelKey`` kvgate does not read
-alone is warned about."""
+alone was warned about (by the plugin; small34 (b): kvgate epp applies it, kvgate serve warns)."""
 
 from __future__ import annotations
 
@@ -55,9 +55,11 @@ def _warnings(params: dict[str, Any]) -> list[str]:
     return p.warnings
 
 
-def test_engine_label_key_other_than_llmd_is_warned_not_applied() -> None:
-    # kvgate reads llm-d.ai/engine-type before GIE's label: GIE's key named alone is not what it reads.
-    warned = _warnings({"engineLabelKey": "inference.networking.k8s.io/engine-type"})
-    assert len(warned) == 1 and "engineLabelKey 'inference.networking.k8s.io/engine-type'" in warned[0]
+def test_engine_label_key_is_the_doors_not_the_plugins_warning() -> None:
+    # small34 (b): kvgate epp applies the key; kvgate serve warns of one it does not read, per pool
+    # (tests/k8s/test_epp_engine_label_key_config_small34.py). The plugin itself says nothing of it.
+    assert _warnings({"engineLabelKey": "inference.networking.k8s.io/engine-type"}) == []
     assert _warnings({"engineLabelKey": "llm-d.ai/engine-type"}) == []
     assert _warnings({}) == []
+    with pytest.raises(ValueError, match="engineLabelKey"):  # (still a string)
+        _warnings({"engineLabelKey": 3})

@@ -343,8 +343,9 @@ def _main(argv: list[str] | None) -> int:
         # Build the Director before serving, so a bad EndpointPickerConfig is a clear exit, not a traceback.
         labels = _endpoint_labels(args.endpoint_label)
         store = EndpointStore()
-        if args.engine_label_key:  # (read before any endpoint is added: discovery's pods and the listed)
-            store.engine_labels = (args.engine_label_key,)
+        label = _engine_label(args.engine_label_key, cfg.picker_config)
+        if label:  # (read before any endpoint is added: discovery's pods and the listed)
+            store.engine_labels = (label,)
         store.sync(
             make_endpoint(a, pool=cfg.pool.name, engine=cfg.pool.engine, labels=labels)
             for a in cfg.pool.endpoints
@@ -549,6 +550,23 @@ def _hub_main(args: argparse.Namespace, given: dict[str, str]) -> int:
         print(f"kvgate epp: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _engine_label(flag: str | None, picker: dict[str, Any] | None) -> str | None:
+    """The one pod label that names an endpoint's engine: ``--engine-label-key``, else the
+    EndpointPickerConfig's ``engineLabelKey`` (a metrics extractor's parameter, as the reference reads it);
+    None: kvgate's default labels. The flag wins over the config (said at INFO, as the file's other keys
+    a flag overrides); two extractors naming different labels are refused (one store, one label)."""
+    from kvgate.extproc.config import EppConfigError
+    from kvgate.scheduling.plugins.wiring import engine_label_keys
+
+    given = engine_label_keys(picker)
+    if other := next(((path, label) for path, label in given if label != given[0][1]), None):
+        raise EppConfigError(f"{other[0]}: {other[1]!r}, but {given[0][0]} names {given[0][1]!r}: one label "
+                             "names every pod's engine")  # fmt: skip
+    if flag and given and given[0][1] != flag:
+        log.info("--engine-label-key %r over the config's %s %r", flag, given[0][0], given[0][1])
+    return flag or (given[0][1] if given else None)
 
 
 def _staleness_flags(args: argparse.Namespace, unused: str | None) -> None:

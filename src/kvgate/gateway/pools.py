@@ -6,6 +6,7 @@ picks; the gateway routes a request to the pool that serves its (rewritten) mode
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,8 +17,11 @@ from kvgate.config.gateway import GatewayConfigError, PoolConfig
 from kvgate.config.picker import EndpointPickerConfig, parse_config
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.datalayer.store import EndpointStore, make_endpoint
+from kvgate.datalayer.store import ENGINE_LABELS, LLMD_ENGINE_LABEL, EndpointStore, make_endpoint
+from kvgate.scheduling.plugins.wiring import engine_label_keys
 from kvgate.scheduling.types import InferenceRequest, PickResult
+
+log = logging.getLogger(__name__)
 
 
 class RequestDirector(Protocol):
@@ -65,7 +69,13 @@ def picker_spec(cfg: PoolConfig, *, announce: bool = False) -> EndpointPickerCon
     each line is said once per load (review s27-rev-fixes27a F1)."""
     if cfg.picker_config is None:
         return policy_config(cfg.policy)
-    return parse_config(cfg.picker_config, announce=announce)
+    spec = parse_config(cfg.picker_config, announce=announce)
+    for path, label in engine_label_keys(cfg.picker_config) if announce else ():
+        if label != LLMD_ENGINE_LABEL:  # (read first here anyway)
+            log.warning("pool %s: endpointPickerConfig.%s %r not applied: kvgate serve names a pod's engine "
+                        "by its %s label, else %s (kvgate epp applies the key)", cfg.name, path, label,
+                        *ENGINE_LABELS)  # fmt: skip
+    return spec
 
 
 def picker_key(index: int, cfg: PoolConfig) -> str:

@@ -78,7 +78,8 @@ def _same_as_kvgate(engine: str, specs: Mapping[str, str]) -> bool:
 _NOT_SCRAPED = (
     "not applied: kvgate scrapes each endpoint's /metrics with its own mapping for the endpoint's engine "
     "(--engine / pools[].engine, else the pod's llm-d.ai/engine-type or "
-    "inference.networking.k8s.io/engine-type label; kvgate epp --engine-label-key names another)"
+    "inference.networking.k8s.io/engine-type label; in kvgate epp engineLabelKey or --engine-label-key "
+    "names another)"
 )
 
 
@@ -201,21 +202,40 @@ def _engine_configs(params: Params) -> list[str]:
 
 
 def _extractor(cls: type[Plugin], name: str, params: Params, handle: PluginHandle, *, flat: bool) -> Any:
-    label = params.get_str("engineLabelKey", LLMD_ENGINE_LABEL)
+    params.get_str("engineLabelKey", LLMD_ENGINE_LABEL)  # (checked: a string)
     default = params.get_str("defaultEngine", "vllm")
     off = [f"engineConfigs {engine!r}" for engine in _engine_configs(params)]
     if flat:  # (the older plugin's one engine, its specs as parameters)
         specs = {k: params.get_str(k, "") for k in _FLAT_KEYS}
         off += [f"{k} {v!r}" for k, v in specs.items() if v and v not in _reads(MAPPINGS["vllm"], k)]
     params.finish()
-    # The reference reads that one label; kvgate llm-d's (its default) before GIE's, or the one of
-    # ``kvgate epp --engine-label-key``: GIE's key named here is not read alone either (rev-b33 F3).
-    if label != LLMD_ENGINE_LABEL:
-        off.insert(0, f"engineLabelKey {label!r} (kvgate epp --engine-label-key reads one label)")
+    # ``engineLabelKey`` is the door's to apply (its store reads the label before any endpoint is built):
+    # ``kvgate epp`` applies it (``engine_label_keys``), ``kvgate serve`` warns (``gateway.pools``).
     if default != "vllm":
         off.insert(0, f"defaultEngine {default!r}")
     _warn_unhonoured(params, off, _NOT_SCRAPED)
     return cls(name, handle)
+
+
+# The metrics extractors whose parameters may name ``engineLabelKey`` (``_extractor``).
+EXTRACTOR_TYPES = ("core-metrics-extractor", "model-server-protocol-metrics")
+
+
+def engine_label_keys(picker: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The EndpointPickerConfig's ``engineLabelKey`` values, ``(key path, label)`` in plugin order: read
+    from the decoded document, as a door needs it before the picker is built (its store names each
+    endpoint's engine as the endpoint is added). An empty or absent one is the default (kvgate's labels);
+    a value not a string is left to the build's own error."""
+    plugins = (picker or {}).get("plugins")
+    out = []
+    for i, p in enumerate(plugins if isinstance(plugins, list) else ()):
+        if not isinstance(p, Mapping) or p.get("type") not in EXTRACTOR_TYPES:
+            continue
+        params = p.get("parameters")
+        label = params.get("engineLabelKey") if isinstance(params, Mapping) else None
+        if isinstance(label, str) and label:
+            out.append((f"plugins[{i}].parameters.engineLabelKey", label))
+    return out
 
 
 @register("core-metrics-extractor")
