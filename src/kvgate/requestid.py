@@ -10,6 +10,7 @@ the client's id cut short.
 
 from __future__ import annotations
 
+HEADER = "x-request-id"  # (``openai.protocol.REQUEST_ID``, here for the layers below ``openai``)
 MAX_LEN = 256  # characters (a UUID is 36; OpenTelemetry / W3C trace ids fit many times over)
 _SHOWN = 64  # characters of a replaced id in the log line
 

@@ -43,11 +43,14 @@ def flow_control_config(max_concurrency: int, **extra: Any) -> dict[str, Any]:
 
 @asynccontextmanager
 async def epp_serving(
-    director: Any, store: EndpointStore, metrics: EppMetrics, admit: Callable[..., Any] | None
+    director: Any, store: EndpointStore, metrics: EppMetrics, admit: Callable[..., Any] | None, **ctx_kw: Any
 ) -> AsyncIterator[pb_grpc.ExternalProcessorStub]:
     """An ``EppServer`` on an ephemeral loopback port (no health or metrics port) serving ``director``,
-    observed by ``metrics``, with ``admit`` (flow control's ``director.admit``, or None); a stub to it."""
-    ctx = SessionContext(director, AddressIndex(store), clock=time.monotonic, observer=metrics, admit=admit)
+    observed by ``metrics``, with ``admit`` (flow control's ``director.admit``, or None) and ``ctx_kw`` (more
+    ``SessionContext`` keywords: ``policy``...); a stub to it."""
+    ctx = SessionContext(
+        director, AddressIndex(store), clock=time.monotonic, observer=metrics, admit=admit, **ctx_kw
+    )
     server = EppServer(ctx, ServerOptions(host="127.0.0.1", port=0, health_port=None, metrics_port=None))
     await server.start()
     ch = channel(f"127.0.0.1:{server.port}")

@@ -11,6 +11,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from kvgate.extproc import keys
 from kvgate.extproc.testing import Exchange, header_map
 from kvgate.openai.protocol import CODES
+from kvgate.requestcontrol.director import named
 
 ADDRS = ["127.0.0.1:18001", "127.0.0.1:18002", "127.0.0.1:18003"]
 
@@ -108,9 +109,16 @@ async def test_control_headers_read_and_stripped_and_request_id_generated(start_
 
     async with Exchange(epp.stub) as ex:
         out = await ex.send_request(_headers(**{keys.REQUEST_ID: "abc"}), _body())
-    assert keys.REQUEST_ID not in out.mutation.set_headers
-    assert epp.picker.calls.requests[1].request_id == "abc"
-    assert epp.picker.calls.requests[1].fairness_id == keys.DEFAULT_FAIRNESS_ID
+    assert keys.REQUEST_ID not in out.mutation.set_headers  # the client's goes upstream as it is
+    # The picker tracks by an id of its own, unique even when clients reuse theirs (qa34a F1); the
+    # client's stays in the request's headers (the director's log lines name the request by it).
+    async with Exchange(epp.stub) as ex:
+        await ex.send_request(_headers(**{keys.REQUEST_ID: "abc"}), _body())
+    first, again = epp.picker.calls.requests[1:3]
+    assert first.request_id not in ("abc", again.request_id, req.request_id)
+    assert first.headers[keys.REQUEST_ID] == again.headers[keys.REQUEST_ID] == "abc"
+    assert named(first) == "abc" and named(req) == req.request_id
+    assert first.fairness_id == keys.DEFAULT_FAIRNESS_ID
 
 
 async def test_bodyless_request_gets_endpoint_on_headers(start_epp) -> None:

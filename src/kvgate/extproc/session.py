@@ -19,7 +19,9 @@ accounting exactly once.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
@@ -85,6 +87,10 @@ log = logging.getLogger(__name__)
 _BODY_MODE = processing_mode_pb2.ProcessingMode.BodySendMode
 # Body modes whose answers are not ``streamed_response`` (all kvgate sends): not served, either direction.
 _UNSERVED_MODES = (_BODY_MODE.STREAMED, _BODY_MODE.BUFFERED, _BODY_MODE.BUFFERED_PARTIAL)
+# The picker's own ids for requests that came with a client's ``x-request-id`` (``Session._picker_id``),
+# as ``kvgate serve``'s: a random prefix per process, then a count.
+_PICKER_PREFIX = os.urandom(4).hex()
+_picker_seq = itertools.count(1)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -276,6 +282,7 @@ class Session:
         self._body = bytearray()
         self._body_finished = False
         self._generated_request_id: str | None = None
+        self._picker_id = ""  # the id the picker tracks it by (``_on_request_headers``)
         self.request: InferenceRequest | None = None
         self.result: PickResult | None = None
         self.destination = ""
@@ -464,7 +471,12 @@ class Session:
         if not client_rid or not acceptable_rid(client_rid):
             if client_rid:  # over the bound or unprintable: replaced upstream (qa24 F6)
                 log.info("x-request-id %s replaced by a generated one", rid_shown(client_rid))
-            self._generated_request_id = uuid.uuid4().hex
+            self._generated_request_id = self._picker_id = uuid.uuid4().hex
+        else:
+            # The picker tracks requests by id (in flight, expected cache hit, preemption), so it gets a
+            # unique one, as ``kvgate serve``'s: a client's id may be shared (a tracing id a mesh
+            # propagates, or reused to hide load; qa34a F1). The client's goes upstream unchanged.
+            self._picker_id = f"{_PICKER_PREFIX}-{next(_picker_seq):x}"
         if msg.request_headers.end_of_stream:
             # (a path the passthrough-parser reads: its answer passes unread, a body-less POST is routed)
             self._passthrough = self.ctx.parsers.passthrough(self.request_headers.get(":path", ""))
@@ -577,7 +589,7 @@ class Session:
         policy = self.ctx.policy
         return inference_request(
             parsed,
-            request_id=self._generated_request_id or h.get(keys.REQUEST_ID, ""),
+            request_id=self._picker_id,
             model=model,
             policy=policy,
             session=h.get(policy.session_header),

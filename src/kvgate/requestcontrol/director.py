@@ -34,6 +34,8 @@ from kvgate.flowcontrol.controller import flow_key as flow_key  # (re-exported: 
 from kvgate.flowcontrol.dispatcher import PREEMPTED_MESSAGE, FlowDispatcher
 from kvgate.flowcontrol.saturation import ConcurrencyDetector, SaturationDetector, UtilizationDetector
 from kvgate.flowcontrol.sloadmission import PredictedSLOMissError, SLOAdmission
+from kvgate.requestid import HEADER as REQUEST_ID
+from kvgate.requestid import acceptable as acceptable_rid
 from kvgate.scheduling import metrics
 from kvgate.scheduling.framework import (
     EXPECTED_CACHE,
@@ -70,6 +72,14 @@ DEFAULT_DECODE_TOKENS = 128  # expected output tokens when a request sets no max
 POOL_METRICS_EVERY_S = 1.0  # inference_pool_* gauges are refreshed at most this often (clock seconds)
 PREEMPT_SCAN = 256  # preemption looks at most at the newest this many stoppable requests per try
 MAX_TRACKED = 1 << 17  # bound on requests tracked between pick and finish (a front door may forget one)
+
+
+def named(req: InferenceRequest) -> str:
+    """The id a log line names ``req`` by: the client's ``x-request-id`` where it sent an acceptable one
+    (what its gateway, model server and client know), else the door's own. The doors give the picker a
+    unique ``request_id`` of their own, a client's being shareable (qa34a F1)."""
+    rid = req.headers.get(REQUEST_ID)
+    return rid if rid and acceptable_rid(rid) else req.request_id
 
 
 def preempted_error() -> ShedError:
@@ -526,7 +536,7 @@ class Director:
                     obs.on_finished(victim, ep, 0, False, now)
             if self.flow is not None:
                 self.flow.ctl.metrics.preempted(victim.priority, flow_of(victim))
-            log.info("preempted sheddable request %s on %s for %s", key[0], key[1], req.request_id)
+            log.info("preempted sheddable request %s on %s for %s", named(victim), key[1], named(req))
             return True
         return False
 
@@ -623,7 +633,7 @@ class Director:
         explanation: dict[str, Any] = {}
         if cycle.explain:
             explanation = {
-                "request_id": req.request_id,
+                "request_id": named(req),
                 "policy": self.name,
                 "profiles": cycle.data.get("explanation", {}),
                 "winner": chosen[0].address,
