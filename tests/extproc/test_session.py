@@ -91,19 +91,36 @@ STREAM_EVENTS = [
     {"model": "m-rewritten", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2,
                                                        "prompt_tokens_details": {"cached_tokens": 5}}},
 ]  # fmt: skip
-STREAM = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in STREAM_EVENTS) + b"data: [DONE]\n\n"
+# An event whose JSON spans two data lines (the SSE spec joins them with a newline): held to its blank line,
+# then read and put back on one line.
+SPLIT_EVENT = (b'data: {"model":"m-rewritten",', b'data: "choices":[{"delta":{"content":"b"}}]}')
+SPLIT_PUT_BACK = b"data: " + orjson.dumps({"model": "m", "choices": [{"delta": {"content": "b"}}]})
+# The SSE spec's three line ends (qa34a F4: a lone CR was not one to the scanner, the stream held whole).
+EOLS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
 
 
-@settings(max_examples=60, deadline=None)
-@given(cuts=st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), max_size=12, unique=True))
-def test_sse_scanner_is_independent_of_chunking(cuts: list[int]) -> None:
-    bounds = [0, *sorted(cuts), len(STREAM)]
-    pieces = [STREAM[a:b] for a, b in itertools.pairwise(bounds)]
+def _stream(eol: bytes) -> tuple[bytes, bytes]:
+    """The stream with ``eol`` line ends, and what the rewriting scanner makes of it (model ``m``)."""
+    src, out = bytearray(), bytearray()
+    for i, e in enumerate(STREAM_EVENTS):
+        line = b"data: " + orjson.dumps(e)
+        src += line + eol + eol
+        out += line.replace(b'"model":"m-rewritten"', b'"model":"m"') + eol + eol
+        if i == 0:
+            src += SPLIT_EVENT[0] + eol + SPLIT_EVENT[1] + eol + eol
+            out += SPLIT_PUT_BACK + eol + eol
+    src += b"data: [DONE]" + eol + eol
+    out += b"data: [DONE]" + eol + eol
+    return bytes(src), bytes(out)
+
+
+def _scanned(eol: bytes, pieces: list[bytes]) -> None:
+    src, want = _stream(eol)
     passthrough, rewriting = SSEScanner(), SSEScanner(rewrite_to="m")
     out_pass = b"".join(passthrough.feed(p) for p in pieces) + passthrough.finish()
     out_rw = b"".join(rewriting.feed(p) for p in pieces) + rewriting.finish()
-    assert out_pass == STREAM  # untouched, byte for byte
-    assert out_rw == STREAM.replace(b'"model":"m-rewritten"', b'"model":"m"')
+    assert out_pass == src  # untouched, byte for byte
+    assert out_rw == want
     for scanner in (passthrough, rewriting):
         assert scanner.usage is not None
         assert (
@@ -116,6 +133,32 @@ def test_sse_scanner_is_independent_of_chunking(cuts: list[int]) -> None:
             5,
         )
         assert scanner.saw_output
+
+
+@pytest.mark.parametrize("eol", EOLS.values(), ids=EOLS.keys())
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_sse_scanner_is_independent_of_chunking(eol: bytes, data: st.DataObject) -> None:
+    src = _stream(eol)[0]
+    cuts = data.draw(st.lists(st.integers(min_value=1, max_value=len(src) - 1), max_size=12, unique=True))
+    bounds = [0, *sorted(cuts), len(src)]
+    _scanned(eol, [src[a:b] for a, b in itertools.pairwise(bounds)])
+
+
+@pytest.mark.parametrize("eol", EOLS.values(), ids=EOLS.keys())
+def test_sse_scanner_byte_by_byte_holds_a_line_at_most(eol: bytes) -> None:
+    """Every cut (a CRLF's CR and LF in two chunks among them); each event goes out once its line ends."""
+    src = _stream(eol)[0]
+    _scanned(eol, [src[i : i + 1] for i in range(len(src))])
+    scanner = SSEScanner(rewrite_to="m")
+    longest = max(map(len, src.splitlines()))
+    out = bytearray()
+    for i in range(len(src)):
+        out += scanner.feed(src[i : i + 1])
+        assert len(scanner._tail) <= longest + 1  # (a CR whose LF may follow, at most)
+        if src[: i + 1].endswith(eol + eol):
+            # An event complete (a held one read at its blank line): none of it waits for the next chunk.
+            assert out.count(eol + eol) == src[: i + 1].count(eol + eol)
 
 
 def test_sse_scanner_bounds_an_endless_line() -> None:

@@ -26,7 +26,8 @@ def first_event_held(held: bytes) -> bool:
     held head's rule of both gateway doors (``kvgate serve``'s proxy, ``serve --clusters``'s router).
     SSE comments before it (``: ping`` keep-alives, from a server or a proxy) are no progress, so a
     stream that ends or fails after them is still retried (review s30-qa30 Q4, Q8)."""
-    return held.startswith(b"data:") or b"\ndata:" in held or len(held) > FIRST_HELD_MAX
+    # (a line may end with a lone CR: the SSE spec's third line end, qa34a F4)
+    return held.startswith(b"data:") or b"\ndata:" in held or b"\rdata:" in held or len(held) > FIRST_HELD_MAX
 
 
 # Typed events (Responses API, Anthropic Messages) that carry no generated output: a Responses stream's
@@ -112,12 +113,31 @@ class SSEScanner:
         # An event whose JSON spans several ``data:`` lines (its first one failed to decode): its lines
         # as they came, held to its blank line, then its data read as the SSE spec joins them. None: none.
         self._event: bytearray | None = None
+        # The last chunk ended with a CR, its line ended there: an LF opening the next is that CRLF's.
+        self._cr = False
 
     def feed(self, chunk: bytes) -> bytes:
-        buf = self._tail + chunk if self._tail else bytearray(chunk)
-        end = buf.rfind(b"\n")
-        complete, rest = (bytes(buf[: end + 1]), buf[end + 1 :]) if end >= 0 else (b"", buf)
         out = bytearray()
+        body: bytes = chunk
+        if self._cr:
+            self._cr = False
+            if chunk[:1] == b"\n":
+                # Where its CR went (a held event's line, or out), never an empty line of its own: that
+                # would end a held event early.
+                if self._event is not None:
+                    self._event += b"\n"
+                else:
+                    out += b"\n"
+                body = chunk[1:]
+        buf = self._tail + body if self._tail else bytearray(body)
+        # Lines end with LF, CRLF or a lone CR (the SSE spec; qa34a F4: a CR-only stream was held whole,
+        # unread). The CR is looked for past the last LF only (none there in the usual stream).
+        end = buf.rfind(b"\n")
+        cr = buf.rfind(b"\r", end + 1)
+        if cr > end:
+            end = cr
+            self._cr = cr == len(buf) - 1
+        complete, rest = (bytes(buf[: end + 1]), buf[end + 1 :]) if end >= 0 else (b"", buf)
         for line in complete.splitlines(keepends=True):
             if self._skipping:
                 out += self._aside(line)
@@ -138,6 +158,7 @@ class SSEScanner:
     def finish(self) -> bytes:
         """End of stream: a last event without a trailing newline."""
         tail, self._tail = bytes(self._tail), bytearray()
+        self._cr = False
         out = (self._line(tail) if not self._skipping else self._aside(tail)) if tail else b""
         if self._event is not None:  # (a held event the stream ended without its blank line)
             out += self._event_end(b"")
