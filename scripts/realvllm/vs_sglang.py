@@ -308,6 +308,28 @@ def progress(name: str, done: int, total: int, records: list[dict[str, float]]) 
     return f"  .. {name}: {done}/{total} requests, mean TTFT so far {ms:.0f} ms, {hits} hits"
 
 
+def log_size(server: Any) -> int:
+    """How many bytes a server's log holds now (0 without one): where a pass's lines start."""
+    try:
+        return int(Path(server.log_path).stat().st_size)
+    except (AttributeError, OSError):
+        return 0
+
+
+def metrics_gets(server: Any, start: int) -> int:
+    """``GET /metrics`` requests a server's access log shows since byte ``start``, less this client's own
+    counter reads (their query names ``vllm:prefix_cache_queries_total``): the router's scrapes."""
+    try:
+        with Path(server.log_path).open("rb") as f:
+            f.seek(start)
+            tail = f.read()
+    except (AttributeError, OSError):
+        return 0
+    return sum(
+        1 for ln in tail.splitlines() if b'"GET /metrics' in ln and b"prefix_cache_queries_total" not in ln
+    )
+
+
 def server_ttft(text: str) -> tuple[float, float]:
     """(sum, count) of vLLM's own ``vllm:time_to_first_token_seconds`` histogram."""
     total = n = 0.0
@@ -345,6 +367,7 @@ def run(
     texts = [s.metrics_text() for s in servers]
     before, tb = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
     records = []
+    logs0 = [log_size(s) for s in servers]
     load0 = os.getloadavg()[0]
     seen = counters(servers)
     # Per request, the CPU and run-queue wait (send to end of stream) of the router, the vLLM API servers,
@@ -382,6 +405,8 @@ def run(
     threads = {k: thread_delta(pass0[k], thread_sched(v)) for k, v in groups.items()}
     cpu1 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids)]
     cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+    # The router's /metrics GETs during the pass, per server (before this client's own read below).
+    scrapes = [metrics_gets(s, at) for s, at in zip(servers, logs0, strict=True)]
     texts = [s.metrics_text() for s in servers]
     after, ta = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
     q = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
@@ -408,6 +433,7 @@ def run(
     api, whole = [round(c, 2) for c in cpu[1 : 1 + n]], [round(c, 2) for c in cpu[1 + n :]]
     print(f"    CPU during the pass: router {cpu[0]:.2f} s, vLLM API servers {api} s, servers {whole} s",
           flush=True)  # fmt: skip
+    print(f"    the router's GET /metrics per server during the pass: {scrapes}", flush=True)
     for k, per in threads.items():
         top = sorted(per.items(), key=lambda kv: -kv[1][0] - kv[1][1])[:6]
         print(f"    threads, {k} (run / wait for a core, ms over the pass): "
@@ -417,6 +443,7 @@ def run(
     res["router_cpu_s"] = cpu[0]
     res["api_cpu_s"] = sum(cpu[1 : 1 + n])
     res["servers_cpu_s"] = sum(cpu[1 + n :])
+    res["router_scrapes"] = scrapes
     res["records"] = records
     return res
 

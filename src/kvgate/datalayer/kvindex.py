@@ -62,6 +62,15 @@ def token_keys(token_ids: Sequence[int], block_size: int, max_blocks: int | None
 # --------------------------------------------------------------------------------------------------
 
 
+def _purge_expired(pending: OrderedDict[int, float], now: float) -> None:
+    """Drop the expired head of ``pending`` (kept in expiry order: one TTL per scorer)."""
+    while pending:
+        exp = next(iter(pending.values()))
+        if exp > now:
+            break
+        pending.popitem(last=False)
+
+
 @dataclass(slots=True)
 class _EndpointBlocks:
     # engine hash -> key, oldest first (the bound evicts from the front)
@@ -297,11 +306,7 @@ class BlockIndex:
         """
         ep = self._ep(endpoint)
         pending = ep.pending
-        while pending:  # entries are kept in expiry order (one TTL per scorer): purge the expired head
-            key, exp = next(iter(pending.items()))
-            if exp > now:
-                break
-            pending.popitem(last=False)
+        _purge_expired(pending, now)
         refs = ep.refs
         move = pending.move_to_end
         added = 0
@@ -319,6 +324,17 @@ class BlockIndex:
                 pop(last=False)
             self.stats.pending_dropped += over
         return added
+
+    def fill(self, endpoint: str, now: float | None = None) -> float:
+        """The share of ``endpoint``'s capacity its reported blocks and unexpired pending credit take
+        (expired credit is purged here, as ``add_pending`` does; ``now`` None: all of it counts), 0 for
+        one never reported: how full its engine's cache is, as far as this index knows."""
+        ep = self._eps.get(endpoint)
+        if ep is None:
+            return 0.0
+        if now is not None and ep.pending:
+            _purge_expired(ep.pending, now)
+        return min(1.0, (len(ep.blocks) + len(ep.pending)) / max(1, ep.capacity))
 
     def _drop_pending(self, endpoint: str, ep: _EndpointBlocks, key: int) -> bool:
         return ep.pending.pop(key, None) is not None

@@ -361,6 +361,16 @@ class PrefixIndex:
             alive ^= low
         return out
 
+    def fill(self, address: str) -> float:
+        """The share of ``address``'s bound its entries take (placeholders by weight), 0 for one never
+        added: how full this index believes that endpoint's cache is."""
+        lru = self._lru.get(address)
+        if lru is None:
+            return 0.0
+        size = self._size.get(address, len(lru))
+        limit = self._limit(address)
+        return min(1.0, size / limit) if limit > 0 else 1.0
+
     def hot(self, limit: int) -> list[int]:
         """Up to ``limit`` distinct block hashes, most recently used first, taken from every endpoint in turn
         (the pool aggregate's prefix summary for multi-cluster routing)."""

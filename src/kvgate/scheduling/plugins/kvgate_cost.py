@@ -95,6 +95,15 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   per replica in constant work per candidate, which failed its own pre-registered rule for the default
   (docs/benchmarks.md "Session 20").
 
+- ``tieToEmptier`` (on): candidates tied at the lowest cost (an idle fleet's cold prompt: nothing held,
+  nothing in flight, vLLM's KV use back at 0 between requests) go to the one whose cache the prefix source
+  believes emptier (its entries, with the precise source its engine-reported blocks and pending pick
+  credit, over its capacity): sglang cache_aware's "smallest tree" for a request under its cache
+  threshold, as a tie-break only (at most ``TIE_TOKENS``, and never past a higher cost). Without it the
+  picker's random draw placed each tenant's first request, and on a 2-server real-vLLM run 7 of 8
+  tenants landed on one server, which then evicted them (docs/benchmarks/realvllm.md section 4.22).
+  Equally full candidates are still drawn at random.
+
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
 load it is judged by includes everything this picker dispatched a microsecond ago.
@@ -161,6 +170,9 @@ MAX_ENDPOINTS_TRACKED = 4096  # arrival rates (and coldSpread reuse rates) kept 
 # coldSpread: a request whose best match covers less than this share of its prompt has no holder (as
 # sglang cache_aware's cacheThreshold, 0.3).
 COLD_MATCH = 0.3
+# tieToEmptier: candidates tied at the lowest cost are set apart by at most this many tokens (their caches'
+# fill share of it): a tie-break, below any difference the cost itself makes.
+TIE_TOKENS = 1.0
 
 
 class _TailExpectation:
@@ -225,6 +237,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         cold_spread_decode_heavy: bool = False,
         eviction_price: bool = False,
         copy_by_wait: bool = False,
+        tie_to_emptier: bool = True,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -250,6 +263,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.cold_spread_window = cold_spread_window
         self.cold_spread_decode_heavy = cold_spread_decode_heavy
         self.copy_by_wait = copy_by_wait
+        self.tie_to_emptier = tie_to_emptier
         # evictionPrice: what each request's write evicts at each replica, priced (eviction_price.py).
         self.eviction: EvictionLedger | None = EvictionLedger() if eviction_price else None
         # coldSpread: per endpoint (decayed prompt tokens found cached there, its time).
@@ -300,6 +314,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             cold_spread_decode_heavy=params.get_bool("coldSpreadDecodeHeavy", False),
             eviction_price=params.get_bool("evictionPrice", False),
             copy_by_wait=params.get_bool("copyByWait", False),
+            tie_to_emptier=params.get_bool("tieToEmptier", True),
         )
         params.finish()
         if s.cold_spread_decode_heavy and not s.cold_spread:
@@ -745,6 +760,41 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         if self.eviction is not None and output_tokens > 0:
             self.eviction.write(endpoint.address, float(output_tokens), now)
 
+    def _to_emptier(
+        self, cycle: CycleState, endpoints: Sequence[Endpoint], costs: list[float], lo: float
+    ) -> float:
+        """tieToEmptier: the candidates tied at the lowest cost ``lo`` are told apart by how full the prefix
+        source believes their caches are (its fill share): each gets that share of ``TIE_TOKENS``, at most
+        half the way to the next higher cost, so the order against every other candidate stays. In place;
+        returns the new lowest cost."""
+        precise = self.precise
+        if precise is not None:
+            index = precise.index
+            now = cycle.now
+            fills = [
+                index.fill(ep.address, now) if c == lo else 0.0
+                for ep, c in zip(endpoints, costs, strict=True)
+            ]
+        else:
+            pindex = self.prefix.index
+            fills = [
+                pindex.fill(ep.address) if c == lo else 0.0 for ep, c in zip(endpoints, costs, strict=True)
+            ]
+        tied = [f for f, c in zip(fills, costs, strict=True) if c == lo]
+        least = min(tied)
+        if least == max(tied):
+            return lo  # equally full (both empty, say): the picker's draw decides, as before
+        step = TIE_TOKENS
+        for c in costs:
+            if c > lo and (c - lo) / 2 < step:
+                step = (c - lo) / 2
+        for i, c in enumerate(costs):
+            if c == lo:
+                costs[i] = lo + (fills[i] - least) * step
+        if cycle.explain:
+            add_explanation(cycle, "tieFill", {ep.address: f for ep, f in zip(endpoints, fills, strict=True)})
+        return lo
+
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         costs = self.costs(cycle, endpoints)
         req = cycle.request
@@ -753,6 +803,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             p = prompt_tokens(p, req.prompt_text, req.token_ids)
         s = float(p if p > 64 else 64)
         lo = min(costs)
+        if self.tie_to_emptier and costs.count(lo) > 1:  # (C speed; a tie is rare under load)
+            lo = self._to_emptier(cycle, endpoints, costs, lo)
         top = lo + s
         out: list[float] = []  # (a loop: a comprehension is a function call in 3.11)
         for c in costs:
