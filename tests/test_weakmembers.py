@@ -101,3 +101,13 @@ def test_trimming_pick_series_meeting_a_raced_removal_does_not_fail(monkeypatch:
     monkeypatch.setattr(metrics.PICKS, "counts", {"10.0.0.9:8000": 1})
     metrics.trim_picks()  # (raised before)
     assert metrics.PICKS.counts == {}  # no store holds the address: its series goes
+
+
+def test_a_shared_precise_index_holders_check_meeting_a_raced_removal_does_not_fail() -> None:
+    # (a reload's picker check asks ``holds`` on its thread: review s34-rev-a34 F6)
+    from kvgate.scheduling.plugins import precise_prefix as pp
+
+    keep = [_Member(f"owner-{i}") for i in range(3)]
+    shared = pp.SharedIndex(pp.BlockIndex(), None, holders=_RacedWeakSet(*keep))  # type: ignore[arg-type]
+    claims = pp.IndexClaims(leaving=keep)  # (every holder leaves: the check reads them all)
+    assert not shared.holds(claims)  # (raised "Set changed size during iteration" before)

@@ -54,6 +54,7 @@ from kvgate.scheduling.plugins.wiring import Wiring
 from kvgate.scheduling.registry import register
 from kvgate.scheduling.tokenize import TokenizerSource
 from kvgate.scheduling.types import InferenceRequest, prompt_tokens
+from kvgate.weakmembers import members
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ class SharedIndex:
             return True
         if claims is None:
             return len(self.holders) > 0
-        return any(claims.keeps(h) for h in self.holders)
+        # (``members``: a reload's check runs this on a thread while a collected holder's removal may run
+        # on another: review s34-rev-a34 F6)
+        return any(claims.keeps(h) for h in members(self.holders))
 
 
 class IndexClaims:
