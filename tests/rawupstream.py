@@ -5,7 +5,8 @@ with a JSON content type, JSON orjson refuses).
 ``raw_upstream(answer)`` listens on 127.0.0.1:0 (the port read back, never picked beforehand), reads each
 request whole (its head, then a Content-Length body or a chunked one), writes ``answer`` (head and body),
 and closes: the close ends the body when the head gives no length. It yields its address and the list of
-requests answered (one entry each)."""
+requests answered (one entry each). ``lines_upstream`` keeps its connections and writes header lines as
+given (repeated names, bytes past ASCII); ``header_values`` reads a header's values back from a head."""
 
 from __future__ import annotations
 
@@ -56,3 +57,37 @@ async def raw_upstream(answer: bytes) -> AsyncIterator[RawUpstream]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+@asynccontextmanager
+async def lines_upstream(extra: bytes, body: bytes, ctype: bytes = b"application/json") -> AsyncIterator[str]:
+    """127.0.0.1:0: answers every request of a connection (kept alive) 200 with ``extra`` header lines (each
+    ending in CRLF, written as given: repeated names, bytes past ASCII) and ``body``; yields its address."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await _read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%bContent-Length: %d\r\n\r\n%b"
+                             % (ctype, extra, len(body), body))  # fmt: skip
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def header_values(head: bytes, name: bytes) -> list[bytes]:
+    """Each value of the header ``name`` (lower case) in an answer head, in order, its bytes as sent."""
+    return [
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")[1:]
+        if line.split(b":", 1)[0].lower() == name
+    ]

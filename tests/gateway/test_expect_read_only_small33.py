@@ -8,44 +8,13 @@ still the handler's)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
+from expect_head import EXPECT, answer, check_405_from_the_head
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.gateway import workers
 from kvgate.gateway.pools import build_pool
 from kvgate.gateway.server import GatewayServer
-
-EXPECT = b"%s %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4000000\r\n\r\n"  # (no body)
-PLAIN = b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
-
-
-async def _answer(port: int, request: bytes) -> tuple[bytes, bytes]:
-    """The first answer's head and (a final answer's) body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        body = await asyncio.wait_for(reader.readexactly(length), 60) if length else b""
-        return head, body
-    finally:
-        writer.close()
-
-
-async def _check(port: int, method: bytes, path: bytes) -> None:
-    head, body = await _answer(port, EXPECT % (method, path))
-    assert head.startswith(b"HTTP/1.1 405 "), head
-    assert b"Allow: GET, HEAD" in head, head
-    # (the answer the handler gives the same request sent whole)
-    plain_head, plain_body = await _answer(port, PLAIN % (method, path))
-    assert plain_head.split(b"\r\n")[0] == head.split(b"\r\n")[0], plain_head
-    assert plain_body == body
 
 
 def _config(own_admin_port: bool) -> dict[str, object]:
@@ -66,8 +35,8 @@ async def test_serve_data_port_answers_read_only_prefixes_from_the_head(method: 
     gw = GatewayServer(cfg, [build_pool(p) for p in cfg.pools])
     await gw.start()
     try:
-        await _check(gw.port, method, path)
-        head, _ = await _answer(gw.port, EXPECT % (b"GET", path))  # (the control)
+        await check_405_from_the_head(gw.port, method, path)
+        head, _ = await answer(gw.port, EXPECT % (b"GET", path))  # (the control)
         assert head == b"HTTP/1.1 100 Continue\r\n\r\n", head
     finally:
         await gw.stop(drain_timeout=1.0)
@@ -80,7 +49,7 @@ async def test_serve_admin_port_answers_debug_picks_from_the_head(method: bytes,
     await gw.start()
     try:
         assert gw.admin_port is not None
-        await _check(gw.admin_port, method, path)
+        await check_405_from_the_head(gw.admin_port, method, path)
     finally:
         await gw.stop(drain_timeout=1.0)
 
@@ -93,7 +62,7 @@ async def test_the_supervisors_admin_port_answers_debug_picks_from_the_head(
     await sup.serve_admin()
     try:
         assert sup.admin_port is not None
-        await _check(sup.admin_port, method, path)  # (no worker runs: none is asked)
+        await check_405_from_the_head(sup.admin_port, method, path)  # (no worker runs: none is asked)
     finally:
         assert sup._admin is not None
         sup._admin.close()

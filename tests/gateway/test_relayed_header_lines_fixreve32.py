@@ -15,34 +15,9 @@ import orjson
 import pytest
 
 from gateway.conftest import make_config, running_gateway
+from rawupstream import header_values, lines_upstream
 
 BODY = orjson.dumps({"id": "x", "object": "chat.completion", "model": "m", "choices": []})
-
-
-async def _raw_upstream(extra: bytes) -> tuple[asyncio.AbstractServer, int]:
-    """A model server answering every request with ``extra`` header lines and a fixed JSON body."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
-                    + b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
-                )  # fmt: skip
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
 
 
 async def _answer_head(port: int) -> bytes:
@@ -71,18 +46,7 @@ async def _answer_head(port: int) -> bytes:
     ids=["F1-two-set-cookie", "F2-non-ascii-bytes", "F1-list-joined", "F2-not-utf8", "F1-F2-cookie-bytes"],
 )
 async def test_the_servers_header_lines_reach_the_client_as_sent(extra: bytes, wanted: list[bytes]) -> None:
-    server, up = await _raw_upstream(extra)
-    name = extra.split(b":", 1)[0].lower()
-    try:
-        async with running_gateway(make_config([f"127.0.0.1:{up}"])) as gw:
-            head = await _answer_head(gw.port)
-        assert head.startswith(b"HTTP/1.1 200"), head
-        got = [
-            line.split(b":", 1)[1].strip()
-            for line in head.split(b"\r\n")[1:]
-            if line.split(b":", 1)[0].lower() == name
-        ]
-        assert got == wanted, head
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with lines_upstream(extra, BODY) as up, running_gateway(make_config([up])) as gw:
+        head = await _answer_head(gw.port)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert header_values(head, extra.split(b":", 1)[0].lower()) == wanted, head

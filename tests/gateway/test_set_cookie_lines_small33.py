@@ -17,6 +17,7 @@ import pytest
 from gateway.conftest import make_config, running_gateway
 from kvgate.gateway.stream import pass_upstream_headers
 from kvgate.httpfront.server import _head
+from rawupstream import header_values, lines_upstream
 
 COOKIES = b"Set-Cookie: a=1; Path=/\r\nSet-Cookie: b=\xc3\xa9; HttpOnly\r\n"
 WANTED = [b"a=1; Path=/", b"b=\xc3\xa9; HttpOnly"]
@@ -57,33 +58,6 @@ def _body(kind: str) -> tuple[bytes, bytes]:
     return b"application/json", orjson.dumps(doc)
 
 
-async def _raw_upstream(kind: str) -> tuple[asyncio.AbstractServer, int]:
-    """A model server answering every request with two Set-Cookie lines."""
-    ctype, body = _body(kind)
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%bContent-Length: %d\r\n\r\n%b"
-                    % (ctype, COOKIES, len(body), body)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 async def _answer_head(port: int, kind: str) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -104,18 +78,9 @@ async def _answer_head(port: int, kind: str) -> bytes:
 
 @pytest.mark.parametrize("kind", ["whole", "stream", "big", "lookup"])
 async def test_each_relay_writes_every_cookie_line(kind: str) -> None:
-    server, up = await _raw_upstream(kind)
-    try:
-        async with running_gateway(make_config([f"127.0.0.1:{up}"])) as gw:
-            gw.proxy.whole_max = 1024  # ("big": relayed as it comes, past it)
-            head = await _answer_head(gw.port, kind)
-        assert head.startswith(b"HTTP/1.1 200"), head
-        got = [
-            line.split(b":", 1)[1].strip()
-            for line in head.split(b"\r\n")[1:]
-            if line.split(b":", 1)[0].lower() == b"set-cookie"
-        ]
-        assert got == WANTED, head
-    finally:
-        server.close()
-        await server.wait_closed()
+    ctype, body = _body(kind)
+    async with lines_upstream(COOKIES, body, ctype) as up, running_gateway(make_config([up])) as gw:
+        gw.proxy.whole_max = 1024  # ("big": relayed as it comes, past it)
+        head = await _answer_head(gw.port, kind)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert header_values(head, b"set-cookie") == WANTED, head

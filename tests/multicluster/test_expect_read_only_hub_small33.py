@@ -6,31 +6,11 @@ data port and on the admin port. Fails on main 24a33356: ``100 Continue`` first.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
+from expect_head import EXPECT, answer, check_405_from_the_head
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.serve import GlobalGateway
-
-EXPECT = b"%s %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4000000\r\n\r\n"  # (no body)
-PLAIN = b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
-
-
-async def _answer(port: int, request: bytes) -> tuple[bytes, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        body = await asyncio.wait_for(reader.readexactly(length), 60) if length else b""
-        return head, body
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize(
@@ -58,14 +38,9 @@ async def test_the_hub_answers_a_read_only_path_from_the_head(
         if own_admin_port:
             assert gw.admin_port is not None
             port = gw.admin_port
-        head, body = await _answer(port, EXPECT % (method, path))
-        assert head.startswith(b"HTTP/1.1 405 "), head
-        assert b"Allow: GET, HEAD" in head, head
-        plain_head, plain_body = await _answer(port, PLAIN % (method, path))
-        assert plain_head.split(b"\r\n")[0] == head.split(b"\r\n")[0], plain_head
-        assert plain_body == body
+        await check_405_from_the_head(port, method, path)
         if not own_admin_port:  # (the control: a routed POST still gets its 100)
-            routed, _ = await _answer(port, EXPECT % (b"POST", b"/v1/chat/completions"))
+            routed, _ = await answer(port, EXPECT % (b"POST", b"/v1/chat/completions"))
             assert routed == b"HTTP/1.1 100 Continue\r\n\r\n", routed
     finally:
         await gw.stop()

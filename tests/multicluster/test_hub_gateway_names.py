@@ -23,11 +23,12 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.test_cli import _launch, _stop
-from kvgate.extproc.testing import Exchange, channel
+from kvgate.extproc.testing import Exchange
 from kvgate.multicluster import hub
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.hub import ClusterDirector, HubFeed
 from kvgate.scheduling.types import InferenceRequest
+from multicluster.hub_pick import pick_once
 from multicluster.test_hub_request_timeout import BODY, HEADERS, _until, hub_epp
 
 LOGGER = "kvgate.multicluster.hub"
@@ -152,12 +153,7 @@ async def test_kvgate_epp_names_localhost_by_its_address(tmp_path: Path) -> None
     f.write_text("clusters:\n- {name: a, gateway: 'localhost:9'}\n")
     proc, ports = await _launch("--clusters", str(f), "--plaintext")
     try:
-        ch = channel(f"127.0.0.1:{ports['grpc']}")
-        try:
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
-                out = await ex.send_request(HEADERS, BODY)
-        finally:
-            await ch.close()
+        out = await pick_once(ports["grpc"])
         assert out.destination in ("127.0.0.1:9", "[::1]:9"), out.destination
     finally:
         assert await _stop(proc) == 0

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.test_cli import _launch, _stop
-from kvgate.extproc.testing import Exchange, channel
 from kvgate.multicluster.clusters import ClustersError, ClustersFile
-from multicluster.test_hub_request_timeout import BODY, HEADERS
+from multicluster.hub_pick import pick_once
 
 TOTAL = "kvgate_multicluster_config_reloads_total"
 
@@ -116,12 +114,7 @@ async def test_kvgate_epp_keeps_its_clusters_at_a_reload_with_one_address_twice(
                     break
                 assert _sample(text, f'{TOTAL}{{result="applied"}}') == 0.0, "the file was applied"
                 await asyncio.sleep(0.2)
-        ch = channel(f"127.0.0.1:{ports['grpc']}")
-        try:
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
-                out = await ex.send_request(HEADERS, BODY)
-        finally:
-            await ch.close()
+        out = await pick_once(ports["grpc"])
         assert out.destination == "127.0.0.2:9", out.destination
     finally:
         assert await _stop(proc) == 0

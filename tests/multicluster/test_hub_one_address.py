@@ -18,9 +18,10 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.test_cli import _launch, _stop
-from kvgate.extproc.testing import Exchange, channel
+from kvgate.extproc.testing import Exchange
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
 from kvgate.multicluster.hub import ClusterDirector
+from multicluster.hub_pick import pick_once
 from multicluster.test_hub_cut_fallback import _blackholed, _refusing
 from multicluster.test_hub_request_timeout import BODY, HEADERS, Healthz, _until, hub_epp, serve_healthz
 
@@ -74,12 +75,7 @@ async def test_the_key_and_the_flag_choose_one_address_or_the_list(
         "--clusters", _file(tmp_path / "clusters.yaml", in_file), "--plaintext", *flags
     )
     try:
-        ch = channel(f"127.0.0.1:{ports['grpc']}")
-        try:
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
-                out = await ex.send_request(HEADERS, BODY)
-        finally:
-            await ch.close()
+        out = await pick_once(ports["grpc"])
         named = out.destination.split(",")
         assert set(named) <= {"127.0.0.1:9", "127.0.0.1:10"}, out.destination
         assert len(named) == (2 if listed else 1), out.destination

@@ -17,12 +17,11 @@ from pathlib import Path
 import aiohttp
 import orjson
 from aiohttp import web
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.test_cli import _launch, _stop
 from gateway.handler_server import serve_app
 from kvgate.datalayer.aggregate import PoolAggregate, encode
-from kvgate.extproc.testing import Exchange, channel
+from multicluster.hub_pick import pick_once
 
 
 async def _readyz(port: int, status: int) -> None:
@@ -50,14 +49,9 @@ async def test_readyz_is_503_while_no_cluster_can_be_picked(tmp_path: Path) -> N
                  f"  aggregate: http://127.0.0.1:{port}/v1/pool/aggregate\n")  # fmt: skip
     proc, ports = await _launch("--clusters", str(f), "--plaintext")
     try:
-        ch = channel(f"127.0.0.1:{ports['grpc']}")
-        try:
-            async with Exchange(pb_grpc.ExternalProcessorStub(ch), timeout=30) as ex:
-                body = orjson.dumps({"model": "m", "prompt": "hi"})
-                out = await ex.send_request({":method": "POST", ":path": "/v1/completions"}, body)
-            assert out.status == 503, out  # (east's fresh aggregate: no ready endpoint)
-        finally:
-            await ch.close()
+        body = orjson.dumps({"model": "m", "prompt": "hi"})
+        out = await pick_once(ports["grpc"], {":method": "POST", ":path": "/v1/completions"}, body)
+        assert out.status == 503, out  # (east's fresh aggregate: no ready endpoint)
         await _readyz(ports["metrics"], 503)  # (fails before: 200 for good)
         ready[0] = 2
         await _readyz(ports["metrics"], 200)
