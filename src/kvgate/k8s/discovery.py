@@ -417,11 +417,15 @@ class PoolDiscovery:
         (qa33a F8: a v1alpha2 pool's objective of the same name applied to the v1 pool). No group is
         what upstream's CRD of the object's own ``group`` stores (``R.POOL_REF_GROUP_DEFAULT``: an
         ``llm-d.ai`` object's is ``llm-d.ai``, a legacy one's the v1 group; rev-b33 F1), so a manifest
-        means the same whichever CRDs the cluster has."""
+        means the same whichever CRDs the cluster has. An explicit ``group: ""`` names no pool."""
         ref = (obj.get("spec") or {}).get("poolRef")
         if not ref:  # (no poolRef at all: every pool's, as before; the CRDs default only a given poolRef)
             return True
-        if (ref.get("group") or R.POOL_REF_GROUP_DEFAULT.get(group, "")) != self.pool_type.group:
+        # (only a missing group defaults: an explicit "" is compared as stored, as upstream's do: rev-a34 F4)
+        ref_group = ref.get("group")
+        if ref_group is None:
+            ref_group = R.POOL_REF_GROUP_DEFAULT.get(group, "")
+        if ref_group != self.pool_type.group:
             return False
         return not ref.get("name") or ref.get("name") == self.pool_name
 
