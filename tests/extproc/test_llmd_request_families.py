@@ -407,5 +407,5 @@ async def test_llm_d_s_fairness_header_is_the_flow_in_the_three_doors(start_epp)
     assert get(serve, "llm_d_epp_request_total", **other, priority="0") == 1
     assert get(at_epp, "llm_d_epp_request_total", **other, priority="0") == 1
     # (the --clusters door labels its models once a cluster answered them: this first one is ``other``)
-    assert total(clusters, "llm_d_epp_request_total", fairness_id="other", priority="") == 1
+    assert total(clusters, "llm_d_epp_request_total", fairness_id="other", priority="0") == 1
     assert total(clusters, "llm_d_epp_request_total", fairness_id="default-flow") == 0

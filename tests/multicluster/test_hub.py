@@ -184,7 +184,7 @@ async def test_serve_clusters_starts_the_global_gateway(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("clusters: [{name: a, gateway: '127.0.0.1:9'}]\n")
     line = await _serve_banner(f)
-    assert "global gateway on http://127.0.0.1:" in line and "1 clusters" in line, line
+    assert "global gateway on http://127.0.0.1:" in line and "(1 cluster, policy" in line, line
     assert ":8080 " not in line  # --port 0 is an ephemeral port, not the default
 
 

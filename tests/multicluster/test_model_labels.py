@@ -167,7 +167,7 @@ async def test_a_names_series_go_from_every_family_after_the_grace() -> None:
                 in text
             )
             assert (
-                'inference_objective_request_total{model_name="lora-a",priority="",'
+                'inference_objective_request_total{model_name="lora-a",priority="0",'
                 'target_model_name="lora-a"} 2.0' in text
             )
             clock[0] += GRACE_S - 1.0

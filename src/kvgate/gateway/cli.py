@@ -566,6 +566,18 @@ def given_flags(argv: list[str] | None) -> list[str]:
     return [a.option_strings[-1] for a in p._actions if a.dest in given and a.option_strings]
 
 
+# Why ``kvgate serve --clusters`` refuses a flag: most configure pools of endpoints, which that door has
+# none of; the access log's flags another reason (qa34b-F2: they were refused as pool flags).
+_CANDIDATES = "the global gateway's candidates are the clusters file's clusters"
+_NO_ACCESS_LOG = (
+    "the global gateway writes no access log: each answer's x-kvgate-cluster and x-kvgate-route-mode "
+    "headers name where it went, kvgate_multicluster_requests_total and "
+    "kvgate_multicluster_attempts_failed_total count it, and a cluster that keeps failing is logged (WARNING)"
+)
+_CLUSTERS_WHY = {"--access-log": _NO_ACCESS_LOG, "--no-access-log": _NO_ACCESS_LOG,
+                 "--access-log-file": _NO_ACCESS_LOG}  # fmt: skip
+
+
 def clusters_refused(argv: list[str] | None) -> str | None:
     """The first flag given that ``kvgate serve --clusters`` does not take, else None."""
     p = _parser()
@@ -604,11 +616,11 @@ def _main(argv: list[str] | None) -> int:
 
                 raise GatewayConfigError("--config", NOT_WITH_CONFIG)
             if (flag := clusters_refused(argv)) is not None:
+                reason = _CLUSTERS_WHY.get(flag, _CANDIDATES)
                 raise GatewayConfigError(
-                    flag, "not with --clusters (the global gateway's candidates are the clusters file's "
-                    "clusters; it takes --host, --port, --admin-port with its TLS flags, --cluster-policy, "
-                    "--cluster-policy-seed, --model-series-grace, --kube-stale-after and "
-                    "--max-waiting-bytes-per-client)",
+                    flag, f"not with --clusters ({reason}; it takes --host, --port, --admin-port with its "
+                    "TLS flags, --cluster-policy, --cluster-policy-seed, --model-series-grace, "
+                    "--kube-stale-after and --max-waiting-bytes-per-client)",
                 )  # fmt: skip
             staleness_settings(args, None, "hub")
             grace = GRACE_S if args.model_series_grace is None else args.model_series_grace

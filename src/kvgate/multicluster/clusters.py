@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -320,6 +321,32 @@ def _hostport(v: Any, key: str) -> str | None:
     return s
 
 
+def _aggregate_url(v: Any, key: str) -> str | None:
+    """``aggregate``: an http:// or https:// URL with a host (and a port from 1 to 65535 if given), checked
+    at load as ``gateway`` is (qa34b-F1: a URL without its scheme, the shape the host:port keys invite, or
+    an ``ftp://`` one was taken and every fetch of it failed, the cluster unknown for good)."""
+    if v is None or v == "":
+        return None
+    want = "expected an http:// or https:// URL (a kvgate's /v1/pool/aggregate)"
+    if not isinstance(v, str):
+        raise ClustersError(key, f"{want}, got {_short(v)}")
+    try:
+        parts = urlsplit(v.strip())
+        port = parts.port  # (ValueError: not a number, or past 65535)
+    except ValueError as e:
+        raise ClustersError(key, f"{want}, got {v!r} ({e})") from None
+    if "://" not in v:  # (``host:port/path`` parses as a scheme ``host``)
+        raise ClustersError(key, f"{want}, got {v!r} (no scheme: http://{v.strip()}?)")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ClustersError(key, f"{want}, got {v!r} (scheme {parts.scheme!r})")
+    host = parts.hostname or ""
+    if not _is_host(f"[{host}]" if ":" in host else host):
+        raise ClustersError(key, f"{want}, got {v!r} (no valid host)")
+    if port == 0:
+        raise ClustersError(key, f"expected a port from 1 to 65535, got 0 in {v!r}")
+    return v.strip()
+
+
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
@@ -372,7 +399,7 @@ def parse(doc: Any) -> ClustersConfig:
         out.append(
             ClusterSpec(
                 name=str(c["name"]),
-                aggregate=str(c["aggregate"]) if c.get("aggregate") else None,
+                aggregate=_aggregate_url(c.get("aggregate"), f"{key}.aggregate"),
                 gateway=_hostport(c.get("gateway"), f"{key}.gateway"),
                 epp=_hostport(c.get("epp"), f"{key}.epp"),
                 epp_tls=bool(c.get("epp_tls", False)),

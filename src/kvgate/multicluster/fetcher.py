@@ -22,6 +22,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -29,6 +30,7 @@ import grpc
 import msgspec
 from aiohttp.abc import AbstractResolver, ResolveResult
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from yarl import URL
 
 from kvgate.aio import cancel_and_wait, stop_to_the_end
 from kvgate.datalayer.aggregate import MAX_RESPONSE_BYTES, PoolAggregate, decode
@@ -40,7 +42,11 @@ from kvgate.multicluster.state import ClusterState
 log = logging.getLogger("kvgate.multicluster.fetcher")
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 # A cluster that comes back is seen within about a second (gRPC's default reconnect back-off grows to 120 s).
-MAX_REFUSING = 1024  # clusters whose refused aggregate's reason is kept (logged once while it stays)
+MAX_FAILING = 1024  # clusters whose failing streak is kept (bounded: clusters come and go with reloads)
+# A failing streak (fetches failing in a row) is logged (WARNING) at this many failed rounds: a single
+# blip (one timeout) says nothing, an aggregate that keeps failing is said within a second at the default
+# ``refresh_s`` (qa34b-F1). An answer refused as no pool's aggregate is said at once (once per reason).
+FETCH_SAID_AFTER = 2
 RECONNECT = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
@@ -111,6 +117,16 @@ class ProbeLookups(AbstractResolver):
         pass
 
 
+@dataclass(slots=True)
+class _Streak:
+    """A cluster's aggregate fetches failing in a row: at ``url`` (a reload that changes it starts a new
+    streak), how many, and the reason logged (None: none yet)."""
+
+    url: str
+    failed: int = 0
+    said: str | None = None
+
+
 class Fetcher:
     """``apply`` (a clusters-file reload) takes new TLS options and interval; the TLS files are also
     re-read every ``cert_check_s`` and the HTTPS client rebuilt when their content changed; the health
@@ -147,10 +163,11 @@ class Fetcher:
         self._used: set[str] = set()  # the targets this round's health checks used
         self.rounds = 0
         # Called with a cluster's name for each answer refused as no pool's aggregate (``_refused``; the
-        # global gateway's ``kvgate_multicluster_aggregates_refused_total``), and each such cluster's
-        # last logged reason.
+        # global gateway's ``kvgate_multicluster_aggregates_refused_total``).
         self.on_refused: Callable[[str], None] | None = None
-        self._refusing: dict[str, str] = {}
+        # Clusters whose aggregate fetches fail now (``_Streak``): a streak says one WARNING (a refused
+        # answer: one per reason) and its end, if it said one, one INFO.
+        self._failing: dict[str, _Streak] = {}
 
     def _new_session(self) -> aiohttp.ClientSession:
         # (host names looked up on the probe's bounded threads, not the loop's default executor: kvhub17;
@@ -217,7 +234,11 @@ class Fetcher:
         if self._session is not None:
             await self._check_tls()
         self._used = set()
-        await asyncio.gather(*(self._one(s) for s in self.states()))
+        states = self.states()
+        if self._failing:  # (a cluster removed, or its URL changed, ends its streak: the next is new)
+            urls = {st.name: st.spec.aggregate for st in states}
+            self._failing = {k: v for k, v in self._failing.items() if urls.get(k) == v.url}
+        await asyncio.gather(*(self._one(s) for s in states))
         await self._close_gone()
         self.rounds += 1
 
@@ -246,25 +267,35 @@ class Fetcher:
             log.debug("aggregate from %s dropped: %s is no longer its aggregate", st.name, url)
         elif isinstance(got, str):
             st.fetch_error = got
+            streak = self._failing.get(st.name)
+            if streak is None:
+                if len(self._failing) >= MAX_FAILING:
+                    self._failing.clear()
+                streak = self._failing[st.name] = _Streak(url)
+            streak.failed += 1
             if refused:
-                self._refused(st.name, got)
+                self._refused(st.name, streak, got)
+            elif streak.said is None and streak.failed >= FETCH_SAID_AFTER:
+                streak.said = got
+                log.warning("aggregate from %s (%s) failed %d times in a row: %s; its last snapshot counts "
+                            "until ttl_s, then the cluster is unknown (logged once until a fetch succeeds)",
+                            st.name, URL(url).with_user(None), streak.failed, got)  # fmt: skip
             else:
                 log.debug("aggregate from %s failed: %s", st.name, got)
         else:
-            if self._refusing.pop(st.name, None) is not None:
+            streak = self._failing.pop(st.name, None)
+            if streak is not None and streak.said is not None:
                 log.info("aggregate from %s taken again", st.name)
             st.set_aggregate(got, self.clock())
 
-    def _refused(self, cluster: str, why: str) -> None:
+    def _refused(self, cluster: str, streak: _Streak, why: str) -> None:
         """An answer refused as no pool's aggregate (``decode``: an impossible one included, qa25 F1): as a
         failed fetch (the last snapshot ages out at ``ttl_s``, then the cluster is unknown), counted
         (``on_refused``) and logged once while the reason stays the same."""
         if self.on_refused is not None:
             self.on_refused(cluster)
-        if self._refusing.get(cluster) != why:
-            if len(self._refusing) >= MAX_REFUSING:  # (bounded: clusters come and go with reloads)
-                self._refusing.clear()
-            self._refusing[cluster] = why
+        if streak.said != why:
+            streak.said = why
             log.warning("aggregate from %s refused (as a failed fetch): %s", cluster, why)
 
     async def _health(self, st: ClusterState) -> None:

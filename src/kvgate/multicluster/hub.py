@@ -365,7 +365,7 @@ class ClusterDirector:
             return  # (no other cluster to send to: backing the last one off would only answer 503)
         log.info("cluster %s: its gateway %s refused or timed out the hub's connection again after a client "
                  "left before its answer, none answered since: backed off", st.name, address)  # fmt: skip
-        st.failed(now)
+        st.failed(now, "its gateway refused or timed out the hub's connection, twice")
 
     def on_cut(
         self,
@@ -396,7 +396,7 @@ class ClusterDirector:
         if st is None:
             return message
         if not headed or not steady:
-            st.failed(self.clock())
+            st.failed(self.clock(), f"cut at limits.{REQUEST_TIMEOUT_KEY}: {what}")
         if not headed and st.name not in self._live_probes:
             with contextlib.suppress(RuntimeError):  # (no loop: nothing to probe with)
                 task = asyncio.get_running_loop().create_task(self._live(st, endpoint.address, fallbacks))
@@ -444,7 +444,7 @@ class ClusterDirector:
                 nxt = self._state(fallbacks[0]) if refused and fallbacks else None
                 if nxt is None:
                     return
-                nxt.failed(self.clock())  # (it held the bound: charged as the primary of a cut)
+                nxt.failed(self.clock(), "held the cut request (the address before it took no connection)")
                 log.info("cluster %s: taken as the one Envoy waited on until the cut (the address before it "
                          "took no connection): charged", nxt.name)  # fmt: skip
                 # One probe per cluster at a time, the walk's too: it moves to the cluster it probes now
@@ -497,7 +497,7 @@ class ClusterDirector:
                 st.succeeded()
                 self._suspect.pop(st.name, None)  # (Envoy reached it: a failed probe was the EPP's view)
             else:
-                st.failed(self.clock())
+                st.failed(self.clock(), f"HTTP {status}" if status else "no answer (unreachable, or no head)")
 
 
 async def connects(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool | None:

@@ -246,7 +246,8 @@ async def lookup(gw: GlobalGateway, request: Request) -> Response | StreamRespon
             except PastDeadline as e:
                 assert deadline is not None
                 if e.sent_at is not None and deadline.owned(e.sent_at):
-                    st.failed(router.clock())  # as a request's cut: it held the larger part, no head
+                    st.failed(router.clock(), "a lookup cut at its bound")  # as a request's cut: it held
+                    # the larger part, no head
                 why = deadline.message(f"cluster {st.name}: {e.outcome}")
                 return json_error(504, f"lookup failed: {why}", code="request_timeout")
             except NoHead as e:
@@ -372,7 +373,7 @@ def _charge(
     """A lookup's answer cut at the bound: its cluster charged (backs off) as a request's would be
     (``serve._Late``: review s20-mc M1), only if it owned the deadline and was not steady."""
     if deadline.owned(sent_at) and (progress is None or not progress.steady()) and clock is not None:
-        st.failed(clock())
+        st.failed(clock(), "a lookup's answer cut at its bound")
 
 
 async def _held(resp: aiohttp.ClientResponse) -> bytes | None:

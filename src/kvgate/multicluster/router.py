@@ -640,12 +640,13 @@ class GlobalRouter:
                     raise
                 except KeptLost as e:
                     if e.status == 504:  # (its timeout, as one relayed)
-                        st.failed(self.clock())
+                        st.failed(self.clock(), "its 504, its answer then lost")
                     raise
                 except PastDeadline as e:
                     assert deadline is not None
                     if e.sent_at is not None and deadline.owned(e.sent_at):
-                        st.failed(self.clock())  # it had the larger part of the time, and sent no head
+                        # (it had the larger part of the time, and sent no head)
+                        st.failed(self.clock(), f"cut at limits.{REQUEST_TIMEOUT_KEY}: {e.outcome}")
                     # (sent, no head yet: the cluster may still run it, so not "request_timeout", which
                     # tells a hub in front of this one that nothing runs here; as ``kvgate serve``'s 504
                     # for a written request past its bound)
@@ -657,7 +658,7 @@ class GlobalRouter:
                                   code=code) from None  # fmt: skip
                 if routed is not None:
                     if routed.status == 504:  # (its timeout, passed on: not a success there)
-                        st.failed(self.clock())
+                        st.failed(self.clock(), "its 504")
                     elif routed.status == 500:  # (a second server's 500: the request's fault, no one's)
                         suspect = None
                     else:
@@ -672,7 +673,7 @@ class GlobalRouter:
                         # if a second server answers it 500 too (qa30 Q6, as ``kvgate serve``'s rule).
                         suspect = st
                     else:
-                        st.failed(self.clock())
+                        st.failed(self.clock(), attempts[-1].outcome if attempts else "")
                 if said is not None:
                     raise said
                 if pinned and st is first:
@@ -693,7 +694,7 @@ class GlobalRouter:
             raise no_route(attempts)
         finally:
             if suspect is not None:
-                suspect.failed(self.clock())
+                suspect.failed(self.clock(), SERVER_500)
 
     async def _try_cluster(
         self,
@@ -1050,7 +1051,7 @@ class GlobalRouter:
             log.info("cluster %s: cut at limits.%s before its head, and its gateway answered no probe "
                      "within %gs: hung", st.name, REQUEST_TIMEOUT_KEY, self.cfg.probe_timeout_s)  # fmt: skip
             if now >= st.down_until:
-                st.failed(now)
+                st.failed(now, "hung: cut before its head, and its gateway answered no probe")
 
         task = asyncio.ensure_future(check())
         self._cut_probes.add(task)

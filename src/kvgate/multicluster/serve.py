@@ -215,11 +215,11 @@ class _Metrics:
     def start(self, model: str, fairness: str) -> tuple[str, str, str, str]:
         """A parsed request in flight (the running families); ``stop`` with what this returns. Its size
         is observed at its end (``request_done`` or ``sized``), under the label it has then (a name a
-        cluster answered with a 2xx may earn its label meanwhile), as ``kvgate epp`` observes it. Its
-        priority is its cluster's to decide (this door reads no objectives): ``priority`` is empty on
-        llm-d's families."""
+        cluster answered with a 2xx may earn its label meanwhile), as ``kvgate epp`` observes it. This door
+        reads no objectives (its clusters decide): ``priority`` is ``0``, the reference's label for a
+        request without one (``strconv.Itoa`` of its unset 0), as the hub EPP's (qa34b note)."""
         label = self.models.label(model)
-        return self.stats.start(label, label, -1, fairness, None)
+        return self.stats.start(label, label, -1, fairness, 0)
 
     def sized(self, model: str, request_bytes: int, flow: tuple[str, str]) -> None:
         """The size of a request no cluster answered (refused, or its client gone before an answer)."""
@@ -404,7 +404,7 @@ class _Late:
         if self.deadline.owned(routed.sent_at) and not self.progress.steady():
             st = self._gw.router.states.get(routed.cluster)
             if st is not None:
-                st.failed(self._gw.clock())
+                st.failed(self._gw.clock(), "its answer cut at limits.requestTimeoutSeconds")
         abort()
 
     def saw(self, chunk: bytes, edge: EventEdge | None) -> None:
@@ -1049,6 +1049,10 @@ def serve_check(cfg: ClustersConfig) -> None:
         )
 
 
+def _count(n: int) -> str:
+    return f"{n} cluster" if n == 1 else f"{n} clusters"
+
+
 def run(args: ServeArgs) -> int:
     """Blocking entry for ``kvgate serve --clusters``; 2 on a bad clusters file."""
     try:
@@ -1080,7 +1084,7 @@ def run(args: ServeArgs) -> int:
             f", admin on {'https' if args.admin_ssl else 'http'}://{args.host}:{gw.admin_port}"
         )  # fmt: skip
         say(f"kvgate serve: global gateway on http://{args.host}:{port}{admin} "
-            f"({len(cfile.config.clusters)} clusters, policy {args.policy}, seed {seed})")  # fmt: skip
+            f"({_count(len(cfile.config.clusters))}, policy {args.policy}, seed {seed})")  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -34,6 +34,7 @@ changes (its snapshot shows that) but its speed does not.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,15 @@ from kvgate.openai.labels import ReportedNames, kept_per_source
 
 FAILURE_BACKOFF_S = 1.0  # a cluster that failed a request (connect error, 5xx) sits out this long, doubling
 FAILURE_BACKOFF_MAX_S = 8.0
+# A failing streak (attempts failing in a row, unbroken by a success) is logged once (WARNING) at this many
+# failures, as ``kvgate serve`` logs an endpoint's ejection at its ``ejectAfterFailures`` (3), or at once
+# when the cluster is found hung, and its end once (INFO); a new streak's WARNING at most once a
+# ``FAILING_SAID_GAP_S`` per cluster (a cluster that flaps between 429s and answers says no line a request).
+FAILING_SAID_AFTER = 3
+FAILING_SAID_GAP_S = 60.0
+
+log = logging.getLogger("kvgate.multicluster")
+
 # The floor tracker: log(floor) moves up FLOOR_STEP x FLOOR_QUANTILE for an answer above it, down
 # FLOOR_STEP x (1 - FLOOR_QUANTILE) for one below, so it settles where FLOOR_QUANTILE of answers are below.
 FLOOR_QUANTILE = 0.1
@@ -173,6 +183,9 @@ class ClusterState:
     failures: int = 0
     down_until: float = 0.0
     backoff_s: float = 0.0
+    # This failing streak's WARNING was logged (``failed``), and when the last one was (clock time).
+    said_failing: bool = False
+    said_failing_at: float = -math.inf
     # Found hung (``GlobalRouter``: a request got no response head while the aggregate, fresh when it was
     # sent, went stale with its fetches failing): the ``fetched_at`` of then. Not ``available`` until an
     # aggregate is fetched again (or a request succeeds there).
@@ -525,12 +538,25 @@ class ClusterState:
             d = max(0.0, now - first)
             self.decode_s = d if self.decode_s is None else self.decode_s + alpha * (d - self.decode_s)
 
-    def failed(self, now: float) -> None:
+    def failed(self, now: float, why: str = "") -> None:
+        """An attempt failed there (``why``: its outcome, for the streak's log line): backs off."""
         self.failures += 1
         self.backoff_s = min(FAILURE_BACKOFF_MAX_S, self.backoff_s * 2 or FAILURE_BACKOFF_S)
         self.down_until = now + self.backoff_s
+        if self.said_failing or (self.failures < FAILING_SAID_AFTER and self.hung_at is None):
+            return
+        if now - self.said_failing_at < FAILING_SAID_GAP_S:
+            return
+        self.said_failing, self.said_failing_at = True, now
+        log.warning("cluster %s failing: %d attempts in a row failed%s (last: %s); backing off (up to %gs at "
+                    "a time) until one succeeds there (logged once until then)", self.name, self.failures,
+                    ", found hung" if self.hung_at is not None else "", why or "unknown",
+                    FAILURE_BACKOFF_MAX_S)  # fmt: skip
 
     def succeeded(self) -> None:
+        if self.said_failing:
+            self.said_failing = False
+            log.info("cluster %s answers again (after %d failed attempts in a row)", self.name, self.failures)
         self.hung_at = None
         self.failures = 0
         self.backoff_s = 0.0
