@@ -100,7 +100,7 @@ async def test_clusters_observes_a_stream_s_chunk_gaps() -> None:
         with contextlib.suppress(Exception):
             await mc.stop()
         await backend.stop()
-    flow = {**M, "fairness_id": "default-flow", "priority": ""}  # (its priority is its cluster's)
+    flow = {**M, "fairness_id": "default-flow", "priority": "0"}  # (no objective read: the unset 0)
     _check_itl(s, flow)
     assert total(s, ITL + "_count") == get(s, ITL + "_count", **flow)
 

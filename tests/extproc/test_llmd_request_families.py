@@ -285,7 +285,7 @@ async def test_clusters_counts_running_requests_and_sizes() -> None:
         with contextlib.suppress(Exception):
             await mc.stop()
         await backend.stop()
-    flow = {**M, "fairness_id": "default-flow", "priority": ""}  # (its priority is its cluster's)
+    flow = {**M, "fairness_id": "default-flow", "priority": "0"}  # (no objective read: the unset 0)
     assert get(held, "inference_objective_running_requests", model_name="m") == 1
     assert get(held, "llm_d_epp_request_running", **flow) == 1
     assert get(after, "inference_objective_running_requests", model_name="m") == 0
