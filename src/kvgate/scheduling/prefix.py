@@ -149,6 +149,12 @@ class PrefixIndex:
         self._addr_of: dict[int, str] = {}
         self._bits: dict[str, int] = {}  # address -> 1 << slot (one shared int object per endpoint)
         self._free: list[int] = []
+        # ``match``'s set-up for the last address list it was given (that list, the slots' mask, slot ->
+        # position), kept while the list and the slots stay the same: the candidates change per refresh,
+        # not per pick. A slot given or freed (``_ensure``, ``remove_endpoint``) drops it.
+        self._match_addrs: list[str] = []
+        self._match_alive = 0
+        self._match_pos: dict[int, int] = {}
         self._lru: dict[str, OrderedDict[int, int]] = {}  # address -> hash -> touch number, oldest first
         self._seq = 0  # the last touch number given
         self._cap: dict[str, int] = {}
@@ -180,6 +186,7 @@ class PrefixIndex:
         if lru is None:
             slot = self._free.pop() if self._free else len(self._slot)
             self._slot[address] = slot
+            self._match_addrs = []
             self._bits[address] = 1 << slot
             self._addr_of[slot] = address
             lru = self._lru[address] = OrderedDict()
@@ -331,14 +338,18 @@ class PrefixIndex:
     def match(self, hashes: Sequence[int], addresses: Sequence[str]) -> list[int]:
         """Leading blocks of ``hashes`` each address holds, aligned with ``addresses``."""
         out = [0] * len(addresses)
-        slot = self._slot
-        pos: dict[int, int] = {}
-        alive = 0
-        for i, a in enumerate(addresses):
-            s = slot.get(a)
-            if s is not None:
-                alive |= 1 << s
-                pos[s] = i
+        if addresses == self._match_addrs:  # (a list's ``==`` in C; a tuple never equals it: set up anew)
+            alive, pos = self._match_alive, self._match_pos
+        else:
+            slot = self._slot
+            pos = {}
+            alive = 0
+            for i, a in enumerate(addresses):
+                s = slot.get(a)
+                if s is not None:
+                    alive |= 1 << s
+                    pos[s] = i
+            self._match_addrs, self._match_alive, self._match_pos = list(addresses), alive, pos
         if not alive:
             return out
         get = self._rev.get
@@ -395,6 +406,7 @@ class PrefixIndex:
         if lru is None:
             return
         slot = self._slot.pop(address)
+        self._match_addrs = []
         del self._addr_of[slot]
         del self._bits[address]
         self._cap.pop(address, None)

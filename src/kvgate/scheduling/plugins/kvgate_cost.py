@@ -122,6 +122,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import islice
+from operator import itemgetter
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.framework import (
@@ -392,12 +393,15 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         get = held.get
         # Fewest uncached tokens among these candidates (a filter may have removed the best holder):
         # what is lost by going elsewhere is the prefix beyond that.
+        best_ep: Endpoint | None = None  # (the first most held: ``_waiting_on_prefix``'s holder)
         if matched:
-            most = get(endpoints[0].address, 0)  # (``max``'s first most held, by a loop: no generator)
+            best_ep = endpoints[0]
+            most = get(best_ep.address, 0)  # (``max``'s first most held, by a loop: no generator)
             for ep in endpoints:
                 h = get(ep.address, 0)
                 if h > most:
                     most = h
+                    best_ep = ep
             best_uncached = p - most * per_block
         else:
             best_uncached = p - 0.0
@@ -408,7 +412,10 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # (``_waiting_on_prefix`` is 0 without a match or a waiting request: not called then)
         if self.shared_copy and matched and self._waiting:
             tail_shared = []
-            share = 1.0 / (1 + self._waiting_on_prefix(cycle, endpoints, matched, tail_shared))
+            # The best holder found above is ``_waiting_on_prefix``'s (the first most held) where ``held``
+            # is ``matched``: it gets that one alone, not the 64-candidate search again.
+            holders = (best_ep,) if held is matched and best_ep is not None else endpoints
+            share = 1.0 / (1 + self._waiting_on_prefix(cycle, holders, matched, tail_shared))
         # burstTail: a match of the whole hashed window is extrapolated over the prompt's unhashed tail,
         # as if the tail were cached too. When requests with this head are waiting at the holder (a
         # burst), the tail is compared with theirs: past the part they share, it is this request's own
@@ -599,6 +606,14 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         waiting = self._waiting_at.get(best)
         if not waiting:
             return 0
+        if tail_shared is None or not self.burst_tail or self.precise is not None:
+            # Only the count (no request ids): each request's key at this depth taken and counted in C.
+            # A prompt shorter than ``depth`` raises IndexError: then the scan below, which skips it.
+            try:
+                at_depth = map(itemgetter(depth - 1), islice(reversed(waiting.values()), WAITING_SCAN))
+                return list(at_depth).count(key)
+            except IndexError:
+                pass
         recent = islice(reversed(waiting.items()), WAITING_SCAN)
         same = [rid for rid, h in recent if len(h) >= depth and h[depth - 1] == key]
         if same and tail_shared is not None and self.burst_tail and self.precise is None:
@@ -667,7 +682,10 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             if keys:
                 self._forget(req.request_id)  # picked again (a retry): only the latest pick waits
                 self._waiting[req.request_id] = endpoint.address
-                compact = array("Q", [k & _U64 for k in keys])
+                try:  # (the keys as they are, no list of masked ints, where they fit 64 bits unsigned)
+                    compact = array("Q", keys)
+                except OverflowError:  # (a key outside 0..2**64-1: its low 64 bits, as the scan compares)
+                    compact = array("Q", [k & _U64 for k in keys])
                 self._waiting_at.setdefault(endpoint.address, {})[req.request_id] = compact
                 if self.burst_tail and self.precise is None:
                     m = prefix_match(cycle)
