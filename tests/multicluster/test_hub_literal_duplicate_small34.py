@@ -1,9 +1,10 @@
 """small34 (a): two clusters whose gateways are literally one address (the same IP address and port, however
 spelt, or the same host name) are refused by the hub EPP (``kvgate epp --clusters``) at the start, exit 2
-naming the key and both clusters, and at a reload, which keeps the last good file. Before, the file loaded
-and the hub's store (keyed by address) kept the first cluster with a WARNING, the other never picked
-(session 33, rev-c33-F3). Names that only resolve alike stay a WARNING (``test_hub_gateway_names``). Each
-refusal test fails on f6b7eae9."""
+naming the key and both clusters, and at a reload, which keeps the last good file. Before, one string or
+one name in two cases loaded and the hub's store (keyed by address) kept the first cluster with a WARNING,
+the other never picked (session 33, rev-c33-F3); other spellings of one IP address were two endpoints at one
+gateway, both picked (rev-a34-F2). Names that only resolve alike stay a WARNING
+(``test_hub_gateway_names``). Each refusal test fails on f6b7eae9."""
 
 from __future__ import annotations
 
