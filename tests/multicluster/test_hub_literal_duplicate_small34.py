@@ -86,7 +86,12 @@ async def test_kvgate_epp_refuses_it_at_the_start(tmp_path: Path) -> None:
         "--grpc-health-port", "0", "--metrics-port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    try:
+        out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    finally:
+        if proc.returncode is None:  # (it took the file and serves: not left running past the test)
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 2, out
     assert "clusters[1].gateway" in out and "east" in out and "west" in out and "Traceback" not in out, out
 
