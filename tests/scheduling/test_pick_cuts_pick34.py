@@ -3,24 +3,22 @@
 - ``PrefixIndex.match`` keeps its address set-up while the address list and the slots stay the same:
   checked against a plain walk of each endpoint's LRU over random adds, removals (slots freed and given
   again) and address lists that repeat, change and shrink.
-- The cost scorer's count-only burst scan (``_waiting_on_prefix`` without ``tail_shared``: the keys at
-  the matched depth counted in C) gives the request-id scan's count, with waiting prompts shorter than the
-  depth (its fallback) and keys outside 0..2**64-1 (``on_picked``'s masked fallback).
+- The cost scorer's ``on_picked`` keeps each waiting request's keys as their low 64 bits, packed without a
+  list of masked ints where they fit (keys past 64 bits: the masked list, as before).
 """
 
 from __future__ import annotations
 
 import random
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from kvgate.config.director import build_director
-from kvgate.datalayer.endpoint import Endpoint
-from kvgate.scheduling.framework import CycleState
 from kvgate.scheduling.plugins import prefix_cache
-from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+from kvgate.scheduling.plugins.kvgate_cost import _U64, KVGateCostScorer
 from kvgate.scheduling.prefix import PrefixIndex
 from kvgate.scheduling.types import InferenceRequest
 
@@ -68,57 +66,29 @@ def test_match_keeps_its_setup_only_while_addresses_and_slots_stay() -> None:
     assert hits > 100  # (the kept set-up was used, not only rebuilt)
 
 
-class _Both:
-    """Wraps a cost scorer's ``_waiting_on_prefix``: each call also runs the request-id scan (the
-    ``burstTail`` path, whose ``same`` list is the scan as before) and records both counts."""
-
-    def __init__(self, scorer: KVGateCostScorer) -> None:
-        self.scorer = scorer
-        self.inner = scorer._waiting_on_prefix
-        self.pairs: list[tuple[int, int]] = []
-
-    def __call__(
-        self,
-        cycle: CycleState,
-        endpoints: Sequence[Endpoint],
-        matched: dict[str, int],
-        tail_shared: list[int] | None = None,
-    ) -> int:
-        counted = self.inner(cycle, endpoints, matched, None)
-        s = self.scorer
-        s.burst_tail = True  # (its scan lists the request ids; no tail data here: tail_shared unused)
-        try:
-            scanned = self.inner(cycle, endpoints, matched, [])
-        finally:
-            s.burst_tail = False
-        self.pairs.append((counted, scanned))
-        return counted
-
-
 @pytest.mark.parametrize("wide", [False, True])
-def test_count_only_burst_scan_counts_as_the_scan(wide: bool, monkeypatch: Any) -> None:
-    if wide:
-        # Keys past 2**64 - 1: ``on_picked`` keeps their low 64 bits, as the scan compares them.
-        real = prefix_cache.block_hashes
-        monkeypatch.setattr(
-            prefix_cache, "block_hashes", lambda *a, **k: [h + (1 << 64) for h in real(*a, **k)]
-        )
+def test_waiting_keys_packed_as_their_low_64_bits(wide: bool, monkeypatch: Any) -> None:
+    """``on_picked`` packs the prompt's keys into the ``'Q'`` array directly, the masked list only for a
+    key past 64 bits: either way each waiting request keeps its keys' low 64 bits, what the burst scan
+    compares with the prompt's key (also masked)."""
+    seen: list[list[int]] = []
+    real = prefix_cache.block_hashes
+
+    def hashes(*a: Any, **k: Any) -> list[int]:
+        got = [h + (1 << 64) if wide else h for h in real(*a, **k)]
+        seen.append(got)
+        return got
+
+    monkeypatch.setattr(prefix_cache, "block_hashes", hashes)
     d = build_director("kvgate", fleet(4), clock=lambda: 0.0, seed=0)
     scorer = next(p for p in d.handle.plugins.values() if isinstance(p, KVGateCostScorer))
-    both = _Both(scorer)
-    scorer._waiting_on_prefix = both  # type: ignore[method-assign]
-    rng = random.Random(7)
-    heads = [f"tenant {g} system prompt " * 30 for g in range(3)]
-    for i in range(400):
-        # Prompts of one head at different lengths: waiting requests shorter than a later match's depth.
-        head = rng.choice(heads)
-        text = head[: rng.randint(200, len(head))] + f" q{i}"
-        r = InferenceRequest(f"r{i}", "m", prompt_text=text, max_tokens=100)
-        d.pick(r)  # (never answered: the holders' waiting lists grow past the 128 scanned)
-    pairs = both.pairs
-    assert pairs and all(c == s for c, s in pairs), [p for p in pairs if p[0] != p[1]][:5]
-    assert max(c for c, _ in pairs) >= 20  # bursts were counted, not only zeros
-    kept = [h for w in scorer._waiting_at.values() for h in w.values()]
-    assert len({len(h) for h in kept}) > 5  # waiting prompts of many lengths (the short ones' fallback)
-    if wide:
-        assert prefix_cache.block_hashes("m", "x" * 256, 64)[0] >> 64 == 1  # (the wide keys were in use)
+    head = "tenant system prompt " * 30
+    for i in range(40):
+        d.pick(InferenceRequest(f"r{i}", "m", prompt_text=head[: 200 + 10 * i] + f" q{i}", max_tokens=100))
+    kept = {rid: h for w in scorer._waiting_at.values() for rid, h in w.items()}
+    assert len(kept) == 40 and len(seen) == 40
+    for i, keys in enumerate(seen):
+        h = kept[f"r{i}"]
+        assert isinstance(h, array) and h.typecode == "Q"
+        assert list(h) == [k & _U64 for k in keys]
+    assert wide == any(k >> 64 for k in seen[0])  # (the wide keys were in use)

@@ -122,7 +122,6 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import islice
-from operator import itemgetter
 
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.scheduling.framework import (
@@ -606,14 +605,6 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         waiting = self._waiting_at.get(best)
         if not waiting:
             return 0
-        if tail_shared is None or not self.burst_tail or self.precise is not None:
-            # Only the count (no request ids): each request's key at this depth taken and counted in C.
-            # A prompt shorter than ``depth`` raises IndexError: then the scan below, which skips it.
-            try:
-                at_depth = map(itemgetter(depth - 1), islice(reversed(waiting.values()), WAITING_SCAN))
-                return list(at_depth).count(key)
-            except IndexError:
-                pass
         recent = islice(reversed(waiting.items()), WAITING_SCAN)
         same = [rid for rid, h in recent if len(h) >= depth and h[depth - 1] == key]
         if same and tail_shared is not None and self.burst_tail and self.precise is None:
