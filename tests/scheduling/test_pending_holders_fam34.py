@@ -115,15 +115,6 @@ def test_a_removed_endpoint_drops_its_pending_picks() -> None:
     assert not scorer._pending and not scorer._pending_at
 
 
-def test_common_depth_of_chained_hashes() -> None:
-    from kvgate.scheduling.plugins.prefix_cache import _common_depth
-
-    assert _common_depth([1, 2, 3], [1, 2, 3, 4]) == 3
-    assert _common_depth([1, 2, 3], [1, 2, 9]) == 2
-    assert _common_depth([1], [2]) == 0
-    assert _common_depth([], [1]) == 0
-
-
 def test_the_producer_passes_it_on() -> None:
     got = ApproxPrefixCacheProducer.scorer_parameters(Params({"pendingHolders": True}, "p"))
     assert got["pendingHolders"] is True

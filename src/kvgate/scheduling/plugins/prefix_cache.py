@@ -14,7 +14,6 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 import xxhash
@@ -70,9 +69,9 @@ MAX_CLAIMS = 8192
 # from the prompt's average characters per token, so it acts only when the engine held less than this
 # share of what the index claimed (one block less, as for token ids, is left to the estimate's error).
 TEXT_SHARE = 0.5
-# pendingHolders: a later pick compares its prompt with at most this many of an endpoint's most recent
-# pending picks (a burst is recent): O(log blocks) each, by the chain (equal at depth d = equal before it).
-PENDING_SCAN = 64
+# pendingHolders: at most this many (block, endpoint) entries in the pending map (~75 bytes each: ~40 MB),
+# on top of MAX_CLAIMS picks; past it the oldest pending picks are forgotten (review rev-b34 F3).
+MAX_PENDING_KEYS = 1 << 19
 
 
 @dataclass(slots=True)
@@ -98,17 +97,96 @@ class _Pending:
     filler: int
 
 
-def _common_depth(a: Sequence[int], b: Sequence[int]) -> int:
-    """Leading blocks two chained hash lists share: equal at depth ``d`` means equal before it, so a
-    binary search finds it in O(log n) comparisons."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[mid - 1] == b[mid - 1]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+class _PendingPicks:
+    """pendingHolders' state, shared by a reload's old and new scorer (the old one's requests still finish
+    through it, review rev-b34 F6). ``held``: per endpoint, how many of its pending picks name each block
+    hash. One map for every pick: the hashes are chained (a block's hash names every block before it), so
+    an endpoint's pending depth for a prompt is one binary search of the prompt's hashes in it, O(log
+    blocks) lookups per endpoint however many picks are pending (review rev-b34 F3: a scan per pick cost
+    O(endpoints x 64 x log blocks)). ``parked``: picks whose request ended at its endpoint without a first
+    token (a failure, a resend on a new connection, Envoy's fallback to another address): no holder, but a
+    first token of the same request, wherever it comes, still records it there (review rev-b34 F4)."""
+
+    __slots__ = ("held", "keys", "parked", "picks")
+
+    def __init__(self) -> None:
+        self.picks: OrderedDict[str, _Pending] = OrderedDict()  # request id -> its pending pick
+        self.parked: OrderedDict[str, _Pending] = OrderedDict()
+        self.held: dict[str, dict[int, int]] = {}  # endpoint -> block hash -> pending picks naming it
+        self.keys = 0  # entries in ``held``, all endpoints (MAX_PENDING_KEYS)
+
+    def clear(self) -> None:
+        self.picks.clear()
+        self.parked.clear()
+        self.held.clear()
+        self.keys = 0
+
+    def hold(self, request_id: str, p: _Pending) -> None:
+        self.drop(request_id)  # picked again (a retry): only the latest pick is pending
+        self.picks[request_id] = p
+        c = self.held.get(p.address)
+        if c is None:
+            c = self.held[p.address] = {}
+        n, get = len(c), c.get
+        for h in p.hashes:  # (a plain loop: faster than Counter.update or map/zip chains, measured)
+            c[h] = get(h, 0) + 1
+        self.keys += len(c) - n
+        while len(self.picks) > MAX_CLAIMS or self.keys > MAX_PENDING_KEYS:  # a door that never reports
+            self.drop(next(iter(self.picks)))
+
+    def _unhold(self, p: _Pending) -> None:
+        c = self.held.get(p.address)
+        if c is None:
+            return
+        n, get = len(c), c.get
+        for h in p.hashes:
+            k = get(h, 0) - 1
+            if k > 0:
+                c[h] = k
+            else:
+                c.pop(h, None)  # (the last pick naming it)
+        self.keys -= n - len(c)
+        if not c:
+            del self.held[p.address]
+
+    def drop(self, request_id: str) -> _Pending | None:
+        """Forget ``request_id``'s pick, pending or parked (returned)."""
+        p = self.picks.pop(request_id, None)
+        if p is not None:
+            self._unhold(p)
+            return p
+        return self.parked.pop(request_id, None)
+
+    def park(self, request_id: str) -> None:
+        p = self.picks.pop(request_id, None)
+        if p is not None:
+            self._unhold(p)
+            self.parked[request_id] = p
+            if len(self.parked) > MAX_CLAIMS:
+                self.parked.popitem(last=False)
+
+    def drop_endpoint(self, address: str) -> None:
+        if address in self.held:
+            for rid in [rid for rid, p in self.picks.items() if p.address == address]:
+                self.drop(rid)
+
+    def depth(self, hashes: Sequence[int], address: str, known: int) -> int:
+        """How deep ``address``'s pending picks share ``hashes``' head, or ``known`` when not deeper."""
+        c = self.held.get(address)
+        n = len(hashes)
+        if c is None or known >= n:
+            return known
+        lo = known or 1
+        if hashes[lo - 1] not in c:  # (the chain: a block held means every block before it is)
+            return known
+        hi = n
+        while lo < hi:
+            mid = (lo + hi + 1) >> 1
+            if hashes[mid - 1] in c:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
 
 @dataclass(slots=True)
@@ -303,10 +381,9 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         # pendingHolders (off): a pick's blocks enter the index at its first token, not at the pick;
         # until then the endpoint is a pending holder, matched by later picks as the same depth (they
         # will hit once its prefill has run, as the engine shares a computed block) but forgotten if the
-        # request fails first. request id -> pending pick; per endpoint, request id -> its hashes.
+        # request fails first.
         self.pending_holders = pending_holders
-        self._pending: OrderedDict[str, _Pending] = OrderedDict()
-        self._pending_at: dict[str, dict[str, array[int]]] = {}
+        self._pend = _PendingPicks()
         # The engine's reported cached prompt tokens correct the index (``on_usage``). Off by default,
         # in the ``kvgate`` policy too: measured no better (docs/benchmarks/fleet-cached-feedback.md).
         self.cached_feedback = cached_feedback
@@ -356,7 +433,10 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         """What ``parameters`` (checked at load) set, spelling aside: ``blockSize: 64`` and
         ``blockSizeTokens: 16`` are the same scorer. A reload keeps a prefix index, and ``--workers``
         gossip layouts agree, by these (review s27-rev-fixes27a F4)."""
-        return cls._settings(Params(dict(parameters), ""))
+        out = cls._settings(Params(dict(parameters), ""))
+        # (when a block enters the index, not what one means: a reload toggling it keeps the index)
+        del out["pending_holders"]
+        return out
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> PrefixCacheScorer:
@@ -373,6 +453,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         """Serve from ``other``'s index (a config reload's new picker, this scorer's parameters unchanged:
         what the old one learnt keeps routing). Both then read and write the same index."""
         self.index = other.index
+        self._pend = other._pend  # (its requests in flight still settle in it: review rev-b34 F6)
         self._chunk_tokens = other._chunk_tokens
         self._cap_blocks()
 
@@ -384,8 +465,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         if change.kind == "removed":
             self.index.remove_endpoint(change.endpoint.address)
             self._running.pop(change.endpoint.address, None)
-            for rid in list(self._pending_at.get(change.endpoint.address, ())):
-                self._drop_pending(rid)
+            self._pend.drop_endpoint(change.endpoint.address)
 
     def _block_tokens(self, endpoints: Sequence[Endpoint]) -> int:
         if self.auto_tune:
@@ -412,6 +492,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         if tokens != self._chunk_tokens:
             # The servers' block size changed what a block is: old hashes can never match again.
             self.index.clear()
+            self._pend.clear()  # (picks keyed the old way: committed, they could never match)
             self._chunk_tokens = tokens
             self._cap_blocks()
         req = cycle.request
@@ -459,7 +540,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             for a, n in zip(addrs, self.index.match(hashes, addrs), strict=True):
                 if n:
                     matched[a] = n
-        if hashes and self._pending_at:
+        if hashes and self._pend.held and self.pending_holders:
             self._match_pending(hashes, endpoints, matched)
         overflow = len(hashes) == self.max_blocks and len(data) > window
         # (positional: a keyword argument costs a generated ``__init__`` ~0.1 us more, once per pick)
@@ -475,21 +556,15 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
     ) -> None:
         """pendingHolders: an endpoint whose pending pick shares this prompt's head deeper than the index
         knows matches that deep: this request, sent there, finds those blocks once that prefill has run
-        (its wait for it is in the endpoint's pending prefill tokens, where the cost reads it)."""
-        pending_at = self._pending_at
+        (its wait for it is in the endpoint's pending prefill tokens, where the cost scorer reads it)."""
+        pend = self._pend
         for ep in endpoints:
-            waits = pending_at.get(ep.address)
-            if not waits:
-                continue
-            best = matched.get(ep.address, 0)
-            if best >= len(hashes):
-                continue
-            for theirs in islice(reversed(waits.values()), PENDING_SCAN):
-                d = _common_depth(theirs, hashes)
-                if d > best:
-                    best = d
-            if best:
-                matched[ep.address] = best
+            a = ep.address
+            if a in pend.held:
+                known = matched.get(a, 0)
+                d = pend.depth(hashes, a, known)
+                if d > known:
+                    matched[a] = d
 
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
         m = prefix_match(cycle)
@@ -518,7 +593,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         if self.cached_feedback:
             self._remember(cycle.request, endpoint.address, m)
         if self.pending_holders:
-            self._hold(
+            self._pend.hold(
                 cycle.request.request_id, _Pending(endpoint.address, array("Q", m.hashes), cap, filler)
             )
         else:
@@ -540,29 +615,25 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
 
     # -- pendingHolders: a pick's blocks are the endpoint's once its prefill has run -----------------------
 
-    def _hold(self, request_id: str, p: _Pending) -> None:
-        self._drop_pending(request_id)  # picked again (a retry): only the latest pick is pending
-        self._pending[request_id] = p
-        self._pending_at.setdefault(p.address, {})[request_id] = p.hashes
-        if len(self._pending) > MAX_CLAIMS:  # a door that never reports: forget the oldest
-            self._drop_pending(next(iter(self._pending)))
+    @property
+    def _pending(self) -> OrderedDict[str, _Pending]:
+        """Request id -> its pick, pending at its endpoint (tests)."""
+        return self._pend.picks
 
-    def _drop_pending(self, request_id: str) -> _Pending | None:
-        p = self._pending.pop(request_id, None)
-        if p is not None:
-            at = self._pending_at.get(p.address)
-            if at is not None:
-                at.pop(request_id, None)
-                if not at:
-                    del self._pending_at[p.address]
-        return p
+    @property
+    def _pending_at(self) -> dict[str, dict[int, int]]:
+        """Endpoint -> its pending picks' blocks (tests)."""
+        return self._pend.held
 
-    def _settle(self, request: InferenceRequest, endpoint: Endpoint, ran: bool) -> None:
-        """The pending pick's prefill ran at ``endpoint`` (``ran``: its blocks enter the index) or it
-        ended before (dropped: the engine computed nothing the index should credit)."""
-        p = self._drop_pending(request.request_id)
-        if p is not None and ran and p.address == endpoint.address:
-            self._commit(request, p.address, p.hashes, p.capacity, p.filler)
+    def _ran(self, request: InferenceRequest, endpoint: Endpoint) -> None:
+        """The request's prefill ran at ``endpoint`` (its first token, or the engine's usage for a reply
+        read whole): its pending (or parked) pick's blocks are that endpoint's, wherever it was picked
+        for (a resend, Envoy's fallback: review rev-b34 F4)."""
+        p = self._pend.drop(request.request_id)
+        if p is None:
+            return
+        cap = p.capacity if p.address == endpoint.address else endpoint.metrics.num_gpu_blocks
+        self._commit(request, endpoint.address, p.hashes, cap, p.filler)
 
     # -- cachedTokensFeedback: the engine's word on what it held corrects the index -----------------------
 
@@ -603,15 +674,20 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
             running.popitem(last=False)
 
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
-        if self._pending:
-            self._settle(request, endpoint, True)
+        if self._pend.picks or self._pend.parked:
+            self._ran(request, endpoint)
 
     def on_finished(
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
     ) -> None:
-        if self._pending:
-            # Still pending: a reply read whole (no first token told) ran its prefill if it succeeded.
-            self._settle(request, endpoint, ok)
+        if self._pend.picks or self._pend.parked:
+            # Still pending: no first token came, nor the engine's usage (``on_usage``: a reply read whole
+            # that succeeded). Ended well (a 4xx, the client gone after the head): the engine computed
+            # nothing, forgotten. Failed: parked, a resend's first token may follow (rev-b34 F1, F2, F4).
+            if ok:
+                self._pend.drop(request.request_id)
+            else:
+                self._pend.park(request.request_id)
         running = self._running.get(endpoint.address)
         if running is not None and running.pop(request.request_id, None) is not None and not running:
             del self._running[endpoint.address]
@@ -624,6 +700,8 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         every free block it last used earlier: the index forgets, for that endpoint, every entry touched
         at or before block ``j`` was, but those of picks still running there (blocks in use). Entries
         touched since (this pick's own blocks among them: the engine has just computed them) stay."""
+        if (self._pend.picks or self._pend.parked) and (usage.prompt_tokens or usage.completion_tokens):
+            self._ran(request, endpoint)  # (the engine's usage: its prefill ran; rev-b34 F1)
         if not usage.cached_reported:
             return  # (0 would mean unknown, not "nothing cached")
         claim = self._claims.pop(request.request_id, None)
