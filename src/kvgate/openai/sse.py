@@ -119,7 +119,7 @@ class SSEScanner:
     def feed(self, chunk: bytes) -> bytes:
         out = bytearray()
         body: bytes = chunk
-        if self._cr:
+        if self._cr and chunk:  # (an empty chunk between the CR and its LF changes nothing: rev-c34 F3)
             self._cr = False
             if chunk[:1] == b"\n":
                 # Where its CR went (a held event's line, or out), never an empty line of its own: that
