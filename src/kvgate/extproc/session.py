@@ -53,7 +53,7 @@ from kvgate.openai.request import (
     ParsedBody,
     RequestPolicy,
     inference_request,
-    kind_for_path,
+    kind_for_suffix,
     parse_body,
     server_priority,
 )
@@ -519,7 +519,8 @@ class Session:
         return []
 
     def _kind(self) -> str:
-        return kind_for_path(self.request_headers.get(":path", ""))
+        # (by suffix, as the openai-parser claims its paths: ``extproc.parsers``)
+        return kind_for_suffix(self.request_headers.get(":path", ""))
 
     def _finish_request(self, *, trailers: bool) -> list[pb.ProcessingResponse]:
         self._body_finished = True

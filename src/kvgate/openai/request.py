@@ -539,6 +539,20 @@ def kind_for_path(path: str) -> str:
     return _KIND_BY_PATH.get(path.split("?", 1)[0].rstrip("/"), OTHER)
 
 
+def kind_for_suffix(path: str) -> str:
+    """``kind_for_path``, else the kind of the longest table path ``path`` ends with at a ``/``: how
+    ``kvgate epp``'s ``openai-parser`` claims its paths, by suffix as llm-d-router's parsers do
+    (``request.MatchPathSuffix``), so ``/openai/v1/chat/completions`` (a route that keeps a prefix) is a
+    chat completion (rev-b34 F7). The front doors route the exact paths only (``kind_for_path``)."""
+    p = path.split("?", 1)[0].rstrip("/")
+    kind = _KIND_BY_PATH.get(p)
+    i = p.find("/", 1)
+    while kind is None and i != -1:  # (longest suffix first; a table path starts with "/")
+        kind = _KIND_BY_PATH.get(p[i:])
+        i = p.find("/", i + 1)
+    return OTHER if kind is None else kind
+
+
 def _token_ids(value: list[Any], param: str) -> list[int] | None:
     """``value`` as token ids, None when it is not an all-int list; out-of-range ids are a 400."""
     if not value:
