@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from kvgate.config.director import build_director
 from kvgate.config.gateway import GatewayConfigError, PoolConfig
-from kvgate.config.picker import EndpointPickerConfig, parse_config
+from kvgate.config.picker import FALLBACK_PARSERS, EndpointPickerConfig, parse_config
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import ENGINE_LABELS, LLMD_ENGINE_LABEL, EndpointStore, make_endpoint
@@ -75,6 +75,12 @@ def picker_spec(cfg: PoolConfig, *, announce: bool = False) -> EndpointPickerCon
             log.warning("pool %s: endpointPickerConfig.%s %r not applied: kvgate serve names a pod's engine "
                         "by its %s label, else %s (kvgate epp applies the key)", cfg.name, path, label,
                         *ENGINE_LABELS)  # fmt: skip
+    if announce and (fallback := next((t for t in spec.parsers if t in FALLBACK_PARSERS), None)):
+        # (the doors' rule: what kvgate cannot honour is one WARNING line, rev-b34 F8)
+        log.warning("pool %s: endpointPickerConfig requestHandler.parsers %s not applied: kvgate serve "
+                    "parses the paths it routes as OpenAI bodies and answers 404 for the others "
+                    "(/v1/audio/* included); kvgate epp applies it (docs/epp.md, 'Request parsers')",
+                    cfg.name, fallback)  # fmt: skip
     return spec
 
 
