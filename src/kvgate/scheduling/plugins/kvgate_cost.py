@@ -797,11 +797,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         for c in costs:
             if c > lo and (c - lo) / 2 < step:
                 step = (c - lo) / 2
+        if cycle.explain:  # (the tied candidates only: an untied one's fill was not read; rev-c34 F2)
+            shown = {ep.address: f for ep, f, c in zip(endpoints, fills, costs, strict=True) if c == lo}
+            add_explanation(cycle, "tieFill", shown)
         for i, c in enumerate(costs):
             if c == lo:
                 costs[i] = lo + (fills[i] - least) * step
-        if cycle.explain:
-            add_explanation(cycle, "tieFill", {ep.address: f for ep, f in zip(endpoints, fills, strict=True)})
         return lo
 
     def score(self, cycle: CycleState, endpoints: Sequence[Endpoint]) -> list[float]:
