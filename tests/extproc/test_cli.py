@@ -35,11 +35,17 @@ async def _launch(*args: str) -> tuple[asyncio.subprocess.Process, dict[str, int
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+    except BaseException:  # (a late ready line, a cancel: the child must not outlive the test)
+        proc.kill()
+        await proc.wait()
+        raise
     m = READY.search(line)
     if m is None:
         proc.kill()
         err = await proc.stderr.read() if proc.stderr else b""
+        await proc.wait()
         raise AssertionError(f"not ready: {line!r} {err.decode()[-2000:]}")
     return proc, {"grpc": int(m[1]), "health": int(m[2]), "metrics": int(m[3])}
 
@@ -56,7 +62,12 @@ async def _stop(proc: asyncio.subprocess.Process) -> int:
     if proc.returncode is not None:  # it died on its own: report that code, not a lookup error
         return proc.returncode
     proc.send_signal(signal.SIGTERM)
-    return await asyncio.wait_for(proc.wait(), 30)
+    try:
+        return await asyncio.wait_for(proc.wait(), 30)
+    except BaseException:  # (it did not stop: killed, not left running past the test)
+        proc.kill()
+        await proc.wait()
+        raise
 
 
 async def test_plaintext_serves_health_metrics_and_picks(upstreams: list[str]) -> None:

@@ -50,7 +50,7 @@ async def test_the_first_token_through_ext_proc_makes_the_pod_a_holder(start_epp
     epp = await start_epp([A, B], policy=str(POLICY))
     _, scorer = _index(epp)
     headers, raw = _request(PROMPT + "first question")
-    async with Exchange(epp.stub, timeout=10) as ex:
+    async with Exchange(epp.stub) as ex:
         out = await ex.send_request(headers, raw)
         pod = out.destination
         assert pod in (A, B)
@@ -69,7 +69,7 @@ async def test_a_request_the_pod_fails_before_its_first_token_leaves_no_holder(s
     epp = await start_epp([A, B], policy=str(POLICY))
     _, scorer = _index(epp)
     headers, raw = _request(PROMPT + "first question")
-    async with Exchange(epp.stub, timeout=10) as ex:
+    async with Exchange(epp.stub) as ex:
         out = await ex.send_request(headers, raw)
         pod = out.destination
         assert pod in scorer._pending_at

@@ -23,7 +23,7 @@ async def test_F2_a_client_gone_after_the_head_before_the_first_token_leaves_no_
     epp = await start_epp([A, B], policy=str(POLICY))
     _, scorer = _index(epp)
     headers, raw = _request(PROMPT + "first question")
-    async with Exchange(epp.stub, timeout=10) as ex:
+    async with Exchange(epp.stub) as ex:
         pod = (await ex.send_request(headers, raw)).destination
         assert pod in scorer._pending_at
         await ex.send_response_headers(200, {"content-type": "text/event-stream"}, served=pod)
@@ -42,7 +42,7 @@ async def test_F4b_the_served_pod_of_envoys_fallback_holds_the_blocks(start_epp:
     epp = await start_epp([A, B], policy=str(POLICY))
     _, scorer = _index(epp)
     headers, raw = _request(PROMPT + "first question")
-    async with Exchange(epp.stub, timeout=10) as ex:
+    async with Exchange(epp.stub) as ex:
         pod = (await ex.send_request(headers, raw)).destination
         other = B if pod == A else A
         await ex.send_response_headers(200, {"content-type": "text/event-stream"}, served=other)

@@ -34,7 +34,12 @@ class EppProc:
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        return await asyncio.wait_for(self.proc.wait(), 30)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), 30)
+        except BaseException:  # (it did not stop: killed, not left running past the test)
+            self.proc.kill()
+            await self.proc.wait()
+            raise
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")

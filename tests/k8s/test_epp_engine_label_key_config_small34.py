@@ -123,6 +123,11 @@ async def test_two_extractors_naming_different_labels_are_refused() -> None:
         "--plaintext", "--port", "0", "--grpc-health-port", "0", "--metrics-port", "0", "--config-text", text,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    try:
+        out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    finally:
+        if proc.returncode is None:  # (timed out or cancelled: the child must not outlive the test)
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 2, out
     assert "plugins[3].parameters.engineLabelKey: 'example.com/b'" in out and "plugins[2]" in out, out

@@ -89,7 +89,12 @@ async def test_both_doors_refuse_it_at_start_exit_2(tmp_path: Path, door: str) -
         sys.executable, "-m", "kvgate.cli", *DOORS[door], "--clusters", str(f),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(os.environ),
     )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:  # (it took the file and serves: not left running past the test)
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 2, (proc.returncode, out, err)
     assert b"clusters[0].aggregate" in err and b"no scheme" in err, err
 
