@@ -32,6 +32,7 @@ class Calls:
     dispatched: list[tuple[str, str]] = field(default_factory=list)
     first_token: list[tuple[str, str]] = field(default_factory=list)
     finished: list[tuple[str, str, Any, bool]] = field(default_factory=list)
+    prefilled: list[tuple[str, str]] = field(default_factory=list)
     requests: list[InferenceRequest] = field(default_factory=list)
 
 
@@ -53,6 +54,12 @@ class RecordingPicker:
     def on_first_token(self, req: InferenceRequest, endpoint: Endpoint, learn: bool = True) -> None:
         self.calls.first_token.append((req.request_id, endpoint.address))
         self.inner.on_first_token(req, endpoint, learn=learn)
+
+    def on_prefilled(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+        self.calls.prefilled.append((req.request_id, endpoint.address))
+        prefilled = getattr(self.inner, "on_prefilled", None)  # (the hub's director has none)
+        if prefilled is not None:
+            prefilled(req, endpoint)
 
     def on_finished(self, req: InferenceRequest, endpoint: Endpoint, usage: Any, ok: bool) -> None:
         self.calls.finished.append((req.request_id, endpoint.address, usage, ok))

@@ -944,6 +944,12 @@ class Session:
         # ``kvgate serve``'s usage does (review s23-qa F1); the token metrics still read usage only.
         scanner = self._scanner
         learned = scanner.learned_usage() if isinstance(scanner, CountingScanner) else self.usage
+        if ok and self._first_token and self.usage is None:
+            # A 200 with output (a whole reply's head, a passthrough's bytes) whose usage was not read:
+            # its prefill ran all the same (review rev-d34 F2; the hub's director has no such hook).
+            prefilled = getattr(self.ctx.director, "on_prefilled", None)
+            if prefilled is not None:
+                prefilled(self.request, self.endpoint)
         self.ctx.director.on_finished(self.request, self.endpoint, learned, ok)
         conv = self.request.conversation
         # (kept only whole: vLLM stores a streamed response at its end, a cut one never)

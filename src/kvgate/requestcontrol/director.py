@@ -173,6 +173,10 @@ class Director:
         self._usage_observers = [
             p for p in self._observers if getattr(p.on_usage, "__func__", None) is not noop
         ]
+        noop = ResponseObserver.on_prefilled
+        self._prefill_observers = [
+            p for p in self._observers if getattr(p.on_prefilled, "__func__", None) is not noop
+        ]
         # Flow control (feature gate): requests wait here at saturation; None = pick at once.
         self.flow = (
             FlowDispatcher(
@@ -856,6 +860,14 @@ class Director:
         now = self.clock()
         for obs in self._usage_observers:
             obs.on_usage(req, endpoint, usage, now)
+
+    def on_prefilled(self, req: InferenceRequest, endpoint: Endpoint) -> None:
+        """A 2xx reply whose usage the door did not read (too large to hold, passed through): the engine
+        ran its prefill (``ResponseObserver.on_prefilled``); before ``on_finished``."""
+        if self._prefill_observers:
+            now = self.clock()
+            for obs in self._prefill_observers:
+                obs.on_prefilled(req, endpoint, now)
 
     def _batch(self, endpoint: Endpoint, now: float) -> float:
         """Sequences decoding on ``endpoint``: this picker's own count, or the fresh scraped running count

@@ -302,6 +302,11 @@ class ResponseObserver(Plugin):
         ``on_finished``), e.g. the prompt tokens it found cached (``usage.cached_reported``). Optional:
         the default ignores it."""
 
+    def on_prefilled(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        """The engine ran this request's prefill at ``endpoint``, known only by its 2xx reply (no first
+        token it timed, no usage read: ``kvgate epp`` passes a reply it does not hold unread, review
+        rev-d34 F2), before ``on_finished``. Optional: the default ignores it."""
+
 
 class TTFTEstimate(NamedTuple):
     """A predicted time to first token on one endpoint, in seconds from dispatch."""

@@ -69,8 +69,9 @@ MAX_CLAIMS = 8192
 # from the prompt's average characters per token, so it acts only when the engine held less than this
 # share of what the index claimed (one block less, as for token ids, is left to the estimate's error).
 TEXT_SHARE = 0.5
-# pendingHolders: at most this many (block, endpoint) entries in the pending map (~75 bytes each: ~40 MB),
-# on top of MAX_CLAIMS picks; past it the oldest pending picks are forgotten (review rev-b34 F3).
+# pendingHolders: at most this many (block, endpoint) entries in the pending map (~80 bytes each: ~42 MB),
+# on top of MAX_CLAIMS picks; past it the oldest pending picks are parked: no longer pending holders, still
+# recorded at their first token (review rev-b34 F3, rev-d34 F4).
 MAX_PENDING_KEYS = 1 << 19
 
 
@@ -131,8 +132,12 @@ class _PendingPicks:
         for h in p.hashes:  # (a plain loop: faster than Counter.update or map/zip chains, measured)
             c[h] = get(h, 0) + 1
         self.keys += len(c) - n
-        while len(self.picks) > MAX_CLAIMS or self.keys > MAX_PENDING_KEYS:  # a door that never reports
+        while len(self.picks) > MAX_CLAIMS:  # a door that never reports
             self.drop(next(iter(self.picks)))
+        while self.keys > MAX_PENDING_KEYS:
+            # Out of the map (no longer a pending holder), not forgotten: its first token still records
+            # it, as a failed pick's (~2,048 picks of 256 distinct blocks fill it; review rev-d34 F4).
+            self.park(next(iter(self.picks)))
 
     def _unhold(self, p: _Pending) -> None:
         c = self.held.get(p.address)
@@ -676,6 +681,10 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
     def on_first_token(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
         if self._pend.picks or self._pend.parked:
             self._ran(request, endpoint)
+
+    def on_prefilled(self, request: InferenceRequest, endpoint: Endpoint, now: float) -> None:
+        if self._pend.picks or self._pend.parked:
+            self._ran(request, endpoint)  # (a 2xx whose usage the door did not read: rev-d34 F2)
 
     def on_finished(
         self, request: InferenceRequest, endpoint: Endpoint, output_tokens: int, ok: bool, now: float
