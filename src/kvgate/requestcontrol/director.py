@@ -173,9 +173,10 @@ class Director:
         self._usage_observers = [
             p for p in self._observers if getattr(p.on_usage, "__func__", None) is not noop
         ]
-        noop = ResponseObserver.on_prefilled
         self._prefill_observers = [
-            p for p in self._observers if getattr(p.on_prefilled, "__func__", None) is not noop
+            p
+            for p in self._observers
+            if getattr(p.on_prefilled, "__func__", None) is not ResponseObserver.on_prefilled
         ]
         # Flow control (feature gate): requests wait here at saturation; None = pick at once.
         self.flow = (
