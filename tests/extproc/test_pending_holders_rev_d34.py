@@ -28,11 +28,17 @@ async def test_a_whole_200_reply_records_the_prefill_it_ran(start_epp: StartEpp,
     epp = await start_epp([A, B], policy=str(POLICY), max_buffered_response=limit)
     _, scorer = _index(epp)
     headers, raw = _whole_request(PROMPT + "first question")
-    body = orjson.dumps({
-        "id": "c", "object": "text_completion", "model": "m",
-        "choices": [{"index": 0, "text": "Hi there, a long enough answer " * 4, "finish_reason": "length"}],
-        "usage": {"prompt_tokens": 400, "completion_tokens": 4, "total_tokens": 404},
-    })
+    body = orjson.dumps(
+        {
+            "id": "c",
+            "object": "text_completion",
+            "model": "m",
+            "choices": [
+                {"index": 0, "text": "Hi there, a long enough answer " * 4, "finish_reason": "length"}
+            ],
+            "usage": {"prompt_tokens": 400, "completion_tokens": 4, "total_tokens": 404},
+        }
+    )
     async with Exchange(epp.stub) as ex:
         pod = (await ex.send_request(headers, raw)).destination
         assert pod in scorer._pending_at
@@ -44,4 +50,3 @@ async def test_a_whole_200_reply_records_the_prefill_it_ran(start_epp: StartEpp,
         await ex.read()
     assert len(epp.picker.calls.finished) == 1 and epp.picker.calls.finished[0][3]  # ok: a 200
     assert _held(epp, pod) == 23, "the engine ran this prefill (a 200), the index records it nowhere"
-
