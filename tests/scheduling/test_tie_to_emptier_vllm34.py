@@ -58,7 +58,7 @@ def test_cold_first_requests_of_equal_tenants_split_evenly_on_an_idle_fleet() ->
     # Over 12 picker seeds: every run puts 4 tenants on each server. The random draw alone gives a 4/4
     # split in 27% of runs (70/256), so 12 in a row without the tie-break would be ~1.6e-7.
     for seed in range(12):
-        d, _ = _kvgate({}, seed)
+        d, _ = _kvgate({"tieToEmptier": True}, seed)
         got = _first_requests(d, seed)
         assert sorted(got.values()) == [4, 4], (seed, got)
 
@@ -72,12 +72,21 @@ def test_tie_to_emptier_off_draws_as_before() -> None:
     assert any(s != [4, 4] for s in splits)
 
 
+def test_the_default_policy_leaves_ties_to_the_draw() -> None:
+    # Off by default (session 34: not validated as a default; docs/scheduling.md): the default policy's
+    # first requests split as the random draw does, not 4/4 on every seed.
+    splits = [sorted(_first_requests(_kvgate({}, seed)[0], seed).values()) for seed in range(12)]
+    assert any(s != [4, 4] for s in splits)
+
+
 def test_cold_request_goes_where_the_engine_reported_fewer_blocks() -> None:
     # The precise profile (``--kv-events auto``): the index's blocks come from the engines' events.
     doc = precise_policy("", bind=False)
     for plugin in doc["plugins"]:
         if plugin["type"] == "precise-prefix-cache-scorer":
             plugin["parameters"]["indexName"] = "tie-to-emptier-vllm34"  # not shared with other tests
+        if plugin["type"] == "kvgate-cost-scorer":
+            plugin["parameters"]["tieToEmptier"] = True
     store = EndpointStore([ep("10.0.2.0:8000"), ep("10.0.2.1:8000")])
     for seed in range(8):
         d = build_director(doc, store, clock=lambda: 0.0, seed=seed)
@@ -130,7 +139,7 @@ def test_the_tie_break_never_passes_a_higher_cost() -> None:
     # at most half the way to 100.4, so it still costs less than the third; the emptier one stays at 100.
     from kvgate.scheduling.plugins.kvgate_cost import TIE_TOKENS, KVGateCostScorer
 
-    d, _ = _kvgate({}, 0)
+    d, _ = _kvgate({"tieToEmptier": True}, 0)
 
     scorer = d.handle.find(KVGateCostScorer)
     assert isinstance(scorer, KVGateCostScorer)

@@ -116,8 +116,8 @@ def parser() -> argparse.ArgumentParser:
         "--engine-label-key",
         default=None,
         metavar="KEY",
-        help="the one pod label that names its engine, as the reference EPP's flag (default: "
-        f"{' else '.join(ENGINE_LABELS)})",
+        help="the one pod label that names its engine, as the reference EPP's flag; over the config's "
+        f"engineLabelKey (default: the config's engineLabelKey, else {' else '.join(ENGINE_LABELS)})",
     )
     src.add_argument(
         "--adapter", action="append", default=[], help="LoRA adapter name the pool serves (repeatable)"

@@ -95,13 +95,13 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   per replica in constant work per candidate, which failed its own pre-registered rule for the default
   (docs/benchmarks.md "Session 20").
 
-- ``tieToEmptier`` (on): candidates tied at the lowest cost (an idle fleet's cold prompt: nothing held,
-  nothing in flight, vLLM's KV use back at 0 between requests) go to the one whose cache the prefix source
-  believes emptier (its entries, with the precise source its engine-reported blocks and pending pick
-  credit, over its capacity): sglang cache_aware's "smallest tree" for a request under its cache
-  threshold, as a tie-break only (at most ``TIE_TOKENS``, and never past a higher cost). Without it the
-  picker's random draw placed each tenant's first request, and on a 2-server real-vLLM run 7 of 8
-  tenants landed on one server, which then evicted them (docs/benchmarks/realvllm.md section 4.22).
+- ``tieToEmptier`` (off; docs/scheduling.md says why): candidates tied at the lowest cost (an idle fleet's
+  cold prompt: nothing held, nothing in flight, vLLM's KV use back at 0 between requests) go to the one
+  whose cache the prefix source believes emptier (its entries, with the precise source its engine-reported
+  blocks and pending pick credit, over its capacity): sglang cache_aware's "smallest tree" for a request
+  under its cache threshold, as a tie-break only (at most ``TIE_TOKENS``, and never past a higher cost).
+  Without it the picker's random draw placed each tenant's first request, and on a 2-server real-vLLM run 7
+  of 8 tenants landed on one server, which then evicted them (docs/benchmarks/realvllm.md section 4.22).
   Equally full candidates are still drawn at random.
 
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
@@ -237,7 +237,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         cold_spread_decode_heavy: bool = False,
         eviction_price: bool = False,
         copy_by_wait: bool = False,
-        tie_to_emptier: bool = True,
+        tie_to_emptier: bool = False,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -314,7 +314,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             cold_spread_decode_heavy=params.get_bool("coldSpreadDecodeHeavy", False),
             eviction_price=params.get_bool("evictionPrice", False),
             copy_by_wait=params.get_bool("copyByWait", False),
-            tie_to_emptier=params.get_bool("tieToEmptier", True),
+            tie_to_emptier=params.get_bool("tieToEmptier", False),
         )
         params.finish()
         if s.cold_spread_decode_heavy and not s.cold_spread:
