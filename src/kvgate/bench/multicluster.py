@@ -176,7 +176,7 @@ class MultiClusterSim:
         for g in range(cfg.gateways):
             states = {
                 d.name: ClusterState(
-                    ClusterSpec(d.name, gateway=f"{d.name}-gw:80", rtt_ms=d.rtt_ms, priority=i)
+                    ClusterSpec(d.name, gateway=f"{d.name}-gw:80", rtt_ms=d.rtt_ms, priority=i), quiet=True
                 )
                 for i, d in enumerate(cfg.clusters)
             }

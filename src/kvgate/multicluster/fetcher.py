@@ -120,11 +120,13 @@ class ProbeLookups(AbstractResolver):
 @dataclass(slots=True)
 class _Streak:
     """A cluster's aggregate fetches failing in a row: at ``url`` (a reload that changes it starts a new
-    streak), how many, and the reason logged (None: none yet)."""
+    streak), how many, the failure logged and the refusal reason logged (None: none yet; kept apart, so a
+    refused answer does not hide the failing fetches after it, rev-e34-F2)."""
 
     url: str
     failed: int = 0
     said: str | None = None
+    refused: str | None = None
 
 
 class Fetcher:
@@ -284,7 +286,7 @@ class Fetcher:
                 log.debug("aggregate from %s failed: %s", st.name, got)
         else:
             streak = self._failing.pop(st.name, None)
-            if streak is not None and streak.said is not None:
+            if streak is not None and (streak.said is not None or streak.refused is not None):
                 log.info("aggregate from %s taken again", st.name)
             st.set_aggregate(got, self.clock())
 
@@ -294,8 +296,8 @@ class Fetcher:
         (``on_refused``) and logged once while the reason stays the same."""
         if self.on_refused is not None:
             self.on_refused(cluster)
-        if streak.said != why:
-            streak.said = why
+        if streak.refused != why:
+            streak.refused = why
             log.warning("aggregate from %s refused (as a failed fetch): %s", cluster, why)
 
     async def _health(self, st: ClusterState) -> None:

@@ -447,10 +447,15 @@ class ClusterDirector:
                 if self.states.get(st.name) is st:
                     if st.fetched_at is not None:
                         st.hung_at = st.fetched_at
+                    how = "took no connection" if refused else "answered no probe"
                     log.info("cluster %s: cut at limits.%s before its head, and its gateway %s %s within "
-                             "%gs: hung", st.name, REQUEST_TIMEOUT_KEY, address,
-                             "took no connection" if refused else "answered no probe",
+                             "%gs: hung", st.name, REQUEST_TIMEOUT_KEY, address, how,
                              self.cfg.probe_timeout_s)  # fmt: skip
+                    # (charged at the cut, before this was known: the streak's WARNING now, rev-e34-F3)
+                    st.found_hung(
+                        self.clock(),
+                        f"cut at limits.{REQUEST_TIMEOUT_KEY} before its head, and its gateway {how}",
+                    )
                 nxt = self._state(fallbacks[0]) if refused and fallbacks else None
                 if nxt is None:
                     return

@@ -92,6 +92,7 @@ from kvgate.multicluster.clusters import (
     ClustersError,
     ClusterSpec,
     ParentRef,
+    _aggregate_url,
     _hostport,
     install_id,
 )
@@ -761,13 +762,13 @@ class ImportController:
         out: list[ClusterSpec] = []
         for cluster, pool in sorted(self.exported.get(key, {}).items()):
             m = members[cluster]
-            gateway, epp, health = self._addresses(cluster, key, pool)
+            gateway, epp, health, aggregate = self._addresses(cluster, key, pool)
             if gateway is None and epp is None:
                 continue  # exported, but kvgate has no address to reach it by
             out.append(
                 ClusterSpec(
                     name=cluster,
-                    aggregate=_ann(pool, AGGREGATE_ANN),
+                    aggregate=aggregate,
                     gateway=gateway,
                     epp=epp,
                     health=health,
@@ -778,11 +779,12 @@ class ImportController:
         return tuple(out)
 
     def _addresses(self, member: str, key: Key, pool: Mapping[str, Any]) -> tuple[str | None, ...]:
-        """The pool's gateway, EPP and health addresses, each None when absent or not an address (a port
-        outside 1-65535, a malformed host: the clusters file's rules, kvhub17): such an annotation is
-        ignored, logged (WARNING) once per value, naming it, as a clusters file refuses it."""
+        """The pool's gateway, EPP and health addresses and aggregate URL, each None when absent or not an
+        address (a port outside 1-65535, a malformed host, an aggregate URL without http(s)://: the clusters
+        file's rules, kvhub17, rev-e34-F1): such an annotation is ignored, logged (WARNING) once per value,
+        naming it, as a clusters file refuses it."""
         out: list[str | None] = []
-        for ann in (GATEWAY_ANN, EPP_ANN, HEALTH_ANN):
+        for ann in (GATEWAY_ANN, EPP_ANN, HEALTH_ANN, AGGREGATE_ANN):
             address, why = _address(pool, ann)
             raw = _ann(pool, ann)
             if why is not None and raw is not None and self._bad_said.get((member, key, ann)) != raw:
@@ -827,15 +829,16 @@ def _ann(pool: Mapping[str, Any], key: str) -> str | None:
 
 
 def _address(pool: Mapping[str, Any], key: str) -> tuple[str | None, str | None]:
-    """A host:port annotation (``kvgate.io/gateway``, ``/epp``, ``/health``) checked as the clusters file
-    checks its keys (kvhub17: before, read as it was, a port past 65535 or a malformed host reached the
-    router and the probe): (the address, None); (None, why: the error naming the annotation) when it is
-    not one; (None, None) when absent or empty."""
+    """A host:port annotation (``kvgate.io/gateway``, ``/epp``, ``/health``), or the ``/aggregate`` URL,
+    checked as the clusters file checks its keys (kvhub17: before, read as it was, a port past 65535 or a
+    malformed host reached the router and the probe; rev-e34-F1: a URL without its scheme reached the
+    fetcher): (the address, None); (None, why: the error naming the annotation) when it is not one;
+    (None, None) when absent or empty."""
     raw = _ann(pool, key)
     if raw is None:
         return None, None
     try:
-        return _hostport(raw, key), None
+        return (_aggregate_url(raw, key) if key == AGGREGATE_ANN else _hostport(raw, key)), None
     except ClustersError as e:
         return None, str(e)
 

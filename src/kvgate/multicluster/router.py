@@ -1050,8 +1050,10 @@ class GlobalRouter:
             now = self.clock()
             log.info("cluster %s: cut at limits.%s before its head, and its gateway answered no probe "
                      "within %gs: hung", st.name, REQUEST_TIMEOUT_KEY, self.cfg.probe_timeout_s)  # fmt: skip
+            why = "hung: cut before its head, and its gateway answered no probe"
             if now >= st.down_until:
-                st.failed(now, "hung: cut before its head, and its gateway answered no probe")
+                st.failed(now, why)
+            st.found_hung(now, why)  # (the cut charged it, the probe came inside its back-off: said here)
 
         task = asyncio.ensure_future(check())
         self._cut_probes.add(task)

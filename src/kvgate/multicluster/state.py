@@ -186,6 +186,9 @@ class ClusterState:
     # This failing streak's WARNING was logged (``failed``), and when the last one was (clock time).
     said_failing: bool = False
     said_failing_at: float = -math.inf
+    # Logs no streak (a fleet simulator's virtual gateway, rev-e34-F4: its virtual clock's losses are the
+    # run's subject, not a cluster an operator must look at).
+    quiet: bool = False
     # Found hung (``GlobalRouter``: a request got no response head while the aggregate, fresh when it was
     # sent, went stale with its fetches failing): the ``fetched_at`` of then. Not ``available`` until an
     # aggregate is fetched again (or a request succeeds there).
@@ -543,15 +546,22 @@ class ClusterState:
         self.failures += 1
         self.backoff_s = min(FAILURE_BACKOFF_MAX_S, self.backoff_s * 2 or FAILURE_BACKOFF_S)
         self.down_until = now + self.backoff_s
-        if self.said_failing or (self.failures < FAILING_SAID_AFTER and self.hung_at is None):
-            return
-        if now - self.said_failing_at < FAILING_SAID_GAP_S:
+        if self.failures >= FAILING_SAID_AFTER or self.hung_at is not None:
+            self._say_failing(now, why, self.hung_at is not None)
+
+    def found_hung(self, now: float, why: str) -> None:
+        """A probe found it hung after its attempt was charged (the cut's ``failed``, hung not known then):
+        the streak's WARNING at once (once a streak, at most once a gap), not charged again (rev-e34-F3:
+        a hung cluster is left out, so no 3rd failure came to say it)."""
+        self._say_failing(now, why, True)
+
+    def _say_failing(self, now: float, why: str, hung: bool) -> None:
+        if self.quiet or self.said_failing or now - self.said_failing_at < FAILING_SAID_GAP_S:
             return
         self.said_failing, self.said_failing_at = True, now
         log.warning("cluster %s failing: %d attempts in a row failed%s (last: %s); backing off (up to %gs at "
                     "a time) until one succeeds there (logged once until then)", self.name, self.failures,
-                    ", found hung" if self.hung_at is not None else "", why or "unknown",
-                    FAILURE_BACKOFF_MAX_S)  # fmt: skip
+                    ", found hung" if hung else "", why or "unknown", FAILURE_BACKOFF_MAX_S)  # fmt: skip
 
     def succeeded(self) -> None:
         if self.said_failing:
