@@ -944,9 +944,11 @@ class Session:
         # ``kvgate serve``'s usage does (review s23-qa F1); the token metrics still read usage only.
         scanner = self._scanner
         learned = scanner.learned_usage() if isinstance(scanner, CountingScanner) else self.usage
-        if ok and self._first_token and self.usage is None:
+        if ok and self.usage is None and (self._first_token or not self._response_bodies):
             # A 200 with output (a whole reply's head, a passthrough's bytes) whose usage was not read:
-            # its prefill ran all the same (review rev-d34 F2; the hub's director has no such hook).
+            # its prefill ran all the same (review rev-d34 F2; the hub's director has no such hook). With
+            # no response body sent to the EPP (Envoy's ``response_body_mode: NONE``) a 200's head is all
+            # there is: counted as complete, as the response metrics count it (rev-f34 F1).
             prefilled = getattr(self.ctx.director, "on_prefilled", None)
             if prefilled is not None:
                 prefilled(self.request, self.endpoint)

@@ -552,7 +552,10 @@ class ClusterState:
     def found_hung(self, now: float, why: str) -> None:
         """A probe found it hung after its attempt was charged (the cut's ``failed``, hung not known then):
         the streak's WARNING at once (once a streak, at most once a gap), not charged again (rev-e34-F3:
-        a hung cluster is left out, so no 3rd failure came to say it)."""
+        a hung cluster is left out, so no 3rd failure came to say it). Not after a success there meanwhile
+        (no streak to say: rev-f34 F2)."""
+        if self.failures == 0:
+            return
         self._say_failing(now, why, True)
 
     def _say_failing(self, now: float, why: str, hung: bool) -> None:
