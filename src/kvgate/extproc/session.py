@@ -477,9 +477,9 @@ class Session:
             # unique one, as ``kvgate serve``'s: a client's id may be shared (a tracing id a mesh
             # propagates, or reused to hide load; qa34a F1). The client's goes upstream unchanged.
             self._picker_id = f"{_PICKER_PREFIX}-{next(_picker_seq):x}"
+        # (a path the passthrough-parser reads: its answer passes unread, a body-less POST is routed)
+        self._passthrough = self.ctx.parsers.passthrough(self.request_headers.get(":path", ""))
         if msg.request_headers.end_of_stream:
-            # (a path the passthrough-parser reads: its answer passes unread, a body-less POST is routed)
-            self._passthrough = self.ctx.parsers.passthrough(self.request_headers.get(":path", ""))
             if (
                 self._kind() != OTHER
                 and self.request_headers.get(":method") == "POST"
@@ -527,7 +527,7 @@ class Session:
         # No copy: orjson reads the bytearray and the re-chunking slices it (one copy per chunk).
         raw = self._body
         self._body = bytearray()
-        if self.ctx.parsers.passthrough(self.request_headers.get(":path", "")):
+        if self._passthrough:
             self._release()  # (raw lives only until this call returns)
             return self._passthrough_request(raw, trailers=trailers)
         if worth_the_thread(raw):  # (its parse would stall every other stream: ``parse_pending``)
@@ -576,7 +576,6 @@ class Session:
         """llm-d-router's ``passthrough-parser``: the body is not read, so the pick has no prompt (the
         prefix and token scorers see none), the model is the ``x-gateway-model-name`` header's (the body
         is not rewritten), and the answer is passed through unread (no usage, no model put back)."""
-        self._passthrough = True
         model = self.request_headers.get("x-gateway-model-name", "")
         parsed = ParsedBody(OTHER, {}, model, body_bytes=len(raw))
         self._request_bytes = len(raw)
@@ -806,12 +805,11 @@ class Session:
             sets[keys.CONFORMANCE_SERVED] = served or (self.endpoint.address if self.endpoint else "")
         if self._client_model is not None and self.status == 200:
             removes.append("content-length")  # the body's length changes when the model is put back
-        if self._passthrough:
-            pass  # (its answer passes unread: ``_on_response_body``)
-        elif self.streaming:
-            self._scanner = CountingScanner(rewrite_to=self._client_model if self.status == 200 else None)
-        else:
-            self._resp_buf = bytearray()
+        if not self._passthrough:  # (a passthrough's answer passes unread: ``_on_response_body``)
+            if self.streaming:
+                self._scanner = CountingScanner(rewrite_to=self._client_model if self.status == 200 else None)
+            else:
+                self._resp_buf = bytearray()
         if self._responses and 200 <= self.status < 300:
             self._ids = ResponseIdReader(self.streaming)
         if self.status == 200 and not self.streaming:
