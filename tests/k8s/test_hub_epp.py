@@ -129,3 +129,28 @@ async def test_hub_epp_routes_to_the_clusters_that_export_the_followed_import(
     finally:
         await epp.stop()
     assert "Traceback" not in epp.logs(), epp.logs()[-3000:]
+
+
+async def test_hub_epp_names_one_cluster_per_literal_gateway_address_from_the_import(
+    three: tuple[Kubectl, Kubectl, Kubectl], tmp_path: Path
+) -> None:
+    """small35 (a): west's pool names east's gateway in another spelling (a leading-zero port). Before, both
+    were fed to the hub: two endpoints at one gateway, picked in turn. Now west's is ignored with a WARNING
+    (as a clusters file naming it twice is refused), until west names a gateway of its own."""
+    hub, east, west = three
+    await east.run("create", "-f", "-", stdin=_pool(EAST, exported=True))
+    await west.run("create", "-f", "-", stdin=_pool("10.1.0.2:08080", exported=True))
+    clusters = _clusters_file(tmp_path, hub.server, east.server, west.server)
+    epp = await launch_epp(None, tmp_path / "epp.log", "--clusters", str(clusters),
+                           "--cluster-policy", "round-robin")  # fmt: skip
+    try:
+        await _until(lambda: _exporters(hub), "east west", "the import's exporters")
+        await _until(lambda: _destinations(epp), {EAST}, "destinations")
+        assert "of member west: its annotation kvgate.io/gateway '10.1.0.2:08080' is the address of " \
+               "member east's" in epp.logs(), epp.logs()[-3000:]  # fmt: skip
+        await west.run("annotate", "--overwrite", POOL, "llama", f"kvgate.io/gateway={WEST}")
+        await _until(lambda: _destinations(epp), {EAST, WEST}, "destinations")
+        assert await epp.stop() == 0
+    finally:
+        await epp.stop()
+    assert "Traceback" not in epp.logs(), epp.logs()[-3000:]

@@ -40,6 +40,7 @@ import ipaddress
 import logging
 import math
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,6 +361,29 @@ def idna_host(host: str) -> str:
     from yarl import URL
 
     return URL.build(scheme="http", host=host).raw_host or ""
+
+
+def gateway_literal(gateway: str) -> tuple[str, int]:
+    """A gateway as the address the hub names for it, however spelt: an IP address in one spelling
+    (``[::1]`` and ``[0::1]``, an IPv4-mapped IPv6 address as its IPv4 one, an IPv4 address in a form the
+    resolver reads as one, ``127.1``, ``2130706433``, ``0x7f.0.0.1``), a host name as it is looked up
+    (``idna_host``, lower case: ``bücher.example`` is ``xn--bcher-kva.example``, rev-a34 F3); the port as a
+    number (``08080`` is 8080). A trailing dot keeps a name apart (a search domain may tell them apart)."""
+    host, _, port = gateway.rpartition(":")
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+            host[1:-1] if host.startswith("[") else host
+        )
+    except ValueError:
+        try:  # (a name to ``ipaddress``, but getaddrinfo reads it as inet_aton does: no lookup)
+            ip = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            try:
+                return idna_host(host).lower(), int(port)
+            except ValueError:  # (a name IDNA refuses was refused at parse; kept as written)
+                return host.lower(), int(port)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip), int(port)
 
 
 def _is_host(host: str) -> bool:

@@ -37,6 +37,7 @@ from kvgate.multicluster.clusters import (
     ClustersConfig,
     ClustersError,
     ClusterSpec,
+    gateway_literal,
     idna_host,
 )
 from kvgate.multicluster.policies import ClusterRequest, KvgatePolicy, Policy, make_policy, prompt_key
@@ -110,40 +111,17 @@ def bound_warning(cfg: ClustersConfig, fallbacks: bool | None = None) -> str | N
             "'The hub EPP's request bound')")  # fmt: skip
 
 
-def _literal(gateway: str) -> tuple[str, int]:
-    """A gateway as the address the hub names for it, however spelt: an IP address in one spelling
-    (``[::1]`` and ``[0::1]``, an IPv4-mapped IPv6 address as its IPv4 one, an IPv4 address in a form the
-    resolver reads as one, ``127.1``, ``2130706433``, ``0x7f.0.0.1``), a host name as it is looked up
-    (``idna_host``, lower case: ``bücher.example`` is ``xn--bcher-kva.example``, rev-a34 F3); the port as a
-    number (``08080`` is 8080). A trailing dot keeps a name apart (a search domain may tell them apart)."""
-    host, _, port = gateway.rpartition(":")
-    try:
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
-            host[1:-1] if host.startswith("[") else host
-        )
-    except ValueError:
-        try:  # (a name to ``ipaddress``, but getaddrinfo reads it as inet_aton does: no lookup)
-            ip = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            try:
-                return idna_host(host).lower(), int(port)
-            except ValueError:  # (a name IDNA refuses was refused at parse; kept as written)
-                return host.lower(), int(port)
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    return str(mapped or ip), int(port)
-
-
 def hub_check(cfg: ClustersConfig) -> None:
     """What the hub EPP refuses in a clusters file that parses (``ClustersFile.check``: exit 2 at the start,
     the last good file kept at a reload): two clusters whose gateways are literally one address
-    (``_literal``: the same IP address and port, however spelt, or the same host name as the hub looks it
-    up). The hub's store is keyed by address, so one of them could never be picked. Names that only
+    (``gateway_literal``: the same IP address and port, however spelt, or the same host name as the hub
+    looks it up). The hub's store is keyed by address, so one of them could never be picked. Names that only
     resolve alike stay a WARNING (``ClusterDirector.apply``)."""
     seen: dict[tuple[str, int], tuple[int, ClusterSpec]] = {}
     for i, spec in enumerate(cfg.clusters):
         if spec.gateway is None:
             continue
-        first = seen.setdefault(_literal(spec.gateway), (i, spec))
+        first = seen.setdefault(gateway_literal(spec.gateway), (i, spec))
         if first[1] is not spec:
             j, other = first
             raise ClustersError(

@@ -94,6 +94,7 @@ from kvgate.multicluster.clusters import (
     ParentRef,
     _aggregate_url,
     _hostport,
+    gateway_literal,
     install_id,
 )
 
@@ -226,6 +227,8 @@ class ImportController:
     _orphans_said: set[Key] = field(default_factory=set)  # label-only imports with no CREATED_FOR, logged
     # (member, import, annotation) -> the unusable address last logged for it (``_addresses``): once each
     _bad_said: dict[tuple[str, Key, str], str] = field(default_factory=dict)
+    # (member, import) -> the gateway (and its first holder) last logged as another member's (``_say_shared``)
+    _shared_said: dict[tuple[str, Key], str] = field(default_factory=dict)
 
     async def start(self) -> None:
         for m in self.members:
@@ -614,6 +617,10 @@ class ImportController:
                 return ("False", f"no {GATEWAY_ANN} annotation on the pool exported by " + ", ".join(missing)
                                  + " (the gateway routes in Parent mode only)"
                                  + _unusable(pools, missing, (GATEWAY_ANN,)))  # fmt: skip
+            if shared := _shared_gateways(pools):
+                named = ", ".join(f"{c} is {first}'s" for c, first in shared.items())
+                return ("False", f"the {GATEWAY_ANN} address of {named} (one cluster per gateway address: "
+                                 "the gateway routes in Parent mode only)")  # fmt: skip
             return ("True", "every exporting cluster's gateway address is known")
         missing = [c for c, pool in pools if not _addressed(pool)]
         if missing:
@@ -760,9 +767,17 @@ class ImportController:
     def clusters_for(self, key: Key) -> tuple[ClusterSpec, ...]:
         members = {m.name: m for m in self.members}
         out: list[ClusterSpec] = []
-        for cluster, pool in sorted(self.exported.get(key, {}).items()):
+        pools = sorted(self.exported.get(key, {}).items())
+        shared = _shared_gateways(pools) if self.parent_mode_only else {}
+        for cluster, pool in pools:
             m = members[cluster]
             gateway, epp, health, aggregate = self._addresses(cluster, key, pool)
+            if (first := shared.get(cluster)) is not None:
+                self._say_shared(cluster, key, first, gateway)
+                gateway = None  # (the hub EPP names one cluster per gateway address: the first by name)
+            elif self._shared_said.pop((cluster, key), None) is not None:
+                log.info("InferencePool %s/%s of member %s: its %s annotation is its own again", *key,
+                         cluster, GATEWAY_ANN)  # fmt: skip
             if gateway is None and epp is None:
                 continue  # exported, but kvgate has no address to reach it by
             out.append(
@@ -795,6 +810,17 @@ class ImportController:
                 self._bad_said.pop((member, key, ann), None)
             out.append(address)
         return tuple(out)
+
+    def _say_shared(self, member: str, key: Key, first: str, gateway: str | None) -> None:
+        """A WARNING once per (member, import, gateway value): this member's gateway is ``first``'s."""
+        said = f"{gateway} {first}"
+        if self._shared_said.get((member, key)) == said:
+            return
+        self._shared_said[(member, key)] = said
+        log.warning("InferencePool %s/%s of member %s: its annotation %s %r is the address of member %s's "
+                    "(one address, however spelt): the hub EPP names one cluster per gateway address, so "
+                    "%s is ignored (as a clusters file naming it twice is refused); give each cluster its "
+                    "own gateway", *key, member, GATEWAY_ANN, gateway, first, member)  # fmt: skip
 
     def refeed(self) -> None:
         """Feed the cluster list again, changed or not (its receiver dropped what it was given)."""
@@ -849,6 +875,20 @@ def _unusable(
     """For a condition's message: why the named clusters' address annotations, when set, are not usable."""
     why = [f"{c}: {e}" for c, pool in pools if c in names for a in anns if (e := _address(pool, a)[1])]
     return f"; not an address: {'; '.join(why)}" if why else ""
+
+
+def _shared_gateways(pools: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, str]:
+    """Exporters (in ``pools``' order) whose gateway annotation is literally an earlier one's address
+    (``gateway_literal``: one IP address and port however spelt, one host name as looked up) -> that
+    earlier exporter: the hub EPP's store is keyed by address, so one of them could never be picked
+    (the clusters file's ``hub.hub_check`` refuses the same)."""
+    seen: dict[tuple[str, int], str] = {}
+    out: dict[str, str] = {}
+    for cluster, pool in pools:
+        gateway = _address(pool, GATEWAY_ANN)[0]
+        if gateway is not None and (first := seen.setdefault(gateway_literal(gateway), cluster)) != cluster:
+            out[cluster] = first
+    return out
 
 
 def _has_gateway(pool: Mapping[str, Any]) -> bool:
