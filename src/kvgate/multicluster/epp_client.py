@@ -37,6 +37,7 @@ import email.utils
 import functools
 import logging
 import math
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -55,7 +56,7 @@ from kvgate.httpfront.budget import ByteBudget
 from kvgate.multicluster.clusters import TlsOptions
 from kvgate.multicluster.fetcher import CERT_CHECK_S, RECONNECT, Material, tls_material
 from kvgate.openai.protocol import DESTINATION_ENDPOINT
-from kvgate.openai.sse import SSEScanner, rewrite_model
+from kvgate.openai.sse import LineEnds, SSEScanner, line_end, rewrite_model
 
 log = logging.getLogger("kvgate.multicluster.epp")
 
@@ -70,6 +71,7 @@ ADDRESSES_MAX = 4
 TAIL_BYTES = 64 << 10
 # A JSON reply up to this size goes to the EPP whole at the end (its ``usage``); a larger one, only the end.
 JSON_BYTES = 1 << 20
+_LINE_END = re.compile(rb"\r\n?|\n")  # one SSE line end (a CR at the ledger's end: its LF may follow)
 # A stream silent towards the EPP this long gets an empty body message: the EPP cancels a stream with no
 # message for its --stream-idle-timeout (600 s), which would end the request's accounting early.
 KEEPALIVE_S = 60.0
@@ -483,9 +485,12 @@ class EppStream:
         given = False  # any of the EPP's bytes went to the client
         loop = asyncio.get_running_loop()
         clock, ledgers = self.clock, self.ledgers
-        # Pod lines sent to the EPP and lines it answered (newlines: its rewrite maps one to one), and
-        # since when it owes an answer (the deadline).
+        # Pod lines sent to the EPP and lines it answered (its rewrite maps one to one), and since when it
+        # owes an answer (the deadline). A line ends with LF, CRLF or a lone CR, as the SSE spec reads it
+        # (small35 b: counted and cut at LF only, a CR-only stream reached the client at its end).
         lines_out = lines_in = 0
+        pod_ends, epp_ends, answered_ends = LineEnds(), LineEnds(), LineEnds()
+        ledger_cr = False  # the ledger was last cut after a CR: an LF opening it is that CRLF's
         owed_since: float | None = None
         owing = asyncio.Event()
 
@@ -513,7 +518,7 @@ class EppStream:
                             drop()
                         else:
                             ledger.extend(chunk)
-                    lines_out += chunk.count(b"\n")  # (before the write: its answer may come first)
+                    lines_out += pod_ends.count(chunk)  # (before the write: its answer may come first)
                     await self._body(chunk, False)
                     if streaming and owed_since is None:  # (already owed: the older line's deadline stands)
                         mark()
@@ -551,16 +556,26 @@ class EppStream:
 
         def answer(data: bytes) -> None:
             """The EPP's complete lines: the pod lines they stand for leave the ledger."""
+            nonlocal ledger_cr
+            n = answered_ends.count(data)
             if not keep:
                 return
             if lines_in > lines_out:  # more lines than it was sent: not a line-for-line rewrite
                 drop()
                 return
-            cut = 0
-            for _ in range(data.count(b"\n")):
-                cut = ledger.index(b"\n", cut) + 1
-            del ledger[:cut]
-            ledgers.give(cut)
+            # An LF after the CR the last cut ended at is that line's, answered once the EPP answers on.
+            cut = 1 if ledger_cr and ledger[:1] == b"\n" else 0
+            ledger_cr = ledger_cr and not ledger
+            for _ in range(n):
+                found = _LINE_END.search(ledger, cut)
+                if found is None:  # (not the lines it was sent)
+                    drop()
+                    return
+                cut = found.end()
+            if cut:
+                ledger_cr = ledger[cut - 1] == 13  # (13: CR; its LF not in the ledger yet)
+                del ledger[:cut]
+                ledgers.give(cut)
 
         async def read() -> None:
             nonlocal lines_in
@@ -573,10 +588,10 @@ class EppStream:
                     if msg.WhichOneof("response") != "response_body":
                         continue
                     streamed = msg.response_body.response.body_mutation.streamed_response
-                    lines_in += streamed.body.count(b"\n")
+                    lines_in += epp_ends.count(streamed.body)
                     mark()  # it answered: what it still owes has a deadline from now
                     held.extend(streamed.body)
-                    whole = len(held) if streamed.end_of_stream else held.rfind(b"\n") + 1
+                    whole = len(held) if streamed.end_of_stream else line_end(held)
                     if whole:
                         data = bytes(held[:whole])
                         del held[:whole]

@@ -89,6 +89,35 @@ def rewrite_model(obj: Any, model: str) -> bool:
     return False
 
 
+def line_end(buf: bytes | bytearray) -> int:
+    """The index just past ``buf``'s last complete line (0: none): lines end with LF, CRLF or a lone CR (the
+    SSE spec). A CR at the end ends its line; an LF that follows in the next chunk is that CRLF's
+    (``LineEnds``). The CR is looked for past the last LF only (none there in the usual LF stream)."""
+    end = buf.rfind(b"\n")
+    return max(end, buf.rfind(b"\r", end + 1)) + 1
+
+
+class LineEnds:
+    """Counts a stream's SSE line ends chunk by chunk: LF, a lone CR, and CRLF once, also when its CR ends
+    one chunk and its LF opens the next (the count a line-for-line reader makes of ``line_end``'s lines)."""
+
+    __slots__ = ("_cr",)
+
+    def __init__(self) -> None:
+        self._cr = False  # the last chunk ended with a CR
+
+    def count(self, data: bytes | bytearray) -> int:
+        if not data:  # (an empty chunk between a CR and its LF changes nothing)
+            return 0
+        n = data.count(b"\n")
+        if crs := data.count(b"\r"):
+            n += crs - data.count(b"\r\n")
+        if self._cr and data[0] == 10:  # (10: LF, the second byte of the last chunk's CRLF)
+            n -= 1
+        self._cr = data[-1] == 13  # (13: CR)
+        return n
+
+
 # A chunk with at least one choice (the usage-only chunk's list is empty), as vLLM / orjson / pydantic
 # write it, and as Python's json module does. Never inside a JSON string (its quotes are escaped there).
 CHOICE_CHUNK = (b'"choices":[{', b'"choices": [{')
@@ -131,13 +160,11 @@ class SSEScanner:
                 body = chunk[1:]
         buf = self._tail + body if self._tail else bytearray(body)
         # Lines end with LF, CRLF or a lone CR (the SSE spec; qa34a F4: a CR-only stream was held whole,
-        # unread). The CR is looked for past the last LF only (none there in the usual stream).
-        end = buf.rfind(b"\n")
-        cr = buf.rfind(b"\r", end + 1)
-        if cr > end:
-            end = cr
-            self._cr = cr == len(buf) - 1
-        complete, rest = (bytes(buf[: end + 1]), buf[end + 1 :]) if end >= 0 else (b"", buf)
+        # unread): ``line_end``, the relays' rule too.
+        end = line_end(buf)
+        if end and buf[end - 1] == 13:  # (13: CR)
+            self._cr = end == len(buf)
+        complete, rest = (bytes(buf[:end]), buf[end:]) if end else (b"", buf)
         for line in complete.splitlines(keepends=True):
             if self._skipping:
                 out += self._aside(line)
