@@ -10,6 +10,7 @@ the pod, nothing lost or repeated. Real HTTP and gRPC on loopback; the EPP rewri
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -194,7 +195,7 @@ def _check_whole(raw: bytes) -> None:
     assert raw.count(b"[DONE]") == 1
     # No line end repeated (a CRLF's LF sent twice is an empty line: an event dispatched early).
     lines = re.split(rb"\r\n|\r|\n", raw)[:-1]  # (the last: after the stream's last line end)
-    assert all(a or b for a, b in zip(lines, lines[1:], strict=False)), raw
+    assert all(a or b for a, b in itertools.pairwise(lines)), raw
 
 
 @pytest.mark.parametrize("end", list(ENDS))
