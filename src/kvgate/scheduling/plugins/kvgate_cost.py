@@ -104,6 +104,13 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   of 8 tenants landed on one server, which then evicted them (docs/benchmarks/realvllm.md section 4.22).
   Equally full candidates are still drawn at random.
 
+- ``committedKv`` (off): the KV an endpoint's in-flight requests will need at their joint peak (their
+  prompts, a shared prefix once, and the output each may still write: ``kv_commit.py``) against its cache
+  (``num_gpu_blocks`` x ``block_size``); the tokens by which this request would push that peak past the
+  cache cost a miss each (vLLM makes room by preempting and recomputing). Scraped KV use cannot see it:
+  a replica that took many decode-heavy requests looks roomy until their outputs grow. Nothing is priced
+  where the cache size is unknown (docs/benchmarks/fleet-multiturn-s35.md).
+
 A prefix holder therefore keeps its traffic until the queue in front of it costs more than
 recomputing the prefix elsewhere — affinity yields by arithmetic, not by a tuned switch — and the
 load it is judged by includes everything this picker dispatched a microsecond ago.
@@ -137,6 +144,7 @@ from kvgate.scheduling.framework import (
     publish_cache_expectation,
 )
 from kvgate.scheduling.plugins.eviction_price import EvictionLedger
+from kvgate.scheduling.plugins.kv_commit import KVCommitLedger
 from kvgate.scheduling.plugins.precise_prefix import CYCLE_KEY as PRECISE_KEY
 from kvgate.scheduling.plugins.precise_prefix import PrecisePrefixCacheScorer
 from kvgate.scheduling.plugins.prefix_cache import CYCLE_KEY as PREFIX_KEY
@@ -208,6 +216,27 @@ def _copy_only_if_sooner(costs: list[float], waits: list[float], copies: list[bo
                 costs[i] = floor
 
 
+def _overflow(
+    commit: KVCommitLedger,
+    address: str,
+    capacity: float,
+    now: float,
+    key: int,
+    cached: float,
+    written: float,
+    out: float,
+) -> float:
+    """committedKv: the tokens by which this request would push ``address``'s peak KV need past its cache
+    (only the part it adds: an endpoint already over pays for this request's whole addition). vLLM frees
+    room by preempting the newest running requests and recomputing them, so each token over is a token
+    computed again: priced as a miss."""
+    after = commit.peak(address, now, key, cached, written, out)
+    if after <= capacity:
+        return 0.0
+    before = commit.peak(address, now)
+    return after - (before if before > capacity else capacity)
+
+
 class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
     bounded = True
 
@@ -238,6 +267,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         eviction_price: bool = False,
         copy_by_wait: bool = False,
         tie_to_emptier: bool = False,
+        committed_kv: bool = False,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -264,6 +294,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.cold_spread_decode_heavy = cold_spread_decode_heavy
         self.copy_by_wait = copy_by_wait
         self.tie_to_emptier = tie_to_emptier
+        # committedKv: what each endpoint's in-flight requests will hold at their peak (kv_commit.py).
+        self.commit: KVCommitLedger | None = KVCommitLedger() if committed_kv else None
         # evictionPrice: what each request's write evicts at each replica, priced (eviction_price.py).
         self.eviction: EvictionLedger | None = EvictionLedger() if eviction_price else None
         # coldSpread: per endpoint (decayed prompt tokens found cached there, its time).
@@ -315,6 +347,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             eviction_price=params.get_bool("evictionPrice", False),
             copy_by_wait=params.get_bool("copyByWait", False),
             tie_to_emptier=params.get_bool("tieToEmptier", False),
+            committed_kv=params.get_bool("committedKv", False),
         )
         params.finish()
         if s.cold_spread_decode_heavy and not s.cold_spread:
@@ -468,8 +501,21 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 mh = prefix_match(cycle)
                 hs = mh.hashes if mh is not None else ()
                 evict = ledger.prices(endpoints, unc, float(output), miss_penalty, now, hs)
+        # committedKv: this request's peak KV (its prompt and output) against each candidate's
+        # commitment; its first block key groups it with in-flight requests pinning the same prefix.
+        commit = self.commit
+        commit_key = 0
+        commit_out = 0.0
+        if commit is not None:
+            commit_out = float((req.max_tokens or 0) * req.sequences)
+            if precise_src:
+                ks, _ = self._prompt_keys(cycle, endpoints[0].address)
+            else:
+                mk = prefix_match(cycle)
+                ks = mk.hashes if mk is not None else ()
+            commit_key = ks[0] & _U64 if ks else 0
         # The optional terms' one test per endpoint (most picks have none of them).
-        optional = out_tokens or spread is not None or evict is not None or spt
+        optional = out_tokens or spread is not None or evict is not None or spt or commit is not None
         costs: list[float] = []
         saturated: list[int] | None = None  # (the saturated candidates' indices: most picks have none)
         # replicateLoaded: per endpoint, the pace-scaled premium its lost prefix pays over a plain
@@ -537,6 +583,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 if spt:
                     # The arrivals expected while these tokens are computed, each delayed by them.
                     work += self.arrival_rate(ep.address, now) * spt * uncached * (ahead + 0.5 * uncached)
+                if commit is not None and met.num_gpu_blocks and met.block_size:
+                    cap = float(met.num_gpu_blocks * met.block_size)
+                    work += miss * _overflow(
+                        commit, ep.address, cap, now, commit_key, p - uncached, uncached, commit_out
+                    )
             backlog = 0.0
             if mqs and queued > 0 and lost:
                 # Recomputing a prefix on a replica with a queue delays every request queued there,
@@ -685,6 +736,15 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 if len(self._waiting) > MAX_WAITING_TRACKED:
                     self._forget(next(iter(self._waiting)))
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+        if self.commit is not None:
+            if precise is not None:
+                ck, _ = self._prompt_keys(cycle, endpoint.address)
+            else:
+                ck = m.hashes if m is not None else ()
+            out = float((req.max_tokens or 0) * req.sequences)
+            self.commit.picked(
+                req.request_id, endpoint.address, ck[0] & _U64 if ck else 0, p - uncached, uncached, out
+            )
         if self.cold_spread and uncached < p:
             self._add_reused(endpoint.address, p - uncached, cycle.now)
         ledger = self.eviction
@@ -745,6 +805,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             self._forget(request.request_id)
         if self.eviction is not None:
             self.eviction.first_token(request.request_id, now)
+        if self.commit is not None:
+            self.commit.first_token(request.request_id, now)
         timed = self._timed.pop(request.request_id, None)
         if timed is not None and now > timed[0]:
             self._learn_spt((now - timed[0]) / timed[1])
@@ -766,6 +828,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         if self._waiting or self._tails:  # (nothing waits: ``_forget`` has nothing to do, not called)
             self._forget(request.request_id)
         self._timed.pop(request.request_id, None)
+        if self.commit is not None:
+            self.commit.finished(request.request_id, now, output_tokens)
         if self.eviction is not None and output_tokens > 0:
             self.eviction.write(endpoint.address, float(output_tokens), now)
 
