@@ -3,7 +3,8 @@
 applied by ``kvgate epp`` as ``--engine-label-key`` is; the flag wins when both are given (said at INFO);
 two extractors naming different labels are refused. Before, it was one "not applied" WARNING (rev-b33 F3)
 and a pod labelled only under the configured key was scraped with vLLM's metric names. ``kvgate serve``
-still names a pod's engine by kvgate's two labels and warns of another key, per pool.
+applies it too since small35 (``tests/k8s/test_serve_engine_label_key_small35.py``); a pool of listed
+endpoints warns that it names nothing there.
 
 Through the real ``kvgate epp`` (a subprocess) on the API-server double, its pod's model server answering
 SGLang's metric names only: the pool's queue gauge reads 7 only when the pod is scraped as SGLang. The
@@ -67,8 +68,9 @@ def test_kvgate_serve_warns_of_a_key_it_does_not_apply(caplog: pytest.LogCapture
 
     [line] = said("example.com/engine")
     assert "pool p: endpointPickerConfig.plugins[2].parameters.engineLabelKey 'example.com/engine'" in line
-    assert "not applied" in line and "kvgate epp applies" in line
-    assert said("llm-d.ai/engine-type") == []  # (kvgate serve reads it first)
+    # (small35 c: kvgate serve applies it to discovered pods; this pool's endpoints are listed)
+    assert "names no engine here" in line and "listed" in line
+    assert said("llm-d.ai/engine-type") == []  # (the reference's default: nothing to say)
     assert said("example.com/engine", announce=False) == []  # (a reparse says nothing again)
 
 

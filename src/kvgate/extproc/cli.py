@@ -558,15 +558,15 @@ def _engine_label(flag: str | None, picker: dict[str, Any] | None) -> str | None
     None: kvgate's default labels. The flag wins over the config (said at INFO, as the file's other keys
     a flag overrides); two extractors naming different labels are refused (one store, one label)."""
     from kvgate.extproc.config import EppConfigError
-    from kvgate.scheduling.plugins.wiring import engine_label_keys
+    from kvgate.scheduling.plugins.wiring import engine_label
 
-    given = engine_label_keys(picker)
-    if other := next(((path, label) for path, label in given if label != given[0][1]), None):
-        raise EppConfigError(f"{other[0]}: {other[1]!r}, but {given[0][0]} names {given[0][1]!r}: one label "
-                             "names every pod's engine")  # fmt: skip
-    if flag and given and given[0][1] != flag:
-        log.info("--engine-label-key %r over the config's %s %r", flag, given[0][0], given[0][1])
-    return flag or (given[0][1] if given else None)
+    try:
+        named = engine_label(picker)
+    except ValueError as e:
+        raise EppConfigError(str(e)) from None
+    if flag and named and named[1] != flag:
+        log.info("--engine-label-key %r over the config's %s %r", flag, *named)
+    return flag or (named[1] if named else None)
 
 
 def _staleness_flags(args: argparse.Namespace, unused: str | None) -> None:

@@ -18,7 +18,7 @@ from kvgate.config.picker import FALLBACK_PARSERS, EndpointPickerConfig, parse_c
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import ENGINE_LABELS, LLMD_ENGINE_LABEL, EndpointStore, make_endpoint
-from kvgate.scheduling.plugins.wiring import engine_label_keys
+from kvgate.scheduling.plugins.wiring import engine_label, engine_label_keys
 from kvgate.scheduling.types import InferenceRequest, PickResult
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,24 @@ class Pool:
 
 
 def make_store(cfg: PoolConfig) -> EndpointStore:
-    return EndpointStore(
+    """The pool's store, its listed endpoints in it. The EndpointPickerConfig's ``engineLabelKey`` names the
+    one pod label its discovered pods' engine is read from (as ``kvgate epp`` reads it; before any pod is
+    added); listed endpoints carry no pod labels: their engine is ``pools[].engine``."""
+    store = EndpointStore()
+    if label := engine_label_of(cfg):
+        store.engine_labels = (label,)
+    store.sync(
         make_endpoint(a, pool=cfg.name, engine=cfg.engine, labels=cfg.endpoint_labels.get(a))
         for a in cfg.endpoints
     )
+    return store
+
+
+def engine_label_of(cfg: PoolConfig) -> str | None:
+    """The pod label the pool's EndpointPickerConfig names for a pod's engine (``engineLabelKey``; the
+    first: two different ones are refused by ``picker_spec``), or None: kvgate's default labels."""
+    named = engine_label_keys(cfg.picker_config)
+    return named[0][1] if named else None
 
 
 def picker_of(cfg: PoolConfig) -> dict[str, Any] | str:
@@ -70,11 +84,16 @@ def picker_spec(cfg: PoolConfig, *, announce: bool = False) -> EndpointPickerCon
     if cfg.picker_config is None:
         return policy_config(cfg.policy)
     spec = parse_config(cfg.picker_config, announce=announce)
-    for path, label in engine_label_keys(cfg.picker_config) if announce else ():
-        if label != LLMD_ENGINE_LABEL:  # (read first here anyway)
-            log.warning("pool %s: endpointPickerConfig.%s %r not applied: kvgate serve names a pod's engine "
-                        "by its %s label, else %s (kvgate epp applies the key)", cfg.name, path, label,
-                        *ENGINE_LABELS)  # fmt: skip
+    named = engine_label(cfg.picker_config)  # (ValueError: two labels; a config error at load and reload)
+    if announce and named is not None:
+        if cfg.inference_pool is None:  # (the reference's default named asks nothing of listed endpoints)
+            if named[1] != LLMD_ENGINE_LABEL:
+                log.warning("pool %s: endpointPickerConfig.%s %r names no engine here: the pool's endpoints "
+                            "are listed, with no pod labels to read; their engine is pools[].engine (%r)",
+                            cfg.name, *named, cfg.engine)  # fmt: skip
+        else:
+            log.info("pool %s: a discovered pod's engine is its %r label (endpointPickerConfig.%s), not %s "
+                     "nor %s", cfg.name, named[1], named[0], *ENGINE_LABELS)  # fmt: skip
     if announce and (fallback := next((t for t in spec.parsers if t in FALLBACK_PARSERS), None)):
         # (the doors' rule: what kvgate cannot honour is one WARNING line, rev-b34 F8)
         log.warning("pool %s: endpointPickerConfig requestHandler.parsers %s not applied: kvgate serve "
@@ -126,7 +145,7 @@ def build_pool(
     cfg: PoolConfig, clock: Callable[[], float] = time.monotonic, index: int = 0, announce: bool = True
 ) -> Pool:
     """A pool with the real picker: the pool's EndpointPickerConfig, or its named policy."""
+    spec = parsed_picker(cfg, index, announce)  # (first: it refuses two engine labels the store would read)
     store = make_store(cfg)
-    spec = parsed_picker(cfg, index, announce)
     director = build_director_for(cfg, store, clock, index, announce, spec)
     return Pool(cfg.name, cfg, store, director, frozenset(cfg.adapters), spec)

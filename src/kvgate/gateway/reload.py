@@ -57,6 +57,7 @@ from kvgate.filestamp import FileStamp, file_stamp
 from kvgate.gateway.pools import (
     Pool,
     build_director_for,
+    engine_label_of,
     parsed_picker,
     picker_key,
     picker_of,
@@ -138,6 +139,9 @@ def not_applied(
             if f.name in _POOL_APPLIED and (f.name != "endpoints" or _live_endpoints(o, n)):
                 continue
             if f.name in _PICKER and name in pickers:
+                if f.name == "picker_config" and engine_label_of(o) != engine_label_of(n):
+                    # (read as each pod is added: the pods in the store keep the engine they were given)
+                    out.append(f"pools[{name}].endpointPickerConfig engineLabelKey")
                 continue
             if getattr(o, f.name) != getattr(n, f.name):
                 out.append(f"pools[{name}].{_POOL_NAMES.get(f.name, f.name)}")

@@ -210,7 +210,7 @@ def _extractor(cls: type[Plugin], name: str, params: Params, handle: PluginHandl
         off += [f"{k} {v!r}" for k, v in specs.items() if v and v not in _reads(MAPPINGS["vllm"], k)]
     params.finish()
     # ``engineLabelKey`` is the door's to apply (its store reads the label before any endpoint is built):
-    # ``kvgate epp`` applies it (``engine_label_keys``), ``kvgate serve`` warns (``gateway.pools``).
+    # both doors apply it (``engine_label``: ``kvgate epp``, ``gateway.pools.make_store``).
     if default != "vllm":
         off.insert(0, f"defaultEngine {default!r}")
     _warn_unhonoured(params, off, _NOT_SCRAPED)
@@ -236,6 +236,17 @@ def engine_label_keys(picker: Mapping[str, Any] | None) -> list[tuple[str, str]]
         if isinstance(label, str) and label:
             out.append((f"plugins[{i}].parameters.engineLabelKey", label))
     return out
+
+
+def engine_label(picker: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """The one ``(key path, label)`` the EndpointPickerConfig names for a pod's engine (None: kvgate's
+    default labels); ValueError naming both keys when two extractors name different labels (one store,
+    one label: both doors refuse it)."""
+    given = engine_label_keys(picker)
+    if other := next(((path, label) for path, label in given if label != given[0][1]), None):
+        raise ValueError(f"{other[0]}: {other[1]!r}, but {given[0][0]} names {given[0][1]!r}: one label "
+                         "names every pod's engine")  # fmt: skip
+    return given[0] if given else None
 
 
 @register("core-metrics-extractor")
