@@ -64,6 +64,9 @@ class Backend:
         # A stream waits after its event ``pause_after`` (``paused`` set) until the test sets ``resume``.
         self.pause_after: int | None = None
         self.paused, self.resume = asyncio.Event(), asyncio.Event()
+        # When set to an Event, a stream waits after its ``[DONE]`` (``done_sent`` set) until it is set.
+        self.after_done: asyncio.Event | None = None
+        self.done_sent = asyncio.Event()
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -242,6 +245,9 @@ class Backend:
             last = {"id": rid, "object": obj, "created": 0, "model": model, "choices": [], "usage": usage}
             await resp.write(b"data: " + orjson.dumps(last) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
+        if self.after_done is not None:  # (a busy server's separate write of its chunked end: qa35b F1)
+            self.done_sent.set()
+            await self.after_done.wait()
         await resp.write_eof()
         return resp
 

@@ -170,16 +170,32 @@ class Lines:
         writer.wait(CLOSE_WAIT_S)
 
 
-class Note:
-    """What ``Proxy._dispatch`` learns of one request for its line (``-``/0: not reached)."""
+def field(value: str) -> str:
+    """A client-sent value (its request id, model, path) as one field of the line: a space, ``%``, a
+    control or non-ASCII character percent-encoded (UTF-8), so no client can write the fields after it
+    (qa35b F4: an id with spaces forged a line's status and endpoint). Anything else as is (one check)."""
+    if value.isascii() and value.isprintable() and " " not in value and "%" not in value:
+        return value
+    return "".join(
+        c
+        if "!" <= c <= "~" and c != "%"
+        else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for c in value
+    )
 
-    __slots__ = ("attempts", "endpoint", "model", "sent")
+
+class Note:
+    """What ``Proxy._entry``/``_dispatch`` learn of one request for its line (``-``/0: not reached)."""
+
+    __slots__ = ("attempts", "endpoint", "model", "rid", "sent", "status")
 
     def __init__(self) -> None:
         self.model = "-"
         self.endpoint = "-"
         self.attempts = 0
+        self.rid = ""  # the id the gateway adopted or generated (``_entry``): kept if its client leaves
         self.sent = -1  # a relayed body's bytes (a stream), set at its end; -1: a whole answer's length
+        self.status = 0  # a stream whose client left after its ``[DONE]``: its status (complete, not 499)
 
 
 async def logged(
@@ -201,6 +217,7 @@ async def logged(
         status = resp.status
         return resp
     except asyncio.CancelledError:
+        status = note.status or CLIENT_GONE
         raise
     except Exception:
         status = 500  # (the front answers an unexpected error 500)
@@ -208,12 +225,19 @@ async def logged(
     finally:
         del notes[key]
         rid = resp.headers.get("x-request-id") if resp is not None else None
-        if rid is None:  # (no answer: the client's id, if the gateway would adopt it)
-            rid = request.headers.get("x-request-id") or "-"
-            rid = rid if acceptable(rid) else "-"
+        if rid is None:  # (no answer, its client gone: the id it was given, qa35b F2)
+            rid = note.rid
+            if not rid:  # (not reached ``_entry``: the client's id, if the gateway would adopt it)
+                rid = request.headers.get("x-request-id") or "-"
+                rid = rid if acceptable(rid) else "-"
         body = getattr(resp, "body", None)
         size = len(body) if isinstance(body, bytes) else max(note.sent, 0)
         ms = (clock() - t0) * 1000.0
-        path = request.path
-        lines.add(_FORMAT % (lines.stamp(), rid, request.method, path, status, note.model,
-                             note.endpoint, note.attempts, ms, size))  # fmt: skip
+        lines.add(_FORMAT % (lines.stamp(), field(rid), request.method, field(request.path), status,
+                             field(note.model), note.endpoint, note.attempts, ms, size))  # fmt: skip
+
+
+def refused_line(lines: Lines, rid: str, method: str, path: str, status: int, size: int) -> None:
+    """The line of a request the HTTP front refused from its head or while its body arrived (401 without
+    a key, 413, 408, ...; qa35b F3): no pool, no endpoint, no attempt; its time 0 (no handler ran)."""
+    lines.add(_FORMAT % (lines.stamp(), field(rid), method, field(path), status, "-", "-", 0, 0.0, size))

@@ -538,7 +538,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    print("kvgate serve: draining", flush=True)
+    say("kvgate serve: draining")
     if reloader is not None:
         reloader.cancel()
     await server.stop()
@@ -661,7 +661,7 @@ def _main(argv: list[str] | None) -> int:
             from kvgate.gateway import kv_auto
 
             for note in kv_auto.apply(cfg):
-                print(f"kvgate serve: {note}", flush=True)
+                say(f"kvgate serve: {note}")  # (one write: qa35b side note, spliced by a log line)
         pools = build_pools(cfg, preload=cfg.workers <= 1)  # (a --workers worker preloads its own)
         if cfg.api_keys_file or cfg.api_keys_env:  # a bad key file is a config error, not a traceback
             from kvgate.gateway.tenants import ApiKeyError, load_keys

@@ -525,6 +525,8 @@ class Proxy:
                 log.info("x-request-id %s replaced by a generated one", rid_shown(rid))
             self._rid_seq += 1  # (``_request_id`` inlined: once per request)
             rid = f"{self._rid_prefix}-{self._rid_seq:x}"
+        if self.notes is not None and (note := self.notes.get(id(request))) is not None:
+            note.rid = rid  # (its access line's, also when its client leaves before the answer: qa35b F2)
         if request.method != "POST":
             resp = error_response(
                 GatewayError(405, f"{request.method} is not allowed on {request.path}; use POST"), rid, kind
@@ -1604,11 +1606,12 @@ class Proxy:
             self._charge(ireq, usage, resp.status < 300)
             m = self.metrics
             flow = m.flow(ireq.fairness_id, ireq.priority)  # (``flow_of(ireq)``: ``_entry``'s note)
+            relayed = sent  # (the access log's bytes: as relayed, also when the client left; qa35b F2)
             if not ok and cut is None and not drained:
                 sent = -1  # the client left (or the handler was cancelled): no size, as a gone stream's
             m.observe(RequestEnd(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow))
             if self.notes is not None and (note := self.notes.get(id(request))) is not None:
-                note.sent = sent  # (the access log's bytes)
+                note.sent = relayed
             if resp.status >= 400:
                 m.error(client_model, ireq.model, str(resp.status), flow)
             elif not ok:
@@ -1739,10 +1742,10 @@ class Proxy:
                         director.on_first_token(ireq, ep)
                 data = relay.feed(chunk)  # (an event past 1 MiB goes out as it comes)
                 if data:
-                    sent += len(data)  # (a count, no copy)
                     if progress_events(data) or relay.mid_event:  # (or a piece of an event past 1 MiB)
                         progress.seen(got_at)
                     await out.write(data)
+                    sent += len(data)  # (a count, no copy; once written: a client gone took none)
                 try:
                     chunk = await resp.read_chunk()
                 except _UPSTREAM_ERRORS as e:
@@ -1821,6 +1824,14 @@ class Proxy:
                 self.health.success(ep)
             else:
                 self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, progress)
+            if not ok and upstream_ok and drain_cut is None and not preempted and relay.done:
+                # Its client left once ``[DONE]`` went out (the openai SDK's ``Stream`` closes at it, the
+                # upstream's chunked end perhaps not read yet): it has the whole answer, a normal end as
+                # a cut after ``[DONE]`` is (above), its usage read from what came (qa35b F1).
+                relay.finish()
+                ok = True
+                if self.notes is not None and (note := self.notes.get(id(request))) is not None:
+                    note.status = resp.status  # (its line's status: the answer went out whole, not 499)
             # A 2xx's usage only, as ``_whole`` reads it (an error stream that carries one: none).
             usage = relay.usage if resp.status < 300 else None
             director.on_finished(ireq, ep, usage, ok)  # (preempted: released already, a no-op)
@@ -1833,6 +1844,7 @@ class Proxy:
             # it goes by, the pass-through one only at ``finish``), as ``kvgate serve --clusters``.
             m = self.metrics
             flow = m.flow(ireq.fairness_id, ireq.priority)  # (``flow_of(ireq)``: ``_entry``'s note)
+            relayed = sent  # (the access log's bytes: as relayed, also when the client left; qa35b F2)
             if not ok and upstream_ok:
                 sent = -1  # the client left (or the handler was cancelled): what reached it is not known
             usage = usage if ok else None
@@ -1840,7 +1852,7 @@ class Proxy:
                 RequestEnd(client_model, ireq.model, self.clock() - t0, usage, sent, -1, flow, first_s, gaps)
             )
             if self.notes is not None and (note := self.notes.get(id(request))) is not None:
-                note.sent = sent  # (the access log's bytes)
+                note.sent = relayed
             if resp.status >= 400:
                 # An error status with an event-stream body: under its status, as ``_whole`` counts a
                 # JSON one, also when its client leaves or it is cut before its end (the status was

@@ -30,6 +30,7 @@ from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, ready_endpoints
 from kvgate.datalayer.scraper import MetricsScraper, ScrapeSource
+from kvgate.gateway.access import refused_line
 from kvgate.gateway.errors import GatewayError, error_response, unauthorized
 from kvgate.gateway.health import HealthTracker
 from kvgate.gateway.lookups import ResponseLookups
@@ -150,6 +151,27 @@ def _key_check(proxy: Proxy) -> Callable[[str, str, dict[str, str]], Response | 
     return check
 
 
+def _refused_hook(
+    proxy: Proxy, posts: frozenset[str]
+) -> Callable[[str, str, dict[str, str], Response], None]:
+    """A request the front refused once its head was read (401 without a key, 413, 408, ...): its answer
+    carries the request id as the proxy's do (the client's if adopted, else a generated one), and on a
+    data route it leaves its access line with the log on (qa35b F3: neither before)."""
+    lines = proxy.access_lines if proxy.notes is not None else None
+
+    def hook(method: str, path: str, headers: dict[str, str], resp: Response) -> None:
+        rid = resp.headers.get("x-request-id")
+        if rid is None:
+            rid = headers.get("x-request-id")
+            if not rid or not acceptable_rid(rid):
+                rid = proxy._request_id()
+            resp.headers["x-request-id"] = rid
+        if lines is not None and path in posts:
+            refused_line(lines, rid, method, path, resp.status, len(resp.body))
+
+    return hook
+
+
 class GatewayServer:
     def __init__(
         self,
@@ -268,6 +290,7 @@ class GatewayServer:
             # unlabelled, like the proxy's own refusals before a model is known.
             metrics = proxy.metrics
             front.on_reject = lambda status: metrics.error("", "", str(status))
+            front.on_refused = _refused_hook(proxy, frozenset(posts))
             if proxy.keys is not None:
                 front.head_check = _key_check(proxy)
         front.route_check = route_check(front, posts, reads, tuple(read_prefixes))

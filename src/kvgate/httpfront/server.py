@@ -530,11 +530,16 @@ def _bare_lf(buf: bytearray) -> bool:
     return nl >= 0 and (nl == 0 or buf[nl - 1] != 0x0D or b"\n\n" in buf or b"\n\r\n" in buf)
 
 
+# A refused request's (method, path, headers), when its head was read (``on_refused``).
+Head = tuple[str, str, dict[str, str]]
+
+
 class _BadRequest(Exception):
-    def __init__(self, status: int, message: str, length: int = -1) -> None:
+    def __init__(self, status: int, message: str, length: int = -1, head: Head | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.length = length  # the refused request's Content-Length, when its head said it (else -1)
+        self.head = head
 
 
 class _Refused(Exception):
@@ -542,11 +547,14 @@ class _Refused(Exception):
     ``counted``: reported to ``on_reject`` (not ``route_check``'s 404 / 405, which the handler answers
     uncounted to the same request without ``Expect``: rev-e32 F5)."""
 
-    def __init__(self, resp: Response, length: int = -1, counted: bool = True) -> None:
+    def __init__(
+        self, resp: Response, length: int = -1, counted: bool = True, head: Head | None = None
+    ) -> None:
         super().__init__(resp.status)
         self.resp = resp
         self.length = length  # its Content-Length (-1: chunked, or not known)
         self.counted = counted
+        self.head = head
 
 
 # Seconds a client is told to wait (``Retry-After``) when the body budget is spent: bodies are given
@@ -654,6 +662,10 @@ class FrontServer:
         # is read: a response refuses the request from its head (the gateway's API-key check: a
         # keyless client cannot make it buffer a body it will refuse); None lets it through.
         self.head_check: Callable[[str, str, dict[str, str]], Response | None] | None = None
+        # Called with (method, path, headers, response) of each request refused here once its head was
+        # read (401 of ``head_check``, 413, 408, ...), before the answer is written: the gateway's access
+        # line and request id (qa35b F3).
+        self.on_refused: Callable[[str, str, dict[str, str], Response], None] | None = None
         # Called with (method, path) for a request that asks ``Expect: 100-continue``: a response is its
         # answer whatever its body says (no route: 404; a method the route does not take: 405), sent from
         # the head with no 100 Continue, so the client does not upload a body for nothing (qa32a Q5).
@@ -991,19 +1003,21 @@ class FrontProtocol(asyncio.Protocol):
                 self._parse()
         # (a name of its own per clause: compiled, mypyc types an ``except`` variable by its first clause)
         except _BadRequest as bad:
-            self._reject(bad.status, str(bad), bad.length)
+            self._reject(bad.status, str(bad), bad.length, bad.head)
         except _Refused as refused:
-            self._refuse(refused.resp, linger=True, length=refused.length, counted=refused.counted)
+            self._refuse(
+                refused.resp, linger=True, length=refused.length, counted=refused.counted, head=refused.head
+            )
         except (ValueError, UnicodeError) as malformed:
             self._reject(400, f"malformed HTTP request: {malformed}")
         if self.buf and self._pending is None and self.head_since is None and not self._reject_after:
             # A head has started: it must be complete by the header deadline, however it trickles in.
             self.head_since = self._loop.time()
 
-    def _reject(self, status: int, message: str, length: int = -1) -> None:
+    def _reject(self, status: int, message: str, length: int = -1, head: Head | None = None) -> None:
         # Every refusal of what the client sent lingers (its request may still be arriving: a 431's
         # head, a bad chunk's body); a 408's client is the slow one, closed at once.
-        self._refuse(_error(status, message), linger=status != 408, length=length)
+        self._refuse(_error(status, message), linger=status != 408, length=length, head=head)
 
     def _drop(self, size: int) -> None:
         """``size`` bytes came after a refusal and were dropped. Until the refusal goes out (earlier
@@ -1034,15 +1048,27 @@ class FrontProtocol(asyncio.Protocol):
             if self.linger_until is not None:
                 self.server.pace_wait(self)
 
-    def _refuse(self, resp: Response, *, linger: bool, length: int = -1, counted: bool = True) -> None:
+    def _refuse(
+        self,
+        resp: Response,
+        *,
+        linger: bool,
+        length: int = -1,
+        counted: bool = True,
+        head: Head | None = None,
+    ) -> None:
         """Answer ``resp`` (after the requests before it), read nothing more, then close; ``linger``:
         the body may still be arriving, keep reading (and dropping) it briefly so the client sees the
         answer (``_linger``); ``length``: the Content-Length of a request refused from its head;
-        ``counted``: reported to ``on_reject``."""
+        ``counted``: reported to ``on_reject``; ``head``: the request's, refused from it (``on_refused``)."""
         self._reject_after = True
         self._linger_after = linger
-        if self._pending is not None:  # (refused while its body arrived)
-            length = self._pending[5]
+        pending = self._pending
+        if pending is not None:  # (refused while its body arrived)
+            length = pending[5]
+            head = (pending[0], pending[1], pending[3])
+        if head is not None and self.server.on_refused is not None:
+            self.server.on_refused(head[0], head[1], head[2], resp)
         if length >= 0:
             self._linger_cap = float(length + _MAX_HEAD)  # (a float, as math.inf: mypyc)
         resp.force_close()
@@ -1239,9 +1265,11 @@ class FrontProtocol(asyncio.Protocol):
                 raise _BadRequest(400, "invalid Content-Length")
             length = int(cl) if cl else 0
             if length > server.max_body:
+                path = target.decode("latin-1").partition("?")[0]  # (for ``on_refused`` only)
                 raise _BadRequest(
-                    413, f"request body of {length} bytes exceeds {server.max_body} bytes", length
-                )
+                    413, f"request body of {length} bytes exceeds {server.max_body} bytes", length,
+                    (method_b.decode(), path, headers),
+                )  # fmt: skip
         path, _, query = target.decode("latin-1").partition("?")
         if path[:1] != "/":
             path = _absolute_form(path, headers)
@@ -1259,7 +1287,7 @@ class FrontProtocol(asyncio.Protocol):
         if check is not None:
             refusal = check(method, path, headers)
             if refusal is not None:
-                raise _Refused(refusal, length)
+                raise _Refused(refusal, length, head=(method, path, headers))
         if length:
             budget = server.budget
             if length > 0 and length > budget.limit - budget.used:
