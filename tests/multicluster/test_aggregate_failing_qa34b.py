@@ -19,9 +19,8 @@ import pytest
 from aiohttp import web
 
 from gateway.handler_server import serve_app
-from kvgate.multicluster.clusters import ClustersError, ClustersFile, ClusterSpec, parse
-from kvgate.multicluster.fetcher import Fetcher
-from kvgate.multicluster.state import ClusterState
+from kvgate.multicluster.clusters import ClustersError, ClustersFile, parse
+from multicluster.east_aggregate import east_fetching
 
 GOOD = (b'{"name":"p","snapshot_time":1.0,"ready_endpoints":1,"total_endpoints":1,"capacity":1.0,'
         b'"headroom":1.0,"request_slots":4.0,"metrics_age_s":0.1}')  # fmt: skip
@@ -111,18 +110,12 @@ async def test_a_failing_streak_is_warned_once_and_its_end_said_once(
             return web.Response(status=state["status"])
         return web.Response(body=GOOD, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_get("/v1/pool/aggregate", handle)
-    runner, port = await serve_app(app)
-    url = f"http://127.0.0.1:{port}/v1/pool/aggregate"
-    st = ClusterState(ClusterSpec("east", aggregate=url, gateway="127.0.0.1:9"))
-    fetcher = Fetcher(lambda: [st], interval_s=3600, timeout_s=10.0)
     caplog.set_level(logging.INFO, "kvgate.multicluster.fetcher")
 
     def said(level: int) -> list[str]:
         return [r.getMessage() for r in caplog.records if r.levelno == level and "east" in r.getMessage()]
 
-    try:
+    async with east_fetching(handle) as (st, fetcher, url):
         await fetcher.start()  # (its first round: one failure, a blip so far, no line)
         assert st.fetch_error == "HTTP 404" and st.aggregate is None
         assert not said(logging.WARNING)
@@ -140,9 +133,6 @@ async def test_a_failing_streak_is_warned_once_and_its_end_said_once(
         await fetcher.refresh()
         warned = said(logging.WARNING)
         assert len(warned) == 2 and "HTTP 500" in warned[1], warned
-    finally:
-        await fetcher.stop()
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize("door", ["serve", "epp"])

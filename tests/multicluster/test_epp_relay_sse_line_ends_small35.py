@@ -23,6 +23,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from gateway.handler_server import serve_handler
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.openai.sse import SSEScanner
 from multicluster.test_epp_stall import _body_response, _gateway, _scripted
@@ -88,13 +89,7 @@ class _Pod:
         await self._line(resp, b"", lockstep=i < EARLY)
 
     async def start(self) -> _Pod:
-        app = web.Application()
-        app.router.add_post("/v1/completions", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.runner, self.port = await serve_handler(self.handle)
         return self
 
     async def stop(self) -> None:
@@ -198,20 +193,17 @@ def _check_whole(raw: bytes) -> None:
     assert all(a or b for a, b in itertools.pairwise(lines)), raw
 
 
-@pytest.mark.parametrize("end", list(ENDS))
-async def test_each_line_reaches_the_client_as_the_epp_answers_it(end: str) -> None:
-    pod = await _Pod(ENDS[end]).start()
-    epp = _RewritingEpp(f"127.0.0.1:{pod.port}")
+async def _through(pod: _Pod, epp: _RewritingEpp, want: int, check: Any, **kw: float) -> None:
+    """A streamed request through ``epp`` to ``pod``: once the pod waits, the client must hold ``want``
+    events (``check`` then reads them), then the pod goes on and the whole stream is checked."""
     server, port = await _scripted(epp)
-    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"), epp_timeout_s=LIMIT * 4)
+    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"), **kw)
     got, seen = bytearray(), asyncio.Event()
     try:
-        post = asyncio.ensure_future(_stream(gw.port, got, seen, EARLY))
+        post = asyncio.ensure_future(_stream(gw.port, got, seen, want))
         await asyncio.wait_for(pod.waiting.wait(), LIMIT)
-        # The pod waits after its first events: the client has them (before: a lone-CR stream's lines were
-        # held to the pod's end).
-        await asyncio.wait_for(asyncio.shield(seen.wait()), LIMIT)
-        assert [e["model"] for e in _events(bytes(got))] == ["m"] * EARLY
+        await asyncio.wait_for(asyncio.shield(seen.wait()), LIMIT)  # (the pod still waits)
+        check(_events(bytes(got)))
         pod.go.set()
         await asyncio.wait_for(post, LIMIT)
         _check_whole(bytes(got))
@@ -219,6 +211,18 @@ async def test_each_line_reaches_the_client_as_the_epp_answers_it(end: str) -> N
         await gw.stop()
         await server.stop(0)
         await pod.stop()
+
+
+@pytest.mark.parametrize("end", list(ENDS))
+async def test_each_line_reaches_the_client_as_the_epp_answers_it(end: str) -> None:
+    """The pod waits after its first events: the client has them (before: a lone-CR stream's lines were
+    held to the pod's end)."""
+    pod = await _Pod(ENDS[end]).start()
+
+    def first(events: list[dict[str, Any]]) -> None:
+        assert [e["model"] for e in events] == ["m"] * EARLY
+
+    await _through(pod, _RewritingEpp(f"127.0.0.1:{pod.port}"), EARLY, first, epp_timeout_s=LIMIT * 4)
 
 
 @pytest.mark.parametrize("end", list(ENDS))
@@ -229,20 +233,7 @@ async def test_lines_a_stalled_epp_owes_go_on_from_the_pod_once_each(end: str) -
     pod = await _Pod(ENDS[end]).start()
     epp = _RewritingEpp(f"127.0.0.1:{pod.port}", stall_after=EARLY)
     pod.before_rest, pod.epp = epp.answered_enough, epp
-    server, port = await _scripted(epp)
-    gw = await _gateway(ClusterSpec("c1", epp=f"127.0.0.1:{port}"))
-    got, seen = bytearray(), asyncio.Event()
-    try:
-        post = asyncio.ensure_future(_stream(gw.port, got, seen, EVENTS - 1))
-        await asyncio.wait_for(pod.waiting.wait(), LIMIT)
-        await asyncio.wait_for(asyncio.shield(seen.wait()), LIMIT)  # (the pod still waits)
-        pod.go.set()
-        await asyncio.wait_for(post, LIMIT)
-        _check_whole(bytes(got))
-    finally:
-        await gw.stop()
-        await server.stop(0)
-        await pod.stop()
+    await _through(pod, epp, EVENTS - 1, lambda _events: None)
 
 
 @pytest.mark.parametrize(

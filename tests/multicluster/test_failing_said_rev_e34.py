@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.handler_server import serve_app
 from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec, ParentRef
-from kvgate.multicluster.fetcher import Fetcher
 from kvgate.multicluster.imports import EXPORT_ANNOTATION, ImportController, Member
 from kvgate.multicluster.serve import GlobalGateway
-from kvgate.multicluster.state import ClusterState
+from multicluster.east_aggregate import east_fetching
 
 KEY = ("default", "llama")
 
@@ -69,14 +67,8 @@ async def test_f2_a_refused_answer_does_not_hide_the_failing_streak_after_it(
             return web.Response(status=404)
         return web.Response(body=state["body"], content_type="application/json")
 
-    app = web.Application()
-    app.router.add_get("/v1/pool/aggregate", handle)
-    runner, port = await serve_app(app)
-    url = f"http://127.0.0.1:{port}/v1/pool/aggregate"
-    st = ClusterState(ClusterSpec("east", aggregate=url, gateway="127.0.0.1:9"))
-    fetcher = Fetcher(lambda: [st], interval_s=3600, timeout_s=10.0)
     caplog.set_level(logging.INFO, "kvgate.multicluster.fetcher")
-    try:
+    async with east_fetching(handle) as (st, fetcher, _url):
         await fetcher.start()  # (refused: one WARNING)
         refused = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(refused) == 1 and "refused" in refused[0].getMessage(), caplog.text
@@ -88,9 +80,6 @@ async def test_f2_a_refused_answer_does_not_hide_the_failing_streak_after_it(
             r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "404" in r.getMessage()
         ]
         assert warned, "five 404s in a row after a refused answer: no WARNING names the 404\n" + caplog.text
-    finally:
-        await fetcher.stop()
-        await runner.cleanup()
 
 
 async def test_f3_the_hub_epp_warns_a_cluster_found_hung(caplog: pytest.LogCaptureFixture) -> None:

@@ -18,6 +18,7 @@ import orjson
 
 from kvgate.multicluster import router as router_mod
 from kvgate.multicluster.clusters import ClusterSpec
+from rawupstream import loopback, read_request
 
 BODY = orjson.dumps({"model": "m", "prompt": "x", "max_tokens": 2})
 # A 200 whose JSON body falls short of its Content-Length.
@@ -32,26 +33,14 @@ async def pausing_cutter() -> AsyncIterator[tuple[str, list[int]]]:
     hits: list[int] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = [int(v) for k, _, v in (x.partition(b":") for x in head.lower().split(b"\r\n"))
-                      if k == b"content-length"]  # fmt: skip
-            await reader.readexactly(length[0])  # (the hub sends a Content-Length)
-            hits.append(1)
-            writer.write(CUT)
-            await writer.drain()
-            await asyncio.sleep(0.5)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+        await read_request(reader)  # (the hub sends a Content-Length)
+        hits.append(1)
+        writer.write(CUT)
+        await writer.drain()
+        await asyncio.sleep(0.5)
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}", hits
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with loopback(serve) as address:
+        yield address, hits
 
 
 async def test_one_hubs_spent_held_budget_leaves_another_hubs_alone(pods, global_gateway) -> None:
