@@ -104,6 +104,11 @@ class InFlight:
     # the pending count it is compared with (``gateway.shared_inflight``; wk32's finding, wk33).
     certain_misses: int = 0
 
+    @property
+    def busy(self) -> bool:
+        """Requests still counted here (a removed endpoint's ``InFlight`` is kept while so: qa35a F1)."""
+        return self.requests > 0 or self.calls > 0
+
 
 @dataclass(slots=True, eq=False)
 class Endpoint:

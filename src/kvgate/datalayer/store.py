@@ -3,7 +3,11 @@
 Sources (a static list today; Kubernetes or multi-cluster watchers later) call ``add``/``remove`` or
 ``sync`` with their full view; consumers (the director, the prefix index, the scraper) subscribe to
 changes instead of polling. Re-adding a known address updates it in place so its scraped metrics and
-in-flight accounting survive a relabel.
+in-flight accounting survive a relabel. An address that leaves (NotReady, out of the selector, its pool
+deleted) while this picker's requests still run there keeps their ``InFlight`` until they finish: back in
+the meantime, its new endpoint takes that ``InFlight`` over, so the requests still running there count
+against it (review qa35a F1: a readiness flap under load let flow control's gate dispatch past
+``maxConcurrency``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ def make_endpoint(
 class EndpointStore:
     def __init__(self, endpoints: Iterable[Endpoint] = ()) -> None:
         self._by_addr: dict[str, Endpoint] = {}
+        # Removed endpoints whose ``InFlight`` still counts requests (qa35a F1). Bounded: each remove drops
+        # the idle ones before it keeps one, so at most one per address with requests running at a remove.
+        self._departed: dict[str, Endpoint] = {}
         # The labels that name an endpoint's engine (``kvgate epp --engine-label-key``: that one only).
         self.engine_labels: tuple[str, ...] = ENGINE_LABELS
         self._listeners: list[Listener] = []
@@ -107,6 +114,9 @@ class EndpointStore:
             ep.engine = labelled
         cur = self._by_addr.get(ep.address)
         if cur is None:
+            old = self._departed.pop(ep.address, None) if self._departed else None
+            if old is not None and old.inflight.busy and not ep.inflight.busy:
+                ep.inflight = old.inflight  # (its requests' finishes, on the old object, count down here)
             self._by_addr[ep.address] = ep
             self._emit("added", ep)
             return ep
@@ -118,8 +128,24 @@ class EndpointStore:
     def remove(self, address: str) -> Endpoint | None:
         ep = self._by_addr.pop(address, None)
         if ep is not None:
+            if self._departed:
+                self._prune()
+            if ep.inflight.busy:
+                self._departed[address] = ep
             self._emit("removed", ep)
         return ep
+
+    def _prune(self) -> None:
+        for addr in [a for a, ep in self._departed.items() if not ep.inflight.busy]:
+            del self._departed[addr]
+
+    def departed(self, address: str | None = None) -> tuple[Endpoint, ...]:
+        """Endpoints gone from the store (``address``'s only, if given) whose requests may still run:
+        their ``InFlight`` is counted until they finish (the ``--workers`` shared table syncs them too)."""
+        if address is not None:
+            ep = self._departed.get(address)
+            return (ep,) if ep is not None else ()
+        return tuple(self._departed.values())
 
     def sync(self, endpoints: Iterable[Endpoint], *, pool: str | None = None) -> None:
         """Make the store (or one pool of it) hold exactly ``endpoints``: a source's full view."""

@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -76,6 +76,9 @@ from kvgate.gateway.metrics import LAST_RELOAD_AT, LAST_RELOAD_OK, RELOADS_TOTAL
 from kvgate.gateway.reload import ConfigWatch, FileStamp, check_pickers, take_applied, warm_pickers
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
 from kvgate.stderrlog import off_loop_stderr
+
+if TYPE_CHECKING:
+    from kvgate.datalayer.endpoint import Endpoint
 
 log = logging.getLogger("kvgate.gateway.workers")
 
@@ -324,6 +327,15 @@ def _attach_responses(shared: Shared | None, index: int) -> Any:
     return SharedResponses.attach(segment_name(shared[0]), shared[2], index)
 
 
+def _accounted(pool: Any) -> tuple[Endpoint, ...]:
+    """``pool``'s endpoints and those gone from it with requests still running there: their counts stay
+    published (and fold the others') until those finish, in case the address comes back (qa35a F1)."""
+    eps = pool.endpoints()
+    store = getattr(pool, "store", None)  # (a test's stand-in pool may have none)
+    gone = store.departed() if store is not None else ()
+    return (*eps, *gone) if gone else tuple(eps)
+
+
 async def _share_inflight(pools: list[Any], index: int, shared: Shared, tenants: Any = None) -> None:
     """``tenants``: the worker's ``SharedTenants``, whose lock (stuck-lock rules included) the flow control
     queue limits take (``fleet.FleetLimits``)."""
@@ -337,7 +349,7 @@ async def _share_inflight(pools: list[Any], index: int, shared: Shared, tenants:
     try:
         while True:
             for pool in pools:
-                view.sync(pool.endpoints())
+                view.sync(_accounted(pool))
                 # flow control's queue order across workers (a reload's new picker gets its mark here)
                 flow = getattr(pool.director, "flow", None)
                 if flow is not None and flow.fleet is None:
@@ -361,7 +373,7 @@ async def _share_inflight(pools: list[Any], index: int, shared: Shared, tenants:
         # saturated on it and their queues waiting out the TTL.
         try:
             for pool in pools:
-                view.sync(pool.endpoints())
+                view.sync(_accounted(pool))
         except Exception as e:  # (best effort: the others' view of this worker stays as last published)
             log.warning("worker %d: last in-flight sync failed: %s: %s", index, type(e).__name__, e)
         marks.close()  # (its view of the segment first; the dispatchers' marks answer "no defer" now)

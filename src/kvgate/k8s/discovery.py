@@ -15,10 +15,10 @@ from the API server and fed into the ``EndpointStore``.
   comma-separated) restricts a pod's ports: present, even empty, it names every active port.
 - ``InferenceObjective`` and ``InferenceModelRewrite`` in ``llm-d.ai/v1alpha2`` and the legacy
   ``inference.networking.x-k8s.io/v1alpha2``: the current group wins on a name clash; a legacy object
-  logs a deprecation once. Their union for this pool (``spec.poolRef``) goes to ``on_policy`` when it
-  changes, and replaces the config file's objectives and rewrites for this pool while it has any (the
-  consumers: ``gateway.server``, ``extproc.cli``); rewrites apply by upstream's precedence (an exact
-  match over a generic rule, then the oldest object).
+  logs a deprecation once per process (however many pools watch it). Their union for this pool
+  (``spec.poolRef``) goes to ``on_policy`` when it changes, and replaces the config file's objectives and
+  rewrites for this pool while it has any (the consumers: ``gateway.server``, ``extproc.cli``); rewrites
+  apply by upstream's precedence (an exact match over a generic rule, then the oldest object).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import functools
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,11 @@ from kvgate.k8s.client import KubeClient
 from kvgate.k8s.reflector import Key, Obj, Reflector, key_of
 
 log = logging.getLogger(__name__)
+
+# Legacy-group objects whose deprecation this process has logged, by uid: once per object, however many
+# pools watch it (qa35a F3: two pools in one gateway logged it twice). Bounded; the oldest forgotten.
+_DEPRECATION_LOGGED: OrderedDict[str, None] = OrderedDict()
+_DEPRECATION_LOGGED_MAX = 4096
 
 # The pod annotations that name its active ports, read in this order (as the reference's
 # ``ExtractActivePorts``: llm-d's key, then GIE's deprecated one; qa33a F6).
@@ -203,7 +209,6 @@ class PoolDiscovery:
         self.pod_reflector.add_listener(self._on_pod)
         self.policy_reflectors: dict[ResourceKey, Reflector] = {}
         self._policy: dict[ResourceKey, dict[str, Obj]] = {}
-        self._deprecation_logged: set[tuple[str, str]] = set()
         self._tolerated_logged: set[str] = set()  # forbidden policy watches logged as tolerated
         if watch_objectives:
             for rt in (R.INFERENCE_OBJECTIVE, R.LEGACY_INFERENCE_OBJECTIVE,
@@ -389,8 +394,7 @@ class PoolDiscovery:
                 self._policy[rk].pop(name, None)
             else:
                 self._policy[rk][name] = obj
-                if rk[0] == R.LEGACY_GROUP and (rk[1], name) not in self._deprecation_logged:
-                    self._deprecation_logged.add((rk[1], name))
+                if rk[0] == R.LEGACY_GROUP and _first_deprecation(obj, rk[1]):
                     self._advise_move(rk[1], name)
             self._publish_policy()
 
@@ -473,6 +477,18 @@ class PoolDiscovery:
         if self.on_policy is not None and view != self._published:
             self._published = view
             self.on_policy(*view)
+
+
+def _first_deprecation(obj: Obj, kind: str) -> bool:
+    """True the first time this process sees this legacy object (by uid; else kind, namespace and name)."""
+    meta = obj.get("metadata") or {}
+    key = meta.get("uid") or f"{kind}/{meta.get('namespace')}/{meta.get('name')}"
+    if key in _DEPRECATION_LOGGED:
+        return False
+    _DEPRECATION_LOGGED[key] = None
+    if len(_DEPRECATION_LOGGED) > _DEPRECATION_LOGGED_MAX:
+        _DEPRECATION_LOGGED.popitem(last=False)
+    return True
 
 
 _OTHER_GROUP = {R.OBJECTIVE_GROUP: R.LEGACY_GROUP, R.LEGACY_GROUP: R.OBJECTIVE_GROUP}

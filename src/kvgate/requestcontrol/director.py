@@ -721,7 +721,7 @@ class Director:
         self._tracks[key] = track
         if len(self._tracks) > MAX_TRACKED:  # a leaked request: forget the oldest, undo its counts
             (_rid, addr), old = self._tracks.popitem(last=False)
-            ep = self.store.get(addr)
+            ep = self.store.get(addr) or next(iter(self.store.departed(addr)), None)  # (gone: qa35a F1)
             self._release(addr, ep, old)
             self._flow_ended(old)
         if self.flow is not None:
