@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from gateway.handler_server import serve_handler
 from kvgate.config.gateway import parse_gateway_config
 from kvgate.gateway.pools import build_pool
 from kvgate.gateway.reload import ConfigReloader
@@ -27,15 +28,10 @@ async def test_F1_a_4xx_reply_ran_no_prefill_so_leaves_no_holder() -> None:
         msg = "This model's maximum context length is 2048 tokens"
         return web.json_response({"error": {"message": msg, "type": "BadRequestError"}}, status=400)
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner, port = await serve_handler(refuse)
     try:
         for stream in (False, True):
-            assert await _held_after(runner.addresses[0][1], stream) == (0, 0), stream
+            assert await _held_after(port, stream) == (0, 0), stream
     finally:
         await runner.cleanup()
 

@@ -6,46 +6,27 @@ fails the request leaves no holder. Real HTTP on loopback (a simulated replica; 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from kvgate.config.gateway import parse_gateway_config
-from kvgate.gateway.pools import build_pool
-from kvgate.gateway.server import GatewayServer
+from gateway.handler_server import serve_handler
+from gateway.shipped_policy import prefix_scorer, serve_policy
 from kvgate.scheduling.framework import CycleState
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer, prefix_match
+from kvgate.scheduling.plugins.prefix_cache import prefix_match
 from kvgate.scheduling.types import InferenceRequest
 from kvgate.sim.server import Replica, ReplicaConfig
 
-POLICIES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "policies"
 PROMPT = "the tenant's long system prompt, say " * 40
 
 
 async def _held_after(port: int, stream: bool) -> tuple[int, int]:
     """(blocks of the prompt's head the index records the replica holding, picks still pending) once
     the gateway has finished the request."""
-    cfg = parse_gateway_config(
-        {
-            "listen": {"host": "127.0.0.1", "port": 0},
-            "pools": [
-                {
-                    "name": "p",
-                    "endpoints": [f"127.0.0.1:{port}"],
-                    "models": ["sim-model"],
-                    "endpointPickerConfigFile": "kvgate-pending-holders.yaml",
-                }
-            ],
-        },
-        base_dir=str(POLICIES),
-    )
-    pools = [build_pool(p) for p in cfg.pools]
-    gw = GatewayServer(cfg, pools, scrape=False)
-    await gw.start()
+    gw, pools = await serve_policy([port], "kvgate-pending-holders.yaml")
     try:
         d = pools[0].director
-        scorer = next(p for p in d.handle.plugins.values() if isinstance(p, PrefixCacheScorer))
+        scorer = prefix_scorer(pools[0])
         assert scorer.pending_holders
         body = {"model": "sim-model", "prompt": PROMPT + "q1", "max_tokens": 2, "stream": stream}
         url = f"http://127.0.0.1:{gw.port}/v1/completions"
@@ -82,13 +63,7 @@ async def test_a_replica_that_fails_the_request_is_no_holder() -> None:
     async def fail(_: web.Request) -> web.Response:
         return web.json_response({"error": {"message": "overloaded", "type": "server_error"}}, status=503)
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", fail)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve_handler(fail)
     try:
         for stream in (True, False):
             assert await _held_after(port, stream) == (0, 0), stream

@@ -5,17 +5,12 @@ the replica's prefix cache is emptied (``/reset_prefix_cache``, as vLLM's) behin
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import aiohttp
 
-from kvgate.config.gateway import parse_gateway_config
-from kvgate.gateway.pools import build_pool
+from gateway.shipped_policy import prefix_scorer, serve_policy
 from kvgate.gateway.server import GatewayServer
-from kvgate.scheduling.plugins.prefix_cache import PrefixCacheScorer
 from kvgate.sim.server import Replica, ReplicaConfig
-
-POLICIES = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "policies"
 
 
 async def _forgotten_after(reset: bool) -> int:
@@ -23,26 +18,8 @@ async def _forgotten_after(reset: bool) -> int:
     await replica.start()
     gw: GatewayServer | None = None
     try:
-        cfg = parse_gateway_config(
-            {
-                "listen": {"host": "127.0.0.1", "port": 0},
-                "pools": [
-                    {
-                        "name": "p",
-                        "endpoints": [f"127.0.0.1:{replica.port}"],
-                        "models": ["sim-model"],
-                        "endpointPickerConfigFile": "kvgate-cached-feedback.yaml",
-                    }
-                ],
-            },
-            base_dir=str(POLICIES),
-        )
-        pools = [build_pool(p) for p in cfg.pools]
-        gw = GatewayServer(cfg, pools, scrape=True)
-        await gw.start()
-        scorer = next(
-            p for p in pools[0].director.handle.plugins.values() if isinstance(p, PrefixCacheScorer)
-        )
+        gw, pools = await serve_policy([replica.port], "kvgate-cached-feedback.yaml", scrape=True)
+        scorer = prefix_scorer(pools[0])
         url = f"http://127.0.0.1:{gw.port}/v1/completions"
         async with aiohttp.ClientSession() as http:
 

@@ -5,17 +5,13 @@ Real HTTP on loopback, real simulated vLLM replicas of unequal speed; only count
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import aiohttp
 
-from kvgate.config.gateway import parse_gateway_config
-from kvgate.gateway.pools import build_pool
+from gateway.shipped_policy import EXAMPLES, serve_policy
 from kvgate.gateway.server import GatewayServer
 from kvgate.scheduling.plugins.predicted_latency import PredictedLatencyScorer
 from kvgate.sim.server import Replica, ReplicaConfig
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 
 
 def _served(replicas: list[Replica]) -> list[int]:
@@ -34,23 +30,8 @@ async def test_the_scorer_learns_to_prefer_the_faster_replica() -> None:
         await r.start()
     gw: GatewayServer | None = None
     try:
-        cfg = parse_gateway_config(
-            {
-                "listen": {"host": "127.0.0.1", "port": 0},
-                "pools": [
-                    {
-                        "name": "p",
-                        "endpoints": [f"127.0.0.1:{r.port}" for r in replicas],
-                        "models": ["sim-model"],
-                        "endpointPickerConfigFile": "predicted-latency.yaml",
-                    }
-                ],
-            },
-            base_dir=str(EXAMPLES),
-        )
-        pools = [build_pool(p) for p in cfg.pools]
-        gw = GatewayServer(cfg, pools, scrape=True)
-        await gw.start()
+        ports = [r.port for r in replicas]
+        gw, pools = await serve_policy(ports, "predicted-latency.yaml", base_dir=EXAMPLES, scrape=True)
         url = f"http://127.0.0.1:{gw.port}/v1/completions"
         async with aiohttp.ClientSession() as http:
             for i in range(40):
