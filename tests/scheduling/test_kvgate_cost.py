@@ -10,6 +10,7 @@ import pytest
 from kvgate.config.director import build_director
 from kvgate.datalayer.store import EndpointStore
 from kvgate.requestcontrol.director import Director
+from kvgate.scheduling.framework import CycleState
 from kvgate.scheduling.types import InferenceRequest
 
 from .helpers import ep, fleet
@@ -699,3 +700,85 @@ def test_burst_tail_hashes_each_requests_tail_once(monkeypatch: pytest.MonkeyPat
     assert hashed and all(size == stride + 8 for size in hashed)  # a stride and the key it chains on
     strides = sum((len(LONG + f"question {i} " * 100) - 256 * 64) // stride for i in range(n))
     assert len(hashed) == strides  # each request's once (twice: 2 x strides)
+
+
+def _warm_cycle(text: str, now: float, held: dict[str, int]) -> CycleState:
+    # A pick whose prompt the prefix scorer found cached (``held``: address -> leading blocks of 4).
+    from kvgate.scheduling.plugins.prefix_cache import CYCLE_KEY, PrefixMatch
+
+    from .helpers import cycle
+
+    c = cycle(text, now=now)
+    c.data[CYCLE_KEY] = PrefixMatch(hashes=[1, 2, 3, 4], matched=held, chunk=64)
+    return c
+
+
+def test_cold_warm_delay_sends_a_cold_prefill_where_fewer_warm_requests_arrive() -> None:
+    # Two idle endpoints, equal in every scraped and in-flight figure and in requests sent lately (eight
+    # each), but eight of busy's were warm (they found their context there) and two of quiet's. The
+    # warm ones keep coming back to their holder, so a cold 8,000-token prefill at busy blocks more of
+    # them: coldWarmDelay (off by default) charges it (warm-rate difference) x spt x u x u/2; headOfLine,
+    # which counts every arrival, sees no difference; a warm request's costs are unchanged.
+    from typing import Any
+
+    from kvgate.scheduling.framework import Params
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+
+    from .helpers import cycle, handle
+
+    busy, quiet = ep("a:1"), ep("b:1")
+    text = "x" * 4 * 8000  # 8,000 prompt tokens
+    on = KVGateCostScorer.create("k", Params({"coldWarmDelay": True}, "p"), handle())
+    hol = KVGateCostScorer.create("k", Params({"headOfLine": True}, "p"), handle())
+    off = KVGateCostScorer.create("k", Params({}, "p"), handle())  # off by default
+    for sc in (on, hol, off):
+        for _ in range(8):
+            sc.on_picked(_warm_cycle(text, 0.0, {"a:1": 4}), busy)
+        for _ in range(2):
+            sc.on_picked(_warm_cycle(text, 0.0, {"b:1": 4}), quiet)
+        for _ in range(6):
+            sc.on_picked(cycle(text, now=0.0), quiet)  # cold picks: not warm arrivals
+        sc.spt = 1e-4  # as learned: 0.1 s per 1,000 tokens
+    assert on.warm_rate("a:1", 1.0) == 4 * on.warm_rate("b:1", 1.0) > 0
+    assert hol.arrival_rate("a:1", 1.0) == hol.arrival_rate("b:1", 1.0)
+    cold: Any = cycle(text, now=1.0)
+    cb, cq = on.costs(cold, [busy, quiet])
+    ob, oq = off.costs(cycle(text, now=1.0), [busy, quiet])
+    assert ob == oq
+    extra = (on.warm_rate("a:1", 1.0) - on.warm_rate("b:1", 1.0)) * 1e-4 * 8000 * 4000
+    assert cb > cq and abs((cb - cq) - extra) < 1e-6 * cb
+    assert on.score(cycle(text, now=1.0), [busy, quiet])[1] == 1.0  # quiet is picked
+    hb, hq = hol.costs(cycle(text, now=1.0), [busy, quiet])
+    assert hb == hq
+    # A warm request (held at both): priced as without the option.
+    assert on.costs(_warm_cycle(text, 1.0, {"a:1": 4, "b:1": 4}), [busy, quiet]) == off.costs(
+        _warm_cycle(text, 1.0, {"a:1": 4, "b:1": 4}), [busy, quiet]
+    )
+
+
+def test_cold_warm_delay_learns_spt_and_its_state_is_bounded() -> None:
+    # Without headOfLine the option still learns seconds per prefill token (or it would never price),
+    # and its warm counts are kept for at most MAX_ENDPOINTS_TRACKED endpoints.
+    from kvgate.scheduling.framework import Params
+    from kvgate.scheduling.plugins import kvgate_cost
+    from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
+    from kvgate.scheduling.types import InferenceRequest
+
+    from .helpers import handle
+
+    s = KVGateCostScorer.create("k", Params({"coldWarmDelay": True}, "p"), handle())
+    text = "x" * 4 * 8000
+    for i in range(kvgate_cost.SPT_WARMUP):
+        c = _warm_cycle(text, float(i), {})
+        c.request = InferenceRequest(f"r{i}", "m", prompt_text=text)
+        s.on_picked(c, ep("a:1"))
+        s.on_first_token(c.request, ep("a:1"), float(i) + 0.8)
+    assert s.spt == pytest.approx(0.8 / 8000)
+    for i in range(kvgate_cost.MAX_ENDPOINTS_TRACKED + 10):
+        s.on_picked(_warm_cycle(text, float(i), {"x": 4}), ep(f"10.{i // 250}.{i % 250}.1:80"))
+    assert len(s._warm) == 0  # held elsewhere ("x"): cold here, not a warm arrival
+    for i in range(kvgate_cost.MAX_ENDPOINTS_TRACKED + 10):
+        a = f"10.{i // 250}.{i % 250}.1:80"
+        s.on_picked(_warm_cycle(text, float(i), {a: 4}), ep(a))
+    assert len(s._warm) == kvgate_cost.MAX_ENDPOINTS_TRACKED
+    assert "10.0.0.1:80" not in s._warm  # the longest unpicked went first

@@ -44,6 +44,17 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   default: in the fleet simulator it helped the precise profile on one shared-prefix seed and lost on
   others and on the default profile (docs/benchmarks.md).
 
+- ``coldWarmDelay`` (off): a request no candidate holds (best match under ``COLD_MATCH`` of the prompt:
+  a customer's first request, a context evicted everywhere) delays the warm requests that reach its
+  replica while it waits and computes: they hold their contexts there, so they queue behind it. Its
+  ``u`` uncached tokens therefore also cost ``warm_rate x spt x u x (ahead + u / 2)`` token-times, with
+  ``warm_rate`` the endpoint's rate of warm picks (this picker's picks that found at least ``COLD_MATCH``
+  of their prompt cached there, decayed over ``RATE_WINDOW_S``) and ``spt`` learned as for
+  ``headOfLine``. ``headOfLine`` prices every request against all arrivals; this prices cold work only,
+  against the arrivals it blocks: the load-weighed form of sglang cache_aware sending a cold request to
+  its smallest tree (the replica holding the fewest customers gets the fewest warm arrivals). Warm
+  requests' costs are unchanged. With ``--workers N`` each worker counts only its own picks.
+
 - ``replicateLoaded`` (off): when every best holder of the prompt's prefix has more prefill queued in
   front of it than a hit there saves, a second copy on a replica with nothing queued is charged its
   prefill only (no displacement or backlog premium); the index then counts both as holders. Off by
@@ -216,6 +227,15 @@ def _copy_only_if_sooner(costs: list[float], waits: list[float], copies: list[bo
                 costs[i] = floor
 
 
+def _count(counts: dict[str, tuple[float, float]], address: str, now: float) -> None:
+    """One more pick at ``address`` in a decayed count (headOfLine, coldWarmDelay), bounded in endpoints."""
+    n, t = counts.get(address, (0.0, now))
+    # (max: a clock that steps back, or workers' clocks apart, must not grow the count)
+    counts[address] = (n * math.exp(-max(0.0, now - t) / RATE_WINDOW_S) + 1.0, max(now, t))
+    if len(counts) > MAX_ENDPOINTS_TRACKED:  # endpoints gone: forget the longest unpicked
+        del counts[min(counts, key=lambda k: counts[k][1])]
+
+
 def _overflow(
     commit: KVCommitLedger,
     address: str,
@@ -268,6 +288,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         copy_by_wait: bool = False,
         tie_to_emptier: bool = False,
         committed_kv: bool = False,
+        cold_warm_delay: bool = False,
     ) -> None:
         super().__init__(name, handle)
         self.prefix_ref = prefix_ref
@@ -294,6 +315,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.cold_spread_decode_heavy = cold_spread_decode_heavy
         self.copy_by_wait = copy_by_wait
         self.tie_to_emptier = tie_to_emptier
+        self.cold_warm_delay = cold_warm_delay
+        # coldWarmDelay: per endpoint (decayed count of warm picks, its time).
+        self._warm: dict[str, tuple[float, float]] = {}
         # committedKv: what each endpoint's in-flight requests will hold at their peak (kv_commit.py).
         self.commit: KVCommitLedger | None = KVCommitLedger() if committed_kv else None
         # evictionPrice: what each request's write evicts at each replica, priced (eviction_price.py).
@@ -348,6 +372,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             copy_by_wait=params.get_bool("copyByWait", False),
             tie_to_emptier=params.get_bool("tieToEmptier", False),
             committed_kv=params.get_bool("committedKv", False),
+            cold_warm_delay=params.get_bool("coldWarmDelay", False),
         )
         params.finish()
         if s.cold_spread_decode_heavy and not s.cold_spread:
@@ -476,6 +501,8 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 if not fastest or pace < fastest:
                     fastest = pace
         spt = self.spt if self.head_of_line else 0.0
+        # coldWarmDelay: only a prompt no candidate holds pays for the warm arrivals it will block.
+        warm_spt = self.spt if self.cold_warm_delay and best_uncached > (1.0 - COLD_MATCH) * p else 0.0
         # coldSpread: a prompt no candidate holds costs more where the cache it evicts is reused more
         # (at most one more full-cache displacement per token).
         spread: list[float] | None = None
@@ -515,7 +542,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 ks = mk.hashes if mk is not None else ()
             commit_key = ks[0] & _U64 if ks else 0
         # The optional terms' one test per endpoint (most picks have none of them).
-        optional = out_tokens or spread is not None or evict is not None or spt or commit is not None
+        optional = (
+            out_tokens or spread is not None or evict is not None or spt or warm_spt or commit is not None
+        )
         costs: list[float] = []
         saturated: list[int] | None = None  # (the saturated candidates' indices: most picks have none)
         # replicateLoaded: per endpoint, the pace-scaled premium its lost prefix pays over a plain
@@ -583,6 +612,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 if spt:
                     # The arrivals expected while these tokens are computed, each delayed by them.
                     work += self.arrival_rate(ep.address, now) * spt * uncached * (ahead + 0.5 * uncached)
+                if warm_spt:
+                    # The warm requests expected there while it waits and computes, each delayed by it.
+                    work += self.warm_rate(ep.address, now) * warm_spt * uncached * (ahead + 0.5 * uncached)
                 if commit is not None and met.num_gpu_blocks and met.block_size:
                     cap = float(met.num_gpu_blocks * met.block_size)
                     work += miss * _overflow(
@@ -758,14 +790,12 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 endpoint.address, hs, held, float(p), uncached, ledger.free_tokens(endpoint), cycle.now, cap
             )
             ledger.started(req.request_id, uncached, cycle.now)
-        if self.head_of_line:
+        if self.cold_warm_delay and uncached <= (1.0 - COLD_MATCH) * p:
+            _count(self._warm, endpoint.address, cycle.now)
+        if self.head_of_line or self.cold_warm_delay:
             now = cycle.now
-            a = endpoint.address
-            n, t = self._arrivals.get(a, (0.0, now))
-            # (max: a clock that steps back, or workers' clocks apart, must not grow the count)
-            self._arrivals[a] = (n * math.exp(-max(0.0, now - t) / RATE_WINDOW_S) + 1.0, max(now, t))
-            if len(self._arrivals) > MAX_ENDPOINTS_TRACKED:  # endpoints gone: forget the longest unpicked
-                del self._arrivals[min(self._arrivals, key=lambda k: self._arrivals[k][1])]
+            if self.head_of_line:
+                _count(self._arrivals, endpoint.address, now)
             todo = endpoint.inflight.pending_prefill_tokens + uncached
             if todo >= SPT_MIN_TOKENS:
                 self._timed.pop(req.request_id, None)
@@ -795,6 +825,15 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
     def arrival_rate(self, address: str, now: float) -> float:
         """Requests this picker sent ``address`` per second, decayed over ``RATE_WINDOW_S``."""
         got = self._arrivals.get(address)
+        if got is None:
+            return 0.0
+        n, t = got
+        return n * math.exp(-max(0.0, now - t) / RATE_WINDOW_S) / RATE_WINDOW_S
+
+    def warm_rate(self, address: str, now: float) -> float:
+        """Warm picks (at least ``COLD_MATCH`` of the prompt cached) this picker sent ``address`` per
+        second, decayed over ``RATE_WINDOW_S`` (coldWarmDelay)."""
+        got = self._warm.get(address)
         if got is None:
             return 0.0
         n, t = got
