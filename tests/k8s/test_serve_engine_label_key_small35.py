@@ -113,8 +113,8 @@ def _gateway_config(picker_config: dict[str, Any]) -> Any:
 
 def test_a_reload_naming_two_labels_is_refused_and_a_changed_one_said_not_applied() -> None:
     """A reload checks the new pickers before any is swapped (``check_pickers``: refused, the last good
-    config kept); a new label is said not applied (the pods in the store keep the engine they were given
-    as they were added: a restart reads them again)."""
+    config kept); a new label is said not applied in one process (its store keeps the label it started
+    with until a restart), refused under ``--workers`` (the supervisor's ``check_pickers``)."""
     from kvgate.config.gateway import GatewayConfigError
     from kvgate.gateway.reload import check_pickers, not_applied
 
@@ -122,6 +122,8 @@ def test_a_reload_naming_two_labels_is_refused_and_a_changed_one_said_not_applie
     with pytest.raises(GatewayConfigError, match=r"pools\[0\]\.endpointPickerConfig: plugins\[3\]"):
         check_pickers(old, _gateway_config(picker("example.com/a", "example.com/b")))
     new = _gateway_config(picker("example.com/b"))
-    assert check_pickers(old, new) == ["llm"]
+    # (--workers: the supervisor's check refuses it, so no restarted worker reads another label: rev-a35 F5)
+    with pytest.raises(GatewayConfigError, match=r"engineLabelKey: changed .* restart kvgate serve"):
+        check_pickers(old, new)
     assert not_applied(old, new, pickers=["llm"]) == ["pools[llm].endpointPickerConfig engineLabelKey"]
     assert not_applied(old, _gateway_config(picker(None, "example.com/a")), pickers=["llm"]) == []

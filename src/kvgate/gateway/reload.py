@@ -199,6 +199,19 @@ def check_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     from kvgate.datalayer.store import EndpointStore
 
     changed = changed_pickers(old, new)
+    # A pod's engine is read from the label as the pod is added to a worker's store: a worker restarted
+    # after a reload changing the label would read the new one while the others keep the old (review
+    # rev-a35 F5). Refused here, so every worker keeps the label they all started with.
+    olds = {pc.name: pc for pc in old.pools}
+    for pc in new.pools:
+        was = olds.get(pc.name)
+        if was is not None and pc.name in changed and engine_label_of(was) != engine_label_of(pc):
+            raise GatewayConfigError(
+                f"pools[{pc.name}].endpointPickerConfig engineLabelKey",
+                f"changed from {engine_label_of(was)!r} to {engine_label_of(pc)!r}: with --workers every "
+                "worker's pods keep the label they started with (a restarted worker would read another); "
+                "restart kvgate serve to change it",
+            )
     # As if they replaced every picker here; never run, they hold no index after (review s29-qa29 Q5).
     # The unchanged pools are built too, first: a changed picker's precise index name clashing with an
     # unchanged pool's (another mode or capacity) is what each worker refuses, and a worker restarted later

@@ -241,19 +241,25 @@ def _overflow(
     address: str,
     capacity: float,
     now: float,
-    key: int,
-    cached: float,
-    written: float,
+    keys: Sequence[int],
+    per: float,
+    own: float,
     out: float,
+    seqs: int,
 ) -> float:
     """committedKv: the tokens by which this request would push ``address``'s peak KV need past its cache
     (only the part it adds: an endpoint already over pays for this request's whole addition). vLLM frees
     room by preempting the newest running requests and recomputing them, so each token over is a token
-    computed again: priced as a miss."""
-    after = commit.peak(address, now, key, cached, written, out)
+    computed again: priced as a miss. The ledger's running bound first: where it fits the cache (most
+    picks) no scan of the endpoint's in-flight requests is needed (review rev-a35 F1)."""
+    if commit.bound(address, keys, per, own, out) <= capacity:
+        return 0.0
+    after = commit.peak(address, now, keys, per, own, out, seqs)
     if after <= capacity:
         return 0.0
-    before = commit.peak(address, now)
+    before = commit.bound(address)
+    if before > capacity:
+        before = commit.peak(address, now)
     return after - (before if before > capacity else capacity)
 
 
@@ -529,18 +535,18 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                 hs = mh.hashes if mh is not None else ()
                 evict = ledger.prices(endpoints, unc, float(output), miss_penalty, now, hs)
         # committedKv: this request's peak KV (its prompt and output) against each candidate's
-        # commitment; its first block key groups it with in-flight requests pinning the same prefix.
+        # commitment; its prompt's block keys (each candidate's, under a precise source) count the blocks
+        # in-flight requests there already hold once.
         commit = self.commit
-        commit_key = 0
+        commit_keys: Sequence[int] = ()
+        commit_per = 0.0
+        commit_own = 0.0
         commit_out = 0.0
+        seqs = req.sequences
         if commit is not None:
-            commit_out = float((req.max_tokens or 0) * req.sequences)
-            if precise_src:
-                ks, _ = self._prompt_keys(cycle, endpoints[0].address)
-            else:
-                mk = prefix_match(cycle)
-                ks = mk.hashes if mk is not None else ()
-            commit_key = ks[0] & _U64 if ks else 0
+            commit_out = float((req.max_tokens or 0) * seqs)
+            if not precise_src:
+                commit_keys, commit_per, commit_own = self._commit_keys(cycle, "", p, False)
         # The optional terms' one test per endpoint (most picks have none of them).
         optional = (
             out_tokens or spread is not None or evict is not None or spt or warm_spt or commit is not None
@@ -617,8 +623,10 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                     work += self.warm_rate(ep.address, now) * warm_spt * uncached * (ahead + 0.5 * uncached)
                 if commit is not None and met.num_gpu_blocks and met.block_size:
                     cap = float(met.num_gpu_blocks * met.block_size)
+                    if precise_src:
+                        commit_keys, commit_per, commit_own = self._commit_keys(cycle, ep.address, p, True)
                     work += miss * _overflow(
-                        commit, ep.address, cap, now, commit_key, p - uncached, uncached, commit_out
+                        commit, ep.address, cap, now, commit_keys, commit_per, commit_own, commit_out, seqs
                     )
             backlog = 0.0
             if mqs and queued > 0 and lost:
@@ -719,6 +727,21 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         m = prefix_match(cycle)
         return (m.hashes, 1) if m is not None and m.hashes else ((), 1)
 
+    def _commit_keys(
+        self, cycle: CycleState, address: str, p: int, precise: bool
+    ) -> tuple[Sequence[int], float, float]:
+        """committedKv: the prompt's chained block keys (as matched at ``address`` under a precise source),
+        the prompt tokens per key, and the prompt tokens past the keys."""
+        if precise:
+            keys, bs = self._prompt_keys(cycle, address)
+            if not keys:
+                return (), 0.0, float(p)
+            return keys, float(bs), max(0.0, p - len(keys) * float(bs))
+        m = prefix_match(cycle)
+        if m is None or not m.hashes:
+            return (), 0.0, float(p)
+        return m.hashes, p / len(m.hashes), 0.0
+
     def _forget(self, request_id: str) -> None:
         self._tails.pop(request_id, None)
         addr = self._waiting.pop(request_id, None)
@@ -769,14 +792,9 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                     self._forget(next(iter(self._waiting)))
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
         if self.commit is not None:
-            if precise is not None:
-                ck, _ = self._prompt_keys(cycle, endpoint.address)
-            else:
-                ck = m.hashes if m is not None else ()
+            ck, per, own = self._commit_keys(cycle, endpoint.address, p, precise is not None)
             out = float((req.max_tokens or 0) * req.sequences)
-            self.commit.picked(
-                req.request_id, endpoint.address, ck[0] & _U64 if ck else 0, p - uncached, uncached, out
-            )
+            self.commit.picked(req.request_id, endpoint.address, ck, per, own, out, req.sequences)
         if self.cold_spread and uncached < p:
             self._add_reused(endpoint.address, p - uncached, cycle.now)
         ledger = self.eviction
@@ -845,7 +863,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         if self.eviction is not None:
             self.eviction.first_token(request.request_id, now)
         if self.commit is not None:
-            self.commit.first_token(request.request_id, now)
+            self.commit.first_token(request.request_id, now, endpoint.address)
         timed = self._timed.pop(request.request_id, None)
         if timed is not None and now > timed[0]:
             self._learn_spt((now - timed[0]) / timed[1])
@@ -868,7 +886,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             self._forget(request.request_id)
         self._timed.pop(request.request_id, None)
         if self.commit is not None:
-            self.commit.finished(request.request_id, now, output_tokens)
+            self.commit.finished(request.request_id, now, output_tokens, ok)
         if self.eviction is not None and output_tokens > 0:
             self.eviction.write(endpoint.address, float(output_tokens), now)
 
