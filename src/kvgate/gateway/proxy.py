@@ -1704,6 +1704,7 @@ class Proxy:
         headers["Cache-Control"] = "no-cache"
         out = StreamResponse(resp.status, headers, None, cookies)
         ok = False
+        writing = False  # a write to the client pending: the ``[DONE]`` it holds has not reached it
         upstream_ok = True
         drain_cut: bytes | None = None  # (or the preemption's event: the gateway's doing, as the drain's)
         preempted = False
@@ -1744,7 +1745,9 @@ class Proxy:
                 if data:
                     if progress_events(data) or relay.mid_event:  # (or a piece of an event past 1 MiB)
                         progress.seen(got_at)
+                    writing = True
                     await out.write(data)
+                    writing = False
                     sent += len(data)  # (a count, no copy; once written: a client gone took none)
                 try:
                     chunk = await resp.read_chunk()
@@ -1796,7 +1799,9 @@ class Proxy:
                 tail = relay.finish()
                 if tail and not after_done:  # (cut after ``[DONE]``: a partial event after it is dropped)
                     sent += len(tail)
+                    writing = True  # (its ``[DONE]`` may end in this tail)
                     await out.write(tail)
+                    writing = False
                 ok = True
             else:
                 upstream_ok = False
@@ -1824,10 +1829,12 @@ class Proxy:
                 self.health.success(ep)
             else:
                 self._charge_cut(ep, resp, late, owns_deadline, sent_at, start, progress)
-            if not ok and upstream_ok and drain_cut is None and not preempted and relay.done:
+            if not ok and upstream_ok and drain_cut is None and not preempted and relay.done and not writing:
                 # Its client left once ``[DONE]`` went out (the openai SDK's ``Stream`` closes at it, the
                 # upstream's chunked end perhaps not read yet): it has the whole answer, a normal end as
-                # a cut after ``[DONE]`` is (above), its usage read from what came (qa35b F1).
+                # a cut after ``[DONE]`` is (above), its usage read from what came (qa35b F1). Out means
+                # its write returned: one that left, or was cut at the send deadline, while the write
+                # holding ``[DONE]`` waited never got it (rev-b35 F1).
                 relay.finish()
                 ok = True
                 if self.notes is not None and (note := self.notes.get(id(request))) is not None:

@@ -149,7 +149,8 @@ class StreamRelay:
 
     @property
     def done(self) -> bool:
-        """The ``data: [DONE]`` event went out: the stream is complete, whatever comes (or not) after."""
+        """The ``data: [DONE]`` event was fed (and returned for writing): the stream is complete, whatever
+        comes (or not) after. Whether it reached the client is the writer's to know (rev-b35 F1)."""
         return self._edge.done if self._edge is not None else self._done
 
     @property

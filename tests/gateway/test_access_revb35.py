@@ -1,0 +1,205 @@
+"""rev-b35: review of 10ffd348 (fixqa35b). Real HTTP on loopback, an in-process ``GatewayServer`` in front
+of a real aiohttp backend, raw-socket clients, state-polled waits (deadlines 30 s), ports 0.
+
+F1: ``StreamRelay.done`` is set when ``[DONE]`` is FED to the relay, before it is written: a client that
+left while the write holding ``[DONE]`` waited on it (back-pressure; or the send deadline cut it) never got
+``[DONE]`` yet is counted complete (200, no ``client_gone``, its usage observed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.backend import Backend
+from gateway.conftest import AccessSink, make_config, request_errors, running_gateway, until
+from kvgate.gateway.server import GatewayServer
+
+pytestmark = pytest.mark.asyncio
+
+WAIT_S = 30.0
+
+
+class Held(Backend):
+    """Streams whose last event (``[DONE]``, ``response.completed``, ``message_stop``) goes out, then the
+    chunked end only when the test sets ``hold``. ``big``: a ~900 KB completion event first, written with
+    its event end only in the write that carries ``[DONE]`` (so the transformed relay hands the client both
+    in one write)."""
+
+    def __init__(self) -> None:
+        super().__init__("held")
+        self.hold = asyncio.Event()
+        self.last_written = asyncio.Event()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/completions", self._big)
+        app.router.add_post("/v1/responses", self._typed)
+        app.router.add_post("/v1/messages", self._typed)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def _big(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        choice = {"index": 0, "text": "x" * 900_000, "finish_reason": "length"}
+        ev = {"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": [choice]}
+        await resp.write(b"data: " + orjson.dumps(ev))  # (its event end comes with [DONE], below)
+        usage = {"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": [],
+                 "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}  # fmt: skip
+        await resp.write(b"\n\ndata: " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n")
+        self.last_written.set()
+        await self.hold.wait()
+        await resp.write_eof()
+        return resp
+
+    async def _typed(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if request.path == "/v1/responses":
+            r = {"id": "resp_1", "object": "response", "model": "m", "status": "in_progress"}
+            done = {
+                **r,
+                "status": "completed",
+                "usage": {"input_tokens": 2, "output_tokens": 1, "total_tokens": 3},
+            }
+            events = [
+                ("response.created", {"type": "response.created", "response": r}),
+                ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "hi"}),
+                ("response.completed", {"type": "response.completed", "response": done}),
+            ]
+        else:
+            msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
+                   "usage": {"input_tokens": 2, "output_tokens": 0}}  # fmt: skip
+            events = [
+                ("message_start", {"type": "message_start", "message": msg}),
+                (
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 0,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                ),
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": "hi"},
+                    },
+                ),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn"},
+                        "usage": {"output_tokens": 1},
+                    },
+                ),
+                ("message_stop", {"type": "message_stop"}),
+            ]
+        for kind, obj in events:
+            await resp.write(b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(obj)))
+        self.last_written.set()
+        await self.hold.wait()
+        await resp.write_eof()
+        return resp
+
+
+@asynccontextmanager
+async def _gateway(extra: dict[str, Any] | None = None) -> AsyncIterator[tuple[Held, GatewayServer, int]]:
+    b = await Held().start()
+    try:
+        cfg = make_config([b.address], extra={"accessLog": True, **(extra or {})})
+        async with running_gateway(cfg) as gw:
+            yield b, gw, gw.port
+    finally:
+        b.hold.set()
+        await b.stop()
+
+
+def _post(path: str, body: bytes, *extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "host: x", "content-type: application/json", *extra,
+             f"content-length: {len(body)}", "", ""]  # fmt: skip
+    return "\r\n".join(lines).encode() + body
+
+
+async def _open(
+    port: int, data: bytes, rcvbuf: int = 0, gw: GatewayServer | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``rcvbuf``: the client's receive buffer, and (``gw``) the gateway's send buffer of this connection,
+    set before the request goes: a slow client whose kernel buffers do not absorb the answer (loopback's
+    send buffer autotunes up to 4 MB: the gateway's transport would never hold a byte)."""
+    s = socket.socket()
+    if rcvbuf:  # (set before connect: a small window, the gateway's writes back-pressured)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
+    r, w = await asyncio.open_connection(sock=s)
+    if gw is not None:
+        front = gw._data[1]
+        await until(lambda: any(c.transport is not None for c in front.connections), WAIT_S, "accepted")
+        for c in front.connections:
+            c.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, rcvbuf)
+    w.write(data)
+    await w.drain()
+    return r, w
+
+
+async def _read_until(r: asyncio.StreamReader, done: Any) -> bytes:
+    buf = b""
+    async with asyncio.timeout(WAIT_S):
+        while not done(buf):
+            data = await r.read(65536)
+            assert data, buf
+            buf += data
+    return buf
+
+
+def _front_paused(gw: GatewayServer) -> bool:
+    front = gw._data[1]
+    return any(c.write_paused for c in front.connections)
+
+
+def _ended(gw: GatewayServer) -> bool:
+    return gw.proxy is not None and gw.proxy.inflight == 0
+
+
+# --- F1 -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["client_left", "send_timeout"])
+async def test_F1_a_client_that_never_got_done_is_not_complete(access_sink: AccessSink, how: str) -> None:
+    """The write that holds ``[DONE]`` (after a 900 KB event) is back-pressured: the client (4 KB receive
+    buffer) reads nothing. It leaves (``client_left``), or the send deadline cuts it (``send_timeout``).
+    It never got ``[DONE]``: 499 / ``client_gone``. On main: 200 and no error counted."""
+    extra = {"limits": {"sendTimeoutSeconds": 1}} if how == "send_timeout" else {}
+    async with _gateway(extra) as (b, gw, port):
+        body = b'{"model":"m","prompt":"hi","max_tokens":3,"stream":true}'
+        _r, w = await _open(port, _post("/v1/completions", body, "x-request-id: rev-b35-f1"), 4096, gw)
+        await asyncio.wait_for(b.last_written.wait(), WAIT_S)
+        await until(lambda: _front_paused(gw), WAIT_S, "the write holding [DONE] back-pressured")
+        if how == "client_left":
+            w.transport.abort()  # (it read none of it: gone before [DONE] reached it)
+        await until(lambda: _ended(gw), WAIT_S, "the request ended (its handler cancelled)")
+        b.hold.set()
+        await until(access_sink.lines, WAIT_S, "the stream's access line")
+        errors = {k: v for k, v in request_errors(gw).items() if v}
+        if how == "send_timeout":
+            assert gw._data[1].timed_out["send"] == 1
+        w.close()
+    line = access_sink.lines()[-1]
+    assert errors == {("m", "m", "client_gone"): 1.0}, (errors, line)  # (main: {})
+    assert line.startswith("rev-b35-f1 POST /v1/completions 499 "), line  # (main: 200)
