@@ -4,6 +4,8 @@ of a real aiohttp backend, raw-socket clients, state-polled waits (deadlines 30 
 F1: ``StreamRelay.done`` is set when ``[DONE]`` is FED to the relay, before it is written: a client that
 left while the write holding ``[DONE]`` waited on it (back-pressure; or the send deadline cut it) never got
 ``[DONE]`` yet is counted complete (200, no ``client_gone``, its usage observed).
+F2: typed streams (Responses, Anthropic Messages: no ``[DONE]``) read to their last event and then closed,
+the upstream's chunked end not come yet: ``client_gone`` / 499 (the gap fixqa35b left).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -21,6 +24,7 @@ from aiohttp import web
 from gateway.backend import Backend
 from gateway.conftest import AccessSink, make_config, request_errors, running_gateway, until
 from kvgate.gateway.server import GatewayServer
+from kvgate.openai.sse import ends_typed
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,8 +37,9 @@ class Held(Backend):
     its event end only in the write that carries ``[DONE]`` (so the transformed relay hands the client both
     in one write)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cut: bool = False) -> None:
         super().__init__("held")
+        self.cut = cut  # (a typed stream: its connection cut after its last event, no chunked end)
         self.hold = asyncio.Event()
         self.last_written = asyncio.Event()
 
@@ -113,16 +118,27 @@ class Held(Backend):
         for kind, obj in events:
             await resp.write(b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(obj)))
         self.last_written.set()
+        if self.cut:
+            assert request.transport is not None
+            request.transport.abort()
+            return resp
         await self.hold.wait()
         await resp.write_eof()
         return resp
 
 
 @asynccontextmanager
-async def _gateway(extra: dict[str, Any] | None = None) -> AsyncIterator[tuple[Held, GatewayServer, int]]:
-    b = await Held().start()
+async def _gateway(
+    extra: dict[str, Any] | None = None, cut: bool = False, rewrite: bool = False
+) -> AsyncIterator[tuple[Held, GatewayServer, int]]:
+    """``rewrite``: ``m`` sent as ``served`` (the transformed relay puts ``m`` back)."""
+    b = await Held(cut).start()
     try:
-        cfg = make_config([b.address], extra={"accessLog": True, **(extra or {})})
+        extra = {"accessLog": True, **(extra or {})}
+        if rewrite:
+            extra["rewrites"] = [{"matches": [{"model": {"type": "Exact", "value": "m"}}],
+                                  "targets": [{"modelRewrite": "served", "weight": 1}]}]  # fmt: skip
+        cfg = make_config([b.address], models=("m", "served"), extra=extra)
         async with running_gateway(cfg) as gw:
             yield b, gw, gw.port
     finally:
@@ -203,3 +219,75 @@ async def test_F1_a_client_that_never_got_done_is_not_complete(access_sink: Acce
     line = access_sink.lines()[-1]
     assert errors == {("m", "m", "client_gone"): 1.0}, (errors, line)  # (main: {})
     assert line.startswith("rev-b35-f1 POST /v1/completions 499 "), line  # (main: 200)
+
+
+# --- F2 -------------------------------------------------------------------------------------------------
+
+TYPED = {
+    "/v1/responses": (b'{"model":"m","input":"hi","stream":true}', b"event: response.completed\n"),
+    "/v1/messages": (
+        b'{"model":"m","max_tokens":3,"messages":[{"role":"user","content":"hi"}],"stream":true}',
+        b"event: message_stop\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["pass-through", "rewrite"])
+@pytest.mark.parametrize("path", sorted(TYPED))
+async def test_F2_a_typed_stream_closed_after_its_last_event_is_complete(
+    access_sink: AccessSink, path: str, rewrite: bool
+) -> None:
+    """As qa35b F1 for a typed stream: the client reads to the API's last event (``response.completed``,
+    ``message_stop``) and closes; the upstream holds its chunked end. Fails on main (the gap fixqa35b
+    left): ``client_gone`` +1 and the line says 499."""
+    body, last = TYPED[path]
+    async with _gateway(rewrite=rewrite) as (b, gw, port):
+        r, w = await _open(port, _post(path, body, "x-request-id: rev-b35-f2"))
+        await _read_until(r, lambda buf: last in buf and buf.endswith(b"\n\r\n"))
+        await asyncio.wait_for(b.last_written.wait(), WAIT_S)
+        w.close()
+        await until(lambda: _ended(gw), WAIT_S, "the request ended (its handler cancelled)")
+        b.hold.set()
+        await until(access_sink.lines, WAIT_S, "the stream's access line")
+        errors = {k: v for k, v in request_errors(gw).items() if v}
+    line = access_sink.lines()[-1]
+    assert errors == {}, (errors, line)  # (main: client_gone 1)
+    assert line.startswith(f"rev-b35-f2 POST {path} 200 "), line  # (main: 499)
+
+
+@pytest.mark.parametrize("path", sorted(TYPED))
+async def test_F2_an_upstream_cut_after_a_typed_streams_last_event_ends_it_complete(
+    access_sink: AccessSink, path: str
+) -> None:
+    """As a cut after ``[DONE]`` (``test_cut_after_done``): the upstream's connection cut after the API's
+    last event gave the whole answer: no error event after it, the body's clean end, no ``stream_cut``,
+    the cut counted in ``streams_cut_after_done``. Before: the cut's error event after ``message_stop``."""
+    body, last = TYPED[path]
+    async with _gateway(cut=True) as (_, gw, port):
+        async with aiohttp.ClientSession() as s, s.post(f"http://127.0.0.1:{port}{path}", data=body) as r:
+            assert r.status == 200
+            raw = await r.read()  # (aiohttp raises on a body cut short)
+        assert raw.endswith(b"\n\n") and raw.rfind(b"event: ") == raw.rfind(last), raw[-300:]
+        assert b"event: error" not in raw, raw[-300:]
+        await until(access_sink.lines, WAIT_S, "the stream's access line")
+        errors = {k: v for k, v in request_errors(gw).items() if v}
+        cuts = gw.metrics.registry.get_sample_value("kvgate_gateway_streams_cut_after_done_total")
+    assert errors == {}, errors
+    assert cuts == 1
+    assert f"POST {path} 200 " in access_sink.lines()[-1], access_sink.lines()
+
+
+@pytest.mark.parametrize(
+    ("events", "last"),
+    [
+        (b"event: response.completed\ndata: {}\n\n", True),
+        (b"event: message_delta\ndata: {}\n\nevent:message_stop\r\ndata: {}\r\n\r\n", True),
+        (b"data: {}\r\revent: response.incomplete\rdata: {}\r\r", True),
+        (b"event: message_stop\ndata: {}\n\n: ping\n\nevent: ping\ndata: {}\n\n", False),
+        (b'event: response.output_text.delta\ndata: {"delta":"\\nevent: response.completed"}\n\n', False),
+        (b'data: {"type":"response.completed"}\n\n', False),  # (no event line: not read, as before)
+        (b"event: response.completed\ndata: {", False),  # (not whole)
+    ],
+)
+async def test_F2_the_last_event_of_a_typed_stream(events: bytes, last: bool) -> None:
+    assert ends_typed(events) is last

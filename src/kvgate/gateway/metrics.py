@@ -68,7 +68,8 @@ class GatewayMetrics:
         # ``[DONE]`` stays visible here (review s17-doors I1; the drain's own cut is not counted).
         self.cut_after_done = Counter(
             "kvgate_gateway_streams_cut_after_done_total",
-            "Event streams whose upstream connection was cut after data: [DONE] (ended complete)",
+            "Event streams whose upstream connection was cut after data: [DONE] or a typed stream's "
+            "last event (ended complete)",
             registry=r,
         )
         # ``--config`` reloads (gateway.reload), by result, and the last one's pair.

@@ -1694,7 +1694,7 @@ class Proxy:
         id reader, fed the chunks after ``first`` until it is done (``_note_response``). ``stop``: flow
         control's, while the stream is preemptible (a typed stream until its first output event): a
         preemption aborts ``resp`` and the stream ends with the API's 429 error event."""
-        relay = StreamRelay(sent_model, client_model, strip_usage)
+        relay = StreamRelay(sent_model, client_model, strip_usage, typed=kind in STREAM_USAGE_PATHS)
         first_s = self.clock() - t0  # (its first byte is here: the TTFT llm-d's families observe)
         sent = 0  # body bytes written to the client (the response size families)
         headers = reply_headers
@@ -1780,7 +1780,7 @@ class Proxy:
                 if cut is not None and drain_cut is None:
                     self.metrics.cut_after_done.inc()
                     log.debug(
-                        "%s: stream from %s cut after its [DONE]: %s: %s",
+                        "%s: stream from %s cut after its [DONE] (or last event): %s: %s",
                         ireq.request_id, ep.address, type(cut).__name__, cut,
                     )  # fmt: skip
                 drain_cut = cut = None

@@ -23,7 +23,15 @@ from typing import Final
 import orjson
 
 from kvgate.openai.protocol import later_usage, usage_from
-from kvgate.openai.sse import DONE_ENDS, MAX_SSE_LINE, EventEdge, ends_done, event_end, next_event_end
+from kvgate.openai.sse import (
+    DONE_ENDS,
+    MAX_SSE_LINE,
+    EventEdge,
+    ends_done,
+    ends_typed,
+    event_end,
+    next_event_end,
+)
 from kvgate.openai.usage import UsageTail, event_obj
 from kvgate.scheduling.types import Usage
 
@@ -122,6 +130,7 @@ class StreamRelay:
         client_model: str,
         strip_usage: bool,
         max_event_bytes: int = MAX_SSE_LINE,
+        typed: bool = False,
     ) -> None:
         self._patterns = _model_patterns(sent_model, client_model) if sent_model else []
         # The escaped spellings are tried only on a chunk where no plain one matched (one server, one
@@ -146,12 +155,17 @@ class StreamRelay:
         self._edge = None if self._transform else EventEdge(max_event_bytes)
         self.usage: Usage | None = None
         self._done = False
+        # A typed stream (``typed``: Responses, Anthropic Messages) has no ``[DONE]``: its last event
+        # (``ends_typed``) is its done; only its streams scan for it (rev-b35 F2).
+        self._typed = typed
+        self._typed_done = False
 
     @property
     def done(self) -> bool:
-        """The ``data: [DONE]`` event was fed (and returned for writing): the stream is complete, whatever
-        comes (or not) after. Whether it reached the client is the writer's to know (rev-b35 F1)."""
-        return self._edge.done if self._edge is not None else self._done
+        """The ``data: [DONE]`` event (a typed stream's last event) was fed, and returned for writing: the
+        stream is complete, whatever comes (or not) after. Whether it reached the client is the
+        writer's to know (rev-b35 F1)."""
+        return self._typed_done or (self._edge.done if self._edge is not None else self._done)
 
     @property
     def mid_event(self) -> bool:
@@ -162,7 +176,10 @@ class StreamRelay:
     def feed(self, chunk: bytes) -> bytes:
         if self._tail is not None and self._edge is not None:
             self._tail.feed(chunk)
-            return self._edge.feed(chunk)
+            out = self._edge.feed(chunk)
+            if self._typed and out and not self._typed_done and not self._edge.mid_event:
+                self._typed_done = ends_typed(out)
+            return out
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -173,6 +190,8 @@ class StreamRelay:
             out = self._feed_partial(chunk)
         if out.endswith(DONE_ENDS) and ends_done(out):
             self._done = True
+        elif self._typed and out and not self._typed_done and not self._passing:
+            self._typed_done = ends_typed(out)
         return out
 
     def _feed_partial(self, chunk: bytes) -> bytes:

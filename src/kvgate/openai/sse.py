@@ -347,6 +347,48 @@ def ends_done(events: bytes) -> bool:
     return t.endswith(b"[DONE]") and t[:-6].rstrip(b" ").endswith(b"data:")
 
 
+# The events a typed stream (Responses API, Anthropic Messages: no ``[DONE]``) ends with, named by their
+# ``event:`` line; how whole events may end (the blank line's forms, as ``DONE_ENDS``').
+TYPED_LAST = frozenset({b"message_stop", b"response.completed", b"response.incomplete", b"response.failed"})
+_EVENTS_END = (b"\n\n", b"\n\r", b"\r\r", b"\n\r\n", b"\r\r\n")
+
+
+def _line_end(buf: bytes, pos: int, stop: int) -> int:
+    """The first line end (LF or CR) in ``buf[pos:stop]``, else ``stop`` (two single-byte searches:
+    memchr, a data line holding a whole answer read at memory speed)."""
+    lf, cr = buf.find(b"\n", pos, stop), buf.find(b"\r", pos, stop)
+    return stop if lf < 0 and cr < 0 else (lf if cr < 0 or 0 <= lf < cr else cr)
+
+
+def ends_typed(events: bytes) -> bool:
+    """True when ``events`` (whole events) ends with a typed stream's last event (``TYPED_LAST``): the last
+    ``event:`` line at a line's start names it and no blank line follows before the end. Forward
+    searches only (``bytes.rfind`` scans a ``response.completed``, the whole answer, byte by byte). A
+    server that names no event (``data:`` only) gets False, as before (rev-b35 F2)."""
+    if not events.endswith(_EVENTS_END):
+        return False
+    n = len(events)
+    while n and events[n - 1] in (10, 13):
+        n -= 1
+    name_at = -1
+    p = events.find(b"event:", 0, n)
+    while p >= 0:
+        if p == 0 or events[p - 1] in (10, 13):  # (a line's start: not in a data line's text)
+            name_at = p + 6
+        p = events.find(b"event:", p + 6, n)
+    if name_at < 0:
+        return False
+    pos = _line_end(events, name_at, n)
+    if events[name_at:pos].strip(b" ") not in TYPED_LAST:
+        return False
+    while pos < n:  # its other lines (``data:``, ``id:``), none empty: no event after it
+        pos += 2 if events[pos : pos + 2] == b"\r\n" else 1
+        if events[pos] in (10, 13):
+            return False
+        pos = _line_end(events, pos, n)
+    return True
+
+
 class EventEdge:
     """A pass-through event stream's chunks cut back to whole events: ``feed`` returns what may go to
     the client now (up to the last event's end; a chunk that ends an event, the usual case, is returned
