@@ -750,9 +750,10 @@ def test_cold_warm_delay_sends_a_cold_prefill_where_fewer_warm_requests_arrive()
     assert on.score(cycle(text, now=1.0), [busy, quiet])[1] == 1.0  # quiet is picked
     hb, hq = hol.costs(cycle(text, now=1.0), [busy, quiet])
     assert hb == hq
-    # A warm request (held at both): priced as without the option.
-    assert on.costs(_warm_cycle(text, 1.0, {"a:1": 4, "b:1": 4}), [busy, quiet]) == off.costs(
-        _warm_cycle(text, 1.0, {"a:1": 4, "b:1": 4}), [busy, quiet]
+    # A warm request, half its prompt held at quiet only (uncached tokens at both, so the check can fail:
+    # rev-d35 F1): priced as without the option.
+    assert on.costs(_warm_cycle(text, 1.0, {"b:1": 2}), [busy, quiet]) == off.costs(
+        _warm_cycle(text, 1.0, {"b:1": 2}), [busy, quiet]
     )
 
 

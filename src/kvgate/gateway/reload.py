@@ -65,6 +65,7 @@ from kvgate.gateway.pools import (
 )
 from kvgate.scheduling import metrics, tokenize
 from kvgate.scheduling.plugins import precise_llmd, precise_prefix
+from kvgate.scheduling.plugins.kvgate_cost import KVGateCostScorer
 from kvgate.scheduling.plugins.prefix_cache import (
     ApproxPrefixCacheProducer,
     PrefixCacheScorer,
@@ -305,7 +306,8 @@ def _carry(
 ) -> list[str]:
     """What a pool's new Director takes over from the old one; returns the prefix scorers whose index
     it kept. The health policy, decode-speed estimates, the per-endpoint queue series shown and the
-    flow-control metric labels always; a prefix scorer's index, and a session affinity scorer's sessions,
+    flow-control metric labels always; a prefix scorer's index, a session affinity scorer's sessions and
+    a cost scorer's learned prefill speed and arrival rates (``take_learned``),
     when the scorer's name, type and parameters (a prefix scorer's: settings) are unchanged (else its
     blocks may not mean the same); a consumer's implicit prefix scorer's index when the consumer keeps its
     name and has an implicit one on both sides, of the same meaning (``_same_implicit``). ``specs``: the
@@ -349,6 +351,8 @@ def _carry(
             kept.append(name)
         elif isinstance(plugin, SessionAffinityScorer) and isinstance(prev, SessionAffinityScorer):
             plugin.sessions = prev.sessions  # (sessions stay on their endpoints across the swap)
+        elif isinstance(plugin, KVGateCostScorer) and isinstance(prev, KVGateCostScorer):
+            plugin.take_learned(prev)  # (spt and the rates: headOfLine, coldWarmDelay price at once)
     return kept
 
 

@@ -142,6 +142,7 @@ from collections.abc import Sequence
 from itertools import islice
 
 from kvgate.datalayer.endpoint import Endpoint
+from kvgate.datalayer.store import StoreChange
 from kvgate.scheduling.framework import (
     ConfigError,
     CycleState,
@@ -349,6 +350,23 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         # EWMA of the uncached prompt tokens per dispatched request: converts scraped queue lengths this
         # picker cannot explain (other gateways' traffic) into tokens.
         self.mean_uncached = 512.0
+        if cold_warm_delay and handle.store is not None:
+            # A removed endpoint's cached prefixes are gone from the prefix index: none of its warm picks
+            # can recur until it caches again (rev-d35 F2).
+            handle.store.add_listener(self._on_store_change)
+
+    def _on_store_change(self, change: StoreChange) -> None:
+        if change.kind == "removed":
+            self._warm.pop(change.endpoint.address, None)
+
+    def take_learned(self, prev: KVGateCostScorer) -> None:
+        """A reload with this scorer's settings unchanged: keep what ``prev`` learned (seconds per
+        prefill token, the arrival and warm rates), so headOfLine and coldWarmDelay price at once
+        (rev-d35 F3). Copies: the old picker's late finishes must not write into the new one's."""
+        self.spt = prev.spt
+        self._spt_first = list(prev._spt_first)
+        self._arrivals = dict(prev._arrivals)
+        self._warm = dict(prev._warm)
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> KVGateCostScorer:
@@ -617,8 +635,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
                     work += evict[i]
                 if spt:
                     # The arrivals expected while these tokens are computed, each delayed by them.
-                    work += self.arrival_rate(ep.address, now) * spt * uncached * (ahead + 0.5 * uncached)
-                if warm_spt:
+                    rate = self.arrival_rate(ep.address, now)
+                    if warm_spt:  # (both options: the warm picks are among the arrivals, charged once: F4)
+                        rate = max(rate, self.warm_rate(ep.address, now))
+                    work += rate * spt * uncached * (ahead + 0.5 * uncached)
+                elif warm_spt:
                     # The warm requests expected there while it waits and computes, each delayed by it.
                     work += self.warm_rate(ep.address, now) * warm_spt * uncached * (ahead + 0.5 * uncached)
                 if commit is not None and met.num_gpu_blocks and met.block_size:
