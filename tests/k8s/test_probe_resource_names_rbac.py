@@ -28,7 +28,7 @@ import pytest
 from aiohttp import web
 
 from fake_time import FakeTime
-from k8s.probe_kit import advance, probed_reflector, status_response
+from k8s.probe_kit import advance, advance_probes, probed_reflector, status_response
 from k8s.reflector_kit import until
 from kvgate.k8s.apiserver import ApiServerDouble
 
@@ -68,28 +68,38 @@ async def test_a_stuck_server_is_found_by_the_probe_under_resource_names_rbac() 
 
 
 class _ProbeForbidden(ApiServerDouble):
-    """RBAC that admits the reflector's list (``limit=500``) and watch but not the probe's ``limit=1``."""
+    """RBAC that admits the reflector's list (``limit=500``) and watch but not the probe's ``limit=1``;
+    the 403 sent ``delay_s`` late (what a loaded machine does)."""
+
+    delay_s = 0.0
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.query.get("limit") == "1":
+            await asyncio.sleep(self.delay_s)
             return status_response(403, "Forbidden", "pods is forbidden")
         return await super()._handle(request)
 
 
-async def test_a_refused_probe_is_a_warning_once_and_no_proof(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("delay_s", [0.0, 0.12])
+async def test_a_refused_probe_is_a_warning_once_and_no_proof(
+    caplog: pytest.LogCaptureFixture, delay_s: float
+) -> None:
     """A 403 on the probe: one WARNING (not DEBUG), counted, never credited as a proof of sync: the copy's
     age grows from the last proof; the watch stays open, no relist however many in a row (review
-    s16-fixes-b KS1: the third counted as no answer and relisted). Fails before fixk8s16: DEBUG only."""
+    s16-fixes-b KS1: the third counted as no answer and relisted). Fails before fixk8s16: DEBUG only.
+    The 403 120 ms late too (review rev-c35 F1: one ``advance`` through two probes let the probe's 10 s
+    timer pass before a late answer came back, and the test waited out its deadline on a loaded CI box)."""
     double = _ProbeForbidden(bookmark_interval=0.2)
+    double.delay_s = delay_s
     ft = FakeTime()
     with caplog.at_level("WARNING", logger="kvgate.k8s.reflector"):
         async with double, probed_reflector(double, ft) as r:
             lists = r.lists
-            await advance(ft, 60.0 + 10.0 + 1.0)  # two probes: 60 s, 70 s
-            await until(lambda: r.probes_refused == 2)
+            # each next probe 10 s after the last send (max(Retry-After, timeout)): 60, 70 s
+            await advance_probes(ft, (60.0, 70.0), lambda n: r.probes_refused == n)
             assert r.last_sync == 0.0 and r.probes == 0 and r.stuck == 0  # no credit
-            await advance(ft, 30.0)  # the third, fourth, fifth: 80, 90, 100 s
-            await until(lambda: r.probes_refused == 5)
+            # the third, fourth, fifth: 80, 90, 100 s
+            await advance_probes(ft, (80.0, 90.0, 100.0), lambda n: r.probes_refused == 2 + n)
             await asyncio.sleep(0.2)
             assert r.stuck == 0 and r.lists == lists  # the watch goes on
             age = r.age()

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 from fake_time import FakeTime
-from k8s.probe_kit import advance, probed_reflector, status_response
+from k8s.probe_kit import advance, advance_probes, probed_reflector, status_response
 from k8s.reflector_kit import until
 from kvgate.k8s.apiserver import ApiServerDouble
 
@@ -33,9 +33,11 @@ class _Throttled(ApiServerDouble):
     throttled = 0
     throttle = False
     retry_after = "1"
+    delay_s = 0.0  # the 429 sent this late (what a loaded machine does)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self.throttle and dict(request.query) == {"limit": "1"}:
+            await asyncio.sleep(self.delay_s)
             self.throttled += 1
             return status_response(429, "TooManyRequests", "Too many requests, please try again later.",
                                    headers={"Retry-After": self.retry_after})  # fmt: skip
@@ -59,19 +61,25 @@ async def test_a_stuck_server_whose_probes_get_429_shows_in_the_copys_age() -> N
         )
 
 
-async def test_three_429s_in_a_row_do_not_relist_a_healthy_watch() -> None:
+@pytest.mark.parametrize("delay_s", [0.0, 0.12])
+async def test_three_429s_in_a_row_do_not_relist_a_healthy_watch(delay_s: float) -> None:
     """Review s16-fixes-b KS1: API Priority and Fairness answers 429 on an overloaded server whose storage
     is fine too. Three 429s in a row ended a quiet, healthy watch and relisted (a full LIST from every quiet
     reflector every ~80 s of an overload). Now the watch stays open, the copy is not credited (its age
-    grows) and an answered probe credits it again. Fails before fixb16: relisted at 80 s."""
+    grows) and an answered probe credits it again. Fails before fixb16: relisted at 80 s. The 429s 120 ms
+    late too (review rev-c35 F1: one ``advance`` through six probes let a probe's 10 s timer pass before
+    its late answer came back)."""
     double = _Throttled(bookmark_interval=0.2)
+    double.delay_s = delay_s
     ft = FakeTime()
     async with double, probed_reflector(double, ft) as r:
         lists, watches = r.lists, r.watches
         assert r.age() == 0.0
         double.throttle = True
-        await advance(ft, 60.0 + 5 * 10.0 + 1.0)  # six probes, 429 each (Retry-After 1: 10 s apart)
-        await until(lambda: double.throttled >= 6)
+        # six probes, 429 each (Retry-After 1: each next one 10 s after the last send), each answered
+        # (counted and seen by the reflector) before the clock may pass its timeout
+        at = [60.0 + 10.0 * i for i in range(6)]
+        await advance_probes(ft, at, lambda n: double.throttled == n and r.probes_unproven == n)
         await asyncio.sleep(0.3)
         assert r.lists == lists and r.watches == watches and r.stuck == 0, (
             f"{double.throttled} 429s relisted a healthy watch: lists {lists} -> {r.lists}"
