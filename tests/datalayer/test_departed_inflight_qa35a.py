@@ -1,6 +1,6 @@
 """qa35a F1, the store's part: an address removed while this picker's requests run there keeps their
 ``InFlight`` until they finish; back meanwhile, its new endpoint takes it over. Bounded (an idle one goes
-at the next change), never below zero, and ``--workers``' shared table keeps a worker's own count across
+at the next removal), never below zero, and ``--workers``' shared table keeps a worker's own count across
 the flap. The doors' view (discovery's remove and re-add under flow control's gate) is
 tests/k8s/test_inflight_across_flap_qa35a.py."""
 

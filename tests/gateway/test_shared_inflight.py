@@ -176,7 +176,7 @@ async def test_a_workers_sync_publishes_its_last_counts_when_it_ends() -> None:
         task = asyncio.create_task(_share_inflight([pool], 0, (owner.name, lock, 2)))
         for _ in range(200):  # (its first pass)
             await asyncio.sleep(0.005)
-            other.sync([theirs])
+            other.sync([theirs], "p")  # (the table keys by pool and address)
             if theirs.inflight.requests == 1:
                 break
         assert theirs.inflight.requests == 1
@@ -184,7 +184,7 @@ async def test_a_workers_sync_publishes_its_last_counts_when_it_ends() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        other.sync([theirs])
+        other.sync([theirs], "p")
         assert theirs.inflight.requests == 0
     finally:
         other.close()

@@ -29,7 +29,6 @@ from aiohttp import web
 
 from fake_time import FakeTime
 from k8s.probe_kit import advance, advance_probes, probed_reflector, status_response
-from k8s.reflector_kit import until
 from kvgate.k8s.apiserver import ApiServerDouble
 
 pytestmark = pytest.mark.asyncio

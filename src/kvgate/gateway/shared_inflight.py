@@ -7,7 +7,8 @@ rows into its endpoints' ``InFlight``: the picker keeps reading the same fields,
 most one interval stale for other workers' dispatches, exact for its own).
 
 Layout (one ``multiprocessing.shared_memory`` segment, created by the supervisor):
-- an address table: ``slots`` entries of ``ADDR_BYTES`` (NUL-padded UTF-8 ``ip:port``), claimed under
+- an address table: ``slots`` entries of ``ADDR_BYTES`` (NUL-padded UTF-8 ``ip:port``, then NUL and the
+  gateway pool's name: one server in two pools is two entries, ``SharedInFlight.key``), claimed under
   a lock the first time any worker sees an endpoint (rare; never on the data path);
 - counts: ``workers x slots x FIELDS`` signed 64-bit ints; row ``w`` is written by worker ``w`` only,
   so the data path takes no lock (a reader may see one field a moment before its neighbour: counts
@@ -21,6 +22,7 @@ After the counts, ``extra`` bytes (zeroed) for the flow controllers' queue marks
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 from multiprocessing import shared_memory
@@ -88,6 +90,9 @@ class SharedInFlight:
         # address -> (the InFlight, its running totals, ``_TOTALS`` order) after the last fold: what it
         # added since is the increase, or all of a fresh InFlight's
         self._sent: dict[str, tuple[InFlight, list[int]]] = {}
+        # the keys synced in this pass and in the previous one (``drop_unlisted``)
+        self._listed: set[str] = set()
+        self._listed_before: set[str] = set()
 
     @classmethod
     def create(cls, workers: int, lock: Any, slots: int = DEFAULT_SLOTS, extra: int = 0) -> SharedInFlight:
@@ -171,38 +176,73 @@ class SharedInFlight:
                 out[f] += c[b + f]
         return out
 
-    def sync(self, endpoints: Iterable[Endpoint]) -> None:
-        """Publish this worker's own counts and fold the other workers' into each ``InFlight``."""
+    @staticmethod
+    def key(address: str, pool: str = "") -> str:
+        """The table key of ``address`` in gateway pool ``pool``: one server in two pools is two entries
+        (each pool counts only its own requests, as in one process; rev-c35 F2: one slot for both made
+        each pool's sync publish the other's folded counts as its own, growing every tick)."""
+        if not pool:
+            return address
+        key = f"{address}\0{pool}"
+        if len(key.encode()) <= ADDR_BYTES:
+            return key
+        return "#" + hashlib.blake2b(key.encode(), digest_size=24).hexdigest()  # (the same in every process)
+
+    def sync(self, endpoints: Iterable[Endpoint], pool: str = "") -> None:
+        """Publish this worker's own counts and fold the other workers' into each ``InFlight`` (the
+        endpoints of gateway pool ``pool``)."""
+        for ep in endpoints:
+            key = self.key(ep.address, pool)
+            self._listed.add(key)
+            self._sync_one(key, ep.inflight)
+
+    def _sync_one(self, key: str, inf: InFlight) -> None:
+        i = self.slot(key)
+        if i is None:
+            return
         c = self._counts
         me = self.worker
-        for ep in endpoints:
-            i = self.slot(ep.address)
-            if i is None:
-                continue
-            inf = ep.inflight
-            seen = self._sent.get(ep.address)
-            prev = seen[1] if seen is not None and seen[0] is inf else None  # None: a fresh InFlight
-            # (a fresh InFlight, e.g. an endpoint removed and back, holds no other worker's counts yet:
-            # all of it is this worker's own)
-            old = self._remote.get(ep.address, _ZEROS) if prev is not None else _ZEROS
-            cur = [getattr(inf, f) for f in FIELDS]
-            mine = [max(0, v - r) for v, r in zip(cur, old, strict=True)]
-            b = self._base(me, i)
-            for k, f in enumerate(_TOTALS):
-                since = cur[f] if prev is None else cur[f] - prev[k]
-                mine[f] = c[b + f] + max(0, since)  # its row's total only grows
-            for f in range(_NF):
-                c[b + f] = mine[f]
-            remote = self.totals(ep.address, exclude=me)
-            for f, name in enumerate(FIELDS):
-                setattr(inf, name, mine[f] + remote[f])
-            if prev is None:
-                # A fresh InFlight's first fold brings in the fleet's lifetime totals: before any page
-                # this process read (its own sends and starts since it was made stay "since").
-                for f, base in _TOTALS.items():
-                    setattr(inf, base, getattr(inf, base) + mine[f] + remote[f] - cur[f])
-            self._remote[ep.address] = remote
-            self._sent[ep.address] = (inf, [mine[f] + remote[f] for f in _TOTALS])
+        seen = self._sent.get(key)
+        prev = seen[1] if seen is not None and seen[0] is inf else None  # None: a fresh InFlight
+        # (a fresh InFlight, e.g. an endpoint removed and back, holds no other worker's counts yet:
+        # all of it is this worker's own)
+        old = self._remote.get(key, _ZEROS) if prev is not None else _ZEROS
+        cur = [getattr(inf, f) for f in FIELDS]
+        mine = [max(0, v - r) for v, r in zip(cur, old, strict=True)]
+        b = self._base(me, i)
+        for k, f in enumerate(_TOTALS):
+            since = cur[f] if prev is None else cur[f] - prev[k]
+            mine[f] = c[b + f] + max(0, since)  # its row's total only grows
+        for f in range(_NF):
+            c[b + f] = mine[f]
+        remote = self.totals(key, exclude=me)
+        for f, name in enumerate(FIELDS):
+            setattr(inf, name, mine[f] + remote[f])
+        if prev is None:
+            # A fresh InFlight's first fold brings in the fleet's lifetime totals: before any page
+            # this process read (its own sends and starts since it was made stay "since").
+            for f, base in _TOTALS.items():
+                setattr(inf, base, getattr(inf, base) + mine[f] + remote[f] - cur[f])
+        self._remote[key] = remote
+        self._sent[key] = (inf, [mine[f] + remote[f] for f in _TOTALS])
+
+    def drop_unlisted(self) -> None:
+        """End of a pass of ``sync`` over all the worker's pools: an entry synced in the previous pass and
+        not in this one is gone from its store (a departed one only once idle), so nothing of this worker
+        runs there. Its last changes are published (running totals) and its own counts zeroed: a finish
+        after its last sync stayed in the other workers' view for good (rev-c35 F3)."""
+        for key in self._listed_before - self._listed:
+            seen = self._sent.get(key)
+            i = self._slot.get(key)
+            if seen is not None and i is not None:
+                self._sync_one(key, seen[0])  # (its InFlight as last synced: only the changes since)
+                b = self._base(self.worker, i)
+                for f in range(_NF):
+                    if f not in _TOTALS:
+                        self._counts[b + f] = 0
+            self._sent.pop(key, None)
+            self._remote.pop(key, None)
+        self._listed_before, self._listed = self._listed, set()
 
     def clear_row(self, worker: int) -> None:
         """Zero a worker's published counts (the supervisor, at its death and before its restart), except its
@@ -213,8 +253,9 @@ class SharedInFlight:
             if (k - b) % _NF not in _TOTALS:
                 c[k] = 0
 
-    def local(self, inflight: InFlight, address: str) -> list[int]:
+    def local(self, inflight: InFlight, address: str, pool: str = "") -> list[int]:
         """This worker's own share of ``inflight`` (what it last published plus changes since)."""
-        seen = self._sent.get(address)
-        old = self._remote.get(address, _ZEROS) if seen is not None and seen[0] is inflight else _ZEROS
+        key = self.key(address, pool)
+        seen = self._sent.get(key)
+        old = self._remote.get(key, _ZEROS) if seen is not None and seen[0] is inflight else _ZEROS
         return [max(0, getattr(inflight, f) - r) for f, r in zip(FIELDS, old, strict=True)]

@@ -336,6 +336,15 @@ def _accounted(pool: Any) -> tuple[Endpoint, ...]:
     return (*eps, *gone) if gone else tuple(eps)
 
 
+def _sync_pass(view: Any, pools: list[Any]) -> None:
+    """One pass of the shared in-flight table over all pools: each endpoint under its pool's name (one
+    server in two pools counts each pool's requests apart, rev-c35 F2), then the entries gone from every
+    store since the last pass get their own counts zeroed (rev-c35 F3)."""
+    for pool in pools:
+        view.sync(_accounted(pool), getattr(pool, "name", ""))
+    view.drop_unlisted()
+
+
 async def _share_inflight(pools: list[Any], index: int, shared: Shared, tenants: Any = None) -> None:
     """``tenants``: the worker's ``SharedTenants``, whose lock (stuck-lock rules included) the flow control
     queue limits take (``fleet.FleetLimits``)."""
@@ -348,8 +357,8 @@ async def _share_inflight(pools: list[Any], index: int, shared: Shared, tenants:
     failed = False
     try:
         while True:
+            _sync_pass(view, pools)
             for pool in pools:
-                view.sync(_accounted(pool))
                 # flow control's queue order across workers (a reload's new picker gets its mark here)
                 flow = getattr(pool.director, "flow", None)
                 if flow is not None and flow.fleet is None:
@@ -372,8 +381,7 @@ async def _share_inflight(pools: list[Any], index: int, shared: Shared, tenants:
         # within the interval) must not stay in flight in the other workers' view, their gates
         # saturated on it and their queues waiting out the TTL.
         try:
-            for pool in pools:
-                view.sync(_accounted(pool))
+            _sync_pass(view, pools)
         except Exception as e:  # (best effort: the others' view of this worker stays as last published)
             log.warning("worker %d: last in-flight sync failed: %s: %s", index, type(e).__name__, e)
         marks.close()  # (its view of the segment first; the dispatchers' marks answer "no defer" now)
