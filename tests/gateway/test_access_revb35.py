@@ -6,6 +6,9 @@ left while the write holding ``[DONE]`` waited on it (back-pressure; or the send
 ``[DONE]`` yet is counted complete (200, no ``client_gone``, its usage observed).
 F2: typed streams (Responses, Anthropic Messages: no ``[DONE]``) read to their last event and then closed,
 the upstream's chunked end not come yet: ``client_gone`` / 499 (the gap fixqa35b left).
+F3: the front's 503 (body budget) refused from the head, the 405 ``route_check`` answers to ``Expect:
+100-continue`` on a data route, and the 413 of an absolute-form target carried no ``x-request-id`` (the
+first two) and left no access line, although the docs say every refusal once the head is read does.
 """
 
 from __future__ import annotations
@@ -291,3 +294,69 @@ async def test_F2_an_upstream_cut_after_a_typed_streams_last_event_ends_it_compl
 )
 async def test_F2_the_last_event_of_a_typed_stream(events: bytes, last: bool) -> None:
     assert ends_typed(events) is last
+
+
+# --- F3 -------------------------------------------------------------------------------------------------
+
+
+async def test_F3_a_503_of_the_body_budget_from_its_head_has_an_id_and_a_line(
+    access_sink: AccessSink,
+) -> None:
+    """Connection A holds 5000 of the 10000-byte body budget (its body half sent); B's head announces 6000:
+    503 from its head. Docs: every refusal once the head is read carries ``x-request-id`` and leaves its
+    line on a data route. On main: neither."""
+    extra = {"limits": {"maxBodyBytes": 10000, "maxBufferedBytes": 10000}}
+    async with _gateway(extra) as (_, gw, port):
+        head_a = _post("/v1/completions", b"", "x-request-id: rev-b35-a").replace(
+            b"content-length: 0", b"content-length: 10000"
+        )
+        _ra, wa = await _open(port, head_a + b"{" + b" " * 4999)
+        front = gw._data[1]
+        await until(lambda: front.budget.used >= 5000, WAIT_S, "A's half body held")
+        head_b = _post("/v1/completions", b"", "x-request-id: rev-b35-503").replace(
+            b"content-length: 0", b"content-length: 6000"
+        )
+        rb, wb = await _open(port, head_b)
+        got = await _read_until(rb, lambda buf: b"\r\n\r\n" in buf)
+        wb.close()
+        wa.close()
+        assert got.startswith(b"HTTP/1.1 503 "), got
+        assert b"\r\nx-request-id: rev-b35-503\r\n" in got.lower(), got  # (main: none)
+        await until(access_sink.lines, WAIT_S, "the refusal's access line")  # (main: none)
+    assert access_sink.lines()[-1].startswith("rev-b35-503 POST /v1/completions 503 model=- "), (
+        access_sink.lines()
+    )
+
+
+async def test_F3_a_405_answered_to_expect_on_a_data_route_has_an_id_and_a_line(
+    access_sink: AccessSink,
+) -> None:
+    """``GET /v1/completions`` with a body and ``Expect: 100-continue``: ``route_check``'s 405 from the head.
+    Without ``Expect`` the handler answers the same 405 with ``x-request-id`` and an access line; with it:
+    neither (main)."""
+    async with _gateway() as (_, _gw, port):
+        head = (b"GET /v1/completions HTTP/1.1\r\nhost: x\r\nx-request-id: rev-b35-405\r\n"
+                b"expect: 100-continue\r\ncontent-length: 10\r\n\r\n")  # fmt: skip
+        r, w = await _open(port, head)
+        got = await _read_until(r, lambda buf: b"\r\n\r\n" in buf)
+        w.close()
+        assert got.startswith(b"HTTP/1.1 405 "), got
+        assert b"\r\nx-request-id: rev-b35-405\r\n" in got.lower(), got  # (main: none)
+        await until(access_sink.lines, WAIT_S, "the refusal's access line")  # (main: none)
+    assert access_sink.lines()[-1].startswith("rev-b35-405 GET /v1/completions 405 "), access_sink.lines()
+
+
+async def test_F3_a_413_of_an_absolute_form_target_leaves_its_line(access_sink: AccessSink) -> None:
+    """``POST http://h/v1/completions`` (absolute-form, routed by its path) over ``maxBodyBytes``: 413 from
+    its head, with its id and its line on the data route it names. Before: the raw target was the line's
+    path, not a data route: no line."""
+    async with _gateway({"limits": {"maxBodyBytes": 1000}}) as (_, _gw, port):
+        head = (b"POST http://h/v1/completions HTTP/1.1\r\nhost: x\r\nx-request-id: rev-b35-413\r\n"
+                b"content-length: 2000\r\n\r\n{")  # fmt: skip
+        r, w = await _open(port, head)
+        got = await _read_until(r, lambda buf: b"\r\n\r\n" in buf)
+        w.close()
+        assert got.startswith(b"HTTP/1.1 413 "), got
+        assert b"\r\nx-request-id: rev-b35-413\r\n" in got.lower(), got
+        await until(access_sink.lines, WAIT_S, "the refusal's access line")  # (before: none)
+    assert access_sink.lines()[-1].startswith("rev-b35-413 POST /v1/completions 413 "), access_sink.lines()

@@ -564,13 +564,13 @@ BUDGET_RETRY_S = 1
 CAP_RETRY_AFTER = "1"
 
 
-def _over_budget(limit: int, length: int = -1) -> _Refused:
+def _over_budget(limit: int, length: int = -1, head: Head | None = None) -> _Refused:
     resp = _error(
         503, f"the gateway holds {limit} bytes of request bodies (limits.maxBufferedBytes); retry",
         "service_unavailable",
     )  # fmt: skip
     resp.headers["Retry-After"] = str(BUDGET_RETRY_S)
-    return _Refused(resp, length)
+    return _Refused(resp, length, head=head)
 
 
 Handler = Callable[[Request], Awaitable["Response | StreamResponse"]]
@@ -1266,6 +1266,9 @@ class FrontProtocol(asyncio.Protocol):
             length = int(cl) if cl else 0
             if length > server.max_body:
                 path = target.decode("latin-1").partition("?")[0]  # (for ``on_refused`` only)
+                if path[:1] != "/":  # (absolute-form: its path, as routed; rev-b35 F3)
+                    with contextlib.suppress(_BadRequest):  # (not a path: no route, no line)
+                        path = _absolute_form(path, headers)
                 raise _BadRequest(
                     413, f"request body of {length} bytes exceeds {server.max_body} bytes", length,
                     (method_b.decode(), path, headers),
@@ -1293,13 +1296,14 @@ class FrontProtocol(asyncio.Protocol):
             if length > 0 and length > budget.limit - budget.used:
                 # Does not fit in what is free now: refused before its body is read. Nothing is reserved
                 # here (a head that only announces a body would hold budget for free: s17-qafix-bc B1).
-                raise _over_budget(budget.limit, length)
+                raise _over_budget(budget.limit, length, (method, path, headers))
             expect = headers.get("expect")
             # (never to an HTTP/1.0 client, which has no interim answers: RFC 9110 10.1.1, 15.2; qa32a Q5)
             if expect is not None and http11 and expect.lower() == "100-continue":
                 route_check = server.route_check
                 if route_check is not None and (refusal := route_check(method, path)) is not None:
-                    raise _Refused(refusal, length, counted=False)  # (as the handler's answer: uncounted)
+                    # (as the handler's answer: uncounted, its id and line given: rev-b35 F3)
+                    raise _Refused(refusal, length, counted=False, head=(method, path, headers))
                 if not self.busy and not self.queue:
                     # Only when nothing is being answered: never into the middle of an earlier pipelined
                     # response (the client sends the body anyway after its own short wait).
