@@ -117,6 +117,12 @@ def _live_endpoints(old: PoolConfig, new: PoolConfig) -> bool:
     return old.inference_pool is None and new.inference_pool is None
 
 
+def _labels_read(old: PoolConfig, new: PoolConfig) -> bool:
+    """A pool's engineLabelKey is read only from discovered pods: both files from an InferencePool (listed
+    endpoints have no pod labels; the key names nothing there, review rev-e35 F2)."""
+    return old.inference_pool is not None and new.inference_pool is not None
+
+
 def not_applied(
     old: GatewayConfig, new: GatewayConfig, limits_live: bool = True, pickers: Collection[str] = ()
 ) -> list[str]:
@@ -140,7 +146,11 @@ def not_applied(
             if f.name in _POOL_APPLIED and (f.name != "endpoints" or _live_endpoints(o, n)):
                 continue
             if f.name in _PICKER and name in pickers:
-                if f.name == "picker_config" and engine_label_of(o) != engine_label_of(n):
+                if (
+                    f.name == "picker_config"
+                    and _labels_read(o, n)
+                    and engine_label_of(o) != engine_label_of(n)
+                ):
                     # (read as each pod is added: the pods in the store keep the engine they were given)
                     out.append(f"pools[{name}].endpointPickerConfig engineLabelKey")
                 continue
@@ -206,7 +216,12 @@ def check_pickers(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     olds = {pc.name: pc for pc in old.pools}
     for pc in new.pools:
         was = olds.get(pc.name)
-        if was is not None and pc.name in changed and engine_label_of(was) != engine_label_of(pc):
+        if (
+            was is not None
+            and pc.name in changed
+            and _labels_read(was, pc)
+            and engine_label_of(was) != engine_label_of(pc)
+        ):
             raise GatewayConfigError(
                 f"pools[{pc.name}].endpointPickerConfig engineLabelKey",
                 f"changed from {engine_label_of(was)!r} to {engine_label_of(pc)!r}: with --workers every "
