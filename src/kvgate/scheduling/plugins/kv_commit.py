@@ -29,11 +29,16 @@ output to write goes: a leak, not a long decode that sets the peak); entries lea
 from __future__ import annotations
 
 import math
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import suppress
 from itertools import islice
 
 MAX_TRACKED = 4096
+# Failed before a first token, kept for a resend without a pick (a stale kept-alive connection, Envoy's
+# fallback): the newest this many, their keys 8 bytes each (review rev-e35 F3: 4,096 lists held ~46 MiB).
+MAX_PARKED = 256
 EVICT_SCAN = 64  # past MAX_TRACKED, the oldest this many are the ones considered for dropping
 MAX_ENDPOINTS = 4096  # learned paces kept for this many endpoints
 # Seconds per output token (per endpoint) move this share toward each finished request's own figure.
@@ -240,8 +245,10 @@ class KVCommitLedger:
         elif not blocks:
             ep.pinned = 0.0  # (no float drift left over)
         if not ok and r.first is None:
+            with suppress(OverflowError):  # (a key outside 0..2**64-1: the list kept as it is)
+                r.keys = array("Q", r.keys)
             self._parked[request_id] = r
-            if len(self._parked) > MAX_TRACKED:
+            if len(self._parked) > MAX_PARKED:
                 self._parked.popitem(last=False)
 
     def __len__(self) -> int:

@@ -167,6 +167,7 @@ from kvgate.scheduling.plugins.prefix_cache import (
     UsesPrefixPlugin,
     prefix_match,
 )
+from kvgate.scheduling.prefix import CHARS_PER_TOKEN
 from kvgate.scheduling.registry import register
 from kvgate.scheduling.types import InferenceRequest, prompt_tokens
 
@@ -761,7 +762,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         m = prefix_match(cycle)
         if m is None or not m.hashes:
             return (), 0.0, float(p)
-        return m.hashes, p / len(m.hashes), 0.0
+        # The hashes cover at most maxPrefixBlocksToMatch blocks: the prompt past them is its own, not
+        # spread over the window's keys (review rev-e35 F1). (Capped at p / keys: an estimate under it.)
+        n = len(m.hashes)
+        per = min(m.chunk / (4 if m.by_ids else CHARS_PER_TOKEN), p / n)  # (ids: 4 bytes a token)
+        return m.hashes, per, max(0.0, p - n * per)
 
     def _forget(self, request_id: str) -> None:
         self._tails.pop(request_id, None)
