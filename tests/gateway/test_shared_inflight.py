@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import time
 from collections.abc import Iterator
 
 from kvgate.datalayer.endpoint import Endpoint
@@ -59,6 +60,49 @@ def test_slots_are_claimed_once_and_bounded() -> None:
         e.inflight.requests = 7
         w0.sync([e])
         assert e.inflight.requests == 7
+
+
+class _CountingLock:
+    """A lock that counts how often it is taken: each take of the full table's lock is a scan of every slot."""
+
+    def __init__(self) -> None:
+        self.inner = multiprocessing.get_context("spawn").Lock()
+        self.takes = 0
+
+    def __enter__(self) -> object:
+        self.takes += 1
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.__exit__(*exc)
+
+
+def test_a_full_table_refuses_a_key_without_rescanning_it_at_every_pass_rev_f35(caplog) -> None:  # type: ignore[no-untyped-def]
+    """rev-f35 F1: a key the full table refused is tried again only after FULL_RETRY_ASKS asks (each try scans
+    every slot under the lock the tenants' request path takes too), and the full table is logged once."""
+    from kvgate.gateway import shared_inflight as si
+
+    lock = _CountingLock()
+    owner = SharedInFlight.create(1, lock, 2)
+    w0 = SharedInFlight.attach(owner.name, lock, 1, 0, 2)
+    try:
+        assert w0.slot("a:1") is not None and w0.slot("b:1") is not None
+        with caplog.at_level("WARNING", logger="kvgate.gateway.shared_inflight"):
+            before = lock.takes
+            assert w0.slot("c:1") is None  # the first refusal scans once
+            assert lock.takes == before + 1
+            for _ in range(100):  # the next passes' asks: no scan
+                assert w0.slot("c:1") is None
+                assert w0.slot("d:1") is None  # another key: scanned once, then refused the same way
+            assert lock.takes == before + 2
+            full = [r for r in caplog.records if "shared in-flight table is full" in r.getMessage()]
+            assert len(full) == 1
+            for _ in range(si.FULL_RETRY_ASKS):  # after its retry interval the key is tried again
+                w0.slot("c:1")
+            assert lock.takes == before + 3
+    finally:
+        w0.close()
+        owner.close()
 
 
 def _child(name: str, lock: object, done: object) -> None:
@@ -174,11 +218,12 @@ async def test_a_workers_sync_publishes_its_last_counts_when_it_ends() -> None:
     try:
         mine.inflight.requests = 1
         task = asyncio.create_task(_share_inflight([pool], 0, (owner.name, lock, 2)))
-        for _ in range(200):  # (its first pass)
-            await asyncio.sleep(0.005)
+        deadline = time.monotonic() + 30.0  # (its first pass: the state, not a count of ticks)
+        while True:
             other.sync([theirs], "p")  # (the table keys by pool and address)
-            if theirs.inflight.requests == 1:
+            if theirs.inflight.requests == 1 or time.monotonic() > deadline:
                 break
+            await asyncio.sleep(0.005)
         assert theirs.inflight.requests == 1
         mine.inflight.requests = 0  # its last request finishes; the drain ends before the next pass
         task.cancel()

@@ -23,12 +23,19 @@ After the counts, ``extra`` bytes (zeroed) for the flow controllers' queue marks
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 from collections.abc import Iterable, Sequence
 from multiprocessing import shared_memory
 from typing import Any
 
 from kvgate.datalayer.endpoint import Endpoint, InFlight
+
+log = logging.getLogger(__name__)
+# A key the full table refused is tried again after this many asks (~10 s of 5 ms passes), not at every
+# pass: each try scans every slot under the lock the tenants' request path takes too (~0.3 ms at 1,024
+# slots; rev-f35 F1).
+FULL_RETRY_ASKS = 2000
 
 ADDR_BYTES = 64
 # ``sent_tokens`` and ``started`` are running totals (each worker publishes its own; the sum is the
@@ -85,6 +92,8 @@ class SharedInFlight:
         end = segment_size(workers, slots)
         self.extra = buf[end : end + extra]  # (``flowcontrol.fleet``'s marks)
         self._slot: dict[str, int] = {}
+        self._refused: dict[str, int] = {}  # key -> asks left before the full table is tried again
+        self._full_warned = False
         # address -> the other workers' counts last folded into that endpoint's InFlight
         self._remote: dict[str, list[int]] = {}
         # address -> (the InFlight, its running totals, ``_TOTALS`` order) after the last fold: what it
@@ -139,6 +148,10 @@ class SharedInFlight:
         key = address.encode()
         if not key or len(key) > ADDR_BYTES:
             return None
+        left = self._refused.get(address)
+        if left:
+            self._refused[address] = left - 1
+            return None
         start = hash(key) % self.slots  # str/bytes hashes differ per process: probe from any start
         with self.lock:
             free = None
@@ -151,9 +164,23 @@ class SharedInFlight:
                 if not cur and free is None:
                     free = i
             if free is None:
+                if address not in self._refused and len(self._refused) >= self.slots:
+                    del self._refused[next(iter(self._refused))]  # (bounded)
+                self._refused[address] = FULL_RETRY_ASKS
+                if not self._full_warned:
+                    self._full_warned = True
+                    log.warning(
+                        "worker %d: the shared in-flight table is full (%d entries, one per pool and "
+                        "address ever seen, never freed): %r and later new endpoints are counted per "
+                        "worker only until the gateway restarts",
+                        self.worker,
+                        self.slots,
+                        address,
+                    )
                 return None
             self._buf[free * ADDR_BYTES : free * ADDR_BYTES + len(key)] = key
         self._slot[address] = free
+        self._refused.pop(address, None)
         return free
 
     # -- counts ---------------------------------------------------------------------------------
