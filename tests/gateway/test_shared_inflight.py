@@ -63,7 +63,7 @@ def test_slots_are_claimed_once_and_bounded() -> None:
 
 
 class _CountingLock:
-    """A lock that counts how often it is taken: each take of the full table's lock is a scan of every slot."""
+    """A lock that counts its takes: each take of the full table's lock is a scan of every slot."""
 
     def __init__(self) -> None:
         self.inner = multiprocessing.get_context("spawn").Lock()
