@@ -57,7 +57,8 @@ def main() -> None:
         gm = statistics.geometric_mean(p90s)
         print(
             f"{pol}: p90 gm {gm:.1f} ms; cold {cold_n}, warm arrivals blocked {blocked} "
-            f"({blocked / max(cold_n, 1):.2f} per cold); customers max/mean {statistics.fmean(cust_ratio):.3f}, "
+            f"({blocked / max(cold_n, 1):.2f} per cold); "
+            f"customers max/mean {statistics.fmean(cust_ratio):.3f}, "
             f"requests max/mean {statistics.fmean(req_ratio):.3f}",
             flush=True,
         )
