@@ -182,8 +182,9 @@ LIMIT_FIELDS = _LHEAD + LIMIT_BANDS * _LENTRY
 # at another stride (review s25-rev-wk25 F1; as ``gateway.shared_responses``' table). Bump the version when a
 # field's meaning changes but no size does, or when the in-flight table before this segment
 # (``gateway.shared_inflight.FIELDS``) changes its row: it moves this segment's offset. 2: its row took
-# ``certain_misses`` (wk33). 3: its addresses became pool + address keys (rev-c35 F2; rev-f35 F3).
-LAYOUT_VERSION = 3
+# ``certain_misses`` (wk33). 3: its addresses became pool + address keys (rev-c35 F2; rev-f35 F3). 4: it took
+# a listed mark per worker and slot, and idle slots are reclaimed (rev-f35 F1).
+LAYOUT_VERSION = 4
 _LAYOUT_BYTES = 8
 
 

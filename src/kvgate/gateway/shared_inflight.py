@@ -12,9 +12,18 @@ Layout (one ``multiprocessing.shared_memory`` segment, created by the supervisor
   a lock the first time any worker sees an endpoint (rare; never on the data path);
 - counts: ``workers x slots x FIELDS`` signed 64-bit ints; row ``w`` is written by worker ``w`` only,
   so the data path takes no lock (a reader may see one field a moment before its neighbour: counts
-  are a load estimate, never an invariant).
+  are a load estimate, never an invariant);
+- listed marks: ``workers x slots`` bytes (rounded up to 8), 1 where worker ``w`` lists the slot. Set under
+  the lock when the worker caches the slot (``slot``), cleared under the lock when it drops it
+  (``drop_unlisted``), and by the supervisor for a dead worker (``clear_row``). So a worker's cached slot
+  index is always marked, and a slot no worker marks is cached by none: a claim on a full table may
+  reclaim it (its key rewritten, every row's counts zeroed, running totals included: no ``InFlight``
+  anywhere follows that entry any more, and one that comes back to it is fresh and takes the totals it
+  finds as its base). Review rev-f35 F1: before, a slot was never freed (pod churn filled the table);
+- a freed-slots counter (int64): bumped at each unmark, so a key a full table refused is tried again at
+  the first pass after a slot is freed (a rollout's new pod while the old one goes), not at every pass.
 
-Bounded: ``slots`` endpoints at most (1,024 by default); past that an endpoint just stays local.
+Bounded: ``slots`` endpoints listed at once at most (1,024 by default); past that an endpoint stays local.
 
 After the counts, ``extra`` bytes (zeroed) for the flow controllers' queue marks
 (``flowcontrol.fleet``): the same segment, so one owner creates and unlinks both.
@@ -32,9 +41,9 @@ from typing import Any
 from kvgate.datalayer.endpoint import Endpoint, InFlight
 
 log = logging.getLogger(__name__)
-# A key the full table refused is tried again after this many asks (~10 s of 5 ms passes), not at every
-# pass: each try scans every slot under the lock the tenants' request path takes too (~0.3 ms at 1,024
-# slots; rev-f35 F1).
+# A key the full table refused is tried again once a slot is freed (the freed-slots counter), or anyway
+# after this many asks (~10 s of 5 ms passes): not at every pass under the lock the tenants' request path
+# takes too (rev-f35 F1).
 FULL_RETRY_ASKS = 2000
 
 ADDR_BYTES = 64
@@ -62,8 +71,24 @@ _Q = struct.Struct("<q")
 DEFAULT_SLOTS = 1024
 
 
-def segment_size(workers: int, slots: int) -> int:
+def _counts_end(workers: int, slots: int) -> int:
     return slots * ADDR_BYTES + workers * slots * _NF * 8
+
+
+def segment_size(workers: int, slots: int) -> int:
+    return _freed_at(workers, slots) + 8
+
+
+def _freed_at(workers: int, slots: int) -> int:
+    return _counts_end(workers, slots) + (workers * slots + 7) // 8 * 8  # (after the marks, aligned)
+
+
+def _aligned(table: bytes, pattern: bytes) -> int | None:
+    """The first slot of ``table`` that holds exactly ``pattern`` (``ADDR_BYTES`` long)."""
+    at = table.find(pattern)
+    while at >= 0 and at % ADDR_BYTES:
+        at = table.find(pattern, at + 1)
+    return None if at < 0 else at // ADDR_BYTES
 
 
 class SharedInFlight:
@@ -88,11 +113,16 @@ class SharedInFlight:
         buf = shm.buf
         assert buf is not None
         self._buf: memoryview = buf
-        self._counts = buf[slots * ADDR_BYTES : segment_size(workers, slots)].cast("q")
+        counts_end = _counts_end(workers, slots)
+        self._counts = buf[slots * ADDR_BYTES : counts_end].cast("q")
+        self._marks = buf[counts_end : counts_end + workers * slots]  # row w: the slots worker w lists
+        at = _freed_at(workers, slots)
+        self._freed = buf[at : at + 8].cast("q")  # slots unmarked so far (a lost bump: ~10 s late, no harm)
         end = segment_size(workers, slots)
         self.extra = buf[end : end + extra]  # (``flowcontrol.fleet``'s marks)
         self._slot: dict[str, int] = {}
-        self._refused: dict[str, int] = {}  # key -> asks left before the full table is tried again
+        # key -> (asks left before the full table is tried again anyway, ``_freed`` at the refusal)
+        self._refused: dict[str, tuple[int, int]] = {}
         self._full_warned = False
         # address -> the other workers' counts last folded into that endpoint's InFlight
         self._remote: dict[str, list[int]] = {}
@@ -128,6 +158,8 @@ class SharedInFlight:
     def close(self) -> None:
         """(Views of ``extra`` taken by others must be released first.)"""
         self._counts.release()
+        self._marks.release()
+        self._freed.release()
         self.extra.release()
         del self._buf
         self.shm.close()
@@ -141,47 +173,68 @@ class SharedInFlight:
         return raw.rstrip(b"\0")
 
     def slot(self, address: str) -> int | None:
-        """The table slot of ``address`` (claimed if new), None if the table is full or it is too long."""
+        """The table slot of ``address`` (claimed if new, marked as listed by this worker), None if every
+        slot is listed by some worker or the key is too long. Its caller lists ``address`` (``sync``)."""
         got = self._slot.get(address)
         if got is not None:
             return got
         key = address.encode()
         if not key or len(key) > ADDR_BYTES:
             return None
-        left = self._refused.get(address)
-        if left:
-            self._refused[address] = left - 1
+        refused = self._refused.get(address)
+        if refused is not None and refused[0] > 0 and refused[1] == self._freed[0]:
+            self._refused[address] = (refused[0] - 1, refused[1])
             return None
-        start = hash(key) % self.slots  # str/bytes hashes differ per process: probe from any start
+        padded = key.ljust(ADDR_BYTES, b"\0")
         with self.lock:
-            free = None
-            for k in range(self.slots):
-                i = (start + k) % self.slots
-                cur = self._read_addr(i)
-                if cur == key:
-                    self._slot[address] = i
-                    return i
-                if not cur and free is None:
-                    free = i
-            if free is None:
-                if address not in self._refused and len(self._refused) >= self.slots:
-                    del self._refused[next(iter(self._refused))]  # (bounded)
-                self._refused[address] = FULL_RETRY_ASKS
-                if not self._full_warned:
-                    self._full_warned = True
-                    log.warning(
-                        "worker %d: the shared in-flight table is full (%d entries, one per pool and "
-                        "address ever seen, never freed): %r and later new endpoints are counted per "
-                        "worker only until the gateway restarts",
-                        self.worker,
-                        self.slots,
-                        address,
-                    )
-                return None
-            self._buf[free * ADDR_BYTES : free * ADDR_BYTES + len(key)] = key
-        self._slot[address] = free
+            table = bytes(self._buf[: self.slots * ADDR_BYTES])  # (one copy, then ``find``: ~us, not 0.3 ms)
+            i = _aligned(table, padded)
+            if i is None:
+                i = _aligned(table, bytes(ADDR_BYTES))  # never used
+                if i is None:
+                    i = self._reclaimable()
+                if i is not None and self._read_addr(i) != key:
+                    self._buf[i * ADDR_BYTES : (i + 1) * ADDR_BYTES] = padded
+            if i is not None and self.worker >= 0:
+                self._marks[self.worker * self.slots + i] = 1
+            freed = self._freed[0]
+        if i is None:
+            if address not in self._refused and len(self._refused) >= self.slots:
+                del self._refused[next(iter(self._refused))]  # (bounded)
+            self._refused[address] = (FULL_RETRY_ASKS, freed)
+            if not self._full_warned:
+                self._full_warned = True
+                log.warning(
+                    "worker %d: the shared in-flight table is full (%d entries, each listed by a worker "
+                    "now): %r and later new endpoints are counted per worker only while it stays full",
+                    self.worker,
+                    self.slots,
+                    address,
+                )
+            return None
+        if self.worker >= 0:  # (the supervisor's view marks nothing, so it caches nothing either)
+            self._slot[address] = i
         self._refused.pop(address, None)
-        return free
+        return i
+
+    def _reclaimable(self) -> int | None:
+        """(Lock held.) A slot no worker lists and whose counts other than the running totals are zero in
+        every row, its counts all zeroed for its next key; None if there is none."""
+        s, c = self.slots, self._counts
+        listed = 0
+        for w in range(self.workers):
+            listed |= int.from_bytes(self._marks[w * s : (w + 1) * s], "little")
+        free = listed.to_bytes(s, "little")
+        at = free.find(b"\0")
+        while at >= 0:
+            bases = [self._base(w, at) for w in range(self.workers)]
+            if not any(c[b + f] for b in bases for f in range(_NF) if f not in _TOTALS):
+                for b in bases:
+                    for f in range(_NF):
+                        c[b + f] = 0  # (the old key's totals: nobody follows them any more)
+                return at
+            at = free.find(b"\0", at + 1)
+        return None
 
     # -- counts ---------------------------------------------------------------------------------
 
@@ -191,7 +244,7 @@ class SharedInFlight:
     def totals(self, address: str, exclude: int | None = None) -> list[int]:
         """Sum of every worker's published counts for ``address`` (except worker ``exclude``)."""
         out = [0] * _NF
-        i = self.slot(address)
+        i = self._slot.get(address)  # (never a claim: a claim marks the slot listed, and only ``sync`` lists)
         if i is None:
             return out
         c = self._counts
@@ -258,17 +311,28 @@ class SharedInFlight:
         not in this one is gone from its store (a departed one only once idle), so nothing of this worker
         runs there. Its last changes are published (running totals) and its own counts zeroed: a finish
         after its last sync stayed in the other workers' view for good (rev-c35 F3)."""
+        gone = []
         for key in self._listed_before - self._listed:
             seen = self._sent.get(key)
             i = self._slot.get(key)
-            if seen is not None and i is not None:
-                self._sync_one(key, seen[0])  # (its InFlight as last synced: only the changes since)
-                b = self._base(self.worker, i)
-                for f in range(_NF):
-                    if f not in _TOTALS:
-                        self._counts[b + f] = 0
+            if i is not None:
+                if seen is not None:
+                    self._sync_one(key, seen[0])  # (its InFlight as last synced: only the changes since)
+                del self._slot[key]
+                gone.append(i)
             self._sent.pop(key, None)
             self._remote.pop(key, None)
+        if gone:
+            # Zeroed, then unmarked, under the lock: a claim that finds the slot unmarked finds it idle, and
+            # this worker, its cached index gone, claims again (a scan) if the key comes back.
+            with self.lock:
+                for i in gone:
+                    b = self._base(self.worker, i)
+                    for f in range(_NF):
+                        if f not in _TOTALS:
+                            self._counts[b + f] = 0
+                    self._marks[self.worker * self.slots + i] = 0
+                self._freed[0] += 1
         self._listed_before, self._listed = self._listed, set()
 
     def clear_row(self, worker: int) -> None:
@@ -279,6 +343,8 @@ class SharedInFlight:
         for k in range(b, b + self.slots * _NF):
             if (k - b) % _NF not in _TOTALS:
                 c[k] = 0
+        self._marks[worker * self.slots : (worker + 1) * self.slots] = bytes(self.slots)  # (after its counts)
+        self._freed[0] += 1  # (without the lock, which the dead worker may hold: a lost bump is ~10 s late)
 
     def local(self, inflight: InFlight, address: str, pool: str = "") -> list[int]:
         """This worker's own share of ``inflight`` (what it last published plus changes since)."""
