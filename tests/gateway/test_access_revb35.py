@@ -288,7 +288,7 @@ async def test_F2_an_upstream_cut_after_a_typed_streams_last_event_ends_it_compl
         (b"data: {}\r\revent: response.incomplete\rdata: {}\r\r", True),
         (b"event: message_stop\ndata: {}\n\n: ping\n\nevent: ping\ndata: {}\n\n", False),
         (b'event: response.output_text.delta\ndata: {"delta":"\\nevent: response.completed"}\n\n', False),
-        (b'data: {"type":"response.completed"}\n\n', False),  # (no event line: not read, as before)
+        (b'data: {"type":"response.completed"}\n\n', True),  # (no event line: its JSON's "type", small36)
         (b"event: response.completed\ndata: {", False),  # (not whole)
     ],
 )

@@ -27,8 +27,8 @@ from kvgate.openai.sse import (
     DONE_ENDS,
     MAX_SSE_LINE,
     EventEdge,
+    TypedEnd,
     ends_done,
-    ends_typed,
     event_end,
     next_event_end,
 )
@@ -152,20 +152,22 @@ class StreamRelay:
         # Untransformed: only a bounded tail is kept (the usage event is last), shared with
         # ``kvgate serve --clusters`` (``kvgate.openai.usage``).
         self._tail = None if self._transform else UsageTail()
-        self._edge = None if self._transform else EventEdge(max_event_bytes)
+        self._edge = None if self._transform else EventEdge(max_event_bytes, typed)
         self.usage: Usage | None = None
         self._done = False
         # A typed stream (``typed``: Responses, Anthropic Messages) has no ``[DONE]``: its last event
-        # (``ends_typed``) is its done; only its streams scan for it (rev-b35 F2).
-        self._typed = typed
-        self._typed_done = False
+        # (``TypedEnd``: named by an ``event:`` line or its JSON's ``"type"``, an event past the bound
+        # judged on its head and tail) is its done; only its streams look (rev-b35 F2, small36).
+        self._typed = TypedEnd() if typed and self._transform else None
 
     @property
     def done(self) -> bool:
         """The ``data: [DONE]`` event (a typed stream's last event) was fed, and returned for writing: the
         stream is complete, whatever comes (or not) after. Whether it reached the client is the
         writer's to know (rev-b35 F1)."""
-        return self._typed_done or (self._edge.done if self._edge is not None else self._done)
+        if self._edge is not None:
+            return self._edge.done
+        return self._done or (self._typed is not None and self._typed.done)
 
     @property
     def mid_event(self) -> bool:
@@ -176,34 +178,37 @@ class StreamRelay:
     def feed(self, chunk: bytes) -> bytes:
         if self._tail is not None and self._edge is not None:
             self._tail.feed(chunk)
-            out = self._edge.feed(chunk)
-            if self._typed and out and not self._typed_done and not self._edge.mid_event:
-                self._typed_done = ends_typed(out)
-            return out
+            return self._edge.feed(chunk)
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
         if not self._held and not self._passing and chunk.endswith(_ENDS):
             out = self._process(chunk)  # the usual case: whole events
+            if self._typed is not None:
+                self._typed.events(out)
         else:
             out = self._feed_partial(chunk)
         if out.endswith(DONE_ENDS) and ends_done(out):
             self._done = True
-        elif self._typed and out and not self._typed_done and not self._passing:
-            self._typed_done = ends_typed(out)
         return out
 
     def _feed_partial(self, chunk: bytes) -> bytes:
         out = b""
+        typed = self._typed
+        ended = -1  # where an event past the bound ended in ``out``
         if self._passing:  # inside an event past the bound: out as it comes, up to its end
             buf = self._carry + chunk if self._carry else chunk
             end = next_event_end(buf)
             if end < 0:
                 keep = self._sendable(buf)
                 self._carry = buf[keep:]
-                return self._rewrite(buf[:keep])
+                piece = self._rewrite(buf[:keep])
+                if typed is not None:
+                    typed.big_piece(piece)
+                return piece
             out = self._rewrite(buf[:end])
+            ended = len(out)
             self._carry = b""
             self._passing = False
             chunk = buf[end:]
@@ -216,6 +221,11 @@ class StreamRelay:
             del held[:end]
             if held:  # (bytes follow the stripped chunk's CR: an LF opening the next chunk is theirs)
                 self._skip_lf = False
+        if typed is not None:
+            if ended >= 0:
+                typed.big_end(out, ended)
+            else:
+                typed.events(out)
         if len(held) > self._max:
             # Past the bound: what is held goes out as it is (model put back), the rest as it comes.
             buf = bytes(held)
@@ -223,7 +233,10 @@ class StreamRelay:
             self._passing = True
             keep = self._sendable(buf)
             self._carry = buf[keep:]
-            out += self._rewrite(buf[:keep])
+            piece = self._rewrite(buf[:keep])
+            if typed is not None:
+                typed.big_start(piece)
+            out += piece
         return out
 
     def _sendable(self, buf: bytes) -> int:

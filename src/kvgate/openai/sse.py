@@ -348,45 +348,149 @@ def ends_done(events: bytes) -> bool:
 
 
 # The events a typed stream (Responses API, Anthropic Messages: no ``[DONE]``) ends with, named by their
-# ``event:`` line; how whole events may end (the blank line's forms, as ``DONE_ENDS``').
+# ``event:`` line or, a server that writes none (data-only), by their JSON's top-level ``"type"``; how whole
+# events may end (the blank line's forms, as ``DONE_ENDS``').
 TYPED_LAST = frozenset({b"message_stop", b"response.completed", b"response.incomplete", b"response.failed"})
 _EVENTS_END = (b"\n\n", b"\n\r", b"\r\r", b"\n\r\n", b"\r\r\n")
+_LAST_TYPES = frozenset(n.decode() for n in TYPED_LAST)
+# A data line's JSON whose top-level ``"type"`` names a last event: its first member (OpenAI's, Anthropic's
+# order) or its last (pydantic's field order: vLLM's ``ResponseCompletedEvent`` writes ``response`` first).
+# The last member is looked for in the line's last ``TYPE_TAIL`` bytes only: the one before the closing
+# brace at the line's end is top-level (inside a string a quote is escaped, ``\"type\"`` matches neither).
+_NAMES = rb"(?:message_stop|response\.completed|response\.incomplete|response\.failed)"
+_TYPE_FIRST = re.compile(rb'[ \t]*\{\s*"type"\s*:\s*"' + _NAMES + rb'"')
+_TYPE_LAST = re.compile(rb'"type"\s*:\s*"' + _NAMES + rb'"\s*\}[ \t]*$')
+TYPE_TAIL = 96
+# A data line this short naming a last type somewhere is parsed whole (its members in any order).
+_TYPE_PARSED = 4096
 
 
-def _line_end(buf: bytes, pos: int, stop: int) -> int:
+def _line_end(buf: bytes | bytearray, pos: int, stop: int) -> int:
     """The first line end (LF or CR) in ``buf[pos:stop]``, else ``stop`` (two single-byte searches:
     memchr, a data line holding a whole answer read at memory speed)."""
     lf, cr = buf.find(b"\n", pos, stop), buf.find(b"\r", pos, stop)
     return stop if lf < 0 and cr < 0 else (lf if cr < 0 or 0 <= lf < cr else cr)
 
 
-def ends_typed(events: bytes) -> bool:
-    """True when ``events`` (whole events) ends with a typed stream's last event (``TYPED_LAST``): the last
-    ``event:`` line at a line's start names it and no blank line follows before the end. Forward
-    searches only (``bytes.rfind`` scans a ``response.completed``, the whole answer, byte by byte). A
-    server that names no event (``data:`` only) gets False, as before (rev-b35 F2)."""
-    if not events.endswith(_EVENTS_END):
-        return False
-    n = len(events)
-    while n and events[n - 1] in (10, 13):
-        n -= 1
-    name_at = -1
-    p = events.find(b"event:", 0, n)
+def _last_field(events: bytes, field: bytes, n: int) -> int:
+    """Where the last line of ``events[:n]`` that starts with ``field`` starts (-1: none). Forward searches
+    only (``bytes.rfind`` scans a ``response.completed``, the whole answer, byte by byte)."""
+    at = -1
+    p = events.find(field, 0, n)
     while p >= 0:
         if p == 0 or events[p - 1] in (10, 13):  # (a line's start: not in a data line's text)
-            name_at = p + 6
-        p = events.find(b"event:", p + 6, n)
-    if name_at < 0:
-        return False
-    pos = _line_end(events, name_at, n)
-    if events[name_at:pos].strip(b" ") not in TYPED_LAST:
-        return False
-    while pos < n:  # its other lines (``data:``, ``id:``), none empty: no event after it
+            at = p
+        p = events.find(field, p + len(field), n)
+    return at
+
+
+def _in_last_event(events: bytes, pos: int, n: int) -> bool:
+    """Whether the lines from ``pos``'s line's end to ``n`` (all but the final blank line) are none
+    empty: the line at ``pos`` is in the last event."""
+    pos = _line_end(events, pos, n)
+    while pos < n:
         pos += 2 if events[pos : pos + 2] == b"\r\n" else 1
         if events[pos] in (10, 13):
             return False
         pos = _line_end(events, pos, n)
     return True
+
+
+def _data_names_last(buf: bytes, start: int, stop: int) -> bool:
+    """Whether the data line's JSON at ``buf[start:stop]`` (past ``data:``) has a last event's top-level
+    ``"type"``: its first or last member (bounded looks, whatever its size), or any member of a short one."""
+    if _TYPE_FIRST.match(buf, start, stop) or _TYPE_LAST.search(buf, max(start, stop - TYPE_TAIL), stop):
+        return True
+    if stop - start > _TYPE_PARSED or not any(buf.find(n, start, stop) >= 0 for n in TYPED_LAST):
+        return False
+    try:
+        obj = orjson.loads(buf[start:stop])
+    except orjson.JSONDecodeError:
+        return False
+    return type(obj) is dict and obj.get("type") in _LAST_TYPES
+
+
+def ends_typed(events: bytes) -> bool:
+    """True when ``events`` (whole events) ends with a typed stream's last event (``TYPED_LAST``): named by
+    the last event's ``event:`` line, or (none: a data-only server; small36, was False: rev-b35 F2) by its
+    data's top-level ``"type"``."""
+    if not events.endswith(_EVENTS_END):
+        return False
+    n = len(events)
+    while n and events[n - 1] in (10, 13):
+        n -= 1
+    at = _last_field(events, b"event:", n)
+    if at >= 0 and _in_last_event(events, at, n):
+        return events[at + 6 : _line_end(events, at + 6, n)].strip(b" ") in TYPED_LAST
+    at = _last_field(events, b"data:", n)
+    return (
+        at >= 0
+        and _in_last_event(events, at, n)
+        and _data_names_last(events, at + 5, _line_end(events, at, n))
+    )
+
+
+def _head_names_last(head: bytes | bytearray) -> bool:
+    """An event's first bytes (past ``max_bytes``: its end not seen) name a last event: an ``event:`` line
+    among its first lines, or its first data line's JSON's first member."""
+    pos, n = 0, len(head)
+    while pos < n and head[pos] in (10, 13):
+        pos += 1
+    while pos < n:
+        end = _line_end(head, pos, n)
+        if head.startswith(b"event:", pos):
+            return end < n and bytes(head[pos + 6 : end]).strip(b" ") in TYPED_LAST
+        if head.startswith(b"data:", pos):
+            return _TYPE_FIRST.match(head, pos + 5, end) is not None
+        pos = end + (2 if head[end : end + 2] == b"\r\n" else 1)
+    return False
+
+
+def _tail_names_last(tail: bytes) -> bool:
+    """An event's last bytes (its blank line stripped; ``TYPE_TAIL`` of them or more) name a last event:
+    its last line an ``event:`` line naming one, else that line's JSON's last member."""
+    start = max(tail.rfind(b"\n"), tail.rfind(b"\r")) + 1
+    if start and tail.startswith(b"event:", start):
+        return tail[start + 6 :].strip(b" ") in TYPED_LAST
+    return _TYPE_LAST.search(tail, max(start, len(tail) - TYPE_TAIL)) is not None
+
+
+class TypedEnd:
+    """Whether a typed stream's last event went out (``done``), told by a relay as its events go: whole
+    events (``events``), or an event past the relay's bound that goes out as it comes (``big_start``
+    with its held head, ``big_piece`` per piece, ``big_end`` where it ends). Such an event is judged on
+    its head (its ``event:`` line, or its JSON's first member) and its last ``TYPE_TAIL`` bytes (its JSON's
+    last member): bounded memory, never the whole event held (small36)."""
+
+    __slots__ = ("_head", "_tail", "done")
+
+    def __init__(self) -> None:
+        self.done = False
+        self._head = False  # the big event's head names a last event
+        self._tail = b""  # the big event's last bytes sent
+
+    def events(self, out: bytes) -> None:
+        if not self.done and out:
+            self.done = ends_typed(out)
+
+    def big_start(self, head: bytes | bytearray) -> None:
+        """``head``: the event's bytes held when it passed the bound (its start)."""
+        self._head = _head_names_last(head[:1024])
+        self._tail = bytes(head[-TYPE_TAIL:])
+
+    def big_piece(self, data: bytes) -> None:
+        self._tail = (self._tail + data[-TYPE_TAIL:])[-TYPE_TAIL:]
+
+    def big_end(self, out: bytes, end: int) -> None:
+        """``out[:end]``: the big event's last bytes, its blank line included; ``out[end:]``: whole events."""
+        if self.done:
+            return
+        if out[end:].strip(b"\r\n"):
+            self.done = ends_typed(out[end:])
+            return
+        tail = (self._tail + out[max(0, end - TYPE_TAIL - 4) : end]).rstrip(b"\r\n")
+        self.done = self._head or _tail_names_last(tail)
+        self._tail = b""
 
 
 class EventEdge:
@@ -401,24 +505,42 @@ class EventEdge:
     is not refused: what is held goes out as it is and the rest of that event passes through as it
     comes (memory stays bounded); ``mid_event`` is then true until that event's end, and a relay cut
     while it is must not append an event (it would be glued onto the half event): it closes the
-    connection instead. ``done`` says the ``data: [DONE]`` event went out. Only the bytes that arrive
-    are scanned for an event's end (no re-scan of what is held)."""
+    connection instead. ``done`` says the ``data: [DONE]`` event went out (``typed``: or a typed stream's
+    last event, ``TypedEnd``). Only the bytes that arrive are scanned for an event's end (no re-scan of
+    what is held)."""
 
-    __slots__ = ("_held", "_last", "_max", "done", "mid_event")
+    __slots__ = ("_held", "_last", "_max", "_typed", "done", "mid_event")
 
-    def __init__(self, max_bytes: int = MAX_SSE_LINE) -> None:
+    def __init__(self, max_bytes: int = MAX_SSE_LINE, typed: bool = False) -> None:
         self._held = bytearray()
         self._max = max_bytes
         self._last = b""  # mid-event: the last byte sent (a blank line may straddle the chunks)
+        self._typed = TypedEnd() if typed else None
         self.done = False
         self.mid_event = False
+
+    def _big_end(self, out: bytes) -> None:
+        """The event past the bound ends in ``out`` (at its first event end, perhaps one that straddles
+        the chunks)."""
+        typed = self._typed
+        if typed is None or typed.done:
+            return
+        border = event_end(self._last + out[:2])
+        typed.big_end(out, border - 1 if border else next_event_end(out))
+        self.done = typed.done
 
     def feed(self, chunk: bytes) -> bytes:
         held = self._held
         base: bytes | bytearray = chunk
+        ended = False  # an event past the bound ended in this chunk
         if not held:
             if chunk.endswith(b"\n\n"):  # the usual case: whole events, returned uncopied
-                self.mid_event = False
+                if self.mid_event:
+                    self.mid_event = False
+                    self._big_end(chunk)
+                elif self._typed is not None and not self.done:
+                    self._typed.events(chunk)
+                    self.done = self._typed.done
                 if chunk.endswith((b"]\n\n", b"]\r\n\n")) and ends_done(chunk):
                     self.done = True
                 return chunk
@@ -429,8 +551,11 @@ class EventEdge:
                 if not end:  # still inside the big event: it passes through as it comes
                     if chunk:
                         self._last = chunk[-1:]
+                        if self._typed is not None:
+                            self._typed.big_piece(chunk)
                     return chunk
                 self.mid_event = False
+                ended = True
             elif not end and chunk[:1] in (b"\n", b"\r"):
                 # Line ends right after an event's end (a CRLF's LF split off its CR, or an empty line):
                 # no event's line, they go out.
@@ -453,10 +578,23 @@ class EventEdge:
                 del held[:end]
             if len(held) > self._max:
                 # Past the bound: what is held goes out as it is, the rest of the event as it comes.
+                if self._typed is not None and not self.done:
+                    if ended:  # (the last big event's end, and whole events, before this one)
+                        self._big_end(out)
+                    else:
+                        self._typed.events(out)
+                    self._typed.big_start(held)
+                    self.done = self._typed.done
                 out += held
                 held.clear()
                 self.mid_event = True
                 self._last = out[-1:]
+        if self._typed is not None and not self.done and not self.mid_event:
+            if ended:
+                self._big_end(out)
+            else:
+                self._typed.events(out)
+                self.done = self._typed.done
         if out.endswith(DONE_ENDS) and ends_done(out):
             self.done = True
         return out
