@@ -1,11 +1,14 @@
 """small36: a stream's client that leaves once its last event went out has the whole answer (200, no
-``client_gone``), for every way a typed stream (Responses API, Anthropic Messages: no
+``client_gone``), in both doors, for every way a typed stream (Responses API, Anthropic Messages: no
 ``[DONE]``) may end:
 
 1. a server that writes no ``event:`` lines (data-only): the last event is the JSON's top-level ``"type"``
    (``response.completed`` with pydantic's field order, ``type`` last, as vLLM writes it; ``message_stop``);
 2. a last event over 1 MiB (a long answer's ``response.completed``), which the relays pass through as it
    comes: judged on its head and its last bytes, never held whole;
+3. ``kvgate serve --clusters``' relay: a client gone after ``[DONE]`` or a typed stream's last event was
+   ``client_gone`` there (``kvgate serve``: 200 since qa35b / rev-b35), and a cluster cut after a typed
+   stream's last event was ``stream_cut``.
 
 Real loopback: a raw upstream (``serve_raw``) writes the events and holds its chunked end; an aiohttp client
 reads to the last event's end and closes. Ports 0, state-polled waits (30 s). Before: ``client_gone`` 1."""
@@ -20,9 +23,11 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.conftest import make_config, request_errors, running_gateway, until
+from gateway.conftest import error_codes, make_config, request_errors, running_gateway, until
 from gateway.sse_upstream import SSE_HEAD, Answer, chunk, listen_address, serve_raw
 from kvgate.gateway.server import GatewayServer
+from kvgate.multicluster.clusters import ClustersConfig, ClusterSpec
+from kvgate.multicluster.serve import GlobalGateway
 from kvgate.openai.sse import EventEdge, ends_typed
 
 pytestmark = pytest.mark.asyncio
@@ -140,6 +145,56 @@ async def test_serve_a_client_gone_after_the_last_event_is_complete(case: str, r
         await until(lambda: gw.proxy is not None and gw.proxy.inflight == 0, WAIT_S, "the request ended")
         errors = {k: v for k, v in request_errors(gw).items() if v}
     assert errors == {}, errors  # (before, data-only and big: client_gone 1)
+
+
+@asynccontextmanager
+async def _hub(case: str, cut: asyncio.Event | None = None) -> AsyncIterator[GlobalGateway]:
+    server = await serve_raw(_upstream(CASES[case][2], cut))
+    spec = ClusterSpec("east", gateway=listen_address(server))
+    gw = GlobalGateway(ClustersConfig((spec,)), "round-robin", fetch=False, seed=1)
+    await gw.start("127.0.0.1", 0)
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+        server.close()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_clusters_a_client_gone_after_the_last_event_is_complete(case: str) -> None:
+    async with _hub(case) as gw:
+        await _read_then_close(gw.port, case)
+        await until(lambda: gw.inflight == 0, WAIT_S, "the request ended")
+        errors = {k: v for k, v in error_codes(gw.metrics.registry).items() if v}
+    assert errors == {}, errors  # (before: client_gone 1, [DONE] too)
+
+
+@pytest.mark.parametrize("case", [c for c in sorted(CASES) if c != "done"])
+async def test_clusters_a_cut_after_a_typed_streams_last_event_ends_it_complete(case: str) -> None:
+    """As a cut after ``[DONE]`` (``tests/multicluster/test_cut_after_done.py``): the whole answer, the body's
+    clean end, no ``stream_cut``, counted as cut after done. Before: ``stream_cut`` and the cut's error
+    event after the last event."""
+    path, body, events = CASES[case]
+    cut = asyncio.Event()
+    async with _hub(case, cut) as gw:
+        data = orjson.dumps({"model": "m", "stream": True, **body})
+        async with aiohttp.ClientSession() as s, s.post(f"http://127.0.0.1:{gw.port}{path}", data=data) as r:
+            assert r.status == 200
+            raw = b""
+            async with asyncio.timeout(WAIT_S):
+                while len(raw) < len(events):
+                    piece = await r.content.readany()
+                    assert piece, raw[-200:]
+                    raw += piece
+                cut.set()  # (the last event relayed: now the cluster's connection is cut)
+                raw += await r.read()  # (aiohttp raises on a body cut short)
+        errors = {k: v for k, v in error_codes(gw.metrics.registry).items() if v}
+        cuts = gw.metrics.registry.get_sample_value(
+            "kvgate_multicluster_streams_cut_after_done_total", {"cluster": "east"}
+        )
+    assert raw == events
+    assert errors == {}, errors
+    assert cuts == 1
 
 
 @pytest.mark.parametrize(

@@ -726,8 +726,10 @@ class GlobalGateway:
         ids = ResponseIdReader(sse) if request.path == RESPONSES_PATH and 200 <= routed.status < 300 else None
         key = id(routed)
         # An event stream goes out whole events only (a partial one waits for its end), so the drain's
-        # error event never lands inside one; ``edge.done``: its ``[DONE]`` went out.
-        edge = EventEdge() if sse else None
+        # error event never lands inside one; ``edge.done``: its ``[DONE]`` (a typed stream's last event:
+        # Responses, Anthropic Messages) went out, as ``kvgate serve``'s relay reads it (small36).
+        edge = EventEdge(typed=request.path in STREAM_USAGE_PATHS) if sse else None
+        writing = False  # a write to the client pending: the ``[DONE]`` it holds has not reached it
         if sse:
             seen.stream(self.clock)  # (no first byte until one goes out; its chunk gaps timed)
             self._streams[key] = routed
@@ -805,15 +807,21 @@ class GlobalGateway:
                 if late is not None:
                     late.saw(chunk, edge)
                 seen.sent += len(chunk)  # (the response size: a count, no copy)
+                writing = True
                 await resp.write(chunk)  # a client gone raises here (or cancels us): not a cut
+                writing = False
             await resp.write_eof()
-            if ids is not None and seen.complete and (rid := ids.response_id()) is not None:
-                # (Endpoint mode: the pod it answered from, the last attempt's target)
-                pod = routed.attempts[-1].target if routed.mode == ENDPOINT and routed.attempts else None
-                self.responses.remember(rid, (routed.cluster, pod))
-                if routed.epp is not None and routed.epp.rewritten:
-                    self.response_models.remember(rid, model)
+            if ids is not None and seen.complete:
+                self._remember(ids, routed, model)
         except (ConnectionResetError, asyncio.CancelledError):
+            if not counted and edge is not None and edge.done and not writing:
+                # Its client left once ``[DONE]`` (a typed stream's last event) went out, its write
+                # returned: the whole answer, a normal end as ``kvgate serve``'s (qa35b F1, rev-b35 F1/F2;
+                # small36: here it was ``client_gone``), its usage read from what came.
+                seen.complete = True
+                if ids is not None:
+                    self._remember(ids, routed, model)
+                raise
             seen.sent = -1  # (what reached the client is not known: no size, as ``kvgate serve``)
             if not counted:
                 self.metrics.error(model, "client_gone", flow)
@@ -825,6 +833,16 @@ class GlobalGateway:
                 self._streams.pop(key, None)
                 self._cut.discard(key)
         return resp
+
+    def _remember(self, ids: ResponseIdReader, routed: Routed, model: str) -> None:
+        """A complete Responses answer's id, with the cluster (and, Endpoint mode, the pod) it came from."""
+        if (rid := ids.response_id()) is None:
+            return
+        # (Endpoint mode: the pod it answered from, the last attempt's target)
+        pod = routed.attempts[-1].target if routed.mode == ENDPOINT and routed.attempts else None
+        self.responses.remember(rid, (routed.cluster, pod))
+        if routed.epp is not None and routed.epp.rewritten:
+            self.response_models.remember(rid, model)
 
     def _cut_streams(self) -> int:
         """The drain's deadline: abort the upstream response of every event stream being relayed; each
