@@ -22,8 +22,9 @@ prompt tokens past its keys and whole output), updated as requests come and go; 
 cache needs no scan: O(log prompt blocks) per endpoint, whatever the in-flight count. Only an endpoint whose
 bound passes its cache is scanned, O(in flight x log) there.
 
-Bounded: at most ``MAX_TRACKED`` requests (past it, of the ``EVICT_SCAN`` oldest the one with the least
-output to write goes: a leak, not a long decode that sets the peak); entries leave when a request finishes.
+Bounded: at most ``MAX_TRACKED`` requests and ``MAX_KEYS`` keys (past either, of the ``EVICT_SCAN`` oldest
+the one with the least output to write goes: a leak, not a long decode that sets the peak); entries leave
+when a request finishes. A block's entry is its key and its tokens (no object per block: small36).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from contextlib import suppress
 from itertools import islice
 
 MAX_TRACKED = 4096
+# The tracked requests' prompt keys at most, all endpoints (small36): memory bounded by what is held, ~90
+# bytes a key (``scripts/mem_ledger_rev_e35.py``), whatever the prompts' lengths; past it requests are
+# forgotten as past ``MAX_TRACKED``. 2**20 keys of 16 tokens: 16M tokens of KV, past any fleet's caches.
+MAX_KEYS = 1 << 20
 # Failed before a first token, kept for a resend without a pick (a stale kept-alive connection, Envoy's
 # fallback): the newest this many, their keys 8 bytes each (review rev-e35 F3: 4,096 lists held ~46 MiB).
 MAX_PARKED = 256
@@ -63,11 +68,14 @@ class _Req:
 
 
 class _Endpoint:
-    __slots__ = ("blocks", "bound", "pinned", "reqs")
+    __slots__ = ("blocks", "bound", "more", "pinned", "reqs")
 
     def __init__(self) -> None:
         self.reqs: dict[str, _Req] = {}
-        self.blocks: dict[int, list[float]] = {}  # block key -> [requests holding it, its tokens]
+        # block key -> its tokens (the ``per`` of the request that added it: one float shared by all its
+        # keys, no object per block; small36: a [holders, tokens] list per block was ~70 of ~160 bytes).
+        self.blocks: dict[int, float] = {}
+        self.more: dict[int, int] = {}  # a block several hold -> its holders past the first
         self.pinned = 0.0  # the tokens of ``blocks``
         self.bound = 0.0  # pinned + every request's own prompt tokens and whole output (peak <= it)
 
@@ -98,6 +106,7 @@ class KVCommitLedger:
         # kept-alive connection): taken back where their first token comes (review rev-a35 F6).
         self._parked: OrderedDict[str, _Req] = OrderedDict()
         self._tpot: dict[str, float] = {}  # kept when an endpoint empties (bounded by the endpoints seen)
+        self._keys = 0  # the tracked requests' keys, all endpoints
 
     def bound(
         self,
@@ -173,8 +182,9 @@ class KVCommitLedger:
     ) -> None:
         self.finished(request_id, math.nan)  # picked again (a retry): only the latest pick holds
         self._add(request_id, _Req(address, keys, per, own, out, seqs if seqs > 1 else 1))
-        if len(self._reqs) > MAX_TRACKED:  # a request whose end never came: forget one
-            # (of the oldest, the one with the least output to write: the long decodes set the peak)
+        # Requests whose end never came (a leak), or more keys than ``MAX_KEYS``: forget some (of the
+        # oldest, the one with the least output to write: the long decodes set the peak).
+        while (len(self._reqs) > MAX_TRACKED or self._keys > MAX_KEYS) and len(self._reqs) > 1:
             old = min(islice(self._reqs.items(), EVICT_SCAN), key=lambda kv: kv[1].out)[0]
             self.finished(old, math.nan)
 
@@ -183,18 +193,19 @@ class KVCommitLedger:
         if ep is None:
             ep = self._eps[r.address] = _Endpoint()
         ep.reqs[request_id] = r
-        blocks = ep.blocks
+        blocks, more = ep.blocks, ep.more
         added = 0.0
+        per = r.per
         for k in r.keys:
-            b = blocks.get(k)
-            if b is None:
-                blocks[k] = [1.0, r.per]
-                added += r.per
+            if blocks.get(k) is None:
+                blocks[k] = per
+                added += per
             else:
-                b[0] += 1.0
+                more[k] = more.get(k, 0) + 1
         ep.pinned += added
         ep.bound += added + r.own + r.out
         self._reqs[request_id] = r
+        self._keys += len(r.keys)
 
     def first_token(self, request_id: str, now: float, address: str | None = None) -> None:
         r = self._reqs.get(request_id)
@@ -229,15 +240,17 @@ class KVCommitLedger:
                 del self._tpot[next(iter(self._tpot))]
         ep = self._eps[a]
         del ep.reqs[request_id]
-        blocks = ep.blocks
+        self._keys -= len(r.keys)
+        blocks, more = ep.blocks, ep.more
         freed = 0.0
         for k in r.keys:
-            b = blocks[k]
-            if b[0] <= 1.0:
-                del blocks[k]
-                freed += b[1]
+            n = more.get(k) if more else None
+            if n is None:
+                freed += blocks.pop(k)
+            elif n == 1:
+                del more[k]
             else:
-                b[0] -= 1.0
+                more[k] = n - 1
         ep.pinned -= freed
         ep.bound -= freed + r.own + r.out
         if not ep.reqs:
