@@ -135,6 +135,16 @@ def filter_query(engine: str) -> str | None:
     return _FILTER.get(engine)
 
 
+def cache_size_series(engine: str) -> str:
+    """The series an engine's page gives its KV cache size by (for messages naming what is missing)."""
+    m = MAPPINGS.get(engine)
+    if m is None:
+        return "its KV cache size"
+    if m.cache_info:
+        return f"{m.cache_info} ({m.block_size_label}, {m.num_blocks_label})"
+    return " and ".join(n for sig in (m.block_size, m.num_blocks) if sig is not None for n in sig.names)
+
+
 def page_has_signals(text: str, engine: str) -> bool:
     """Whether a page carries any series ``extract`` reads (a filtered request that reached some
     other handler, e.g. an HTML index, does not)."""

@@ -6,12 +6,19 @@ candidates; the director sheds a sheddable request when the pool score is >= 1.0
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from kvgate.datalayer.endpoint import METRICS_STALENESS_S as REFERENCE_STALENESS_S
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
+from kvgate.datalayer.mappings import cache_size_series
 from kvgate.scheduling.framework import ConfigError, CycleState, Filter, Params, Plugin, PluginHandle
 from kvgate.scheduling.registry import register
+
+log = logging.getLogger(__name__)
+
+# The most endpoints the utilization detector remembers having warned of (a missing cache size).
+MAX_WARNED = 4096
 
 
 class SaturationDetector(Plugin):
@@ -89,8 +96,9 @@ class UtilizationDetector(SaturationDetector):
       its requests without a first token then that the page did not show running (waiting, or not at
       the server yet: no KV on the page; those it showed running beyond its decoding ones are in
       prefill, their KV on the page), over the server's cache
-      (``block_size x num_gpu_blocks`` from the page; unknown -> saturated if any such tokens). A
-      running total that went back (it must not) is unknown: the reference rule.
+      (``block_size x num_gpu_blocks`` from the page; a page without it: none added, the KV term is
+      the page's reading as upstream's, and a warning names the endpoint once). A running total that
+      went back (it must not) is unknown: the reference rule.
 
     While nothing of its own changes the score is the page's (ageing alone never lowers it); a page
     younger than the staleness threshold is read the same way, so a burst counts at once. Not counted:
@@ -115,6 +123,8 @@ class UtilizationDetector(SaturationDetector):
         self.kv_threshold = kv_threshold
         self.staleness = staleness
         self.own_load_staleness = own_load_staleness
+        # Endpoints already warned of a page without a cache size (once each).
+        self._no_capacity_warned: set[str] = set()
 
     @classmethod
     def create(cls, name: str, params: Params, handle: PluginHandle) -> UtilizationDetector:
@@ -174,10 +184,29 @@ class UtilizationDetector(SaturationDetector):
             return None  # the running total went back (it must not): unknown, not "nothing sent"
         if sent > 0:
             capacity = (m.block_size or 0) * (m.num_gpu_blocks or 0)
-            if not capacity:
-                return 1.0
-            kv += sent / capacity
+            if capacity:
+                kv += sent / capacity
+            else:
+                # No cache size on the page: these tokens have no share to add. The KV term is the
+                # page's own reading, as upstream's detector reads it (they count in the queue term
+                # until their first token); "saturated" would shed sheddable work at an idle pool
+                # (qa36b-F1).
+                self._warn_no_capacity(ep)
         return max(queue / self.queue_threshold, kv / self.kv_threshold)
+
+    def _warn_no_capacity(self, ep: Endpoint) -> None:
+        if ep.address in self._no_capacity_warned:
+            return
+        if len(self._no_capacity_warned) >= MAX_WARNED:
+            self._no_capacity_warned.clear()  # (endpoints churned by the thousand: bounded, may warn again)
+        self._no_capacity_warned.add(ep.address)
+        log.warning(
+            "%s: its /metrics gives no KV cache size (%s): the utilization detector reads its KV usage "
+            "from the page alone, without the tokens this gateway sent there since (they count in the "
+            "queue term until their first token)",
+            ep.address,
+            cache_size_series(ep.engine),
+        )
 
 
 # A bound a ``concurrencyMode`` leaves out: never reached (an int, as the bounds' arithmetic expects).
