@@ -19,6 +19,9 @@ from kvgate.openai.protocol import (
     LLMD_FAIRNESS_ID as LLMD_FAIRNESS_ID,
 )
 from kvgate.openai.protocol import (
+    LLMD_OBJECTIVE as LLMD_OBJECTIVE,
+)
+from kvgate.openai.protocol import (
     MODEL_REWRITE as MODEL_REWRITE,
 )
 from kvgate.openai.protocol import (
@@ -42,9 +45,17 @@ SERVED_ENDPOINT_KEY = "x-gateway-destination-endpoint-served"
 SLO_TTFT = "x-slo-ttft-ms"
 SLO_TPOT = "x-slo-tpot-ms"
 
-# Control headers read by the EPP and never forwarded to the model server (llm-d's fairness header as GIE's:
-# review s26-qa F7). A client-sent destination header is stripped too, so a client cannot steer routing.
-STRIPPED_REQUEST_HEADERS = (FAIRNESS_ID, LLMD_FAIRNESS_ID, OBJECTIVE, MODEL_REWRITE, DESTINATION_ENDPOINT)
+# Control headers read by the EPP and never forwarded to the model server (llm-d's fairness and objective
+# headers as GIE's: review s26-qa F7, qa36b-F4). A client-sent destination header is stripped too, so a
+# client cannot steer routing.
+STRIPPED_REQUEST_HEADERS = (
+    FAIRNESS_ID,
+    LLMD_FAIRNESS_ID,
+    OBJECTIVE,
+    LLMD_OBJECTIVE,
+    MODEL_REWRITE,
+    DESTINATION_ENDPOINT,
+)
 
 # Envoy's ext_proc stream messages are limited in size; the reference re-chunks bodies at this bound.
 MAX_BODY_CHUNK = 62_000

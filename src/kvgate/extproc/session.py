@@ -44,6 +44,7 @@ from kvgate.openai.protocol import (
     LLMD_FAIRNESS_ID,
     RETRY_AFTER_DEFAULT,
     api_error_body,
+    objective_of,
     sse_error_event,
     usage_from,
 )
@@ -553,7 +554,7 @@ class Session:
             model, changed = target, True
         self._request_bytes = size = len(raw)
         self._parsed = True
-        if server_priority(parsed.body, self.ctx.policy, self.request_headers.get(keys.OBJECTIVE)):
+        if server_priority(parsed.body, self.ctx.policy, self._objective()):
             changed = True  # (pools[].passPriority)
         if changed:
             raw = orjson.dumps(parsed.body)
@@ -584,6 +585,10 @@ class Session:
         self._use_models(model, model, len(raw), req)
         return self._schedule(req, body=raw, body_changed=False, body_eos=not trailers)
 
+    def _objective(self) -> str | None:
+        h = self.request_headers
+        return objective_of(h.get(keys.OBJECTIVE), h.get(keys.LLMD_OBJECTIVE))
+
     def _build_request(self, parsed: ParsedBody, model: str) -> InferenceRequest:
         h = self.request_headers
         policy = self.ctx.policy
@@ -593,7 +598,7 @@ class Session:
             model=model,
             policy=policy,
             session=h.get(policy.session_header),
-            objective=h.get(keys.OBJECTIVE),
+            objective=self._objective(),
             fairness=h.get(keys.FAIRNESS_ID),
             subset=self._effective_subset(),
             headers=h if self.ctx.conformance_hooks or keys.TEST_ENDPOINT_SELECTION not in h else _without(h),

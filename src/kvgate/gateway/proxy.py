@@ -152,9 +152,10 @@ def _filter_headers(
 ) -> tuple[dict[str, str], str | None, str | None, bool, bool]:
     """One pass: (forwardable headers, objective, fairness id, explain?, timing?). llm-d's fairness header
     is read and stripped as GIE's is (review s26-qa F7): the fairness id is ``flow_key``'s (GIE's unless
-    absent, empty or the default flow, else llm-d's), so ``flow_of`` names the same flow without it."""
+    absent, empty or the default flow, else llm-d's), so ``flow_of`` names the same flow without it.
+    llm-d's objective header likewise (qa36b-F4), preferred over GIE's (``proto.objective_of``)."""
     out: dict[str, str] = {}
-    objective = fairness = llmd = None
+    objective = fairness = llmd = llmd_objective = None
     explain = timing = False
     conn = headers.get("connection")
     # Headers the client names in Connection are hop-by-hop too (RFC 9110 7.6.1).
@@ -176,10 +177,13 @@ def _filter_headers(
         if lk == LLMD_FAIRNESS_HEADER:
             llmd = v
             continue
+        if lk == proto.LLMD_OBJECTIVE:
+            llmd_objective = v
+            continue
         out[lk] = v
     if llmd:  # the one rule of both doors (an empty GIE id is absent: review s26-rev-fixqa26b F1)
         fairness = flow_key(fairness, llmd)
-    return out, objective, fairness, explain, timing
+    return out, proto.objective_of(objective, llmd_objective), fairness, explain, timing
 
 
 def _end_to_end(headers: Mapping[str, str], name: str) -> str | None:

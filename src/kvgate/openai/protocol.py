@@ -22,6 +22,17 @@ DEFAULT_FAIRNESS_ID = "default-flow"
 # llm-d's fairness header, read when GIE's names no flow (``kvgate.flowcontrol.controller.flow_of``, whose
 # package ``multicluster`` may not import, keeps its own name for it).
 LLMD_FAIRNESS_ID = "x-llm-d-inference-fairness-id"
+# llm-d's objective header (llm-d-router ``metadata.ObjectiveKey``; GIE's ``OBJECTIVE`` is its deprecated
+# alias there): read in both doors, preferred over GIE's when both name one (``objective_of``; qa36b-F4).
+LLMD_OBJECTIVE = "x-llm-d-inference-objective"
+
+
+def objective_of(gie: str | None, llmd: str | None) -> str | None:
+    """The request's objective name from GIE's header and llm-d's: llm-d's where it names one, as
+    llm-d-router prefers its control headers over their old aliases (an empty value is absent)."""
+    return llmd or gie
+
+
 # The session-affinity header when the configuration names none (``sessionHeader`` / ``--session-header``).
 DEFAULT_SESSION_HEADER = "x-session-id"
 # Conformance hooks (GIE conformance suite): a client must not steer routing with them unless enabled.
