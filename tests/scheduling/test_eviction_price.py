@@ -389,3 +389,45 @@ def test_a_replica_whose_prefixes_the_lru_end_passed_prices_nothing() -> None:
     assert led.sizes()["held"] == 0
     assert led.price_exact("a", 500.0, 0.31) == 0.0
     assert led.price("a", 500.0, 0.31) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evictionPriceMaxKv_needs_the_price_and_is_checked() -> None:
+    with pytest.raises(ConfigError, match="evictionPriceMaxKv"):
+        KVGateCostScorer.create("k", Params({"evictionPriceMaxKv": 0.8}, "p"), PluginHandle())
+    with pytest.raises(ConfigError, match="evictionPriceMaxKv"):
+        KVGateCostScorer.create(
+            "k", Params({"evictionPrice": True, "evictionPriceMaxKv": 1.5}, "p"), PluginHandle()
+        )
+    s = KVGateCostScorer.create("k", Params({"evictionPrice": True}, "p"), PluginHandle())
+    assert s.eviction_price_max_kv == 0.0  # no gate unless asked
+
+
+@pytest.mark.parametrize(("usage", "priced"), [(0.5, True), (0.85, False)])
+def test_evictionPriceMaxKv_prices_only_below_the_fleets_mean_kv_use(
+    monkeypatch: pytest.MonkeyPatch, usage: float, priced: bool
+) -> None:
+    # A fleet whose KV running requests hold (mean scraped use at or over the gate) is past keeping
+    # prefixes: the price stops, and the pick is the plain cost's (here: back to the prefix holder).
+    d = _director(2)
+    sc = _scorer(d)
+    sc.eviction_price_max_kv = 0.8
+    led = sc.eviction
+    assert led is not None
+    prompt = "a system prompt shared by every turn " * 60
+    first = InferenceRequest("r0", "m", prompt_text=prompt + "q0")
+    holder = d.pick(first).primary
+    d.on_dispatched(first, holder)
+    d.on_first_token(first, holder)
+    d.on_finished(first, holder, None, True)
+    for ep in d.store.all():
+        ep.metrics.kv_cache_usage = usage
+    calls: list[int] = []
+
+    def price(endpoints: Any, *a: Any, **k: Any) -> list[float]:
+        calls.append(1)
+        return [1e12 if e.address == holder.address else 0.0 for e in endpoints]
+
+    monkeypatch.setattr(led, "prices", price)
+    got = d.pick(InferenceRequest("r1", "m", prompt_text=prompt + "q1")).primary
+    assert bool(calls) is priced
+    assert (got.address != holder.address) is priced

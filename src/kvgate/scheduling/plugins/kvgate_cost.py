@@ -105,6 +105,10 @@ Each endpoint gets an expected cost in prefill-token equivalents of sending it t
   on fresh seeds as a per-prefix sum (docs/benchmarks.md "Session 19"); read since session 20 off a grid
   per replica in constant work per candidate, which failed its own pre-registered rule for the default
   (docs/benchmarks.md "Session 20").
+  ``evictionPriceMaxKv`` (0: always) prices only while the candidates' mean scraped KV use is under that
+  fraction: past it running requests hold the fleet's cache, and writes moved off the prefixes' holders
+  piled onto the others until they queued (family c seeds tipped into overload;
+  docs/benchmarks/fleet-multiturn-s36.md).
 
 - ``tieToEmptier`` (off; docs/scheduling.md says why): candidates tied at the lowest cost (an idle fleet's
   cold prompt: nothing held, nothing in flight, vLLM's KV use back at 0 between requests) go to the one
@@ -293,6 +297,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         cold_spread_window: float = 120.0,
         cold_spread_decode_heavy: bool = False,
         eviction_price: bool = False,
+        eviction_price_max_kv: float = 0.0,
         copy_by_wait: bool = False,
         tie_to_emptier: bool = False,
         committed_kv: bool = False,
@@ -330,6 +335,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         self.commit: KVCommitLedger | None = KVCommitLedger() if committed_kv else None
         # evictionPrice: what each request's write evicts at each replica, priced (eviction_price.py).
         self.eviction: EvictionLedger | None = EvictionLedger() if eviction_price else None
+        self.eviction_price_max_kv = eviction_price_max_kv
         # coldSpread: per endpoint (decayed prompt tokens found cached there, its time).
         self._reused: dict[str, tuple[float, float]] = {}
         # burstTail: waiting requests' tail keys past the prefix scorer's hashed window (request id ->
@@ -394,6 +400,7 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             cold_spread_window=params.get_duration("coldSpreadWindow", 120.0, positive=True),
             cold_spread_decode_heavy=params.get_bool("coldSpreadDecodeHeavy", False),
             eviction_price=params.get_bool("evictionPrice", False),
+            eviction_price_max_kv=params.get_float("evictionPriceMaxKv", 0.0, min=0.0, max=1.0),
             copy_by_wait=params.get_bool("copyByWait", False),
             tie_to_emptier=params.get_bool("tieToEmptier", False),
             committed_kv=params.get_bool("committedKv", False),
@@ -405,6 +412,11 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
             raise ConfigError(
                 f"{params.path}.coldSpreadDecodeHeavy",
                 "needs coldSpread: true (it narrows coldSpread's price to decode-heavy cold requests)",
+            )
+        if s.eviction_price_max_kv and s.eviction is None:
+            raise ConfigError(
+                f"{params.path}.evictionPriceMaxKv",
+                "needs evictionPrice: true (it gates evictionPrice's price on the fleet's KV use)",
             )
         return s
 
@@ -548,6 +560,14 @@ class KVGateCostScorer(UsesPrefixPlugin, Scorer, PostPick, ResponseObserver):
         if self.output_displacement or ledger is not None:
             output = (req.max_tokens or 0) * req.sequences  # (each of ``n`` choices writes its own blocks)
             out_tokens = output if self.output_displacement else 0
+            if ledger is not None and self.eviction_price_max_kv:
+                # evictionPriceMaxKv: a fleet whose KV requests hold is past keeping prefixes; moving writes
+                # off their holders then piles running requests on the others (queues, preemptions).
+                kv_sum = 0.0
+                for ep in endpoints:
+                    kv_sum += ep.metrics.kv_cache_usage
+                if kv_sum >= self.eviction_price_max_kv * len(endpoints):
+                    ledger = None
             if ledger is not None and not precise_src:  # (it learns from the approximate index's keys)
                 unc = [p - get(ep.address, 0) * per_block if matched else float(p) for ep in endpoints]
                 mh = prefix_match(cycle)
