@@ -10,9 +10,10 @@ hashed block by block, unremembered (it follows a chain value that was not in th
 rarely there: only if the LRU evicted that span before the ones after it, which costs speed, not values).
 
 The index keeps, per endpoint, an LRU of block hashes (capacity = the server's ``num_gpu_blocks`` when
-scraped, else 31,250) and a reverse map hash -> bitmask of endpoint slots, so matching a request is
-one dict lookup and one AND per block whatever the number of endpoints. A hard global cap bounds
-memory: each endpoint's share is ``max_total_blocks / endpoints``.
+scraped and the scorer's ``autoTune`` is on, else its ``lruCapacityPerServer``, 31,250 by default) and a
+reverse map hash -> bitmask of endpoint slots, so matching a request is one dict lookup and one AND per
+block whatever the number of endpoints. A hard global cap bounds memory: each endpoint's share is
+``max_total_blocks / endpoints``.
 
 ``add(..., filler=n, tail_first=True)`` models the engine's own LRU more closely (the ``engineLru`` mode of
 ``prefix-cache-scorer``): a server's cache also holds blocks the index never hashes (a prompt's blocks past

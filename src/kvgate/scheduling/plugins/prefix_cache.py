@@ -479,6 +479,11 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
                     return ep.metrics.block_size
         return self.block_size
 
+    def _server_blocks(self, endpoint: Endpoint) -> int | None:
+        """The index's capacity for ``endpoint``: its scraped ``num_gpu_blocks`` under ``autoTune``, else
+        None (the configured ``lruCapacityPerServer``), as the reference's ``makeServer`` (qa36a F3)."""
+        return endpoint.metrics.num_gpu_blocks if self.auto_tune else None
+
     def _token_ids(self, req: InferenceRequest) -> Sequence[int] | None:
         """The body's token ids, else the prompt through this scorer's own tokenizer, else None (text).
         Not ids another plugin derived with its tokenizer: keys must not depend on plugin order."""
@@ -588,13 +593,14 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         ratio = m.ratio(endpoint.address)
         metrics.PREFIX_HIT_RATIO.observe(ratio)
         metrics.PREFIX_HIT_BYTES.observe(m.matched.get(endpoint.address, 0) * m.chunk)
-        cap = endpoint.metrics.num_gpu_blocks
+        cap = self._server_blocks(endpoint)
         filler = 0
         if self.engine_lru:
             # Blocks the server will hold that no later prompt names: the generated tokens (vLLM caches
             # them too), at most one capacity's worth. (A prompt's blocks past the hashed ones are not
             # counted: they are mostly a shared context's tail, cached once, not new per request.)
-            filler = min((cycle.request.max_tokens or 0) // self._chunk_tokens, cap or DEFAULT_LRU_CAPACITY)
+            most = cap or self.index.default_capacity
+            filler = min((cycle.request.max_tokens or 0) // self._chunk_tokens, most)
         if self.cached_feedback:
             self._remember(cycle.request, endpoint.address, m)
         if self.pending_holders:
@@ -637,7 +643,7 @@ class PrefixCacheScorer(Producer, Scorer, PostPick, ResponseObserver):
         p = self._pend.drop(request.request_id)
         if p is None:
             return
-        cap = p.capacity if p.address == endpoint.address else endpoint.metrics.num_gpu_blocks
+        cap = p.capacity if p.address == endpoint.address else self._server_blocks(endpoint)
         self._commit(request, endpoint.address, p.hashes, cap, p.filler)
 
     # -- cachedTokensFeedback: the engine's word on what it held corrects the index -----------------------
