@@ -113,6 +113,7 @@ def timed(base: str, prompt: str) -> dict[str, float]:
         for line in r:
             if "c_first" not in out and line.startswith(b"data:"):
                 out["c_first"] = time.monotonic()
+    out["end"] = time.monotonic()  # the stream's end: the window the per-request CPU deltas cover
     if marks:
         out.update({k: float(v) for k, v in (kv.split("=", 1) for kv in marks.split(","))})
     return out
@@ -175,6 +176,33 @@ def cpu_s(pid: int | None, group: bool = False) -> float:
         if not group or int(f[2]) == pid:  # fields after the name: state ppid pgrp ... utime stime
             total += int(f[11]) + int(f[12])
     return total / _TICK
+
+
+PROC_STAT, PSI_CPU = Path("/proc/stat"), Path("/proc/pressure/cpu")
+
+
+def machine_cpu(stat_text: str, psi_text: str | None) -> tuple[float, float, float]:
+    """The whole machine's (ms busy, ms idle) summed over its CPUs, from ``/proc/stat``'s ``cpu`` line
+    (user nice system idle iowait irq softirq steal; guest time is inside user), and the PSI ``some``
+    total of ``/proc/pressure/cpu`` in ms (time in which at least one runnable task waited for a core;
+    nan without PSI). Deltas of these, less this run's own processes' CPU, say how much of the two
+    cores other work took during a request (rv36): ticks are USER_HZ (10 ms), so read them over a
+    pass's requests, not one."""
+    f = [int(x) for x in stat_text.split("\n", 1)[0].split()[1:9]]
+    busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+    psi = float("nan")
+    for line in (psi_text or "").splitlines():
+        if line.startswith("some "):
+            psi = int(line.rsplit("total=", 1)[1]) / 1000
+    return 1000 * busy / _TICK, 1000 * (f[3] + f[4]) / _TICK, psi
+
+
+def machine_now() -> tuple[float, float, float]:
+    try:
+        psi = PSI_CPU.read_text()
+    except OSError:
+        psi = None
+    return machine_cpu(PROC_STAT.read_text(), psi)
 
 
 def group_pids(pid: int | None) -> list[int]:
@@ -363,7 +391,9 @@ def run(
     reset_caches(servers)
     time.sleep(0.5)
     pids = [s.proc.pid if s.proc is not None else None for s in servers]
-    cpu0 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids)]
+    cpu0 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids),
+            cpu_s(os.getpid())]  # fmt: skip
+    machine0 = machine_now()
     texts = [s.metrics_text() for s in servers]
     before, tb = [prefix_cache_counters(t) for t in texts], [server_ttft(t) for t in texts]
     records = []
@@ -390,7 +420,11 @@ def run(
         time.sleep(gap)
         t0 = thread_sched(router)
         s0 = {k: sched_ms(*v) for k, v in watch.items()}
+        m0 = machine_now()
         rec = timed(target(name, base, urls, p, prompts), p)
+        m1 = machine_now()
+        for k, a, b in zip(("machine_busy_ms", "machine_idle_ms", "psi_some_ms"), m0, m1, strict=True):
+            rec[k] = b - a
         for k, v in watch.items():
             (r0, w0), (r1, w1) = s0[k], sched_ms(*v)
             rec[f"{k}_run_ms"], rec[f"{k}_wait_ms"] = max(0.0, r1 - r0), max(0.0, w1 - w0)
@@ -403,7 +437,9 @@ def run(
             print(progress(name, len(records), len(prompts), records), file=sys.stderr, flush=True)
     times = [r["c_first"] - r["send"] for r in records]
     threads = {k: thread_delta(pass0[k], thread_sched(v)) for k, v in groups.items()}
-    cpu1 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids)]
+    cpu1 = [cpu_s(router_pid, router_group), *(cpu_s(p) for p in pids), *(cpu_s(p, True) for p in pids),
+            cpu_s(os.getpid())]  # fmt: skip
+    machine = [b - a for a, b in zip(machine0, machine_now(), strict=True)]
     cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
     # The router's /metrics GETs during the pass, per server (before this client's own read below).
     scrapes = [metrics_gets(s, at) for s, at in zip(servers, logs0, strict=True)]
@@ -430,7 +466,7 @@ def run(
             f"{k[2:-3]} {statistics.fmean(v):.1f} ms" for k, v in side.items())
             + f" ({len(side['v_ttft_ms'])} of {len(records)} requests)", flush=True)  # fmt: skip
     n = len(servers)
-    api, whole = [round(c, 2) for c in cpu[1 : 1 + n]], [round(c, 2) for c in cpu[1 + n :]]
+    api, whole = [round(c, 2) for c in cpu[1 : 1 + n]], [round(c, 2) for c in cpu[1 + n : 1 + 2 * n]]
     print(f"    CPU during the pass: router {cpu[0]:.2f} s, vLLM API servers {api} s, servers {whole} s",
           flush=True)  # fmt: skip
     print(f"    the router's GET /metrics per server during the pass: {scrapes}", flush=True)
@@ -442,7 +478,17 @@ def run(
     res["autogroups"] = {"router": autogroup(router_pid), "client": autogroup(os.getpid())}
     res["router_cpu_s"] = cpu[0]
     res["api_cpu_s"] = sum(cpu[1 : 1 + n])
-    res["servers_cpu_s"] = sum(cpu[1 + n :])
+    res["servers_cpu_s"] = sum(cpu[1 + n : 1 + 2 * n])
+    # Per server (its whole process group), this client, and the machine over the pass: what the run's
+    # own processes took of the two cores and what other work took (rv36).
+    res["server_cpu_list"] = cpu[1 + n : 1 + 2 * n]
+    res["client_cpu_s"] = cpu[1 + 2 * n]
+    res["machine_busy_s"], res["machine_idle_s"] = machine[0] / 1000, machine[1] / 1000
+    res["psi_some_s"] = machine[2] / 1000
+    res["others_cpu_s"] = res["machine_busy_s"] - cpu[0] - res["servers_cpu_s"] - res["client_cpu_s"]
+    print(f"    the machine over the pass: busy {res['machine_busy_s']:.1f} s, idle "
+          f"{res['machine_idle_s']:.1f} s (both CPUs), other work's CPU {res['others_cpu_s']:.1f} s, "
+          f"CPU pressure 'some' {res['psi_some_s']:.1f} s", flush=True)  # fmt: skip
     res["router_scrapes"] = scrapes
     res["records"] = records
     return res
