@@ -473,6 +473,8 @@ class AggregateSource:
         self._bloom: Bloom | None = None
         self._bloom_at: float | None = None
         self._slots = SlotMemory()
+        # metrics older leave the ready set (``kvgate epp --metrics-staleness-threshold``; 2 s as there)
+        self.staleness_s = 2.0
 
     def _summary(self, now: float) -> Bloom | None:
         if self._bloom_at is None or now - self._bloom_at >= BLOOM_EVERY_S:
@@ -501,6 +503,7 @@ class AggregateSource:
             eps,
             now=now,
             wall=self.wall(),
+            staleness_s=self.staleness_s,
             prefix_chunk_chars=self.prefix_chunk_chars,
             tls=self.tls,
             mtls=self.mtls,

@@ -36,7 +36,7 @@ from kvgate.entry import (
     sighup_ignored,
 )
 from kvgate.extproc import keys
-from kvgate.extproc.upstream_flags import split_unknown
+from kvgate.extproc.upstream_flags import go_duration, split_unknown
 from kvgate.k8s import poolflags
 from kvgate.k8s import resources as R
 from kvgate.openai.labels import GRACE_S
@@ -143,6 +143,42 @@ def parser() -> argparse.ArgumentParser:
         "--scrape-interval",
         type=finite_number,
         help="seconds between /metrics scrapes (default: --config's or 0.05)",
+    )
+    # The reference EPP's scrape flags (GIE options.go; its defaults): a config's metrics-data-source key
+    # wins over each, with one WARNING naming both (qa36a F6/F13; ``_flag_source``).
+    pick.add_argument(
+        "--refresh-metrics-interval",
+        type=go_duration,
+        metavar="DURATION",
+        help="reference flag: --scrape-interval as a Go duration (50ms)",
+    )
+    pick.add_argument(
+        "--model-server-metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="reference flag: scrape every endpoint's metrics on this port (0, the default: its own port)",
+    )
+    pick.add_argument(
+        "--model-server-metrics-path", metavar="PATH", help="reference flag: the metrics path (/metrics)"
+    )
+    pick.add_argument(
+        "--model-server-metrics-scheme",
+        choices=("http", "https"),
+        help="reference flag: the scrape scheme (http; https pools from --config: https)",
+    )
+    pick.add_argument(
+        "--model-server-metrics-https-insecure-skip-verify",
+        type=_bool,
+        nargs="?",
+        const=True,
+        metavar="BOOL",
+        help="reference flag: with --model-server-metrics-scheme https, no certificate check (true)",
+    )
+    pick.add_argument(
+        "--metrics-staleness-threshold",
+        type=go_duration,
+        metavar="DURATION",
+        help="reference flag: metrics older than this leave the inference_pool_* gauges (2s)",
     )
     pick.add_argument(
         "--enable-conformance-hooks",
@@ -362,6 +398,10 @@ def _main(argv: list[str] | None) -> int:
         tokenize.preload_for(ctx.director, cfg.pool.models)
         tokenize.warm()
         # The flags over --config's scrapeIntervalSeconds and limits.maxBufferedBytes (their defaults else).
+        if "scrape_interval" in given and "refresh_metrics_interval" in given:
+            raise EppConfigError("--scrape-interval, --refresh-metrics-interval: the same setting, give one")
+        if args.refresh_metrics_interval is not None:  # (the reference's spelling of it: qa36a F6)
+            args.scrape_interval = args.refresh_metrics_interval
         if args.scrape_interval is None:
             args.scrape_interval = cfg.scrape_interval_s
         if args.max_buffered_bytes is None:
@@ -374,6 +414,7 @@ def _main(argv: list[str] | None) -> int:
             raise EppConfigError(f"--scrape-interval must be a finite number > 0, got {args.scrape_interval}")
         ctx.budget.limit = args.max_buffered_bytes
         staleness = _staleness(args, cfg)
+        scrape_src = _scrape_source(args, given, ctx.director)
         kube = _kube_pool(args, cfg, store, ctx, staleness)
     except (EppConfigError, OSError, ValueError, KeyError) as e:
         for line in str(e).splitlines():  # (several refused keys: one line each)
@@ -382,8 +423,25 @@ def _main(argv: list[str] | None) -> int:
     pool = cfg.pool  # (https endpoints, from --config: scraped over TLS, verified against its caFile)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args, store, ctx, metrics, pair, client_ca, kube=kube, drain_from=drain_from,
-                           scrape_scheme=pool.scheme, scrape_ca=pool.ca_file))  # fmt: skip
+                           scrape_scheme=pool.scheme, scrape_ca=pool.ca_file,
+                           scrape_source=scrape_src))  # fmt: skip
     return 0
+
+
+def _scrape_source(args: argparse.Namespace, given: dict[str, str], director: Any) -> Any:
+    """The scraper's data source: the config's ``metrics-data-source`` over the reference's scrape flags
+    (``scrapeflags``; its WARNINGs logged here), and ``--metrics-staleness-threshold`` on the pool gauges
+    (qa36a F6, F13). ``ValueError`` names a bad flag."""
+    from kvgate.config.director import metrics_source
+    from kvgate.extproc.scrapeflags import flag_source, merge
+
+    interval_flag = given.get("scrape_interval") or given.get("refresh_metrics_interval")
+    src, warnings = merge(metrics_source(director), flag_source(args), given, interval_flag, args)
+    for line in warnings:
+        log.warning("%s", line)
+    if args.metrics_staleness_threshold is not None and hasattr(director, "gauge_staleness_s"):
+        director.gauge_staleness_s = args.metrics_staleness_threshold
+    return src
 
 
 def _check_stream_limits(args: argparse.Namespace, body_cap: int, cap: str) -> None:
@@ -670,11 +728,11 @@ async def _serve(
     drain_from: str = DRAIN_FLAG,
     scrape_scheme: str = "http",
     scrape_ca: str | None = None,
+    scrape_source: Any = None,
 ) -> None:
     """Serve until SIGTERM / SIGINT, then drain for ``args.drain_timeout`` (``drain_from``: where that
     value came from, ``DRAIN_FLAG`` or ``DRAIN_KEY``). The pool's endpoints are scraped over
     ``scrape_scheme``, https verified against ``scrape_ca`` (None: the system's CAs)."""
-    from kvgate.config.director import metrics_source
     from kvgate.datalayer.scraper import MetricsScraper
     from kvgate.extproc.server import EppServer, ListenError, ServerOptions
     from kvgate.multicluster.clusters import ClustersError
@@ -699,6 +757,8 @@ async def _serve(
     agg = aggregate_source(
         pool_name, store.all, ctx.director, tls=https, mtls=mtls, models=lambda: labels.known
     )
+    if args.metrics_staleness_threshold is not None:  # (the reference's flag: its pool gauges' bound)
+        agg.staleness_s = args.metrics_staleness_threshold
 
     def problem() -> str | None:
         # With --pool-name: ready once discovery is synced with no RBAC error, the InferencePool read and,
@@ -733,7 +793,7 @@ async def _serve(
         clock=time.monotonic,
         scheme=scrape_scheme,
         tls=tls,
-        source=metrics_source(ctx.director),  # (the config's metrics-data-source; read once, at start)
+        source=scrape_source,  # (the config's metrics-data-source over the flags; read once, at start)
     )
     # Handlers first: a supervisor may signal as soon as it reads the ready line.
     stop = asyncio.Event()

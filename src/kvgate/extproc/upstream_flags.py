@@ -10,6 +10,10 @@ start a server the operator did not ask for.
 
 from __future__ import annotations
 
+import argparse
+import math
+import re
+
 # (those the reference shares with kvgate, ``--grpc-port``, ``--pool-name``, ``--pool-group``, ... are
 # kvgate options: ``--pool-group`` was ignored here before qa26 F8, so kvgate watched the v1 group, and
 # ``--engine-label-key`` before qa33a F6, so a pod labelled only with that key was scraped as vLLM)
@@ -20,13 +24,10 @@ REFERENCE_ONLY = frozenset(
         "--endpoint-selector",
         "--endpoint-target-ports",
         "--disable-endpoint-subset-filter",
-        "--model-server-metrics-scheme",
-        "--model-server-metrics-path",
-        "--model-server-metrics-port",
-        "--model-server-metrics-https-insecure-skip-verify",
-        "--refresh-metrics-interval",
+        # (``--model-server-metrics-*``, ``--refresh-metrics-interval`` and ``--metrics-staleness-threshold``
+        # are kvgate epp options since qa36a F6: kvgate has each setting, so ignoring them scraped the
+        # wrong port)
         "--refresh-prometheus-metrics-interval",
-        "--metrics-staleness-threshold",
         "--total-queued-requests-metric",
         "--total-running-requests-metric",
         "--kv-cache-usage-percentage-metric",
@@ -75,3 +76,29 @@ def split_unknown(unknown: list[str]) -> tuple[list[str], list[str]]:
             refused.append(word)
         value_ok = False
     return ignored, refused
+
+
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_PART = re.compile(r"([0-9]*\.?[0-9]+|[0-9]+\.)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def go_duration(text: str) -> float:
+    """An argparse type for the reference's ``DurationVar`` flags: Go's ``time.ParseDuration`` spelling
+    (``50ms``, ``2s``, ``1m30s``; ``0`` alone needs no unit), as seconds > 0 and finite (qa36a F6)."""
+    t = text.strip()
+    body = t[1:] if t[:1] in "+-" else t
+    total = 0.0
+    if body != "0":
+        pos = 0
+        for m in _GO_PART.finditer(body):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+            pos = m.end()
+        if not body or pos != len(body):
+            raise argparse.ArgumentTypeError(f"expected a duration like 50ms, 2s or 1m30s, got {text!r}")
+    if t.startswith("-"):
+        total = -total
+    if not 0 < total < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a duration > 0, got {text!r}")
+    return total

@@ -131,6 +131,9 @@ class Director:
     ) -> None:
         self.profiles = dict(profiles)
         self.health = health or HealthPolicy()
+        # ``kvgate epp --metrics-staleness-threshold`` (None: not given): the pool gauges count only the
+        # ready endpoints scraped within it, as the reference's (qa36a F6)
+        self.gauge_staleness_s: float | None = None
         self._profile_names = list(self.profiles)
         self.handler = handler
         self.store = store
@@ -938,6 +941,8 @@ class Director:
         for name, eps in by_pool.items():
             # The health model routing uses (scrape failures, staleness), not only the ejection flag.
             ready = ready_endpoints(eps, now, self.health) if eps else []
+            if (bound := self.gauge_staleness_s) is not None:
+                ready = [e for e in ready if (t := e.metrics.updated_at) is not None and now - t <= bound]
             n = len(ready)
             metrics.POOL_READY.labels(name=name).set(n)
             metrics.POOL_KV.labels(name=name).set(sum(e.metrics.kv_cache_usage for e in ready) / (n or 1))
