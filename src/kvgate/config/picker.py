@@ -490,6 +490,7 @@ _DATA_LAYER_NOT_APPLIED = (
     "crossReplicaSyncerPluginRef",
     "crossReplicaSyncInterval",
     "crossReplicaPublishTimeout",
+    "crossReplica",  # (llm-d.ai/v1's spelling of the three above: qa36a F8)
 )
 
 
