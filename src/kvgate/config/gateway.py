@@ -94,6 +94,19 @@ class PoolConfig:
     # body field (negated: vLLM runs lower first). Off by default: vLLM refuses a nonzero ``priority``
     # unless it runs ``--scheduling-policy priority``.
     pass_priority: bool = False
+    # The picker key (``endpointPickerConfig`` / ``...File``) a ``policy`` given beside it yields to
+    # (``ignored_policy``: one WARNING at load, qa36a F12); not compared: the picker is the same.
+    policy_beside: str | None = field(default=None, compare=False)
+
+
+def ignored_policy(cfg: PoolConfig) -> str | None:
+    """The WARNING line for a pool's ``policy`` given beside its picker config (None: not so)."""
+    if cfg.policy_beside is None:
+        return None
+    return (
+        f"pool {cfg.name}: policy {cfg.policy!r} not applied: its {cfg.policy_beside} is the picker "
+        "(give one of the two)"
+    )
 
 
 @dataclass(slots=True)
@@ -401,9 +414,14 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
     pass_priority = _get(raw, "passPriority", path + ".", bool, False)
     if pass_priority:
         check_pass_priority(engine, path + ".passPriority")
+    beside = (
+        None
+        if picker is None or "policy" not in raw
+        else ("endpointPickerConfig" if inline is not None else "endpointPickerConfigFile")
+    )
     return PoolConfig(
         name, endpoints, models, adapters, engine, policy, picker, inference_pool, scheme, ca_file,
-        pass_priority=pass_priority,
+        pass_priority=pass_priority, policy_beside=beside,
     )  # fmt: skip
 
 

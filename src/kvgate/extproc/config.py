@@ -25,6 +25,7 @@ from kvgate.config.gateway import (
     PoolConfig,
     check_pass_priority,
     config_from_flags,
+    ignored_policy,
     load_gateway_yaml,
     parse_gateway_config,
 )
@@ -201,6 +202,8 @@ def load(
             raise EppConfigError(str(e)) from e
         pool.pass_priority = True
     picker = _picker_config(config_file, config_text) or pool.picker_config
+    if pool.picker_config is not None and (line := ignored_policy(pool)) is not None:
+        log.warning("%s", line)
     return EppConfig(
         pool=pool,
         gateway=gw,

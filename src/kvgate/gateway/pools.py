@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kvgate.config.director import build_director
-from kvgate.config.gateway import GatewayConfigError, PoolConfig
+from kvgate.config.gateway import GatewayConfigError, PoolConfig, ignored_policy
 from kvgate.config.picker import FALLBACK_PARSERS, EndpointPickerConfig, parse_config
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
@@ -84,6 +84,8 @@ def picker_spec(cfg: PoolConfig, *, announce: bool = False) -> EndpointPickerCon
     if cfg.picker_config is None:
         return policy_config(cfg.policy)
     spec = parse_config(cfg.picker_config, announce=announce)
+    if announce and (line := ignored_policy(cfg)) is not None:
+        log.warning("%s", line)
     named = engine_label(cfg.picker_config)  # (ValueError: two labels; a config error at load and reload)
     if announce and named is not None:
         if cfg.inference_pool is None:  # (the reference's default named asks nothing of listed endpoints)
