@@ -30,10 +30,19 @@ def set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def header_mutation(sets: Mapping[str, str], removes: Iterable[str] = ()) -> pb.HeaderMutation:
-    return pb.HeaderMutation(
-        set_headers=[set_header(k, v) for k, v in sets.items()], remove_headers=list(removes)
-    )
+def header_mutation(
+    sets: Mapping[str, str], removes: Iterable[str] = (), append: tuple[str, str] | None = None
+) -> pb.HeaderMutation:
+    """``append``: one header added beside any of its name (a ``set-cookie`` beside the server's)."""
+    out = [set_header(k, v) for k, v in sets.items()]
+    if append is not None:
+        out.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=append[0], raw_value=append[1].encode()),
+                append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
+            )
+        )
+    return pb.HeaderMutation(set_headers=out, remove_headers=list(removes))
 
 
 def destination_metadata(value: str) -> struct_pb2.Struct:

@@ -75,6 +75,7 @@ from kvgate.openai.sse import SSEScanner, rewrite_model
 from kvgate.requestcontrol.director import flow_key, flow_of, preempted_error
 from kvgate.requestid import acceptable as acceptable_rid
 from kvgate.requestid import shown as rid_shown
+from kvgate.scheduling.plugins.session import response_cookie
 from kvgate.scheduling.types import (
     InferenceRequest,
     NoCapacityError,
@@ -820,9 +821,13 @@ class Session:
         if self.status == 200 and not self.streaming:
             # A non-streamed reply arrives whole: its headers come after generation is done.
             self._mark_first_token()
+        cookie = None  # (llm-d's session cookie naming the endpoint that served: qa36a F4)
+        if self.request is not None and self.endpoint is not None:
+            line = response_cookie(self.ctx.director, self.request, self.endpoint)
+            cookie = ("set-cookie", line) if line is not None else None
         resp = pb.ProcessingResponse(
             response_headers=pb.HeadersResponse(
-                response=pb.CommonResponse(header_mutation=hdr.header_mutation(sets, removes))
+                response=pb.CommonResponse(header_mutation=hdr.header_mutation(sets, removes, cookie))
             )
         )
         if msg.response_headers.end_of_stream:

@@ -89,6 +89,7 @@ from kvgate.openai.usage import BodyUsageScanner, usage_from_body
 from kvgate.requestcontrol.director import Director, preempted_error
 from kvgate.requestid import MAX_LEN as RID_MAX
 from kvgate.requestid import shown as rid_shown
+from kvgate.scheduling.plugins.session import response_cookie
 from kvgate.scheduling.types import InferenceRequest, NoCapacityError, SchedulingError, Usage, prompt_tokens
 
 log = logging.getLogger("kvgate.gateway")
@@ -983,6 +984,8 @@ class Proxy:
             if attempt:
                 self.metrics.retries.inc()
             reply_headers = {"x-request-id": rid}
+            if (cookie := response_cookie(director, ireq, ep)) is not None:  # (llm-d's session cookie)
+                reply_headers["set-cookie"] = cookie
             if explain:
                 reply_headers[PICK_HEADER] = self._explain(rid, ep, result)
             director.on_dispatched(ireq, ep)

@@ -62,6 +62,7 @@ def pass_upstream_headers(upstream: Mapping[str, str], reply: dict[str, str]) ->
     Returns the ``Set-Cookie`` lines, () if none: the answer's ``set_cookies``, written one header line
     each (RFC 6265 3: never joined). small33: they were one ``reply`` value joined with
     ``"\r\nset-cookie: "``, CR/LF inside a value, safe only while the upstream parser refused CR/LF."""
+    own = reply.pop("set-cookie", None)  # the gateway's own (the session cookie), kept beside upstream's
     if not upstream.keys() <= _NOT_RELAYED:  # (else nothing to relay, the framing only: one C-level check)
         conn = upstream.get("connection")
         named = {t.strip().lower() for t in conn.split(",")} if conn else _NONE
@@ -73,7 +74,8 @@ def pass_upstream_headers(upstream: Mapping[str, str], reply: dict[str, str]) ->
                 )
     cookies = reply.pop("set-cookie", None)
     # (the upstream reader keeps a repeated one's lines apart by a newline, which no parsed value holds)
-    return () if cookies is None else tuple(cookies.split("\n"))
+    lines = () if cookies is None else tuple(cookies.split("\n"))
+    return lines if own is None else (*lines, own)
 
 
 def _model_patterns(sent: str, client: str) -> list[tuple[bytes, bytes]]:

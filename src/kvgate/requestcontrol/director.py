@@ -134,6 +134,8 @@ class Director:
         # ``kvgate epp --metrics-staleness-threshold`` (None: not given): the pool gauges count only the
         # ready endpoints scraped within it, as the reference's (qa36a F6)
         self.gauge_staleness_s: float | None = None
+        # The picker's session-affinity scorers, found at its first answer (``session.response_cookie``)
+        self._session_cookie_scorers: list[Any] | None = None
         self._profile_names = list(self.profiles)
         self.handler = handler
         self.store = store
