@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import operator
 import struct
 from collections.abc import Iterable, Sequence
 from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, NamedTuple
 
 from kvgate.datalayer.endpoint import Endpoint, InFlight
 
@@ -67,8 +68,21 @@ _NF = len(FIELDS)
 _ZEROS: Sequence[int] = (0,) * _NF
 # field index -> the ``InFlight`` attribute that keeps what a fresh ``InFlight``'s first fold brought in
 _TOTALS = {FIELDS.index("sent_tokens"): "sent_base", FIELDS.index("started"): "started_base"}
-_Q = struct.Struct("<q")
+# One worker's counts for one slot. Native, as the ``q`` cast view: each field is read and written whole (one
+# 8-byte copy; "<" would go byte by byte, and a reader could see half of a write).
+_ROW = struct.Struct(f"{_NF}q")
+_fields = operator.attrgetter(*FIELDS)  # an ``InFlight``'s counts, one tuple
 DEFAULT_SLOTS = 1024
+
+
+class _Folded(NamedTuple):
+    """One key's last fold: ``inf`` is the ``InFlight`` it set to ``set_to`` (``FIELDS`` order), having read
+    ``others`` (each other worker's row, as read) and summed them to ``remote``."""
+
+    inf: InFlight
+    set_to: tuple[int, ...]
+    others: list[tuple[int, ...]]
+    remote: Sequence[int]
 
 
 def _counts_end(workers: int, slots: int) -> int:
@@ -121,14 +135,16 @@ class SharedInFlight:
         end = segment_size(workers, slots)
         self.extra = buf[end : end + extra]  # (``flowcontrol.fleet``'s marks)
         self._slot: dict[str, int] = {}
+        counts_at = slots * ADDR_BYTES
+        # each other worker's row of counts, as a byte offset in the segment (``_ROW`` per slot)
+        self._others = [counts_at + w * slots * _ROW.size for w in range(workers) if w != worker]
+        self._mine = counts_at + worker * slots * _ROW.size
         # key -> (asks left before the full table is tried again anyway, ``_freed`` at the refusal)
         self._refused: dict[str, tuple[int, int]] = {}
         self._full_warned = False
-        # address -> the other workers' counts last folded into that endpoint's InFlight
-        self._remote: dict[str, list[int]] = {}
-        # address -> (the InFlight, its running totals, ``_TOTALS`` order) after the last fold: what it
-        # added since is the increase, or all of a fresh InFlight's
-        self._sent: dict[str, tuple[InFlight, list[int]]] = {}
+        # key -> its last fold: what the InFlight added since is the increase (all of a fresh InFlight's),
+        # and a pass that finds neither it nor the other rows changed skips the key
+        self._sent: dict[str, _Folded] = {}
         # the keys synced in this pass and in the previous one (``drop_unlisted``)
         self._listed: set[str] = set()
         self._listed_before: set[str] = set()
@@ -264,7 +280,7 @@ class SharedInFlight:
         if not pool:
             return address
         key = f"{address}\0{pool}"
-        if len(key.encode()) <= ADDR_BYTES:
+        if len(key) <= ADDR_BYTES and (key.isascii() or len(key.encode()) <= ADDR_BYTES):
             return key
         return "#" + hashlib.blake2b(key.encode(), digest_size=24).hexdigest()  # (the same in every process)
 
@@ -280,31 +296,36 @@ class SharedInFlight:
         i = self.slot(key)
         if i is None:
             return
-        c = self._counts
-        me = self.worker
-        seen = self._sent.get(key)
-        prev = seen[1] if seen is not None and seen[0] is inf else None  # None: a fresh InFlight
+        at = i * _ROW.size
+        others = [_ROW.unpack_from(self._buf, row + at) for row in self._others]
+        cur = _fields(inf)
+        prev = self._sent.get(key)
+        if prev is not None and prev.inf is not inf:
+            prev = None  # a fresh InFlight
+        elif prev is not None and cur == prev.set_to and others == prev.others:
+            # (same inputs, same fold: it would write the values its row and the InFlight hold already,
+            # its row being written by this worker only. Most keys of a steady pass: session 36.)
+            return
         # (a fresh InFlight, e.g. an endpoint removed and back, holds no other worker's counts yet:
         # all of it is this worker's own)
-        old = self._remote.get(key, _ZEROS) if prev is not None else _ZEROS
-        cur = [getattr(inf, f) for f in FIELDS]
-        mine = [max(0, v - r) for v, r in zip(cur, old, strict=True)]
-        b = self._base(me, i)
-        for k, f in enumerate(_TOTALS):
-            since = cur[f] if prev is None else cur[f] - prev[k]
+        old = _ZEROS if prev is None else prev.remote
+        mine = [v - r if v > r else 0 for v, r in zip(cur, old, strict=True)]
+        c = self._counts
+        b = self._base(self.worker, i)
+        for f in _TOTALS:
+            since = cur[f] if prev is None else cur[f] - prev.set_to[f]
             mine[f] = c[b + f] + max(0, since)  # its row's total only grows
-        for f in range(_NF):
-            c[b + f] = mine[f]
-        remote = self.totals(key, exclude=me)
-        for f, name in enumerate(FIELDS):
-            setattr(inf, name, mine[f] + remote[f])
+        _ROW.pack_into(self._buf, self._mine + at, *mine)
+        remote = others[0] if len(others) == 1 else tuple(map(sum, zip(*others, strict=True))) or _ZEROS
+        set_to = tuple(map(operator.add, mine, remote))
+        for name, v in zip(FIELDS, set_to, strict=True):
+            setattr(inf, name, v)
         if prev is None:
             # A fresh InFlight's first fold brings in the fleet's lifetime totals: before any page
             # this process read (its own sends and starts since it was made stay "since").
             for f, base in _TOTALS.items():
-                setattr(inf, base, getattr(inf, base) + mine[f] + remote[f] - cur[f])
-        self._remote[key] = remote
-        self._sent[key] = (inf, [mine[f] + remote[f] for f in _TOTALS])
+                setattr(inf, base, getattr(inf, base) + set_to[f] - cur[f])
+        self._sent[key] = _Folded(inf, set_to, others, remote)
 
     def drop_unlisted(self) -> None:
         """End of a pass of ``sync`` over all the worker's pools: an entry synced in the previous pass and
@@ -317,11 +338,10 @@ class SharedInFlight:
             i = self._slot.get(key)
             if i is not None:
                 if seen is not None:
-                    self._sync_one(key, seen[0])  # (its InFlight as last synced: only the changes since)
+                    self._sync_one(key, seen.inf)  # (its InFlight as last synced: only the changes since)
                 del self._slot[key]
                 gone.append(i)
             self._sent.pop(key, None)
-            self._remote.pop(key, None)
         if gone:
             # Zeroed, then unmarked, under the lock: a claim that finds the slot unmarked finds it idle, and
             # this worker, its cached index gone, claims again (a scan) if the key comes back.
@@ -350,5 +370,5 @@ class SharedInFlight:
         """This worker's own share of ``inflight`` (what it last published plus changes since)."""
         key = self.key(address, pool)
         seen = self._sent.get(key)
-        old = self._remote.get(key, _ZEROS) if seen is not None and seen[0] is inflight else _ZEROS
+        old = seen.remote if seen is not None and seen.inf is inflight else _ZEROS
         return [max(0, getattr(inflight, f) - r) for f, r in zip(FIELDS, old, strict=True)]
