@@ -8,6 +8,8 @@ Every config file kvgate reads (the gateway file, EndpointPickerConfig, the clus
 
 from __future__ import annotations
 
+import io
+import os
 from typing import IO, Any
 
 import yaml
@@ -72,3 +74,44 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def safe_load(stream: str | bytes | IO[str] | IO[bytes]) -> Any:
     """``yaml.safe_load``, except that a key given twice raises ``DuplicateKeyError`` (a ``YAMLError``)."""
     return yaml.load(stream, Loader=UniqueKeyLoader)  # (a SafeLoader subclass: no arbitrary objects)
+
+
+# The most a config file may hold: a Kubernetes ConfigMap's whole data is 1 MiB, so no file mounted from one
+# is refused. PyYAML parses ~1-2 MB/s in pure Python: an 8 MB file held a reload 8.7 s (review qa36a F10).
+# ``KVGATE_MAX_CONFIG_BYTES`` raises (or lowers) it.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES_ENV = "KVGATE_MAX_CONFIG_BYTES"
+
+
+class TooLargeError(ValueError):
+    """A config file over ``max_config_bytes()``."""
+
+
+def max_config_bytes() -> int:
+    raw = os.environ.get(MAX_CONFIG_BYTES_ENV)
+    if not raw:
+        return MAX_CONFIG_BYTES
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise TooLargeError(f"{MAX_CONFIG_BYTES_ENV}: must be a whole number of bytes > 0, got {raw!r}")
+    return n
+
+
+def read_config(path: str | os.PathLike[str]) -> io.StringIO:
+    """The config file ``path`` (UTF-8) as a stream for ``safe_load`` (its errors name the file), at most
+    ``max_config_bytes()`` of it: more is a ``TooLargeError`` naming the file and the limit, read no
+    further. ``OSError`` as ``open``'s; ``UnicodeDecodeError`` (a ``ValueError``) for what is not UTF-8."""
+    limit = max_config_bytes()
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLargeError(
+            f"{os.fspath(path)} is larger than {limit} bytes, the most a config file may hold ("
+            f"{MAX_CONFIG_BYTES_ENV}; default 1 MiB, a ConfigMap's whole data)"
+        )
+    stream = io.StringIO(data.decode("utf-8"))
+    setattr(stream, "name", os.fspath(path))  # noqa: B010 (PyYAML's marks name the file)
+    return stream

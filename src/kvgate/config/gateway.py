@@ -411,6 +411,10 @@ def _parse_pool(raw: Any, path: str, base_dir: str) -> PoolConfig:
         if not isinstance(file_, str):
             raise GatewayConfigError(path + ".endpointPickerConfigFile", "expected a file path")
         picker = _load_yaml(os.path.join(base_dir, file_), path + ".endpointPickerConfigFile")
+        if picker is None:  # (a file truncated before its write, or only comments: never "no picker")
+            raise GatewayConfigError(
+                path + ".endpointPickerConfigFile", f"{file_} holds no EndpointPickerConfig (empty)"
+            )
     pass_priority = _get(raw, "passPriority", path + ".", bool, False)
     if pass_priority:
         check_pass_priority(engine, path + ".passPriority")
@@ -756,8 +760,7 @@ def _port(value: int, key: str) -> int:
 
 def _load_yaml(path: str, key: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return yamlload.safe_load(f)
+        return yamlload.safe_load(yamlload.read_config(path))
     except OSError as e:
         raise GatewayConfigError(key, f"cannot read {path}: {e.strerror}") from e
     except yamlload.DuplicateKeyError as e:  # the --config file's own key path, else the file's key's
@@ -766,6 +769,8 @@ def _load_yaml(path: str, key: str) -> Any:
         raise GatewayConfigError(key, str(e)) from e
     except yaml.YAMLError as e:
         raise GatewayConfigError(key, f"{path} is not valid YAML: {e}") from e
+    except yamlload.TooLargeError as e:
+        raise GatewayConfigError(key, str(e)) from e
     except ValueError as e:  # an integer past Python's 4300 digits (PyYAML's int() of it)
         raise GatewayConfigError(key, f"{path}: {e}") from e
 

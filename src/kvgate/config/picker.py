@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,15 @@ from kvgate.datalayer.scrape_source import ScrapeSource
 from kvgate.flowcontrol.config import FEATURE_GATE, parse_flow_control
 from kvgate.flowcontrol.saturation import SaturationDetector
 from kvgate.scheduling import registry
-from kvgate.scheduling.framework import ConfigError, Params, Picker, PluginHandle, ProfileHandler
+from kvgate.scheduling.framework import (
+    ConfigError,
+    Params,
+    Picker,
+    PluginHandle,
+    ProfileHandler,
+    as_finite,
+    parse_duration,
+)
 from kvgate.scheduling.plugins import precise_prefix
 from kvgate.scheduling.plugins.affinity_gate import DEFAULT_THRESHOLD, KVGATE_KEYS, REFERENCE_KEYS
 from kvgate.scheduling.plugins.precise_llmd import TOKEN_PRODUCER, local_tokenizer
@@ -189,7 +196,41 @@ def _plugin(raw: Any, path: str) -> PluginSpec:
     return PluginSpec(name, ptype, _mapping(d.get("parameters"), f"{path}.parameters"), path)
 
 
-def _detector(raw: Any, plugins: list[PluginSpec]) -> PluginSpec:
+# The reference's inline ``saturationDetector`` (GIE's ``buildSaturationConfig``) takes a value only in
+# these ranges and its default otherwise, never an error: 0 is Go's zero value (unset; a Go-marshalled
+# config writes ``metricsStalenessThreshold: 0s``), read by kvgate as "0 s: always stale" until review
+# qa36a F2. The ``utilization-detector`` plugin's parameters refuse such values, as the reference's do.
+_INLINE_RANGES: dict[str, tuple[Callable[[float], bool], str, str]] = {
+    "queueDepthThreshold": (lambda v: v > 0, "> 0", "5"),
+    "kvCacheUtilThreshold": (lambda v: 0 < v < 1, "in (0, 1)", "0.8"),
+    "metricsStalenessThreshold": (lambda v: v > 0, "> 0", "200ms"),
+}
+
+
+def _inline_detector(d: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """The inline parameters with each value the reference would replace left out (its default applies):
+    0 silently (unset), any other one with a WARNING line naming the key. What is no finite number is
+    left for the detector's own error naming the key."""
+    out = dict(d)
+    for key, (ok, where, default) in _INLINE_RANGES.items():
+        raw = d.get(key)
+        v: Any = None
+        if isinstance(raw, str) and key == "metricsStalenessThreshold":
+            v = parse_duration(raw)
+        elif isinstance(raw, int | float) and not isinstance(raw, bool):
+            v = raw
+        if v is None or as_finite(v) is None or ok(v):
+            continue
+        del out[key]
+        if v != 0:
+            warnings.append(
+                f"saturationDetector.{key}: {raw!r} is not {where}: its default {default} applies, as in the "
+                "reference EPP (which replaces such a value)"
+            )
+    return out
+
+
+def _detector(raw: Any, plugins: list[PluginSpec], warnings: list[str]) -> PluginSpec:
     path = "saturationDetector"
     d = _mapping(raw, path)
     if "pluginRef" in d:
@@ -202,7 +243,7 @@ def _detector(raw: Any, plugins: list[PluginSpec]) -> PluginSpec:
     if "type" in d:
         return _plugin(d, path)
     _check_keys(d, _DETECTOR_INLINE, path)
-    return PluginSpec("utilization-detector", "utilization-detector", d, path)
+    return PluginSpec("utilization-detector", "utilization-detector", _inline_detector(d, warnings), path)
 
 
 def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> EndpointPickerConfig:
@@ -252,9 +293,12 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
                 raise ConfigError(f"{rpath}.pluginRef: {ref!r} is a {role} plugin, not a scheduling one")
             w = rd.get("weight")
             bad = isinstance(w, bool) or not isinstance(w, int | float)
-            if w is not None and (bad or not math.isfinite(w) or w < 0):
-                raise ConfigError(f"{rpath}.weight: must be a finite number >= 0, got {w!r}")
-            refs.append(ProfileRef(ref, None if w is None else float(w), rpath))
+            fw = None if bad else as_finite(w)  # (None too for a 400-digit integer: qa36a F1)
+            if w is not None and (fw is None or fw < 0):
+                big = isinstance(w, int) and fw is None
+                shown = f"an integer of {w.bit_length()} bits" if big else repr(w)
+                raise ConfigError(f"{rpath}.weight: must be a finite number >= 0, got {shown}")
+            refs.append(ProfileRef(ref, fw, rpath))
         profiles.append(ProfileSpec(_str(pd.get("name"), f"{path}.name"), refs, path))
     if len({p.name for p in profiles}) != len(profiles):
         raise ConfigError("schedulingProfiles: duplicate profile names")
@@ -281,7 +325,7 @@ def parse_config(doc: Any, *, name: str = "custom", announce: bool = True) -> En
         plugins=plugins,
         profiles=profiles,
         feature_gates=[gate for gate, on in enabled.items() if on],
-        saturation_detector=_detector(d.get("saturationDetector"), plugins),
+        saturation_detector=_detector(d.get("saturationDetector"), plugins, warnings),
         data_layer=data_layer,
         flow_control=_mapping(d.get("flowControl"), "flowControl"),
         parser=parser,
@@ -632,7 +676,7 @@ def instantiate(spec: PluginSpec, handle: PluginHandle, *, announce: bool = Fals
         plugin = cls.create(spec.name, params, handle)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:  # (OverflowError: a huge integer's float; qa36a F1)
         raise ConfigError(f"{spec.path}.parameters: {e}") from e
     if announce:
         for line in params.warnings:
@@ -642,10 +686,21 @@ def instantiate(spec: PluginSpec, handle: PluginHandle, *, announce: bool = Fals
 
 
 def load_config(source: str | Path) -> EndpointPickerConfig:
-    """Load from a YAML file path, or YAML text when ``source`` is a string holding a document."""
-    if isinstance(source, Path) or ("\n" not in source and Path(source).exists()):
-        path = Path(source)
-        text, name = path.read_text(), str(path)
+    """Load from a YAML file path, or YAML text when ``source`` is a string holding a document. A file
+    over ``yamlload.max_config_bytes()``, one holding no document (empty, comments only) and a one-line
+    string that is neither a file nor a document (a path or policy name mistyped) are ``ConfigError``s
+    saying so (review qa36a F5, F9)."""
+    if isinstance(source, str) and not source.strip():
+        raise ConfigError("config: empty: give an EndpointPickerConfig file path or its YAML text")
+    text: Any
+    if isinstance(source, Path) or ("\n" not in source and Path(source).is_file()):
+        name = str(source)
+        try:
+            text = yamlload.read_config(source)
+        except OSError as e:
+            raise ConfigError(f"config: cannot read {name}: {e.strerror}") from e
+        except ValueError as e:  # (too large, not UTF-8)
+            raise ConfigError(f"config: {e}") from e
     else:
         text, name = str(source), "custom"
     try:
@@ -654,4 +709,8 @@ def load_config(source: str | Path) -> EndpointPickerConfig:
         raise ConfigError(e.key, e.detail) from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config: invalid YAML: {e}") from e
+    if doc is None:
+        raise ConfigError(f"config: {name} holds no EndpointPickerConfig (empty, or only comments)")
+    if isinstance(doc, str) and name == "custom" and "\n" not in str(source):
+        raise ConfigError(f"config: {source!r} is no file (and no EndpointPickerConfig YAML)")
     return parse_config(doc, name=name)

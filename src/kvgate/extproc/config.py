@@ -115,8 +115,7 @@ def _picker_config(path: str | None, text: str | None) -> dict[str, Any] | None:
     raw: Any = None
     try:
         if path:
-            with open(path, encoding="utf-8") as f:
-                raw = yamlload.safe_load(f)
+            raw = yamlload.safe_load(yamlload.read_config(path))
         elif text:
             raw = yamlload.safe_load(text)
     except OSError as e:
@@ -125,7 +124,12 @@ def _picker_config(path: str | None, text: str | None) -> dict[str, Any] | None:
         raise EppConfigError(e.key, e.detail) from e
     except yaml.YAMLError as e:
         raise EppConfigError(f"EndpointPickerConfig is not valid YAML: {e}") from e
+    except ValueError as e:  # (over the size limit, not UTF-8, an integer of more digits than int() reads)
+        raise EppConfigError(f"{'--config-file' if path else '--config-text'}: {e}") from e
     if raw is None:
+        if path or text:  # (an empty or comments-only file is no config: not "use the policy"; qa36a F5)
+            flag, what = ("--config-file", path) if path else ("--config-text", "the text")
+            raise EppConfigError(f"{flag}: {what} holds no EndpointPickerConfig (empty, or only comments)")
         return None
     if not isinstance(raw, dict):
         raise EppConfigError("EndpointPickerConfig must be a mapping")

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from kvgate.scheduling.framework import ConfigError, Params, Plugin
+from kvgate.scheduling.framework import INT64_MAX, ConfigError, Params, Plugin
 from kvgate.scheduling.registry import register
 
 FEATURE_GATE = "flowControl"
@@ -212,11 +212,11 @@ def _quantity(p: Params, key: str, default: int) -> int:
                 n = Fraction(m.group(1)) * (_SUFFIX[m.group(2)] if exp is None else Fraction(10) ** int(exp))
             except ValueError:
                 n = Fraction(1, 2)
-            if n.denominator == 1 and n >= 0:
+            if n.denominator == 1 and 0 <= n <= INT64_MAX:  # (a 64-bit integer, as the reference's; qa36a F1)
                 return int(n)
     raise ConfigError(
         f"{p.path}.{key}: must be an integer >= 0 or a Kubernetes quantity (e.g. 1Gi, 500M, 1e9) that is a "
-        f"whole number >= 0, got {v!r}"
+        f"whole number in [0, 2^63-1], got {v!r}"
     )
 
 

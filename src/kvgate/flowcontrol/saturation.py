@@ -133,7 +133,8 @@ class UtilizationDetector(SaturationDetector):
             handle,
             queue_threshold=params.get_float("queueDepthThreshold", 5.0, min=1e-9),
             kv_threshold=params.get_float("kvCacheUtilThreshold", 0.8, min=1e-9, max=1.0),
-            staleness=params.get_duration("metricsStalenessThreshold", REFERENCE_STALENESS_S),
+            # (> 0, as the reference plugin's: 0 s would count every endpoint stale; qa36a F2)
+            staleness=params.get_duration("metricsStalenessThreshold", REFERENCE_STALENESS_S, positive=True),
             own_load_staleness=params.get_duration("ownLoadStalenessThreshold", DEFAULT_OWN_LOAD_STALENESS_S),
         )
         params.finish()

@@ -544,9 +544,12 @@ class ConfigWatch:
         return new is not None and self._apply(new, None)
 
     async def areload(self) -> bool:
-        """Read, ``prepare`` (a new picker's KV-event sources start and catch up), then apply."""
-        new = self._read()
-        if new is None:
+        """Read (on a thread: a large file's YAML held every request for its parse, review qa36a F10),
+        ``prepare`` (a new picker's KV-event sources start and catch up), then apply."""
+        try:
+            new = await asyncio.to_thread(self._load, self.path)
+        except GatewayConfigError as e:
+            self._invalid(e)
             return False
         try:
             prepared = await self.prepare(new)

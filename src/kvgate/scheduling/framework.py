@@ -128,8 +128,46 @@ class PluginHandle:
         return got
 
 
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h|us|µs)?\s*$")
-_UNITS = {None: 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "m": 60.0, "h": 3600.0}
+# Go's ``time.ParseDuration`` (what the reference's ``metav1.Duration`` fields are read with, and what Go
+# writes: 60 s is ``1m0s``): a sign, then one or more number+unit terms (``1h2m3.5s``, ``300ms``, ``.5s``).
+# kvgate also takes a bare number as seconds (``2``, ``0.5``), as it always did.
+_NUM = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
+_UNIT = r"(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h)"
+_GO_DURATION = re.compile(rf"([+-]?)((?:{_NUM}\s*{_UNIT})+|{_NUM})")  # (kvgate took ``200 ms`` too)
+_TERM = re.compile(rf"({_NUM})\s*({_UNIT})")
+_UNITS = {
+    "ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+}  # fmt: skip
+# Go's int64 (the reference's integer fields): a larger integer fails its JSON decoding; kvgate refuses it
+# naming the key rather than overflow a float later (review qa36a F1).
+INT64_MAX = (1 << 63) - 1
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from a Go duration string (``1m0s``, ``-1.5h``, ``300ms``; a bare number is seconds);
+    None when it is not one. May be negative or infinite (``1e999`` digits): the caller bounds it."""
+    m = _GO_DURATION.fullmatch(text.strip())
+    if m is None:
+        return None
+    body = m.group(2)
+    terms = _TERM.findall(body)
+    total = sum(float(n) * _UNITS[u] for n, u in terms) if terms else float(body)
+    return -total if m.group(1) == "-" else total
+
+
+def as_finite(v: Any) -> float | None:
+    """``v`` as a finite float; None for NaN, infinity and an integer too large for a float (a 400-digit
+    YAML integer: ``float()`` of it raises ``OverflowError``, which no caller expects)."""
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _big(v: int) -> str:
+    """A huge integer in an error message: its size, not its digits (past 4300 ``repr`` itself raises)."""
+    return f"an integer of {v.bit_length()} bits"
 
 
 def _range(low: float | None, high: float | None) -> str:
@@ -167,6 +205,8 @@ class Params:
             return default
         if isinstance(v, bool) or not isinstance(v, int):
             raise self._err(key, "must be an integer", v)
+        if abs(v) > INT64_MAX:
+            raise ConfigError(f"{self.path}.{key}: must fit a 64-bit integer, got {_big(v)}")
         if (min is not None and v < min) or (max is not None and v > max):
             raise self._err(key, _range(min, max), v)
         return v
@@ -179,8 +219,9 @@ class Params:
             return default
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise self._err(key, "must be a number", v)
-        if not math.isfinite(v):  # NaN passes every range check below; no key means inf
-            raise self._err(key, "must be a finite number", v)
+        if as_finite(v) is None:  # NaN passes every range check below; no key means inf
+            shown = _big(v) if isinstance(v, int) else repr(v)
+            raise ConfigError(f"{self.path}.{key}: must be a finite number, got {shown}")
         if (min is not None and v < min) or (max is not None and v > max):
             raise self._err(key, _range(min, max), v)
         return float(v)
@@ -210,18 +251,21 @@ class Params:
         return v
 
     def get_duration(self, key: str, default: float, *, positive: bool = False) -> float:
-        """Seconds, from a number (seconds) or a Go-style string like ``200ms`` / ``2s``; with
-        ``positive``, zero is refused too (for a duration something is divided by)."""
+        """Seconds, from a number (seconds) or a Go duration string (``200ms``, ``2s``, ``1m0s``,
+        ``1h2m3.5s``: ``parse_duration``); with ``positive``, zero is refused too (for a duration
+        something is divided by)."""
         v = self._get(key)
         if v is None:
             return default
         got: float | None = None
-        if isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if isinstance(v, int) and abs(v) > INT64_MAX:
+                raise ConfigError(f"{self.path}.{key}: must be a finite duration, got {_big(v)}")
             got = float(v)
-        elif isinstance(v, str) and (m := _DURATION.match(v)):
-            got = float(m.group(1)) * _UNITS[m.group(2)]
-        if got is None:
-            raise self._err(key, "must be a duration like 200ms or 2s", v)
+        elif isinstance(v, str):
+            got = parse_duration(v)
+        if got is None or got < 0:
+            raise self._err(key, "must be a duration >= 0 like 200ms, 2s or 1m0s", v)
         if not math.isfinite(got):  # (YAML's ``.inf``: no bound at all where the key is one; s23-qa F6)
             raise self._err(key, "must be a finite duration, like 200ms or 2s", v)
         if positive and not got > 0.0:
