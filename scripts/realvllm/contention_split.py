@@ -132,7 +132,8 @@ def main() -> int:
     over = [(e, d) for e, d in bounds if d > 0]
     print(
         f"\n{len(over)} of {len(bounds)} pairs a lost; there a's extra CPU in a request's window (router + "
-        f"API servers, ms) against the TTFT lost: " + ", ".join(f"{e:+.1f} / {d:+.1f}" for e, d in over)
+        f"API servers, ms) against the TTFT lost: "
+        + (", ".join(f"{e:+.1f} / {d:+.1f}" for e, d in over) or "(none)")
     )
     return 0
 

@@ -65,6 +65,12 @@ def test_the_table_pairs_pass_i_with_pass_i_and_bounds_the_routers_cpu(
     rows = [ln for ln in out.splitlines() if ln.startswith("| run.json")]
     assert len(rows) == 2 and all(r.endswith("| +1.5 | +10.0 |") for r in rows), rows
     assert "2 of 2 pairs a lost" in out and "+1.5 / +10.0" in out
+    # sglang-router's 40 ms over kvgate's 50: no pair lost, said so
+    kv = "kvgate (default, --kv-events auto)"
+    monkeypatch.setattr(sys, "argv", ["contention_split.py", str(f), "--a", "sglang", "--b", kv])
+    assert cs.main() == 0
+    out = capsys.readouterr().out
+    assert "0 of 2 pairs a lost; there a's extra CPU" in out and out.rstrip().endswith("(none)")
     assert cs.arm(doc, "kvgate (default, --kv-events auto), base") == base_arm
     with pytest.raises(SystemExit):
         cs.arm(doc, "kvgate (default")  # two passes start so: ambiguous, refused
