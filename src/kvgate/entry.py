@@ -133,3 +133,51 @@ def finite_number(text: str) -> float:
     if value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0: a rate, a load fraction, a duration (review qa36c F7: ``--qps -5`` ran round
+    after round offering nothing, ``--load -1`` wrote a table of nothing measured)."""
+    value = finite_number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def nonneg_number(text: str) -> float:
+    """A finite number >= 0 (0: the flag's "none" or "off", as its help says)."""
+    value = finite_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """A whole number >= 0 (0: the flag's default or "none", as its help says)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def comma_list(item: Any, choices: Any = None) -> Any:
+    """An argparse type for ``A,B,...``: each item read by ``item`` (an argparse type, whose refusal names the
+    item) and, with ``choices``, one of them; empty items are refused. Read at parse time, so a typo is the
+    one exit-2 line naming the flag, not a traceback minutes in (review qa36c F5)."""
+
+    def parse(text: str) -> list[Any]:
+        parts = text.split(",")
+        if not text or any(not p for p in parts):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        out = []
+        for part in parts:
+            value = item(part)
+            if choices is not None and value not in choices:
+                raise argparse.ArgumentTypeError(f"unknown {part!r}; known: {', '.join(map(str, choices))}")
+            out.append(value)
+        return out
+
+    return parse

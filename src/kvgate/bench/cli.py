@@ -12,8 +12,9 @@ import importlib
 import sys
 from pathlib import Path
 
+from kvgate.bench.argtypes import fleet_policies
 from kvgate.bench.outdir import default_out
-from kvgate.entry import ArgumentParser
+from kvgate.entry import ArgumentParser, positive_int, positive_number
 
 # Other benchmark modules with their own CLI: name -> module.
 DELEGATED = {
@@ -82,7 +83,7 @@ def _parser(fleet: list[str]) -> argparse.ArgumentParser:
     p.add_argument("--policies", help="comma-separated policies (default: the scenario's list)")
     p.add_argument(
         "--qps",
-        type=float,
+        type=positive_number,
         help="live: fixed offered QPS (simulated); default: --load-fraction x measured capacity",
     )
     p.add_argument(
@@ -98,13 +99,26 @@ def _parser(fleet: list[str]) -> argparse.ArgumentParser:
         help="fleet scenarios with --capacity knee: skip each compared policy's own knee (the capacity "
         "and the sweep are unchanged; about half the wall time on shared-prefix --quick)",
     )
-    p.add_argument("--duration", type=float, help="live: simulated seconds measured per run")
-    p.add_argument("--repeats", type=int, default=1, help="live: interleaved rounds")
+    p.add_argument("--duration", type=positive_number, help="live: simulated seconds measured per run")
+    p.add_argument("--repeats", type=positive_int, default=1, help="live: interleaved rounds")
     p.add_argument("--no-netns", action="store_true", help="live: don't re-exec inside `unshare -n`")
     from kvgate.bench import live
 
     live.add_arguments(p)
     return p
+
+
+def _policies(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """``--policies`` read for the scenario it is given to: fleet policies (or a YAML path), or the live
+    run's policies and router kinds. A misspelt name was a traceback, or a live run of nothing (qa36c F5)."""
+    try:
+        if args.scenario == "live":
+            from kvgate.bench import live
+
+            return live.live_policies(args.policies)
+        return fleet_policies(args.policies)
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"argument --policies: {e}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = args.seeds[0] if args.seeds else 0
     if args.out is None:  # not the tracked docs/benchmarks (a run without --out overwrote its figures)
         args.out = default_out(args.scenario)
-    policies = args.policies.split(",") if args.policies else None
+    policies = _policies(parser, args) if args.policies is not None else None
     if args.scenario == "list":
         for name, sc in SCENARIOS.items():
             print(f"{name:<14} {sc.title}")

@@ -95,9 +95,12 @@ async def demo(args: argparse.Namespace, console: Console) -> int:
         TimeElapsedColumn(),
         console=console,
     ) as prog:
-        tasks = {name: prog.add_task(name, total=expected) for name, _ in POLICIES}
+        # Every bar shown from the start, each clock started when its router's run begins (kvgate's read
+        # both runs' time, 1:05 for a 33 s run: qa36c F11).
+        tasks = {name: prog.add_task(name, total=expected, start=False) for name, _ in POLICIES}
         for name, policy in POLICIES:
             task = tasks[name]
+            prog.start_task(task)
 
             def advance(_r: object, task: TaskID = task) -> None:
                 prog.advance(task)
@@ -120,19 +123,29 @@ async def demo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def try_commands(base: str) -> list[str]:
+    """What ``--keep`` offers to paste: a curl and the OpenAI SDK, each one line."""
+    return [
+        f"curl -s {base}/v1/completions -H 'content-type: application/json' "
+        f'-d \'{{"model": "{live.MODEL}", "prompt": "hello there", "max_tokens": 16}}\'',
+        f'python -c \'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="x"); '
+        f'print(c.chat.completions.create(model="{live.MODEL}", '
+        f'messages=[{{"role": "user", "content": "hi"}}]).choices[0].message.content)\'',
+    ]
+
+
 async def keep_running(setup: DemoSetup, console: Console) -> int:
     sim, urls = await live.start_sim(setup.fleet)
     gw, base = await live.start_kvgate("kvgate", urls)
     console.print(
         f"\nkvgate is listening on [bold]{base}[/bold] in front of {len(urls)} simulated replicas "
-        f"({', '.join(urls)}), model [bold]{live.MODEL}[/bold]. Try:\n\n"
-        f"  curl -s {base}/v1/completions -H 'content-type: application/json' \\\n"
-        f'    -d \'{{"model": "{live.MODEL}", "prompt": "hello there", "max_tokens": 16}}\'\n\n'
-        f'  python -c \'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="x"); '
-        f'print(c.chat.completions.create(model="{live.MODEL}", '
-        f'messages=[{{"role": "user", "content": "hi"}}]).choices[0].message.content)\'\n\n'
-        "Ctrl-C stops everything."
+        f"({', '.join(urls)}), model [bold]{live.MODEL}[/bold]. Try:\n"
     )
+    for command in try_commands(base):
+        # Never wrapped (rich wraps at 80 columns when piped): a command broken inside its quotes
+        # failed when pasted ("malformed header line", qa36c F11).
+        console.print(f"  {command}\n", soft_wrap=True, markup=False, highlight=False)
+    console.print("Ctrl-C stops everything.")
     try:
         # Until Ctrl-C (asyncio.run cancels us) or either process exits.
         await asyncio.wait(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, nonneg_int, nonneg_number, positive_int, positive_number, prog
 
 
 @dataclass
@@ -83,13 +83,16 @@ async def _run(
             await server.start()
             epps.append((server, scraper))
         channels = [channel(f"127.0.0.1:{server.port}") for server, _ in epps]
-        rng = random.Random(ns.seed)
         async with aiohttp.ClientSession() as http:
             harnesses = [EnvoyHarness(pb_grpc.ExternalProcessorStub(ch), http) for ch in channels]
             totals = {"prompt": 0, "cached": 0, "n": 0, "failed": 0}
             sem = asyncio.Semaphore(ns.concurrency)
 
             async def session(sid: int) -> None:
+                # Each session's own draws (think times, the EPP replica per turn), so that they do not
+                # depend on the order the sessions happen to reach them in (qa36c F3: one shared RNG
+                # handed the same seed's draws out in a timing-dependent order).
+                rng = random.Random(ns.seed * 1_000_003 + sid)
                 # A long per-session system prompt, then turns that extend the conversation.
                 system = f"Session {sid} instructions: " + " ".join(
                     f"rule{sid}-{k}" for k in range(ns.prefix_words)
@@ -122,11 +125,14 @@ async def _run(
             await asyncio.gather(*(session(s) for s in range(ns.sessions)))
             seconds = time.monotonic() - t0
     finally:
+        # With a grace the server's GOAWAY is the graceful one (every stream is done: it returns at once);
+        # stop(0) cancelled the transports with GOAWAY INTERNAL_ERROR ("Cancelling all calls"), which
+        # gRPC core logged to stderr as "Got goaway" lines before the table (qa36c F11).
+        for server, scraper in epps:
+            await server.stop(1.0)
+            await scraper.stop()
         for ch in channels:
             await ch.close()
-        for server, scraper in epps:
-            await server.stop(0)
-            await scraper.stop()
         for s in sims:
             await s.stop()
     return Result(
@@ -138,19 +144,27 @@ def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog=prog("kvgate.bench.epp_replicas", "bench epp-replicas"), description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--engines", type=int, default=8, help="simulated vLLM replicas")
-    p.add_argument("--sessions", type=int, default=32, help="multi-turn conversations")
-    p.add_argument("--turns", type=int, default=8, help="requests per conversation")
-    p.add_argument("--prefix-words", type=int, default=200, help="words in each session's system prompt")
-    p.add_argument("--max-tokens", type=int, default=64, help="answer length (the history grows by it)")
+    p.add_argument("--engines", type=positive_int, default=8, help="simulated vLLM replicas")
+    p.add_argument("--sessions", type=positive_int, default=32, help="multi-turn conversations")
+    p.add_argument("--turns", type=positive_int, default=8, help="requests per conversation")
     p.add_argument(
-        "--kv-blocks", type=int, default=600,
+        "--prefix-words", type=nonneg_int, default=200, help="words in each session's system prompt"
+    )
+    p.add_argument(
+        "--max-tokens", type=positive_int, default=64, help="answer length (the history grows by it)"
+    )
+    p.add_argument(
+        "--kv-blocks", type=nonneg_int, default=600,
         help="KV blocks per engine (16 tokens each): room for a few sessions, so scattering them evicts",
     )  # fmt: skip
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--think-s", type=float, default=0.2, help="random pause before each turn, up to this")
-    p.add_argument("--time-scale", type=float, default=20.0, help="simulator speed-up")
-    p.add_argument("--repeats", type=int, default=3, help="seeds per configuration (the spread is shown)")
+    p.add_argument("--concurrency", type=positive_int, default=8)
+    p.add_argument(
+        "--think-s", type=nonneg_number, default=0.2, help="random pause before each turn, up to this"
+    )
+    p.add_argument("--time-scale", type=positive_number, default=20.0, help="simulator speed-up")
+    p.add_argument(
+        "--repeats", type=positive_int, default=3, help="seeds per configuration (the spread is shown)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer sessions and one repeat")
     return p

@@ -34,7 +34,8 @@ import orjson
 
 from kvgate import lifeline
 from kvgate.bench.ports import free_port
-from kvgate.entry import ArgumentParser, prog
+from kvgate.config.policies import POLICIES
+from kvgate.entry import ArgumentParser, comma_list, nonneg_int, positive_int, prog
 
 SMALL = 1_000  # bytes of prompt text
 LARGE = 220_000  # the reference's > 1 s case: 220 KB prompts at 150 concurrency
@@ -328,7 +329,7 @@ async def _bench(ns: argparse.Namespace, certs: str, root: bytes) -> list[Cell]:
     metric_ports = [_free_port() for _ in range(8)]
     endpoints = ",".join(f"127.0.0.1:{p}" for p in metric_ports)
     modes = {"both": [False, True], "on": [True], "off": [False]}[ns.tls]
-    servers = ns.servers.split(",")
+    servers = ns.servers
     metrics_cmd = [sys.executable, "-m", "kvgate.bench.extproc_bench", "--serve-metrics",
                    ",".join(map(str, metric_ports))]  # fmt: skip
     with _process(metrics_cmd):
@@ -342,7 +343,7 @@ async def _bench(ns: argparse.Namespace, certs: str, root: bytes) -> list[Cell]:
                     for name in servers
                 }
                 for size in (int(s) for s in ns.sizes.split(",")):
-                    for conc in (int(c) for c in ns.concurrency.split(",")):
+                    for conc in ns.concurrency:
                         total = max(ns.requests, conc * 4)
                         for _rep in range(ns.reps):
                             for name in servers:
@@ -399,16 +400,22 @@ def _added(cells: list[Cell]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog=prog("kvgate.bench.extproc_bench", "bench extproc"), description=__doc__)
-    p.add_argument("--requests", type=int, default=400, help="requests per cell (at least 4 x concurrency)")
-    p.add_argument("--reps", type=int, default=3, help="alternating null/kvgate repetitions per cell")
-    p.add_argument("--concurrency", default="1,150")
-    p.add_argument("--sizes", default=f"{SMALL},{LARGE}", help="prompt sizes in bytes")
+    p.add_argument(
+        "--requests", type=positive_int, default=400, help="requests per cell (at least 4 x concurrency)"
+    )
+    p.add_argument(
+        "--reps", type=positive_int, default=3, help="alternating null/kvgate repetitions per cell"
+    )
+    p.add_argument("--concurrency", type=comma_list(positive_int), default="1,150")
+    p.add_argument(
+        "--sizes", type=comma_list(positive_int), default=f"{SMALL},{LARGE}", help="prompt sizes in bytes"
+    )
     p.add_argument("--tls", choices=("both", "on", "off"), default="both")
-    p.add_argument("--servers", default="null,kvgate")
-    p.add_argument("--policy", default="kvgate")
+    p.add_argument("--servers", type=comma_list(str, ("null", "kvgate")), default="null,kvgate")
+    p.add_argument("--policy", choices=POLICIES, default="kvgate")
     p.add_argument("--json", help="write the cells here")
     p.add_argument(
-        "--inprocess-requests", type=int, default=2000, help="requests per size, in-process (0: skip)"
+        "--inprocess-requests", type=nonneg_int, default=2000, help="requests per size, in-process (0: skip)"
     )
     p.add_argument("--inprocess-only", action="store_true", help="skip the gRPC section")
     p.add_argument("--serve-metrics", help=argparse.SUPPRESS)
@@ -422,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve_null(ns.serve_null, ns.cert_dir))
         return 0
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    sizes = [int(x) for x in ns.sizes.split(",")]
+    sizes = ns.sizes
     print(f"machine: {platform.machine()} cpus={os.cpu_count()} python={platform.python_version()} "
           f"load average before the run: {load}")  # fmt: skip
     if ns.inprocess_requests > 0:

@@ -60,9 +60,10 @@ from kvgate.bench.frontier import KNOBS
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import pct, write_json
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.entry import ArgumentParser
+from kvgate.entry import ArgumentParser, nonneg_int, nonneg_number, positive_int, positive_number
 from kvgate.flowcontrol.dispatcher import GIVE_UP_MESSAGE
 from kvgate.scheduling.types import InferenceRequest, PickResult, SchedulingError, Usage
+from kvgate.sim.profiles import profile_arg
 
 MODEL = "sim-model"
 QUIET = ("t1", "t2", "t3", "t4")
@@ -717,22 +718,24 @@ def rates(
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="kvgate bench flowcontrol", description=__doc__.splitlines()[0])
-    p.add_argument("--replicas", type=int, default=4)
-    p.add_argument("--profile", default="llama3-8b-h100")
-    p.add_argument("--max-num-seqs", type=int, default=128, help="each server's running-batch limit")
-    p.add_argument("--load", type=float, default=0.9, help="flooded mix's mean rate / fleet capacity")
-    p.add_argument("--duration", type=float, default=60.0, help="virtual seconds of arrivals")
-    p.add_argument("--warmup", type=float, default=10.0, help="arrivals before this are not measured")
-    p.add_argument("--ttl", type=float, default=30.0)
+    p.add_argument("--replicas", type=positive_int, default=4)
+    p.add_argument("--profile", type=profile_arg, default="llama3-8b-h100")
+    p.add_argument("--max-num-seqs", type=positive_int, default=128, help="each server's running-batch limit")
+    p.add_argument(
+        "--load", type=positive_number, default=0.9, help="flooded mix's mean rate / fleet capacity"
+    )
+    p.add_argument("--duration", type=positive_number, default=60.0, help="virtual seconds of arrivals")
+    p.add_argument("--warmup", type=nonneg_number, default=10.0, help="arrivals before this are not measured")
+    p.add_argument("--ttl", type=positive_number, default=30.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--critical-slo", type=float, default=SLO_TTFT[CRITICAL], metavar="S",
+    p.add_argument("--critical-slo", type=positive_number, default=SLO_TTFT[CRITICAL], metavar="S",
                    help="the critical tenant's TTFT SLO, s: tight, some of its requests are late (what a "
                         "late higher-band request pays under slo-feasible)")  # fmt: skip
-    p.add_argument("--critical-burst", type=float, default=0.0, metavar="X",
+    p.add_argument("--critical-burst", type=nonneg_number, default=0.0, metavar="X",
                    help="the critical tenant also sends X x its rate for 1 s of every 10 (0: off): with a "
                         "tight --critical-slo, some of its requests wait past their deadline")  # fmt: skip
     p.add_argument("--arms", default="none,reference,kvgate")
-    p.add_argument("--max-pending", type=int, default=2,
+    p.add_argument("--max-pending", type=nonneg_int, default=2,
                    help="kvgate arm: the detector's maxPendingRequests")  # fmt: skip
     p.add_argument("--headroom", type=float, default=0.25,
                    help="kvgate-reserve arm: flowControl.fairShareHeadroom")  # fmt: skip

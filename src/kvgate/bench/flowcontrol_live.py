@@ -35,6 +35,7 @@ from kvgate.bench.live_fleet import FleetSpec, lag_summary, sim_states, start_fl
 from kvgate.bench.outdir import wrote
 from kvgate.bench.report import write_json
 from kvgate.bench.workloads import RequestSpec
+from kvgate.entry import positive_number
 
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 TIMING_HEADER = "x-kvgate-timing"
@@ -298,7 +299,9 @@ def _pct(v: Any) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--time-scale", type=float, default=0.5, help="live: simulated seconds per wall second")
+    p.add_argument(
+        "--time-scale", type=positive_number, default=0.5, help="live: simulated seconds per wall second"
+    )
     p.add_argument("--mixes", default=",".join(MIXES), help="live: comma-separated mixes (calm, even, flood)")
     p.add_argument(
         "--base-rate", type=float, default=0.0, help="live: fixed quiet-tenant req/s (simulated), not --load"

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kvgate import lifeline
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, nonneg_int, positive_int, prog
 
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -929,11 +929,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n")[0],
     )
     p.add_argument(
-        "--requests", type=int, default=3000, help="measured requests per path and repeat (0 = skip)"
+        "--requests", type=nonneg_int, default=3000, help="measured requests per path and repeat (0 = skip)"
     )
-    p.add_argument("--warmup", type=int, default=300)
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=nonneg_int, default=300)
+    p.add_argument("--concurrency", type=positive_int, default=64)
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument(
         "--paths",
         default=",".join(DEFAULT_PATHS),
@@ -942,7 +942,10 @@ def main(argv: list[str] | None = None) -> int:
         "/cpuN or /cpuN-M: that router (its threads and children) runs on those CPUs only",
     )
     p.add_argument(
-        "--streams", type=int, default=10_000, help="concurrent streams to hold through kvgate (0 = skip)"
+        "--streams",
+        type=nonneg_int,
+        default=10_000,
+        help="concurrent streams to hold through kvgate (0 = skip)",
     )
     p.add_argument(
         "--pin",

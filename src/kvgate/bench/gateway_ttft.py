@@ -36,7 +36,7 @@ from typing import Any
 
 from kvgate.bench.gateway_overhead import _spawn, _stop, _wait_line, split_request
 from kvgate.bench.workloads import tenant_prompts
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, nonneg_int, nonneg_number, positive_int, prog
 
 PY = sys.executable
 MODEL = "tiny"
@@ -330,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(
         prog=prog("kvgate.bench.gateway_ttft", "bench gateway-ttft"), description=__doc__.split("\n")[0]
     )
-    p.add_argument("--requests", type=int, default=64, help="measured requests per path, API and repeat")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--requests", type=positive_int, default=64, help="measured requests per path, API and repeat"
+    )
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--api", default="completions,chat")
     p.add_argument("--paths", default="direct,kvgate,kvgate-off,sglang-router:cache_aware")
     p.add_argument(
@@ -341,14 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, help="write a cProfile of each kvgate serve run here")
     p.add_argument(
         "--hogs",
-        type=int,
+        type=nonneg_int,
         default=0,
         help="busy processes competing for the CPUs meanwhile (vLLM's spinning CPU workers and engines "
         "share the cores with the router in the real-vLLM runs)",
     )
     p.add_argument(
         "--first-token-ms",
-        type=float,
+        type=nonneg_number,
         default=0.0,
         help="the backend sends the response head at once and the first token this much later (a prefill)",
     )

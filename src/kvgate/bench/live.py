@@ -120,7 +120,7 @@ from kvgate.bench.live_routers import start_kvgate as start_kvgate
 from kvgate.bench.live_routers import start_peer as start_peer
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.procs import Proc
-from kvgate.entry import ArgumentParser
+from kvgate.entry import ArgumentParser, comma_list, positive_int, positive_number
 from kvgate.k8s.tasks import wait_event
 
 # ---- one run -------------------------------------------------------------------------------------
@@ -309,19 +309,28 @@ def select_targets(targets: list[Target], names: Sequence[str] | None) -> list[T
     return [t for t in targets if t.policy in chosen or t.kind in kinds]
 
 
+def live_policies(text: str) -> list[str]:
+    """An argparse type for ``--policies``: each a target's policy or router kind (``select_targets``); an
+    unknown one selected nothing and ran an empty table (review qa36c F5)."""
+    known = dict.fromkeys(n for t in [*KVGATE_TARGETS, *PEER_TARGETS] for n in (t.policy, t.kind))
+    return comma_list(str, list(known))(text)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The live-only options (``kvgate bench`` adds the shared ones: --quick, --qps, --duration...)."""
     p.add_argument(
         "--load-fraction",
-        type=float,
+        type=positive_number,
         help=f"live: offered load as a fraction of the measured capacity (default {DEFAULT_LOAD_FRACTION})",
     )
     p.add_argument(
         "--time-scale",
-        type=float,
+        type=positive_number,
         help=f"live: simulated GPU speed, < 1 slower than real time (default {DEFAULT_TIME_SCALE})",
     )
-    p.add_argument("--sim-procs", type=int, help="live: simulator processes the replicas run in (default 1)")
+    p.add_argument(
+        "--sim-procs", type=positive_int, help="live: simulator processes the replicas run in (default 1)"
+    )
 
 
 def plan_load(
@@ -335,7 +344,7 @@ def plan_load(
         warmup=3.0 if quick else 4.0,
         seed=args.seed,
     )
-    if args.qps:
+    if args.qps is not None:  # (> 0 at parse time: -5 was truthy and offered nothing, qa36c F7)
         load.qps = args.qps
         return load, None
     fraction = getattr(args, "load_fraction", None) or DEFAULT_LOAD_FRACTION
@@ -477,15 +486,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="shorter runs")
     p.add_argument("--seed", type=int, default=0)
     add_out(p, "live", "live-shared-prefix.json/.md")
-    p.add_argument("--policies", help="comma-separated policies or router kinds")
-    p.add_argument("--qps", type=float, help="fixed offered QPS (simulated), instead of --load-fraction")
-    p.add_argument("--duration", type=float, help="simulated seconds measured per run")
-    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds")
+    p.add_argument("--policies", type=live_policies, help="comma-separated policies or router kinds")
+    p.add_argument(
+        "--qps", type=positive_number, help="fixed offered QPS (simulated), instead of --load-fraction"
+    )
+    p.add_argument("--duration", type=positive_number, help="simulated seconds measured per run")
+    p.add_argument("--repeats", type=positive_int, default=1, help="interleaved rounds")
     p.add_argument("--no-netns", action="store_true", help="don't re-exec inside `unshare -n`")
     add_arguments(p)
     args = p.parse_args(argv)
-    policies = args.policies.split(",") if args.policies else None
-    return main_from_args(args, policies, reexec_prefix=[sys.executable, "-m", "kvgate.bench.live"])
+    return main_from_args(args, args.policies, reexec_prefix=[sys.executable, "-m", "kvgate.bench.live"])
 
 
 if __name__ == "__main__":

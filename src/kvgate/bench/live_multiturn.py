@@ -62,12 +62,13 @@ import orjson
 from rich.console import Console
 
 from kvgate.bench import live, loadgen, report
+from kvgate.bench.argtypes import family_capacities
 from kvgate.bench.live_fleet import KV_EVENTS_OFFSET, MODEL, FleetSpec
 from kvgate.bench.live_routers import KVGATE_TARGETS, PEER_TARGETS, Target
 from kvgate.bench.mixed import FAMILIES, TUNING_SEEDS, Family, mixed_workload
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.workloads import RequestSpec
-from kvgate.entry import ArgumentParser
+from kvgate.entry import ArgumentParser, nonneg_number, positive_number
 
 # kvgate default, round robin (kvgate serve), sglang-router and vllm-router cache_aware.
 DEFAULT_POLICIES = ("kvgate", "round-robin", "cache_aware")
@@ -264,10 +265,7 @@ def plan_capacities(
     how = "given with --capacities"
     if args.think_scale == DEFAULT_THINK_SCALE:
         given, how = dict(COMPRESSED_KNEE_CAPACITIES), COMPRESSED_KNEE_HOW
-    for item in (args.capacities or "").split(","):
-        if item:
-            name, _, val = item.partition("=")
-            given[name] = float(val)
+    given.update(args.capacities or {})
     caps: dict[str, dict[str, Any]] = {}
     for fam in sorted(families):
         if args.capacity == "knee":
@@ -286,7 +284,7 @@ def plan_capacities(
             )
             caps[fam] = c
         elif fam in given:
-            given_here = args.capacities and f"{fam}=" in args.capacities
+            given_here = args.capacities and fam in args.capacities
             caps[fam] = {"mode": "given", "capacity": given[fam], "how": how if not given_here else ""}
             caps[fam]["how"] = caps[fam]["how"] or "given with --capacities"
         else:
@@ -308,21 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="kvgate bench multiturn --live", description=__doc__.splitlines()[0])
     p.add_argument("--runs", default=",".join(f"{f}:{s}" for f, s in DEFAULT_RUNS), help="FAMILY:SEED,...")
     p.add_argument("--policies", default=",".join(DEFAULT_POLICIES), help="kvgate policies or router kinds")
-    p.add_argument("--load", type=float, default=0.8, help="fraction of capacity to offer")
+    p.add_argument("--load", type=positive_number, default=0.8, help="fraction of capacity to offer")
     p.add_argument(
         "--capacity",
         choices=["given", "knee"],
         default="given",
         help="given: --capacities or the table of fleet-simulator knees; knee: search it first (minutes)",
     )
-    p.add_argument("--capacities", help="req/s per family, e.g. a=14.68,b=17.3")
+    p.add_argument("--capacities", type=family_capacities, help="req/s per family, e.g. a=14.68,b=17.3")
     p.add_argument("--capacity-only", action="store_true", help="print the capacities and stop")
-    p.add_argument("--qps", type=float, help="fixed offered req/s (simulated) for every run")
-    p.add_argument("--think-scale", type=float, default=DEFAULT_THINK_SCALE)
-    p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE)
-    p.add_argument("--warmup", type=float, default=DEFAULT_WARMUP)
-    p.add_argument("--duration", type=float, default=DEFAULT_DURATION)
-    p.add_argument("--grace", type=float, default=DEFAULT_GRACE)
+    p.add_argument("--qps", type=positive_number, help="fixed offered req/s (simulated) for every run")
+    p.add_argument("--think-scale", type=positive_number, default=DEFAULT_THINK_SCALE)
+    p.add_argument("--time-scale", type=positive_number, default=DEFAULT_TIME_SCALE)
+    p.add_argument("--warmup", type=nonneg_number, default=DEFAULT_WARMUP)
+    p.add_argument("--duration", type=positive_number, default=DEFAULT_DURATION)
+    p.add_argument("--grace", type=nonneg_number, default=DEFAULT_GRACE)
     add_out(p, "multiturn", "live-multiturn.json/.md")
     p.add_argument("--no-netns", action="store_true", help="don't re-exec inside `unshare -n`")
     return p

@@ -36,7 +36,7 @@ from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import Collector
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
 from kvgate.datalayer.endpoint import Endpoint
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, positive_number, prog
 from kvgate.multicluster.clusters import ClusterSpec
 from kvgate.multicluster.policies import POLICIES, ClusterRequest, Policy, make_policy, prompt_key
 from kvgate.multicluster.state import ClusterState
@@ -548,8 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--live", action="store_true", help="run live in network namespaces (root; see --live -h)")
     p.add_argument("--policies", default=",".join(["kvgate", *BASELINES]))
-    p.add_argument("--load", type=float, default=0.8, help="offered load as a fraction of fleet capacity")
-    p.add_argument("--duration", type=float, default=40.0, help="virtual seconds measured per run")
+    p.add_argument(
+        "--load", type=positive_number, default=0.8, help="offered load as a fraction of fleet capacity"
+    )
+    p.add_argument("--duration", type=positive_number, default=40.0, help="virtual seconds measured per run")
     p.add_argument("--quick", action="store_true", help="20 s runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-loss", action="store_true", help="skip the cluster-loss phase")

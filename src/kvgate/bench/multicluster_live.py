@@ -53,7 +53,7 @@ from kvgate.bench.multicluster import _ratio, plot_ttft_bars, rows_vs_hub
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.procs import Proc
 from kvgate.bench.workloads import RequestSpec, poisson_offsets, shared_prefix_stream
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, nonneg_number, positive_int, positive_number, prog
 
 log = logging.getLogger(__name__)
 MODEL = "sim-model"
@@ -903,11 +903,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--live", action="store_true", help="(selects this benchmark)")
     p.add_argument("--policies", default=",".join(POLICIES))
-    p.add_argument("--load", type=float, default=0.8, help="offered load, fraction of the measured capacity")
-    p.add_argument("--duration", type=float, default=30.0, help="measured wall seconds per run")
-    p.add_argument("--warmup", type=float, default=12.0, help="wall seconds sent first, not measured")
-    p.add_argument("--time-scale", type=float, default=0.05, help="simulated replicas' speed vs real time")
-    p.add_argument("--probe", type=float, default=30.0, help="capacity probe, wall seconds")
+    p.add_argument(
+        "--load", type=positive_number, default=0.8, help="offered load, fraction of the measured capacity"
+    )
+    p.add_argument("--duration", type=positive_number, default=30.0, help="measured wall seconds per run")
+    p.add_argument("--warmup", type=nonneg_number, default=12.0, help="wall seconds sent first, not measured")
+    p.add_argument(
+        "--time-scale", type=positive_number, default=0.05, help="simulated replicas' speed vs real time"
+    )
+    p.add_argument("--probe", type=positive_number, default=30.0, help="capacity probe, wall seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-loss", action="store_true", help="skip the cluster-loss phase")
     p.add_argument(
@@ -915,7 +919,9 @@ def main(argv: list[str] | None = None) -> int:
         default="steady,loss",
         help=f"comma-separated, of {', '.join(PHASES)} (partition: west's link cut, then healed)",
     )
-    p.add_argument("--gateways", type=int, default=1, help="global gateways (processes), arrivals split")
+    p.add_argument(
+        "--gateways", type=positive_int, default=1, help="global gateways (processes), arrivals split"
+    )
     add_out(p, "multicluster", "multicluster-live.json, -table.md, .png, -loss.png")
     args = p.parse_args(argv)
     policies = args.policies.split(",")

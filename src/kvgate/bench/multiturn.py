@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from kvgate.bench import report
+from kvgate.bench.argtypes import family_capacities, fleet_policies
 from kvgate.bench.fleetsim import FleetConfig, FleetSim
 from kvgate.bench.mixed import FAMILIES, TUNING_SET, VALIDATION_SET, Family, mixed_workload
 from kvgate.bench.outdir import add_out, wrote
 from kvgate.bench.report import KNEE_FACTOR, find_knee
 from kvgate.bench.workloads import RequestSpec
-from kvgate.entry import ArgumentParser
+from kvgate.entry import ArgumentParser, nonneg_number, positive_number
 
 DEFAULT_POLICIES = ["kvgate", "sglang-cache-aware", "round-robin"]
 
@@ -158,21 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="kvgate bench multiturn", description=__doc__.split("\n\n")[0])
     p.add_argument("--live", action="store_true", help="run live (see kvgate.bench.live_multiturn)")
     p.add_argument("--set", choices=["tuning", "validation", "both"], default="both")
-    p.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
+    p.add_argument("--policies", type=fleet_policies, default=",".join(DEFAULT_POLICIES))
     p.add_argument("--capacity", choices=["knee", "served"], default="knee")
-    p.add_argument("--load", type=float, default=0.8, help="fraction of capacity to measure at")
-    p.add_argument("--duration", type=float, default=120.0, help="measured virtual seconds per run")
-    p.add_argument("--warmup", type=float, default=30.0)
-    p.add_argument("--probe-policies", default="kvgate,sglang-cache-aware")
-    p.add_argument("--qps", type=float, help="skip the capacity search: measure at this req/s")
+    p.add_argument("--load", type=positive_number, default=0.8, help="fraction of capacity to measure at")
+    p.add_argument("--duration", type=positive_number, default=120.0, help="measured virtual seconds per run")
+    p.add_argument("--warmup", type=nonneg_number, default=30.0)
+    p.add_argument("--probe-policies", type=fleet_policies, default="kvgate,sglang-cache-aware")
+    p.add_argument("--qps", type=positive_number, help="skip the capacity search: measure at this req/s")
     p.add_argument(
         "--capacities",
+        type=family_capacities,
         help="skip the capacity search with known capacities per family, e.g. a=11.77,b=10.96,c=8.74",
     )
     add_out(p, "multiturn", "fleet-multiturn.json/.md")
     args = p.parse_args(argv)
-    policies = args.policies.split(",")
-    probe = args.probe_policies.split(",")
+    policies, probe = args.policies, args.probe_policies
     sets = {"tuning": TUNING_SET, "validation": VALIDATION_SET}
     chosen = list(sets) if args.set == "both" else [args.set]
     wall0 = time.perf_counter()
@@ -181,15 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     caps: dict[str, dict[str, Any]] = {}
-    for item in (args.capacities or "").split(","):
-        if item:
-            fam_name, _, val = item.partition("=")
-            caps[fam_name] = {"mode": "given", "capacity": float(val)}
+    for fam_name, val in (args.capacities or {}).items():
+        caps[fam_name] = {"mode": "given", "capacity": val}
     rows: list[dict[str, Any]] = []
     for set_name in chosen:
         for fam_name, seed in sets[set_name]:
             fam = FAMILIES[fam_name]
-            if args.qps:
+            if args.qps is not None:
                 qps = args.qps
             else:
                 if fam_name not in caps:  # capacity per family, from its set's first seed

@@ -35,7 +35,7 @@ from kvgate import lifeline
 from kvgate.config.director import build_director
 from kvgate.datalayer.endpoint import Endpoint, EndpointMetrics
 from kvgate.datalayer.store import EndpointStore
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, positive_int, prog
 from kvgate.requestcontrol.director import Director
 from kvgate.scheduling.prefix import DEFAULT_MAX_TOTAL_BLOCKS
 from kvgate.scheduling.types import InferenceRequest
@@ -449,10 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--section", choices=["all", "pick", "memory", "scrape", "long", "keys"], default="all")
     ap.add_argument("--quick", action="store_true", help="fewer picks (smoke run)")
-    ap.add_argument("--repeats", type=int, default=3, help="long section: repeats per cell (median)")
-    ap.add_argument("--scrape-endpoints", type=int, default=128)
-    ap.add_argument("--scrape-rounds", type=int, default=20)
-    ap.add_argument("--index-cap", type=int, default=DEFAULT_MAX_TOTAL_BLOCKS)
+    ap.add_argument("--repeats", type=positive_int, default=3, help="long section: repeats per cell (median)")
+    ap.add_argument("--scrape-endpoints", type=positive_int, default=128)
+    ap.add_argument("--scrape-rounds", type=positive_int, default=20)
+    ap.add_argument("--index-cap", type=positive_int, default=DEFAULT_MAX_TOTAL_BLOCKS)
     args = ap.parse_args(argv)
     py = f"{platform.python_implementation()} {platform.python_version()}"
     print(f"# kvgate picker micro-benchmarks: {py}, {platform.machine()}, {os.cpu_count()} CPUs", end="")

@@ -13,6 +13,7 @@ tie), one under KV pressure, where engines evict blocks the approximate index st
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import shlex
@@ -23,7 +24,7 @@ from typing import Any
 
 from kvgate.bench.outdir import default_out, out_help, wrote
 from kvgate.config.picker import EndpointPickerConfig, load_config
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, comma_list, positive_number, prog
 
 # Registered here, not in ``scheduling.policies``: the precise scorer needs an event feed, which only
 # the fleet simulator (engine sinks) or a deployment with KV events configured provides. Each is a named
@@ -187,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         help=out_help("precise", "precise-fleet.json/.md") + "; '' = none",
     )
     args = ap.parse_args(argv)
-    qps_list = [float(q) for q in args.qps.split(",") if q]
+    try:  # (read here, not as the flag's type: the recorded command keeps the text as given)
+        qps_list = comma_list(positive_number)(args.qps)
+    except argparse.ArgumentTypeError as e:
+        ap.error(f"argument --qps: {e}")
     print(HEADER, flush=True)
     rows = run(args.quick, args.seed, qps_list)
     if args.out:

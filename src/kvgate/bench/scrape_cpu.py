@@ -41,7 +41,7 @@ from importlib import resources
 from typing import Any
 
 from kvgate import lifeline
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, positive_int, prog
 
 PAGES = "vllm_metrics_pages.json"
 SKIPPED = "lean client, unchanged page (skipped)"
@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(
         prog=prog("kvgate.bench.scrape_cpu", "bench scrape-cpu"), description=__doc__.split("\n\n")[0]
     )
-    ap.add_argument("--rounds", type=int, default=6, help="rounds per variant (alternating order)")
-    ap.add_argument("--per-round", type=int, default=400, help="sequential scrapes per round")
+    ap.add_argument("--rounds", type=positive_int, default=6, help="rounds per variant (alternating order)")
+    ap.add_argument("--per-round", type=positive_int, default=400, help="sequential scrapes per round")
     ap.add_argument("--page", choices=["filtered", "whole"], default="filtered")
     ap.add_argument("--target", help="host:port of a running server to scrape instead of the captured pages")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")

@@ -6,18 +6,21 @@ Starts ``kvgate sim`` (``--time-scale 1``) in its own process, then for each con
 closed-loop streaming clients (this process, uvloop) against it and reads the replicas' ``/sim/state``
 before and after a measurement window. Per level it prints:
 
-- ``late%``: the share of engine steps delivered more than ``late_slack`` (2 ms) after their deadline;
+- ``late%``: the share of engine steps delivered more than the sim's ``--late-slack-ms`` (5 ms) after their
+  deadline;
 - ``lag mean/max``: how far behind the wall clock the steps were delivered;
 - ``load``: wall time the steps should take / window (the same-run baseline: <= 1.0 per replica when the
   driver keeps up, since steps are chained on deadlines; a replica that is busy all the time reads 1.0);
 - ``tok/s``: streamed tokens the clients received, and ``sim tok/s``: tokens the engines produced.
 
 The first level (1 stream) is the same-run baseline (timer jitter on this machine): a level is
-*sustained* while its mean lag stays within ``--max-lag-ms`` (5 ms) of the baseline's and its ``load`` at
-least ``--min-load`` (0.9) of the baseline's, i.e. the step clock keeps pace with the wall clock. Steps are
-chained on deadlines, so a process that cannot keep up shows a lag that grows without bound and a load
-that drops, not jitter. ``late%`` is printed for reference. The clients share the machine with the
-simulator, so the figures are for this machine, clients included.
+*sustained* while its late-step share stays within ``--max-late-points`` (5) percentage points of the
+baseline's, its mean lag within ``--max-lag-ms`` (2 ms) of the baseline's, and its ``load`` at least
+``--min-load`` (0.9) of the baseline's. The late share is the rule that matters: a benchmark reads p90 and
+p99 latencies, which a tail of late steps moves while the mean lag barely does (qa36c F4: 17.7 % of the
+steps late at 64 streams with a 2.85 ms mean lag). Steps are chained on deadlines, so a process that cannot
+keep up at all shows a lag that grows without bound and a load that drops. The clients share the machine
+with the simulator, so the figures are for this machine, clients included.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import orjson
 from kvgate import lifeline
 from kvgate.aio import cancel_all_and_wait, stop_to_the_end
 from kvgate.bench.workloads import random_ids, render
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, comma_list, nonneg_number, positive_int, positive_number, prog
+from kvgate.sim.profiles import profile_arg
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +154,7 @@ class Clients:
 async def run(args: argparse.Namespace, urls: list[str]) -> list[Level]:
     rng = random.Random(args.seed)
     prompts = [render(random_ids(rng, args.prompt_tokens)) for _ in range(64)]
-    levels = [int(x) for x in args.levels.split(",")]
+    levels = list(args.levels)
     results: list[Level] = []
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
@@ -198,24 +202,45 @@ def _print_row(lv: Level, replicas: int) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog=prog("kvgate.bench.sim_capacity", "bench sim-capacity"), description=__doc__.split("\n")[0]
     )
-    p.add_argument("--levels", default="1,32,64,128,256,512", help="concurrencies, ramped; first = baseline")
-    p.add_argument("--seconds", type=float, default=6.0, help="measurement window per level")
-    p.add_argument("--warmup", type=float, default=2.0, help="settle time after each ramp step")
-    p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--profile", default="llama3-8b-h100")
-    p.add_argument("--time-scale", type=float, default=1.0)
-    p.add_argument("--prompt-tokens", type=int, default=256)
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--max-lag-ms", type=float, default=5.0, help="mean lag over the baseline's allowed")
-    p.add_argument("--min-load", type=float, default=0.9, help="load (step clock / wall) vs the baseline's")
-    p.add_argument("--stream-interval", type=int, default=1, help="the sim's --stream-interval")
-    p.add_argument("--stop-lag-ms", type=float, default=100.0, help="stop ramping past this mean lag")
+    p.add_argument(
+        "--levels",
+        type=comma_list(positive_int),
+        default="1,32,64,128,256,512",
+        help="concurrencies, ramped; first = baseline",
+    )
+    p.add_argument("--seconds", type=positive_number, default=6.0, help="measurement window per level")
+    p.add_argument("--warmup", type=nonneg_number, default=2.0, help="settle time after each ramp step")
+    p.add_argument("--replicas", type=positive_int, default=1)
+    p.add_argument("--profile", type=profile_arg, default="llama3-8b-h100")
+    p.add_argument("--time-scale", type=positive_number, default=1.0)
+    p.add_argument("--prompt-tokens", type=positive_int, default=256)
+    p.add_argument("--max-tokens", type=positive_int, default=256)
+    p.add_argument(
+        "--max-late-points",
+        type=nonneg_number,
+        default=5.0,
+        help="late-step share over the baseline's allowed, in percentage points",
+    )
+    p.add_argument(
+        "--max-lag-ms", type=nonneg_number, default=2.0, help="mean lag over the baseline's allowed"
+    )
+    p.add_argument(
+        "--min-load", type=nonneg_number, default=0.9, help="load (step clock / wall) vs the baseline's"
+    )
+    p.add_argument("--stream-interval", type=positive_int, default=1, help="the sim's --stream-interval")
+    p.add_argument(
+        "--stop-lag-ms", type=positive_number, default=100.0, help="stop ramping past this mean lag"
+    )
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     proc, urls = start_sim(args)
     try:
@@ -239,18 +264,29 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         return 1
     base = results[0]
-    lag_cap = base.lag_mean_ms + args.max_lag_ms
-    load_floor = args.min_load * base.step_time / base.window
-    best = 0
-    for r in results:  # the highest level before the first one past the caps
-        if r.lag_mean_ms > lag_cap or r.step_time / r.window < load_floor:
-            break
-        best = r.concurrency
+    best = sustained(results, args.max_late_points, args.max_lag_ms, args.min_load)
     print(
-        f"sustained: {best} concurrent streams (mean lag <= {lag_cap:.2f} ms, load >= {load_floor:.2f};"
-        f" baseline at {base.concurrency} stream(s)) in one sim process with {args.replicas} replica(s)"
+        f"sustained: {best} concurrent streams (late <= {100 * base.late_frac + args.max_late_points:.1f} %,"
+        f" mean lag <= {base.lag_mean_ms + args.max_lag_ms:.2f} ms,"
+        f" load >= {args.min_load * base.step_time / base.window:.2f}; baseline at {base.concurrency}"
+        f" stream(s)) in one sim process with {args.replicas} replica(s)"
     )
     return 0
+
+
+def sustained(results: list[Level], max_late_points: float, max_lag_ms: float, min_load: float) -> int:
+    """The highest level before the first one past a cap, each relative to the baseline (``results[0]``):
+    late share + ``max_late_points``, mean lag + ``max_lag_ms``, load x ``min_load``."""
+    base = results[0]
+    late_cap = 100 * base.late_frac + max_late_points
+    lag_cap = base.lag_mean_ms + max_lag_ms
+    load_floor = min_load * base.step_time / base.window
+    best = 0
+    for r in results:
+        if 100 * r.late_frac > late_cap or r.lag_mean_ms > lag_cap or r.step_time / r.window < load_floor:
+            break
+        best = r.concurrency
+    return best
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import sys
 from typing import Any
 
 from kvgate.bench.ports import claim, free_port_group, release, spare_ports
-from kvgate.entry import ArgumentParser
+from kvgate.entry import ArgumentParser, nonneg_int, positive_int, positive_number
+from kvgate.sim.profiles import profile_arg
 
 _PORT_TRIES = 50
 
@@ -124,13 +125,17 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m kvgate.bench.simproc")
-    p.add_argument("--replicas", type=int, default=4)
-    p.add_argument("--first-index", type=int, default=0, help="index of the first replica (several procs)")
-    p.add_argument("--profile", default="llama3-8b-h100")
-    p.add_argument("--time-scale", type=float, default=1.0, help="> 1 faster than real time, < 1 slower")
+    p.add_argument("--replicas", type=positive_int, default=4)
+    p.add_argument(
+        "--first-index", type=nonneg_int, default=0, help="index of the first replica (several procs)"
+    )
+    p.add_argument("--profile", type=profile_arg, default="llama3-8b-h100")
+    p.add_argument(
+        "--time-scale", type=positive_number, default=1.0, help="> 1 faster than real time, < 1 slower"
+    )
     p.add_argument("--model", default="sim-model")
-    p.add_argument("--num-gpu-blocks", type=int, default=0, help="0: the profile's KV capacity")
-    p.add_argument("--max-num-seqs", type=int, default=0)
+    p.add_argument("--num-gpu-blocks", type=nonneg_int, default=0, help="0: the profile's KV capacity")
+    p.add_argument("--max-num-seqs", type=nonneg_int, default=0)
     p.add_argument(
         "--kv-events-offset", type=int, default=0, help="> 0: KV events on http port + N, replay on + 2N"
     )

@@ -36,7 +36,7 @@ import orjson
 import yaml
 
 from kvgate.bench import procs
-from kvgate.entry import ArgumentParser, prog
+from kvgate.entry import ArgumentParser, nonneg_int, nonneg_number, positive_int, positive_number, prog
 from kvgate.k8s.tasks import wait_event
 
 MODEL = "sim-model"
@@ -339,28 +339,36 @@ def parser() -> argparse.ArgumentParser:
         prog=prog("kvgate.bench.soak", "bench soak"),
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("--minutes", type=float, default=30.0)
-    p.add_argument("--replicas", type=int, default=3)
-    p.add_argument("--clients", type=int, default=16, help="well-behaved concurrent clients")
-    p.add_argument("--bad", type=int, default=4, help="clients of each bad kind")
-    p.add_argument("--restart-every", type=float, default=60.0, help="seconds between replica restarts")
-    p.add_argument("--send-timeout", type=float, default=5.0, help="the gateway's limits.sendTimeoutSeconds")
-    p.add_argument("--header-timeout", type=float, default=3.0, help="limits.header/bodyTimeoutSeconds")
-    p.add_argument("--max-concurrent", type=int, default=256)
+    p.add_argument("--minutes", type=positive_number, default=30.0)
+    p.add_argument("--replicas", type=positive_int, default=3)
+    p.add_argument("--clients", type=positive_int, default=16, help="well-behaved concurrent clients")
+    p.add_argument("--bad", type=nonneg_int, default=4, help="clients of each bad kind")
+    p.add_argument(
+        "--restart-every", type=positive_number, default=60.0, help="seconds between replica restarts"
+    )
+    p.add_argument(
+        "--send-timeout", type=positive_number, default=5.0, help="the gateway's limits.sendTimeoutSeconds"
+    )
+    p.add_argument(
+        "--header-timeout", type=positive_number, default=3.0, help="limits.header/bodyTimeoutSeconds"
+    )
+    p.add_argument("--max-concurrent", type=positive_int, default=256)
     p.add_argument(
         "--stall-tokens",
         type=int,
         default=40_000,
         help="max_tokens of a stalled reader's stream (must outgrow the kernel's socket buffers, ~4 MB)",
     )
-    p.add_argument("--stall-hold", type=float, default=60.0, help="seconds a stalled reader stays connected")
+    p.add_argument(
+        "--stall-hold", type=nonneg_number, default=60.0, help="seconds a stalled reader stays connected"
+    )
     p.add_argument(
         "--final-wait",
         type=float,
         default=90.0,
         help="at the end: seconds for the last stalled readers' slots to be freed (fill + send deadline)",
     )
-    p.add_argument("--time-scale", type=float, default=10.0)
+    p.add_argument("--time-scale", type=positive_number, default=10.0)
     p.add_argument("--policy", default="kvgate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="write the report as JSON here")

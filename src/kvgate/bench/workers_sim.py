@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 from kvgate.bench import report
+from kvgate.bench.argtypes import family_capacities
 from kvgate.bench.fleetsim import FleetConfig
 from kvgate.bench.mixed import FAMILIES, TUNING_SET, VALIDATION_SET, mixed_workload
 from kvgate.bench.multiturn import MixedFleetSim
@@ -32,7 +33,7 @@ from kvgate.config.director import build_director
 from kvgate.config.policies import policy_config
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.store import EndpointStore
-from kvgate.entry import ArgumentParser
+from kvgate.entry import ArgumentParser, comma_list, nonneg_number, positive_int, positive_number
 from kvgate.gateway.prefix_gossip import PREFIX_GOSSIP_S, PrefixGossip
 from kvgate.gateway.shared_inflight import SharedInFlight
 from kvgate.gateway.workers import SHARED_INFLIGHT_SYNC_S
@@ -216,14 +217,23 @@ def _index_mode(r: dict[str, Any]) -> str:
     return mode + (", waiting list shared (bound)" if r.get("shared_wait") else "")
 
 
+MODES = ("1", "shared", "gossip", "own", "shared-index", "gossip-shared-wait")  # (main's all_modes)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="kvgate bench workers", description=__doc__.split("\n\n")[0])
     p.add_argument("--set", choices=["tuning", "validation", "both"], default="tuning")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--capacities", default="a=11.77,b=10.96,c=8.74", help="knee capacity per family")
-    p.add_argument("--load", type=float, default=0.8)
+    p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument(
+        "--capacities",
+        type=family_capacities,
+        default="a=11.77,b=10.96,c=8.74",
+        help="knee capacity per family",
+    )
+    p.add_argument("--load", type=positive_number, default=0.8)
     p.add_argument(
         "--modes",
+        type=comma_list(str, MODES),
         default="1,shared,gossip,own,shared-index",
         help="1 worker; N with shared in-flight; N with shared in-flight and prefix gossip (what the gateway "
         "does); N with per-worker in-flight; N sharing one prefix index (the upper bound of converging "
@@ -236,20 +246,22 @@ def main(argv: list[str] | None = None) -> int:
         default=PREFIX_GOSSIP_S,
         help=f"seconds between a worker's gossip flushes (the gateway's: {PREFIX_GOSSIP_S})",
     )
-    p.add_argument("--duration", type=float, default=120.0)
-    p.add_argument("--warmup", type=float, default=30.0)
+    p.add_argument("--duration", type=positive_number, default=120.0)
+    p.add_argument("--warmup", type=nonneg_number, default=30.0)
     add_out(p, "workers", "fleet-workers.json/.md")
     args = p.parse_args(argv)
-    caps = {k: float(v) for k, _, v in (item.partition("=") for item in args.capacities.split(","))}
+    caps = args.capacities
     runs = {"tuning": TUNING_SET, "validation": VALIDATION_SET}
     chosen = [*runs] if args.set == "both" else [args.set]
+    if missing := sorted({fam for name in chosen for fam, _ in runs[name]} - set(caps)):
+        p.error(f"argument --capacities: no capacity for family {', '.join(missing)} (of --set {args.set})")
     n = args.workers
     # mode -> (workers, shared in-flight, shared index, gossip, shared waiting list)
     all_modes = {"1": (1, False, False, False, False), "shared": (n, True, False, False, False),
                  "gossip": (n, True, False, True, False), "own": (n, False, False, False, False),
                  "shared-index": (n, True, True, False, False),
                  "gossip-shared-wait": (n, True, False, True, True)}  # fmt: skip
-    modes = [all_modes[m] for m in args.modes.split(",")]
+    modes = [all_modes[m] for m in args.modes]
     rows: list[dict[str, Any]] = []
     for name in chosen:
         for fam, seed in runs[name]:

@@ -9,15 +9,26 @@ import signal
 import sys
 
 from kvgate.aio import wait_event
-from kvgate.entry import ArgumentParser, log_level, port_number
-from kvgate.sim.profiles import profile_names
+from kvgate.entry import (
+    ArgumentParser,
+    log_level,
+    nonneg_int,
+    nonneg_number,
+    port_number,
+    positive_int,
+    positive_number,
+)
+from kvgate.sim.profiles import profile_arg, profile_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="kvgate sim", description="Run simulated vLLM/SGLang model servers.")
-    p.add_argument("--replicas", type=int, default=1, help="replicas in this process (default 1)")
+    p.add_argument("--replicas", type=positive_int, default=1, help="replicas in this process (default 1)")
     p.add_argument(
-        "--profile", default="llama3-8b-h100", help=f"step-time profile: {', '.join(profile_names())}"
+        "--profile",
+        type=profile_arg,
+        default="llama3-8b-h100",
+        help=f"step-time profile: {', '.join(profile_names())}",
     )
     p.add_argument(
         "--base-port", type=port_number, default=8001, help="replica i listens on base+i (0: ephemeral)"
@@ -25,13 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--model", default="sim-model", help="served model name")
     p.add_argument("--engine", choices=("vllm", "sglang"), default="vllm", help="metric names to expose")
-    p.add_argument("--time-scale", type=float, default=1.0, help="> 1 runs faster than real time")
-    p.add_argument("--max-num-seqs", type=int, default=0, help="0: the profile's default")
-    p.add_argument("--max-num-batched-tokens", type=int, default=0, help="0: the profile's default")
-    p.add_argument("--num-gpu-blocks", type=int, default=0, help="0: from the profile's GPU memory")
-    p.add_argument("--block-size", type=int, default=0, help="0: the profile's (16)")
-    p.add_argument("--max-model-len", type=int, default=0, help="0: the model's, capped by the KV cache")
-    p.add_argument("--max-loras", type=int, default=1)
+    p.add_argument("--time-scale", type=positive_number, default=1.0, help="> 1 runs faster than real time")
+    p.add_argument("--max-num-seqs", type=nonneg_int, default=0, help="0: the profile's default")
+    p.add_argument("--max-num-batched-tokens", type=nonneg_int, default=0, help="0: the profile's default")
+    p.add_argument("--num-gpu-blocks", type=nonneg_int, default=0, help="0: from the profile's GPU memory")
+    p.add_argument("--block-size", type=nonneg_int, default=0, help="0: the profile's (16)")
+    p.add_argument(
+        "--max-model-len", type=nonneg_int, default=0, help="0: the model's, capped by the KV cache"
+    )
+    p.add_argument("--max-loras", type=nonneg_int, default=1)
     p.add_argument("--lora-adapters", default="", help="comma-separated adapters loaded at start")
     p.add_argument(
         "--kv-events-port",
@@ -44,11 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-port", type=port_number, default=None, help="fleet admin port (stop/start/faults)"
     )
     p.add_argument(
-        "--duration", type=float, default=0.0, help="exit after this many seconds (0: until signal)"
+        "--duration", type=nonneg_number, default=0.0, help="exit after this many seconds (0: until signal)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed for fault injection draws")
-    p.add_argument("--stream-interval", type=int, default=1, help="stream tokens in groups of N (vLLM's)")
-    p.add_argument("--late-slack-ms", type=float, default=5.0, help="a step this late counts as late")
+    p.add_argument(
+        "--stream-interval", type=positive_int, default=1, help="stream tokens in groups of N (vLLM's)"
+    )
+    p.add_argument("--late-slack-ms", type=nonneg_number, default=5.0, help="a step this late counts as late")
     p.add_argument("--log-level", type=log_level, default="WARNING")
     return p
 
@@ -113,9 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.replicas < 1 or args.time_scale <= 0 or args.stream_interval < 1:
-        print("kvgate sim: --replicas and --stream-interval must be >= 1, --time-scale > 0", file=sys.stderr)
-        return 2
     # The ports derived from a flag (replica i: base+i; KV events P+2i, P+2i+1) are ports too.
     last = args.replicas - 1
     for flag, port, top in (
