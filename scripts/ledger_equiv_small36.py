@@ -2,7 +2,11 @@
 version's (a ``kv_commit.py`` path, e.g. ``git show 810b4af3:src/kvgate/scheduling/plugins/kv_commit.py``)
 over random sequences of picks, first tokens and ends (4 endpoints, shared prefixes, retries).
 
-Usage: PYTHONPATH=src python scripts/ledger_equiv_small36.py OLD_KV_COMMIT_PY [SEEDS]"""
+CAP (rev-b36 F4): both run with ``MAX_TRACKED`` = CAP (and ``EVICT_SCAN`` = 4), so picks forget requests;
+first tokens then carry no address (no parked resend: one re-adds a request without an eviction, and past
+the cap small36's pick forgets down to it where 810b4af3's forgot one, so the tracked sets differ there).
+
+Usage: PYTHONPATH=src python scripts/ledger_equiv_small36.py OLD_KV_COMMIT_PY [SEEDS] [CAP]"""
 
 import importlib.util
 import random
@@ -21,6 +25,11 @@ def load(path: str, name: str) -> types.ModuleType:
 
 
 old = load(sys.argv[1], "old_kv_commit")
+cap = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+if cap:
+    old.MAX_TRACKED = new.MAX_TRACKED = cap
+    old.EVICT_SCAN = new.EVICT_SCAN = 4
+capped = 0
 for seed in range(int(sys.argv[2]) if len(sys.argv) > 2 else 10):
     rng = random.Random(seed)
     a, b = old.KVCommitLedger(), new.KVCommitLedger()
@@ -43,7 +52,7 @@ for seed in range(int(sys.argv[2]) if len(sys.argv) > 2 else 10):
             live.append(rid)
         elif op < 0.6:
             rid = rng.choice(live)
-            addr = rng.choice(eps)
+            addr = None if cap else rng.choice(eps)
             a.first_token(rid, now, addr)
             b.first_token(rid, now, addr)
         elif op < 0.85:
@@ -61,4 +70,8 @@ for seed in range(int(sys.argv[2]) if len(sys.argv) > 2 else 10):
             assert a.peak(addr, now) == b.peak(addr, now), (seed, step)
             checks += 1
         assert len(a) == len(b)
+        assert not cap or list(a._reqs) == list(b._reqs), (seed, step)
+        capped += cap > 0 and len(b) == cap
     print(f"seed {seed}: {checks} queries equal, {len(a)} in flight at the end")
+if cap:
+    print(f"{capped} steps at the cap ({cap} tracked)")

@@ -22,9 +22,13 @@ prompt tokens past its keys and whole output), updated as requests come and go; 
 cache needs no scan: O(log prompt blocks) per endpoint, whatever the in-flight count. Only an endpoint whose
 bound passes its cache is scanned, O(in flight x log) there.
 
-Bounded: at most ``MAX_TRACKED`` requests and ``MAX_KEYS`` keys (past either, of the ``EVICT_SCAN`` oldest
-the one with the least output to write goes: a leak, not a long decode that sets the peak); entries leave
-when a request finishes. A block's entry is its key and its tokens (no object per block: small36).
+Bounded: at most ``MAX_TRACKED`` requests and ``MAX_KEYS`` keys after each pick (past either, of the
+``EVICT_SCAN`` oldest the one with the least output to write goes, one at a time until both hold: a leak,
+not a long decode that sets the peak); entries leave when a request finishes. A parked request's resend
+(``first_token`` with an address) comes back with no eviction, so up to ``MAX_PARKED`` requests and their
+keys may pass the caps until the next pick forgets down to them (before small36 a pick forgot one only:
+past the caps the tracked sets differ from 810b4af3's, below them the answers are the same, rev-b36 F4).
+A block's entry is its key and its tokens (no object per block: small36).
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from contextlib import suppress
 from itertools import islice
 
 MAX_TRACKED = 4096
-# The tracked requests' prompt keys at most, all endpoints (small36): memory bounded by what is held, ~90
-# bytes a key (``scripts/mem_ledger_rev_e35.py``), whatever the prompts' lengths; past it requests are
+# The tracked requests' prompt keys at most, all endpoints (small36): memory bounded by what is held, ~90-125
+# bytes a key (``scripts/mem_ledger_rev_e35.py``: ~86 at K=256, ~125 under churn at K=2048, rev-b36 F5;
+# 2**20 keys held ~125 MiB), whatever the prompts' lengths; past it requests are
 # forgotten as past ``MAX_TRACKED``. 2**20 keys of 16 tokens: 16M tokens of KV, past any fleet's caches.
 MAX_KEYS = 1 << 20
 # Failed before a first token, kept for a resend without a pick (a stale kept-alive connection, Envoy's
