@@ -10,22 +10,48 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from typing import IO, Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 _MERGE = "tag:yaml.org,2002:merge"
+_INT = "tag:yaml.org,2002:int"
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    """``key`` (its path from the document's root: ``pools[0].endpoints``) given twice in one mapping."""
+class KeyedError(yaml.YAMLError):
+    """A document refused at ``key`` (its path from the document's root: ``pools[0].endpoints``)."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        self.key = key
+        self.detail = detail
+        super().__init__(f"{key}: {detail}")
+
+
+class DuplicateKeyError(KeyedError):
+    """``key`` given twice in one mapping."""
 
     def __init__(self, key: str, first: int, again: int, name: str) -> None:
-        self.key = key
         where = f" of {name}" if name and not name.startswith("<") else ""
-        self.detail = f"given twice (lines {first} and {again}{where})"
-        super().__init__(f"{key}: {self.detail}")
+        super().__init__(key, f"given twice (lines {first} and {again}{where})")
+
+
+class IntegerTooLongError(KeyedError):
+    """An integer of more decimal digits than ``int()`` reads (``sys.get_int_max_str_digits()``, 4300):
+    PyYAML's own error is a bare ``ValueError`` naming nothing (review rev-d36 F3)."""
+
+
+def _check_int(node: ScalarNode, path: str) -> None:
+    limit = sys.get_int_max_str_digits()
+    if node.tag != _INT or not limit or len(node.value) <= limit:
+        return  # (the cheap test first: nearly every scalar stops here)
+    digits = node.value.lstrip("+-").replace("_", "")
+    if digits.isdigit() and len(digits) > limit and not digits.startswith("0"):  # ("0..." is octal: no limit)
+        line = node.start_mark.line + 1
+        raise IntegerTooLongError(
+            path or "config", f"an integer of {len(digits)} digits (line {line}): the most is {limit}"
+        )
 
 
 def _child(path: str, key: str) -> str:
@@ -34,8 +60,9 @@ def _child(path: str, key: str) -> str:
 
 def check_unique_keys(root: Node) -> None:
     """Raise ``DuplicateKeyError`` for the first mapping holding a key twice (merge keys ``<<`` aside: an
-    explicit key overriding a merged one is YAML's own rule). Each node is read once, so an alias bomb
-    costs its node count, not its expansion."""
+    explicit key overriding a merged one is YAML's own rule), ``IntegerTooLongError`` for an integer
+    ``int()`` cannot read. Each node is read once, so an alias bomb costs its node count, not its
+    expansion."""
     seen: set[int] = set()
     stack: list[tuple[Node, str]] = [(root, "")]
     while stack:
@@ -43,7 +70,9 @@ def check_unique_keys(root: Node) -> None:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if isinstance(node, SequenceNode):
+        if isinstance(node, ScalarNode):
+            _check_int(node, path)
+        elif isinstance(node, SequenceNode):
             stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
         elif isinstance(node, MappingNode):
             lines: dict[tuple[str, str], int] = {}
@@ -53,6 +82,7 @@ def check_unique_keys(root: Node) -> None:
                     continue
                 if not isinstance(key_node, ScalarNode):
                     continue  # (a complex key: no config file of kvgate has one; the schema refuses it)
+                _check_int(key_node, path)
                 key = (key_node.tag, key_node.value)
                 line = key_node.start_mark.line + 1
                 if key in lines:

@@ -40,10 +40,9 @@ def as_config(config: EndpointPickerConfig | str | Path | Mapping[str, Any]) -> 
         return parse_config(config)
     if isinstance(config, str) and config in POLICIES:
         return policy_config(config)
-    if isinstance(config, str) and "\n" not in config and ": " not in config and not Path(config).is_file():
-        # (a mistyped policy name or file path, not YAML text: said so, not "must be a mapping"; qa36a F9)
-        raise ConfigError(f"config: {config!r} is neither a policy ({', '.join(POLICIES)}) nor a file")
-    return load_config(config)
+    # (a one-line string that is no file and whose YAML is a plain string: a mistyped policy name or path,
+    # said so (qa36a F9); compact one-line JSON/YAML text still loads (review rev-d36 F2))
+    return load_config(config, neither=f"a policy ({', '.join(POLICIES)})")
 
 
 def _default(type_name: str, name: str, handle: PluginHandle) -> Any:

@@ -763,7 +763,7 @@ def _load_yaml(path: str, key: str) -> Any:
         return yamlload.safe_load(yamlload.read_config(path))
     except OSError as e:
         raise GatewayConfigError(key, f"cannot read {path}: {e.strerror}") from e
-    except yamlload.DuplicateKeyError as e:  # the --config file's own key path, else the file's key's
+    except yamlload.KeyedError as e:  # (a key twice, an overlong integer) --config's key path, or the file's
         if key == "--config":
             raise GatewayConfigError(e.key, e.detail) from e
         raise GatewayConfigError(key, str(e)) from e

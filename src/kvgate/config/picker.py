@@ -685,11 +685,12 @@ def instantiate(spec: PluginSpec, handle: PluginHandle, *, announce: bool = Fals
     return plugin
 
 
-def load_config(source: str | Path) -> EndpointPickerConfig:
+def load_config(source: str | Path, *, neither: str = "") -> EndpointPickerConfig:
     """Load from a YAML file path, or YAML text when ``source`` is a string holding a document. A file
     over ``yamlload.max_config_bytes()``, one holding no document (empty, comments only) and a one-line
     string that is neither a file nor a document (a path or policy name mistyped) are ``ConfigError``s
-    saying so (review qa36a F5, F9)."""
+    saying so (review qa36a F5, F9); ``neither``: what else such a string could have named (``a policy
+    (...)``). An integer of more digits than Python reads is one naming its key (review rev-d36 F3)."""
     if isinstance(source, str) and not source.strip():
         raise ConfigError("config: empty: give an EndpointPickerConfig file path or its YAML text")
     text: Any
@@ -705,12 +706,13 @@ def load_config(source: str | Path) -> EndpointPickerConfig:
         text, name = str(source), "custom"
     try:
         doc = yamlload.safe_load(text)
-    except yamlload.DuplicateKeyError as e:
+    except yamlload.KeyedError as e:
         raise ConfigError(e.key, e.detail) from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config: invalid YAML: {e}") from e
     if doc is None:
         raise ConfigError(f"config: {name} holds no EndpointPickerConfig (empty, or only comments)")
     if isinstance(doc, str) and name == "custom" and "\n" not in str(source):
-        raise ConfigError(f"config: {source!r} is no file (and no EndpointPickerConfig YAML)")
+        what = f"neither {neither} nor a file" if neither else "no file (and no EndpointPickerConfig YAML)"
+        raise ConfigError(f"config: {source!r} is {what}")
     return parse_config(doc, name=name)

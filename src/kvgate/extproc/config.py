@@ -120,7 +120,7 @@ def _picker_config(path: str | None, text: str | None) -> dict[str, Any] | None:
             raw = yamlload.safe_load(text)
     except OSError as e:
         raise EppConfigError(f"--config-file: cannot read {path}: {e.strerror}") from e
-    except yamlload.DuplicateKeyError as e:
+    except yamlload.KeyedError as e:  # (a key given twice, an integer too long: rev-d36 F3)
         raise EppConfigError(e.key, e.detail) from e
     except yaml.YAMLError as e:
         raise EppConfigError(f"EndpointPickerConfig is not valid YAML: {e}") from e

@@ -8,6 +8,7 @@ the decision, e.g. the prefix index records the chosen endpoint). Nothing here k
 
 from __future__ import annotations
 
+import decimal
 import math
 import random
 import re
@@ -130,29 +131,44 @@ class PluginHandle:
 
 # Go's ``time.ParseDuration`` (what the reference's ``metav1.Duration`` fields are read with, and what Go
 # writes: 60 s is ``1m0s``): a sign, then one or more number+unit terms (``1h2m3.5s``, ``300ms``, ``.5s``).
-# kvgate also takes a bare number as seconds (``2``, ``0.5``), as it always did.
-_NUM = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
+# kvgate also takes a bare number as seconds (``2``, ``0.5``), as it always did. Possessive quantifiers: a
+# long digit run with no unit is refused in one pass, not by trying every split of it (review rev-d36 F1).
+_NUM = r"(?:[0-9]++(?:\.[0-9]*+)?+|\.[0-9]++)"
 _UNIT = r"(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h)"
-_GO_DURATION = re.compile(rf"([+-]?)((?:{_NUM}\s*{_UNIT})+|{_NUM})")  # (kvgate took ``200 ms`` too)
-_TERM = re.compile(rf"({_NUM})\s*({_UNIT})")
+_GO_DURATION = re.compile(rf"([+-]?)(?:((?:{_NUM}\s*+{_UNIT})++)|({_NUM}))")  # (kvgate took ``200 ms`` too)
+_TERM = re.compile(rf"({_NUM})\s*+({_UNIT})")
 _UNITS = {
     "ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
 }  # fmt: skip
+_UNIT_NS = {u: round(f * 1e9) for u, f in _UNITS.items()}
 # Go's int64 (the reference's integer fields): a larger integer fails its JSON decoding; kvgate refuses it
 # naming the key rather than overflow a float later (review qa36a F1).
 INT64_MAX = (1 << 63) - 1
+# (exact for any term Go reads: 19 digits times a unit of <= 13; a longer number only needs its magnitude)
+_DECIMAL = decimal.Context(prec=40, Emax=decimal.MAX_EMAX, traps=[])  # (no trap: a huge term is Infinity)
+_PAST_INT64 = decimal.Decimal(INT64_MAX + 1)
 
 
 def parse_duration(text: str) -> float | None:
     """Seconds from a Go duration string (``1m0s``, ``-1.5h``, ``300ms``; a bare number is seconds);
-    None when it is not one. May be negative or infinite (``1e999`` digits): the caller bounds it."""
+    None when it is not one, or past Go's int64 nanoseconds (~292 years; review rev-d36 F4). Each term is
+    whole nanoseconds, as Go truncates it."""
     m = _GO_DURATION.fullmatch(text.strip())
     if m is None:
         return None
-    body = m.group(2)
-    terms = _TERM.findall(body)
-    total = sum(float(n) * _UNITS[u] for n, u in terms) if terms else float(body)
-    return -total if m.group(1) == "-" else total
+    # (a bare number is never scanned for terms: findall would retry its digit run from every position)
+    terms = _TERM.findall(m.group(2)) if m.group(3) is None else [(m.group(3), "s")]
+    ns = 0
+    for num, unit in terms:
+        term = _DECIMAL.multiply(decimal.Decimal(num), _UNIT_NS[unit])
+        if term > _PAST_INT64:  # (before int(): a 200,000-digit term never becomes an integer)
+            return None
+        ns += int(term)
+        if ns > INT64_MAX + 1:
+            return None
+    if m.group(1) == "-":
+        return -ns / 1e9
+    return None if ns > INT64_MAX else ns / 1e9
 
 
 def as_finite(v: Any) -> float | None:
