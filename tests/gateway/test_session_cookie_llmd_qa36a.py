@@ -53,6 +53,25 @@ def cookie_value(set_cookie: str) -> str:
     return rest.split(";", 1)[0]
 
 
+def distinct_prompt(i: int) -> str:
+    """Prompts sharing no leading block of the sample's 5-char hashBlockSize (rev-c36 F6: prompts that all
+    began ``unrelated `` were pinned by the prefix scorer to the first one's endpoint, cookie or not)."""
+    return f"{chr(97 + i)}{i} distinct " * (i + 1)
+
+
+async def _post(
+    http: aiohttp.ClientSession, url: str, bs: list[Any], prompt: str, **kw: Any
+) -> tuple[str, str]:
+    """(the backend that served ``prompt``, the answer's Set-Cookie lines joined)."""
+    before = {b.address: len(b.received) for b in bs}
+    async with http.post(url, json={"model": "m", "prompt": prompt, "max_tokens": 2}, **kw) as resp:
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+        lines = "\n".join(resp.headers.getall("Set-Cookie", []))
+    [served] = [b.address for b in bs if len(b.received) > before[b.address]]
+    return served, lines
+
+
 async def test_kvgate_serve_pins_a_cookie_keeping_client(backends: Callable[..., Any]) -> None:
     bs = await backends(3)
     pool = {
@@ -62,7 +81,7 @@ async def test_kvgate_serve_pins_a_cookie_keeping_client(backends: Callable[...,
         "endpointPickerConfig": SAMPLE,
     }
     cfg = parse_gateway_config({"listen": {"host": "127.0.0.1", "port": 0}, "pools": [pool]})
-    async with running_gateway(cfg) as gw, aiohttp.ClientSession() as http:
+    async with running_gateway(cfg) as gw, aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
         url = base_url(gw) + "/v1/completions"
         async with http.post(url, json={"model": "m", "prompt": "first", "max_tokens": 2}) as resp:
             assert resp.status == 200, await resp.text()
@@ -71,17 +90,24 @@ async def test_kvgate_serve_pins_a_cookie_keeping_client(backends: Callable[...,
         assert line.endswith("; Path=/; HttpOnly; SameSite=Lax"), line
         tokens = {endpoint_token(Endpoint(address=b.address)): b.address for b in bs}
         home = tokens[base64.b64decode(cookie_value(line)).decode()]  # (a digest: no address to clients)
+        headers = {"Cookie": f"llm-d-session={cookie_value(line)}"}
+        # The premise: without the cookie these prompts spread (all 12 on one of 3 by chance: ~6e-6).
+        bare = Counter([(await _post(http, url, bs, distinct_prompt(i)))[0] for i in range(12)])
+        assert len(bare) > 1, f"the prompts do not spread without a cookie: {bare}"
         seen: Counter[str] = Counter()
-        for i in range(12):  # unrelated prompts: only the cookie can pin them
-            before = {b.address: len(b.received) for b in bs}
-            body = {"model": "m", "prompt": f"unrelated {i} " * (i + 1), "max_tokens": 2}
-            headers = {"Cookie": f"llm-d-session={cookie_value(line)}"}
-            async with http.post(url, json=body, headers=headers) as resp:
-                assert resp.status == 200
-                await resp.read()
-                assert resp.headers.getall("Set-Cookie", []) == []  # (it already names the endpoint)
-            seen.update(b.address for b in bs if len(b.received) > before[b.address])
+        for i in range(12, 24):  # prompts no endpoint holds: only the cookie can pin them
+            served, lines = await _post(http, url, bs, distinct_prompt(i), headers=headers)
+            assert lines == ""  # (it already names the endpoint)
+            seen[served] += 1
         assert seen == {home: 12}, seen
+        # A prompt cached on another endpoint: the cookie (weight 100) beats the prefix (weight 50).
+        for i in range(24, 64):
+            served, _ = await _post(http, url, bs, distinct_prompt(i))
+            if served != home:
+                break
+        assert served != home, "40 prompts with no cookie all went to the cookie's endpoint"
+        assert (await _post(http, url, bs, distinct_prompt(i)))[0] == served  # (the prefix alone: its holder)
+        assert (await _post(http, url, bs, distinct_prompt(i), headers=headers))[0] == home
 
 
 def _scorer(params: dict[str, Any]) -> SessionAffinityScorer:

@@ -45,14 +45,17 @@ def endpoint_token(ep: Endpoint) -> str:
 
 
 def session_cookie(headers: Mapping[str, str]) -> str | None:
-    """The request's ``llm-d-session`` cookie value as sent (None: none). (Envoy folds an HTTP/2 request's
-    split ``cookie`` headers with commas: both separators are read.)"""
+    """The request's ``llm-d-session`` cookie value, one surrounding DQUOTE pair stripped (None: none).
+    (Envoy folds an HTTP/2 request's split ``cookie`` headers with commas: both separators are read. RFC
+    6265 4.1.1 allows ``"value"``; aiohttp's jar quotes a base64 value with ``=`` so: rev-c36 F5.)"""
     raw = headers.get("cookie")
     if not raw or COOKIE not in raw:
         return None
     for crumb in raw.replace(",", ";").split(";"):
         name, eq, value = crumb.strip().partition("=")
         if eq and name == COOKIE:
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                return value[1:-1]
             return value
     return None
 
