@@ -41,11 +41,14 @@ def test_tokens_sent_to_a_page_without_a_cache_size_leave_its_kv(caplog: pytest.
     ep.inflight.sent_tokens += 500
     with caplog.at_level(logging.WARNING, logger="kvgate.flowcontrol.saturation"):
         assert d.endpoint_saturation(ep, 0.3) == pytest.approx(0.1 / 0.8)
-        # Three in flight without a first token: the queue term still counts them.
+        # Three in flight without a first token: the queue term still counts them (a page younger than
+        # metricsStalenessThreshold); older, with requests in flight, upstream's rule: saturated (rev-c36 F2).
         ep.inflight.requests = 3
-        assert d.endpoint_saturation(ep, 0.3) == pytest.approx(3 / 5)
+        assert d.endpoint_saturation(ep, 0.1) == pytest.approx(3 / 5)
+        assert d.endpoint_saturation(ep, 0.3) == 1.0
         ep.inflight.requests = 5
-        assert d.saturated([ep], 0.3)
+        assert d.saturated([ep], 0.1)
+        ep.inflight.requests = 0
         other = _page_without_cache_size("b:2")
         other.inflight.sent_tokens = 1
         d.endpoint_saturation(other, 0.3)
@@ -121,3 +124,20 @@ async def test_an_idle_server_without_a_cache_size_admits_request_after_request(
         await scraper.stop()
         await gw.stop(drain_timeout=1.0)
         await backend.stop()
+
+
+def test_a_page_past_the_reference_staleness_with_requests_in_flight_is_saturated() -> None:
+    """rev-c36 F2: the qa36b-F1 fix read a page with no cache size alone up to ownLoadStalenessThreshold
+    (1 s in the ``kvgate`` policy): at 0.9 s, KV 0.7, with 10 requests x 100k tokens sent since and all
+    decoding (out of the queue term), it admitted (0.875) where upstream's detector (and kvgate before)
+    said saturated. With none in flight (all finished: qa36b-F1's sequential client) the page still reads."""
+    d = UtilizationDetector("u", PluginHandle(), own_load_staleness=1.0)
+    ep = Endpoint("10.0.0.1:8000")
+    ep.metrics = EndpointMetrics(kv_cache_usage=0.7, updated_at=0.0, own_explained=True, own_pending=0)
+    ep.inflight.requests = ep.inflight.decoding = 10
+    ep.inflight.sent_tokens = 10 * 100_000
+    assert UtilizationDetector("r", PluginHandle(), own_load_staleness=0.0).saturated([ep], 0.9)
+    assert d.saturated([ep], 0.9), d.endpoint_saturation(ep, 0.9)
+    assert d.endpoint_saturation(ep, 0.15) == pytest.approx(0.7 / 0.8)  # (as upstream, under 0.2 s)
+    ep.inflight.requests = ep.inflight.decoding = 0
+    assert d.endpoint_saturation(ep, 0.9) == pytest.approx(0.7 / 0.8)

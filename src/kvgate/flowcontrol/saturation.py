@@ -97,7 +97,9 @@ class UtilizationDetector(SaturationDetector):
       the server yet: no KV on the page; those it showed running beyond its decoding ones are in
       prefill, their KV on the page), over the server's cache
       (``block_size x num_gpu_blocks`` from the page; a page without it: none added, the KV term is
-      the page's reading as upstream's, and a warning names the endpoint once). A running total that
+      the page's reading, and a warning names the endpoint once; then, with any of this gateway's
+      requests in flight there, a page older than the staleness threshold is saturated, upstream's
+      rule, rev-c36 F2). A running total that
       went back (it must not) is unknown: the reference rule.
 
     While nothing of its own changes the score is the page's (ageing alone never lowers it); a page
@@ -156,7 +158,7 @@ class UtilizationDetector(SaturationDetector):
             and m.own_explained
             and not ep.scrape_failures
         ):
-            carried = self._carried(ep, m)
+            carried = self._carried(ep, m, age)
         if carried is not None:
             # At every age, the page moved by what this gateway did since (never less than the page
             # alone while nothing of its own changed: ageing alone never lowers the score).
@@ -165,7 +167,7 @@ class UtilizationDetector(SaturationDetector):
             return max(m.waiting_queue_size / self.queue_threshold, m.kv_cache_usage / self.kv_threshold)
         return 1.0
 
-    def _carried(self, ep: Endpoint, m: EndpointMetrics) -> float | None:
+    def _carried(self, ep: Endpoint, m: EndpointMetrics, age: float) -> float | None:
         """The page carried forward by this gateway's own accounting; None: not known (the reference
         rule applies)."""
         inf = ep.inflight
@@ -188,11 +190,14 @@ class UtilizationDetector(SaturationDetector):
             if capacity:
                 kv += sent / capacity
             else:
-                # No cache size on the page: these tokens have no share to add. The KV term is the
-                # page's own reading, as upstream's detector reads it (they count in the queue term
-                # until their first token); "saturated" would shed sheddable work at an idle pool
-                # (qa36b-F1).
+                # No cache size on the page: these tokens have no share to add. With none of this
+                # gateway's requests in flight there (all sent since have finished: the idle or
+                # sequential client of qa36b-F1) the KV term is the page's own reading; with some, a
+                # page past metricsStalenessThreshold is read as upstream reads it: saturated (rev-c36
+                # F2; younger, the page's reading, the queue term counting those without a first token).
                 self._warn_no_capacity(ep)
+                if inf.requests and age > self.staleness:
+                    return None
         return max(queue / self.queue_threshold, kv / self.kv_threshold)
 
     def _warn_no_capacity(self, ep: Endpoint) -> None:
