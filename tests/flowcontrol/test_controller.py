@@ -93,6 +93,8 @@ def test_fairness_id_from_llmd_header_when_gie_header_is_absent() -> None:
     item = ctl.enqueue(_req("r", headers={"x-llm-d-inference-fairness-id": "tenant-b"}), 0.0)
     assert item.flow == "tenant-b"
     item = ctl.enqueue(_req("s", "tenant-a", headers={"x-llm-d-inference-fairness-id": "tenant-b"}), 0.0)
+    assert item.flow == "tenant-b"  # (both: llm-d's, as llm-d-router prefers it; rev-c36 F3)
+    item = ctl.enqueue(_req("t", "tenant-a", headers={"x-llm-d-inference-fairness-id": ""}), 0.0)
     assert item.flow == "tenant-a"
 
 

@@ -1,8 +1,9 @@
 """Review s26-qa F7 (``kvgate serve``): llm-d's fairness header is read and not forwarded to the model server,
 as GIE's ``x-gateway-inference-fairness-id`` is not (the reference strips the fairness header it reads).
 Before: the flow was read from it and the header forwarded, so a tenant id the edge set for routing reached
-the model server (and its logs). The flow it names is unchanged (``flow_key``'s rule: GIE's unless absent
-or the default flow, else llm-d's). ``kvgate epp``: ``tests/extproc/test_llmd_fairness_stripped_qa26.py``.
+the model server (and its logs). The flow it names is ``flow_key``'s (llm-d's unless absent, empty or the
+default flow, else GIE's: rev-c36 F3; GIE's first before).
+``kvgate epp``: ``tests/extproc/test_llmd_fairness_stripped_qa26.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ async def test_the_llmd_fairness_header_is_not_forwarded(backends: Any) -> None:
 
 def test_the_flow_is_read_as_before() -> None:
     """The fairness id the request carries names the same flow as both headers did."""
-    cases = [({LLMD: "t"}, "t"), ({GIE: "g", LLMD: "t"}, "g"), ({GIE: "default-flow", LLMD: "t"}, "t"),
+    cases = [({LLMD: "t"}, "t"), ({GIE: "g", LLMD: "t"}, "t"), ({GIE: "g", LLMD: ""}, "g"),
+             ({GIE: "default-flow", LLMD: "t"}, "t"),
              ({GIE: "g"}, "g"), ({}, "default-flow"),
              ({LLMD: "t", "connection": LLMD}, "default-flow")]  # fmt: skip
     for sent, flow in cases:

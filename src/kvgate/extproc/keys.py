@@ -19,6 +19,9 @@ from kvgate.openai.protocol import (
     LLMD_FAIRNESS_ID as LLMD_FAIRNESS_ID,
 )
 from kvgate.openai.protocol import (
+    LLMD_MODEL_REWRITE as LLMD_MODEL_REWRITE,
+)
+from kvgate.openai.protocol import (
     LLMD_OBJECTIVE as LLMD_OBJECTIVE,
 )
 from kvgate.openai.protocol import (
@@ -45,15 +48,16 @@ SERVED_ENDPOINT_KEY = "x-gateway-destination-endpoint-served"
 SLO_TTFT = "x-slo-ttft-ms"
 SLO_TPOT = "x-slo-tpot-ms"
 
-# Control headers read by the EPP and never forwarded to the model server (llm-d's fairness and objective
-# headers as GIE's: review s26-qa F7, qa36b-F4). A client-sent destination header is stripped too, so a
-# client cannot steer routing.
+# Control headers read by the EPP and never forwarded to the model server (llm-d's fairness, objective and
+# model-name-rewrite headers as GIE's: review s26-qa F7, qa36b-F4, rev-c36 F4). A client-sent destination
+# header is stripped too, so a client cannot steer routing.
 STRIPPED_REQUEST_HEADERS = (
     FAIRNESS_ID,
     LLMD_FAIRNESS_ID,
     OBJECTIVE,
     LLMD_OBJECTIVE,
     MODEL_REWRITE,
+    LLMD_MODEL_REWRITE,
     DESTINATION_ENDPOINT,
 )
 

@@ -546,7 +546,8 @@ class Session:
         self, parsed: ParsedBody, raw: bytes | bytearray, *, trailers: bool
     ) -> list[pb.ProcessingResponse]:
         model = parsed.model
-        target = self.request_headers.get(keys.MODEL_REWRITE) or self.ctx.model_rewrite(model)
+        h = self.request_headers  # (llm-d's rewrite header first, GIE's its old alias: rev-c36 F4)
+        target = h.get(keys.LLMD_MODEL_REWRITE) or h.get(keys.MODEL_REWRITE) or self.ctx.model_rewrite(model)
         changed = False
         client_model = model
         if target and target != model:
@@ -1034,7 +1035,7 @@ class Session:
             if self._models is not None:
                 obs.end(*self._models, self._running)
             # (``end`` in ``close``)
-            # (the flow as flow control reads it: GIE's fairness header, else llm-d's)
+            # (the flow as flow control reads it: llm-d's fairness header, else GIE's)
             fairness = flow_of(req)
             self._running = None
             self._run_key = obs.begin(model, target, request_bytes, fairness, req.priority)

@@ -337,16 +337,17 @@ ROOM_FLOW = "\x00kvgate-room"
 
 
 def flow_of(req: InferenceRequest) -> str:
-    """The fairness id: the GIE header (already in the request), else llm-d's header."""
+    """The fairness id: llm-d's header, else the GIE header (already in the request)."""
     return flow_key(req.fairness_id, req.headers.get(LLMD_FAIRNESS_HEADER))
 
 
 def flow_key(fairness_id: str | None, llmd_id: str | None) -> str:
-    """``flow_of`` from the two headers' values (GIE's unless absent or "default-flow", else llm-d's):
-    also the EPP parse lane's client, before there is a request (review s24-rev-gw24 F5)."""
-    if fairness_id and fairness_id != "default-flow":
-        return fairness_id
-    return llmd_id or fairness_id or "default-flow"
+    """``flow_of`` from the two headers' values (llm-d's unless absent, empty or "default-flow", else
+    GIE's, its deprecated alias: llm-d-router prefers its control headers, as for the objective; rev-c36
+    F3): also the EPP parse lane's client, before there is a request (review s24-rev-gw24 F5)."""
+    if llmd_id and llmd_id != "default-flow":
+        return llmd_id
+    return fairness_id or llmd_id or "default-flow"
 
 
 def queue_full(

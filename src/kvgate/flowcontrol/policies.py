@@ -47,8 +47,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
-SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
+# llm-d's names first, the old ones their deprecated aliases (llm-d-router TTFTSLOHeaderKey: rev-c36 F3)
+SLO_TTFT_HEADERS = ("x-llm-d-slo-ttft-ms", "x-slo-ttft-ms")
+SLO_TPOT_HEADERS = ("x-llm-d-slo-tpot-ms", "x-slo-tpot-ms")
 # the departed flows a band remembers (``Band.forget``: round-robin's turns owed, least-attained-service's
 # service), the oldest dropped
 GONE_DEBTS_MAX = 4096

@@ -4,7 +4,7 @@ At dispatch (late binding: the moment a request leaves the queue, or arrives to 
 sheddable request (priority < 0) is judged by the latency model (a ``TTFTOracle``, i.e. a
 ``predicted-latency-scorer`` in ``plugins``): its predicted TTFT on its best endpoint, the model's mean
 plus ``confidence`` standard deviations, plus the time it has already waited since it arrived, against
-its TTFT SLO (``x-slo-ttft-ms``, else ``x-llm-d-slo-ttft-ms``, else ``flowControl.defaultTTFTSLO``).
+its TTFT SLO (``x-llm-d-slo-ttft-ms``, else ``x-slo-ttft-ms``, else ``flowControl.defaultTTFTSLO``).
 
 - predicted to make it: it is picked as usual;
 - predicted to miss, but it could still make it were the load to fall (the model's TTFT for it on an

@@ -152,8 +152,8 @@ def _filter_headers(
     headers: Mapping[str, str],
 ) -> tuple[dict[str, str], str | None, str | None, bool, bool]:
     """One pass: (forwardable headers, objective, fairness id, explain?, timing?). llm-d's fairness header
-    is read and stripped as GIE's is (review s26-qa F7): the fairness id is ``flow_key``'s (GIE's unless
-    absent, empty or the default flow, else llm-d's), so ``flow_of`` names the same flow without it.
+    is read and stripped as GIE's is (review s26-qa F7): the fairness id is ``flow_key``'s (llm-d's unless
+    absent, empty or the default flow, else GIE's: rev-c36 F3), so ``flow_of`` names the same flow without it.
     llm-d's objective header likewise (qa36b-F4), preferred over GIE's (``proto.objective_of``)."""
     out: dict[str, str] = {}
     objective = fairness = llmd = llmd_objective = None
@@ -181,6 +181,8 @@ def _filter_headers(
         if lk == proto.LLMD_OBJECTIVE:
             llmd_objective = v
             continue
+        if lk == proto.LLMD_MODEL_REWRITE:
+            continue  # (a control header, as GIE's x-gateway-model-name-rewrite: never to the server)
         out[lk] = v
     if llmd:  # the one rule of both doors (an empty GIE id is absent: review s26-rev-fixqa26b F1)
         fairness = flow_key(fairness, llmd)
@@ -502,14 +504,14 @@ class Proxy:
         Responses lookup (review s19-fc L2), which is charged no tokens (it generates none)."""
         assert self.limiter is not None
         # The tenant as flow control names the flow (``flow_of``): the key's, else either fairness
-        # header (GIE's, then llm-d's), else the default flow (review s18-qa L4: llm-d's was not read).
+        # header (``flow_key``: llm-d's, then GIE's), else the default flow (review s18-qa L4: llm-d's
+        # was not read).
         # Read as ``_filter_headers`` reads the headers the request's flow comes from (a header the
         # client names in Connection is hop-by-hop: not the tenant), so the tenant admitted is the
         # request's flow and the one ``_charge`` (``flow_of``) charges, with or without rate limits
         # (s18-gw M2, s18-fixes-a L1, s18-fixes-b L2).
-        who = tenant or _end_to_end(request.headers, FAIRNESS_HEADER) or proto.DEFAULT_FAIRNESS_ID
-        if who == proto.DEFAULT_FAIRNESS_ID:
-            who = _end_to_end(request.headers, LLMD_FAIRNESS_HEADER) or who
+        hs = request.headers
+        who = tenant or flow_key(_end_to_end(hs, FAIRNESS_HEADER), _end_to_end(hs, LLMD_FAIRNESS_HEADER))
         wait = self.limiter.admit(who)
         if wait is not None:
             self.metrics.error("", "", "429")

@@ -70,6 +70,7 @@ from kvgate.openai.protocol import (
     DEFAULT_FAIRNESS_ID,
     FAIRNESS_ID,
     LLMD_FAIRNESS_ID,
+    LLMD_MODEL_REWRITE,
     MODEL_REWRITE,
     REQUEST_ID,
     RETRY_AFTER_DEFAULT,
@@ -592,10 +593,11 @@ class GlobalGateway:
         # In flight: the model's name keeps its label (and series) to the request's end, a stream longer
         # than GRACE_S included (``ModelLabels.hold``; review s15-labels L2).
         self.metrics.models.hold(parsed.model)
-        # (the flow as flow control reads it: GIE's fairness header, else llm-d's, else the default)
-        fairness = request.headers.get(FAIRNESS_ID) or DEFAULT_FAIRNESS_ID
+        # (the flow as flow control reads it, ``flow_key``: llm-d's fairness header, else GIE's, else the
+        # default; rev-c36 F3)
+        fairness = request.headers.get(LLMD_FAIRNESS_ID) or DEFAULT_FAIRNESS_ID
         if fairness == DEFAULT_FAIRNESS_ID:
-            fairness = request.headers.get(LLMD_FAIRNESS_ID) or fairness
+            fairness = request.headers.get(FAIRNESS_ID) or fairness
         running = self.metrics.start(parsed.model, fairness)
         try:
             return await self._route_parsed(request, parsed, t0, (running[2], running[3]), deadline)
@@ -669,7 +671,7 @@ class GlobalGateway:
         # an EPP that obeys it (Endpoint mode: the pod got the EPP's body). A cluster's own gateway may
         # ignore the header (``kvgate serve`` does), so in Parent mode (a fallback included) the pod may
         # have got either name: learn none rather than one a client chose.
-        rewrite = request.headers.get(MODEL_REWRITE)
+        rewrite = request.headers.get(LLMD_MODEL_REWRITE) or request.headers.get(MODEL_REWRITE)
         sent = parsed.model if not rewrite else rewrite if routed.mode == ENDPOINT else ""
         try:
             return await self._relay(request, routed, parsed.model, sent, seen, flow, deadline)

@@ -25,6 +25,9 @@ LLMD_FAIRNESS_ID = "x-llm-d-inference-fairness-id"
 # llm-d's objective header (llm-d-router ``metadata.ObjectiveKey``; GIE's ``OBJECTIVE`` is its deprecated
 # alias there): read in both doors, preferred over GIE's when both name one (``objective_of``; qa36b-F4).
 LLMD_OBJECTIVE = "x-llm-d-inference-objective"
+# llm-d's model-name-rewrite header (``metadata.ModelNameRewriteKey``; GIE's ``MODEL_REWRITE`` its
+# deprecated alias): never forwarded; where a door applies a rewrite header, preferred (rev-c36 F4).
+LLMD_MODEL_REWRITE = "x-llm-d-model-name-rewrite"
 
 
 def objective_of(gie: str | None, llmd: str | None) -> str | None:

@@ -40,8 +40,9 @@ from kvgate.scheduling.latency import LatencyPredictor, Prediction, features
 from kvgate.scheduling.registry import register
 from kvgate.scheduling.types import InferenceRequest, PredictedMissError, prompt_tokens
 
-SLO_TTFT_HEADERS = ("x-slo-ttft-ms", "x-llm-d-slo-ttft-ms")
-SLO_TPOT_HEADERS = ("x-slo-tpot-ms", "x-llm-d-slo-tpot-ms")
+# llm-d's names first, the old ones their deprecated aliases (llm-d-router TTFTSLOHeaderKey: rev-c36 F3)
+SLO_TTFT_HEADERS = ("x-llm-d-slo-ttft-ms", "x-slo-ttft-ms")
+SLO_TPOT_HEADERS = ("x-llm-d-slo-tpot-ms", "x-slo-tpot-ms")
 # With no SLO: score = (best + s) / (ttft + s); s keeps millisecond differences from looking huge.
 TTFT_SMOOTHING_S = 0.01
 
