@@ -75,6 +75,7 @@ from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.metrics import LAST_RELOAD_AT, LAST_RELOAD_OK, RELOADS_TOTAL
 from kvgate.gateway.reload import ConfigWatch, FileStamp, check_pickers, take_applied, warm_pickers
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
+from kvgate.scheduling.plugins.session import cookie_key
 from kvgate.stderrlog import off_loop_stderr
 
 if TYPE_CHECKING:
@@ -719,6 +720,9 @@ class Supervisor:
         self.last_reload_ok = True
         self.last_reload_at = time.time()
         self.n = workers
+        # The session cookie's digest key in the environment before any spawn: every worker names an
+        # endpoint alike (rev-c36 F1).
+        cookie_key()
         self.ctx = multiprocessing.get_context("spawn")
         self.procs: list[BaseProcess | None] = [None] * workers
         # Each worker's last heartbeat (``_beat``; set at its report too), shared with the workers.

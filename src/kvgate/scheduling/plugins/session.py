@@ -23,6 +23,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import os
+import secrets
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,13 +38,33 @@ from kvgate.scheduling.registry import register
 
 _CYCLE_KEY = "session-affinity-digest"
 COOKIE = "llm-d-session"  # llm-d's SessionCookieName
+# The key of the address digest (any text). Unset: a random one, put in this process's environment so
+# that ``--workers``' spawned workers inherit it; replicas that must read each other's cookie share it.
+COOKIE_KEY_ENV = "KVGATE_SESSION_COOKIE_KEY"
+_key: bytes | None = None
+
+
+def cookie_key() -> bytes:
+    """This process's digest key (``COOKIE_KEY_ENV``'s, else a random one it then holds). The supervisor
+    of ``--workers`` calls it before spawning, so every worker names an endpoint alike."""
+    global _key
+    if _key is None:
+        text = os.environ.get(COOKIE_KEY_ENV)
+        if not text:
+            text = os.environ[COOKIE_KEY_ENV] = secrets.token_hex(16)
+        _key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=32).digest()
+    return _key
 
 
 def endpoint_token(ep: Endpoint) -> str:
-    """What the cookie names for ``ep`` (before base64): its reference name when discovered, else a digest
-    of its address (``kvgate-<xxh3 hex>``: the same in every replica, and no internal address handed to
-    clients, ``hideInternalAddresses`` or not)."""
-    return ep.name or f"kvgate-{xxhash.xxh3_64_hexdigest(ep.address.encode())}"
+    """What the cookie names for ``ep`` (before base64): its reference name when discovered, else a keyed
+    digest of its address (``kvgate-<16 hex>``, BLAKE2b keyed by ``cookie_key``: an unkeyed one gave the
+    address back by brute force over a /16, rev-c36 F1). No internal address handed to clients; a new
+    random key (a restart without ``COOKIE_KEY_ENV``) only costs each cookie one pick without affinity."""
+    if ep.name:
+        return ep.name
+    digest = hashlib.blake2b(ep.address.encode(), key=cookie_key(), digest_size=8).hexdigest()
+    return f"kvgate-{digest}"
 
 
 def session_cookie(headers: Mapping[str, str]) -> str | None:
