@@ -24,6 +24,7 @@ flow's included), whatever ids clients send.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from itertools import count as _sequence
 
 MAX_LABELS = 16  # ids with a label of their own, per instance (the default flow's not one of them)
@@ -40,7 +41,7 @@ class StickyLabels:
     ``label`` is a set lookup. ``promoted`` is called once per id given a label (a subclass's hook).
     ``default``: the id always labelled as itself (the default flow)."""
 
-    __slots__ = ("candidates", "counts", "labelled", "low", "promote_at", "seq", "size")
+    __slots__ = ("candidates", "counts", "given", "labelled", "low", "promote_at", "seq", "size")
 
     def __init__(
         self,
@@ -63,14 +64,24 @@ class StickyLabels:
         # ``default``: always its own label, not one of ``size`` (the default flow; for model names, the
         # empty name of a request the caller knows no model of)
         self.labelled: set[str] = {default}
+        self.given = 0  # of ``labelled``, the ids ``give`` labelled (outside ``size``, as ``default``)
 
     def label(self, ident: str) -> str:
         """``ident``'s label: its own once promoted, else ``other``."""
         return ident if ident in self.labelled else OTHER
 
+    def give(self, idents: Iterable[str]) -> None:
+        """Labels of their own from now on for ``idents``, outside ``size`` as ``default`` is: names a
+        configuration lists (bounded by it; ``kvgate serve``'s models: qa36b-F3), never a client's."""
+        for ident in idents:
+            if ident and ident != OTHER and ident not in self.labelled:
+                self.labelled.add(ident)
+                self.given += 1
+                self.counts.pop(ident, None)  # (its heap item goes when popped)
+
     def count(self, ident: str) -> None:
         """One more request (or outcome) of ``ident``; promotes it at ``promote_at`` guaranteed."""
-        if ident in self.labelled or ident == OTHER or len(self.labelled) > self.size:
+        if ident in self.labelled or ident == OTHER or len(self.labelled) - self.given > self.size:
             return
         counts = self.counts
         entry = counts.get(ident)
@@ -84,7 +95,7 @@ class StickyLabels:
             del counts[ident]  # (its heap item goes when popped: its id is no longer in the table)
             self.labelled.add(ident)
             self.promoted(ident)
-            if len(self.labelled) > self.size:  # (the default flow's is not one of ``size``)
+            if len(self.labelled) - self.given > self.size:  # (the default flow's is not one of ``size``)
                 counts.clear()
                 self.low.clear()
 

@@ -669,10 +669,14 @@ class FlowController:
         handle: Any = None,
         explain: bool = False,
         bound: float | None = None,
+        started: float | None = None,
+        timer: Callable[[], float] | None = None,
     ) -> QueuedRequest:
         """Queue ``req`` or raise ``ShedError`` (a band or the global limit is full). ``bound``: the
         request's own deadline (the gateway's ``requestTimeoutSeconds``); ``expire`` removes it then if
-        that comes before its TTL (``QueuedRequest.bounded``): no timer of its own per request."""
+        that comes before its TTL (``QueuedRequest.bounded``): no timer of its own per request.
+        ``started`` (``timer``'s reading when its admission began) and ``timer``: a refusal is observed on
+        the enqueue-duration histogram (the caller observes a queued one)."""
         # The body's bytes, as GIE's ``ByteSize()``: what the queue holds (an image's base64 too); a request
         # without a body (a simulator's) its prompt's characters.
         size = (
@@ -689,7 +693,8 @@ class FlowController:
         else:  # (``--workers N``: on the fleet's counts, and counted there when admitted)
             why = limits.admit(self, band, size, now)
         if why:
-            self.metrics.outcome(req.priority, flow, REJECTED_CAPACITY, 0.0, req)
+            took = timer() - started if timer is not None and started is not None else None
+            self.metrics.outcome(req.priority, flow, REJECTED_CAPACITY, 0.0, req, took)
             raise ShedError(why)
         # Admitted: with ``fleet_limits`` its place is counted in this worker's row. Until ``count`` has it
         # (the ``try``'s last lines), a raise gives that place back, or the row would stay one above

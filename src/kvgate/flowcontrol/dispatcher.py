@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -275,11 +276,14 @@ class FlowDispatcher:
         preempt: Callable[[InferenceRequest], bool] | None = None,
         hold_misses: bool = False,
         recheck_interval: float = 0.02,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``pick`` runs when a request leaves the queue and must charge its load at once (the gate
         of the next dispatch in the same pass reads it); ``abandoned`` undoes that when the waiter
-        was cancelled after its pick but before it resumed."""
+        was cancelled after its pick but before it resumed. ``timer``: what the enqueue and
+        dispatch-cycle histograms time the admission and each pass by (``clock`` may be virtual)."""
         self.ctl = ctl
+        self.timer = timer
         self.pick = pick
         self.saturated = saturated
         self.clock = clock
@@ -317,10 +321,15 @@ class FlowDispatcher:
         ``bound`` (its own deadline), whichever comes first. A pick's error is raised, except a
         predicted miss that may wait: queued and held then. Shared with the virtual-clock benchmark."""
         miss: PredictedMissError | None = None
+        took: float | None = None
+        timer = self.timer
+        t0 = timer()  # (its admission: llm-d-router's enqueue duration, the gate's look and the queueing)
         self.ctl.arrived(req, now)
         if len(self.ctl) == 0 and not self._gate(now)(req):
             # Admitted at once: its outcome is recorded with a 0 wait, as a queued one's when it leaves
-            # (the reference's FlowItem.finalize records every request; review s19-qa L3).
+            # (the reference's FlowItem.finalize records every request; review s19-qa L3), and its
+            # admission's time (the gate's look, not the pick) under the same outcome.
+            took = timer() - t0
             metrics = self.ctl.metrics
             try:
                 result = self.pick(req, explain)
@@ -333,16 +342,22 @@ class FlowDispatcher:
                         REJECTED_PREDICTED_MISS if slo else REJECTED_OTHER,
                         0.0,
                         req,
+                        took,
                     )
                     raise
                 miss = e
             except SchedulingError:
-                metrics.outcome(req.priority, flow_of(req), REJECTED_OTHER, 0.0, req)
+                metrics.outcome(req.priority, flow_of(req), REJECTED_OTHER, 0.0, req, took)
                 raise
             else:
-                metrics.outcome(req.priority, flow_of(req), DISPATCHED, 0.0, req)
+                metrics.outcome(req.priority, flow_of(req), DISPATCHED, 0.0, req, took)
                 return result
-        item = self.ctl.enqueue(req, now, handle=handle, explain=explain, bound=bound)  # ShedError: full
+        # ShedError when full (its refusal timed there)
+        item = self.ctl.enqueue(
+            req, now, handle=handle, explain=explain, bound=bound, started=t0, timer=timer
+        )
+        # (a predicted miss held: its admission timed as above, before its pick)
+        self.ctl.metrics.enqueued(req.priority, item.flow, took if took is not None else timer() - t0)
         if miss is not None:  # as if it had just left the queue and been turned back
             self.ctl.take(item, now, record=False)
             self._hold(item, now, miss)
@@ -518,9 +533,11 @@ class FlowDispatcher:
     async def _passes(self) -> None:
         wake = self._wake
         assert wake is not None
+        timer, metrics = self.timer, self.ctl.metrics
         while len(self.ctl) > 0:
             wake.clear()
             now = self.clock()
+            t0 = timer()
             try:
                 self.expire_due(now)
             except Exception as e:
@@ -541,6 +558,7 @@ class FlowDispatcher:
                 if self.gate_errors:
                     log.warning("flow control: dispatch works again after %d failed passes", self.gate_errors)
                     self.gate_errors = 0
+            metrics.cycle(timer() - t0)
             if self.fleet is not None:
                 self._publish(now)
             if len(self.ctl) > 0:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from kvgate.scheduling.fastmetrics import Hist
 from kvgate.stickylabels import CANDIDATES as FLOW_CANDIDATES
 from kvgate.stickylabels import DEFAULT_FLOW as DEFAULT_FLOW
 from kvgate.stickylabels import MAX_LABELS as MAX_FLOW_LABELS
@@ -102,6 +103,77 @@ class _LlmdQueueDuration:
 
 LLMD_QUEUE_DURATION = _LlmdQueueDuration()
 REGISTRY.register(LLMD_QUEUE_DURATION)
+# llm-d-router's enqueue and dispatch-cycle histograms (``pkg/epp/metrics``: the same buckets, 100 us ..
+# 100 ms, for both; qa36b-F2), exported under both its names from one set of lock-free series
+# (``fastmetrics.Hist``): one observe per request (enqueue) and per dispatch pass, nothing more.
+FAST_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+ENQUEUE_LABELS = ("fairness_id", "priority", "outcome")
+# llm-d-router's outcome of a request its enqueue left in the queue (decided later, at dispatch or eviction).
+NOT_YET_FINALIZED = "NotYetFinalized"
+_PREFIXES = ("inference_extension_", "llm_d_epp_")
+
+
+class _EnqueueAndCycle:
+    """``{inference_extension_,llm_d_epp_}flow_control_request_enqueue_duration_seconds{fairness_id,
+    priority, outcome}`` and ``..._dispatch_cycle_duration_seconds`` (no labels), built at the scrape from
+    ``enqueue`` (outcome -> priority -> fairness-id label -> series: looked up without building a key) and
+    ``cycle``. The fairness-id labels are the flow families' own (``FlowLabels``): bounded the same way."""
+
+    enqueue_doc = "Distribution of time taken to enqueue requests into the Flow Control layer."
+    cycle_doc = "Distribution of time taken for each internal dispatch cycle in the Flow Control layer."
+
+    def __init__(self) -> None:
+        self.enqueue: dict[str, dict[int, dict[str, Hist]]] = {}
+        self.cycle = Hist(FAST_BUCKETS)
+
+    def series(self, outcome: str, priority: int, flow_label: str) -> Hist:
+        by_priority = self.enqueue.get(outcome)
+        if by_priority is None:
+            by_priority = self.enqueue[outcome] = {}
+        by_flow = by_priority.get(priority)
+        if by_flow is None:
+            by_flow = by_priority[priority] = {}
+        h = by_flow.get(flow_label)
+        if h is None:
+            h = by_flow[flow_label] = Hist(FAST_BUCKETS)
+        return h
+
+    def describe(self) -> list[Metric]:
+        out: list[Metric] = []
+        for prefix in _PREFIXES:
+            enq = prefix + "flow_control_request_enqueue_duration_seconds"
+            out.append(HistogramMetricFamily(enq, self.enqueue_doc, labels=ENQUEUE_LABELS))
+            out.append(
+                HistogramMetricFamily(prefix + "flow_control_dispatch_cycle_duration_seconds", self.cycle_doc)
+            )
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        rows = [
+            ([flow, str(priority), outcome], h.cumulative(), h.sum)
+            for outcome, by_priority in list(self.enqueue.items())
+            for priority, by_flow in list(by_priority.items())
+            for flow, h in list(by_flow.items())
+        ]
+        cycle = (self.cycle.cumulative(), self.cycle.sum)
+        for prefix in _PREFIXES:
+            fam = HistogramMetricFamily(
+                prefix + "flow_control_request_enqueue_duration_seconds",
+                self.enqueue_doc,
+                labels=ENQUEUE_LABELS,
+            )
+            for labels, buckets, total in rows:
+                fam.add_metric(labels, buckets, total)
+            yield fam
+            fam = HistogramMetricFamily(
+                prefix + "flow_control_dispatch_cycle_duration_seconds", self.cycle_doc, labels=[]
+            )
+            fam.add_metric([], *cycle)
+            yield fam
+
+
+ENQUEUE_AND_CYCLE = _EnqueueAndCycle()
+REGISTRY.register(ENQUEUE_AND_CYCLE)
 OUTCOMES = Counter(
     "kvgate_flow_control_requests_total",
     "Requests that left the flow controller, by outcome (Dispatched, RejectedCapacity, EvictedTTL, ...).",
@@ -264,8 +336,9 @@ LABELS = FlowLabels()
 # The outcome collectors' children by (priority, flow label, outcome, pool, model labels), looked up once:
 # every request records an outcome (one admitted at once too, review s19-qa L3), and ``labels()`` costs a
 # few microseconds a call. Bounded as the series are (priorities x 18 flow labels x outcomes x pools x 18 x
-# 18 model labels); a label's series is never removed.
-_CHILDREN: dict[tuple[int, str, str, str, str, str], tuple[Any, Any]] = {}
+# 18 model labels); a label's series is never removed. The third: its enqueue-duration series, once an
+# admission ended under that outcome (``outcome``'s ``enqueue``).
+_CHILDREN: dict[tuple[int, str, str, str, str, str], list[Any]] = {}
 
 
 class FlowMetrics:
@@ -311,8 +384,16 @@ class FlowMetrics:
             self.labels.queue((str(priority), flow, self.pool, m, t), delta, size)
 
     def outcome(
-        self, priority: int, flow: str, outcome: str, waited: float, req: InferenceRequest | None = None
+        self,
+        priority: int,
+        flow: str,
+        outcome: str,
+        waited: float,
+        req: InferenceRequest | None = None,
+        enqueue: float | None = None,
     ) -> None:
+        """``enqueue``: the seconds its admission took, when it ends there (admitted at once, or refused
+        at the queue's limits): observed on the enqueue histogram under the same outcome."""
         if self.enabled:
             labels = self.labels
             labels.count(flow)
@@ -325,12 +406,29 @@ class FlowMetrics:
             children = _CHILDREN.get(key)
             if children is None:
                 p, f = str(priority), key[1]
-                children = _CHILDREN[key] = (
+                children = _CHILDREN[key] = [
                     OUTCOMES.labels(p, f, outcome),
                     QUEUE_DURATION.labels(f, p, outcome, self.pool, key[4], key[5]),
-                )
+                    None,
+                ]
             children[0].inc()
             children[1].observe(waited)
+            if enqueue is not None:
+                h = children[2]
+                if h is None:
+                    h = children[2] = ENQUEUE_AND_CYCLE.series(outcome, priority, key[1])
+                h.observe(enqueue)
+
+    def enqueued(self, priority: int, flow: str, seconds: float) -> None:
+        """A request's admission that queued it took ``seconds`` (outcome ``NotYetFinalized``, as
+        llm-d-router's enqueue records a request it leaves queued)."""
+        if self.enabled:
+            ENQUEUE_AND_CYCLE.series(NOT_YET_FINALIZED, priority, self.labels.label(flow)).observe(seconds)
+
+    def cycle(self, seconds: float) -> None:
+        """One dispatch pass (expiry, then dispatch while the gate allows) took ``seconds``."""
+        if self.enabled:
+            ENQUEUE_AND_CYCLE.cycle.observe(seconds)
 
     def preempted(self, priority: int, flow: str) -> None:
         if self.enabled:

@@ -30,6 +30,7 @@ from kvgate.datalayer.aggregate import AGGREGATE_PATH, AggregateSource
 from kvgate.datalayer.endpoint import Endpoint
 from kvgate.datalayer.health import HealthPolicy, ready_endpoints
 from kvgate.datalayer.scraper import MetricsScraper, ScrapeSource
+from kvgate.flowcontrol import metrics as flow_metrics
 from kvgate.gateway.access import refused_line
 from kvgate.gateway.errors import GatewayError, error_response, unauthorized
 from kvgate.gateway.health import HealthTracker
@@ -42,7 +43,7 @@ from kvgate.gateway.shared_tenants import SharedTenants
 from kvgate.httpfront.server import READ_METHODS, FrontServer, Handler, Request, Response, get_only, read_only
 from kvgate.httpfront.tls import KeyPair, https_context
 from kvgate.multicluster.export import aggregate_source
-from kvgate.openai.labels import ModelLabels
+from kvgate.openai.labels import ANY_MODEL, ModelLabels
 from kvgate.openai.protocol import CUT_WRITE_S
 from kvgate.openai.request import MODELS_PREFIX, OTHER_PATHS, PATHS, RequestPolicy
 from kvgate.openai.responses import LOOKUP_PREFIX
@@ -216,6 +217,11 @@ class GatewayServer:
                 pool.director.health = policy
         self.scrape = scrape
         self.metrics = GatewayMetrics()
+        # Flow control's model labels (process-wide, else earned at a name's 32nd outcome): the config's
+        # names label its families from their first outcome, as the request families' (qa36b-F3).
+        flow_metrics.LABELS.models.give(
+            m for p in self.pools for m in (*p.cfg.models, *p.cfg.adapters) if m != ANY_MODEL
+        )
         # Model labels: the config's names as they are, unless a name the config does not list can be
         # routed: a rewrite rule with no ``matches`` (any name), or Kubernetes' InferenceModelRewrites (names
         # added and dropped live). Then bounded (``kvgate.openai.labels``): the config's names, and the

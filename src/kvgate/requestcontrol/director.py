@@ -193,6 +193,7 @@ class Director:
                 abandoned=self._abandoned,
                 preempt=self._preempt if flow.cfg.preemption else None,
                 hold_misses=flow.cfg.hold_predicted_misses,
+                timer=self.timer,
             )
             if flow is not None
             else None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from kvgate.scheduling.fastmetrics import FastCounter, FastHistogram
+from kvgate.scheduling.fastmetrics import FastCounter, FastHistogram, Hist
 from kvgate.weakmembers import members
 
 if TYPE_CHECKING:
@@ -176,6 +176,51 @@ class _LlmdSchedulerE2E:
 
 
 REGISTRY.register(_LlmdSchedulerE2E())
+
+# GIE / llm-d-router's plugin latency buckets (``pkg/epp/metrics``: 100 us .. 100 ms) and extension points.
+PLUGIN_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+FILTER, SCORER, PICKER = "Filter", "Scorer", "Picker"
+
+
+class _PluginDuration:
+    """``{inference_extension_,llm_d_epp_}plugin_duration_seconds{extension_point, plugin_type,
+    plugin_name}`` (qa36b-F2): each profile's filters, scorers and picker, timed per pick into one
+    lock-free series per (extension point, type, name), handed to the profile once (``series``), so a pick
+    only observes. Bounded by the plugins configured (names from the config, not from requests)."""
+
+    names = ("inference_extension_plugin_duration_seconds", "llm_d_epp_plugin_duration_seconds")
+    doc = (
+        "Plugin processing latency distribution in seconds for each extension point, plugin type and plugin "
+        "name."
+    )
+    labels = ("extension_point", "plugin_type", "plugin_name")
+
+    def __init__(self) -> None:
+        self.hists: dict[tuple[str, str, str], Hist] = {}
+        self._lock = threading.Lock()  # (profiles are built on threads too: a reload's picker check)
+
+    def series(self, point: str, plugin_type: str, name: str) -> Hist:
+        key = (point, plugin_type, name)
+        with self._lock:
+            h = self.hists.get(key)
+            if h is None:
+                h = self.hists[key] = Hist(PLUGIN_BUCKETS)
+        return h
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(n, self.doc, labels=self.labels) for n in self.names]
+
+    def collect(self) -> Iterator[Metric]:
+        rows = [(list(k), h.cumulative(), h.sum) for k, h in list(self.hists.items())]
+        for n in self.names:
+            fam = HistogramMetricFamily(n, self.doc, labels=self.labels)
+            for labels, buckets, total in rows:
+                fam.add_metric(labels, buckets, total)
+            yield fam
+
+
+PLUGIN_DURATION = _PluginDuration()
+REGISTRY.register(PLUGIN_DURATION)
 
 
 def scheduler_error(code: str, attempt: bool = True) -> None:
