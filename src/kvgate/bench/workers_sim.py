@@ -20,6 +20,7 @@ import argparse
 import math
 import multiprocessing
 import random
+import shlex
 import sys
 from typing import Any
 
@@ -217,6 +218,27 @@ def _index_mode(r: dict[str, Any]) -> str:
     return mode + (", waiting list shared (bound)" if r.get("shared_wait") else "")
 
 
+def summarize(rows: list[dict[str, Any]]) -> list[str]:
+    """Per set and mode: geomean p90 TTFT and mean hit rate over its runs, the p90 ratio to 1 worker."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        inflight = "shared" if r["shared_inflight"] else ("-" if r["workers"] == 1 else "per worker")
+        groups.setdefault((r["set"], f"{r['workers']} / {inflight} / {_index_mode(r)}"), []).append(r)
+    out = ["| set | workers / in-flight / prefix index | runs | p90 TTFT geomean ms | vs 1 worker | mean hit rate |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+    one: dict[str, float] = {}
+    for (set_name, mode), rs in groups.items():
+        p90s = [r["ttft_p90"] for r in rs if r.get("ttft_p90")]
+        geo = math.exp(sum(math.log(v) for v in p90s) / len(p90s)) if len(p90s) == len(rs) and p90s else None
+        if mode.startswith("1 /") and geo is not None:
+            one[set_name] = geo
+        ratio = f"{geo / one[set_name]:.3f}x" if geo is not None and set_name in one else "-"
+        hits = [r["prefix_hit_rate"] for r in rs if r.get("prefix_hit_rate") is not None]
+        hit = f"{sum(hits) / len(hits):.3f}" if hits else "-"
+        out.append(f"| {set_name} | {mode} | {len(rs)} | {report._fmt(geo, 1000, 0)} | {ratio} | {hit} |")
+    return out
+
+
 MODES = ("1", "shared", "gossip", "own", "shared-index", "gossip-shared-wait")  # (main's all_modes)
 
 
@@ -292,12 +314,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{report._fmt(r['ttft_p50'], 1000, 0)} | {report._fmt(r['ttft_p90'], 1000, 0)} | "
             f"{report._fmt(r['prefix_hit_rate'], digits=3)} |"
         )
+    summary = summarize(rows)
     report.write_json(args.out / "fleet-workers.json", {"rows": rows, "load": args.load, "capacities": caps})
+    # The command, the offered load and the per-set summary with the table: a reader can re-run it and
+    # compare (qa36c F6: the file named neither, and the docs' "same p90" had gone stale unseen).
+    given = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    load = ", ".join(f"{fam} {args.load * c:.3f} req/s" for fam, c in sorted(caps.items()))
     (args.out / "fleet-workers.md").write_text(
         f"# 1 vs {args.workers} gateway workers (fleet simulator, mixed multi-turn family)\n\n"
+        f"`kvgate bench workers {given}`: {args.load:g} x the knee capacities ({load}), "
+        f"{args.warmup:g} s warm-up + {args.duration:g} s measured (virtual).\n\n"
         + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(summary)
         + "\n"
     )
     print("\n".join(lines))
+    print("\n".join(summary))
     wrote(args.out / "fleet-workers.json", args.out / "fleet-workers.md")
     return 0
