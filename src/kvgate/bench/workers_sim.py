@@ -224,8 +224,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         inflight = "shared" if r["shared_inflight"] else ("-" if r["workers"] == 1 else "per worker")
         groups.setdefault((r["set"], f"{r['workers']} / {inflight} / {_index_mode(r)}"), []).append(r)
-    out = ["| set | workers / in-flight / prefix index | runs | p90 TTFT geomean ms | vs 1 worker | mean hit rate |",
-           "|---|---|---|---|---|---|"]  # fmt: skip
+    head = "| set | workers / in-flight / prefix index | runs | p90 TTFT geomean ms | vs 1 worker | mean hit rate |"
+    out = [head, "|---|---|---|---|---|---|"]
     one: dict[str, float] = {}
     for (set_name, mode), rs in groups.items():
         p90s = [r["ttft_p90"] for r in rs if r.get("ttft_p90")]
