@@ -224,7 +224,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         inflight = "shared" if r["shared_inflight"] else ("-" if r["workers"] == 1 else "per worker")
         groups.setdefault((r["set"], f"{r['workers']} / {inflight} / {_index_mode(r)}"), []).append(r)
-    head = "| set | workers / in-flight / prefix index | runs | p90 TTFT geomean ms | vs 1 worker | mean hit |"
+    head = "| set | workers / in-flight / prefix index | runs | p90 TTFT geomean ms | vs 1 worker | hit |"
     out = [head, "|---|---|---|---|---|---|"]
     one: dict[str, float] = {}
     for (set_name, mode), rs in groups.items():
