@@ -99,7 +99,8 @@ def test_a_departed_entry_pruned_before_its_last_sync_leaves_no_phantom() -> Non
         gone = s1.departed(A)
         phantom = gone[0].inflight.requests if gone else 0
         assert phantom == 0, f"worker 1 still counts {phantom} request(s) at {A}, ended on worker 0"
+        assert s1.departed(A) == ()  # worker 1's copy, idle, is pruned and unlisted (rev-a36 F2) ...
+        assert key not in w1._slot
+        assert w1.slot(key) is not None  # ... so look the entry up again (idle, unreclaimed: found)
         now = w1.totals(key)[4]
         assert now == sent + 7, f"worker 0's last 7 tokens sent at {A} not published: {sent} -> {now}"
-        s1.remove(B)  # its next removal prunes worker 1's now idle departed copy
-        assert s1.departed(A) == ()

@@ -154,7 +154,7 @@ def _churn(name: str, lock: Any, worker: int, rounds: int, start: Any) -> None:
     one doing the same; after each pass every cached slot must hold its own key and carry its mark."""
     from kvgate.gateway import shared_inflight
 
-    shared_inflight.FULL_RETRY_ASKS = 1  # (retry at once: as many claims and reclaims as possible)
+    shared_inflight.FULL_RETRY_PASSES = 0  # (retry at once: as many claims and reclaims as possible)
     view = SharedInFlight.attach(name, lock, 2, worker, 4)
     rng = random.Random(worker)
     addrs = [f"10.0.1.{k}:8000" for k in range(6)]

@@ -141,10 +141,14 @@ class EndpointStore:
 
     def departed(self, address: str | None = None) -> tuple[Endpoint, ...]:
         """Endpoints gone from the store (``address``'s only, if given) whose requests may still run:
-        their ``InFlight`` is counted until they finish (the ``--workers`` shared table syncs them too)."""
+        their ``InFlight`` is counted until they finish (the ``--workers`` shared table syncs them too).
+        All of them: those gone idle are dropped first (review rev-a36 F2: they stayed until the next
+        ``remove``, and the shared table kept their entries listed)."""
         if address is not None:
             ep = self._departed.get(address)
             return (ep,) if ep is not None else ()
+        if self._departed:
+            self._prune()
         return tuple(self._departed.values())
 
     def sync(self, endpoints: Iterable[Endpoint], *, pool: str | None = None) -> None:

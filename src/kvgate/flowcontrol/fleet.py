@@ -180,8 +180,8 @@ LIMIT_FIELDS = _LHEAD + LIMIT_BANDS * _LENTRY
 # by each worker at its start (``check_layout``): a worker spawned from code of another layout (an upgrade in
 # place under a running supervisor, then a respawn) refuses to start instead of reading and writing the rows
 # at another stride (review s25-rev-wk25 F1; as ``gateway.shared_responses``' table). Bump the version when a
-# field's meaning changes but no size does, or when the in-flight table before this segment
-# (``gateway.shared_inflight.FIELDS``) changes its row: it moves this segment's offset. 2: its row took
+# field's meaning changes but no size does (the in-flight table before this segment, whose size sets this
+# segment's offset, is hashed in: ``layout_mark``, rev-a36 F4). 2: its row took
 # ``certain_misses`` (wk33). 3: its addresses became pool + address keys (rev-c35 F2; rev-f35 F3). 4: it took
 # a listed mark per worker and slot, and idle slots are reclaimed (rev-f35 F1).
 LAYOUT_VERSION = 4
@@ -189,8 +189,13 @@ _LAYOUT_BYTES = 8
 
 
 def layout_mark(pools: int = POOLS) -> int:
-    """This code's layout mark for ``pools`` marks per worker: a signed int64, never 0 (a zeroed word)."""
-    shape = (FIELDS, SHARE_FIELDS, LIMIT_FIELDS, _VENTRY, pools, LAYOUT_VERSION)
+    """This code's layout mark for ``pools`` marks per worker: a signed int64, never 0 (a zeroed word).
+    It hashes the in-flight table's row and size too, whose end is this segment's start (review rev-a36 F4:
+    a row change without a version bump moved every row here unnoticed)."""
+    from kvgate.gateway import shared_inflight as inflight  # (here: flow control loads without the gateway)
+
+    table = (inflight.FIELDS, inflight.ADDR_BYTES, inflight.segment_size(1, 8), inflight.segment_size(2, 8))
+    shape = (FIELDS, SHARE_FIELDS, LIMIT_FIELDS, _VENTRY, pools, LAYOUT_VERSION, table)
     digest = hashlib.blake2b(repr(shape).encode(), digest_size=8, person=b"kvgate-fleet").digest()
     return int.from_bytes(digest, "little", signed=True) or 1
 

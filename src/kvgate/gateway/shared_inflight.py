@@ -20,8 +20,11 @@ Layout (one ``multiprocessing.shared_memory`` segment, created by the supervisor
   reclaim it (its key rewritten, every row's counts zeroed, running totals included: no ``InFlight``
   anywhere follows that entry any more, and one that comes back to it is fresh and takes the totals it
   finds as its base). Review rev-f35 F1: before, a slot was never freed (pod churn filled the table);
-- a freed-slots counter (int64): bumped at each unmark, so a key a full table refused is tried again at
-  the first pass after a slot is freed (a rollout's new pod while the old one goes), not at every pass.
+- a freed-slots counter (int64): bumped at each unmark. While it stands still no address in the table can
+  change (a rewrite needs a never-used slot, or an unmarked one: an unmark bumps it). So a worker whose
+  claim the full table refused keeps that table's keys (``_Full``) and answers the next keys it does not
+  hold from them without the lock, until the counter moves (a rollout's new pod while the old one goes):
+  one scan per counter value, not one per refused key (review rev-a36 F1, F3).
 
 Bounded: ``slots`` endpoints listed at once at most (1,024 by default); past that an endpoint stays local.
 
@@ -31,6 +34,7 @@ After the counts, ``extra`` bytes (zeroed) for the flow controllers' queue marks
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import operator
@@ -42,10 +46,10 @@ from typing import Any, NamedTuple
 from kvgate.datalayer.endpoint import Endpoint, InFlight
 
 log = logging.getLogger(__name__)
-# A key the full table refused is tried again once a slot is freed (the freed-slots counter), or anyway
-# after this many asks (~10 s of 5 ms passes): not at every pass under the lock the tenants' request path
-# takes too (rev-f35 F1).
-FULL_RETRY_ASKS = 2000
+# A full table's keys (``_Full``) answer refusals until a slot is freed (the freed-slots counter), or anyway
+# for this many passes (~10 s of 5 ms passes: a bump lost to two unlocked writers is late, not lost): not a
+# scan per refused key under the lock the tenants' request path takes too (rev-f35 F1, rev-a36 F1).
+FULL_RETRY_PASSES = 2000
 
 ADDR_BYTES = 64
 # ``sent_tokens`` and ``started`` are running totals (each worker publishes its own; the sum is the
@@ -85,6 +89,34 @@ class _Folded(NamedTuple):
     remote: Sequence[int]
 
 
+class _Full(NamedTuple):
+    """The table as a claim found it full: ``keys`` (each slot's padded address -> its index) stays true
+    while the freed-slots counter reads ``freed``; trusted before pass ``until`` only."""
+
+    freed: int
+    keys: dict[bytes, int]
+    until: int
+
+
+class _Held:
+    """``with`` the shared lock, whose release tolerates a lock the supervisor freed under this holder
+    (``SharedTenants.free_stuck`` frees a lock that names no holder after a worker died; a live holder
+    descheduled that long then finds it released: rev-a36 F5, as ``SharedTenants.release``). Not on the
+    data path (claims and a pass's unmarks only)."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> None:
+        self.lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(ValueError):  # (released too many times: freed under us; nothing to release)
+            self.lock.__exit__(*exc)
+
+
 def _counts_end(workers: int, slots: int) -> int:
     return slots * ADDR_BYTES + workers * slots * _NF * 8
 
@@ -120,6 +152,7 @@ class SharedInFlight:
     ) -> None:
         self.shm = shm
         self.lock = lock
+        self._held = _Held(lock)
         self.workers = workers
         self.worker = worker
         self.slots = slots
@@ -139,8 +172,9 @@ class SharedInFlight:
         # each other worker's row of counts, as a byte offset in the segment (``_ROW`` per slot)
         self._others = [counts_at + w * slots * _ROW.size for w in range(workers) if w != worker]
         self._mine = counts_at + worker * slots * _ROW.size
-        # key -> (asks left before the full table is tried again anyway, ``_freed`` at the refusal)
-        self._refused: dict[str, tuple[int, int]] = {}
+        # the table as the last refused claim found it (None: not full, or moved since)
+        self._full: _Full | None = None
+        self._passes = 0  # (``drop_unlisted`` calls: the end of each pass)
         self._full_warned = False
         # key -> its last fold: what the InFlight added since is the increase (all of a fresh InFlight's),
         # and a pass that finds neither it nor the other rows changed skips the key
@@ -197,12 +231,18 @@ class SharedInFlight:
         key = address.encode()
         if not key or len(key) > ADDR_BYTES:
             return None
-        refused = self._refused.get(address)
-        if refused is not None and refused[0] > 0 and refused[1] == self._freed[0]:
-            self._refused[address] = (refused[0] - 1, refused[1])
-            return None
         padded = key.ljust(ADDR_BYTES, b"\0")
-        with self.lock:
+        full = self._full
+        if full is not None:
+            if full.freed == self._freed[0] and self._passes < full.until:
+                if padded not in full.keys:
+                    return None  # (no slot freed since: the table is as that claim found it, full)
+                # (another worker listed it: found, marked, cached below; the table unchanged)
+            else:
+                self._full = None
+        with self._held:
+            # (read before the scan: an unmark the scan misses bumps it after, so the refusal is retried)
+            freed = self._freed[0]
             table = bytes(self._buf[: self.slots * ADDR_BYTES])  # (one copy, then ``find``: ~us, not 0.3 ms)
             i = _aligned(table, padded)
             if i is None:
@@ -213,11 +253,10 @@ class SharedInFlight:
                     self._buf[i * ADDR_BYTES : (i + 1) * ADDR_BYTES] = padded
             if i is not None and self.worker >= 0:
                 self._marks[self.worker * self.slots + i] = 1
-            freed = self._freed[0]
         if i is None:
-            if address not in self._refused and len(self._refused) >= self.slots:
-                del self._refused[next(iter(self._refused))]  # (bounded)
-            self._refused[address] = (FULL_RETRY_ASKS, freed)
+            a = ADDR_BYTES
+            keys = {table[k * a : (k + 1) * a]: k for k in range(self.slots)}  # (bounded: ``slots``)
+            self._full = _Full(freed, keys, self._passes + FULL_RETRY_PASSES)
             if not self._full_warned:
                 self._full_warned = True
                 log.warning(
@@ -230,7 +269,6 @@ class SharedInFlight:
             return None
         if self.worker >= 0:  # (the supervisor's view marks nothing, so it caches nothing either)
             self._slot[address] = i
-        self._refused.pop(address, None)
         return i
 
     def _reclaimable(self) -> int | None:
@@ -345,7 +383,7 @@ class SharedInFlight:
         if gone:
             # Zeroed, then unmarked, under the lock: a claim that finds the slot unmarked finds it idle, and
             # this worker, its cached index gone, claims again (a scan) if the key comes back.
-            with self.lock:
+            with self._held:
                 for i in gone:
                     b = self._base(self.worker, i)
                     for f in range(_NF):
@@ -354,6 +392,7 @@ class SharedInFlight:
                     self._marks[self.worker * self.slots + i] = 0
                 self._freed[0] += 1
         self._listed_before, self._listed = self._listed, set()
+        self._passes += 1
 
     def clear_row(self, worker: int) -> None:
         """Zero a worker's published counts (the supervisor, at its death and before its restart), except its

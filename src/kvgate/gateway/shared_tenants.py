@@ -41,8 +41,8 @@ supervisor frees a lock it cannot take within ``STUCK_S`` after a worker died on
 names that worker as its holder (``free_stuck``; review s26-rev-wkv26 F2: it freed it whoever held it, so a
 live worker descheduled past ``STUCK_S`` had its lock released under it); a worker whose lock was freed
 under it ignores its own release's error. A lock held through a path that records no holder (the
-in-flight table's address-slot claim, ``shared_inflight``: ~45-80 us at 1,024 slots, rare)
-is freed as before, after
+in-flight table's address-slot claim and a pass's unmarks, ``shared_inflight``: ~45-80 us at 1,024
+slots, rare; their release, too, tolerates a lock freed under them: rev-a36 F5) is freed as before, after
 ``STUCK_S`` (review s26-rev-fixes26 F1: left held, a worker killed inside the claim blocked every worker at
 its next new endpoint for good). A holder that is frozen
 (SIGSTOP, a debugger), not dead, is never freed, deliberately: it could resume inside its update while
@@ -160,10 +160,12 @@ class SharedTenants:
         """The supervisor, after worker ``dead`` ended: if the lock cannot be taken within ``wait_s`` and
         the holds word names ``dead`` as its holder, or names no holder, release it for it. A holder the
         word names is never released unless it is ``dead`` (a live one descheduled, or frozen: see the
-        module doc). No holder named: the in-flight table's address claim (``SharedInFlight.slot``, a
-        microsecond hold that records none) held past ``wait_s`` right after a worker died; left held,
-        every worker would block at its next new endpoint for good (review s26-rev-fixes26 F1). True when
-        it was freed."""
+        module doc). No holder named: a hold of the in-flight table's (its address claim,
+        ``SharedInFlight.slot``, tens of microseconds at 1,024 slots, and a pass's unmarks,
+        ``drop_unlisted``; neither records a holder) held past ``wait_s`` right after a worker died; left
+        held, every worker would block at its next new endpoint for good (review s26-rev-fixes26 F1). That
+        holder may be a live worker descheduled that long: its release then finds the lock freed and lets
+        it be, as ``release`` does (rev-a36 F5). True when it was freed."""
         lock = self.lock
         if lock.acquire(True, wait_s):
             lock.release()
