@@ -159,7 +159,7 @@ def test_a_worker_refuses_a_supervisors_segment_of_another_layout() -> None:
     for mark in ("this", "zero", "stamp"):
         at = workers._tenants_offset(2)
         shared = SharedInFlight.create(2, ctx.Lock(), extra=at + 4096)
-        sup = fleet.FleetMarks(shared.extra, 2, -1)  # (the supervisor's: writes the mark)
+        sup = fleet.FleetMarks(shared.extra, 2, -1, table=workers.inflight_layout())  # (the supervisor's)
         try:
             if mark == "this":
                 workers._check_fleet_layout((shared.name, shared.lock, 2))

@@ -162,12 +162,13 @@ def test_f4_the_fleet_layout_mark_follows_the_in_flight_tables_row(monkeypatch: 
     """The fleet segment starts where the in-flight table ends: a row change there moves every fleet row,
     so the mark a worker checks at its start must change with it, not only with a hand-bumped version."""
     from kvgate.flowcontrol import fleet
-    from kvgate.gateway import shared_inflight
+    from kvgate.gateway import shared_inflight, workers
 
-    before = fleet.layout_mark()
+    before = workers._fleet_mark()
+    assert before == fleet.layout_mark(table=shared_inflight.layout())
     monkeypatch.setattr(shared_inflight, "FIELDS", (*shared_inflight.FIELDS, "one_more"))
     monkeypatch.setattr(shared_inflight, "_NF", len(shared_inflight.FIELDS))
-    assert fleet.layout_mark() != before, "the in-flight row grew; the mark a worker checks did not change"
+    assert workers._fleet_mark() != before, "the in-flight row grew; the mark a worker checks did not change"
 
 
 def test_f5_a_lock_the_supervisor_freed_under_a_live_holder_does_not_stop_its_pass() -> None:

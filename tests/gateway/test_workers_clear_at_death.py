@@ -40,7 +40,7 @@ def _supervisor() -> Iterator[workers.Supervisor]:
 
     at = workers._tenants_offset(sup.n)
     sup.shared = SharedInFlight.create(sup.n, sup.ctx.Lock(), extra=at + segment_size(sup.n))
-    sup.marks = fleet.FleetMarks(sup.shared.extra, sup.n, -1)
+    sup.marks = fleet.FleetMarks(sup.shared.extra, sup.n, -1, table=workers.inflight_layout())
     sup.tenants = SharedTenants(sup.shared.extra[at:], sup.n, -1, sup.shared.lock)
     try:
         yield sup

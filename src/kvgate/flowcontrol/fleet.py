@@ -188,13 +188,11 @@ LAYOUT_VERSION = 4
 _LAYOUT_BYTES = 8
 
 
-def layout_mark(pools: int = POOLS) -> int:
+def layout_mark(pools: int = POOLS, table: tuple[Any, ...] = ()) -> int:
     """This code's layout mark for ``pools`` marks per worker: a signed int64, never 0 (a zeroed word).
-    It hashes the in-flight table's row and size too, whose end is this segment's start (review rev-a36 F4:
-    a row change without a version bump moved every row here unnoticed)."""
-    from kvgate.gateway import shared_inflight as inflight  # (here: flow control loads without the gateway)
-
-    table = (inflight.FIELDS, inflight.ADDR_BYTES, inflight.segment_size(1, 8), inflight.segment_size(2, 8))
+    ``table``: the layout of what precedes this segment (``--workers``: the in-flight table's,
+    ``gateway.shared_inflight.layout``), whose end is this segment's start (review rev-a36 F4: a row change
+    there without a version bump moved every row here unnoticed)."""
     shape = (FIELDS, SHARE_FIELDS, LIMIT_FIELDS, _VENTRY, pools, LAYOUT_VERSION, table)
     digest = hashlib.blake2b(repr(shape).encode(), digest_size=8, person=b"kvgate-fleet").digest()
     return int.from_bytes(digest, "little", signed=True) or 1
@@ -204,15 +202,16 @@ def segment_size(workers: int, pools: int = POOLS) -> int:
     return _LAYOUT_BYTES + workers * pools * (FIELDS + SHARE_FIELDS + LIMIT_FIELDS + workers * _VENTRY) * 8
 
 
-def check_layout(buf: memoryview, workers: int, pools: int = POOLS) -> None:
+def check_layout(buf: memoryview, workers: int, pools: int = POOLS, table: tuple[Any, ...] = ()) -> None:
     """A worker's check of the supervisor's segment ``buf`` before it uses it: ValueError when the segment
     is smaller than this code's layout needs or its mark is not this code's (another kvgate's supervisor)."""
     want = segment_size(workers, pools)
     found = int.from_bytes(buf[:_LAYOUT_BYTES], "little", signed=True) if len(buf) >= want else 0
-    if found != layout_mark(pools):
+    mark = layout_mark(pools, table)
+    if found != mark:
         raise ValueError(
             f"the flow-control fleet segment ({len(buf)} bytes) is not this kvgate's layout ({want} bytes, "
-            f"mark {layout_mark(pools) & (2**64 - 1):#x}, found {found & (2**64 - 1):#x}): a worker of "
+            f"mark {mark & (2**64 - 1):#x}, found {found & (2**64 - 1):#x}): a worker of "
             "another version under a running supervisor; restart the supervisor with the same version"
         )
 
@@ -231,11 +230,12 @@ class FleetMarks:
 
     def __init__(
         self, buf: memoryview, workers: int, worker: int, pools: int = POOLS, ttl: float = MARK_TTL_S,
-        lock: Any = None,
+        lock: Any = None, table: tuple[Any, ...] = (),
     ) -> None:  # fmt: skip
         if worker < 0:  # the supervisor's: this layout's mark (``check_layout``)
             with memoryview(buf) as head:
-                head[:_LAYOUT_BYTES] = layout_mark(pools).to_bytes(_LAYOUT_BYTES, "little", signed=True)
+                mark = layout_mark(pools, table)
+                head[:_LAYOUT_BYTES] = mark.to_bytes(_LAYOUT_BYTES, "little", signed=True)
         self._m = memoryview(buf)[_LAYOUT_BYTES : segment_size(workers, pools)].cast("d")
         self.workers = workers
         self.worker = worker

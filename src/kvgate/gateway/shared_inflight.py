@@ -129,6 +129,11 @@ def _freed_at(workers: int, slots: int) -> int:
     return _counts_end(workers, slots) + (workers * slots + 7) // 8 * 8  # (after the marks, aligned)
 
 
+def layout() -> tuple[Any, ...]:
+    """This table's layout, for the fleet segment's mark after it (``fleet.layout_mark``: rev-a36 F4)."""
+    return (FIELDS, ADDR_BYTES, segment_size(1, 8), segment_size(2, 8))
+
+
 def _aligned(table: bytes, pattern: bytes) -> int | None:
     """The first slot of ``table`` that holds exactly ``pattern`` (``ADDR_BYTES`` long)."""
     at = table.find(pattern)

@@ -74,6 +74,7 @@ from kvgate.gateway import worker_health
 from kvgate.gateway.errors import GatewayError, error_response
 from kvgate.gateway.metrics import LAST_RELOAD_AT, LAST_RELOAD_OK, RELOADS_TOTAL
 from kvgate.gateway.reload import ConfigWatch, FileStamp, check_pickers, take_applied, warm_pickers
+from kvgate.gateway.shared_inflight import layout as inflight_layout
 from kvgate.httpfront.server import FrontServer, Handler, Request, Response, get_only
 from kvgate.scheduling.plugins.session import cookie_key
 from kvgate.stderrlog import off_loop_stderr
@@ -266,6 +267,13 @@ def _tenants_offset(workers: int) -> int:
 Shared = tuple[Any, ...]
 
 
+def _fleet_mark() -> int:
+    """The fleet segment's layout mark, the in-flight table before it included (rev-a36 F4)."""
+    from kvgate.flowcontrol import fleet
+
+    return fleet.layout_mark(table=inflight_layout())
+
+
 def worker_shared(name: str, lock: Any, workers: int) -> Shared:
     """The shared segment as the supervisor hands it to a worker it spawns: with this code's fleet layout
     mark, which the worker compares with its own (``_check_fleet_layout``) before it attaches anything.
@@ -273,9 +281,8 @@ def worker_shared(name: str, lock: Any, workers: int) -> Shared:
     first use of them (``_attach_tenants`` since feb991f7, before its server starts), so it stops there,
     before it reads or writes the segment at another stride (it checks no mark); a 3-tuple (a supervisor
     from before this) is still read."""
-    from kvgate.flowcontrol import fleet
 
-    return (name, lock, workers, fleet.layout_mark())
+    return (name, lock, workers, _fleet_mark())
 
 
 def _check_fleet_layout(shared: Shared | None) -> None:
@@ -289,10 +296,10 @@ def _check_fleet_layout(shared: Shared | None) -> None:
     from kvgate.gateway.shared_inflight import DEFAULT_SLOTS, segment_size
 
     name, _lock, workers = shared[:3]
-    if len(shared) > 3 and shared[3] != fleet.layout_mark():  # (the supervisor's code: ``worker_shared``)
+    if len(shared) > 3 and shared[3] != _fleet_mark():  # (the supervisor's code: ``worker_shared``)
         raise ValueError(
             f"the supervisor's flow-control fleet layout (mark {shared[3] & (2**64 - 1):#x}) is not this "
-            f"worker's (mark {fleet.layout_mark() & (2**64 - 1):#x}): a worker of another version under a "
+            f"worker's (mark {_fleet_mark() & (2**64 - 1):#x}): a worker of another version under a "
             "running supervisor (the installed kvgate changed since it started); restart the supervisor"
         )
     shm = shared_memory.SharedMemory(name=name)
@@ -301,7 +308,7 @@ def _check_fleet_layout(shared: Shared | None) -> None:
         assert buf is not None
         view = buf[segment_size(workers, DEFAULT_SLOTS) :]
         try:
-            fleet.check_layout(view, workers)
+            fleet.check_layout(view, workers, table=inflight_layout())
         finally:
             view.release()
             del buf
@@ -1360,7 +1367,7 @@ class Supervisor:
 
                 at = _tenants_offset(self.n)
                 self.shared = SharedInFlight.create(self.n, self.ctx.Lock(), extra=at + segment_size(self.n))
-                self.marks = fleet.FleetMarks(self.shared.extra, self.n, -1)
+                self.marks = fleet.FleetMarks(self.shared.extra, self.n, -1, table=inflight_layout())
                 self.tenants = SharedTenants(self.shared.extra[at:], self.n, -1, self.shared.lock)
                 from kvgate.gateway.shared_responses import SharedResponses, segment_name
 
