@@ -22,6 +22,8 @@ import sys
 import time
 from types import SimpleNamespace
 
+from kvgate import lifeline
+
 N = 1024
 POOL = "vllm-llama3-8b-instruct"
 LOADS = {"idle": 0.0, "10%": 0.1, "all": 1.0}
@@ -87,7 +89,8 @@ def main() -> None:
         for tag, src in trees.items():
             env = {**os.environ, "PYTHONPATH": src}
             cmd = [sys.executable, __file__, "--json", "--passes", str(a.passes)]
-            runs[tag].append(json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True,
+            runs[tag].append(json.loads(subprocess.run(lifeline.die_with_parent_argv(cmd, waited=True),
+                                                       env=env, check=True, capture_output=True,
                                                        text=True).stdout))  # fmt: skip
     print(f"load: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15-min loadavg at the end)")
     print(f"steady pass, {N:,} endpoints, 2 workers; per pass: the median over {a.rounds} alternated runs")

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kvgate import lifeline
+
 KV = os.path.join(os.path.dirname(sys.executable), "kvgate")
 EPC = """apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
@@ -73,7 +75,11 @@ def run(src: str, reload: bool) -> str:
     try:
         with open(f"{d}/sim.log", "w") as log:
             cmd = [KV, "sim", "--replicas", "3", "--base-port", "0", "--profile", "tiny", "--model", "m1"]
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+            procs.append(
+                subprocess.Popen(
+                    lifeline.die_with_parent_argv(cmd), stdout=log, stderr=subprocess.STDOUT, env=env
+                )
+            )
 
         def sims() -> list[str] | None:
             found = re.findall(r"replica \d+: http://(127\.0\.0\.1:\d+)", _text(f"{d}/sim.log"))
@@ -88,8 +94,9 @@ def run(src: str, reload: bool) -> str:
                 f"  endpoints: {json.dumps(eps)}\n  models: [m1]\n  endpointPickerConfigFile: epc.yaml\n"
             )
         with open(f"{d}/serve.log", "w") as log:
+            serve = [KV, "serve", "--config", f"{d}/gw.yaml"]
             gw = subprocess.Popen(
-                [KV, "serve", "--config", f"{d}/gw.yaml"], stdout=log, stderr=subprocess.STDOUT, env=env
+                lifeline.die_with_parent_argv(serve), stdout=log, stderr=subprocess.STDOUT, env=env
             )
         procs.append(gw)
         pat = r"listening on http://127.0.0.1:(\d+)"

@@ -113,7 +113,6 @@ class _Track:
     held: bool = False  # the fair-share headroom held it back at dispatch (fairShareRunningReserve)
     seqs: int = 1  # the sequences it runs (``InferenceRequest.sequences``): its weight in the counts
     miss: bool = False  # a certain miss at dispatch (packCertainMisses), in ``certain_misses`` until started
-    adapters: bool = False  # LoRA adapters in its decode (its own, or served there): no speed sample
 
 
 class Director:
@@ -813,8 +812,6 @@ class Director:
         if met.updated_at is not None and first - met.updated_at <= self.handle.staleness:
             n = max(n, met.running_requests)
         track.batch_at_first = float(n) + track.seqs
-        if req.lora_adapter or met.running_loras or met.waiting_loras:
-            track.adapters = True  # (speed learning: ``_end``)
         # (``max(0, ...)`` as comparisons: these run on every request)
         left = inf.pending_prefill_tokens - track.prefill
         inf.pending_prefill_tokens = left if left > 0 else 0
@@ -830,20 +827,13 @@ class Director:
         now = self.clock()  # (one reading for the whole finish)
         # The decode pace is learned from this response when ``SpeedEstimator.observe`` would use the
         # sample (its guards, asked here: most answers are too short or too quick, and the batch is read
-        # only for a sample it takes), with the batch as it was before this request's release. Not from a
-        # decode that ran LoRA adapters (its own, or the endpoint's running or waiting ones at its first or
-        # last token): its steps carry the adapters' loads and swaps, which say how the endpoint's adapter
-        # slots churn, not its speed; learnt as speed they priced replicas of one GPU apart and piled an
-        # adapter's requests where its slot never freed (review qa36c-F1: multi-lora p99 51 -> 1,474 ms).
+        # only for a sample it takes), with the batch as it was before this request's release.
         per_seq = -1  # (no usage to learn from)
         batch_at_last: float | None = None
         if ok and usage is not None and usage.completion_tokens > 0:
             per_seq = usage.completion_tokens // track.seqs  # (the usage sums every choice's)
-            met = endpoint.metrics
             if (
                 track.first_token
-                and not track.adapters
-                and not (met.running_loras or met.waiting_loras)
                 and per_seq >= MIN_TOKENS
                 and (now - track.first_at) / (per_seq - 1) >= MIN_S_PER_TOKEN
             ):
