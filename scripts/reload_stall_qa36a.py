@@ -25,24 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from kvgate import lifeline
+from kvgate.config.policies import policy_yaml
 
 KV = os.path.join(os.path.dirname(sys.executable), "kvgate")
-EPC = """apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: queue-scorer
-    weight: 2
-  - pluginRef: kv-cache-utilization-scorer
-    weight: 2
-  - pluginRef: prefix-cache-scorer
-    weight: 3
-"""
+EPC = policy_yaml("reference")  # the reference profile as a picker file (the reload swaps in a padded copy)
 PADDED = EPC + ("# " + "x" * 1000 + "\n") * 1040  # ~1.0 MB, as the review's epc_1m.yaml
 
 
